@@ -1,0 +1,31 @@
+# emfuse: set-up and checks. Every target creates .venv on first use.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH  := torch==2.13.0
+
+.PHONY: demo test test-all lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: an open range would pull several GB of CUDA packages
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev,hpc]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/emfuse demo --out emfuse-demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu or gpu"
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check pipeline stores cluster flows tests benchmarks
+
+clean:
+	rm -rf $(VENV) emfuse-demo .pytest_cache

@@ -1,0 +1,187 @@
+"""The ``emfuse`` command line.
+
+Each subcommand is a thin layer over a flow or a store function; errors that
+come from the data (bad input, existing outputs, unwritable paths) are printed
+as one line naming the problem and the fix, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.fusion import FusionParams
+
+DEFAULTS = FusionParams()
+
+
+def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("fusion parameters (normalised units; see docs/methods/fusion.md)")
+    p.add_argument("--elements", nargs="+", metavar="EL", help="elements to map and fuse, e.g. Sr Ti O")
+    p.add_argument("--gamma", type=float, default=DEFAULTS.gamma, help="Z-contrast exponent (default %(default)s)")
+    p.add_argument("--lambda-chem", type=float, default=DEFAULTS.lambda_chem,
+                   help="weight of the Poisson fidelity to the raw maps (default %(default)s)")
+    p.add_argument("--lambda-tv", type=float, default=DEFAULTS.lambda_tv,
+                   help="weight of the total-variation prior (default %(default)s)")
+    p.add_argument("--n-iter", type=int, default=DEFAULTS.n_iter, help="iterations (default %(default)s)")
+    p.add_argument("--n-iter-tv", type=int, default=DEFAULTS.n_iter_tv,
+                   help="FGP iterations per TV step (default %(default)s)")
+    p.add_argument("--bkg", type=float, default=DEFAULTS.bkg, help="background in the Poisson log (default %(default)s)")
+    p.add_argument("--init-threshold", type=float, default=DEFAULTS.init_threshold,
+                   help="zero the initial maps below this normalised value (default %(default)s)")
+    p.add_argument("--tol", type=float, default=None, help="stop when the relative change falls below this")
+    p.add_argument("--window", action="append", default=[], metavar="EL=LO:HI",
+                   help="integration window in eV for an element, e.g. Fe=6250:6550 (repeatable)")
+    run = parser.add_argument_group("execution")
+    run.add_argument("--tile", type=int, default=512, help="tile size in pixels (default %(default)s)")
+    run.add_argument("--halo", type=int, default=32, help="halo around each tile in pixels (default %(default)s)")
+    run.add_argument("--cluster", default="local",
+                     help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler address")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    run.add_argument("--no-report", action="store_true", help="do not write the PNG report")
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "gamma": args.gamma, "lambda_chem": args.lambda_chem, "lambda_tv": args.lambda_tv,
+        "n_iter": args.n_iter, "n_iter_tv": args.n_iter_tv, "bkg": args.bkg,
+        "init_threshold": args.init_threshold, "tol": args.tol,
+    }
+
+
+def _windows(specs: Sequence[str]) -> dict[str, list[float]] | None:
+    windows = {}
+    for spec in specs:
+        try:
+            element, span = spec.split("=")
+            lo, hi = (float(v) for v in span.split(":"))
+        except ValueError:
+            raise ValueError(f"bad --window {spec!r}; write it as EL=LO:HI in eV, e.g. Fe=6250:6550") from None
+        windows[element] = [lo, hi]
+    return windows or None
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from .fusion_flow import fuse_flow
+
+    result = fuse_flow(
+        str(args.source), str(args.out), elements=args.elements, params=_params(args),
+        cluster=args.cluster, tile=args.tile, halo=args.halo, windows=_windows(args.window),
+        overwrite=args.overwrite, report=not args.no_report,
+    )
+    _print_summary(result)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from stores.ingest import ingest
+
+    path = ingest(args.file, args.out, elements=args.elements, overwrite=args.overwrite)
+    from stores.zarrio import open_dataset
+
+    print(f"wrote {path}")
+    print(open_dataset(path))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import write_synthetic
+
+    path = write_synthetic(
+        args.kind, args.out, shape=tuple(args.shape), elements=args.elements, specimen=args.specimen,
+        dose=args.dose, seed=args.seed, overwrite=args.overwrite,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    for path in write_report(args.store, args.report_dir):
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, size=args.size, dose=args.dose, cluster=args.cluster)
+    return 0
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    print(f"output store: {result['store']}")
+    if result.get("figures"):
+        print(f"report:       {Path(result['figures'][0]).parent}")
+    print("final costs:  " + ", ".join(f"{k} {v:.4g}" for k, v in result["final_cost"].items()))
+    if "nrmse_raw" in result:
+        print(f"{'element':>8} {'NRMSE raw':>10} {'NRMSE fused':>12}")
+        for el in result["elements"]:
+            print(f"{el:>8} {result['nrmse_raw'][el]:>10.3f} {result['nrmse_fused'][el]:>12.3f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emfuse", description="Overnight EM pipeline: fused chemical maps from spectrum images and HAADF."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show log messages")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthesise a dataset, fuse it, write a report")
+    p.add_argument("--out", type=Path, default=Path("emfuse-demo"), help="directory for everything (default %(default)s)")
+    p.add_argument("--size", type=int, default=256, help="image size in pixels (default %(default)s)")
+    p.add_argument("--dose", type=float, default=None, help="mean counts per pixel (default: the generator's)")
+    p.add_argument("--cluster", default="local", help="cluster profile (default %(default)s)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write a synthetic dataset with ground truth")
+    p.add_argument("kind", choices=["spectrum-image"], help="what to synthesise")
+    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    p.add_argument("--shape", type=int, nargs=2, default=[256, 256], metavar=("NY", "NX"))
+    p.add_argument("--elements", nargs="+", default=None, help="2-4 elements (default Sr Ti O)")
+    p.add_argument("--specimen", default="columns", choices=["columns", "particles", "layers"])
+    p.add_argument("--dose", type=float, default=None, help="mean counts per pixel")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("ingest", help="read a facility file into a canonical Zarr store")
+    p.add_argument("file", type=Path, help=".dm3 .dm4 .emd .bcf .emi .h5 .npz .tif")
+    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    p.add_argument("--elements", nargs="+", help="element names for map layouts that do not carry them")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("fuse", help="fused multi-modal chemical mapping of a store or raw file")
+    p.add_argument("source", type=Path, help="canonical store or raw file (ingested first)")
+    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    _fusion_arguments(p)
+    p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("report", help="PNG figures of an output store")
+    p.add_argument("store", type=Path)
+    p.add_argument("--report-dir", type=Path, default=None, help="default: <store>.report/ beside it")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as exc:
+        if args.traceback:
+            raise
+        print(f"emfuse {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

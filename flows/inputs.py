@@ -1,0 +1,40 @@
+"""Turn what the user names (a store or a raw file) into a canonical store path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from stores import ingest
+from stores.layout import ATTR_SHA256
+from stores.zarrio import is_complete, read_attrs, sha256_file
+
+
+def is_store(path: str | Path) -> bool:
+    """True for a Zarr v3 store directory."""
+    return (Path(path) / "zarr.json").is_file()
+
+
+def resolve_store(
+    source: str | Path,
+    workdir: str | Path,
+    *,
+    elements: Sequence[str] | None = None,
+) -> Path:
+    """The canonical store for ``source``, ingesting a raw file first if needed.
+
+    A raw file ``run1.emd`` is ingested into ``<workdir>/run1.input.zarr``; an
+    earlier ingest of the same bytes (same sha256) is reused.
+    """
+    source = Path(source)
+    if is_store(source):
+        return source
+    if not source.exists():
+        raise FileNotFoundError(
+            f"{source} does not exist; give a canonical store or a raw file "
+            f"({', '.join(sorted(ingest.SUPPORTED_SUFFIXES))})."
+        )
+    target = Path(workdir) / f"{source.stem}.input.zarr"
+    if is_complete(target) and read_attrs(target).get(ATTR_SHA256) == sha256_file(source):
+        return target
+    return ingest.ingest(source, target, elements=elements, overwrite=True)

@@ -1,0 +1,68 @@
+"""The canonical layout of emfuse stores: variable names, dimensions, units.
+
+Every dataset is ingested once into a Zarr v3 group that :func:`xarray.open_zarr`
+opens as a Dataset, and every output store follows the same conventions. This
+module is the single place where those names live; readers, writers, flows and
+the report import them from here.
+
+Dimensions and their index coordinates
+--------------------------------------
+``y``, ``x``
+    float64, in nm (``units="nm"``) when the source gives a pixel size, else the
+    pixel index (``units="px"``).
+``energy``
+    float64, in eV (``units="eV"``).
+``element``
+    str, chemical symbols; a second coordinate ``z`` (int, atomic number) on the
+    same dimension.
+``frame``, ``mode``, ``term``, ``iteration``
+    int or str index coordinates.
+"""
+
+from __future__ import annotations
+
+# -- input (canonical) stores -------------------------------------------------
+HAADF = "haadf"  # (y, x) elastic image
+SPECTRUM = "spectrum"  # (y, x, energy) EDX or EELS spectrum image, counts
+MAPS = "maps"  # (element, y, x) elemental maps, counts
+MOVIE = "movie"  # (frame, y, x)
+MODES = "modes"  # (mode, y, x), mode in {bf, df, hrtem}
+
+# ground truth written beside synthetic data
+TRUE_MAPS = "true_maps"  # (element, y, x) concentration used to draw the counts
+TRUE_HAADF = "true_haadf"  # (y, x) noise-free HAADF
+
+# -- output stores ------------------------------------------------------------
+FUSED = "fused"  # (element, y, x) fused maps, normalised units
+HAADF_MODEL = "haadf_model"  # (y, x) sum_i w_i x_i^gamma, normalised units
+COST = "cost"  # (term, iteration)
+COST_TERMS = ("haadf", "chem", "tv")
+
+DIMS = {
+    HAADF: ("y", "x"),
+    SPECTRUM: ("y", "x", "energy"),
+    MAPS: ("element", "y", "x"),
+    MOVIE: ("frame", "y", "x"),
+    MODES: ("mode", "y", "x"),
+    TRUE_MAPS: ("element", "y", "x"),
+    TRUE_HAADF: ("y", "x"),
+    FUSED: ("element", "y", "x"),
+    HAADF_MODEL: ("y", "x"),
+    COST: ("term", "iteration"),
+}
+
+# -- attributes ---------------------------------------------------------------
+ATTR_COMPLETE = "complete"  # True only once the last tile is written
+ATTR_VERSION = "emfuse_version"
+ATTR_SOURCE = "source_path"
+ATTR_SHA256 = "source_sha256"
+ATTR_CREATED = "created"  # ISO 8601, UTC
+ATTR_PARAMS = "params"  # JSON-able dict of the job's parameters
+ATTR_SIGNAL = "signal_type"  # "EDX" or "EELS" for spectrum images
+
+# Zarr settings used for every write and open (see ENVIRONMENT.md).
+ZARR_KW = {"zarr_format": 3, "consolidated": False}
+
+# Default chunking: spectrum images keep the whole energy axis in each chunk.
+SPECTRUM_CHUNK_YX = 64
+IMAGE_CHUNK_YX = 512

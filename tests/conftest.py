@@ -1,0 +1,74 @@
+"""Shared fixtures: the reference data beside the checkout, GPU detection, Prefect harness."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (the published reference data)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA} (clone ../shared beside the checkout)")
+    return SHARED_DATA
+
+
+def _load_tutorial(shared: Path, name: str) -> dict:
+    with np.load(shared / "fusion" / name, allow_pickle=False) as f:
+        d = {k: f[k] for k in f.files}
+    return {
+        "haadf": d["haadf"],
+        "maps": d["chem"],
+        "elements": [str(e) for e in d["elements"]],
+        "z": [int(v) for v in d["z"]],
+        "params": dict(
+            gamma=float(d["gamma"]), lambda_chem=float(d["lambdaChem"]), lambda_tv=float(d["lambdaTV"]),
+            n_iter=int(d["nIter"]), n_iter_tv=int(d["nIter_TV"]), bkg=float(d["bkg"]),
+            init_threshold=float(d["init_threshold"]),
+        ),
+    }
+
+
+@pytest.fixture(scope="session", params=["dysco3_edx_tutorial.npz", "co3o4_mn3o4_eels_tutorial.npz"])
+def tutorial(request, shared_data) -> dict:
+    """Each published tutorial dataset with its published parameters."""
+    return _load_tutorial(shared_data, request.param)
+
+
+@pytest.fixture(scope="session")
+def dysco3(shared_data) -> dict:
+    return _load_tutorial(shared_data, "dysco3_edx_tutorial.npz")
+
+
+def gpu_available() -> bool:
+    from pipeline.backend import gpu_available as _gpu
+
+    return _gpu()
+
+
+def pytest_collection_modifyitems(config, items):
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU with CuPy (none found)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect test harness (temporary database, no server) for the whole session."""
+    home = tmp_path_factory.mktemp("prefect_home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    import flows  # noqa: F401  (configures the remaining Prefect defaults)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

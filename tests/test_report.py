@@ -1,0 +1,195 @@
+"""Tests of the fusion report (flows/report.py) on small hand-made output stores."""
+
+from __future__ import annotations
+
+import json
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from dask.callbacks import Callback
+from matplotlib.image import imread
+
+from flows.report import coarsen_factor, default_report_dir, write_report
+
+ELEMENTS = ["Sc", "Dy", "O"]
+Z = [21, 66, 8]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _phantom(n: int, k: int) -> np.ndarray:
+    """A smooth, element-dependent concentration pattern in [0, 1]."""
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    return 0.5 + 0.5 * np.sin(2 * np.pi * (k + 1) * xx) * np.cos(2 * np.pi * (k + 2) * yy)
+
+
+def make_output_store(path, n=64, truth=False, lambda_score=False, units="nm", chunks=None,
+                      iterations=30):
+    """An output store laid out like the fusion job writes it."""
+    rng = np.random.default_rng(0)
+    truth_maps = np.stack([_phantom(n, k) for k in range(len(ELEMENTS))]).astype("float32")
+    counts = rng.poisson(5 * truth_maps).astype("float32")
+    haadf = (truth_maps * np.array(Z)[:, None, None] ** 1.7).sum(0)
+    it = np.arange(iterations)
+    cost = np.stack([1e4 * np.exp(-it / 5) + 10, 500 - 30 * np.log1p(it), 50 / (1 + it)])
+    coords = {
+        "element": ("element", ELEMENTS),
+        "z": ("element", Z),
+        "y": ("y", np.arange(n) * 0.25, {"units": units}),
+        "x": ("x", np.arange(n) * 0.25, {"units": units}),
+        "term": ("term", ["haadf", "chem", "tv"]),
+        "iteration": ("iteration", it),
+    }
+    data = {
+        "maps": (("element", "y", "x"), counts),
+        "haadf": (("y", "x"), haadf.astype("float32")),
+        "fused": (("element", "y", "x"), 0.95 * truth_maps),
+        "haadf_model": (("y", "x"), (0.9 * haadf / haadf.max()).astype("float32")),
+        "cost": (("term", "iteration"), cost),
+    }
+    if truth:
+        data["true_maps"] = (("element", "y", "x"), truth_maps)
+    if lambda_score:
+        chem, tv = np.logspace(-3, 1, 5), np.logspace(-4, 0, 5)
+        score = np.add.outer((np.log10(chem) + 1) ** 2, (np.log10(tv) + 2) ** 2)
+        data["lambda_score"] = (("lambda_chem", "lambda_tv"), score)
+        coords["lambda_chem"] = chem
+        coords["lambda_tv"] = tv
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs.update(params={"lambda_chem": 0.1, "lambda_tv": 0.01, "gamma": 1.6}, complete=True)
+    if chunks:
+        ds = ds.chunk({"y": chunks, "x": chunks})
+    ds.to_zarr(path, zarr_format=3, consolidated=False, mode="w")
+    return path
+
+
+def _check_png(path, min_side=200, max_side=4000):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    assert min_side <= image.shape[0] <= max_side and min_side <= image.shape[1] <= max_side
+    return image
+
+
+def test_report_without_truth(tmp_path):
+    store = make_output_store(tmp_path / "out.zarr")
+    paths = write_report(store)
+    assert [p.name for p in paths] == ["maps.png", "haadf.png", "convergence.png", "summary.json"]
+    assert all(p.parent == tmp_path / "out.report" for p in paths)
+    for png in paths[:-1]:
+        _check_png(png)
+    maps = _check_png(paths[0])
+    assert maps.shape[0] > maps.shape[1]  # three rows of two panels: taller than wide
+
+    summary = json.loads(paths[-1].read_text())
+    assert summary["elements"] == ELEMENTS
+    assert summary["z"] == Z
+    assert summary["shapes"]["maps"] == [3, 64, 64]
+    assert summary["shapes"]["cost"] == [3, 30]
+    assert summary["params"] == {"lambda_chem": 0.1, "lambda_tv": 0.01, "gamma": 1.6}
+    assert summary["units"] == {"y": "nm", "x": "nm"}
+    assert summary["has_truth"] is False and summary["complete"] is True
+    assert summary["iterations"] == 30 and summary["display_factor"] == 1
+    assert summary["final_costs"]["haadf"] == pytest.approx(1e4 * np.exp(-29 / 5) + 10)
+    assert summary["final_costs"]["tv"] == pytest.approx(50 / 30)
+    assert "lambda_search" not in summary
+    assert summary["figures"] == ["maps.png", "haadf.png", "convergence.png"]
+
+
+def test_report_with_truth_and_lambda(tmp_path):
+    store = make_output_store(tmp_path / "syn.zarr", truth=True, lambda_score=True, units="px")
+    report_dir = tmp_path / "figs"
+    paths = write_report(store, report_dir)
+    names = [p.name for p in paths]
+    assert names == ["maps.png", "haadf.png", "convergence.png", "lambda_search.png",
+                     "summary.json"]
+    assert all(p.parent == report_dir for p in paths)
+    images = {p.name: _check_png(p) for p in paths[:-1]}
+    # a third (truth) column makes the maps figure wider than the two-column one
+    two_col = _check_png(write_report(make_output_store(tmp_path / "b.zarr"))[0])
+    assert images["maps.png"].shape[1] > two_col.shape[1]
+
+    summary = json.loads(paths[-1].read_text())
+    assert summary["has_truth"] is True
+    assert summary["units"] == {"y": "px", "x": "px"}
+    best = summary["lambda_search"]["best"]
+    assert best["lambda_chem"] == pytest.approx(0.1) and best["lambda_tv"] == pytest.approx(0.01)
+
+
+def test_nan_costs_are_skipped(tmp_path):
+    # an early-stopped solver leaves NaN in the iterations it never ran
+    store = make_output_store(tmp_path / "nan.zarr")
+    ds = xr.open_zarr(store, zarr_format=3, consolidated=False).load()
+    cost = ds["cost"].values.copy()
+    cost[:, 20:] = np.nan
+    ds["cost"] = (("term", "iteration"), cost)
+    ds.to_zarr(tmp_path / "nan2.zarr", zarr_format=3, consolidated=False, mode="w")
+    paths = write_report(tmp_path / "nan2.zarr")
+    summary = json.loads(paths[-1].read_text())
+    assert summary["final_costs"]["tv"] == pytest.approx(50 / 20)
+
+
+def test_missing_store_and_wrong_store(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        write_report(tmp_path / "nope.zarr")
+    xr.Dataset({"movie": (("frame", "y", "x"), np.zeros((2, 4, 4)))}).to_zarr(
+        tmp_path / "movie.zarr", zarr_format=3, consolidated=False
+    )
+    with pytest.raises(ValueError, match="fusion output store"):
+        write_report(tmp_path / "movie.zarr")
+
+
+def test_default_report_dir():
+    assert default_report_dir("a/out.zarr").as_posix() == "a/out.report"
+    assert default_report_dir("a/out.zarr/").as_posix() == "a/out.report"
+    assert default_report_dir("out").as_posix() == "out.report"
+
+
+@pytest.mark.parametrize(
+    "shape, factor",
+    [((64, 64), 1), ((1024, 1024), 1), ((1025, 10), 2), ((3000, 3000), 3), ((8192, 8192), 8),
+     ((8192, 100), 8)],
+)
+def test_coarsen_factor(shape, factor):
+    assert coarsen_factor(shape) == factor
+    assert max(shape) / factor <= 1024
+
+
+class _LargestResult(Callback):
+    """Records the largest array any Dask task returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self.largest = max(self.largest, getattr(result, "nbytes", 0))
+
+
+def test_large_store_is_downsampled(tmp_path):
+    n = 3000
+    store = tmp_path / "big.zarr"
+    # one element keeps the write quick; the lazy, chunked layout is what matters
+    img = da.from_array(_phantom(n, 0).astype("float32"), chunks=500)
+    coords = {"element": ["Fe"], "z": ("element", [26]), "y": np.arange(n), "x": np.arange(n)}
+    xr.Dataset(
+        {
+            "maps": (("element", "y", "x"), img[None]),
+            "fused": (("element", "y", "x"), img[None]),
+            "haadf": (("y", "x"), img),
+            "haadf_model": (("y", "x"), img * 0.5),
+            "cost": (("term", "iteration"), np.ones((3, 4))),
+        },
+        coords={**coords, "term": ["haadf", "chem", "tv"], "iteration": np.arange(4)},
+    ).to_zarr(store, zarr_format=3, consolidated=False)
+
+    with _LargestResult() as probe:
+        paths = write_report(store)
+    full_image = n * n * 4
+    assert 0 < probe.largest < full_image / 4  # chunks and binned images, never a whole map
+    summary = json.loads(paths[-1].read_text())
+    assert summary["display_factor"] == 3
+    assert summary["shapes"]["haadf"] == [n, n]
+    for png in paths[:-1]:
+        _check_png(png)
