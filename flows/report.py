@@ -183,8 +183,8 @@ def summarize(ds: xr.Dataset, store: Path, factor: int, figures: list[str]) -> d
         "created": ds.attrs.get(ATTR_CREATED),
         "elements": _elements(element_var) if element_var is not None else [],
         "z": _atomic_numbers(element_var) if element_var is not None else [],
-        "shapes": {name: list(var.shape) for name, var in ds.data_vars.items()},
-        "dims": {name: list(var.dims) for name, var in ds.data_vars.items()},
+        "shapes": {name: list(ds[name].shape) for name in sorted(ds.data_vars)},
+        "dims": {name: list(ds[name].dims) for name in sorted(ds.data_vars)},
         "units": {d: ds[d].attrs.get("units", "px") for d in ("y", "x") if d in ds.dims},
         "has_truth": TRUE_MAPS in ds,
         "display_factor": factor,
@@ -255,12 +255,19 @@ def _units(ds: xr.Dataset | xr.DataArray, dim: str) -> str:
 
 
 def _show(fig: Figure, ax, da: xr.DataArray, image: np.ndarray, title: str, label: str,
-          **imshow_kw) -> None:
-    """One image panel with its colourbar, title and axis labels."""
+          outer: tuple[bool, bool] = (True, True), **imshow_kw) -> None:
+    """One image panel with its colourbar and title; axis labels where ``outer`` says.
+
+    ``outer`` is (bottom row, left column): inner panels of a grid skip the
+    repeated axis labels, which keeps the grid readable (and quicker to lay out).
+    """
     im = ax.imshow(image, extent=_extent(da), interpolation="nearest", **imshow_kw)
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel(f"x ({_units(da, 'x')})")
-    ax.set_ylabel(f"y ({_units(da, 'y')})")
+    ax.tick_params(labelsize=8)
+    if outer[0]:
+        ax.set_xlabel(f"x ({_units(da, 'x')})")
+    if outer[1]:
+        ax.set_ylabel(f"y ({_units(da, 'y')})")
     cbar = fig.colorbar(im, ax=ax, shrink=0.85)
     cbar.set_label(label, fontsize=8)
     cbar.ax.tick_params(labelsize=7)
@@ -315,11 +322,11 @@ def _maps_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     elements = _elements(ds[FUSED] if FUSED in ds else ds[MAPS])
     fig, axes = _new_figure(len(columns), len(elements), "Elemental maps" + _scale_note(factor))
     for row, element in enumerate(elements):
-        _map_row(fig, axes[row], ds, element, columns, factor)
+        _map_row(fig, axes[row], ds, element, columns, factor, row == len(elements) - 1)
     return fig
 
 
-def _map_row(fig, axes, ds, element, columns, factor) -> None:
+def _map_row(fig, axes, ds, element, columns, factor, bottom: bool) -> None:
     """Raw | fused | truth for one element; fused and truth share a scale when comparable."""
     shown = {}
     lazy = [_shrink(ds[name].sel(element=element), factor)
@@ -334,14 +341,14 @@ def _map_row(fig, axes, ds, element, columns, factor) -> None:
         if _comparable(limits[FUSED], limits[TRUE_MAPS]):
             limits[FUSED] = limits[TRUE_MAPS] = joint
     label = _element_label(ds, element)
-    for ax, (name, title, unit) in zip(axes, columns):
+    for col, (ax, (name, title, unit)) in enumerate(zip(axes, columns)):
         if name not in shown:
             ax.set_axis_off()
             ax.set_title(f"{label}: no {title}", fontsize=10)
             continue
         vmin, vmax = limits[name]
         _show(fig, ax, shown[name], shown[name].values, f"{label}: {title}", unit,
-              cmap=MAP_CMAP, vmin=vmin, vmax=vmax)
+              outer=(bottom, col == 0), cmap=MAP_CMAP, vmin=vmin, vmax=vmax)
 
 
 def _comparable(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -364,10 +371,10 @@ def _haadf_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     fig, axes = _new_figure(3, 1, "HAADF and fused model" + _scale_note(factor), PANEL_IN)
     _show(fig, axes[0, 0], haadf, h, "HAADF (input)", "min-max normalised",
           cmap=HAADF_CMAP, vmin=0, vmax=1)
-    _show(fig, axes[0, 1], model, m, "model HAADF  $\\sum_i w_i x_i^\\gamma$",
-          "min-max normalised", cmap=HAADF_CMAP, vmin=0, vmax=1)
+    _show(fig, axes[0, 1], model, m, "model HAADF ($\\Sigma_i\\, w_i x_i^\\gamma$)",
+          "min-max normalised", outer=(True, False), cmap=HAADF_CMAP, vmin=0, vmax=1)
     _show(fig, axes[0, 2], haadf, diff, f"difference (RMS {rms:.3g})", "input - model",
-          cmap=DIFF_CMAP, vmin=-bound, vmax=bound)
+          outer=(True, False), cmap=DIFF_CMAP, vmin=-bound, vmax=bound)
     return fig
 
 
@@ -410,7 +417,7 @@ def _cost_panel(ax, term: str, it: np.ndarray, values: np.ndarray) -> None:
     ax.set_title(TERM_TITLES.get(term, term), fontsize=10)
     ax.set_xlabel("iteration")
     ax.set_ylabel("cost")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
     if values.size == 0:
         ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
         return
@@ -440,10 +447,21 @@ def _lambda_best(score: xr.DataArray) -> dict[str, Any]:
     return {"best": best, "score": float(values[index]), "dims": list(score.dims)}
 
 
-def _log_if_spread(ax_set_scale: Callable[[str], None], coords: np.ndarray) -> None:
+def _is_log_grid(coords: np.ndarray) -> bool:
+    """Regularisation weights are usually searched on a log grid spanning decades."""
     coords = np.asarray(coords, dtype=float)
-    if coords.size > 1 and np.all(coords > 0) and coords.max() / coords.min() >= 10:
-        ax_set_scale("log")  # regularisation weights are searched on a log grid
+    return bool(coords.size > 1 and np.all(coords > 0) and coords.max() / coords.min() >= 10)
+
+
+def _cell_edges(coords: np.ndarray) -> np.ndarray:
+    """Cell boundaries around grid points: geometric midpoints on a log grid."""
+    c = np.asarray(coords, dtype=float)
+    if c.size == 1:
+        return np.array([c[0] - 0.5, c[0] + 0.5]) if c[0] <= 0 else c[0] * np.array([0.5, 2.0])
+    t = np.log(c) if _is_log_grid(c) else c
+    mid = (t[1:] + t[:-1]) / 2
+    edges = np.concatenate([[2 * t[0] - mid[0]], mid, [2 * t[-1] - mid[-1]]])
+    return np.exp(edges) if _is_log_grid(c) else edges
 
 
 def _lambda_figure(ds: xr.Dataset, factor: int) -> Figure | None:
@@ -467,10 +485,12 @@ def _lambda_figure(ds: xr.Dataset, factor: int) -> Figure | None:
 def _lambda_map(fig, ax, score: xr.DataArray, best: dict[str, Any]) -> None:
     ydim, xdim = score.dims
     xs, ys = score[xdim].values, score[ydim].values
-    mesh = ax.pcolormesh(xs, ys, score.values, shading="nearest", cmap="viridis")
+    mesh = ax.pcolormesh(_cell_edges(xs), _cell_edges(ys), score.values, cmap="viridis")
     fig.colorbar(mesh, ax=ax).set_label(score.attrs.get("long_name", "score"))
-    _log_if_spread(ax.set_xscale, xs)
-    _log_if_spread(ax.set_yscale, ys)
+    if _is_log_grid(xs):
+        ax.set_xscale("log")
+    if _is_log_grid(ys):
+        ax.set_yscale("log")
     ax.set_xlabel(xdim)
     ax.set_ylabel(ydim)
     if best["best"] is not None:
@@ -483,10 +503,11 @@ def _lambda_line(ax, score: xr.DataArray, best: dict[str, Any]) -> None:
     (dim,) = score.dims
     xs = score[dim].values
     ax.plot(xs, score.values, "o-")
-    _log_if_spread(ax.set_xscale, xs)
+    if _is_log_grid(xs):
+        ax.set_xscale("log")
     ax.set_xlabel(dim)
     ax.set_ylabel(score.attrs.get("long_name", "score"))
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
     if best["best"] is not None:
         ax.plot(best["best"][dim], best["score"], "*", ms=14, color="C3")
         ax.set_title(f"best: {dim}={best['best'][dim]:.3g}", fontsize=10)

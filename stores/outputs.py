@@ -20,7 +20,7 @@ import zarr
 
 from .errors import StoreError
 from .layout import ATTR_COMPLETE, ATTR_PARAMS, ZARR_KW
-from .zarrio import check_writable, provenance, read_attrs, remove_store
+from .zarrio import check_writable, provenance, read_attrs, remove_store, with_vlen_strings
 
 State = Literal["new", "resume", "complete"]
 
@@ -74,7 +74,7 @@ def prepare_output(
         return "complete" if attrs.get(ATTR_COMPLETE) else "resume"
     if path.exists():
         remove_store(path)
-    ds = template.copy()
+    ds = with_vlen_strings(template).copy()
     ds.attrs.update(provenance(source))
     ds.attrs[ATTR_PARAMS] = params
     ds.attrs[ATTR_COMPLETE] = False

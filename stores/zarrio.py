@@ -159,6 +159,16 @@ def remove_store(path: str | Path) -> None:
         shutil.rmtree(path)
 
 
+def with_vlen_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Store text coordinates (element, term, mode) as variable-length strings.
+
+    Fixed-width numpy strings (``<U2``) have no Zarr v3 specification yet;
+    variable-length UTF-8 does, and reads back the same.
+    """
+    text = {name: ds[name].astype(object) for name in ds.coords if ds[name].dtype.kind == "U"}
+    return ds.assign_coords(text) if text else ds
+
+
 def write_dataset(
     ds: xr.Dataset,
     path: str | Path,
@@ -187,7 +197,7 @@ def write_dataset(
                 f"{path} already exists; pass --overwrite to replace it or choose another --out."
             )
         remove_store(path)
-    ds = ds.copy()
+    ds = with_vlen_strings(ds).copy()
     ds.attrs[ATTR_COMPLETE] = False
     for var in ds.variables.values():
         var.encoding.pop("chunks", None)  # chunks come from dask, not from a source file

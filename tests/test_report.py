@@ -25,14 +25,17 @@ def _phantom(n: int, k: int) -> np.ndarray:
 
 
 def make_output_store(path, n=64, truth=False, lambda_score=False, units="nm", chunks=None,
-                      iterations=30):
+                      iterations=30, stopped_at=None):
     """An output store laid out like the fusion job writes it."""
     rng = np.random.default_rng(0)
     truth_maps = np.stack([_phantom(n, k) for k in range(len(ELEMENTS))]).astype("float32")
     counts = rng.poisson(5 * truth_maps).astype("float32")
-    haadf = (truth_maps * np.array(Z)[:, None, None] ** 1.7).sum(0)
+    clean = (truth_maps * np.array(Z)[:, None, None] ** 1.7).sum(0)
+    haadf = clean + rng.normal(0, 0.02 * clean.max(), clean.shape)
     it = np.arange(iterations)
     cost = np.stack([1e4 * np.exp(-it / 5) + 10, 500 - 30 * np.log1p(it), 50 / (1 + it)])
+    if stopped_at is not None:
+        cost[:, stopped_at:] = np.nan  # an early-stopped solver leaves NaN behind
     coords = {
         "element": ("element", ELEMENTS),
         "z": ("element", Z),
@@ -45,7 +48,7 @@ def make_output_store(path, n=64, truth=False, lambda_score=False, units="nm", c
         "maps": (("element", "y", "x"), counts),
         "haadf": (("y", "x"), haadf.astype("float32")),
         "fused": (("element", "y", "x"), 0.95 * truth_maps),
-        "haadf_model": (("y", "x"), (0.9 * haadf / haadf.max()).astype("float32")),
+        "haadf_model": (("y", "x"), (clean / clean.max()).astype("float32")),
         "cost": (("term", "iteration"), cost),
     }
     if truth:
@@ -98,7 +101,8 @@ def test_report_without_truth(tmp_path):
 
 
 def test_report_with_truth_and_lambda(tmp_path):
-    store = make_output_store(tmp_path / "syn.zarr", truth=True, lambda_score=True, units="px")
+    store = make_output_store(tmp_path / "syn.zarr", truth=True, lambda_score=True, units="px",
+                              stopped_at=20)
     report_dir = tmp_path / "figs"
     paths = write_report(store, report_dir)
     names = [p.name for p in paths]
@@ -106,28 +110,31 @@ def test_report_with_truth_and_lambda(tmp_path):
                      "summary.json"]
     assert all(p.parent == report_dir for p in paths)
     images = {p.name: _check_png(p) for p in paths[:-1]}
-    # a third (truth) column makes the maps figure wider than the two-column one
-    two_col = _check_png(write_report(make_output_store(tmp_path / "b.zarr"))[0])
-    assert images["maps.png"].shape[1] > two_col.shape[1]
+    # three columns (raw | fused | truth) for three elements: wider than tall
+    assert images["maps.png"].shape[1] > images["maps.png"].shape[0]
 
     summary = json.loads(paths[-1].read_text())
     assert summary["has_truth"] is True
     assert summary["units"] == {"y": "px", "x": "px"}
+    assert summary["shapes"]["true_maps"] == [3, 64, 64]
+    # the NaN tail of an early-stopped run is not the final value
+    assert summary["final_costs"]["tv"] == pytest.approx(50 / 20)
     best = summary["lambda_search"]["best"]
     assert best["lambda_chem"] == pytest.approx(0.1) and best["lambda_tv"] == pytest.approx(0.01)
 
 
-def test_nan_costs_are_skipped(tmp_path):
-    # an early-stopped solver leaves NaN in the iterations it never ran
-    store = make_output_store(tmp_path / "nan.zarr")
-    ds = xr.open_zarr(store, zarr_format=3, consolidated=False).load()
-    cost = ds["cost"].values.copy()
-    cost[:, 20:] = np.nan
-    ds["cost"] = (("term", "iteration"), cost)
-    ds.to_zarr(tmp_path / "nan2.zarr", zarr_format=3, consolidated=False, mode="w")
-    paths = write_report(tmp_path / "nan2.zarr")
+def test_lambda_line_higher_is_better(tmp_path):
+    ds = xr.open_zarr(make_output_store(tmp_path / "a.zarr"), zarr_format=3, consolidated=False)
+    chem = np.logspace(-2, 2, 5)
+    score = xr.DataArray([0.1, 0.5, 0.9, 0.4, 0.2], coords={"lambda_chem": chem},
+                         dims="lambda_chem", attrs={"better": "higher"})
+    ds = ds.drop_vars(["maps", "haadf", "haadf_model", "fused"]).assign(lambda_score=score)
+    ds.to_zarr(tmp_path / "b.zarr", zarr_format=3, consolidated=False)
+    paths = write_report(tmp_path / "b.zarr")
+    assert [p.name for p in paths] == ["convergence.png", "lambda_search.png", "summary.json"]
     summary = json.loads(paths[-1].read_text())
-    assert summary["final_costs"]["tv"] == pytest.approx(50 / 20)
+    assert summary["lambda_search"]["best"] == {"lambda_chem": pytest.approx(1.0)}
+    assert summary["elements"] == []
 
 
 def test_missing_store_and_wrong_store(tmp_path):

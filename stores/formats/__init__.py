@@ -205,21 +205,22 @@ class RawArray(FileArray):
     def __init__(
         self, path: str | Path, offset: int, shape: Sequence[int], dtype: Any, order: str = "C"
     ) -> None:
-        super().__init__(path, shape, dtype)
+        self.file_dtype = np.dtype(dtype)  # may be big-endian; chunks come out native
+        super().__init__(path, shape, self.file_dtype.newbyteorder("="))
         self.offset = int(offset)
         self.order = order
 
     def _identity(self) -> tuple:
-        return (self.offset, self.order)
+        return (self.offset, self.order, str(self.file_dtype))
 
     def _read(self, key: Any) -> np.ndarray:
         if 0 in self.shape:
             return np.empty(self.shape, self.dtype)[key]
         mm = np.memmap(
-            self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape,
+            self.path, dtype=self.file_dtype, mode="r", offset=self.offset, shape=self.shape,
             order=self.order,
         )  # fmt: skip
-        return np.array(mm[key])  # copy, so the map closes with ``mm``
+        return np.array(mm[key], dtype=self.dtype)  # a copy, so the map closes with ``mm``
 
 
 def lazy(array: Any, name: str, perm: Sequence[int] | None = None) -> da.Array:

@@ -1,0 +1,408 @@
+"""Microscope formats through RosettaSciIO: Bruker ``.bcf``, Gatan ``.dm3``/``.dm4``,
+Velox and NCEM ``.emd``, FEI TIA ``.emi``/``.ser``.
+
+RosettaSciIO returns a list of signals (``data``, ``axes`` in array order,
+``metadata``); this module classifies each one by its axes and picks what the
+canonical layout holds:
+
+* ``spectrum``: a 3D signal with one energy axis (eV or keV); the energy axis is
+  moved last (DigitalMicrograph stores (energy, y, x)). With several, the
+  largest of the asked ``signal_type`` is taken.
+* ``haadf``: the 2D image on the same grid whose title says HAADF, then ADF,
+  then DF; without a spectrum image or movie, the best-titled image.
+* ``maps``: 2D images on that grid titled by an element symbol (Velox maps).
+* ``movie``: a 3D stack without an energy axis (Velox/Ceta Time series).
+
+Everything else (single spectra, overview images, other spectrum images) is
+listed in an :class:`~stores.formats.IngestWarning` and in the ``unmapped``
+attribute. Pixel sizes are converted to nm, energies to eV. The ``y``/``x``
+coordinates start at 0 at the first pixel: the stage offsets in the file
+differ between signals of one acquisition and are not kept.
+
+Examples
+--------
+>>> ds = read("test_TEM.bcf")  # doctest: +SKIP
+>>> ds.spectrum.shape, ds.attrs["signal_type"]  # doctest: +SKIP
+((64, 64, 2048), 'EDX')
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ..layout import HAADF
+from ..periodic import is_symbol
+from . import (
+    IngestWarning,
+    canonical_dataset,
+    ev_per_unit,
+    fail,
+    lazy,
+    nm_per_unit,
+    normalize_signal_type,
+    shape_str,
+    warn_unmapped,
+)
+
+PLUGINS = {
+    ".bcf": "bruker",
+    ".dm3": "digitalmicrograph",
+    ".dm4": "digitalmicrograph",
+    ".emd": "emd",
+    ".emi": "tia",
+    ".ser": "tia",
+}
+
+_TIME_UNITS = {"s", "ms", "µs", "us", "ns"}
+
+
+@dataclass(eq=False)  # compared by identity: the data are arrays
+class _Signal:
+    """One RosettaSciIO signal, classified, with its data in canonical axis order."""
+
+    title: str
+    kind: str  # spectrum_image | spectrum | image | stack | other
+    data: Any
+    pixel_nm: tuple[float | None, float | None] = (None, None)
+    energy: np.ndarray | None = None
+    frame_time: np.ndarray | None = None
+    signal_type: str | None = None
+    note: str = ""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.data.shape)
+
+    @property
+    def yx(self) -> tuple[int, ...]:
+        return self.shape[:2] if self.kind == "spectrum_image" else self.shape[-2:]
+
+    def describe(self) -> str:
+        label = {"spectrum_image": "spectrum image", "stack": "image stack"}.get(self.kind, self.kind)
+        return f"{label} {self.title or '(untitled)'!r} {shape_str(self.shape)}"
+
+
+def read(
+    path: str | Path,
+    *,
+    elements: Sequence[str] | None = None,
+    signal_type: str | None = None,
+) -> xr.Dataset:
+    """Read a microscope file lazily into the canonical Dataset.
+
+    Parameters
+    ----------
+    elements
+        Select (and order) the element maps the file holds.
+    signal_type
+        ``"EDX"`` or ``"EELS"``: which spectrum image to take when the file
+        holds several (Velox EELS + EDS).
+
+    Raises
+    ------
+    IngestError
+        for a file RosettaSciIO cannot read (truncated, corrupt), or one that
+        holds nothing canonical (only single spectra, for instance).
+    """
+    path = Path(path)
+    signals = [_classify(path, raw) for raw in _load(path)]
+    return _assemble(path, signals, elements, signal_type)
+
+
+# -- loading -----------------------------------------------------------------------
+
+
+class _Capture(logging.Handler):
+    """Collects RosettaSciIO's log warnings so they reach the user as IngestWarnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _load(path: Path) -> list[dict]:
+    if path.suffix.lower() == ".bcf":
+        _check_bcf_length(path)
+    module = importlib.import_module(f"rsciio.{PLUGINS[path.suffix.lower()]}")
+    capture = _Capture()
+    logger = logging.getLogger("rsciio")
+    logger.addHandler(capture)
+    try:
+        signals = module.file_reader(str(path), lazy=True)
+    except ImportError as exc:
+        raise fail(
+            path,
+            f"RosettaSciIO needs the package {exc.name!r} for this file",
+            f"Install it (pip install {exc.name})",
+        ) from exc
+    except Exception as exc:  # readers raise anything from struct.error to IndexError
+        raise fail(
+            path,
+            f"RosettaSciIO cannot read it ({type(exc).__name__}: {exc}); the file is truncated, "
+            "corrupt, or a variant RosettaSciIO does not know",
+            "Copy or export the file again from the acquisition software",
+        ) from exc
+    finally:
+        logger.removeHandler(capture)
+    for message in capture.messages:
+        warnings.warn(f"{path}: RosettaSciIO: {message}", IngestWarning, stacklevel=4)
+    if not signals:
+        raise fail(path, "RosettaSciIO found no data in it", "Check that the file is complete")
+    return signals
+
+
+def _check_bcf_length(path: Path) -> None:
+    """Bruker .bcf files are AidAim SFS containers whose header gives the chunk size and
+    count; a file shorter than that is truncated. Checked here because RosettaSciIO
+    only notices when the spectrum image is decoded, after a lazy read has returned."""
+    with open(path, "rb") as fh:
+        head = fh.read(0x14C)
+    if len(head) < 0x14C or head[:8] != b"AAMVHFSS":
+        raise fail(path, "it is not a Bruker .bcf (SFS container) file", "Check the file")
+    (chunk_size,) = struct.unpack_from("<I", head, 0x128)
+    (n_chunks,) = struct.unpack_from("<I", head, 0x148)
+    expected = 0x118 + chunk_size * n_chunks
+    size = path.stat().st_size
+    if size < expected:
+        raise fail(
+            path,
+            f"the file has {size} bytes but its header declares {expected}: it is truncated",
+            "Copy the file again from the acquisition PC",
+        )
+
+
+# -- classifying -------------------------------------------------------------------
+
+
+def _axis_kind(axis: dict) -> str:
+    units = str(axis.get("units") or "").strip()
+    name = str(axis.get("name") or "").strip().lower()
+    if ev_per_unit(units) is not None or "energy" in name:
+        return "energy"
+    if units.lower() in _TIME_UNITS or name in ("time", "frame", "frames"):
+        return "time"
+    return "space"
+
+
+def _values(axis: dict) -> np.ndarray:
+    size = int(axis["size"])
+    return float(axis.get("offset") or 0.0) + np.arange(size) * float(axis.get("scale") or 1.0)
+
+
+def _step_nm(axis: dict) -> float | None:
+    factor = nm_per_unit(axis.get("units"))
+    return None if factor is None else float(axis.get("scale") or 1.0) * factor
+
+
+def _classify(path: Path, raw: dict) -> _Signal:
+    data, axes = raw["data"], list(raw.get("axes") or [])
+    metadata = raw.get("metadata") or {}
+    title = str((metadata.get("General") or {}).get("title") or "")
+    signal_type = normalize_signal_type((metadata.get("Signal") or {}).get("signal_type"))
+    shape = tuple(int(n) for n in data.shape)
+    if [int(a.get("size", -1)) for a in axes] != list(shape):
+        return _Signal(title, "other", data, note="axes do not match the data shape")
+    kinds = [_axis_kind(a) for a in axes]
+    space = [i for i, k in enumerate(kinds) if k == "space"]
+    if kinds.count("energy") == 1:
+        e = kinds.index("energy")
+        energy = _values(axes[e]) * ev_per_unit(axes[e].get("units") or "eV")
+        if len(shape) == 1:
+            return _Signal(title, "spectrum", data, energy=energy, signal_type=signal_type)
+        if len(shape) == 3 and len(space) == 2:
+            data = data.transpose(*space, e)  # energy last
+            pixel = (_step_nm(axes[space[0]]), _step_nm(axes[space[1]]))
+            return _Signal(title, "spectrum_image", data, pixel, energy, None, signal_type)
+        return _Signal(title, "other", data, note="not a spectrum image (y, x, energy)")
+    if len(shape) == 2 and len(space) == 2:
+        return _Signal(title, "image", data, (_step_nm(axes[0]), _step_nm(axes[1])))
+    if len(shape) == 3 and "energy" not in kinds:
+        frame = kinds.index("time") if "time" in kinds else 0
+        yx = [i for i in range(3) if i != frame]
+        data = data.transpose(frame, *yx)
+        time = _values(axes[frame]) if kinds[frame] == "time" else None
+        if time is not None and str(axes[frame].get("units")).strip() == "ms":
+            time = time / 1e3
+        pixel = (_step_nm(axes[yx[0]]), _step_nm(axes[yx[1]]))
+        return _Signal(title, "stack", data, pixel, frame_time=time)
+    return _Signal(title, "other", data, note=f"{len(shape)}D with axes {kinds}")
+
+
+# -- choosing what goes where ----------------------------------------------------------
+
+
+def _size(signal: _Signal) -> int:
+    return int(np.prod(signal.shape))
+
+
+def _haadf_score(title: str) -> int:
+    """How surely a title names an annular dark-field image (higher is surer)."""
+    t = title.upper()
+    if "HAADF" in t:
+        return 3
+    if re.search(r"(?<![A-Z])ADF", t):
+        return 2
+    if re.search(r"(?<![A-Z])DF", t):  # DF, DF-S, DF4
+        return 1
+    return 0
+
+
+def _pick_spectrum(
+    path: Path, signals: list[_Signal], signal_type: str | None, unmapped: list[str]
+) -> _Signal | None:
+    spectrum_images = [s for s in signals if s.kind == "spectrum_image"]
+    candidates = [s for s in spectrum_images if signal_type in (None, s.signal_type)]
+    candidates += [s for s in spectrum_images if s.signal_type is None and signal_type]
+    if spectrum_images and not candidates:
+        kinds = sorted({str(s.signal_type) for s in spectrum_images})
+        raise fail(
+            path,
+            f"signal_type {signal_type!r} was asked for, but its spectrum images are {kinds}",
+            "Drop signal_type or ask for one of those",
+        )
+    if not candidates:
+        return None
+    chosen = max(candidates, key=_size)  # the first of the largest
+    for s in spectrum_images:
+        if s is not chosen:
+            unmapped.append(
+                f"{s.describe()} ({s.signal_type or 'unknown type'}): one spectrum image per "
+                "store (choose another with signal_type, or export it to its own file)"
+            )
+    return chosen
+
+
+def _pick_haadf(
+    images: list[_Signal], grid: tuple[int, ...] | None, n_signals: int, notes: list[str]
+) -> _Signal | None:
+    fitting = [s for s in images if grid is None or s.yx == grid]
+    if not fitting:
+        return None
+    chosen = max(fitting, key=lambda s: _haadf_score(s.title))
+    if _haadf_score(chosen.title) == 0 and n_signals > 1:
+        notes.append(
+            f"image {chosen.title or '(untitled)'!r} was taken as haadf although its title "
+            "does not say HAADF, ADF or DF"
+        )
+    return chosen
+
+
+def _assemble(
+    path: Path, signals: list[_Signal], elements: Sequence[str] | None, signal_type: str | None
+) -> xr.Dataset:
+    unmapped: list[str] = []
+    notes: list[str] = []
+    spectrum = _pick_spectrum(path, signals, signal_type, unmapped)
+    stacks = [s for s in signals if s.kind == "stack"]
+    grid = spectrum.yx if spectrum else (stacks[0].yx if stacks else None)
+    movie = next((s for s in stacks if s.yx == grid), None)
+    images = [s for s in signals if s.kind == "image"]
+    named = [s for s in images if is_symbol(s.title.strip())]
+    haadf = _pick_haadf([s for s in images if s not in named], grid, len(signals), notes)
+    if grid is None:
+        grid = haadf.yx if haadf else (named[0].yx if named else None)
+    maps = _pick_maps(path, [s for s in named if s.yx == grid], elements)
+    mapped = [s for s in (spectrum, movie, haadf, *maps) if s is not None]
+    unmapped += _describe_rest(signals, mapped, spectrum, grid)
+    if not mapped:
+        _fail_nothing(path, signals)
+    primary = mapped[0]
+    notes += _calibration_notes(primary, mapped[1:])
+    for note in notes:
+        warnings.warn(f"{path}: {note}", IngestWarning, stacklevel=3)
+    warn_unmapped(path, unmapped)
+    return canonical_dataset(
+        path,
+        haadf=haadf.data if haadf else None,
+        spectrum=spectrum.data if spectrum else None,
+        energy=spectrum.energy if spectrum else None,
+        maps=da.stack([lazy(m.data, HAADF) for m in maps]) if maps else None,
+        elements=[m.title.strip() for m in maps] or None,
+        movie=movie.data if movie else None,
+        pixel_nm=primary.pixel_nm,
+        frame_time=movie.frame_time if movie else None,
+        signal_type=(spectrum.signal_type if spectrum else None) or signal_type,
+        unmapped=unmapped,
+    )
+
+
+def _pick_maps(path: Path, maps: list[_Signal], elements: Sequence[str] | None) -> list[_Signal]:
+    if elements is None:
+        return maps
+    by_name = {m.title.strip(): m for m in maps}
+    missing = [e for e in elements if e not in by_name]
+    if missing:
+        raise fail(
+            path,
+            f"element(s) {missing} asked for, but the file has maps of {list(by_name)} on the "
+            "chosen grid",
+            "Choose elements among those in the file",
+        )
+    return [by_name[e] for e in elements]
+
+
+def _describe_rest(
+    signals: list[_Signal], mapped: list[_Signal], spectrum: _Signal | None, grid: Any
+) -> list[str]:
+    rest = []
+    spectra = [s for s in signals if s.kind == "spectrum"]
+    if spectra:
+        shapes = sorted({shape_str(s.shape) for s in spectra})
+        reason = "" if spectrum else "; the file holds no spectrum image (y, x, energy)"
+        rest.append(f"{len(spectra)} single spectra {', '.join(shapes)}{reason}")
+    for s in signals:
+        if s in mapped or s.kind in ("spectrum", "spectrum_image"):
+            continue
+        if s.kind == "other":
+            rest.append(f"{s.describe()}: {s.note}")
+        elif grid is not None and s.yx != grid:
+            rest.append(f"{s.describe()}: its (y, x) grid differs from {shape_str(grid)}")
+        elif s.kind == "image" and is_symbol(s.title.strip()):
+            rest.append(f"{s.describe()}: element map not among the elements asked for")
+        elif s.kind == "image":
+            rest.append(f"{s.describe()}: neither haadf nor an element map")
+        else:
+            rest.append(f"{s.describe()}: only one movie per store")
+    return rest
+
+
+def _calibration_notes(primary: _Signal, others: list[_Signal]) -> list[str]:
+    notes = []
+    for s in others:
+        for axis, a, b in zip("yx", primary.pixel_nm, s.pixel_nm):
+            if a and b and abs(a - b) > 0.01 * abs(a):
+                notes.append(
+                    f"{s.describe()} has {axis} pixel size {b:.4g} nm, {primary.describe()} "
+                    f"{a:.4g} nm; the coordinates use {a:.4g} nm"
+                )
+    return notes
+
+
+def _fail_nothing(path: Path, signals: list[_Signal]) -> None:
+    listing = ", ".join(s.describe() for s in signals)
+    if all(s.kind == "spectrum" for s in signals):
+        raise fail(
+            path,
+            f"it holds only single spectra ({listing}), not a spectrum image; "
+            "a spectrum image (y, x, energy) is needed",
+            "Ingest the spectrum-image acquisition (a map), not a single spectrum",
+        )
+    raise fail(
+        path,
+        f"nothing in it maps to haadf, spectrum, maps or movie ({listing})",
+        "See DESIGN.md (Canonical stores) for what emfuse ingests",
+    )

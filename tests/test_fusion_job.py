@@ -1,0 +1,126 @@
+"""The fusion job without Prefect: stores in and out, a real Dask cluster, resume, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from cluster import connect
+from flows import fusion_job
+from pipeline.fusion import FusionInputError, fuse
+from stores.errors import OutputNotWritable, StoreError
+from stores.progress import TileRecord
+from stores.zarrio import is_complete, open_dataset, write_dataset
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect("local-threads", n_workers=2, threads_per_worker=1) as c:
+        yield c
+
+
+@pytest.fixture()
+def dysco3_store(tmp_path, dysco3):
+    ds = xr.Dataset(
+        {"haadf": (("y", "x"), dysco3["haadf"][:, :200]),
+         "maps": (("element", "y", "x"), dysco3["maps"][:, :, :200])},
+        coords={"y": np.arange(256) * 0.02, "x": np.arange(200) * 0.02, "element": dysco3["elements"],
+                "z": ("element", dysco3["z"])},
+    ).chunk({"y": 64, "x": 64})
+    return write_dataset(ds, tmp_path / "dysco3.zarr")
+
+
+def _run(store, out, client, dysco3, **kw):
+    return fusion_job.run_fusion(store, out, client, progress=False, params=dysco3["params"],
+                                 tile=100, halo=32, **kw)
+
+
+def test_run_fusion_matches_untiled_solver(tmp_path, dysco3_store, client, dysco3):
+    job = _run(dysco3_store, tmp_path / "out.zarr", client, dysco3)
+    assert is_complete(job.out)
+    out = open_dataset(job.out)
+    whole = fuse(dysco3["haadf"][:, :200], dysco3["maps"][:, :, :200], dysco3["z"], **dysco3["params"])
+    np.testing.assert_allclose(out.fused.values, whole.fused, atol=1e-6)
+    np.testing.assert_array_equal(out.maps.values, dysco3["maps"][:, :, :200].astype(np.float32))
+    assert out.fused.encoding["chunks"] == (3, 100, 100)
+    assert list(out.element.values) == ["Sc", "Dy", "O"] and list(out.z.values) == [21, 66, 8]
+    assert out.attrs["params"]["lambda_tv"] == dysco3["params"]["lambda_tv"]
+    assert out.attrs["normalisation"]["haadf_offset"] == float(dysco3["haadf"][:, :200].min())
+    assert np.isfinite(out.cost.values).all() and out.cost.shape == (3, dysco3["params"]["n_iter"])
+
+
+def test_resume_recomputes_only_unfinished_tiles_and_is_bitwise_identical(tmp_path, dysco3_store, client, dysco3):
+    reference = _run(dysco3_store, tmp_path / "ref.zarr", client, dysco3)
+    # an interrupted run: inputs written, two of six tiles finished, then the process died
+    job, state = fusion_job.plan(dysco3_store, tmp_path / "resumed.zarr", params=dysco3["params"], tile=100, halo=32)
+    assert state == "new"
+    fusion_job.write_inputs(job)
+    norm = fusion_job.normalise(job)
+    for tile in job.grid[:2]:
+        fusion_job.fuse_tile_in_store(job, tile, norm)
+    assert not is_complete(job.out)
+    with pytest.raises(StoreError, match="not marked complete"):
+        open_dataset(job.out)
+    job2, state = fusion_job.plan(dysco3_store, job.out, params=dysco3["params"], tile=100, halo=32)
+    assert state == "resume"
+    assert fusion_job.fuse_tiles(job2, fusion_job.normalise(job2), client, progress=False) == len(job.grid) - 2
+    fusion_job.finalise(job2)
+    a, b = open_dataset(reference.out), open_dataset(job.out)
+    for name in ("fused", "haadf_model", "maps", "haadf", "cost"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    # a complete store with the same parameters: nothing to do
+    assert fusion_job.plan(dysco3_store, job.out, params=dysco3["params"], tile=100, halo=32)[1] == "complete"
+
+
+def test_store_with_other_parameters_is_refused(tmp_path, dysco3_store, client, dysco3):
+    out = tmp_path / "out.zarr"
+    _run(dysco3_store, out, client, dysco3)
+    other = {**dysco3["params"], "lambda_tv": 0.3}
+    with pytest.raises(StoreError, match="other parameters.*lambda_tv.*--overwrite"):
+        fusion_job.run_fusion(dysco3_store, out, client, progress=False, params=other, tile=100)
+    job = fusion_job.run_fusion(dysco3_store, out, client, progress=False, params=other, tile=100, overwrite=True)
+    assert open_dataset(job.out).attrs["params"]["lambda_tv"] == 0.3
+
+
+def test_unwritable_output_is_named(tmp_path, dysco3_store, client, dysco3):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OutputNotWritable, match="cannot create the output directory"):
+        _run(dysco3_store, blocker / "out.zarr", client, dysco3)
+
+
+def test_negative_counts_in_a_store_leave_it_incomplete(tmp_path, dysco3, client):
+    maps = dysco3["maps"][:, :64, :64].copy()
+    maps[1, 5, 5] = -3
+    ds = xr.Dataset(
+        {"haadf": (("y", "x"), dysco3["haadf"][:64, :64]), "maps": (("element", "y", "x"), maps)},
+        coords={"y": np.arange(64.0), "x": np.arange(64.0), "element": dysco3["elements"],
+                "z": ("element", dysco3["z"])},
+    )
+    store = write_dataset(ds, tmp_path / "bad.zarr")
+    with pytest.raises(FusionInputError, match="map of Dy has negative counts"):
+        _run(store, tmp_path / "out.zarr", client, dysco3)
+    assert not is_complete(tmp_path / "out.zarr")
+
+
+def test_missing_haadf_and_missing_elements_are_named(tmp_path, dysco3, client):
+    ds = xr.Dataset({"maps": (("element", "y", "x"), dysco3["maps"][:, :32, :32])},
+                    coords={"y": np.arange(32.0), "x": np.arange(32.0), "element": dysco3["elements"],
+                            "z": ("element", dysco3["z"])})
+    store = write_dataset(ds, tmp_path / "nohaadf.zarr")
+    with pytest.raises(FusionInputError, match="no HAADF"):
+        _run(store, tmp_path / "o.zarr", client, dysco3)
+    ds["haadf"] = (("y", "x"), dysco3["haadf"][:32, :32])
+    store = write_dataset(ds, tmp_path / "h.zarr")
+    with pytest.raises(FusionInputError, match="no spectrum image and no maps for \\['Fe'\\]"):
+        _run(store, tmp_path / "o2.zarr", client, dysco3, elements=["Fe"])
+
+
+def test_progress_records_are_hidden_from_xarray(tmp_path, dysco3_store, client, dysco3):
+    job = _run(dysco3_store, tmp_path / "out.zarr", client, dysco3)
+    assert "done" not in open_dataset(job.out) and "payload" not in open_dataset(job.out)
+    record = TileRecord.open(job.out, "fuse")
+    assert len(record.done_tiles()) == len(job.grid)
+    assert "_progress" in zarr.open_group(job.out, mode="r")
