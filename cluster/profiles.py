@@ -41,11 +41,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:  # distributed is imported when a cluster starts, not on import
+    from distributed import Client
+    from distributed.deploy import Cluster
 
 DEFAULT_PROFILE = "local"
 PROFILES: tuple[str, ...] = ("local", "local-threads", "local-gpu", "slurm", "scheduler")
@@ -185,7 +190,9 @@ class ClusterSpec:
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ClusterConfigError(f"cluster profile file {str(path)!r} is not YAML: {err}")
+            raise ClusterConfigError(
+                f"cluster profile file {str(path)!r} is not YAML: {err}"
+            ) from err
         if not isinstance(data, Mapping):
             raise ClusterConfigError(
                 f"cluster profile file {str(path)!r} must hold a mapping such as "
@@ -204,16 +211,28 @@ class ClusterSpec:
         profile = options.pop("profile", None)
         if profile is None:
             profile = "scheduler" if "address" in options else DEFAULT_PROFILE
-        return cls(str(profile), {**options, **overrides})
+        elif str(profile).startswith(ADDRESS_SCHEMES):  # `profile: tcp://host:port`
+            profile, options["address"] = "scheduler", str(profile)
+        return cls(str(profile), _merge(options, overrides))
 
     def with_options(self, **overrides: Any) -> ClusterSpec:
         """A copy with some options replaced."""
-        return ClusterSpec(self.profile, {**self.options, **overrides})
+        return ClusterSpec(self.profile, _merge(self.options, overrides))
 
     def describe(self) -> str:
         """A one-line description for logs, e.g. ``slurm(queue=gpu, gpus=1)``."""
         items = ", ".join(f"{k}={v}" for k, v in self.options.items())
         return f"{self.profile}({items})"
+
+
+def _merge(options: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Options with overrides applied; ``partition`` and ``queue`` replace each other."""
+    merged = dict(options)
+    for key, alias in (("partition", "queue"), ("queue", "partition")):
+        if key in overrides:
+            merged.pop(alias, None)
+    merged.update(overrides)
+    return merged
 
 
 def as_spec(spec: ClusterSpec | str | os.PathLike | Mapping | None, **overrides: Any) -> ClusterSpec:
@@ -350,7 +369,7 @@ def count_gpus() -> int:
     )
     try:
         return int(dask_cuda_utils.get_n_gpus())
-    except Exception:  # NVML raises its own error types when there is no driver
+    except Exception:  # noqa: BLE001 - NVML and CUDA raise their own types when no driver
         return 0
 
 
@@ -439,7 +458,9 @@ def render_job_script(spec: ClusterSpec | str | os.PathLike | Mapping | None = N
 # -- public entry points --------------------------------------------------------
 
 
-def make_cluster(spec: ClusterSpec | str | os.PathLike | Mapping | None = None, **overrides: Any):
+def make_cluster(
+    spec: ClusterSpec | str | os.PathLike | Mapping | None = None, **overrides: Any
+) -> Cluster | None:
     """Start the cluster a spec describes.
 
     Parameters
@@ -477,7 +498,7 @@ def make_cluster(spec: ClusterSpec | str | os.PathLike | Mapping | None = None, 
 @contextlib.contextmanager
 def connect(
     spec: ClusterSpec | str | os.PathLike | Mapping | None = None, **overrides: Any
-) -> Iterator[Any]:
+) -> Iterator[Client]:
     """Start (or reach) a cluster, yield a :class:`distributed.Client`, then clean up.
 
     The client is always closed, and so is the cluster when this function

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -73,7 +74,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         cluster=args.cluster, tile=args.tile, halo=args.halo, windows=_windows(args.window),
         overwrite=args.overwrite, report=not args.no_report,
     )
-    _print_summary(result)
+    print_summary(result)
     return 0
 
 
@@ -114,7 +115,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(result: dict[str, Any]) -> None:
+def print_summary(result: dict[str, Any]) -> None:
     print(f"output store: {result['store']}")
     if result.get("figures"):
         print(f"report:       {Path(result['figures'][0]).parent}")
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        # quiet Dask's per-worker INFO lines; inherited by worker processes
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import dask
 import numpy as np
@@ -175,7 +176,7 @@ def write_report(
 
 def summarize(ds: xr.Dataset, store: Path, factor: int, figures: list[str]) -> dict[str, Any]:
     """The content of ``summary.json``: shapes, elements, parameters, final costs."""
-    element_var = ds[FUSED] if FUSED in ds else ds[MAPS] if MAPS in ds else None
+    element_var = ds.get(FUSED, ds.get(MAPS))
     summary: dict[str, Any] = {
         "store": str(store.resolve()),
         "complete": ds.attrs.get(ATTR_COMPLETE),
@@ -278,15 +279,19 @@ def _save(fig: Figure, path: Path, dpi: int) -> Path:
     return path
 
 
-def _new_figure(ncols: int, nrows: int, title: str, height: float = PANEL_IN * 0.85):
+def _new_figure(ds: xr.Dataset, ncols: int, nrows: int, title: str, factor: int):
+    """A grid of image panels sized to the image's aspect ratio, with a headline."""
+    ny, nx = _image_shape(ds)
+    # image height plus room for title and tick labels; clipped so strips stay readable
+    height = PANEL_IN * 0.75 * min(max(ny / nx, 0.35), 2.0) + 0.45
     fig = Figure(figsize=(PANEL_IN * ncols, height * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
+    if factor > 1:
+        title += f" (shown {factor}x{factor}-binned)"
+    if ds.attrs.get(ATTR_COMPLETE) is False:  # a crashed or running job: say so on the page
+        title += " - INCOMPLETE STORE"
     fig.suptitle(title, fontsize=12, fontweight="bold")
     return fig, axes
-
-
-def _scale_note(factor: int) -> str:
-    return f" (shown {factor}x{factor}-binned)" if factor > 1 else ""
 
 
 # -- maps.png -----------------------------------------------------------------------
@@ -320,7 +325,9 @@ def _maps_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     if not any(name in (MAPS, FUSED) for name, _, _ in columns):
         return None
     elements = _elements(ds[FUSED] if FUSED in ds else ds[MAPS])
-    fig, axes = _new_figure(len(columns), len(elements), "Elemental maps" + _scale_note(factor))
+    if not elements:
+        return None
+    fig, axes = _new_figure(ds, len(columns), len(elements), "Elemental maps", factor)
     for row, element in enumerate(elements):
         _map_row(fig, axes[row], ds, element, columns, factor, row == len(elements) - 1)
     return fig
@@ -368,7 +375,7 @@ def _haadf_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     diff = h - m
     rms = float(np.sqrt(np.nanmean(diff**2)))
     bound = max(_robust_limits(np.abs(diff), lo=0, hi=99.5)[1], 1e-12)
-    fig, axes = _new_figure(3, 1, "HAADF and fused model" + _scale_note(factor), PANEL_IN)
+    fig, axes = _new_figure(ds, 3, 1, "HAADF and fused model", factor)
     _show(fig, axes[0, 0], haadf, h, "HAADF (input)", "min-max normalised",
           cmap=HAADF_CMAP, vmin=0, vmax=1)
     _show(fig, axes[0, 1], model, m, "model HAADF ($\\Sigma_i\\, w_i x_i^\\gamma$)",

@@ -23,25 +23,24 @@ Examples
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 __all__ = [
-    "Element",
-    "ElementError",
-    "UnknownElement",
-    "DuplicateElement",
-    "NoLineError",
     "ELEMENTS",
     "XRAY_FAMILIES",
-    "element",
+    "DuplicateElement",
+    "Element",
+    "ElementError",
+    "NoLineError",
+    "UnknownElement",
     "atomic_number",
+    "eels_edge",
+    "element",
     "validate_elements",
     "xray_line",
     "xray_lines",
-    "eels_edge",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -466,7 +465,9 @@ def _check_range(energy_range_ev: tuple[float, float] | None) -> tuple[float, fl
         return (float("-inf"), float("inf"))
     lo, hi = (float(v) for v in energy_range_ev)
     if not lo < hi:
-        raise ValueError(f"energy_range_ev must be (low, high) with low < high, got {energy_range_ev}")
+        raise ValueError(
+            f"energy_range_ev must be (low, high) with low < high, got {energy_range_ev}"
+        )
     return lo, hi
 
 

@@ -44,16 +44,16 @@ from .elements import (
 )
 
 __all__ = [
+    "FWHM_MNKA_EV",
+    "MapWindows",
     "SpectrumError",
     "WindowError",
-    "MapWindows",
-    "FWHM_MNKA_EV",
-    "detector_fwhm_ev",
     "channel_edges_ev",
-    "window_weights",
-    "map_windows",
-    "fit_power_law",
+    "detector_fwhm_ev",
     "elemental_maps",
+    "fit_power_law",
+    "map_windows",
+    "window_weights",
 ]
 
 #: Default EDX detector resolution: FWHM at Mn Ka, eV (a typical silicon drift detector).
@@ -205,7 +205,9 @@ def _normalise_signal_type(signal_type: str) -> str:
 def _check_energy(energy_ev: Any, n_channels: int | None = None) -> np.ndarray:
     energy = np.asarray(energy_ev, dtype=np.float64)
     if energy.ndim != 1:
-        raise SpectrumError(f"energy_ev must be 1D (one energy per channel), got shape {energy.shape}")
+        raise SpectrumError(
+            f"energy_ev must be 1D (one energy per channel), got shape {energy.shape}"
+        )
     if energy.size == 0:
         raise SpectrumError("energy_ev is empty: give one energy (eV) per spectrum channel")
     if n_channels is not None and energy.size != n_channels:
@@ -274,7 +276,9 @@ def _edx_windows(symbol, line, line_ev, signal, edges, fwhm_mnka_ev, source, bac
         channel = _channel_width_at(edges, centre)
         side = 0.5 * width
         sides = []
-        for win in ((signal[0] - gap - side, signal[0] - gap), (signal[1] + gap, signal[1] + gap + side)):
+        left = (signal[0] - gap - side, signal[0] - gap)
+        right = (signal[1] + gap, signal[1] + gap + side)
+        for win in (left, right):
             clipped = _clip_window(win, lo, hi, channel)
             if clipped is not None:
                 sides.append(clipped)
@@ -433,12 +437,12 @@ def map_windows(
                 width = max(width, _EELS_MIN_CHANNELS * channel)
                 signal = (line_ev, line_ev + width)
         if signal[0] < lo or signal[1] > hi:
-            what = f"the {line} line at {line_ev:g} eV" if line_ev is not None else "the user window"
+            what = "the user window" if line_ev is None else f"the {line} line at {line_ev:g} eV"
             raise WindowError(
                 f"the {symbol} window {signal[0]:g}-{signal[1]:g} eV ({what}) lies outside the "
-                f"spectrum's energy range {lo:g}-{hi:g} eV: pass windows={{'{symbol}': (low, high)}} "
-                f"inside the range, choose another line with lines={{'{symbol}': ...}}, "
-                "or leave the element out"
+                f"spectrum's energy range {lo:g}-{hi:g} eV: pass "
+                f"windows={{'{symbol}': (low, high)}} inside the range, choose another line "
+                f"with lines={{'{symbol}': ...}}, or leave the element out"
             )
         if background is not None:
             for a, b in background:
@@ -496,7 +500,9 @@ class _Plan:
     n_maps: int
     channels: np.ndarray  # channel indices the maps use (sorted)
     kernel: np.ndarray  # EDX: (n_used, n_maps) net weights
-    eels: tuple  # EELS: per map (fit_idx, fit_w, log_e_fit, log_width_fit, sig_idx, sig_w, log_e_sig, sig_width)
+    # EELS, per map: ((fit_idx, fit_w, log_e_fit, log_width_fit) or None,
+    #                 sig_idx, sig_w, log_e_sig, sig_width)
+    eels: tuple
     clip_negative: bool
 
 
@@ -528,7 +534,7 @@ def _make_plan(wins: list[MapWindows], energy: np.ndarray, clip_negative: bool) 
     remapped = []
     for fit, sig_idx, sig_w, log_e_sig, sig_width in items:
         if fit is not None:
-            fit = (np.array([position[c] for c in fit[0]]),) + fit[1:]
+            fit = (np.array([position[c] for c in fit[0]]), *fit[1:])
         remapped.append((fit, np.array([position[c] for c in sig_idx]), sig_w, log_e_sig,
                          sig_width))
     return _Plan("EELS", len(wins), channels, np.empty((0, 0)), tuple(remapped), clip_negative)
@@ -652,7 +658,8 @@ def _maps_block(block: np.ndarray, plan: _Plan, origin: tuple[int, int] = (0, 0)
             log_a, r = _power_law_fit(counts[:, fit_idx], fit_w, log_e_fit, log_width_fit)
             # Background under the signal window: sum_i w_i dE_i A E_i^-r, exact on the same
             # discretisation the fit used.
-            background = np.exp(log_a[:, None] - r[:, None] * log_e_sig[None, :]) @ (sig_w * sig_width)
+            density = np.exp(log_a[:, None] - r[:, None] * log_e_sig[None, :])
+            background = density @ (sig_w * sig_width)
             net[:, k] = signal - background
     if plan.clip_negative:
         np.maximum(net, 0.0, out=net)
@@ -757,7 +764,7 @@ def elemental_maps(
             dtype=np.float32,
             drop_axis=2,
             new_axis=0,
-            chunks=((n_maps,),) + tuple(spectrum.chunks[:2]),
+            chunks=((n_maps,), *spectrum.chunks[:2]),
             meta=np.empty((0, 0, 0), dtype=np.float32),
         )
         return maps, info

@@ -76,6 +76,10 @@ def test_partition_is_queue():
     assert ClusterSpec("slurm", {"partition": "short"}).options == {"queue": "short"}
     with pytest.raises(ClusterConfigError, match="queue.*partition"):
         ClusterSpec("slurm", {"partition": "a", "queue": "b"})
+    # an override replaces the file's value whichever of the two names it uses
+    assert ClusterSpec("slurm", {"queue": "a"}).with_options(partition="b").options == {
+        "queue": "b"
+    }
 
 
 def test_unknown_profile_names_the_choices():
@@ -154,11 +158,23 @@ def test_local_threads():
         assert _listening_hosts(psutil.Process()) <= {"127.0.0.1"}
 
 
+def test_connect_to_existing_scheduler():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+                      host="127.0.0.1", dashboard_address=None) as external:
+        spec = ClusterSpec.from_dict({"profile": external.scheduler_address, "timeout": "10s"})
+        assert spec.profile == "scheduler"
+        with connect(spec) as client:
+            assert client.submit(sum, [2, 3]).result() == 5
+        # the scheduler is someone else's: connect closed its client, not the cluster
+        assert external.status.name == "running"
+
+
 def test_connect_closes_cluster_on_error():
-    with pytest.raises(RuntimeError, match="boom"):
-        with connect("local-threads", n_workers=1) as client:
-            cluster = client.cluster
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), connect("local-threads") as client:
+        cluster = client.cluster
+        raise RuntimeError("boom")
     assert cluster.status.name == "closed"
 
 
@@ -166,14 +182,14 @@ def test_connect_closes_cluster_on_error():
 
 def _slurm_script(tmp_path, **options):
     pytest.importorskip("dask_jobqueue")
-    base = dict(
-        queue="gpu",
-        account="emlab",
-        cores=16,
-        memory="64GB",
-        walltime="08:00:00",
-        log_directory=str(tmp_path / "logs"),
-    )
+    base = {
+        "queue": "gpu",
+        "account": "emlab",
+        "cores": 16,
+        "memory": "64GB",
+        "walltime": "08:00:00",
+        "log_directory": str(tmp_path / "logs"),
+    }
     return render_job_script("slurm", **{**base, **options})
 
 

@@ -130,7 +130,7 @@ def test_lambda_line_higher_is_better(tmp_path):
                          dims="lambda_chem", attrs={"better": "higher"})
     ds = ds.drop_vars(["maps", "haadf", "haadf_model", "fused"]).assign(lambda_score=score)
     ds.to_zarr(tmp_path / "b.zarr", zarr_format=3, consolidated=False)
-    paths = write_report(tmp_path / "b.zarr")
+    paths = write_report(tmp_path / "b.zarr", dpi=80)
     assert [p.name for p in paths] == ["convergence.png", "lambda_search.png", "summary.json"]
     summary = json.loads(paths[-1].read_text())
     assert summary["lambda_search"]["best"] == {"lambda_chem": pytest.approx(1.0)}
@@ -178,7 +178,9 @@ def test_large_store_is_downsampled(tmp_path):
     n = 3000
     store = tmp_path / "big.zarr"
     # one element keeps the write quick; the lazy, chunked layout is what matters
-    img = da.from_array(_phantom(n, 0).astype("float32"), chunks=500)
+    # a lazy separable pattern: no full-size array is built here either
+    v = da.from_array(np.sin(np.linspace(0, 20, n, dtype="float32")), chunks=500)
+    img = (1.5 + v[:, None] * v[None, :]).astype("float32")
     coords = {"element": ["Fe"], "z": ("element", [26]), "y": np.arange(n), "x": np.arange(n)}
     xr.Dataset(
         {
@@ -192,7 +194,7 @@ def test_large_store_is_downsampled(tmp_path):
     ).to_zarr(store, zarr_format=3, consolidated=False)
 
     with _LargestResult() as probe:
-        paths = write_report(store)
+        paths = write_report(store, dpi=80)  # low dpi: only the binning is under test
     full_image = n * n * 4
     assert 0 < probe.largest < full_image / 4  # chunks and binned images, never a whole map
     summary = json.loads(paths[-1].read_text())

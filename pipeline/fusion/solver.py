@@ -57,7 +57,7 @@ class FusionParams:
 
     gamma: float = 1.6
     lambda_chem: float = 0.05
-    lambda_tv: float = 0.05
+    lambda_tv: float = 0.02
     n_iter: int = 50
     n_iter_tv: int = 10
     bkg: float = 0.1

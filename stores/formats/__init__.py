@@ -26,8 +26,9 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -67,12 +68,20 @@ def fail(path: str | Path, problem: str, fix: str) -> IngestError:
 def warn_unmapped(path: str | Path, items: Sequence[str]) -> None:
     """Warn once, listing everything in the file that was left out."""
     if items:
-        listing = "; ".join(items)
+        listing = "; ".join(_counted(items))
         warnings.warn(f"{path}: not ingested: {listing}", IngestWarning, stacklevel=3)
 
 
+def _counted(items: Sequence[str]) -> list[str]:
+    """Repeated entries once, with their count: '3 x spectrum image ...'."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return [f"{n} x {item}" if n > 1 else item for item, n in counts.items()]
+
+
 def shape_str(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(n)) for n in shape) + ")"
+    return str(tuple(int(n) for n in shape))
 
 
 # -- units ----------------------------------------------------------------------
@@ -230,20 +239,20 @@ def lazy(array: Any, name: str, perm: Sequence[int] | None = None) -> da.Array:
     (``(1, 2, 0)`` for a spectrum stored as (energy, y, x)); chunks are chosen
     in the stored order and the result is transposed to the canonical order.
     """
-    if isinstance(array, da.Array):
-        return array if perm is None else array.transpose(perm)
     shape = array.shape if perm is None else tuple(array.shape[i] for i in perm)
     canonical = chunk_shape(name, shape)
+    if isinstance(array, da.Array):  # e.g. from RosettaSciIO, in the reader's own chunks
+        return (array if perm is None else array.transpose(perm)).rechunk(canonical)
     stored = canonical
     if perm is not None:
         stored = [0] * len(perm)
         for axis, source in enumerate(perm):
             stored[source] = canonical[axis]
     if isinstance(array, FileArray):
-        out = array.to_dask(stored)
+        out = array.to_dask(stored)  # may be coarser: a compressed member is one chunk
     else:
         out = da.from_array(np.asarray(array), chunks=tuple(stored), name=False)
-    return out if perm is None else out.transpose(perm)
+    return (out if perm is None else out.transpose(perm)).rechunk(canonical)
 
 
 # -- the canonical Dataset -------------------------------------------------------
@@ -391,7 +400,7 @@ def canonical_dataset(
     if signal_type:
         ds.attrs[ATTR_SIGNAL] = signal_type
     if unmapped:
-        ds.attrs[ATTR_UNMAPPED] = list(unmapped)
+        ds.attrs[ATTR_UNMAPPED] = _counted(unmapped)
     return ds
 
 

@@ -21,8 +21,9 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -30,8 +31,8 @@ import xarray as xr
 
 from ..periodic import is_symbol
 from . import (
-    FileArray,
     _ROLE_KEYS,
+    FileArray,
     ev_per_unit,
     fail,
     map_named_arrays,

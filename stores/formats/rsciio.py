@@ -33,9 +33,10 @@ import logging
 import re
 import struct
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -89,7 +90,9 @@ class _Signal:
         return self.shape[:2] if self.kind == "spectrum_image" else self.shape[-2:]
 
     def describe(self) -> str:
-        label = {"spectrum_image": "spectrum image", "stack": "image stack"}.get(self.kind, self.kind)
+        label = {"spectrum_image": "spectrum image", "stack": "image stack"}.get(
+            self.kind, self.kind
+        )
         return f"{label} {self.title or '(untitled)'!r} {shape_str(self.shape)}"
 
 
@@ -341,7 +344,7 @@ def _assemble(
 
 
 def _pick_maps(path: Path, maps: list[_Signal], elements: Sequence[str] | None) -> list[_Signal]:
-    if elements is None:
+    if elements is None or not maps:  # no maps: the names are for a later step, not for us
         return maps
     by_name = {m.title.strip(): m for m in maps}
     missing = [e for e in elements if e not in by_name]

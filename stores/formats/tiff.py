@@ -1,7 +1,7 @@
 """TIFF images (``.tif``, ``.tiff``): a 2D image becomes ``haadf``, a 3D stack ``movie``.
 
-The pixel size comes from ImageJ metadata (``unit`` with the X/Y resolution
-tags) or, in a plain TIFF, from the resolution tags in centimetres,
+The pixel size comes from FEI/Thermo Fisher metadata (``[Scan] PixelWidth``),
+ImageJ metadata (``unit`` with the X/Y resolution tags) or, in a plain TIFF, from the resolution tags in centimetres,
 millimetres or micrometres. Inch resolutions are ignored: they are screen
 dots per inch (72, 96, 300 dpi), not a physical pixel size. ImageJ's frame
 interval becomes a ``time`` coordinate on ``frame``.
@@ -20,8 +20,9 @@ Examples
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -86,13 +87,11 @@ def read(
     if "S" in axes:
         raise fail(
             path,
-            f"it is a colour image (axes {axes!r}, shape {shape_str(shape)})",
+            f"it is a multi-sample (colour) image (axes {axes!r}, shape {shape_str(shape)})",
             "Save the detector image as a single-channel (grayscale) TIFF",
         )
     check_ndim(path, name, shape, what=f"the image (axes {axes!r})")
-    return canonical_dataset(
-        path, **{name: data}, pixel_nm=pixel_nm, frame_time=frame_time
-    )
+    return canonical_dataset(path, **{name: data}, pixel_nm=pixel_nm, frame_time=frame_time)
 
 
 def _inspect(path: Path, tif: tifffile.TiffFile) -> tuple:
@@ -124,7 +123,11 @@ def _check_pages(path: Path, series: Any) -> None:
 
 
 def _pixel_nm(tif: tifffile.TiffFile, page: Any) -> tuple[float | None, float | None]:
-    """(dy, dx) in nm from ImageJ's unit or the resolution unit tag, else (None, None)."""
+    """(dy, dx) in nm from FEI metadata, ImageJ's unit or the resolution unit tag."""
+    scan = (tif.fei_metadata or {}).get("Scan") or {}
+    if scan.get("PixelWidth"):  # FEI / Thermo Fisher SEM and FIB: metres
+        dx = float(scan["PixelWidth"]) * 1e9
+        return (float(scan.get("PixelHeight") or scan["PixelWidth"]) * 1e9, dx)
     ij = tif.imagej_metadata or {}
     if ij.get("unit"):
         factor = nm_per_unit(ij["unit"])

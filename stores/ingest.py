@@ -1,0 +1,216 @@
+"""Ingest facility files into canonical Zarr v3 stores.
+
+:func:`read` turns any supported file into the canonical lazy
+:class:`xarray.Dataset` (variables ``haadf``, ``spectrum``, ``maps``, ``movie``;
+every dimension with an index coordinate; provenance attributes), and
+:func:`ingest` writes it as a store, chunk by chunk, so a file larger than
+memory goes through.
+
+Examples
+--------
+>>> from stores.ingest import ingest, read
+>>> ds = read("test_TEM.bcf")  # doctest: +SKIP
+>>> ds.spectrum.dims  # doctest: +SKIP
+('y', 'x', 'energy')
+>>> ingest("PTO_Trilayer_dataset.npz", "pto.zarr")  # doctest: +SKIP
+PosixPath('pto.zarr')
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from .errors import IngestError, OutputNotWritable, StoreError
+from .formats import IngestWarning, chunk_shape, element_coords, fail, normalize_signal_type
+from .formats.rsciio import PLUGINS as _RSCIIO_SUFFIXES
+from .layout import DIMS
+from .zarrio import check_writable, is_complete, provenance, remove_store, write_dataset
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "IngestError",
+    "IngestWarning",
+    "chunk_canonical",
+    "ingest",
+    "read",
+]
+
+# suffix -> module in stores.formats
+_READERS = {
+    ".npz": "npz",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    **{suffix: "rsciio" for suffix in _RSCIIO_SUFFIXES},
+}
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(sorted(_READERS))
+
+
+def read(
+    path: str | Path,
+    *,
+    elements: Sequence[str] | str | None = None,
+    signal_type: str | None = None,
+    **options: Any,
+) -> xr.Dataset:
+    """Read a facility file into the canonical lazy Dataset.
+
+    Parameters
+    ----------
+    path
+        A file with one of :data:`SUPPORTED_SUFFIXES` (case-insensitive).
+    elements
+        Element symbols: the names of unnamed maps (npz ``maps``), or the maps
+        to keep, in order, when the file names them. ``"Sc,Dy,O"`` also works.
+    signal_type
+        ``"EDX"`` or ``"EELS"``: recorded on the Dataset, and which spectrum
+        image to take when a file holds several.
+    **options
+        Passed to the format's reader (HDF5: ``group=``).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed; nothing but metadata has been read (and the file hashed
+        for the provenance attributes).
+
+    Raises
+    ------
+    FileNotFoundError
+        if ``path`` does not exist.
+    IngestError
+        for an unsupported suffix, a truncated or corrupt file, or a layout
+        that does not fit the canonical one; the message says how to fix it.
+
+    Examples
+    --------
+    >>> ds = read("Test SI 16x16 215 kx.emd")  # doctest: +SKIP
+    >>> ds.maps.element.values.tolist()  # doctest: +SKIP
+    ['C', 'Ca', 'O', 'Cu']
+    """
+    path = Path(path)
+    module = _reader(path)
+    wanted = _elements(path, elements)
+    kind = _signal_type(path, signal_type)
+    ds = module.read(path, elements=wanted, signal_type=kind, **options)
+    ds.attrs.update(provenance(path))
+    return ds
+
+
+def ingest(
+    path: str | Path,
+    out: str | Path,
+    *,
+    elements: Sequence[str] | str | None = None,
+    signal_type: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Read a facility file and write it as a canonical Zarr v3 store.
+
+    Spectrum images are chunked in (y, x) tiles of ``SPECTRUM_CHUNK_YX`` with
+    the whole energy axis in each chunk; images and maps in tiles of
+    ``IMAGE_CHUNK_YX``; movies one frame per chunk. The data stream through
+    Dask chunk by chunk. The store is marked ``complete`` only after its last
+    chunk; if reading fails half-way, the partial store is removed.
+
+    Raises
+    ------
+    OutputNotWritable
+        if ``out`` cannot be created (checked before anything is read).
+    StoreError
+        if ``out`` exists and ``overwrite`` is False.
+    FileNotFoundError, IngestError
+        as :func:`read`, or when the data turn out unreadable while writing.
+
+    Examples
+    --------
+    >>> ingest("Co3O4_Mn3O4.h5", "co3o4.zarr", overwrite=True)  # doctest: +SKIP
+    PosixPath('co3o4.zarr')
+    """
+    out = check_writable(out)
+    if out.exists() and not overwrite:
+        raise StoreError(
+            f"{out} already exists; pass --overwrite to replace it or choose another --out."
+        )
+    ds = chunk_canonical(read(path, elements=elements, signal_type=signal_type))
+    try:
+        return write_dataset(ds, out, overwrite=overwrite)
+    except (StoreError, OutputNotWritable, MemoryError):
+        raise
+    except Exception as exc:  # a reader failing on a chunk: corrupt data past the headers
+        if out.exists() and not is_complete(out):
+            remove_store(out)
+        raise fail(
+            path,
+            f"reading its data failed while writing {out} ({type(exc).__name__}: {exc}); "
+            "the file is probably truncated or corrupt",
+            "Copy the file again; no store was left at the output",
+        ) from exc
+
+
+def chunk_canonical(ds: xr.Dataset) -> xr.Dataset:
+    """Rechunk every canonical variable to the store's chunks (lazy, no data read).
+
+    >>> import numpy as np
+    >>> ds = xr.Dataset({"spectrum": (("y", "x", "energy"), np.zeros((100, 70, 8)))})
+    >>> chunk_canonical(ds).spectrum.chunks
+    ((64, 36), (64, 6), (8,))
+    """
+    out = ds.copy()
+    for name, var in ds.data_vars.items():
+        if DIMS.get(name) == var.dims:
+            out[name] = var.chunk(dict(zip(var.dims, chunk_shape(name, var.shape))))
+    return out
+
+
+def _reader(path: Path) -> Any:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"cannot ingest {path}: no such file. Check the path (and that the copy from the "
+            "instrument finished)."
+        )
+    if not os.access(path, os.R_OK):
+        raise PermissionError(
+            f"cannot ingest {path}: the file is not readable. Fix its permissions or copy it."
+        )
+    if path.is_dir():
+        raise fail(
+            path,
+            "it is a directory, not a file",
+            "Pass a file; a canonical store (.zarr) is opened with stores.zarrio.open_dataset",
+        )
+    suffix = path.suffix.lower()
+    if suffix not in _READERS:
+        raise fail(
+            path,
+            f"the suffix {path.suffix!r} is not a supported format",
+            f"Supported: {' '.join(SUPPORTED_SUFFIXES)}; convert the file to one of these",
+        )
+    return importlib.import_module(f"{__package__}.formats.{_READERS[suffix]}")
+
+
+def _elements(path: Path, elements: Sequence[str] | str | None) -> list[str] | None:
+    """The user's element list, split if given as one string, with every symbol checked."""
+    if elements is None:
+        return None
+    if isinstance(elements, str):
+        elements = [e for e in re.split(r"[,\s]+", elements) if e]
+    symbols, _ = element_coords(path, elements)
+    return [str(s) for s in symbols]
+
+
+def _signal_type(path: Path, signal_type: str | None) -> str | None:
+    if signal_type is None:
+        return None
+    kind = normalize_signal_type(signal_type)
+    if kind is None:
+        raise fail(path, f"signal_type {signal_type!r} is not known", "Use 'EDX' or 'EELS'")
+    return kind
