@@ -66,8 +66,24 @@ def _windows(specs: Sequence[str]) -> dict[str, list[float]] | None:
     return windows or None
 
 
+def _quiet_prefect(verbose: bool) -> None:
+    """Failures reach the user as one line from :func:`main`; Prefect's copy with traceback only with -v."""
+    if not verbose:
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _require(path: Path) -> None:
+    """Fail in a second rather than after starting Prefect and a cluster."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give a canonical store (.zarr) or a raw file.")
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     from .fusion_flow import fuse_flow
+
+    _require(args.source)
+    _quiet_prefect(args.verbose)
 
     result = fuse_flow(
         str(args.source), str(args.out), elements=args.elements, params=_params(args),
@@ -110,6 +126,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+
+    _quiet_prefect(args.verbose)
 
     run_demo(args.out, size=args.size, dose=args.dose, cluster=args.cluster)
     return 0

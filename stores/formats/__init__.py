@@ -275,6 +275,12 @@ def check_ndim(path: str | Path, name: str, shape: Sequence[int], what: str | No
             f"{_NEEDS[name]} is needed for {name!r}",
             f"Save {name!r} with {want} dimensions {DIMS[name]}",
         )
+    if 0 in tuple(shape):
+        raise fail(
+            path,
+            f"{what or name} is empty (shape {shape_str(shape)})",
+            "Check the acquisition was saved completely; every axis needs at least one entry",
+        )
 
 
 def element_coords(path: str | Path, names: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:

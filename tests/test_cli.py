@@ -1,0 +1,140 @@
+"""The ``emfuse`` command line, run in process under the Prefect test harness."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from flows import fusion_job
+from flows.cli import main
+from stores.progress import TileRecord
+from stores.zarrio import is_complete, mark_complete, open_dataset, write_dataset
+
+pytestmark = pytest.mark.prefect
+
+FAST = ["--cluster", "local-threads", "--n-iter", "5", "--n-iter-tv", "3", "--tile", "32", "--halo", "8"]
+
+
+def test_synth_fuse_report(prefect_harness, tmp_path, capsys):
+    store, out = tmp_path / "si.zarr", tmp_path / "fused.zarr"
+    assert main(["synth", "spectrum-image", "--out", str(store), "--shape", "64", "48", "--dose", "20"]) == 0
+    ds = open_dataset(store)
+    assert ds.spectrum.dims == ("y", "x", "energy") and ds.spectrum.shape[:2] == (64, 48)
+    assert main(["fuse", str(store), "--out", str(out), "--elements", "Sr", "Ti", "O", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "NRMSE raw" in printed and str(out) in printed
+    fused = open_dataset(out)
+    assert fused.fused.shape == (3, 64, 48) and list(fused.element.values) == ["Sr", "Ti", "O"]
+    assert fused.attrs["params"]["n_iter"] == 5
+    report_dir = tmp_path / "again"
+    assert main(["report", str(out), "--report-dir", str(report_dir)]) == 0
+    assert (report_dir / "maps.png").stat().st_size > 10_000
+    assert json.loads((report_dir / "summary.json").read_text())["elements"] == ["Sr", "Ti", "O"]
+
+
+def test_ingest_and_fuse_a_published_npz(prefect_harness, shared_data, tmp_path):
+    source = shared_data / "fusion" / "PTO_Trilayer_dataset.npz"
+    assert main(["ingest", str(source), "--out", str(tmp_path / "pto.zarr")]) == 0
+    assert list(open_dataset(tmp_path / "pto.zarr").maps.element.values) == ["Sc", "Dy", "O"]
+    # a raw file given to `fuse` is ingested first, beside the output
+    assert main(["fuse", str(source), "--out", str(tmp_path / "pto_fused.zarr"), "--no-report", *FAST]) == 0
+    assert is_complete(tmp_path / "PTO_Trilayer_dataset.input.zarr")
+    assert open_dataset(tmp_path / "pto_fused.zarr").fused.shape == (3, 256, 256)
+
+
+def test_demo(prefect_harness, tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--size", "64", "--cluster", "local-threads"]) == 0
+    printed = capsys.readouterr().out
+    assert "NRMSE fused" in printed
+    assert is_complete(tmp_path / "demo" / "demo_fused.zarr")
+    assert (tmp_path / "demo" / "demo_fused.report" / "convergence.png").exists()
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture()
+def good(shared_data):
+    with np.load(shared_data / "fusion" / "dysco3_edx_tutorial.npz") as f:
+        return {"haadf": f["haadf"][:64, :64], "maps": f["chem"][:, :64, :64]}
+
+
+def _bad_inputs(tmp_path, good, shared_data):
+    """(name, source file, extra CLI arguments, expected message) for each documented bad input."""
+    maps, haadf = good["maps"], good["haadf"]
+    nan_maps = maps.copy()
+    nan_maps[0, 3, 3] = np.nan
+    neg_maps = maps.copy()
+    neg_maps[2, 1, 1] = -1.0
+    inf_haadf = haadf.copy()
+    inf_haadf[0, 0] = np.inf
+    truncated = tmp_path / "truncated.npz"
+    data = (shared_data / "fusion" / "PTO_Trilayer_dataset.npz").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    els = ["--elements", "Sc", "Dy", "O"]
+    return [
+        ("wrong dims", _npz(tmp_path / "dims.npz", haadf=haadf[0], maps=maps), els, "haadf"),
+        ("shape mismatch", _npz(tmp_path / "shape.npz", haadf=haadf[:60], maps=maps), els, "60"),
+        ("NaN", _npz(tmp_path / "nan.npz", haadf=haadf, maps=nan_maps), els, "NaN"),
+        ("Inf", _npz(tmp_path / "inf.npz", haadf=inf_haadf, maps=maps), els, "NaN or Inf"),
+        ("negative counts", _npz(tmp_path / "neg.npz", haadf=haadf, maps=neg_maps), els, "negative"),
+        ("empty arrays", _npz(tmp_path / "empty.npz", haadf=np.zeros((0, 0)), maps=np.zeros((3, 0, 0))), els,
+         "empty|no pixels|0 x 0|size 0"),
+        ("unknown element", _npz(tmp_path / "unknown.npz", haadf=haadf, maps=maps),
+         ["--elements", "Sc", "Xx", "O"], "Xx"),
+        ("truncated file", truncated, [], "truncated|corrupt|not a valid|cannot read"),
+    ]
+
+
+def test_bad_inputs_get_one_line_naming_the_problem(prefect_harness, tmp_path, good, shared_data, capsys):
+    for name, source, extra, message in _bad_inputs(tmp_path, good, shared_data):
+        out = tmp_path / f"{source.stem}_out.zarr"
+        code = main(["fuse", str(source), "--out", str(out), "--no-report", *FAST, *extra])
+        err = capsys.readouterr().err
+        assert code == 2, (name, err)
+        assert "error:" in err and re.search(message, err, re.IGNORECASE), (name, err)
+        assert not is_complete(out), name
+
+
+def test_unwritable_output(prefect_harness, tmp_path, good, capsys):
+    source = _npz(tmp_path / "ok.npz", **good)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main(["fuse", str(source), "--out", str(blocker / "o.zarr"), "--elements", "Sc", "Dy", "O", *FAST])
+    assert code == 2 and "cannot create the output directory" in capsys.readouterr().err
+
+
+def test_missing_source(tmp_path, capsys):
+    assert main(["fuse", str(tmp_path / "none.emd"), "--out", str(tmp_path / "o.zarr")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_rerun_after_an_interrupted_fuse_resumes(prefect_harness, tmp_path, dysco3):
+    """The CLI picks up an interrupted output store and finishes it with the same numbers."""
+    ds = xr.Dataset(
+        {"haadf": (("y", "x"), dysco3["haadf"][:64, :64]), "maps": (("element", "y", "x"), dysco3["maps"][:, :64, :64])},
+        coords={"y": np.arange(64.0), "x": np.arange(64.0), "element": dysco3["elements"], "z": ("element", dysco3["z"])},
+    )
+    store = write_dataset(ds, tmp_path / "in.zarr")
+    args = ["fuse", str(store), "--no-report", *FAST]
+    assert main([*args, "--out", str(tmp_path / "ref.zarr")]) == 0
+    # interrupt a second run after one of four tiles: copy the finished store, then undo 3 tiles
+    shutil.copytree(tmp_path / "ref.zarr", tmp_path / "cut.zarr")
+    mark_complete(tmp_path / "cut.zarr", False)
+    done = zarr.open_array(str(tmp_path / "cut.zarr" / "_progress" / "fuse" / "done"), mode="r+")
+    done[:] = 0
+    done[0, 0] = 1
+    fused = zarr.open_array(str(tmp_path / "cut.zarr" / "fused"), mode="r+")
+    fused[:, :, 32:] = np.nan
+    assert len(TileRecord.open(tmp_path / "cut.zarr", fusion_job.JOB).done_tiles()) == 1
+    assert main([*args, "--out", str(tmp_path / "cut.zarr")]) == 0
+    np.testing.assert_array_equal(open_dataset(tmp_path / "cut.zarr").fused.values,
+                                  open_dataset(tmp_path / "ref.zarr").fused.values)
