@@ -8,12 +8,12 @@ as one line naming the problem and the fix, with exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline.fusion import FusionParams
 

@@ -7,8 +7,9 @@ runner every worker would start its own temporary Prefect server.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE

@@ -16,14 +16,16 @@ and writes cores to Zarr stores), so both give the same numbers.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .backend import to_numpy
 from .fusion import COST_TERMS, FusionParams, Normalisation, fuse
 
 
@@ -99,12 +101,15 @@ def fuse_tile(
     normalisation: Normalisation,
     params: FusionParams,
 ) -> TileFusion:
-    """Fuse one window and crop its core; the dataset-wide ``normalisation`` is used."""
+    """Fuse one window and crop its core; the dataset-wide ``normalisation`` is used.
+
+    The window may be numpy or cupy; the cropped result is always numpy, ready to write.
+    """
     result = fuse(haadf_window, maps_window, z, normalisation=normalisation, **params.to_dict())
     ys, xs = tile.crop
     return TileFusion(
-        fused=result.fused[:, ys, xs],
-        haadf_model=result.haadf_model[ys, xs],
+        fused=to_numpy(result.fused[:, ys, xs]),
+        haadf_model=to_numpy(result.haadf_model[ys, xs]),
         costs=result.costs,
     )
 

@@ -16,8 +16,8 @@ Stages run by the driver alone (e.g. "inputs written") are group attributes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import zarr

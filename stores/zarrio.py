@@ -15,9 +15,10 @@ import datetime as _dt
 import hashlib
 import os
 import shutil
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import xarray as xr
 import zarr
@@ -63,7 +64,7 @@ def provenance(source: str | Path | None) -> dict[str, Any]:
     """Attributes that say where a store came from and what wrote it."""
     attrs: dict[str, Any] = {
         ATTR_VERSION: emfuse_version(),
-        ATTR_CREATED: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        ATTR_CREATED: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if source is not None:
         source = Path(source)

@@ -67,8 +67,9 @@ def prefect_harness(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect_home")
     os.environ["PREFECT_HOME"] = str(home)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    import flows  # noqa: F401  (configures the remaining Prefect defaults)
     from prefect.testing.utilities import prefect_test_harness
+
+    import flows  # noqa: F401  (configures the remaining Prefect defaults)
 
     with prefect_test_harness(server_startup_timeout=120):
         yield

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from pipeline.fusion import fuse
-from pipeline.tiles import sum_tile_costs, tile_grid, fuse_dataset
+from pipeline.tiles import fuse_dataset, sum_tile_costs, tile_grid
 
 
 @pytest.mark.parametrize("shape, tile, halo", [((250, 200), 96, 8), ((64, 64), 64, 16), ((7, 130), 32, 40)])
