@@ -95,11 +95,13 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from stores.ingest import ingest
+    from dask.diagnostics import ProgressBar
 
-    path = ingest(args.file, args.out, elements=args.elements, overwrite=args.overwrite)
+    from stores.ingest import ingest
     from stores.zarrio import open_dataset
 
+    with ProgressBar(minimum=2.0):  # shown only when the copy takes more than 2 s
+        path = ingest(args.file, args.out, elements=args.elements, overwrite=args.overwrite)
     print(f"wrote {path}")
     print(open_dataset(path))
     return 0
