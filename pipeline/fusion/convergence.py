@@ -8,7 +8,7 @@ output store instead of relying on someone looking at a plot.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

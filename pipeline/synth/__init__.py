@@ -6,8 +6,22 @@ Examples
 >>> data = make_spectrum_image((32, 32), n_channels=256, seed=1)
 >>> data.spectrum.shape, data.true_maps.shape
 ((32, 32, 256), (3, 32, 32))
+
+Datasets larger than memory are generated chunk by chunk as Dask arrays:
+
+>>> from pipeline.synth import lazy_spectrum_image
+>>> lazy_spectrum_image((1024, 1024), n_channels=2048).spectrum.chunksize
+(64, 64, 2048)
 """
 
+from .lazy import (
+    LazyMapSet,
+    LazySpectrumImage,
+    SpecimenMosaic,
+    lazy_map_set,
+    lazy_spectrum_image,
+    tile_rng,
+)
 from .spectrum_image import (
     DEFAULT_DOSE,
     DEFAULT_PIXEL_SIZE_NM,
@@ -22,8 +36,14 @@ __all__ = [
     "DEFAULT_DOSE",
     "DEFAULT_PIXEL_SIZE_NM",
     "SPECIMENS",
+    "LazyMapSet",
+    "LazySpectrumImage",
+    "SpecimenMosaic",
     "SyntheticSpectrumImage",
     "dataset_nbytes",
+    "lazy_map_set",
+    "lazy_spectrum_image",
     "make_spectrum_image",
     "specimen_maps",
+    "tile_rng",
 ]

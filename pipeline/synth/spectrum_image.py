@@ -463,18 +463,59 @@ def _eels_energy_axis(symbols, n_channels):
     return lo + dispersion * np.arange(n_channels)
 
 
-def _haadf(maps, support, z, snr, rng):
+def _haadf_signal(maps, support, z):
+    """Z-contrast blurred by the probe (before normalisation), float64 (y, x)."""
     signal = np.tensordot(np.asarray(z, dtype=np.float64) ** HAADF_EXPONENT, maps, axes=1)
     signal = signal + _Z_SUPPORT**HAADF_EXPONENT * support
-    blurred = ndimage.gaussian_filter(signal, _PROBE_SIGMA_PX, mode="nearest")
+    return ndimage.gaussian_filter(signal, _PROBE_SIGMA_PX, mode="nearest")
+
+
+def _haadf_noise(true, mean, snr, rng):
+    """Noisy HAADF (float64) around `true` with standard deviation `mean` / `snr`.
+
+    80 % of the variance from electron counting (Poisson), 20 % from the detector electronics
+    (gaussian). `mean` is the dataset's mean true HAADF (passed in, so that a tile of a larger
+    image gets the noise level of the whole image).
+    """
+    var = (mean / snr) ** 2
+    electrons = mean / (0.8 * var)
+    return rng.poisson(true * electrons) / electrons + rng.normal(0, math.sqrt(0.2 * var),
+                                                                   true.shape)
+
+
+def _haadf(maps, support, z, snr, rng):
+    blurred = _haadf_signal(maps, support, z)
     true = blurred / max(blurred.max(), 1e-12) + _HAADF_OFFSET
-    # Noise: 80 % of the variance from electron counting (Poisson), 20 % from the detector
-    # electronics (gaussian), with a total standard deviation of mean / snr.
-    var = (true.mean() / snr) ** 2
-    electrons = true.mean() / (0.8 * var)
-    noisy = rng.poisson(true * electrons) / electrons + rng.normal(0, math.sqrt(0.2 * var),
-                                                                    true.shape)
+    noisy = _haadf_noise(true, true.mean(), snr, rng)
     return noisy.astype(np.float32), true.astype(np.float32)
+
+
+def _pixel_features(maps, support, z):
+    """Per-pixel features of the spectrum model: concentrations (n_px, n_el) float64 and the
+    Z-weighted mass thickness (y, x) that scales the background."""
+    thickness = np.tensordot(np.asarray(z).astype(np.float64), maps, axes=1) + _Z_SUPPORT * support
+    flat_maps = maps.reshape(maps.shape[0], -1).T.astype(np.float64)
+    return flat_maps, thickness
+
+
+def _draw_spectrum(features_px, weights, shape, rng, dose):
+    """Poisson counts (y, x, energy) uint16 of expected ``features_px @ weights``, in slabs of
+    rows so that the float64 expectation stays near ``_SLAB_VALUES`` values."""
+    ny, nx = shape
+    n_channels = weights.shape[1]
+    spectrum = np.empty((ny, nx, n_channels), dtype=np.uint16)
+    rows = max(1, _SLAB_VALUES // (nx * n_channels))
+    for start in range(0, ny, rows):
+        stop = min(ny, start + rows)
+        expected = features_px[start * nx:stop * nx] @ weights
+        peak = float(expected.max())
+        if peak > _COUNT_LIMIT:
+            raise ValueError(
+                f"dose {dose:g} is too high for 16-bit counts: the brightest channel would hold "
+                f"~{peak:.0f} counts (limit {_COUNT_LIMIT}); lower the dose or use more channels"
+            )
+        spectrum[start:stop] = rng.poisson(expected).reshape(stop - start, nx, -1)
+    return spectrum
 
 
 def dataset_nbytes(shape: tuple[int, int] = (256, 256), n_channels: int = 1024,
@@ -488,6 +529,80 @@ def dataset_nbytes(shape: tuple[int, int] = (256, 256), n_channels: int = 1024,
     """
     ny, nx = _check_shape(shape)
     return ny * nx * (2 * n_channels + 4 * (2 + n_elements)) + 8 * n_channels + 8 * n_elements
+
+
+def _check_parameters(shape, elements, specimen, dose, n_channels, signal_type, haadf_snr,
+                      background_fraction):
+    """Validate the generator's parameters (shared by the eager and the lazy generator).
+
+    Returns (symbols, mode, (ny, nx), dose, n_channels, background_fraction).
+    """
+    symbols = validate_elements(elements)
+    if not 2 <= len(symbols) <= 4:
+        raise ValueError(f"give 2 to 4 elements, got {len(symbols)}: {list(symbols)}")
+    mode = str(signal_type).strip().upper()
+    mode = "EDX" if mode in {"EDX", "EDS", "XEDS"} else mode
+    if mode not in {"EDX", "EELS"}:
+        raise ValueError(f"signal_type must be 'EDX' or 'EELS', got {signal_type!r}")
+    if specimen not in SPECIMENS:
+        raise ValueError(f"specimen must be one of {SPECIMENS}, got {specimen!r}")
+    ny, nx = _check_shape(shape)
+    dose = DEFAULT_DOSE[mode] if dose is None else float(dose)
+    if not (math.isfinite(dose) and dose > 0):
+        raise ValueError(f"dose must be a positive number of counts per pixel, got {dose}")
+    if int(n_channels) < 16:
+        raise ValueError(f"n_channels must be at least 16, got {n_channels}")
+    n_channels = int(n_channels)
+    if not (math.isfinite(haadf_snr) and haadf_snr > 0):
+        raise ValueError(f"haadf_snr must be > 0, got {haadf_snr}")
+    fb = _BACKGROUND_FRACTION[mode] if background_fraction is None else float(background_fraction)
+    if not 0 <= fb < 1:
+        raise ValueError(f"background_fraction must be in [0, 1), got {background_fraction}")
+    return symbols, mode, (ny, nx), dose, n_channels, fb
+
+
+@dataclass(frozen=True, eq=False)
+class _SpectralModel:
+    """The energy axis and the per-unit-amount spectra of the elements and the background."""
+
+    energy: np.ndarray  # (n_channels,) channel centres, eV
+    energy_range_ev: tuple[float, float]
+    profiles: np.ndarray  # (n_elements, n_channels), before scaling by k_signal
+    background: np.ndarray  # (n_channels,), sums to 1
+    features: dict  # the lines / edges used, per element
+
+
+def _spectral_model(symbols, mode, n_channels, energy_range_ev, fwhm_mnka_ev,
+                    beam_energy_kev) -> _SpectralModel:
+    if energy_range_ev is None:
+        if mode == "EDX":
+            energy_range_ev = (0.0, 20480.0)
+        else:
+            axis = _eels_energy_axis(symbols, n_channels)
+            energy_range_ev = (float(axis[0]), float(axis[0] + (axis[1] - axis[0]) * n_channels))
+    lo, hi = (float(v) for v in energy_range_ev)
+    if not hi > lo:
+        raise ValueError(
+            f"energy_range_ev must be (low, high) with low < high, got {energy_range_ev}"
+        )
+    energy = lo + (hi - lo) / n_channels * np.arange(n_channels)
+    edges = channel_edges_ev(energy)
+    if mode == "EDX":
+        profiles, features = _edx_profiles(symbols, energy, edges, fwhm_mnka_ev)
+        background = _bremsstrahlung(energy, edges, beam_energy_kev)
+    else:
+        profiles, features = _eels_profiles(symbols, energy, edges)
+        background = energy ** -_EELS_BACKGROUND_R * np.diff(edges)
+        background /= background.sum()
+    return _SpectralModel(energy, (lo, hi), profiles, background, features)
+
+
+def _spectrum_weights(model: _SpectralModel, dose, fb, mean_signal, mean_background):
+    """(n_elements + 1, n_channels) expected counts per unit of each pixel feature, scaled so
+    that the background holds `fb` of the counts and the mean total per pixel is `dose`."""
+    k_signal = dose * (1 - fb) / mean_signal
+    k_background = dose * fb / mean_background if fb > 0 else 0.0
+    return np.vstack([k_signal * model.profiles, k_background * model.background[None, :]])
 
 
 def make_spectrum_image(
@@ -552,41 +667,12 @@ def make_spectrum_image(
     >>> d.spectrum.shape, float(d.energy_ev[1] - d.energy_ev[0])
     ((32, 32, 256), 80.0)
     """
-    symbols = validate_elements(elements)
-    if not 2 <= len(symbols) <= 4:
-        raise ValueError(f"give 2 to 4 elements, got {len(symbols)}: {list(symbols)}")
-    mode = str(signal_type).strip().upper()
-    mode = "EDX" if mode in {"EDX", "EDS", "XEDS"} else mode
-    if mode not in {"EDX", "EELS"}:
-        raise ValueError(f"signal_type must be 'EDX' or 'EELS', got {signal_type!r}")
-    if specimen not in SPECIMENS:
-        raise ValueError(f"specimen must be one of {SPECIMENS}, got {specimen!r}")
-    ny, nx = _check_shape(shape)
-    dose = DEFAULT_DOSE[mode] if dose is None else float(dose)
-    if not (math.isfinite(dose) and dose > 0):
-        raise ValueError(f"dose must be a positive number of counts per pixel, got {dose}")
-    if int(n_channels) < 16:
-        raise ValueError(f"n_channels must be at least 16, got {n_channels}")
-    n_channels = int(n_channels)
-    if not (math.isfinite(haadf_snr) and haadf_snr > 0):
-        raise ValueError(f"haadf_snr must be > 0, got {haadf_snr}")
-    fb = _BACKGROUND_FRACTION[mode] if background_fraction is None else float(background_fraction)
-    if not 0 <= fb < 1:
-        raise ValueError(f"background_fraction must be in [0, 1), got {background_fraction}")
-
-    if energy_range_ev is None:
-        if mode == "EDX":
-            energy_range_ev = (0.0, 20480.0)
-        else:
-            axis = _eels_energy_axis(symbols, n_channels)
-            energy_range_ev = (float(axis[0]), float(axis[0] + (axis[1] - axis[0]) * n_channels))
-    lo, hi = (float(v) for v in energy_range_ev)
-    if not hi > lo:
-        raise ValueError(
-            f"energy_range_ev must be (low, high) with low < high, got {energy_range_ev}"
-        )
-    energy = lo + (hi - lo) / n_channels * np.arange(n_channels)
-    edges = channel_edges_ev(energy)
+    symbols, mode, (ny, nx), dose, n_channels, fb = _check_parameters(
+        shape, elements, specimen, dose, n_channels, signal_type, haadf_snr, background_fraction)
+    model = _spectral_model(symbols, mode, n_channels, energy_range_ev, fwhm_mnka_ev,
+                            beam_energy_kev)
+    lo, hi = model.energy_range_ev
+    energy, profiles, features = model.energy, model.profiles, model.features
     z = np.array([atomic_number(s) for s in symbols], dtype=np.int64)
 
     specimen_rng, spectrum_rng, haadf_rng = np.random.default_rng(seed).spawn(3)
@@ -594,34 +680,12 @@ def make_spectrum_image(
     maps, support = specimen_maps((ny, nx), len(symbols), specimen, pixel_size_nm=pixel_nm,
                                   seed=specimen_rng)
 
-    if mode == "EDX":
-        profiles, features = _edx_profiles(symbols, energy, edges, fwhm_mnka_ev)
-        background = _bremsstrahlung(energy, edges, beam_energy_kev)
-    else:
-        profiles, features = _eels_profiles(symbols, energy, edges)
-        background = energy ** -_EELS_BACKGROUND_R * np.diff(edges)
-        background /= background.sum()
-    thickness = np.tensordot(z.astype(np.float64), maps, axes=1) + _Z_SUPPORT * support
-    flat_maps = maps.reshape(len(symbols), -1).T.astype(np.float64)
+    flat_maps, thickness = _pixel_features(maps, support, z)
     mean_signal = float((flat_maps @ profiles.sum(axis=1)).mean())
     mean_background = float(thickness.mean())
-    k_signal = dose * (1 - fb) / mean_signal
-    k_background = dose * fb / mean_background if fb > 0 else 0.0
-    weights = np.vstack([k_signal * profiles, k_background * background[None, :]])
+    weights = _spectrum_weights(model, dose, fb, mean_signal, mean_background)
     features_px = np.hstack([flat_maps, thickness.reshape(-1, 1)])
-
-    spectrum = np.empty((ny, nx, n_channels), dtype=np.uint16)
-    rows = max(1, _SLAB_VALUES // (nx * n_channels))
-    for start in range(0, ny, rows):
-        stop = min(ny, start + rows)
-        expected = features_px[start * nx:stop * nx] @ weights
-        peak = float(expected.max())
-        if peak > _COUNT_LIMIT:
-            raise ValueError(
-                f"dose {dose:g} is too high for 16-bit counts: the brightest channel would hold "
-                f"~{peak:.0f} counts (limit {_COUNT_LIMIT}); lower the dose or use more channels"
-            )
-        spectrum[start:stop] = spectrum_rng.poisson(expected).reshape(stop - start, nx, -1)
+    spectrum = _draw_spectrum(features_px, weights, (ny, nx), spectrum_rng, dose)
 
     haadf, true_haadf = _haadf(maps, support, z, haadf_snr, haadf_rng)
     params = {
