@@ -4,9 +4,24 @@ High-SNR HAADF + noisy EDX/EELS elemental maps -> high-SNR elemental maps.
 
 >>> from pipeline.fusion import fuse  # doctest: +SKIP
 >>> result = fuse(haadf, maps, z=[21, 66, 8], lambda_chem=0.08, lambda_tv=0.15)  # doctest: +SKIP
+
+numpy inputs run on fused numba kernels (:mod:`.kernels_numba`, imported on
+first use); ``fuse(..., engine="xp")`` runs the plain array code (numpy or cupy).
 """
 
-from .model import (
+import os
+
+# GNU OpenMP, numba's threading layer here, keeps idle threads spinning by
+# default. When cores are shared (Dask tile threads or worker processes each
+# launching parallel kernels, other jobs), the spinning threads starve the
+# working ones: the DyScO3 tutorial took 2.2 s instead of 0.14 s on a busy
+# 2-core machine. Passive waiting costs microseconds per kernel launch. The
+# runtime reads this once, when numba first starts its threads, so it is set
+# here, before any kernel runs (and inherited by Dask worker processes started
+# later); an OMP_WAIT_POLICY set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .model import (  # noqa: E402
     FusionInputError,
     Normalisation,
     check_inputs,
@@ -15,7 +30,7 @@ from .model import (
     objective,
     objective_terms,
 )
-from .solver import COST_TERMS, FusionParams, FusionResult, fuse
+from .solver import COST_TERMS, FusionParams, FusionResult, fuse, numba_available
 from .tv import divergence, gradient, prox_tv, tv_iso
 
 __all__ = [
@@ -31,6 +46,7 @@ __all__ = [
     "haadf_model",
     "haadf_weights",
     "objective",
+    "numba_available",
     "objective_terms",
     "prox_tv",
     "tv_iso",

@@ -1,4 +1,4 @@
-"""Isotropic total variation and its proximal operator (FGP, Beck & Teboulle 2009).
+"""Isotropic total variation and its proximal operator (GP/FGP, Beck & Teboulle 2009).
 
 All functions act on stacks ``(..., H, W)``: the TV of each image in the stack
 is independent, so a whole set of elemental maps is regularised in one pass.
@@ -69,12 +69,18 @@ def prox_tv(
     n_iter: int,
     *,
     nonnegative: bool = True,
+    momentum: bool = True,
 ) -> Any:
     """Solve ``argmin_{x >= 0} 1/2 ||x - b||^2 + lambda_tv TV_iso(x)`` approximately.
 
-    Fast gradient projection on the dual (Beck & Teboulle 2009, FGP with
-    Nesterov momentum), ``n_iter`` iterations, for every image of the stack
-    ``b`` (..., H, W) at once.
+    Gradient projection on the dual (Beck & Teboulle 2009) from a zero dual,
+    ``n_iter`` iterations, for every image of the stack ``b`` (..., H, W) at
+    once; with ``momentum`` it is their fast variant FGP (Nesterov
+    extrapolation of the dual), without it plain gradient projection (GP).
+    The result is the primal point of the last dual iterate.
+
+    This plain version works on numpy and cupy and is the reference for the
+    fused numba kernel (:func:`pipeline.fusion.kernels_numba.prox_tv`).
 
     Parameters
     ----------
@@ -84,10 +90,14 @@ def prox_tv(
         TV weight (same units as ``b``). ``0`` returns ``b`` projected onto
         the constraint.
     n_iter
-        Number of FGP iterations; a few (3-10) suffice inside a proximal
-        gradient loop because each call starts near the answer.
+        Number of dual iterations.
     nonnegative
         Project onto ``x >= 0`` (the constrained variant of FGP).
+    momentum
+        FGP (True, the default: the best denoiser for a given ``n_iter``) or
+        GP (False). The fusion solver uses GP: with a few iterations from a
+        zero dual the iteration count is part of the regularisation, and the
+        published parameters were set with GP (see :mod:`.solver`).
 
     Examples
     --------
@@ -95,6 +105,8 @@ def prox_tv(
     >>> rng = np.random.default_rng(0)
     >>> noisy = np.ones((32, 32)) + 0.1 * rng.standard_normal((32, 32))
     >>> bool(tv_iso(prox_tv(noisy, 0.1, 20)) < tv_iso(noisy))
+    True
+    >>> bool(tv_iso(prox_tv(noisy, 0.1, 20, momentum=False)) < tv_iso(noisy))
     True
     """
     xp = get_xp(b)
@@ -107,7 +119,7 @@ def prox_tv(
     step = 1.0 / (8.0 * lambda_tv)
     py = xp.zeros_like(b)
     px = xp.zeros_like(b)
-    ry, rx = py, px  # extrapolated dual point
+    ry, rx = py, px  # the dual point the step is taken from (extrapolated with momentum)
     t = 1.0
     for _ in range(n_iter):
         x = project(b + lambda_tv * divergence(ry, rx))
@@ -118,9 +130,13 @@ def prox_tv(
         norm = xp.maximum(1.0, xp.sqrt(qy * qy + qx * qx))
         qy /= norm
         qx /= norm
-        t_next = 0.5 * (1.0 + (1.0 + 4.0 * t * t) ** 0.5)
-        momentum = (t - 1.0) / t_next
-        ry = qy + momentum * (qy - py)
-        rx = qx + momentum * (qx - px)
-        py, px, t = qy, qx, t_next
+        if momentum:
+            t_next = 0.5 * (1.0 + (1.0 + 4.0 * t * t) ** 0.5)
+            extrapolation = (t - 1.0) / t_next
+            ry = qy + extrapolation * (qy - py)
+            rx = qx + extrapolation * (qx - px)
+            t = t_next
+        else:
+            ry, rx = qy, qx
+        py, px = qy, qx
     return project(b + lambda_tv * divergence(py, px))

@@ -1,0 +1,195 @@
+"""The fused numba kernels against the plain array code they replace, kernel by kernel and whole.
+
+The plain (``xp``) code is the reference: it is what runs on CuPy, and it is
+written as the formulas read. Kernels work in float32 like the plain code, so
+they agree to float32 rounding (a few 1e-7 relative), not bit for bit.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba", reason="numba is not installed: the numba engine cannot run")
+
+from pipeline.fusion import fuse, haadf_weights, objective_terms, prox_tv  # noqa: E402
+from pipeline.fusion import kernels_numba as kn  # noqa: E402
+from pipeline.fusion.solver import _smooth_gradient  # noqa: E402
+
+GAMMA, LAM_H, LAM_CHEM, BKG = 1.6, 1 / 3, 0.08, 0.24
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """A small non-square float32 problem with exact zeros in the iterate (as after clipping)."""
+    rng = np.random.default_rng(11)
+    x = rng.random((3, 37, 53)).astype(np.float32)
+    x[x < 0.2] = 0
+    b_maps = rng.random((3, 37, 53)).astype(np.float32)
+    b_maps[b_maps < 0.3] = 0  # sparse maps, as EELS maps are
+    b_haadf = rng.random((37, 53)).astype(np.float32)
+    return x, b_haadf, b_maps, haadf_weights([21, 66, 8])
+
+
+def _ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance in float32 units in the last place (both arrays >= 0)."""
+    return np.abs(a.astype(np.float32).view(np.int32).astype(np.int64) - b.astype(np.float32).view(np.int32))
+
+
+@pytest.mark.parametrize("exponent", [0.6, 0.0, 1.0, 2.5])
+def test_vectorised_power_is_within_one_ulp(exponent):
+    rng = np.random.default_rng(13)
+    x = np.concatenate([rng.random(20000), 10.0 ** rng.uniform(-45, 1.5, 20000), [0.0, 1.0, 1e-45]])
+    x = x.astype(np.float32)
+    out = np.empty_like(x)
+    kn._power_row(x, np.float32(exponent), out)
+    exact = x.astype(np.float64) ** np.float64(np.float32(exponent))  # then rounded to float32
+    assert _ulps(out, exact).max() <= 1
+    assert out[-3] == (1.0 if exponent == 0 else 0.0)  # numpy: 0 ** 0 = 1
+
+
+def test_vectorised_log_is_within_one_ulp():
+    rng = np.random.default_rng(14)
+    y = np.concatenate([10.0 ** rng.uniform(-45, 3, 5000), rng.random(5000) + 0.01]).astype(np.float32)
+    ours = np.array([kn._log64(v) for v in y]).astype(np.float32)
+    exact = np.log(y.astype(np.float64)).astype(np.float32)  # correctly rounded
+    assert (np.abs(ours - exact) <= np.spacing(np.abs(exact))).all()
+
+
+@pytest.mark.parametrize("step", [1.0, 0.125])
+@pytest.mark.parametrize("reuse_pow", [False, True])
+def test_smooth_step_matches_plain(problem, step, reuse_pow):
+    x, b_haadf, b_maps, weights = problem
+    w = weights.astype(np.float32)[:, None, None]
+    plain = x - step * _smooth_gradient(x, b_haadf, b_maps, w, GAMMA, LAM_H, LAM_CHEM, BKG)
+    x_pow = (x ** (GAMMA - 1)).astype(np.float32) if reuse_pow else None
+    fused = kn.smooth_step(x, b_haadf, b_maps, weights, gamma=GAMMA, lam_h=LAM_H, lambda_chem=LAM_CHEM,
+                           bkg=BKG, step=step, x_pow=x_pow)
+    assert fused.dtype == np.float32
+    np.testing.assert_allclose(fused, plain, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("momentum", [False, True])
+@pytest.mark.parametrize("nonnegative", [True, False])
+@pytest.mark.parametrize("n_iter", [1, 3, 20])
+def test_prox_tv_matches_plain(problem, momentum, nonnegative, n_iter):
+    x, _, b_maps, _ = problem
+    b = x - 0.5 * b_maps  # some negative values, so the projection matters
+    plain = prox_tv(b, 0.15, n_iter, nonnegative=nonnegative, momentum=momentum)
+    fused = kn.prox_tv(b, 0.15, n_iter, nonnegative=nonnegative, momentum=momentum)
+    np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-6)
+    if nonnegative:
+        assert (fused >= 0).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (40, 3)])
+def test_prox_tv_edge_shapes(shape):
+    rng = np.random.default_rng(12)
+    b = rng.standard_normal(shape).astype(np.float32)
+    for momentum in (False, True):
+        np.testing.assert_allclose(
+            kn.prox_tv(b, 0.3, 7, momentum=momentum), prox_tv(b, 0.3, 7, momentum=momentum),
+            rtol=1e-5, atol=1e-6,
+        )
+
+
+def test_prox_tv_trivial_cases_project(problem):
+    x, _, b_maps, _ = problem
+    b = x - b_maps
+    np.testing.assert_array_equal(kn.prox_tv(b, 0.0, 5), np.maximum(b, 0))
+    np.testing.assert_array_equal(kn.prox_tv(b, 0.2, 0, nonnegative=False), b)
+
+
+def test_prox_tv_reuses_buffers_without_state(problem):
+    """A workspace carries no state between calls: the second call equals a fresh one."""
+    x, _, b_maps, _ = problem
+    work = kn.TVWorkspace(x.shape, x.dtype, momentum=True)
+    out = np.empty_like(x)
+    kn.prox_tv(b_maps, 0.2, 4, out=out, work=work)
+    again = kn.prox_tv(x, 0.2, 4, out=out, work=work).copy()
+    np.testing.assert_array_equal(again, kn.prox_tv(x, 0.2, 4))
+
+
+def test_objective_terms_match_plain(problem):
+    x, b_haadf, b_maps, weights = problem
+    plain = objective_terms(x, b_haadf, b_maps, weights, GAMMA, BKG)
+    pow_out = np.empty_like(x)
+    fused = kn.objective_terms(x, b_haadf, b_maps, weights, GAMMA, BKG, pow_out=pow_out)
+    np.testing.assert_allclose(fused, plain, rtol=2e-6)
+    np.testing.assert_allclose(pow_out, x ** (GAMMA - 1), rtol=1e-6)
+    exact = objective_terms(x.astype(np.float64), b_haadf.astype(np.float64), b_maps.astype(np.float64),
+                            weights, GAMMA, BKG)
+    np.testing.assert_allclose(fused, exact, rtol=2e-6)  # float64 sums: no float32 drift
+
+
+def test_relative_change_matches_numpy(problem):
+    x, _, b_maps, _ = problem
+    expected = np.linalg.norm(b_maps.astype(np.float64) - x) / np.linalg.norm(x.astype(np.float64))
+    assert kn.relative_change(b_maps, x) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fuse_numba_matches_plain_on_the_tutorials(tutorial):
+    fast = fuse(tutorial["haadf"], tutorial["maps"], tutorial["z"], engine="numba", **tutorial["params"])
+    plain = fuse(tutorial["haadf"], tutorial["maps"], tutorial["z"], engine="xp", **tutorial["params"])
+    assert (fast.engine, plain.engine) == ("numba", "xp")
+    assert fast.step_history == plain.step_history
+    # 30 iterations of float32 rounding: measured max |diff| 6e-8 (DyScO3), 7e-6 (Co3O4)
+    np.testing.assert_allclose(fast.fused, plain.fused, atol=5e-5)
+    np.testing.assert_allclose(fast.objective, plain.objective, rtol=1e-6)
+    np.testing.assert_allclose(fast.costs, plain.costs, rtol=1e-5)
+    np.testing.assert_allclose(fast.haadf_model, plain.haadf_model, atol=5e-5)
+
+
+@pytest.mark.parametrize(
+    "dtype, atol",
+    [
+        (np.float32, 5e-5),
+        # float64 compiles every kernel a second time (about 20 s once, then cached)
+        pytest.param(np.float64, 1e-10, marks=pytest.mark.slow),
+    ],
+)
+def test_fuse_numba_matches_plain_with_backtracking_and_tol(dysco3, dtype, atol):
+    haadf, maps = dysco3["haadf"][:, :120], dysco3["maps"][:, :, :120]
+    # step 8 is too long: it is halved three times (measured 8, 4, 4, 2, ...), which
+    # exercises the retry from the iterate
+    params = {**dysco3["params"], "n_iter": 40, "step": 8.0, "tol": 2e-3}
+    fast = fuse(haadf, maps, dysco3["z"], engine="numba", dtype=dtype, **params)
+    plain = fuse(haadf, maps, dysco3["z"], engine="xp", dtype=dtype, **params)
+    assert fast.fused.dtype == dtype
+    assert min(fast.step_history) < 8.0
+    assert fast.step_history == plain.step_history
+    assert fast.costs.shape == plain.costs.shape and fast.costs.shape[1] < 40  # tol stopped both
+    np.testing.assert_allclose(fast.fused, plain.fused, atol=atol)
+
+
+def test_auto_engine_is_numba_for_numpy_and_can_be_switched(dysco3, monkeypatch):
+    from pipeline.fusion import solver
+
+    small = (dysco3["haadf"][:32, :32], dysco3["maps"][:, :32, :32], dysco3["z"])
+    assert fuse(*small, n_iter=2).engine == "numba"
+    monkeypatch.setattr(solver, "ENGINE", "xp")
+    assert fuse(*small, n_iter=2).engine == "xp"
+    assert fuse(*small, n_iter=2, engine="numba").engine == "numba"
+    with pytest.raises(ValueError, match="unknown fusion engine"):
+        fuse(*small, n_iter=2, engine="fortran")
+
+
+def test_concurrent_calls_from_threads_agree(dysco3):
+    """Dask's threaded scheduler fuses several tiles at once; kernels must not interfere."""
+    windows = [(slice(0, 64), slice(0, 64)), (slice(64, 128), slice(0, 96)), (slice(100, 164), slice(50, 114))]
+
+    def run(window):
+        ys, xs = window
+        return fuse(dysco3["haadf"][ys, xs], dysco3["maps"][:, ys, xs], dysco3["z"], **dysco3["params"]).fused
+
+    serial = [run(w) for w in windows]
+    results: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda k=k, w=w: results.__setitem__(k, run(w))) for k, w in enumerate(windows)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, expected in enumerate(serial):
+        np.testing.assert_array_equal(results[k], expected)
