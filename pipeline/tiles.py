@@ -105,7 +105,8 @@ def fuse_tile(
 
     The window may be numpy or cupy; the cropped result is always numpy, ready to write.
     """
-    result = fuse(haadf_window, maps_window, z, normalisation=normalisation, **params.to_dict())
+    # no per-tile warnings: the job diagnoses the summed cost curves once
+    result = fuse(haadf_window, maps_window, z, normalisation=normalisation, warn=False, **params.to_dict())
     ys, xs = tile.crop
     return TileFusion(
         fused=to_numpy(result.fused[:, ys, xs]),

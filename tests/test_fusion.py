@@ -190,3 +190,25 @@ def test_cupy_matches_numpy(dysco3):
     cpu = fuse(dysco3["haadf"], dysco3["maps"], dysco3["z"], **p)
     gpu = fuse(cupy.asarray(dysco3["haadf"]), cupy.asarray(dysco3["maps"]), dysco3["z"], **p)
     np.testing.assert_allclose(cupy.asnumpy(gpu.fused), cpu.fused, rtol=1e-4, atol=1e-5)
+
+
+def test_tv_momentum_option_solves_each_tv_step_further(dysco3):
+    """FGP momentum (tv_momentum=True) smooths more per TV step than plain GP, at a lower F."""
+    gp = fuse(dysco3["haadf"], dysco3["maps"], dysco3["z"], **dysco3["params"])
+    fgp = fuse(dysco3["haadf"], dysco3["maps"], dysco3["z"], **dysco3["params"], tv_momentum=True)
+    assert fgp.params.tv_momentum and not gp.params.tv_momentum
+    assert fgp.costs[2, -1] < gp.costs[2, -1]  # smoother maps
+    assert fgp.objective[-1] < gp.objective[-1]
+
+
+def test_unfinished_run_warns_and_records_why(dysco3):
+    from pipeline.fusion import ConvergenceWarning
+
+    short = {**dysco3["params"], "n_iter": 4}
+    with pytest.warns(ConvergenceWarning, match="has not levelled off.*raise n_iter"):
+        result = fuse(dysco3["haadf"], dysco3["maps"], dysco3["z"], **short)
+    assert result.convergence
+    quiet = fuse(dysco3["haadf"], dysco3["maps"], dysco3["z"], warn=False, **short)
+    assert quiet.convergence == result.convergence
+    long = fuse(dysco3["haadf"], dysco3["maps"], dysco3["z"], warn=False, **{**dysco3["params"], "n_iter": 200})
+    assert long.convergence == []

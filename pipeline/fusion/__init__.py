@@ -21,6 +21,7 @@ import os
 # later); an OMP_WAIT_POLICY set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from .convergence import ConvergenceWarning, diagnose_convergence  # noqa: E402
 from .model import (  # noqa: E402
     FusionInputError,
     Normalisation,
@@ -35,6 +36,8 @@ from .tv import divergence, gradient, prox_tv, tv_iso
 
 __all__ = [
     "COST_TERMS",
+    "ConvergenceWarning",
+    "diagnose_convergence",
     "FusionInputError",
     "FusionParams",
     "FusionResult",

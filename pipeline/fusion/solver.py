@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_xp
+from .convergence import ConvergenceWarning, diagnose_convergence
 from .model import (
     FusionInputError,
     Normalisation,
@@ -52,9 +54,6 @@ COST_TERMS = ("haadf", "chem", "tv")
 #: Default engine of :func:`fuse` when none is given: ``"auto"`` (numba for numpy
 #: input when numba imports, else plain), ``"numba"`` or ``"xp"`` (plain array code).
 ENGINE = "auto"
-
-# FGP momentum in the TV step of the solver: off, see the module docstring.
-TV_MOMENTUM = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,11 @@ class FusionParams:
     tol
         Stop early when the relative change of the iterate falls below
         ``tol`` (``None``: run all ``n_iter`` iterations).
+    tv_momentum
+        Solve each TV step by FGP (Nesterov momentum) instead of plain
+        gradient projection. Off by default: the published parameters were
+        set with GP (see the module docstring); turn it on to solve each TV
+        step further in the same ``n_iter_tv``.
     """
 
     gamma: float = 1.6
@@ -98,6 +102,7 @@ class FusionParams:
     init_threshold: float = 0.0
     step: float = 1.0
     tol: float | None = None
+    tv_momentum: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -153,6 +158,7 @@ class FusionResult:
     initial_objective: float = float("nan")
     step_history: list[float] = field(default_factory=list)
     engine: str = ""  # the kernels that ran: "numba" or "xp"
+    convergence: list[str] = field(default_factory=list)  # cost curves not levelled off / oscillating
 
 
 def fuse(
@@ -164,6 +170,7 @@ def fuse(
     callback: Callable[[int, float], None] | None = None,
     dtype: Any = np.float32,
     engine: str | None = None,
+    warn: bool = True,
     **params: Any,
 ) -> FusionResult:
     """Fuse noisy elemental maps with a high-SNR HAADF (Schwartz et al. 2022).
@@ -196,6 +203,10 @@ def fuse(
         ``"numba"`` (fused CPU kernels, numpy input only), ``"xp"`` (plain
         numpy/cupy code) or ``"auto"``: numba for numpy input when numba is
         installed. ``None`` uses the module default :data:`ENGINE`.
+    warn
+        Emit a :class:`ConvergenceWarning` for each cost curve that has not
+        levelled off or oscillates (the messages are kept in
+        ``FusionResult.convergence`` either way).
     **params
         Fields of :class:`FusionParams` (``gamma``, ``lambda_chem``,
         ``lambda_tv``, ``n_iter``, ``n_iter_tv``, ``bkg``, ``init_threshold``,
@@ -262,6 +273,10 @@ def fuse(
     result.haadf_model = haadf_model(x, weights, p.gamma)
     result.costs = np.asarray(costs, dtype=np.float64).T
     result.objective = lam_h * result.costs[0] + p.lambda_chem * result.costs[1] + p.lambda_tv * result.costs[2]
+    result.convergence = diagnose_convergence(result.costs, COST_TERMS)
+    if warn:
+        for message in result.convergence:
+            warnings.warn(message, ConvergenceWarning, stacklevel=2)
     return result
 
 
@@ -291,7 +306,7 @@ class _XpOps:
         return lambda step: x - step * grad
 
     def prox(self, v: Any, lambda_tv: float, x: Any) -> Any:
-        return prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=TV_MOMENTUM)
+        return prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=self.p.tv_momentum)
 
     def terms(self, x: Any) -> tuple[float, float, float]:
         return objective_terms(x, self.b_haadf, self.b_maps, self.weights, self.p.gamma, self.p.bkg)
@@ -323,7 +338,7 @@ class _NumbaOps:
         self.x_buffers = [np.empty_like(self.b_maps), np.empty_like(self.b_maps)]
         self.pow_buffers = [np.empty_like(self.b_maps), np.empty_like(self.b_maps)]
         self.pow_valid = [False, False]
-        self.work = kernels_numba.TVWorkspace(b_maps.shape, b_maps.dtype, TV_MOMENTUM)
+        self.work = kernels_numba.TVWorkspace(b_maps.shape, b_maps.dtype, p.tv_momentum)
 
     def _slot(self, x: np.ndarray) -> int | None:
         """Which iterate buffer ``x`` lives in (None: an array of the caller's)."""
@@ -344,7 +359,7 @@ class _NumbaOps:
     def prox(self, v: np.ndarray, lambda_tv: float, x: np.ndarray) -> np.ndarray:
         k = 1 if self._slot(x) == 0 else 0  # never write over the iterate
         self.pow_valid[k] = False
-        return self.kn.prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=TV_MOMENTUM,
+        return self.kn.prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=self.p.tv_momentum,
                                out=self.x_buffers[k], work=self.work)
 
     def terms(self, x: np.ndarray) -> tuple[float, float, float]:
