@@ -347,13 +347,30 @@ def local_defaults(processes: bool = True, n_workers: int | None = None) -> dict
 
 
 @contextlib.contextmanager
-def _worker_environ() -> Iterator[None]:
-    """Dask config under which nannies spawn workers without the variables above."""
+def _worker_environ(**variables: str) -> Iterator[None]:
+    """Dask config under which nannies spawn workers without the variables above, with ``variables``."""
     import dask
 
-    unset = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in WORKER_ENVIRON_UNSET}
-    with dask.config.set(unset):
+    key = "distributed.nanny.pre-spawn-environ."
+    config = {f"{key}{name}": None for name in WORKER_ENVIRON_UNSET}
+    config.update({f"{key}{name}": value for name, value in variables.items()})
+    with dask.config.set(config):
         yield
+
+
+def numba_threads_per_worker(n_workers: int, threads_per_worker: int) -> int:
+    """Numba threads for each worker process so that all of them together fill the cores once.
+
+    Every Dask worker thread may run a parallel numba kernel (a fusion tile);
+    without a cap each would start one thread per core and they would fight
+    over the cores.
+
+    Examples
+    --------
+    >>> numba_threads_per_worker(1, 1) == available_cores()
+    True
+    """
+    return max(1, available_cores() // max(1, n_workers * threads_per_worker))
 
 
 def _worker_environ_prologue() -> list[str]:
@@ -375,7 +392,8 @@ def _local_cluster(options: Mapping[str, Any], processes: bool):
         # worker has no host of its own, so its HTTP server (metrics, health)
         # would otherwise listen on all interfaces.
         kwargs.setdefault("worker_dashboard_address", "127.0.0.1:0")
-    with _worker_environ():
+    numba_threads = numba_threads_per_worker(kwargs["n_workers"], kwargs["threads_per_worker"])
+    with _worker_environ(NUMBA_NUM_THREADS=str(numba_threads)):
         return LocalCluster(processes=processes, **kwargs)
 
 

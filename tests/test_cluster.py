@@ -20,6 +20,7 @@ from cluster import (
     make_cluster,
     render_job_script,
 )
+from cluster.profiles import available_cores
 
 
 def _listening_hosts(process: psutil.Process) -> set[str]:
@@ -145,6 +146,9 @@ def test_local_processes_on_loopback():
         # no malloc trim threshold in the workers (it made array-heavy kernels 5x slower)
         environ = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
         assert set(environ.values()) == {None}
+        # numba threads shared out so that 2 workers x 1 thread fill the cores once
+        numba = client.run(lambda: os.environ.get("NUMBA_NUM_THREADS"))
+        assert set(numba.values()) == {str(max(1, available_cores() // 2))}
         # scheduler + dashboard (this process) and workers (children) bind loopback only
         me = psutil.Process()
         assert _listening_hosts(me) == {"127.0.0.1"}
