@@ -347,14 +347,12 @@ def local_defaults(processes: bool = True, n_workers: int | None = None) -> dict
 
 
 @contextlib.contextmanager
-def _worker_environ(**variables: str) -> Iterator[None]:
-    """Dask config under which nannies spawn workers without the variables above, with ``variables``."""
+def _worker_environ() -> Iterator[None]:
+    """Dask config under which nannies spawn workers without the variables above."""
     import dask
 
-    key = "distributed.nanny.pre-spawn-environ."
-    config = {f"{key}{name}": None for name in WORKER_ENVIRON_UNSET}
-    config.update({f"{key}{name}": value for name, value in variables.items()})
-    with dask.config.set(config):
+    unset = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in WORKER_ENVIRON_UNSET}
+    with dask.config.set(unset):
         yield
 
 
@@ -392,8 +390,12 @@ def _local_cluster(options: Mapping[str, Any], processes: bool):
         # worker has no host of its own, so its HTTP server (metrics, health)
         # would otherwise listen on all interfaces.
         kwargs.setdefault("worker_dashboard_address", "127.0.0.1:0")
-    numba_threads = numba_threads_per_worker(kwargs["n_workers"], kwargs["threads_per_worker"])
-    with _worker_environ(NUMBA_NUM_THREADS=str(numba_threads)):
+    if processes:
+        # set in the worker process only (the nanny's `env`): a pre-spawn variable
+        # would also change this process's environment, where numba may already run
+        numba_threads = numba_threads_per_worker(kwargs["n_workers"], kwargs["threads_per_worker"])
+        kwargs["env"] = {"NUMBA_NUM_THREADS": str(numba_threads), **kwargs.get("env", {})}
+    with _worker_environ():
         return LocalCluster(processes=processes, **kwargs)
 
 

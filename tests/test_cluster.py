@@ -135,6 +135,7 @@ def test_bad_files(tmp_path):
 
 
 def test_local_processes_on_loopback():
+    before = os.environ.get("NUMBA_NUM_THREADS")
     with connect("local", n_workers=2, threads_per_worker=1) as client:
         workers = client.scheduler_info()["workers"]
         assert len(workers) == 2
@@ -149,6 +150,8 @@ def test_local_processes_on_loopback():
         # numba threads shared out so that 2 workers x 1 thread fill the cores once
         numba = client.run(lambda: os.environ.get("NUMBA_NUM_THREADS"))
         assert set(numba.values()) == {str(max(1, available_cores() // 2))}
+        # ... in the workers only: numba in this process must keep its own setting
+        assert os.environ.get("NUMBA_NUM_THREADS") == before
         # scheduler + dashboard (this process) and workers (children) bind loopback only
         me = psutil.Process()
         assert _listening_hosts(me) == {"127.0.0.1"}
