@@ -18,16 +18,39 @@ from typing import Any
 from pipeline.fusion import FusionParams
 
 DEFAULTS = FusionParams()
+AUTO = "auto"
+
+
+def lambda_value(text: str) -> float | str:
+    """A regularisation weight on the command line: a number >= 0 or ``auto``.
+
+    Examples
+    --------
+    >>> lambda_value("AUTO"), lambda_value("0.05")
+    ('auto', 0.05)
+    """
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"a weight must be >= 0, got {text!r}")
+    return value
 
 
 def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("fusion parameters (normalised units; see docs/methods/fusion.md)")
     p.add_argument("--elements", nargs="+", metavar="EL", help="elements to map and fuse, e.g. Sr Ti O")
     p.add_argument("--gamma", type=float, default=DEFAULTS.gamma, help="Z-contrast exponent (default %(default)s)")
-    p.add_argument("--lambda-chem", type=float, default=DEFAULTS.lambda_chem,
-                   help="weight of the Poisson fidelity to the raw maps (default %(default)s)")
-    p.add_argument("--lambda-tv", type=float, default=DEFAULTS.lambda_tv,
-                   help="weight of the total-variation prior (default %(default)s)")
+    p.add_argument("--lambda-chem", type=lambda_value, default=AUTO, metavar="NUM|auto",
+                   help="weight of the Poisson fidelity to the raw maps, or 'auto': chosen for the "
+                        "dataset by splitting its counts (default %(default)s; maps that are not counts "
+                        f"and have no spectrum image get the embedded {DEFAULTS.lambda_chem}, with a warning)")
+    p.add_argument("--lambda-tv", type=lambda_value, default=AUTO, metavar="NUM|auto",
+                   help="weight of the total-variation prior, or 'auto' (default %(default)s; "
+                        f"embedded fallback {DEFAULTS.lambda_tv})")
     p.add_argument("--n-iter", type=int, default=DEFAULTS.n_iter, help="iterations (default %(default)s)")
     p.add_argument("--n-iter-tv", type=int, default=DEFAULTS.n_iter_tv,
                    help="FGP iterations per TV step (default %(default)s)")
@@ -140,10 +163,27 @@ def print_summary(result: dict[str, Any]) -> None:
     if result.get("figures"):
         print(f"report:       {Path(result['figures'][0]).parent}")
     print("final costs:  " + ", ".join(f"{k} {v:.4g}" for k, v in result["final_cost"].items()))
+    for message in result.get("convergence", []):
+        print(f"convergence:  {message}")
+    if "lambda_chem" in result:
+        print(f"lambdas:      chem {result['lambda_chem']:.4g}, tv {result['lambda_tv']:.4g}"
+              + _auto_note(result))
     if "nrmse_raw" in result:
         print(f"{'element':>8} {'NRMSE raw':>10} {'NRMSE fused':>12}")
         for el in result["elements"]:
             print(f"{el:>8} {result['nrmse_raw'][el]:>10.3f} {result['nrmse_fused'][el]:>12.3f}")
+
+
+def _auto_note(result: dict[str, Any]) -> str:
+    """' (auto: ...)' when the summary's lambdas were chosen automatically."""
+    if not result.get("lambda_auto"):
+        return ""
+    choice = result.get("lambda_choice", {})
+    if "reason" in choice:  # "auto" fell back to the embedded defaults
+        return f" (auto fell back to the defaults: {choice['reason']})"
+    return (f" (auto {'+'.join(n.removeprefix('lambda_') for n in result['lambda_auto'])}: "
+            f"{choice.get('n_candidates', '?')} candidates scored on held-out counts, "
+            f"{choice.get('seconds', float('nan')):.0f} s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

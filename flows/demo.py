@@ -21,7 +21,7 @@ def run_demo(
     cluster: str = "local",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Synthesise a SrTiO3 spectrum image, fuse it with the embedded defaults, report.
+    """Synthesise a SrTiO3 spectrum image, fuse it with the defaults (weights "auto"), report.
 
     Prints where everything is and the error (NRMSE after an affine fit)
     against the ground truth of the raw and of the fused maps; returns the

@@ -23,6 +23,9 @@ from .report import write_report
 # Parameters are store paths and small dicts; caching would only hash them.
 _task = task(cache_policy=NO_CACHE, persist_result=False)
 
+#: The flow's default for weights not given: chosen automatically for each dataset.
+AUTO_LAMBDAS = {"lambda_chem": "auto", "lambda_tv": "auto"}
+
 
 @_task
 def ingest_task(source: str, workdir: str, elements: Sequence[str] | None) -> str:
@@ -42,6 +45,11 @@ def inputs_task(job: fusion_job.FusionJob) -> None:
 @_task
 def normalise_task(job: fusion_job.FusionJob):
     return fusion_job.normalise(job)
+
+
+@_task
+def lambda_task(job: fusion_job.FusionJob, norm) -> fusion_job.FusionJob:
+    return fusion_job.choose_lambdas(job, norm)
 
 
 @_task
@@ -75,12 +83,17 @@ def fuse_flow(
 ) -> dict[str, Any]:
     """Fused chemical mapping of one dataset: ingest, maps, tiled fusion, write, report.
 
-    Returns a summary: the output store, the final costs, the report's
-    figures and, for synthetic data, the error of raw and fused maps
-    against the ground truth.
+    ``lambda_chem`` and ``lambda_tv`` not given in ``params`` are ``"auto"``:
+    chosen once for the dataset by count splitting (:mod:`pipeline.fusion.auto`)
+    before the tiles run, and stored in the output.
+
+    Returns a summary: the output store, the final costs, the lambdas used,
+    the report's figures and, for synthetic data, the error of raw and fused
+    maps against the ground truth.
     """
     workdir = str(Path(out).resolve().parent)
     store = ingest_task(source, workdir, elements)
+    params = {**AUTO_LAMBDAS, **(params or {})}
     options = dict(elements=elements, params=params, tile=tile, halo=halo,
                    windows={k: tuple(v) for k, v in windows.items()} if windows else None,
                    overwrite=overwrite)
@@ -90,6 +103,7 @@ def fuse_flow(
         with connect(cluster) as client:
             inputs_task(job)
             norm = normalise_task(job)
+            job = lambda_task(job, norm)
             tiles_computed = tiles_task(job, norm, client, progress)
         finalise_task(job)
     result = fusion_job.summary(job)

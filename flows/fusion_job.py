@@ -8,9 +8,16 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    are copied into the output store, so it is self-contained;
 3. ``normalise``: one pass for the dataset-wide min/max (and the NaN/Inf and
    negative-count checks) that every tile then shares;
-4. ``fuse_tiles``: one Dask task per unfinished tile reads its window from the
+4. ``choose_lambdas``: when ``lambda_chem``/``lambda_tv`` are ``"auto"``, the
+   weights are chosen once for the dataset by count splitting
+   (:mod:`pipeline.fusion.auto`) on the dataset-wide normalisation, and stored
+   (attributes ``params`` and ``lambda_choice``, variable ``lambda_score``)
+   before any tile runs;
+5. ``fuse_tiles``: one Dask task per unfinished tile reads its window from the
    output store, fuses it and writes its core, then records it as done;
-5. ``finalise``: the cost curves are assembled and ``complete = true`` is set.
+6. ``finalise``: the cost curves are summed over tiles, checked for levelling
+   off and oscillation (the messages go to the log and to the ``convergence``
+   attribute, empty when all is well), and ``complete = true`` is set.
 
 :mod:`flows.fusion_flow` wraps these stages as Prefect tasks; tests and
 notebooks can call :func:`run_fusion` without Prefect.
@@ -21,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +42,24 @@ from tqdm.auto import tqdm
 
 from pipeline import elements as periodic
 from pipeline import spectra, tiles
-from pipeline.fusion import COST_TERMS, FusionInputError, FusionParams, Normalisation
+from pipeline.fusion import (
+    COST_TERMS,
+    FusionInputError,
+    FusionParams,
+    Normalisation,
+    auto,
+    diagnose_convergence,
+)
 from stores import layout
+from stores.errors import StoreError
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
 from stores.progress import TileRecord
-from stores.zarrio import mark_complete, open_dataset, update_attrs
+from stores.zarrio import mark_complete, open_dataset, read_attrs, update_attrs
 
 log = logging.getLogger(__name__)
 JOB = "fuse"
+LAMBDAS = ("lambda_chem", "lambda_tv")  # the weights that may be "auto"
+CRITERION_FALLBACK = "defaults:not-counts"  # "auto" on maps that cannot be split
 
 
 @dataclass(frozen=True)
@@ -57,10 +74,17 @@ class FusionJob:
     tile: int = 512
     halo: int = 32
     windows: dict[str, tuple[float, float]] | None = None
+    auto: tuple[str, ...] = ()  # the lambdas chosen by the search ("lambda_chem", "lambda_tv")
+    resolved: bool = True  # False until the auto lambdas are chosen (params then hold placeholders)
 
     def record(self) -> dict[str, Any]:
-        """The parameters written to (and compared with) the output store."""
-        return {
+        """The parameters written to (and compared with) the output store.
+
+        Auto lambdas read ``"auto"`` until they are chosen, then their numbers;
+        ``lambda_auto`` lists them, so the store says both what was used and
+        that it was chosen automatically.
+        """
+        record = {
             **self.params.to_dict(),
             "elements": list(self.elements),
             "z": list(self.z),
@@ -68,11 +92,26 @@ class FusionJob:
             "halo": self.halo,
             "windows": self.windows,
         }
+        if self.auto:  # absent otherwise, so stores written with numbers compare as before
+            record["lambda_auto"] = list(self.auto)
+            if not self.resolved:
+                record.update({name: auto.AUTO for name in self.auto})
+        return record
+
+    def with_lambdas(self, lambda_chem: float, lambda_tv: float) -> FusionJob:
+        """This job with its lambdas chosen."""
+        params = dataclasses.replace(self.params, lambda_chem=float(lambda_chem), lambda_tv=float(lambda_tv))
+        return dataclasses.replace(self, params=params, resolved=True)
 
     @property
     def grid(self) -> list[tiles.Tile]:
         ds = open_dataset(self.out, require_complete=False)
         return tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), self.tile, self.halo)
+
+
+def _uses_stored_maps(ds: xr.Dataset, wanted: Sequence[str] | None) -> bool:
+    """True when the job fuses the stored ``maps`` rather than maps integrated from the spectrum."""
+    return layout.MAPS in ds and (wanted is None or set(wanted) <= set(ds[layout.MAPS].element.values))
 
 
 def input_maps(
@@ -86,7 +125,7 @@ def input_maps(
     the maps are integrated from the ``spectrum`` (which needs ``elements``).
     """
     wanted = periodic.validate_elements(elements) if elements else None
-    if layout.MAPS in ds and (wanted is None or set(wanted) <= set(ds[layout.MAPS].element.values)):
+    if _uses_stored_maps(ds, wanted):
         maps = ds[layout.MAPS]
         return maps.sel(element=list(wanted)) if wanted else maps
     if layout.SPECTRUM not in ds:
@@ -102,11 +141,7 @@ def input_maps(
             "pass the elements to map, e.g. --elements Fe O."
         )
     spectrum = ds[layout.SPECTRUM].transpose("y", "x", "energy")
-    signal = str(ds.attrs.get(layout.ATTR_SIGNAL, spectrum.attrs.get(layout.ATTR_SIGNAL, "EDX")))
-    data, _info = spectra.elemental_maps(
-        spectrum.data, np.asarray(ds["energy"].values, dtype=np.float64), wanted,
-        signal_type=signal, windows=windows,
-    )
+    data = _spectrum_to_maps(ds, wanted, windows)(spectrum.data)
     return xr.DataArray(
         data,
         dims=("element", "y", "x"),
@@ -114,6 +149,61 @@ def input_maps(
                 "y": ds["y"], "x": ds["x"]},
         attrs={"units": "counts"},
     )
+
+
+def _spectrum_to_maps(
+    ds: xr.Dataset, elements: Sequence[str], windows: dict[str, tuple[float, float]] | None
+) -> Callable[[Any], Any]:
+    """spectrum (y, x, energy) -> maps (element, y, x) with this dataset's windows (numpy or dask)."""
+    spectrum = ds[layout.SPECTRUM]
+    signal = str(ds.attrs.get(layout.ATTR_SIGNAL, spectrum.attrs.get(layout.ATTR_SIGNAL, "EDX")))
+    energy = np.asarray(ds["energy"].values, dtype=np.float64)
+
+    def to_maps(data: Any) -> Any:
+        return spectra.elemental_maps(data, energy, elements, signal_type=signal, windows=windows)[0]
+
+    return to_maps
+
+
+def _split_lambdas(params: dict[str, Any] | None) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """(numeric parameters, names of the lambdas given as "auto")."""
+    params = dict(params or {})
+    chosen = []
+    for name in LAMBDAS:
+        value = params.get(name)
+        if isinstance(value, str):
+            if value.strip().lower() != auto.AUTO:
+                raise FusionInputError(f"{name} must be a number or 'auto', got {value!r}.")
+            chosen.append(name)
+            del params[name]  # the FusionParams default stands in until the choice is made
+    return params, tuple(chosen)
+
+
+def _stored_choice(job: FusionJob, overwrite: bool) -> FusionJob:
+    """The job with the lambdas already chosen for its output store, if there are any.
+
+    A rerun must neither be refused as "other parameters" nor search again: when
+    the store holds a choice made with the same auto lambdas, its numbers are used.
+    """
+    if job.resolved or overwrite or not Path(job.out).exists():
+        return job
+    try:
+        attrs = read_attrs(job.out)
+    except StoreError:
+        return job  # not a store: prepare_output names the problem
+    stored = attrs.get(layout.ATTR_PARAMS, {})
+    if layout.ATTR_LAMBDA_CHOICE not in attrs or stored.get("lambda_auto") != list(job.auto):
+        return job
+    return job.with_lambdas(stored["lambda_chem"], stored["lambda_tv"])
+
+
+def _maps_are_counts(ds: xr.Dataset, job: FusionJob) -> bool:
+    """True when "auto" can split the job's counts: a spectrum image, or integer-count stored maps."""
+    if not _uses_stored_maps(ds, job.elements):
+        return True
+    maps = ds[layout.MAPS].sel(element=list(job.elements))
+    ys, xs = auto.central_crop((ds.sizes["y"], ds.sizes["x"]), auto.SearchSettings().crop)
+    return auto.is_counts(maps.isel(y=ys, x=xs).values)
 
 
 def plan(
@@ -129,6 +219,10 @@ def plan(
 ) -> tuple[FusionJob, str]:
     """Define the job and create (or reopen) its output store.
 
+    ``params`` may give ``lambda_chem`` and/or ``lambda_tv`` as ``"auto"``:
+    the job is then unresolved until :func:`choose_lambdas` (or resolved at
+    once from a choice already stored in the output).
+
     Returns the job and the output's state: ``"new"``, ``"resume"`` or ``"complete"``.
     """
     ds = open_dataset(source)
@@ -142,7 +236,10 @@ def plan(
     if len(set(names)) != len(names):
         raise FusionInputError(f"element listed twice in {list(names)}; name each element once.")
     z = tuple(int(v) for v in maps["z"].values)
-    job = FusionJob(str(source), str(out), names, z, FusionParams(**(params or {})), tile, halo, windows)
+    numeric, auto_names = _split_lambdas(params)
+    job = FusionJob(str(source), str(out), names, z, FusionParams(**numeric), tile, halo, windows,
+                    auto=auto_names, resolved=not auto_names)
+    job = _stored_choice(job, overwrite)
     state = prepare_output(out, _template(ds, maps, job), job.record(), source=source, overwrite=overwrite)
     if state != "complete":
         grid = tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), tile, halo)
@@ -220,6 +317,94 @@ def normalise(job: FusionJob) -> Normalisation:
     return norm
 
 
+def choose_lambdas(job: FusionJob, norm: Normalisation,
+                   settings: auto.SearchSettings | None = None) -> FusionJob:
+    """Choose the auto lambdas once for the dataset and store them; returns the resolved job.
+
+    Runs on the central crop of the dataset (:class:`pipeline.fusion.auto.SearchSettings`),
+    on the dataset-wide normalisation ``norm`` that the tiles use. The score grid is
+    written as ``lambda_score`` and the choice into the attributes (``params`` with
+    the numbers, ``lambda_choice`` with the criterion and settings), in that order:
+    the attributes mark the choice as made, so a rerun reuses it (the search is
+    deterministic, so one interrupted before they were written finds the same).
+    """
+    if job.resolved:
+        return job
+    stored = _stored_choice(job, overwrite=False)
+    if stored.resolved:
+        return stored
+    settings = settings or auto.SearchSettings()
+    ds = open_dataset(job.source)
+    if not _maps_are_counts(ds, job):
+        return _fall_back_to_defaults(job)
+    out = open_dataset(job.out, require_complete=False)
+    ys, xs = auto.central_crop((out.sizes["y"], out.sizes["x"]), settings.crop)
+    fixed = {name: getattr(job.params, name) for name in LAMBDAS if name not in job.auto}
+    data: dict[str, Any] = {}
+    if _uses_stored_maps(ds, job.elements):
+        data["maps"] = out[layout.MAPS].isel(y=ys, x=xs).values
+    else:
+        spectrum = ds[layout.SPECTRUM].transpose("y", "x", "energy").isel(y=ys, x=xs)
+        data["spectrum"] = spectrum.values
+        data["to_maps"] = _spectrum_to_maps(ds, job.elements, job.windows)
+    # the crop is already cut: search on all of it
+    choice = auto.choose_lambdas(
+        out[layout.HAADF].isel(y=ys, x=xs).values, job.z, normalisation=norm, params=job.params,
+        settings=settings, **fixed, **data,
+    )
+    log.info("lambdas chosen: lambda_chem %.4g, lambda_tv %.4g (%d candidates, %.1f s)",
+             choice.lambda_chem, choice.lambda_tv, choice.n_candidates, choice.seconds)
+    resolved = job.with_lambdas(choice.lambda_chem, choice.lambda_tv)
+    _write_lambda_score(job.out, choice)
+    update_attrs(job.out, **{layout.ATTR_PARAMS: _jsonable(resolved.record()),
+                            layout.ATTR_LAMBDA_CHOICE: _jsonable(choice.record())})
+    return resolved
+
+
+def _fall_back_to_defaults(job: FusionJob) -> FusionJob:
+    """Auto lambdas on maps that cannot be split: the embedded defaults, said loudly and stored.
+
+    Count splitting needs counts. Maps that were scaled, smoothed or
+    background-subtracted elsewhere (the published tutorial files, for one) are
+    fused with the defaults of :class:`FusionParams` instead of being refused, so
+    that the CLI's default ("auto") works on every input; the output says so.
+    """
+    defaults = FusionParams()
+    resolved = job.with_lambdas(
+        defaults.lambda_chem if "lambda_chem" in job.auto else job.params.lambda_chem,
+        defaults.lambda_tv if "lambda_tv" in job.auto else job.params.lambda_tv,
+    )
+    reason = ("the maps are not counts (non-integer values) and there is no spectrum image of these "
+              "elements, so they cannot be split")
+    log.warning("lambda 'auto': %s; using lambda_chem %.4g, lambda_tv %.4g (the embedded defaults). "
+                "Fuse the raw spectrum image, or pass numbers (--lambda-chem, --lambda-tv), to choose.",
+                reason, resolved.params.lambda_chem, resolved.params.lambda_tv)
+    choice = {"lambda_chem": resolved.params.lambda_chem, "lambda_tv": resolved.params.lambda_tv,
+              "criterion": CRITERION_FALLBACK, "reason": reason}
+    update_attrs(job.out, **{layout.ATTR_PARAMS: _jsonable(resolved.record()),
+                            layout.ATTR_LAMBDA_CHOICE: choice})
+    return resolved
+
+
+def _write_lambda_score(out: str, choice: auto.LambdaChoice) -> None:
+    """The score of every candidate as ``lambda_score`` (lambda_chem, lambda_tv), NaN where not tried."""
+    score = xr.DataArray(
+        choice.score,
+        dims=layout.DIMS[layout.LAMBDA_SCORE],
+        coords={"lambda_chem": choice.lambda_chem_axis, "lambda_tv": choice.lambda_tv_axis},
+        attrs={"long_name": "held-out score (lower is better)", "better": "lower",
+               "criterion": choice.criterion,
+               "description": "fraction of the held-out counts' variance unexplained by the fused "
+                              "training part (affine-calibrated), mean over elements and folds; "
+                              "lambdas in full-data units; NaN: not tried"},
+    )
+    xr.Dataset({layout.LAMBDA_SCORE: score}).to_zarr(out, mode="a", **layout.ZARR_KW)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
 def fuse_tile_in_store(job: FusionJob, tile: tiles.Tile, norm: Normalisation) -> tuple[int, int]:
     """Worker task: fuse one tile's window from the output store and write its core."""
     group = zarr.open_group(job.out, mode="r", zarr_format=3)
@@ -235,6 +420,9 @@ def fuse_tile_in_store(job: FusionJob, tile: tiles.Tile, norm: Normalisation) ->
 
 def fuse_tiles(job: FusionJob, norm: Normalisation, client: Client, *, progress: bool = True) -> int:
     """Fuse every unfinished tile on the cluster; returns how many were computed now."""
+    if not job.resolved:
+        raise RuntimeError(f"the lambdas {', '.join(job.auto)} of {job.out} are 'auto' and not chosen "
+                           "yet; run choose_lambdas(job, norm) first.")
     done = TileRecord.open(job.out, JOB).done_tiles()
     todo = [t for t in job.grid if t.index not in done]
     if not todo:
@@ -255,7 +443,13 @@ def finalise(job: FusionJob) -> None:
         raise RuntimeError(f"{job.out}: not every tile is finished; rerun to complete it.")
     payloads = record.payloads().reshape(-1, len(COST_TERMS), job.params.n_iter)
     per_tile = [p[:, : int(np.sum(~np.isnan(p[0])))] for p in payloads]
-    write_region(job.out, layout.COST, (slice(None), slice(None)), tiles.sum_tile_costs(per_tile, job.params.n_iter))
+    costs = tiles.sum_tile_costs(per_tile, job.params.n_iter)
+    write_region(job.out, layout.COST, (slice(None), slice(None)), costs)
+    # the check users are taught to make by eye on the cost plot, made on the summed curves
+    diagnosis = diagnose_convergence(costs, COST_TERMS)
+    for message in diagnosis:
+        log.warning("%s: %s", job.out, message)
+    update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis})
     mark_complete(job.out)
 
 
@@ -265,7 +459,12 @@ def summary(job: FusionJob) -> dict[str, Any]:
 
     out = open_dataset(job.out)
     info: dict[str, Any] = {"store": job.out, "elements": list(job.elements),
-                            "final_cost": dict(zip(COST_TERMS, out[layout.COST].values[:, -1].tolist()))}
+                            "final_cost": dict(zip(COST_TERMS, out[layout.COST].values[:, -1].tolist())),
+                            "lambda_chem": job.params.lambda_chem, "lambda_tv": job.params.lambda_tv,
+                            "lambda_auto": list(job.auto)}
+    if layout.ATTR_LAMBDA_CHOICE in out.attrs:
+        info["lambda_choice"] = out.attrs[layout.ATTR_LAMBDA_CHOICE]
+    info["convergence"] = list(out.attrs.get(layout.ATTR_CONVERGENCE, []))
     if layout.TRUE_MAPS in out:
         info["nrmse_raw"], info["nrmse_fused"] = {}, {}
         for el in job.elements:
@@ -290,6 +489,7 @@ def run_fusion(
         return job
     write_inputs(job)
     norm = normalise(job)
+    job = choose_lambdas(job, norm)
     fuse_tiles(job, norm, client, progress=progress)
     finalise(job)
     return job

@@ -492,7 +492,16 @@ def _lambda_figure(ds: xr.Dataset, factor: int) -> Figure | None:
 def _lambda_map(fig, ax, score: xr.DataArray, best: dict[str, Any]) -> None:
     ydim, xdim = score.dims
     xs, ys = score[xdim].values, score[ydim].values
-    mesh = ax.pcolormesh(_cell_edges(xs), _cell_edges(ys), score.values, cmap="viridis")
+    values = np.asarray(score.values, dtype=float)
+    if np.isnan(values).any():
+        # a coarse-to-fine search tries only some cells of its grid: one marker per candidate
+        # (cells would stretch each coarse point over the gaps between refined ones)
+        iy, ix = np.nonzero(np.isfinite(values))
+        mesh = ax.scatter(xs[ix], ys[iy], c=values[iy, ix], cmap="viridis", s=70, marker="s",
+                          edgecolors="0.3", linewidths=0.4)
+        ax.grid(True, alpha=0.3)
+    else:
+        mesh = ax.pcolormesh(_cell_edges(xs), _cell_edges(ys), values, cmap="viridis")
     fig.colorbar(mesh, ax=ax).set_label(score.attrs.get("long_name", "score"))
     if _is_log_grid(xs):
         ax.set_xscale("log")

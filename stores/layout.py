@@ -17,6 +17,8 @@ Dimensions and their index coordinates
     same dimension.
 ``frame``, ``mode``, ``term``, ``iteration``
     int or str index coordinates.
+``lambda_chem``, ``lambda_tv``
+    float64, the regularisation weights tried by the automatic search.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ FUSED = "fused"  # (element, y, x) fused maps, normalised units
 HAADF_MODEL = "haadf_model"  # (y, x) sum_i w_i x_i^gamma, normalised units
 COST = "cost"  # (term, iteration)
 COST_TERMS = ("haadf", "chem", "tv")
+LAMBDA_SCORE = "lambda_score"  # (lambda_chem, lambda_tv) score of each candidate of the lambda search
 
 DIMS = {
     HAADF: ("y", "x"),
@@ -49,6 +52,7 @@ DIMS = {
     FUSED: ("element", "y", "x"),
     HAADF_MODEL: ("y", "x"),
     COST: ("term", "iteration"),
+    LAMBDA_SCORE: ("lambda_chem", "lambda_tv"),
 }
 
 # -- attributes ---------------------------------------------------------------
@@ -59,6 +63,8 @@ ATTR_SHA256 = "source_sha256"
 ATTR_CREATED = "created"  # ISO 8601, UTC
 ATTR_PARAMS = "params"  # JSON-able dict of the job's parameters
 ATTR_SIGNAL = "signal_type"  # "EDX" or "EELS" for spectrum images
+ATTR_LAMBDA_CHOICE = "lambda_choice"  # how "auto" lambdas were chosen (criterion, settings, result)
+ATTR_CONVERGENCE = "convergence"  # list of str: cost curves not levelled off / oscillating ([] if fine)
 
 # Zarr settings used for every write and open (see ENVIRONMENT.md).
 ZARR_KW = {"zarr_format": 3, "consolidated": False}

@@ -32,20 +32,30 @@ def test_synth_fuse_report(prefect_harness, tmp_path, capsys):
     fused = open_dataset(out)
     assert fused.fused.shape == (3, 64, 48) and list(fused.element.values) == ["Sr", "Ti", "O"]
     assert fused.attrs["params"]["n_iter"] == 5
+    # the CLI's default weights are "auto": chosen by count splitting, stored and plotted
+    assert fused.attrs["params"]["lambda_auto"] == ["lambda_chem", "lambda_tv"]
+    assert fused.attrs["lambda_choice"]["criterion"] == "heldout-counts:spectrum"
+    assert "lambda_score" in fused and "candidates scored on held-out counts" in printed
     report_dir = tmp_path / "again"
     assert main(["report", str(out), "--report-dir", str(report_dir)]) == 0
     assert (report_dir / "maps.png").stat().st_size > 10_000
+    assert (report_dir / "lambda_search.png").stat().st_size > 10_000
     assert json.loads((report_dir / "summary.json").read_text())["elements"] == ["Sr", "Ti", "O"]
 
 
-def test_ingest_and_fuse_a_published_npz(prefect_harness, shared_data, tmp_path):
+def test_ingest_and_fuse_a_published_npz(prefect_harness, shared_data, tmp_path, capsys):
     source = shared_data / "fusion" / "PTO_Trilayer_dataset.npz"
     assert main(["ingest", str(source), "--out", str(tmp_path / "pto.zarr")]) == 0
     assert list(open_dataset(tmp_path / "pto.zarr").maps.element.values) == ["Sc", "Dy", "O"]
     # a raw file given to `fuse` is ingested first, beside the output
     assert main(["fuse", str(source), "--out", str(tmp_path / "pto_fused.zarr"), "--no-report", *FAST]) == 0
     assert is_complete(tmp_path / "PTO_Trilayer_dataset.input.zarr")
-    assert open_dataset(tmp_path / "pto_fused.zarr").fused.shape == (3, 256, 256)
+    fused = open_dataset(tmp_path / "pto_fused.zarr")
+    assert fused.fused.shape == (3, 256, 256)
+    # the published maps are not counts: "auto" falls back to the embedded weights and says so
+    assert fused.attrs["lambda_choice"]["criterion"] == fusion_job.CRITERION_FALLBACK
+    assert (fused.attrs["params"]["lambda_chem"], fused.attrs["params"]["lambda_tv"]) == (0.05, 0.02)
+    assert "auto fell back to the defaults" in capsys.readouterr().out
 
 
 def test_demo(prefect_harness, tmp_path, capsys):

@@ -1,0 +1,515 @@
+"""Automatic choice of ``lambda_chem`` and ``lambda_tv`` by count splitting.
+
+Why count splitting
+-------------------
+Counts ``N ~ Poisson(mu)`` split by binomial thinning, ``A ~ Binomial(N, p)`` and
+``B = N - A``, give two *independent* Poisson images with means ``p mu`` and
+``(1 - p) mu``. A candidate ``(lambda_chem, lambda_tv)`` is judged by fusing the
+training part ``A`` and asking how well the result predicts the held-out part
+``B``, which the fusion never saw. No ground truth and no noise level is needed,
+and because ``B`` is independent of the prediction, the expected held-out loss
+is the prediction error against the true mean plus a constant (for any loss that
+is a Bregman divergence, e.g. squared error or Poisson deviance).
+
+What is split
+-------------
+* A spectrum image (counts per channel) is thinned channel by channel, and the
+  maps of each part are integrated with the same windows and background model
+  as the full data: background-subtracted window sums are not Poisson, but each
+  part's maps are a function of that part's spectra only, so they stay
+  independent.
+* Maps given as integer counts are thinned directly.
+* Maps that are not counts (already scaled, smoothed or background-subtracted
+  elsewhere) cannot be split: ``choose_lambdas`` raises
+  :class:`AutoLambdaError`, naming the fix (give numbers, or the spectrum image).
+
+The held-out score
+------------------
+For each element, the fused training map ``x`` is calibrated to the held-out
+counts ``y`` by a least-squares affine fit ``a x + c``; the score is the
+fraction of the variance of ``y`` that the calibrated prediction leaves
+unexplained, averaged over elements (lower is better). The squared error is a
+proper score for the mean whatever the noise: background-subtracted maps are
+over-dispersed (their variance includes the background's), so a Poisson
+likelihood would weight pixels wrongly. The affine calibration removes the
+global scale and offset that the HAADF term and ``bkg`` give the fused maps;
+what is scored is the spatial structure, which is what emfuse's quality metric
+(:func:`pipeline.metrics.nrmse`, after an affine fit) measures against a truth.
+Two folds (independent splits) are summed to lower the noise of the score.
+
+From a part to the full data
+----------------------------
+Every part is normalised with the *full* data's normalisation scaled by its
+fraction (``Normalisation`` offsets and scales times ``p``), so its normalised
+maps have the same expected values as the full data's and the lambdas act on
+the same units. On synthetic data with ground truth, the lambdas that are best
+for a part are then also best (within the noise of the error surface) for the
+full data; the naive MAP correction (``lambda_chem / p``) is worse. See
+``docs/methods/fusion.md`` for the evidence and ``benchmarks/auto_lambda.py``.
+
+The search
+----------
+Candidates lie on a log lattice (factor ``2 ** 0.5``). A coarse grid
+(``coarse`` x ``coarse`` points over the ranges) is evaluated first, then the
+3 x 3 neighbourhood of the best point at half the spacing, repeatedly, down to
+the lattice spacing. Large images are searched on their central
+``crop`` x ``crop`` pixels: every term of the objective is a sum over pixels,
+so the weights per pixel do not depend on the image size.
+
+Examples
+--------
+>>> import numpy as np
+>>> from pipeline.fusion.auto import choose_lambdas
+>>> rng = np.random.default_rng(0)
+>>> truth = np.stack([np.tile([1.0, 0.0], (16, 8)), np.tile([0.0, 1.0], (16, 8))])
+>>> haadf = 2.0 * truth[0] + truth[1]
+>>> counts = rng.poisson(20 * truth + 1)
+>>> choice = choose_lambdas(haadf, [40, 20], maps=counts, settings=SearchSettings(coarse=2, n_iter=5))
+>>> choice.criterion, choice.score.shape == (choice.lambda_chem_axis.size, choice.lambda_tv_axis.size)
+('heldout-counts:maps', True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backend import to_numpy
+from .model import FusionInputError, Normalisation
+from .solver import FusionParams, fuse
+
+__all__ = [
+    "AUTO",
+    "AutoLambdaError",
+    "LambdaChoice",
+    "SearchSettings",
+    "central_crop",
+    "choose_lambdas",
+    "heldout_score",
+    "is_counts",
+    "scaled_normalisation",
+    "thin_counts",
+]
+
+#: The value that asks for an automatic choice (``lambda_chem="auto"``).
+AUTO = "auto"
+
+CRITERION_SPECTRUM = "heldout-counts:spectrum"
+CRITERION_MAPS = "heldout-counts:maps"
+
+
+class AutoLambdaError(FusionInputError):
+    """``lambda_*="auto"`` cannot be used on these inputs; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How :func:`choose_lambdas` searches.
+
+    Attributes
+    ----------
+    lambda_chem_range, lambda_tv_range
+        Search ranges (inclusive; the lattice starts at the low end).
+    coarse
+        Points per axis of the first, coarse grid.
+    lattice
+        Ratio between neighbouring lattice values (the finest spacing).
+    split
+        Fraction of the counts in the training part (the rest is held out).
+    folds
+        Independent splits whose scores are summed.
+    crop
+        Side of the central crop the search runs on (the whole image if smaller).
+    seed
+        Seed of the random splits: the same seed gives the same choice.
+    n_iter, n_iter_tv
+        Override the job's iteration counts during the search (``None``: the
+        job's own, which is the default and what the benchmarks validate).
+    """
+
+    lambda_chem_range: tuple[float, float] = (2.0**-10, 8.0)
+    lambda_tv_range: tuple[float, float] = (2.0**-12, 4.0)
+    coarse: int = 4
+    lattice: float = 2.0**0.5
+    split: float = 0.5
+    folds: int = 2
+    crop: int = 256
+    seed: int = 0
+    n_iter: int | None = None
+    n_iter_tv: int | None = None
+
+    def __post_init__(self) -> None:
+        ok = (
+            0 < self.lambda_chem_range[0] < self.lambda_chem_range[1]
+            and 0 < self.lambda_tv_range[0] < self.lambda_tv_range[1]
+            and self.coarse >= 2 and self.lattice > 1 and 0 < self.split < 1
+            and self.folds >= 1 and self.crop >= 8
+        )
+        if not ok:
+            raise ValueError(f"invalid lambda search settings {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LambdaChoice:
+    """The outcome of :func:`choose_lambdas`.
+
+    Attributes
+    ----------
+    lambda_chem, lambda_tv
+        The chosen weights, to use on the full data.
+    lambda_chem_axis, lambda_tv_axis
+        Every value tried on each axis (increasing).
+    score
+        (lambda_chem, lambda_tv) held-out score of each candidate tried
+        (lower is better); NaN where no candidate was evaluated.
+    criterion
+        What was split: ``heldout-counts:spectrum`` or ``heldout-counts:maps``.
+    settings
+        The search settings.
+    crop
+        (y0, y1, x0, x1) of the pixels searched on.
+    seconds
+        Time the search took.
+    """
+
+    lambda_chem: float
+    lambda_tv: float
+    lambda_chem_axis: np.ndarray
+    lambda_tv_axis: np.ndarray
+    score: np.ndarray
+    criterion: str
+    settings: SearchSettings
+    crop: tuple[int, int, int, int]
+    seconds: float = float("nan")
+
+    @property
+    def n_candidates(self) -> int:
+        return int(np.isfinite(self.score).sum())
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-able summary (without the score grid), e.g. for store attributes."""
+        return {
+            "lambda_chem": self.lambda_chem,
+            "lambda_tv": self.lambda_tv,
+            "criterion": self.criterion,
+            "score": "fraction of held-out variance unexplained (affine-calibrated), lower is better",
+            "n_candidates": self.n_candidates,
+            "crop": list(self.crop),
+            "settings": self.settings.to_dict(),
+            "seconds": round(float(self.seconds), 2),
+        }
+
+
+# -- splitting --------------------------------------------------------------------
+
+
+def thin_counts(counts: Any, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Binomial thinning: keep each count with probability ``p``.
+
+    For ``N ~ Poisson(mu)``, the kept part is ``Poisson(p mu)`` and independent of
+    the rest ``N - kept`` (``Poisson((1 - p) mu)``).
+
+    Parameters
+    ----------
+    counts
+        Non-negative integer counts (any shape; integer or integral float dtype).
+    p
+        Probability of keeping a count, in (0, 1).
+    rng
+        Random generator (the split is reproducible for a seeded generator).
+
+    Returns
+    -------
+    ndarray
+        The kept counts, same shape and dtype as ``counts``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> kept = thin_counts(np.full(10_000, 8, dtype=np.uint16), 0.5, rng)
+    >>> kept.dtype, round(float(kept.mean()), 1)
+    (dtype('uint16'), 4.0)
+    """
+    counts = np.asarray(counts)
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    n = counts if counts.dtype.kind in "iu" else np.rint(counts).astype(np.int64)
+    return rng.binomial(n, p).astype(counts.dtype, copy=False)
+
+
+def is_counts(maps: Any) -> bool:
+    """True when every value is a non-negative integer (so the maps can be thinned).
+
+    Examples
+    --------
+    >>> is_counts(np.array([0.0, 3.0, 7.0])), is_counts(np.array([0.5, 1.0]))
+    (True, False)
+    """
+    values = to_numpy(maps)
+    if values.dtype.kind in "iu":
+        return bool((values >= 0).all())
+    finite = np.isfinite(values).all()
+    return bool(finite and (values >= 0).all() and np.array_equal(values, np.rint(values)))
+
+
+def central_crop(shape: Sequence[int], size: int) -> tuple[slice, slice]:
+    """The central ``size`` x ``size`` window of an image (the whole side if smaller).
+
+    Examples
+    --------
+    >>> central_crop((1000, 100), 256)
+    (slice(372, 628, None), slice(0, 100, None))
+    """
+    out = []
+    for n in shape[-2:]:
+        m = min(int(n), int(size))
+        start = (int(n) - m) // 2
+        out.append(slice(start, start + m))
+    return out[0], out[1]
+
+
+def scaled_normalisation(norm: Normalisation, fraction: float) -> Normalisation:
+    """The normalisation of a part holding ``fraction`` of the counts.
+
+    Map offsets and scales are multiplied by ``fraction``, so the part's
+    normalised maps have the same expected values as the full data's and the
+    lambdas act on the same units; the HAADF is not split.
+    """
+    return dataclasses.replace(
+        norm,
+        map_offset=tuple(fraction * v for v in norm.map_offset),
+        map_scale=tuple(fraction * v for v in norm.map_scale),
+    )
+
+
+# -- scoring ----------------------------------------------------------------------
+
+
+def heldout_score(fused: np.ndarray, heldout: np.ndarray) -> float:
+    """Fraction of the held-out variance left unexplained by the fused maps, mean over elements.
+
+    For each element the fused map ``x`` is fitted to the held-out counts ``y``
+    as ``a x + c`` by least squares; the score is ``mean((a x + c - y)^2) / var(y)``
+    averaged over elements: 0 for a perfect predictor of ``y`` (impossible with
+    noisy ``y``), 1 for a flat map.
+
+    Examples
+    --------
+    >>> y = np.arange(8.0).reshape(1, 2, 4)
+    >>> heldout_score(2 * y + 1, y), heldout_score(np.zeros_like(y), y)
+    (0.0, 1.0)
+    """
+    scores = []
+    for x, y in zip(np.asarray(fused, np.float64), np.asarray(heldout, np.float64)):
+        x, y = x.ravel(), y.ravel()
+        var_y = y.var()
+        if var_y <= 0:  # no held-out signal (e.g. an empty crop at very low dose)
+            continue
+        xc = x - x.mean()
+        slope = float(xc @ (y - y.mean())) / max(float(xc @ xc), 1e-300)
+        residual = (y - y.mean()) - slope * xc
+        scores.append(float(residual @ residual) / y.size / var_y)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+# -- the search -------------------------------------------------------------------
+
+
+def _lattice(low: float, high: float, ratio: float) -> np.ndarray:
+    n = int(math.floor(math.log(high / low) / math.log(ratio) + 1e-9)) + 1
+    return low * ratio ** np.arange(n)
+
+
+def _axis(fixed: float | None, value_range: tuple[float, float], ratio: float) -> np.ndarray:
+    """The candidate values of one weight: the given number, or the log lattice over the range."""
+    if fixed is None:
+        return _lattice(*value_range, ratio)
+    if not (math.isfinite(fixed) and fixed >= 0):
+        raise ValueError(f"a fixed lambda must be a finite number >= 0, got {fixed!r}")
+    return np.array([float(fixed)])
+
+
+def _coarse_indices(n: int, k: int) -> list[int]:
+    """``k`` lattice indices spread evenly over ``0..n-1`` (both ends included)."""
+    if n == 1:
+        return [0]
+    return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)})
+
+
+def _search(
+    evaluate: Callable[[int, int], float], n_chem: int, n_tv: int, coarse: int
+) -> dict[tuple[int, int], float]:
+    """Coarse grid, then 3 x 3 neighbourhoods of the best point at halving spacing."""
+    scores: dict[tuple[int, int], float] = {}
+
+    def visit(i: int, j: int) -> None:
+        if (i, j) not in scores and 0 <= i < n_chem and 0 <= j < n_tv:
+            scores[(i, j)] = evaluate(i, j)
+
+    ci, cj = _coarse_indices(n_chem, coarse), _coarse_indices(n_tv, coarse)
+    for i in ci:
+        for j in cj:
+            visit(i, j)
+    step = max(ci[1] - ci[0] if len(ci) > 1 else 1, cj[1] - cj[0] if len(cj) > 1 else 1)
+    while step > 1:
+        step = max(1, step // 2)
+        while True:  # recentre until the best point is the centre of its neighbourhood
+            best = _best(scores)
+            for di in (-step, 0, step):
+                for dj in (-step, 0, step):
+                    visit(best[0] + di, best[1] + dj)
+            if _best(scores) == best:
+                break
+    return scores
+
+
+def _best(scores: dict[tuple[int, int], float]) -> tuple[int, int]:
+    """Lowest score; ties (a flat score, e.g. where lambda_tv saturates) go to the smallest lambdas."""
+    finite = {k: v for k, v in scores.items() if np.isfinite(v)}
+    if not finite:
+        raise AutoLambdaError("every candidate of the lambda search failed to give a finite score")
+    return min(finite, key=lambda k: (finite[k], k))
+
+
+def _splits(
+    haadf_crop: np.ndarray,
+    maps: Any,
+    spectrum: Any,
+    to_maps: Callable[[np.ndarray], np.ndarray] | None,
+    settings: SearchSettings,
+) -> tuple[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """(criterion, [(training maps, held-out maps) per fold]) on the crop."""
+    rng = np.random.default_rng(settings.seed)
+    folds = []
+    if spectrum is not None:
+        if to_maps is None:
+            raise ValueError("choose_lambdas(spectrum=...) needs to_maps, the spectrum -> maps function")
+        spectrum = np.asarray(spectrum)
+        for _ in range(settings.folds):
+            train = thin_counts(spectrum, settings.split, rng)
+            test = spectrum - train
+            folds.append((np.asarray(to_maps(train)), np.asarray(to_maps(test))))
+        return CRITERION_SPECTRUM, folds
+    maps = to_numpy(maps)
+    if not is_counts(maps):
+        raise AutoLambdaError(
+            "lambda 'auto' splits counts to score candidate weights, but these maps are not counts "
+            f"(non-integer values such as {_example_fraction(maps):.4g}) and no spectrum image was "
+            "given; pass numbers instead (e.g. --lambda-chem 0.05 --lambda-tv 0.02, the embedded "
+            "defaults), or fuse the raw spectrum image or integer-count maps."
+        )
+    for _ in range(settings.folds):
+        train = thin_counts(maps, settings.split, rng)
+        folds.append((train, maps - train))
+    return CRITERION_MAPS, folds
+
+
+def _example_fraction(maps: np.ndarray) -> float:
+    values = maps[np.isfinite(maps) & (maps != np.rint(maps))]
+    return float(values.flat[0]) if values.size else float("nan")
+
+
+def choose_lambdas(
+    haadf: Any,
+    z: Sequence[float],
+    *,
+    maps: Any = None,
+    spectrum: Any = None,
+    to_maps: Callable[[np.ndarray], np.ndarray] | None = None,
+    normalisation: Normalisation | None = None,
+    params: FusionParams | dict[str, Any] | None = None,
+    lambda_chem: float | None = None,
+    lambda_tv: float | None = None,
+    settings: SearchSettings | None = None,
+) -> LambdaChoice:
+    """Choose ``lambda_chem`` and ``lambda_tv`` by held-out counts (see the module notes).
+
+    Parameters
+    ----------
+    haadf
+        (y, x) HAADF of the whole image (or of the part to search on).
+    z
+        Atomic numbers, in map order.
+    maps
+        (element, y, x) integer-count maps; used when no spectrum is given.
+    spectrum
+        (y, x, energy) spectrum image (counts) the maps are integrated from.
+    to_maps
+        With ``spectrum``: the function that turns a spectrum image into maps
+        with the same windows as the full data (e.g. a partial of
+        :func:`pipeline.spectra.elemental_maps` that returns the maps).
+    normalisation
+        The full data's normalisation (the one every tile uses); by default the
+        min-max of ``haadf`` and of the maps (of ``to_maps(spectrum)``).
+    params
+        The other fusion parameters (gamma, n_iter, n_iter_tv, bkg, ...); the
+        lambdas in it are ignored.
+    lambda_chem, lambda_tv
+        A number fixes that weight (only the other one is searched); None
+        searches it.
+    settings
+        The search; :class:`SearchSettings` defaults when None.
+
+    Returns
+    -------
+    LambdaChoice
+
+    Raises
+    ------
+    AutoLambdaError
+        If the maps are not counts and there is no spectrum image.
+    """
+    start = time.perf_counter()
+    settings = settings or SearchSettings()
+    base = params if isinstance(params, FusionParams) else FusionParams(**(params or {}))
+    overrides = {k: v for k, v in (("n_iter", settings.n_iter), ("n_iter_tv", settings.n_iter_tv)) if v}
+    base = dataclasses.replace(base, **overrides)
+    haadf = to_numpy(haadf)
+    ys, xs = central_crop(haadf.shape, settings.crop)
+    if normalisation is None:
+        full_maps = to_maps(np.asarray(spectrum)) if spectrum is not None and to_maps else to_numpy(maps)
+        normalisation = Normalisation.from_data(haadf, full_maps)
+    spectrum_crop = None if spectrum is None else spectrum[ys, xs]
+    maps_crop = None if maps is None else to_numpy(maps)[:, ys, xs]
+    criterion, folds = _splits(haadf[ys, xs], maps_crop, spectrum_crop, to_maps, settings)
+    haadf_crop = haadf[ys, xs]
+    part_norm = scaled_normalisation(normalisation, settings.split)
+    chem = _axis(lambda_chem, settings.lambda_chem_range, settings.lattice)
+    tv = _axis(lambda_tv, settings.lambda_tv_range, settings.lattice)
+
+    def evaluate(i: int, j: int) -> float:
+        candidate = dataclasses.replace(base, lambda_chem=float(chem[i]), lambda_tv=float(tv[j]))
+        total = 0.0
+        for train, test in folds:
+            fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False,
+                         **candidate.to_dict()).fused
+            total += heldout_score(to_numpy(fused), test)
+        return total / len(folds)
+
+    scores = _search(evaluate, chem.size, tv.size, settings.coarse)
+    best = _best(scores)
+    rows = sorted({i for i, _ in scores})
+    cols = sorted({j for _, j in scores})
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for (i, j), value in scores.items():
+        grid[rows.index(i), cols.index(j)] = value
+    return LambdaChoice(
+        lambda_chem=float(chem[best[0]]),
+        lambda_tv=float(tv[best[1]]),
+        lambda_chem_axis=chem[rows],
+        lambda_tv_axis=tv[cols],
+        score=grid,
+        criterion=criterion,
+        settings=settings,
+        crop=(ys.start, ys.stop, xs.start, xs.stop),
+        seconds=time.perf_counter() - start,
+    )

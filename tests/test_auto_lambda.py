@@ -1,0 +1,250 @@
+"""Automatic regularisation: count splitting, the held-out score, the search, the job stage."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from cluster import connect
+from flows import fusion_job
+from flows.synth import write_synthetic
+from pipeline.fusion import Normalisation, fuse
+from pipeline.fusion.auto import (
+    AutoLambdaError,
+    SearchSettings,
+    _search,
+    central_crop,
+    choose_lambdas,
+    heldout_score,
+    is_counts,
+    scaled_normalisation,
+    thin_counts,
+)
+from pipeline.metrics import nrmse
+from pipeline.spectra import elemental_maps
+from pipeline.synth import make_spectrum_image
+from stores import layout
+from stores.zarrio import is_complete, open_dataset, read_attrs
+
+FAST = SearchSettings(coarse=3, lattice=2.0, n_iter=30)
+EL = ["Ga", "As", "Al"]
+
+
+# -- splitting ---------------------------------------------------------------------------------
+
+
+def test_thinning_gives_two_independent_poisson_halves():
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(6.0, size=200_000)
+    kept = thin_counts(counts, 0.3, rng)
+    rest = counts - kept
+    assert kept.dtype == counts.dtype and (kept >= 0).all() and (rest >= 0).all()
+    # Poisson(p mu) and Poisson((1-p) mu): mean = variance, and the halves are uncorrelated
+    assert kept.mean() == pytest.approx(1.8, rel=0.02) and kept.var() == pytest.approx(1.8, rel=0.03)
+    assert rest.mean() == pytest.approx(4.2, rel=0.02) and rest.var() == pytest.approx(4.2, rel=0.03)
+    assert abs(np.corrcoef(kept, rest)[0, 1]) < 0.01
+
+
+def test_thinning_is_reproducible_and_checks_p():
+    counts = np.arange(100, dtype=np.uint16)
+    a = thin_counts(counts, 0.5, np.random.default_rng(7))
+    b = thin_counts(counts, 0.5, np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="p must be in"):
+        thin_counts(counts, 1.0, np.random.default_rng(0))
+
+
+def test_is_counts():
+    assert is_counts(np.array([[0, 3], [7, 1]], dtype=np.uint16))
+    assert is_counts(np.array([0.0, 2.0, 5.0]))
+    assert not is_counts(np.array([0.0, 2.5]))
+    assert not is_counts(np.array([-1.0, 2.0]))
+    assert not is_counts(np.array([np.nan, 2.0]))
+
+
+def test_central_crop_and_scaled_normalisation():
+    ys, xs = central_crop((300, 40), 100)
+    assert (ys.start, ys.stop, xs.start, xs.stop) == (100, 200, 0, 40)
+    norm = Normalisation(0.0, 2.0, (1.0, 4.0), (10.0, 20.0))
+    half = scaled_normalisation(norm, 0.5)
+    assert half.map_offset == (0.5, 2.0) and half.map_scale == (5.0, 10.0)
+    assert (half.haadf_offset, half.haadf_scale) == (0.0, 2.0)
+    # a half's maps normalise to the same values as the full data's
+    maps = np.array([[[3.0]], [[14.0]]])
+    np.testing.assert_allclose(half.maps(0.5 * maps), norm.maps(maps))
+
+
+# -- the score and the search --------------------------------------------------------------------
+
+
+def test_heldout_score_prefers_the_better_predictor():
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:64, :64]
+    mean = 5 + 4 * np.sin(xx / 5.0)[None] * np.ones((2, 1, 1))
+    heldout = rng.poisson(mean).astype(float)
+    good = 3 * mean + 1  # the true mean, in other units: the affine calibration removes them
+    noisy = rng.poisson(mean).astype(float)  # an independent noisy copy predicts worse
+    assert heldout_score(good, heldout) < heldout_score(noisy, heldout) < 1.0
+    assert heldout_score(np.zeros_like(mean), heldout) == pytest.approx(1.0)
+
+
+def test_search_finds_the_minimum_of_a_bowl_without_trying_every_point():
+    calls = []
+
+    def bowl(i: int, j: int) -> float:
+        calls.append((i, j))
+        return (i - 11) ** 2 + 2 * (j - 3) ** 2
+
+    scores = _search(bowl, 20, 17, coarse=4)
+    assert min(scores, key=scores.get) == (11, 3)
+    assert len(calls) == len(set(calls)) < 20 * 17 / 3
+
+
+def test_auto_choice_is_close_to_the_best_of_a_grid_against_the_truth():
+    """The choice never sees the truth, yet lands near the truth-best weights."""
+    data = make_spectrum_image((64, 64), ("Au", "Fe", "O"), specimen="particles", dose=10, seed=3,
+                               n_channels=512)
+
+    def to_maps(spectrum):
+        return np.asarray(elemental_maps(spectrum, data.energy_ev, data.elements)[0])
+
+    maps = to_maps(data.spectrum)
+    norm = Normalisation.from_data(data.haadf, maps)
+    choice = choose_lambdas(data.haadf, data.z, spectrum=data.spectrum, to_maps=to_maps,
+                            normalisation=norm, params={"n_iter": 30}, settings=FAST)
+
+    def error(lambda_chem, lambda_tv):
+        fused = fuse(data.haadf, maps, data.z, normalisation=norm, warn=False, n_iter=30,
+                     lambda_chem=lambda_chem, lambda_tv=lambda_tv).fused
+        return np.mean([nrmse(f, t) for f, t in zip(fused, data.true_maps)])
+
+    grid = {(lc, lt): error(lc, lt) for lc in 2.0 ** np.arange(-10, 4, 2) for lt in 2.0 ** np.arange(-12, 3, 2)}
+    best = min(grid.values())
+    auto = error(choice.lambda_chem, choice.lambda_tv)
+    assert auto <= 1.15 * best
+    assert auto < min(grid[(2.0**-10, 2.0**-12)], grid[(4.0, 4.0)])  # beats both extremes
+    assert choice.criterion == "heldout-counts:spectrum"
+    assert choice.score.shape == (choice.lambda_chem_axis.size, choice.lambda_tv_axis.size)
+    assert choice.n_candidates == np.isfinite(choice.score).sum() >= 9
+    i, j = np.unravel_index(np.nanargmin(choice.score), choice.score.shape)
+    assert (choice.lambda_chem_axis[i], choice.lambda_tv_axis[j]) == (choice.lambda_chem, choice.lambda_tv)
+
+
+def test_same_seed_same_choice_and_a_fixed_weight_is_kept():
+    rng = np.random.default_rng(4)
+    truth = np.stack([np.tile([1.0, 0.0], (32, 16)), np.tile([0.0, 1.0], (32, 16))])
+    haadf = 2.0 * truth[0] + truth[1] + 0.05 * rng.standard_normal(truth.shape[1:])
+    counts = rng.poisson(8 * truth + 1)
+    a = choose_lambdas(haadf, [40, 20], maps=counts, settings=FAST)
+    b = choose_lambdas(haadf, [40, 20], maps=counts, settings=FAST)
+    assert (a.lambda_chem, a.lambda_tv) == (b.lambda_chem, b.lambda_tv)
+    np.testing.assert_array_equal(a.score, b.score)
+    fixed = choose_lambdas(haadf, [40, 20], maps=counts, lambda_tv=0.01, settings=FAST)
+    assert fixed.lambda_tv == 0.01 and fixed.lambda_tv_axis.tolist() == [0.01]
+    assert fixed.criterion == "heldout-counts:maps"
+
+
+def test_maps_that_are_not_counts_are_refused_with_the_fix():
+    haadf = np.random.default_rng(0).random((16, 16))
+    with pytest.raises(AutoLambdaError, match="not counts.*--lambda-chem"):
+        choose_lambdas(haadf, [40, 20], maps=haadf[None].repeat(2, 0) + 0.5, settings=FAST)
+
+
+# -- the job stage ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect("local-threads", n_workers=1, threads_per_worker=2) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def count_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auto") / "si.zarr"
+    return write_synthetic("spectrum-image", path, shape=(96, 80), specimen="layers", dose=8, seed=5,
+                           elements=["Ga", "As", "Al"], n_channels=512)
+
+
+def _stages(store, out, client, params, elements=("Ga", "As", "Al")):
+    job, state = fusion_job.plan(store, out, elements=elements, params=params, tile=48, halo=16)
+    if state == "complete":
+        return job, state
+    fusion_job.write_inputs(job)
+    norm = fusion_job.normalise(job)
+    job = fusion_job.choose_lambdas(job, norm, settings=FAST)
+    fusion_job.fuse_tiles(job, norm, client, progress=False)
+    fusion_job.finalise(job)
+    return job, state
+
+
+def test_job_chooses_stores_and_reuses_the_lambdas(tmp_path, count_store, client):
+    params = {"lambda_chem": "auto", "lambda_tv": "auto", "n_iter": 30}
+    out = tmp_path / "out.zarr"
+    job, state = _stages(count_store, out, client, params)
+    assert state == "new" and job.resolved and is_complete(out)
+    ds = open_dataset(out)
+    attrs = ds.attrs
+    assert attrs["params"]["lambda_auto"] == ["lambda_chem", "lambda_tv"]
+    assert attrs["params"]["lambda_chem"] == job.params.lambda_chem
+    assert attrs["lambda_choice"]["criterion"] == "heldout-counts:spectrum"
+    score = ds[layout.LAMBDA_SCORE].load()
+    assert score.dims == ("lambda_chem", "lambda_tv")
+    best = score.where(score == score.min(), drop=True)
+    assert float(best.lambda_chem[0]) == job.params.lambda_chem
+    assert float(best.lambda_tv[0]) == job.params.lambda_tv
+    assert isinstance(attrs["convergence"], list)
+    # a rerun with the same "auto" request is complete at once: the stored choice is the job's
+    again, state = fusion_job.plan(count_store, out, elements=EL, params=params, tile=48, halo=16)
+    assert state == "complete" and again.params == job.params
+
+
+def test_interrupted_after_the_choice_resumes_without_searching_again(tmp_path, count_store, client):
+    params = {"lambda_chem": "auto", "lambda_tv": 0.02, "n_iter": 30}
+    out = tmp_path / "out.zarr"
+    job, _ = fusion_job.plan(count_store, out, elements=EL, params=params, tile=48, halo=16)
+    fusion_job.write_inputs(job)
+    norm = fusion_job.normalise(job)
+    chosen = fusion_job.choose_lambdas(job, norm, settings=FAST)
+    assert chosen.params.lambda_tv == 0.02  # the fixed weight is kept
+    with pytest.raises(RuntimeError, match="not chosen"):
+        fusion_job.fuse_tiles(job, norm, client, progress=False)
+    # the process dies here; the rerun plans the same job and finds the choice in the store
+    resumed, state = fusion_job.plan(count_store, out, elements=EL, params=params, tile=48, halo=16)
+    assert state == "resume" and resumed.resolved and resumed.params == chosen.params
+    stamp = read_attrs(out)["lambda_choice"]
+    assert fusion_job.choose_lambdas(resumed, norm, settings=FAST) is resumed
+    fusion_job.fuse_tiles(resumed, norm, client, progress=False)
+    fusion_job.finalise(resumed)
+    assert is_complete(out) and read_attrs(out)["lambda_choice"] == stamp
+
+
+def test_auto_on_maps_that_are_not_counts_falls_back_to_the_defaults(tmp_path, dysco3, client, caplog):
+    import xarray as xr
+
+    from stores.zarrio import write_dataset
+
+    ds = xr.Dataset(
+        {"haadf": (("y", "x"), dysco3["haadf"][:96, :96]),
+         "maps": (("element", "y", "x"), dysco3["maps"][:, :96, :96])},
+        coords={"y": np.arange(96.0), "x": np.arange(96.0), "element": dysco3["elements"],
+                "z": ("element", dysco3["z"])},
+    )
+    store = write_dataset(ds, tmp_path / "float_maps.zarr")
+    with caplog.at_level(logging.WARNING, logger="flows.fusion_job"):
+        job, _ = _stages(store, tmp_path / "out.zarr", client, {"lambda_chem": "auto", "n_iter": 20},
+                         elements=None)
+    assert "not counts" in caplog.text
+    attrs = read_attrs(tmp_path / "out.zarr")
+    assert attrs["lambda_choice"]["criterion"] == fusion_job.CRITERION_FALLBACK
+    assert attrs["params"]["lambda_chem"] == 0.05 == job.params.lambda_chem
+    assert layout.LAMBDA_SCORE not in open_dataset(tmp_path / "out.zarr")
+
+
+def test_a_word_other_than_auto_is_refused(tmp_path, count_store):
+    from pipeline.fusion import FusionInputError
+
+    with pytest.raises(FusionInputError, match="number or 'auto'"):
+        fusion_job.plan(count_store, tmp_path / "o.zarr", elements=EL, params={"lambda_tv": "automatic"})
