@@ -124,3 +124,15 @@ def test_progress_records_are_hidden_from_xarray(tmp_path, dysco3_store, client,
     record = TileRecord.open(job.out, "fuse")
     assert len(record.done_tiles()) == len(job.grid)
     assert "_progress" in zarr.open_group(job.out, mode="r")
+
+
+def test_convergence_of_the_summed_costs_is_stored_and_logged(tmp_path, dysco3_store, client, dysco3, caplog):
+    import logging
+
+    short = {**dysco3["params"], "n_iter": 4}
+    with caplog.at_level(logging.WARNING, logger="flows.fusion_job"):
+        job = fusion_job.run_fusion(dysco3_store, tmp_path / "short.zarr", client, progress=False,
+                                    params=short, tile=100, halo=32)
+    messages = open_dataset(job.out).attrs["convergence"]
+    assert any("has not levelled off" in m for m in messages) and "raise n_iter" in caplog.text
+    assert fusion_job.summary(job)["convergence"] == messages
