@@ -246,8 +246,15 @@ def thin_counts(counts: Any, p: float, rng: np.random.Generator) -> np.ndarray:
     counts = np.asarray(counts)
     if not 0 < p < 1:
         raise ValueError(f"p must be in (0, 1), got {p}")
-    n = counts if counts.dtype.kind in "iu" else np.rint(counts).astype(np.int64)
-    return rng.binomial(n, p).astype(counts.dtype, copy=False)
+    kept = np.empty_like(counts)
+    flat_in, flat_out = counts.reshape(-1), kept.reshape(-1)
+    # in blocks: binomial draws are int64, 4x a uint16 spectrum image, so bound the temporaries
+    block = 1 << 22
+    for start in range(0, flat_in.size, block):
+        n = flat_in[start : start + block]
+        n = n if n.dtype.kind in "iu" else np.rint(n).astype(np.int64)
+        flat_out[start : start + block] = rng.binomial(n, p)
+    return kept
 
 
 def is_counts(maps: Any) -> bool:
