@@ -48,8 +48,8 @@ def normalise_task(job: fusion_job.FusionJob):
 
 
 @_task
-def lambda_task(job: fusion_job.FusionJob, norm) -> fusion_job.FusionJob:
-    return fusion_job.choose_lambdas(job, norm)
+def lambda_task(job: fusion_job.FusionJob, norm, progress: bool) -> fusion_job.FusionJob:
+    return fusion_job.choose_lambdas(job, norm, progress=progress)
 
 
 @_task
@@ -103,7 +103,7 @@ def fuse_flow(
         with connect(cluster) as client:
             inputs_task(job)
             norm = normalise_task(job)
-            job = lambda_task(job, norm)
+            job = lambda_task(job, norm, progress)
             tiles_computed = tiles_task(job, norm, client, progress)
         finalise_task(job)
     result = fusion_job.summary(job)

@@ -318,7 +318,7 @@ def normalise(job: FusionJob) -> Normalisation:
 
 
 def choose_lambdas(job: FusionJob, norm: Normalisation,
-                   settings: auto.SearchSettings | None = None) -> FusionJob:
+                   settings: auto.SearchSettings | None = None, *, progress: bool = False) -> FusionJob:
     """Choose the auto lambdas once for the dataset and store them; returns the resolved job.
 
     Runs on the central crop of the dataset (:class:`pipeline.fusion.auto.SearchSettings`),
@@ -348,10 +348,11 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
         data["spectrum"] = spectrum.values
         data["to_maps"] = _spectrum_to_maps(ds, job.elements, job.windows)
     # the crop is already cut: search on all of it
-    choice = auto.choose_lambdas(
-        out[layout.HAADF].isel(y=ys, x=xs).values, job.z, normalisation=norm, params=job.params,
-        settings=settings, **fixed, **data,
-    )
+    with tqdm(desc="choosing lambdas", unit="candidate", disable=not progress) as bar:
+        choice = auto.choose_lambdas(
+            out[layout.HAADF].isel(y=ys, x=xs).values, job.z, normalisation=norm, params=job.params,
+            settings=settings, callback=lambda *_: bar.update(), **fixed, **data,
+        )
     log.info("lambdas chosen: lambda_chem %.4g, lambda_tv %.4g (%d candidates, %.1f s)",
              choice.lambda_chem, choice.lambda_tv, choice.n_candidates, choice.seconds)
     resolved = job.with_lambdas(choice.lambda_chem, choice.lambda_tv)
@@ -489,7 +490,7 @@ def run_fusion(
         return job
     write_inputs(job)
     norm = normalise(job)
-    job = choose_lambdas(job, norm)
+    job = choose_lambdas(job, norm, progress=progress)
     fuse_tiles(job, norm, client, progress=progress)
     finalise(job)
     return job

@@ -137,7 +137,9 @@ def test_same_seed_same_choice_and_a_fixed_weight_is_kept():
     truth = np.stack([np.tile([1.0, 0.0], (32, 16)), np.tile([0.0, 1.0], (32, 16))])
     haadf = 2.0 * truth[0] + truth[1] + 0.05 * rng.standard_normal(truth.shape[1:])
     counts = rng.poisson(8 * truth + 1)
-    a = choose_lambdas(haadf, [40, 20], maps=counts, settings=FAST)
+    seen = []
+    a = choose_lambdas(haadf, [40, 20], maps=counts, settings=FAST, callback=lambda *c: seen.append(c))
+    assert len(seen) == a.n_candidates and min(seen, key=lambda c: c[2])[:2] == (a.lambda_chem, a.lambda_tv)
     b = choose_lambdas(haadf, [40, 20], maps=counts, settings=FAST)
     assert (a.lambda_chem, a.lambda_tv) == (b.lambda_chem, b.lambda_tv)
     np.testing.assert_array_equal(a.score, b.score)

@@ -441,6 +441,7 @@ def choose_lambdas(
     lambda_chem: float | None = None,
     lambda_tv: float | None = None,
     settings: SearchSettings | None = None,
+    callback: Callable[[float, float, float], None] | None = None,
 ) -> LambdaChoice:
     """Choose ``lambda_chem`` and ``lambda_tv`` by held-out counts (see the module notes).
 
@@ -469,6 +470,9 @@ def choose_lambdas(
         searches it.
     settings
         The search; :class:`SearchSettings` defaults when None.
+    callback
+        Called as ``callback(lambda_chem, lambda_tv, score)`` after each
+        candidate is scored (e.g. to advance a progress bar).
 
     Returns
     -------
@@ -504,6 +508,8 @@ def choose_lambdas(
             fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False,
                          **candidate.to_dict()).fused
             total += heldout_score(to_numpy(fused), test)
+        if callback is not None:
+            callback(float(chem[i]), float(tv[j]), total / len(folds))
         return total / len(folds)
 
     scores = _search(evaluate, chem.size, tv.size, settings.coarse)
