@@ -116,9 +116,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--halo", type=int, default=32)
     parser.add_argument("--n-iter", type=int, default=50,
                         help="fusion iterations for the spectrum image and the tiled/untiled check")
-    parser.add_argument("--n-iter-maps", type=int, default=10,
-                        help="fusion iterations for the large map set (default 10: 50 would take "
-                             "~50 min on 2 cores with the plain numpy solver)")
+    parser.add_argument("--n-iter-maps", type=int, default=50,
+                        help="fusion iterations for the large map set (default %(default)s)")
     parser.add_argument("--n-iter-tv", type=int, default=10)
     parser.add_argument("--halos", type=int, nargs="+", default=[8, 16, 32, 64],
                         help="halos of the tiled/untiled comparison")
