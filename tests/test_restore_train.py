@@ -1,0 +1,228 @@
+"""Training loop of the restoration networks: learning, checkpoints, resume, arguments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from pipeline.restore import load_model, save_model
+from pipeline.restore.cgrdn import CGRDN
+from pipeline.restore.train import (
+    MODEL_PRESETS,
+    TrainConfig,
+    evaluate,
+    latest_checkpoint,
+    learning_rate,
+    train,
+)
+
+
+def standin(n, shape, modality, resolution, rng):
+    """A fast stand-in for specimens.make_batch: gaussian blobs, Poisson counts."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    clean = np.zeros((n, 1, *shape), np.float32)
+    for i in range(n):
+        centres = rng.uniform(0, shape, size=(6, 2))
+        sigma = rng.uniform(1.5, 3.0)
+        blobs = np.exp(-((yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2) / (2 * sigma**2))
+        clean[i, 0] = rng.uniform(20, 200) * (0.05 + blobs.sum(-1))
+    degraded = rng.poisson(clean).astype(np.float32)
+    return clean, degraded
+
+
+TINY = dict(batch=4, patch=32, model="tiny", val_size=2, warmup=2, lr=3e-3, lr_final=1e-4)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(tmp_path):
+    cfg = TrainConfig(steps=40, checkpoint_every=40, **TINY)
+    clean, degraded = (torch.from_numpy(a) for a in standin(8, (32, 32), "stem", "high", np.random.default_rng(99)))
+    torch.manual_seed(cfg.seed)
+    before = evaluate(CGRDN(MODEL_PRESETS["tiny"]), clean, degraded)
+    result = train(tmp_path, cfg, data=standin, progress=False)
+    after = evaluate(load_model(result.model_path), clean, degraded)
+    assert result.step == 40
+    assert after["loss"] < 0.8 * before["loss"] and after["psnr"] > before["psnr"] + 1
+
+
+@pytest.mark.parametrize("adversarial", [False, True], ids=["plain", "ragan"])
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, adversarial):
+    cfg = TrainConfig(steps=6, checkpoint_every=2, adversarial=adversarial, **TINY)
+    whole = train(tmp_path / "whole", cfg, data=standin, progress=False)
+    # the same run stopped after 4 steps (a shorter schedule would change the learning
+    # rates, so it is stopped by time instead: max_seconds=0 stops after the first step)
+    part = tmp_path / "part"
+    first = train(part, cfg, data=standin, progress=False, max_seconds=0)
+    assert first.step == 1 and latest_checkpoint(part).name == "checkpoint-0000001.safetensors"
+    second = train(part, cfg, data=standin, progress=False, resume=True, max_seconds=0)
+    assert second.step == 2
+    resumed = train(part, cfg, data=standin, progress=False, resume=True)
+    assert resumed.step == 6
+    a, b = _weights(whole.model_path), _weights(resumed.model_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ca, cb = _weights(whole.checkpoint), _weights(resumed.checkpoint)
+    assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)  # optimiser state too
+    if adversarial:
+        assert any(k.startswith("disc.") for k in ca) and any(k.startswith("opt_d.") for k in ca)
+    # the log has one line per step, none repeated after the resumes
+    steps = [json.loads(line)["step"] for line in (part / "train_log.jsonl").read_text().splitlines()
+             if "val" not in json.loads(line)]
+    assert steps == list(range(1, 7))
+
+
+def test_checkpoint_files_are_safetensors_with_json_metadata(tmp_path):
+    cfg = TrainConfig(steps=3, checkpoint_every=1, keep=2, **TINY)
+    result = train(tmp_path, cfg, data=standin, progress=False)
+    ckpts = sorted(p.name for p in tmp_path.glob("checkpoint-*.safetensors"))
+    assert ckpts == ["checkpoint-0000002.safetensors", "checkpoint-0000003.safetensors"]  # keep=2
+    with safe_open(str(result.checkpoint), framework="pt") as f:
+        meta = f.metadata()
+        keys = list(f.keys())
+    assert meta["step"] == "3" and TrainConfig.from_dict(json.loads(meta["train_config"])) == cfg
+    opt = json.loads(meta["opt"])
+    assert opt["param_groups"][0]["betas"] == list(cfg.betas)
+    assert any(k.startswith("opt.") and k.endswith(".exp_avg_sq") for k in keys) and "torch_rng" in keys
+    # the final model loads with load_model and keeps its architecture
+    assert load_model(result.model_path).cfg == MODEL_PRESETS["tiny"]
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert {"l1", "mlwt", "fourier", "mean", "std", "lr", "loss"} <= set(log[0])
+    assert any("val" in line for line in log)
+
+
+def test_fine_tune_from_a_saved_model(tmp_path):
+    torch.manual_seed(5)
+    start = CGRDN(MODEL_PRESETS["tiny"])
+    path = save_model(start, tmp_path / "start.safetensors")
+    cfg = TrainConfig(steps=2, checkpoint_every=2, init=str(path), **{**TINY, "model": "small"})
+    result = train(tmp_path / "run", cfg, data=standin, progress=False)
+    tuned = load_model(result.model_path)
+    assert tuned.cfg == MODEL_PRESETS["tiny"]  # the loaded architecture, not cfg.model
+    moved = [not torch.equal(a, b) for a, b in zip(start.state_dict().values(), tuned.state_dict().values())]
+    assert any(moved)
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(steps=200, warmup=20, lr=1e-3, lr_final=1e-5)
+    lrs = [learning_rate(cfg, s) for s in range(200)]
+    assert lrs[19] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
+    assert all(a <= b for a, b in zip(lrs[:20], lrs[1:20])) and all(a >= b for a, b in zip(lrs[20:], lrs[21:]))
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"patch": 40}, "multiple of 16"),
+    ({"patch": 8}, "patch must be an integer >= 16"),
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"batch": 2.5}, "batch must be an integer"),
+    ({"modality": "sem"}, "modality must be one of"),
+    ({"resolution": "medium"}, "resolution must be one of"),
+    ({"model": "huge"}, "model must be one of"),
+    ({"model": {"features": 8, "colour": 3}}, "unknown CGRDN config keys"),
+    ({"lr": -1.0}, "lr must be a positive number"),
+    ({"weights": {"l3": 1.0}}, "unknown loss weights"),
+    ({"betas": (0.9, 1.5)}, "betas"),
+])
+def test_bad_options_are_clear_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**bad).checked()
+
+
+def test_existing_run_needs_resume_and_resume_needs_same_options(tmp_path):
+    cfg = TrainConfig(steps=2, checkpoint_every=1, **TINY)
+    train(tmp_path, cfg, data=standin, progress=False)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(tmp_path, cfg, data=standin, progress=False)
+    changed = TrainConfig.from_dict({**cfg.to_dict(), "lr": 1e-2, "steps": 4})
+    with pytest.raises(ValueError, match=r"cannot resume with changed options \(lr"):
+        train(tmp_path, changed, data=standin, progress=False, resume=True)
+    longer = TrainConfig.from_dict({**cfg.to_dict(), "steps": 3})  # more steps is fine
+    assert train(tmp_path, longer, data=standin, progress=False, resume=True).step == 3
+
+
+def test_data_function_with_wrong_shape_is_an_error(tmp_path):
+    def wrong(n, shape, modality, resolution, rng):
+        return np.zeros((n, 1, 8, 8), np.float32), np.zeros((n, 1, 8, 8), np.float32)
+
+    with pytest.raises(ValueError, match="expected"):
+        train(tmp_path, TrainConfig(steps=1, **TINY), data=wrong, progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        train(tmp_path, TrainConfig(steps=1, **TINY), data=standin, progress=False, device="cuda")
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def test_cli_trains_a_few_steps(tmp_path, capsys):
+    from flows.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train-restore", "--out", str(out), "--steps", "2", "--batch", "2", "--patch", "32",
+            "--checkpoint-every", "1"]
+    assert main(argv) == 0
+    assert "model:" in capsys.readouterr().out and (out / "model.safetensors").is_file()
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err
+    assert main([*argv[:4], "3", *argv[5:], "--resume"]) == 0
+    assert json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 3
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--patch", "40"], "multiple of 16"),
+    (["--init", "r_em:sfr_hrstem", "--config", "paper"], "leave --config out"),
+    (["--init", "no/such/model.safetensors"], "neither 'scratch'"),
+    (["--steps", "0"], "steps must be"),
+])
+def test_cli_bad_arguments(tmp_path, capsys, extra, match):
+    from flows.cli import main
+
+    assert main(["train-restore", "--out", str(tmp_path / "x"), *extra]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_cli_unknown_modality_is_rejected_by_argparse(tmp_path):
+    from flows.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train-restore", "--out", str(tmp_path), "--modality", "sem"])
+
+
+@pytest.mark.slow
+def test_fine_tune_r_em(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tk_r_em") is None:  # not imported: it would import TensorFlow
+        pytest.skip("tk-r-em is not installed (pip install 'emfuse[r_em]')")
+    cfg = TrainConfig(steps=1, batch=1, patch=32, init="r_em:sfr_hrstem", lr=1e-5, val_size=0, checkpoint_every=1)
+    result = train(tmp_path, cfg, data=standin, progress=False)
+    assert load_model(result.model_path).cfg == load_model("r_em:sfr_hrstem").cfg
+
+
+def test_shipped_default_model_loads_and_restores():
+    from pipeline.metrics import psnr
+    from pipeline.restore import DEFAULT_MODEL
+    from pipeline.restore.noise import SETTINGS, Draw
+    from pipeline.restore.specimens import make_pair
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("no default model in this checkout")
+    net = load_model()
+    assert net.cfg == MODEL_PRESETS["small"]
+    settings = dict(SETTINGS["stem", "high"], dose=Draw(low=50.0, high=50.0))
+    gains = []
+    for seed in (3_000_000, 3_000_001):  # seeds neither training nor the benchmark use
+        clean, degraded, _ = make_pair((128, 128), "stem", "high", np.random.default_rng(seed), settings=settings)
+        with torch.no_grad():
+            out = net(torch.from_numpy(degraded)[None, None])[0, 0].numpy()
+        gains.append(psnr(out, clean) - psnr(degraded, clean))
+    assert min(gains) > 5, gains
