@@ -22,9 +22,11 @@ import importlib
 import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import dask
 import xarray as xr
 
 from .errors import IngestError, OutputNotWritable, StoreError
@@ -142,7 +144,10 @@ def ingest(
         )
     ds = chunk_canonical(read(path, elements=elements, signal_type=signal_type))
     try:
-        return write_dataset(ds, out, overwrite=overwrite)
+        # Our own pool: leaving the ``with`` waits for chunk writes still in flight when a
+        # chunk fails, so none of them recreates the store after it is removed below.
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool, dask.config.set(pool=pool):
+            return write_dataset(ds, out, overwrite=overwrite)
     except (StoreError, OutputNotWritable, MemoryError):
         raise
     except Exception as exc:  # a reader failing on a chunk: corrupt data past the headers

@@ -47,7 +47,14 @@ R_EM_PACKAGE, R_EM_VERSION = "tk-r-em", "1.0.4"
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default.safetensors"
 _FORMAT = "emfuse-cgrdn-1"  # bump when the state-dict layout changes: old caches are redone
 
-__all__ = ["DEFAULT_MODEL", "MODEL_NAMES", "cache_dir", "load_model", "save_model"]
+__all__ = ["DEFAULT_MODEL", "MODEL_NAMES", "cache_dir", "load_model", "restore", "save_model"]
+
+
+def restore(image: Any, model: Any, **kwargs: Any) -> Any:
+    """Restore an image or (frame, y, x) stack by overlapping tiles; see :func:`.inference.restore`."""
+    from .inference import restore as _restore  # torch is imported here, not with the package
+
+    return _restore(image, model, **kwargs)
 
 
 def cache_dir() -> Path:
