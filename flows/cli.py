@@ -117,6 +117,46 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .restore_flow import restore_flow
+
+    _require(args.source)
+    _quiet_prefect(args.verbose)
+
+    result = restore_flow(
+        str(args.source), str(args.out), model=args.model, device=args.device, cluster=args.cluster,
+        tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
+        channels_last=args.channels_last, register_drift=args.register, block=args.block,
+        overwrite=args.overwrite,
+    )
+    print(f"output store: {result['store']}")
+    print(f"restored:     {result['frames']} frame(s) of {result['shape'][1]} x {result['shape'][2]} "
+          f"with {result['model']} on {result['device']} ({result['precision']})")
+    if "drift_max_px" in result:
+        print(f"drift:        up to {result['drift_max_px']:.2f} px (variables drift, average)")
+    if "psnr_raw_db" in result:
+        print(f"PSNR vs truth: raw {result['psnr_raw_db']:.2f} dB, restored {result['psnr_restored_db']:.2f} dB")
+    return 0
+
+
+def cmd_train_restore(args: argparse.Namespace) -> int:
+    from .train_restore import run_training
+
+    summary = run_training(
+        args.out, steps=args.steps, batch=args.batch, patch=args.patch, modality=args.modality,
+        resolution=args.resolution, init=args.init, config=args.config, lr=args.lr,
+        adversarial=args.adversarial, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        device=args.device, resume=args.resume, max_minutes=args.max_minutes,
+    )
+    print(f"model:        {summary['model']}")
+    print(f"steps:        {summary['step']} of {summary['steps']} ({summary['seconds']:.0f} s this run)")
+    if summary["val"]:
+        print(f"validation:   loss {summary['val']['loss']:.4g}, PSNR {summary['val']['psnr']:.2f} dB")
+    if summary["step"] < summary["steps"]:
+        print(f"stopped early; continue with: emfuse train-restore --out {args.out} --resume (same options)")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from dask.diagnostics import ProgressBar
 
@@ -135,9 +175,58 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     path = write_synthetic(
         args.kind, args.out, shape=tuple(args.shape), elements=args.elements, specimen=args.specimen,
-        dose=args.dose, seed=args.seed, overwrite=args.overwrite,
+        dose=args.dose, seed=args.seed, overwrite=args.overwrite, material=args.material,
+        frames=args.frames,
     )
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_tem_fuse(args: argparse.Namespace) -> int:
+    from .tem_fuse_flow import tem_fuse_flow
+
+    _require(args.source)
+    _quiet_prefect(args.verbose)
+
+    result = tem_fuse_flow(str(args.source), str(args.out), model=str(args.model) if args.model else None,
+                           cluster=args.cluster, tile=args.tile, halo=args.halo, overwrite=args.overwrite,
+                           report=not args.no_report)
+    print_tem_summary(result)
+    return 0
+
+
+def print_tem_summary(result: dict[str, Any]) -> None:
+    print(f"output store: {result['store']}")
+    if result.get("figures"):
+        print(f"report:       {Path(result['figures'][0]).parent}")
+    print("attention:    " + ", ".join(f"{m} {w:.2f}" for m, w in result["mean_attention"].items())
+          + " (mean weight of each mode)")
+    print("drift:        " + ", ".join(f"{m} ({d[0]:+.2f}, {d[1]:+.2f}) px" for m, d in result["drift_px"].items()))
+    if "quality" in result:
+        q = result["quality"]
+        print(f"vs truth:     fused {q['tem_fused']['psnr']:.2f} dB / SSIM {q['tem_fused']['ssim']:.3f}, "
+              f"HRTEM alone {q['hrtem']['psnr']:.2f} dB / SSIM {q['hrtem']['ssim']:.3f} (affine-calibrated)")
+
+
+def cmd_train_avae(args: argparse.Namespace) -> int:
+    from pipeline.avae.model import AVAEConfig
+    from pipeline.avae.train import TrainSettings
+
+    from .train_avae import train_from_stores
+
+    for store in args.stores:
+        _require(store)
+    settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, beta=args.beta, crop=args.crop,
+                             seed=args.seed, threads=args.threads)
+    cfg = AVAEConfig(features=args.features, latent=args.latent, attention=not args.no_attention)
+
+    def progress(step: int, rec: dict[str, float]) -> None:
+        val = f", validation MSE {rec['validation_mse']:.4f}" if "validation_mse" in rec else ""
+        print(f"step {step}: reconstruction {rec['recon']:.4f}, KL {rec['kl']:.3f}{val}", flush=True)
+
+    path, history = train_from_stores([str(s) for s in args.stores], args.out, region=args.region,
+                                      settings=settings, cfg=cfg, progress=progress)
+    print(f"model:        {path} (best step {history['best_step']}, {history['seconds']:.0f} s)")
     return 0
 
 
@@ -202,12 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a synthetic dataset with ground truth")
-    p.add_argument("kind", choices=["spectrum-image"], help="what to synthesise")
+    p.add_argument("kind", choices=["spectrum-image", "tem-modes", "movie"], help="what to synthesise")
     p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
     p.add_argument("--shape", type=int, nargs=2, default=[256, 256], metavar=("NY", "NX"))
     p.add_argument("--elements", nargs="+", default=None, help="2-4 elements (default Sr Ti O)")
     p.add_argument("--specimen", default="columns", choices=["columns", "particles", "layers"])
-    p.add_argument("--dose", type=float, default=None, help="mean counts per pixel")
+    p.add_argument("--dose", type=float, default=None,
+                   help="mean counts per pixel (tem-modes: HRTEM electrons per pixel)")
+    p.add_argument("--material", default=None, choices=["metal", "semiconductor", "ceramic"],
+                   help="tem-modes: material class of the polycrystalline specimen (default metal)")
+    p.add_argument("--frames", type=int, default=None, help="movie: number of frames (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_synth)
@@ -224,6 +317,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
     _fusion_arguments(p)
     p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("restore", help="restore a movie or image with a network (r_em), optionally register it")
+    p.add_argument("source", type=Path, help="canonical store or raw file (ingested first) with a movie or image")
+    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    p.add_argument("--model", required=True, metavar="NAME|PATH",
+                   help="a published network (r_em:sfr_hrstem, r_em:sfr_lrstem, r_em:sfr_hrtem, r_em:sfr_lrtem, "
+                        "r_em:sfr_hrsem, r_em:sfr_lrsem) or a .safetensors model")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
+    p.add_argument("--overlap", type=int, default=32, help="overlap of tiles in pixels (default %(default)s)")
+    p.add_argument("--batch", type=int, default=8, help="tiles per forward pass (default %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="arithmetic: bf16/fp16 run under autocast (default %(default)s)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CPU speed)")
+    p.add_argument("--register", action="store_true",
+                   help="also measure the drift of every frame and write the drift-corrected average")
+    p.add_argument("--block", type=int, default=None, help="frames per task (default: about 32 MiB of frames, at most 1/8 of the movie)")
+    p.add_argument("--cluster", default="local",
+                   help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler address")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("train-restore", help="train or fine-tune a restoration network on synthetic pairs")
+    p.add_argument("--out", type=Path, required=True, help="directory for checkpoints, log and model.safetensors")
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps in all (default %(default)s)")
+    p.add_argument("--batch", type=int, default=8, help="pairs per step (default %(default)s)")
+    p.add_argument("--patch", type=int, default=128, help="patch size in pixels, a multiple of 16 (default %(default)s)")
+    p.add_argument("--modality", default="stem", choices=["stem", "tem"], help="distortion models (default %(default)s)")
+    p.add_argument("--resolution", default="high", choices=["high", "low"], help="specimens' pixel size (default %(default)s)")
+    p.add_argument("--init", default="scratch", metavar="scratch|NAME|PATH",
+                   help="start from random weights (default), a published network (r_em:sfr_hrstem, ...) "
+                        "or a .safetensors model, to fine-tune")
+    p.add_argument("--config", default=None, choices=["small", "paper"],
+                   help="architecture from scratch: small (0.18 M parameters, the default) or paper (7.0 M)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3 from scratch, 1e-4 fine-tuning)")
+    p.add_argument("--adversarial", action="store_true", help="also train a patch discriminator (RaGAN)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights and every batch (default %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default %(default)s")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
+    p.set_defaults(func=cmd_train_restore)
+
+    p = sub.add_parser("tem-fuse", help="fuse BF, DF and HRTEM images with the AVAE (tiled, resumable)")
+    p.add_argument("source", type=Path, help="canonical store with modes (mode, y, x): bf, df, hrtem")
+    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    p.add_argument("--model", type=Path, default=None, help="AVAE weights (.safetensors; default: the committed ones)")
+    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
+    p.add_argument("--halo", type=int, default=32, help="halo around each tile in pixels (default %(default)s)")
+    p.add_argument("--cluster", default="local",
+                   help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler address")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    p.add_argument("--no-report", action="store_true", help="do not write the PNG report")
+    p.set_defaults(func=cmd_tem_fuse)
+
+    p = sub.add_parser("train-avae", help="train the AVAE on modes stores with a truth (emfuse synth tem-modes)")
+    p.add_argument("stores", type=Path, nargs="+", help="modes stores with true_structure")
+    p.add_argument("--out", type=Path, required=True, help="model file (.safetensors)")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default %(default)s)")
+    p.add_argument("--batch", type=int, default=32, help="crops per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default %(default)s)")
+    p.add_argument("--beta", type=float, default=1e-3, help="weight of the KL term (default %(default)s)")
+    p.add_argument("--crop", type=int, default=48, help="training crop in pixels, even (default %(default)s)")
+    p.add_argument("--region", type=int, default=192, help="stores are cut into regions of this size (default %(default)s)")
+    p.add_argument("--features", type=int, default=16, help="channels of the convolutions (default %(default)s)")
+    p.add_argument("--latent", type=int, default=8, help="latent channels per mode (default %(default)s)")
+    p.add_argument("--no-attention", action="store_true", help="equal weights instead of attention (the vae baseline)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
+    p.set_defaults(func=cmd_train_avae)
 
     p = sub.add_parser("report", help="PNG figures of an output store")
     p.add_argument("store", type=Path)

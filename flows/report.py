@@ -12,6 +12,9 @@ store (``out.zarr`` -> ``out.report/``):
     the ``haadf``, ``chem`` and ``tv`` cost terms against iteration;
 ``lambda_search.png``
     the regularisation search score, only when the store has ``lambda_score``;
+``tem_fusion.png``
+    tem-fuse stores: BF, DF, HRTEM, the fused image (and truth), the attention maps
+    (:mod:`flows.report_tem`);
 ``summary.json``
     shapes, elements, parameters and final costs.
 
@@ -151,12 +154,14 @@ def write_report(
     out_dir = Path(report_dir) if report_dir is not None else default_report_dir(store)
     out_dir.mkdir(parents=True, exist_ok=True)
     factor = coarsen_factor(_image_shape(ds), max_px)
+    from .report_tem import tem_figure  # imports this module's helpers
 
     figures: list[tuple[str, Callable[[xr.Dataset, int], Figure | None]]] = [
         ("maps.png", _maps_figure),
         ("haadf.png", _haadf_figure),
         ("convergence.png", _convergence_figure),
         ("lambda_search.png", _lambda_figure),
+        ("tem_fusion.png", tem_figure),  # tem-fuse stores: modes, fused image, attention maps
     ]
     written = []
     for name, make in figures:
@@ -165,7 +170,7 @@ def write_report(
             written.append(_save(fig, out_dir / name, dpi))
     if not written:
         raise ValueError(
-            f"{str(store)!r} has none of {MAPS}, {FUSED}, {HAADF}/{HAADF_MODEL}, {COST}: "
+            f"{str(store)!r} has none of {MAPS}, {FUSED}, {HAADF}/{HAADF_MODEL}, {COST}, tem_fused: "
             "is it a fusion output store?"
         )
     summary = summarize(ds, store, factor, [p.name for p in written])

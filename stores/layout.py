@@ -17,6 +17,8 @@ Dimensions and their index coordinates
     same dimension.
 ``frame``, ``mode``, ``term``, ``iteration``
     int or str index coordinates.
+``axis``
+    str, ``["y", "x"]``: the components of a drift.
 ``lambda_chem``, ``lambda_tv``
     float64, the regularisation weights tried by the automatic search.
 """
@@ -33,6 +35,9 @@ MODES = "modes"  # (mode, y, x), mode in {bf, df, hrtem}
 # ground truth written beside synthetic data
 TRUE_MAPS = "true_maps"  # (element, y, x) concentration used to draw the counts
 TRUE_HAADF = "true_haadf"  # (y, x) noise-free HAADF
+TRUE_MOVIE = "true_movie"  # (frame, y, x) noise-free movie (expected counts)
+TRUE_DRIFT = "true_drift"  # (frame, axis) drift of the specimen in each frame, px
+TRUE_STRUCTURE = "true_structure"  # (y, x) projected potential behind synthetic TEM modes
 
 # -- output stores ------------------------------------------------------------
 FUSED = "fused"  # (element, y, x) fused maps, normalised units
@@ -40,6 +45,11 @@ HAADF_MODEL = "haadf_model"  # (y, x) sum_i w_i x_i^gamma, normalised units
 COST = "cost"  # (term, iteration)
 COST_TERMS = ("haadf", "chem", "tv")
 LAMBDA_SCORE = "lambda_score"  # (lambda_chem, lambda_tv) score of each candidate of the lambda search
+RESTORED = "restored"  # (frame, y, x) restored movie (or image as one frame), input units
+DRIFT = "drift"  # (frame, axis) drift of each restored frame against the first, px, axis in {y, x}
+AVERAGE = "average"  # (y, x) mean of the restored frames after drift correction
+TEM_FUSED = "tem_fused"  # (y, x) AVAE fusion of the TEM modes
+ATTENTION = "attention"  # (mode, y, x) AVAE attention weight of each mode (sum 1 over mode)
 
 DIMS = {
     HAADF: ("y", "x"),
@@ -49,10 +59,18 @@ DIMS = {
     MODES: ("mode", "y", "x"),
     TRUE_MAPS: ("element", "y", "x"),
     TRUE_HAADF: ("y", "x"),
+    TRUE_MOVIE: ("frame", "y", "x"),
+    TRUE_DRIFT: ("frame", "axis"),
+    TRUE_STRUCTURE: ("y", "x"),
     FUSED: ("element", "y", "x"),
     HAADF_MODEL: ("y", "x"),
     COST: ("term", "iteration"),
     LAMBDA_SCORE: ("lambda_chem", "lambda_tv"),
+    RESTORED: ("frame", "y", "x"),
+    DRIFT: ("frame", "axis"),
+    AVERAGE: ("y", "x"),
+    TEM_FUSED: ("y", "x"),
+    ATTENTION: ("mode", "y", "x"),
 }
 
 # -- attributes ---------------------------------------------------------------

@@ -12,6 +12,12 @@ Datasets larger than memory are generated chunk by chunk as Dask arrays:
 >>> from pipeline.synth import lazy_spectrum_image
 >>> lazy_spectrum_image((1024, 1024), n_channels=2048).spectrum.chunksize
 (64, 64, 2048)
+
+A drifting low-dose HR-STEM movie with its noise-free frames and drift:
+
+>>> from pipeline.synth import make_movie
+>>> make_movie((64, 64), n_frames=4).movie.shape
+(4, 64, 64)
 """
 
 from .lazy import (
@@ -22,6 +28,7 @@ from .lazy import (
     lazy_spectrum_image,
     tile_rng,
 )
+from .movie import SyntheticMovie, make_movie
 from .spectrum_image import (
     DEFAULT_DOSE,
     DEFAULT_PIXEL_SIZE_NM,
@@ -39,10 +46,12 @@ __all__ = [
     "LazyMapSet",
     "LazySpectrumImage",
     "SpecimenMosaic",
+    "SyntheticMovie",
     "SyntheticSpectrumImage",
     "dataset_nbytes",
     "lazy_map_set",
     "lazy_spectrum_image",
+    "make_movie",
     "make_spectrum_image",
     "specimen_maps",
     "tile_rng",

@@ -1,0 +1,445 @@
+"""The restoration job as plain functions: a movie (or image) in, a restored movie out, resumable.
+
+Stages (each skipped on a rerun once recorded as done in the output store):
+
+1. ``plan``: open the input (``movie`` (frame, y, x), or ``haadf`` (y, x) as a one-frame
+   movie), check the model and the device, create the output store from a template:
+   ``restored`` (frame, y, x) float32 in chunks of one block of frames, and with
+   ``register`` also ``drift`` (frame, axis) and ``average`` (y, x);
+2. ``restore_blocks``: one Dask task per unfinished block of frames reads its frames
+   from the input store, restores them (:func:`pipeline.restore.inference.restore`, tiles of
+   all its frames batched together) and writes its chunk-aligned region, then records the
+   block as done. Each worker process loads the network once and keeps it
+   (:func:`worker_model`);
+3. ``register``: with ``register``, the drift of every restored frame against the first is
+   measured (:mod:`pipeline.register`, one task per block) and the drift-corrected mean
+   of the restored frames is written as ``average``;
+4. ``finalise``: ``complete = true``.
+
+:mod:`flows.restore_flow` wraps these stages as Prefect tasks; tests and notebooks can call
+:func:`run_restore` without Prefect.
+
+Example
+-------
+>>> from cluster import connect  # doctest: +SKIP
+>>> with connect("local") as client:  # doctest: +SKIP
+...     job = run_restore("movie.zarr", "restored.zarr", client, model="r_em:sfr_hrstem")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from distributed import Client, as_completed
+from tqdm.auto import tqdm
+
+from pipeline.metrics import psnr
+from pipeline.register import estimate_shift, shift_image
+from stores import layout
+from stores.outputs import empty_like, prepare_output, write_region
+from stores.progress import TileRecord
+from stores.zarrio import mark_complete, open_dataset, sha256_file
+
+log = logging.getLogger(__name__)
+JOB = "restore"
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+BLOCK_BYTES = 32 * 2**20  # default frames per block: about this much float32 data
+MAX_BLOCK = 64
+MIN_TASKS = 8  # default blocks are small enough to give at least this many tasks
+CHUNK_YX = 2048  # frames larger than this are split in (y, x) chunks too
+SUMMARY_FRAMES = 8  # frames compared with the truth in the summary of a synthetic movie
+
+# the networks loaded by this worker process, by (model, sha256, device, channels_last)
+_MODELS: dict[tuple[Any, ...], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+class RestoreInputError(ValueError):
+    """The input, the model or the device cannot be used; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class RestoreJob:
+    """Everything that defines one restoration run (its ``record`` is the output's ``params``)."""
+
+    source: str
+    out: str
+    model: str  # a published name ("r_em:sfr_hrstem"), an absolute .safetensors path, or "default"
+    variable: str  # the input variable: "movie" or "haadf"
+    n_frames: int
+    device: str = "cpu"
+    tile: int = 256
+    overlap: int = 32
+    batch: int = 8
+    precision: str = "fp32"
+    channels_last: bool = False
+    register: bool = False
+    block: int = 8  # frames per task (and per Zarr chunk along frame)
+    model_sha256: str | None = None  # of a model file
+
+    def record(self) -> dict[str, Any]:
+        """The parameters written to (and compared with) the output store."""
+        record = {name: getattr(self, name) for name in
+                  ("model", "device", "tile", "overlap", "batch", "precision", "channels_last",
+                   "register", "block")}
+        if self.model_sha256:
+            record["model_sha256"] = self.model_sha256
+        return record
+
+    @property
+    def blocks(self) -> list[slice]:
+        """The frames of each block."""
+        return [slice(f, min(f + self.block, self.n_frames)) for f in range(0, self.n_frames, self.block)]
+
+
+def default_block(n_frames: int, ny: int, nx: int) -> int:
+    """Frames per block: about :data:`BLOCK_BYTES` of float32 frames, at most an eighth of the
+    movie (so that at least 8 tasks share the work when there are 8 frames), 1 to :data:`MAX_BLOCK`.
+
+    Example
+    -------
+    >>> default_block(1000, 1024, 1024), default_block(100, 64, 64), default_block(3, 64, 64)
+    (8, 12, 1)
+    """
+    return max(1, min(n_frames // MIN_TASKS, MAX_BLOCK, BLOCK_BYTES // (4 * ny * nx)))
+
+
+def _input_variable(ds: xr.Dataset, source: str | Path) -> str:
+    if layout.MOVIE in ds:
+        return layout.MOVIE
+    if layout.HAADF in ds:
+        return layout.HAADF
+    raise RestoreInputError(
+        f"{source} has no movie (frame, y, x) and no image (haadf) to restore (it holds "
+        f"{', '.join(map(str, ds.data_vars)) or 'nothing'}); ingest a file with a movie or an image."
+    )
+
+
+def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None]:
+    """(model as recorded, sha256 of its file); loads it once to fail here rather than on the workers."""
+    from pipeline.restore import MODEL_NAMES, load_model
+
+    name = "default" if model is None else str(model)
+    sha = None
+    if name.startswith("r_em:"):
+        if name not in MODEL_NAMES:
+            raise RestoreInputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} "
+                                    "or give the path of a .safetensors model")
+    elif name != "default":
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise RestoreInputError(f"model {name!r} is neither a published name ({', '.join(MODEL_NAMES)}) "
+                                    "nor an existing .safetensors file; check --model")
+        name, sha = str(path.resolve()), sha256_file(path)
+    try:
+        load_model(None if name == "default" else name)
+    except (ImportError, ValueError, OSError) as exc:
+        raise RestoreInputError(f"cannot load model {name!r}: {exc}") from exc
+    return name, sha
+
+
+def _check_device(device: str) -> None:
+    from pipeline.restore.inference import resolve_device
+
+    try:
+        resolve_device(device)
+    except RuntimeError as exc:
+        raise RestoreInputError(str(exc)) from exc
+
+
+def plan(
+    source: str | Path,
+    out: str | Path,
+    *,
+    model: str | os.PathLike | None,
+    device: str = "cpu",
+    tile: int = 256,
+    overlap: int = 32,
+    batch: int = 8,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    register: bool = False,
+    block: int | None = None,
+    overwrite: bool = False,
+    check_device: bool = True,
+) -> tuple[RestoreJob, str]:
+    """Define the job and create (or reopen) its output store.
+
+    ``check_device=False`` leaves the device check to the workers (a scheduler on a
+    machine without the workers' GPU). Returns the job and the output's state:
+    ``"new"``, ``"resume"`` or ``"complete"``.
+    """
+    ds = open_dataset(source)
+    variable = _input_variable(ds, source)
+    data = ds[variable]
+    n_frames = data.sizes.get("frame", 1)
+    ny, nx = data.sizes["y"], data.sizes["x"]
+    if 0 in (n_frames, ny, nx):
+        raise RestoreInputError(f"the {variable} of {source} is empty ({n_frames} x {ny} x {nx}); "
+                                "check the acquisition was saved completely.")
+    if precision not in PRECISIONS:
+        raise RestoreInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if tile < 8 or overlap < 0 or 2 * overlap > tile or batch < 1 or (block is not None and block < 1):
+        raise RestoreInputError(f"need tile >= 8, 0 <= overlap <= tile / 2, batch >= 1 and block >= 1; "
+                                f"got tile {tile}, overlap {overlap}, batch {batch}, block {block}")
+    import torch
+
+    try:
+        device = str(torch.device(device))
+    except RuntimeError as exc:
+        raise RestoreInputError(f"unknown device {device!r} ({exc}); use cpu or cuda") from exc
+    if check_device:
+        _check_device(device)
+    name, sha = _check_model(model)
+    job = RestoreJob(str(source), str(out), name, variable, int(n_frames), device, tile, overlap, batch,
+                     precision, channels_last, register, block or default_block(n_frames, ny, nx), sha)
+    state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite)
+    if state != "complete":
+        TileRecord.create(out, JOB, (len(job.blocks), 1))
+    return job, state
+
+
+def _template(ds: xr.Dataset, data: xr.DataArray, job: RestoreJob) -> xr.Dataset:
+    ny, nx = data.sizes["y"], data.sizes["x"]
+    yx = (min(ny, CHUNK_YX), min(nx, CHUNK_YX))
+    frames = ds["frame"] if "frame" in data.dims else xr.DataArray([0], dims="frame")
+    variables = {layout.RESTORED: (layout.DIMS[layout.RESTORED],
+                                   empty_like((job.n_frames, ny, nx), (job.block, *yx)))}
+    coords: dict[str, Any] = {"frame": frames, "y": ds["y"], "x": ds["x"]}
+    if job.register:
+        variables[layout.DRIFT] = (layout.DIMS[layout.DRIFT],
+                                   empty_like((job.n_frames, 2), (job.n_frames, 2), np.float64))
+        variables[layout.AVERAGE] = (layout.DIMS[layout.AVERAGE], empty_like((ny, nx), yx))
+        coords["axis"] = ["y", "x"]
+    template = xr.Dataset(variables, coords=coords)
+    units = data.attrs.get("units", "input units")
+    template[layout.RESTORED].attrs.update(units=units, description=f"{job.variable} restored by {job.model}")
+    if job.register:
+        template[layout.DRIFT].attrs.update(units="px", description="drift (dy, dx) of each restored "
+                                            "frame against the first (the specimen moved by +drift)")
+        template[layout.AVERAGE].attrs.update(units=units, description="mean of the restored frames, "
+                                              "each moved back by its drift (bicubic)")
+    return template
+
+
+# -- worker side ------------------------------------------------------------------------------
+
+
+def _share_cores() -> None:
+    """Give torch this worker's share of the cores, so that concurrent tasks do not oversubscribe them.
+
+    In a worker process of a local cluster the profile has computed the share
+    (``NUMBA_NUM_THREADS``); in a threaded worker it is the cores divided by the worker's
+    threads (torch's thread count is per process: it stays set after the job). Torch's
+    OpenMP threads wait for each other at every layer: with more threads than free
+    cores a forward pass was measured 5-10x slower than with one thread.
+    """
+    import torch
+
+    share = os.environ.get("NUMBA_NUM_THREADS")  # set per worker process by cluster.profiles
+    if share and share.isdigit():
+        torch.set_num_threads(int(share))
+        return
+    try:
+        from distributed import get_worker
+
+        threads = get_worker().state.nthreads
+    except ValueError:  # not in a worker: leave torch alone
+        return
+    from cluster.profiles import available_cores
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), available_cores() // max(1, threads))))
+
+
+def worker_model(job: RestoreJob) -> Any:
+    """The job's network, loaded once per worker process (and per device) and kept.
+
+    Tasks of the same worker share it: a forward pass does not change the model.
+
+    Example
+    -------
+    >>> net = worker_model(job)  # doctest: +SKIP
+    >>> worker_model(job) is net  # doctest: +SKIP
+    True
+    """
+    key = (job.model, job.model_sha256, job.device, job.channels_last)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            import torch
+
+            from pipeline.restore import load_model
+
+            if not _MODELS:
+                _share_cores()
+            model = load_model(None if job.model == "default" else job.model, device=job.device)
+            if job.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            _MODELS[key] = model
+        return _MODELS[key]
+
+
+def read_frames(job: RestoreJob, frames: slice) -> np.ndarray:
+    """Frames ``frames`` of the input, (frame, y, x) float32 (an image is frame 0)."""
+    array = zarr.open_array(str(Path(job.source) / job.variable), mode="r", zarr_format=3)
+    data = array[frames] if job.variable == layout.MOVIE else array[...][None][frames]
+    return np.asarray(data, dtype=np.float32)
+
+
+def restore_block_in_store(job: RestoreJob, index: int) -> int:
+    """Worker task: restore block ``index`` of frames and write its region, then record it."""
+    from pipeline.restore.inference import restore
+
+    frames = job.blocks[index]
+    data = read_frames(job, frames)
+    bad = np.flatnonzero(~np.isfinite(data).all(axis=(1, 2)))
+    if bad.size:
+        raise RestoreInputError(
+            f"{job.source}: frame(s) {(bad + frames.start).tolist()[:10]} of the {job.variable} contain "
+            "NaN or Inf values; mask or interpolate the bad pixels first."
+        )
+    restored = restore(data, worker_model(job), tile=job.tile, overlap=job.overlap, batch=job.batch,
+                       device=job.device, dtype=PRECISIONS[job.precision], channels_last=job.channels_last)
+    write_region(job.out, layout.RESTORED, (frames, slice(None), slice(None)), restored)
+    TileRecord.open(job.out, JOB).mark((index, 0))
+    return index
+
+
+def _restore_block_task(job: RestoreJob, index: int) -> int | RestoreInputError:
+    """:func:`restore_block_in_store` for Dask: bad input comes back as a value, raised by the driver.
+
+    (A task that raises is logged by the worker with its traceback, on top of the one line
+    the command line prints.)
+    """
+    try:
+        return restore_block_in_store(job, index)
+    except RestoreInputError as exc:
+        return exc
+
+
+def drift_of_block(job: RestoreJob, index: int, reference: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Worker task: drift of each restored frame of a block, and the sum of the frames moved back."""
+    frames = job.blocks[index]
+    restored = zarr.open_array(str(Path(job.out) / layout.RESTORED), mode="r", zarr_format=3)[frames]
+    shifts = np.array([estimate_shift(reference, frame) for frame in restored])
+    total = np.zeros(reference.shape, dtype=np.float64)
+    for frame, shift in zip(restored, shifts):
+        total += shift_image(frame, tuple(-shift))
+    return index, shifts, total
+
+
+# -- driver side ------------------------------------------------------------------------------
+
+
+def _gather(client: Client, futures: list, progress: bool, desc: str, sizes: dict) -> list:
+    """Results as they finish, with a progress bar in frames; on an error the rest is cancelled."""
+    results = []
+    with tqdm(total=sum(sizes.values()), desc=desc, unit="frame", disable=not progress) as bar:
+        try:
+            for future in as_completed(futures):
+                result = future.result()  # re-raises a worker's error here
+                if isinstance(result, RestoreInputError):
+                    raise result
+                results.append(result)
+                bar.update(sizes[future.key])
+        except BaseException:
+            client.cancel(futures)
+            bar.leave = False  # the error, not a half-full bar, is what stays on screen
+            raise
+    return results
+
+
+def restore_blocks(job: RestoreJob, client: Client, *, progress: bool = True) -> int:
+    """Restore every unfinished block on the cluster; returns how many blocks were computed now."""
+    done = {row for row, _ in TileRecord.open(job.out, JOB).done_tiles()}
+    todo = [b for b in range(len(job.blocks)) if b not in done]
+    if not todo:
+        return 0
+    futures = client.map(_restore_block_task, [job] * len(todo), todo, pure=False)
+    sizes = {f.key: job.blocks[b].stop - job.blocks[b].start for f, b in zip(futures, todo)}
+    _gather(client, futures, progress, "restoring", sizes)
+    return len(todo)
+
+
+def register(job: RestoreJob, client: Client, *, progress: bool = True) -> None:
+    """Drift of every restored frame against the first, and the drift-corrected ``average``."""
+    record = TileRecord.open(job.out, JOB)
+    if not job.register or record.stage_done("register"):
+        return
+    restored = zarr.open_array(str(Path(job.out) / layout.RESTORED), mode="r", zarr_format=3)
+    reference = client.scatter(np.asarray(restored[0]), broadcast=True)
+    indices = list(range(len(job.blocks)))
+    futures = client.map(drift_of_block, [job] * len(indices), indices, reference=reference, pure=False)
+    sizes = {f.key: job.blocks[b].stop - job.blocks[b].start for f, b in zip(futures, indices)}
+    drift = np.zeros((job.n_frames, 2))
+    total = np.zeros(restored.shape[1:])
+    for index, shifts, block_total in _gather(client, futures, progress, "registering", sizes):
+        drift[job.blocks[index]] = shifts
+        total += block_total
+    write_region(job.out, layout.DRIFT, (slice(None), slice(None)), drift)
+    write_region(job.out, layout.AVERAGE, (slice(None), slice(None)), total / job.n_frames)
+    record.mark_stage("register")
+
+
+def finalise(job: RestoreJob) -> None:
+    """Mark the store complete once every block (and the registration, if asked) is done."""
+    record = TileRecord.open(job.out, JOB)
+    if len(record.done_tiles()) != len(job.blocks):
+        raise RuntimeError(f"{job.out}: not every block of frames is restored; rerun to complete it.")
+    if job.register and not record.stage_done("register"):
+        raise RuntimeError(f"{job.out}: the drift registration has not run; rerun to complete it.")
+    mark_complete(job.out)
+
+
+def summary(job: RestoreJob) -> dict[str, Any]:
+    """Shape, model, drift and, for a synthetic movie, the PSNR of raw and restored frames."""
+    out = open_dataset(job.out)
+    info: dict[str, Any] = {"store": job.out, "frames": job.n_frames, "shape": list(out[layout.RESTORED].shape),
+                            "model": job.model, "device": job.device, "precision": job.precision}
+    if layout.DRIFT in out:
+        drift = out[layout.DRIFT].values
+        info["drift_max_px"] = float(np.abs(drift).max())
+    source = open_dataset(job.source)
+    if layout.TRUE_MOVIE in source and job.variable == layout.MOVIE:
+        n = min(job.n_frames, SUMMARY_FRAMES)
+        truth = source[layout.TRUE_MOVIE].isel(frame=slice(0, n)).values
+        raw = source[layout.MOVIE].isel(frame=slice(0, n)).values
+        restored = out[layout.RESTORED].isel(frame=slice(0, n)).values
+        info["psnr_raw_db"] = float(np.mean([psnr(r, t) for r, t in zip(raw, truth)]))
+        info["psnr_restored_db"] = float(np.mean([psnr(r, t) for r, t in zip(restored, truth)]))
+        if layout.DRIFT in out and layout.TRUE_DRIFT in source:
+            info["drift_error_px"] = float(np.abs(out[layout.DRIFT].values - source[layout.TRUE_DRIFT].values).max())
+    return info
+
+
+def run_restore(
+    source: str | Path,
+    out: str | Path,
+    client: Client,
+    *,
+    progress: bool = True,
+    **plan_kwargs: Any,
+) -> RestoreJob:
+    """Run every stage of the restoration job on ``client`` (no Prefect involved)."""
+    job, state = plan(source, out, **plan_kwargs)
+    if state == "complete":
+        log.info("%s is already complete with these parameters; nothing to do", out)
+        return job
+    restore_blocks(job, client, progress=progress)
+    register(job, client, progress=progress)
+    finalise(job)
+    return job
+
+
+__all__ = [
+    "JOB", "RestoreInputError", "RestoreJob", "default_block", "drift_of_block", "finalise", "plan",
+    "read_frames", "register", "restore_blocks", "restore_block_in_store", "run_restore", "summary",
+    "worker_model",
+]

@@ -1,0 +1,96 @@
+"""The AVAE evaluation protocol: regions -> preprocessed pairs -> 70/15/15 split -> scores per method.
+
+Used by ``benchmarks/avae_eval.py`` and the tests; arrays in, numbers out.
+
+Examples
+--------
+>>> train, val, test = split_indices(20, seed=0)
+>>> len(train), len(val), len(test), len(set(train) | set(val) | set(test))
+(14, 3, 3, 20)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import baselines
+from .fuse import fuse_modes
+from .model import AVAE
+from .preprocess import Preprocessing
+from .simulate import ModeImages
+from .train import standardise
+
+__all__ = ["Prepared", "method_images", "prepare_regions", "score_methods", "split_indices"]
+
+METHODS = ("avae", "hrtem", "average", "weighted", "vae")
+
+
+@dataclass
+class Prepared:
+    """Simulated regions made ready for training and scoring."""
+
+    inputs: np.ndarray  # (N, modes, H, W) preprocessed, float32 in [0, 1]
+    targets: np.ndarray  # (N, H, W) standardised truth
+    truths: np.ndarray  # (N, H, W) truth as simulated
+    materials: list[str]
+    registration_error: np.ndarray  # (N, modes) |estimated - true drift|, px
+    drift: np.ndarray  # (N, modes, 2) true drift, px
+
+
+def prepare_regions(regions: Sequence[ModeImages]) -> Prepared:
+    """Preprocess every region on its own (flat field, equalisation, registration, denoising)."""
+    inputs, errors = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # failed matches are counted in the errors
+        for r in regions:
+            prep = Preprocessing.fit(r.modes)
+            inputs.append(prep.apply(r.modes))
+            errors.append(np.linalg.norm(prep.drift - r.drift, axis=1))
+    truths = np.stack([r.truth for r in regions]).astype(np.float32)
+    return Prepared(np.stack(inputs), np.stack([standardise(t) for t in truths]), truths,
+                    [r.material for r in regions], np.array(errors), np.stack([r.drift for r in regions]))
+
+
+def split_indices(n: int, seed: int, fractions: Sequence[float] = (0.7, 0.15, 0.15)
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded random split of ``n`` regions into train, validation and test (70/15/15)."""
+    if n < 3:
+        raise ValueError(f"need at least 3 regions to split, got {n}")
+    order = np.random.default_rng([seed, 70_15_15]).permutation(n)
+    n_val = max(1, int(round(fractions[1] * n)))
+    n_test = max(1, int(round(fractions[2] * n)))
+    n_train = n - n_val - n_test
+    return np.sort(order[:n_train]), np.sort(order[n_train:n_train + n_val]), np.sort(order[n_train + n_val:])
+
+
+def method_images(inputs: np.ndarray, models: Mapping[str, AVAE], mode_weights: np.ndarray,
+                  hrtem_index: int = 2) -> dict[str, list[np.ndarray]]:
+    """Every method's image of every region: the networks in ``models``, then the baselines."""
+    images: dict[str, list[np.ndarray]] = {name: [fuse_modes(net, x)[0] for x in inputs]
+                                           for name, net in models.items()}
+    images["hrtem"] = [x[hrtem_index] for x in inputs]
+    images["average"] = [baselines.average(x) for x in inputs]
+    images["weighted"] = [baselines.weighted(x, mode_weights) for x in inputs]
+    return images
+
+
+def score_methods(images: Mapping[str, Sequence[np.ndarray]], truths: Sequence[np.ndarray],
+                  materials: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Mean (and standard deviation, and per material) PSNR and SSIM after the affine calibration."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, imgs in images.items():
+        s = [baselines.score(im, t) for im, t in zip(imgs, truths)]
+        psnr, ssim = np.array([v["psnr"] for v in s]), np.array([v["ssim"] for v in s])
+        by_material = {m: {"psnr": float(psnr[np.array(materials) == m].mean()),
+                           "ssim": float(ssim[np.array(materials) == m].mean())}
+                       for m in sorted(set(materials))}
+        out[name] = {"psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
+                     "psnr_std": float(psnr.std()), "ssim_std": float(ssim.std()),
+                     "psnr_per_region": psnr.round(4).tolist(), "ssim_per_region": ssim.round(5).tolist(),
+                     "by_material": by_material}
+    return out

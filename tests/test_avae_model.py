@@ -1,0 +1,130 @@
+"""The AVAE network, its loss, safetensors files, training, inference, baselines and the evaluation protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.avae import baselines
+from pipeline.avae.evaluate import method_images, prepare_regions, score_methods, split_indices
+from pipeline.avae.fuse import fuse_modes
+from pipeline.avae.model import AVAE, AVAEConfig, avae_loss, load_avae, model_info, save_avae
+from pipeline.avae.simulate import simulate_regions
+from pipeline.avae.train import TrainSettings, sample_batch, standardise, train_avae
+
+TINY = AVAEConfig(features=6, latent=3)
+
+
+def test_attention_is_a_softmax_over_modes_of_a_linear_map_of_the_latents():
+    torch.manual_seed(0)
+    net = AVAE(TINY).eval()
+    x = torch.rand(2, 3, 16, 20)
+    out = net(x)
+    assert out.fused.shape == (2, 1, 16, 20) and out.attention.shape == (2, 3, 8, 10)
+    assert out.mu.shape == (2, 3, 3, 8, 10)
+    z = out.mu.reshape(2, 9, 8, 10)  # eval mode: z = mu
+    expected = torch.softmax(torch.einsum("mc,bchw->bmhw", net.score.weight[:, :, 0, 0], z)
+                             + net.score.bias[None, :, None, None], dim=1)
+    torch.testing.assert_close(out.attention, expected)
+    torch.testing.assert_close(net(x).fused, out.fused)  # deterministic in eval mode
+    net.train()
+    assert not torch.allclose(net(x).fused, net(x).fused)  # z sampled in training
+    with pytest.raises(ValueError, match="even"):
+        net(torch.rand(1, 3, 15, 16))
+    with pytest.raises(ValueError, match=r"\(batch, 3, H, W\)"):
+        net(torch.rand(1, 2, 16, 16))
+
+
+def test_without_attention_the_weights_are_equal():
+    out = AVAE(AVAEConfig(features=6, latent=3, attention=False)).eval()(torch.rand(1, 3, 8, 8))
+    assert torch.all(out.attention == 1 / 3)
+
+
+def test_loss_is_reconstruction_plus_beta_kl():
+    mu, logvar = torch.zeros(1, 3, 2, 4, 4), torch.zeros(1, 3, 2, 4, 4)
+    target = torch.ones(1, 1, 8, 8)
+    out = type(AVAE(TINY)(torch.rand(1, 3, 8, 8)))(torch.zeros(1, 1, 8, 8), torch.ones(1, 3, 4, 4) / 3, mu, logvar)
+    loss, parts = avae_loss(out, target, beta=0.5)
+    assert parts == {"recon": 1.0, "kl": 0.0} and float(loss) == 1.0
+    out = out._replace(mu=torch.ones_like(mu))
+    loss, parts = avae_loss(out, target, beta=0.5)
+    assert parts["kl"] == pytest.approx(0.5) and float(loss) == pytest.approx(1.25)
+
+
+def test_safetensors_round_trip_and_refusal(tmp_path):
+    torch.manual_seed(1)
+    net = AVAE(TINY).eval()
+    path = save_avae(net, tmp_path / "m.safetensors", metadata={"steps": 3})
+    back = load_avae(path)
+    x = torch.rand(1, 3, 12, 12)
+    torch.testing.assert_close(back(x).fused, net(x).fused)
+    assert back.cfg == TINY and model_info(path) == {"steps": 3}
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not an emfuse AVAE file"):
+        load_avae(tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError, match="no AVAE weights"):
+        load_avae(tmp_path / "missing.safetensors")
+
+
+def test_fuse_modes_handles_odd_sizes_and_sums_attention_to_one():
+    fused, attention = fuse_modes(AVAE(TINY), np.random.default_rng(0).random((3, 17, 9)))
+    assert fused.shape == (17, 9) and attention.shape == (3, 17, 9)
+    np.testing.assert_allclose(attention.sum(0), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="expected modes"):
+        fuse_modes(AVAE(TINY), np.zeros((2, 8, 8)))
+
+
+def test_batches_are_crops_with_the_same_transform_on_modes_and_truth():
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((2, 20, 20)).astype(np.float32)
+    x = np.stack([np.stack([t, 2 * t, 3 * t]) for t in y])
+    xb, yb = sample_batch(x, y, 8, 10, rng)
+    assert xb.shape == (8, 3, 10, 10) and yb.shape == (8, 1, 10, 10)
+    np.testing.assert_allclose(xb[:, 2], 3 * yb[:, 0], rtol=1e-6)
+    with pytest.raises(ValueError, match="crop must be even"):
+        sample_batch(x, y, 1, 11, rng)
+
+
+def test_training_learns_which_mode_carries_the_truth():
+    """The truth is (a smoothed) mode 2: a few steps make the validation error fall, reproducibly."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(2)
+    x = rng.random((6, 3, 32, 32)).astype(np.float32)
+    x[:, 2] = [ndimage.gaussian_filter(m, 2.0) for m in x[:, 2]]
+    x[:, 2] = (x[:, 2] - x[:, 2].min()) / np.ptp(x[:, 2])
+    y = np.stack([standardise(m[2]) for m in x])
+    settings = TrainSettings(steps=120, batch=8, lr=3e-3, crop=16, validate_every=30, validation_crop=32)
+    model, history = train_avae(x[:4], y[:4], TINY, settings, validation=(x[4:], y[4:]))
+    val = [v["mse"] for v in history["validation"]]
+    assert val[-1] < 0.6 * val[0] and history["best_step"] == 120
+    _, again = train_avae(x[:4], y[:4], TINY, settings, validation=(x[4:], y[4:]))
+    assert [v["mse"] for v in again["validation"]] == val
+    with pytest.raises(ValueError, match="do not match"):
+        train_avae(x, y[:2], TINY, settings)
+
+
+def test_baselines_and_scores():
+    truth = np.random.default_rng(3).random((24, 24))
+    assert baselines.score(-3 * truth + 7, truth)["ssim"] == pytest.approx(1.0)
+    modes = np.stack([truth, np.ones_like(truth), -truth])
+    np.testing.assert_allclose(baselines.average(modes), 1 / 3)
+    w = baselines.fit_mode_weights([modes], [2 * truth])
+    np.testing.assert_allclose(baselines.weighted(modes, w), 2 * truth, atol=1e-9)
+
+
+def test_evaluation_protocol_on_a_few_regions():
+    train, val, test = split_indices(40, seed=1)
+    assert len(train) == 28 and len(val) == len(test) == 6
+    assert not set(train) & set(val) | set(train) & set(test) | set(val) & set(test)
+    prepared = prepare_regions(simulate_regions(3, (48, 48), seed=4))
+    assert prepared.inputs.shape == (3, 3, 48, 48) and prepared.registration_error.shape == (3, 3)
+    np.testing.assert_allclose(prepared.targets.std(axis=(1, 2)), 1, rtol=1e-4)
+    w = baselines.fit_mode_weights(prepared.inputs[:1], prepared.targets[:1])
+    images = method_images(prepared.inputs, {"avae": AVAE(TINY).eval()}, w)
+    scores = score_methods(images, prepared.truths, prepared.materials)
+    assert set(scores) == {"avae", "hrtem", "average", "weighted"}
+    assert set(scores["hrtem"]["by_material"]) == {"metal", "semiconductor", "ceramic"}

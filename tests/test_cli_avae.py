@@ -1,0 +1,45 @@
+"""``emfuse synth tem-modes``, ``train-avae`` and ``tem-fuse`` end to end, in process under the Prefect harness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flows.cli import main
+from pipeline.avae.model import load_avae, model_info
+from stores.zarrio import is_complete, open_dataset
+
+pytestmark = pytest.mark.prefect
+
+
+def test_synth_train_fuse_report(prefect_harness, tmp_path, capsys):
+    store, model, out = tmp_path / "tem.zarr", tmp_path / "m.safetensors", tmp_path / "fused.zarr"
+    assert main(["synth", "tem-modes", "--out", str(store), "--shape", "96", "96", "--seed", "3"]) == 0
+    assert main(["train-avae", str(store), "--out", str(model), "--steps", "4", "--batch", "4",
+                 "--crop", "32", "--region", "48", "--features", "4", "--latent", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "step 4: reconstruction" in printed and "validation MSE" in printed
+    info = model_info(model)
+    assert info["regions"] == {"train": 3, "validation": 1} and info["settings"]["lr"] == 1e-4
+    assert load_avae(model).cfg.features == 4
+    assert main(["tem-fuse", str(store), "--out", str(out), "--model", str(model), "--tile", "64",
+                 "--halo", "16", "--cluster", "local-threads"]) == 0
+    printed = capsys.readouterr().out
+    assert "attention:" in printed and "HRTEM alone" in printed
+    assert is_complete(out)
+    fused = open_dataset(out)
+    assert fused.tem_fused.shape == (96, 96) and np.isfinite(fused.tem_fused.values).all()
+    report = tmp_path / "fused.report"
+    assert (report / "tem_fusion.png").stat().st_size > 10_000
+    assert json.loads((report / "summary.json").read_text())["shapes"]["attention"] == [3, 96, 96]
+
+
+def test_bad_inputs_are_one_line_errors(prefect_harness, tmp_path, capsys):
+    si = tmp_path / "si.zarr"
+    assert main(["synth", "spectrum-image", "--out", str(si), "--shape", "32", "32"]) == 0
+    assert main(["tem-fuse", str(si), "--out", str(tmp_path / "o.zarr"), "--cluster", "local-threads"]) == 2
+    assert "has no 'modes'" in capsys.readouterr().err
+    assert main(["train-avae", str(si), "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "has no 'modes'" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""The tem-fuse job without Prefect: a real Dask cluster, tiles equal to one pass, resume, refusals, report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cluster import connect
+from flows import tem_fuse_job
+from flows.report import write_report
+from flows.synth import write_synthetic
+from pipeline.avae.fuse import fuse_modes
+from pipeline.avae.model import AVAE, AVAEConfig, load_avae, save_avae
+from pipeline.avae.preprocess import Preprocessing
+from stores.errors import StoreError
+from stores.zarrio import is_complete, open_dataset
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect("local-threads", n_workers=2, threads_per_worker=1) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_synthetic("tem-modes", tmp_path_factory.mktemp("in") / "tem.zarr", shape=(96, 80),
+                           material="metal", seed=2)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = AVAE(AVAEConfig(features=4, latent=2))
+    return save_avae(net, tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+def _run(store, out, client, model, **kw):
+    return tem_fuse_job.run_tem_fusion(store, out, client, progress=False, model=model, tile=32, halo=16, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, store, client, model):
+    return _run(store, tmp_path_factory.mktemp("ref") / "out.zarr", client, model)
+
+
+def test_tiled_fusion_matches_one_pass_and_reports(tmp_path, store, reference, model):
+    job = reference
+    assert is_complete(job.out)
+    out = open_dataset(job.out)
+    assert out.tem_fused.shape == (96, 80) and out.attention.dims == ("mode", "y", "x")
+    assert list(out.mode.values) == ["bf", "df", "hrtem"] and out.tem_fused.encoding["chunks"] == (32, 32)
+    np.testing.assert_allclose(out.attention.sum("mode").values, 1, atol=1e-5)
+    prep = Preprocessing.from_dict(out.attrs["preprocessing"])
+    whole, attention = fuse_modes(load_avae(model), prep.apply(out.modes.values))
+    np.testing.assert_allclose(out.tem_fused.values, whole, atol=1e-4)
+    np.testing.assert_allclose(out.attention.values, attention, atol=1e-4)
+    np.testing.assert_array_equal(out.true_structure.values, open_dataset(store).true_structure.values)
+    summary = tem_fuse_job.summary(job)
+    assert set(summary["quality"]) == {"tem_fused", "hrtem"} and summary["mean_attention"].keys() == {"bf", "df", "hrtem"}
+    paths = write_report(job.out, tmp_path / "report")
+    assert (tmp_path / "report" / "tem_fusion.png").stat().st_size > 10_000
+    assert paths[-1].name == "summary.json"
+
+
+def test_resume_recomputes_only_unfinished_tiles_bitwise(tmp_path, store, client, model, reference):
+    job, state = tem_fuse_job.plan(store, tmp_path / "resumed.zarr", model=model, tile=32, halo=16)
+    assert state == "new"
+    tem_fuse_job.write_inputs(job)
+    prep = tem_fuse_job.fit_preprocessing(job)
+    for tile in job.grid[:2]:
+        tem_fuse_job.fuse_tile_in_store(job, tile, prep)
+    assert not is_complete(job.out)
+    job2, state = tem_fuse_job.plan(store, job.out, model=model, tile=32, halo=16)
+    assert state == "resume"
+    assert tem_fuse_job.fuse_tiles(job2, tem_fuse_job.fit_preprocessing(job2), client, progress=False) == len(job.grid) - 2
+    tem_fuse_job.finalise(job2)
+    a, b = open_dataset(reference.out), open_dataset(job.out)
+    for name in ("tem_fused", "attention", "modes"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    assert tem_fuse_job.plan(store, job.out, model=model, tile=32, halo=16)[1] == "complete"
+
+
+def test_the_model_is_loaded_once_per_worker(model):
+    from pipeline.avae.model import model_info
+
+    first = tem_fuse_job._worker_model(str(model), "x", 1)
+    assert tem_fuse_job._worker_model(str(model), "x", 1) is first
+    assert model_info(model) == {}
+
+
+def test_refusals_are_named(tmp_path, store, client, model, reference):
+    other = save_avae(AVAE(AVAEConfig(features=4, latent=2)), tmp_path / "other.safetensors")
+    with pytest.raises(StoreError, match="other parameters.*model"):
+        _run(store, reference.out, client, other)
+    with pytest.raises(FileNotFoundError, match="no AVAE weights"):
+        _run(store, tmp_path / "o2.zarr", client, tmp_path / "missing.safetensors")
+    si = write_synthetic("spectrum-image", tmp_path / "si.zarr", shape=(32, 32))
+    with pytest.raises(tem_fuse_job.TemFuseInputError, match="has no 'modes'"):
+        _run(si, tmp_path / "o3.zarr", client, model)
