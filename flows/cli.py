@@ -321,9 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore a movie or image with a network (r_em), optionally register it")
     p.add_argument("source", type=Path, help="canonical store or raw file (ingested first) with a movie or image")
     p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
-    p.add_argument("--model", required=True, metavar="NAME|PATH",
-                   help="a published network (r_em:sfr_hrstem, r_em:sfr_lrstem, r_em:sfr_hrtem, r_em:sfr_lrtem, "
-                        "r_em:sfr_hrsem, r_em:sfr_lrsem) or a .safetensors model")
+    p.add_argument("--model", default="default", metavar="NAME|PATH",
+                   help="'default' (emfuse's own small HR-STEM model, the default), a published network "
+                        "(r_em:sfr_hrstem, r_em:sfr_lrstem, r_em:sfr_hrtem, r_em:sfr_lrtem, r_em:sfr_hrsem, "
+                        "r_em:sfr_lrsem; needs tk-r-em) or a .safetensors model")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
     p.add_argument("--overlap", type=int, default=32, help="overlap of tiles in pixels (default %(default)s)")
