@@ -173,6 +173,7 @@ class CGRDN(nn.Module):
         if pad_mode not in ("reflect", "replicate", "constant"):
             raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'constant', not {pad_mode!r}")
         self.cfg, self.pad_mode = cfg, pad_mode
+        self.fast = True  # CPU inference through _core_cpu (False: the plain modules, the reference)
         f, k, dk, s = cfg.features, cfg.kernel_size, cfg.down_kernel, cfg.scale
         self.standardise = Standardise(cfg.std_floor)
         self.fst = nn.Conv2d(cfg.in_channels, f, k, padding=same_padding(k, 1)[0])
@@ -189,6 +190,9 @@ class CGRDN(nn.Module):
 
     def core(self, xs: torch.Tensor) -> torch.Tensor:
         """The residual predicted from standardised images whose size is a multiple of ``scale``."""
+        dtype = _fast_dtype(self, xs)
+        if dtype is not None:
+            return self._core_cpu(xs, dtype)
         before, after = self._down_pad
         h = self.fst(xs)
         if before != after:
@@ -201,6 +205,73 @@ class CGRDN(nn.Module):
         t = self.fuse(torch.cat(outs, dim=1)) + d
         u = self.up(t)[..., : xs.shape[-2], : xs.shape[-1]]
         return self.last(u)
+
+    def _core_cpu(self, xs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """:meth:`core` for CPU inference, same arithmetic, in oneDNN's channels-last layout.
+
+        Each dense block works in one preallocated buffer (block input, then each layer's
+        output written into its channel slice) instead of concatenating a growing tensor
+        at every layer; block and group outputs go straight into the buffers that their
+        1x1 fusions read; convolutions and ReLU run as fused oneDNN primitives (also the
+        1x1 ones, which torch would otherwise send to a slow path on one thread). A conv
+        fed a channel slice of the buffer copies it into one reused staging buffer first:
+        oneDNN wants dense input, and fresh allocations (page faults) cost more than the
+        copy. ``dtype`` is float32, or bfloat16 under CPU autocast (weights cast per call).
+        """
+        cfg, cl = self.cfg, torch.channels_last
+        f, g = cfg.features, cfg.growth
+        n = xs.shape[0]
+
+        def wb(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+            w = conv.weight.to(dtype=dtype, memory_format=cl)
+            return w, None if conv.bias is None else conv.bias.to(dtype)
+
+        def conv(x: torch.Tensor, mod: nn.Conv2d, act: str = "none") -> torch.Tensor:
+            w, b = wb(mod)
+            return _POINTWISE(x, w, b, list(mod.padding), list(mod.stride), list(mod.dilation),
+                              mod.groups, act, [], "")
+
+        before, after = self._down_pad
+        h = conv(xs.to(dtype).contiguous(memory_format=cl), self.fst)
+        if before != after:
+            h = F.pad(h, (before, after, before, after)).contiguous(memory_format=cl)
+        d = conv(h, self.down)
+        hh, ww = d.shape[-2:]
+
+        def buffer(channels: int) -> torch.Tensor:
+            return torch.empty(n, channels, hh, ww, dtype=dtype, device=xs.device, memory_format=cl)
+
+        dense = buffer(f + cfg.layers * g)
+        staging = torch.empty(n * hh * ww * (f + (cfg.layers - 1) * g), dtype=dtype, device=xs.device)
+        blocks_out = buffer(cfg.blocks * f)
+        groups_out = buffer(cfg.groups * f)
+
+        def dense_input(c: int) -> torch.Tensor:
+            if c == dense.shape[1]:
+                return dense
+            view = staging[: n * hh * ww * c].view(n, hh, ww, c).permute(0, 3, 1, 2)
+            return view.copy_(dense[:, :c])
+
+        group_in = d
+        for gi, group in enumerate(self.groups):
+            block_in = group_in
+            for bi, block in enumerate(group.blocks):
+                dense[:, :f].copy_(block_in)
+                for li, layer in enumerate(block.layers):
+                    c = f + li * g
+                    src = block_in if li == 0 and block_in.is_contiguous(memory_format=cl) else dense_input(c)
+                    dense[:, c : c + g].copy_(conv(src, layer, "relu"))
+                out = blocks_out[:, bi * f : (bi + 1) * f]
+                torch.add(conv(dense, block.fuse), block_in, out=out)
+                block_in = out
+            out = groups_out[:, gi * f : (gi + 1) * f]
+            torch.add(conv(blocks_out, group.fuse), group_in, out=out)
+            group_in = out
+        t = conv(groups_out, self.fuse).add_(d)
+        w, b = wb(self.up)
+        u = F.conv_transpose2d(t, w, b, stride=self.up.stride, padding=self.up.padding)
+        u = u[..., : xs.shape[-2], : xs.shape[-1]].contiguous(memory_format=cl)
+        return conv(u, self.last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
@@ -218,6 +289,27 @@ class CGRDN(nn.Module):
             y = F.pad(xs, (0, pw, 0, ph), mode=mode)
         y = self.core(y)[..., :h, :w]
         return std * (y + xs) + mean
+
+
+_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+
+
+def _fast_dtype(model: CGRDN, x: torch.Tensor) -> torch.dtype | None:
+    """The dtype of :meth:`CGRDN._core_cpu` for this call, or None to run the plain modules.
+
+    The fast path is for CPU inference (no autograd) with oneDNN, in float32 or under
+    bfloat16 autocast; ``model.fast = False`` turns it off (the reference implementation).
+    """
+    if not getattr(model, "fast", True) or x.device.type != "cpu" or torch.is_grad_enabled():
+        return None
+    if _POINTWISE is None or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    if dtype not in (torch.float32, torch.bfloat16) or model.fst.weight.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    return dtype
 
 
 # --- the published Keras graph, layer by layer (for checking converted models) ------------
