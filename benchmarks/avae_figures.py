@@ -90,7 +90,7 @@ def attention_figure(out: Path, model_path: Path) -> None:
         _panel(bottom[3], calibrate(x[2], truth), "HRTEM alone (calibrated)")
         bottom[4].set_axis_off()
     fig.suptitle("AVAE on held-out regions: inputs, fused image and attention maps", fontweight="bold")
-    fig.savefig(out / "attention.png", dpi=80, facecolor="white")
+    fig.savefig(out / "attention.png", dpi=64, facecolor="white")
 
 
 def main() -> None:

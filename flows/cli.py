@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-avae", help="train the AVAE on modes stores with a truth (emfuse synth tem-modes)")
     p.add_argument("stores", type=Path, nargs="+", help="modes stores with true_structure")
     p.add_argument("--out", type=Path, required=True, help="model file (.safetensors)")
-    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default %(default)s)")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default %(default)s)")
     p.add_argument("--batch", type=int, default=32, help="crops per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default %(default)s)")
     p.add_argument("--beta", type=float, default=1e-3, help="weight of the KL term (default %(default)s)")

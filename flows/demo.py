@@ -58,9 +58,9 @@ def tem_fuse_demo(out: Path, *, cluster: str = "local", seed: int = 0, size: int
         print(f"tem-fuse:     skipped (no default AVAE weights at {DEFAULT_WEIGHTS})")
         return None
     start = time.perf_counter()
-    source = write_synthetic("tem-modes", out / "demo_tem_modes.zarr", shape=(size, size), material="metal",
+    source = write_synthetic("tem-modes", out / "demo_tem_modes.zarr", shape=(size, size), material="ceramic",
                              seed=seed, overwrite=True)
-    print(f"input:        {source} (BF, DF, HRTEM of a synthetic metal polycrystal, {size} x {size} px)")
+    print(f"input:        {source} (BF, DF, HRTEM of a synthetic ceramic polycrystal, {size} x {size} px)")
     result = tem_fuse_flow(str(source), str(out / "demo_tem_fused.zarr"), cluster=cluster, overwrite=True)
     print_tem_summary(result)
     print(f"done in {time.perf_counter() - start:.0f} s")

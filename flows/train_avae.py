@@ -52,7 +52,7 @@ def train_from_stores(stores: Sequence[str | Path], out: str | Path, *, region: 
                       progress: Any = None) -> tuple[Path, dict[str, Any]]:
     """Train on every region of ``stores`` and write the model to ``out``; returns (path, history)."""
     settings = settings or TrainSettings()
-    cfg = cfg or AVAEConfig(features=16, latent=8)
+    cfg = cfg or AVAEConfig()
     parts = [store_regions(s, region) for s in stores]
     inputs = np.concatenate([p[0] for p in parts])
     targets = np.concatenate([p[1] for p in parts])

@@ -36,6 +36,13 @@ def test_attention_is_a_softmax_over_modes_of_a_linear_map_of_the_latents():
         net(torch.rand(1, 2, 16, 16))
 
 
+def test_a_full_sampling_latent_gives_attention_at_every_pixel():
+    out = AVAE(AVAEConfig(features=4, latent=2, stride=1)).eval()(torch.rand(1, 3, 9, 12))
+    assert out.fused.shape == (1, 1, 9, 12) and out.attention.shape == (1, 3, 9, 12)
+    with pytest.raises(ValueError, match="stride must be 1 or 2"):
+        AVAEConfig(stride=4)
+
+
 def test_without_attention_the_weights_are_equal():
     out = AVAE(AVAEConfig(features=6, latent=3, attention=False)).eval()(torch.rand(1, 3, 8, 8))
     assert torch.all(out.attention == 1 / 3)

@@ -23,7 +23,8 @@ Example
 >>> import numpy as np
 >>> from pipeline.avae.simulate import simulate_region
 >>> from pipeline.avae.preprocess import Preprocessing
->>> region = simulate_region((64, 64), "ceramic", np.random.default_rng(0))
->>> Preprocessing.fit(region.modes).apply(region.modes).shape
-(3, 64, 64)
+>>> region = simulate_region((128, 128), "ceramic", np.random.default_rng(1))
+>>> prep = Preprocessing.fit(region.modes)
+>>> prep.apply(region.modes).shape
+(3, 128, 128)
 """

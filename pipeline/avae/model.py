@@ -54,15 +54,20 @@ FORMAT = "emfuse-avae-1"  # bump when the state-dict layout changes
 class AVAEConfig:
     """Shape of the network.
 
-    ``features`` channels in the convolutions, ``latent`` channels of each mode's latent map
-    (at half the image's sampling), ``n_modes`` encoder branches, ``attention`` False for equal
-    weights.
+    ``features`` channels in the convolutions, ``latent`` channels of each mode's latent map,
+    ``stride`` the latent grid's step in image pixels (2: half the sampling; 1: the image's),
+    ``n_modes`` encoder branches, ``attention`` False for equal weights.
     """
 
     n_modes: int = 3
-    features: int = 32
-    latent: int = 16
+    features: int = 16
+    latent: int = 8
     attention: bool = True
+    stride: int = 2
+
+    def __post_init__(self) -> None:
+        if self.stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {self.stride}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -74,8 +79,8 @@ class AVAEConfig:
 
 class AVAEOutput(NamedTuple):
     fused: torch.Tensor  # (B, 1, H, W)
-    attention: torch.Tensor  # (B, n_modes, H/2, W/2), sums to 1 over modes
-    mu: torch.Tensor  # (B, n_modes, latent, H/2, W/2)
+    attention: torch.Tensor  # (B, n_modes, H/s, W/s), sums to 1 over modes (s: the stride)
+    mu: torch.Tensor  # (B, n_modes, latent, H/s, W/s)
     logvar: torch.Tensor
 
 
@@ -84,12 +89,12 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
 
 
 class ModeEncoder(nn.Module):
-    """One mode (B, 1, H, W) -> (mu, logvar), each (B, latent, H/2, W/2)."""
+    """One mode (B, 1, H, W) -> (mu, logvar), each (B, latent, H/s, W/s)."""
 
-    def __init__(self, features: int, latent: int):
+    def __init__(self, features: int, latent: int, stride: int = 2):
         super().__init__()
         f = features
-        self.body = nn.Sequential(_conv(1, f), nn.ReLU(), _conv(f, f), nn.ReLU(), _conv(f, f, stride=2),
+        self.body = nn.Sequential(_conv(1, f), nn.ReLU(), _conv(f, f), nn.ReLU(), _conv(f, f, stride=stride),
                                   nn.ReLU(), _conv(f, f), nn.ReLU())
         self.head = nn.Conv2d(f, 2 * latent, 1)
 
@@ -99,13 +104,13 @@ class ModeEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Fused latent (B, latent, H/2, W/2) -> image (B, 1, H, W)."""
+    """Fused latent (B, latent, H/s, W/s) -> image (B, 1, H, W)."""
 
-    def __init__(self, features: int, latent: int):
+    def __init__(self, features: int, latent: int, stride: int = 2):
         super().__init__()
         f = features
-        self.body = nn.Sequential(_conv(latent, f), nn.ReLU(), _conv(f, f), nn.ReLU(),
-                                  nn.ConvTranspose2d(f, f, 4, stride=2, padding=1), nn.ReLU(),
+        up = nn.ConvTranspose2d(f, f, 4, stride=2, padding=1) if stride == 2 else _conv(f, f)
+        self.body = nn.Sequential(_conv(latent, f), nn.ReLU(), _conv(f, f), nn.ReLU(), up, nn.ReLU(),
                                   _conv(f, f), nn.ReLU(), _conv(f, 1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -123,14 +128,14 @@ class AVAE(nn.Module):
         super().__init__()
         self.cfg = cfg or AVAEConfig()
         c = self.cfg
-        self.encoders = nn.ModuleList(ModeEncoder(c.features, c.latent) for _ in range(c.n_modes))
+        self.encoders = nn.ModuleList(ModeEncoder(c.features, c.latent, c.stride) for _ in range(c.n_modes))
         self.score = nn.Conv2d(c.n_modes * c.latent, c.n_modes, 1)  # a' [z_1; ...; z_n]
-        self.decoder = Decoder(c.features, c.latent)
+        self.decoder = Decoder(c.features, c.latent, c.stride)
 
     def forward(self, x: torch.Tensor) -> AVAEOutput:
         if x.ndim != 4 or x.shape[1] != self.cfg.n_modes:
             raise ValueError(f"expected (batch, {self.cfg.n_modes}, H, W), got {tuple(x.shape)}")
-        if x.shape[-1] % 2 or x.shape[-2] % 2:
+        if x.shape[-1] % self.cfg.stride or x.shape[-2] % self.cfg.stride:
             raise ValueError(f"H and W must be even, got {tuple(x.shape[-2:])}")
         stats = [enc(x[:, i : i + 1] - 0.5) for i, enc in enumerate(self.encoders)]
         mu = torch.stack([s[0] for s in stats], dim=1)
@@ -172,6 +177,7 @@ def save_avae(model: AVAE, path: str | os.PathLike, *, metadata: dict[str, Any] 
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

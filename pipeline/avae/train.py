@@ -41,7 +41,7 @@ __all__ = ["TrainSettings", "sample_batch", "standardise", "train_avae"]
 class TrainSettings:
     """Optimisation settings (Adam, lr 1e-4, batch 32 as in the AVAE paper)."""
 
-    steps: int = 2000
+    steps: int = 3000
     batch: int = 32
     lr: float = 1e-4
     beta: float = 1e-3
