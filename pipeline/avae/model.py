@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,6 +39,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..weights_io import save_safetensors
 
 __all__ = ["AVAE", "AVAEConfig", "AVAEOutput", "DEFAULT_WEIGHTS", "VAE_WEIGHTS", "avae_loss", "load_avae", "save_avae"]
 
@@ -162,27 +163,16 @@ def save_avae(model: AVAE, path: str | os.PathLike, *, metadata: dict[str, Any] 
 
     Examples
     --------
+    >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "tiny.safetensors"
     >>> cfg = AVAEConfig(features=4, latent=2)
     >>> load_avae(save_avae(AVAE(cfg), p, metadata={"steps": 0})).cfg == cfg
     True
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": FORMAT, "config": model.cfg.to_json(), "info": json.dumps(metadata or {}, default=str)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_safetensors(tensors, path, header)
 
 
 def model_info(path: str | os.PathLike) -> dict[str, Any]:

@@ -29,9 +29,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..weights_io import save_safetensors
 
 if TYPE_CHECKING:
     import torch
@@ -82,21 +83,10 @@ def save_model(model: CGRDN, path: str | os.PathLike, *, metadata: dict[str, str
     >>> load_model(save_model(CGRDN(cfg), p)).cfg == cfg
     True
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype=v.dtype).contiguous() for k, v in model.state_dict().items()}
     meta = {**(metadata or {}), "format": _FORMAT, "config": json.dumps(model.cfg.to_dict())}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_safetensors(state, path, meta)
 
 
 def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:

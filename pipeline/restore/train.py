@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..weights_io import save_safetensors
 from .cgrdn import CGRDN, CGRDNConfig
 from .discriminator import DiscriminatorConfig, PatchDiscriminator
 from .losses import LossWeights, generator_loss, ragan_losses, standardise_pair
@@ -345,25 +345,13 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
 
     Example
     -------
+    >>> import tempfile
     >>> latest_checkpoint(tempfile.mkdtemp()) is None
     True
     """
     found = [(int(m.group(1)), p) for p in Path(out).glob("checkpoint-*.safetensors")
              if (m := _CKPT.search(p.name))]
     return max(found)[1] if found else None
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _save_checkpoint(out: Path, step: int, cfg: TrainConfig, model: CGRDN, opt: torch.optim.Optimizer,
@@ -380,7 +368,7 @@ def _save_checkpoint(out: Path, step: int, cfg: TrainConfig, model: CGRDN, opt: 
         meta["opt_d"] = json.dumps(d_meta)
     tensors["torch_rng"] = torch.get_rng_state()
     path = out / f"checkpoint-{step:07d}.safetensors"
-    _atomic_save(tensors, path, meta)
+    save_safetensors(tensors, path, meta)
     old = sorted((int(m.group(1)), p) for p in out.glob("checkpoint-*.safetensors") if (m := _CKPT.search(p.name)))
     for _, p in old[: -cfg.keep]:
         p.unlink(missing_ok=True)
