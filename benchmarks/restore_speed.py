@@ -265,7 +265,7 @@ def movie_throughput(frames: int, size: int, model_name: str, device: str, tile:
     import dask.array as da
 
     from cluster import connect
-    from flows import restore_job
+    from flows.jobs import run_job
     from stores.formats import canonical_dataset
     from stores.ingest import chunk_canonical
     from stores.zarrio import write_dataset
@@ -283,8 +283,8 @@ def movie_throughput(frames: int, size: int, model_name: str, device: str, tile:
             model = str(save_model(CGRDN(), Path(tmp) / "random.safetensors"))
         with connect(cluster) as client:
             start = time.perf_counter()
-            job = restore_job.run_restore(store, Path(tmp) / "out.zarr", client, model=model,
-                                          device=device, tile=tile, batch=batch, progress=True)
+            job = run_job("restore", store, Path(tmp) / "out.zarr", client, model=model,
+                            device=device, tile=tile, batch=batch, progress=True)
             seconds = time.perf_counter() - start
         row = {"frames": frames, "size": size, "seconds": seconds, "frames_per_s": frames / seconds,
                "block": job.block, "device": device, "cluster": cluster}

@@ -20,7 +20,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    attribute, empty when all is well), and ``complete = true`` is set.
 
 :mod:`flows.fusion_flow` wraps these stages as Prefect tasks; tests and
-notebooks can call :func:`run_fusion` without Prefect.
+notebooks can call :func:`flows.jobs.run_job` (``"fuse"``) without Prefect.
 """
 
 from __future__ import annotations
@@ -475,22 +475,12 @@ def summary(job: FusionJob) -> dict[str, Any]:
     return json.loads(json.dumps(info))
 
 
-def run_fusion(
-    source: str | Path,
-    out: str | Path,
-    client: Client,
-    *,
-    progress: bool = True,
-    **plan_kwargs: Any,
-) -> FusionJob:
-    """Run every stage of the fusion job on ``client`` (no Prefect involved)."""
-    job, state = plan(source, out, **plan_kwargs)
-    if state == "complete":
-        log.info("%s is already complete with these parameters; nothing to do", out)
-        return job
+def compute(job: FusionJob, client: Client, *, progress: bool = True) -> tuple[FusionJob, int]:
+    """The stages between ``plan`` and ``finalise``: inputs, normalisation, lambdas, tiles.
+
+    Returns the job (with its lambdas chosen) and the number of tiles computed now.
+    """
     write_inputs(job)
     norm = normalise(job)
     job = choose_lambdas(job, norm, progress=progress)
-    fuse_tiles(job, norm, client, progress=progress)
-    finalise(job)
-    return job
+    return job, fuse_tiles(job, norm, client, progress=progress)

@@ -1,7 +1,4 @@
-"""The restoration flow: Prefect tasks around the stages of :mod:`flows.restore_job`.
-
-As in :mod:`flows.fusion_flow`, tasks run in the flow's process and submit their Dask work
-to the cluster themselves (a Prefect task per stage, not per block of frames).
+"""The restoration flow: the stages of :mod:`flows.restore_job` as Prefect tasks (:mod:`flows.job_flow`).
 
 Example
 -------
@@ -11,47 +8,16 @@ Example
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
-from cluster import ClusterSpec, connect
+from cluster import ClusterSpec
 
-from . import restore_job
-from .inputs import resolve_store
-
-# Parameters are store paths and small dicts; caching would only hash them.
-_task = task(cache_policy=NO_CACHE, persist_result=False)
+from .job_flow import run_job_stages
 
 #: Profiles whose workers may not share the flow's machine (its GPU, its torch build).
 REMOTE_PROFILES = ("slurm", "scheduler")
-
-
-@_task
-def ingest_task(source: str, workdir: str) -> str:
-    return str(resolve_store(source, workdir))
-
-
-@_task
-def plan_task(store: str, out: str, options: dict[str, Any]) -> tuple[restore_job.RestoreJob, str]:
-    return restore_job.plan(store, out, **options)
-
-
-@_task
-def blocks_task(job: restore_job.RestoreJob, client, progress: bool) -> int:
-    return restore_job.restore_blocks(job, client, progress=progress)
-
-
-@_task
-def register_task(job: restore_job.RestoreJob, client, progress: bool) -> None:
-    restore_job.register(job, client, progress=progress)
-
-
-@_task
-def finalise_task(job: restore_job.RestoreJob) -> None:
-    restore_job.finalise(job)
 
 
 def _is_remote(cluster: str) -> bool:
@@ -76,6 +42,7 @@ def restore_flow(
     register_drift: bool = False,
     block: int | None = None,
     overwrite: bool = False,
+    report: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Restore every frame of a movie (or an image) with a network; optionally measure the drift.
@@ -83,22 +50,13 @@ def restore_flow(
     ``register_drift`` is the job's ``register`` option (a flow parameter may not be
     called ``register``: pydantic, which validates them, has an attribute of that name).
 
-    Returns a summary: the output store, frames, model, the largest drift and, for
-    synthetic movies, the PSNR of raw and restored frames against the truth.
+    ``report`` writes the PNG figures and ``summary.json`` beside the output store
+    (:func:`flows.report.write_report`: raw against restored frames, the drift, the averages).
+
+    Returns a summary: the output store, frames, model, the largest drift, the report's files
+    (``figures``) and, for synthetic movies, the PSNR of raw and restored frames against the truth.
     """
-    workdir = str(Path(out).resolve().parent)
-    store = ingest_task(source, workdir)
     options = dict(model=model, device=device, tile=tile, overlap=overlap, batch=batch,
                    precision=precision, channels_last=channels_last, register=register_drift, block=block,
                    overwrite=overwrite, check_device=not _is_remote(cluster))
-    job, state = plan_task(store, out, options)
-    blocks_computed = 0
-    if state != "complete":
-        with connect(cluster) as client:
-            blocks_computed = blocks_task(job, client, progress)
-            register_task(job, client, progress)
-        finalise_task(job)
-    result = restore_job.summary(job)
-    result["input_store"] = store
-    result["blocks_computed"] = blocks_computed
-    return result
+    return run_job_stages("restore", source, out, options, cluster=cluster, report=report, progress=progress)

@@ -17,13 +17,13 @@ Stages (each skipped on a rerun once recorded as done in the output store):
 4. ``finalise``: ``complete = true``.
 
 :mod:`flows.restore_flow` wraps these stages as Prefect tasks; tests and notebooks can call
-:func:`run_restore` without Prefect.
+:func:`flows.jobs.run_job` (``"restore"``) without Prefect.
 
 Example
 -------
 >>> from cluster import connect  # doctest: +SKIP
 >>> with connect("local") as client:  # doctest: +SKIP
-...     job = run_restore("movie.zarr", "restored.zarr", client, model="r_em:sfr_hrstem")
+...     job = run_job("restore", "movie.zarr", "restored.zarr", client, model="r_em:sfr_hrstem")
 """
 
 from __future__ import annotations
@@ -419,27 +419,18 @@ def summary(job: RestoreJob) -> dict[str, Any]:
     return info
 
 
-def run_restore(
-    source: str | Path,
-    out: str | Path,
-    client: Client,
-    *,
-    progress: bool = True,
-    **plan_kwargs: Any,
-) -> RestoreJob:
-    """Run every stage of the restoration job on ``client`` (no Prefect involved)."""
-    job, state = plan(source, out, **plan_kwargs)
-    if state == "complete":
-        log.info("%s is already complete with these parameters; nothing to do", out)
-        return job
-    restore_blocks(job, client, progress=progress)
+def compute(job: RestoreJob, client: Client, *, progress: bool = True) -> tuple[RestoreJob, int]:
+    """The stages between ``plan`` and ``finalise``: restore the blocks, then register.
+
+    Returns the job and the number of blocks of frames restored now.
+    """
+    n = restore_blocks(job, client, progress=progress)
     register(job, client, progress=progress)
-    finalise(job)
-    return job
+    return job, n
 
 
 __all__ = [
     "JOB", "RestoreInputError", "RestoreJob", "default_block", "drift_of_block", "finalise", "plan",
-    "read_frames", "register", "restore_blocks", "restore_block_in_store", "run_restore", "summary",
+    "read_frames", "register", "restore_blocks", "restore_block_in_store", "compute", "summary",
     "worker_model",
 ]

@@ -16,7 +16,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
 5. ``finalise``: ``complete = true``.
 
 :mod:`flows.tem_fuse_flow` wraps these stages as Prefect tasks; tests and notebooks call
-:func:`run_tem_fusion` without Prefect.
+:func:`flows.jobs.run_job` (``"tem-fuse"``) without Prefect.
 """
 
 from __future__ import annotations
@@ -242,15 +242,11 @@ def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
     return json.loads(json.dumps(info))
 
 
-def run_tem_fusion(source: str | Path, out: str | Path, client: Client, *, progress: bool = True,
-                   **plan_kwargs: Any) -> TemFuseJob:
-    """Run every stage of the job on ``client`` (no Prefect involved)."""
-    job, state = plan(source, out, **plan_kwargs)
-    if state == "complete":
-        log.info("%s is already complete with these parameters; nothing to do", out)
-        return job
+def compute(job: TemFuseJob, client: Client, *, progress: bool = True) -> tuple[TemFuseJob, int]:
+    """The stages between ``plan`` and ``finalise``: inputs, preprocessing, tiles.
+
+    Returns the job and the number of tiles computed now.
+    """
     write_inputs(job)
     prep = fit_preprocessing(job)
-    fuse_tiles(job, prep, client, progress=progress)
-    finalise(job)
-    return job
+    return job, fuse_tiles(job, prep, client, progress=progress)

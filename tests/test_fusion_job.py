@@ -9,6 +9,7 @@ import zarr
 
 from cluster import connect
 from flows import fusion_job
+from flows.jobs import run_job
 from pipeline.fusion import FusionInputError, fuse
 from stores.errors import OutputNotWritable, StoreError
 from stores.progress import TileRecord
@@ -33,7 +34,7 @@ def dysco3_store(tmp_path, dysco3):
 
 
 def _run(store, out, client, dysco3, **kw):
-    return fusion_job.run_fusion(store, out, client, progress=False, params=dysco3["params"],
+    return run_job("fuse", store, out, client, progress=False, params=dysco3["params"],
                                  tile=100, halo=32, **kw)
 
 
@@ -79,8 +80,8 @@ def test_store_with_other_parameters_is_refused(tmp_path, dysco3_store, client, 
     _run(dysco3_store, out, client, dysco3)
     other = {**dysco3["params"], "lambda_tv": 0.3}
     with pytest.raises(StoreError, match="other parameters.*lambda_tv.*--overwrite"):
-        fusion_job.run_fusion(dysco3_store, out, client, progress=False, params=other, tile=100)
-    job = fusion_job.run_fusion(dysco3_store, out, client, progress=False, params=other, tile=100, overwrite=True)
+        run_job("fuse", dysco3_store, out, client, progress=False, params=other, tile=100)
+    job = run_job("fuse", dysco3_store, out, client, progress=False, params=other, tile=100, overwrite=True)
     assert open_dataset(job.out).attrs["params"]["lambda_tv"] == 0.3
 
 
@@ -131,7 +132,7 @@ def test_convergence_of_the_summed_costs_is_stored_and_logged(tmp_path, dysco3_s
 
     short = {**dysco3["params"], "n_iter": 4}
     with caplog.at_level(logging.WARNING, logger="flows.fusion_job"):
-        job = fusion_job.run_fusion(dysco3_store, tmp_path / "short.zarr", client, progress=False,
+        job = run_job("fuse", dysco3_store, tmp_path / "short.zarr", client, progress=False,
                                     params=short, tile=100, halo=32)
     messages = open_dataset(job.out).attrs["convergence"]
     assert any("has not levelled off" in m for m in messages) and "raise n_iter" in caplog.text

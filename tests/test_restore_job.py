@@ -11,6 +11,7 @@ import xarray as xr
 
 from cluster import connect
 from flows import restore_job
+from flows.jobs import run_job
 from flows.synth import write_synthetic
 from pipeline.restore import load_model, save_model
 from pipeline.restore.cgrdn import CGRDN, CGRDNConfig
@@ -51,7 +52,7 @@ def movie_store(tmp_path_factory):
 
 
 def _run(source, out, client, model, **kw):
-    return restore_job.run_restore(source, out, client, progress=False, model=model, **{**OPTIONS, **kw})
+    return run_job("restore", source, out, client, progress=False, model=model, **{**OPTIONS, **kw})
 
 
 def test_job_restores_every_frame_like_the_kernel(tmp_path, movie_store, client, tiny_model):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cluster import connect
+from flows.jobs import run_job
 from flows import tem_fuse_job
 from flows.report import write_report
 from flows.synth import write_synthetic
@@ -37,7 +38,7 @@ def model(tmp_path_factory):
 
 
 def _run(store, out, client, model, **kw):
-    return tem_fuse_job.run_tem_fusion(store, out, client, progress=False, model=model, tile=32, halo=16, **kw)
+    return run_job("tem-fuse", store, out, client, progress=False, model=model, tile=32, halo=16, **kw)
 
 
 @pytest.fixture(scope="module")

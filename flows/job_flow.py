@@ -1,0 +1,78 @@
+"""The stages of any job (:mod:`flows.jobs`) as Prefect tasks, shared by the three job flows.
+
+Tasks run in the flow's process and submit their Dask work to the cluster themselves (a
+Prefect task per stage, not per tile): with Prefect's Dask task runner every worker would
+start its own temporary Prefect server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from cluster import connect
+from stores.lock import StoreLock
+
+from .inputs import resolve_store
+from .jobs import job_kind
+from .report import write_report
+
+# Parameters are store paths, jobs and small dicts; caching would only hash them.
+_task = task(cache_policy=NO_CACHE, persist_result=False)
+
+
+@_task
+def ingest_task(source: str, workdir: str, elements: Sequence[str] | None = None) -> str:
+    return str(resolve_store(source, workdir, elements=elements))
+
+
+@_task
+def plan_task(kind: str, store: str, out: str, options: dict[str, Any]) -> tuple[Any, str]:
+    jk = job_kind(kind)
+    return jk.module.plan(store, out, **jk.plan_options(options))
+
+
+@_task
+def compute_task(kind: str, job: Any, client, progress: bool) -> tuple[Any, int]:
+    return job_kind(kind).module.compute(job, client, progress=progress)
+
+
+@_task
+def finalise_task(kind: str, job: Any) -> None:
+    job_kind(kind).module.finalise(job)
+
+
+@_task
+def report_task(out: str) -> list[str]:
+    return [str(p) for p in write_report(out)]
+
+
+def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *, cluster: Any = "local",
+                   workdir: str | None = None, elements: Sequence[str] | None = None,
+                   report: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Ingest, plan, compute, finalise and report one job inside the calling Prefect flow.
+
+    ``cluster`` is anything :func:`cluster.connect` takes (a batch passes the address of the
+    cluster it started, so that every job shares it). Raw files are ingested into ``workdir``
+    (default: the output's folder). Returns the job's summary with ``input_store``,
+    ``tiles_computed``, ``seconds`` and ``figures``.
+    """
+    start = time.perf_counter()
+    store = ingest_task(source, workdir or str(Path(out).resolve().parent), elements)
+    tiles_computed = 0
+    with StoreLock(out):
+        job, state = plan_task(kind, store, out, options)
+        if state != "complete":
+            with connect(cluster) as client:
+                job, tiles_computed = compute_task(kind, job, client, progress)
+            finalise_task(kind, job)
+    result = job_kind(kind).module.summary(job)
+    result.update(input_store=store, tiles_computed=tiles_computed, state=state)
+    result["figures"] = report_task(job.out) if report else []
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    return result
