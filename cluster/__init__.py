@@ -1,5 +1,7 @@
 """Dask cluster profiles: local (default), local threads, local GPU, SLURM, existing scheduler.
 
+Every profile but local-threads takes TLS options (see :data:`TLS_OPTIONS`).
+
 Examples
 --------
 >>> from cluster import ClusterSpec, connect
@@ -13,6 +15,7 @@ from .profiles import (
     DEFAULT_PROFILE,
     PROFILE_OPTIONS,
     PROFILES,
+    TLS_OPTIONS,
     ClusterConfigError,
     ClusterSpec,
     ClusterUnavailableError,
@@ -23,12 +26,14 @@ from .profiles import (
     make_cluster,
     render_job_script,
     slurm_job_kwargs,
+    tls_security,
 )
 
 __all__ = [
     "DEFAULT_PROFILE",
     "PROFILES",
     "PROFILE_OPTIONS",
+    "TLS_OPTIONS",
     "ClusterConfigError",
     "ClusterSpec",
     "ClusterUnavailableError",
@@ -39,4 +44,5 @@ __all__ = [
     "make_cluster",
     "render_job_script",
     "slurm_job_kwargs",
+    "tls_security",
 ]

@@ -18,6 +18,13 @@ changes:
 ``scheduler``
     an existing scheduler, given as ``tcp://host:port`` or ``tls://host:port``.
 
+Every profile but ``local-threads`` (which opens no connection between its
+scheduler and workers) takes TLS options: ``tls_ca_file``, ``tls_cert`` and
+``tls_key`` (PEM files, all three together) and ``require_encryption``
+(default true). They become one :class:`distributed.security.Security` used by
+the scheduler, the workers (also the SLURM jobs' ``--tls-*`` options) and the
+client, and switch the protocol to ``tls://``; see docs/hpc.md.
+
 A profile file is YAML, for example::
 
     profile: slurm
@@ -56,10 +63,18 @@ DEFAULT_PROFILE = "local"
 PROFILES: tuple[str, ...] = ("local", "local-threads", "local-gpu", "slurm", "scheduler")
 
 # Scheduler address schemes that mean "connect, do not start".
-ADDRESS_SCHEMES = ("tcp://", "tls://", "ucx://")
+ADDRESS_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")  # inproc: a local-threads cluster of this process
 
 GPU_FIX = "install the GPU extra with `pip install 'emfuse[gpu]'` or use the `local` profile"
 HPC_FIX = "install the HPC extra with `pip install 'emfuse[hpc]'`"
+TLS_FIX = (
+    "make a CA and a certificate with openssl as shown in docs/hpc.md (section TLS) and give "
+    "their paths"
+)
+
+# TLS: the PEM files (all three or none) and whether plain tcp:// is refused.
+TLS_FILES = ("tls_ca_file", "tls_cert", "tls_key")
+TLS_OPTIONS = (*TLS_FILES, "require_encryption")
 
 _LOCAL_OPTIONS = ("n_workers", "threads_per_worker", "memory_limit", "dashboard_address")
 _SLURM_OPTIONS = (
@@ -87,12 +102,13 @@ _SLURM_OPTIONS = (
 
 # The options each profile accepts; anything else is a typo worth stopping for.
 PROFILE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "local": _LOCAL_OPTIONS + ("local_directory",),
+    "local": _LOCAL_OPTIONS + ("local_directory",) + TLS_OPTIONS,
     "local-threads": _LOCAL_OPTIONS,
     "local-gpu": _LOCAL_OPTIONS
-    + ("local_directory", "devices", "device_memory_limit", "rmm_pool_size"),
-    "slurm": _SLURM_OPTIONS,
-    "scheduler": ("address", "timeout"),
+    + ("local_directory", "devices", "device_memory_limit", "rmm_pool_size")
+    + TLS_OPTIONS,
+    "slurm": _SLURM_OPTIONS + TLS_OPTIONS,
+    "scheduler": ("address", "timeout") + TLS_OPTIONS,
 }
 
 # Options that must be whole numbers, with their smallest allowed value.
@@ -127,6 +143,7 @@ WORKER_ENVIRON_UNSET = ("MALLOC_TRIM_THRESHOLD_",)
 
 # The rendered job script has no scheduler to point to yet.
 PLACEHOLDER_ADDRESS = "tcp://<scheduler-address>:8786"
+PLACEHOLDER_TLS_ADDRESS = "tls://<scheduler-address>:8786"
 
 
 class ClusterConfigError(ValueError):
@@ -206,6 +223,11 @@ class ClusterSpec:
                 f"cluster profile file {str(path)!r} must hold a mapping such as "
                 "`{profile: slurm, queue: gpu, cores: 16}`"
             )
+        # certificate paths in a profile file are relative to that file
+        data = {
+            k: _beside(path, v) if k in TLS_FILES and isinstance(v, (str, os.PathLike)) else v
+            for k, v in data.items()
+        }
         return cls.from_dict(data, **overrides)
 
     @classmethod
@@ -231,6 +253,12 @@ class ClusterSpec:
         """A one-line description for logs, e.g. ``slurm(queue=gpu, gpus=1)``."""
         items = ", ".join(f"{k}={v}" for k, v in self.options.items())
         return f"{self.profile}({items})"
+
+
+def _beside(profile_file: Path, value: str | os.PathLike) -> str:
+    """A path from a profile file: ``~`` and ``$VARS`` expanded, relative to the file."""
+    expanded = Path(os.path.expandvars(os.path.expanduser(os.fspath(value))))
+    return str(expanded if expanded.is_absolute() else profile_file.parent / expanded)
 
 
 def _merge(options: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,6 +291,12 @@ def _check_profile(profile: str) -> str:
 def _check_options(profile: str, options: dict[str, Any]) -> dict[str, Any]:
     accepted = PROFILE_OPTIONS[profile]
     for key in options:
+        if key in TLS_OPTIONS and key not in accepted:
+            raise ClusterConfigError(
+                f"option {key!r}: the {profile!r} profile runs its workers as threads in this "
+                "process and opens no connection to encrypt; use the `local` profile "
+                "(worker processes) with TLS, or drop the TLS options"
+            )
         if key not in accepted:
             raise ClusterConfigError(
                 f"unknown option {key!r} for cluster profile {profile!r}; "
@@ -279,6 +313,7 @@ def _check_options(profile: str, options: dict[str, Any]) -> dict[str, Any]:
         raise ClusterConfigError(
             "the scheduler profile needs `address` like tcp://host:port or tls://host:port"
         )
+    _check_tls(profile, options)
     if profile == "slurm":
         _check_slurm(options)
     return options
@@ -296,6 +331,120 @@ def _check_value(profile: str, key: str, value: Any) -> None:
         isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
     ):
         raise ClusterConfigError(f"option {key!r} must be a list of strings, got {value!r}")
+
+
+def _check_tls(profile: str, options: dict[str, Any]) -> None:
+    """All three PEM files or none; each one an existing, readable file; stored absolute.
+
+    The certificate and key are also loaded once (:mod:`ssl`), so a key that does
+    not belong to the certificate or a file that is not PEM is named here, not
+    in a failed connection in the middle of the night.
+    """
+    given = [key for key in TLS_FILES if key in options]
+    if "require_encryption" in options:
+        if not isinstance(options["require_encryption"], bool):
+            raise ClusterConfigError(
+                f"option 'require_encryption' of profile {profile!r} must be true or false, "
+                f"got {options['require_encryption']!r}"
+            )
+        if not given:
+            raise ClusterConfigError(
+                "option 'require_encryption' needs TLS: give tls_ca_file, tls_cert and tls_key "
+                f"too; {TLS_FIX}"
+            )
+    if not given:
+        return
+    for key in TLS_FILES:
+        if key not in options:
+            raise ClusterConfigError(
+                f"option {key!r} is missing: TLS needs tls_ca_file, tls_cert and tls_key "
+                f"together (the CA certificate, this cluster's certificate, its private key); "
+                f"{TLS_FIX}"
+            )
+        value = options[key]
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            raise ClusterConfigError(f"option {key!r} must be the path of a PEM file, got {value!r}")
+        path = Path(os.path.expandvars(os.path.expanduser(os.fspath(value)))).absolute()
+        if not path.is_file():
+            raise ClusterConfigError(
+                f"option {key!r}: the file {str(path)!r} does not exist; {TLS_FIX}"
+            )
+        if not os.access(path, os.R_OK):
+            raise ClusterConfigError(
+                f"option {key!r}: the file {str(path)!r} is not readable by this user; fix its "
+                "permissions (the key: chmod 600, owned by the user who runs emfuse)"
+            )
+        options[key] = str(path)
+    _check_pem(options)
+    if profile == "scheduler" and not str(options["address"]).startswith("tls://"):
+        raise ClusterConfigError(
+            f"TLS options were given but the scheduler address {options['address']!r} is not "
+            "tls://; give the address as tls://host:port"
+        )
+
+
+def _check_pem(options: Mapping[str, Any]) -> None:
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=options["tls_ca_file"])
+    except (ssl.SSLError, ValueError, OSError) as err:
+        raise ClusterConfigError(
+            f"option 'tls_ca_file': {options['tls_ca_file']!r} is not a PEM CA certificate "
+            f"({err}); {TLS_FIX}"
+        ) from err
+    def no_passphrase() -> str:  # Dask cannot type a passphrase; never prompt for one
+        raise ClusterConfigError(
+            f"option 'tls_key': {options['tls_key']!r} is protected by a passphrase, which the "
+            "scheduler and workers cannot enter; write it without one (`openssl pkey -in KEY -out "
+            "PLAIN_KEY`, or make it with -nodes) and keep it private with chmod 600"
+        )
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+            options["tls_cert"], options["tls_key"], password=no_passphrase
+        )
+    except ClusterConfigError:
+        raise
+    except (ssl.SSLError, ValueError, OSError) as err:
+        raise ClusterConfigError(
+            f"options 'tls_cert' and 'tls_key': {options['tls_cert']!r} and "
+            f"{options['tls_key']!r} are not a matching PEM certificate and private key ({err}); "
+            f"{TLS_FIX}"
+        ) from err
+
+
+def tls_security(options: Mapping[str, Any]):
+    """The :class:`distributed.security.Security` of a profile's TLS options, or None.
+
+    One certificate and key serve every role (scheduler, workers, client); each
+    side checks that the other's certificate is signed by ``tls_ca_file``
+    (Dask checks the CA, not host names, so one certificate works on every node).
+
+    Examples
+    --------
+    >>> tls_security({"n_workers": 2}) is None
+    True
+    """
+    if "tls_ca_file" not in options:
+        return None
+    from distributed.security import Security
+
+    cert, key = options["tls_cert"], options["tls_key"]
+    return Security(
+        require_encryption=options.get("require_encryption", True),
+        tls_ca_file=options["tls_ca_file"],
+        tls_client_cert=cert,
+        tls_client_key=key,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+    )
+
+
+def _without_tls(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in TLS_OPTIONS}
 
 
 def _check_slurm(options: dict[str, Any]) -> None:
@@ -380,7 +529,10 @@ def _local_cluster(options: Mapping[str, Any], processes: bool):
     from distributed import LocalCluster
 
     defaults = local_defaults(processes, options.get("n_workers"))
-    kwargs = {**defaults, "dashboard_address": "127.0.0.1:0", **options}
+    kwargs = {**defaults, "dashboard_address": "127.0.0.1:0", **_without_tls(options)}
+    security = tls_security(options)
+    if security is not None:  # scheduler and workers talk TLS, still on loopback
+        kwargs.update(protocol="tls://", security=security)
     # Scheduler, workers and every HTTP endpoint stay on loopback: nothing is
     # reachable from the network on a shared machine.
     if processes:
@@ -421,7 +573,10 @@ def _local_gpu_cluster(options: Mapping[str, Any]):
     dask_cuda = _import_optional("dask_cuda", GPU_FIX, "the `local-gpu` cluster profile")
     if count_gpus() == 0:
         raise ClusterUnavailableError(f"the `local-gpu` cluster profile found no CUDA GPU: {GPU_FIX}")
-    kwargs = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", **options}
+    kwargs = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", **_without_tls(options)}
+    security = tls_security(options)
+    if security is not None:
+        kwargs.update(protocol="tls://", security=security)
     if "devices" in kwargs:
         kwargs["CUDA_VISIBLE_DEVICES"] = kwargs.pop("devices")
     with _worker_environ():
@@ -435,8 +590,11 @@ def slurm_job_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of a dask-jobqueue SLURM job for these profile options.
 
     ``gpus`` becomes ``--gres=gpu:N`` and switches the worker command to
-    ``dask cuda worker`` (one worker per GPU); scaling and dashboard options
-    are left out (they belong to the cluster, not the job).
+    ``dask cuda worker`` (one worker per GPU); TLS options become ``security``
+    and ``protocol="tls://"`` (dask-jobqueue adds ``--protocol tls://`` and the
+    ``--tls-ca-file/--tls-cert/--tls-key`` options to the worker command);
+    scaling and dashboard options are left out (they belong to the cluster,
+    not the job).
 
     Examples
     --------
@@ -445,7 +603,10 @@ def slurm_job_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
     (['--gres=gpu:1'], 'dask cuda worker')
     """
     kwargs = {k: v for k, v in SLURM_DEFAULTS.items() if k in ("cores", "memory", "walltime")}
-    kwargs.update(options)
+    kwargs.update(_without_tls(options))
+    security = tls_security(options)
+    if security is not None:
+        kwargs.update(protocol="tls://", security=security)
     for key in ("minimum_jobs", "maximum_jobs", "dashboard_address"):
         kwargs.pop(key, None)
     if "job_name" in kwargs:
@@ -497,7 +658,9 @@ def render_job_script(spec: ClusterSpec | str | os.PathLike | Mapping | None = N
     if spec.profile != "slurm":
         raise ClusterConfigError(f"only the slurm profile has a job script, not {spec.profile!r}")
     slurm = _import_optional("dask_jobqueue.slurm", HPC_FIX, "rendering a SLURM job script")
-    job = slurm.SLURMJob(PLACEHOLDER_ADDRESS, name="dummy-name", **slurm_job_kwargs(spec.options))
+    kwargs = slurm_job_kwargs(spec.options)
+    address = PLACEHOLDER_TLS_ADDRESS if "security" in kwargs else PLACEHOLDER_ADDRESS
+    job = slurm.SLURMJob(address, name="dummy-name", **kwargs)
     return job.job_script()
 
 
@@ -561,10 +724,15 @@ def connect(
     spec = as_spec(spec, **overrides)
     cluster = make_cluster(spec)
     try:
+        security = tls_security(spec.options)  # None: Dask's own configuration decides
         if cluster is None:
-            client = Client(spec.options["address"], timeout=spec.options.get("timeout", "30s"))
+            client = Client(
+                spec.options["address"],
+                timeout=spec.options.get("timeout", "30s"),
+                security=security,
+            )
         else:
-            client = Client(cluster)
+            client = Client(cluster, security=security)
         try:
             yield client
         finally:

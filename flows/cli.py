@@ -127,9 +127,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         str(args.source), str(args.out), model=args.model, device=args.device, cluster=args.cluster,
         tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
         channels_last=args.channels_last, register_drift=args.register, block=args.block,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, report=not args.no_report,
     )
     print(f"output store: {result['store']}")
+    if result.get("figures"):
+        print(f"report:       {Path(result['figures'][0]).parent}")
     print(f"restored:     {result['frames']} frame(s) of {result['shape'][1]} x {result['shape'][2]} "
           f"with {result['model']} on {result['device']} ({result['precision']})")
     if "drift_max_px" in result:
@@ -238,6 +240,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .batch import batch_flow
+    from .catalog import load_catalog
+
+    load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect starts
+    _quiet_prefect(args.verbose)
+    info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
+    print(f"{info['n_done']} done, {info['n_failed']} failed in {info['seconds'] / 60:.1f} min")
+    for record in info["records"]:
+        if record["status"] == "failed":
+            print(f"  failed: {record['error']}", file=sys.stderr)
+    print(f"report: {info['report']}")
+    print(f"log:    {info['log']}")
+    return 1 if info["n_failed"] else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .batch import batch_deployment, serve_batch
+
+    deployment = batch_deployment(args.catalog, args.cron, name=args.name, cluster=args.cluster,
+                                  timezone=args.timezone)
+    print(f"serving {deployment.name!r}: {args.catalog} on cron {args.cron!r} "
+          f"({deployment.schedules[0].schedule.timezone}; Ctrl-C stops)")
+    serve_batch(args.catalog, args.cron, name=args.name, cluster=args.cluster, timezone=args.timezone)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -338,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", default="local",
                    help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler address")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    p.add_argument("--no-report", action="store_true", help="do not write the PNG report")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("train-restore", help="train or fine-tune a restoration network on synthetic pairs")
@@ -393,6 +423,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path)
     p.add_argument("--report-dir", type=Path, default=None, help="default: <store>.report/ beside it")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("run", help="the overnight batch: every dataset and job of a catalog, one HTML report")
+    p.add_argument("catalog", type=Path, help="catalog YAML (output, cluster, datasets; see docs/user-guide.md)")
+    p.add_argument("--cluster", default=None, help="replace the catalog's cluster profile or scheduler address")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and cron)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="run the catalog's batch on a cron schedule (Prefect deployment)")
+    p.add_argument("catalog", type=Path)
+    p.add_argument("--cron", required=True, help='schedule, e.g. "0 22 * * *" for 22:00 every night')
+    p.add_argument("--name", default=None, help="deployment name (default nightly-<catalog stem>)")
+    p.add_argument("--timezone", default=None, help="IANA time zone of the cron times, e.g. Europe/Brussels "
+                                                    "(default: this machine's)")
+    p.add_argument("--cluster", default=None, help="replace the catalog's cluster profile or scheduler address")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -7,9 +7,7 @@ from typing import Any
 from prefect import flow
 
 from .job_flow import run_job_stages
-
-#: The flow's default for weights not given: chosen automatically for each dataset.
-AUTO_LAMBDAS = {"lambda_chem": "auto", "lambda_tv": "auto"}
+from .jobs import JOBS
 
 
 @flow(name="emfuse-fuse", log_prints=True, persist_result=False)
@@ -36,7 +34,7 @@ def fuse_flow(
     the report's figures and, for synthetic data, the error of raw and fused
     maps against the ground truth.
     """
-    options = dict(elements=elements, params={**AUTO_LAMBDAS, **(params or {})}, tile=tile, halo=halo,
+    options = dict(elements=elements, params={**JOBS["fuse"].defaults, **(params or {})}, tile=tile, halo=halo,
                    windows={k: tuple(v) for k, v in windows.items()} if windows else None,
                    overwrite=overwrite)
     return run_job_stages("fuse", source, out, options, cluster=cluster, elements=elements,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,7 @@ class JobKind:
     name: str
     module: ModuleType
     nested_params: tuple[str, ...] = ()  # names gathered into plan(params={...}) (fusion weights)
+    defaults: dict[str, Any] = field(default_factory=dict)  # options the flows set unless told otherwise
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -77,8 +78,10 @@ class JobKind:
 _FUSION_PARAMS = tuple(f.name for f in dataclasses.fields(FusionParams))
 
 JOBS: dict[str, JobKind] = {
-    "fuse": JobKind("fuse", fusion_job, nested_params=_FUSION_PARAMS),
-    "restore": JobKind("restore", restore_job),
+    # the weights are chosen for each dataset unless given (pipeline.fusion.auto)
+    "fuse": JobKind("fuse", fusion_job, nested_params=_FUSION_PARAMS,
+                    defaults={"lambda_chem": "auto", "lambda_tv": "auto"}),
+    "restore": JobKind("restore", restore_job, defaults={"model": "default"}),
     "tem-fuse": JobKind("tem-fuse", tem_fuse_job),
 }
 

@@ -15,8 +15,19 @@ store (``out.zarr`` -> ``out.report/``):
 ``tem_fusion.png``
     tem-fuse stores: BF, DF, HRTEM, the fused image (and truth), the attention maps
     (:mod:`flows.report_tem`);
+``restore.png``
+    restore stores: raw | restored (| truth) of the first, middle and last frame, each with
+    its central crop at full resolution (:mod:`flows.report_restore`, which reads the raw
+    frames and the truth from the input store named by ``source_path``);
+``restore_drift.png``
+    restore stores with ``drift``: drift x and y (px) against frame (and the true drift);
+``restore_average.png``
+    restore stores with ``average``: drift-corrected mean of the raw frames | of the restored
+    frames (| truth), with central crops;
 ``summary.json``
-    shapes, elements, parameters and final costs.
+    shapes, elements, parameters and final costs; for restore stores also a section
+    ``restore`` (frames, model, precision, largest drift, PSNR of raw and restored frames
+    against the truth).
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects, which render
 through the Agg backend without a display and without touching pyplot's global
@@ -55,6 +66,7 @@ from stores.layout import (
     HAADF,
     HAADF_MODEL,
     MAPS,
+    RESTORED,
     TRUE_MAPS,
     ZARR_KW,
 )
@@ -113,14 +125,16 @@ def write_report(
     max_px: int = MAX_DISPLAY_PX,
     dpi: int = DPI,
 ) -> list[Path]:
-    """Write PNG figures and ``summary.json`` for a fusion output store.
+    """Write PNG figures and ``summary.json`` for a fusion, tem-fuse or restore output store.
 
     Parameters
     ----------
     out_store
-        Path of the output Zarr v3 store (``fused``, ``haadf_model``, ``cost``
-        beside the input ``maps`` and ``haadf``; ``true_maps`` and
-        ``lambda_score`` are optional).
+        Path of the output Zarr v3 store: of ``fuse`` (``fused``, ``haadf_model``,
+        ``cost`` beside the input ``maps`` and ``haadf``; ``true_maps`` and
+        ``lambda_score`` are optional), of ``tem-fuse`` (``tem_fused``,
+        ``attention``, ``modes``) or of ``restore`` (``restored``, optionally
+        ``drift`` and ``average``; raw frames and truth read from its input store).
     report_dir
         Where to write; default ``<store>.report/`` beside the store.
     max_px
@@ -154,7 +168,12 @@ def write_report(
     out_dir = Path(report_dir) if report_dir is not None else default_report_dir(store)
     out_dir.mkdir(parents=True, exist_ok=True)
     factor = coarsen_factor(_image_shape(ds), max_px)
-    from .report_tem import tem_figure  # imports this module's helpers
+    from .report_restore import (  # use this module's helpers
+        average_figure,
+        drift_figure,
+        restore_figure,
+    )
+    from .report_tem import tem_figure
 
     figures: list[tuple[str, Callable[[xr.Dataset, int], Figure | None]]] = [
         ("maps.png", _maps_figure),
@@ -162,6 +181,9 @@ def write_report(
         ("convergence.png", _convergence_figure),
         ("lambda_search.png", _lambda_figure),
         ("tem_fusion.png", tem_figure),  # tem-fuse stores: modes, fused image, attention maps
+        ("restore.png", restore_figure),  # restore stores: raw | restored (| truth), central crops
+        ("restore_drift.png", drift_figure),
+        ("restore_average.png", average_figure),
     ]
     written = []
     for name, make in figures:
@@ -170,8 +192,8 @@ def write_report(
             written.append(_save(fig, out_dir / name, dpi))
     if not written:
         raise ValueError(
-            f"{str(store)!r} has none of {MAPS}, {FUSED}, {HAADF}/{HAADF_MODEL}, {COST}, tem_fused: "
-            "is it a fusion output store?"
+            f"{str(store)!r} has none of {MAPS}, {FUSED}, {HAADF}/{HAADF_MODEL}, {COST}, tem_fused, "
+            f"{RESTORED}: is it a fusion output store (or a tem-fuse or restore one)?"
         )
     summary = summarize(ds, store, factor, [p.name for p in written])
     summary_path = out_dir / "summary.json"
@@ -180,7 +202,7 @@ def write_report(
 
 
 def summarize(ds: xr.Dataset, store: Path, factor: int, figures: list[str]) -> dict[str, Any]:
-    """The content of ``summary.json``: shapes, elements, parameters, final costs."""
+    """The content of ``summary.json``: shapes, elements, parameters, final costs (and ``restore``)."""
     element_var = ds.get(FUSED, ds.get(MAPS))
     summary: dict[str, Any] = {
         "store": str(store.resolve()),
@@ -201,6 +223,11 @@ def summarize(ds: xr.Dataset, store: Path, factor: int, figures: list[str]) -> d
     }
     if LAMBDA_SCORE in ds:
         summary["lambda_search"] = _lambda_best(ds[LAMBDA_SCORE])
+    if RESTORED in ds:
+        from .report_restore import restore_summary
+
+        summary["restore"] = restore_summary(ds)
+        summary["has_truth"] = summary["restore"]["has_truth"]
     return _jsonable(summary)
 
 

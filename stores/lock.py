@@ -84,7 +84,8 @@ class StoreLock:
         if StoreLock._held.get(self.path):
             StoreLock._held[self.path] += 1
             return
-        check_writable(self.path)  # names an unwritable output directory and the fix
+        if not self.path.exists():
+            check_writable(self.path)  # names an unwritable output directory and the fix
         for _ in range(2):  # a second try after removing a stale lock
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
+import shutil
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import dask.array as da
 import psutil
@@ -19,6 +24,7 @@ from cluster import (
     count_gpus,
     make_cluster,
     render_job_script,
+    tls_security,
 )
 from cluster.profiles import available_cores
 
@@ -290,3 +296,288 @@ def test_local_gpu_cluster():
     with connect("local-gpu", n_workers=1) as client:
         assert client.submit(sum, [1, 2]).result() == 3
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+
+
+def test_slurm_gpu_script_interpreter_and_gres(tmp_path):
+    # the GPU job runs dask-cuda's worker with the interpreter that runs emfuse
+    script = _slurm_script(tmp_path, gpus=2)
+    assert f"{sys.executable} -m dask cuda worker tcp://" in script
+    assert "#SBATCH --gres=gpu:2" in script
+    assert "--nworkers" not in script  # dask-cuda starts one worker per GPU itself
+    # ... or the one the profile names, e.g. where the compute nodes see the environment
+    script = _slurm_script(tmp_path, gpus=1, python="/shared/emfuse/venv/bin/python")
+    assert "/shared/emfuse/venv/bin/python -m dask cuda worker" in script
+    # a --gres of the user's own is kept, not doubled
+    script = _slurm_script(tmp_path, gpus=1, job_extra_directives=["--gres=gpu:a100:1"])
+    assert script.count("--gres") == 1 and "#SBATCH --gres=gpu:a100:1" in script
+
+
+class _FakeSLURMCluster:
+    """Records how the profile scales the cluster (a real one would call sbatch)."""
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.calls = kwargs, []
+
+    def adapt(self, **kwargs):
+        self.calls.append(("adapt", kwargs))
+
+    def scale(self, **kwargs):
+        self.calls.append(("scale", kwargs))
+
+
+@pytest.mark.parametrize(
+    "options, call",
+    [
+        ({}, ("adapt", {"minimum_jobs": 0, "maximum_jobs": 4})),  # the defaults
+        ({"minimum_jobs": 2, "maximum_jobs": 8}, ("adapt", {"minimum_jobs": 2, "maximum_jobs": 8})),
+        ({"minimum_jobs": 3, "maximum_jobs": 3}, ("scale", {"jobs": 3})),
+        ({"minimum_jobs": 6}, ("scale", {"jobs": 6})),  # maximum defaults to max(minimum, 4)
+    ],
+)
+def test_slurm_scaling_from_profile(monkeypatch, options, call):
+    jobqueue = pytest.importorskip("dask_jobqueue")
+    monkeypatch.setattr(jobqueue, "SLURMCluster", _FakeSLURMCluster)
+    cluster = make_cluster("slurm", gpus=1, **options)
+    assert cluster.calls == [call]
+    assert cluster.kwargs["scheduler_options"] == {"dashboard_address": "127.0.0.1:8787"}
+    assert cluster.kwargs["worker_command"] == "dask cuda worker"
+
+
+# -- TLS --------------------------------------------------------------------------
+
+
+def _write_tls(directory, name="emfuse-dask"):
+    """A CA and a certificate signed by it (EC keys: quick to make), as PEM files."""
+    pytest.importorskip("cryptography")
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def subject(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(cn, key, issuer, issuer_key, ca):
+        return (
+            x509.CertificateBuilder().subject_name(subject(cn)).issuer_name(issuer)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(issuer_key, hashes.SHA256())
+        )
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate(f"{name}-ca", ca_key, subject(f"{name}-ca"), ca_key, True)
+    cert = certificate(name, key, ca.subject, ca_key, False)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {
+        "tls_ca_file": directory / "ca.pem",
+        "tls_cert": directory / "dask.pem",
+        "tls_key": directory / "dask.key",
+    }
+    files["tls_ca_file"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["tls_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files["tls_key"].write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    files["tls_key"].chmod(0o600)
+    return {k: str(v) for k, v in files.items()}
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    return _write_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def other_tls(tmp_path_factory):
+    """Certificates from another CA: someone else's cluster, or an intruder."""
+    return _write_tls(tmp_path_factory.mktemp("other-tls"), name="intruder")
+
+
+def test_tls_options_accepted(tls):
+    for profile in ("local", "local-gpu", "slurm"):
+        assert ClusterSpec(profile, tls).options == tls
+    spec = ClusterSpec.from_string("tls://10.0.0.5:8786", **tls, require_encryption=False)
+    assert spec.profile == "scheduler" and spec.options["require_encryption"] is False
+    security = tls_security(ClusterSpec("local", tls).options)
+    assert security.require_encryption is True  # plain tcp:// refused by default
+    for role in ("client", "scheduler", "worker"):
+        assert security.get_tls_config_for_role(role) == {
+            "ca_file": tls["tls_ca_file"], "cert": tls["tls_cert"], "key": tls["tls_key"],
+            "ciphers": None,
+        }
+    assert tls_security(ClusterSpec("local").options) is None
+
+
+def test_tls_paths_relative_to_profile_file(tmp_path, tls, monkeypatch):
+    certs = tmp_path / "site" / "certs"
+    certs.mkdir(parents=True)
+    for path in map(Path, tls.values()):
+        (certs / path.name).write_bytes(path.read_bytes())
+    profile = tmp_path / "site" / "tls.yaml"
+    profile.write_text(
+        "profile: local\ntls_ca_file: certs/ca.pem\ntls_cert: certs/dask.pem\n"
+        "tls_key: ~/certs/dask.key\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path / "site"))
+    monkeypatch.chdir(tmp_path)  # not the profile's folder
+    options = ClusterSpec.from_string(profile).options
+    assert options == {
+        "tls_ca_file": str(certs / "ca.pem"),
+        "tls_cert": str(certs / "dask.pem"),
+        "tls_key": str(certs / "dask.key"),
+    }
+
+
+def test_tls_problems_are_named(tmp_path, tls, other_tls):
+    def refused(match, profile="local", **changes):
+        options = {**tls, **changes}
+        for key in [k for k, v in changes.items() if v is None]:
+            del options[key]
+        with pytest.raises(ClusterConfigError, match=match) as err:
+            ClusterSpec(profile, options)
+        return str(err.value)
+
+    for key in ("tls_ca_file", "tls_cert", "tls_key"):
+        message = refused(f"'{key}' is missing", **{key: None})
+        assert "openssl" in message and "docs/hpc.md" in message
+    message = refused("'tls_cert'.*does not exist", tls_cert=str(tmp_path / "nope.pem"))
+    assert str(tmp_path / "nope.pem") in message and "openssl" in message
+    text = tmp_path / "notes.txt"
+    text.write_text("not a certificate\n")
+    refused("'tls_ca_file'.*not a PEM", tls_ca_file=str(text))
+    refused("'tls_cert' and 'tls_key'.*matching", tls_key=other_tls["tls_key"])
+    refused("true or false", require_encryption="yes")
+    with pytest.raises(ClusterConfigError, match="require_encryption.*tls_ca_file"):
+        ClusterSpec("local", {"require_encryption": True})
+    with pytest.raises(ClusterConfigError, match="'local-threads'.*`local` profile"):
+        ClusterSpec("local-threads", tls)
+    with pytest.raises(ClusterConfigError, match="tls://host:port"):
+        ClusterSpec("scheduler", {"address": "tcp://10.0.0.5:8786", **tls})
+
+
+def test_tls_key_with_passphrase(tmp_path, tls):
+    pytest.importorskip("cryptography")
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(Path(tls["tls_key"]).read_bytes(), None)
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    ))
+    with pytest.raises(ClusterConfigError, match="'tls_key'.*passphrase.*openssl pkey"):
+        ClusterSpec("local", {**tls, "tls_key": str(locked)})  # refused, never prompts
+
+
+def test_local_cluster_over_tls(tls, other_tls):
+    from distributed import Client
+
+    with connect("local", n_workers=1, threads_per_worker=1, **tls) as client:
+        address = client.scheduler.address
+        assert address.startswith("tls://127.0.0.1:")  # TLS, and still on loopback only
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 1 and all(w.startswith("tls://127.0.0.1:") for w in workers)
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        assert int(da.arange(1000, chunks=100).sum().compute()) == 499500
+        assert client.submit(sum, [1, 2, 3]).result() == 6
+        # a certificate from another CA cannot connect, nor can a plain tcp:// client
+        with pytest.raises(OSError):
+            Client(address, security=tls_security(ClusterSpec("local", other_tls).options),
+                   timeout="3s")
+        with pytest.raises(OSError):
+            Client(address.replace("tls://", "tcp://"), timeout="3s")
+
+
+def test_scheduler_profile_with_tls(tls):
+    from distributed import LocalCluster
+
+    security = tls_security(ClusterSpec("local", tls).options)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls://",
+                      host="127.0.0.1", security=security, dashboard_address=None) as external:
+        assert external.scheduler_address.startswith("tls://")
+        with connect(external.scheduler_address, timeout="10s", **tls) as client:
+            assert client.submit(sum, [2, 3]).result() == 5
+        assert external.status.name == "running"
+
+
+def test_local_gpu_tls(monkeypatch, tls):
+    seen = {}
+    fake = types.ModuleType("dask_cuda")
+    fake.utils = types.ModuleType("dask_cuda.utils")
+    fake.utils.get_n_gpus = lambda: 1
+    fake.LocalCUDACluster = lambda **kw: seen.update(kw) or "cluster"
+    monkeypatch.setitem(sys.modules, "dask_cuda", fake)
+    monkeypatch.setitem(sys.modules, "dask_cuda.utils", fake.utils)
+    assert make_cluster("local-gpu", **tls) == "cluster"
+    assert seen["protocol"] == "tls://" and seen["host"] == "127.0.0.1"
+    assert seen["security"].get_tls_config_for_role("worker")["cert"] == tls["tls_cert"]
+    assert not any(key.startswith("tls_") for key in seen)
+
+
+@pytest.mark.parametrize("gpus, command", [(0, "-m distributed.cli.dask_worker"),
+                                           (1, "-m dask cuda worker")])
+def test_slurm_script_tls(tmp_path, tls, gpus, command):
+    script = _slurm_script(tmp_path, gpus=gpus, **tls)
+    worker = next(line for line in script.splitlines() if command in line)
+    assert " tls://<scheduler-address>:8786 " in worker
+    assert "--protocol tls://" in worker
+    for flag, key in (("--tls-ca-file", "tls_ca_file"), ("--tls-cert", "tls_cert"),
+                      ("--tls-key", "tls_key")):
+        assert f"{flag} {tls[key]}" in worker
+    assert "PRIVATE KEY" not in script  # paths only, never the key itself
+
+
+def test_slurm_cluster_with_tls(tls):
+    # scheduler only: no work and minimum_jobs=0, so nothing is submitted
+    pytest.importorskip("dask_jobqueue")
+    cluster = make_cluster("slurm", cores=2, memory="4GB", dashboard_address="127.0.0.1:0", **tls)
+    try:
+        assert cluster.scheduler_address.startswith("tls://")
+        assert cluster.security.require_encryption is True
+        assert f"--tls-key {tls['tls_key']}" in cluster.job_script()
+    finally:
+        cluster.close()
+
+
+# -- the examples in docs/hpc.md ---------------------------------------------------
+
+
+def _doc_blocks(language):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "hpc.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_docs_tls_recipe(tmp_path, monkeypatch):
+    # the openssl commands of docs/hpc.md make certificates that the profiles accept and that
+    # a TLS cluster runs with; and every profile example there is valid
+    from distributed import Client, LocalCluster
+
+    recipe = next(block for block in _doc_blocks("bash") if "openssl req -x509" in block)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    subprocess.run(["bash", "-e", "-c", recipe], check=True, capture_output=True, cwd=tmp_path)
+    folder = tmp_path / "emfuse" / "tls"
+    assert oct((folder / "dask.key").stat().st_mode & 0o777) == "0o600"
+    tls = {"tls_ca_file": str(folder / "ca.pem"), "tls_cert": str(folder / "dask.pem"),
+           "tls_key": str(folder / "dask.key")}
+    security = tls_security(ClusterSpec("local", tls).options)
+    with LocalCluster(n_workers=1, processes=False, protocol="tls://", host="127.0.0.1",
+                      security=security, dashboard_address=None) as cluster, \
+            Client(cluster, security=security) as client:
+        assert client.submit(sum, [1, 1]).result() == 2
+
+    profiles = [b for b in _doc_blocks("yaml") if re.search(r"^profile:", b, flags=re.M)]
+    assert len(profiles) >= 4
+    for i, block in enumerate(profiles):
+        path = tmp_path / f"profile{i}.yaml"
+        path.write_text(block)
+        spec = ClusterSpec.from_string(path)  # unknown keys, bad values, missing files refused
+        if spec.profile == "slurm" and importlib.util.find_spec("dask_jobqueue"):
+            render_job_script(spec.with_options(log_directory=str(tmp_path / "logs")))

@@ -109,14 +109,15 @@ def _member(path: Path, npz: Any, key: str) -> Any:
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
         else:  # rare header versions: small enough to load, numpy knows them
-            return npz[key]
+            try:
+                return npz[key]
+            except ValueError as exc:  # numpy refused an object array (allow_pickle=False)
+                if "allow_pickle" in str(exc):
+                    raise _pickled(path, key) from exc
+                raise
         header_len = fh.tell()
     if dtype.hasobject:
-        raise fail(
-            path,
-            f"member {key!r} holds Python objects (pickled), which emfuse does not load",
-            "Save plain numeric or string arrays (np.savez without object arrays)",
-        )
+        raise _pickled(path, key)
     if len(shape) <= 1:  # names, energies, scalars: tiny, and needed to decide the layout
         return npz[key]
     if info.compress_type != zipfile.ZIP_STORED:
@@ -125,6 +126,14 @@ def _member(path: Path, npz: Any, key: str) -> Any:
     if offset + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
         raise fail(path, f"member {key!r} ends past the end of the file", "Copy the file again")
     return RawArray(path, offset, shape, dtype, order="F" if fortran else "C")
+
+
+def _pickled(path: Path, key: str) -> IngestError:
+    return fail(
+        path,
+        f"member {key!r} holds Python objects (pickled), which emfuse does not load",
+        "Save plain numeric or string arrays (np.savez without object arrays)",
+    )
 
 
 def _data_offset(path: Path, info: zipfile.ZipInfo) -> int:

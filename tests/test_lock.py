@@ -1,0 +1,81 @@
+"""Store locks: a second writer is refused, a dead writer's lock is taken over."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from stores.errors import OutputNotWritable
+from stores.lock import StoreLock, StoreLockedError, lock_path
+
+HOLD = """
+import sys, time
+from stores.lock import StoreLock
+with StoreLock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_lock_file_names_the_holder_and_is_removed(tmp_path):
+    store = tmp_path / "out.zarr"
+    with StoreLock(store):
+        holder = json.loads(lock_path(store).read_text())
+        assert holder["host"] == socket.gethostname()
+        with StoreLock(store):  # re-entrant within one process
+            pass
+        assert lock_path(store).exists()
+    assert not lock_path(store).exists()
+
+
+def test_second_process_is_refused(tmp_path):
+    store = tmp_path / "out.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(store)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(StoreLockedError) as info:
+            StoreLock(store).acquire()
+        message = str(info.value)
+        assert f"process {proc.pid}" in message and "out.zarr" in message and ".lock" in message
+    finally:
+        proc.kill()
+        proc.wait()
+    # the holder was killed (SIGKILL, no clean-up): its lock is stale and taken over
+    with StoreLock(store):
+        assert json.loads(lock_path(store).read_text())["pid"] != proc.pid
+
+
+def test_lock_of_another_host_is_respected(tmp_path):
+    store = tmp_path / "out.zarr"
+    lock_path(store).write_text(json.dumps({"host": "other-node", "pid": 1, "since": "x", "command": "emfuse"}))
+    with pytest.raises(StoreLockedError, match="other-node"):
+        StoreLock(store).acquire()
+    assert lock_path(store).exists()
+
+
+def test_unwritable_folder_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OutputNotWritable, match="output directory"):
+        StoreLock(blocker / "out.zarr").acquire()
+
+
+def test_run_job_refuses_a_locked_store(tmp_path, dysco3):
+    """A job does not touch a store another run is writing."""
+    import numpy as np
+
+    from flows.jobs import run_job
+    from stores.ingest import ingest
+
+    src = tmp_path / "in.npz"
+    np.savez(src, HAADF=dysco3["haadf"][:32, :32], **{el: m[:32, :32] for el, m in zip(dysco3["elements"], dysco3["maps"])})
+    store = ingest(src, tmp_path / "in.zarr")
+    out = tmp_path / "out.zarr"
+    lock_path(out).write_text(json.dumps({"host": "other-node", "pid": 1}))
+    with pytest.raises(StoreLockedError):
+        run_job("fuse", store, out, client=None, progress=False, params={"lambda_chem": 0.05, "lambda_tv": 0.02})
+    assert not out.exists()
