@@ -23,9 +23,10 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from prefect import flow
 from tqdm.auto import tqdm

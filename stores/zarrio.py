@@ -123,7 +123,14 @@ def update_attrs(path: str | Path, **attrs: Any) -> None:
 
 
 def mark_complete(path: str | Path, complete: bool = True) -> None:
-    """Set the ``complete`` flag; call only after the last write has finished."""
+    """Set the ``complete`` flag; call only after the last write has finished.
+
+    Marking complete also removes the temporary files of writes that were killed midway
+    (Zarr writes ``<name>.<uuid>.partial`` and renames it): no writer is left to finish them.
+    """
+    if complete:
+        for leftover in Path(path).rglob("*.partial"):
+            leftover.unlink(missing_ok=True)
     update_attrs(path, **{ATTR_COMPLETE: complete})
 
 

@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from dask.callbacks import Callback
+from dask_helpers import LargestResult
 from matplotlib.image import imread
 
 from flows.report import coarsen_factor, default_report_dir, write_report
@@ -163,17 +163,6 @@ def test_coarsen_factor(shape, factor):
     assert max(shape) / factor <= 1024
 
 
-class _LargestResult(Callback):
-    """Records the largest array any Dask task returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        self.largest = max(self.largest, getattr(result, "nbytes", 0))
-
-
 def test_large_store_is_downsampled(tmp_path):
     n = 3000
     store = tmp_path / "big.zarr"
@@ -193,7 +182,7 @@ def test_large_store_is_downsampled(tmp_path):
         coords={**coords, "term": ["haadf", "chem", "tv"], "iteration": np.arange(4)},
     ).to_zarr(store, zarr_format=3, consolidated=False)
 
-    with _LargestResult() as probe:
+    with LargestResult() as probe:
         paths = write_report(store, dpi=80)  # low dpi: only the binning is under test
     full_image = n * n * 4
     assert 0 < probe.largest < full_image / 4  # chunks and binned images, never a whole map

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from dask.callbacks import Callback
+from dask_helpers import LargestResult
 from matplotlib.image import imread
 
 from cluster import connect
@@ -189,17 +189,6 @@ def test_an_image_restored_as_one_frame(tmp_path, client, model):
     assert set(panels) == {"frame 0: raw", "frame 0: restored", "frame 0 zoom: raw", "frame 0 zoom: restored"}
 
 
-class _LargestResult(Callback):
-    """Records the largest array any Dask task returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        self.largest = max(self.largest, getattr(result, "nbytes", 0))
-
-
 def test_large_frames_are_binned_not_loaded_whole(tmp_path):
     """A hand-made restore store of 1100 x 1100 frames, laid out as the job writes it."""
     n, frames = 1100, 3
@@ -218,7 +207,7 @@ def test_large_frames_are_binned_not_loaded_whole(tmp_path):
     write_dataset(out, tmp_path / "big_restored.zarr")
 
     # the local scheduler (not the module's cluster), whose tasks the probe sees
-    with dask.config.set(scheduler="threads"), _LargestResult() as probe:
+    with dask.config.set(scheduler="threads"), LargestResult() as probe:
         paths = write_report(tmp_path / "big_restored.zarr", dpi=60)
     assert 0 < probe.largest < n * n * 4  # chunks and binned frames, never a whole frame
     summary = json.loads(paths[-1].read_text())
