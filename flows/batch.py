@@ -37,6 +37,7 @@ from .catalog import Catalog, DatasetEntry, load_catalog
 from .job_flow import ingest_task, run_job_stages
 from .jobs import JOBS
 from .morning import write_morning_report
+from .restore_flow import is_remote
 
 log = logging.getLogger(__name__)
 LOG_DIR = "logs"
@@ -71,10 +72,11 @@ def _record(catalog: Catalog, entry: DatasetEntry, kind: str) -> dict[str, Any]:
 
 @flow(name="emfuse-dataset", flow_run_name="{name}", persist_result=False)
 def dataset_flow(name: str, path: str, elements: list[str] | None, jobs: dict[str, dict[str, Any]],
-                 inputs_dir: str, cluster: Any, progress: bool = True) -> list[dict[str, Any]]:
+                 inputs_dir: str, cluster: Any, remote: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Ingest one dataset and run each of its jobs; returns one record per job (never raises).
 
-    ``jobs`` maps each job to ``{"store": output store, "options": its options}``.
+    ``jobs`` maps each job to ``{"store": output store, "options": its options}``; ``remote``
+    says the workers run elsewhere (SLURM, a scheduler address), so devices are checked there.
     """
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     start = time.perf_counter()
@@ -91,6 +93,8 @@ def dataset_flow(name: str, path: str, elements: list[str] | None, jobs: dict[st
         options = dict(job["options"])
         if kind == "fuse" and elements:
             options.setdefault("elements", list(elements))
+        if kind == "restore":  # the GPU may be on the workers only
+            options.setdefault("check_device", not remote)
         state = job_subflow(name, kind, store, job["store"], options, cluster, progress, return_state=True)
         if state.is_completed():
             summary = state.result()
@@ -170,7 +174,7 @@ def batch_flow(catalog: str, cluster: str | None = None, progress: bool = True) 
                     bar.set_postfix_str(entry.name)
                     jobs = {k: {"store": cat.store(entry, k), "options": entry.options[k]} for k in entry.jobs}
                     results = dataset_flow(entry.name, entry.path, list(entry.elements or []) or None, jobs,
-                                           cat.inputs_dir, shared, progress)
+                                           cat.inputs_dir, shared, is_remote(cat.cluster), progress)
                     for result in results:
                         record = {**_record(cat, entry, result["job"]), **result}
                         records.append(record)

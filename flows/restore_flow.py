@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow
 
-from cluster import ClusterSpec
+from cluster import as_spec
 
 from .job_flow import run_job_stages
 
@@ -20,9 +20,10 @@ from .job_flow import run_job_stages
 REMOTE_PROFILES = ("slurm", "scheduler")
 
 
-def _is_remote(cluster: str) -> bool:
+def is_remote(cluster: Any) -> bool:
+    """True when the cluster's workers may not share this machine (its GPU, its torch build)."""
     try:
-        return ClusterSpec.from_string(cluster).profile in REMOTE_PROFILES
+        return as_spec(cluster).profile in REMOTE_PROFILES
     except ValueError:
         return False  # connect() names the problem
 
@@ -58,5 +59,5 @@ def restore_flow(
     """
     options = dict(model=model, device=device, tile=tile, overlap=overlap, batch=batch,
                    precision=precision, channels_last=channels_last, register=register_drift, block=block,
-                   overwrite=overwrite, check_device=not _is_remote(cluster))
+                   overwrite=overwrite, check_device=not is_remote(cluster))
     return run_job_stages("restore", source, out, options, cluster=cluster, report=report, progress=progress)
