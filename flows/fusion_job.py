@@ -25,10 +25,11 @@ notebooks can call :func:`flows.jobs.run_job` (``"fuse"``) without Prefect.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from pipeline.fusion import (
     diagnose_convergence,
 )
 from stores import layout
-from stores.errors import StoreError
+from stores.errors import StoreError, on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
 from stores.progress import TileRecord
 from stores.zarrio import mark_complete, open_dataset, read_attrs, update_attrs
@@ -107,6 +108,22 @@ class FusionJob:
     def grid(self) -> list[tiles.Tile]:
         ds = open_dataset(self.out, require_complete=False)
         return tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), self.tile, self.halo)
+
+
+@contextlib.contextmanager
+def naming(source: str | Path) -> Iterator[None]:
+    """Put the dataset's name in front of a bad-input message that does not name it yet
+    (the checks in :mod:`pipeline` see arrays, not files), keeping the exception's type."""
+    try:
+        yield
+    except (FusionInputError, spectra.SpectrumError, periodic.ElementError) as exc:
+        if str(source) in str(exc):
+            raise
+        try:
+            named = type(exc)(f"{source}: {exc}")
+        except Exception:  # an exception class with its own constructor: leave it as it is
+            raise exc from None
+        raise named from exc
 
 
 def _uses_stored_maps(ds: xr.Dataset, wanted: Sequence[str] | None) -> bool:
@@ -231,7 +248,8 @@ def plan(
             f"{source} has no HAADF image; fusion needs a HAADF (or other Z-contrast image) "
             "of the same pixels as the maps."
         )
-    maps = input_maps(ds, elements, windows)
+    with naming(source):
+        maps = input_maps(ds, elements, windows)
     names = tuple(str(e) for e in maps.element.values)
     if len(set(names)) != len(names):
         raise FusionInputError(f"element listed twice in {list(names)}; name each element once.")
@@ -240,11 +258,12 @@ def plan(
     job = FusionJob(str(source), str(out), names, z, FusionParams(**numeric), tile, halo, windows,
                     auto=auto_names, resolved=not auto_names)
     job = _stored_choice(job, overwrite)
-    state = prepare_output(out, _template(ds, maps, job), job.record(), source=source, overwrite=overwrite)
-    if state != "complete":
-        grid = tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), tile, halo)
-        shape = (grid[-1].index[0] + 1, grid[-1].index[1] + 1)
-        TileRecord.create(out, JOB, shape, payload_shape=(len(COST_TERMS), job.params.n_iter))
+    with on_disk_full(out):
+        state = prepare_output(out, _template(ds, maps, job), job.record(), source=source, overwrite=overwrite)
+        if state != "complete":
+            grid = tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), tile, halo)
+            shape = (grid[-1].index[0] + 1, grid[-1].index[1] + 1)
+            TileRecord.create(out, JOB, shape, payload_shape=(len(COST_TERMS), job.params.n_iter))
     return job, state
 
 
@@ -312,9 +331,28 @@ def normalise(job: FusionJob) -> Normalisation:
                 f"the map of {name} has negative counts (min {lo:g}); the Poisson model needs counts >= 0. "
                 "Clip background-subtracted maps at zero."
             )
+    _check_dose(job, (h_lo, h_hi), m_hi)
     norm = Normalisation.from_ranges((h_lo, h_hi), list(zip(m_lo, m_hi)), job.elements)
     update_attrs(job.out, normalisation=dataclasses.asdict(norm))
     return norm
+
+
+def _check_dose(job: FusionJob, haadf_range: tuple[float, float], map_max: Sequence[float]) -> None:
+    """Zero dose: no counts in any map, or no signal on the HAADF (the beam was blanked, the
+    spectrum image or the detector was not recorded). One map without counts is an element's
+    problem (see :meth:`Normalisation.from_ranges`), not the dataset's."""
+    if all(hi == 0 for hi in map_max):
+        raise FusionInputError(
+            f"{job.source}: every elemental map ({', '.join(job.elements)}) is zero: the dataset "
+            "holds no counts (zero dose: the beam was blanked or the spectrum image was not "
+            "recorded). Check the acquisition; there is nothing to fuse."
+        )
+    if haadf_range[0] == haadf_range[1] == 0:
+        raise FusionInputError(
+            f"{job.source}: the HAADF is zero everywhere: no signal reached the detector (zero "
+            "dose, or the detector was not inserted). Check the acquisition; fusion needs a HAADF "
+            "with contrast."
+        )
 
 
 def choose_lambdas(job: FusionJob, norm: Normalisation,
@@ -430,9 +468,13 @@ def fuse_tiles(job: FusionJob, norm: Normalisation, client: Client, *, progress:
         return 0
     futures = client.map(fuse_tile_in_store, [job] * len(todo), todo, [norm] * len(todo), pure=False)
     with tqdm(total=len(todo), desc="fusing tiles", unit="tile", disable=not progress) as bar:
-        for future in as_completed(futures):
-            future.result()  # re-raises a worker's error here, naming it
-            bar.update()
+        try:
+            for future in as_completed(futures):
+                future.result()  # re-raises a worker's error here, naming it
+                bar.update()
+        except BaseException:
+            client.cancel(futures)  # a shared (batch) cluster should not go on with this job's tiles
+            raise
     return len(todo)
 
 
@@ -445,13 +487,14 @@ def finalise(job: FusionJob) -> None:
     payloads = record.payloads().reshape(-1, len(COST_TERMS), job.params.n_iter)
     per_tile = [p[:, : int(np.sum(~np.isnan(p[0])))] for p in payloads]
     costs = tiles.sum_tile_costs(per_tile, job.params.n_iter)
-    write_region(job.out, layout.COST, (slice(None), slice(None)), costs)
     # the check users are taught to make by eye on the cost plot, made on the summed curves
     diagnosis = diagnose_convergence(costs, COST_TERMS)
     for message in diagnosis:
         log.warning("%s: %s", job.out, message)
-    update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis})
-    mark_complete(job.out)
+    with on_disk_full(job.out):
+        write_region(job.out, layout.COST, (slice(None), slice(None)), costs)
+        update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis})
+        mark_complete(job.out)
 
 
 def summary(job: FusionJob) -> dict[str, Any]:
@@ -480,7 +523,8 @@ def compute(job: FusionJob, client: Client, *, progress: bool = True) -> tuple[F
 
     Returns the job (with its lambdas chosen) and the number of tiles computed now.
     """
-    write_inputs(job)
-    norm = normalise(job)
-    job = choose_lambdas(job, norm, progress=progress)
-    return job, fuse_tiles(job, norm, client, progress=progress)
+    with on_disk_full(job.out), naming(job.source):  # ENOSPC: one line naming the store and the fix
+        write_inputs(job)
+        norm = normalise(job)
+        job = choose_lambdas(job, norm, progress=progress)
+        return job, fuse_tiles(job, norm, client, progress=progress)

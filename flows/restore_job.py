@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 import zarr
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm
 from pipeline.metrics import psnr
 from pipeline.register import estimate_shift, shift_image
 from stores import layout
+from stores.errors import on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region
 from stores.progress import TileRecord
 from stores.zarrio import mark_complete, open_dataset, sha256_file
@@ -199,12 +201,51 @@ def plan(
     if check_device:
         _check_device(device)
     name, sha = _check_model(model)
+    if overwrite or not Path(out).exists():  # checked once, on the first run
+        _check_dose(data, source)
     job = RestoreJob(str(source), str(out), name, variable, int(n_frames), device, tile, overlap, batch,
                      precision, channels_last, register, block or default_block(n_frames, ny, nx), sha)
-    state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite)
-    if state != "complete":
-        TileRecord.create(out, JOB, (len(job.blocks), 1))
+    with on_disk_full(out):
+        state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite)
+        if state != "complete":
+            TileRecord.create(out, JOB, (len(job.blocks), 1))
     return job, state
+
+
+def flat_frames(data: np.ndarray) -> np.ndarray:
+    """Which frames of a (frame, y, x) stack are flat (every pixel the same value).
+
+    >>> flat_frames(np.stack([np.zeros((2, 2)), np.eye(2)])).tolist()
+    [True, False]
+    """
+    return data.max(axis=(-2, -1)) == data.min(axis=(-2, -1))
+
+
+def _check_dose(data: xr.DataArray, source: str | Path) -> None:
+    """Zero dose: frames without signal (one pass over the input, chunk by chunk).
+
+    A flat frame (all pixels equal; all zero when the beam was blanked or the camera not read
+    out) holds nothing to restore. When every frame is flat the job is refused; when only
+    some are (blanked frames at the start of a movie, say), a warning names them and they are
+    copied to the output unchanged (:func:`restore_block_in_store`).
+    """
+    stack = data if "frame" in data.dims else data.expand_dims("frame")
+    lo, hi = (np.atleast_1d(v) for v in dask.compute(stack.min(("y", "x"), skipna=False).data,
+                                                      stack.max(("y", "x"), skipna=False).data))
+    flat = np.flatnonzero(lo == hi)
+    what = f"the {data.name} of {source}"
+    if flat.size == lo.size:
+        values = sorted({float(v) for v in lo[flat]})
+        level = "0" if values == [0.0] else "constant (" + ", ".join(f"{v:g}" for v in values[:3]) + ")"
+        raise RestoreInputError(
+            f"{what} has no signal: every one of its {lo.size} frame(s) is {level} (zero dose: the beam "
+            "was blanked, the shutter closed or the camera not read out). Check the acquisition; "
+            "there is nothing to restore."
+        )
+    if flat.size:
+        listing = ", ".join(map(str, flat[:10].tolist())) + (", ..." if flat.size > 10 else "")
+        log.warning("%s: %d of %d frames are flat, with no signal (zero dose: frames %s); they are "
+                    "copied to the output unchanged, not restored.", what, flat.size, lo.size, listing)
 
 
 def _template(ds: xr.Dataset, data: xr.DataArray, job: RestoreJob) -> xr.Dataset:
@@ -307,6 +348,8 @@ def restore_block_in_store(job: RestoreJob, index: int) -> int:
         )
     restored = restore(data, worker_model(job), tile=job.tile, overlap=job.overlap, batch=job.batch,
                        device=job.device, dtype=PRECISIONS[job.precision], channels_last=job.channels_last)
+    flat = flat_frames(data)  # zero dose (see _check_dose): nothing to restore, kept as they are
+    restored[flat] = data[flat]
     write_region(job.out, layout.RESTORED, (frames, slice(None), slice(None)), restored)
     TileRecord.open(job.out, JOB).mark((index, 0))
     return index
@@ -395,7 +438,8 @@ def finalise(job: RestoreJob) -> None:
         raise RuntimeError(f"{job.out}: not every block of frames is restored; rerun to complete it.")
     if job.register and not record.stage_done("register"):
         raise RuntimeError(f"{job.out}: the drift registration has not run; rerun to complete it.")
-    mark_complete(job.out)
+    with on_disk_full(job.out):
+        mark_complete(job.out)
 
 
 def summary(job: RestoreJob) -> dict[str, Any]:
@@ -424,8 +468,9 @@ def compute(job: RestoreJob, client: Client, *, progress: bool = True) -> tuple[
 
     Returns the job and the number of blocks of frames restored now.
     """
-    n = restore_blocks(job, client, progress=progress)
-    register(job, client, progress=progress)
+    with on_disk_full(job.out):  # ENOSPC on any write: one line naming the store and the fix
+        n = restore_blocks(job, client, progress=progress)
+        register(job, client, progress=progress)
     return job, n
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 from distributed import Client, as_completed
@@ -41,6 +42,7 @@ from pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, load_avae
 from pipeline.avae.preprocess import Preprocessing
 from pipeline.avae.simulate import MODES
 from stores import layout
+from stores.errors import on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
 from stores.progress import TileRecord
 from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, update_attrs
@@ -90,11 +92,28 @@ def check_modes(ds: xr.Dataset, source: str | Path) -> xr.DataArray:
     return ds[layout.MODES].sel(mode=list(MODES)).transpose("mode", "y", "x")
 
 
+def _check_signal(modes: xr.DataArray, source: str | Path) -> None:
+    """NaN/Inf, and zero dose: a mode whose image is flat (all zero when its detector was not
+    inserted or read out) carries nothing to fuse, and the AVAE needs all three."""
+    lo, hi = (np.asarray(v) for v in dask.compute(modes.min(("y", "x"), skipna=False).data,
+                                                   modes.max(("y", "x"), skipna=False).data))
+    for mode, a, b in zip(MODES, lo, hi):
+        if not (np.isfinite(a) and np.isfinite(b)):
+            raise TemFuseInputError(f"{source}: the {mode} image contains NaN or Inf values; mask or "
+                                    "interpolate the bad pixels first.")
+        if a == b:
+            raise TemFuseInputError(
+                f"{source}: the {mode} image is {'0' if a == 0 else f'constant ({a:g})'} everywhere: "
+                "no signal (zero dose: the beam was blanked or the detector not inserted or read out). "
+                f"tem-fuse needs {', '.join(MODES)} images with signal; acquire the {mode} image again.")
+
+
 def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None, tile: int = 256,
          halo: int = 32, torch_threads: int = 1, overwrite: bool = False) -> tuple[TemFuseJob, str]:
     """Define the job and create (or reopen) its output store; returns the job and ``new``/``resume``/``complete``."""
     ds = open_dataset(source)
     modes = check_modes(ds, source)
+    _check_signal(modes, source)
     if tile < 16 or tile % 2:
         raise TemFuseInputError(f"--tile must be even and at least 16, got {tile}")
     weights = Path(model) if model is not None else DEFAULT_WEIGHTS
@@ -223,7 +242,8 @@ def finalise(job: TemFuseJob) -> None:
     rows, cols = record.grid_shape
     if len(record.done_tiles()) != rows * cols:
         raise RuntimeError(f"{job.out}: not every tile is finished; rerun to complete it.")
-    mark_complete(job.out)
+    with on_disk_full(job.out):
+        mark_complete(job.out)
 
 
 def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
@@ -247,6 +267,7 @@ def compute(job: TemFuseJob, client: Client, *, progress: bool = True) -> tuple[
 
     Returns the job and the number of tiles computed now.
     """
-    write_inputs(job)
-    prep = fit_preprocessing(job)
-    return job, fuse_tiles(job, prep, client, progress=progress)
+    with on_disk_full(job.out):  # ENOSPC on any write: one line naming the store and the fix
+        write_inputs(job)
+        prep = fit_preprocessing(job)
+        return job, fuse_tiles(job, prep, client, progress=progress)

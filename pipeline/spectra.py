@@ -220,6 +220,12 @@ def _check_energy(energy_ev: Any, n_channels: int | None = None) -> np.ndarray:
     if not np.isfinite(energy).all():
         raise SpectrumError("energy_ev contains NaN or Inf values")
     step = np.diff(energy)
+    if (step == 0).all():
+        raise SpectrumError(
+            f"energy_ev is constant ({energy[0]:g} eV in every channel): the energy axis is not "
+            "calibrated; give the energy (eV) of every channel (calibrate the axis in the "
+            "acquisition software and export again)"
+        )
     if (step < 0).all():
         raise SpectrumError(
             "energy_ev is decreasing: reverse the energy axis "
@@ -229,7 +235,8 @@ def _check_energy(energy_ev: Any, n_channels: int | None = None) -> np.ndarray:
         i = int(np.argmin(step > 0))
         raise SpectrumError(
             f"energy_ev must be strictly increasing, but energy_ev[{i + 1}] = {energy[i + 1]:g} "
-            f"follows energy_ev[{i}] = {energy[i]:g}"
+            f"follows energy_ev[{i}] = {energy[i]:g}; check the energy axis (one energy in eV per "
+            "channel, increasing)"
         )
     return energy
 

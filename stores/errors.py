@@ -8,6 +8,11 @@ and the fix.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+
 
 class IngestError(ValueError):
     """A file cannot be read into the canonical layout (corrupt, truncated, unknown layout)."""
@@ -19,3 +24,81 @@ class StoreError(ValueError):
 
 class OutputNotWritable(PermissionError):
     """The output location cannot be created or written."""
+
+
+class DiskFull(OSError):
+    """The disk (or quota) holding an output store ran full while it was written.
+
+    The store is kept, not marked complete: free space (or choose another output) and rerun
+    the same command; what was finished is kept and only the rest is computed.
+    """
+
+    def __init__(self, message: str, code: int = errno.ENOSPC) -> None:
+        super().__init__(message)  # one argument: the message reads without an "[Errno 28]" prefix
+        self.errno = code
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.errno))
+
+
+#: errno values that mean "no room left to write": the disk is full, the quota is spent, or a
+#: file size limit (RLIMIT_FSIZE) was reached.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full(exc: BaseException, store: object, *, resumable: bool = True) -> DiskFull | None:
+    """A :class:`DiskFull` naming ``store`` when ``exc`` (or an exception it was raised from)
+    is a write that failed for lack of space; None otherwise.
+
+    ``resumable``: the store is kept for a rerun to finish (a job's output); otherwise the
+    caller removes the partial store (an ingest), and the message says so.
+
+    >>> import errno
+    >>> err = disk_full(OSError(errno.ENOSPC, "No space left on device", "o.zarr/fused/c/0"), "o.zarr")
+    >>> str(err).split(";")[0]
+    'the disk holding o.zarr is full (No space left on device while writing o.zarr/fused/c/0)'
+    >>> disk_full(OSError(errno.EACCES, "Permission denied"), "o.zarr") is None
+    True
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull):
+            return exc
+        if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            if resumable:
+                state, rerun = (f"{store} is kept and not marked complete",
+                                ": what is finished is kept and only the rest is computed")
+            else:
+                state, rerun = f"the partial {store} was removed", ""
+            return DiskFull(
+                f"the disk holding {store} is full ({exc.strerror or os.strerror(exc.errno)}{where}); "
+                f"{state}. Free space on that disk (or choose another --out), then rerun the same "
+                f"command{rerun}.",
+                exc.errno,
+            )
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def on_disk_full(store: object, *, resumable: bool = True) -> Iterator[None]:
+    """Turn a write that fails for lack of space inside the block into :class:`DiskFull`
+    naming ``store`` (a job's output: kept, not marked complete, finished by a rerun).
+
+    >>> import errno
+    >>> try:
+    ...     with on_disk_full("o.zarr"):
+    ...         raise OSError(errno.ENOSPC, "No space left on device", "o.zarr/fused/c/1/0/0")
+    ... except DiskFull as exc:
+    ...     print(str(exc).split(";")[1].strip())
+    o.zarr is kept and not marked complete. Free space on that disk (or choose another --out), then rerun the same command: what is finished is kept and only the rest is computed.
+    """
+    try:
+        yield
+    except Exception as exc:
+        full = disk_full(exc, store, resumable=resumable)
+        if full is None or full is exc:
+            raise
+        raise full from exc

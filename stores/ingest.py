@@ -19,6 +19,7 @@ PosixPath('pto.zarr')
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from typing import Any
 import dask
 import xarray as xr
 
-from .errors import IngestError, OutputNotWritable, StoreError
+from .errors import IngestError, OutputNotWritable, StoreError, disk_full
 from .formats import IngestWarning, chunk_shape, element_coords, fail, normalize_signal_type
 from .formats.rsciio import PLUGINS as _RSCIIO_SUFFIXES
 from .layout import DIMS
@@ -102,9 +103,38 @@ def read(
     module = _reader(path)
     wanted = _elements(path, elements)
     kind = _signal_type(path, signal_type)
-    ds = module.read(path, elements=wanted, signal_type=kind, **options)
+    ds = _read_guarded(module, path, wanted, kind, options)
     ds.attrs.update(provenance(path))
     return ds
+
+
+def _read_guarded(
+    module: Any, path: Path, elements: list[str] | None, signal_type: str | None, options: dict
+) -> xr.Dataset:
+    """``module.read`` with whatever a damaged file makes a reader library raise (struct.error,
+    KeyError, RuntimeError from HDF5, a tokenizer error from a mangled .npy header, ...) turned
+    into an :class:`IngestError` naming the file, so one bad file is one clear line in a batch.
+    The readers' own IngestErrors pass unchanged."""
+    try:
+        inspect.signature(module.read).bind(path, elements=elements, signal_type=signal_type, **options)
+    except TypeError:
+        raise fail(
+            path,
+            f"the option(s) {sorted(options)} do not apply to {path.suffix} files",
+            "Leave them out (HDF5 files take group=)",
+        ) from None
+    try:
+        return module.read(path, elements=elements, signal_type=signal_type, **options)
+    except (IngestError, MemoryError, FileNotFoundError, PermissionError):
+        raise
+    except Exception as exc:
+        raise fail(
+            path,
+            f"its {path.suffix} reader failed ({type(exc).__name__}: {exc}); the file is truncated "
+            "or corrupt",
+            "Copy or export the file again; if a fresh copy fails the same way, report it with the "
+            "file attached",
+        ) from exc
 
 
 def ingest(
@@ -131,6 +161,8 @@ def ingest(
         if ``out`` exists and ``overwrite`` is False.
     FileNotFoundError, IngestError
         as :func:`read`, or when the data turn out unreadable while writing.
+    DiskFull
+        (an ``OSError``) when the disk holding ``out`` runs full; the partial store is removed.
 
     Examples
     --------
@@ -153,6 +185,11 @@ def ingest(
     except Exception as exc:  # a reader failing on a chunk: corrupt data past the headers
         if out.exists() and not is_complete(out):
             remove_store(out)
+        full = disk_full(exc, out, resumable=False)
+        if full is not None:  # the output's disk, not the file, is the problem
+            raise full from exc
+        if isinstance(exc, IngestError):  # a reader's own message (names the file and the fix)
+            raise
         raise fail(
             path,
             f"reading its data failed while writing {out} ({type(exc).__name__}: {exc}); "

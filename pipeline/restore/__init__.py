@@ -104,7 +104,13 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
         # file rewritten in place under a live model crashes the process (SIGBUS).
         state = load(path.read_bytes())
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+        pickle = (" (a PyTorch pickle: emfuse never unpickles weights; load it yourself and save "
+                  "it with save_model)") if path.suffix.lower() in (".pt", ".pth", ".ckpt") else ""
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({exc}){pickle}; give a model written by "
+            f"pipeline.restore.save_model (emfuse train-restore), or a published name "
+            f"({', '.join(MODEL_NAMES)})"
+        ) from exc
     if "config" in meta:
         config = json.loads(meta["config"])
     elif path.with_suffix(".json").is_file():
@@ -175,6 +181,20 @@ def _load_r_em(name: str) -> CGRDN:
     return model
 
 
+def _did_you_mean(name: str) -> str:
+    """``" (did you mean 'r_em:sfr_hrstem'?)"`` for a near miss of a published name, else ``""``.
+
+    >>> _did_you_mean("sfr_hrstem"), _did_you_mean("r_em:sfr_hrstm"), _did_you_mean("nope")
+    (" (did you mean 'r_em:sfr_hrstem'?)", " (did you mean 'r_em:sfr_hrstem'?)", '')
+    """
+    import difflib
+
+    bare = {n.split(":", 1)[1]: n for n in MODEL_NAMES}
+    key = name.strip().lower().removeprefix("r_em:").removeprefix("r_em_")
+    close = difflib.get_close_matches(key, list(bare), n=1, cutoff=0.75)
+    return f" (did you mean {bare[close[0]]!r}?)" if close else ""
+
+
 def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> torch.nn.Module:
     """A restoration network in eval mode, float32, on ``device`` (default CPU).
 
@@ -207,14 +227,21 @@ def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> 
         model, _ = _load_file(DEFAULT_MODEL)
     elif isinstance(name, str) and name.startswith("r_em:"):
         if name not in MODEL_NAMES:
-            raise ValueError(f"unknown r_em model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+            raise ValueError(
+                f"unknown r_em model {name!r}{_did_you_mean(name)}; choose one of "
+                f"{', '.join(MODEL_NAMES)}, or give the path of a .safetensors model"
+            )
         model = _load_r_em(name)
     elif Path(name).is_file():
         model, _ = _load_file(Path(name))
     else:
+        path = Path(name).expanduser()
+        why = (f"; {path} is a directory" if path.is_dir() else
+               f"; there is no file {path.resolve()}" if path.suffix or len(path.parts) > 1 else "")
         raise ValueError(
-            f"{str(name)!r} is neither a model name ({', '.join(MODEL_NAMES)}) nor an existing "
-            ".safetensors file"
+            f"{str(name)!r}{_did_you_mean(str(name))} is neither a model name ({', '.join(MODEL_NAMES)}) "
+            f"nor an existing .safetensors file{why}. Name a published model, or give the "
+            "path of a model saved by pipeline.restore.save_model (emfuse train-restore)"
         )
     # Channels-last weights make every convolution run in oneDNN's native NHWC layout on the
     # CPU instead of reordering its input each time (12% less time for a 384x384 image).

@@ -15,9 +15,15 @@ canonical layout holds:
 
 Everything else (single spectra, overview images, other spectrum images) is
 listed in an :class:`~stores.formats.IngestWarning` and in the ``unmapped``
-attribute. Pixel sizes are converted to nm, energies to eV. The ``y``/``x``
-coordinates start at 0 at the first pixel: the stage offsets in the file
-differ between signals of one acquisition and are not kept.
+attribute. A spectrum image (the file says EDX/EELS) whose energy axis has no
+energy unit is refused: its channels' energies are unknown. Pixel sizes are
+converted to nm, energies to eV. The ``y``/``x`` coordinates start at 0 at the
+first pixel: the stage offsets in the file differ between signals of one
+acquisition and are not kept.
+
+Bruker spectrum images are decoded in a child process (:class:`_BcfSpectrumImage`):
+RosettaSciIO's compiled decoder does not check bounds, and a corrupt file would
+otherwise crash the whole process (SIGSEGV/SIGBUS), and with it a night's batch.
 
 Examples
 --------
@@ -31,7 +37,11 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import signal
 import struct
+import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +55,7 @@ import xarray as xr
 from ..layout import HAADF
 from ..periodic import is_symbol
 from . import (
+    FileArray,
     IngestWarning,
     canonical_dataset,
     ev_per_unit,
@@ -90,7 +101,8 @@ class _Signal:
         return self.shape[:2] if self.kind == "spectrum_image" else self.shape[-2:]
 
     def describe(self) -> str:
-        label = {"spectrum_image": "spectrum image", "stack": "image stack"}.get(
+        label = {"spectrum_image": "spectrum image", "stack": "image stack",
+                 "uncalibrated": "spectrum image"}.get(
             self.kind, self.kind
         )
         return f"{label} {self.title or '(untitled)'!r} {shape_str(self.shape)}"
@@ -165,7 +177,80 @@ def _load(path: Path) -> list[dict]:
         warnings.warn(f"{path}: RosettaSciIO: {message}", IngestWarning, stacklevel=4)
     if not signals:
         raise fail(path, "RosettaSciIO found no data in it", "Check that the file is complete")
+    if path.suffix.lower() == ".bcf":
+        signals = [_isolate_bcf_decoder(path, raw) for raw in signals]
     return signals
+
+
+def _isolate_bcf_decoder(path: Path, raw: dict) -> dict:
+    """The lazy Bruker hypermap (the only dask array a .bcf read gives) decoded in a child process."""
+    data = raw["data"]
+    if not isinstance(data, da.Array) or data.ndim != 3:
+        return raw  # images come decoded already (numpy)
+    isolated = _BcfSpectrumImage(path, data.shape, data.dtype)
+    return {**raw, "data": isolated.to_dask(data.shape)}
+
+
+# The child: RosettaSciIO's own (eager) read of the default hypermap, the one its lazy read
+# returned, saved as .npy. Anything that goes wrong stays in the child.
+_BCF_CHILD = """
+import sys
+import numpy as np
+from rsciio.bruker import file_reader
+signals = file_reader(sys.argv[1], select_type="spectrum_image", lazy=False)
+np.save(sys.argv[2], np.ascontiguousarray(signals[0]["data"]))
+"""
+
+
+class _BcfSpectrumImage(FileArray):
+    """A Bruker .bcf spectrum image, decoded in a child Python process when Dask needs it.
+
+    RosettaSciIO decodes the packed hypermap with compiled code (``rsciio.bruker.unbcf_fast``)
+    that does not check bounds: a corrupt pixel header makes it write outside its array,
+    which kills the process with SIGSEGV or SIGBUS (or silently damages its memory). In a
+    child process that becomes an :class:`IngestError` naming the file. It costs one
+    interpreter start (about 0.5 s) and one copy of the decoded array through a temporary
+    ``.npy`` file (in ``$TMPDIR``); the hypermap is decoded in one piece either way.
+    """
+
+    whole_only = True
+
+    def _read(self, key: Any) -> np.ndarray:
+        fix = "Copy the file again from the acquisition PC (or export it again from Esprit)"
+        with tempfile.TemporaryDirectory(prefix="emfuse-bcf-") as tmp:
+            out = Path(tmp) / "hypermap.npy"
+            proc = subprocess.run(
+                [sys.executable, "-c", _BCF_CHILD, self.path, str(out)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if proc.returncode < 0:
+                try:
+                    name = signal.Signals(-proc.returncode).name
+                except ValueError:
+                    name = f"signal {-proc.returncode}"
+                raise fail(
+                    self.path,
+                    f"decoding its spectrum image crashed RosettaSciIO's Bruker decoder ({name}): "
+                    "the file is corrupt",
+                    fix,
+                )
+            if proc.returncode != 0:
+                lines = proc.stderr.strip().splitlines()
+                raise fail(
+                    self.path,
+                    f"decoding its spectrum image failed ({lines[-1] if lines else 'no message'}); "
+                    "the file is truncated or corrupt",
+                    fix,
+                )
+            data = np.load(out, allow_pickle=False)
+        if data.shape != self.shape:
+            raise fail(
+                self.path,
+                f"its spectrum image decoded to shape {shape_str(data.shape)}, but its header says "
+                f"{shape_str(self.shape)}: the file is corrupt",
+                fix,
+            )
+        return data.astype(self.dtype, copy=False)[key]
 
 
 def _check_bcf_length(path: Path) -> None:
@@ -175,7 +260,12 @@ def _check_bcf_length(path: Path) -> None:
     with open(path, "rb") as fh:
         head = fh.read(0x14C)
     if len(head) < 0x14C or head[:8] != b"AAMVHFSS":
-        raise fail(path, "it is not a Bruker .bcf (SFS container) file", "Check the file")
+        raise fail(
+            path,
+            "it does not start like a Bruker .bcf (SFS container) file: it is truncated, corrupt, "
+            "or another format renamed .bcf",
+            "Copy the file again from the acquisition PC (or export it again from Esprit)",
+        )
     (chunk_size,) = struct.unpack_from("<I", head, 0x128)
     (n_chunks,) = struct.unpack_from("<I", head, 0x148)
     expected = 0x118 + chunk_size * n_chunks
@@ -183,7 +273,8 @@ def _check_bcf_length(path: Path) -> None:
     if size < expected:
         raise fail(
             path,
-            f"the file has {size} bytes but its header declares {expected}: it is truncated",
+            f"the file has {size} bytes but its header declares {expected}: it is truncated "
+            "(or its header is corrupt)",
             "Copy the file again from the acquisition PC",
         )
 
@@ -223,7 +314,13 @@ def _classify(path: Path, raw: dict) -> _Signal:
     space = [i for i, k in enumerate(kinds) if k == "space"]
     if kinds.count("energy") == 1:
         e = kinds.index("energy")
-        energy = _values(axes[e]) * ev_per_unit(axes[e].get("units") or "eV")
+        factor = ev_per_unit(axes[e].get("units"))
+        if factor is None:  # named like an energy axis, but eV/keV is not its unit
+            note = (f"its energy axis {axes[e].get('name')!r} has the unit "
+                    f"{axes[e].get('units')!r}, not eV or keV")
+            kind = "uncalibrated" if len(shape) == 3 else "other"
+            return _Signal(title, kind, data, signal_type=signal_type, note=note)
+        energy = _values(axes[e]) * factor
         if len(shape) == 1:
             return _Signal(title, "spectrum", data, energy=energy, signal_type=signal_type)
         if len(shape) == 3 and len(space) == 2:
@@ -233,6 +330,10 @@ def _classify(path: Path, raw: dict) -> _Signal:
         return _Signal(title, "other", data, note="not a spectrum image (y, x, energy)")
     if len(shape) == 2 and len(space) == 2:
         return _Signal(title, "image", data, (_step_nm(axes[0]), _step_nm(axes[1])))
+    if len(shape) == 3 and signal_type is not None:  # a spectrum image, but which axis is energy?
+        listing = ", ".join(f"{a.get('name')!r} in {a.get('units') or 'no unit'!r}" for a in axes)
+        note = f"none of its axes ({listing}) is an energy axis in eV or keV"
+        return _Signal(title, "uncalibrated", data, signal_type=signal_type, note=note)
     if len(shape) == 3 and "energy" not in kinds:
         frame = kinds.index("time") if "time" in kinds else 0
         yx = [i for i in range(3) if i != frame]
@@ -310,6 +411,17 @@ def _assemble(
     unmapped: list[str] = []
     notes: list[str] = []
     spectrum = _pick_spectrum(path, signals, signal_type, unmapped)
+    uncalibrated = [s for s in signals if s.kind == "uncalibrated"]
+    if spectrum is None and uncalibrated:
+        s = uncalibrated[0]
+        raise fail(
+            path,
+            f"its {s.signal_type} spectrum image {s.title or '(untitled)'!r} {shape_str(s.shape)} "
+            f"has no calibrated energy axis: {s.note}, so the energy of each channel is unknown",
+            "Calibrate the energy axis (eV) in the acquisition software (DigitalMicrograph, Velox, "
+            "Esprit) and save again, or save the spectrum image as .npz/.h5 with an 'energy' array "
+            "in eV",
+        )
     stacks = [s for s in signals if s.kind == "stack"]
     grid = spectrum.yx if spectrum else (stacks[0].yx if stacks else None)
     movie = next((s for s in stacks if s.yx == grid), None)
@@ -370,7 +482,7 @@ def _describe_rest(
     for s in signals:
         if s in mapped or s.kind in ("spectrum", "spectrum_image"):
             continue
-        if s.kind == "other":
+        if s.kind in ("other", "uncalibrated"):
             rest.append(f"{s.describe()}: {s.note}")
         elif grid is not None and s.yx != grid:
             rest.append(f"{s.describe()}: its (y, x) grid differs from {shape_str(grid)}")

@@ -97,6 +97,7 @@ def read(
 def _inspect(path: Path, tif: tifffile.TiffFile) -> tuple:
     series = tif.series[0]
     shape, axes = tuple(series.shape), series.axes
+    _check_declared(tif, shape, axes)
     dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
     offset = series.dataoffset  # None unless uncompressed and contiguous
     if offset is not None:
@@ -109,6 +110,21 @@ def _inspect(path: Path, tif: tifffile.TiffFile) -> tuple:
         data = _PageStack(path, shape, dtype.newbyteorder("="))
     page = series.pages[0] if series.pages else tif.pages[0]
     return shape, axes, data, _pixel_nm(tif, page), _frame_time(tif, shape)
+
+
+def _check_declared(tif: tifffile.TiffFile, shape: tuple, axes: str) -> None:
+    """A stack cut short loses the directories of its last pages, and tifffile then shows
+    the pages it found (often just the first) as a smaller image; the header written by
+    ImageJ (``images=``) or by tifffile (``{"shape": [...]}``) tells how many there were."""
+    planes = int(np.prod([n for n, a in zip(shape, axes) if a not in "YXS"]))
+    images = (tif.imagej_metadata or {}).get("images") if tif.is_imagej else None
+    if images and int(images) != planes:
+        raise ValueError(f"its ImageJ header declares {int(images)} images, but the file holds "
+                         f"only {planes}")
+    declared = (tif.shaped_metadata or [{}])[0].get("shape") if tif.is_shaped else None
+    if declared and int(np.prod(declared)) != int(np.prod(shape)):
+        raise ValueError(f"its header declares the shape {shape_str(declared)}, but the file holds "
+                         f"{shape_str(shape)}")
 
 
 def _check_pages(path: Path, series: Any) -> None:
