@@ -22,6 +22,7 @@ import importlib
 import inspect
 import os
 import re
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -137,6 +138,23 @@ def _read_guarded(
         ) from exc
 
 
+def _remove_failed(out: Path, settle_s: float = 1.0) -> None:
+    """Remove a store whose write failed, and again if a write still in flight recreates it.
+
+    Zarr writes a chunk's pieces concurrently on its own event loop; when one fails, the
+    others may land a moment later, after the first removal.
+    """
+    start = time.monotonic()
+    while time.monotonic() - start < 10 * settle_s:
+        try:
+            remove_store(out)
+        except OSError:  # a file appeared while the tree was being removed: try again
+            pass
+        if time.monotonic() - start >= settle_s and not out.exists():
+            return
+        time.sleep(0.1)
+
+
 def ingest(
     path: str | Path,
     out: str | Path,
@@ -184,7 +202,7 @@ def ingest(
         raise
     except Exception as exc:  # a reader failing on a chunk: corrupt data past the headers
         if out.exists() and not is_complete(out):
-            remove_store(out)
+            _remove_failed(out)
         full = disk_full(exc, out, resumable=False)
         if full is not None:  # the output's disk, not the file, is the problem
             raise full from exc
