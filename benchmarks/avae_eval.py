@@ -2,6 +2,7 @@
 
     python benchmarks/avae_eval.py --seed 1 --n 200 --json results/avae_seed1.json
     python benchmarks/avae_eval.py --seed 2 --n 60 --json out.json --pretrained
+    python benchmarks/avae_eval.py --seed 0 --n 200 --variation --attention-from stats --compare-z --json v0.json --save-models DIR
 
 Simulates ``N`` regions from ``seed`` (:mod:`pipeline.avae.simulate`, the material classes in
 turn), preprocesses each (flat field, equalisation, registration, denoising), splits them
@@ -11,7 +12,12 @@ weights with ``--pretrained``, and scores on the test regions, after an affine c
 every image to the truth:
 
 ``avae``, ``vae``, ``hrtem`` (HRTEM alone), ``average`` (mean of the registered modes),
-``weighted`` (least-squares mode weights fitted on the validation regions).
+``weighted`` (least-squares mode weights fitted on the validation regions), and with
+``--compare-z`` ``avae_z`` (the paper's ``softmax(a'[z])``; ``avae`` is then the attention chosen
+by ``--attention-from``: the paper's ``z`` by default, or the uncertainty-aware ``stats``). ``--variation`` simulates with
+per-region variation of mode quality (:data:`pipeline.avae.simulate.VARIED`); ``--load NAME=PATH``
+reuses trained weights for one network instead of training it. Margins are paired over the test
+regions and reported with the standard error of the mean per-region difference.
 
 It also trains a small material-class classifier on the training regions' images of each kind
 and reports its accuracy on the test regions (the feature-extraction check), and the
@@ -26,6 +32,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.avae import classify  # noqa: E402
 from pipeline.avae.baselines import fit_mode_weights  # noqa: E402
 from pipeline.avae.evaluate import method_images, prepare_regions, score_methods, split_indices  # noqa: E402
-from pipeline.avae.model import DEFAULT_WEIGHTS, VAE_WEIGHTS, AVAEConfig, load_avae, save_avae  # noqa: E402
-from pipeline.avae.simulate import MATERIALS, MODES, simulate_regions  # noqa: E402
+from pipeline.avae.fuse import fuse_modes  # noqa: E402
+from pipeline.avae.model import (  # noqa: E402
+    ATTENTION_INPUTS,
+    DEFAULT_WEIGHTS,
+    VAE_WEIGHTS,
+    AVAEConfig,
+    load_avae,
+    save_avae,
+)
+from pipeline.avae.simulate import MATERIALS, MODES, VARIED, simulate_regions  # noqa: E402
 from pipeline.avae.train import TrainSettings, train_avae  # noqa: E402
 
 PAPER = {"psnr_gain_over_hrtem_db": 5.2, "ssim_gain_over_hrtem": 0.15}
@@ -63,11 +78,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--classifier-steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save-models", type=Path, default=None, help="directory to save the trained weights")
+    p.add_argument("--attention-from", choices=ATTENTION_INPUTS, default="z",
+                   help="what the AVAE's attention is computed from: 'z' the paper's a'[z] (default), "
+                        "'stats' uncertainty-aware (pipeline.avae.model.ATTENTION_INPUTS)")
+    p.add_argument("--compare-z", action="store_true",
+                   help="also train (or load, --z-weights) the paper's z-attention as method 'avae_z'")
+    p.add_argument("--variation", action="store_true",
+                   help="simulate with per-region variation of mode quality (pipeline.avae.simulate.VARIED)")
+    p.add_argument("--avae-weights", type=Path, default=DEFAULT_WEIGHTS, help="with --pretrained")
+    p.add_argument("--vae-weights", type=Path, default=VAE_WEIGHTS, help="with --pretrained")
+    p.add_argument("--z-weights", type=Path, default=None, help="with --pretrained --compare-z")
+    p.add_argument("--load", action="append", default=[], metavar="NAME=PATH",
+                   help="use these weights for network NAME (avae, vae, avae_z) instead of training it")
+    p.add_argument("--skip-classifier", action="store_true", help="leave out the feature-extraction check")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    prepared = prepare_regions(simulate_regions(args.n, (args.size, args.size), args.seed))
+    scope = {"scope": VARIED} if args.variation else {}
+    prepared = prepare_regions(simulate_regions(args.n, (args.size, args.size), args.seed, **scope))
     t_sim = time.perf_counter() - t0
     train, val, test = split_indices(args.n, args.seed)
     print(f"{args.n} regions of {args.size}^2 simulated and preprocessed in {t_sim:.0f} s; "
@@ -76,12 +105,27 @@ def main(argv: list[str] | None = None) -> dict:
     training: dict = {"pretrained": args.pretrained}
     models = {}
     if args.pretrained:
-        models = {"avae": load_avae(DEFAULT_WEIGHTS), "vae": load_avae(VAE_WEIGHTS)}
-        training["weights"] = [str(DEFAULT_WEIGHTS), str(VAE_WEIGHTS)]
+        paths = {"avae": args.avae_weights, "vae": args.vae_weights}
+        if args.compare_z:
+            if args.z_weights is None:
+                p.error("--pretrained --compare-z needs --z-weights")
+            paths["avae_z"] = args.z_weights
+        models = {name: load_avae(path) for name, path in paths.items()}
+        training["weights"] = {name: str(path) for name, path in paths.items()}
+        training["configs"] = {name: asdict(m.cfg) for name, m in models.items()}
     else:
         settings = TrainSettings(steps=args.steps, lr=args.lr, beta=args.beta, seed=args.seed, threads=args.threads)
-        for name, attention in (("avae", True), ("vae", False)):
-            cfg = AVAEConfig(features=args.features, latent=args.latent, attention=attention)
+        variants = [("avae", True, args.attention_from), ("vae", False, "z")]
+        if args.compare_z:
+            variants.append(("avae_z", True, "z"))
+        loaded = dict(item.split("=", 1) for item in args.load)
+        for name, path in loaded.items():
+            models[name] = load_avae(path)
+            training[name] = {"weights": path, "config": asdict(models[name].cfg)}
+        for name, attention, source in variants:
+            if name in loaded:
+                continue
+            cfg = AVAEConfig(features=args.features, latent=args.latent, attention=attention, attention_from=source)
             model, history = train_avae(
                 prepared.inputs[train], prepared.targets[train], cfg, settings,
                 validation=(prepared.inputs[val], prepared.targets[val]),
@@ -93,20 +137,30 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name}: trained in {history['seconds']:.0f} s (best step {history['best_step']})", flush=True)
             if args.save_models:
                 save_avae(model, args.save_models / f"{name}.safetensors", metadata={
-                    "trained_on": f"simulate_regions(n={args.n}, size={args.size}, seed={args.seed}), train split",
+                    "trained_on": f"simulate_regions(n={args.n}, size={args.size}, seed={args.seed}"
+                                  f"{', scope=VARIED' if args.variation else ''}), train split",
                     "best_step": history["best_step"], "settings": history["settings"]})
 
     weights = fit_mode_weights(prepared.inputs[val], prepared.targets[val])
     images = method_images(prepared.inputs[test], models, weights, hrtem_index=MODES.index("hrtem"))
     materials = [prepared.materials[i] for i in test]
     methods = score_methods(images, prepared.truths[test], materials)
-    methods = {name: methods[name] for name in ("avae", *BASELINES)}
+    compared = (*BASELINES, "avae_z") if "avae_z" in methods else BASELINES
+    methods = {name: methods[name] for name in ("avae", *compared)}
     avae = methods["avae"]
     margins = {b: {"psnr_db": avae["psnr"] - methods[b]["psnr"], "ssim": avae["ssim"] - methods[b]["ssim"]}
-               for b in BASELINES}
+               for b in compared}
     per_region_wins = {b: {"psnr": float(np.mean(np.array(avae["psnr_per_region"]) > np.array(methods[b]["psnr_per_region"]))),
                            "ssim": float(np.mean(np.array(avae["ssim_per_region"]) > np.array(methods[b]["ssim_per_region"])))}
-                       for b in BASELINES}
+                       for b in compared}
+    # paired spread of the per-region differences (standard error of the mean margin)
+    margin_sem = {b: {k: float(np.std(np.array(avae[f"{k}_per_region"]) - np.array(methods[b][f"{k}_per_region"]), ddof=1)
+                               / np.sqrt(len(test))) for k in ("psnr", "ssim")} for b in compared}
+    attention_mean = {}
+    for name in models:
+        if models[name].cfg.attention:
+            maps = [fuse_modes(models[name], x)[1].mean(axis=(1, 2)) for x in prepared.inputs[test]]
+            attention_mean[name] = dict(zip(MODES, np.mean(maps, axis=0).round(4).tolist()))
 
     # feature extraction: material class from crops of each kind of image
     t1 = time.perf_counter()
@@ -117,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
              **{m: (prepared.inputs[train][:, i], prepared.inputs[test][:, i]) for i, m in enumerate(MODES)},
              "truth": (prepared.truths[train], prepared.truths[test])}
     classification = {}
-    for kind, (tr, te) in kinds.items():
+    for kind, (tr, te) in ({} if args.skip_classifier else kinds).items():
         net = classify.train_classifier(np.stack(tr), labels[train], n_classes=len(MATERIALS),
                                         steps=args.classifier_steps, seed=args.seed)
         classification[kind] = classify.accuracy(net, np.stack(te), labels[test])
@@ -127,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
         "methods": methods,
         "margins_avae_minus": margins,
         "avae_wins_per_region": per_region_wins,
-        "avae_beats_every_baseline": all(m["psnr_db"] > 0 and m["ssim"] > 0 for m in margins.values()),
+        "margin_standard_error": margin_sem,
+        "avae_beats_every_baseline": all(margins[b]["psnr_db"] > 0 and margins[b]["ssim"] > 0 for b in BASELINES),
+        "mean_attention": attention_mean,
         "paper_claims": PAPER,
         "classification_accuracy": classification,
         "registration_error_px": {m: {"median": float(np.median(prepared.registration_error[:, i])),
@@ -135,7 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
                                       "unregistered_median": float(np.median(np.linalg.norm(prepared.drift[:, i], axis=1)))}
                                   for i, m in enumerate(MODES) if m != "hrtem"},
         "mode_weights_weighted": dict(zip([*MODES, "offset"], weights.tolist())),
-        "setup": {"seed": args.seed, "n": args.n, "size": args.size, "split": [len(train), len(val), len(test)],
+        "setup": {"seed": args.seed, "n": args.n, "size": args.size, "variation": args.variation,
+                  "scope": asdict(VARIED) if args.variation else "Microscope() defaults", "split": [len(train), len(val), len(test)],
                   "test_regions": test.tolist(), "simulate_seconds": t_sim, "classifier_seconds": t_cls,
                   "classifier_steps": args.classifier_steps, "hardware": _hardware(),
                   "calibration": "affine fit a*image+c to the truth per image, for every method",
@@ -144,9 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{'method':>9} {'PSNR (dB)':>10} {'SSIM':>7}")
+    print(f"{'method':>9} {'PSNR (dB)':>10} {'SSIM':>7}   avae margin (± s.e.)")
     for name, m in methods.items():
-        print(f"{name:>9} {m['psnr']:>10.2f} {m['ssim']:>7.3f}")
+        extra = (f"   {margins[name]['psnr_db']:+.3f} ±{margin_sem[name]['psnr']:.3f} dB  "
+                 f"{margins[name]['ssim']:+.4f} ±{margin_sem[name]['ssim']:.4f}") if name in margins else ""
+        print(f"{name:>9} {m['psnr']:>10.2f} {m['ssim']:>7.3f}{extra}")
+    print(f"mean attention: {attention_mean}")
     print("classification accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in classification.items()))
     print(f"wrote {args.json}")
     return result

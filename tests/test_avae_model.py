@@ -135,3 +135,75 @@ def test_evaluation_protocol_on_a_few_regions():
     scores = score_methods(images, prepared.truths, prepared.materials)
     assert set(scores) == {"avae", "hrtem", "average", "weighted"}
     assert set(scores["hrtem"]["by_material"]) == {"metal", "semiconductor", "ceramic"}
+
+
+STATS = AVAEConfig(features=6, latent=3, attention_from="stats", attention_hidden=5, attention_kernel=3)
+
+
+def test_stats_attention_starts_at_equal_weights_and_follows_the_uncertainty():
+    """``attention_from="stats"``: softmax of a small conv net of [mu; logvar] of every mode."""
+    torch.manual_seed(0)
+    net = AVAE(STATS).eval()
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(net(x).attention, torch.full((2, 3, 8, 8), 1 / 3))  # zero-initialised last layer
+    # make the score of mode i = -(sum of mode i's logvar channels): the weights are then
+    # softmax(-sum_c logvar_i), a precision weighting, so the least uncertain mode wins
+    first, last = net.score[0], net.score[2]
+    with torch.no_grad():
+        first.weight.zero_(), first.bias.zero_(), last.bias.zero_()
+        last.weight.zero_()
+        c = STATS.latent
+        for i in range(3):  # [mu_1; logvar_1; mu_2; logvar_2; ...]: logvar_i at 2 c i + c ... 2 c i + 2 c
+            first.weight[i, 2 * c * i + c: 2 * c * (i + 1), 1, 1] = -1.0  # centre tap only
+            first.bias[i] = 50.0  # stays in ReLU's linear range
+            last.weight[i, i, 0, 0] = 1.0
+    out = net(x)
+    expected = torch.softmax(-out.logvar.sum(dim=2), dim=1)
+    torch.testing.assert_close(out.attention, expected)
+    torch.testing.assert_close(out.fused, net.decoder((out.attention.unsqueeze(2) * out.mu).sum(1)))
+    # the weights see the neighbourhood (3 x 3 kernel): a change in one corner of the latent grid
+    # changes the weights next to it and not far away
+    x2 = x.clone()
+    x2[:, 0, :2, :2] += 1.0
+    changed = (net(x2).attention - out.attention).abs().amax(dim=(0, 1)) > 1e-6
+    assert changed[0, 0] and not changed[6:, 6:].any()
+    with pytest.raises(ValueError, match="attention_from"):
+        AVAEConfig(attention_from="logits")
+    with pytest.raises(ValueError, match="attention_kernel"):
+        AVAEConfig(attention_kernel=2)
+
+
+def test_stats_attention_round_trips_and_older_files_load_as_z_attention(tmp_path):
+    torch.manual_seed(3)
+    net = AVAE(STATS).eval()
+    with torch.no_grad():
+        net.score[2].weight.normal_()
+    back = load_avae(save_avae(net, tmp_path / "s.safetensors"))
+    x = torch.rand(1, 3, 12, 12)
+    assert back.cfg == STATS
+    torch.testing.assert_close(back(x).attention, net(x).attention)
+    assert not torch.allclose(back(x).attention, torch.full_like(back(x).attention, 1 / 3))
+    # a file written before attention_from existed: its config has no such key
+    import json
+
+    from safetensors.torch import save_file
+
+    old = AVAE(TINY)
+    cfg = json.loads(TINY.to_json())
+    for key in ("attention_from", "attention_hidden", "attention_kernel"):
+        del cfg[key]
+    tensors = {k: v.contiguous() for k, v in old.state_dict().items()}
+    save_file(tensors, str(tmp_path / "old.safetensors"),
+              {"format": "emfuse-avae-1", "config": json.dumps(cfg), "info": "{}"})
+    assert load_avae(tmp_path / "old.safetensors").cfg.attention_from == "z"
+
+
+def test_the_committed_weights_load_and_say_what_they_are():
+    from pipeline.avae.model import DEFAULT_WEIGHTS, VAE_WEIGHTS
+
+    avae, vae = load_avae(DEFAULT_WEIGHTS), load_avae(VAE_WEIGHTS)
+    assert avae.cfg.attention and not vae.cfg.attention
+    # same network apart from the weighting: identical encoders and decoder shapes
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items() if not k.startswith("score")}  # noqa: E731
+    assert shapes(avae) == shapes(vae)
+    assert DEFAULT_WEIGHTS.stat().st_size < 2_000_000

@@ -9,6 +9,7 @@ from flows.cli import main
 from pipeline.avae.simulate import (
     MATERIALS,
     MODES,
+    VARIED,
     Microscope,
     ctf,
     simulate_region,
@@ -103,3 +104,48 @@ def test_synth_tem_modes_writes_a_canonical_store(tmp_path, capsys):
     assert set(ds.modes.attrs["drift_px"]) == {"bf", "df", "hrtem"}
     expected = simulate_region((48, 64), "ceramic", np.random.default_rng(4))
     np.testing.assert_array_equal(ds.modes.values, expected.modes)
+
+
+def test_per_region_variation_is_off_by_default_and_explicit_when_on():
+    plain = simulate_region((64, 64), "ceramic", np.random.default_rng(8), record=False)
+    varied = simulate_region((64, 64), "ceramic", np.random.default_rng(8), record=False, scope=VARIED)
+    assert "contamination" not in plain.params and "distortion_rms_px" not in plain.params
+    assert VARIED.distortion_px > 0 and VARIED.contamination[1] > 0
+    assert Microscope().distortion_px == 0 and Microscope().contamination == (0.0, 0.0)
+    # the specimen is drawn first: the same truth, only the recording differs
+    np.testing.assert_array_equal(plain.truth, varied.truth)
+    rms = varied.params["distortion_rms_px"]
+    assert set(rms) == {"bf", "df"} and all(0.5 * 1.5 <= v <= 1.5 for v in rms.values())
+    # with the variation's ranges at zero the region is bit-for-bit the default one
+    off = Microscope(distortion_px=0.0, contamination=(0.0, 0.0))
+    np.testing.assert_array_equal(simulate_region((64, 64), "ceramic", np.random.default_rng(8), scope=off).modes,
+                                  simulate_region((64, 64), "ceramic", np.random.default_rng(8)).modes)
+
+
+def test_contamination_changes_the_hrtem_in_patches_only():
+    scope = Microscope(contamination=(0.3, 0.3))
+    plain = simulate_region((128, 128), "metal", np.random.default_rng(2), record=False)
+    dirty = simulate_region((128, 128), "metal", np.random.default_rng(2), record=False, scope=scope)
+    h = MODES.index("hrtem")
+    assert dirty.params["contamination"]["fraction"] == pytest.approx(0.3, abs=0.02)
+    # same lens and phase draws before the patches: the HRTEM differs only where there is carbon
+    # (plus the CTF's delocalisation of a few px around it)
+    changed = np.abs(dirty.modes[h] - plain.modes[h]) > 0.02 * plain.modes[h].std()
+    assert 0.15 < changed.mean() < 0.6
+
+
+def test_distortion_moves_the_content_by_the_displacement_field():
+    from scipy import ndimage
+
+    from pipeline.avae.simulate import _shifted_crop
+
+    image = ndimage.gaussian_filter(np.random.default_rng(0).random((64, 64)), 2)
+    drift = np.array([1.25, -0.5])
+    rigid = _shifted_crop(image, drift + [0.5, 1.0], 8)
+    constant = np.stack([np.full((64, 64), 0.5), np.full((64, 64), 1.0)])
+    np.testing.assert_allclose(_shifted_crop(image, drift, 8, constant), rigid, atol=1e-6)
+    # a displacement that grows along x: the left edge is unmoved, the right edge moved
+    ramp = np.stack([np.zeros((64, 64)), np.tile(np.linspace(0, 3, 64), (64, 1))])
+    moved = _shifted_crop(image, np.zeros(2), 8, ramp)
+    still = _shifted_crop(image, np.zeros(2), 8)
+    assert np.abs(moved[:, :4] - still[:, :4]).max() < 0.2 * np.abs(moved[:, -8:] - still[:, -8:]).max()

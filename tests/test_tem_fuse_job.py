@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cluster import connect
-from flows.jobs import run_job
 from flows import tem_fuse_job
+from flows.jobs import run_job
 from flows.report import write_report
 from flows.synth import write_synthetic
 from pipeline.avae.fuse import fuse_modes
@@ -100,3 +100,19 @@ def test_refusals_are_named(tmp_path, store, client, model, reference):
     si = write_synthetic("spectrum-image", tmp_path / "si.zarr", shape=(32, 32))
     with pytest.raises(tem_fuse_job.TemFuseInputError, match="has no 'modes'"):
         _run(si, tmp_path / "o3.zarr", client, model)
+
+
+def test_stats_attention_tiles_equal_one_pass(tmp_path, store, client):
+    """The uncertainty-aware attention looks at 3 x 3 latent neighbourhoods: the halo still covers it."""
+    torch.manual_seed(4)
+    net = AVAE(AVAEConfig(features=4, latent=2, attention_from="stats", attention_hidden=4))
+    with torch.no_grad():
+        net.score[2].weight.normal_(0, 2.0)  # away from the equal-weight start
+    path = save_avae(net, tmp_path / "stats.safetensors")
+    job = _run(store, tmp_path / "stats.zarr", client, path)
+    out = open_dataset(job.out)
+    prep = Preprocessing.from_dict(out.attrs["preprocessing"])
+    whole, attention = fuse_modes(load_avae(path), prep.apply(out.modes.values))
+    assert attention.std(axis=(1, 2)).max() > 0.01  # the weights do vary over the image
+    np.testing.assert_allclose(out.tem_fused.values, whole, atol=1e-4)
+    np.testing.assert_allclose(out.attention.values, attention, atol=1e-4)

@@ -11,6 +11,10 @@ so they form a map over the image; the fused latent is ``z = sum_i w_i z_i`` and
 turns it into the fused image. With ``attention=False`` the weights are fixed at ``1/n`` (the
 ``vae`` baseline: the same network without attention).
 
+With ``attention_from="stats"`` the scores come instead from a small convolutional network of
+every mode's posterior mean and log-variance (uncertainty-aware weighting with a few latent
+pixels of context; see :class:`AVAEConfig`).
+
 The loss (:func:`avae_loss`) is ``MSE(decoder(z), target) + beta * KL``, the KL divergence of
 every mode's posterior from the unit gaussian, averaged over latent elements.
 
@@ -42,13 +46,19 @@ from torch.nn import functional as F
 
 from ..weights_io import save_safetensors
 
-__all__ = ["AVAE", "AVAEConfig", "AVAEOutput", "DEFAULT_WEIGHTS", "VAE_WEIGHTS", "avae_loss", "load_avae", "save_avae"]
+__all__ = ["ATTENTION_INPUTS", "AVAE", "AVAEConfig", "AVAEOutput", "DEFAULT_WEIGHTS", "VAE_WEIGHTS", "avae_loss", "load_avae", "save_avae"]
 
 #: The project's own trained weights (small, committed).
 DEFAULT_WEIGHTS = Path(__file__).parent / "models" / "default.safetensors"
 #: The same network without attention (equal weights), trained alike: the ``vae`` baseline.
 VAE_WEIGHTS = Path(__file__).parent / "models" / "vae_equal_weights.safetensors"
 FORMAT = "emfuse-avae-1"  # bump when the state-dict layout changes
+#: What the attention scores are computed from: ``"z"`` the paper's ``a' [z_1; ...; z_n]`` (a 1 x 1
+#: convolution of the concatenated latents); ``"stats"`` a small convolutional network (a
+#: ``attention_kernel`` convolution to ``attention_hidden`` channels, ReLU, 1 x 1 convolution) of
+#: the concatenated posterior means *and* log-variances ``[mu_1; logvar_1; ...]`` of all modes, so
+#: a weight can depend on every mode's uncertainty and on the neighbourhood.
+ATTENTION_INPUTS = ("z", "stats")
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,9 @@ class AVAEConfig:
 
     ``features`` channels in the convolutions, ``latent`` channels of each mode's latent map,
     ``stride`` the latent grid's step in image pixels (2: half the sampling; 1: the image's),
-    ``n_modes`` encoder branches, ``attention`` False for equal weights.
+    ``n_modes`` encoder branches, ``attention`` False for equal weights; ``attention_from``
+    (:data:`ATTENTION_INPUTS`), ``attention_hidden`` and ``attention_kernel`` say how the weights
+    are computed (the last two only for ``"stats"``).
     """
 
     n_modes: int = 3
@@ -65,17 +77,26 @@ class AVAEConfig:
     latent: int = 8
     attention: bool = True
     stride: int = 2
+    attention_from: str = "z"
+    attention_hidden: int = 16
+    attention_kernel: int = 3
 
     def __post_init__(self) -> None:
         if self.stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {self.stride}")
+        if self.attention_from not in ATTENTION_INPUTS:
+            raise ValueError(f"attention_from must be one of {ATTENTION_INPUTS}, got {self.attention_from!r}")
+        if self.attention_kernel % 2 != 1 or self.attention_kernel < 1:
+            raise ValueError(f"attention_kernel must be odd and >= 1, got {self.attention_kernel}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> AVAEConfig:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        fields.setdefault("attention_from", "z")  # files written before the choice existed
+        return cls(**fields)
 
 
 class AVAEOutput(NamedTuple):
@@ -130,7 +151,15 @@ class AVAE(nn.Module):
         self.cfg = cfg or AVAEConfig()
         c = self.cfg
         self.encoders = nn.ModuleList(ModeEncoder(c.features, c.latent, c.stride) for _ in range(c.n_modes))
-        self.score = nn.Conv2d(c.n_modes * c.latent, c.n_modes, 1)  # a' [z_1; ...; z_n]
+        if c.attention_from == "z":
+            self.score = nn.Conv2d(c.n_modes * c.latent, c.n_modes, 1)  # a' [z_1; ...; z_n]
+        else:  # "stats": a small conv net of [mu_i; logvar_i] of every mode
+            last = nn.Conv2d(c.attention_hidden, c.n_modes, 1)
+            nn.init.zeros_(last.weight)  # starts at equal weights: the VAE baseline's fusion
+            nn.init.zeros_(last.bias)
+            self.score = nn.Sequential(
+                nn.Conv2d(2 * c.n_modes * c.latent, c.attention_hidden, c.attention_kernel,
+                          padding=c.attention_kernel // 2), nn.ReLU(), last)
         self.decoder = Decoder(c.features, c.latent, c.stride)
 
     def forward(self, x: torch.Tensor) -> AVAEOutput:
@@ -143,8 +172,11 @@ class AVAE(nn.Module):
         logvar = torch.stack([s[1] for s in stats], dim=1)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
         b, n, c, h, w = z.shape
-        if self.cfg.attention:
+        if self.cfg.attention and self.cfg.attention_from == "z":
             weights = torch.softmax(self.score(z.reshape(b, n * c, h, w)), dim=1)
+        elif self.cfg.attention:
+            stats = torch.cat([mu, logvar], dim=2).reshape(b, 2 * n * c, h, w)
+            weights = torch.softmax(self.score(stats), dim=1)
         else:
             weights = torch.full((b, n, h, w), 1.0 / n, dtype=z.dtype, device=z.device)
         fused = (weights.unsqueeze(2) * z).sum(dim=1)

@@ -80,7 +80,7 @@ from pipeline.restore.specimens import (
     render_stem,
 )
 
-__all__ = ["MATERIALS", "MODES", "Material", "ModeImages", "Microscope", "ctf",
+__all__ = ["MATERIALS", "MODES", "VARIED", "Material", "ModeImages", "Microscope", "ctf",
            "simulate_region", "simulate_regions"]
 
 #: The modes, in the order of the ``mode`` axis of every array and store.
@@ -156,6 +156,33 @@ class Microscope:
     max_drift_px: float = 3.0
     illumination: tuple[float, float] = (0.7, 1.5)  # beam radius / field size
     gradient: float = 0.15  # largest relative intensity change across the field
+    # -- per-region variation of mode quality (off by default; see :data:`VARIED`) --
+    distortion_px: float = 0.0  # rms of a smooth non-rigid displacement of BF and DF (px)
+    distortion_scale: float = 0.25  # its correlation length / field size
+    contamination: tuple[float, float] = (0.0, 0.0)  # range of the HRTEM area fraction covered
+    contamination_phase: tuple[float, float] = (0.3, 0.8)  # mean extra phase of a patch (rad)
+
+
+#: The acquisition ranges with per-region variation of mode quality switched on:
+#:
+#: ``distortion_px = 1.5``
+#:     BF and DF are recorded at a lower magnification than the HRTEM, with other projector-lens
+#:     excitations, and some time before it: projector distortion (0.5-2 % is common) and the
+#:     specimen's bending or charging between exposures leave a smooth, position-dependent
+#:     displacement between the modes that a rigid registration cannot remove. Each of BF and DF
+#:     gets its own random displacement field (correlation length a quarter of the field, rms
+#:     ``distortion_px`` times U(0.5, 1)), so a mode is well aligned in one part of the field and
+#:     off by several pixels in another. Only a comparison with the other modes can tell where.
+#: ``contamination = (0, 0.4)``
+#:     Hydrocarbon contamination grows where the intense, focused HRTEM beam sits (BF and DF are
+#:     taken with a spread beam, first): patches covering up to 40 % of the HRTEM field carry a
+#:     few nm of amorphous carbon, an extra phase of mean U(0.3, 0.8) rad with a granular texture
+#:     (its own speckle through the CTF, on top of the lattice fringes). The truth (the specimen)
+#:     is unchanged; from the HRTEM alone a contaminated crystal looks like amorphous material,
+#:     BF and DF show the grain.
+#:
+#: The defaults of :class:`Microscope` leave both off (0), so every earlier result is unchanged.
+VARIED = Microscope(distortion_px=1.5, contamination=(0.0, 0.4))
 
 
 @dataclass
@@ -292,6 +319,15 @@ def _hrtem(truth: np.ndarray, pixel_nm: float, scope: Microscope, rng: np.random
                 aperture_inv_nm=scope.aperture_inv_nm)
     sigma = rng.uniform(0.5, 0.9)  # phase (rad) per unit projected potential
     phase = sigma * truth
+    if scope.contamination[1] > 0:  # amorphous carbon patches (drawn only when switched on)
+        fraction = float(rng.uniform(*scope.contamination))
+        carbon = float(rng.uniform(*scope.contamination_phase))
+        blobs = _smooth_field(truth.shape, max(truth.shape) / 8, rng)
+        texture = _smooth_field(truth.shape, 0.7, rng)
+        level = np.quantile(blobs, 1 - fraction) if fraction > 0 else np.inf
+        patch = ndimage.gaussian_filter((blobs > level).astype(float), 2.0)
+        phase = phase + carbon * patch * (1 + 0.5 * texture)
+        params["contamination"] = {"fraction": float((blobs > level).mean()), "phase_rad": carbon}
     wave = np.exp((1j - 0.07) * phase)
     image = sp_fft.ifft2(sp_fft.fft2(wave) * ctf(truth.shape, pixel_nm, **lens))
     params["hrtem"] = {**lens, "corrected": corrected, "phase_per_unit": float(sigma), "absorption": 0.07}
@@ -348,10 +384,27 @@ def _record(image: np.ndarray, dose: float, rng: np.random.Generator) -> tuple[n
                     "readout_sigma": float(readout)}
 
 
-def _shifted_crop(image: np.ndarray, drift: np.ndarray, pad: int) -> np.ndarray:
-    """Crop the field out of the padded canvas, the content moved by ``drift`` (dy, dx)."""
-    moved = ndimage.shift(image, drift, order=3, mode="nearest")
+def _shifted_crop(image: np.ndarray, drift: np.ndarray, pad: int,
+                  displacement: np.ndarray | None = None) -> np.ndarray:
+    """Crop the field out of the padded canvas, the content moved by ``drift`` (dy, dx).
+
+    ``displacement`` (2, H, W) of the canvas, px: a further position-dependent move of the content.
+    """
+    if displacement is None:
+        moved = ndimage.shift(image, drift, order=3, mode="nearest")
+    else:
+        yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]].astype(np.float64)
+        coords = np.stack([yy - drift[0] - displacement[0], xx - drift[1] - displacement[1]])
+        moved = ndimage.map_coordinates(image, coords, order=3, mode="nearest")
     return moved[pad:-pad, pad:-pad]
+
+
+def _displacement(shape: tuple[int, int], scope: Microscope, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """A smooth random displacement field (2, H, W) in px, zero mean, rms ``distortion_px * U(0.5, 1)``."""
+    rms = scope.distortion_px * float(rng.uniform(0.5, 1.0))
+    scale = scope.distortion_scale * max(shape)
+    field_ = np.stack([_smooth_field(shape, scale, rng) for _ in range(2)]) * rms
+    return field_, rms
 
 
 def simulate_region(
@@ -401,6 +454,8 @@ def simulate_region(
         raise ValueError(f"pixel_nm must be > 0, got {pixel_nm}")
     scope = scope or Microscope()
     mat = MATERIALS[material]
+    if not 0 <= scope.max_drift_px + 3 * scope.distortion_px <= _PAD - 4:
+        raise ValueError(f"max_drift_px + 3 distortion_px must be at most {_PAD - 4} px")
     if not 0 <= scope.max_drift_px <= _PAD - 8:
         raise ValueError(f"max_drift_px must be in [0, {_PAD - 8}], got {scope.max_drift_px}")
     pad = _PAD
@@ -415,9 +470,15 @@ def simulate_region(
     drift = np.zeros((len(MODES), 2))
     drift[:HRTEM] = rng.uniform(-scope.max_drift_px, scope.max_drift_px, (HRTEM, 2))
     clean = {"bf": bf, "df": df, "hrtem": hrtem}
+    displacement: dict[int, np.ndarray] = {}
+    if scope.distortion_px > 0:  # drawn only when switched on, so default regions are unchanged
+        for i in range(HRTEM):
+            displacement[i], rms = _displacement(canvas, scope, rng)
+            params.setdefault("distortion_rms_px", {})[MODES[i]] = rms
     modes = []
     for i, mode in enumerate(MODES):
-        image = _shifted_crop(clean[mode], drift[i], pad) if i != HRTEM else clean[mode][pad:-pad, pad:-pad]
+        image = (_shifted_crop(clean[mode], drift[i], pad, displacement.get(i)) if i != HRTEM
+                 else clean[mode][pad:-pad, pad:-pad])
         lit = image * _illumination((ny, nx), scope, rng)
         dose = hrtem_dose if (mode == "hrtem" and hrtem_dose) else rng.uniform(*scope.dose[mode])
         counts, camera = _record(lit, dose, rng)
