@@ -20,7 +20,7 @@ from stores.lock import StoreLock
 
 from .inputs import resolve_store
 from .jobs import job_kind
-from .report import write_report
+from .report import default_report_dir, write_report
 
 # Parameters are store paths, jobs and small dicts; caching would only hash them.
 _task = task(cache_policy=NO_CACHE, persist_result=False)
@@ -52,6 +52,14 @@ def report_task(out: str) -> list[str]:
     return [str(p) for p in write_report(out)]
 
 
+def _figures(out: str, state: str) -> list[str]:
+    """The report's files: drawn now, or those of an earlier run when nothing was recomputed."""
+    folder = default_report_dir(out)
+    if state == "complete" and (folder / "summary.json").is_file():
+        return sorted(str(p) for p in folder.iterdir() if p.suffix in (".png", ".json"))
+    return report_task(out)
+
+
 def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *, cluster: Any = "local",
                    workdir: str | None = None, elements: Sequence[str] | None = None,
                    report: bool = True, progress: bool = True) -> dict[str, Any]:
@@ -73,6 +81,6 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
             finalise_task(kind, job)
     result = job_kind(kind).module.summary(job)
     result.update(input_store=store, tiles_computed=tiles_computed, state=state)
-    result["figures"] = report_task(job.out) if report else []
+    result["figures"] = _figures(job.out, state) if report else []
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result

@@ -107,6 +107,8 @@ def test_rerun_resumes_and_recomputes_nothing_finished(first_run, night):
     for key in [("si1", "fuse"), ("si2", "fuse"), ("movie-ok", "restore")]:
         assert records[key]["status"] == "done"
         assert records[key]["state"] == "complete" and records[key]["tiles_computed"] == 0
+        # the figures of the first run are listed again, not redrawn
+        assert records[key]["figures"] == sorted(_by_name(first_run)[key]["figures"])
     np.testing.assert_array_equal(open_dataset(night / "results" / "si1.fuse.zarr").fused.values, before)
     assert again["n_failed"] == 3
 
