@@ -48,6 +48,9 @@ import dask
 import dask.array as da
 import numpy as np
 import zarr
+from _common import cpu_seconds as _cpu_seconds  # benchmarks/_common.py
+from _common import peak_rss as _peak_rss
+from _common import reset_peak_rss as _reset_peak_rss
 from dask.utils import parse_bytes
 
 from cluster import connect
@@ -146,29 +149,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 # --------------------------------------------------------------------------------------------
 # Peak memory of the worker processes
 # --------------------------------------------------------------------------------------------
-def _reset_peak_rss() -> bool:
-    """In a worker: reset the kernel's RSS high-water mark to the current RSS (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _peak_rss() -> int:
-    """In a worker: the RSS high-water mark (VmHWM) of this process, bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return -1
-
-
-def _cpu_seconds() -> float:
-    """In a worker: CPU seconds (user + system) this process has used."""
-    times = os.times()
-    return times.user + times.system
-
-
 def code_identity() -> dict[str, str]:
     """sha256 (12 hex digits) of the source of the modules whose numbers this benchmark reports.
 
