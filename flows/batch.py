@@ -81,7 +81,7 @@ def dataset_flow(name: str, path: str, elements: list[str] | None, jobs: dict[st
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     start = time.perf_counter()
     try:
-        store = ingest_task(path, inputs_dir, elements)
+        store = ingest_task(path, inputs_dir, elements, name)
     except Exception as exc:  # every job of the dataset fails with the ingest error
         failure = {**_failure(exc), "error": f"dataset {name}: {exc}"}
         return [{"job": kind, "status": "failed", "started": started, **failure,
@@ -142,6 +142,23 @@ def _shared_cluster(spec: Any, client) -> Any:
     return shared
 
 
+def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progress: bool) -> list[dict[str, Any]]:
+    """Each dataset's subflow on the batch's cluster; one record per dataset and job."""
+    shared = _shared_cluster(cat.cluster, client)
+    records = []
+    for entry in runnable:
+        bar.set_postfix_str(entry.name)
+        jobs = {k: {"store": cat.store(entry, k), "options": entry.options[k]} for k in entry.jobs}
+        results = dataset_flow(entry.name, entry.path, list(entry.elements or []) or None, jobs,
+                               cat.inputs_dir, shared, is_remote(cat.cluster), progress)
+        for result in results:
+            record = {**_record(cat, entry, result["job"]), **result}
+            records.append(record)
+            (log.error if record["status"] == "failed" else log.info)("%s", _status_line(record))
+            bar.update()
+    return records
+
+
 @flow(name="emfuse-batch", persist_result=False)
 def batch_flow(catalog: str, cluster: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run every dataset and job of ``catalog``; write the morning report; return its summary.
@@ -168,18 +185,23 @@ def batch_flow(catalog: str, cluster: str | None = None, progress: bool = True) 
                 bar.update()
         runnable = [e for e in cat.datasets if not e.error]
         if runnable:
-            with connect(cat.cluster) as client:
-                shared = _shared_cluster(cat.cluster, client)
+            cluster_cm = connect(cat.cluster)
+            try:
+                client = cluster_cm.__enter__()
+            except Exception as exc:  # no cluster: every job fails with that, and the report says so
+                message = (f"the cluster {cat.cluster!r} could not be started or reached "
+                           f"({type(exc).__name__}: {exc}); check the catalog's `cluster` or --cluster")
                 for entry in runnable:
-                    bar.set_postfix_str(entry.name)
-                    jobs = {k: {"store": cat.store(entry, k), "options": entry.options[k]} for k in entry.jobs}
-                    results = dataset_flow(entry.name, entry.path, list(entry.elements or []) or None, jobs,
-                                           cat.inputs_dir, shared, is_remote(cat.cluster), progress)
-                    for result in results:
-                        record = {**_record(cat, entry, result["job"]), **result}
-                        records.append(record)
-                        (log.error if record["status"] == "failed" else log.info)("%s", _status_line(record))
+                    for kind in entry.jobs:
+                        records.append({**_record(cat, entry, kind), "status": "failed", "error": message,
+                                        "error_type": type(exc).__name__})
                         bar.update()
+                log.error("%s", message)
+            else:
+                try:
+                    records += _run_datasets(cat, runnable, client, bar, progress)
+                finally:
+                    cluster_cm.__exit__(None, None, None)
         bar.close()
         info = {"catalog": cat.path, "output": cat.output, "cluster": str(cat.cluster),
                 "host": socket.gethostname(), "started": started,

@@ -161,7 +161,8 @@ def load_catalog(path: str | Path, *, cluster: Any = None) -> Catalog:
     data_root = _absolute(root, base).resolve() if root else None
     if data_root is not None and not data_root.is_dir():
         raise CatalogError(f"catalog {path}: data_root {data_root} is not a directory.")
-    chosen = _check_cluster(cluster if cluster is not None else data.get("cluster", "local"), base, path)
+    chosen = (_check_cluster(cluster, Path.cwd(), path) if cluster is not None  # --cluster: from the cwd
+              else _check_cluster(data.get("cluster", "local"), base, path))
     entries: list[DatasetEntry] = []
     for index, raw in enumerate(datasets):
         entries.extend(_entries(raw, index, base, data_root))
@@ -218,10 +219,12 @@ def _entries(raw: Any, index: int, base: Path, data_root: Path | None) -> list[D
         problems.append(f"`name` {raw['name']!r} must be letters, digits, '.', '_' or '-'")
     if problems:
         return [_failed(raw, index, "; ".join(problems))]
-    for model_options in options.values():
-        problem = _outside_root(model_options.get("model"), base, data_root, "model")
+    for job_options in options.values():
+        problem = _outside_root(job_options.get("model"), base, data_root, "model")
         if problem:
             return [_failed(raw, index, problem)]
+        if _is_path(job_options.get("model")):  # loaded from the catalog's folder, whatever the cwd
+            job_options["model"] = str(_absolute(job_options["model"], base))
     paths, problem = _expand(str(raw["path"]), base, data_root)
     if problem:
         return [_failed(raw, index, problem)]
@@ -238,7 +241,8 @@ def _job_options(params: Any, jobs: list[str]) -> tuple[dict[str, dict[str, Any]
         return {}, ["`params` must be a mapping, e.g. {lambda_chem: auto}"]
     options: dict[str, dict[str, Any]] = {job: dict(JOBS[job].defaults) for job in jobs}
     problems = []
-    for key, value in params.items():
+    # flat keys first, then per-job sections, so a job's own section wins whatever the order
+    for key, value in sorted(params.items(), key=lambda item: item[0] in JOBS):
         if key in JOBS:  # per-job parameters
             if key not in jobs:
                 problems.append(f"`params` has a {key!r} section but {key!r} is not in `jobs`")
@@ -267,11 +271,19 @@ def _within(path: Path, root: Path) -> bool:
     return True
 
 
+def _is_path(value: Any) -> bool:
+    """True for a model given as a file path (not ``default`` nor a published ``r_em:`` name)."""
+    return isinstance(value, str) and ":" not in value and value != "default"
+
+
 def _outside_root(value: Any, base: Path, data_root: Path | None, what: str) -> str | None:
-    """A message when a file named by the catalog lies outside ``data_root`` (symlinks followed)."""
-    if data_root is None or not isinstance(value, str) or ":" in value or value == "default":
+    """A message when a file named by the catalog lies outside ``data_root`` (symlinks followed).
+
+    ``what`` is "dataset" (every path checked) or "model" (only values that are paths).
+    """
+    if data_root is None or (what == "model" and not _is_path(value)):
         return None
-    path = _absolute(value, base)
+    path = _absolute(str(value), base)
     if _within(path, data_root):
         return None
     return (f"the {what} {path} lies outside the catalog's data_root {data_root} (after following "
@@ -299,15 +311,26 @@ def _expand(pattern: str, base: Path, data_root: Path | None) -> tuple[list[Path
 
 
 def _unique_names(entries: list[DatasetEntry]) -> list[DatasetEntry]:
-    """Later datasets that would write the same output stores as an earlier one fail."""
-    seen: dict[str, str] = {}
+    """Later datasets that would share a store with an earlier one fail.
+
+    One name may appear twice for the same file with other jobs (its output stores differ);
+    for another file it would share the ingested input and the outputs.
+    """
+    seen: dict[str, tuple[str, set[str]]] = {}
     result = []
     for entry in entries:
         if entry.error is None and entry.name in seen:
-            entry = DatasetEntry(entry.name, entry.path, entry.jobs, error=(
-                f"dataset {entry.name} ({entry.path}): the name {entry.name!r} is already used by "
-                f"{seen[entry.name]}, and both would write {entry.name}.<job>.zarr; give each a distinct `name`."))
+            path, jobs = seen[entry.name]
+            clash = path != entry.path or jobs & set(entry.jobs)
+            if clash:
+                what = (f"{entry.name}.<job>.zarr" if path != entry.path
+                        else ", ".join(f"{entry.name}.{j}.zarr" for j in sorted(jobs & set(entry.jobs))))
+                entry = DatasetEntry(entry.name, entry.path, entry.jobs, error=(
+                    f"dataset {entry.name} ({entry.path}): the name {entry.name!r} is already used by "
+                    f"{path}, and both would write {what}; give each a distinct `name`."))
+            else:
+                jobs.update(entry.jobs)
         elif entry.error is None:
-            seen[entry.name] = entry.path
+            seen[entry.name] = (entry.path, set(entry.jobs))
         result.append(entry)
     return result

@@ -442,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cluster import ClusterUnavailableError
+
     args = build_parser().parse_args(argv)
     if not args.verbose:
         # quiet Dask's per-worker INFO lines; inherited by worker processes
@@ -449,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ClusterUnavailableError) as exc:
         if args.traceback:
             raise
         print(f"emfuse {args.command}: error: {exc}", file=sys.stderr)

@@ -20,10 +20,12 @@ def resolve_store(
     workdir: str | Path,
     *,
     elements: Sequence[str] | None = None,
+    name: str | None = None,
 ) -> Path:
     """The canonical store for ``source``, ingesting a raw file first if needed.
 
-    A raw file ``run1.emd`` is ingested into ``<workdir>/run1.input.zarr``; an
+    A raw file ``run1.emd`` is ingested into ``<workdir>/run1.input.zarr`` (``<name>.input.zarr``
+    when a batch names the dataset, so two ``run1.emd`` of different folders stay apart); an
     earlier ingest of the same bytes (same sha256) is reused.
     """
     source = Path(source)
@@ -34,7 +36,7 @@ def resolve_store(
             f"{source} does not exist; give a canonical store or a raw file "
             f"({', '.join(sorted(ingest.SUPPORTED_SUFFIXES))})."
         )
-    target = Path(workdir) / f"{source.stem}.input.zarr"
+    target = Path(workdir) / f"{name or source.stem}.input.zarr"
     if is_complete(target) and read_attrs(target).get(ATTR_SHA256) == sha256_file(source):
         return target
     return ingest.ingest(source, target, elements=elements, overwrite=True)

@@ -27,8 +27,8 @@ _task = task(cache_policy=NO_CACHE, persist_result=False)
 
 
 @_task
-def ingest_task(source: str, workdir: str, elements: Sequence[str] | None = None) -> str:
-    return str(resolve_store(source, workdir, elements=elements))
+def ingest_task(source: str, workdir: str, elements: Sequence[str] | None = None, name: str | None = None) -> str:
+    return str(resolve_store(source, workdir, elements=elements, name=name))
 
 
 @_task

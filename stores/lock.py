@@ -31,6 +31,7 @@ from .zarrio import check_writable
 log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
+UNREADABLE_GRACE_S = 60.0
 
 
 class StoreLockedError(StoreError):
@@ -53,9 +54,17 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _boot_id() -> str | None:
+    """This boot of this host (Linux): a process id from before a reboot means nothing now."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def _holder() -> dict[str, object]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "command": " ".join(sys.argv)[:500],
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "boot": _boot_id(),
+            "command": " ".join(sys.argv)[:500], "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def _read(path: Path) -> dict[str, object]:
@@ -65,10 +74,24 @@ def _read(path: Path) -> dict[str, object]:
         return {}  # being written this instant, or garbage: treat as held by an unknown run
 
 
-def _is_stale(holder: dict[str, object]) -> bool:
-    """True when the holder is a process of this host that no longer runs."""
+def _is_stale(holder: dict[str, object], path: Path) -> bool:
+    """True when the holder is a process of this host that no longer runs (or ran before a reboot).
+
+    An empty or unreadable lock file (a crash between creating and writing it) is stale once it
+    is older than :data:`UNREADABLE_GRACE_S`; younger, its writer may be filling it in now.
+    """
+    if not holder:
+        try:
+            return time.time() - path.stat().st_mtime > UNREADABLE_GRACE_S
+        except OSError:
+            return True  # gone meanwhile
     pid = holder.get("pid")
-    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _process_alive(pid)
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    boot = holder.get("boot")
+    if boot is not None and boot != _boot_id():
+        return True
+    return not _process_alive(pid)
 
 
 class StoreLock:
@@ -91,10 +114,10 @@ class StoreLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read(self.path)
-                if not _is_stale(holder):
+                if not _is_stale(holder, self.path):
                     raise StoreLockedError(self._refusal(holder)) from None
-                log.warning("%s: taking over the lock of process %s, which no longer runs",
-                            self.store, holder.get("pid"))
+                log.warning("%s: taking over the lock of %s, which no longer runs", self.store,
+                            f"process {holder.get('pid')}" if holder else "an unreadable lock file")
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
@@ -116,7 +139,7 @@ class StoreLock:
         who = (f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
                f"({holder.get('command')})") if holder else "another run"
         return (f"{self.store} is being written by {who}. Wait for that run to finish, or choose "
-                f"another --out; if that run is gone (a node that died), delete {self.path}.")
+                f"another output (--out, or the catalog's `output`); if that run is gone (a node that died), delete {self.path}.")
 
     def __enter__(self) -> StoreLock:
         self.acquire()

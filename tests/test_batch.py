@@ -123,3 +123,35 @@ def test_schedule_deployment(prefect_harness, night):
     assert deployment.entrypoint == "flows.batch.batch_flow"
     with pytest.raises(ValueError, match="cron"):
         batch_deployment(night / "tonight.yaml", "0 25 * * *")
+
+
+def test_unreachable_cluster_still_writes_the_report(prefect_harness, night, tmp_path):
+    from flows.batch import batch_flow
+
+    catalog = tmp_path / "unreachable.yaml"
+    catalog.write_text(f"""
+output: {tmp_path / "out"}
+cluster: {{address: "tcp://127.0.0.1:9", timeout: 2s}}
+datasets:
+  - {{path: {night / "incoming" / "si1.zarr"}, jobs: [fuse]}}
+""")
+    info = batch_flow(str(catalog), progress=False)
+    assert info["n_failed"] == 1
+    assert "could not be started or reached" in info["records"][0]["error"]
+    assert "tcp://127.0.0.1:9" in Path(info["report"]).read_text()
+
+
+def test_raw_files_of_one_name_are_ingested_apart(tmp_path):
+    """Two run1.npz from two folders, named apart in a catalog, keep their own input stores."""
+    from flows.inputs import resolve_store
+
+    rng = np.random.default_rng(0)
+    stores = []
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        np.savez(folder / "run1.npz", HAADF=rng.random((16, 16)), Ti=rng.poisson(3, (16, 16)).astype(float))
+        stores.append(resolve_store(folder / "run1.npz", tmp_path / "inputs", name=name))
+    assert [s.name for s in stores] == ["first.input.zarr", "second.input.zarr"]
+    a, b = (open_dataset(s).haadf.values for s in stores)
+    assert not np.array_equal(a, b)

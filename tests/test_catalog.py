@@ -151,3 +151,42 @@ datasets:
 def test_data_root_must_exist(incoming):
     with pytest.raises(CatalogError, match="data_root"):
         load_catalog(_write(incoming, "data_root: nowhere\ndatasets:\n  - {path: x, jobs: [fuse]}\n"))
+
+
+def test_job_section_wins_whatever_the_order(incoming):
+    for params in ("{restore: {tile: 128}, tile: 64}", "{tile: 64, restore: {tile: 128}}"):
+        cat = load_catalog(_write(incoming, f"""
+datasets:
+  - {{path: incoming/movie.zarr, jobs: [restore, tem-fuse], params: {params}}}
+"""))
+        options = cat.datasets[0].options
+        assert options["restore"]["tile"] == 128 and options["tem-fuse"]["tile"] == 64
+
+
+def test_relative_model_path_is_the_catalogs(incoming, monkeypatch):
+    monkeypatch.chdir("/")
+    cat = load_catalog(_write(incoming, """
+datasets:
+  - {path: incoming/movie.zarr, jobs: [restore], params: {model: models/mine.safetensors}}
+"""))
+    assert cat.datasets[0].options["restore"]["model"] == str(incoming / "models" / "mine.safetensors")
+
+
+def test_one_name_for_one_file_with_other_jobs(incoming):
+    cat = load_catalog(_write(incoming, """
+datasets:
+  - {path: incoming/movie.zarr, jobs: [restore]}
+  - {path: incoming/movie.zarr, jobs: [tem-fuse]}
+  - {path: incoming/movie.zarr, jobs: [restore]}
+"""))
+    first, other_job, same_job = cat.datasets
+    assert first.error is None and other_job.error is None  # different output stores
+    assert "movie.restore.zarr" in same_job.error
+
+
+def test_cluster_option_is_read_from_the_current_folder(incoming, monkeypatch):
+    (incoming / "sub").mkdir()
+    (incoming / "sub" / "profile.yaml").write_text("profile: local-threads\n")
+    path = _write(incoming, "datasets:\n  - {path: incoming/run1.zarr, jobs: [fuse]}\n")
+    monkeypatch.chdir(incoming / "sub")
+    assert load_catalog(path, cluster="profile.yaml").cluster == str(incoming / "sub" / "profile.yaml")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from stores.errors import OutputNotWritable
-from stores.lock import StoreLock, StoreLockedError, lock_path
+from stores.lock import StoreLock, StoreLockedError, _boot_id, lock_path
 
 HOLD = """
 import sys, time
@@ -79,3 +80,26 @@ def test_run_job_refuses_a_locked_store(tmp_path, dysco3):
     with pytest.raises(StoreLockedError):
         run_job("fuse", store, out, client=None, progress=False, params={"lambda_chem": 0.05, "lambda_tv": 0.02})
     assert not out.exists()
+
+
+def test_unreadable_lock_waits_then_is_taken_over(tmp_path):
+    """A crash between creating the lock file and writing it leaves it empty."""
+    store = tmp_path / "out.zarr"
+    path = lock_path(store)
+    path.write_text("")
+    with pytest.raises(StoreLockedError):  # young: its writer may be filling it in
+        StoreLock(store).acquire()
+    old = path.stat().st_mtime - 3600
+    os.utime(path, (old, old))
+    with StoreLock(store):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_lock_from_before_a_reboot_is_stale(tmp_path):
+    store = tmp_path / "out.zarr"
+    # this very process id, alive, but recorded in another boot of this host
+    lock_path(store).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "boot": "another-boot"}))
+    if _boot_id() is None:
+        pytest.skip("no boot id on this system")
+    with StoreLock(store):
+        assert json.loads(lock_path(store).read_text())["boot"] == _boot_id()
