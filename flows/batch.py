@@ -24,7 +24,7 @@ import socket
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,14 @@ def _shared_cluster(spec: Any, client) -> Any:
     return shared
 
 
+def _failed(cat: Catalog, entry: DatasetEntry, error: str, error_type: str, bar) -> list[dict[str, Any]]:
+    """Records of a dataset whose jobs cannot start (a catalog mistake, no cluster)."""
+    log.error("%s", error)
+    bar.update(len(entry.jobs))
+    return [{**_record(cat, entry, kind), "status": "failed", "error": error, "error_type": error_type}
+            for kind in entry.jobs]
+
+
 def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progress: bool) -> list[dict[str, Any]]:
     """Each dataset's subflow on the batch's cluster; one record per dataset and job."""
     shared = _shared_cluster(cat.cluster, client)
@@ -176,32 +184,20 @@ def batch_flow(catalog: str, cluster: str | None = None, progress: bool = True) 
     with _run_log(output) as log_path:
         log.info("batch %s: %d datasets, %d jobs, cluster %s", cat.path, len(cat.datasets), len(todo), cat.cluster)
         bar = tqdm(total=len(todo), desc="batch", unit="job", disable=not progress, position=0)
-        failed_entries = [e for e in cat.datasets if e.error]
-        for entry in failed_entries:
-            for kind in entry.jobs:
-                records.append({**_record(cat, entry, kind), "status": "failed", "error": entry.error,
-                                "error_type": "CatalogError"})
-                log.error("%s", entry.error)
-                bar.update()
+        for entry in (e for e in cat.datasets if e.error):
+            records += _failed(cat, entry, entry.error, "CatalogError", bar)
         runnable = [e for e in cat.datasets if not e.error]
         if runnable:
-            cluster_cm = connect(cat.cluster)
-            try:
-                client = cluster_cm.__enter__()
-            except Exception as exc:  # no cluster: every job fails with that, and the report says so
-                message = (f"the cluster {cat.cluster!r} could not be started or reached "
-                           f"({type(exc).__name__}: {exc}); check the catalog's `cluster` or --cluster")
-                for entry in runnable:
-                    for kind in entry.jobs:
-                        records.append({**_record(cat, entry, kind), "status": "failed", "error": message,
-                                        "error_type": type(exc).__name__})
-                        bar.update()
-                log.error("%s", message)
-            else:
+            with ExitStack() as stack:
                 try:
+                    client = stack.enter_context(connect(cat.cluster))
+                except Exception as exc:  # no cluster: every job fails with that, and the report says so
+                    message = (f"the cluster {cat.cluster!r} could not be started or reached "
+                               f"({type(exc).__name__}: {exc}); check the catalog's `cluster` or --cluster")
+                    for entry in runnable:
+                        records += _failed(cat, entry, message, type(exc).__name__, bar)
+                else:
                     records += _run_datasets(cat, runnable, client, bar, progress)
-                finally:
-                    cluster_cm.__exit__(None, None, None)
         bar.close()
         info = {"catalog": cat.path, "output": cat.output, "cluster": str(cat.cluster),
                 "host": socket.gethostname(), "started": started,

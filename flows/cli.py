@@ -63,10 +63,15 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("execution")
     run.add_argument("--tile", type=int, default=512, help="tile size in pixels (default %(default)s)")
     run.add_argument("--halo", type=int, default=32, help="halo around each tile in pixels (default %(default)s)")
-    run.add_argument("--cluster", default="local",
-                     help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler address")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing output store")
-    run.add_argument("--no-report", action="store_true", help="do not write the PNG report")
+    _job_run_arguments(run)
+
+
+def _job_run_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The options every job command shares: where it runs, overwriting, the report."""
+    parser.add_argument("--cluster", default="local",
+                        help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler address")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    parser.add_argument("--no-report", action="store_true", help="do not write the PNG report")
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -364,10 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action="store_true",
                    help="also measure the drift of every frame and write the drift-corrected average")
     p.add_argument("--block", type=int, default=None, help="frames per task (default: about 32 MiB of frames, at most 1/8 of the movie)")
-    p.add_argument("--cluster", default="local",
-                   help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler address")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
-    p.add_argument("--no-report", action="store_true", help="do not write the PNG report")
+    _job_run_arguments(p)
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("train-restore", help="train or fine-tune a restoration network on synthetic pairs")
@@ -397,10 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, help="AVAE weights (.safetensors; default: the committed ones)")
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
     p.add_argument("--halo", type=int, default=32, help="halo around each tile in pixels (default %(default)s)")
-    p.add_argument("--cluster", default="local",
-                   help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler address")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
-    p.add_argument("--no-report", action="store_true", help="do not write the PNG report")
+    _job_run_arguments(p)
     p.set_defaults(func=cmd_tem_fuse)
 
     p = sub.add_parser("train-avae", help="train the AVAE on modes stores with a truth (emfuse synth tem-modes)")

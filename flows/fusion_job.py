@@ -38,7 +38,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from distributed import Client, as_completed
+from distributed import Client
 from tqdm.auto import tqdm
 
 from pipeline import elements as periodic
@@ -56,6 +56,8 @@ from stores.errors import StoreError, on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
 from stores.progress import TileRecord
 from stores.zarrio import mark_complete, open_dataset, read_attrs, update_attrs
+
+from .gather import gather
 
 log = logging.getLogger(__name__)
 JOB = "fuse"
@@ -467,14 +469,7 @@ def fuse_tiles(job: FusionJob, norm: Normalisation, client: Client, *, progress:
     if not todo:
         return 0
     futures = client.map(fuse_tile_in_store, [job] * len(todo), todo, [norm] * len(todo), pure=False)
-    with tqdm(total=len(todo), desc="fusing tiles", unit="tile", disable=not progress) as bar:
-        try:
-            for future in as_completed(futures):
-                future.result()  # re-raises a worker's error here, naming it
-                bar.update()
-        except BaseException:
-            client.cancel(futures)  # a shared (batch) cluster should not go on with this job's tiles
-            raise
+    gather(client, futures, desc="fusing tiles", progress=progress)
     return len(todo)
 
 

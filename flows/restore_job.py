@@ -39,8 +39,7 @@ import dask
 import numpy as np
 import xarray as xr
 import zarr
-from distributed import Client, as_completed
-from tqdm.auto import tqdm
+from distributed import Client
 
 from pipeline.metrics import psnr
 from pipeline.register import estimate_shift, shift_image
@@ -49,6 +48,8 @@ from stores.errors import on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region
 from stores.progress import TileRecord
 from stores.zarrio import mark_complete, open_dataset, sha256_file
+
+from .gather import gather
 
 log = logging.getLogger(__name__)
 JOB = "restore"
@@ -381,24 +382,6 @@ def drift_of_block(job: RestoreJob, index: int, reference: np.ndarray) -> tuple[
 # -- driver side ------------------------------------------------------------------------------
 
 
-def _gather(client: Client, futures: list, progress: bool, desc: str, sizes: dict) -> list:
-    """Results as they finish, with a progress bar in frames; on an error the rest is cancelled."""
-    results = []
-    with tqdm(total=sum(sizes.values()), desc=desc, unit="frame", disable=not progress) as bar:
-        try:
-            for future in as_completed(futures):
-                result = future.result()  # re-raises a worker's error here
-                if isinstance(result, RestoreInputError):
-                    raise result
-                results.append(result)
-                bar.update(sizes[future.key])
-        except BaseException:
-            client.cancel(futures)
-            bar.leave = False  # the error, not a half-full bar, is what stays on screen
-            raise
-    return results
-
-
 def restore_blocks(job: RestoreJob, client: Client, *, progress: bool = True) -> int:
     """Restore every unfinished block on the cluster; returns how many blocks were computed now."""
     done = {row for row, _ in TileRecord.open(job.out, JOB).done_tiles()}
@@ -407,7 +390,7 @@ def restore_blocks(job: RestoreJob, client: Client, *, progress: bool = True) ->
         return 0
     futures = client.map(_restore_block_task, [job] * len(todo), todo, pure=False)
     sizes = {f.key: job.blocks[b].stop - job.blocks[b].start for f, b in zip(futures, todo)}
-    _gather(client, futures, progress, "restoring", sizes)
+    gather(client, futures, desc="restoring", unit="frame", progress=progress, sizes=sizes)
     return len(todo)
 
 
@@ -423,7 +406,8 @@ def register(job: RestoreJob, client: Client, *, progress: bool = True) -> None:
     sizes = {f.key: job.blocks[b].stop - job.blocks[b].start for f, b in zip(futures, indices)}
     drift = np.zeros((job.n_frames, 2))
     total = np.zeros(restored.shape[1:])
-    for index, shifts, block_total in _gather(client, futures, progress, "registering", sizes):
+    for index, shifts, block_total in gather(client, futures, desc="registering", unit="frame",
+                                                 progress=progress, sizes=sizes):
         drift[job.blocks[index]] = shifts
         total += block_total
     write_region(job.out, layout.DRIFT, (slice(None), slice(None)), drift)

@@ -33,8 +33,7 @@ from typing import Any
 import dask
 import numpy as np
 import xarray as xr
-from distributed import Client, as_completed
-from tqdm.auto import tqdm
+from distributed import Client
 
 from pipeline import tiles
 from pipeline.avae.fuse import fuse_tile
@@ -46,6 +45,8 @@ from stores.errors import on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
 from stores.progress import TileRecord
 from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, update_attrs
+
+from .gather import gather
 
 log = logging.getLogger(__name__)
 JOB = "tem-fuse"
@@ -229,10 +230,7 @@ def fuse_tiles(job: TemFuseJob, prep: Preprocessing, client: Client, *, progress
     if not todo:
         return 0
     futures = client.map(fuse_tile_in_store, [job] * len(todo), todo, [prep] * len(todo), pure=False)
-    with tqdm(total=len(todo), desc="fusing TEM modes", unit="tile", disable=not progress) as bar:
-        for future in as_completed(futures):
-            future.result()
-            bar.update()
+    gather(client, futures, desc="fusing TEM modes", progress=progress)
     return len(todo)
 
 

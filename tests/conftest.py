@@ -1,4 +1,4 @@
-"""Shared fixtures: the reference data beside the checkout, GPU detection, Prefect harness."""
+"""Shared fixtures: the reference data beside the checkout, a Dask client, GPU detection, Prefect harness."""
 
 from __future__ import annotations
 
@@ -59,6 +59,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A Dask client of two worker threads in this process, one per test module."""
+    from cluster import connect
+
+    with connect("local-threads", n_workers=2, threads_per_worker=1) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,6 @@ import pytest
 import tifffile
 import xarray as xr
 
-from cluster import connect
 from flows import fusion_job, restore_job, tem_fuse_job
 from flows.jobs import run_job
 from flows.synth import write_synthetic
@@ -46,12 +45,6 @@ FORMATS = DATA / "formats"
 FUSION = DATA / "fusion"
 TIA = ("128x128_TEM_acquire-sum1.emi", "128x128_TEM_acquire-sum1_1.ser")  # a pair: .emi names the .ser
 FIX = re.compile(r"copy|export|acquire|save|store|calibrate", re.IGNORECASE)  # every message ends with a fix
-
-
-@pytest.fixture(scope="module")
-def client():
-    with connect("local-threads", n_workers=2, threads_per_worker=1) as c:
-        yield c
 
 
 def _need(path: Path) -> Path:

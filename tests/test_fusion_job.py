@@ -7,19 +7,12 @@ import pytest
 import xarray as xr
 import zarr
 
-from cluster import connect
 from flows import fusion_job
 from flows.jobs import run_job
 from pipeline.fusion import FusionInputError, fuse
 from stores.errors import OutputNotWritable, StoreError
 from stores.progress import TileRecord
 from stores.zarrio import is_complete, open_dataset, write_dataset
-
-
-@pytest.fixture(scope="module")
-def client():
-    with connect("local-threads", n_workers=2, threads_per_worker=1) as c:
-        yield c
 
 
 @pytest.fixture()

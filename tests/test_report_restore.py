@@ -14,7 +14,6 @@ import xarray as xr
 from dask_helpers import LargestResult
 from matplotlib.image import imread
 
-from cluster import connect
 from flows import restore_job
 from flows.report import write_report
 from flows.report_restore import (
@@ -34,12 +33,6 @@ from stores.zarrio import open_dataset, update_attrs, write_dataset
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OPTIONS = dict(tile=32, overlap=8, batch=4, block=3)
 FRAMES = 9  # more than restore_job.SUMMARY_FRAMES: the PSNR is over the first 8
-
-
-@pytest.fixture(scope="module")
-def client():
-    with connect("local-threads", n_workers=2, threads_per_worker=1) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 import torch
 import xarray as xr
 
-from cluster import connect
 from flows import restore_job
 from flows.jobs import run_job
 from flows.synth import write_synthetic
@@ -21,12 +20,6 @@ from stores.progress import TileRecord
 from stores.zarrio import is_complete, open_dataset, write_dataset
 
 OPTIONS = dict(tile=32, overlap=8, batch=4, block=2)
-
-
-@pytest.fixture(scope="module")
-def client():
-    with connect("local-threads", n_workers=2, threads_per_worker=1) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from cluster import connect
 from flows import tem_fuse_job
 from flows.jobs import run_job
 from flows.report import write_report
@@ -16,12 +15,6 @@ from pipeline.avae.model import AVAE, AVAEConfig, load_avae, save_avae
 from pipeline.avae.preprocess import Preprocessing
 from stores.errors import StoreError
 from stores.zarrio import is_complete, open_dataset
-
-
-@pytest.fixture(scope="module")
-def client():
-    with connect("local-threads", n_workers=2, threads_per_worker=1) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
