@@ -63,6 +63,20 @@ def _hardware() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__} CPU"
 
 
+def _missing_mode_scores(prepared, test, models, materials) -> dict:
+    """Each mode left out in turn: the networks fused from the other two, and their average."""
+    out = {}
+    for i, mode in enumerate(MODES):
+        present = np.ones(len(MODES), dtype=bool)
+        present[i] = False
+        images = {name: [fuse_modes(net, x, present=present)[0] for x in prepared.inputs[test]]
+                  for name, net in models.items()}
+        images["average"] = [x[present].mean(axis=0) for x in prepared.inputs[test]]
+        scores = score_methods(images, prepared.truths[test], materials)
+        out[mode] = {k: {"psnr": v["psnr"], "ssim": v["ssim"]} for k, v in scores.items()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, required=True)
@@ -75,6 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--beta", type=float, default=TrainSettings().beta)
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--latent", type=int, default=8)
+    p.add_argument("--mode-dropout", type=float, default=TrainSettings().mode_dropout,
+                   help="train with this probability of fusing a random subset of the modes (TrainSettings.mode_dropout)")
+    p.add_argument("--missing", action="store_true",
+                   help="also score the networks with each mode missing in turn (fused from the other two)")
     p.add_argument("--classifier-steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save-models", type=Path, default=None, help="directory to save the trained weights")
@@ -114,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
         training["weights"] = {name: str(path) for name, path in paths.items()}
         training["configs"] = {name: asdict(m.cfg) for name, m in models.items()}
     else:
-        settings = TrainSettings(steps=args.steps, lr=args.lr, beta=args.beta, seed=args.seed, threads=args.threads)
+        settings = TrainSettings(steps=args.steps, lr=args.lr, beta=args.beta, seed=args.seed, threads=args.threads,
+                                 mode_dropout=args.mode_dropout)
         variants = [("avae", True, args.attention_from), ("vae", False, "z")]
         if args.compare_z:
             variants.append(("avae_z", True, "z"))
@@ -162,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
             maps = [fuse_modes(models[name], x)[1].mean(axis=(1, 2)) for x in prepared.inputs[test]]
             attention_mean[name] = dict(zip(MODES, np.mean(maps, axis=0).round(4).tolist()))
 
+    missing = _missing_mode_scores(prepared, test, models, materials) if args.missing else {}
+
     # feature extraction: material class from crops of each kind of image
     t1 = time.perf_counter()
     labels = np.array([sorted(MATERIALS).index(m) for m in prepared.materials])
@@ -184,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         "margin_standard_error": margin_sem,
         "avae_beats_every_baseline": all(margins[b]["psnr_db"] > 0 and margins[b]["ssim"] > 0 for b in BASELINES),
         "mean_attention": attention_mean,
+        "missing_mode": missing,
         "paper_claims": PAPER,
         "classification_accuracy": classification,
         "registration_error_px": {m: {"median": float(np.median(prepared.registration_error[:, i])),
@@ -207,6 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
                  f"{margins[name]['ssim']:+.4f} ±{margin_sem[name]['ssim']:.4f}") if name in margins else ""
         print(f"{name:>9} {m['psnr']:>10.2f} {m['ssim']:>7.3f}{extra}")
     print(f"mean attention: {attention_mean}")
+    for mode, scores in missing.items():
+        print(f"{mode} missing: " + ", ".join(f"{k} {v['psnr']:.2f} dB / {v['ssim']:.3f}" for k, v in scores.items()))
     print("classification accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in classification.items()))
     print(f"wrote {args.json}")
     return result

@@ -225,7 +225,8 @@ def cmd_train_avae(args: argparse.Namespace) -> int:
         _require(store)
     settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, beta=args.beta, crop=args.crop,
                              seed=args.seed, threads=args.threads)
-    cfg = AVAEConfig(features=args.features, latent=args.latent, attention=not args.no_attention)
+    cfg = AVAEConfig(features=args.features, latent=args.latent, attention=not args.no_attention,
+                     attention_from=args.attention_from)
 
     def progress(step: int, rec: dict[str, float]) -> None:
         val = f", validation MSE {rec['validation_mse']:.4f}" if "validation_mse" in rec else ""
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=int, default=16, help="channels of the convolutions (default %(default)s)")
     p.add_argument("--latent", type=int, default=8, help="latent channels per mode (default %(default)s)")
     p.add_argument("--no-attention", action="store_true", help="equal weights instead of attention (the vae baseline)")
+    p.add_argument("--attention-from", choices=("z", "stats"), default="z",
+                   help="attention scores from the latents (z, the paper's a'[z]) or from every mode's mean "
+                        "and log-variance with 3x3 context (stats) (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
     p.set_defaults(func=cmd_train_avae)

@@ -11,7 +11,7 @@ from pipeline.avae.evaluate import method_images, prepare_regions, score_methods
 from pipeline.avae.fuse import fuse_modes
 from pipeline.avae.model import AVAE, AVAEConfig, avae_loss, load_avae, model_info, save_avae
 from pipeline.avae.simulate import simulate_regions
-from pipeline.avae.train import TrainSettings, sample_batch, standardise, train_avae
+from pipeline.avae.train import TrainSettings, sample_batch, sample_present, standardise, train_avae
 
 TINY = AVAEConfig(features=6, latent=3)
 
@@ -46,6 +46,40 @@ def test_a_full_sampling_latent_gives_attention_at_every_pixel():
 def test_without_attention_the_weights_are_equal():
     out = AVAE(AVAEConfig(features=6, latent=3, attention=False)).eval()(torch.rand(1, 3, 8, 8))
     assert torch.all(out.attention == 1 / 3)
+
+
+@pytest.mark.parametrize("cfg", [TINY, AVAEConfig(features=6, latent=3, attention_from="stats"),
+                                 AVAEConfig(features=6, latent=3, attention=False)], ids=["z", "stats", "equal"])
+def test_absent_modes_get_no_weight_and_do_not_change_the_result(cfg):
+    torch.manual_seed(1)
+    net = AVAE(cfg).eval()
+    x = torch.rand(2, 3, 16, 16)
+    present = torch.tensor([[1, 0, 1], [0, 0, 1]])
+    out = net(x, present)
+    assert torch.all(out.attention[0, 1] == 0) and torch.all(out.attention[1, :2] == 0)
+    torch.testing.assert_close(out.attention.sum(1), torch.ones(2, 8, 8))
+    torch.testing.assert_close(out.fused[1:], net(x[1:], torch.tensor([0, 0, 1])).fused)
+    if not cfg.attention:  # equal weights over what is there
+        assert torch.all(out.attention[0, 0] == 0.5)
+    scrambled = x.clone()
+    scrambled[0, 1], scrambled[1, 0] = torch.rand(16, 16), torch.rand(16, 16)  # what an absent mode holds is ignored
+    torch.testing.assert_close(net(scrambled, present).fused, out.fused)
+    assert not torch.allclose(net(scrambled).fused, net(x).fused)
+    torch.testing.assert_close(net(x, torch.ones(3)).fused, net(x).fused)
+    with pytest.raises(ValueError, match="at least one mode"):
+        net(x, torch.tensor([1, 0, 0]).expand(2, 3) * torch.tensor([[1], [0]]))
+    with pytest.raises(ValueError, match="present must be"):
+        net(x, torch.ones(2, 2))
+
+
+def test_mode_dropout_draws_every_proper_subset_and_keeps_full_sets():
+    m = sample_present(6000, 3, 0.4, np.random.default_rng(4))
+    full = (m.sum(1) == 3).mean()
+    assert 0.57 < full < 0.63
+    codes = (m[m.sum(1) < 3] * [1, 2, 4]).sum(1).astype(int)
+    counts = np.bincount(codes, minlength=8)
+    assert counts[0] == 0 and counts[7] == 0 and counts[1:7].min() > 0.8 * counts[1:7].mean()
+    assert (sample_present(10, 3, 0.0, np.random.default_rng(0)) == 1).all()
 
 
 def test_loss_is_reconstruction_plus_beta_kl():

@@ -18,12 +18,13 @@ def test_synth_train_fuse_report(prefect_harness, tmp_path, capsys):
     store, model, out = tmp_path / "tem.zarr", tmp_path / "m.safetensors", tmp_path / "fused.zarr"
     assert main(["synth", "tem-modes", "--out", str(store), "--shape", "96", "96", "--seed", "3"]) == 0
     assert main(["train-avae", str(store), "--out", str(model), "--steps", "4", "--batch", "4",
-                 "--crop", "32", "--region", "48", "--features", "4", "--latent", "2"]) == 0
+                 "--crop", "32", "--region", "48", "--features", "4", "--latent", "2",
+                 "--attention-from", "stats"]) == 0
     printed = capsys.readouterr().out
     assert "step 4: reconstruction" in printed and "validation MSE" in printed
     info = model_info(model)
     assert info["regions"] == {"train": 3, "validation": 1} and info["settings"]["lr"] == 1e-4
-    assert load_avae(model).cfg.features == 4
+    assert load_avae(model).cfg.features == 4 and load_avae(model).cfg.attention_from == "stats"
     assert main(["tem-fuse", str(store), "--out", str(out), "--model", str(model), "--tile", "64",
                  "--halo", "16", "--cluster", "local-threads"]) == 0
     printed = capsys.readouterr().out

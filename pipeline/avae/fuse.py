@@ -34,8 +34,13 @@ __all__ = ["fuse_modes", "fuse_tile"]
 
 
 @torch.no_grad()
-def fuse_modes(model: AVAE, modes: Any, *, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fused image (y, x) and attention (mode, y, x) of preprocessed ``modes`` (mode, y, x) in [0, 1]."""
+def fuse_modes(model: AVAE, modes: Any, *, present: Any = None,
+               device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fused image (y, x) and attention (mode, y, x) of preprocessed ``modes`` (mode, y, x) in [0, 1].
+
+    ``present`` (one flag per mode), optional: fuse only the modes marked true; the others get
+    weight 0 whatever their pixels hold (a mode not recorded: pass zeros for it).
+    """
     a = np.asarray(modes, dtype=np.float32)
     if a.ndim != 3 or a.shape[0] != model.cfg.n_modes:
         raise ValueError(f"expected modes ({model.cfg.n_modes}, y, x), got {a.shape}")
@@ -47,7 +52,8 @@ def fuse_modes(model: AVAE, modes: Any, *, device: str | None = None) -> tuple[n
         x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
     device = device or next(model.parameters()).device.type
     model.eval()
-    out = model(x.to(device))
+    keep = None if present is None else torch.as_tensor(np.asarray(present, dtype=np.float32))[None]
+    out = model(x.to(device), None if keep is None else keep.to(device))
     attention = F.interpolate(out.attention, size=x.shape[-2:], mode="bilinear", align_corners=False)
     fused = out.fused[0, 0, :ny, :nx].cpu().numpy()
     return fused.astype(np.float32), attention[0, :, :ny, :nx].cpu().numpy().astype(np.float32)

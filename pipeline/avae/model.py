@@ -162,7 +162,13 @@ class AVAE(nn.Module):
                           padding=c.attention_kernel // 2), nn.ReLU(), last)
         self.decoder = Decoder(c.features, c.latent, c.stride)
 
-    def forward(self, x: torch.Tensor) -> AVAEOutput:
+    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> AVAEOutput:
+        """Fuse the modes of ``x``; ``present`` (B, n_modes), optional, marks the modes to use.
+
+        A mode marked absent (0) gets weight 0 and the others share the weight: the attention's
+        softmax runs over the present modes only (their latents are also what it sees; an absent
+        mode's latent is replaced by zeros), equal weights become ``1 / (modes present)``.
+        """
         if x.ndim != 4 or x.shape[1] != self.cfg.n_modes:
             raise ValueError(f"expected (batch, {self.cfg.n_modes}, H, W), got {tuple(x.shape)}")
         if x.shape[-1] % self.cfg.stride or x.shape[-2] % self.cfg.stride:
@@ -172,15 +178,33 @@ class AVAE(nn.Module):
         logvar = torch.stack([s[1] for s in stats], dim=1)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
         b, n, c, h, w = z.shape
+        keep = self._present(present, b, z)
+        seen_z, seen_mu, seen_logvar = (z, mu, logvar) if keep is None else (
+            z * keep[..., None, None, None], mu * keep[..., None, None, None], logvar * keep[..., None, None, None])
         if self.cfg.attention and self.cfg.attention_from == "z":
-            weights = torch.softmax(self.score(z.reshape(b, n * c, h, w)), dim=1)
+            scores = self.score(seen_z.reshape(b, n * c, h, w))
         elif self.cfg.attention:
-            stats = torch.cat([mu, logvar], dim=2).reshape(b, 2 * n * c, h, w)
-            weights = torch.softmax(self.score(stats), dim=1)
+            scores = self.score(torch.cat([seen_mu, seen_logvar], dim=2).reshape(b, 2 * n * c, h, w))
         else:
-            weights = torch.full((b, n, h, w), 1.0 / n, dtype=z.dtype, device=z.device)
+            scores = torch.zeros((b, n, h, w), dtype=z.dtype, device=z.device)  # softmax: 1/n
+        if keep is not None:
+            scores = scores.masked_fill(keep[..., None, None] == 0, float("-inf"))
+        weights = torch.softmax(scores, dim=1)
         fused = (weights.unsqueeze(2) * z).sum(dim=1)
         return AVAEOutput(self.decoder(fused), weights, mu, logvar)
+
+    def _present(self, present: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor | None:
+        if present is None:
+            return None
+        keep = torch.as_tensor(present, device=like.device).to(like.dtype)
+        if keep.ndim == 1:
+            keep = keep.expand(batch, -1)
+        if keep.shape != (batch, self.cfg.n_modes):
+            raise ValueError(f"present must be ({self.cfg.n_modes},) or (batch, {self.cfg.n_modes}), "
+                             f"got {tuple(keep.shape)}")
+        if bool((keep.sum(1) == 0).any()):
+            raise ValueError("at least one mode must be present in every item")
+        return keep
 
 
 def avae_loss(out: AVAEOutput, target: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, float]]:

@@ -34,7 +34,7 @@ import torch
 
 from .model import AVAE, AVAEConfig, avae_loss
 
-__all__ = ["TrainSettings", "sample_batch", "standardise", "train_avae"]
+__all__ = ["TrainSettings", "sample_batch", "sample_present", "standardise", "train_avae"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ class TrainSettings:
     threads: int | None = 1  # torch CPU threads (None: leave torch's setting)
     validate_every: int = 200
     validation_crop: int = 96
+    #: Probability that a training crop is fused from a random proper subset of its modes (each
+    #: non-empty subset alike) instead of all of them: every mode's latent must then decode on
+    #: its own and in any company, so the latents share one meaning and fusing them is a choice
+    #: between estimates (see docs/methods/avae.md). 0: always all modes.
+    mode_dropout: float = 0.0
 
 
 def standardise(truth: Any) -> np.ndarray:
@@ -87,6 +92,24 @@ def sample_batch(inputs: np.ndarray, targets: np.ndarray, batch: int, crop: int,
         xs.append(x)
         ys.append(y)
     return np.ascontiguousarray(np.stack(xs)), np.ascontiguousarray(np.stack(ys))
+
+
+def sample_present(batch: int, n_modes: int, dropout: float, rng: np.random.Generator) -> np.ndarray:
+    """Which modes each crop is fused from (batch, n_modes) of 0/1: all, or with probability
+    ``dropout`` one of the proper non-empty subsets (uniformly).
+
+    Examples
+    --------
+    >>> m = sample_present(1000, 3, 0.5, np.random.default_rng(0))
+    >>> bool((m.sum(1) >= 1).all()), round(float((m.sum(1) == 3).mean()), 1)
+    (True, 0.5)
+    """
+    subsets = [s for s in range(1, 2**n_modes - 1)]  # bit masks, neither empty nor all
+    present = np.ones((batch, n_modes), dtype=np.float32)
+    for b in np.flatnonzero(rng.random(batch) < dropout):
+        bits = subsets[int(rng.integers(len(subsets)))]
+        present[b] = [(bits >> i) & 1 for i in range(n_modes)]
+    return present
 
 
 def _validation_crops(validation: tuple[np.ndarray, np.ndarray], crop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +185,9 @@ def train_avae(
     start = time.perf_counter()
     for step in range(1, settings.steps + 1):
         xb, yb = sample_batch(x_all, y_all, settings.batch, settings.crop, rng)
-        out = model(torch.from_numpy(xb))
+        present = (torch.from_numpy(sample_present(len(xb), cfg.n_modes, settings.mode_dropout, rng))
+                   if settings.mode_dropout > 0 else None)
+        out = model(torch.from_numpy(xb), present)
         loss, parts = avae_loss(out, torch.from_numpy(yb), settings.beta)
         optimiser.zero_grad()
         loss.backward()
