@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--beta", type=float, default=TrainSettings().beta)
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--latent", type=int, default=8)
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="seed of the networks' initialisation and crop sampling (default: --seed); "
+                        "vary it to measure the spread between training runs (benchmarks/avae_runs.py)")
     p.add_argument("--mode-dropout", type=float, default=TrainSettings().mode_dropout,
                    help="train with this probability of fusing a random subset of the modes (TrainSettings.mode_dropout)")
     p.add_argument("--missing", action="store_true",
@@ -103,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also train (or load, --z-weights) the paper's z-attention as method 'avae_z'")
     p.add_argument("--variation", action="store_true",
                    help="simulate with per-region variation of mode quality (pipeline.avae.simulate.VARIED)")
+    p.add_argument("--flat-reference", action="store_true",
+                   help="flat-field every mode with its simulated illumination (a vacuum reference) instead of "
+                        "a fitted smooth surface, so BF keeps the specimen's thickness wedge")
     p.add_argument("--avae-weights", type=Path, default=DEFAULT_WEIGHTS, help="with --pretrained")
     p.add_argument("--vae-weights", type=Path, default=VAE_WEIGHTS, help="with --pretrained")
     p.add_argument("--z-weights", type=Path, default=None, help="with --pretrained --compare-z")
@@ -114,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     scope = {"scope": VARIED} if args.variation else {}
-    prepared = prepare_regions(simulate_regions(args.n, (args.size, args.size), args.seed, **scope))
+    prepared = prepare_regions(simulate_regions(args.n, (args.size, args.size), args.seed, **scope),
+                               flat_reference=args.flat_reference)
     t_sim = time.perf_counter() - t0
     train, val, test = split_indices(args.n, args.seed)
     print(f"{args.n} regions of {args.size}^2 simulated and preprocessed in {t_sim:.0f} s; "
@@ -132,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
         training["weights"] = {name: str(path) for name, path in paths.items()}
         training["configs"] = {name: asdict(m.cfg) for name, m in models.items()}
     else:
-        settings = TrainSettings(steps=args.steps, lr=args.lr, beta=args.beta, seed=args.seed, threads=args.threads,
+        train_seed = args.seed if args.train_seed is None else args.train_seed
+        settings = TrainSettings(steps=args.steps, lr=args.lr, beta=args.beta, seed=train_seed, threads=args.threads,
                                  mode_dropout=args.mode_dropout)
         variants = [("avae", True, args.attention_from), ("vae", False, "z")]
         if args.compare_z:
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   for i, m in enumerate(MODES) if m != "hrtem"},
         "mode_weights_weighted": dict(zip([*MODES, "offset"], weights.tolist())),
         "setup": {"seed": args.seed, "n": args.n, "size": args.size, "variation": args.variation,
+                  "flat_reference": args.flat_reference,
                   "scope": asdict(VARIED) if args.variation else "Microscope() defaults", "split": [len(train), len(val), len(test)],
                   "test_regions": test.tolist(), "simulate_seconds": t_sim, "classifier_seconds": t_cls,
                   "classifier_steps": args.classifier_steps, "hardware": _hardware(),

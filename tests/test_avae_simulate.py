@@ -149,3 +149,30 @@ def test_distortion_moves_the_content_by_the_displacement_field():
     moved = _shifted_crop(image, np.zeros(2), 8, ramp)
     still = _shifted_crop(image, np.zeros(2), 8)
     assert np.abs(moved[:, :4] - still[:, :4]).max() < 0.2 * np.abs(moved[:, -8:] - still[:, -8:]).max()
+
+
+def test_the_illumination_is_recorded_and_a_flat_reference_keeps_the_thickness_in_bf():
+    """Dividing by the recorded illumination gives back the unlit image; fitting a smooth surface
+    instead also removes BF's thickness wedge, which a flat (vacuum) reference keeps."""
+    from scipy import ndimage
+
+    from pipeline.avae.evaluate import prepare_regions
+
+    lit = simulate_region((96, 96), "ceramic", np.random.default_rng(1))
+    unlit = simulate_region((96, 96), "ceramic", np.random.default_rng(1), record=False)
+    assert lit.illumination.shape == (3, 96, 96)
+    np.testing.assert_allclose(lit.illumination.mean(axis=(1, 2)), 1.0, rtol=1e-5)
+    smooth = lambda a: ndimage.gaussian_filter(a, 4).ravel()  # noqa: E731
+    for i in range(3):
+        corrected = np.corrcoef(smooth(lit.modes[i] / lit.illumination[i]), smooth(unlit.modes[i]))[0, 1]
+        raw = np.corrcoef(smooth(lit.modes[i]), smooth(unlit.modes[i]))[0, 1]
+        assert corrected > max(raw, 0.9)
+    regions = simulate_regions(6, (128, 128), 3)
+
+    def bf_follows_truth(flat_reference):
+        p = prepare_regions(regions, flat_reference=flat_reference)
+        return np.mean([abs(np.corrcoef(ndimage.gaussian_filter(x[0], 16).ravel(),
+                                        ndimage.gaussian_filter(t, 16).ravel())[0, 1])
+                        for x, t in zip(p.inputs, p.truths)])
+
+    assert bf_follows_truth(True) > bf_follows_truth(False) + 0.2

@@ -42,14 +42,20 @@ class Prepared:
     drift: np.ndarray  # (N, modes, 2) true drift, px
 
 
-def prepare_regions(regions: Sequence[ModeImages]) -> Prepared:
-    """Preprocess every region on its own (flat field, equalisation, registration, denoising)."""
+def prepare_regions(regions: Sequence[ModeImages], *, flat_reference: bool = False) -> Prepared:
+    """Preprocess every region on its own (flat field, equalisation, registration, denoising).
+
+    ``flat_reference``: divide each mode by its recorded illumination (a vacuum reference) instead
+    of fitting the illumination as a smooth surface, which also takes away the smooth part of the
+    specimen's own contrast (BF's thickness wedge).
+    """
     inputs, errors = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # failed matches are counted in the errors
         for r in regions:
-            prep = Preprocessing.fit(r.modes)
-            inputs.append(prep.apply(r.modes))
+            modes = r.modes / r.illumination if flat_reference else r.modes
+            prep = Preprocessing.fit(modes, order=0 if flat_reference else 2)
+            inputs.append(prep.apply(modes))
             errors.append(np.linalg.norm(prep.drift - r.drift, axis=1))
     truths = np.stack([r.truth for r in regions]).astype(np.float32)
     return Prepared(np.stack(inputs), np.stack([standardise(t) for t in truths]), truths,

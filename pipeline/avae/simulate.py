@@ -201,6 +201,9 @@ class ModeImages:
         :func:`pipeline.register.estimate_shift` (HRTEM, mode) measures it.
     params : dict
         JSON-able record of every parameter drawn.
+    illumination : ndarray (3, H, W) float32 or None
+        Each mode's illumination (mean 1): what a flat (vacuum) reference recorded with the
+        same beam would show, without its noise.
     """
 
     modes: np.ndarray
@@ -208,6 +211,7 @@ class ModeImages:
     material: str
     drift: np.ndarray
     params: dict[str, Any]
+    illumination: np.ndarray | None = None
 
 
 def _smooth_field(shape: tuple[int, int], scale_px: float, rng: np.random.Generator) -> np.ndarray:
@@ -475,11 +479,12 @@ def simulate_region(
         for i in range(HRTEM):
             displacement[i], rms = _displacement(canvas, scope, rng)
             params.setdefault("distortion_rms_px", {})[MODES[i]] = rms
-    modes = []
+    modes, beams = [], []
     for i, mode in enumerate(MODES):
         image = (_shifted_crop(clean[mode], drift[i], pad, displacement.get(i)) if i != HRTEM
                  else clean[mode][pad:-pad, pad:-pad])
-        lit = image * _illumination((ny, nx), scope, rng)
+        beams.append(_illumination((ny, nx), scope, rng))
+        lit = image * beams[-1]
         dose = hrtem_dose if (mode == "hrtem" and hrtem_dose) else rng.uniform(*scope.dose[mode])
         counts, camera = _record(lit, dose, rng)
         if not record:
@@ -487,7 +492,8 @@ def simulate_region(
         params[mode] = {**params.get(mode, {}), **camera, "drift_px": drift[i].tolist()}
         modes.append(counts)
     truth = spec["truth"][pad:-pad, pad:-pad]
-    return ModeImages(np.stack(modes).astype(np.float32), truth.astype(np.float32), material, drift, params)
+    return ModeImages(np.stack(modes).astype(np.float32), truth.astype(np.float32), material, drift, params,
+                      np.stack(beams).astype(np.float32))
 
 
 def simulate_regions(
