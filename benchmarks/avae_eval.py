@@ -70,7 +70,7 @@ def _missing_mode_scores(prepared, test, models, materials) -> dict:
         present = np.ones(len(MODES), dtype=bool)
         present[i] = False
         images = {name: [fuse_modes(net, x, present=present)[0] for x in prepared.inputs[test]]
-                  for name, net in models.items()}
+                  for name, net in models.items() if net.cfg.n_modes == len(MODES)}
         images["average"] = [x[present].mean(axis=0) for x in prepared.inputs[test]]
         scores = score_methods(images, prepared.truths[test], materials)
         out[mode] = {k: {"psnr": v["psnr"], "ssim": v["ssim"]} for k, v in scores.items()}
@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "'stats' uncertainty-aware (pipeline.avae.model.ATTENTION_INPUTS)")
     p.add_argument("--compare-z", action="store_true",
                    help="also train (or load, --z-weights) the paper's z-attention as method 'avae_z'")
+    p.add_argument("--hrtem-net", action="store_true",
+                   help="also train (or --load hrtem_net=PATH) the same network on the HRTEM alone "
+                        "(AVAEConfig(n_modes=1)) as method 'hrtem_net': the gain of restoration without fusion")
     p.add_argument("--variation", action="store_true",
                    help="simulate with per-region variation of mode quality (pipeline.avae.simulate.VARIED)")
     p.add_argument("--flat-reference", action="store_true",
@@ -145,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         variants = [("avae", True, args.attention_from), ("vae", False, "z")]
         if args.compare_z:
             variants.append(("avae_z", True, "z"))
+        if args.hrtem_net:
+            variants.append(("hrtem_net", False, "z"))
         loaded = dict(item.split("=", 1) for item in args.load)
         for name, path in loaded.items():
             models[name] = load_avae(path)
@@ -152,10 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
         for name, attention, source in variants:
             if name in loaded:
                 continue
-            cfg = AVAEConfig(features=args.features, latent=args.latent, attention=attention, attention_from=source)
+            modes = [MODES.index("hrtem")] if name == "hrtem_net" else list(range(len(MODES)))
+            cfg = AVAEConfig(n_modes=len(modes), features=args.features, latent=args.latent, attention=attention,
+                             attention_from=source)
             model, history = train_avae(
-                prepared.inputs[train], prepared.targets[train], cfg, settings,
-                validation=(prepared.inputs[val], prepared.targets[val]),
+                prepared.inputs[train][:, modes], prepared.targets[train], cfg, settings,
+                validation=(prepared.inputs[val][:, modes], prepared.targets[val]),
                 progress=lambda step, rec, name=name: print(
                     f"  {name} step {step}: recon {rec['recon']:.4f} kl {rec['kl']:.3f} "
                     f"val {rec.get('validation_mse', float('nan')):.4f}", flush=True))
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     images = method_images(prepared.inputs[test], models, weights, hrtem_index=MODES.index("hrtem"))
     materials = [prepared.materials[i] for i in test]
     methods = score_methods(images, prepared.truths[test], materials)
-    compared = (*BASELINES, "avae_z") if "avae_z" in methods else BASELINES
+    compared = (*BASELINES, *(extra for extra in ("avae_z", "hrtem_net") if extra in methods))
     methods = {name: methods[name] for name in ("avae", *compared)}
     avae = methods["avae"]
     margins = {b: {"psnr_db": avae["psnr"] - methods[b]["psnr"], "ssim": avae["ssim"] - methods[b]["ssim"]}

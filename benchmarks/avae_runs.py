@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.avae.baselines import fit_mode_weights  # noqa: E402
 from pipeline.avae.evaluate import method_images, prepare_regions, score_methods, split_indices  # noqa: E402
-from pipeline.avae.fuse import fuse_modes  # noqa: E402
 from pipeline.avae.model import load_avae  # noqa: E402
 from pipeline.avae.simulate import MODES, VARIED, simulate_regions  # noqa: E402
 
@@ -60,15 +59,14 @@ def evaluate_seed(seed: int, n: int, runs: list[tuple[Path, Path]], variation: b
     models = {}
     for i, (avae, vae) in enumerate(runs):
         models[f"avae_{i}"], models[f"vae_{i}"] = load_avae(avae), load_avae(vae)
+    if hrtem_net is not None:
+        models["hrtem_net"] = load_avae(hrtem_net)
     weights = fit_mode_weights(prepared.inputs[val], prepared.targets[val])
     images = method_images(prepared.inputs[test], models, weights, hrtem_index=MODES.index("hrtem"))
     for kind in ("avae", "vae"):
         members = [images[f"{kind}_{i}"] for i in range(len(runs))]
         images[f"{kind}_ensemble"] = [np.mean([_standardised(m[r]) for m in members], axis=0)
                                       for r in range(len(test))]
-    if hrtem_net is not None:
-        net, h = load_avae(hrtem_net), MODES.index("hrtem")
-        images["hrtem_net"] = [fuse_modes(net, x[h:h + 1])[0] for x in prepared.inputs[test]]
     materials = [prepared.materials[i] for i in test]
     scores = score_methods(images, prepared.truths[test], materials)
     per_run = [_paired(scores[f"avae_{i}"], scores[f"vae_{i}"]) for i in range(len(runs))]

@@ -165,9 +165,11 @@ def test_evaluation_protocol_on_a_few_regions():
     assert prepared.inputs.shape == (3, 3, 48, 48) and prepared.registration_error.shape == (3, 3)
     np.testing.assert_allclose(prepared.targets.std(axis=(1, 2)), 1, rtol=1e-4)
     w = baselines.fit_mode_weights(prepared.inputs[:1], prepared.targets[:1])
-    images = method_images(prepared.inputs, {"avae": AVAE(TINY).eval()}, w)
+    one_mode = AVAE(AVAEConfig(n_modes=1, features=6, latent=3, attention=False)).eval()
+    images = method_images(prepared.inputs, {"avae": AVAE(TINY).eval(), "hrtem_net": one_mode}, w)
+    np.testing.assert_array_equal(images["hrtem_net"][1], fuse_modes(one_mode, prepared.inputs[1, 2:3])[0])
     scores = score_methods(images, prepared.truths, prepared.materials)
-    assert set(scores) == {"avae", "hrtem", "average", "weighted"}
+    assert set(scores) == {"avae", "hrtem_net", "hrtem", "average", "weighted"}
     assert set(scores["hrtem"]["by_material"]) == {"metal", "semiconductor", "ceramic"}
 
 

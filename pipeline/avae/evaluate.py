@@ -76,8 +76,14 @@ def split_indices(n: int, seed: int, fractions: Sequence[float] = (0.7, 0.15, 0.
 
 def method_images(inputs: np.ndarray, models: Mapping[str, AVAE], mode_weights: np.ndarray,
                   hrtem_index: int = 2) -> dict[str, list[np.ndarray]]:
-    """Every method's image of every region: the networks in ``models``, then the baselines."""
-    images: dict[str, list[np.ndarray]] = {name: [fuse_modes(net, x)[0] for x in inputs]
+    """Every method's image of every region: the networks in ``models``, then the baselines.
+
+    A network with one input mode (``AVAEConfig(n_modes=1)``) is given the HRTEM alone.
+    """
+    def own_modes(net: AVAE, x: np.ndarray) -> np.ndarray:
+        return x if net.cfg.n_modes == len(x) else x[hrtem_index:hrtem_index + 1]
+
+    images: dict[str, list[np.ndarray]] = {name: [fuse_modes(net, own_modes(net, x))[0] for x in inputs]
                                            for name, net in models.items()}
     images["hrtem"] = [x[hrtem_index] for x in inputs]
     images["average"] = [baselines.average(x) for x in inputs]
