@@ -37,7 +37,8 @@ def spectrum_image_dataset(data: SyntheticSpectrumImage) -> xr.Dataset:
 
 
 def tem_modes_dataset(data: ModeImages, seed: int) -> xr.Dataset:
-    """The canonical Dataset of simulated BF/DF/HRTEM modes (drifted, raw counts) and their truth."""
+    """The canonical Dataset of simulated BF/DF/HRTEM modes (drifted, raw counts), their flat
+    references and their truth."""
     ny, nx = data.truth.shape
     step = float(data.params["pixel_nm"])
     coords = {"mode": list(MODES), "y": ("y", np.arange(ny) * step, {"units": "nm"}),
@@ -47,6 +48,10 @@ def tem_modes_dataset(data: ModeImages, seed: int) -> xr.Dataset:
     ds[layout.MODES].attrs.update(units="counts", description="recorded modes: drifted, unevenly lit, noisy")
     ds[layout.MODES].attrs["drift_px"] = {m: data.drift[i].tolist() for i, m in enumerate(MODES)}
     ds[layout.TRUE_STRUCTURE].attrs.update(units="relative", description="projected potential, HRTEM frame")
+    if data.illumination is not None:  # what a vacuum reference with each mode's beam records
+        ds[layout.FLAT_REFERENCE] = (layout.DIMS[layout.FLAT_REFERENCE], data.illumination)
+        ds[layout.FLAT_REFERENCE].attrs.update(units="relative", description="each mode's illumination "
+                                               "without specimen (flat / vacuum reference), mean 1")
     ds.attrs.update(provenance(None))
     ds.attrs["source_label"] = f"synthetic {data.material} TEM modes (seed {seed})"
     ds.attrs["synthetic"] = {**data.params, "seed": seed}

@@ -5,11 +5,15 @@ Stages (each skipped on a rerun once recorded as done in the output store):
 1. ``plan``: open the input, check it has ``modes`` (mode, y, x) with bf, df and hrtem, create
    the output store from a template (``modes``, ``tem_fused``, ``attention`` and, for synthetic
    data, ``true_structure``; chunks equal the tile);
-2. ``write_inputs``: the recorded modes (and any truth) are copied into the output store;
+2. ``write_inputs``: the recorded modes (and any flat reference and truth) are copied into the
+   output store;
 3. ``fit_preprocessing``: the flat field (on a block average of the whole dataset), the
    histograms and the drift of BF and DF against the HRTEM (on the central crop) are fitted
    once (:class:`pipeline.avae.preprocess.Preprocessing`) and stored in the attribute
-   ``preprocessing``;
+   ``preprocessing``. With a ``flat_reference`` (mode, y, x) in the input (each mode's beam
+   recorded without specimen) every mode is divided by it first and no smooth surface is fitted,
+   so BF keeps the specimen's own slow contrast (its thickness); the default model is then the
+   one trained that way (:data:`pipeline.avae.model.FLAT_WEIGHTS`);
 4. ``fuse_tiles``: one Dask task per unfinished tile reads its window (core + halo) of the
    recorded modes, preprocesses it with the stored parameters, runs the AVAE (loaded once per
    worker process) and writes the core of ``tem_fused`` and ``attention``, then its ``done`` flag;
@@ -37,7 +41,7 @@ from distributed import Client
 
 from pipeline import tiles
 from pipeline.avae.fuse import fuse_tile
-from pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, load_avae
+from pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load_avae
 from pipeline.avae.preprocess import Preprocessing
 from pipeline.avae.simulate import MODES
 from stores import layout
@@ -70,9 +74,11 @@ class TemFuseJob:
     tile: int = 256
     halo: int = 32
     torch_threads: int = 1
+    flat_reference: bool = False  # the input has one: modes are divided by it
 
     def record(self) -> dict[str, Any]:
-        return {"model": self.model, "model_sha256": self.model_sha256, "tile": self.tile, "halo": self.halo}
+        return {"model": self.model, "model_sha256": self.model_sha256, "tile": self.tile, "halo": self.halo,
+                "flat_reference": self.flat_reference}
 
     @property
     def grid(self) -> list[tiles.Tile]:
@@ -91,6 +97,24 @@ def check_modes(ds: xr.Dataset, source: str | Path) -> xr.DataArray:
     if missing:
         raise TemFuseInputError(f"{source}: modes {have} lack {missing}; tem-fuse needs {list(MODES)}.")
     return ds[layout.MODES].sel(mode=list(MODES)).transpose("mode", "y", "x")
+
+
+def check_flat(ds: xr.Dataset, source: str | Path) -> xr.DataArray | None:
+    """The ``flat_reference`` of a dataset (bf, df, hrtem order), None without one, or a named error."""
+    if layout.FLAT_REFERENCE not in ds:
+        return None
+    flat = ds[layout.FLAT_REFERENCE]
+    have = [str(m) for m in flat["mode"].values] if "mode" in flat.dims else []
+    if flat.ndim != 3 or set(flat.dims) != {"mode", "y", "x"} or any(m not in have for m in MODES):
+        raise TemFuseInputError(f"{source}: '{layout.FLAT_REFERENCE}' must be (mode, y, x) with {list(MODES)}, "
+                                f"got dims {flat.dims} and modes {have}; write one reference image per mode.")
+    flat = flat.sel(mode=list(MODES)).transpose("mode", "y", "x")  # shares the modes' y and x
+    low = float(dask.compute(flat.min(skipna=False).data)[0])
+    if not low > 0:  # NaN fails this too
+        raise TemFuseInputError(f"{source}: '{layout.FLAT_REFERENCE}' must be finite and > 0 everywhere "
+                                f"(its smallest value is {low:g}); replace dead pixels, or drop the reference "
+                                "to have the illumination fitted instead.")
+    return flat
 
 
 def _check_signal(modes: xr.DataArray, source: str | Path) -> None:
@@ -115,11 +139,13 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     ds = open_dataset(source)
     modes = check_modes(ds, source)
     _check_signal(modes, source)
+    flat = check_flat(ds, source)
     if tile < 16 or tile % 2:
         raise TemFuseInputError(f"--tile must be even and at least 16, got {tile}")
-    weights = Path(model) if model is not None else DEFAULT_WEIGHTS
+    weights = Path(model) if model is not None else FLAT_WEIGHTS if flat is not None else DEFAULT_WEIGHTS
     load_avae(weights)  # fail here, naming the file, rather than in every worker
-    job = TemFuseJob(str(source), str(out), str(weights.resolve()), sha256_file(weights), tile, halo, torch_threads)
+    job = TemFuseJob(str(source), str(out), str(weights.resolve()), sha256_file(weights), tile, halo, torch_threads,
+                     flat is not None)
     ny, nx = modes.sizes["y"], modes.sizes["x"]
     t = tile
     variables = {
@@ -129,6 +155,9 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     }
     if layout.TRUE_STRUCTURE in ds:
         variables[layout.TRUE_STRUCTURE] = (layout.DIMS[layout.TRUE_STRUCTURE], empty_like((ny, nx), (t, t)))
+    if flat is not None:
+        variables[layout.FLAT_REFERENCE] = (layout.DIMS[layout.FLAT_REFERENCE],
+                                            empty_like((len(MODES), ny, nx), (len(MODES), t, t)))
     template = xr.Dataset(variables, coords={"mode": list(MODES), "y": ds["y"], "x": ds["x"]})
     template[layout.TEM_FUSED].attrs.update(
         units="standardised", description="AVAE fusion of BF, DF and HRTEM: the projected structure, "
@@ -136,6 +165,8 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     template[layout.ATTENTION].attrs.update(
         units="1", description="attention weight of each mode in the fused latent (sums to 1 over mode)")
     template[layout.MODES].attrs.update(ds[layout.MODES].attrs)
+    if flat is not None:
+        template[layout.FLAT_REFERENCE].attrs.update(flat.attrs)
     state = prepare_output(out, template, job.record(), source=source, overwrite=overwrite)
     if state != "complete":
         grid = tiles.tile_grid((ny, nx), tile, halo)
@@ -149,7 +180,10 @@ def write_inputs(job: TemFuseJob) -> None:
     if record.stage_done("inputs"):
         return
     ds = open_dataset(job.source)
-    write_variable(job.out, layout.MODES, check_modes(ds, job.source).data)
+    modes = check_modes(ds, job.source)
+    write_variable(job.out, layout.MODES, modes.data)
+    if job.flat_reference:
+        write_variable(job.out, layout.FLAT_REFERENCE, check_flat(ds, job.source).data)
     if layout.TRUE_STRUCTURE in ds:
         write_variable(job.out, layout.TRUE_STRUCTURE, ds[layout.TRUE_STRUCTURE].transpose("y", "x").data)
     record.mark_stage("inputs")
@@ -166,12 +200,16 @@ def central_window(shape: tuple[int, int], size: int = FIT_CROP) -> tuple[slice,
     return tuple(slice(max(0, (n - size) // 2), max(0, (n - size) // 2) + min(n, size)) for n in shape)  # type: ignore[return-value]
 
 
-def fit_store_preprocessing(modes: xr.DataArray) -> Preprocessing:
+def fit_store_preprocessing(modes: xr.DataArray, flat: xr.DataArray | None = None) -> Preprocessing:
     """Fit :class:`Preprocessing` on a (lazy) ``modes`` array of any size.
 
     Flat field on a block average of the whole image (at most :data:`FLAT_PX` a side, computed
-    chunk by chunk), histograms and drift on the central :data:`FIT_CROP` window.
+    chunk by chunk), histograms and drift on the central :data:`FIT_CROP` window. With a
+    ``flat`` reference the modes are divided by it and the fitted surface is a constant.
     """
+    order = 2
+    if flat is not None:
+        modes, order = modes / flat, 0
     ny, nx = modes.sizes["y"], modes.sizes["x"]
     factor = max(1, math.ceil(max(ny, nx) / FLAT_PX))
     # factor 1: the image is no larger than the crop, which then is the whole image
@@ -181,7 +219,7 @@ def fit_store_preprocessing(modes: xr.DataArray) -> Preprocessing:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         prep = Preprocessing.fit(crop, full_shape=(ny, nx), offset=(ys.start, xs.start),
-                                 coarse=coarse, factor=factor)
+                                 coarse=coarse, factor=factor, order=order)
     for w in caught:
         log.warning("%s", w.message)
     return prep
@@ -193,7 +231,7 @@ def fit_preprocessing(job: TemFuseJob) -> Preprocessing:
     if ATTR_PREPROCESSING in attrs:
         return Preprocessing.from_dict(attrs[ATTR_PREPROCESSING])
     out = open_dataset(job.out, require_complete=False)
-    prep = fit_store_preprocessing(out[layout.MODES])
+    prep = fit_store_preprocessing(out[layout.MODES], out[layout.FLAT_REFERENCE] if job.flat_reference else None)
     update_attrs(job.out, **{ATTR_PREPROCESSING: prep.to_dict()})
     log.info("drift against the HRTEM (px): %s", dict(zip(MODES, prep.drift.round(2).tolist())))
     return prep
@@ -215,7 +253,10 @@ def fuse_tile_in_store(job: TemFuseJob, tile: tiles.Tile, prep: Preprocessing) -
 
     group = zarr.open_group(job.out, mode="r", zarr_format=3)
     ys, xs = tile.window
-    window = prep.apply(group[layout.MODES][:, ys, xs], tile.window)
+    recorded = group[layout.MODES][:, ys, xs]
+    if job.flat_reference:
+        recorded = recorded / group[layout.FLAT_REFERENCE][:, ys, xs]
+    window = prep.apply(recorded, tile.window)
     fused, attention = fuse_tile(_worker_model(job.model, job.model_sha256, job.torch_threads), window, tile)
     write_region(job.out, layout.TEM_FUSED, tile.core, fused)
     write_region(job.out, layout.ATTENTION, (slice(None), *tile.core), attention)
@@ -255,7 +296,10 @@ def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
     if layout.TRUE_STRUCTURE in out and max(out.sizes["y"], out.sizes["x"]) <= max_px:
         truth = out[layout.TRUE_STRUCTURE].values
         prep = Preprocessing.from_dict(out.attrs[ATTR_PREPROCESSING])
-        hrtem = prep.apply(out[layout.MODES].values)[MODES.index("hrtem")]
+        recorded = out[layout.MODES].values
+        if job.flat_reference:
+            recorded = recorded / out[layout.FLAT_REFERENCE].values
+        hrtem = prep.apply(recorded)[MODES.index("hrtem")]
         info["quality"] = {"tem_fused": score(out[layout.TEM_FUSED].values, truth), "hrtem": score(hrtem, truth)}
     return json.loads(json.dumps(info))
 

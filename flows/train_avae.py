@@ -1,8 +1,8 @@
 """``emfuse train-avae``: train the AVAE on tiles of modes stores that carry a truth.
 
 Each store is preprocessed as the tem-fuse job does it (:func:`flows.tem_fuse_job.fit_store_preprocessing`:
-flat field, histograms, drift fitted once, then applied to the whole image, which must fit in
-memory), cut into square regions of ``region`` px, each region's truth standardised; 15 % of
+flat field (the store's ``flat_reference`` when it has one), histograms, drift fitted once,
+then applied to the whole image, which must fit in memory), cut into square regions of ``region`` px, each region's truth standardised; 15 % of
 the regions (at least one, when there are two or more) are held out to choose the weights.
 The model is written with safetensors, the training record in its metadata.
 """
@@ -21,7 +21,7 @@ from pipeline.avae.train import TrainSettings, standardise, train_avae
 from stores import layout
 from stores.zarrio import open_dataset
 
-from .tem_fuse_job import TemFuseInputError, check_modes, fit_store_preprocessing
+from .tem_fuse_job import TemFuseInputError, check_flat, check_modes, fit_store_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ def store_regions(store: str | Path, region: int = 192) -> tuple[np.ndarray, np.
     if layout.TRUE_STRUCTURE not in ds:
         raise TemFuseInputError(f"{store} has no '{layout.TRUE_STRUCTURE}': training needs the truth "
                                 "(write training data with `emfuse synth tem-modes`).")
-    prep = fit_store_preprocessing(modes)
-    inputs = prep.apply(modes.values)
+    flat = check_flat(ds, store)
+    prep = fit_store_preprocessing(modes, flat)
+    inputs = prep.apply(modes.values / flat.values if flat is not None else modes.values)
     truth = ds[layout.TRUE_STRUCTURE].transpose("y", "x").values
     ny, nx = truth.shape
     r = min(region, ny - ny % 2, nx - nx % 2)

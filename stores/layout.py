@@ -31,6 +31,7 @@ SPECTRUM = "spectrum"  # (y, x, energy) EDX or EELS spectrum image, counts
 MAPS = "maps"  # (element, y, x) elemental maps, counts
 MOVIE = "movie"  # (frame, y, x)
 MODES = "modes"  # (mode, y, x), mode in {bf, df, hrtem}
+FLAT_REFERENCE = "flat_reference"  # (mode, y, x) each mode's beam without specimen (vacuum reference), > 0
 
 # ground truth written beside synthetic data
 TRUE_MAPS = "true_maps"  # (element, y, x) concentration used to draw the counts
@@ -57,6 +58,7 @@ DIMS = {
     MAPS: ("element", "y", "x"),
     MOVIE: ("frame", "y", "x"),
     MODES: ("mode", "y", "x"),
+    FLAT_REFERENCE: ("mode", "y", "x"),
     TRUE_MAPS: ("element", "y", "x"),
     TRUE_HAADF: ("y", "x"),
     TRUE_MOVIE: ("frame", "y", "x"),

@@ -243,3 +243,8 @@ def test_the_committed_weights_load_and_say_what_they_are():
     shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items() if not k.startswith("score")}  # noqa: E731
     assert shapes(avae) == shapes(vae)
     assert DEFAULT_WEIGHTS.stat().st_size < 2_000_000
+    from pipeline.avae.model import FLAT_VAE_WEIGHTS, FLAT_WEIGHTS
+
+    flat, flat_vae = load_avae(FLAT_WEIGHTS), load_avae(FLAT_VAE_WEIGHTS)
+    assert flat.cfg.attention and not flat_vae.cfg.attention and shapes(flat) == shapes(avae)
+    assert model_info(FLAT_WEIGHTS)["flat_reference"] and "flat_reference" not in model_info(DEFAULT_WEIGHTS)

@@ -47,7 +47,9 @@ def test_tiled_fusion_matches_one_pass_and_reports(tmp_path, store, reference, m
     assert list(out.mode.values) == ["bf", "df", "hrtem"] and out.tem_fused.encoding["chunks"] == (32, 32)
     np.testing.assert_allclose(out.attention.sum("mode").values, 1, atol=1e-5)
     prep = Preprocessing.from_dict(out.attrs["preprocessing"])
-    whole, attention = fuse_modes(load_avae(model), prep.apply(out.modes.values))
+    assert job.flat_reference and prep.order == 0  # the synthetic store has its vacuum references
+    np.testing.assert_array_equal(out.flat_reference.values, open_dataset(store).flat_reference.values)
+    whole, attention = fuse_modes(load_avae(model), prep.apply(out.modes.values / out.flat_reference.values))
     np.testing.assert_allclose(out.tem_fused.values, whole, atol=1e-4)
     np.testing.assert_allclose(out.attention.values, attention, atol=1e-4)
     np.testing.assert_array_equal(out.true_structure.values, open_dataset(store).true_structure.values)
@@ -105,7 +107,42 @@ def test_stats_attention_tiles_equal_one_pass(tmp_path, store, client):
     job = _run(store, tmp_path / "stats.zarr", client, path)
     out = open_dataset(job.out)
     prep = Preprocessing.from_dict(out.attrs["preprocessing"])
-    whole, attention = fuse_modes(load_avae(path), prep.apply(out.modes.values))
+    whole, attention = fuse_modes(load_avae(path), prep.apply(out.modes.values / out.flat_reference.values))
     assert attention.std(axis=(1, 2)).max() > 0.01  # the weights do vary over the image
     np.testing.assert_allclose(out.tem_fused.values, whole, atol=1e-4)
     np.testing.assert_allclose(out.attention.values, attention, atol=1e-4)
+
+
+def test_without_a_flat_reference_the_illumination_is_fitted_and_the_default_model_follows(tmp_path, store, client):
+    """A store without ``flat_reference`` is flat-fielded by a fitted surface and fused with the
+    default weights; one with it by division and with the weights trained that way."""
+    from pipeline.avae.model import DEFAULT_WEIGHTS, FLAT_WEIGHTS
+    from stores.zarrio import write_dataset
+
+    bare = tmp_path / "bare.zarr"
+    write_dataset(open_dataset(store).drop_vars("flat_reference"), bare)
+    plain, _ = tem_fuse_job.plan(bare, tmp_path / "plain.zarr", tile=32, halo=16)
+    flat, _ = tem_fuse_job.plan(store, tmp_path / "flat.zarr", tile=32, halo=16)
+    assert (plain.flat_reference, flat.flat_reference) == (False, True)
+    assert plain.model == str(DEFAULT_WEIGHTS.resolve()) and flat.model == str(FLAT_WEIGHTS.resolve())
+    job = _run(bare, tmp_path / "bare_out.zarr", client, DEFAULT_WEIGHTS)
+    out = open_dataset(job.out)
+    prep = Preprocessing.from_dict(out.attrs["preprocessing"])
+    assert "flat_reference" not in out and prep.order == 2
+    whole, _ = fuse_modes(load_avae(DEFAULT_WEIGHTS), prep.apply(out.modes.values))
+    np.testing.assert_allclose(out.tem_fused.values, whole, atol=1e-4)
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda f: f.where(f.x > f.x[3], 0.0), "finite and > 0"),
+    (lambda f: f.where(f.y > f.y[2]), "finite and > 0"),
+    (lambda f: f.isel(mode=0, drop=True), r"must be \(mode, y, x\)"),
+], ids=["zero", "nan", "one-for-all-modes"])
+def test_bad_flat_references_are_named(tmp_path, store, spoil, message):
+    from stores.zarrio import write_dataset
+
+    ds = open_dataset(store)
+    path = tmp_path / "bad.zarr"
+    write_dataset(ds.assign(flat_reference=spoil(ds.flat_reference)), path)
+    with pytest.raises(tem_fuse_job.TemFuseInputError, match=message):
+        tem_fuse_job.plan(path, tmp_path / "o.zarr", tile=32, halo=16)

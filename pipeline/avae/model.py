@@ -46,12 +46,16 @@ from torch.nn import functional as F
 
 from ..weights_io import save_safetensors
 
-__all__ = ["ATTENTION_INPUTS", "AVAE", "AVAEConfig", "AVAEOutput", "DEFAULT_WEIGHTS", "VAE_WEIGHTS", "avae_loss", "load_avae", "save_avae"]
+__all__ = ["ATTENTION_INPUTS", "AVAE", "AVAEConfig", "AVAEOutput", "DEFAULT_WEIGHTS", "FLAT_VAE_WEIGHTS", "FLAT_WEIGHTS", "VAE_WEIGHTS", "avae_loss", "load_avae", "save_avae"]
 
 #: The project's own trained weights (small, committed).
 DEFAULT_WEIGHTS = Path(__file__).parent / "models" / "default.safetensors"
 #: The same network without attention (equal weights), trained alike: the ``vae`` baseline.
 VAE_WEIGHTS = Path(__file__).parent / "models" / "vae_equal_weights.safetensors"
+#: Trained on modes divided by their flat (vacuum) references (``prepare_regions(flat_reference=True)``):
+#: the default of tem-fuse for inputs with a ``flat_reference``; and its equal-weight baseline.
+FLAT_WEIGHTS = Path(__file__).parent / "models" / "flat_reference.safetensors"
+FLAT_VAE_WEIGHTS = Path(__file__).parent / "models" / "flat_reference_vae.safetensors"
 FORMAT = "emfuse-avae-1"  # bump when the state-dict layout changes
 #: What the attention scores are computed from: ``"z"`` the paper's ``a' [z_1; ...; z_n]`` (a 1 x 1
 #: convolution of the concatenated latents); ``"stats"`` a small convolutional network (a
