@@ -3,6 +3,7 @@
     python benchmarks/avae_eval.py --seed 1 --n 200 --json results/avae_seed1.json
     python benchmarks/avae_eval.py --seed 2 --n 60 --json out.json --pretrained
     python benchmarks/avae_eval.py --seed 0 --n 200 --variation --attention-from stats --compare-z --json v0.json --save-models DIR
+    python benchmarks/avae_eval.py --seed 1 --n 400 --flat-reference --pretrained --json flat1.json
 
 Simulates ``N`` regions from ``seed`` (:mod:`pipeline.avae.simulate`, the material classes in
 turn), preprocesses each (flat field, equalisation, registration, denoising), splits them
@@ -15,7 +16,9 @@ every image to the truth:
 ``weighted`` (least-squares mode weights fitted on the validation regions), and with
 ``--compare-z`` ``avae_z`` (the paper's ``softmax(a'[z])``; ``avae`` is then the attention chosen
 by ``--attention-from``: the paper's ``z`` by default, or the uncertainty-aware ``stats``). ``--variation`` simulates with
-per-region variation of mode quality (:data:`pipeline.avae.simulate.VARIED`); ``--load NAME=PATH``
+per-region variation of mode quality (:data:`pipeline.avae.simulate.VARIED`); ``--flat-reference``
+divides every mode by its recorded illumination (a vacuum reference) instead of fitting it, as
+tem-fuse does for stores with a ``flat_reference``; ``--load NAME=PATH``
 reuses trained weights for one network instead of training it. Margins are paired over the test
 regions and reported with the standard error of the mean per-region difference.
 
@@ -47,6 +50,8 @@ from pipeline.avae.fuse import fuse_modes  # noqa: E402
 from pipeline.avae.model import (  # noqa: E402
     ATTENTION_INPUTS,
     DEFAULT_WEIGHTS,
+    FLAT_VAE_WEIGHTS,
+    FLAT_WEIGHTS,
     VAE_WEIGHTS,
     AVAEConfig,
     load_avae,
@@ -112,8 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--flat-reference", action="store_true",
                    help="flat-field every mode with its simulated illumination (a vacuum reference) instead of "
                         "a fitted smooth surface, so BF keeps the specimen's thickness wedge")
-    p.add_argument("--avae-weights", type=Path, default=DEFAULT_WEIGHTS, help="with --pretrained")
-    p.add_argument("--vae-weights", type=Path, default=VAE_WEIGHTS, help="with --pretrained")
+    p.add_argument("--avae-weights", type=Path, default=None,
+                   help="with --pretrained (default: the committed AVAE, the flat-reference one with --flat-reference)")
+    p.add_argument("--vae-weights", type=Path, default=None, help="with --pretrained (default: its equal-weight twin)")
     p.add_argument("--z-weights", type=Path, default=None, help="with --pretrained --compare-z")
     p.add_argument("--load", action="append", default=[], metavar="NAME=PATH",
                    help="use these weights for network NAME (avae, vae, avae_z) instead of training it")
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     training: dict = {"pretrained": args.pretrained}
     models = {}
     if args.pretrained:
-        paths = {"avae": args.avae_weights, "vae": args.vae_weights}
+        paths = {"avae": args.avae_weights or (FLAT_WEIGHTS if args.flat_reference else DEFAULT_WEIGHTS),
+                 "vae": args.vae_weights or (FLAT_VAE_WEIGHTS if args.flat_reference else VAE_WEIGHTS)}
         if args.compare_z:
             if args.z_weights is None:
                 p.error("--pretrained --compare-z needs --z-weights")
