@@ -3,7 +3,7 @@
     python benchmarks/avae_eval.py --seed 1 --n 200 --json results/avae_seed1.json
     python benchmarks/avae_eval.py --seed 2 --n 60 --json out.json --pretrained
     python benchmarks/avae_eval.py --seed 0 --n 200 --variation --attention-from stats --compare-z --json v0.json --save-models DIR
-    python benchmarks/avae_eval.py --seed 1 --n 400 --flat-reference --pretrained --json flat1.json
+    python benchmarks/avae_eval.py --seed 1 --n 400 --pretrained --fitted-illumination --json fitted1.json
 
 Simulates ``N`` regions from ``seed`` (:mod:`pipeline.avae.simulate`, the material classes in
 turn), preprocesses each (flat field, equalisation, registration, denoising), splits them
@@ -16,9 +16,11 @@ every image to the truth:
 ``weighted`` (least-squares mode weights fitted on the validation regions), and with
 ``--compare-z`` ``avae_z`` (the paper's ``softmax(a'[z])``; ``avae`` is then the attention chosen
 by ``--attention-from``: the paper's ``z`` by default, or the uncertainty-aware ``stats``). ``--variation`` simulates with
-per-region variation of mode quality (:data:`pipeline.avae.simulate.VARIED`); ``--flat-reference``
-divides every mode by its recorded illumination (a vacuum reference) instead of fitting it, as
-tem-fuse does for stores with a ``flat_reference``; ``--load NAME=PATH``
+per-region variation of mode quality (:data:`pipeline.avae.simulate.VARIED`). Every mode is
+divided by its recorded illumination (its flat reference), as tem-fuse does for the stores of
+``emfuse synth tem-modes``, and ``--pretrained`` loads the weights trained that way;
+``--fitted-illumination`` fits the illumination as a smooth surface instead (as for data
+without a reference) and loads the weights trained that way; ``--load NAME=PATH``
 reuses trained weights for one network instead of training it. Margins are paired over the test
 regions and reported with the standard error of the mean per-region difference.
 
@@ -114,11 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
                         "(AVAEConfig(n_modes=1)) as method 'hrtem_net': the gain of restoration without fusion")
     p.add_argument("--variation", action="store_true",
                    help="simulate with per-region variation of mode quality (pipeline.avae.simulate.VARIED)")
-    p.add_argument("--flat-reference", action="store_true",
-                   help="flat-field every mode with its simulated illumination (a vacuum reference) instead of "
-                        "a fitted smooth surface, so BF keeps the specimen's thickness wedge")
+    p.add_argument("--fitted-illumination", dest="flat_reference", action="store_false",
+                   help="fit each mode's illumination as a smooth surface (as for data without a flat "
+                        "reference) instead of dividing by the recorded one, which keeps BF's thickness wedge")
     p.add_argument("--avae-weights", type=Path, default=None,
-                   help="with --pretrained (default: the committed AVAE, the flat-reference one with --flat-reference)")
+                   help="with --pretrained (default: the committed AVAE for the flat field chosen)")
     p.add_argument("--vae-weights", type=Path, default=None, help="with --pretrained (default: its equal-weight twin)")
     p.add_argument("--z-weights", type=Path, default=None, help="with --pretrained --compare-z")
     p.add_argument("--load", action="append", default=[], metavar="NAME=PATH",

@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--variation", action="store_true", help="simulate with pipeline.avae.simulate.VARIED")
     p.add_argument("--hrtem-net", type=Path, default=None,
                    help="a one-mode network trained alike on the HRTEM alone, scored as 'hrtem_net'")
-    p.add_argument("--flat-reference", action="store_true",
-                   help="flat-field with the simulated illumination (as avae_eval.py --flat-reference)")
+    p.add_argument("--fitted-illumination", dest="flat_reference", action="store_false",
+                   help="fit the illumination instead of dividing by the flat reference (as avae_eval.py)")
     p.add_argument("--json", type=Path, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
