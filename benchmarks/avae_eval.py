@@ -47,7 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.avae import classify  # noqa: E402
 from pipeline.avae.baselines import fit_mode_weights  # noqa: E402
-from pipeline.avae.evaluate import method_images, prepare_regions, score_methods, split_indices  # noqa: E402
+from pipeline.avae.evaluate import (  # noqa: E402
+    method_images,
+    paired_margin,
+    prepare_regions,
+    score_methods,
+    split_indices,
+)
 from pipeline.avae.fuse import fuse_modes  # noqa: E402
 from pipeline.avae.model import (  # noqa: E402
     ATTENTION_INPUTS,
@@ -197,8 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "ssim": float(np.mean(np.array(avae["ssim_per_region"]) > np.array(methods[b]["ssim_per_region"])))}
                        for b in compared}
     # paired spread of the per-region differences (standard error of the mean margin)
-    margin_sem = {b: {k: float(np.std(np.array(avae[f"{k}_per_region"]) - np.array(methods[b][f"{k}_per_region"]), ddof=1)
-                               / np.sqrt(len(test))) for k in ("psnr", "ssim")} for b in compared}
+    margin_sem = {b: {k: v["standard_error"] for k, v in paired_margin(avae, methods[b]).items()} for b in compared}
     attention_mean = {}
     for name in models:
         if models[name].cfg.attention:

@@ -33,21 +33,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.avae.baselines import fit_mode_weights  # noqa: E402
-from pipeline.avae.evaluate import method_images, prepare_regions, score_methods, split_indices  # noqa: E402
+from pipeline.avae.evaluate import (  # noqa: E402
+    method_images,
+    paired_margin,
+    prepare_regions,
+    score_methods,
+    split_indices,
+)
 from pipeline.avae.model import load_avae  # noqa: E402
 from pipeline.avae.simulate import MODES, VARIED, simulate_regions  # noqa: E402
-
-
-def _standardised(image: np.ndarray) -> np.ndarray:
-    return (image - image.mean()) / (image.std() + 1e-12)
-
-
-def _paired(a: dict, b: dict) -> dict:
-    out = {}
-    for k in ("psnr", "ssim"):
-        d = np.array(a[f"{k}_per_region"]) - np.array(b[f"{k}_per_region"])
-        out[k] = {"margin": float(d.mean()), "standard_error": float(d.std(ddof=1) / np.sqrt(len(d)))}
-    return out
+from pipeline.avae.train import standardise  # noqa: E402
 
 
 def evaluate_seed(seed: int, n: int, runs: list[tuple[Path, Path]], variation: bool,
@@ -65,11 +60,11 @@ def evaluate_seed(seed: int, n: int, runs: list[tuple[Path, Path]], variation: b
     images = method_images(prepared.inputs[test], models, weights, hrtem_index=MODES.index("hrtem"))
     for kind in ("avae", "vae"):
         members = [images[f"{kind}_{i}"] for i in range(len(runs))]
-        images[f"{kind}_ensemble"] = [np.mean([_standardised(m[r]) for m in members], axis=0)
+        images[f"{kind}_ensemble"] = [np.mean([standardise(m[r]) for m in members], axis=0)
                                       for r in range(len(test))]
     materials = [prepared.materials[i] for i in test]
     scores = score_methods(images, prepared.truths[test], materials)
-    per_run = [_paired(scores[f"avae_{i}"], scores[f"vae_{i}"]) for i in range(len(runs))]
+    per_run = [paired_margin(scores[f"avae_{i}"], scores[f"vae_{i}"]) for i in range(len(runs))]
     between = {k: [r[k]["margin"] for r in per_run] for k in ("psnr", "ssim")}
     result = {
         "scores": {name: {"psnr": s["psnr"], "ssim": s["ssim"]} for name, s in scores.items()},
@@ -78,7 +73,7 @@ def evaluate_seed(seed: int, n: int, runs: list[tuple[Path, Path]], variation: b
                              for k, v in between.items()},
         "score_std_between_runs": {kind: {k: float(np.std([scores[f"{kind}_{i}"][k] for i in range(len(runs))], ddof=1))
                                           for k in ("psnr", "ssim")} for kind in ("avae", "vae")} if len(runs) > 1 else None,
-        "ensemble_margins": {b: _paired(scores["avae_ensemble"], scores[b])
+        "ensemble_margins": {b: paired_margin(scores["avae_ensemble"], scores[b])
                              for b in ("vae_ensemble", "hrtem", "average", "weighted", "hrtem_net") if b in scores},
         "test_regions": len(test), "seconds": time.perf_counter() - t0,
     }

@@ -96,7 +96,17 @@ def check_modes(ds: xr.Dataset, source: str | Path) -> xr.DataArray:
     missing = [m for m in MODES if m not in have]
     if missing:
         raise TemFuseInputError(f"{source}: modes {have} lack {missing}; tem-fuse needs {list(MODES)}.")
-    return ds[layout.MODES].sel(mode=list(MODES)).transpose("mode", "y", "x")
+    return _in_mode_order(ds[layout.MODES])
+
+
+def _in_mode_order(a: xr.DataArray) -> xr.DataArray:
+    return a.sel(mode=list(MODES)).transpose("mode", "y", "x")
+
+
+def recorded_modes(ds: xr.Dataset, flat_reference: bool) -> xr.DataArray:
+    """The (lazy) modes of a store, divided by its flat reference when the job uses one."""
+    modes = _in_mode_order(ds[layout.MODES])
+    return modes / _in_mode_order(ds[layout.FLAT_REFERENCE]) if flat_reference else modes
 
 
 def check_flat(ds: xr.Dataset, source: str | Path) -> xr.DataArray | None:
@@ -108,7 +118,7 @@ def check_flat(ds: xr.Dataset, source: str | Path) -> xr.DataArray | None:
     if flat.ndim != 3 or set(flat.dims) != {"mode", "y", "x"} or any(m not in have for m in MODES):
         raise TemFuseInputError(f"{source}: '{layout.FLAT_REFERENCE}' must be (mode, y, x) with {list(MODES)}, "
                                 f"got dims {flat.dims} and modes {have}; write one reference image per mode.")
-    flat = flat.sel(mode=list(MODES)).transpose("mode", "y", "x")  # shares the modes' y and x
+    flat = _in_mode_order(flat)  # shares the modes' y and x
     low = float(dask.compute(flat.min(skipna=False).data)[0])
     if not low > 0:  # NaN fails this too
         raise TemFuseInputError(f"{source}: '{layout.FLAT_REFERENCE}' must be finite and > 0 everywhere "
@@ -182,8 +192,8 @@ def write_inputs(job: TemFuseJob) -> None:
     ds = open_dataset(job.source)
     modes = check_modes(ds, job.source)
     write_variable(job.out, layout.MODES, modes.data)
-    if job.flat_reference:
-        write_variable(job.out, layout.FLAT_REFERENCE, check_flat(ds, job.source).data)
+    if job.flat_reference:  # checked by plan
+        write_variable(job.out, layout.FLAT_REFERENCE, _in_mode_order(ds[layout.FLAT_REFERENCE]).data)
     if layout.TRUE_STRUCTURE in ds:
         write_variable(job.out, layout.TRUE_STRUCTURE, ds[layout.TRUE_STRUCTURE].transpose("y", "x").data)
     record.mark_stage("inputs")
@@ -200,16 +210,15 @@ def central_window(shape: tuple[int, int], size: int = FIT_CROP) -> tuple[slice,
     return tuple(slice(max(0, (n - size) // 2), max(0, (n - size) // 2) + min(n, size)) for n in shape)  # type: ignore[return-value]
 
 
-def fit_store_preprocessing(modes: xr.DataArray, flat: xr.DataArray | None = None) -> Preprocessing:
+def fit_store_preprocessing(modes: xr.DataArray, flat_referenced: bool = False) -> Preprocessing:
     """Fit :class:`Preprocessing` on a (lazy) ``modes`` array of any size.
 
     Flat field on a block average of the whole image (at most :data:`FLAT_PX` a side, computed
-    chunk by chunk), histograms and drift on the central :data:`FIT_CROP` window. With a
-    ``flat`` reference the modes are divided by it and the fitted surface is a constant.
+    chunk by chunk), histograms and drift on the central :data:`FIT_CROP` window. Modes already
+    divided by their flat reference (``flat_referenced``, :func:`recorded_modes`) get a constant
+    surface instead of a fitted one.
     """
-    order = 2
-    if flat is not None:
-        modes, order = modes / flat, 0
+    order = 0 if flat_referenced else 2
     ny, nx = modes.sizes["y"], modes.sizes["x"]
     factor = max(1, math.ceil(max(ny, nx) / FLAT_PX))
     # factor 1: the image is no larger than the crop, which then is the whole image
@@ -231,7 +240,7 @@ def fit_preprocessing(job: TemFuseJob) -> Preprocessing:
     if ATTR_PREPROCESSING in attrs:
         return Preprocessing.from_dict(attrs[ATTR_PREPROCESSING])
     out = open_dataset(job.out, require_complete=False)
-    prep = fit_store_preprocessing(out[layout.MODES], out[layout.FLAT_REFERENCE] if job.flat_reference else None)
+    prep = fit_store_preprocessing(recorded_modes(out, job.flat_reference), job.flat_reference)
     update_attrs(job.out, **{ATTR_PREPROCESSING: prep.to_dict()})
     log.info("drift against the HRTEM (px): %s", dict(zip(MODES, prep.drift.round(2).tolist())))
     return prep
@@ -296,10 +305,7 @@ def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
     if layout.TRUE_STRUCTURE in out and max(out.sizes["y"], out.sizes["x"]) <= max_px:
         truth = out[layout.TRUE_STRUCTURE].values
         prep = Preprocessing.from_dict(out.attrs[ATTR_PREPROCESSING])
-        recorded = out[layout.MODES].values
-        if job.flat_reference:
-            recorded = recorded / out[layout.FLAT_REFERENCE].values
-        hrtem = prep.apply(recorded)[MODES.index("hrtem")]
+        hrtem = prep.apply(recorded_modes(out, job.flat_reference).values)[MODES.index("hrtem")]
         info["quality"] = {"tem_fused": score(out[layout.TEM_FUSED].values, truth), "hrtem": score(hrtem, truth)}
     return json.loads(json.dumps(info))
 

@@ -21,7 +21,13 @@ from pipeline.avae.train import TrainSettings, standardise, train_avae
 from stores import layout
 from stores.zarrio import open_dataset
 
-from .tem_fuse_job import TemFuseInputError, check_flat, check_modes, fit_store_preprocessing
+from .tem_fuse_job import (
+    TemFuseInputError,
+    check_flat,
+    check_modes,
+    fit_store_preprocessing,
+    recorded_modes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +35,14 @@ log = logging.getLogger(__name__)
 def store_regions(store: str | Path, region: int = 192) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed modes (n, 3, r, r) and standardised truths (n, r, r) of a store's regions."""
     ds = open_dataset(store)
-    modes = check_modes(ds, store)
+    check_modes(ds, store)
     if layout.TRUE_STRUCTURE not in ds:
         raise TemFuseInputError(f"{store} has no '{layout.TRUE_STRUCTURE}': training needs the truth "
                                 "(write training data with `emfuse synth tem-modes`).")
-    flat = check_flat(ds, store)
-    prep = fit_store_preprocessing(modes, flat)
-    inputs = prep.apply(modes.values / flat.values if flat is not None else modes.values)
+    flat_referenced = check_flat(ds, store) is not None
+    modes = recorded_modes(ds, flat_referenced)
+    prep = fit_store_preprocessing(modes, flat_referenced)
+    inputs = prep.apply(modes.values)
     truth = ds[layout.TRUE_STRUCTURE].transpose("y", "x").values
     ny, nx = truth.shape
     r = min(region, ny - ny % 2, nx - nx % 2)

@@ -52,8 +52,7 @@ def fuse_modes(model: AVAE, modes: Any, *, present: Any = None,
         x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
     device = device or next(model.parameters()).device.type
     model.eval()
-    keep = None if present is None else torch.as_tensor(np.asarray(present, dtype=np.float32))[None]
-    out = model(x.to(device), None if keep is None else keep.to(device))
+    out = model(x.to(device), None if present is None else torch.as_tensor(np.asarray(present, dtype=np.float32)))
     attention = F.interpolate(out.attention, size=x.shape[-2:], mode="bilinear", align_corners=False)
     fused = out.fused[0, 0, :ny, :nx].cpu().numpy()
     return fused.astype(np.float32), attention[0, :, :ny, :nx].cpu().numpy().astype(np.float32)

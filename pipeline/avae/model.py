@@ -183,12 +183,11 @@ class AVAE(nn.Module):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
         b, n, c, h, w = z.shape
         keep = self._present(present, b, z)
-        seen_z, seen_mu, seen_logvar = (z, mu, logvar) if keep is None else (
-            z * keep[..., None, None, None], mu * keep[..., None, None, None], logvar * keep[..., None, None, None])
+        seen = 1.0 if keep is None else keep[..., None, None, None]  # absent modes' latents: zeros
         if self.cfg.attention and self.cfg.attention_from == "z":
-            scores = self.score(seen_z.reshape(b, n * c, h, w))
+            scores = self.score((z * seen).reshape(b, n * c, h, w))
         elif self.cfg.attention:
-            scores = self.score(torch.cat([seen_mu, seen_logvar], dim=2).reshape(b, 2 * n * c, h, w))
+            scores = self.score((torch.cat([mu, logvar], dim=2) * seen).reshape(b, 2 * n * c, h, w))
         else:
             scores = torch.zeros((b, n, h, w), dtype=z.dtype, device=z.device)  # softmax: 1/n
         if keep is not None:

@@ -104,7 +104,7 @@ def sample_present(batch: int, n_modes: int, dropout: float, rng: np.random.Gene
     >>> bool((m.sum(1) >= 1).all()), round(float((m.sum(1) == 3).mean()), 1)
     (True, 0.5)
     """
-    subsets = [s for s in range(1, 2**n_modes - 1)]  # bit masks, neither empty nor all
+    subsets = range(1, 2**n_modes - 1)  # bit masks, neither empty nor all
     present = np.ones((batch, n_modes), dtype=np.float32)
     for b in np.flatnonzero(rng.random(batch) < dropout):
         bits = subsets[int(rng.integers(len(subsets)))]
