@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from pipeline.avae import baselines
-from pipeline.avae.evaluate import method_images, prepare_regions, score_methods, split_indices
+from pipeline.avae.evaluate import (
+    method_images,
+    paired_margin,
+    prepare_regions,
+    score_methods,
+    split_indices,
+)
 from pipeline.avae.fuse import fuse_modes
 from pipeline.avae.model import AVAE, AVAEConfig, avae_loss, load_avae, model_info, save_avae
 from pipeline.avae.simulate import simulate_regions
@@ -171,6 +177,20 @@ def test_evaluation_protocol_on_a_few_regions():
     scores = score_methods(images, prepared.truths, prepared.materials)
     assert set(scores) == {"avae", "hrtem_net", "hrtem", "average", "weighted"}
     assert set(scores["hrtem"]["by_material"]) == {"metal", "semiconductor", "ceramic"}
+
+
+def test_paired_margin_is_the_mean_difference_per_region_with_its_standard_error():
+    rng = np.random.default_rng(7)
+    b = {"psnr_per_region": rng.normal(20, 2, 30), "ssim_per_region": rng.uniform(0.3, 0.6, 30)}
+    a = {"psnr_per_region": b["psnr_per_region"] + 0.1 + rng.normal(0, 0.05, 30),
+         "ssim_per_region": b["ssim_per_region"] - 0.002}
+    m = paired_margin(a, b)
+    d = a["psnr_per_region"] - b["psnr_per_region"]
+    assert m["psnr"]["margin"] == pytest.approx(d.mean()) and 0.08 < m["psnr"]["margin"] < 0.12
+    assert m["psnr"]["standard_error"] == pytest.approx(d.std(ddof=1) / np.sqrt(30))
+    # paired: the spread between regions (2 dB) does not enter, only that of the differences
+    assert m["psnr"]["standard_error"] < 0.02
+    assert m["ssim"]["margin"] == pytest.approx(-0.002) and m["ssim"]["standard_error"] == pytest.approx(0, abs=1e-12)
 
 
 STATS = AVAEConfig(features=6, latent=3, attention_from="stats", attention_hidden=5, attention_kernel=3)
