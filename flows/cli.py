@@ -143,6 +143,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"drift:        up to {result['drift_max_px']:.2f} px (variables drift, average)")
     if "psnr_raw_db" in result:
         print(f"PSNR vs truth: raw {result['psnr_raw_db']:.2f} dB, restored {result['psnr_restored_db']:.2f} dB")
+    print_warnings(result)
     return 0
 
 
@@ -213,6 +214,7 @@ def print_tem_summary(result: dict[str, Any]) -> None:
         q = result["quality"]
         print(f"vs truth:     fused {q['tem_fused']['psnr']:.2f} dB / SSIM {q['tem_fused']['ssim']:.3f}, "
               f"HRTEM alone {q['hrtem']['psnr']:.2f} dB / SSIM {q['hrtem']['ssim']:.3f} (affine-calibrated)")
+    print_warnings(result)
 
 
 def cmd_train_avae(args: argparse.Namespace) -> int:
@@ -287,8 +289,7 @@ def print_summary(result: dict[str, Any]) -> None:
     if result.get("figures"):
         print(f"report:       {Path(result['figures'][0]).parent}")
     print("final costs:  " + ", ".join(f"{k} {v:.4g}" for k, v in result["final_cost"].items()))
-    for message in result.get("convergence", []):
-        print(f"convergence:  {message}")
+    print_warnings(result)
     if "lambda_chem" in result:
         print(f"lambdas:      chem {result['lambda_chem']:.4g}, tv {result['lambda_tv']:.4g}"
               + _auto_note(result))
@@ -296,6 +297,14 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"{'element':>8} {'NRMSE raw':>10} {'NRMSE fused':>12}")
         for el in result["elements"]:
             print(f"{el:>8} {result['nrmse_raw'][el]:>10.3f} {result['nrmse_fused'][el]:>12.3f}")
+
+
+def print_warnings(result: dict[str, Any]) -> None:
+    """One ``check:`` line per warning stored with a job's result (see :mod:`stores.warn`)."""
+    from stores.warn import format_warning
+
+    for record in result.get("warnings", []):
+        print(format_warning(record))
 
 
 def _auto_note(result: dict[str, Any]) -> str:

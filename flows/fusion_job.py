@@ -55,6 +55,7 @@ from stores import layout
 from stores.errors import StoreError, on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
 from stores.progress import TileRecord
+from stores.warn import add_warnings, make_warning, read_warnings
 from stores.zarrio import mark_complete, open_dataset, read_attrs, update_attrs
 
 from .gather import gather
@@ -484,11 +485,10 @@ def finalise(job: FusionJob) -> None:
     costs = tiles.sum_tile_costs(per_tile, job.params.n_iter)
     # the check users are taught to make by eye on the cost plot, made on the summed curves
     diagnosis = diagnose_convergence(costs, COST_TERMS)
-    for message in diagnosis:
-        log.warning("%s: %s", job.out, message)
     with on_disk_full(job.out):
         write_region(job.out, layout.COST, (slice(None), slice(None)), costs)
         update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis})
+        add_warnings(job.out, *(make_warning("not-converged", m, stage="finalise") for m in diagnosis))
         mark_complete(job.out)
 
 
@@ -504,6 +504,7 @@ def summary(job: FusionJob) -> dict[str, Any]:
     if layout.ATTR_LAMBDA_CHOICE in out.attrs:
         info["lambda_choice"] = out.attrs[layout.ATTR_LAMBDA_CHOICE]
     info["convergence"] = list(out.attrs.get(layout.ATTR_CONVERGENCE, []))
+    info["warnings"] = read_warnings(job.out)
     if layout.TRUE_MAPS in out:
         info["nrmse_raw"], info["nrmse_fused"] = {}, {}
         for el in job.elements:

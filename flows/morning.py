@@ -29,7 +29,7 @@ _RESULT_KEYS = ("lambda_chem", "lambda_tv", "final_cost", "convergence", "nrmse_
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-.done{color:#176317;font-weight:bold}.failed{color:#b00020;font-weight:bold}
+.done{color:#176317;font-weight:bold}.check{color:#a15c00;font-weight:bold}.failed{color:#b00020;font-weight:bold}
 pre{background:#f6f6f6;padding:8px;overflow-x:auto;white-space:pre-wrap}
 img{max-width:380px;margin:4px;border:1px solid #ddd}section{border-top:2px solid #eee;margin-top:1.5em}
 code{background:#f2f2f2;padding:0 3px}
@@ -49,11 +49,18 @@ def _relative(path: str | None, folder: Path) -> str:
         return str(path)
 
 
+def job_warnings(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The warnings a job's result carries (its summary's ``warnings``)."""
+    return list((record.get("summary") or {}).get("warnings", []))
+
+
 def _status(record: dict[str, Any]) -> str:
-    status = record["status"]
+    status, css = record["status"], record["status"]
     if status == "done" and record.get("state") == "complete":
         status = "done (already complete)"
-    return f'<span class="{_esc(record["status"])}">{_esc(status)}</span>'
+    if status.startswith("done") and job_warnings(record):
+        status, css = f"check ({status}, {len(job_warnings(record))} warning(s))", "check"
+    return f'<span class="{_esc(css)}">{_esc(status)}</span>'
 
 
 def _overview(info: dict[str, Any], folder: Path) -> str:
@@ -85,6 +92,10 @@ def _section(i: int, record: dict[str, Any], folder: Path) -> str:
         parts.append(f"<p><b>Error ({_esc(record.get('error_type', ''))}):</b></p><pre>{_esc(record['error'])}</pre>")
         if record.get("traceback"):
             parts.append(f"<details><summary>traceback</summary><pre>{_esc(record['traceback'])}</pre></details>")
+    warnings = job_warnings(record)
+    if warnings:
+        items = "".join(f"<li>{_esc(w['message'])} <code>{_esc(w['code'])}</code></li>" for w in warnings)
+        parts.append(f'<h3 class="check">Check</h3><ul>{items}</ul>')
     parts.append("<h3>Parameters</h3>" + _mapping(record.get("params", {})))
     summary = record.get("summary") or {}
     results = {k: summary[k] for k in _RESULT_KEYS if k in summary}
@@ -102,7 +113,10 @@ def _section(i: int, record: dict[str, Any], folder: Path) -> str:
 def render_html(info: dict[str, Any], folder: Path) -> str:
     """The report page for a batch summary (as returned by :func:`flows.batch.batch_flow`)."""
     n_failed = info["n_failed"]
+    n_check = sum(1 for r in info["records"] if r["status"] == "done" and job_warnings(r))
     verdict = (f'<span class="failed">{n_failed} failed</span>' if n_failed else '<span class="done">all done</span>')
+    if n_check:
+        verdict += f', <span class="check">{n_check} to check</span>'
     head = (f"<h1>emfuse morning report</h1><p>{verdict}: {info['n_done']} of {len(info['records'])} jobs done. "
             f"Catalog <code>{_esc(info['catalog'])}</code>, cluster <code>{_esc(info['cluster'])}</code>, "
             f"host {_esc(info['host'])}; started {_esc(info['started'])}, finished {_esc(info['finished'])} "

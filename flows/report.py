@@ -61,6 +61,7 @@ from stores.layout import (
     ATTR_CREATED,
     ATTR_PARAMS,
     ATTR_VERSION,
+    ATTR_WARNINGS,
     COST,
     FUSED,
     HAADF,
@@ -220,6 +221,9 @@ def summarize(ds: xr.Dataset, store: Path, factor: int, figures: list[str]) -> d
         "final_costs": _final_costs(ds[COST]) if COST in ds else {},
         "iterations": int(ds.sizes.get("iteration", 0)),
         "figures": figures,
+        # "check" when the store carries warnings (stores/warn.py): read them before trusting the result
+        "status": "check" if ds.attrs.get(ATTR_WARNINGS) else "ok",
+        "warnings": list(ds.attrs.get(ATTR_WARNINGS, [])),
     }
     if LAMBDA_SCORE in ds:
         summary["lambda_search"] = _lambda_best(ds[LAMBDA_SCORE])

@@ -47,6 +47,7 @@ from stores import layout
 from stores.errors import on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region
 from stores.progress import TileRecord
+from stores.warn import read_warnings
 from stores.zarrio import mark_complete, open_dataset, sha256_file
 
 from .gather import gather
@@ -444,6 +445,7 @@ def summary(job: RestoreJob) -> dict[str, Any]:
         info["psnr_restored_db"] = float(np.mean([psnr(r, t) for r, t in zip(restored, truth)]))
         if layout.DRIFT in out and layout.TRUE_DRIFT in source:
             info["drift_error_px"] = float(np.abs(out[layout.DRIFT].values - source[layout.TRUE_DRIFT].values).max())
+    info["warnings"] = read_warnings(job.out)
     return info
 
 

@@ -48,6 +48,7 @@ from stores import layout
 from stores.errors import on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
 from stores.progress import TileRecord
+from stores.warn import read_warnings
 from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, update_attrs
 
 from .gather import gather
@@ -307,6 +308,7 @@ def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
         prep = Preprocessing.from_dict(out.attrs[ATTR_PREPROCESSING])
         hrtem = prep.apply(recorded_modes(out, job.flat_reference).values)[MODES.index("hrtem")]
         info["quality"] = {"tem_fused": score(out[layout.TEM_FUSED].values, truth), "hrtem": score(hrtem, truth)}
+    info["warnings"] = read_warnings(job.out)
     return json.loads(json.dumps(info))
 
 

@@ -85,6 +85,7 @@ ATTR_PARAMS = "params"  # JSON-able dict of the job's parameters
 ATTR_SIGNAL = "signal_type"  # "EDX" or "EELS" for spectrum images
 ATTR_LAMBDA_CHOICE = "lambda_choice"  # how "auto" lambdas were chosen (criterion, settings, result)
 ATTR_CONVERGENCE = "convergence"  # list of str: cost curves not levelled off / oscillating ([] if fine)
+ATTR_WARNINGS = "warnings"  # list of {"code", "message", "stage", ...}: what to check before trusting a result (stores/warn.py)
 
 # Zarr settings used for every write and open (see ENVIRONMENT.md).
 ZARR_KW = {"zarr_format": 3, "consolidated": False}
