@@ -223,9 +223,10 @@ def _power_row(src, exponent, dst):  # pragma: no cover
 
 
 @njit(**_HELPER)
-def _smooth_step_row(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, step, x_pow, have_pow, v, i,
-                     row_pow, residual):  # pragma: no cover
-    """Row ``i`` (all elements) of the gradient step."""
+def _smooth_step_row(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, step, x_pow, have_pow, valid,
+                     use_valid, v, i, row_pow, residual):  # pragma: no cover
+    """Row ``i`` (all elements) of the gradient step; with ``use_valid`` the HAADF residual is
+    weighted by ``valid`` (0 where the HAADF pixel is left out)."""
     n_el, nx = row_pow.shape
     one = np.float32(1.0)
     residual[:] = 0
@@ -240,6 +241,10 @@ def _smooth_step_row(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, ste
     bh = b_haadf[i]
     for j in range(nx):
         residual[j] -= bh[j]
+    if use_valid:
+        vh = valid[i]
+        for j in range(nx):
+            residual[j] *= vh[j]
     for e in range(n_el):
         xe, pe, be, ve = x[e, i], row_pow[e], b_maps[e, i], v[e, i]
         scale = lam_h_gamma * w[e]
@@ -249,15 +254,16 @@ def _smooth_step_row(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, ste
 
 
 @njit(**_PARALLEL)
-def _smooth_step_kernel(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, step, x_pow, have_pow, v):  # pragma: no cover
-    # v = x - step * (lam_H gamma w x^(gamma-1) (sum_j w_j x_j^gamma - b_H) + lam_chem (1 - b / (x + bkg))).
+def _smooth_step_kernel(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, step, x_pow, have_pow, valid,
+                        use_valid, v):  # pragma: no cover
+    # v = x - step * (lam_H gamma w x^(gamma-1) valid (sum_j w_j x_j^gamma - b_H) + lam_chem (1 - b / (x + bkg))).
     # x^(gamma-1) comes from x_pow when the objective pass already computed it.
     n_el, ny, nx = x.shape
     for i in prange(ny):
         row_pow = np.empty((n_el, nx), dtype=x.dtype)
         residual = np.empty(nx, dtype=x.dtype)
-        _smooth_step_row(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, step, x_pow, have_pow, v, i,
-                         row_pow, residual)
+        _smooth_step_row(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, step, x_pow, have_pow, valid,
+                         use_valid, v, i, row_pow, residual)
 
 
 @njit(**_HELPER)
@@ -386,8 +392,10 @@ def _tv_terms(x, below, has_below, dst):  # pragma: no cover
 
 
 @njit(**_HELPER)
-def _objective_row(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, i, model, row_pow, terms, lanes):  # pragma: no cover
-    """Lane sums of ``psi_1 | psi_2 | TV`` over row ``i`` into ``lanes`` (3 x _LANES).
+def _objective_row(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, valid, use_valid, i, model, row_pow, terms,
+                   lanes):  # pragma: no cover
+    """Lane sums of ``psi_1 | psi_2 | TV`` over row ``i`` into ``lanes`` (3 x _LANES); with
+    ``use_valid`` the HAADF residual is weighted by ``valid``.
 
     Each pass is its own small loop over contiguous rows: loops that touch
     many arrays at once were not vectorised.
@@ -407,14 +415,20 @@ def _objective_row(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, i, model, r
         _tv_terms(xe, x[e, min(i + 1, ny - 1)], i < ny - 1, terms)
         _accumulate(terms, lanes, 2 * _LANES)
     bh = b_haadf[i]
-    for j in range(nx):
-        residual = np.float64(model[j] - bh[j])
-        terms[j] = residual * residual
+    if use_valid:
+        vh = valid[i]
+        for j in range(nx):
+            residual = np.float64((model[j] - bh[j]) * vh[j])
+            terms[j] = residual * residual
+    else:
+        for j in range(nx):
+            residual = np.float64(model[j] - bh[j])
+            terms[j] = residual * residual
     _accumulate(terms, lanes, 0)
 
 
 @njit(**_PARALLEL)
-def _objective_kernel(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, partial):  # pragma: no cover
+def _objective_kernel(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, valid, use_valid, partial):  # pragma: no cover
     # Per-row float64 partial sums (lane sums, so deterministic for any thread
     # count). x^gamma = x * x^(gamma-1); with keep_pow, x^(gamma-1) is stored for
     # the next gradient step, which then needs no power at all.
@@ -424,7 +438,8 @@ def _objective_kernel(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, partial)
         row_pow = np.empty(nx, dtype=x.dtype)
         terms = np.empty(nx, dtype=np.float64)
         lanes = np.empty(3 * _LANES, dtype=np.float64)  # psi_1 | psi_2 | TV
-        _objective_row(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, i, model, row_pow, terms, lanes)
+        _objective_row(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, valid, use_valid, i, model, row_pow, terms,
+                       lanes)
         partial[i, 0] = 0.5 * lanes[:_LANES].sum()
         partial[i, 1] = lanes[_LANES:2 * _LANES].sum()
         partial[i, 2] = lanes[2 * _LANES:].sum()
@@ -453,6 +468,14 @@ def _change_kernel(new, old, partial):  # pragma: no cover
 # --------------------------------------------------------------------------- wrappers
 
 
+def _valid_args(valid: np.ndarray | None, b_haadf: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(valid, use_valid)`` for a kernel: the HAADF's 0/1 weights in its dtype, or a stand-in
+    of the same type (never read) and False, so one compiled kernel serves both."""
+    if valid is None:
+        return b_haadf, False
+    return np.ascontiguousarray(valid, b_haadf.dtype), True
+
+
 def _stack(a: np.ndarray) -> np.ndarray:
     """A C-contiguous (element, y, x) view or copy of ``a`` (2D images become one-image stacks)."""
     a = np.ascontiguousarray(a)
@@ -472,13 +495,15 @@ def smooth_step(
     step: float,
     x_pow: np.ndarray | None = None,
     out: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """``x - step * grad(lam_H psi_1 + lam_chem psi_2)(x)`` in one pass.
 
     Same as ``x - step * _smooth_gradient(...)`` of :mod:`.solver`, in the
     dtype of ``x``. ``x_pow``: ``x ** (gamma - 1)`` if already known (see
     :func:`objective_terms`). ``out`` (same shape and dtype, not ``x``) is
-    reused if given.
+    reused if given. ``valid`` (y, x): 1 where the HAADF pixel is in ``psi_1``,
+    0 where it is left out (saturated); None: every pixel.
 
     Examples
     --------
@@ -492,10 +517,11 @@ def smooth_step(
     x = _stack(x)
     t = x.dtype.type
     out = np.empty_like(x) if out is None else out
+    b_haadf = np.ascontiguousarray(b_haadf, x.dtype)
     _launch(
-        _smooth_step_kernel, x, np.ascontiguousarray(b_haadf, x.dtype), _stack(b_maps).astype(x.dtype, copy=False),
+        _smooth_step_kernel, x, b_haadf, _stack(b_maps).astype(x.dtype, copy=False),
         np.asarray(weights, x.dtype).ravel(), t(gamma - 1), t(lam_h * gamma), t(lambda_chem), t(bkg), t(step),
-        x if x_pow is None else _stack(x_pow), x_pow is not None, out,
+        x if x_pow is None else _stack(x_pow), x_pow is not None, *_valid_args(valid, b_haadf), out,
     )
     return out
 
@@ -585,12 +611,14 @@ def objective_terms(
     bkg: float,
     *,
     pow_out: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """``(psi_1, psi_2, TV)`` at ``x`` in one pass; numba twin of :func:`.model.objective_terms`.
 
     Terms are evaluated in the dtype of ``x`` and summed in float64.
     ``pow_out`` (shaped like ``x``) receives ``x ** (gamma - 1)``, which the
-    next :func:`smooth_step` from ``x`` can reuse.
+    next :func:`smooth_step` from ``x`` can reuse. ``valid`` (y, x): 0/1
+    weights of the HAADF residual, as in :func:`smooth_step`.
 
     Examples
     --------
@@ -602,10 +630,11 @@ def objective_terms(
     x = _stack(x)
     t = x.dtype.type
     partial = np.empty((x.shape[1], 3), np.float64)
+    b_haadf = np.ascontiguousarray(b_haadf, x.dtype)
     _launch(
-        _objective_kernel, x, np.ascontiguousarray(b_haadf, x.dtype), _stack(b_maps).astype(x.dtype, copy=False),
+        _objective_kernel, x, b_haadf, _stack(b_maps).astype(x.dtype, copy=False),
         np.asarray(weights, x.dtype).ravel(), t(gamma - 1), t(bkg),
-        x if pow_out is None else _stack(pow_out), pow_out is not None, partial,
+        x if pow_out is None else _stack(pow_out), pow_out is not None, *_valid_args(valid, b_haadf), partial,
     )
     psi_1, psi_2, tv = partial.sum(axis=0)
     return float(psi_1), float(psi_2), float(tv)

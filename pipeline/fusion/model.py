@@ -4,7 +4,7 @@ Notation (Schwartz et al. 2022): ``b_H`` the HAADF, ``b_i`` the raw map of
 element ``i``, ``x_i`` its fused map, ``w_i = Z_i / mean(Z)`` and
 
     F(x) = lam_H psi_1 + lam_chem psi_2 + lam_tv sum_i TV_iso(x_i)
-    psi_1 = 1/2 || b_H - sum_i w_i x_i^gamma ||^2
+    psi_1 = 1/2 || b_H - sum_i w_i x_i^gamma ||^2   (over the valid HAADF pixels: saturated ones are left out)
     psi_2 = sum_i (1'x_i - b_i' log(x_i + bkg))
 
 with ``lam_H = 1 / n_elements``. Everything is evaluated on min-max
@@ -111,9 +111,15 @@ class Normalisation:
         )
 
     @classmethod
-    def from_data(cls, haadf: Any, maps: Any, elements: Sequence[str] | None = None) -> Normalisation:
-        """Min and max of the given HAADF and of each map."""
-        haadf_range = (float(haadf.min()), float(haadf.max()))
+    def from_data(
+        cls, haadf: Any, maps: Any, elements: Sequence[str] | None = None, haadf_valid: Any = None
+    ) -> Normalisation:
+        """Min and max of the given HAADF (of its valid pixels, when ``haadf_valid`` is given) and of each map.
+
+        Saturated HAADF pixels are left out of the range: a clipped plateau would
+        otherwise set the ends of the scale that the valid pixels are fitted in.
+        """
+        haadf_range = valid_range(haadf, haadf_valid)
         lo = to_numpy(maps.min(axis=(1, 2)))
         hi = to_numpy(maps.max(axis=(1, 2)))
         return cls.from_ranges(haadf_range, list(zip(lo.tolist(), hi.tolist())), elements)
@@ -137,6 +143,44 @@ class Normalisation:
         return fused * scale + offset
 
 
+def check_haadf_valid(haadf: Any, haadf_valid: Any) -> Any:
+    """``haadf_valid`` checked against the HAADF: None, or a bool array of its shape (numpy or cupy).
+
+    Raises :class:`FusionInputError` when the shapes differ or no pixel is valid.
+    """
+    if haadf_valid is None:
+        return None
+    xp = get_xp(haadf, haadf_valid)
+    valid = xp.asarray(haadf_valid)
+    if tuple(valid.shape) != tuple(haadf.shape):
+        raise FusionInputError(
+            f"haadf_valid is {tuple(valid.shape)} but the HAADF is {tuple(haadf.shape)}; "
+            "give one flag per HAADF pixel (True where the pixel is used)."
+        )
+    valid = valid.astype(bool)
+    if not bool(valid.any()):
+        raise FusionInputError(
+            "every HAADF pixel is marked invalid (saturated); there is no HAADF left to fuse with. "
+            "Check the detector gain and offset, or fuse without the HAADF mask."
+        )
+    return valid
+
+
+def valid_range(haadf: Any, haadf_valid: Any = None) -> tuple[float, float]:
+    """(min, max) of the HAADF over its valid pixels (all of them when ``haadf_valid`` is None).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> valid_range(np.array([[0.0, 2.0], [3.0, 9.0]]), np.array([[True, True], [True, False]]))
+    (0.0, 3.0)
+    """
+    if haadf_valid is None:
+        return float(haadf.min()), float(haadf.max())
+    values = haadf[check_haadf_valid(haadf, haadf_valid)]
+    return float(values.min()), float(values.max())
+
+
 def haadf_weights(z: Sequence[float]) -> np.ndarray:
     """Measurement weights ``w_i = Z_i / mean(Z)`` (the published ``method=1``)."""
     z = np.asarray(z, dtype=np.float64)
@@ -151,14 +195,18 @@ def haadf_model(x: Any, weights: Any, gamma: float) -> Any:
 
 
 def objective_terms(
-    x: Any, haadf: Any, maps: Any, weights: Any, gamma: float, bkg: float
+    x: Any, haadf: Any, maps: Any, weights: Any, gamma: float, bkg: float, valid: Any = None
 ) -> tuple[float, float, float]:
     """The three unweighted terms ``(psi_1, psi_2, TV)`` at ``x``, as Python floats.
 
     ``haadf`` and ``maps`` are the normalised inputs; sums are taken in float64.
+    ``valid`` (y, x), 1 where the HAADF pixel counts and 0 where it is left out
+    (saturated), weights the residual of ``psi_1``; None counts every pixel.
     """
     xp = get_xp(x)
     residual = haadf_model(x, weights, gamma) - haadf
+    if valid is not None:
+        residual = residual * valid
     psi_1 = 0.5 * float(xp.sum(residual.astype(xp.float64) ** 2))
     psi_2 = float(xp.sum(x - maps * xp.log(x + bkg), dtype=xp.float64))
     tv = float(xp.sum(tv_iso(x), dtype=xp.float64))
@@ -175,11 +223,13 @@ def objective(
     lambda_chem: float,
     lambda_tv: float,
     bkg: float,
+    haadf_valid: Any = None,
 ) -> float:
     """The objective ``F(x)`` of the fusion problem on normalised inputs.
 
     One function evaluates any candidate (ours, the published code's), so
-    results can be compared on equal terms.
+    results can be compared on equal terms. ``haadf_valid`` (bool (y, x)) leaves the
+    False pixels out of the HAADF term, as :func:`pipeline.fusion.fuse` does.
 
     Examples
     --------
@@ -191,5 +241,7 @@ def objective(
     >>> bool(np.isfinite(F))
     True
     """
-    psi_1, psi_2, tv = objective_terms(x, haadf, maps, haadf_weights(z), gamma, bkg)
+    valid = check_haadf_valid(haadf, haadf_valid)
+    psi_1, psi_2, tv = objective_terms(x, haadf, maps, haadf_weights(z), gamma, bkg,
+                                       None if valid is None else valid.astype(x.dtype))
     return psi_1 / len(z) + lambda_chem * psi_2 + lambda_tv * tv

@@ -42,6 +42,7 @@ from .convergence import ConvergenceWarning, diagnose_convergence
 from .model import (
     FusionInputError,
     Normalisation,
+    check_haadf_valid,
     check_inputs,
     haadf_model,
     haadf_weights,
@@ -171,6 +172,7 @@ def fuse(
     dtype: Any = np.float32,
     engine: str | None = None,
     warn: bool = True,
+    haadf_valid: Any = None,
     **params: Any,
 ) -> FusionResult:
     """Fuse noisy elemental maps with a high-SNR HAADF (Schwartz et al. 2022).
@@ -180,6 +182,7 @@ def fuse(
     by proximal gradient: a gradient step on the first two terms, then the
     isotropic TV proximal step by ``n_iter_tv`` dual gradient-projection steps
     (no momentum; see the module docstring). ``w_i = Z_i / mean(Z)``,
+    the first sum runs over the valid HAADF pixels (``haadf_valid``),
     ``lam_H = 1 / n_elements``. If an iteration would raise the objective,
     the step is halved and the iteration redone.
 
@@ -207,6 +210,12 @@ def fuse(
         Emit a :class:`ConvergenceWarning` for each cost curve that has not
         levelled off or oscillates (the messages are kept in
         ``FusionResult.convergence`` either way).
+    haadf_valid
+        (y, x) bool, same namespace as ``haadf``: False where the HAADF pixel is
+        left out of the HAADF term (saturated: see
+        :func:`pipeline.saturation.saturated_pixels`); there the maps follow the
+        chemical term and TV only. The normalisation's HAADF range is then taken
+        over the valid pixels. None (the default): every pixel is used.
     **params
         Fields of :class:`FusionParams` (``gamma``, ``lambda_chem``,
         ``lambda_tv``, ``n_iter``, ``n_iter_tv``, ``bkg``, ``init_threshold``,
@@ -226,6 +235,16 @@ def fuse(
     >>> result = fuse(haadf, maps, z=[40, 20], n_iter=20)
     >>> result.fused.shape, bool(result.objective[-1] < result.initial_objective)
     ((2, 16, 16), True)
+
+    A HAADF clipped at 1.8 (saturated): the clipped pixels are left out of the HAADF
+    term, and its normalisation spans the valid pixels only:
+
+    >>> ramp = haadf + np.linspace(0.0, 0.5, 16)
+    >>> clipped = np.minimum(ramp, 1.8)
+    >>> masked = fuse(clipped, maps, z=[40, 20], n_iter=20, haadf_valid=clipped < 1.8)
+    >>> norm = masked.normalisation
+    >>> bool(norm.haadf_offset + norm.haadf_scale < 1.8)
+    True
     """
     unknown = set(params) - {f.name for f in dataclasses.fields(FusionParams)}
     if unknown:
@@ -233,11 +252,16 @@ def fuse(
     p = FusionParams(**params)
     check_inputs(haadf, maps, z)
     xp = get_xp(haadf, maps)
-    norm = normalisation or Normalisation.from_data(haadf, maps)
+    valid = check_haadf_valid(haadf, haadf_valid)
+    if valid is not None and bool(valid.all()):
+        valid = None  # nothing left out: the unmasked kernels, bit for bit
+    norm = normalisation or Normalisation.from_data(haadf, maps, haadf_valid=valid)
     b_haadf = norm.haadf(xp.asarray(haadf), dtype)
     b_maps = norm.maps(xp.asarray(maps), dtype)
     weights = haadf_weights(z)
-    ops = _make_ops(engine if engine is not None else ENGINE, xp, b_haadf, b_maps, weights, p)
+    # 1 where the HAADF pixel is in psi_1, 0 where it is left out (weights the residual)
+    h_weight = None if valid is None else valid.astype(dtype)
+    ops = _make_ops(engine if engine is not None else ENGINE, xp, b_haadf, b_maps, weights, p, h_weight)
     lam_h = 1.0 / len(z)
 
     def total(terms: tuple[float, float, float]) -> float:
@@ -281,11 +305,14 @@ def fuse(
 
 
 def _smooth_gradient(
-    x: Any, b_haadf: Any, b_maps: Any, w: Any, gamma: float, lam_h: float, lambda_chem: float, bkg: float
+    x: Any, b_haadf: Any, b_maps: Any, w: Any, gamma: float, lam_h: float, lambda_chem: float, bkg: float,
+    valid: Any = None,
 ) -> Any:
-    """Gradient of ``lam_H psi_1 + lam_chem psi_2`` at ``x``."""
+    """Gradient of ``lam_H psi_1 + lam_chem psi_2`` at ``x`` (``valid``: 0/1 weights of the HAADF pixels)."""
     x_pow = x ** (gamma - 1)  # x^(gamma-1); x^gamma = x * x^(gamma-1) saves a power
     residual = (w * x * x_pow).sum(axis=0) - b_haadf
+    if valid is not None:
+        residual = residual * valid
     return (lam_h * gamma) * w * x_pow * residual + lambda_chem * (1 - b_maps / (x + bkg))
 
 
@@ -294,22 +321,24 @@ class _XpOps:
 
     name = "xp"
 
-    def __init__(self, xp: Any, b_haadf: Any, b_maps: Any, weights: np.ndarray, p: FusionParams) -> None:
+    def __init__(self, xp: Any, b_haadf: Any, b_maps: Any, weights: np.ndarray, p: FusionParams,
+                 valid: Any = None) -> None:
         self.xp, self.b_haadf, self.b_maps, self.weights, self.p = xp, b_haadf, b_maps, weights, p
+        self.valid = valid
         self.w = xp.asarray(weights, dtype=b_maps.dtype)[:, None, None]
 
     def descent(self, x: Any) -> Callable[[float], Any]:
         """``step -> x - step * grad`` (the gradient is computed once per iteration)."""
         p = self.p
         grad = _smooth_gradient(x, self.b_haadf, self.b_maps, self.w, p.gamma, 1.0 / len(self.weights),
-                                p.lambda_chem, p.bkg)
+                                p.lambda_chem, p.bkg, self.valid)
         return lambda step: x - step * grad
 
     def prox(self, v: Any, lambda_tv: float, x: Any) -> Any:
         return prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=self.p.tv_momentum)
 
     def terms(self, x: Any) -> tuple[float, float, float]:
-        return objective_terms(x, self.b_haadf, self.b_maps, self.weights, self.p.gamma, self.p.bkg)
+        return objective_terms(x, self.b_haadf, self.b_maps, self.weights, self.p.gamma, self.p.bkg, self.valid)
 
     def change(self, new: Any, old: Any) -> float:
         xp = self.xp
@@ -327,10 +356,12 @@ class _NumbaOps:
 
     name = "numba"
 
-    def __init__(self, b_haadf: np.ndarray, b_maps: np.ndarray, weights: np.ndarray, p: FusionParams) -> None:
+    def __init__(self, b_haadf: np.ndarray, b_maps: np.ndarray, weights: np.ndarray, p: FusionParams,
+                 valid: np.ndarray | None = None) -> None:
         from . import kernels_numba
 
         self.kn, self.p = kernels_numba, p
+        self.valid = valid
         self.b_haadf = np.ascontiguousarray(b_haadf)
         self.b_maps = np.ascontiguousarray(b_maps)
         self.weights = np.asarray(weights, b_maps.dtype)
@@ -353,7 +384,7 @@ class _NumbaOps:
         x_pow = self.pow_buffers[k] if k is not None and self.pow_valid[k] else None
         return lambda step: self.kn.smooth_step(
             x, self.b_haadf, self.b_maps, self.weights, gamma=p.gamma, lam_h=1.0 / len(self.weights),
-            lambda_chem=p.lambda_chem, bkg=p.bkg, step=step, x_pow=x_pow, out=self.v,
+            lambda_chem=p.lambda_chem, bkg=p.bkg, step=step, x_pow=x_pow, out=self.v, valid=self.valid,
         )
 
     def prox(self, v: np.ndarray, lambda_tv: float, x: np.ndarray) -> np.ndarray:
@@ -366,7 +397,7 @@ class _NumbaOps:
         k = self._slot(x)
         pow_out = self.pow_buffers[k] if k is not None else None
         terms = self.kn.objective_terms(x, self.b_haadf, self.b_maps, self.weights, self.p.gamma,
-                                        self.p.bkg, pow_out=pow_out)
+                                        self.p.bkg, pow_out=pow_out, valid=self.valid)
         if k is not None:
             self.pow_valid[k] = True
         return terms
@@ -384,12 +415,13 @@ def numba_available() -> bool:
     return True
 
 
-def _make_ops(engine: str, xp: Any, b_haadf: Any, b_maps: Any, weights: np.ndarray, p: FusionParams) -> Any:
+def _make_ops(engine: str, xp: Any, b_haadf: Any, b_maps: Any, weights: np.ndarray, p: FusionParams,
+              valid: Any = None) -> Any:
     if engine not in ("auto", "numba", "xp"):
         raise ValueError(f"unknown fusion engine {engine!r}; use 'auto', 'numba' or 'xp'.")
     on_numpy = xp is np
     if engine == "numba" and not on_numpy:
         raise ValueError("engine='numba' runs on numpy arrays only; use engine='xp' for cupy input.")
     if engine == "numba" or (engine == "auto" and on_numpy and numba_available()):
-        return _NumbaOps(b_haadf, b_maps, weights, p)
-    return _XpOps(xp, b_haadf, b_maps, weights, p)
+        return _NumbaOps(b_haadf, b_maps, weights, p, valid)
+    return _XpOps(xp, b_haadf, b_maps, weights, p, valid)
