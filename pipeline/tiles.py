@@ -100,13 +100,17 @@ def fuse_tile(
     tile: Tile,
     normalisation: Normalisation,
     params: FusionParams,
+    haadf_valid: Any = None,
 ) -> TileFusion:
     """Fuse one window and crop its core; the dataset-wide ``normalisation`` is used.
 
     The window may be numpy or cupy; the cropped result is always numpy, ready to write.
+    ``haadf_valid``: the window of the (y, x) bool mask of HAADF pixels used (False:
+    saturated, left out of the HAADF term); None uses every pixel.
     """
     # no per-tile warnings: the job diagnoses the summed cost curves once
-    result = fuse(haadf_window, maps_window, z, normalisation=normalisation, warn=False, **params.to_dict())
+    result = fuse(haadf_window, maps_window, z, normalisation=normalisation, warn=False, haadf_valid=haadf_valid,
+                  **params.to_dict())
     ys, xs = tile.crop
     return TileFusion(
         fused=to_numpy(result.fused[:, ys, xs]),
@@ -133,20 +137,26 @@ def sum_tile_costs(per_tile: Sequence[np.ndarray], n_iter: int) -> np.ndarray:
     return total
 
 
-def global_normalisation(haadf: Any, maps: Any, elements: Sequence[str] | None = None) -> Any:
+def global_normalisation(haadf: Any, maps: Any, elements: Sequence[str] | None = None, haadf_valid: Any = None) -> Any:
     """The min-max normalisation of whole (possibly dask) arrays, as a Dask delayed value.
 
-    One reduction pass over the data; tiles then share the exact same scaling.
+    One reduction pass over the data; tiles then share the exact same scaling. With
+    ``haadf_valid`` (bool, like ``haadf``) the HAADF's range is over its valid pixels.
     """
     lo = maps.min(axis=(1, 2))
     hi = maps.max(axis=(1, 2))
+    if haadf_valid is not None:  # saturated pixels out of the range: NaN, then nan-reductions
+        haadf = da.where(haadf_valid, haadf, np.nan)
+        h_lo, h_hi = da.nanmin(haadf), da.nanmax(haadf)
+    else:
+        h_lo, h_hi = haadf.min(), haadf.max()
 
     def build(h_lo, h_hi, m_lo, m_hi):
         return Normalisation.from_ranges(
             (float(h_lo), float(h_hi)), list(zip(np.ravel(m_lo), np.ravel(m_hi))), elements
         )
 
-    return dask.delayed(build, pure=True)(haadf.min(), haadf.max(), lo, hi)
+    return dask.delayed(build, pure=True)(h_lo, h_hi, lo, hi)
 
 
 def fuse_dataset(
@@ -156,6 +166,7 @@ def fuse_dataset(
     halo: int = 32,
     haadf: str = "haadf",
     maps: str = "maps",
+    valid: str | None = None,
     **params: Any,
 ) -> xr.Dataset:
     """Fuse a (dask-backed) Dataset tile by tile, lazily.
@@ -168,6 +179,10 @@ def fuse_dataset(
         store opened with :func:`xarray.open_zarr`.
     tile, halo
         Core size and halo width in pixels.
+    valid
+        Name of a bool (y, x) variable of ``ds``, False where the HAADF pixel is
+        left out of the HAADF term (saturated; e.g. ``haadf_valid`` of a fusion
+        output, or ``~pipeline.saturation.saturated_pixels(haadf)``). None: every pixel.
     **params
         :class:`pipeline.fusion.FusionParams` fields.
 
@@ -188,9 +203,11 @@ def fuse_dataset(
     m = ds[maps].transpose("element", "y", "x").data
     h = h if isinstance(h, da.Array) else da.from_array(h)
     m = m if isinstance(m, da.Array) else da.from_array(m)
+    hv = None if valid is None else ds[valid].transpose("y", "x").data
+    hv = hv if hv is None or isinstance(hv, da.Array) else da.from_array(hv)
     z = [float(v) for v in np.asarray(ds[maps]["z"].values)]
     elements = [str(e) for e in np.asarray(ds[maps]["element"].values)]
-    norm = global_normalisation(h, m, elements)
+    norm = global_normalisation(h, m, elements, hv)
     grid = tile_grid(h.shape, tile, halo)
     n_rows, n_cols = grid[-1].index[0] + 1, grid[-1].index[1] + 1
     fused_blocks = [[None] * n_cols for _ in range(n_rows)]
@@ -199,7 +216,7 @@ def fuse_dataset(
     run = dask.delayed(fuse_tile, pure=True)
     for t in grid:
         ys, xs = t.window
-        out = run(h[ys, xs], m[:, ys, xs], z, t, norm, p)
+        out = run(h[ys, xs], m[:, ys, xs], z, t, norm, p, None if hv is None else hv[ys, xs])
         iy, ix = t.index
         fused_blocks[iy][ix] = da.from_delayed(out.fused, (len(z), *t.shape), np.float32)
         model_blocks[iy][ix] = da.from_delayed(out.haadf_model, t.shape, np.float32)

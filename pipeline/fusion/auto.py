@@ -442,6 +442,7 @@ def choose_lambdas(
     lambda_tv: float | None = None,
     settings: SearchSettings | None = None,
     callback: Callable[[float, float, float], None] | None = None,
+    haadf_valid: Any = None,
 ) -> LambdaChoice:
     """Choose ``lambda_chem`` and ``lambda_tv`` by held-out counts (see the module notes).
 
@@ -473,6 +474,10 @@ def choose_lambdas(
     callback
         Called as ``callback(lambda_chem, lambda_tv, score)`` after each
         candidate is scored (e.g. to advance a progress bar).
+    haadf_valid
+        (y, x) bool like ``haadf``: False where the HAADF is saturated; every
+        candidate's fusion leaves those pixels out of the HAADF term, as the
+        full fusion does (:func:`pipeline.fusion.fuse`). None: every pixel.
 
     Returns
     -------
@@ -492,11 +497,12 @@ def choose_lambdas(
     ys, xs = central_crop(haadf.shape, settings.crop)
     if normalisation is None:
         full_maps = to_maps(np.asarray(spectrum)) if spectrum is not None and to_maps else to_numpy(maps)
-        normalisation = Normalisation.from_data(haadf, full_maps)
+        normalisation = Normalisation.from_data(haadf, full_maps, haadf_valid=haadf_valid)
     spectrum_crop = None if spectrum is None else spectrum[ys, xs]
     maps_crop = None if maps is None else to_numpy(maps)[:, ys, xs]
     criterion, folds = _splits(haadf[ys, xs], maps_crop, spectrum_crop, to_maps, settings)
     haadf_crop = haadf[ys, xs]
+    valid_crop = None if haadf_valid is None else to_numpy(haadf_valid)[ys, xs]
     part_norm = scaled_normalisation(normalisation, settings.split)
     chem = _axis(lambda_chem, settings.lambda_chem_range, settings.lattice)
     tv = _axis(lambda_tv, settings.lambda_tv_range, settings.lattice)
@@ -505,7 +511,7 @@ def choose_lambdas(
         candidate = dataclasses.replace(base, lambda_chem=float(chem[i]), lambda_tv=float(tv[j]))
         total = 0.0
         for train, test in folds:
-            fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False,
+            fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False, haadf_valid=valid_crop,
                          **candidate.to_dict()).fused
             total += heldout_score(to_numpy(fused), test)
         if callback is not None:
