@@ -168,13 +168,16 @@ def cmd_train_restore(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from dask.diagnostics import ProgressBar
 
-    from stores.ingest import ingest
+    from stores.warn import read_warnings
     from stores.zarrio import open_dataset
 
+    from .inputs import ingest_file
+
     with ProgressBar(minimum=2.0):  # shown only when the copy takes more than 2 s
-        path = ingest(args.file, args.out, elements=args.elements, overwrite=args.overwrite)
+        path = ingest_file(args.file, args.out, elements=args.elements, overwrite=args.overwrite)
     print(f"wrote {path}")
     print(open_dataset(path))
+    print_warnings({"warnings": read_warnings(path)})
     return 0
 
 
