@@ -5,9 +5,12 @@ Stages (each skipped on a rerun once recorded as done in the output store):
 1. ``plan``: open the input, choose the maps (stored maps, or maps integrated
    from the spectrum image), create the output store from a template;
 2. ``write_inputs``: the HAADF and raw maps (and the truth of synthetic data)
-   are copied into the output store, so it is self-contained;
-3. ``normalise``: one pass for the dataset-wide min/max (and the NaN/Inf and
-   negative-count checks) that every tile then shares;
+   are copied into the output store, so it is self-contained, with ``haadf_valid``:
+   False where the HAADF is saturated (:func:`flows.inputs.haadf_saturation`), those
+   pixels being left out of the HAADF term; the ``haadf-saturated`` warning goes
+   with it;
+3. ``normalise``: one pass for the dataset-wide min/max (the HAADF's over its
+   valid pixels; and the NaN/Inf and negative-count checks) that every tile then shares;
 4. ``choose_lambdas``: when ``lambda_chem``/``lambda_tv`` are ``"auto"``, the
    weights are chosen once for the dataset by count splitting
    (:mod:`pipeline.fusion.auto`) on the dataset-wide normalisation, and stored
@@ -59,11 +62,13 @@ from stores.warn import add_warnings, make_warning, read_warnings
 from stores.zarrio import mark_complete, open_dataset, read_attrs, update_attrs
 
 from .gather import gather
+from .inputs import SATURATED, haadf_saturation
 
 log = logging.getLogger(__name__)
 JOB = "fuse"
 LAMBDAS = ("lambda_chem", "lambda_tv")  # the weights that may be "auto"
 CRITERION_FALLBACK = "defaults:not-counts"  # "auto" on maps that cannot be split
+INPUT_WARNINGS = (SATURATED,)  # warnings of the input store that concern a fusion of it, copied to the output
 
 
 @dataclass(frozen=True)
@@ -279,6 +284,7 @@ def _template(ds: xr.Dataset, maps: xr.DataArray, job: FusionJob) -> xr.Dataset:
         layout.MAPS: (("element", "y", "x"), empty_like((n_el, ny, nx), el_chunks)),
         layout.FUSED: (("element", "y", "x"), empty_like((n_el, ny, nx), el_chunks)),
         layout.HAADF_MODEL: (("y", "x"), empty_like((ny, nx), yx_chunks)),
+        layout.HAADF_VALID: (("y", "x"), empty_like((ny, nx), yx_chunks, bool)),
         layout.COST: (("term", "iteration"),
                       empty_like((len(COST_TERMS), job.params.n_iter), (len(COST_TERMS), job.params.n_iter), np.float64)),
     }
@@ -294,6 +300,8 @@ def _template(ds: xr.Dataset, maps: xr.DataArray, job: FusionJob) -> xr.Dataset:
     )
     template[layout.FUSED].attrs.update(units="normalised", description="fused maps, min-max normalised units")
     template[layout.MAPS].attrs.update(units="counts", description="raw elemental maps")
+    template[layout.HAADF_VALID].attrs.update(
+        description="False where the HAADF is saturated: those pixels are left out of the HAADF term")
     template[layout.COST].attrs.update(
         description="unweighted terms after each iteration, summed over tiles: "
         "haadf = 1/2||b_H - sum w_i x_i^gamma||^2, chem = sum(x - b log(x + bkg)), tv = sum TV_iso(x_i)"
@@ -308,6 +316,11 @@ def write_inputs(job: FusionJob) -> None:
         return
     ds = open_dataset(job.source)
     write_variable(job.out, layout.HAADF, ds[layout.HAADF].transpose("y", "x").data)
+    # the mask from the input's HAADF in its own dtype (the output's copy is float32)
+    valid, saturated = haadf_saturation(ds[layout.HAADF].transpose("y", "x").values)
+    write_variable(job.out, layout.HAADF_VALID, da.from_array(valid))
+    inherited = [w for w in read_warnings(job.source) if w["code"] in INPUT_WARNINGS]
+    add_warnings(job.out, *inherited, *([saturated] if saturated else []))
     write_variable(job.out, layout.MAPS, input_maps(ds, job.elements, job.windows).data)
     out_vars = zarr.open_group(job.out, mode="r", zarr_format=3)
     if layout.TRUE_MAPS in out_vars:
@@ -323,7 +336,15 @@ def normalise(job: FusionJob) -> Normalisation:
         return Normalisation(**{k: tuple(v) if isinstance(v, list) else v for k, v in attrs["normalisation"].items()})
     out = open_dataset(job.out, require_complete=False)
     haadf, maps = out[layout.HAADF].data, out[layout.MAPS].data
-    h_lo, h_hi, m_lo, m_hi = da.compute(haadf.min(), haadf.max(), maps.min(axis=(1, 2)), maps.max(axis=(1, 2)))
+    if layout.HAADF_VALID in out:  # saturated pixels out of the range (a NaN or Inf elsewhere still shows)
+        valid = out[layout.HAADF_VALID].data
+        if not bool(valid.any().compute()):
+            raise FusionInputError(f"{job.source}: every HAADF pixel is saturated; there is no HAADF to fuse "
+                                   "with. Check the detector gain/offset.")
+        haadf = (da.where(valid, haadf, np.inf).min(), da.where(valid, haadf, -np.inf).max())
+    else:
+        haadf = (haadf.min(), haadf.max())
+    h_lo, h_hi, m_lo, m_hi = da.compute(*haadf, maps.min(axis=(1, 2)), maps.max(axis=(1, 2)))
     if not np.isfinite([h_lo, h_hi]).all():
         raise FusionInputError("the HAADF contains NaN or Inf values; mask or interpolate the bad pixels first.")
     for name, lo, hi in zip(job.elements, m_lo, m_hi):
@@ -388,6 +409,8 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
         spectrum = ds[layout.SPECTRUM].transpose("y", "x", "energy").isel(y=ys, x=xs)
         data["spectrum"] = spectrum.values
         data["to_maps"] = _spectrum_to_maps(ds, job.elements, job.windows)
+    if layout.HAADF_VALID in out:
+        data["haadf_valid"] = out[layout.HAADF_VALID].isel(y=ys, x=xs).values
     # the crop is already cut: search on all of it
     with tqdm(desc="choosing lambdas", unit="candidate", disable=not progress) as bar:
         choice = auto.choose_lambdas(
@@ -451,8 +474,9 @@ def fuse_tile_in_store(job: FusionJob, tile: tiles.Tile, norm: Normalisation) ->
     """Worker task: fuse one tile's window from the output store and write its core."""
     group = zarr.open_group(job.out, mode="r", zarr_format=3)
     ys, xs = tile.window
+    valid = group[layout.HAADF_VALID][ys, xs] if layout.HAADF_VALID in group else None
     result = tiles.fuse_tile(
-        group[layout.HAADF][ys, xs], group[layout.MAPS][:, ys, xs], job.z, tile, norm, job.params
+        group[layout.HAADF][ys, xs], group[layout.MAPS][:, ys, xs], job.z, tile, norm, job.params, valid
     )
     write_region(job.out, layout.FUSED, (slice(None), *tile.core), result.fused)
     write_region(job.out, layout.HAADF_MODEL, tile.core, result.haadf_model)

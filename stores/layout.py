@@ -43,6 +43,7 @@ TRUE_STRUCTURE = "true_structure"  # (y, x) projected potential behind synthetic
 # -- output stores ------------------------------------------------------------
 FUSED = "fused"  # (element, y, x) fused maps, normalised units
 HAADF_MODEL = "haadf_model"  # (y, x) sum_i w_i x_i^gamma, normalised units
+HAADF_VALID = "haadf_valid"  # (y, x) bool: False where the HAADF is saturated and left out of the HAADF term
 COST = "cost"  # (term, iteration)
 COST_TERMS = ("haadf", "chem", "tv")
 LAMBDA_SCORE = "lambda_score"  # (lambda_chem, lambda_tv) score of each candidate of the lambda search
@@ -66,6 +67,7 @@ DIMS = {
     TRUE_STRUCTURE: ("y", "x"),
     FUSED: ("element", "y", "x"),
     HAADF_MODEL: ("y", "x"),
+    HAADF_VALID: ("y", "x"),
     COST: ("term", "iteration"),
     LAMBDA_SCORE: ("lambda_chem", "lambda_tv"),
     RESTORED: ("frame", "y", "x"),
