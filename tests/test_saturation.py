@@ -304,7 +304,6 @@ def test_fusion_job_of_a_store_without_saturation_has_no_warning(tmp_path, clien
     assert bool(open_dataset(job.out).haadf_valid.all())
 
 
-@pytest.mark.slow
 @pytest.mark.prefect
 def test_emfuse_fuse_on_test_tem_bcf_prints_the_check(prefect_harness, shared_data, tmp_path, capsys):
     from flows.cli import main
