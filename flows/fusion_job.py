@@ -284,7 +284,6 @@ def _template(ds: xr.Dataset, maps: xr.DataArray, job: FusionJob) -> xr.Dataset:
         layout.MAPS: (("element", "y", "x"), empty_like((n_el, ny, nx), el_chunks)),
         layout.FUSED: (("element", "y", "x"), empty_like((n_el, ny, nx), el_chunks)),
         layout.HAADF_MODEL: (("y", "x"), empty_like((ny, nx), yx_chunks)),
-        layout.HAADF_VALID: (("y", "x"), empty_like((ny, nx), yx_chunks, bool)),
         layout.COST: (("term", "iteration"),
                       empty_like((len(COST_TERMS), job.params.n_iter), (len(COST_TERMS), job.params.n_iter), np.float64)),
     }
@@ -300,8 +299,6 @@ def _template(ds: xr.Dataset, maps: xr.DataArray, job: FusionJob) -> xr.Dataset:
     )
     template[layout.FUSED].attrs.update(units="normalised", description="fused maps, min-max normalised units")
     template[layout.MAPS].attrs.update(units="counts", description="raw elemental maps")
-    template[layout.HAADF_VALID].attrs.update(
-        description="False where the HAADF is saturated: those pixels are left out of the HAADF term")
     template[layout.COST].attrs.update(
         description="unweighted terms after each iteration, summed over tiles: "
         "haadf = 1/2||b_H - sum w_i x_i^gamma||^2, chem = sum(x - b log(x + bkg)), tv = sum TV_iso(x_i)"
@@ -316,17 +313,32 @@ def write_inputs(job: FusionJob) -> None:
         return
     ds = open_dataset(job.source)
     write_variable(job.out, layout.HAADF, ds[layout.HAADF].transpose("y", "x").data)
-    # the mask from the input's HAADF in its own dtype (the output's copy is float32)
-    valid, saturated = haadf_saturation(ds[layout.HAADF].transpose("y", "x").values)
-    write_variable(job.out, layout.HAADF_VALID, da.from_array(valid))
-    inherited = [w for w in read_warnings(job.source) if w["code"] in INPUT_WARNINGS]
-    add_warnings(job.out, *inherited, *([saturated] if saturated else []))
+    _write_haadf_valid(job, ds)
     write_variable(job.out, layout.MAPS, input_maps(ds, job.elements, job.windows).data)
     out_vars = zarr.open_group(job.out, mode="r", zarr_format=3)
     if layout.TRUE_MAPS in out_vars:
         truth = ds[layout.TRUE_MAPS].sel(element=list(job.elements)).transpose("element", "y", "x")
         write_variable(job.out, layout.TRUE_MAPS, truth.data)
     record.mark_stage("inputs")
+
+
+def _write_haadf_valid(job: FusionJob, ds: xr.Dataset) -> None:
+    """``haadf_valid`` into the output store, and the ``haadf-saturated`` warning when some pixel is not.
+
+    The mask comes from the input's HAADF in its own dtype (the output's copy is float32, which
+    has no ceiling). Appended (created or replaced) rather than declared in the template, so a
+    store planned by an earlier version gets it too: no tile ever runs without its mask.
+    """
+    valid, saturated = haadf_saturation(ds[layout.HAADF].transpose("y", "x").values)
+    group = zarr.open_group(job.out, mode="r+", zarr_format=3)
+    array = group.create_array(
+        layout.HAADF_VALID, shape=valid.shape, dtype=bool, chunks=(job.tile, job.tile),
+        dimension_names=layout.DIMS[layout.HAADF_VALID], overwrite=True,
+        attributes={"description": "False where the HAADF is saturated: those pixels are left out of the "
+                                   "HAADF term"})
+    array[...] = valid
+    inherited = [w for w in read_warnings(job.source) if w["code"] in INPUT_WARNINGS]
+    add_warnings(job.out, *inherited, *([saturated] if saturated else []))
 
 
 def normalise(job: FusionJob) -> Normalisation:
