@@ -157,6 +157,18 @@ def test_numba_and_xp_engines_agree_with_a_mask(clipped_problem):
     assert np.abs(unmasked.fused - fast.fused).max() > 1e-2  # the mask changes the answer
 
 
+@pytest.mark.gpu
+def test_cupy_matches_numpy_with_a_mask(clipped_problem):
+    import cupy
+
+    p = clipped_problem
+    kw = dict(lambda_chem=0.3, lambda_tv=0.5, n_iter=20, warn=False)
+    cpu = fuse(p["haadf"], p["maps"], p["z"], haadf_valid=p["valid"], **kw)
+    gpu = fuse(cupy.asarray(p["haadf"]), cupy.asarray(p["maps"]), p["z"], haadf_valid=cupy.asarray(p["valid"]), **kw)
+    assert gpu.normalisation == cpu.normalisation
+    np.testing.assert_allclose(cupy.asnumpy(gpu.fused), cpu.fused, rtol=1e-4, atol=1e-5)
+
+
 def test_left_out_pixels_have_no_say(clipped_problem):
     """Whatever the HAADF holds at the left-out pixels, the result is the same; an all-True mask is no mask."""
     p = clipped_problem
