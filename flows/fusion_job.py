@@ -475,7 +475,9 @@ def _write_lambda_score(out: str, choice: auto.LambdaChoice) -> None:
                               "training part (affine-calibrated), mean over elements and folds; "
                               "lambdas in full-data units; NaN: not tried"},
     )
-    xr.Dataset({layout.LAMBDA_SCORE: score}).to_zarr(out, mode="a", **layout.ZARR_KW)
+    # with the group's attributes as they are: to_zarr(mode="a") replaces them by the Dataset's,
+    # which dropped the provenance, the normalisation and the warnings written before the search
+    xr.Dataset({layout.LAMBDA_SCORE: score}, attrs=read_attrs(out)).to_zarr(out, mode="a", **layout.ZARR_KW)
 
 
 def _jsonable(value: Any) -> Any:

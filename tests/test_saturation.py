@@ -316,6 +316,23 @@ def test_fusion_job_of_a_store_without_saturation_has_no_warning(tmp_path, clien
     assert bool(open_dataset(job.out).haadf_valid.all())
 
 
+def test_auto_weights_keep_the_warning_and_the_provenance(tmp_path, client):
+    """The lambda search writes its score grid after the inputs: the store keeps what came before."""
+    truth = specimen_maps((48, 48), 3, "particles", seed=1)[0]
+    rng = np.random.default_rng(0)
+    haadf = np.tensordot(np.array([38.0, 22.0, 8.0]) ** 1.6, truth, axes=1)
+    haadf = np.minimum(haadf / haadf.max() + rng.normal(0, 0.02, haadf.shape), 0.8).astype(np.float32)
+    ds = xr.Dataset({"haadf": (("y", "x"), haadf), "maps": (("element", "y", "x"), rng.poisson(8 * truth))},
+                    coords={"element": ["Sr", "Ti", "O"], "z": ("element", [38, 22, 8])})
+    store = write_dataset(ds, tmp_path / "in.zarr")
+    job = run_job("fuse", store, tmp_path / "out.zarr", client, progress=False, tile=48, halo=0,
+                  params={"lambda_chem": "auto", "lambda_tv": "auto", "n_iter": 3, "n_iter_tv": 2})
+    out = open_dataset(job.out)
+    assert "lambda_score" in out and out.attrs["lambda_choice"]["criterion"] == "heldout-counts:maps"
+    assert SATURATED in [w["code"] for w in read_warnings(job.out)]
+    assert {"source_sha256", "created", "normalisation"} <= set(out.attrs)
+
+
 @pytest.mark.prefect
 def test_emfuse_fuse_on_test_tem_bcf_prints_the_check(prefect_harness, shared_data, tmp_path, capsys):
     from flows.cli import main
