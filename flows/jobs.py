@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.fusion import FusionParams
 from stores.lock import StoreLock
+from stores.zarrio import begin_run, timed
 
 from . import fusion_job, restore_job, tem_fuse_job
 
@@ -103,10 +105,13 @@ def run_job(kind: str, source: str | Path, out: str | Path, client: Client, *,
     """
     jk = job_kind(kind)
     with StoreLock(out):
+        start = time.perf_counter()
         job, state = jk.module.plan(source, out, **jk.plan_options(options))
         if state == "complete":
             log.info("%s is already complete with these parameters; nothing to do", out)
             return job
+        begin_run(out, plan=time.perf_counter() - start)
         job, _ = jk.module.compute(job, client, progress=progress)
-        jk.module.finalise(job)
+        with timed(out, "finalise"):
+            jk.module.finalise(job)
     return job

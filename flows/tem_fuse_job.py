@@ -49,7 +49,7 @@ from stores.errors import on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
 from stores.progress import TileRecord
 from stores.warn import read_warnings
-from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, update_attrs
+from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, timed, update_attrs
 
 from .gather import gather
 
@@ -318,6 +318,10 @@ def compute(job: TemFuseJob, client: Client, *, progress: bool = True) -> tuple[
     Returns the job and the number of tiles computed now.
     """
     with on_disk_full(job.out):  # ENOSPC on any write: one line naming the store and the fix
-        write_inputs(job)
-        prep = fit_preprocessing(job)
-        return job, fuse_tiles(job, prep, client, progress=progress)
+        with timed(job.out, "write_inputs"):
+            write_inputs(job)
+        with timed(job.out, "preprocessing"):
+            prep = fit_preprocessing(job)
+        with timed(job.out, "tiles"):
+            n = fuse_tiles(job, prep, client, progress=progress)
+        return job, n

@@ -20,14 +20,46 @@ import zarr
 
 from .errors import StoreError
 from .layout import ATTR_COMPLETE, ATTR_PARAMS, ZARR_KW
-from .zarrio import check_writable, provenance, read_attrs, remove_store, with_vlen_strings
+from .zarrio import (
+    check_writable,
+    jsonable,
+    provenance,
+    read_attrs,
+    remove_store,
+    with_vlen_strings,
+)
 
 State = Literal["new", "resume", "complete"]
 
 
 def _canonical(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters as they read back from Zarr attributes (JSON types)."""
-    return json.loads(json.dumps(params, sort_keys=True, default=str))
+    return jsonable(params)
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value, sort_keys=True)
+
+
+def params_differ(old: dict[str, Any], new: dict[str, Any], keys: Any = None) -> list[str]:
+    """``"name: <in the store> -> <now>"`` for each parameter that differs (only ``keys`` if given).
+
+    Examples
+    --------
+    >>> params_differ({"tile": 512, "gamma": 1.6}, {"tile": 256, "gamma": 1.6})
+    ['tile: 512 -> 256']
+    """
+    old, new = _canonical(old), _canonical(new)
+    names = sorted(set(old) | set(new)) if keys is None else sorted(keys)
+    return [f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}" for k in names if old.get(k) != new.get(k)]
+
+
+def other_parameters_error(path: str | Path, differ: list[str]) -> StoreError:
+    """The error for an output store written with other parameters, listing only those that differ."""
+    return StoreError(
+        f"{path} was written with other parameters (differ: {'; '.join(differ)}; store -> now); "
+        "pass --overwrite to replace it, or choose another --out."
+    )
 
 
 def prepare_output(
@@ -37,8 +69,12 @@ def prepare_output(
     *,
     source: str | Path | None = None,
     overwrite: bool = False,
+    attrs: dict[str, Any] | None = None,
 ) -> State:
     """Create an output store from ``template``, or decide how to reuse the existing one.
+
+    A new store gets :func:`stores.zarrio.provenance` of ``source`` with ``params`` and
+    ``attrs`` (further attributes of the job, e.g. where its maps came from).
 
     Returns
     -------
@@ -64,19 +100,14 @@ def prepare_output(
                 f"{path} exists but is not an emfuse output store; remove it, pass --overwrite, "
                 "or choose another --out."
             ) from exc
-        old = attrs.get(ATTR_PARAMS, {})
-        if old != params:
-            changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
-            raise StoreError(
-                f"{path} was written with other parameters (differ: {', '.join(changed)}); "
-                "pass --overwrite to replace it, or choose another --out."
-            )
+        differ = params_differ(attrs.get(ATTR_PARAMS, {}), params)
+        if differ:
+            raise other_parameters_error(path, differ)
         return "complete" if attrs.get(ATTR_COMPLETE) else "resume"
     if path.exists():
         remove_store(path)
     ds = with_vlen_strings(template).copy()
-    ds.attrs.update(provenance(source))
-    ds.attrs[ATTR_PARAMS] = params
+    ds.attrs.update(provenance(source, params=params, **(attrs or {})))
     ds.attrs[ATTR_COMPLETE] = False
     ds.to_zarr(str(path), mode="w", compute=False, **ZARR_KW)
     return "new"
