@@ -9,7 +9,6 @@ other parameters is refused rather than silently mixed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +17,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from .errors import StoreError
+from .errors import StoreError, other_parameters_error, params_differ
 from .layout import ATTR_COMPLETE, ATTR_PARAMS, ZARR_KW
 from .zarrio import (
     check_writable,
@@ -35,31 +34,6 @@ State = Literal["new", "resume", "complete"]
 def _canonical(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters as they read back from Zarr attributes (JSON types)."""
     return jsonable(params)
-
-
-def _show(value: Any) -> str:
-    return "unset" if value is None else json.dumps(value, sort_keys=True)
-
-
-def params_differ(old: dict[str, Any], new: dict[str, Any], keys: Any = None) -> list[str]:
-    """``"name: <in the store> -> <now>"`` for each parameter that differs (only ``keys`` if given).
-
-    Examples
-    --------
-    >>> params_differ({"tile": 512, "gamma": 1.6}, {"tile": 256, "gamma": 1.6})
-    ['tile: 512 -> 256']
-    """
-    old, new = _canonical(old), _canonical(new)
-    names = sorted(set(old) | set(new)) if keys is None else sorted(keys)
-    return [f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}" for k in names if old.get(k) != new.get(k)]
-
-
-def other_parameters_error(path: str | Path, differ: list[str]) -> StoreError:
-    """The error for an output store written with other parameters, listing only those that differ."""
-    return StoreError(
-        f"{path} was written with other parameters (differ: {'; '.join(differ)}; store -> now); "
-        "pass --overwrite to replace it, or choose another --out."
-    )
 
 
 def prepare_output(

@@ -20,7 +20,6 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,7 @@ from .layout import (
     ATTR_VERSION,
     ZARR_KW,
 )
-
-
-def emfuse_version() -> str:
-    """The installed emfuse version, or ``"unknown"`` when run from a bare checkout."""
-    try:
-        return metadata.version("emfuse")
-    except metadata.PackageNotFoundError:  # pragma: no cover - only outside an install
-        return "unknown"
+from .version import emfuse_version
 
 
 def sha256_file(path: str | Path, block_size: int = 1 << 22) -> str:
