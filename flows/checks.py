@@ -21,7 +21,7 @@ from pipeline import elements as periodic
 from stores.errors import StoreError, other_parameters_error, params_differ
 from stores.layout import ATTR_COMPLETE, ATTR_PARAMS, HAADF, MAPS, MODES, MOVIE, SPECTRUM
 
-__all__ = ["check_fuse", "check_restore", "check_tem_fuse", "store_attrs", "store_variables"]
+__all__ = ["check_fuse", "check_restore", "check_restore_tiling", "check_tem_fuse", "store_attrs", "store_variables"]
 
 
 def store_attrs(path: str | Path) -> dict[str, Any] | None:
@@ -114,9 +114,17 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
     _check_output(out, expected, overwrite)
 
 
+def check_restore_tiling(tile: int, overlap: int, batch: int, block: int | None) -> None:
+    """The restoration's tiling and batching options (also checked by :func:`flows.restore_job.plan`)."""
+    if tile < 8 or overlap < 0 or 2 * overlap > tile or batch < 1 or (block is not None and block < 1):
+        raise ValueError(f"need tile >= 8, 0 <= overlap <= tile / 2, batch >= 1 and block >= 1; "
+                         f"got tile {tile}, overlap {overlap}, batch {batch}, block {block}")
+
+
 def check_restore(source: str | Path, out: str | Path, *, model: str | None, options: Mapping[str, Any],
                   overwrite: bool = False) -> None:
-    """What ``emfuse restore`` can check in a moment: input, a model file, output parameters."""
+    """What ``emfuse restore`` can check in a moment: tiling, input, a model file, output parameters."""
+    check_restore_tiling(options["tile"], options["overlap"], options["batch"], options.get("block"))
     attrs = _check_input(source)
     if attrs is not None and not {MOVIE, HAADF} & store_variables(source):
         raise ValueError(f"{source} has no movie (frame, y, x) and no image (haadf) to restore; "

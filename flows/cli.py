@@ -261,10 +261,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .batch import batch_flow
     from .catalog import load_catalog
 
-    load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect starts
+    load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
+    from .batch import batch_flow
+
     _quiet_prefect(args.verbose)
     info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
     print(f"{info['n_done']} done, {info['n_failed']} failed in {info['seconds'] / 60:.1f} min")

@@ -32,13 +32,12 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from distributed import Client
 from tqdm.auto import tqdm
 
 from pipeline import elements as periodic
@@ -66,6 +65,9 @@ from stores.zarrio import (
 )
 
 from .gather import gather
+
+if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 JOB = "fuse"

@@ -33,13 +33,12 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import numpy as np
 import xarray as xr
 import zarr
-from distributed import Client
 
 from pipeline.metrics import psnr
 from pipeline.register import estimate_shift, shift_image
@@ -50,7 +49,11 @@ from stores.progress import TileRecord
 from stores.warn import add_warnings, make_warning, read_warnings
 from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, timed
 
+from .checks import check_restore_tiling
 from .gather import gather
+
+if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 JOB = "restore"
@@ -221,9 +224,10 @@ def plan(
                                 "check the acquisition was saved completely.")
     if precision not in PRECISIONS:
         raise RestoreInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if tile < 8 or overlap < 0 or 2 * overlap > tile or batch < 1 or (block is not None and block < 1):
-        raise RestoreInputError(f"need tile >= 8, 0 <= overlap <= tile / 2, batch >= 1 and block >= 1; "
-                                f"got tile {tile}, overlap {overlap}, batch {batch}, block {block}")
+    try:
+        check_restore_tiling(tile, overlap, batch, block)
+    except ValueError as exc:
+        raise RestoreInputError(str(exc)) from None
     import torch
 
     try:

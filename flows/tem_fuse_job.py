@@ -32,12 +32,11 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import numpy as np
 import xarray as xr
-from distributed import Client
 
 from pipeline import tiles
 from pipeline.avae.fuse import fuse_tile
@@ -52,6 +51,9 @@ from stores.warn import read_warnings
 from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, timed, update_attrs
 
 from .gather import gather
+
+if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 JOB = "tem-fuse"
