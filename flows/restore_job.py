@@ -522,12 +522,12 @@ def _warn_clipped(job: RestoreJob, record: TileRecord) -> None:
     low, high = job.value_range
     parts = ([f"{below / total:.2%} below {low:g}"] if below else []) + \
             ([f"{above / total:.2%} above {high:g}"] if above else [])
+    span = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
     add_warnings(job.out, make_warning(
         "restored-clipped",
-        f"{' and '.join(parts)} of the restored pixels were outside the input's physical range "
-        f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}] and were "
-        "clipped to it; the network overshoots there (check those regions, or use a network trained "
-        "for this kind of data).",
+        f"restored values outside the input's physical range {span} were clipped to it "
+        f"({' and '.join(parts)} of the pixels). The network overshoots there; "
+        "check those regions, or use a network trained for this kind of data.",
         stage="finalise", clipped_fraction=round(float((below + above) / total), 6),
         below=int(below), above=int(above)))
 
