@@ -64,6 +64,10 @@ MIN_TASKS = 8  # default blocks are small enough to give at least this many task
 CHUNK_YX = 2048  # frames larger than this are split in (y, x) chunks too
 SUMMARY_FRAMES = 8  # frames compared with the truth in the summary of a synthetic movie
 NEGATIVE_TOLERANCE = 0.01  # more negative pixels than this fraction: the input is not counts
+#: how the network sees the data (pipeline.restore.inference.restore, stats="image")
+NORMALISATION = {"method": "per-frame standardisation",
+                 "description": "each frame minus its mean, divided by its standard deviation (floored), "
+                                "before the network; the result is returned in the input's units"}
 ATTR_VALUE_RANGE = "value_range"  # [low, high] (None: unbounded) the restored values are clipped to
 
 # the networks loaded by this worker process, by (model, sha256, device, channels_last)
@@ -251,7 +255,8 @@ def plan(
                      limits)
     with on_disk_full(out):
         state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite,
-                               attrs={layout.ATTR_IMAGE_KIND: kind, ATTR_VALUE_RANGE: list(limits)})
+                               attrs={layout.ATTR_IMAGE_KIND: kind, ATTR_VALUE_RANGE: list(limits),
+                                      layout.ATTR_NORMALISATION: NORMALISATION})
         if state != "complete":
             TileRecord.create(out, JOB, (len(job.blocks), 1), payload_shape=(2,))
         if state == "new" and negative > NEGATIVE_TOLERANCE:

@@ -180,7 +180,11 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     template[layout.MODES].attrs.update(ds[layout.MODES].attrs)
     if flat is not None:
         template[layout.FLAT_REFERENCE].attrs.update(flat.attrs)
-    state = prepare_output(out, template, job.record(), source=source, overwrite=overwrite)
+    state = prepare_output(out, template, job.record(), source=source, overwrite=overwrite, attrs={
+        layout.ATTR_NORMALISATION: {"method": "preprocessing", "description": "flat field"
+                                    + (" (divided by flat_reference)" if job.flat_reference else "")
+                                    + ", histogram equalisation and registration fitted once for the "
+                                    "dataset: attribute 'preprocessing'"}})
     if state != "complete":
         grid = tiles.tile_grid((ny, nx), tile, halo)
         TileRecord.create(out, JOB, (grid[-1].index[0] + 1, grid[-1].index[1] + 1))

@@ -172,6 +172,7 @@ def test_restore_of_a_tem_image_from_an_emi_file(tmp_path, shared_data, client, 
     assert restored.attrs["image_kind"] == "image" and restored.attrs["units"] == "counts"
     assert restored.attrs["description"].startswith("image restored")
     assert attrs["params"]["model"] == tiny_model
+    assert attrs["normalisation"]["method"] == "per-frame standardisation"
 
 
 def test_tem_fuse_records_provenance(tmp_path, client):
@@ -183,6 +184,7 @@ def test_tem_fuse_records_provenance(tmp_path, client):
     job = run_job("tem-fuse", source, tmp_path / "out.zarr", client, progress=False, model=model, tile=32, halo=16)
     attrs = assert_provenance(job.out, source, {"plan", "write_inputs", "preprocessing", "tiles", "finalise"})
     assert attrs["params"]["model_sha256"] == sha256_file(model)
+    assert attrs["normalisation"]["method"] == "preprocessing" and "preprocessing" in attrs
 
 
 def test_a_resumed_run_adds_its_own_timing(tmp_path, pto, client):
