@@ -90,7 +90,9 @@ def test_the_output_says_what_was_restored(tmp_path, client, identity):
     job = _run(movie, tmp_path / "m_out.zarr", client, identity, block=1)
     assert read_attrs(job.out)["image_kind"] == "movie"
     assert open_dataset(job.out).restored.attrs["description"].startswith("movie restored")
-    store = _image_store(tmp_path / "h.zarr", np.full((32, 32), 7, np.uint16) + np.eye(32, dtype=np.uint16),
-                         image_kind="haadf")
-    job = _run(store, tmp_path / "h_out.zarr", client, identity)
+    # a store written with xarray by a user (no `complete` flag) whose image says it is a HAADF
+    image = np.full((32, 32), 7, np.uint16) + np.eye(32, dtype=np.uint16)
+    xr.Dataset({"haadf": (("y", "x"), image, {"image_kind": "haadf"})}).to_zarr(
+        tmp_path / "h.zarr", zarr_format=3, consolidated=False)
+    job = _run(tmp_path / "h.zarr", tmp_path / "h_out.zarr", client, identity)
     assert read_attrs(job.out)["image_kind"] == "haadf"
