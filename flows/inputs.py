@@ -7,12 +7,9 @@ from pathlib import Path
 
 from stores import ingest
 from stores.layout import ATTR_SHA256
-from stores.zarrio import is_complete, read_attrs, sha256_file
+from stores.zarrio import is_complete, is_store, read_attrs, sha256_file
 
-
-def is_store(path: str | Path) -> bool:
-    """True for a Zarr v3 store directory."""
-    return (Path(path) / "zarr.json").is_file()
+__all__ = ["is_store", "resolve_store"]
 
 
 def resolve_store(

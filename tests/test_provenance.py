@@ -101,6 +101,7 @@ def test_automatic_weights_keep_every_attribute(tmp_path, client):
     # maps integrated from the spectrum: where from, and the windows actually used
     maps_from = out.attrs["maps_from"]
     assert maps_from["variable"] == "spectrum" and maps_from["signal_type"] == "EDX"
+    assert maps_from["units"] == "counts" == out.maps.attrs["units"]  # integrated from a counts spectrum
     assert set(maps_from["windows"]) == {"Sr", "Ti", "O"}
     lo, hi = maps_from["windows"]["Ti"]["signal_ev"]
     assert lo < 4510.8 < hi  # Ti Ka
