@@ -7,8 +7,6 @@ version, creation time, host, the instrument file's path and sha256 (not the int
 
 from __future__ import annotations
 
-import datetime as dt
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 import torch
 import xarray as xr
 import zarr
+from provenance_checks import assert_provenance
 
 from flows import fusion_job
 from flows.inputs import resolve_store
@@ -23,29 +22,10 @@ from flows.jobs import run_job
 from flows.synth import write_synthetic
 from pipeline.fusion import auto
 from stores.ingest import read
-from stores.version import emfuse_version
 from stores.zarrio import begin_run, open_dataset, read_attrs, sha256_file, timed, write_dataset
 
 FIXED = dict(lambda_chem=0.08, lambda_tv=0.15, n_iter=5, n_iter_tv=3, bkg=0.24)
 FUSE_STAGES = {"plan", "write_inputs", "normalise", "choose_lambdas", "tiles", "finalise"}
-
-
-def assert_provenance(out: str | Path, source: Path, stages: set[str], *, input_store: Path | None = None) -> dict:
-    """The attributes every output store carries; returns them for the path's own checks."""
-    attrs = read_attrs(out)
-    assert attrs["emfuse_version"] == emfuse_version() != "unknown"
-    created = dt.datetime.fromisoformat(attrs["created"])
-    assert abs((dt.datetime.now(dt.UTC) - created).total_seconds()) < 3600
-    assert attrs["host"] == socket.gethostname()
-    assert attrs["source_path"] == str(source.resolve())
-    assert attrs["source_sha256"] == sha256_file(source)
-    if input_store is not None:
-        assert attrs["input_store"] == str(Path(input_store).resolve())
-    assert isinstance(attrs["params"], dict) and attrs["params"]
-    assert stages <= set(attrs["timing"][-1]["seconds"]), attrs["timing"]
-    assert all(s >= 0 for s in attrs["timing"][-1]["seconds"].values())
-    assert attrs["complete"] is True
-    return attrs
 
 
 @pytest.fixture(scope="module")
@@ -140,16 +120,6 @@ datasets:
     assert info["n_done"] == 1, info["records"]
     assert_provenance(tmp_path / "results" / "pto.fuse.zarr", raw, FUSE_STAGES | {"ingest"},
                       input_store=tmp_path / "results" / "inputs" / "pto.input.zarr")
-
-
-@pytest.mark.slow
-def test_demo_stores_carry_provenance(prefect_harness, tmp_path):
-    from flows.demo import run_demo
-
-    run_demo(tmp_path, size=64, cluster="local-threads")
-    attrs = assert_provenance(tmp_path / "demo_fused.zarr", tmp_path / "demo_input.zarr", FUSE_STAGES | {"ingest"})
-    assert "normalisation" in attrs and "lambda_choice" in attrs
-    assert_provenance(tmp_path / "demo_tem_fused.zarr", tmp_path / "demo_tem_modes.zarr", {"plan", "tiles"})
 
 
 @pytest.fixture(scope="module")
