@@ -138,15 +138,18 @@ def _input_variable(ds: xr.Dataset, source: str | Path) -> str:
 
 
 def image_kind(ds: xr.Dataset, variable: str) -> str:
-    """What the input is (attribute ``image_kind`` of the output): ``"movie"``, ``"haadf"`` when
-    the input says its image is a HAADF (its own ``image_kind``), else ``"image"``.
+    """What the input is (attribute ``image_kind`` of the output): ``"movie"``; the image's own
+    ``image_kind`` when it has one; ``"haadf"`` beside a spectrum image or maps (the ingest takes
+    the HAADF/ADF/DF image of the acquisition there); else ``"image"``.
 
-    The canonical store keeps a single image as ``haadf`` whatever its detector (a TEM image
+    The canonical store keeps a lone image as ``haadf`` whatever its detector (a TEM image
     from .emi or .dm3 too), so the variable's name alone does not say it is a HAADF.
     """
     if variable == layout.MOVIE:
         return "movie"
-    return str(ds[variable].attrs.get(layout.ATTR_IMAGE_KIND, "image"))
+    if layout.ATTR_IMAGE_KIND in ds[variable].attrs:
+        return str(ds[variable].attrs[layout.ATTR_IMAGE_KIND])
+    return "haadf" if layout.SPECTRUM in ds or layout.MAPS in ds else "image"
 
 
 def value_range(dtype: np.dtype, count_like: bool) -> tuple[float | None, float | None]:

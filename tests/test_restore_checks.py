@@ -96,3 +96,7 @@ def test_the_output_says_what_was_restored(tmp_path, client, identity):
         tmp_path / "h.zarr", zarr_format=3, consolidated=False)
     job = _run(tmp_path / "h.zarr", tmp_path / "h_out.zarr", client, identity)
     assert read_attrs(job.out)["image_kind"] == "haadf"
+    # the image beside a spectrum image is that acquisition's HAADF
+    si = write_synthetic("spectrum-image", tmp_path / "si.zarr", shape=(32, 32))
+    job = _run(si, tmp_path / "si_out.zarr", client, identity)
+    assert read_attrs(job.out)["image_kind"] == "haadf"
