@@ -53,9 +53,10 @@ def _status_line(record: dict[str, Any]) -> str:
 
 @flow(name="emfuse-job", flow_run_name="{dataset}:{kind}", persist_result=False)
 def job_subflow(dataset: str, kind: str, store: str, out: str, options: dict[str, Any], cluster: Any,
-                progress: bool = True) -> dict[str, Any]:
-    """One job of one dataset, on the batch's cluster."""
-    return run_job_stages(kind, store, out, options, cluster=cluster, progress=progress)
+                progress: bool = True, ingest_seconds: float = 0.0) -> dict[str, Any]:
+    """One job of one dataset, on the batch's cluster (``ingest_seconds``: the dataset's ingest, for ``timing``)."""
+    return run_job_stages(kind, store, out, options, cluster=cluster, progress=progress,
+                          ingest_seconds=ingest_seconds)
 
 
 def _failure(exc: BaseException) -> dict[str, str]:
@@ -82,6 +83,7 @@ def dataset_flow(name: str, path: str, elements: list[str] | None, jobs: dict[st
     start = time.perf_counter()
     try:
         store = ingest_task(path, inputs_dir, elements, name)
+        ingest_seconds = time.perf_counter() - start
     except Exception as exc:  # every job of the dataset fails with the ingest error
         failure = {**_failure(exc), "error": f"dataset {name}: {exc}"}
         return [{"job": kind, "status": "failed", "started": started, **failure,
@@ -95,7 +97,8 @@ def dataset_flow(name: str, path: str, elements: list[str] | None, jobs: dict[st
             options.setdefault("elements", list(elements))
         if kind == "restore":  # the GPU may be on the workers only
             options.setdefault("check_device", not remote)
-        state = job_subflow(name, kind, store, job["store"], options, cluster, progress, return_state=True)
+        state = job_subflow(name, kind, store, job["store"], options, cluster, progress, ingest_seconds,
+                            return_state=True)
         if state.is_completed():
             summary = state.result()
             record.update(status="done", state=summary.get("state"), seconds=summary["seconds"],

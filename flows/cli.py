@@ -108,14 +108,19 @@ def _require(path: Path) -> None:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
+    from .checks import check_fuse
+
+    windows = _windows(args.window)
+    # arguments, files and the output checked before Prefect, Dask and the cluster are loaded
+    check_fuse(args.source, args.out, elements=args.elements, params=_params(args), tile=args.tile,
+               halo=args.halo, windows=windows, overwrite=args.overwrite)
     from .fusion_flow import fuse_flow
 
-    _require(args.source)
     _quiet_prefect(args.verbose)
 
     result = fuse_flow(
         str(args.source), str(args.out), elements=args.elements, params=_params(args),
-        cluster=args.cluster, tile=args.tile, halo=args.halo, windows=_windows(args.window),
+        cluster=args.cluster, tile=args.tile, halo=args.halo, windows=windows,
         overwrite=args.overwrite, report=not args.no_report,
     )
     print_summary(result)
@@ -123,9 +128,13 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from .checks import check_restore
+
+    check_restore(args.source, args.out, model=args.model, overwrite=args.overwrite, options=dict(
+        device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
+        channels_last=args.channels_last, register=args.register, block=args.block))
     from .restore_flow import restore_flow
 
-    _require(args.source)
     _quiet_prefect(args.verbose)
 
     result = restore_flow(
@@ -194,9 +203,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_tem_fuse(args: argparse.Namespace) -> int:
+    from .checks import check_tem_fuse
+
+    check_tem_fuse(args.source, args.out, model=args.model, tile=args.tile, halo=args.halo,
+                   overwrite=args.overwrite)
     from .tem_fuse_flow import tem_fuse_flow
 
-    _require(args.source)
     _quiet_prefect(args.verbose)
 
     result = tem_fuse_flow(str(args.source), str(args.out), model=str(args.model) if args.model else None,
@@ -252,10 +264,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .batch import batch_flow
     from .catalog import load_catalog
 
-    load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect starts
+    load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
+    from .batch import batch_flow
+
     _quiet_prefect(args.verbose)
     info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
     print(f"{info['n_done']} done, {info['n_failed']} failed in {info['seconds'] / 60:.1f} min")
@@ -326,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emfuse", description="Overnight EM pipeline: fused chemical maps from spectrum images and HAADF."
     )
+    from stores.version import emfuse_version
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {emfuse_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show log messages")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -356,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help=".dm3 .dm4 .emd .bcf .emi .h5 .npz .tif")
     p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
     p.add_argument("--elements", nargs="+", help="element names for map layouts that do not carry them")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the output store if it exists")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("fuse", help="fused multi-modal chemical mapping of a store or raw file")

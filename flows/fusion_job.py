@@ -35,13 +35,12 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from distributed import Client
 from tqdm.auto import tqdm
 
 from pipeline import elements as periodic
@@ -59,10 +58,20 @@ from stores.errors import StoreError, on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
 from stores.progress import TileRecord
 from stores.warn import add_warnings, make_warning, read_warnings
-from stores.zarrio import mark_complete, open_dataset, read_attrs, update_attrs
+from stores.zarrio import (
+    add_variables,
+    mark_complete,
+    open_dataset,
+    read_attrs,
+    timed,
+    update_attrs,
+)
 
 from .gather import gather
 from .inputs import SATURATED, haadf_saturation
+
+if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 JOB = "fuse"
@@ -172,8 +181,29 @@ def input_maps(
         dims=("element", "y", "x"),
         coords={"element": list(wanted), "z": ("element", [periodic.atomic_number(e) for e in wanted]),
                 "y": ds["y"], "x": ds["x"]},
-        attrs={"units": "counts"},
+        attrs={"units": _integrated_units(ds[layout.SPECTRUM])},
     )
+
+
+def _integrated_units(spectrum: xr.DataArray) -> str:
+    """Maps integrated from a spectrum image are counts only when the spectrum holds counts."""
+    units = spectrum.attrs.get("units")
+    return units if units else "counts" if spectrum.dtype.kind in "iu" else "a.u."
+
+
+def maps_from(ds: xr.Dataset, elements: Sequence[str],
+              windows: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+    """Where the job's maps come from (attribute ``maps_from``): the stored ``maps``, or the
+    ``spectrum`` with the windows, lines and background models used for each element (the
+    defaults of :mod:`pipeline.spectra` as well as any ``--window``)."""
+    if _uses_stored_maps(ds, elements):
+        return {"variable": layout.MAPS, "units": ds[layout.MAPS].attrs.get("units")}
+    signal = str(ds.attrs.get(layout.ATTR_SIGNAL, ds[layout.SPECTRUM].attrs.get(layout.ATTR_SIGNAL, "EDX")))
+    used = spectra.map_windows(np.asarray(ds["energy"].values, dtype=np.float64), list(elements),
+                               signal_type=signal, windows=windows)
+    return {"variable": layout.SPECTRUM, "signal_type": signal,
+            "units": _integrated_units(ds[layout.SPECTRUM]),
+            "windows": {w.element: w.to_dict() for w in used}}
 
 
 def _spectrum_to_maps(
@@ -266,8 +296,9 @@ def plan(
     job = FusionJob(str(source), str(out), names, z, FusionParams(**numeric), tile, halo, windows,
                     auto=auto_names, resolved=not auto_names)
     job = _stored_choice(job, overwrite)
-    with on_disk_full(out):
-        state = prepare_output(out, _template(ds, maps, job), job.record(), source=source, overwrite=overwrite)
+    with on_disk_full(out), naming(source):
+        state = prepare_output(out, _template(ds, maps, job), job.record(), source=source, overwrite=overwrite,
+                               attrs={layout.ATTR_MAPS_FROM: maps_from(ds, names, windows)})
         if state != "complete":
             grid = tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), tile, halo)
             shape = (grid[-1].index[0] + 1, grid[-1].index[1] + 1)
@@ -298,7 +329,10 @@ def _template(ds: xr.Dataset, maps: xr.DataArray, job: FusionJob) -> xr.Dataset:
         },
     )
     template[layout.FUSED].attrs.update(units="normalised", description="fused maps, min-max normalised units")
-    template[layout.MAPS].attrs.update(units="counts", description="raw elemental maps")
+    template[layout.MAPS].attrs.update(units=maps.attrs.get("units", "a.u."), description="raw elemental maps")
+    template[layout.HAADF].attrs.update(units=ds[layout.HAADF].attrs.get("units", "a.u."))
+    template[layout.HAADF_MODEL].attrs.update(units="normalised",
+                                              description="sum_i w_i x_i^gamma, min-max normalised units")
     template[layout.COST].attrs.update(
         description="unweighted terms after each iteration, summed over tiles: "
         "haadf = 1/2||b_H - sum w_i x_i^gamma||^2, chem = sum(x - b log(x + bkg)), tv = sum TV_iso(x_i)"
@@ -344,8 +378,9 @@ def _write_haadf_valid(job: FusionJob, ds: xr.Dataset) -> None:
 def normalise(job: FusionJob) -> Normalisation:
     """Dataset-wide min-max ranges, with the checks that need a pass over the data."""
     attrs = zarr.open_group(job.out, mode="r", zarr_format=3).attrs
-    if "normalisation" in attrs:
-        return Normalisation(**{k: tuple(v) if isinstance(v, list) else v for k, v in attrs["normalisation"].items()})
+    if layout.ATTR_NORMALISATION in attrs:
+        return Normalisation(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in attrs[layout.ATTR_NORMALISATION].items()})
     out = open_dataset(job.out, require_complete=False)
     haadf, maps = out[layout.HAADF].data, out[layout.MAPS].data
     if layout.HAADF_VALID in out:  # saturated pixels out of the range (a NaN or Inf elsewhere still shows)
@@ -369,7 +404,7 @@ def normalise(job: FusionJob) -> Normalisation:
             )
     _check_dose(job, (h_lo, h_hi), m_hi)
     norm = Normalisation.from_ranges((h_lo, h_hi), list(zip(m_lo, m_hi)), job.elements)
-    update_attrs(job.out, normalisation=dataclasses.asdict(norm))
+    update_attrs(job.out, **{layout.ATTR_NORMALISATION: dataclasses.asdict(norm)})
     return norm
 
 
@@ -475,9 +510,7 @@ def _write_lambda_score(out: str, choice: auto.LambdaChoice) -> None:
                               "training part (affine-calibrated), mean over elements and folds; "
                               "lambdas in full-data units; NaN: not tried"},
     )
-    # with the group's attributes as they are: to_zarr(mode="a") replaces them by the Dataset's,
-    # which dropped the provenance, the normalisation and the warnings written before the search
-    xr.Dataset({layout.LAMBDA_SCORE: score}, attrs=read_attrs(out)).to_zarr(out, mode="a", **layout.ZARR_KW)
+    add_variables(out, xr.Dataset({layout.LAMBDA_SCORE: score}))  # keeps the store's attributes
 
 
 def _jsonable(value: Any) -> Any:
@@ -558,7 +591,12 @@ def compute(job: FusionJob, client: Client, *, progress: bool = True) -> tuple[F
     Returns the job (with its lambdas chosen) and the number of tiles computed now.
     """
     with on_disk_full(job.out), naming(job.source):  # ENOSPC: one line naming the store and the fix
-        write_inputs(job)
-        norm = normalise(job)
-        job = choose_lambdas(job, norm, progress=progress)
-        return job, fuse_tiles(job, norm, client, progress=progress)
+        with timed(job.out, "write_inputs"):
+            write_inputs(job)
+        with timed(job.out, "normalise"):
+            norm = normalise(job)
+        with timed(job.out, "choose_lambdas"):
+            job = choose_lambdas(job, norm, progress=progress)
+        with timed(job.out, "tiles"):
+            n = fuse_tiles(job, norm, client, progress=progress)
+        return job, n

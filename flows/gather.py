@@ -8,10 +8,12 @@ remaining tasks are cancelled instead of running on for nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from distributed import Client, as_completed
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def gather(client: Client, futures: Sequence[Any], *, desc: str, unit: str = "tile", progress: bool = True,
@@ -22,6 +24,8 @@ def gather(client: Client, futures: Sequence[Any], *, desc: str, unit: str = "ti
     A task may return an exception instead of raising it (bad input, reported without a worker
     traceback): it is raised here like a task's own error.
     """
+    from distributed import as_completed  # here: importing the job modules must stay cheap
+
     results = []
     total = sum(sizes.values()) if sizes else len(futures)
     with tqdm(total=total, desc=desc, unit=unit, disable=not progress) as bar:

@@ -18,7 +18,7 @@ from pipeline.saturation import find_saturation
 from stores import ingest
 from stores.layout import ATTR_SHA256, HAADF
 from stores.warn import add_warnings, make_warning
-from stores.zarrio import is_complete, open_dataset, read_attrs, sha256_file
+from stores.zarrio import is_complete, is_store, open_dataset, read_attrs, sha256_file
 
 SATURATED = "haadf-saturated"  # the warning's code
 
@@ -86,10 +86,7 @@ def ingest_file(
     check_haadf(store)
     return store
 
-
-def is_store(path: str | Path) -> bool:
-    """True for a Zarr v3 store directory."""
-    return (Path(path) / "zarr.json").is_file()
+__all__ = ["check_haadf", "haadf_saturation", "ingest_file", "is_store", "resolve_store"]
 
 
 def resolve_store(

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cluster import connect
 from stores.lock import StoreLock
+from stores.zarrio import add_timing, begin_run, timed
 
 from .inputs import resolve_store
 from .jobs import job_kind
@@ -62,25 +63,34 @@ def _figures(out: str, state: str) -> list[str]:
 
 def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *, cluster: Any = "local",
                    workdir: str | None = None, elements: Sequence[str] | None = None,
-                   report: bool = True, progress: bool = True) -> dict[str, Any]:
+                   report: bool = True, progress: bool = True, ingest_seconds: float = 0.0) -> dict[str, Any]:
     """Ingest, plan, compute, finalise and report one job inside the calling Prefect flow.
 
     ``cluster`` is anything :func:`cluster.connect` takes (a batch passes the address of the
     cluster it started, so that every job shares it). Raw files are ingested into ``workdir``
     (default: the output's folder). Returns the job's summary with ``input_store``,
-    ``tiles_computed``, ``seconds`` and ``figures``.
+    ``tiles_computed``, ``seconds`` and ``figures``. The wall time of each stage goes to the
+    output's ``timing`` attribute, one record per run (``ingest_seconds``: an ingest the
+    caller ran before, as a batch does).
     """
     start = time.perf_counter()
     store = ingest_task(source, workdir or str(Path(out).resolve().parent), elements)
+    ingest_seconds += time.perf_counter() - start
     tiles_computed = 0
     with StoreLock(out):
+        planned = time.perf_counter()
         job, state = plan_task(kind, store, out, options)
         if state != "complete":
+            begin_run(out, ingest=ingest_seconds, plan=time.perf_counter() - planned)
             with connect(cluster) as client:
                 job, tiles_computed = compute_task(kind, job, client, progress)
-            finalise_task(kind, job)
+            with timed(out, "finalise"):
+                finalise_task(kind, job)
     result = job_kind(kind).module.summary(job)
     result.update(input_store=store, tiles_computed=tiles_computed, state=state)
+    drawn = time.perf_counter()
     result["figures"] = _figures(job.out, state) if report else []
+    if report and state != "complete":
+        add_timing(out, "report", time.perf_counter() - drawn)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result

@@ -26,8 +26,10 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -35,8 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.fusion import FusionParams
 from stores.lock import StoreLock
-
-from . import fusion_job, restore_job, tem_fuse_job
+from stores.zarrio import begin_run, timed
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -49,12 +50,21 @@ _INTERNAL = frozenset({"overwrite", "check_device", "torch_threads"})
 
 @dataclass(frozen=True)
 class JobKind:
-    """One kind of job: its module (the four stages) and the names of its options."""
+    """One kind of job: its module (the four stages) and the names of its options.
+
+    The module is imported when first used, so that naming the jobs (the command line, a
+    catalog that fails its checks) does not load Dask, torch and the job's kernels.
+    """
 
     name: str
-    module: ModuleType
+    module_name: str
     nested_params: tuple[str, ...] = ()  # names gathered into plan(params={...}) (fusion weights)
     defaults: dict[str, Any] = field(default_factory=dict)  # options the flows set unless told otherwise
+
+    @property
+    def module(self) -> ModuleType:
+        """The job's module (:mod:`flows.fusion_job`, ...), imported on first use."""
+        return importlib.import_module(f".{self.module_name}", __package__)
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -79,10 +89,10 @@ _FUSION_PARAMS = tuple(f.name for f in dataclasses.fields(FusionParams))
 
 JOBS: dict[str, JobKind] = {
     # the weights are chosen for each dataset unless given (pipeline.fusion.auto)
-    "fuse": JobKind("fuse", fusion_job, nested_params=_FUSION_PARAMS,
+    "fuse": JobKind("fuse", "fusion_job", nested_params=_FUSION_PARAMS,
                     defaults={"lambda_chem": "auto", "lambda_tv": "auto"}),
-    "restore": JobKind("restore", restore_job, defaults={"model": "default"}),
-    "tem-fuse": JobKind("tem-fuse", tem_fuse_job),
+    "restore": JobKind("restore", "restore_job", defaults={"model": "default"}),
+    "tem-fuse": JobKind("tem-fuse", "tem_fuse_job"),
 }
 
 
@@ -103,10 +113,13 @@ def run_job(kind: str, source: str | Path, out: str | Path, client: Client, *,
     """
     jk = job_kind(kind)
     with StoreLock(out):
+        start = time.perf_counter()
         job, state = jk.module.plan(source, out, **jk.plan_options(options))
         if state == "complete":
             log.info("%s is already complete with these parameters; nothing to do", out)
             return job
+        begin_run(out, plan=time.perf_counter() - start)
         job, _ = jk.module.compute(job, client, progress=progress)
-        jk.module.finalise(job)
+        with timed(out, "finalise"):
+            jk.module.finalise(job)
     return job

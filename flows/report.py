@@ -56,6 +56,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
+from stores import layout
 from stores.layout import (
     ATTR_COMPLETE,
     ATTR_CREATED,
@@ -72,6 +73,8 @@ from stores.layout import (
     ZARR_KW,
 )
 
+_PROVENANCE = (layout.ATTR_HOST, layout.ATTR_SOURCE, layout.ATTR_SHA256, layout.ATTR_INPUT_STORE,
+               layout.ATTR_NORMALISATION, layout.ATTR_MAPS_FROM, layout.ATTR_IMAGE_KIND, layout.ATTR_TIMING)
 LAMBDA_SCORE = "lambda_score"  # optional: score of each (lambda_chem, lambda_tv) tried
 MAX_DISPLAY_PX = 1024
 DPI = 120
@@ -224,6 +227,8 @@ def summarize(ds: xr.Dataset, store: Path, factor: int, figures: list[str]) -> d
         # "check" when the store carries warnings (stores/warn.py): read them before trusting the result
         "status": "check" if ds.attrs.get(ATTR_WARNINGS) else "ok",
         "warnings": list(ds.attrs.get(ATTR_WARNINGS, [])),
+        # where the result came from and what it cost (stores.zarrio.provenance, timing)
+        "provenance": {name: ds.attrs.get(name) for name in _PROVENANCE if name in ds.attrs},
     }
     if LAMBDA_SCORE in ds:
         summary["lambda_search"] = _lambda_best(ds[LAMBDA_SCORE])

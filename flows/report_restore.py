@@ -39,6 +39,7 @@ from matplotlib.ticker import MaxNLocator
 
 from pipeline.register import shift_image
 from stores.layout import (
+    ATTR_INPUT_STORE,
     ATTR_SOURCE,
     AVERAGE,
     DRIFT,
@@ -83,7 +84,8 @@ def restore_inputs(ds: xr.Dataset) -> tuple[xr.DataArray | None, xr.DataArray | 
         ``source_path``, with the output's ``frame``/``y``/``x`` coordinates; None where the
         input is gone or no longer matches the output's shape.
     """
-    path = ds.attrs.get(ATTR_SOURCE)
+    # the canonical store read by the job (source_path names the instrument file behind it)
+    path = ds.attrs.get(ATTR_INPUT_STORE, ds.attrs.get(ATTR_SOURCE))
     if not path or not Path(path).exists():
         return None, None, None
     try:
@@ -305,7 +307,7 @@ def restore_summary(ds: xr.Dataset) -> dict[str, Any]:
     info: dict[str, Any] = {
         "frames": n, "shape": list(ds[RESTORED].shape), "model": params.get("model"),
         "device": params.get("device"), "precision": params.get("precision"),
-        "input_store": ds.attrs.get(ATTR_SOURCE), "input_found": raw is not None,
+        "input_store": ds.attrs.get(ATTR_INPUT_STORE, ds.attrs.get(ATTR_SOURCE)), "input_found": raw is not None,
         "has_truth": truth is not None,
     }
     if DRIFT in ds:

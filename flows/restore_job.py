@@ -33,13 +33,12 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import numpy as np
 import xarray as xr
 import zarr
-from distributed import Client
 
 from pipeline.metrics import psnr
 from pipeline.register import estimate_shift, shift_image
@@ -47,10 +46,14 @@ from stores import layout
 from stores.errors import on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region
 from stores.progress import TileRecord
-from stores.warn import read_warnings
-from stores.zarrio import mark_complete, open_dataset, sha256_file
+from stores.warn import add_warnings, make_warning, read_warnings
+from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, timed
 
+from .checks import check_restore_tiling
 from .gather import gather
+
+if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 JOB = "restore"
@@ -60,6 +63,12 @@ MAX_BLOCK = 64
 MIN_TASKS = 8  # default blocks are small enough to give at least this many tasks
 CHUNK_YX = 2048  # frames larger than this are split in (y, x) chunks too
 SUMMARY_FRAMES = 8  # frames compared with the truth in the summary of a synthetic movie
+NEGATIVE_TOLERANCE = 0.01  # more negative pixels than this fraction: the input is not counts
+#: how the network sees the data (pipeline.restore.inference.restore, stats="image")
+NORMALISATION = {"method": "per-frame standardisation",
+                 "description": "each frame minus its mean, divided by its standard deviation (floored), "
+                                "before the network; the result is returned in the input's units"}
+ATTR_VALUE_RANGE = "value_range"  # [low, high] (None: unbounded) the restored values are clipped to
 
 # the networks loaded by this worker process, by (model, sha256, device, channels_last)
 _MODELS: dict[tuple[Any, ...], Any] = {}
@@ -88,6 +97,7 @@ class RestoreJob:
     register: bool = False
     block: int = 8  # frames per task (and per Zarr chunk along frame)
     model_sha256: str | None = None  # of a model file
+    value_range: tuple[float | None, float | None] = (None, None)  # the input's physical range (clipping)
 
     def record(self) -> dict[str, Any]:
         """The parameters written to (and compared with) the output store."""
@@ -127,9 +137,39 @@ def _input_variable(ds: xr.Dataset, source: str | Path) -> str:
     )
 
 
-def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None]:
-    """(model as recorded, sha256 of its file); loads it once to fail here rather than on the workers."""
+def image_kind(ds: xr.Dataset, variable: str) -> str:
+    """What the input is (attribute ``image_kind`` of the output): ``"movie"``; the image's own
+    ``image_kind`` when it has one; ``"haadf"`` beside a spectrum image or maps (the ingest takes
+    the HAADF/ADF/DF image of the acquisition there); else ``"image"``.
+
+    The canonical store keeps a lone image as ``haadf`` whatever its detector (a TEM image
+    from .emi or .dm3 too), so the variable's name alone does not say it is a HAADF.
+    """
+    if variable == layout.MOVIE:
+        return "movie"
+    if layout.ATTR_IMAGE_KIND in ds[variable].attrs:
+        return str(ds[variable].attrs[layout.ATTR_IMAGE_KIND])
+    return "haadf" if layout.SPECTRUM in ds or layout.MAPS in ds else "image"
+
+
+def value_range(dtype: np.dtype, count_like: bool) -> tuple[float | None, float | None]:
+    """The physical range of an input's values: [0 for counts, the detector's maximum for integers].
+
+    >>> value_range(np.dtype("uint16"), True), value_range(np.dtype("float32"), False)
+    ((0.0, 65535.0), (None, None))
+    """
+    low = 0.0 if count_like or dtype.kind == "u" else None
+    high = float(np.iinfo(dtype).max) if dtype.kind in "iu" else None
+    if dtype.kind == "i" and low is None:
+        low = float(np.iinfo(dtype).min)
+    return low, high
+
+
+def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None, int]:
+    """(model as recorded, sha256 of its file, smallest image side it restores); loads it once
+    to fail here rather than on the workers."""
     from pipeline.restore import MODEL_NAMES, load_model
+    from pipeline.restore.inference import min_image_size
 
     name = "default" if model is None else str(model)
     sha = None
@@ -144,10 +184,10 @@ def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None]:
                                     "nor an existing .safetensors file; check --model")
         name, sha = str(path.resolve()), sha256_file(path)
     try:
-        load_model(None if name == "default" else name)
+        net = load_model(None if name == "default" else name)
     except (ImportError, ValueError, OSError) as exc:
         raise RestoreInputError(f"cannot load model {name!r}: {exc}") from exc
-    return name, sha
+    return name, sha, min_image_size(net)
 
 
 def _check_device(device: str) -> None:
@@ -191,9 +231,10 @@ def plan(
                                 "check the acquisition was saved completely.")
     if precision not in PRECISIONS:
         raise RestoreInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if tile < 8 or overlap < 0 or 2 * overlap > tile or batch < 1 or (block is not None and block < 1):
-        raise RestoreInputError(f"need tile >= 8, 0 <= overlap <= tile / 2, batch >= 1 and block >= 1; "
-                                f"got tile {tile}, overlap {overlap}, batch {batch}, block {block}")
+    try:
+        check_restore_tiling(tile, overlap, batch, block)
+    except ValueError as exc:
+        raise RestoreInputError(str(exc)) from None
     import torch
 
     try:
@@ -202,16 +243,42 @@ def plan(
         raise RestoreInputError(f"unknown device {device!r} ({exc}); use cpu or cuda") from exc
     if check_device:
         _check_device(device)
-    name, sha = _check_model(model)
-    if overwrite or not Path(out).exists():  # checked once, on the first run
-        _check_dose(data, source)
+    name, sha, smallest = _check_model(model)
+    kind = image_kind(ds, variable)
+    if min(ny, nx) < smallest:
+        raise RestoreInputError(
+            f"the {kind} of {source} is {ny} x {nx} px, smaller than the network {name} can use: it "
+            f"needs at least {smallest} x {smallest} px. Restore a larger field of view (or bin the "
+            "image less).")
+    first = overwrite or not Path(out).exists()
+    negative = _check_dose(data, source) if first else 0.0  # checked once, on the first run
+    limits = value_range(data.dtype, negative <= NEGATIVE_TOLERANCE) if first else _stored_range(out)
     job = RestoreJob(str(source), str(out), name, variable, int(n_frames), device, tile, overlap, batch,
-                     precision, channels_last, register, block or default_block(n_frames, ny, nx), sha)
+                     precision, channels_last, register, block or default_block(n_frames, ny, nx), sha,
+                     limits)
     with on_disk_full(out):
-        state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite)
+        state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite,
+                               attrs={layout.ATTR_IMAGE_KIND: kind, ATTR_VALUE_RANGE: list(limits),
+                                      layout.ATTR_NORMALISATION: NORMALISATION})
         if state != "complete":
-            TileRecord.create(out, JOB, (len(job.blocks), 1))
+            TileRecord.create(out, JOB, (len(job.blocks), 1), payload_shape=(2,))
+        if state == "new" and negative > NEGATIVE_TOLERANCE:
+            add_warnings(out, make_warning(
+                "not-count-like",
+                f"{negative:.1%} of the {kind}'s pixels are negative: the input is not counts (dark- or "
+                "background-subtracted, or processed), unlike the data the network was trained on. "
+                "Check the restored image against the raw one, or restore the raw detector counts.",
+                stage="plan", negative_fraction=round(float(negative), 6)))
     return job, state
+
+
+def _stored_range(out: str | Path) -> tuple[float | None, float | None]:
+    """The clipping range a first run recorded (a rerun neither scans the input again nor changes it)."""
+    try:
+        low, high = read_attrs(out).get(ATTR_VALUE_RANGE, (None, None))
+    except Exception:  # not a store: prepare_output names the problem
+        return None, None
+    return low, high
 
 
 def flat_frames(data: np.ndarray) -> np.ndarray:
@@ -223,8 +290,9 @@ def flat_frames(data: np.ndarray) -> np.ndarray:
     return data.max(axis=(-2, -1)) == data.min(axis=(-2, -1))
 
 
-def _check_dose(data: xr.DataArray, source: str | Path) -> None:
-    """Zero dose: frames without signal (one pass over the input, chunk by chunk).
+def _check_dose(data: xr.DataArray, source: str | Path) -> float:
+    """Zero dose: frames without signal (one pass over the input, chunk by chunk); returns the
+    fraction of negative pixels (counts are never negative).
 
     A flat frame (all pixels equal; all zero when the beam was blanked or the camera not read
     out) holds nothing to restore. When every frame is flat the job is refused; when only
@@ -232,8 +300,9 @@ def _check_dose(data: xr.DataArray, source: str | Path) -> None:
     copied to the output unchanged (:func:`restore_block_in_store`).
     """
     stack = data if "frame" in data.dims else data.expand_dims("frame")
-    lo, hi = (np.atleast_1d(v) for v in dask.compute(stack.min(("y", "x"), skipna=False).data,
-                                                      stack.max(("y", "x"), skipna=False).data))
+    lo, hi, negative = dask.compute(stack.min(("y", "x"), skipna=False).data,
+                                    stack.max(("y", "x"), skipna=False).data, (stack < 0).mean().data)
+    lo, hi = np.atleast_1d(lo), np.atleast_1d(hi)
     flat = np.flatnonzero(lo == hi)
     what = f"the {data.name} of {source}"
     if flat.size == lo.size:
@@ -248,6 +317,7 @@ def _check_dose(data: xr.DataArray, source: str | Path) -> None:
         listing = ", ".join(map(str, flat[:10].tolist())) + (", ..." if flat.size > 10 else "")
         log.warning("%s: %d of %d frames are flat, with no signal (zero dose: frames %s); they are "
                     "copied to the output unchanged, not restored.", what, flat.size, lo.size, listing)
+    return float(negative)
 
 
 def _template(ds: xr.Dataset, data: xr.DataArray, job: RestoreJob) -> xr.Dataset:
@@ -264,7 +334,8 @@ def _template(ds: xr.Dataset, data: xr.DataArray, job: RestoreJob) -> xr.Dataset
         coords["axis"] = ["y", "x"]
     template = xr.Dataset(variables, coords=coords)
     units = data.attrs.get("units", "input units")
-    template[layout.RESTORED].attrs.update(units=units, description=f"{job.variable} restored by {job.model}")
+    kind = image_kind(ds, job.variable)
+    template[layout.RESTORED].attrs.update(units=units, image_kind=kind, description=f"{kind} restored by {job.model}")
     if job.register:
         template[layout.DRIFT].attrs.update(units="px", description="drift (dy, dx) of each restored "
                                             "frame against the first (the specimen moved by +drift)")
@@ -352,9 +423,27 @@ def restore_block_in_store(job: RestoreJob, index: int) -> int:
                        device=job.device, dtype=PRECISIONS[job.precision], channels_last=job.channels_last)
     flat = flat_frames(data)  # zero dose (see _check_dose): nothing to restore, kept as they are
     restored[flat] = data[flat]
+    clipped = clip_to_range(restored, job.value_range)
     write_region(job.out, layout.RESTORED, (frames, slice(None), slice(None)), restored)
-    TileRecord.open(job.out, JOB).mark((index, 0))
+    TileRecord.open(job.out, JOB).mark((index, 0), payload=np.array(clipped, dtype=np.float64))
     return index
+
+
+def clip_to_range(restored: np.ndarray, limits: tuple[float | None, float | None]) -> tuple[int, int]:
+    """Clip ``restored`` in place to the input's physical range; returns (pixels below, above).
+
+    A network can overshoot: values below 0 for counts, or above the detector's maximum for
+    an integer input, are not physical.
+
+    >>> a = np.array([-1.0, 0.5, 300.0]); clip_to_range(a, (0.0, 255.0)), a.tolist()
+    ((1, 1), [0.0, 0.5, 255.0])
+    """
+    low, high = limits
+    below = int(np.count_nonzero(restored < low)) if low is not None else 0
+    above = int(np.count_nonzero(restored > high)) if high is not None else 0
+    if below or above:
+        np.clip(restored, low, high, out=restored)
+    return below, above
 
 
 def _restore_block_task(job: RestoreJob, index: int) -> int | RestoreInputError:
@@ -424,7 +513,31 @@ def finalise(job: RestoreJob) -> None:
     if job.register and not record.stage_done("register"):
         raise RuntimeError(f"{job.out}: the drift registration has not run; rerun to complete it.")
     with on_disk_full(job.out):
+        _warn_clipped(job, record)
         mark_complete(job.out)
+
+
+def _warn_clipped(job: RestoreJob, record: TileRecord) -> None:
+    """One warning with the fraction of restored pixels clipped to the input's range (summed over blocks)."""
+    try:
+        below, above = np.nansum(record.payloads().reshape(-1, 2), axis=0)
+    except KeyError:  # a store begun before clipping was counted
+        return
+    total = job.n_frames * int(np.prod(zarr.open_array(str(Path(job.out) / layout.RESTORED), mode="r",
+                                                       zarr_format=3).shape[1:]))
+    if below + above == 0:
+        return
+    low, high = job.value_range
+    parts = ([f"{below / total:.2%} below {low:g}"] if below else []) + \
+            ([f"{above / total:.2%} above {high:g}"] if above else [])
+    span = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+    add_warnings(job.out, make_warning(
+        "restored-clipped",
+        f"restored values outside the input's physical range {span} were clipped to it "
+        f"({' and '.join(parts)} of the pixels). The network overshoots there; "
+        "check those regions, or use a network trained for this kind of data.",
+        stage="finalise", clipped_fraction=round(float((below + above) / total), 6),
+        below=int(below), above=int(above)))
 
 
 def summary(job: RestoreJob) -> dict[str, Any]:
@@ -455,13 +568,15 @@ def compute(job: RestoreJob, client: Client, *, progress: bool = True) -> tuple[
     Returns the job and the number of blocks of frames restored now.
     """
     with on_disk_full(job.out):  # ENOSPC on any write: one line naming the store and the fix
-        n = restore_blocks(job, client, progress=progress)
-        register(job, client, progress=progress)
+        with timed(job.out, "restore"):
+            n = restore_blocks(job, client, progress=progress)
+        with timed(job.out, "register"):
+            register(job, client, progress=progress)
     return job, n
 
 
 __all__ = [
-    "JOB", "RestoreInputError", "RestoreJob", "default_block", "drift_of_block", "finalise", "plan",
+    "JOB", "RestoreInputError", "RestoreJob", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "finalise", "plan",
     "read_frames", "register", "restore_blocks", "restore_block_in_store", "compute", "summary",
     "worker_model",
 ]

@@ -32,12 +32,11 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import numpy as np
 import xarray as xr
-from distributed import Client
 
 from pipeline import tiles
 from pipeline.avae.fuse import fuse_tile
@@ -49,9 +48,12 @@ from stores.errors import on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
 from stores.progress import TileRecord
 from stores.warn import read_warnings
-from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, update_attrs
+from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, timed, update_attrs
 
 from .gather import gather
+
+if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 JOB = "tem-fuse"
@@ -178,7 +180,11 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     template[layout.MODES].attrs.update(ds[layout.MODES].attrs)
     if flat is not None:
         template[layout.FLAT_REFERENCE].attrs.update(flat.attrs)
-    state = prepare_output(out, template, job.record(), source=source, overwrite=overwrite)
+    state = prepare_output(out, template, job.record(), source=source, overwrite=overwrite, attrs={
+        layout.ATTR_NORMALISATION: {"method": "preprocessing", "description": "flat field"
+                                    + (" (divided by flat_reference)" if job.flat_reference else "")
+                                    + ", histogram equalisation and registration fitted once for the "
+                                    "dataset: attribute 'preprocessing'"}})
     if state != "complete":
         grid = tiles.tile_grid((ny, nx), tile, halo)
         TileRecord.create(out, JOB, (grid[-1].index[0] + 1, grid[-1].index[1] + 1))
@@ -318,6 +324,10 @@ def compute(job: TemFuseJob, client: Client, *, progress: bool = True) -> tuple[
     Returns the job and the number of tiles computed now.
     """
     with on_disk_full(job.out):  # ENOSPC on any write: one line naming the store and the fix
-        write_inputs(job)
-        prep = fit_preprocessing(job)
-        return job, fuse_tiles(job, prep, client, progress=progress)
+        with timed(job.out, "write_inputs"):
+            write_inputs(job)
+        with timed(job.out, "preprocessing"):
+            prep = fit_preprocessing(job)
+        with timed(job.out, "tiles"):
+            n = fuse_tiles(job, prep, client, progress=progress)
+        return job, n

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 
 class IngestError(ValueError):
@@ -102,3 +105,28 @@ def on_disk_full(store: object, *, resumable: bool = True) -> Iterator[None]:
         if full is None or full is exc:
             raise
         raise full from exc
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value, sort_keys=True)
+
+
+def params_differ(old: Mapping[str, Any], new: Mapping[str, Any], keys: Iterable[str] | None = None) -> list[str]:
+    """``"name: <in the store> -> <now>"`` for each parameter that differs (only ``keys`` if given).
+
+    Examples
+    --------
+    >>> params_differ({"tile": 512, "gamma": 1.6}, {"tile": 256, "gamma": 1.6})
+    ['tile: 512 -> 256']
+    """
+    old, new = (json.loads(json.dumps(dict(p), sort_keys=True, default=str)) for p in (old, new))
+    names = sorted(set(old) | set(new)) if keys is None else sorted(keys)
+    return [f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}" for k in names if old.get(k) != new.get(k)]
+
+
+def other_parameters_error(path: str | Path, differ: list[str]) -> StoreError:
+    """The error for an output store written with other parameters, listing only those that differ."""
+    return StoreError(
+        f"{path} was written with other parameters (differ: {'; '.join(differ)}; store -> now); "
+        "pass --overwrite to replace it, or choose another --out."
+    )

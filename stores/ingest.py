@@ -106,6 +106,38 @@ def read(
     kind = _signal_type(path, signal_type)
     ds = _read_guarded(module, path, wanted, kind, options)
     ds.attrs.update(provenance(path))
+    return with_value_units(ds)
+
+
+#: ``units`` of values that are not counts (floats: scaled, gain-corrected or vendor-processed)
+ARBITRARY_UNITS = "a.u."
+
+
+def value_units(var: xr.DataArray) -> str:
+    """What the values of an image, spectrum image, maps or movie are, from their dtype.
+
+    Integers are detector counts (``"counts"``); floating-point values are not known to be
+    counts (vendor maps scaled to [0, 1], background-subtracted or gain-normalised data), so
+    they are ``"a.u."`` unless the reader named other units than counts. Decided from the
+    dtype alone: nothing is loaded.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> value_units(xr.DataArray(np.zeros(3, np.uint16))), value_units(xr.DataArray(np.zeros(3)))
+    ('counts', 'a.u.')
+    """
+    named = var.attrs.get("units")
+    if var.dtype.kind in "iu":
+        return "counts"
+    return named if named and named != "counts" else ARBITRARY_UNITS
+
+
+def with_value_units(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with the ``units`` of every canonical data variable set by :func:`value_units`."""
+    for name, var in ds.data_vars.items():
+        if name in DIMS and var.dims == DIMS[name]:
+            var.attrs["units"] = value_units(var)
     return ds
 
 

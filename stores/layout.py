@@ -88,6 +88,12 @@ ATTR_SIGNAL = "signal_type"  # "EDX" or "EELS" for spectrum images
 ATTR_LAMBDA_CHOICE = "lambda_choice"  # how "auto" lambdas were chosen (criterion, settings, result)
 ATTR_CONVERGENCE = "convergence"  # list of str: cost curves not levelled off / oscillating ([] if fine)
 ATTR_WARNINGS = "warnings"  # list of {"code", "message", "stage", ...}: what to check before trusting a result (stores/warn.py)
+ATTR_HOST = "host"  # the machine that created the store
+ATTR_INPUT_STORE = "input_store"  # the canonical store a job read (source_path names the instrument file)
+ATTR_NORMALISATION = "normalisation"  # the fusion's dataset-wide min-max ranges (pipeline.fusion.Normalisation)
+ATTR_TIMING = "timing"  # list of runs: {"started", "host", "seconds": {stage: wall seconds}}; a resumed run adds one
+ATTR_MAPS_FROM = "maps_from"  # where fused maps came from: stored maps, or integrated from the spectrum (windows)
+ATTR_IMAGE_KIND = "image_kind"  # what a restored image is: "movie", "image", "haadf"
 
 # Zarr settings used for every write and open (see ENVIRONMENT.md).
 ZARR_KW = {"zarr_format": 3, "consolidated": False}

@@ -9,7 +9,6 @@ other parameters is refused rather than silently mixed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,16 +17,23 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from .errors import StoreError
+from .errors import StoreError, other_parameters_error, params_differ
 from .layout import ATTR_COMPLETE, ATTR_PARAMS, ZARR_KW
-from .zarrio import check_writable, provenance, read_attrs, remove_store, with_vlen_strings
+from .zarrio import (
+    check_writable,
+    jsonable,
+    provenance,
+    read_attrs,
+    remove_store,
+    with_vlen_strings,
+)
 
 State = Literal["new", "resume", "complete"]
 
 
 def _canonical(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters as they read back from Zarr attributes (JSON types)."""
-    return json.loads(json.dumps(params, sort_keys=True, default=str))
+    return jsonable(params)
 
 
 def prepare_output(
@@ -37,8 +43,12 @@ def prepare_output(
     *,
     source: str | Path | None = None,
     overwrite: bool = False,
+    attrs: dict[str, Any] | None = None,
 ) -> State:
     """Create an output store from ``template``, or decide how to reuse the existing one.
+
+    A new store gets :func:`stores.zarrio.provenance` of ``source`` with ``params`` and
+    ``attrs`` (further attributes of the job, e.g. where its maps came from).
 
     Returns
     -------
@@ -64,19 +74,14 @@ def prepare_output(
                 f"{path} exists but is not an emfuse output store; remove it, pass --overwrite, "
                 "or choose another --out."
             ) from exc
-        old = attrs.get(ATTR_PARAMS, {})
-        if old != params:
-            changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
-            raise StoreError(
-                f"{path} was written with other parameters (differ: {', '.join(changed)}); "
-                "pass --overwrite to replace it, or choose another --out."
-            )
+        differ = params_differ(attrs.get(ATTR_PARAMS, {}), params)
+        if differ:
+            raise other_parameters_error(path, differ)
         return "complete" if attrs.get(ATTR_COMPLETE) else "resume"
     if path.exists():
         remove_store(path)
     ds = with_vlen_strings(template).copy()
-    ds.attrs.update(provenance(source))
-    ds.attrs[ATTR_PARAMS] = params
+    ds.attrs.update(provenance(source, params=params, **(attrs or {})))
     ds.attrs[ATTR_COMPLETE] = False
     ds.to_zarr(str(path), mode="w", compute=False, **ZARR_KW)
     return "new"

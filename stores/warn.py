@@ -16,7 +16,7 @@ Examples
 >>> import tempfile, zarr
 >>> path = tempfile.mkdtemp() + "/out.zarr"
 >>> _ = zarr.open_group(path, mode="w", zarr_format=3)
->>> add_warnings(path, make_warning("edge", "lambda_tv at the top of its range", stage="auto"))
+>>> _ = add_warnings(path, make_warning("edge", "lambda_tv at the top of its range", stage="auto"))
 >>> [w["code"] for w in read_warnings(path)]
 ['edge']
 """

@@ -11,12 +11,15 @@ flag is set to ``True``. A crash in between leaves a store that
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
+import json
 import os
 import shutil
-from collections.abc import Mapping
-from importlib import metadata
+import socket
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +30,16 @@ from .errors import OutputNotWritable, StoreError
 from .layout import (
     ATTR_COMPLETE,
     ATTR_CREATED,
+    ATTR_HOST,
+    ATTR_INPUT_STORE,
+    ATTR_PARAMS,
     ATTR_SHA256,
     ATTR_SOURCE,
+    ATTR_TIMING,
     ATTR_VERSION,
     ZARR_KW,
 )
-
-
-def emfuse_version() -> str:
-    """The installed emfuse version, or ``"unknown"`` when run from a bare checkout."""
-    try:
-        return metadata.version("emfuse")
-    except metadata.PackageNotFoundError:  # pragma: no cover - only outside an install
-        return "unknown"
+from .version import emfuse_version
 
 
 def sha256_file(path: str | Path, block_size: int = 1 << 22) -> str:
@@ -60,17 +60,97 @@ def sha256_file(path: str | Path, block_size: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def provenance(source: str | Path | None) -> dict[str, Any]:
-    """Attributes that say where a store came from and what wrote it."""
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as it reads back from Zarr attributes (JSON types; tuples become lists)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def is_store(path: str | Path) -> bool:
+    """True for a Zarr v3 store directory."""
+    return (Path(path) / "zarr.json").is_file()
+
+
+def source_record(source: str | Path) -> dict[str, Any]:
+    """``source_path`` and ``source_sha256`` of the instrument file behind ``source``.
+
+    A store written by :func:`stores.ingest.ingest` records the raw file it was read from;
+    a job reading it carries that file's path and sha256 over (and names the store itself
+    as ``input_store``), so an output says which recording it came from, not which
+    intermediate copy. A store without that record (synthetic, or written by a user with
+    xarray) is its own source. A file is hashed as it is.
+    """
+    source = Path(source)
+    if not is_store(source):
+        return {ATTR_SOURCE: str(source.resolve()),
+                ATTR_SHA256: sha256_file(source) if source.exists() else None}
+    attrs = read_attrs(source)
+    record = {ATTR_INPUT_STORE: str(source.resolve())}
+    if attrs.get(ATTR_SOURCE) and attrs.get(ATTR_SHA256):
+        record.update({ATTR_SOURCE: attrs[ATTR_SOURCE], ATTR_SHA256: attrs[ATTR_SHA256]})
+    else:
+        record.update({ATTR_SOURCE: str(source.resolve()), ATTR_SHA256: sha256_file(source)})
+    return record
+
+
+def provenance(source: str | Path | None, *, params: Mapping[str, Any] | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """Attributes that say where a store came from and what wrote it.
+
+    The one place every store (ingested input, synthetic data, output of any job) gets its
+    provenance: ``emfuse_version``, ``created`` (UTC), ``host``, the instrument file's
+    ``source_path`` and ``source_sha256`` (:func:`source_record`; with ``input_store`` when
+    read through a canonical store), ``params`` when given (whatever the job holds: it is
+    recorded as it is, JSON-converted), and any ``extra`` attributes.
+    """
     attrs: dict[str, Any] = {
         ATTR_VERSION: emfuse_version(),
-        ATTR_CREATED: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        ATTR_CREATED: _now(),
+        ATTR_HOST: socket.gethostname(),
     }
     if source is not None:
-        source = Path(source)
-        attrs[ATTR_SOURCE] = str(source.resolve())
-        attrs[ATTR_SHA256] = sha256_file(source) if source.exists() else None
+        attrs.update(source_record(source))
+    if params is not None:
+        attrs[ATTR_PARAMS] = jsonable(dict(params))
+    attrs.update(jsonable(extra))
     return attrs
+
+
+def begin_run(path: str | Path, **seconds: float) -> None:
+    """Start this run's record in the store's ``timing`` (a new one per run, resumed runs too),
+    with the seconds of stages already spent (e.g. ``ingest``, ``plan``)."""
+    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    runs = list(group.attrs.get(ATTR_TIMING, []))
+    runs.append({"started": _now(), "host": socket.gethostname(),
+                 "seconds": {k: round(float(v), 3) for k, v in seconds.items()}})
+    group.attrs[ATTR_TIMING] = runs
+
+
+def add_timing(path: str | Path, stage: str, seconds: float) -> None:
+    """Add ``seconds`` of ``stage`` to the current (last) run of the store's ``timing``.
+
+    A stage called outside a runner (a notebook, a test) starts a run record of its own.
+    """
+    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    runs = list(group.attrs.get(ATTR_TIMING, []))
+    if not runs:
+        runs = [{"started": _now(), "host": socket.gethostname(), "seconds": {}}]
+    stages = dict(runs[-1]["seconds"])
+    stages[stage] = round(stages.get(stage, 0.0) + float(seconds), 3)
+    runs[-1] = {**runs[-1], "seconds": stages}
+    group.attrs[ATTR_TIMING] = runs
+
+
+@contextlib.contextmanager
+def timed(path: str | Path, stage: str) -> Iterator[None]:
+    """Record the wall time of the ``with`` block as ``stage`` in the store's ``timing``
+    (only when the block finishes: a failed stage is redone and timed by the next run)."""
+    start = time.perf_counter()
+    yield
+    add_timing(path, stage, time.perf_counter() - start)
 
 
 def check_writable(path: str | Path) -> Path:
@@ -100,11 +180,18 @@ def check_writable(path: str | Path) -> Path:
 
 def is_complete(path: str | Path) -> bool:
     """True when ``path`` is a Zarr group whose ``complete`` attribute is True."""
+    return completion(path) is True
+
+
+def completion(path: str | Path) -> bool | None:
+    """The ``complete`` flag of a store: True, False (an interrupted write), or None when the
+    store has none (written by someone else, e.g. a user with xarray) or is not a store."""
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
-        return False
-    return bool(group.attrs.get(ATTR_COMPLETE, False))
+        return None
+    flag = group.attrs.get(ATTR_COMPLETE)
+    return None if flag is None else bool(flag)
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
@@ -142,7 +229,9 @@ def open_dataset(path: str | Path, *, require_complete: bool = True) -> xr.Datas
     path
         A Zarr v3 store written by emfuse.
     require_complete
-        Refuse stores whose ``complete`` flag is not set (an interrupted write).
+        Refuse stores whose ``complete`` flag is ``False`` (an interrupted write). A store
+        without the flag (written by a user with xarray, say) is accepted: only emfuse's
+        own writers set it, and they set it to ``False`` first.
 
     Examples
     --------
@@ -152,12 +241,24 @@ def open_dataset(path: str | Path, *, require_complete: bool = True) -> xr.Datas
     path = Path(path)
     if not path.exists():
         raise StoreError(f"store {path} does not exist; ingest the raw file first (emfuse ingest).")
-    if require_complete and not is_complete(path):
+    if require_complete and completion(path) is False:
         raise StoreError(
             f"store {path} is not marked complete (an interrupted or failed write). "
             "Rerun the command that writes it; it resumes where it stopped."
         )
     return xr.open_zarr(str(path), chunks={}, **ZARR_KW)
+
+
+def add_variables(path: str | Path, ds: xr.Dataset) -> None:
+    """Add the variables of ``ds`` to an existing store, keeping the store's group attributes.
+
+    ``Dataset.to_zarr(mode="a")`` replaces the group's attributes with the Dataset's own
+    (empty for a Dataset made for the purpose), which would drop the provenance, the
+    normalisation and the parameters; the store's attributes are written back with it.
+    """
+    ds = with_vlen_strings(ds).copy()
+    ds.attrs = {**read_attrs(path), **ds.attrs}
+    ds.to_zarr(str(path), mode="a", **ZARR_KW)
 
 
 def remove_store(path: str | Path) -> None:

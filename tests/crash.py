@@ -7,11 +7,12 @@ from pathlib import Path
 
 import zarr
 
-from stores.layout import ATTR_CREATED
+from stores.layout import ATTR_CREATED, ATTR_TIMING
 from stores.progress import PROGRESS_GROUP
 
-# attributes that record when something ran, not what it computed
-VOLATILE = {ATTR_CREATED}
+# attributes that record when something ran (and for how long: a resumed run adds a record), not
+# what it computed
+VOLATILE = {ATTR_CREATED, ATTR_TIMING}
 
 
 def done_tiles(output: Path) -> dict[str, int]:

@@ -64,6 +64,15 @@ def test_demo(prefect_harness, tmp_path, capsys):
     assert "NRMSE fused" in printed
     assert is_complete(tmp_path / "demo" / "demo_fused.zarr")
     assert (tmp_path / "demo" / "demo_fused.report" / "convergence.png").exists()
+    # provenance of both demo outputs (tests/test_provenance.py checks every other path)
+    from provenance_checks import assert_provenance
+
+    demo = tmp_path / "demo"
+    attrs = assert_provenance(demo / "demo_fused.zarr", demo / "demo_input.zarr",
+                              {"ingest", "plan", "write_inputs", "normalise", "choose_lambdas", "tiles", "finalise"})
+    assert {"normalisation", "lambda_choice", "maps_from"} <= set(attrs)
+    if (demo / "demo_tem_fused.zarr").exists():
+        assert_provenance(demo / "demo_tem_fused.zarr", demo / "demo_tem_modes.zarr", {"plan", "tiles", "finalise"})
 
 
 def _npz(path, **arrays):

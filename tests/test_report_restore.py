@@ -155,7 +155,7 @@ def test_drift_and_average_figures(movie_job):
 def test_without_its_input_store_only_the_restored_frames_are_shown(movie_job, tmp_path):
     moved = tmp_path / "restored.zarr"
     shutil.copytree(movie_job.out, moved)
-    update_attrs(moved, source_path=str(tmp_path / "gone.zarr"))
+    update_attrs(moved, source_path=str(tmp_path / "gone.zarr"), input_store=str(tmp_path / "gone.zarr"))
     paths = write_report(moved)
     assert [p.name for p in paths] == ["restore.png", "restore_drift.png", "restore_average.png", "summary.json"]
     for png in paths[:-1]:

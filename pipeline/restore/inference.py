@@ -49,7 +49,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-__all__ = ["TileGrid", "blend_window", "resolve_device", "resolve_dtype", "restore", "tile_starts"]
+__all__ = ["TileGrid", "blend_window", "min_image_size", "resolve_device", "resolve_dtype", "restore",
+           "tile_starts"]
+
+#: Pixels a side the network needs after its down-sampling: below this its 3 x 3 convolutions
+#: and the reflecting pad see more padding than image, and the output means nothing.
+MIN_DOWNSAMPLED_PX = 8
 
 #: Names accepted for ``dtype`` besides :class:`torch.dtype` objects.
 DTYPE_NAMES = {
@@ -246,6 +251,17 @@ def _prepare_model(model: torch.nn.Module, device: torch.device, channels_last: 
 def _multiple(model: torch.nn.Module) -> int:
     """The size multiple the network needs (its down-sampling factor), 1 if it does not say."""
     return int(getattr(getattr(model, "cfg", None), "scale", 1) or 1)
+
+
+def min_image_size(model: torch.nn.Module) -> int:
+    """The smallest height and width (px) an image must have for ``model`` to restore it.
+
+    :data:`MIN_DOWNSAMPLED_PX` pixels at the network's down-sampled scale (``cfg.scale``).
+
+    >>> min_image_size(torch.nn.Identity())
+    8
+    """
+    return MIN_DOWNSAMPLED_PX * _multiple(model)
 
 
 def _standardises(model: torch.nn.Module) -> bool:

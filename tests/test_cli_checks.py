@@ -1,0 +1,98 @@
+"""The command line checks arguments, files and output stores before Prefect, Dask or torch load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from flows.cli import build_parser, main
+from flows.jobs import run_job
+from stores.version import emfuse_version
+from stores.zarrio import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("prefect", "distributed", "torch", "numba")
+
+
+def _cli_in_a_fresh_process(*argv: str) -> tuple[int, str, list[str]]:
+    """Run ``emfuse argv`` in a new interpreter; (exit status, stderr, heavy modules it imported)."""
+    code = ("import sys, json; from flows.cli import main; rc = main(sys.argv[1:]); "
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules])); sys.exit(rc)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
+    return done.returncode, done.stderr, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture()
+def store(tmp_path, dysco3):
+    ds = xr.Dataset({"haadf": (("y", "x"), dysco3["haadf"][:64, :64]),
+                     "maps": (("element", "y", "x"), dysco3["maps"][:, :64, :64])},
+                    coords={"element": dysco3["elements"], "z": ("element", dysco3["z"])})
+    return write_dataset(ds, tmp_path / "in.zarr")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"emfuse {emfuse_version()}" != "emfuse unknown"
+
+
+def test_a_mistyped_element_is_refused_before_anything_heavy_loads(store, tmp_path):
+    rc, err, heavy = _cli_in_a_fresh_process("fuse", str(store), "--out", str(tmp_path / "o.zarr"),
+                                             "--elements", "Fe", "Xx")
+    assert rc == 2 and "unknown element 'Xx'" in err
+    assert heavy == []  # no Prefect server, cluster or network was started
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_elements_absent_from_the_store_and_bad_stores_are_refused_early(store, tmp_path):
+    rc, err, heavy = _cli_in_a_fresh_process("fuse", str(store), "--out", str(tmp_path / "o.zarr"),
+                                             "--elements", "Fe", "O")
+    assert rc == 2 and "no maps for ['Fe', 'O']" in err and "maps present: ['Dy', 'O', 'Sc']" in err
+    assert heavy == []
+    zarr.open_group(str(store), mode="r+", zarr_format=3).attrs["complete"] = False
+    rc, err, heavy = _cli_in_a_fresh_process("fuse", str(store), "--out", str(tmp_path / "o.zarr"))
+    assert rc == 2 and "not marked complete" in err and heavy == []
+
+
+def test_other_parameters_lists_only_those_that_differ(store, tmp_path, client, dysco3):
+    out = tmp_path / "out.zarr"
+    fixed = ["--lambda-chem", "0.08", "--lambda-tv", "0.15", "--n-iter", "5", "--tile", "64", "--halo", "8"]
+    run_job("fuse", store, out, client, progress=False, tile=64, halo=8,
+            params=dict(lambda_chem=0.08, lambda_tv=0.15, n_iter=5))
+    rc, err, heavy = _cli_in_a_fresh_process("fuse", str(store), "--out", str(out), *fixed, "--lambda-tv", "0.3")
+    assert rc == 2 and heavy == []
+    assert "differ: lambda_tv: 0.15 -> 0.3;" in err and "--overwrite" in err
+    assert "gamma" not in err and "n_iter" not in err and "elements" not in err
+
+
+def test_restore_and_tem_fuse_check_their_arguments_early(store, tmp_path):
+    rc, err, heavy = _cli_in_a_fresh_process("restore", str(store), "--out", str(tmp_path / "r.zarr"),
+                                             "--model", str(tmp_path / "nope.safetensors"))
+    assert rc == 2 and "nope.safetensors" in err and "--model" in err and heavy == []
+    rc, err, heavy = _cli_in_a_fresh_process("tem-fuse", str(store), "--out", str(tmp_path / "t.zarr"))
+    assert rc == 2 and "no 'modes'" in err and heavy == []
+
+
+def test_a_store_written_with_xarray_passes_the_checks(tmp_path, dysco3):
+    from flows.checks import check_fuse
+
+    ds = xr.Dataset({"haadf": (("y", "x"), np.ones((8, 8))), "maps": (("element", "y", "x"), np.ones((1, 8, 8)))},
+                    coords={"element": ["O"]})
+    ds.to_zarr(tmp_path / "mine.zarr", zarr_format=3, consolidated=False)
+    check_fuse(tmp_path / "mine.zarr", tmp_path / "o.zarr", elements=["O"], params={}, tile=8, halo=2, windows=None)
+
+
+def test_ingest_overwrite_has_help():
+    ingest = build_parser()._subparsers._group_actions[0].choices["ingest"]
+    [overwrite] = [a for a in ingest._actions if "--overwrite" in a.option_strings]
+    assert overwrite.help and "replace" in overwrite.help
