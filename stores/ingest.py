@@ -34,7 +34,7 @@ import xarray as xr
 from .errors import IngestError, OutputNotWritable, StoreError, disk_full
 from .formats import IngestWarning, chunk_shape, element_coords, fail, normalize_signal_type
 from .formats.rsciio import PLUGINS as _RSCIIO_SUFFIXES
-from .layout import DIMS
+from .layout import ATTR_ELEMENTS, ATTR_INGEST_OPTIONS, DIMS
 from .zarrio import check_writable, is_complete, provenance, remove_store, write_dataset
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "IngestWarning",
     "chunk_canonical",
     "ingest",
+    "ingest_options",
     "read",
 ]
 
@@ -63,6 +64,7 @@ def read(
     *,
     elements: Sequence[str] | str | None = None,
     signal_type: str | None = None,
+    signal: str | int | None = None,
     **options: Any,
 ) -> xr.Dataset:
     """Read a facility file into the canonical lazy Dataset.
@@ -73,10 +75,17 @@ def read(
         A file with one of :data:`SUPPORTED_SUFFIXES` (case-insensitive).
     elements
         Element symbols: the names of unnamed maps (npz ``maps``), or the maps
-        to keep, in order, when the file names them. ``"Sc,Dy,O"`` also works.
+        to keep, in order, when the file names them; with a spectrum image, the
+        elements without a map are integrated from it by ``emfuse fuse``. Kept
+        as the attribute ``elements`` (the elements ``fuse`` maps by default).
+        ``"Sc,Dy,O"`` also works.
     signal_type
         ``"EDX"`` or ``"EELS"``: recorded on the Dataset, and which spectrum
         image to take when a file holds several.
+    signal
+        Microscope files (RosettaSciIO): which spectrum image to take, by its
+        index in RosettaSciIO's list of the file's signals or by its title.
+        Needed when a file holds several; the error then lists them.
     **options
         Passed to the format's reader (HDF5: ``group=``).
 
@@ -104,9 +113,28 @@ def read(
     module = _reader(path)
     wanted = _elements(path, elements)
     kind = _signal_type(path, signal_type)
+    if signal is not None:
+        options = {**options, "signal": signal}
     ds = _read_guarded(module, path, wanted, kind, options)
     ds.attrs.update(provenance(path))
+    # what was asked, so that a later ingest of the same bytes with other options is not reused
+    ds.attrs[ATTR_INGEST_OPTIONS] = ingest_options(elements=wanted, signal=signal, signal_type=kind)
+    if wanted:
+        ds.attrs[ATTR_ELEMENTS] = list(wanted)
     return ds
+
+
+def ingest_options(
+    *, elements: Sequence[str] | None = None, signal: str | int | None = None,
+    signal_type: str | None = None,
+) -> dict[str, Any]:
+    """The options of an ingest as its store records them (attribute ``ingest_options``).
+
+    >>> ingest_options(elements=["Fe", "O"], signal=3)
+    {'elements': ['Fe', 'O'], 'signal': '3', 'signal_type': None}
+    """
+    return {"elements": list(elements) if elements else None,
+            "signal": None if signal is None else str(signal), "signal_type": signal_type}
 
 
 def _read_guarded(
@@ -161,6 +189,7 @@ def ingest(
     *,
     elements: Sequence[str] | str | None = None,
     signal_type: str | None = None,
+    signal: str | int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Read a facility file and write it as a canonical Zarr v3 store.
@@ -170,6 +199,8 @@ def ingest(
     ``IMAGE_CHUNK_YX``; movies one frame per chunk. The data stream through
     Dask chunk by chunk. The store is marked ``complete`` only after its last
     chunk; if reading fails half-way, the partial store is removed.
+
+    Parameters are those of :func:`read`.
 
     Raises
     ------
@@ -192,7 +223,7 @@ def ingest(
         raise StoreError(
             f"{out} already exists; pass --overwrite to replace it or choose another --out."
         )
-    ds = chunk_canonical(read(path, elements=elements, signal_type=signal_type))
+    ds = chunk_canonical(read(path, elements=elements, signal_type=signal_type, signal=signal))
     try:
         # Our own pool: leaving the ``with`` waits for chunk writes still in flight when a
         # chunk fails, so none of them recreates the store after it is removed below.
