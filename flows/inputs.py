@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stores import ingest
-from stores.layout import ATTR_SHA256
+from stores.layout import ATTR_INGEST_OPTIONS, ATTR_SHA256
 from stores.zarrio import is_complete, read_attrs, sha256_file
 
 
@@ -21,12 +21,14 @@ def resolve_store(
     *,
     elements: Sequence[str] | None = None,
     name: str | None = None,
+    signal: str | int | None = None,
 ) -> Path:
     """The canonical store for ``source``, ingesting a raw file first if needed.
 
     A raw file ``run1.emd`` is ingested into ``<workdir>/run1.input.zarr`` (``<name>.input.zarr``
     when a batch names the dataset, so two ``run1.emd`` of different folders stay apart); an
-    earlier ingest of the same bytes (same sha256) is reused.
+    earlier ingest of the same bytes (same sha256) with the same options (``elements``,
+    ``signal``: see :func:`stores.ingest.read`) is reused.
     """
     source = Path(source)
     if is_store(source):
@@ -37,6 +39,16 @@ def resolve_store(
             f"({', '.join(sorted(ingest.SUPPORTED_SUFFIXES))})."
         )
     target = Path(workdir) / f"{name or source.stem}.input.zarr"
-    if is_complete(target) and read_attrs(target).get(ATTR_SHA256) == sha256_file(source):
+    if is_complete(target) and _same_ingest(target, source, elements, signal):
         return target
-    return ingest.ingest(source, target, elements=elements, overwrite=True)
+    return ingest.ingest(source, target, elements=elements, signal=signal, overwrite=True)
+
+
+def _same_ingest(target: Path, source: Path, elements: Sequence[str] | None, signal: str | int | None) -> bool:
+    """True when ``target`` holds ``source``'s bytes ingested with these options."""
+    attrs = read_attrs(target)
+    if attrs.get(ATTR_SHA256) != sha256_file(source):
+        return False
+    wanted = ingest.ingest_options(elements=list(elements) if elements else None, signal=signal)
+    stored = attrs.get(ATTR_INGEST_OPTIONS) or {}
+    return all(stored.get(key) == wanted[key] for key in ("elements", "signal"))

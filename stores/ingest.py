@@ -42,6 +42,7 @@ __all__ = [
     "IngestError",
     "IngestWarning",
     "chunk_canonical",
+    "describe",
     "ingest",
     "ingest_options",
     "read",
@@ -122,6 +123,29 @@ def read(
     if wanted:
         ds.attrs[ATTR_ELEMENTS] = list(wanted)
     return ds
+
+
+def describe(path: str | Path) -> list[str]:
+    """What a file holds, one line each: for microscope files every signal RosettaSciIO
+    reads (with the index ``--signal`` takes), else the canonical variables it maps to.
+
+    >>> print("\\n".join(describe("test_TEM.bcf")))  # doctest: +SKIP
+    test_TEM.bcf: 2 signal(s) as RosettaSciIO reads them
+      [0] image 'HAADF' (64, 64), pixel 0.771 nm
+      [1] spectrum image 'EDX' (64, 64, 2048) EDX, -475.45 to 19997 eV, pixel 0.771 nm
+    elements listed in the file's metadata: Cu O Pd Ti
+    """
+    path = Path(path)
+    module = _reader(path)
+    if hasattr(module, "describe"):
+        return module.describe(path)
+    ds = _read_guarded(module, path, None, None, {})
+    lines = [f"{path.name}: maps to"]
+    for name, var in ds.data_vars.items():
+        lines.append(f"  {name} {tuple(var.dims)} {tuple(int(n) for n in var.shape)} {var.dtype}")
+    if "element" in ds.coords:
+        lines.append(f"elements: {' '.join(str(e) for e in ds.element.values)}")
+    return lines
 
 
 def ingest_options(

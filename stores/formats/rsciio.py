@@ -166,6 +166,40 @@ def read(
     return _assemble(path, signals, elements, signal_type, signal)
 
 
+def describe(path: str | Path) -> list[str]:
+    """One line per signal of the file, as RosettaSciIO lists them (what ``--signal`` counts).
+
+    Each line: index, what emfuse takes it for, title, shape, signal type, energy range
+    or pixel size; then the elements the file's metadata lists (``Sample.elements``).
+    Nothing but headers is read.
+    """
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IngestWarning)
+        signals = [_classify(path, raw, index) for index, raw in enumerate(_load(path))]
+    lines = [f"{path.name}: {len(signals)} signal(s) as RosettaSciIO reads them"]
+    elements: list[str] = []
+    for s in signals:
+        role = {"spectrum_image": "spectrum image", "stack": "image stack",
+                "uncalibrated": "spectrum image without energy calibration"}.get(s.kind, s.kind)
+        if s.kind == "image" and is_symbol(s.title.strip()):
+            role = "element map"
+        line = f"  [{s.index}] {role} {s.title or '(untitled)'!r} {shape_str(s.shape)}"
+        if s.signal_type:
+            line += f" {s.signal_type}"
+        if s.energy is not None and len(s.energy):
+            line += f", {float(s.energy[0]):.5g} to {float(s.energy[-1]):.5g} eV"
+        if s.pixel_nm[0]:
+            line += f", pixel {s.pixel_nm[0]:.4g} nm"
+        lines.append(line)
+        for e in (s.metadata.get("Sample") or {}).get("elements") or []:
+            if str(e) not in elements:
+                elements.append(str(e))
+    if elements:
+        lines.append(f"elements listed in the file's metadata: {' '.join(elements)}")
+    return lines
+
+
 # -- loading -----------------------------------------------------------------------
 
 
