@@ -296,7 +296,7 @@ def _reader(path: Path) -> Any:
         raise PermissionError(
             f"cannot ingest {path}: the file is not readable. Fix its permissions or copy it."
         )
-    if path.is_dir():
+    if path.is_dir() and path.suffix.lower() != ".zspy":  # a .zspy is a directory (Zarr)
         raise fail(
             path,
             "it is a directory, not a file",

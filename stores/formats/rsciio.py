@@ -1,6 +1,8 @@
 """Microscope formats through RosettaSciIO: Bruker ``.bcf``, Gatan ``.dm3``/``.dm4``,
-Velox and NCEM ``.emd``, FEI TIA ``.emi``/``.ser``, HyperSpy ``.hspy`` (and ``.zspy``
-where RosettaSciIO's reader works with the installed zarr).
+Velox and NCEM ``.emd``, FEI TIA ``.emi``/``.ser``, HyperSpy ``.hspy``. HyperSpy's
+``.zspy`` is refused with a message naming the fix: RosettaSciIO's zspy plugin is
+written for zarr 2 (its ``zspy`` extra pins ``zarr<3``; with zarr 3 its writer fails on
+``zarr.storage.NestedDirectoryStore``), and emfuse runs on zarr 3.
 
 RosettaSciIO returns a list of signals (``data``, ``axes`` in array order,
 ``metadata``); this module classifies each one by its axes and picks what the
@@ -217,7 +219,9 @@ class _Capture(logging.Handler):
 def _load(path: Path) -> list[dict]:
     if path.suffix.lower() == ".bcf":
         _check_bcf_length(path)
-    module = _plugin(path)
+    if path.suffix.lower() == ".zspy":
+        raise _zspy_refused(path)
+    module = importlib.import_module(f"rsciio.{PLUGINS[path.suffix.lower()]}")
     capture = _Capture()
     logger = logging.getLogger("rsciio")
     logger.addHandler(capture)
@@ -230,8 +234,6 @@ def _load(path: Path) -> list[dict]:
             f"Install it (pip install {exc.name})",
         ) from exc
     except Exception as exc:  # readers raise anything from struct.error to IndexError
-        if path.suffix.lower() == ".zspy" and _zarr_api_mismatch(exc):
-            raise _zspy_refused(path, exc) from exc
         raise fail(
             path,
             f"RosettaSciIO cannot read it ({type(exc).__name__}: {exc}); the file is truncated, "
@@ -249,28 +251,11 @@ def _load(path: Path) -> list[dict]:
     return signals
 
 
-def _plugin(path: Path) -> Any:
-    suffix = path.suffix.lower()
-    try:
-        return importlib.import_module(f"rsciio.{PLUGINS[suffix]}")
-    except Exception as exc:  # zspy imports zarr 2 names at import time in some releases
-        if suffix == ".zspy":
-            raise _zspy_refused(path, exc) from exc
-        raise
-
-
-def _zarr_api_mismatch(exc: BaseException) -> bool:
-    """True when RosettaSciIO's zspy reader failed on the zarr 3 API (it was written for zarr 2)."""
-    text = f"{type(exc).__name__}: {exc}"
-    return isinstance(exc, (AttributeError, ImportError, TypeError)) and "zarr" in text.lower() or (
-        "NestedDirectoryStore" in text)
-
-
-def _zspy_refused(path: Path, exc: BaseException) -> Exception:
+def _zspy_refused(path: Path) -> Exception:
     return fail(
         path,
-        "RosettaSciIO's .zspy reader needs zarr 2 (its 'zspy' extra pins zarr<3), and emfuse runs "
-        f"on zarr 3 ({type(exc).__name__}: {exc})",
+        "HyperSpy's .zspy (Zarr) files are not read: RosettaSciIO's zspy plugin needs zarr 2 (its "
+        "'zspy' extra pins zarr<3) and emfuse runs on zarr 3",
         "Save the signal as .hspy in HyperSpy (s.save('name.hspy')) and ingest that file",
     )
 
