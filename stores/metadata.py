@@ -29,6 +29,7 @@ import base64
 import datetime as _dt
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -159,24 +160,56 @@ def to_json(tree: Any) -> str:
 # -- HyperSpy's mapping, applied ----------------------------------------------------------
 
 
-class _Branch(dict):
-    """A branch of ``original_metadata`` as RosettaSciIO's mapping functions expect it.
+def tree_key(key: Any) -> str:
+    """A key as HyperSpy's metadata tree names it, which RosettaSciIO's mapping paths use:
+    ASCII letters, digits and underscores, spaces as underscores, ``Number_`` before a key
+    that is not an identifier ('High tension_kV' -> 'High_tension_kV').
 
-    HyperSpy hands those functions a ``DictionaryTreeBrowser``, whose ``keys()`` is a list
-    (Velox's element-list converter indexes it); a plain dict's is not.
+    >>> tree_key("High tension_kV"), tree_key("Stage A (deg)"), tree_key("0")
+    ('High_tension_kV', 'Stage_A_deg', 'Number_0')
     """
+    text = unicodedata.normalize("NFKD", str(key)).encode("ascii", "ignore").decode()
+    text = "".join(c for c in text if c.isalnum() or c in " _").strip().replace(" ", "_")
+    return text if text.isidentifier() else "Number_" + text
 
-    def keys(self) -> list:  # type: ignore[override]
-        return list(super().keys())
+
+def _child(node: Any, key: str) -> Any:
+    """``node[key]`` matching keys as HyperSpy's tree does; KeyError when absent."""
+    if not isinstance(node, Mapping):
+        raise KeyError(key)
+    if key in node:
+        return node[key]
+    for name, value in node.items():
+        if tree_key(name) == key:
+            return value
+    raise KeyError(key)
 
 
 def _get(tree: Mapping[str, Any], path: str) -> Any:
     node: Any = tree
     for key in path.split("."):
-        if not isinstance(node, Mapping) or key not in node:
-            raise KeyError(path)
-        node = node[key]
+        node = _child(node, key)
     return node
+
+
+class _Branch(dict):
+    """A branch of ``original_metadata`` as RosettaSciIO's mapping functions expect it.
+
+    HyperSpy hands those functions a ``DictionaryTreeBrowser``, whose ``keys()`` is a list
+    (Velox's element-list converter indexes it) and whose lookups take dotted paths
+    (DigitalMicrograph's microscope-name converter asks for 'Microscope Info.Name').
+    """
+
+    def keys(self) -> list:  # type: ignore[override]
+        return list(super().keys())
+
+    def get(self, path: Any, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return _get(self, str(path))
+        except KeyError:
+            return default
+
+    get_item = get
 
 
 def _set(tree: dict[str, Any], path: str, value: Any) -> None:
