@@ -180,9 +180,9 @@ def input_maps(
     ingest, else those of the stored maps.
     """
     source = maps_source(ds, maps_from)
-    wanted = periodic.validate_elements(elements) if elements else None
+    wanted = periodic.validate_elements(elements) if elements else default_elements(ds)
     if source == "file":
-        return _stored_maps(ds, wanted, windows)
+        return _stored_maps(ds, wanted, windows, asked=maps_from is not None)
     if layout.SPECTRUM not in ds:
         have = sorted(ds[layout.MAPS].element.values) if layout.MAPS in ds else []
         raise FusionInputError(
@@ -190,7 +190,6 @@ def input_maps(
             f"no spectrum image (maps present: {have}); use --maps-from file, or ingest the file "
             "with its EDX/EELS spectrum image."
         )
-    wanted = wanted or default_elements(ds)
     if wanted is None:
         raise FusionInputError(
             "the dataset holds a spectrum image but no elements were named; "
@@ -208,29 +207,37 @@ def input_maps(
 
 
 def _stored_maps(
-    ds: xr.Dataset, wanted: Sequence[str] | None, windows: dict[str, tuple[float, float]] | None
+    ds: xr.Dataset, wanted: Sequence[str] | None, windows: dict[str, tuple[float, float]] | None,
+    asked: bool,
 ) -> xr.DataArray:
-    """The stored maps of ``wanted`` (all of them when None), refused where they cannot serve."""
+    """The stored maps of ``wanted`` (all of them when None), refused where they cannot serve;
+    ``asked``: the user chose them (--maps-from file), else the dataset has no spectrum image."""
     have = [str(e) for e in ds[layout.MAPS].element.values] if layout.MAPS in ds else []
     spectrum = layout.SPECTRUM in ds
     if windows:
         raise FusionInputError(
-            f"--window {', '.join(windows)} applies to maps integrated from the spectrum image, but the "
-            "stored maps are used as they are (--maps-from file"
-            + (")" if spectrum else "; the dataset has no spectrum image)")
-            + "; drop --window" + (" or use --maps-from spectrum." if spectrum else ".")
+            f"--window {', '.join(windows)} applies to maps integrated from the spectrum image, but "
+            + ("the stored maps were asked for (--maps-from file); drop --window or use --maps-from spectrum."
+               if spectrum else "the dataset has no spectrum image and its stored maps are used as they "
+               "are; drop --window.")
         )
     missing = [e for e in wanted or [] if e not in have]
-    if not have or missing:
-        asked = f"maps of {missing}" if have else "stored maps"
-        fix = ("use --maps-from spectrum to integrate them from the spectrum image"
-               if spectrum else "ingest a file with an EDX/EELS spectrum image or elemental maps")
+    if have and not missing:
+        maps = ds[layout.MAPS]
+        return maps.sel(element=list(wanted)) if wanted else maps
+    if not asked:
         raise FusionInputError(
-            f"the dataset has no {asked} (maps present: {have}) and maps from the file were asked for "
-            f"(--maps-from file); choose --elements among the maps present, or {fix}."
+            f"the dataset has no spectrum image and no maps for {list(wanted or [])} "
+            f"(maps present: {have}); ingest a file with an EDX/EELS spectrum image or "
+            "elemental maps, or choose --elements among the maps present."
         )
-    maps = ds[layout.MAPS]
-    return maps.sel(element=list(wanted)) if wanted else maps
+    fix = "use --maps-from spectrum to integrate them from the spectrum image" if spectrum else (
+        "ingest a file with elemental maps")
+    raise FusionInputError(
+        f"maps from the file were asked for (--maps-from file), but the dataset has no maps "
+        f"{'of ' + str(missing) if have else 'at all'} (maps present: {have}); choose --elements "
+        f"among the maps present, or {fix}."
+    )
 
 
 def windows_used(
