@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of real files (default %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
+    import rsciio  # noqa: F401  (sets its logger's level on import: set ours after)
+
     logging.getLogger("rsciio").setLevel(logging.ERROR)  # the pruned Velox file's warning, once per read
     text, mismatches = table(args.data)
     print(text)
