@@ -57,8 +57,8 @@ def hyperspy_api() -> Any:
         import hyperspy.api as hs
     except ImportError as exc:
         raise HyperSpyMissing(
-            f"HyperSpy is not installed ({exc}); install it with {_INSTALL} to read .hspy files' "
-            "signals or export results as HyperSpy signals."
+            f"HyperSpy is not installed ({exc}); install it with {_INSTALL} to convert stores to "
+            "HyperSpy signals (emfuse export, flows.export.to_hyperspy)."
         ) from exc
     try:
         import exspy  # noqa: F401  (registers EDS_TEM, EDS_SEM, EELS)
