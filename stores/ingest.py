@@ -32,9 +32,23 @@ import dask
 import xarray as xr
 
 from .errors import IngestError, OutputNotWritable, StoreError, disk_full
-from .formats import IngestWarning, chunk_shape, element_coords, fail, normalize_signal_type
+from .formats import (
+    ATTR_UNMAPPED,
+    IngestWarning,
+    chunk_shape,
+    element_coords,
+    fail,
+    normalize_signal_type,
+)
 from .formats.rsciio import PLUGINS as _RSCIIO_SUFFIXES
-from .layout import ATTR_ELEMENTS, ATTR_INGEST_OPTIONS, DIMS
+from .layout import (
+    ATTR_ELEMENTS,
+    ATTR_INGEST_NOTES,
+    ATTR_INGEST_OPTIONS,
+    ATTR_METADATA_UNMAPPED,
+    DIMS,
+)
+from .warn import add_warnings, make_warning
 from .zarrio import check_writable, is_complete, provenance, remove_store, write_dataset
 
 __all__ = [
@@ -252,7 +266,9 @@ def ingest(
         # Our own pool: leaving the ``with`` waits for chunk writes still in flight when a
         # chunk fails, so none of them recreates the store after it is removed below.
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool, dask.config.set(pool=pool):
-            return write_dataset(ds, out, overwrite=overwrite)
+            written = write_dataset(ds, out, overwrite=overwrite)
+        _store_warnings(written, Path(path), ds)
+        return written
     except (StoreError, OutputNotWritable, MemoryError):
         raise
     except Exception as exc:  # a reader failing on a chunk: corrupt data past the headers
@@ -269,6 +285,19 @@ def ingest(
             "the file is probably truncated or corrupt",
             "Copy the file again; no store was left at the output",
         ) from exc
+
+
+def _store_warnings(out: Path, path: Path, ds: xr.Dataset) -> None:
+    """What the file held but the store does not, as warnings stored with it (:mod:`stores.warn`);
+    not logged again: :class:`IngestWarning` said it already."""
+    records = [make_warning("not-ingested", f"{path.name}: not ingested: {item}", stage="ingest")
+               for item in ds.attrs.get(ATTR_UNMAPPED, [])]
+    records += [make_warning("metadata-not-mapped", f"{path.name}: {item}", stage="ingest")
+                for item in ds.attrs.get(ATTR_METADATA_UNMAPPED, [])]
+    records += [make_warning("ingest-check", f"{path.name}: {item}", stage="ingest")
+                for item in ds.attrs.get(ATTR_INGEST_NOTES, [])]
+    if records:
+        add_warnings(out, *records, log_them=False)
 
 
 def chunk_canonical(ds: xr.Dataset) -> xr.Dataset:

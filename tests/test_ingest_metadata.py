@@ -267,6 +267,19 @@ def test_describe_lists_signals_and_elements(formats):
     assert describe(DATA / "fusion" / "Co3O4_Mn3O4.h5")[-1] == "elements: Co Mn O"
 
 
+def test_what_was_left_out_is_stored_as_warnings(formats, tmp_path):
+    from stores.warn import read_warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IngestWarning)
+        store = ingest(formats / "bcf_v2_50x50px.bcf", tmp_path / "sem.zarr")
+    records = {(w["code"], w["message"]) for w in read_warnings(store)}
+    assert ("not-ingested", "bcf_v2_50x50px.bcf: not ingested: image 'Ch 1' (825, 1100): its (y, x) grid "
+            "differs from (50, 50)") in records
+    assert any(code == "ingest-check" and "'Ch 1' was taken as haadf" in message for code, message in records)
+    assert all(w["stage"] == "ingest" for w in read_warnings(store))
+
+
 # -- ingest --elements ----------------------------------------------------------------------
 
 

@@ -64,7 +64,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..layout import HAADF, MAPS, MOVIE, SPECTRUM
+from ..layout import ATTR_INGEST_NOTES, ATTR_METADATA_UNMAPPED, HAADF, MAPS, MOVIE, SPECTRUM
 from ..metadata import complete_metadata, key_figures, to_json
 from ..periodic import is_symbol
 from . import (
@@ -111,6 +111,7 @@ class _Signal:
     original: Any = None  # original_metadata as read
     origin_nm: tuple[float | None, float | None] = (None, None)  # (y, x) offsets, nm
     dispersion_ev: float | None = None  # eV per channel of a spectrum (the energy axis' scale)
+    unmapped_metadata: list[str] = field(default_factory=list)  # mapping entries that failed
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -400,11 +401,11 @@ def _classify(path: Path, raw: dict, index: int = -1) -> _Signal:
     signal.index = index
     signal.original = raw.get("original_metadata") or {}
     signal.metadata, failed = complete_metadata(raw.get("metadata"), signal.original, raw.get("mapping"))
-    for item in failed:
-        warnings.warn(
-            f"{path}: metadata of signal [{index}] {signal.title or '(untitled)'!r} not mapped: {item}",
-            IngestWarning, stacklevel=4,
-        )
+    signal.unmapped_metadata = [
+        f"metadata of signal [{index}] {signal.title or '(untitled)'!r} not mapped: {item}" for item in failed
+    ]
+    for item in signal.unmapped_metadata:
+        warnings.warn(f"{path}: {item}", IngestWarning, stacklevel=4)
     return signal
 
 
@@ -621,6 +622,8 @@ def _assemble(
         signal_type=(spectrum.signal_type if spectrum else None) or signal_type,
         unmapped=unmapped,
     )
+    if notes:
+        ds.attrs[ATTR_INGEST_NOTES] = notes
     roles = {SPECTRUM: spectrum, HAADF: haadf, MOVIE: movie}
     return _with_metadata(ds, path, primary, {k: v for k, v in roles.items() if v}, maps)
 
@@ -653,6 +656,9 @@ def _with_metadata(
     if maps:
         sources[MAPS] = {m.title.strip(): _source_record(m) for m in maps}
     ds.attrs.update(figures)
+    failed = [item for s in [*roles.values(), *maps] for item in s.unmapped_metadata]
+    if failed:
+        ds.attrs[ATTR_METADATA_UNMAPPED] = failed
     ds.attrs.update(
         metadata=to_json(primary.metadata),
         original_metadata=to_json(primary.original),
