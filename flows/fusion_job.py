@@ -528,7 +528,9 @@ def _write_lambda_score(out: str, choice: auto.LambdaChoice) -> None:
                               "training part (affine-calibrated), mean over elements and folds; "
                               "lambdas in full-data units; NaN: not tried"},
     )
+    attrs = read_attrs(out)  # to_zarr(mode="a") replaces the group's attributes: keep them
     xr.Dataset({layout.LAMBDA_SCORE: score}).to_zarr(out, mode="a", **layout.ZARR_KW)
+    update_attrs(out, **attrs)
 
 
 def _jsonable(value: Any) -> Any:

@@ -163,3 +163,18 @@ def test_ingest_command_list_and_signal(tmp_path, capsys):
     assert open_dataset(tmp_path / "b.zarr").spectrum.shape == (128, 128, 4096)
     assert main(["ingest", str(path)]) == 2
     assert "needs --out STORE.zarr (or --list" in capsys.readouterr().err
+
+
+def test_auto_lambdas_keep_the_output_provenance(velox, tmp_path):
+    """Writing the lambda score grid used to replace the output's attributes (source_path,
+    emfuse_version, ...), and with them the way back to the instrument metadata."""
+    job, _ = fusion_job.plan(velox, tmp_path / "o.zarr", elements=["Cu", "O"], tile=16, halo=4,
+                             params={"lambda_chem": "auto", "lambda_tv": "auto", "n_iter": 5})
+    before = read_attrs(job.out)
+    fusion_job.write_inputs(job)
+    fusion_job.choose_lambdas(job, fusion_job.normalise(job))
+    after = read_attrs(job.out)
+    assert "lambda_score" in open_dataset(job.out, require_complete=False)
+    for key in ("source_path", "source_sha256", "emfuse_version", "created"):
+        assert after[key] == before[key]
+    assert after["params"]["lambda_chem"] != "auto" and "lambda_choice" in after
