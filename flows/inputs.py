@@ -32,6 +32,7 @@ def resolve_store(
     """
     source = Path(source)
     if is_store(source):
+        _check_store_signal(source, signal)
         return source
     if not source.exists():
         raise FileNotFoundError(
@@ -42,6 +43,19 @@ def resolve_store(
     if is_complete(target) and _same_ingest(target, source, elements, signal):
         return target
     return ingest.ingest(source, target, elements=elements, signal=signal, overwrite=True)
+
+
+def _check_store_signal(store: Path, signal: str | int | None) -> None:
+    """``--signal`` chooses among a raw file's spectrum images; a store holds the one it was
+    ingested with, and another cannot be had from it."""
+    if signal is None:
+        return
+    stored = (read_attrs(store).get(ATTR_INGEST_OPTIONS) or {}).get("signal")
+    if stored != str(signal):
+        raise ValueError(
+            f"{store} is a store ingested with --signal {stored}; --signal {signal} chooses among a raw "
+            "file's spectrum images: give the raw file, or ingest it again with that --signal."
+        )
 
 
 def _same_ingest(target: Path, source: Path, elements: Sequence[str] | None, signal: str | int | None) -> bool:

@@ -135,6 +135,9 @@ def test_signal_reaches_the_ingest_of_a_raw_file(tmp_path):
     ds = open_dataset(store)
     assert ds.attrs["signal_type"] == "EELS" and float(ds.energy[0]) == pytest.approx(480.0)
     assert read_attrs(store)["ingest_options"]["signal"] == "15"
+    assert resolve_store(store, tmp_path, signal=15) == store  # the store holds that one
+    with pytest.raises(ValueError, match=r"ingested with --signal 15; --signal 17 chooses among a raw file"):
+        resolve_store(store, tmp_path, signal=17)
 
 
 def test_command_line_and_catalog_take_maps_from_and_signal(tmp_path, capsys):
