@@ -156,7 +156,7 @@ def read(
         holds several (Velox EELS + EDS).
     signal
         Which spectrum image to take: its index in RosettaSciIO's list of the
-        file's signals, or its title (``emfuse ingest FILE --signal 18``).
+        file's signals, or its title (``emfuse ingest FILE --signal 17``).
 
     Raises
     ------
