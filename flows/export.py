@@ -101,9 +101,7 @@ def to_hyperspy(store: str | Path | xr.Dataset, variable: str | None = None, *, 
     metadata = _signal_metadata(metadata, ds, var, name)
     original["emfuse"] = _store_attrs(ds, name)
     data = var.data if lazy else np.asarray(var.values)
-    cls = hs.signals.Signal1D if layout.SPECTRUM == name or "energy" in var.dims else hs.signals.Signal2D
-    if len(_signal_dims(var)) == 1 and "energy" not in var.dims:
-        cls = hs.signals.Signal1D
+    cls = hs.signals.Signal1D if len(_signal_dims(var)) == 1 else hs.signals.Signal2D
     signal = cls(data, axes=axes, metadata=metadata, original_metadata=original)
     if lazy:
         signal = signal.as_lazy()
