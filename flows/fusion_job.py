@@ -191,9 +191,11 @@ def input_maps(
             "with its EDX/EELS spectrum image."
         )
     if wanted is None:
+        listed = _listed_elements(ds)
         raise FusionInputError(
             "the dataset holds a spectrum image but no elements were named; "
             "pass the elements to map, e.g. --elements Fe O."
+            + (f" The file's metadata lists {' '.join(listed)}." if listed else "")
         )
     spectrum = ds[layout.SPECTRUM].transpose("y", "x", "energy")
     data = _spectrum_to_maps(ds, wanted, windows)(spectrum.data)
@@ -204,6 +206,16 @@ def input_maps(
                 "y": ds["y"], "x": ds["x"]},
         attrs={"units": "counts"},
     )
+
+
+def _listed_elements(ds: xr.Dataset) -> list[str]:
+    """The elements the instrument file's metadata lists (Sample.elements), [] when none."""
+    try:
+        tree = json.loads(ds.attrs.get(layout.ATTR_METADATA) or "{}")
+    except (TypeError, ValueError):
+        return []
+    sample = tree.get("Sample") if isinstance(tree, dict) else None
+    return [str(e) for e in (sample or {}).get("elements") or []]
 
 
 def _stored_maps(

@@ -181,3 +181,10 @@ def test_auto_lambdas_keep_the_output_provenance(velox, tmp_path):
     for key in ("source_path", "source_sha256", "emfuse_version", "created"):
         assert after[key] == before[key]
     assert after["params"]["lambda_chem"] != "auto" and "lambda_choice" in after
+
+
+def test_no_elements_names_those_the_file_lists(tmp_path):
+    store = _ingest("test_TEM.bcf", tmp_path / "tem.zarr")
+    with pytest.raises(FusionInputError, match=r"no elements were named; pass the elements to map, e\.g\. "
+                                               r"--elements Fe O\. The file's metadata lists Cu O Pd Ti\."):
+        _plan(store, tmp_path / "o.zarr")
