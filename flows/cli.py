@@ -74,6 +74,12 @@ def _job_run_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--no-report", action="store_true", help="do not write the PNG report")
 
 
+def _signal_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--signal", default=None, metavar="INDEX|TITLE",
+                        help="the spectrum image to take from a file that holds several: its index "
+                             "(emfuse ingest FILE --list) or its title")
+
+
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "gamma": args.gamma, "lambda_chem": args.lambda_chem, "lambda_tv": args.lambda_tv,
@@ -121,6 +127,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     result = fuse_flow(
         str(args.source), str(args.out), elements=args.elements, params=_params(args),
         cluster=args.cluster, tile=args.tile, halo=args.halo, windows=windows,
+        maps_from=args.maps_from, signal=args.signal,
         overwrite=args.overwrite, report=not args.no_report,
     )
     print_summary(result)
@@ -177,16 +184,31 @@ def cmd_train_restore(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from dask.diagnostics import ProgressBar
 
+    from stores.ingest import describe
     from stores.warn import read_warnings
     from stores.zarrio import open_dataset
 
     from .inputs import ingest_file
 
+    if args.list:
+        print("\n".join(describe(args.file)))
+        return 0
+    if args.out is None:
+        raise ValueError("emfuse ingest needs --out STORE.zarr (or --list to see what the file holds).")
     with ProgressBar(minimum=2.0):  # shown only when the copy takes more than 2 s
-        path = ingest_file(args.file, args.out, elements=args.elements, overwrite=args.overwrite)
+        path = ingest_file(args.file, args.out, elements=args.elements, signal=args.signal,
+                           overwrite=args.overwrite)
     print(f"wrote {path}")
     print(open_dataset(path))
     print_warnings({"warnings": read_warnings(path)})
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    path = export(args.store, args.out, to=args.to, variable=args.variable, overwrite=args.overwrite)
+    print(f"wrote {path}")
     return 0
 
 
@@ -369,16 +391,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("ingest", help="read a facility file into a canonical Zarr store")
-    p.add_argument("file", type=Path, help=".dm3 .dm4 .emd .bcf .emi .h5 .npz .tif")
-    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
-    p.add_argument("--elements", nargs="+", help="element names for map layouts that do not carry them")
+    p.add_argument("file", type=Path, help=".dm3 .dm4 .emd .bcf .emi .ser .hspy .h5 .npz .tif")
+    p.add_argument("--out", type=Path, help="output store (.zarr)")
+    p.add_argument("--elements", nargs="+",
+                   help="names of unnamed maps (npz), or the elements to keep: their maps in the file, the "
+                        "others integrated from the spectrum image by fuse (recorded as the store's elements)")
+    _signal_argument(p)
+    p.add_argument("--list", action="store_true", help="list the file's signals (index, title, shape, type) and exit")
     p.add_argument("--overwrite", action="store_true", help="replace the output store if it exists")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("export", help="write a store's variable as a HyperSpy file (needs emfuse[hyperspy])")
+    p.add_argument("store", type=Path, help="canonical or output store (.zarr)")
+    p.add_argument("--to", default="hspy", choices=["hspy"], help="file format (default %(default)s)")
+    p.add_argument("--variable", default=None,
+                   help="variable to export (default: fused, else spectrum, maps, haadf, movie, ...)")
+    p.add_argument("--out", type=Path, required=True, help="output file (.hspy)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("fuse", help="fused multi-modal chemical mapping of a store or raw file")
     p.add_argument("source", type=Path, help="canonical store or raw file (ingested first)")
     p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
     _fusion_arguments(p)
+    p.add_argument("--maps-from", choices=["spectrum", "file"], default=None,
+                   help="integrate the maps from the spectrum image (with --window), or use the maps stored "
+                        "in the file (default: the spectrum image where there is one)")
+    _signal_argument(p)
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("restore", help="restore a movie or image with a network (r_em), optionally register it")

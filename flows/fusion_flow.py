@@ -20,6 +20,8 @@ def fuse_flow(
     tile: int = 512,
     halo: int = 32,
     windows: dict[str, list[float]] | None = None,
+    maps_from: str | None = None,
+    signal: str | None = None,
     overwrite: bool = False,
     report: bool = True,
     progress: bool = True,
@@ -28,7 +30,9 @@ def fuse_flow(
 
     ``lambda_chem`` and ``lambda_tv`` not given in ``params`` are ``"auto"``:
     chosen once for the dataset by count splitting (:mod:`pipeline.fusion.auto`)
-    before the tiles run, and stored in the output.
+    before the tiles run, and stored in the output. ``maps_from`` (``spectrum`` or
+    ``file``; default the spectrum image where there is one) says where the maps come
+    from; ``signal`` chooses the spectrum image of a raw file that holds several.
 
     Returns a summary: the output store, the final costs, the lambdas used,
     the report's figures and, for synthetic data, the error of raw and fused
@@ -36,6 +40,6 @@ def fuse_flow(
     """
     options = dict(elements=elements, params={**JOBS["fuse"].defaults, **(params or {})}, tile=tile, halo=halo,
                    windows={k: tuple(v) for k, v in windows.items()} if windows else None,
-                   overwrite=overwrite)
+                   maps_from=maps_from, overwrite=overwrite)
     return run_job_stages("fuse", source, out, options, cluster=cluster, elements=elements,
-                          report=report, progress=progress)
+                          report=report, progress=progress, signal=signal)

@@ -94,6 +94,8 @@ class FusionJob:
     windows: dict[str, tuple[float, float]] | None = None
     auto: tuple[str, ...] = ()  # the lambdas chosen by the search ("lambda_chem", "lambda_tv")
     resolved: bool = True  # False until the auto lambdas are chosen (params then hold placeholders)
+    maps_from: str = "file"  # "file": the maps stored in the input; "spectrum": integrated from it
+    windows_used: dict[str, dict[str, Any]] | None = None  # per element: eV windows and background model
 
     def record(self) -> dict[str, Any]:
         """The parameters written to (and compared with) the output store.
@@ -109,6 +111,8 @@ class FusionJob:
             "tile": self.tile,
             "halo": self.halo,
             "windows": self.windows,
+            "maps_from": self.maps_from,
+            "windows_used": self.windows_used,
         }
         if self.auto:  # absent otherwise, so stores written with numbers compare as before
             record["lambda_auto"] = list(self.auto)
@@ -143,36 +147,69 @@ def naming(source: str | Path) -> Iterator[None]:
         raise named from exc
 
 
-def _uses_stored_maps(ds: xr.Dataset, wanted: Sequence[str] | None) -> bool:
+MAPS_FROM = ("spectrum", "file")  # --maps-from; not given: the spectrum image where there is one
+
+
+def maps_source(ds: xr.Dataset, maps_from: str | None = None) -> str:
+    """Where a job's maps come from: ``"spectrum"`` (integrated) or ``"file"`` (stored maps).
+
+    ``maps_from`` None chooses the spectrum image where the dataset has one: its
+    windows and background are then known and recorded, which maps made by the
+    acquisition software do not say.
+    """
+    if maps_from is None:
+        return "spectrum" if layout.SPECTRUM in ds else "file"
+    choice = str(maps_from).strip().lower()
+    if choice not in MAPS_FROM:
+        raise FusionInputError(f"maps_from must be one of {', '.join(MAPS_FROM)}, got {maps_from!r}.")
+    return choice
+
+
+def _uses_stored_maps(ds: xr.Dataset, wanted: Sequence[str] | None, maps_from: str | None = None) -> bool:
     """True when the job fuses the stored ``maps`` rather than maps integrated from the spectrum."""
-    return layout.MAPS in ds and (wanted is None or set(wanted) <= set(ds[layout.MAPS].element.values))
+    return maps_source(ds, maps_from) == "file"
+
+
+def default_elements(ds: xr.Dataset) -> list[str] | None:
+    """The elements a dataset is mapped for when none are named: those asked for at ingest,
+    else those of its stored maps."""
+    if ds.attrs.get(layout.ATTR_ELEMENTS):
+        return [str(e) for e in ds.attrs[layout.ATTR_ELEMENTS]]
+    if layout.MAPS in ds:
+        return [str(e) for e in ds[layout.MAPS].element.values]
+    return None
 
 
 def input_maps(
     ds: xr.Dataset,
     elements: Sequence[str] | None,
     windows: dict[str, tuple[float, float]] | None = None,
+    maps_from: str | None = None,
 ) -> xr.DataArray:
     """The raw elemental maps (element, y, x) of a canonical dataset, lazily.
 
-    Stored ``maps`` are used when they hold the requested elements; otherwise
-    the maps are integrated from the ``spectrum`` (which needs ``elements``).
+    ``maps_from="file"`` takes the stored ``maps`` (they must hold the elements);
+    ``"spectrum"`` integrates them from the ``spectrum`` with ``windows``; None takes
+    the spectrum image where there is one. Without ``elements``: those asked for at
+    ingest, else those of the stored maps.
     """
-    wanted = periodic.validate_elements(elements) if elements else None
-    if _uses_stored_maps(ds, wanted):
-        maps = ds[layout.MAPS]
-        return maps.sel(element=list(wanted)) if wanted else maps
+    source = maps_source(ds, maps_from)
+    wanted = periodic.validate_elements(elements) if elements else default_elements(ds)
+    if source == "file":
+        return _stored_maps(ds, wanted, windows, asked=maps_from is not None)
     if layout.SPECTRUM not in ds:
         have = sorted(ds[layout.MAPS].element.values) if layout.MAPS in ds else []
         raise FusionInputError(
-            f"the dataset has no spectrum image and no maps for {list(wanted or [])} "
-            f"(maps present: {have}); ingest a file with an EDX/EELS spectrum image or "
-            "elemental maps, or choose --elements among the maps present."
+            f"maps from the spectrum image were asked for (--maps-from spectrum), but the dataset has "
+            f"no spectrum image (maps present: {have}); use --maps-from file, or ingest the file "
+            "with its EDX/EELS spectrum image."
         )
     if wanted is None:
+        listed = _listed_elements(ds)
         raise FusionInputError(
             "the dataset holds a spectrum image but no elements were named; "
             "pass the elements to map, e.g. --elements Fe O."
+            + (f" The file's metadata lists {' '.join(listed)}." if listed else "")
         )
     spectrum = ds[layout.SPECTRUM].transpose("y", "x", "energy")
     data = _spectrum_to_maps(ds, wanted, windows)(spectrum.data)
@@ -191,19 +228,69 @@ def _integrated_units(spectrum: xr.DataArray) -> str:
     return units if units else "counts" if spectrum.dtype.kind in "iu" else "a.u."
 
 
-def maps_from(ds: xr.Dataset, elements: Sequence[str],
-              windows: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
-    """Where the job's maps come from (attribute ``maps_from``): the stored ``maps``, or the
-    ``spectrum`` with the windows, lines and background models used for each element (the
-    defaults of :mod:`pipeline.spectra` as well as any ``--window``)."""
-    if _uses_stored_maps(ds, elements):
+def maps_record(ds: xr.Dataset, source: str, windows: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The output's ``maps_from`` attribute: which variable the maps came from, their units and,
+    for maps integrated from the spectrum image, the windows actually used (:func:`windows_used`)."""
+    if source == "file":
         return {"variable": layout.MAPS, "units": ds[layout.MAPS].attrs.get("units")}
     signal = str(ds.attrs.get(layout.ATTR_SIGNAL, ds[layout.SPECTRUM].attrs.get(layout.ATTR_SIGNAL, "EDX")))
-    used = spectra.map_windows(np.asarray(ds["energy"].values, dtype=np.float64), list(elements),
-                               signal_type=signal, windows=windows)
     return {"variable": layout.SPECTRUM, "signal_type": signal,
-            "units": _integrated_units(ds[layout.SPECTRUM]),
-            "windows": {w.element: w.to_dict() for w in used}}
+            "units": _integrated_units(ds[layout.SPECTRUM]), "windows": windows}
+
+
+def _listed_elements(ds: xr.Dataset) -> list[str]:
+    """The elements the instrument file's metadata lists (Sample.elements), [] when none."""
+    try:
+        tree = json.loads(ds.attrs.get(layout.ATTR_METADATA) or "{}")
+    except (TypeError, ValueError):
+        return []
+    sample = tree.get("Sample") if isinstance(tree, dict) else None
+    return [str(e) for e in (sample or {}).get("elements") or []]
+
+
+def _stored_maps(
+    ds: xr.Dataset, wanted: Sequence[str] | None, windows: dict[str, tuple[float, float]] | None,
+    asked: bool,
+) -> xr.DataArray:
+    """The stored maps of ``wanted`` (all of them when None), refused where they cannot serve;
+    ``asked``: the user chose them (--maps-from file), else the dataset has no spectrum image."""
+    have = [str(e) for e in ds[layout.MAPS].element.values] if layout.MAPS in ds else []
+    spectrum = layout.SPECTRUM in ds
+    if windows:
+        raise FusionInputError(
+            f"--window {', '.join(windows)} applies to maps integrated from the spectrum image, but "
+            + ("the stored maps were asked for (--maps-from file); drop --window or use --maps-from spectrum."
+               if spectrum else "the dataset has no spectrum image and its stored maps are used as they "
+               "are; drop --window.")
+        )
+    missing = [e for e in wanted or [] if e not in have]
+    if have and not missing:
+        maps = ds[layout.MAPS]
+        return maps.sel(element=list(wanted)) if wanted else maps
+    if not asked:
+        raise FusionInputError(
+            f"the dataset has no spectrum image and no maps for {list(wanted or [])} "
+            f"(maps present: {have}); ingest a file with an EDX/EELS spectrum image or "
+            "elemental maps, or choose --elements among the maps present."
+        )
+    fix = "use --maps-from spectrum to integrate them from the spectrum image" if spectrum else (
+        "ingest a file with elemental maps")
+    raise FusionInputError(
+        f"maps from the file were asked for (--maps-from file), but the dataset has no maps "
+        f"{'of ' + str(missing) if have else 'at all'} (maps present: {have}); choose --elements "
+        f"among the maps present, or {fix}."
+    )
+
+
+def windows_used(
+    ds: xr.Dataset, elements: Sequence[str], windows: dict[str, tuple[float, float]] | None
+) -> dict[str, dict[str, Any]]:
+    """The integration windows of each element as the spectrum is mapped (eV, background model)."""
+    signal = str(ds.attrs.get(layout.ATTR_SIGNAL, ds[layout.SPECTRUM].attrs.get(layout.ATTR_SIGNAL, "EDX")))
+    energy = np.asarray(ds["energy"].values, dtype=np.float64)
+    found = spectra.map_windows(energy, list(elements), signal_type=signal, windows=windows)
+    keep = ("signal_type", "line", "line_ev", "signal_ev", "background_ev", "background_model", "source")
+    return {w.element: {k: v for k, v in w.to_dict().items() if k in keep} for w in found}
 
 
 def _spectrum_to_maps(
@@ -254,7 +341,7 @@ def _stored_choice(job: FusionJob, overwrite: bool) -> FusionJob:
 
 def _maps_are_counts(ds: xr.Dataset, job: FusionJob) -> bool:
     """True when "auto" can split the job's counts: a spectrum image, or integer-count stored maps."""
-    if not _uses_stored_maps(ds, job.elements):
+    if not _uses_stored_maps(ds, job.elements, job.maps_from):
         return True
     maps = ds[layout.MAPS].sel(element=list(job.elements))
     ys, xs = auto.central_crop((ds.sizes["y"], ds.sizes["x"]), auto.SearchSettings().crop)
@@ -270,9 +357,15 @@ def plan(
     tile: int = 512,
     halo: int = 32,
     windows: dict[str, tuple[float, float]] | None = None,
+    maps_from: str | None = None,
     overwrite: bool = False,
 ) -> tuple[FusionJob, str]:
     """Define the job and create (or reopen) its output store.
+
+    ``maps_from`` (``"spectrum"`` or ``"file"``; None: the spectrum image where there is
+    one) says where the maps come from (:func:`input_maps`); the output's ``params``
+    record it as ``maps_from`` and, for maps integrated from the spectrum, the windows
+    actually used as ``windows_used`` (per element: eV, background windows and model).
 
     ``params`` may give ``lambda_chem`` and/or ``lambda_tv`` as ``"auto"``:
     the job is then unresolved until :func:`choose_lambdas` (or resolved at
@@ -287,18 +380,20 @@ def plan(
             "of the same pixels as the maps."
         )
     with naming(source):
-        maps = input_maps(ds, elements, windows)
-    names = tuple(str(e) for e in maps.element.values)
+        maps = input_maps(ds, elements, windows, maps_from)
+        used_from = maps_source(ds, maps_from)
+        names = tuple(str(e) for e in maps.element.values)
+        used = windows_used(ds, names, windows) if used_from == "spectrum" else None
     if len(set(names)) != len(names):
         raise FusionInputError(f"element listed twice in {list(names)}; name each element once.")
     z = tuple(int(v) for v in maps["z"].values)
     numeric, auto_names = _split_lambdas(params)
     job = FusionJob(str(source), str(out), names, z, FusionParams(**numeric), tile, halo, windows,
-                    auto=auto_names, resolved=not auto_names)
+                    auto=auto_names, resolved=not auto_names, maps_from=used_from, windows_used=used)
     job = _stored_choice(job, overwrite)
     with on_disk_full(out), naming(source):
         state = prepare_output(out, _template(ds, maps, job), job.record(), source=source, overwrite=overwrite,
-                               attrs={layout.ATTR_MAPS_FROM: maps_from(ds, names, windows)})
+                               attrs={layout.ATTR_MAPS_FROM: maps_record(ds, used_from, used)})
         if state != "complete":
             grid = tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), tile, halo)
             shape = (grid[-1].index[0] + 1, grid[-1].index[1] + 1)
@@ -348,7 +443,7 @@ def write_inputs(job: FusionJob) -> None:
     ds = open_dataset(job.source)
     write_variable(job.out, layout.HAADF, ds[layout.HAADF].transpose("y", "x").data)
     _write_haadf_valid(job, ds)
-    write_variable(job.out, layout.MAPS, input_maps(ds, job.elements, job.windows).data)
+    write_variable(job.out, layout.MAPS, input_maps(ds, job.elements, job.windows, job.maps_from).data)
     out_vars = zarr.open_group(job.out, mode="r", zarr_format=3)
     if layout.TRUE_MAPS in out_vars:
         truth = ds[layout.TRUE_MAPS].sel(element=list(job.elements)).transpose("element", "y", "x")
@@ -450,7 +545,7 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
     ys, xs = auto.central_crop((out.sizes["y"], out.sizes["x"]), settings.crop)
     fixed = {name: getattr(job.params, name) for name in LAMBDAS if name not in job.auto}
     data: dict[str, Any] = {}
-    if _uses_stored_maps(ds, job.elements):
+    if _uses_stored_maps(ds, job.elements, job.maps_from):
         data["maps"] = out[layout.MAPS].isel(y=ys, x=xs).values
     else:
         spectrum = ds[layout.SPECTRUM].transpose("y", "x", "energy").isel(y=ys, x=xs)

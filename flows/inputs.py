@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.saturation import find_saturation
 from stores import ingest
-from stores.layout import ATTR_SHA256, HAADF
+from stores.layout import ATTR_INGEST_OPTIONS, ATTR_SHA256, HAADF
 from stores.warn import add_warnings, make_warning
 from stores.zarrio import is_complete, is_store, open_dataset, read_attrs, sha256_file
 
@@ -79,12 +79,14 @@ def ingest_file(
     out: str | Path,
     *,
     elements: Sequence[str] | None = None,
+    signal: str | int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """:func:`stores.ingest.ingest`, then :func:`check_haadf` on the new store."""
-    store = ingest.ingest(path, out, elements=elements, overwrite=overwrite)
+    store = ingest.ingest(path, out, elements=elements, signal=signal, overwrite=overwrite)
     check_haadf(store)
     return store
+
 
 __all__ = ["check_haadf", "haadf_saturation", "ingest_file", "is_store", "resolve_store"]
 
@@ -95,15 +97,18 @@ def resolve_store(
     *,
     elements: Sequence[str] | None = None,
     name: str | None = None,
+    signal: str | int | None = None,
 ) -> Path:
     """The canonical store for ``source``, ingesting a raw file first if needed.
 
     A raw file ``run1.emd`` is ingested into ``<workdir>/run1.input.zarr`` (``<name>.input.zarr``
     when a batch names the dataset, so two ``run1.emd`` of different folders stay apart); an
-    earlier ingest of the same bytes (same sha256) is reused.
+    earlier ingest of the same bytes (same sha256) with the same options (``elements``,
+    ``signal``: see :func:`stores.ingest.read`) is reused.
     """
     source = Path(source)
     if is_store(source):
+        _check_store_signal(source, signal)
         return source
     if not source.exists():
         raise FileNotFoundError(
@@ -111,7 +116,30 @@ def resolve_store(
             f"({', '.join(sorted(ingest.SUPPORTED_SUFFIXES))})."
         )
     target = Path(workdir) / f"{name or source.stem}.input.zarr"
-    if is_complete(target) and read_attrs(target).get(ATTR_SHA256) == sha256_file(source):
+    if is_complete(target) and _same_ingest(target, source, elements, signal):
         check_haadf(target)  # an ingest from before the check: recorded now (once)
         return target
-    return ingest_file(source, target, elements=elements, overwrite=True)
+    return ingest_file(source, target, elements=elements, signal=signal, overwrite=True)
+
+
+def _check_store_signal(store: Path, signal: str | int | None) -> None:
+    """``--signal`` chooses among a raw file's spectrum images; a store holds the one it was
+    ingested with, and another cannot be had from it."""
+    if signal is None:
+        return
+    stored = (read_attrs(store).get(ATTR_INGEST_OPTIONS) or {}).get("signal")
+    if stored != str(signal):
+        raise ValueError(
+            f"{store} is a store ingested with --signal {stored}; --signal {signal} chooses among a raw "
+            "file's spectrum images: give the raw file, or ingest it again with that --signal."
+        )
+
+
+def _same_ingest(target: Path, source: Path, elements: Sequence[str] | None, signal: str | int | None) -> bool:
+    """True when ``target`` holds ``source``'s bytes ingested with these options."""
+    attrs = read_attrs(target)
+    if attrs.get(ATTR_SHA256) != sha256_file(source):
+        return False
+    wanted = ingest.ingest_options(elements=list(elements) if elements else None, signal=signal)
+    stored = attrs.get(ATTR_INGEST_OPTIONS) or {}
+    return all(stored.get(key) == wanted[key] for key in ("elements", "signal"))

@@ -28,8 +28,9 @@ _task = task(cache_policy=NO_CACHE, persist_result=False)
 
 
 @_task
-def ingest_task(source: str, workdir: str, elements: Sequence[str] | None = None, name: str | None = None) -> str:
-    return str(resolve_store(source, workdir, elements=elements, name=name))
+def ingest_task(source: str, workdir: str, elements: Sequence[str] | None = None, name: str | None = None,
+                signal: str | None = None) -> str:
+    return str(resolve_store(source, workdir, elements=elements, name=name, signal=signal))
 
 
 @_task
@@ -63,18 +64,19 @@ def _figures(out: str, state: str) -> list[str]:
 
 def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *, cluster: Any = "local",
                    workdir: str | None = None, elements: Sequence[str] | None = None,
-                   report: bool = True, progress: bool = True, ingest_seconds: float = 0.0) -> dict[str, Any]:
+                   report: bool = True, progress: bool = True, ingest_seconds: float = 0.0,
+                   signal: str | None = None) -> dict[str, Any]:
     """Ingest, plan, compute, finalise and report one job inside the calling Prefect flow.
 
     ``cluster`` is anything :func:`cluster.connect` takes (a batch passes the address of the
     cluster it started, so that every job shares it). Raw files are ingested into ``workdir``
-    (default: the output's folder). Returns the job's summary with ``input_store``,
-    ``tiles_computed``, ``seconds`` and ``figures``. The wall time of each stage goes to the
-    output's ``timing`` attribute, one record per run (``ingest_seconds``: an ingest the
-    caller ran before, as a batch does).
+    (default: the output's folder), ``signal`` choosing its spectrum image. Returns the job's
+    summary with ``input_store``, ``tiles_computed``, ``seconds`` and ``figures``. The wall time
+    of each stage goes to the output's ``timing`` attribute, one record per run
+    (``ingest_seconds``: an ingest the caller ran before, as a batch does).
     """
     start = time.perf_counter()
-    store = ingest_task(source, workdir or str(Path(out).resolve().parent), elements)
+    store = ingest_task(source, workdir or str(Path(out).resolve().parent), elements, signal=signal)
     ingest_seconds += time.perf_counter() - start
     tiles_computed = 0
     with StoreLock(out):

@@ -32,9 +32,23 @@ import dask
 import xarray as xr
 
 from .errors import IngestError, OutputNotWritable, StoreError, disk_full
-from .formats import IngestWarning, chunk_shape, element_coords, fail, normalize_signal_type
+from .formats import (
+    ATTR_UNMAPPED,
+    IngestWarning,
+    chunk_shape,
+    element_coords,
+    fail,
+    normalize_signal_type,
+)
 from .formats.rsciio import PLUGINS as _RSCIIO_SUFFIXES
-from .layout import DIMS
+from .layout import (
+    ATTR_ELEMENTS,
+    ATTR_INGEST_NOTES,
+    ATTR_INGEST_OPTIONS,
+    ATTR_METADATA_UNMAPPED,
+    DIMS,
+)
+from .warn import add_warnings, make_warning
 from .zarrio import check_writable, is_complete, provenance, remove_store, write_dataset
 
 __all__ = [
@@ -42,7 +56,9 @@ __all__ = [
     "IngestError",
     "IngestWarning",
     "chunk_canonical",
+    "describe",
     "ingest",
+    "ingest_options",
     "read",
 ]
 
@@ -63,6 +79,7 @@ def read(
     *,
     elements: Sequence[str] | str | None = None,
     signal_type: str | None = None,
+    signal: str | int | None = None,
     **options: Any,
 ) -> xr.Dataset:
     """Read a facility file into the canonical lazy Dataset.
@@ -73,10 +90,17 @@ def read(
         A file with one of :data:`SUPPORTED_SUFFIXES` (case-insensitive).
     elements
         Element symbols: the names of unnamed maps (npz ``maps``), or the maps
-        to keep, in order, when the file names them. ``"Sc,Dy,O"`` also works.
+        to keep, in order, when the file names them; with a spectrum image, the
+        elements without a map are integrated from it by ``emfuse fuse``. Kept
+        as the attribute ``elements`` (the elements ``fuse`` maps by default).
+        ``"Sc,Dy,O"`` also works.
     signal_type
         ``"EDX"`` or ``"EELS"``: recorded on the Dataset, and which spectrum
         image to take when a file holds several.
+    signal
+        Microscope files (RosettaSciIO): which spectrum image to take, by its
+        index in RosettaSciIO's list of the file's signals or by its title.
+        Needed when a file holds several; the error then lists them.
     **options
         Passed to the format's reader (HDF5: ``group=``).
 
@@ -104,8 +128,14 @@ def read(
     module = _reader(path)
     wanted = _elements(path, elements)
     kind = _signal_type(path, signal_type)
+    if signal is not None:
+        options = {**options, "signal": signal}
     ds = _read_guarded(module, path, wanted, kind, options)
     ds.attrs.update(provenance(path))
+    # what was asked, so that a later ingest of the same bytes with other options is not reused
+    ds.attrs[ATTR_INGEST_OPTIONS] = ingest_options(elements=wanted, signal=signal, signal_type=kind)
+    if wanted:
+        ds.attrs[ATTR_ELEMENTS] = list(wanted)
     return with_value_units(ds)
 
 
@@ -139,6 +169,42 @@ def with_value_units(ds: xr.Dataset) -> xr.Dataset:
         if name in DIMS and var.dims == DIMS[name]:
             var.attrs["units"] = value_units(var)
     return ds
+
+
+def describe(path: str | Path) -> list[str]:
+    """What a file holds, one line each: for microscope files every signal RosettaSciIO
+    reads (with the index ``--signal`` takes), else the canonical variables it maps to.
+
+    >>> print("\\n".join(describe("test_TEM.bcf")))  # doctest: +SKIP
+    test_TEM.bcf: 2 signal(s) as RosettaSciIO reads them
+      [0] image 'HAADF' (64, 64), pixel 0.771 nm
+      [1] spectrum image 'EDX' (64, 64, 2048) EDX, -475.45 to 19997 eV, pixel 0.771 nm
+    elements listed in the file's metadata: Cu O Pd Ti
+    """
+    path = Path(path)
+    module = _reader(path)
+    if hasattr(module, "describe"):
+        return module.describe(path)
+    ds = _read_guarded(module, path, None, None, {})
+    lines = [f"{path.name}: maps to"]
+    for name, var in ds.data_vars.items():
+        lines.append(f"  {name} {tuple(var.dims)} {tuple(int(n) for n in var.shape)} {var.dtype}")
+    if "element" in ds.coords:
+        lines.append(f"elements: {' '.join(str(e) for e in ds.element.values)}")
+    return lines
+
+
+def ingest_options(
+    *, elements: Sequence[str] | None = None, signal: str | int | None = None,
+    signal_type: str | None = None,
+) -> dict[str, Any]:
+    """The options of an ingest as its store records them (attribute ``ingest_options``).
+
+    >>> ingest_options(elements=["Fe", "O"], signal=3)
+    {'elements': ['Fe', 'O'], 'signal': '3', 'signal_type': None}
+    """
+    return {"elements": list(elements) if elements else None,
+            "signal": None if signal is None else str(signal), "signal_type": signal_type}
 
 
 def _read_guarded(
@@ -193,6 +259,7 @@ def ingest(
     *,
     elements: Sequence[str] | str | None = None,
     signal_type: str | None = None,
+    signal: str | int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Read a facility file and write it as a canonical Zarr v3 store.
@@ -202,6 +269,8 @@ def ingest(
     ``IMAGE_CHUNK_YX``; movies one frame per chunk. The data stream through
     Dask chunk by chunk. The store is marked ``complete`` only after its last
     chunk; if reading fails half-way, the partial store is removed.
+
+    Parameters are those of :func:`read`.
 
     Raises
     ------
@@ -224,12 +293,14 @@ def ingest(
         raise StoreError(
             f"{out} already exists; pass --overwrite to replace it or choose another --out."
         )
-    ds = chunk_canonical(read(path, elements=elements, signal_type=signal_type))
+    ds = chunk_canonical(read(path, elements=elements, signal_type=signal_type, signal=signal))
     try:
         # Our own pool: leaving the ``with`` waits for chunk writes still in flight when a
         # chunk fails, so none of them recreates the store after it is removed below.
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool, dask.config.set(pool=pool):
-            return write_dataset(ds, out, overwrite=overwrite)
+            written = write_dataset(ds, out, overwrite=overwrite)
+        _store_warnings(written, Path(path), ds)
+        return written
     except (StoreError, OutputNotWritable, MemoryError):
         raise
     except Exception as exc:  # a reader failing on a chunk: corrupt data past the headers
@@ -246,6 +317,19 @@ def ingest(
             "the file is probably truncated or corrupt",
             "Copy the file again; no store was left at the output",
         ) from exc
+
+
+def _store_warnings(out: Path, path: Path, ds: xr.Dataset) -> None:
+    """What the file held but the store does not, as warnings stored with it (:mod:`stores.warn`);
+    not logged again: :class:`IngestWarning` said it already."""
+    records = [make_warning("not-ingested", f"{path.name}: not ingested: {item}", stage="ingest")
+               for item in ds.attrs.get(ATTR_UNMAPPED, [])]
+    records += [make_warning("metadata-not-mapped", f"{path.name}: {item}", stage="ingest")
+                for item in ds.attrs.get(ATTR_METADATA_UNMAPPED, [])]
+    records += [make_warning("ingest-check", f"{path.name}: {item}", stage="ingest")
+                for item in ds.attrs.get(ATTR_INGEST_NOTES, [])]
+    if records:
+        add_warnings(out, *records, log_them=False)
 
 
 def chunk_canonical(ds: xr.Dataset) -> xr.Dataset:
@@ -273,7 +357,7 @@ def _reader(path: Path) -> Any:
         raise PermissionError(
             f"cannot ingest {path}: the file is not readable. Fix its permissions or copy it."
         )
-    if path.is_dir():
+    if path.is_dir() and path.suffix.lower() != ".zspy":  # a .zspy is a directory (Zarr)
         raise fail(
             path,
             "it is a directory, not a file",

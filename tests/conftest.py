@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the checkout; EMFUSE_SHARED_DATA points elsewhere (a worktree outside it)
+SHARED_DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

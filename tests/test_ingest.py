@@ -20,7 +20,8 @@ from stores.errors import IngestError, OutputNotWritable, StoreError
 from stores.formats import FileArray, IngestWarning
 from stores.ingest import SUPPORTED_SUFFIXES, chunk_canonical, ingest, read
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
+            or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 VELOX_16 = "Test SI 16x16 215 kx.emd"
 VELOX_PRUNED = "Test SI 16x16 ReducedData 215 kx.emd"
 
@@ -140,17 +141,35 @@ def test_pruned_velox_says_there_is_no_spectrum_image(formats):
     assert ds.element.values.tolist() == ["C", "Ca", "O", "Cu"]
 
 
-def test_velox_eels_and_eds_choice_by_signal_type(formats):
+def test_velox_eels_and_eds_choice_by_signal(formats):
+    """Four spectrum images (three EELS ranges, one EDS): none is picked silently; the message
+    lists them with their index, shape, type and energy range, and --signal chooses."""
     path = formats / "example_velox_EELS_EDS.emd"
-    eds = _quiet_read(path)
+    with pytest.raises(IngestError) as info:
+        _quiet_read(path)
+    message = str(info.value)
+    assert "it holds 4 spectrum images" in message and "--signal INDEX" in message
+    assert "[17] 'EDS' (128, 128, 4096) EDX" in message
+    assert "[15] 'EELS' (16, 20, 2048) EELS, 480 to 826.35 eV" in message
+    with pytest.raises(IngestError, match=r"3 spectrum images of type EELS"):
+        _quiet_read(path, signal_type="EELS")
+    with pytest.raises(IngestError, match=r"3 spectrum images are titled 'EELS'"):
+        _quiet_read(path, signal="EELS")
+    with pytest.raises(IngestError, match=r"--signal 9 is image 'Co' \(16, 20\), not a spectrum image"):
+        _quiet_read(path, signal=9)
+    with pytest.raises(IngestError, match=r"--signal 40: it has signals 0 to 17"):
+        _quiet_read(path, signal=40)
+    eds = _quiet_read(path, signal="EDS")
     assert eds.spectrum.shape == (128, 128, 4096) and eds.attrs["signal_type"] == "EDX"
-    with pytest.warns(IngestWarning, match=r"one spectrum image per store"):
-        eels = read(path, signal_type="EELS")
+    with pytest.warns(IngestWarning, match=r"one spectrum image per store \(this is signal 14: choose it with --signal 14\)"):
+        eels = read(path, signal=15, signal_type="EELS")
     assert eels.spectrum.shape == (16, 20, 2048) and eels.attrs["signal_type"] == "EELS"
-    assert _step(eels.energy) == pytest.approx(0.1692)
+    assert _step(eels.energy) == pytest.approx(0.1692) and float(eels.energy[0]) == pytest.approx(480.0)
     assert eels.haadf.shape == (16, 20)  # the DF-S image on the EELS grid
     assert _step(eels.y) == pytest.approx(158.658, abs=1e-3)  # 0.1587 µm
     assert sorted(eels.element.values.tolist()) == ["Co", "Fe", "O"]
+    with pytest.raises(IngestError, match=r"signal '17' is a EDX spectrum image, but signal_type 'EELS'"):
+        _quiet_read(path, signal="17", signal_type="EELS")
 
 
 def test_tia_image(formats):

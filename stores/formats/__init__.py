@@ -322,10 +322,13 @@ def _grid(path: str | Path, arrays: Mapping[str, Any]) -> tuple[int, int]:
     return first_yx
 
 
-def _axis_coord(dim: str, size: int, step_nm: float | None) -> xr.Variable:
+def _axis_coord(dim: str, size: int, step_nm: float | None, origin_nm: float | None = None) -> xr.Variable:
+    """offset + index * step in nm, as the file calibrates the axis; pixel index when it does not."""
     if step_nm is None or not np.isfinite(step_nm) or step_nm <= 0:
         return xr.Variable(dim, np.arange(size, dtype=np.float64), {"units": "px"})
-    return xr.Variable(dim, np.arange(size, dtype=np.float64) * float(step_nm), {"units": "nm"})
+    origin = float(origin_nm) if origin_nm is not None and np.isfinite(origin_nm) else 0.0
+    values = origin + np.arange(size, dtype=np.float64) * float(step_nm)
+    return xr.Variable(dim, values, {"units": "nm"})
 
 
 def canonical_dataset(
@@ -338,6 +341,7 @@ def canonical_dataset(
     elements: Sequence[str] | None = None,
     movie: Any = None,
     pixel_nm: PixelSize = (None, None),
+    origin_nm: PixelSize = (None, None),
     frame_time: Any = None,
     signal_type: str | None = None,
     unmapped: Sequence[str] = (),
@@ -360,6 +364,9 @@ def canonical_dataset(
         Element symbols of ``maps``, in order.
     pixel_nm
         (dy, dx) in nm; None for an uncalibrated axis (coordinate in pixels).
+    origin_nm
+        (y0, x0) in nm: the coordinate of the first pixel (the file's axis offset);
+        None for 0.
     frame_time
         Optional time of every frame, in s.
     signal_type
@@ -390,8 +397,8 @@ def canonical_dataset(
         check_ndim(path, name, array.shape)
     ny, nx = _grid(path, arrays)
     coords: dict[str, Any] = {
-        "y": _axis_coord("y", ny, pixel_nm[0]),
-        "x": _axis_coord("x", nx, pixel_nm[1]),
+        "y": _axis_coord("y", ny, pixel_nm[0], origin_nm[0]),
+        "x": _axis_coord("x", nx, pixel_nm[1], origin_nm[1]),
     }
     if spectrum is not None:
         coords["energy"] = _energy_coord(path, energy, spectrum.shape[2])

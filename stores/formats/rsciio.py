@@ -1,13 +1,17 @@
 """Microscope formats through RosettaSciIO: Bruker ``.bcf``, Gatan ``.dm3``/``.dm4``,
-Velox and NCEM ``.emd``, FEI TIA ``.emi``/``.ser``.
+Velox and NCEM ``.emd``, FEI TIA ``.emi``/``.ser``, HyperSpy ``.hspy``. HyperSpy's
+``.zspy`` is refused with a message naming the fix: RosettaSciIO's zspy plugin is
+written for zarr 2 (its ``zspy`` extra pins ``zarr<3``; with zarr 3 its writer fails on
+``zarr.storage.NestedDirectoryStore``), and emfuse runs on zarr 3.
 
 RosettaSciIO returns a list of signals (``data``, ``axes`` in array order,
 ``metadata``); this module classifies each one by its axes and picks what the
 canonical layout holds:
 
 * ``spectrum``: a 3D signal with one energy axis (eV or keV); the energy axis is
-  moved last (DigitalMicrograph stores (energy, y, x)). With several, the
-  largest of the asked ``signal_type`` is taken.
+  moved last (DigitalMicrograph stores (energy, y, x)). A file with several is
+  refused unless ``signal`` (index in RosettaSciIO's list, or title) or
+  ``signal_type`` leaves one; the message lists them.
 * ``haadf``: the 2D image on the same grid whose title says HAADF, then ADF,
   then DF; without a spectrum image or movie, the best-titled image.
 * ``maps``: 2D images on that grid titled by an element symbol (Velox maps).
@@ -17,9 +21,17 @@ Everything else (single spectra, overview images, other spectrum images) is
 listed in an :class:`~stores.formats.IngestWarning` and in the ``unmapped``
 attribute. A spectrum image (the file says EDX/EELS) whose energy axis has no
 energy unit is refused: its channels' energies are unknown. Pixel sizes are
-converted to nm, energies to eV. The ``y``/``x`` coordinates start at 0 at the
-first pixel: the stage offsets in the file differ between signals of one
-acquisition and are not kept.
+converted to nm, energies to eV. The ``y``/``x`` coordinates are the offset and
+scale of the primary signal (the spectrum image, else the first one ingested), as
+RosettaSciIO reads them, in nm; an uncalibrated axis counts pixels from 0. Each
+variable's own offset and pixel size are kept in its attributes (Velox writes the
+HAADF at offset 0 and the spectrum image and maps at the stage position).
+
+Instrument metadata (:mod:`stores.metadata`): RosettaSciIO's ``metadata`` with its
+``mapping`` applied as HyperSpy does, the key figures as plain attributes of the
+Dataset (from the primary signal, completed from the other ingested ones), the
+whole tree and ``original_metadata`` as JSON strings, and which signal of the file
+each variable (and each key figure) came from (``metadata_sources``).
 
 Bruker spectrum images are decoded in a child process (:class:`_BcfSpectrumImage`):
 RosettaSciIO's compiled decoder does not check bounds, and a corrupt file would
@@ -44,7 +56,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +64,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..layout import HAADF
+from ..layout import ATTR_INGEST_NOTES, ATTR_METADATA_UNMAPPED, HAADF, MAPS, MOVIE, SPECTRUM
+from ..metadata import complete_metadata, key_figures, to_json
 from ..periodic import is_symbol
 from . import (
     FileArray,
@@ -74,6 +87,8 @@ PLUGINS = {
     ".emd": "emd",
     ".emi": "tia",
     ".ser": "tia",
+    ".hspy": "hspy",
+    ".zspy": "zspy",
 }
 
 _TIME_UNITS = {"s", "ms", "µs", "us", "ns"}
@@ -91,6 +106,12 @@ class _Signal:
     frame_time: np.ndarray | None = None
     signal_type: str | None = None
     note: str = ""
+    index: int = -1  # position in RosettaSciIO's list of the file's signals
+    metadata: dict = field(default_factory=dict)  # with RosettaSciIO's mapping applied
+    original: Any = None  # original_metadata as read
+    origin_nm: tuple[float | None, float | None] = (None, None)  # (y, x) offsets, nm
+    dispersion_ev: float | None = None  # eV per channel of a spectrum (the energy axis' scale)
+    unmapped_metadata: list[str] = field(default_factory=list)  # mapping entries that failed
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -107,22 +128,35 @@ class _Signal:
         )
         return f"{label} {self.title or '(untitled)'!r} {shape_str(self.shape)}"
 
+    def listing(self) -> str:
+        """One line for a message that asks to choose: index, title, shape, type, energies."""
+        text = f"[{self.index}] {self.title or '(untitled)'!r} {shape_str(self.shape)} {self.signal_type or 'unknown type'}"
+        if self.energy is not None and len(self.energy):
+            text += f", {float(self.energy[0]):.5g} to {float(self.energy[-1]):.5g} eV"
+        return text
+
 
 def read(
     path: str | Path,
     *,
     elements: Sequence[str] | None = None,
     signal_type: str | None = None,
+    signal: str | int | None = None,
 ) -> xr.Dataset:
     """Read a microscope file lazily into the canonical Dataset.
 
     Parameters
     ----------
     elements
-        Select (and order) the element maps the file holds.
+        Select (and order) the element maps the file holds. With a spectrum
+        image, elements without a map in the file are left to be integrated from
+        it (``emfuse fuse``); the list is kept as the attribute ``elements``.
     signal_type
         ``"EDX"`` or ``"EELS"``: which spectrum image to take when the file
         holds several (Velox EELS + EDS).
+    signal
+        Which spectrum image to take: its index in RosettaSciIO's list of the
+        file's signals, or its title (``emfuse ingest FILE --signal 17``).
 
     Raises
     ------
@@ -131,8 +165,42 @@ def read(
         holds nothing canonical (only single spectra, for instance).
     """
     path = Path(path)
-    signals = [_classify(path, raw) for raw in _load(path)]
-    return _assemble(path, signals, elements, signal_type)
+    signals = [_classify(path, raw, index) for index, raw in enumerate(_load(path))]
+    return _assemble(path, signals, elements, signal_type, signal)
+
+
+def describe(path: str | Path) -> list[str]:
+    """One line per signal of the file, as RosettaSciIO lists them (what ``--signal`` counts).
+
+    Each line: index, what emfuse takes it for, title, shape, signal type, energy range
+    or pixel size; then the elements the file's metadata lists (``Sample.elements``).
+    Nothing but headers is read.
+    """
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IngestWarning)
+        signals = [_classify(path, raw, index) for index, raw in enumerate(_load(path))]
+    lines = [f"{path.name}: {len(signals)} signal(s) as RosettaSciIO reads them"]
+    elements: list[str] = []
+    for s in signals:
+        role = {"spectrum_image": "spectrum image", "stack": "image stack",
+                "uncalibrated": "spectrum image without energy calibration"}.get(s.kind, s.kind)
+        if s.kind == "image" and is_symbol(s.title.strip()):
+            role = "element map"
+        line = f"  [{s.index}] {role} {s.title or '(untitled)'!r} {shape_str(s.shape)}"
+        if s.signal_type:
+            line += f" {s.signal_type}"
+        if s.energy is not None and len(s.energy):
+            line += f", {float(s.energy[0]):.5g} to {float(s.energy[-1]):.5g} eV"
+        if s.pixel_nm[0]:
+            line += f", pixel {s.pixel_nm[0]:.4g} nm"
+        lines.append(line)
+        for e in (s.metadata.get("Sample") or {}).get("elements") or []:
+            if str(e) not in elements:
+                elements.append(str(e))
+    if elements:
+        lines.append(f"elements listed in the file's metadata: {' '.join(elements)}")
+    return lines
 
 
 # -- loading -----------------------------------------------------------------------
@@ -152,6 +220,8 @@ class _Capture(logging.Handler):
 def _load(path: Path) -> list[dict]:
     if path.suffix.lower() == ".bcf":
         _check_bcf_length(path)
+    if path.suffix.lower() == ".zspy":
+        raise _zspy_refused(path)
     module = importlib.import_module(f"rsciio.{PLUGINS[path.suffix.lower()]}")
     capture = _Capture()
     logger = logging.getLogger("rsciio")
@@ -180,6 +250,15 @@ def _load(path: Path) -> list[dict]:
     if path.suffix.lower() == ".bcf":
         signals = [_isolate_bcf_decoder(path, raw) for raw in signals]
     return signals
+
+
+def _zspy_refused(path: Path) -> Exception:
+    return fail(
+        path,
+        "HyperSpy's .zspy (Zarr) files are not read: RosettaSciIO's zspy plugin needs zarr 2 (its "
+        "'zspy' extra pins zarr<3) and emfuse runs on zarr 3",
+        "Save the signal as .hspy in HyperSpy (s.save('name.hspy')) and ingest that file",
+    )
 
 
 def _isolate_bcf_decoder(path: Path, raw: dict) -> dict:
@@ -293,6 +372,10 @@ def _axis_kind(axis: dict) -> str:
 
 
 def _values(axis: dict) -> np.ndarray:
+    """The axis' values in its own unit: offset + index * scale (HyperSpy's non-uniform
+    axes carry their values as ``axis``)."""
+    if axis.get("axis") is not None:
+        return np.asarray(axis["axis"], dtype=np.float64)
     size = int(axis["size"])
     return float(axis.get("offset") or 0.0) + np.arange(size) * float(axis.get("scale") or 1.0)
 
@@ -302,7 +385,31 @@ def _step_nm(axis: dict) -> float | None:
     return None if factor is None else float(axis.get("scale") or 1.0) * factor
 
 
-def _classify(path: Path, raw: dict) -> _Signal:
+def _offset_nm(axis: dict) -> float | None:
+    factor = nm_per_unit(axis.get("units"))
+    return None if factor is None else float(axis.get("offset") or 0.0) * factor
+
+
+def _yx_calibration(axes: list[dict], yx: Sequence[int]) -> tuple[tuple, tuple]:
+    """((dy, dx), (y0, x0)) in nm for the spatial axes ``yx``; None where not a length."""
+    return (tuple(_step_nm(axes[i]) for i in yx), tuple(_offset_nm(axes[i]) for i in yx))
+
+
+def _classify(path: Path, raw: dict, index: int = -1) -> _Signal:
+    """The signal's role, with its metadata completed (RosettaSciIO's mapping applied)."""
+    signal = _classify_data(raw)
+    signal.index = index
+    signal.original = raw.get("original_metadata") or {}
+    signal.metadata, failed = complete_metadata(raw.get("metadata"), signal.original, raw.get("mapping"))
+    signal.unmapped_metadata = [
+        f"metadata of signal [{index}] {signal.title or '(untitled)'!r} not mapped: {item}" for item in failed
+    ]
+    for item in signal.unmapped_metadata:
+        warnings.warn(f"{path}: {item}", IngestWarning, stacklevel=4)
+    return signal
+
+
+def _classify_data(raw: dict) -> _Signal:
     data, axes = raw["data"], list(raw.get("axes") or [])
     metadata = raw.get("metadata") or {}
     title = str((metadata.get("General") or {}).get("title") or "")
@@ -321,15 +428,19 @@ def _classify(path: Path, raw: dict) -> _Signal:
             kind = "uncalibrated" if len(shape) == 3 else "other"
             return _Signal(title, kind, data, signal_type=signal_type, note=note)
         energy = _values(axes[e]) * factor
+        dispersion = None if axes[e].get("axis") is not None else float(axes[e].get("scale") or 1.0) * factor
         if len(shape) == 1:
-            return _Signal(title, "spectrum", data, energy=energy, signal_type=signal_type)
+            return _Signal(title, "spectrum", data, energy=energy, signal_type=signal_type,
+                           dispersion_ev=dispersion)
         if len(shape) == 3 and len(space) == 2:
             data = data.transpose(*space, e)  # energy last
-            pixel = (_step_nm(axes[space[0]]), _step_nm(axes[space[1]]))
-            return _Signal(title, "spectrum_image", data, pixel, energy, None, signal_type)
+            pixel, origin = _yx_calibration(axes, space)
+            return _Signal(title, "spectrum_image", data, pixel, energy, None, signal_type,
+                           origin_nm=origin, dispersion_ev=dispersion)
         return _Signal(title, "other", data, note="not a spectrum image (y, x, energy)")
     if len(shape) == 2 and len(space) == 2:
-        return _Signal(title, "image", data, (_step_nm(axes[0]), _step_nm(axes[1])))
+        pixel, origin = _yx_calibration(axes, (0, 1))
+        return _Signal(title, "image", data, pixel, origin_nm=origin)
     if len(shape) == 3 and signal_type is not None:  # a spectrum image, but which axis is energy?
         listing = ", ".join(f"{a.get('name')!r} in {a.get('units') or 'no unit'!r}" for a in axes)
         note = f"none of its axes ({listing}) is an energy axis in eV or keV"
@@ -341,8 +452,8 @@ def _classify(path: Path, raw: dict) -> _Signal:
         time = _values(axes[frame]) if kinds[frame] == "time" else None
         if time is not None and str(axes[frame].get("units")).strip() == "ms":
             time = time / 1e3
-        pixel = (_step_nm(axes[yx[0]]), _step_nm(axes[yx[1]]))
-        return _Signal(title, "stack", data, pixel, frame_time=time)
+        pixel, origin = _yx_calibration(axes, yx)
+        return _Signal(title, "stack", data, pixel, frame_time=time, origin_nm=origin)
     return _Signal(title, "other", data, note=f"{len(shape)}D with axes {kinds}")
 
 
@@ -366,11 +477,26 @@ def _haadf_score(title: str) -> int:
 
 
 def _pick_spectrum(
-    path: Path, signals: list[_Signal], signal_type: str | None, unmapped: list[str]
+    path: Path,
+    signals: list[_Signal],
+    signal_type: str | None,
+    signal: str | int | None,
+    unmapped: list[str],
 ) -> _Signal | None:
     spectrum_images = [s for s in signals if s.kind == "spectrum_image"]
-    candidates = [s for s in spectrum_images if signal_type in (None, s.signal_type)]
-    candidates += [s for s in spectrum_images if s.signal_type is None and signal_type]
+    if signal is not None:
+        chosen = _chosen_signal(path, signals, spectrum_images, signal)
+        if signal_type and chosen.signal_type not in (None, signal_type):
+            raise fail(
+                path,
+                f"signal {signal!r} is a {chosen.signal_type} spectrum image, but signal_type "
+                f"{signal_type!r} was asked for",
+                "Drop one of the two, or make them agree",
+            )
+        candidates = [chosen]
+    else:
+        candidates = [s for s in spectrum_images if signal_type in (None, s.signal_type)]
+        candidates += [s for s in spectrum_images if s.signal_type is None and signal_type]
     if spectrum_images and not candidates:
         kinds = sorted({str(s.signal_type) for s in spectrum_images})
         raise fail(
@@ -380,14 +506,52 @@ def _pick_spectrum(
         )
     if not candidates:
         return None
-    chosen = max(candidates, key=_size)  # the first of the largest
+    if len(candidates) > 1:
+        listing = "; ".join(s.listing() for s in candidates)
+        raise fail(
+            path,
+            f"it holds {len(candidates)} spectrum images{' of type ' + signal_type if signal_type else ''} "
+            f"and one per store is ingested: {listing}",
+            "Choose one with --signal INDEX (Python: signal=INDEX), the number in brackets",
+        )
+    chosen = candidates[0]
     for s in spectrum_images:
         if s is not chosen:
             unmapped.append(
                 f"{s.describe()} ({s.signal_type or 'unknown type'}): one spectrum image per "
-                "store (choose another with signal_type, or export it to its own file)"
+                f"store (this is signal {s.index}: choose it with --signal {s.index})"
             )
     return chosen
+
+
+def _chosen_signal(
+    path: Path, signals: list[_Signal], spectrum_images: list[_Signal], signal: str | int
+) -> _Signal:
+    """The spectrum image ``signal`` names: an index in RosettaSciIO's list, or a title."""
+    listing = "; ".join(s.listing() for s in spectrum_images) or "none"
+    text = str(signal).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        match = [s for s in signals if s.index == index]
+        if not match:
+            raise fail(
+                path,
+                f"--signal {index}: it has signals 0 to {len(signals) - 1}",
+                f"Choose one of its spectrum images: {listing}",
+            )
+        if match[0].kind != "spectrum_image":
+            raise fail(
+                path,
+                f"--signal {index} is {match[0].describe()}, not a spectrum image (y, x, energy)",
+                f"Choose one of its spectrum images: {listing}",
+            )
+        return match[0]
+    match = [s for s in spectrum_images if s.title.strip().lower() == text.lower()]
+    if len(match) != 1:
+        problem = (f"{len(match)} spectrum images are titled {text!r}" if match
+                   else f"no spectrum image is titled {text!r}")
+        raise fail(path, problem, f"Choose one by its index with --signal INDEX: {listing}")
+    return match[0]
 
 
 def _pick_haadf(
@@ -406,11 +570,15 @@ def _pick_haadf(
 
 
 def _assemble(
-    path: Path, signals: list[_Signal], elements: Sequence[str] | None, signal_type: str | None
+    path: Path,
+    signals: list[_Signal],
+    elements: Sequence[str] | None,
+    signal_type: str | None,
+    signal: str | int | None = None,
 ) -> xr.Dataset:
     unmapped: list[str] = []
     notes: list[str] = []
-    spectrum = _pick_spectrum(path, signals, signal_type, unmapped)
+    spectrum = _pick_spectrum(path, signals, signal_type, signal, unmapped)
     uncalibrated = [s for s in signals if s.kind == "uncalibrated"]
     if spectrum is None and uncalibrated:
         s = uncalibrated[0]
@@ -430,7 +598,7 @@ def _assemble(
     haadf = _pick_haadf([s for s in images if s not in named], grid, len(signals), notes)
     if grid is None:
         grid = haadf.yx if haadf else (named[0].yx if named else None)
-    maps = _pick_maps(path, [s for s in named if s.yx == grid], elements)
+    maps = _pick_maps(path, [s for s in named if s.yx == grid], elements, spectrum is not None)
     mapped = [s for s in (spectrum, movie, haadf, *maps) if s is not None]
     unmapped += _describe_rest(signals, mapped, spectrum, grid)
     if not mapped:
@@ -440,7 +608,7 @@ def _assemble(
     for note in notes:
         warnings.warn(f"{path}: {note}", IngestWarning, stacklevel=3)
     warn_unmapped(path, unmapped)
-    return canonical_dataset(
+    ds = canonical_dataset(
         path,
         haadf=haadf.data if haadf else None,
         spectrum=spectrum.data if spectrum else None,
@@ -449,25 +617,101 @@ def _assemble(
         elements=[m.title.strip() for m in maps] or None,
         movie=movie.data if movie else None,
         pixel_nm=primary.pixel_nm,
+        origin_nm=primary.origin_nm,
         frame_time=movie.frame_time if movie else None,
         signal_type=(spectrum.signal_type if spectrum else None) or signal_type,
         unmapped=unmapped,
     )
+    if notes:
+        ds.attrs[ATTR_INGEST_NOTES] = notes
+    roles = {SPECTRUM: spectrum, HAADF: haadf, MOVIE: movie}
+    return _with_metadata(ds, path, primary, {k: v for k, v in roles.items() if v}, maps)
 
 
-def _pick_maps(path: Path, maps: list[_Signal], elements: Sequence[str] | None) -> list[_Signal]:
-    if elements is None or not maps:  # no maps: the names are for a later step, not for us
+def _with_metadata(
+    ds: xr.Dataset, path: Path, primary: _Signal, roles: dict[str, _Signal], maps: list[_Signal]
+) -> xr.Dataset:
+    """The instrument metadata of the signals that were ingested, on the Dataset and its variables.
+
+    Dataset: the key figures of ``primary`` (completed from the other ingested signals
+    where it lacks one), its whole ``metadata`` and ``original_metadata`` as JSON, and
+    ``metadata_sources`` (JSON): which signal each variable and each key figure came from.
+    Each variable: its signal's index, title, pixel size, offset and key figures.
+    """
+    own = {name: _figures(s) for name, s in roles.items()}
+    if maps:
+        own[MAPS] = _figures(maps[0])
+    primary_name = next(name for name, s in roles.items() if s is primary) if primary in roles.values() else MAPS
+    figures: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name in [primary_name, *[n for n in own if n != primary_name]]:
+        for key, value in own[name].items():
+            if key not in figures:
+                figures[key], origin[key] = value, name
+    for name, s in roles.items():
+        ds[name].attrs.update(_source_attrs([s]), **own[name])
+    if maps:
+        ds[MAPS].attrs.update(_source_attrs(maps), **own[MAPS])
+    sources = {name: _source_record(s) for name, s in roles.items()}
+    if maps:
+        sources[MAPS] = {m.title.strip(): _source_record(m) for m in maps}
+    ds.attrs.update(figures)
+    failed = [item for s in [*roles.values(), *maps] for item in s.unmapped_metadata]
+    if failed:
+        ds.attrs[ATTR_METADATA_UNMAPPED] = failed
+    ds.attrs.update(
+        metadata=to_json(primary.metadata),
+        original_metadata=to_json(primary.original),
+        metadata_sources=to_json({"file": path.name, "reader": f"rsciio.{PLUGINS[path.suffix.lower()]}",
+                                  "metadata_from": primary_name, "variables": sources,
+                                  "key_figures": origin}),
+    )
+    return ds
+
+
+def _figures(s: _Signal) -> dict[str, Any]:
+    return key_figures(s.metadata, dispersion_ev=s.dispersion_ev)
+
+
+def _source_record(s: _Signal) -> dict[str, Any]:
+    return {"signal": s.index, "title": s.title, "shape": list(s.shape)}
+
+
+def _source_attrs(signals: list[_Signal]) -> dict[str, Any]:
+    """Variable attributes naming the file's signal(s) behind it, with their calibration."""
+    def nm(values: tuple) -> list:
+        return [None if v is None else float(v) for v in values]
+
+    if len(signals) == 1:
+        s = signals[0]
+        return {"source_signal": s.index, "source_title": s.title,
+                "pixel_nm": nm(s.pixel_nm), "offset_nm": nm(s.origin_nm)}
+    return {"source_signal": [s.index for s in signals], "source_title": [s.title for s in signals],
+            "pixel_nm": nm(signals[0].pixel_nm), "offset_nm": nm(signals[0].origin_nm)}
+
+
+def _pick_maps(
+    path: Path, maps: list[_Signal], elements: Sequence[str] | None, has_spectrum: bool
+) -> list[_Signal]:
+    """The file's element maps on the grid; with ``elements``, those of them, in that order.
+
+    An element without a map is integrated from the spectrum image later (``emfuse fuse``);
+    without a spectrum image it cannot be had, and the file is refused.
+    """
+    if elements is None:
         return maps
     by_name = {m.title.strip(): m for m in maps}
     missing = [e for e in elements if e not in by_name]
-    if missing:
+    if missing and not has_spectrum:
+        held = f"maps of {list(by_name)} on the chosen grid" if by_name else "no element maps"
         raise fail(
             path,
-            f"element(s) {missing} asked for, but the file has maps of {list(by_name)} on the "
-            "chosen grid",
-            "Choose elements among those in the file",
+            f"element(s) {missing} asked for, but the file has {held} and no spectrum image to "
+            "integrate them from",
+            "Choose elements among those in the file" if by_name
+            else "Leave --elements out, or ingest the file that holds the spectrum image",
         )
-    return [by_name[e] for e in elements]
+    return [by_name[e] for e in elements if e in by_name]
 
 
 def _describe_rest(
