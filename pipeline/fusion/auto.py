@@ -86,6 +86,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from .model import FusionInputError, Normalisation
+from .noise import NoiseEstimateError, NoiseModel, estimate_noise, recorrupt
 from .solver import FusionParams, fuse
 
 __all__ = [
@@ -95,6 +96,7 @@ __all__ = [
     "SearchSettings",
     "central_crop",
     "choose_lambdas",
+    "estimate_map_noise",
     "heldout_score",
     "is_counts",
     "scaled_normalisation",
@@ -106,6 +108,7 @@ AUTO = "auto"
 
 CRITERION_SPECTRUM = "heldout-counts:spectrum"
 CRITERION_MAPS = "heldout-counts:maps"
+CRITERION_RECORRUPTED = "heldout-recorrupted:maps"
 
 
 class AutoLambdaError(FusionInputError):
@@ -135,6 +138,11 @@ class SearchSettings:
     n_iter, n_iter_tv
         Override the job's iteration counts during the search (``None``: the
         job's own, which is the default and what the benchmarks validate).
+    widen, widen_by
+        When the choice ends on an end of a searched range (and the score still
+        falls towards it), that end is moved out by the factor ``widen_by`` and
+        the search goes on from the best point, at most ``widen`` times; a choice
+        still at an end is reported in :attr:`LambdaChoice.at_edge`.
     """
 
     lambda_chem_range: tuple[float, float] = (2.0**-10, 8.0)
@@ -147,13 +155,15 @@ class SearchSettings:
     seed: int = 0
     n_iter: int | None = None
     n_iter_tv: int | None = None
+    widen: int = 2
+    widen_by: float = 8.0
 
     def __post_init__(self) -> None:
         ok = (
             0 < self.lambda_chem_range[0] < self.lambda_chem_range[1]
             and 0 < self.lambda_tv_range[0] < self.lambda_tv_range[1]
             and self.coarse >= 2 and self.lattice > 1 and 0 < self.split < 1
-            and self.folds >= 1 and self.crop >= 8
+            and self.folds >= 1 and self.crop >= 8 and self.widen >= 0 and self.widen_by > 1
         )
         if not ok:
             raise ValueError(f"invalid lambda search settings {self}")
@@ -183,6 +193,12 @@ class LambdaChoice:
         (y0, y1, x0, x1) of the pixels searched on.
     seconds
         Time the search took.
+    noise
+        Recorrupted maps: the noise model estimated for each map (else None).
+    widened
+        How many times a range was widened because the choice sat on its end.
+    at_edge
+        For each weight still on an end of its (widened) range: what and where.
     """
 
     lambda_chem: float
@@ -194,6 +210,9 @@ class LambdaChoice:
     settings: SearchSettings
     crop: tuple[int, int, int, int]
     seconds: float = float("nan")
+    noise: tuple[NoiseModel, ...] | None = None
+    widened: int = 0
+    at_edge: tuple[str, ...] = ()
 
     @property
     def n_candidates(self) -> int:
@@ -210,6 +229,10 @@ class LambdaChoice:
             "crop": list(self.crop),
             "settings": self.settings.to_dict(),
             "seconds": round(float(self.seconds), 2),
+            "widened": self.widened,
+            "at_edge": list(self.at_edge),
+            **({"noise_model": "var = gain * mean + offset_var per map, in the map's units",
+                "noise": [m.record() for m in self.noise]} if self.noise is not None else {}),
         }
 
 
@@ -361,26 +384,33 @@ def _search(
 ) -> dict[tuple[int, int], float]:
     """Coarse grid, then 3 x 3 neighbourhoods of the best point at halving spacing."""
     scores: dict[tuple[int, int], float] = {}
-
-    def visit(i: int, j: int) -> None:
-        if (i, j) not in scores and 0 <= i < n_chem and 0 <= j < n_tv:
-            scores[(i, j)] = evaluate(i, j)
-
     ci, cj = _coarse_indices(n_chem, coarse), _coarse_indices(n_tv, coarse)
     for i in ci:
         for j in cj:
-            visit(i, j)
+            _visit(scores, evaluate, (i, j), n_chem, n_tv)
     step = max(ci[1] - ci[0] if len(ci) > 1 else 1, cj[1] - cj[0] if len(cj) > 1 else 1)
+    _refine(scores, evaluate, n_chem, n_tv, step)
+    return scores
+
+
+def _visit(scores: dict[tuple[int, int], float], evaluate: Callable[[int, int], float],
+           point: tuple[int, int], n_chem: int, n_tv: int) -> None:
+    if point not in scores and 0 <= point[0] < n_chem and 0 <= point[1] < n_tv:
+        scores[point] = evaluate(*point)
+
+
+def _refine(scores: dict[tuple[int, int], float], evaluate: Callable[[int, int], float],
+            n_chem: int, n_tv: int, step: int) -> None:
+    """From the best point so far: 3 x 3 neighbourhoods at halving spacing, down to the lattice."""
     while step > 1:
         step = max(1, step // 2)
         while True:  # recentre until the best point is the centre of its neighbourhood
             best = _best(scores)
             for di in (-step, 0, step):
                 for dj in (-step, 0, step):
-                    visit(best[0] + di, best[1] + dj)
+                    _visit(scores, evaluate, (best[0] + di, best[1] + dj), n_chem, n_tv)
             if _best(scores) == best:
                 break
-    return scores
 
 
 def _best(scores: dict[tuple[int, int], float]) -> tuple[int, int]:
@@ -391,14 +421,28 @@ def _best(scores: dict[tuple[int, int], float]) -> tuple[int, int]:
     return min(finite, key=lambda k: (finite[k], k))
 
 
+@dataclass(frozen=True)
+class _Folds:
+    """The held-out folds of a search: how they were made and what they hold."""
+
+    criterion: str
+    fraction: float  # mean of a training part over the full data's (normalisation scale)
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    noise: tuple[NoiseModel, ...] | None = None
+
+
 def _splits(
-    haadf_crop: np.ndarray,
     maps: Any,
     spectrum: Any,
     to_maps: Callable[[np.ndarray], np.ndarray] | None,
     settings: SearchSettings,
-) -> tuple[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """(criterion, [(training maps, held-out maps) per fold]) on the crop."""
+    noise: Sequence[NoiseModel] | None = None,
+) -> _Folds:
+    """The (training maps, held-out maps) of every fold, on the crop.
+
+    Counts (a spectrum image, or integer maps) are thinned; other maps are recorrupted with
+    their noise model (``noise``, else estimated on ``maps``).
+    """
     rng = np.random.default_rng(settings.seed)
     folds = []
     if spectrum is not None:
@@ -409,19 +453,34 @@ def _splits(
             train = thin_counts(spectrum, settings.split, rng)
             test = spectrum - train
             folds.append((np.asarray(to_maps(train)), np.asarray(to_maps(test))))
-        return CRITERION_SPECTRUM, folds
+        return _Folds(CRITERION_SPECTRUM, settings.split, folds)
     maps = to_numpy(maps)
-    if not is_counts(maps):
-        raise AutoLambdaError(
-            "lambda 'auto' splits counts to score candidate weights, but these maps are not counts "
-            f"(non-integer values such as {_example_fraction(maps):.4g}) and no spectrum image was "
-            "given; pass numbers instead (e.g. --lambda-chem 0.05 --lambda-tv 0.02, the embedded "
-            "defaults), or fuse the raw spectrum image or integer-count maps."
-        )
+    if is_counts(maps):
+        for _ in range(settings.folds):
+            train = thin_counts(maps, settings.split, rng)
+            folds.append((train, maps - train))
+        return _Folds(CRITERION_MAPS, settings.split, folds)
+    models = tuple(noise) if noise is not None else estimate_map_noise(maps)
     for _ in range(settings.folds):
-        train = thin_counts(maps, settings.split, rng)
-        folds.append((train, maps - train))
-    return CRITERION_MAPS, folds
+        parts = [recorrupt(m, model, settings.split, rng) for m, model in zip(maps, models)]
+        folds.append((np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])))
+    # a recorrupted part keeps the full data's mean: the full normalisation applies as it is
+    return _Folds(CRITERION_RECORRUPTED, 1.0, folds, models)
+
+
+def estimate_map_noise(maps: Any) -> tuple[NoiseModel, ...]:
+    """The noise model of every map (see :mod:`.noise`); refuses maps whose noise cannot be measured."""
+    models = []
+    for k, image in enumerate(to_numpy(maps)):
+        try:
+            models.append(estimate_noise(image))
+        except NoiseEstimateError as exc:
+            raise AutoLambdaError(
+                f"lambda 'auto' on maps that are not counts needs the noise of each map, but map {k}: "
+                f"{exc} Pass numbers instead (e.g. --lambda-chem 0.05 --lambda-tv 0.02), or fuse the "
+                "raw spectrum image."
+            ) from exc
+    return tuple(models)
 
 
 def _example_fraction(maps: np.ndarray) -> float:
@@ -442,6 +501,7 @@ def choose_lambdas(
     lambda_tv: float | None = None,
     settings: SearchSettings | None = None,
     callback: Callable[[float, float, float], None] | None = None,
+    noise: Sequence[NoiseModel] | None = None,
 ) -> LambdaChoice:
     """Choose ``lambda_chem`` and ``lambda_tv`` by held-out counts (see the module notes).
 
@@ -473,6 +533,10 @@ def choose_lambdas(
     callback
         Called as ``callback(lambda_chem, lambda_tv, score)`` after each
         candidate is scored (e.g. to advance a progress bar).
+    noise
+        Maps that are not counts: the noise model of each map (see
+        :mod:`.noise`), e.g. measured on more pixels than ``maps`` holds; by
+        default estimated on ``maps``.
 
     Returns
     -------
@@ -481,7 +545,7 @@ def choose_lambdas(
     Raises
     ------
     AutoLambdaError
-        If the maps are not counts and there is no spectrum image.
+        If the maps are not counts and their noise cannot be measured.
     """
     start = time.perf_counter()
     settings = settings or SearchSettings()
@@ -493,26 +557,29 @@ def choose_lambdas(
     if normalisation is None:
         full_maps = to_maps(np.asarray(spectrum)) if spectrum is not None and to_maps else to_numpy(maps)
         normalisation = Normalisation.from_data(haadf, full_maps)
+    if spectrum is None and noise is None and maps is not None and not is_counts(maps):
+        noise = estimate_map_noise(maps)  # on all the pixels given, not only the crop
     spectrum_crop = None if spectrum is None else spectrum[ys, xs]
     maps_crop = None if maps is None else to_numpy(maps)[:, ys, xs]
-    criterion, folds = _splits(haadf[ys, xs], maps_crop, spectrum_crop, to_maps, settings)
+    split = _splits(maps_crop, spectrum_crop, to_maps, settings, noise)
     haadf_crop = haadf[ys, xs]
-    part_norm = scaled_normalisation(normalisation, settings.split)
-    chem = _axis(lambda_chem, settings.lambda_chem_range, settings.lattice)
-    tv = _axis(lambda_tv, settings.lambda_tv_range, settings.lattice)
+    part_norm = scaled_normalisation(normalisation, split.fraction)
+    chem_axis = _Axis.make(lambda_chem, settings.lambda_chem_range, settings.lattice)
+    tv_axis = _Axis.make(lambda_tv, settings.lambda_tv_range, settings.lattice)
 
-    def evaluate(i: int, j: int) -> float:
-        candidate = dataclasses.replace(base, lambda_chem=float(chem[i]), lambda_tv=float(tv[j]))
+    def score(k_chem: int, k_tv: int) -> float:
+        lc, lt = chem_axis.value(k_chem), tv_axis.value(k_tv)
+        candidate = dataclasses.replace(base, lambda_chem=lc, lambda_tv=lt)
         total = 0.0
-        for train, test in folds:
+        for train, test in split.folds:
             fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False,
                          **candidate.to_dict()).fused
             total += heldout_score(to_numpy(fused), test)
         if callback is not None:
-            callback(float(chem[i]), float(tv[j]), total / len(folds))
-        return total / len(folds)
+            callback(lc, lt, total / len(split.folds))
+        return total / len(split.folds)
 
-    scores = _search(evaluate, chem.size, tv.size, settings.coarse)
+    scores, widened, at_edge = _search_widening(score, chem_axis, tv_axis, settings)
     best = _best(scores)
     rows = sorted({i for i, _ in scores})
     cols = sorted({j for _, j in scores})
@@ -520,13 +587,103 @@ def choose_lambdas(
     for (i, j), value in scores.items():
         grid[rows.index(i), cols.index(j)] = value
     return LambdaChoice(
-        lambda_chem=float(chem[best[0]]),
-        lambda_tv=float(tv[best[1]]),
-        lambda_chem_axis=chem[rows],
-        lambda_tv_axis=tv[cols],
+        lambda_chem=chem_axis.value(best[0]),
+        lambda_tv=tv_axis.value(best[1]),
+        lambda_chem_axis=np.array([chem_axis.value(i) for i in rows]),
+        lambda_tv_axis=np.array([tv_axis.value(j) for j in cols]),
         score=grid,
-        criterion=criterion,
+        criterion=split.criterion,
         settings=settings,
         crop=(ys.start, ys.stop, xs.start, xs.stop),
         seconds=time.perf_counter() - start,
+        noise=split.noise,
+        widened=widened,
+        at_edge=at_edge,
     )
+
+
+@dataclass
+class _Axis:
+    """One weight's candidates: ``low * ratio**k`` for lattice index ``k`` in ``[k_lo, k_hi]``
+    (widening moves the ends), or one fixed number (``fixed``)."""
+
+    low: float
+    ratio: float
+    k_lo: int
+    k_hi: int
+    fixed: float | None = None
+
+    @classmethod
+    def make(cls, fixed: float | None, value_range: tuple[float, float], ratio: float) -> _Axis:
+        values = _axis(fixed, value_range, ratio)
+        return cls(float(values[0]), ratio, 0, values.size - 1, None if fixed is None else float(fixed))
+
+    @property
+    def size(self) -> int:
+        return self.k_hi - self.k_lo + 1
+
+    def value(self, k: int) -> float:
+        return self.fixed if self.fixed is not None else float(self.low * self.ratio**k)
+
+    def edge(self, k: int, score_at: Callable[[int], float]) -> str | None:
+        """"low" or "high" when ``k`` is an end of a searched axis and the score still falls
+        towards that end (a flat score there, e.g. a weight with no effect, is not an edge)."""
+        if self.fixed is not None or self.size < 2:
+            return None
+        for end, inward, name in ((self.k_lo, self.k_lo + 1, "low"), (self.k_hi, self.k_hi - 1, "high")):
+            if k == end:
+                here, inside = score_at(end), score_at(inward)
+                if not np.isfinite(inside) or inside - here > _EDGE_TOLERANCE * abs(here):
+                    return name
+        return None
+
+
+_EDGE_TOLERANCE = 1e-3  # relative score drop towards an end that counts as "still falling"
+
+
+def _search_widening(
+    score: Callable[[int, int], float], chem: _Axis, tv: _Axis, settings: SearchSettings
+) -> tuple[dict[tuple[int, int], float], int, tuple[str, ...]]:
+    """The coarse-to-fine search, widened at an edge the choice ends on.
+
+    Returns the scores by lattice index pair, the number of widenings and, for a weight
+    still at an edge after ``settings.widen`` widenings, a description of that edge.
+    """
+    memo: dict[tuple[int, int], float] = {}
+
+    def evaluate_abs(kc: int, kt: int) -> float:
+        if (kc, kt) not in memo:
+            memo[(kc, kt)] = score(kc, kt)
+        return memo[(kc, kt)]
+
+    def local(offset: tuple[int, int]) -> Callable[[int, int], float]:
+        return lambda i, j: evaluate_abs(i + offset[0], j + offset[1])
+
+    found = _search(local((chem.k_lo, tv.k_lo)), chem.size, tv.size, settings.coarse)
+    memo.update({(i + chem.k_lo, j + tv.k_lo): v for (i, j), v in found.items()})
+    steps = max(1, round(math.log(settings.widen_by) / math.log(settings.lattice)))
+    widened = 0
+    while True:
+        best = _best(memo)
+        edges = {"lambda_chem": chem.edge(best[0], lambda k: memo.get((k, best[1]), np.nan)),
+                 "lambda_tv": tv.edge(best[1], lambda k: memo.get((best[0], k), np.nan))}
+        edges = {name: side for name, side in edges.items() if side}
+        if not edges or widened >= settings.widen:
+            break
+        for name, side in edges.items():
+            axis = chem if name == "lambda_chem" else tv
+            if side == "low":
+                axis.k_lo -= steps
+            else:
+                axis.k_hi += steps
+        widened += 1
+        offset = (chem.k_lo, tv.k_lo)
+        scores = {(kc - offset[0], kt - offset[1]): v for (kc, kt), v in memo.items()}
+        _refine(scores, local(offset), chem.size, tv.size, 2 * steps)
+        memo.update({(i + offset[0], j + offset[1]): v for (i, j), v in scores.items()})
+    at_edge = tuple(
+        f"{name} at the {'lower' if side == 'low' else 'upper'} end of its range "
+        f"({(chem if name == 'lambda_chem' else tv).value(best[0] if name == 'lambda_chem' else best[1]):.3g})"
+        for name, side in edges.items()
+    )
+    return memo, widened, at_edge
