@@ -665,8 +665,8 @@ def _search_widening(
     widened = 0
     while True:
         best = _best(memo)
-        edges = {"lambda_chem": chem.edge(best[0], lambda k: memo.get((k, best[1]), np.nan)),
-                 "lambda_tv": tv.edge(best[1], lambda k: memo.get((best[0], k), np.nan))}
+        edges = {"lambda_chem": chem.edge(best[0], lambda k, b=best: memo.get((k, b[1]), np.nan)),
+                 "lambda_tv": tv.edge(best[1], lambda k, b=best: memo.get((b[0], k), np.nan))}
         edges = {name: side for name, side in edges.items() if side}
         if not edges or widened >= settings.widen:
             break
