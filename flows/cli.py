@@ -315,8 +315,9 @@ def _auto_note(result: dict[str, Any]) -> str:
     choice = result.get("lambda_choice", {})
     if "reason" in choice:  # "auto" fell back to the embedded defaults
         return f" (auto fell back to the defaults: {choice['reason']})"
-    held_out = ("recorrupted maps (measured noise model)" if "recorrupted" in str(choice.get("criterion"))
-                else "held-out counts")
+    criterion = str(choice.get("criterion"))
+    held_out = ("recorrupted maps (measured noise model)" if "recorrupted" in criterion
+                else "held-out pixels" if "pixels" in criterion else "held-out counts")
     return (f" (auto {'+'.join(n.removeprefix('lambda_') for n in result['lambda_auto'])}: "
             f"{choice.get('n_candidates', '?')} candidates scored on {held_out}, "
             f"{choice.get('seconds', float('nan')):.0f} s)")

@@ -52,6 +52,7 @@ from pipeline.fusion import (
     auto,
     diagnose_convergence,
 )
+from pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
 from stores import layout
 from stores.errors import StoreError, on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
@@ -513,11 +514,30 @@ def finalise(job: FusionJob) -> None:
     costs = tiles.sum_tile_costs(per_tile, job.params.n_iter)
     # the check users are taught to make by eye on the cost plot, made on the summed curves
     diagnosis = diagnose_convergence(costs, COST_TERMS)
+    fit = haadf_fit(job)
     with on_disk_full(job.out):
         write_region(job.out, layout.COST, (slice(None), slice(None)), costs)
-        update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis})
+        update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis, "haadf_unexplained": fit})
         add_warnings(job.out, *(make_warning("not-converged", m, stage="finalise") for m in diagnosis))
+        if fit > POOR_HAADF_FIT:
+            add_warnings(job.out, make_warning(
+                "poor-haadf-fit",
+                f"the fused maps explain only {100 * (1 - fit):.0f} % of the HAADF's variance "
+                f"(model vs normalised HAADF after an affine fit; below {100 * (1 - POOR_HAADF_FIT):.0f} % "
+                "is flagged), so the HAADF term pulled the maps towards contrast these elements may not "
+                "make: check for an element missing from the list, the atomic numbers and the registration "
+                "of HAADF and maps.",
+                stage="finalise", unexplained=round(fit, 4), threshold=POOR_HAADF_FIT))
         mark_complete(job.out)
+
+
+def haadf_fit(job: FusionJob) -> float:
+    """Fraction of the normalised HAADF's variance the fused maps' HAADF model leaves unexplained
+    (:func:`pipeline.fusion.model.haadf_unexplained`), over the whole image."""
+    out = open_dataset(job.out, require_complete=False)
+    norm = normalise(job)
+    haadf = (out[layout.HAADF].data - norm.haadf_offset) / norm.haadf_scale
+    return float(da.compute(haadf_unexplained(haadf, out[layout.HAADF_MODEL].data))[0])
 
 
 def summary(job: FusionJob) -> dict[str, Any]:

@@ -83,10 +83,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from ..backend import to_numpy
 from .model import FusionInputError, Normalisation
-from .noise import NoiseEstimateError, NoiseModel, estimate_noise, recorrupt
+from .noise import DENSE, NoiseEstimateError, NoiseModel, estimate_noise, recorrupt
 from .solver import FusionParams, fuse
 
 __all__ = [
@@ -109,6 +110,7 @@ AUTO = "auto"
 CRITERION_SPECTRUM = "heldout-counts:spectrum"
 CRITERION_MAPS = "heldout-counts:maps"
 CRITERION_RECORRUPTED = "heldout-recorrupted:maps"
+CRITERION_PIXELS = "heldout-pixels:maps"
 
 
 class AutoLambdaError(FusionInputError):
@@ -328,7 +330,7 @@ def scaled_normalisation(norm: Normalisation, fraction: float) -> Normalisation:
 # -- scoring ----------------------------------------------------------------------
 
 
-def heldout_score(fused: np.ndarray, heldout: np.ndarray) -> float:
+def heldout_score(fused: np.ndarray, heldout: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Fraction of the held-out variance left unexplained by the fused maps, mean over elements.
 
     For each element the fused map ``x`` is fitted to the held-out counts ``y``
@@ -344,7 +346,7 @@ def heldout_score(fused: np.ndarray, heldout: np.ndarray) -> float:
     """
     scores = []
     for x, y in zip(np.asarray(fused, np.float64), np.asarray(heldout, np.float64)):
-        x, y = x.ravel(), y.ravel()
+        x, y = (x.ravel(), y.ravel()) if mask is None else (x[mask], y[mask])
         var_y = y.var()
         if var_y <= 0:  # no held-out signal (e.g. an empty crop at very low dose)
             continue
@@ -429,6 +431,42 @@ class _Folds:
     fraction: float  # mean of a training part over the full data's (normalisation scale)
     folds: list[tuple[np.ndarray, np.ndarray]]
     noise: tuple[NoiseModel, ...] | None = None
+    masks: list[np.ndarray] | None = None  # pixel hold-out: the held-out pixels of each fold
+
+
+def hold_out_pixels(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``maps`` with the pixels of ``mask`` replaced by the mean of their kept 3 x 3 neighbours.
+
+    What the fusion then predicts at a held-out pixel depends on its neighbours and the
+    HAADF only, not on the pixel's own noise (for noise independent between pixels).
+    """
+    kept = (~mask).astype(np.float64)
+    weight = ndimage.uniform_filter(kept, 3, mode="reflect")
+    out = np.array(maps, np.float64)
+    for image in out:
+        fill = ndimage.uniform_filter(image * kept, 3, mode="reflect") / np.maximum(weight, 1e-12)
+        image[mask] = np.maximum(fill[mask], 0.0)  # rounding in the filter can dip below zero
+    return out
+
+
+def _pixel_folds(maps: np.ndarray, settings: SearchSettings, rng: np.random.Generator,
+                 models: tuple[NoiseModel, ...]) -> _Folds:
+    """Pixel hold-out: each fold holds out a disjoint random 1/8 of the pixels."""
+    n_pixels = maps[0].size
+    order = rng.permutation(n_pixels)
+    size = n_pixels // PIXEL_HOLD_OUT
+    folds, masks = [], []
+    for k in range(settings.folds):
+        mask = np.zeros(n_pixels, bool)
+        mask[order[(k * size) % n_pixels:(k * size) % n_pixels + size]] = True
+        mask = mask.reshape(maps[0].shape)
+        masks.append(mask)
+        folds.append((hold_out_pixels(maps, mask), maps))
+    return _Folds(CRITERION_PIXELS, 1.0, folds, models, masks)
+
+
+#: Pixel hold-out keeps out one pixel in this many per fold.
+PIXEL_HOLD_OUT = 8
 
 
 def _splits(
@@ -461,6 +499,8 @@ def _splits(
             folds.append((train, maps - train))
         return _Folds(CRITERION_MAPS, settings.split, folds)
     models = tuple(noise) if noise is not None else estimate_map_noise(maps)
+    if any(m.pixels_used != DENSE for m in models):
+        return _pixel_folds(maps, settings, rng, models)
     for _ in range(settings.folds):
         parts = [recorrupt(m, model, settings.split, rng) for m, model in zip(maps, models)]
         folds.append((np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])))
@@ -571,10 +611,10 @@ def choose_lambdas(
         lc, lt = chem_axis.value(k_chem), tv_axis.value(k_tv)
         candidate = dataclasses.replace(base, lambda_chem=lc, lambda_tv=lt)
         total = 0.0
-        for train, test in split.folds:
+        for k, (train, test) in enumerate(split.folds):
             fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False,
                          **candidate.to_dict()).fused
-            total += heldout_score(to_numpy(fused), test)
+            total += heldout_score(to_numpy(fused), test, None if split.masks is None else split.masks[k])
         if callback is not None:
             callback(lc, lt, total / len(split.folds))
         return total / len(split.folds)

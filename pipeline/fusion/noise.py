@@ -66,6 +66,7 @@ _MAD_TO_SD = 1.4826  # sd of a normal distribution over its median absolute devi
 _MIN_PER_BIN = 64
 #: Below this fraction of pixels with no exact zero within one pixel, a map is "sparse".
 _MIN_AWAY_FRACTION = 0.1
+DENSE, SPARSE = "away from zeros", "all (sparse map)"  # NoiseModel.pixels_used
 
 
 class NoiseEstimateError(ValueError):
@@ -164,7 +165,7 @@ def estimate_noise(image: Any, *, bins: int = 12) -> NoiseModel:
     if gain <= 0 and offset_var <= 0:
         raise NoiseEstimateError("the fitted noise variance is zero; the map is not a noisy map.")
     return NoiseModel(float(gain), float(offset_var), pixels=int(r.size), bins=int(n_bins),
-                      pixels_used="all (sparse map)" if sparse else "away from zeros")
+                      pixels_used=SPARSE if sparse else DENSE)
 
 
 def neighbour_correlation(image: Any) -> float:
