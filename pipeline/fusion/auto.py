@@ -1,4 +1,4 @@
-"""Automatic choice of ``lambda_chem`` and ``lambda_tv`` by count splitting.
+"""Automatic choice of ``lambda_chem`` and ``lambda_tv`` on held-out data.
 
 Why count splitting
 -------------------
@@ -19,9 +19,35 @@ What is split
   part's maps are a function of that part's spectra only, so they stay
   independent.
 * Maps given as integer counts are thinned directly.
-* Maps that are not counts (already scaled, smoothed or background-subtracted
-  elsewhere) cannot be split: ``choose_lambdas`` raises
-  :class:`AutoLambdaError`, naming the fix (give numbers, or the spectrum image).
+* Maps that are not counts (scaled, background-subtracted and clipped by the
+  vendor software: what most users have) cannot be thinned. Their noise is
+  measured on the maps themselves as ``var = gain * mean + offset_var``
+  (:mod:`.noise`), and each map is split into recorrupted pairs (data fission):
+  ``train = max(y + a z, 0)``, ``test = y - z / a`` with ``z`` drawn from that
+  model and ``a = sqrt((1 - p) / p)``. For gaussian noise of the model's
+  variance the parts are independent, keep the mean of ``y`` (so the full
+  normalisation applies unchanged) and have the signal-to-noise ratios of a
+  fraction ``p`` and ``1 - p`` of the counts: the same two parts as count
+  splitting, so everything below holds unchanged
+  (criterion ``heldout-recorrupted:maps``). Why this and not the others: it
+  needs no integer counts (pseudo-counts by the gain would need rounding and
+  a Poisson law the background subtraction breaks), it copes with the
+  background's variance through ``offset_var``, and unlike SURE it needs no
+  divergence of the fusion (an iterative, clipped solver).
+* Sparse maps (fewer than 10 % of the pixels away from exact zeros: very low
+  counts or a vendor threshold, e.g. the published Co3O4/Mn3O4 EELS maps) are
+  a set of isolated spikes that no gaussian model describes, and recorrupted
+  parts would share those spikes. They are scored by pixel hold-out instead
+  (criterion ``heldout-pixels:maps``): each fold replaces a random eighth of
+  the pixels by the mean of their kept neighbours and scores the fusion only
+  there, which for noise independent between pixels needs no noise model.
+  Its weakness: it scores a fusion that predicts pixels from neighbours, not
+  the one run on the full data (see ``docs/methods/fusion.md`` for where each
+  criterion falls short on synthetic data).
+* Both need noise independent from pixel to pixel; maps smoothed elsewhere
+  share noise between neighbours, and the choice then smooths too little.
+  When a map's noise cannot be measured at all, :class:`AutoLambdaError`
+  names the fix (give numbers, or the spectrum image).
 
 The held-out score
 ------------------
@@ -56,7 +82,10 @@ The search
 Candidates lie on a log lattice (factor ``2 ** 0.5``). A coarse grid
 (``coarse`` x ``coarse`` points over the ranges) is evaluated first, then the
 3 x 3 neighbourhood of the best point at half the spacing, repeatedly, down to
-the lattice spacing. Large images are searched on their central
+the lattice spacing. A choice on an end of a range, with the score still
+falling towards it, widens that end by ``widen_by`` (8) and searches on from
+the best point, at most ``widen`` (2) times; a choice still on an end is
+reported in :attr:`LambdaChoice.at_edge` (the job warns ``lambda-at-edge``). Large images are searched on their central
 ``crop`` x ``crop`` pixels: every term of the objective is a sum over pixels,
 so the weights per pixel do not depend on the image size.
 
