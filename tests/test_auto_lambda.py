@@ -20,6 +20,7 @@ from pipeline.fusion.auto import (
     heldout_score,
     hold_out_pixels,
     is_counts,
+    refine_tv_per_element,
     scaled_normalisation,
     thin_counts,
 )
@@ -397,3 +398,35 @@ def test_job_warns_when_the_haadf_is_not_made_of_the_fused_elements(tmp_path, co
              for name in ("all.zarr", "no_ga.zarr")}
     assert "poor-haadf-fit" not in codes["all.zarr"] and "poor-haadf-fit" in codes["no_ga.zarr"]
     assert read_attrs(tmp_path / "no_ga.zarr")["haadf_unexplained"] > POOR_HAADF_FIT
+
+
+# -- one TV weight per element -----------------------------------------------------------------------
+
+
+def test_per_element_refinement_moves_each_weight_to_its_own_best():
+    targets = np.array([0.0, 2.0, -3.0])  # log2 of each element's best weight
+
+    def element_scores(weights):
+        return 1 + (np.log2(np.asarray(weights)) - targets) ** 2
+
+    assert refine_tv_per_element(element_scores, 1.0, 3, 2.0) == (1.0, 4.0, 0.125)
+
+
+def test_per_element_refinement_keeps_a_move_that_hurts_another_element_out():
+    def element_scores(weights):  # smoothing element 0 helps it but spoils element 1
+        w0 = np.log2(weights[0])
+        return np.array([1 - 0.1 * min(w0, 2), 1 + 0.1 * max(w0, 0), 1.0])
+
+    assert refine_tv_per_element(element_scores, 1.0, 3, 2.0) == (1.0, 1.0, 1.0)
+
+
+def test_choose_lambdas_refines_per_element_tv_on_request():
+    rng = np.random.default_rng(4)
+    truth = np.stack([np.tile([1.0, 0.0], (32, 16)), np.tile([0.0, 1.0], (32, 16))])
+    haadf = 2.0 * truth[0] + truth[1] + 0.05 * rng.standard_normal(truth.shape[1:])
+    counts = rng.poisson(8 * truth + 1)
+    settings = SearchSettings(coarse=3, lattice=2.0, n_iter=20, per_element_tv=True)
+    choice = choose_lambdas(haadf, [40, 20], maps=counts, settings=settings)
+    assert len(choice.lambda_tv_per_element) == 2
+    assert choice.record()["lambda_tv_per_element"] == list(choice.lambda_tv_per_element)
+    assert choose_lambdas(haadf, [40, 20], maps=counts, settings=FAST).lambda_tv_per_element is None

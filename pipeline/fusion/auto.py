@@ -128,6 +128,8 @@ __all__ = [
     "choose_lambdas",
     "estimate_map_noise",
     "heldout_score",
+    "heldout_scores",
+    "refine_tv_per_element",
     "is_counts",
     "scaled_normalisation",
     "thin_counts",
@@ -174,6 +176,9 @@ class SearchSettings:
         falls towards it), that end is moved out by the factor ``widen_by`` and
         the search goes on from the best point, at most ``widen`` times; a choice
         still at an end is reported in :attr:`LambdaChoice.at_edge`.
+    per_element_tv
+        After the joint search, refine one TV weight per element
+        (:func:`refine_tv_per_element`); off by default (see ``docs/methods/fusion.md``).
     """
 
     lambda_chem_range: tuple[float, float] = (2.0**-10, 8.0)
@@ -188,6 +193,7 @@ class SearchSettings:
     n_iter_tv: int | None = None
     widen: int = 2
     widen_by: float = 8.0
+    per_element_tv: bool = False
 
     def __post_init__(self) -> None:
         ok = (
@@ -230,6 +236,9 @@ class LambdaChoice:
         How many times a range was widened because the choice sat on its end.
     at_edge
         For each weight still on an end of its (widened) range: what and where.
+    lambda_tv_per_element
+        With ``SearchSettings.per_element_tv``: one TV weight per element, refined
+        after the joint search (else None).
     """
 
     lambda_chem: float
@@ -244,6 +253,7 @@ class LambdaChoice:
     noise: tuple[NoiseModel, ...] | None = None
     widened: int = 0
     at_edge: tuple[str, ...] = ()
+    lambda_tv_per_element: tuple[float, ...] | None = None
 
     @property
     def n_candidates(self) -> int:
@@ -261,6 +271,8 @@ class LambdaChoice:
             "settings": self.settings.to_dict(),
             "seconds": round(float(self.seconds), 2),
             "widened": self.widened,
+            **({"lambda_tv_per_element": list(self.lambda_tv_per_element)}
+               if self.lambda_tv_per_element is not None else {}),
             "at_edge": list(self.at_edge),
             **({"noise_model": "var = gain * mean + offset_var per map, in the map's units",
                 "noise": [m.record() for m in self.noise]} if self.noise is not None else {}),
@@ -365,7 +377,7 @@ def heldout_score(fused: np.ndarray, heldout: np.ndarray, mask: np.ndarray | Non
     For each element the fused map ``x`` is fitted to the held-out counts ``y``
     as ``a x + c`` by least squares; the score is ``mean((a x + c - y)^2) / var(y)``
     averaged over elements: 0 for a perfect predictor of ``y`` (impossible with
-    noisy ``y``), 1 for a flat map.
+    noisy ``y``), 1 for a flat map. ``mask``: score only these pixels (pixel hold-out).
 
     Examples
     --------
@@ -373,17 +385,25 @@ def heldout_score(fused: np.ndarray, heldout: np.ndarray, mask: np.ndarray | Non
     >>> heldout_score(2 * y + 1, y), heldout_score(np.zeros_like(y), y)
     (0.0, 1.0)
     """
+    scores = heldout_scores(fused, heldout, mask)
+    scores = scores[np.isfinite(scores)]
+    return float(np.mean(scores)) if scores.size else float("nan")
+
+
+def heldout_scores(fused: np.ndarray, heldout: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """:func:`heldout_score` of each element (NaN where the held-out map has no variance)."""
     scores = []
     for x, y in zip(np.asarray(fused, np.float64), np.asarray(heldout, np.float64)):
         x, y = (x.ravel(), y.ravel()) if mask is None else (x[mask], y[mask])
         var_y = y.var()
         if var_y <= 0:  # no held-out signal (e.g. an empty crop at very low dose)
+            scores.append(float("nan"))
             continue
         xc = x - x.mean()
         slope = float(xc @ (y - y.mean())) / max(float(xc @ xc), 1e-300)
         residual = (y - y.mean()) - slope * xc
         scores.append(float(residual @ residual) / y.size / var_y)
-    return float(np.mean(scores)) if scores else float("nan")
+    return np.array(scores)
 
 
 # -- the search -------------------------------------------------------------------
@@ -650,6 +670,20 @@ def choose_lambdas(
 
     scores, widened, at_edge = _search_widening(score, chem_axis, tv_axis, settings)
     best = _best(scores)
+    per_element = None
+    if settings.per_element_tv and lambda_tv is None and len(z) > 1:
+
+        def element_scores(weights: tuple[float, ...]) -> np.ndarray:
+            candidate = dataclasses.replace(base, lambda_chem=chem_axis.value(best[0]), lambda_tv=weights)
+            total = np.zeros(len(z))
+            for k, (train, test) in enumerate(split.folds):
+                fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False,
+                             **candidate.to_dict()).fused
+                total += heldout_scores(to_numpy(fused), test, None if split.masks is None else split.masks[k])
+            return total / len(split.folds)
+
+        per_element = refine_tv_per_element(element_scores, tv_axis.value(best[1]), len(z),
+                                            settings.lattice)
     rows = sorted({i for i, _ in scores})
     cols = sorted({j for _, j in scores})
     grid = np.full((len(rows), len(cols)), np.nan)
@@ -668,7 +702,44 @@ def choose_lambdas(
         noise=split.noise,
         widened=widened,
         at_edge=at_edge,
+        lambda_tv_per_element=per_element,
     )
+
+
+def refine_tv_per_element(
+    element_scores: Callable[[tuple[float, ...]], np.ndarray], lambda_tv: float, n_elements: int,
+    ratio: float, steps: int = 4,
+) -> tuple[float, ...]:
+    """Coordinate-wise refinement of one TV weight per element after the joint search.
+
+    Element by element, its weight is moved over ``lambda_tv * ratio**k`` for
+    ``k`` in ``-steps..steps`` with the others held; a move is kept when it lowers
+    that element's held-out score by more than 0.1 % and raises no other element's
+    by more than 0.1 % (the elements are coupled through the HAADF term).
+
+    Returns
+    -------
+    tuple of float
+        The weights; ``(lambda_tv,) * n_elements`` where nothing paid.
+    """
+    weights = [float(lambda_tv)] * n_elements
+    current = element_scores(tuple(weights))
+    for e in range(n_elements):
+        best_value, best_scores = weights[e], current
+        for k in [k for k in range(-steps, steps + 1) if k]:
+            trial = list(weights)
+            trial[e] = float(lambda_tv * ratio**k)
+            scores = element_scores(tuple(trial))
+            others = [i for i in range(n_elements) if i != e]
+            better = scores[e] < best_scores[e] - _PER_ELEMENT_GAIN * abs(best_scores[e])
+            harmless = all(scores[i] <= current[i] + _PER_ELEMENT_GAIN * abs(current[i]) for i in others)
+            if better and harmless:
+                best_value, best_scores = trial[e], scores
+        weights[e], current = best_value, best_scores
+    return tuple(weights)
+
+
+_PER_ELEMENT_GAIN = 1e-3  # relative held-out score change that counts
 
 
 @dataclass
