@@ -34,8 +34,9 @@ What is split
   a Poisson law the background subtraction breaks), it copes with the
   background's variance through ``offset_var``, and unlike SURE it needs no
   divergence of the fusion (an iterative, clipped solver).
-* Sparse maps (fewer than 10 % of the pixels away from exact zeros: very low
-  counts or a vendor threshold, e.g. the published Co3O4/Mn3O4 EELS maps) are
+* Sparse maps (fewer than 128 pixels away from exact zeros, too few for the
+  noise model: very low counts or a vendor threshold, e.g. the published
+  Co3O4/Mn3O4 EELS maps, where no 3 x 3 block of the Co map is free of zeros) are
   a set of isolated spikes that no gaussian model describes, and recorrupted
   parts would share those spikes. They are scored by pixel hold-out instead
   (criterion ``heldout-pixels:maps``): each fold replaces a random eighth of

@@ -24,10 +24,12 @@ How the noise is measured
 * **Robust variance per mean bin.** The usable pixels are cut into equal-count bins of
   ``m``; each bin's variance is ``(1.4826 MAD(r))^2``, which atomic columns or particle
   edges (a minority of pixels with large residuals) do not inflate much.
-* **Sparse maps.** When fewer than 10 % of the pixels are away from exact zeros (very low
-  counts: the published Co3O4/Mn3O4 EELS maps are 92-95 % zeros, and no 3 x 3 block of the
-  Co map is free of them), every pixel is used and each bin's variance is the plain mean
-  of ``r^2``: the zeros are then most of the noise distribution, and a median would be 0.
+* **Sparse maps.** When fewer than two bins (128 pixels) lie away from exact zeros (very low
+  counts or a vendor threshold: the published Co3O4/Mn3O4 EELS maps are 92-95 % zeros, and
+  no 3 x 3 block of the Co or O map is free of them), every pixel is used and each bin's
+  variance is the plain mean of ``r^2``: the zeros are then most of the noise distribution,
+  and a median would be 0. Such a model is recorded, but the choice of the weights does not
+  rely on it (:mod:`.auto` scores sparse maps by pixel hold-out).
 * **Fit.** ``var = gain * m + offset_var`` by weighted non-negative least squares over the
   bins (weights: pixels per bin over the bin's variance squared, the inverse variance of a
   sample variance).
@@ -64,8 +66,6 @@ __all__ = ["NoiseModel", "estimate_noise", "neighbour_correlation", "recorrupt"]
 _RESIDUAL_SCALE = math.sqrt(9.0 / 8.0)
 _MAD_TO_SD = 1.4826  # sd of a normal distribution over its median absolute deviation
 _MIN_PER_BIN = 64
-#: Below this fraction of pixels with no exact zero within one pixel, a map is "sparse".
-_MIN_AWAY_FRACTION = 0.1
 DENSE, SPARSE = "away from zeros", "all (sparse map)"  # NoiseModel.pixels_used
 
 
@@ -137,7 +137,7 @@ def estimate_noise(image: Any, *, bins: int = 12) -> NoiseModel:
     interior = np.zeros(y.shape, bool)
     interior[1:-1, 1:-1] = True  # reflecting edges: the residual there sees the pixel twice
     away = interior & ~ndimage.maximum_filter(y == 0, size=3, mode="nearest")
-    sparse = away.sum() < _MIN_AWAY_FRACTION * interior.sum()
+    sparse = away.sum() < 2 * _MIN_PER_BIN  # not even two bins away from zeros
     usable = interior if sparse else away
     r, m = residual[usable], mean[usable]
     n_bins = min(bins, r.size // _MIN_PER_BIN)
