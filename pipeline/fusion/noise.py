@@ -143,7 +143,8 @@ def estimate_noise(image: Any, *, bins: int = 12) -> NoiseModel:
     n_bins = min(bins, r.size // _MIN_PER_BIN)
     if n_bins < 2:
         raise NoiseEstimateError(
-            f"only {r.size} pixels of the map are away from exact zeros; too few to measure its noise."
+            f"only {r.size} usable pixels ({'all of the interior: a sparse map' if sparse else 'away from exact zeros'}); "
+            "too few to measure its noise."
         )
     order = np.argsort(m, kind="stable")
     centres, variances, counts = [], [], []
