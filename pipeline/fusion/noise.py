@@ -24,6 +24,14 @@ How the noise is measured
 * **Robust variance per mean bin.** The usable pixels are cut into equal-count bins of
   ``m``; each bin's variance is ``(1.4826 MAD(r))^2``, which atomic columns or particle
   edges (a minority of pixels with large residuals) do not inflate much.
+* **The variance at zero mean, from the clipping.** Leaving the clipped pixels out leaves
+  out most of the low-mean pixels, and with them what tells ``offset_var`` (the background's
+  noise) apart from ``gain``. Where about half of a 5 x 5 neighbourhood is clipped (40-65 %
+  zeros), the local mean is about 0 and the kept values are the positive half of a zero-mean
+  noise: their mean square is the variance at mean 0 (the second moment of a half-normal).
+  That is one more bin, at mean 0, in the fit (when it holds at least 64 pixels). Without it
+  the noise of background-subtracted maps was under-estimated and the choice smoothed too
+  little (synthetic layers, dose 20: 1.38 x the error of the choice on the counts; with it 1.00).
 * **Sparse maps.** When fewer than two bins (128 pixels) lie away from exact zeros (very low
   counts or a vendor threshold: the published Co3O4/Mn3O4 EELS maps are 92-95 % zeros, and
   no 3 x 3 block of the Co or O map is free of them), every pixel is used and each bin's
@@ -156,6 +164,15 @@ def estimate_noise(image: Any, *, bins: int = 12) -> NoiseModel:
         else:
             variances.append((_MAD_TO_SD * np.median(np.abs(rb - np.median(rb)))) ** 2)
         counts.append(rb.size)
+    if not sparse:
+        # where about half the pixels are clipped the local mean is about 0, and the values
+        # kept are the positive half of the noise: their mean square is the variance at mean 0
+        zero_share = ndimage.uniform_filter((y == 0).astype(np.float64), 5, mode="reflect")
+        half = interior & (np.abs(zero_share - 0.5) <= 0.15) & (y > 0)
+        if half.sum() >= _MIN_PER_BIN:
+            centres.append(0.0)
+            variances.append(float(np.mean(y[half] ** 2)))
+            counts.append(int(half.sum()))
     centres, variances, counts = np.array(centres), np.array(variances), np.array(counts)
     if not variances.max() > 0:
         raise NoiseEstimateError("the map has no measurable noise (zero residuals): it is not a noisy map.")
