@@ -26,12 +26,13 @@ How the noise is measured
   edges (a minority of pixels with large residuals) do not inflate much.
 * **The variance at zero mean, from the clipping.** Leaving the clipped pixels out leaves
   out most of the low-mean pixels, and with them what tells ``offset_var`` (the background's
-  noise) apart from ``gain``. Where about half of a 5 x 5 neighbourhood is clipped (40-65 %
+  noise) apart from ``gain``. Where about half of a 5 x 5 neighbourhood is clipped (35-65 %
   zeros), the local mean is about 0 and the kept values are the positive half of a zero-mean
   noise: their mean square is the variance at mean 0 (the second moment of a half-normal).
   That is one more bin, at mean 0, in the fit (when it holds at least 64 pixels). Without it
   the noise of background-subtracted maps was under-estimated and the choice smoothed too
-  little (synthetic layers, dose 20: 1.38 x the error of the choice on the counts; with it 1.00).
+  little (synthetic layers, dose 20: 1.38 x the error of the choice on the counts; with it
+  1.00; it is no cure-all: layers at dose 80 went from 1.00 to 1.28, see the docs).
 * **Sparse maps.** When fewer than two bins (128 pixels) lie away from exact zeros (very low
   counts or a vendor threshold: the published Co3O4/Mn3O4 EELS maps are 92-95 % zeros, and
   no 3 x 3 block of the Co or O map is free of them), every pixel is used and each bin's
