@@ -12,8 +12,9 @@ Stages (each skipped on a rerun once recorded as done in the output store):
 3. ``normalise``: one pass for the dataset-wide min/max (the HAADF's over its
    valid pixels; and the NaN/Inf and negative-count checks) that every tile then shares;
 4. ``choose_lambdas``: when ``lambda_chem``/``lambda_tv`` are ``"auto"``, the
-   weights are chosen once for the dataset by count splitting
-   (:mod:`pipeline.fusion.auto`) on the dataset-wide normalisation, and stored
+   weights are chosen once for the dataset on held-out data (count splitting for
+   counts, recorrupted pairs with a measured noise model for other maps;
+   :mod:`pipeline.fusion.auto`) on the dataset-wide normalisation, and stored
    (attributes ``params`` and ``lambda_choice``, variable ``lambda_score``)
    before any tile runs;
 5. ``fuse_tiles``: one Dask task per unfinished tile reads its window from the
@@ -53,6 +54,7 @@ from pipeline.fusion import (
     auto,
     diagnose_convergence,
 )
+from pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
 from stores import layout
 from stores.errors import StoreError, on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region, write_variable
@@ -76,7 +78,7 @@ if TYPE_CHECKING:  # distributed loads in a second: not for a command line that 
 log = logging.getLogger(__name__)
 JOB = "fuse"
 LAMBDAS = ("lambda_chem", "lambda_tv")  # the weights that may be "auto"
-CRITERION_FALLBACK = "defaults:not-counts"  # "auto" on maps that cannot be split
+CRITERION_FALLBACK = "defaults:no-noise-model"  # "auto" on non-count maps whose noise cannot be measured
 INPUT_WARNINGS = (SATURATED,)  # warnings of the input store that concern a fusion of it, copied to the output
 
 
@@ -539,14 +541,20 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
         return stored
     settings = settings or auto.SearchSettings()
     ds = open_dataset(job.source)
-    if not _maps_are_counts(ds, job):
-        return _fall_back_to_defaults(job)
     out = open_dataset(job.out, require_complete=False)
     ys, xs = auto.central_crop((out.sizes["y"], out.sizes["x"]), settings.crop)
     fixed = {name: getattr(job.params, name) for name in LAMBDAS if name not in job.auto}
     data: dict[str, Any] = {}
     if _uses_stored_maps(ds, job.elements, job.maps_from):
         data["maps"] = out[layout.MAPS].isel(y=ys, x=xs).values
+        if not _maps_are_counts(ds, job):
+            # the noise model is measured on more pixels than the search uses (sparse vendor
+            # maps have few pixels away from their exact zeros)
+            ny, nx = auto.central_crop((out.sizes["y"], out.sizes["x"]), NOISE_CROP)
+            try:
+                data["noise"] = auto.estimate_map_noise(out[layout.MAPS].isel(y=ny, x=nx).values)
+            except auto.AutoLambdaError as exc:
+                return _fall_back_to_defaults(job, str(exc))
     else:
         spectrum = ds[layout.SPECTRUM].transpose("y", "x", "energy").isel(y=ys, x=xs)
         data["spectrum"] = spectrum.values
@@ -559,37 +567,58 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
             out[layout.HAADF].isel(y=ys, x=xs).values, job.z, normalisation=norm, params=job.params,
             settings=settings, callback=lambda *_: bar.update(), **fixed, **data,
         )
-    log.info("lambdas chosen: lambda_chem %.4g, lambda_tv %.4g (%d candidates, %.1f s)",
-             choice.lambda_chem, choice.lambda_tv, choice.n_candidates, choice.seconds)
+    log.info("lambdas chosen: lambda_chem %.4g, lambda_tv %.4g (%d candidates, %.1f s, %s)",
+             choice.lambda_chem, choice.lambda_tv, choice.n_candidates, choice.seconds, choice.criterion)
     resolved = job.with_lambdas(choice.lambda_chem, choice.lambda_tv)
     _write_lambda_score(job.out, choice)
     update_attrs(job.out, **{layout.ATTR_PARAMS: _jsonable(resolved.record()),
                             layout.ATTR_LAMBDA_CHOICE: _jsonable(choice.record())})
+    add_warnings(job.out, *_search_warnings(choice))
     return resolved
 
 
-def _fall_back_to_defaults(job: FusionJob) -> FusionJob:
-    """Auto lambdas on maps that cannot be split: the embedded defaults, said loudly and stored.
+#: Side of the central crop the noise model of non-count maps is measured on.
+NOISE_CROP = 1024
 
-    Count splitting needs counts. Maps that were scaled, smoothed or
-    background-subtracted elsewhere (the published tutorial files, for one) are
-    fused with the defaults of :class:`FusionParams` instead of being refused, so
-    that the CLI's default ("auto") works on every input; the output says so.
+
+def _search_warnings(choice: auto.LambdaChoice) -> list[dict[str, Any]]:
+    """A ``lambda-at-edge`` warning for each weight the widened search still left on an end."""
+    return [
+        make_warning(
+            "lambda-at-edge",
+            f"the automatic choice put {edge} even after widening the range {choice.widened} "
+            "time(s); the held-out score still falls beyond it, so check the fused maps against "
+            "the raw maps and consider giving that weight as a number.",
+            stage="choose_lambdas", edge=edge, widened=choice.widened,
+        )
+        for edge in choice.at_edge
+    ]
+
+
+def _fall_back_to_defaults(job: FusionJob, reason: str) -> FusionJob:
+    """Auto lambdas on maps whose noise cannot be measured: the embedded defaults, said and stored.
+
+    Maps that are not counts are recorrupted with a noise model measured on them
+    (:mod:`pipeline.fusion.noise`); when too few pixels lie away from exact zeros to
+    measure it, the maps are fused with the defaults of :class:`FusionParams`
+    instead of being refused, so that the CLI's default ("auto") works on every
+    input; the output says so (``lambda_choice`` and a ``lambda-defaults`` warning).
     """
     defaults = FusionParams()
     resolved = job.with_lambdas(
         defaults.lambda_chem if "lambda_chem" in job.auto else job.params.lambda_chem,
         defaults.lambda_tv if "lambda_tv" in job.auto else job.params.lambda_tv,
     )
-    reason = ("the maps are not counts (non-integer values) and there is no spectrum image of these "
-              "elements, so they cannot be split")
-    log.warning("lambda 'auto': %s; using lambda_chem %.4g, lambda_tv %.4g (the embedded defaults). "
-                "Fuse the raw spectrum image, or pass numbers (--lambda-chem, --lambda-tv), to choose.",
-                reason, resolved.params.lambda_chem, resolved.params.lambda_tv)
     choice = {"lambda_chem": resolved.params.lambda_chem, "lambda_tv": resolved.params.lambda_tv,
               "criterion": CRITERION_FALLBACK, "reason": reason}
     update_attrs(job.out, **{layout.ATTR_PARAMS: _jsonable(resolved.record()),
                             layout.ATTR_LAMBDA_CHOICE: choice})
+    add_warnings(job.out, make_warning(
+        "lambda-defaults",
+        f"lambda 'auto' could not choose the weights ({reason}); the embedded defaults "
+        f"lambda_chem {resolved.params.lambda_chem:g} and lambda_tv {resolved.params.lambda_tv:g} "
+        "were used, so check the fused maps or fuse the raw spectrum image.",
+        stage="choose_lambdas"))
     return resolved
 
 
@@ -651,11 +680,30 @@ def finalise(job: FusionJob) -> None:
     costs = tiles.sum_tile_costs(per_tile, job.params.n_iter)
     # the check users are taught to make by eye on the cost plot, made on the summed curves
     diagnosis = diagnose_convergence(costs, COST_TERMS)
+    fit = haadf_fit(job)
     with on_disk_full(job.out):
         write_region(job.out, layout.COST, (slice(None), slice(None)), costs)
-        update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis})
+        update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis, "haadf_unexplained": fit})
         add_warnings(job.out, *(make_warning("not-converged", m, stage="finalise") for m in diagnosis))
+        if fit > POOR_HAADF_FIT:
+            add_warnings(job.out, make_warning(
+                "poor-haadf-fit",
+                f"the fused maps explain only {100 * (1 - fit):.0f} % of the HAADF's variance "
+                f"(model vs normalised HAADF after an affine fit; below {100 * (1 - POOR_HAADF_FIT):.0f} % "
+                "is flagged), so the HAADF term pulled the maps towards contrast these elements may not "
+                "make: check for an element missing from the list, the atomic numbers and the registration "
+                "of HAADF and maps.",
+                stage="finalise", unexplained=round(fit, 4), threshold=POOR_HAADF_FIT))
         mark_complete(job.out)
+
+
+def haadf_fit(job: FusionJob) -> float:
+    """Fraction of the normalised HAADF's variance the fused maps' HAADF model leaves unexplained
+    (:func:`pipeline.fusion.model.haadf_unexplained`), over the whole image."""
+    out = open_dataset(job.out, require_complete=False)
+    norm = normalise(job)
+    haadf = (out[layout.HAADF].data - norm.haadf_offset) / norm.haadf_scale
+    return float(da.compute(haadf_unexplained(haadf, out[layout.HAADF_MODEL].data))[0])
 
 
 def summary(job: FusionJob) -> dict[str, Any]:

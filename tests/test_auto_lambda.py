@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 
@@ -14,14 +12,20 @@ from pipeline.fusion import Normalisation, fuse
 from pipeline.fusion.auto import (
     AutoLambdaError,
     SearchSettings,
+    _Axis,
     _search,
+    _search_widening,
     central_crop,
     choose_lambdas,
     heldout_score,
+    hold_out_pixels,
     is_counts,
+    refine_tv_per_element,
     scaled_normalisation,
     thin_counts,
 )
+from pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
+from pipeline.fusion.noise import estimate_noise, recorrupt
 from pipeline.metrics import nrmse
 from pipeline.spectra import elemental_maps
 from pipeline.synth import make_spectrum_image
@@ -148,8 +152,8 @@ def test_same_seed_same_choice_and_a_fixed_weight_is_kept():
     assert fixed.criterion == "heldout-counts:maps"
 
 
-def test_maps_that_are_not_counts_are_refused_with_the_fix():
-    haadf = np.random.default_rng(0).random((16, 16))
+def test_maps_whose_noise_cannot_be_measured_are_refused_with_the_fix():
+    haadf = np.random.default_rng(0).random((10, 10))  # 64 interior pixels: too few for a noise model
     with pytest.raises(AutoLambdaError, match="not counts.*--lambda-chem"):
         choose_lambdas(haadf, [40, 20], maps=haadf[None].repeat(2, 0) + 0.5, settings=FAST)
 
@@ -223,26 +227,50 @@ def test_interrupted_after_the_choice_resumes_without_searching_again(tmp_path, 
     assert is_complete(out) and read_attrs(out)["lambda_choice"] == stamp
 
 
-def test_auto_on_maps_that_are_not_counts_falls_back_to_the_defaults(tmp_path, dysco3, client, caplog):
+def _float_store(tmp_path, dysco3, size=96):
     import xarray as xr
 
     from stores.zarrio import write_dataset
 
     ds = xr.Dataset(
-        {"haadf": (("y", "x"), dysco3["haadf"][:96, :96]),
-         "maps": (("element", "y", "x"), dysco3["maps"][:, :96, :96])},
-        coords={"y": np.arange(96.0), "x": np.arange(96.0), "element": dysco3["elements"],
+        {"haadf": (("y", "x"), dysco3["haadf"][:size, :size]),
+         "maps": (("element", "y", "x"), dysco3["maps"][:, :size, :size])},
+        coords={"y": np.arange(float(size)), "x": np.arange(float(size)), "element": dysco3["elements"],
                 "z": ("element", dysco3["z"])},
     )
-    store = write_dataset(ds, tmp_path / "float_maps.zarr")
-    with caplog.at_level(logging.WARNING, logger="flows.fusion_job"):
-        job, _ = _stages(store, tmp_path / "out.zarr", client, {"lambda_chem": "auto", "n_iter": 20},
-                         elements=None)
-    assert "not counts" in caplog.text
+    return write_dataset(ds, tmp_path / "float_maps.zarr")
+
+
+def test_auto_on_maps_that_are_not_counts_uses_recorrupted_pairs(tmp_path, dysco3, client):
+    store = _float_store(tmp_path, dysco3)
+    job, _ = _stages(store, tmp_path / "out.zarr", client, {"lambda_chem": "auto", "n_iter": 20}, elements=None)
+    attrs = read_attrs(tmp_path / "out.zarr")
+    choice = attrs["lambda_choice"]
+    assert choice["criterion"] == "heldout-recorrupted:maps"
+    # the noise model of each map is stored with the choice, in the maps' units
+    assert len(choice["noise"]) == 3 and all(m["gain"] > 0 or m["offset_var"] > 0 for m in choice["noise"])
+    assert attrs["params"]["lambda_chem"] == job.params.lambda_chem != 0.05
+    assert layout.LAMBDA_SCORE in open_dataset(tmp_path / "out.zarr")
+
+
+def test_auto_on_maps_without_measurable_noise_falls_back_to_the_defaults(tmp_path, dysco3, client):
+    import xarray as xr
+
+    from stores.zarrio import write_dataset
+
+    maps = dysco3["maps"][:2, :10, :10]  # 64 interior pixels: too few to measure the noise
+    ds = xr.Dataset({"haadf": (("y", "x"), dysco3["haadf"][:10, :10]), "maps": (("element", "y", "x"), maps)},
+                    coords={"y": np.arange(10.0), "x": np.arange(10.0), "element": ["Sc", "Dy"],
+                            "z": ("element", [21, 66])})
+    store = write_dataset(ds, tmp_path / "sparse.zarr")
+    job, _ = _stages(store, tmp_path / "out.zarr", client, {"lambda_chem": "auto", "n_iter": 10}, elements=None)
     attrs = read_attrs(tmp_path / "out.zarr")
     assert attrs["lambda_choice"]["criterion"] == fusion_job.CRITERION_FALLBACK
-    assert attrs["params"]["lambda_chem"] == 0.05 == job.params.lambda_chem
-    assert layout.LAMBDA_SCORE not in open_dataset(tmp_path / "out.zarr")
+    assert job.params.lambda_chem == 0.05
+    assert "lambda-defaults" in [w["code"] for w in attrs["warnings"]]
+    # the fallback path keeps the provenance as the others do
+    for name in ("emfuse_version", "created", "host", "source_path", "source_sha256", "normalisation"):
+        assert attrs.get(name), name
 
 
 def test_a_word_other_than_auto_is_refused(tmp_path, count_store):
@@ -250,3 +278,158 @@ def test_a_word_other_than_auto_is_refused(tmp_path, count_store):
 
     with pytest.raises(FusionInputError, match="number or 'auto'"):
         fusion_job.plan(count_store, tmp_path / "o.zarr", elements=EL, params={"lambda_tv": "automatic"})
+
+
+# -- noise model, recorrupted pairs, pixel hold-out ------------------------------------------------
+
+
+def test_noise_model_recovers_the_gain_and_offset_of_scaled_counts():
+    rng = np.random.default_rng(5)
+    mean = np.tile(np.linspace(2, 60, 256), (256, 1))
+    scaled = 0.02 * rng.poisson(mean) + rng.normal(0, 0.03, mean.shape)  # gain 0.02, offset_var 9e-4
+    model = estimate_noise(np.clip(scaled, 0, None))
+    assert model.gain == pytest.approx(0.02, rel=0.1)
+    assert model.offset_var == pytest.approx(9e-4, rel=0.5)
+    assert model.pixels_used == "away from zeros"
+
+
+def test_noise_model_of_a_sparse_map_uses_every_pixel():
+    rng = np.random.default_rng(6)
+    sparse = 0.01 * rng.poisson(0.05, (128, 128)).astype(float)  # 95 % exact zeros
+    model = estimate_noise(sparse)
+    assert model.pixels_used == "all (sparse map)" and model.gain > 0
+
+
+def test_recorrupted_pairs_are_uncorrelated_and_keep_the_mean():
+    rng = np.random.default_rng(7)
+    mean = np.full((256, 256), 40.0)
+    y = 0.5 * rng.poisson(mean)  # gain 0.5
+    model = estimate_noise(y)
+    train, test = recorrupt(y, model, 0.75, rng)
+    assert abs(np.corrcoef((train - 20).ravel(), (test - 20).ravel())[0, 1]) < 0.03
+    assert train.mean() == pytest.approx(20, rel=0.01) and test.mean() == pytest.approx(20, rel=0.01)
+    # the training copy has the noise of 3/4 of the counts, the held-out copy of 1/4
+    assert train.var() == pytest.approx(10 / 0.75, rel=0.1) and test.var() == pytest.approx(10 / 0.25, rel=0.1)
+
+
+def test_pixel_hold_out_hides_the_held_out_pixels():
+    rng = np.random.default_rng(8)
+    maps = rng.random((2, 32, 32))
+    mask = rng.random((32, 32)) < 0.125
+    filled = hold_out_pixels(maps, mask)
+    np.testing.assert_array_equal(filled[:, ~mask], maps[:, ~mask])
+    changed = maps.copy()
+    changed[:, mask] += 100  # the held-out values themselves do not reach the filled maps
+    np.testing.assert_allclose(hold_out_pixels(changed, mask), filled)
+
+
+# (specimen, dose, bound on scaled error / counts error). The goal is 1.10; layers at dose 20 on
+# this small image is a measured gap (1.30, docs/methods/fusion.md), held here so it cannot grow.
+SCALED_CASES = [("particles", 20, 1.10), ("columns", 80, 1.10), ("layers", 20, 1.35)]
+
+
+@pytest.mark.parametrize("specimen,dose,bound", SCALED_CASES)
+def test_auto_on_maps_divided_by_their_maximum_matches_auto_on_the_counts(specimen, dose, bound):
+    """Maps that are no longer counts get weights about as good as the counts'."""
+    elements = {"columns": ("Sr", "Ti", "O"), "particles": ("Au", "Fe", "O"), "layers": ("Ga", "As", "Al")}
+    data = make_spectrum_image((96, 96), elements[specimen], specimen=specimen, dose=dose, seed=11,
+                               n_channels=512)
+
+    def to_maps(spectrum):
+        return np.asarray(elemental_maps(spectrum, data.energy_ev, data.elements)[0])
+
+    maps = to_maps(data.spectrum)
+    scaled = maps / maps.max(axis=(1, 2), keepdims=True)
+    errors = {}
+    cases = (("counts", {"spectrum": data.spectrum, "to_maps": to_maps}, maps), ("scaled", {"maps": scaled}, scaled))
+    for name, kw, m in cases:
+        choice = choose_lambdas(data.haadf, data.z, params={"n_iter": 30}, settings=FAST, **kw)
+        fused = fuse(data.haadf, m, data.z, warn=False, n_iter=30, lambda_chem=choice.lambda_chem,
+                     lambda_tv=choice.lambda_tv).fused
+        errors[name] = np.mean([nrmse(f, t) for f, t in zip(fused, data.true_maps)])
+    assert choice.criterion == "heldout-recorrupted:maps"
+    assert errors["scaled"] <= bound * errors["counts"]
+
+
+# -- the search at the edge of its range -----------------------------------------------------------
+
+
+def test_a_choice_on_the_end_of_a_range_widens_it():
+    settings = SearchSettings(coarse=3, lattice=2.0, widen=2, widen_by=8.0)
+    chem, tv = _Axis.make(None, (1.0, 64.0), 2.0), _Axis.make(None, (1.0, 64.0), 2.0)
+
+    def bowl(k_chem, k_tv):  # minimum at lambda_chem = 2^-4 (below the range), lambda_tv = 2^3
+        return (k_chem + 4) ** 2 + (k_tv - 3) ** 2
+
+    scores, widened, at_edge = _search_widening(bowl, chem, tv, settings)
+    best = min(scores, key=scores.get)
+    assert best == (-4, 3) and widened >= 1 and at_edge == ()
+
+    chem, tv = _Axis.make(None, (1.0, 64.0), 2.0), _Axis.make(None, (1.0, 64.0), 2.0)
+    scores, widened, at_edge = _search_widening(lambda i, j: -i + (j - 3) ** 2, chem, tv, settings)
+    assert widened == 2 and len(at_edge) == 1 and at_edge[0].startswith("lambda_chem at the upper end")
+    assert max(i for i, _ in scores) == 6 + 2 * 3  # two widenings by 8 = 3 lattice steps each
+
+
+def test_a_flat_score_at_an_end_is_not_an_edge():
+    settings = SearchSettings(coarse=3, lattice=2.0)
+    chem, tv = _Axis.make(None, (1.0, 64.0), 2.0), _Axis.make(None, (1.0, 64.0), 2.0)
+    scores, widened, at_edge = _search_widening(lambda i, j: (i - 2) ** 2 + 0.0 * j, chem, tv, settings)
+    assert widened == 0 and at_edge == ()
+
+
+# -- the HAADF model fit -----------------------------------------------------------------------------
+
+
+def test_haadf_fit_separates_a_fitting_model_from_a_missing_element():
+    data = make_spectrum_image((96, 96), ("Sr", "Ti", "O"), specimen="columns", dose=20, seed=12,
+                               n_channels=512)
+    maps = np.asarray(elemental_maps(data.spectrum, data.energy_ev, data.elements)[0])
+
+    def unexplained(m, z):
+        result = fuse(data.haadf, m, z, warn=False, n_iter=30)
+        return float(haadf_unexplained(result.normalisation.haadf(data.haadf), result.haadf_model))
+
+    assert unexplained(maps, data.z) < POOR_HAADF_FIT < unexplained(maps[1:], data.z[1:])
+
+
+def test_job_warns_when_the_haadf_is_not_made_of_the_fused_elements(tmp_path, count_store, client):
+    params = {"lambda_chem": 0.05, "lambda_tv": 0.02, "n_iter": 20}
+    _stages(count_store, tmp_path / "all.zarr", client, params)
+    _stages(count_store, tmp_path / "no_ga.zarr", client, params, elements=("As", "Al"))
+    codes = {name: [w["code"] for w in read_attrs(tmp_path / name).get("warnings", [])]
+             for name in ("all.zarr", "no_ga.zarr")}
+    assert "poor-haadf-fit" not in codes["all.zarr"] and "poor-haadf-fit" in codes["no_ga.zarr"]
+    assert read_attrs(tmp_path / "no_ga.zarr")["haadf_unexplained"] > POOR_HAADF_FIT
+
+
+# -- one TV weight per element -----------------------------------------------------------------------
+
+
+def test_per_element_refinement_moves_each_weight_to_its_own_best():
+    targets = np.array([0.0, 2.0, -3.0])  # log2 of each element's best weight
+
+    def element_scores(weights):
+        return 1 + (np.log2(np.asarray(weights)) - targets) ** 2
+
+    assert refine_tv_per_element(element_scores, 1.0, 3, 2.0) == (1.0, 4.0, 0.125)
+
+
+def test_per_element_refinement_keeps_a_move_that_hurts_another_element_out():
+    def element_scores(weights):  # smoothing element 0 helps it but spoils element 1
+        w0 = np.log2(weights[0])
+        return np.array([1 - 0.1 * min(w0, 2), 1 + 0.1 * max(w0, 0), 1.0])
+
+    assert refine_tv_per_element(element_scores, 1.0, 3, 2.0) == (1.0, 1.0, 1.0)
+
+
+def test_choose_lambdas_refines_per_element_tv_on_request():
+    rng = np.random.default_rng(4)
+    truth = np.stack([np.tile([1.0, 0.0], (32, 16)), np.tile([0.0, 1.0], (32, 16))])
+    haadf = 2.0 * truth[0] + truth[1] + 0.05 * rng.standard_normal(truth.shape[1:])
+    counts = rng.poisson(8 * truth + 1)
+    settings = SearchSettings(coarse=3, lattice=2.0, n_iter=20, per_element_tv=True)
+    choice = choose_lambdas(haadf, [40, 20], maps=counts, settings=settings)
+    assert len(choice.lambda_tv_per_element) == 2
+    assert choice.record()["lambda_tv_per_element"] == list(choice.lambda_tv_per_element)
+    assert choose_lambdas(haadf, [40, 20], maps=counts, settings=FAST).lambda_tv_per_element is None

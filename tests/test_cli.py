@@ -52,10 +52,10 @@ def test_ingest_and_fuse_a_published_npz(prefect_harness, shared_data, tmp_path,
     assert is_complete(tmp_path / "PTO_Trilayer_dataset.input.zarr")
     fused = open_dataset(tmp_path / "pto_fused.zarr")
     assert fused.fused.shape == (3, 256, 256)
-    # the published maps are not counts: "auto" falls back to the embedded weights and says so
-    assert fused.attrs["lambda_choice"]["criterion"] == fusion_job.CRITERION_FALLBACK
-    assert (fused.attrs["params"]["lambda_chem"], fused.attrs["params"]["lambda_tv"]) == (0.05, 0.02)
-    assert "auto fell back to the defaults" in capsys.readouterr().out
+    # the published maps are not counts: "auto" scores recorrupted pairs with a measured noise model
+    assert fused.attrs["lambda_choice"]["criterion"] == "heldout-recorrupted:maps"
+    assert len(fused.attrs["lambda_choice"]["noise"]) == 3
+    assert "candidates scored on recorrupted maps" in capsys.readouterr().out
 
 
 def test_demo(prefect_harness, tmp_path, capsys):

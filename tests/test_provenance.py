@@ -51,12 +51,12 @@ def test_fixed_weights_record_the_instrument_file_not_the_input_store(tmp_path, 
     assert out.fused.attrs["units"] == "normalised"
 
 
-def test_not_counts_fallback_keeps_provenance(tmp_path, pto, client):
+def test_automatic_weights_on_maps_that_are_not_counts_keep_provenance(tmp_path, pto, client):
     raw, store = pto
     params = {**FIXED, "lambda_chem": "auto", "lambda_tv": "auto"}
     job = run_job("fuse", store, tmp_path / "out.zarr", client, progress=False, params=params, tile=128, halo=16)
     attrs = assert_provenance(job.out, raw, FUSE_STAGES, input_store=store)
-    assert attrs["lambda_choice"]["criterion"] == fusion_job.CRITERION_FALLBACK
+    assert attrs["lambda_choice"]["criterion"] == "heldout-recorrupted:maps"  # scaled maps: no count splitting
     assert attrs["params"]["lambda_auto"] == ["lambda_chem", "lambda_tv"]
     assert set(attrs["normalisation"]) == {"haadf_offset", "haadf_scale", "map_offset", "map_scale"}
 

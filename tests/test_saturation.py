@@ -347,5 +347,6 @@ def test_emfuse_fuse_on_test_tem_bcf_prints_the_check(prefect_harness, shared_da
                  "--no-report"]) == 0
     printed = capsys.readouterr().out
     assert "check: 16.4 % of the HAADF pixels are saturated" in printed
-    assert [w["code"] for w in read_warnings(out)] == [SATURATED]
+    codes = [w["code"] for w in read_warnings(out)]
+    assert codes.count(SATURATED) == 1  # once, though both the input and the fusion found it
     assert int((~open_dataset(out).haadf_valid).sum()) == 382 + 289

@@ -1,4 +1,4 @@
-"""Automatic choice of ``lambda_chem`` and ``lambda_tv`` by count splitting.
+"""Automatic choice of ``lambda_chem`` and ``lambda_tv`` on held-out data.
 
 Why count splitting
 -------------------
@@ -19,9 +19,36 @@ What is split
   part's maps are a function of that part's spectra only, so they stay
   independent.
 * Maps given as integer counts are thinned directly.
-* Maps that are not counts (already scaled, smoothed or background-subtracted
-  elsewhere) cannot be split: ``choose_lambdas`` raises
-  :class:`AutoLambdaError`, naming the fix (give numbers, or the spectrum image).
+* Maps that are not counts (scaled, background-subtracted and clipped by the
+  vendor software: what most users have) cannot be thinned. Their noise is
+  measured on the maps themselves as ``var = gain * mean + offset_var``
+  (:mod:`.noise`), and each map is split into recorrupted pairs (data fission):
+  ``train = max(y + a z, 0)``, ``test = y - z / a`` with ``z`` drawn from that
+  model and ``a = sqrt((1 - p) / p)``. For gaussian noise of the model's
+  variance the parts are independent, keep the mean of ``y`` (so the full
+  normalisation applies unchanged) and have the signal-to-noise ratios of a
+  fraction ``p`` and ``1 - p`` of the counts: the same two parts as count
+  splitting, so everything below holds unchanged
+  (criterion ``heldout-recorrupted:maps``). Why this and not the others: it
+  needs no integer counts (pseudo-counts by the gain would need rounding and
+  a Poisson law the background subtraction breaks), it copes with the
+  background's variance through ``offset_var``, and unlike SURE it needs no
+  divergence of the fusion (an iterative, clipped solver).
+* Sparse maps (fewer than 128 pixels away from exact zeros, too few for the
+  noise model: very low counts or a vendor threshold, e.g. the published
+  Co3O4/Mn3O4 EELS maps, where no 3 x 3 block of the Co map is free of zeros) are
+  a set of isolated spikes that no gaussian model describes, and recorrupted
+  parts would share those spikes. They are scored by pixel hold-out instead
+  (criterion ``heldout-pixels:maps``): each fold replaces a random eighth of
+  the pixels by the mean of their kept neighbours and scores the fusion only
+  there, which for noise independent between pixels needs no noise model.
+  Its weakness: it scores a fusion that predicts pixels from neighbours, not
+  the one run on the full data (see ``docs/methods/fusion.md`` for where each
+  criterion falls short on synthetic data).
+* Both need noise independent from pixel to pixel; maps smoothed elsewhere
+  share noise between neighbours, and the choice then smooths too little.
+  When a map's noise cannot be measured at all, :class:`AutoLambdaError`
+  names the fix (give numbers, or the spectrum image).
 
 The held-out score
 ------------------
@@ -56,7 +83,10 @@ The search
 Candidates lie on a log lattice (factor ``2 ** 0.5``). A coarse grid
 (``coarse`` x ``coarse`` points over the ranges) is evaluated first, then the
 3 x 3 neighbourhood of the best point at half the spacing, repeatedly, down to
-the lattice spacing. Large images are searched on their central
+the lattice spacing. A choice on an end of a range, with the score still
+falling towards it, widens that end by ``widen_by`` (8) and searches on from
+the best point, at most ``widen`` (2) times; a choice still on an end is
+reported in :attr:`LambdaChoice.at_edge` (the job warns ``lambda-at-edge``). Large images are searched on their central
 ``crop`` x ``crop`` pixels: every term of the objective is a sum over pixels,
 so the weights per pixel do not depend on the image size.
 
@@ -83,9 +113,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from ..backend import to_numpy
 from .model import FusionInputError, Normalisation
+from .noise import DENSE, NoiseEstimateError, NoiseModel, estimate_noise, recorrupt
 from .solver import FusionParams, fuse
 
 __all__ = [
@@ -95,7 +127,10 @@ __all__ = [
     "SearchSettings",
     "central_crop",
     "choose_lambdas",
+    "estimate_map_noise",
     "heldout_score",
+    "heldout_scores",
+    "refine_tv_per_element",
     "is_counts",
     "scaled_normalisation",
     "thin_counts",
@@ -106,6 +141,8 @@ AUTO = "auto"
 
 CRITERION_SPECTRUM = "heldout-counts:spectrum"
 CRITERION_MAPS = "heldout-counts:maps"
+CRITERION_RECORRUPTED = "heldout-recorrupted:maps"
+CRITERION_PIXELS = "heldout-pixels:maps"
 
 
 class AutoLambdaError(FusionInputError):
@@ -135,6 +172,14 @@ class SearchSettings:
     n_iter, n_iter_tv
         Override the job's iteration counts during the search (``None``: the
         job's own, which is the default and what the benchmarks validate).
+    widen, widen_by
+        When the choice ends on an end of a searched range (and the score still
+        falls towards it), that end is moved out by the factor ``widen_by`` and
+        the search goes on from the best point, at most ``widen`` times; a choice
+        still at an end is reported in :attr:`LambdaChoice.at_edge`.
+    per_element_tv
+        After the joint search, refine one TV weight per element
+        (:func:`refine_tv_per_element`); off by default (see ``docs/methods/fusion.md``).
     """
 
     lambda_chem_range: tuple[float, float] = (2.0**-10, 8.0)
@@ -147,13 +192,16 @@ class SearchSettings:
     seed: int = 0
     n_iter: int | None = None
     n_iter_tv: int | None = None
+    widen: int = 2
+    widen_by: float = 8.0
+    per_element_tv: bool = False
 
     def __post_init__(self) -> None:
         ok = (
             0 < self.lambda_chem_range[0] < self.lambda_chem_range[1]
             and 0 < self.lambda_tv_range[0] < self.lambda_tv_range[1]
             and self.coarse >= 2 and self.lattice > 1 and 0 < self.split < 1
-            and self.folds >= 1 and self.crop >= 8
+            and self.folds >= 1 and self.crop >= 8 and self.widen >= 0 and self.widen_by > 1
         )
         if not ok:
             raise ValueError(f"invalid lambda search settings {self}")
@@ -183,6 +231,15 @@ class LambdaChoice:
         (y0, y1, x0, x1) of the pixels searched on.
     seconds
         Time the search took.
+    noise
+        Recorrupted maps: the noise model estimated for each map (else None).
+    widened
+        How many times a range was widened because the choice sat on its end.
+    at_edge
+        For each weight still on an end of its (widened) range: what and where.
+    lambda_tv_per_element
+        With ``SearchSettings.per_element_tv``: one TV weight per element, refined
+        after the joint search (else None).
     """
 
     lambda_chem: float
@@ -194,6 +251,10 @@ class LambdaChoice:
     settings: SearchSettings
     crop: tuple[int, int, int, int]
     seconds: float = float("nan")
+    noise: tuple[NoiseModel, ...] | None = None
+    widened: int = 0
+    at_edge: tuple[str, ...] = ()
+    lambda_tv_per_element: tuple[float, ...] | None = None
 
     @property
     def n_candidates(self) -> int:
@@ -210,6 +271,12 @@ class LambdaChoice:
             "crop": list(self.crop),
             "settings": self.settings.to_dict(),
             "seconds": round(float(self.seconds), 2),
+            "widened": self.widened,
+            **({"lambda_tv_per_element": list(self.lambda_tv_per_element)}
+               if self.lambda_tv_per_element is not None else {}),
+            "at_edge": list(self.at_edge),
+            **({"noise_model": "var = gain * mean + offset_var per map, in the map's units",
+                "noise": [m.record() for m in self.noise]} if self.noise is not None else {}),
         }
 
 
@@ -305,13 +372,13 @@ def scaled_normalisation(norm: Normalisation, fraction: float) -> Normalisation:
 # -- scoring ----------------------------------------------------------------------
 
 
-def heldout_score(fused: np.ndarray, heldout: np.ndarray) -> float:
+def heldout_score(fused: np.ndarray, heldout: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Fraction of the held-out variance left unexplained by the fused maps, mean over elements.
 
     For each element the fused map ``x`` is fitted to the held-out counts ``y``
     as ``a x + c`` by least squares; the score is ``mean((a x + c - y)^2) / var(y)``
     averaged over elements: 0 for a perfect predictor of ``y`` (impossible with
-    noisy ``y``), 1 for a flat map.
+    noisy ``y``), 1 for a flat map. ``mask``: score only these pixels (pixel hold-out).
 
     Examples
     --------
@@ -319,17 +386,25 @@ def heldout_score(fused: np.ndarray, heldout: np.ndarray) -> float:
     >>> heldout_score(2 * y + 1, y), heldout_score(np.zeros_like(y), y)
     (0.0, 1.0)
     """
+    scores = heldout_scores(fused, heldout, mask)
+    scores = scores[np.isfinite(scores)]
+    return float(np.mean(scores)) if scores.size else float("nan")
+
+
+def heldout_scores(fused: np.ndarray, heldout: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """:func:`heldout_score` of each element (NaN where the held-out map has no variance)."""
     scores = []
     for x, y in zip(np.asarray(fused, np.float64), np.asarray(heldout, np.float64)):
-        x, y = x.ravel(), y.ravel()
+        x, y = (x.ravel(), y.ravel()) if mask is None else (x[mask], y[mask])
         var_y = y.var()
         if var_y <= 0:  # no held-out signal (e.g. an empty crop at very low dose)
+            scores.append(float("nan"))
             continue
         xc = x - x.mean()
         slope = float(xc @ (y - y.mean())) / max(float(xc @ xc), 1e-300)
         residual = (y - y.mean()) - slope * xc
         scores.append(float(residual @ residual) / y.size / var_y)
-    return float(np.mean(scores)) if scores else float("nan")
+    return np.array(scores)
 
 
 # -- the search -------------------------------------------------------------------
@@ -361,26 +436,33 @@ def _search(
 ) -> dict[tuple[int, int], float]:
     """Coarse grid, then 3 x 3 neighbourhoods of the best point at halving spacing."""
     scores: dict[tuple[int, int], float] = {}
-
-    def visit(i: int, j: int) -> None:
-        if (i, j) not in scores and 0 <= i < n_chem and 0 <= j < n_tv:
-            scores[(i, j)] = evaluate(i, j)
-
     ci, cj = _coarse_indices(n_chem, coarse), _coarse_indices(n_tv, coarse)
     for i in ci:
         for j in cj:
-            visit(i, j)
+            _visit(scores, evaluate, (i, j), n_chem, n_tv)
     step = max(ci[1] - ci[0] if len(ci) > 1 else 1, cj[1] - cj[0] if len(cj) > 1 else 1)
+    _refine(scores, evaluate, n_chem, n_tv, step)
+    return scores
+
+
+def _visit(scores: dict[tuple[int, int], float], evaluate: Callable[[int, int], float],
+           point: tuple[int, int], n_chem: int, n_tv: int) -> None:
+    if point not in scores and 0 <= point[0] < n_chem and 0 <= point[1] < n_tv:
+        scores[point] = evaluate(*point)
+
+
+def _refine(scores: dict[tuple[int, int], float], evaluate: Callable[[int, int], float],
+            n_chem: int, n_tv: int, step: int) -> None:
+    """From the best point so far: 3 x 3 neighbourhoods at halving spacing, down to the lattice."""
     while step > 1:
         step = max(1, step // 2)
         while True:  # recentre until the best point is the centre of its neighbourhood
             best = _best(scores)
             for di in (-step, 0, step):
                 for dj in (-step, 0, step):
-                    visit(best[0] + di, best[1] + dj)
+                    _visit(scores, evaluate, (best[0] + di, best[1] + dj), n_chem, n_tv)
             if _best(scores) == best:
                 break
-    return scores
 
 
 def _best(scores: dict[tuple[int, int], float]) -> tuple[int, int]:
@@ -391,14 +473,64 @@ def _best(scores: dict[tuple[int, int], float]) -> tuple[int, int]:
     return min(finite, key=lambda k: (finite[k], k))
 
 
+@dataclass(frozen=True)
+class _Folds:
+    """The held-out folds of a search: how they were made and what they hold."""
+
+    criterion: str
+    fraction: float  # mean of a training part over the full data's (normalisation scale)
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    noise: tuple[NoiseModel, ...] | None = None
+    masks: list[np.ndarray] | None = None  # pixel hold-out: the held-out pixels of each fold
+
+
+def hold_out_pixels(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``maps`` with the pixels of ``mask`` replaced by the mean of their kept 3 x 3 neighbours.
+
+    What the fusion then predicts at a held-out pixel depends on its neighbours and the
+    HAADF only, not on the pixel's own noise (for noise independent between pixels).
+    """
+    kept = (~mask).astype(np.float64)
+    weight = ndimage.uniform_filter(kept, 3, mode="reflect")
+    out = np.array(maps, np.float64)
+    for image in out:
+        fill = ndimage.uniform_filter(image * kept, 3, mode="reflect") / np.maximum(weight, 1e-12)
+        image[mask] = np.maximum(fill[mask], 0.0)  # rounding in the filter can dip below zero
+    return out
+
+
+def _pixel_folds(maps: np.ndarray, settings: SearchSettings, rng: np.random.Generator,
+                 models: tuple[NoiseModel, ...]) -> _Folds:
+    """Pixel hold-out: each fold holds out a disjoint random 1/8 of the pixels."""
+    n_pixels = maps[0].size
+    order = rng.permutation(n_pixels)
+    size = n_pixels // PIXEL_HOLD_OUT
+    folds, masks = [], []
+    for k in range(settings.folds):
+        mask = np.zeros(n_pixels, bool)
+        mask[order[(k * size) % n_pixels:(k * size) % n_pixels + size]] = True
+        mask = mask.reshape(maps[0].shape)
+        masks.append(mask)
+        folds.append((hold_out_pixels(maps, mask), maps))
+    return _Folds(CRITERION_PIXELS, 1.0, folds, models, masks)
+
+
+#: Pixel hold-out keeps out one pixel in this many per fold.
+PIXEL_HOLD_OUT = 8
+
+
 def _splits(
-    haadf_crop: np.ndarray,
     maps: Any,
     spectrum: Any,
     to_maps: Callable[[np.ndarray], np.ndarray] | None,
     settings: SearchSettings,
-) -> tuple[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """(criterion, [(training maps, held-out maps) per fold]) on the crop."""
+    noise: Sequence[NoiseModel] | None = None,
+) -> _Folds:
+    """The (training maps, held-out maps) of every fold, on the crop.
+
+    Counts (a spectrum image, or integer maps) are thinned; other maps are recorrupted with
+    their noise model (``noise``, else estimated on ``maps``).
+    """
     rng = np.random.default_rng(settings.seed)
     folds = []
     if spectrum is not None:
@@ -409,19 +541,36 @@ def _splits(
             train = thin_counts(spectrum, settings.split, rng)
             test = spectrum - train
             folds.append((np.asarray(to_maps(train)), np.asarray(to_maps(test))))
-        return CRITERION_SPECTRUM, folds
+        return _Folds(CRITERION_SPECTRUM, settings.split, folds)
     maps = to_numpy(maps)
-    if not is_counts(maps):
-        raise AutoLambdaError(
-            "lambda 'auto' splits counts to score candidate weights, but these maps are not counts "
-            f"(non-integer values such as {_example_fraction(maps):.4g}) and no spectrum image was "
-            "given; pass numbers instead (e.g. --lambda-chem 0.05 --lambda-tv 0.02, the embedded "
-            "defaults), or fuse the raw spectrum image or integer-count maps."
-        )
+    if is_counts(maps):
+        for _ in range(settings.folds):
+            train = thin_counts(maps, settings.split, rng)
+            folds.append((train, maps - train))
+        return _Folds(CRITERION_MAPS, settings.split, folds)
+    models = tuple(noise) if noise is not None else estimate_map_noise(maps)
+    if any(m.pixels_used != DENSE for m in models):
+        return _pixel_folds(maps, settings, rng, models)
     for _ in range(settings.folds):
-        train = thin_counts(maps, settings.split, rng)
-        folds.append((train, maps - train))
-    return CRITERION_MAPS, folds
+        parts = [recorrupt(m, model, settings.split, rng) for m, model in zip(maps, models)]
+        folds.append((np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])))
+    # a recorrupted part keeps the full data's mean: the full normalisation applies as it is
+    return _Folds(CRITERION_RECORRUPTED, 1.0, folds, models)
+
+
+def estimate_map_noise(maps: Any) -> tuple[NoiseModel, ...]:
+    """The noise model of every map (see :mod:`.noise`); refuses maps whose noise cannot be measured."""
+    models = []
+    for k, image in enumerate(to_numpy(maps)):
+        try:
+            models.append(estimate_noise(image))
+        except NoiseEstimateError as exc:
+            raise AutoLambdaError(
+                f"lambda 'auto' on maps that are not counts needs the noise of each map, but map {k}: "
+                f"{exc} Pass numbers instead (e.g. --lambda-chem 0.05 --lambda-tv 0.02), or fuse the "
+                "raw spectrum image."
+            ) from exc
+    return tuple(models)
 
 
 def _example_fraction(maps: np.ndarray) -> float:
@@ -443,6 +592,7 @@ def choose_lambdas(
     settings: SearchSettings | None = None,
     callback: Callable[[float, float, float], None] | None = None,
     haadf_valid: Any = None,
+    noise: Sequence[NoiseModel] | None = None,
 ) -> LambdaChoice:
     """Choose ``lambda_chem`` and ``lambda_tv`` by held-out counts (see the module notes).
 
@@ -478,6 +628,10 @@ def choose_lambdas(
         (y, x) bool like ``haadf``: False where the HAADF is saturated; every
         candidate's fusion leaves those pixels out of the HAADF term, as the
         full fusion does (:func:`pipeline.fusion.fuse`). None: every pixel.
+    noise
+        Maps that are not counts: the noise model of each map (see
+        :mod:`.noise`), e.g. measured on more pixels than ``maps`` holds; by
+        default estimated on ``maps``.
 
     Returns
     -------
@@ -486,7 +640,7 @@ def choose_lambdas(
     Raises
     ------
     AutoLambdaError
-        If the maps are not counts and there is no spectrum image.
+        If the maps are not counts and their noise cannot be measured.
     """
     start = time.perf_counter()
     settings = settings or SearchSettings()
@@ -498,41 +652,185 @@ def choose_lambdas(
     if normalisation is None:
         full_maps = to_maps(np.asarray(spectrum)) if spectrum is not None and to_maps else to_numpy(maps)
         normalisation = Normalisation.from_data(haadf, full_maps, haadf_valid=haadf_valid)
+    if spectrum is None and noise is None and maps is not None and not is_counts(maps):
+        noise = estimate_map_noise(maps)  # on all the pixels given, not only the crop
     spectrum_crop = None if spectrum is None else spectrum[ys, xs]
     maps_crop = None if maps is None else to_numpy(maps)[:, ys, xs]
-    criterion, folds = _splits(haadf[ys, xs], maps_crop, spectrum_crop, to_maps, settings)
+    split = _splits(maps_crop, spectrum_crop, to_maps, settings, noise)
     haadf_crop = haadf[ys, xs]
     valid_crop = None if haadf_valid is None else to_numpy(haadf_valid)[ys, xs]
-    part_norm = scaled_normalisation(normalisation, settings.split)
-    chem = _axis(lambda_chem, settings.lambda_chem_range, settings.lattice)
-    tv = _axis(lambda_tv, settings.lambda_tv_range, settings.lattice)
+    part_norm = scaled_normalisation(normalisation, split.fraction)
+    chem_axis = _Axis.make(lambda_chem, settings.lambda_chem_range, settings.lattice)
+    tv_axis = _Axis.make(lambda_tv, settings.lambda_tv_range, settings.lattice)
 
-    def evaluate(i: int, j: int) -> float:
-        candidate = dataclasses.replace(base, lambda_chem=float(chem[i]), lambda_tv=float(tv[j]))
+    def score(k_chem: int, k_tv: int) -> float:
+        lc, lt = chem_axis.value(k_chem), tv_axis.value(k_tv)
+        candidate = dataclasses.replace(base, lambda_chem=lc, lambda_tv=lt)
         total = 0.0
-        for train, test in folds:
+        for k, (train, test) in enumerate(split.folds):
             fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False, haadf_valid=valid_crop,
                          **candidate.to_dict()).fused
-            total += heldout_score(to_numpy(fused), test)
+            total += heldout_score(to_numpy(fused), test, None if split.masks is None else split.masks[k])
         if callback is not None:
-            callback(float(chem[i]), float(tv[j]), total / len(folds))
-        return total / len(folds)
+            callback(lc, lt, total / len(split.folds))
+        return total / len(split.folds)
 
-    scores = _search(evaluate, chem.size, tv.size, settings.coarse)
+    scores, widened, at_edge = _search_widening(score, chem_axis, tv_axis, settings)
     best = _best(scores)
+    per_element = None
+    if settings.per_element_tv and lambda_tv is None and len(z) > 1:
+
+        def element_scores(weights: tuple[float, ...]) -> np.ndarray:
+            candidate = dataclasses.replace(base, lambda_chem=chem_axis.value(best[0]), lambda_tv=weights)
+            total = np.zeros(len(z))
+            for k, (train, test) in enumerate(split.folds):
+                fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False, haadf_valid=valid_crop,
+                             **candidate.to_dict()).fused
+                total += heldout_scores(to_numpy(fused), test, None if split.masks is None else split.masks[k])
+            return total / len(split.folds)
+
+        per_element = refine_tv_per_element(element_scores, tv_axis.value(best[1]), len(z),
+                                            settings.lattice)
     rows = sorted({i for i, _ in scores})
     cols = sorted({j for _, j in scores})
     grid = np.full((len(rows), len(cols)), np.nan)
     for (i, j), value in scores.items():
         grid[rows.index(i), cols.index(j)] = value
     return LambdaChoice(
-        lambda_chem=float(chem[best[0]]),
-        lambda_tv=float(tv[best[1]]),
-        lambda_chem_axis=chem[rows],
-        lambda_tv_axis=tv[cols],
+        lambda_chem=chem_axis.value(best[0]),
+        lambda_tv=tv_axis.value(best[1]),
+        lambda_chem_axis=np.array([chem_axis.value(i) for i in rows]),
+        lambda_tv_axis=np.array([tv_axis.value(j) for j in cols]),
         score=grid,
-        criterion=criterion,
+        criterion=split.criterion,
         settings=settings,
         crop=(ys.start, ys.stop, xs.start, xs.stop),
         seconds=time.perf_counter() - start,
+        noise=split.noise,
+        widened=widened,
+        at_edge=at_edge,
+        lambda_tv_per_element=per_element,
     )
+
+
+def refine_tv_per_element(
+    element_scores: Callable[[tuple[float, ...]], np.ndarray], lambda_tv: float, n_elements: int,
+    ratio: float, steps: int = 4,
+) -> tuple[float, ...]:
+    """Coordinate-wise refinement of one TV weight per element after the joint search.
+
+    Element by element, its weight is moved over ``lambda_tv * ratio**k`` for
+    ``k`` in ``-steps..steps`` with the others held; a move is kept when it lowers
+    that element's held-out score by more than 0.1 % and raises no other element's
+    by more than 0.1 % (the elements are coupled through the HAADF term).
+
+    Returns
+    -------
+    tuple of float
+        The weights; ``(lambda_tv,) * n_elements`` where nothing paid.
+    """
+    weights = [float(lambda_tv)] * n_elements
+    current = element_scores(tuple(weights))
+    for e in range(n_elements):
+        best_value, best_scores = weights[e], current
+        for k in [k for k in range(-steps, steps + 1) if k]:
+            trial = list(weights)
+            trial[e] = float(lambda_tv * ratio**k)
+            scores = element_scores(tuple(trial))
+            others = [i for i in range(n_elements) if i != e]
+            better = scores[e] < best_scores[e] - _PER_ELEMENT_GAIN * abs(best_scores[e])
+            harmless = all(scores[i] <= current[i] + _PER_ELEMENT_GAIN * abs(current[i]) for i in others)
+            if better and harmless:
+                best_value, best_scores = trial[e], scores
+        weights[e], current = best_value, best_scores
+    return tuple(weights)
+
+
+_PER_ELEMENT_GAIN = 1e-3  # relative held-out score change that counts
+
+
+@dataclass
+class _Axis:
+    """One weight's candidates: ``low * ratio**k`` for lattice index ``k`` in ``[k_lo, k_hi]``
+    (widening moves the ends), or one fixed number (``fixed``)."""
+
+    low: float
+    ratio: float
+    k_lo: int
+    k_hi: int
+    fixed: float | None = None
+
+    @classmethod
+    def make(cls, fixed: float | None, value_range: tuple[float, float], ratio: float) -> _Axis:
+        values = _axis(fixed, value_range, ratio)
+        return cls(float(values[0]), ratio, 0, values.size - 1, None if fixed is None else float(fixed))
+
+    @property
+    def size(self) -> int:
+        return self.k_hi - self.k_lo + 1
+
+    def value(self, k: int) -> float:
+        return self.fixed if self.fixed is not None else float(self.low * self.ratio**k)
+
+    def edge(self, k: int, score_at: Callable[[int], float]) -> str | None:
+        """"low" or "high" when ``k`` is an end of a searched axis and the score still falls
+        towards that end (a flat score there, e.g. a weight with no effect, is not an edge)."""
+        if self.fixed is not None or self.size < 2:
+            return None
+        for end, inward, name in ((self.k_lo, self.k_lo + 1, "low"), (self.k_hi, self.k_hi - 1, "high")):
+            if k == end:
+                here, inside = score_at(end), score_at(inward)
+                if not np.isfinite(inside) or inside - here > _EDGE_TOLERANCE * abs(here):
+                    return name
+        return None
+
+
+_EDGE_TOLERANCE = 1e-3  # relative score drop towards an end that counts as "still falling"
+
+
+def _search_widening(
+    score: Callable[[int, int], float], chem: _Axis, tv: _Axis, settings: SearchSettings
+) -> tuple[dict[tuple[int, int], float], int, tuple[str, ...]]:
+    """The coarse-to-fine search, widened at an edge the choice ends on.
+
+    Returns the scores by lattice index pair, the number of widenings and, for a weight
+    still at an edge after ``settings.widen`` widenings, a description of that edge.
+    """
+    memo: dict[tuple[int, int], float] = {}
+
+    def evaluate_abs(kc: int, kt: int) -> float:
+        if (kc, kt) not in memo:
+            memo[(kc, kt)] = score(kc, kt)
+        return memo[(kc, kt)]
+
+    def local(offset: tuple[int, int]) -> Callable[[int, int], float]:
+        return lambda i, j: evaluate_abs(i + offset[0], j + offset[1])
+
+    found = _search(local((chem.k_lo, tv.k_lo)), chem.size, tv.size, settings.coarse)
+    memo.update({(i + chem.k_lo, j + tv.k_lo): v for (i, j), v in found.items()})
+    steps = max(1, round(math.log(settings.widen_by) / math.log(settings.lattice)))
+    widened = 0
+    while True:
+        best = _best(memo)
+        edges = {"lambda_chem": chem.edge(best[0], lambda k, b=best: memo.get((k, b[1]), np.nan)),
+                 "lambda_tv": tv.edge(best[1], lambda k, b=best: memo.get((b[0], k), np.nan))}
+        edges = {name: side for name, side in edges.items() if side}
+        if not edges or widened >= settings.widen:
+            break
+        for name, side in edges.items():
+            axis = chem if name == "lambda_chem" else tv
+            if side == "low":
+                axis.k_lo -= steps
+            else:
+                axis.k_hi += steps
+        widened += 1
+        offset = (chem.k_lo, tv.k_lo)
+        scores = {(kc - offset[0], kt - offset[1]): v for (kc, kt), v in memo.items()}
+        _refine(scores, local(offset), chem.size, tv.size, 2 * steps)
+        memo.update({(i + offset[0], j + offset[1]): v for (i, j), v in scores.items()})
+    at_edge = tuple(
+        f"{name} at the {'lower' if side == 'low' else 'upper'} end of its range "
+        f"({(chem if name == 'lambda_chem' else tv).value(best[0] if name == 'lambda_chem' else best[1]):.3g})"
+        for name, side in edges.items()
+    )
+    return memo, widened, at_edge

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, to_numpy
 from .convergence import ConvergenceWarning, diagnose_convergence
 from .model import (
     FusionInputError,
@@ -48,7 +48,7 @@ from .model import (
     haadf_weights,
     objective_terms,
 )
-from .tv import prox_tv
+from .tv import prox_tv, tv_iso
 
 COST_TERMS = ("haadf", "chem", "tv")
 
@@ -69,7 +69,8 @@ class FusionParams:
         Weight of the Poisson fidelity to the raw maps. Larger keeps the
         result closer to the measured counts.
     lambda_tv
-        Weight of the total-variation prior. Larger gives smoother maps.
+        Weight of the total-variation prior. Larger gives smoother maps. One
+        number for every element, or one per element (a sequence in map order).
     n_iter
         Outer (proximal gradient) iterations.
     n_iter_tv
@@ -96,7 +97,7 @@ class FusionParams:
 
     gamma: float = 1.6
     lambda_chem: float = 0.05
-    lambda_tv: float = 0.02
+    lambda_tv: float | tuple[float, ...] = 0.02
     n_iter: int = 50
     n_iter_tv: int = 10
     bkg: float = 0.1
@@ -106,10 +107,13 @@ class FusionParams:
     tv_momentum: bool = False
 
     def __post_init__(self) -> None:
+        if not np.isscalar(self.lambda_tv):  # one weight per element: kept as a tuple of floats
+            object.__setattr__(self, "lambda_tv", tuple(float(v) for v in np.ravel(self.lambda_tv)))
+        tv = np.atleast_1d(np.asarray(self.lambda_tv, dtype=np.float64))
         checks = {
             "gamma": self.gamma >= 1,  # below 1 the gradient is infinite at x = 0
             "lambda_chem": self.lambda_chem >= 0,
-            "lambda_tv": self.lambda_tv >= 0,
+            "lambda_tv": tv.size >= 1 and bool(np.all(tv >= 0) and np.all(np.isfinite(tv))),
             "n_iter": self.n_iter >= 1,
             "n_iter_tv": self.n_iter_tv >= 0,
             "bkg": self.bkg > 0,
@@ -252,6 +256,7 @@ def fuse(
     p = FusionParams(**params)
     check_inputs(haadf, maps, z)
     xp = get_xp(haadf, maps)
+    tv_weights = _tv_weights(p.lambda_tv, len(z))
     valid = check_haadf_valid(haadf, haadf_valid)
     if valid is not None and bool(valid.all()):
         valid = None  # nothing left out: the unmasked kernels, bit for bit
@@ -264,31 +269,37 @@ def fuse(
     ops = _make_ops(engine if engine is not None else ENGINE, xp, b_haadf, b_maps, weights, p, h_weight)
     lam_h = 1.0 / len(z)
 
-    def total(terms: tuple[float, float, float]) -> float:
-        return lam_h * terms[0] + p.lambda_chem * terms[1] + p.lambda_tv * terms[2]
+    def total(terms: tuple[float, float, float], x: Any) -> float:
+        if tv_weights is None:
+            return lam_h * terms[0] + p.lambda_chem * terms[1] + p.lambda_tv * terms[2]
+        # one TV weight per element: the weighted sum needs each element's TV
+        return lam_h * terms[0] + p.lambda_chem * terms[1] + float(tv_weights @ _tv_per_element(x))
 
     x = b_maps.copy()
     if p.init_threshold > 0:
         x[x < p.init_threshold] = 0
-    f_old = total(ops.terms(x))
+    f_old = total(ops.terms(x), x)
     result = FusionResult(
         fused=x, haadf_model=None, costs=np.empty((3, 0)), objective=np.empty(0),
         normalisation=norm, params=p, initial_objective=f_old, engine=ops.name,
     )
     costs: list[tuple[float, float, float]] = []
+    objectives: list[float] = []
     step = p.step
     for iteration in range(p.n_iter):
         descend = ops.descent(x)
         for _ in range(8):  # backtracking: at most 8 halvings, then accept
-            x_new = ops.prox(descend(step), step * p.lambda_tv, x)
+            x_new = ops.prox(descend(step), step * (p.lambda_tv if tv_weights is None else tv_weights), x)
             terms = ops.terms(x_new)
-            if total(terms) <= f_old + 1e-7 * abs(f_old):
+            f_new = total(terms, x_new)
+            if f_new <= f_old + 1e-7 * abs(f_old):
                 break
             step *= 0.5
         result.step_history.append(step)
         change = ops.change(x_new, x) if p.tol is not None else math.inf
-        x, f_old = x_new, total(terms)
+        x, f_old = x_new, f_new
         costs.append(terms)
+        objectives.append(f_new)
         if callback is not None:
             callback(iteration, f_old)
         if p.tol is not None and change < p.tol:
@@ -296,12 +307,32 @@ def fuse(
     result.fused = x
     result.haadf_model = haadf_model(x, weights, p.gamma)
     result.costs = np.asarray(costs, dtype=np.float64).T
-    result.objective = lam_h * result.costs[0] + p.lambda_chem * result.costs[1] + p.lambda_tv * result.costs[2]
+    if tv_weights is None:
+        result.objective = lam_h * result.costs[0] + p.lambda_chem * result.costs[1] + p.lambda_tv * result.costs[2]
+    else:
+        result.objective = np.asarray(objectives, dtype=np.float64)
     result.convergence = diagnose_convergence(result.costs, COST_TERMS)
     if warn:
         for message in result.convergence:
             warnings.warn(message, ConvergenceWarning, stacklevel=2)
     return result
+
+
+def _tv_weights(lambda_tv: float | tuple[float, ...], n_elements: int) -> np.ndarray | None:
+    """The per-element TV weights as an array, or None for one weight for all elements."""
+    if np.isscalar(lambda_tv):
+        return None
+    weights = np.asarray(lambda_tv, dtype=np.float64)
+    if weights.size != n_elements:
+        raise FusionInputError(
+            f"lambda_tv has {weights.size} weights for {n_elements} maps; give one number, or one per element."
+        )
+    return weights
+
+
+def _tv_per_element(x: Any) -> np.ndarray:
+    """``TV_iso`` of each element's map (float64)."""
+    return np.asarray(to_numpy(tv_iso(x.astype("float64"))), dtype=np.float64).reshape(-1)
 
 
 def _smooth_gradient(
@@ -334,8 +365,11 @@ class _XpOps:
                                 p.lambda_chem, p.bkg, self.valid)
         return lambda step: x - step * grad
 
-    def prox(self, v: Any, lambda_tv: float, x: Any) -> Any:
-        return prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=self.p.tv_momentum)
+    def prox(self, v: Any, lambda_tv: float | np.ndarray, x: Any) -> Any:
+        if np.isscalar(lambda_tv):
+            return prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=self.p.tv_momentum)
+        return self.xp.concatenate([prox_tv(v[e:e + 1], float(lam), self.p.n_iter_tv, momentum=self.p.tv_momentum)
+                                    for e, lam in enumerate(lambda_tv)])
 
     def terms(self, x: Any) -> tuple[float, float, float]:
         return objective_terms(x, self.b_haadf, self.b_maps, self.weights, self.p.gamma, self.p.bkg, self.valid)
@@ -370,6 +404,7 @@ class _NumbaOps:
         self.pow_buffers = [np.empty_like(self.b_maps), np.empty_like(self.b_maps)]
         self.pow_valid = [False, False]
         self.work = kernels_numba.TVWorkspace(b_maps.shape, b_maps.dtype, p.tv_momentum)
+        self.work_single: Any = None  # per-element TV weights: a one-image workspace, made on first use
 
     def _slot(self, x: np.ndarray) -> int | None:
         """Which iterate buffer ``x`` lives in (None: an array of the caller's)."""
@@ -387,11 +422,19 @@ class _NumbaOps:
             lambda_chem=p.lambda_chem, bkg=p.bkg, step=step, x_pow=x_pow, out=self.v, valid=self.valid,
         )
 
-    def prox(self, v: np.ndarray, lambda_tv: float, x: np.ndarray) -> np.ndarray:
+    def prox(self, v: np.ndarray, lambda_tv: float | np.ndarray, x: np.ndarray) -> np.ndarray:
         k = 1 if self._slot(x) == 0 else 0  # never write over the iterate
         self.pow_valid[k] = False
-        return self.kn.prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=self.p.tv_momentum,
-                               out=self.x_buffers[k], work=self.work)
+        if np.isscalar(lambda_tv):
+            return self.kn.prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=self.p.tv_momentum,
+                                   out=self.x_buffers[k], work=self.work)
+        # one weight per element: each element's stack is its own TV problem (contiguous views)
+        if self.work_single is None:
+            self.work_single = self.kn.TVWorkspace((1, *v.shape[1:]), v.dtype, self.p.tv_momentum)
+        for e, lam in enumerate(lambda_tv):
+            self.kn.prox_tv(v[e:e + 1], float(lam), self.p.n_iter_tv, momentum=self.p.tv_momentum,
+                            out=self.x_buffers[k][e:e + 1], work=self.work_single)
+        return self.x_buffers[k]
 
     def terms(self, x: np.ndarray) -> tuple[float, float, float]:
         k = self._slot(x)
