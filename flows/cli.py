@@ -338,6 +338,15 @@ def print_summary(result: dict[str, Any]) -> None:
             print(f"{el:>8} {result['nrmse_raw'][el]:>10.3f} {result['nrmse_fused'][el]:>12.3f}")
 
 
+def _skip_stored_warnings() -> None:
+    """The console handlers skip the log records of stored warnings: the commands print them
+    once, at the end, as ``check:`` lines (:func:`print_warnings`)."""
+    from stores.warn import STORED_WARNING
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not getattr(record, STORED_WARNING, False))
+
+
 def print_warnings(result: dict[str, Any]) -> None:
     """One ``check:`` line per warning stored with a job's result (see :mod:`stores.warn`)."""
     from stores.warn import format_warning
@@ -523,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # quiet Dask's per-worker INFO lines; inherited by worker processes
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        _skip_stored_warnings()
     try:
         return args.func(args)
     except (ValueError, OSError, ClusterUnavailableError) as exc:

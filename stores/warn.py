@@ -32,7 +32,9 @@ import zarr
 
 from .layout import ATTR_WARNINGS
 
-log = logging.getLogger("emfuse")
+log = logging.getLogger(__name__)  # under "stores": a batch copies it to its run log
+#: set on the log records of stored warnings, so a console that prints them as ``check:`` lines can skip them
+STORED_WARNING = "emfuse_stored_warning"
 
 
 def make_warning(code: str, message: str, *, stage: str | None = None, **details: Any) -> dict[str, Any]:
@@ -64,7 +66,8 @@ def read_warnings(path: str | Path) -> list[dict[str, Any]]:
 def add_warnings(path: str | Path, *warnings: Mapping[str, Any], log_them: bool = True) -> list[dict[str, Any]]:
     """Append ``warnings`` to a store's ``warnings`` attribute (each once); returns the whole list.
 
-    Each new warning is also logged (level WARNING, logger ``emfuse``), so it reaches the run log.
+    Each new warning is also logged (level WARNING, logger ``stores.warn``), so it reaches a batch's
+    run log; the record carries the attribute :data:`STORED_WARNING`.
     """
     group = zarr.open_group(str(path), mode="r+", zarr_format=3)
     old = [dict(w) for w in group.attrs.get(ATTR_WARNINGS, [])]
@@ -73,7 +76,7 @@ def add_warnings(path: str | Path, *warnings: Mapping[str, Any], log_them: bool 
         group.attrs[ATTR_WARNINGS] = merged
         if log_them:
             for w in merged[len(old):]:
-                log.warning("check %s: %s", path, w["message"])
+                log.warning("check %s: %s", path, w["message"], extra={STORED_WARNING: True})
     return merged
 
 
