@@ -142,8 +142,8 @@ def image_kind(ds: xr.Dataset, variable: str) -> str:
     ``image_kind`` when it has one; ``"haadf"`` beside a spectrum image or maps (the ingest takes
     the HAADF/ADF/DF image of the acquisition there); else ``"image"``.
 
-    The canonical store keeps a lone image as ``haadf`` whatever its detector (a TEM image
-    from .emi or .dm3 too), so the variable's name alone does not say it is a HAADF.
+    The canonical store keeps a lone image (a TEM frame from .emi or .dm3 too) in ``haadf``, so
+    the variable's name alone does not say it is a HAADF; ingest marks it ``image_kind = "image"``.
     """
     if variable == layout.MOVIE:
         return "movie"

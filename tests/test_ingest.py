@@ -177,6 +177,15 @@ def test_tia_image(formats):
         ds = read(formats / name)
         assert ds.haadf.shape == (128, 128) and ds.haadf.dtype == np.int32
         assert _step(ds.x) == pytest.approx(21.5, abs=0.05) and ds.x.attrs["units"] == "nm"
+        assert ds.haadf.attrs["image_kind"] == "image"  # a lone TEM camera frame is not called a HAADF
+
+
+@pytest.mark.parametrize("name, kind", [("test_TEM.bcf", "haadf"), ("Test SI 16x16 215 kx.emd", "haadf"),
+                                        ("test-1.dm3", "image"), ("example_image.emd", "image")])
+def test_the_image_says_whether_it_is_a_haadf(formats, name, kind):
+    """Stored as ``haadf``, an image says what it is: beside a spectrum image (or titled HAADF/ADF/DF)
+    it is the acquisition's HAADF; alone and untitled it is only an ``image``."""
+    assert _quiet_read(formats / name).haadf.attrs["image_kind"] == kind
 
 
 def test_velox_movie_stack(formats):

@@ -64,7 +64,15 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..layout import ATTR_INGEST_NOTES, ATTR_METADATA_UNMAPPED, HAADF, MAPS, MOVIE, SPECTRUM
+from ..layout import (
+    ATTR_IMAGE_KIND,
+    ATTR_INGEST_NOTES,
+    ATTR_METADATA_UNMAPPED,
+    HAADF,
+    MAPS,
+    MOVIE,
+    SPECTRUM,
+)
 from ..metadata import complete_metadata, key_figures, to_json
 from ..periodic import is_symbol
 from . import (
@@ -476,6 +484,13 @@ def _haadf_score(title: str) -> int:
     return 0
 
 
+def _image_kind(image: _Signal, beside_chemistry: bool) -> str:
+    """What the image stored as ``haadf`` is: ``"haadf"`` when its title says HAADF/ADF/DF or it
+    was acquired with a spectrum image or maps (the Z-contrast image of a STEM acquisition),
+    else ``"image"``: a lone image (a TEM camera frame, say) is not known to be a HAADF."""
+    return HAADF if beside_chemistry or _haadf_score(image.title) > 0 else "image"
+
+
 def _pick_spectrum(
     path: Path,
     signals: list[_Signal],
@@ -624,6 +639,8 @@ def _assemble(
     )
     if notes:
         ds.attrs[ATTR_INGEST_NOTES] = notes
+    if haadf is not None:
+        ds[HAADF].attrs[ATTR_IMAGE_KIND] = _image_kind(haadf, spectrum is not None or bool(maps))
     roles = {SPECTRUM: spectrum, HAADF: haadf, MOVIE: movie}
     return _with_metadata(ds, path, primary, {k: v for k, v in roles.items() if v}, maps)
 
