@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,13 @@ def test_morning_report(first_run, night):
     assert len(data["records"]) == 6 and data["n_failed"] == 3
     log = Path(first_run["log"]).read_text()
     assert "FAILED broken fuse" in log and "done   si1 fuse" in log
+    # results that carry warnings show as "check", with each message, and the log has them
+    warned = [r for r in data["records"] if (r.get("summary") or {}).get("warnings")]
+    assert warned, "15 iterations leave the cost curves falling: the fusions should say so"
+    assert f"{len(warned)} to check" in html and 'class="check"' in html
+    for record in warned:
+        for w in record["summary"]["warnings"]:
+            assert html_escape(w["message"]) in html and w["message"] in log
 
 
 def test_rerun_resumes_and_recomputes_nothing_finished(first_run, night):
