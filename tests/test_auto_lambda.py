@@ -314,9 +314,9 @@ def test_recorrupted_pairs_are_uncorrelated_and_keep_the_mean():
 
 
 def test_recorrupted_pairs_follow_noise_that_does_not_follow_the_mean():
-    """Same mean everywhere, sd 1 on the left and 3 on the right (as where another element's line
-    overlaps a window): a variance that is a function of the mean cannot describe it, and parts
-    drawn from one would share noise on the right. The search's parts are independent on both sides."""
+    """Same mean everywhere, sd 1 on the left and 3 on the right: a variance that is a function of
+    the mean cannot describe it, and parts drawn from one would share noise on the right. The
+    search's parts are independent on both sides."""
     rng = np.random.default_rng(8)
     sd = np.repeat([1.0, 3.0], 64)[None, :] * np.ones((128, 1))
     maps = np.stack([20 + sd * rng.standard_normal(sd.shape) for _ in range(2)])  # no zeros: dense

@@ -25,8 +25,8 @@ What is split
   (:mod:`.noise`), and each map is split into recorrupted pairs (data fission):
   ``train = max(y + a z, 0)``, ``test = y - z / a`` with ``z`` drawn with
   each pixel's locally measured variance (:func:`.noise.local_variance`; the
-  fitted model is recorded, but the noise of background-subtracted maps is not
-  a function of their own mean) and ``a = sqrt((1 - p) / p)``. For gaussian
+  fitted model is recorded and decides dense or sparse, but on clipped maps its
+  fit is too flat to draw from) and ``a = sqrt((1 - p) / p)``. For gaussian
   noise of that variance the parts are independent, keep the mean of ``y`` (so the full
   normalisation applies unchanged) and have the signal-to-noise ratios of a
   fraction ``p`` and ``1 - p`` of the counts: the same two parts as count
@@ -553,10 +553,10 @@ def _splits(
     models = tuple(noise) if noise is not None else estimate_map_noise(maps)
     if any(m.pixels_used != DENSE for m in models):
         return _pixel_folds(maps, settings, rng, models)
-    # the noise drawn is each pixel's own measured variance, not the model's variance at the
-    # pixel's mean: in background-subtracted maps the noise of a pixel follows all the counts in
-    # its window, which overlapping lines and backgrounds make unrelated to the map's own mean
-    # (the model under-estimated it there 5-10 fold, and the choice smoothed too little)
+    # the noise drawn is each pixel's own measured variance, not the fitted model's variance at the
+    # pixel's mean: on clipped, background-subtracted maps the fit came out flattened (gain 0-0.85 of
+    # the true one, offset several times too large), so it drew too little noise on the signal and
+    # too much on the clipped zeros; box5(r^2) follows the true variance (docs/methods/fusion.md)
     variances = [local_variance(m) for m in maps]
     for _ in range(settings.folds):
         parts = [recorrupt(m, v, settings.split, rng) for m, v in zip(maps, variances)]

@@ -208,13 +208,13 @@ def local_variance(image: Any, size: int = 5) -> np.ndarray:
     """The noise variance of each pixel, measured where it is: ``box_size(r^2)``.
 
     ``r`` is the 3 x 3 residual of :func:`estimate_noise` (variance ``v`` for white noise).
-    Unlike :meth:`NoiseModel.variance` this does not assume that the variance is a function
-    of the map's own mean. Background-subtracted maps break that assumption: where another
-    element's line or a strong background overlaps an element's window, that map is near
-    zero but its noise is that of all the counts in the window (synthetic layers at dose
-    80: the As map's variance is 25-46 counts^2 where its mean is 0.15-0.45 counts, 14 where
-    its mean is 19). Signal curvature over 3 x 3 pixels counts as noise here too, and
-    clipped zeros lower it (both as for :func:`estimate_noise`).
+    Unlike :meth:`NoiseModel.variance` it assumes no relation between the variance and the
+    mean, and needs no fit: on clipped, background-subtracted synthetic maps the fitted model
+    came out flattened (gain 0-0.85 of the true one, ``offset_var`` several times too large,
+    see ``docs/methods/fusion.md``), while ``box5(r^2)`` followed the true variance (Poisson:
+    about the local mean) within 10-20 % away from the zeros. Signal curvature over 3 x 3
+    pixels counts as noise here too; where the vendor clipped, it measures the clipped map's
+    own (smaller) noise, which is what a recorrupted copy of that map should carry.
 
     Examples
     --------
