@@ -1,9 +1,19 @@
-import dataclasses, numpy as np
+# ruff: noqa: E701, E702, B023
+"""Exploratory diagnosis, a record of measurements in docs/methods/fusion.md (not part of the package).
+
+Columns at dose 5, seed 1000: the scaled choice under other search seeds and more folds, and the truth error surface.
+Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python docs/figures/scripts/columns5_draws.py ...
+"""
+import dataclasses
+
+import numpy as np
+
 from pipeline.fusion import fuse
 from pipeline.fusion.auto import SearchSettings, choose_lambdas
 from pipeline.metrics import nrmse
 from pipeline.spectra import elemental_maps
 from pipeline.synth import make_spectrum_image
+
 S = SearchSettings(coarse=3, lattice=2.0, n_iter=30)
 data = make_spectrum_image((128,128), ("Sr","Ti","O"), specimen="columns", dose=5, seed=1000)
 maps = np.asarray(elemental_maps(data.spectrum, data.energy_ev, data.elements)[0]); scaled = maps/maps.max(axis=(1,2), keepdims=True)

@@ -1,15 +1,30 @@
-"""Exploratory: per-element lambda_chem factors emulated in the plain (xp) engine by patching."""
-import sys, dataclasses, numpy as np
+# ruff: noqa: E701, E702, B023
+"""Exploratory diagnosis, a record of measurements in docs/methods/fusion.md (not part of the package).
+
+Per-element lambda_chem of the weakest element, emulated in the plain engine by patching the chem gradient and objective. Usage: SEED CASES.
+Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python docs/figures/scripts/per_element_chem_moves.py ...
+"""
+import dataclasses
+import sys
+
+import numpy as np
+
 import pipeline.fusion.solver as solver
-from pipeline.fusion import fuse, Normalisation
-from pipeline.fusion.auto import SearchSettings, choose_lambdas, _splits, heldout_scores, scaled_normalisation
+from pipeline.fusion import Normalisation, fuse
+from pipeline.fusion.auto import (
+    SearchSettings,
+    _splits,
+    choose_lambdas,
+    heldout_scores,
+    scaled_normalisation,
+)
 from pipeline.metrics import nrmse
 from pipeline.spectra import elemental_maps
 from pipeline.synth import make_spectrum_image
+
 F = {"f": np.ones(3)}
 orig_grad, orig_terms = solver._smooth_gradient, solver.objective_terms
 def grad(x, b_haadf, b_maps, w, gamma, lam_h, lambda_chem, bkg, valid=None):
-    xp = np
     x_pow = x ** (gamma - 1); residual = (w * x * x_pow).sum(axis=0) - b_haadf
     if valid is not None: residual = residual * valid
     f = F["f"].astype(x.dtype)[:, None, None]
@@ -24,7 +39,8 @@ S = SearchSettings(coarse=3, lattice=2.0, n_iter=30)
 seed = int(sys.argv[1])
 for sp, dose in [(c.split(":")[0], float(c.split(":")[1])) for c in sys.argv[2].split(",")]:
     data = make_spectrum_image((128,128), E[sp], specimen=sp, dose=dose, seed=seed)
-    tm = lambda s: np.asarray(elemental_maps(s, data.energy_ev, data.elements)[0])
+    def tm(s):
+        return np.asarray(elemental_maps(s, data.energy_ev, data.elements)[0])
     maps = tm(data.spectrum)
     F["f"] = np.ones(3)
     ch = choose_lambdas(data.haadf, data.z, spectrum=data.spectrum, to_maps=tm, params={"n_iter": 30}, settings=S)

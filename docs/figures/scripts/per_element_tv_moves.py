@@ -1,15 +1,33 @@
-import sys, dataclasses, numpy as np
-from pipeline.fusion import fuse, Normalisation
-from pipeline.fusion.auto import SearchSettings, choose_lambdas, _splits, heldout_scores, scaled_normalisation
+# ruff: noqa: E701, E702, B023
+"""Exploratory diagnosis, a record of measurements in docs/methods/fusion.md (not part of the package).
+
+Per-element TV: one element's weight moved by 2^k at the joint choice; held-out and truth changes. Usage: SEED FOLDS CASES.
+Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python docs/figures/scripts/per_element_tv_moves.py ...
+"""
+import dataclasses
+import sys
+
+import numpy as np
+
+from pipeline.fusion import Normalisation, fuse
+from pipeline.fusion.auto import (
+    SearchSettings,
+    _splits,
+    choose_lambdas,
+    heldout_scores,
+    scaled_normalisation,
+)
 from pipeline.metrics import nrmse
 from pipeline.spectra import elemental_maps
 from pipeline.synth import make_spectrum_image
+
 E = {"columns": ("Sr", "Ti", "O"), "particles": ("Au", "Fe", "O"), "layers": ("Ga", "As", "Al")}
 S = SearchSettings(coarse=3, lattice=2.0, n_iter=30)
 seed = int(sys.argv[1]); folds = int(sys.argv[2])
 for sp, dose in [(c.split(":")[0], float(c.split(":")[1])) for c in sys.argv[3].split(",")]:
     data = make_spectrum_image((128,128), E[sp], specimen=sp, dose=dose, seed=seed)
-    tm = lambda s: np.asarray(elemental_maps(s, data.energy_ev, data.elements)[0])
+    def tm(s):
+        return np.asarray(elemental_maps(s, data.energy_ev, data.elements)[0])
     maps = tm(data.spectrum)
     ch = choose_lambdas(data.haadf, data.z, spectrum=data.spectrum, to_maps=tm, params={"n_iter": 30}, settings=S)
     lc, lt = ch.lambda_chem, ch.lambda_tv

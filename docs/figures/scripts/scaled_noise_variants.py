@@ -1,12 +1,23 @@
-import sys, json, time, dataclasses, numpy as np
+# ruff: noqa: E701, E702, B023
+"""Exploratory diagnosis, a record of measurements in docs/methods/fusion.md (not part of the package).
+
+Scaled maps: the automatic choice with the recorrupted draw's variance from the fitted model ('current'), the true variance ('oracle'), box-N of r^2 ('localN') or 4 folds. Usage: SEED CASES VARIANTS, e.g. 1000 layers:80,columns:5 current,oracle,local5,local9,folds4. Patches auto.recorrupt (variants were written before local_variance existed; with the committed code 'current' is local5).
+Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python docs/figures/scripts/scaled_noise_variants.py ...
+"""
+import dataclasses
+import sys
+import time
+
+import numpy as np
 from scipy import ndimage
+
 import pipeline.fusion.auto as auto
 from pipeline.fusion import fuse
 from pipeline.fusion.auto import SearchSettings, choose_lambdas, thin_counts
-from pipeline.fusion.noise import local_mean
 from pipeline.metrics import nrmse
 from pipeline.spectra import elemental_maps
 from pipeline.synth import make_spectrum_image
+
 SPEC = {"columns": ("Sr", "Ti", "O"), "particles": ("Au", "Fe", "O"), "layers": ("Ga", "As", "Al")}
 seed = int(sys.argv[1]); cases = [(c.split(":")[0], float(c.split(":")[1])) for c in sys.argv[2].split(",")]
 variants = sys.argv[3].split(",")
@@ -23,7 +34,8 @@ def resid_var(y, w):
     return np.maximum(ndimage.uniform_filter(r*r, w, mode="reflect"), 0)
 for specimen, dose in cases:
     data = make_spectrum_image((128,128), SPEC[specimen], specimen=specimen, dose=dose, seed=seed)
-    tm = lambda s, clip=True: np.asarray(elemental_maps(s, data.energy_ev, data.elements, clip_negative=clip)[0])
+    def tm(s, clip=True):
+        return np.asarray(elemental_maps(s, data.energy_ev, data.elements, clip_negative=clip)[0])
     maps = tm(data.spectrum); mx = maps.max(axis=(1,2), keepdims=True); scaled = maps/mx
     def run(kw, m, settings=S):
         t=time.time(); ch = choose_lambdas(data.haadf, data.z, params={"n_iter": 30}, settings=settings, **kw)
