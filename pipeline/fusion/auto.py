@@ -638,7 +638,9 @@ def choose_lambdas(
     noise
         Maps that are not counts: the noise model of each map (see
         :mod:`.noise`), e.g. measured on more pixels than ``maps`` holds; by
-        default estimated on ``maps``.
+        default estimated on ``maps``. It is recorded and decides recorrupted
+        pairs or pixel hold-out; the recorrupted draw itself uses each pixel's
+        measured variance (:func:`.noise.local_variance`).
 
     Returns
     -------

@@ -8,8 +8,10 @@ counts: a pixel of mean ``m`` has variance
 
 (Poisson counts times an unknown scale, ``gain``; plus a floor, ``offset_var``, from the
 subtracted background and the detector). :func:`estimate_noise` measures both numbers on
-one map, and :func:`recorrupt` uses them to split the map into two nearly independent
-noisy copies for the held-out choice of the fusion weights (:mod:`.auto`).
+one map; :func:`local_variance` measures each pixel's variance with no model, and
+:func:`recorrupt` uses either to split the map into two nearly independent noisy copies for
+the held-out choice of the fusion weights (:mod:`.auto` draws from the local variance: on
+clipped maps the fitted model came out too flat, see ``docs/methods/fusion.md``).
 
 How the noise is measured
 -------------------------
