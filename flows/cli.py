@@ -46,7 +46,7 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, default=DEFAULTS.gamma, help="Z-contrast exponent (default %(default)s)")
     p.add_argument("--lambda-chem", type=lambda_value, default=AUTO, metavar="NUM|auto",
                    help="weight of the Poisson fidelity to the raw maps, or 'auto': chosen for the "
-                        "dataset on held-out data: split counts, or recorrupted maps with a noise model measured "
+                        "dataset on held-out data: split counts, or recorrupted maps with the noise measured "
                         "on them for maps that are not counts (default %(default)s; maps whose noise "
                         f"cannot be measured get the embedded {DEFAULTS.lambda_chem}, with a warning)")
     p.add_argument("--lambda-tv", type=lambda_value, default=AUTO, metavar="NUM|auto",
@@ -363,7 +363,7 @@ def _auto_note(result: dict[str, Any]) -> str:
     if "reason" in choice:  # "auto" fell back to the embedded defaults
         return f" (auto fell back to the defaults: {choice['reason']})"
     criterion = str(choice.get("criterion"))
-    held_out = ("recorrupted maps (measured noise model)" if "recorrupted" in criterion
+    held_out = ("recorrupted maps (measured noise)" if "recorrupted" in criterion
                 else "held-out pixels" if "pixels" in criterion else "held-out counts")
     return (f" (auto {'+'.join(n.removeprefix('lambda_') for n in result['lambda_auto'])}: "
             f"{choice.get('n_candidates', '?')} candidates scored on {held_out}, "

@@ -13,7 +13,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    valid pixels; and the NaN/Inf and negative-count checks) that every tile then shares;
 4. ``choose_lambdas``: when ``lambda_chem``/``lambda_tv`` are ``"auto"``, the
    weights are chosen once for the dataset on held-out data (count splitting for
-   counts, recorrupted pairs with a measured noise model for other maps;
+   counts, recorrupted pairs with the noise measured on the maps for other maps;
    :mod:`pipeline.fusion.auto`) on the dataset-wide normalisation, and stored
    (attributes ``params`` and ``lambda_choice``, variable ``lambda_score``)
    before any tile runs;
@@ -598,7 +598,7 @@ def _search_warnings(choice: auto.LambdaChoice) -> list[dict[str, Any]]:
 def _fall_back_to_defaults(job: FusionJob, reason: str) -> FusionJob:
     """Auto lambdas on maps whose noise cannot be measured: the embedded defaults, said and stored.
 
-    Maps that are not counts are recorrupted with a noise model measured on them
+    Maps that are not counts are recorrupted with the noise measured on them
     (:mod:`pipeline.fusion.noise`); when too few pixels lie away from exact zeros to
     measure it, the maps are fused with the defaults of :class:`FusionParams`
     instead of being refused, so that the CLI's default ("auto") works on every

@@ -15,6 +15,7 @@ from pipeline.fusion.auto import (
     _Axis,
     _search,
     _search_widening,
+    _splits,
     central_crop,
     choose_lambdas,
     heldout_score,
@@ -25,7 +26,7 @@ from pipeline.fusion.auto import (
     thin_counts,
 )
 from pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
-from pipeline.fusion.noise import estimate_noise, recorrupt
+from pipeline.fusion.noise import estimate_noise, local_variance, recorrupt
 from pipeline.metrics import nrmse
 from pipeline.spectra import elemental_maps
 from pipeline.synth import make_spectrum_image
@@ -312,6 +313,34 @@ def test_recorrupted_pairs_are_uncorrelated_and_keep_the_mean():
     assert train.var() == pytest.approx(10 / 0.75, rel=0.1) and test.var() == pytest.approx(10 / 0.25, rel=0.1)
 
 
+def test_recorrupted_pairs_follow_noise_that_does_not_follow_the_mean():
+    """Same mean everywhere, sd 1 on the left and 3 on the right: a variance that is a function of
+    the mean cannot describe it, and parts drawn from one would share noise on the right. The
+    search's parts are independent on both sides."""
+    rng = np.random.default_rng(8)
+    sd = np.repeat([1.0, 3.0], 64)[None, :] * np.ones((128, 1))
+    maps = np.stack([20 + sd * rng.standard_normal(sd.shape) for _ in range(2)])  # no zeros: dense
+    folds = _splits(maps, None, None, SearchSettings(folds=1, seed=3))
+    assert folds.criterion == "heldout-recorrupted:maps"
+    train, test = folds.folds[0]
+    for half in (slice(4, 60), slice(68, 124)):
+        a, b = (train[:, :, half] - 20).ravel(), (test[:, :, half] - 20).ravel()
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
+    # the fitted model's variance at the mean is the same on both sides, so its parts would not be
+    model = estimate_noise(maps[0])
+    train_m, test_m = recorrupt(maps[0], model, 0.75, rng)
+    right = (train_m[:, 68:124] - 20).ravel(), (test_m[:, 68:124] - 20).ravel()
+    assert np.corrcoef(*right)[0, 1] > 0.2
+
+
+def test_local_variance_measures_noise_where_it_is():
+    rng = np.random.default_rng(9)
+    sd = np.where(np.arange(128)[None, :] < 64, 0.5, 2.0) * np.ones((128, 1))
+    v = local_variance(7 + sd * rng.standard_normal(sd.shape))
+    assert v[:, 4:60].mean() == pytest.approx(0.25, rel=0.1)
+    assert v[:, 68:124].mean() == pytest.approx(4.0, rel=0.1)
+
+
 def test_pixel_hold_out_hides_the_held_out_pixels():
     rng = np.random.default_rng(8)
     maps = rng.random((2, 32, 32))
@@ -323,9 +352,12 @@ def test_pixel_hold_out_hides_the_held_out_pixels():
     np.testing.assert_allclose(hold_out_pixels(changed, mask), filled)
 
 
-# (specimen, dose, bound on scaled error / counts error). The goal is 1.10; layers at dose 20 on
-# this small image is a measured gap (1.30, docs/methods/fusion.md), held here so it cannot grow.
-SCALED_CASES = [("particles", 20, 1.10), ("columns", 80, 1.10), ("layers", 20, 1.35)]
+# (specimen, dose, bound on scaled error / counts error). The goal is 1.10 and these cases meet it
+# on all three benchmark seeds at 128 px (docs/methods/fusion.md); layers at dose 80 was 1.43 here
+# before the search drew each pixel's own noise (recorrupt with local_variance). Layers at dose 20 is
+# a measured gap (1.13 on this small image; 1.00, 1.00, 1.37 at 128 px), held here so it cannot grow.
+SCALED_CASES = [("particles", 20, 1.10), ("columns", 20, 1.10), ("columns", 80, 1.10), ("layers", 80, 1.10),
+                ("layers", 20, 1.20)]
 
 
 @pytest.mark.parametrize("specimen,dose,bound", SCALED_CASES)

@@ -52,7 +52,7 @@ def test_ingest_and_fuse_a_published_npz(prefect_harness, shared_data, tmp_path,
     assert is_complete(tmp_path / "PTO_Trilayer_dataset.input.zarr")
     fused = open_dataset(tmp_path / "pto_fused.zarr")
     assert fused.fused.shape == (3, 256, 256)
-    # the published maps are not counts: "auto" scores recorrupted pairs with a measured noise model
+    # the published maps are not counts: "auto" scores recorrupted pairs with their measured noise
     assert fused.attrs["lambda_choice"]["criterion"] == "heldout-recorrupted:maps"
     assert len(fused.attrs["lambda_choice"]["noise"]) == 3
     assert "candidates scored on recorrupted maps" in capsys.readouterr().out

@@ -23,9 +23,11 @@ What is split
   vendor software: what most users have) cannot be thinned. Their noise is
   measured on the maps themselves as ``var = gain * mean + offset_var``
   (:mod:`.noise`), and each map is split into recorrupted pairs (data fission):
-  ``train = max(y + a z, 0)``, ``test = y - z / a`` with ``z`` drawn from that
-  model and ``a = sqrt((1 - p) / p)``. For gaussian noise of the model's
-  variance the parts are independent, keep the mean of ``y`` (so the full
+  ``train = max(y + a z, 0)``, ``test = y - z / a`` with ``z`` drawn with
+  each pixel's locally measured variance (:func:`.noise.local_variance`; the
+  fitted model is recorded and decides dense or sparse, but on clipped maps its
+  fit is too flat to draw from) and ``a = sqrt((1 - p) / p)``. For gaussian
+  noise of that variance the parts are independent, keep the mean of ``y`` (so the full
   normalisation applies unchanged) and have the signal-to-noise ratios of a
   fraction ``p`` and ``1 - p`` of the counts: the same two parts as count
   splitting, so everything below holds unchanged
@@ -117,7 +119,7 @@ from scipy import ndimage
 
 from ..backend import to_numpy
 from .model import FusionInputError, Normalisation
-from .noise import DENSE, NoiseEstimateError, NoiseModel, estimate_noise, recorrupt
+from .noise import DENSE, NoiseEstimateError, NoiseModel, estimate_noise, local_variance, recorrupt
 from .solver import FusionParams, fuse
 
 __all__ = [
@@ -551,8 +553,13 @@ def _splits(
     models = tuple(noise) if noise is not None else estimate_map_noise(maps)
     if any(m.pixels_used != DENSE for m in models):
         return _pixel_folds(maps, settings, rng, models)
+    # the noise drawn is each pixel's own measured variance, not the fitted model's variance at the
+    # pixel's mean: on clipped, background-subtracted maps the fit came out flattened (gain 0-0.85 of
+    # the true one, offset several times too large), so it drew too little noise on the signal and
+    # too much on the clipped zeros; box5(r^2) follows the true variance (docs/methods/fusion.md)
+    variances = [local_variance(m) for m in maps]
     for _ in range(settings.folds):
-        parts = [recorrupt(m, model, settings.split, rng) for m, model in zip(maps, models)]
+        parts = [recorrupt(m, v, settings.split, rng) for m, v in zip(maps, variances)]
         folds.append((np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])))
     # a recorrupted part keeps the full data's mean: the full normalisation applies as it is
     return _Folds(CRITERION_RECORRUPTED, 1.0, folds, models)
@@ -631,7 +638,9 @@ def choose_lambdas(
     noise
         Maps that are not counts: the noise model of each map (see
         :mod:`.noise`), e.g. measured on more pixels than ``maps`` holds; by
-        default estimated on ``maps``.
+        default estimated on ``maps``. It is recorded and decides recorrupted
+        pairs or pixel hold-out; the recorrupted draw itself uses each pixel's
+        measured variance (:func:`.noise.local_variance`).
 
     Returns
     -------

@@ -8,8 +8,10 @@ counts: a pixel of mean ``m`` has variance
 
 (Poisson counts times an unknown scale, ``gain``; plus a floor, ``offset_var``, from the
 subtracted background and the detector). :func:`estimate_noise` measures both numbers on
-one map, and :func:`recorrupt` uses them to split the map into two nearly independent
-noisy copies for the held-out choice of the fusion weights (:mod:`.auto`).
+one map; :func:`local_variance` measures each pixel's variance with no model, and
+:func:`recorrupt` uses either to split the map into two nearly independent noisy copies for
+the held-out choice of the fusion weights (:mod:`.auto` draws from the local variance: on
+clipped maps the fitted model came out too flat, see ``docs/methods/fusion.md``).
 
 How the noise is measured
 -------------------------
@@ -69,7 +71,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import nnls
 
-__all__ = ["NoiseModel", "estimate_noise", "neighbour_correlation", "recorrupt"]
+__all__ = ["NoiseModel", "estimate_noise", "local_variance", "neighbour_correlation", "recorrupt"]
 
 #: For white noise, ``y - box3(y)`` has ``8/9`` of the variance of ``y``.
 _RESIDUAL_SCALE = math.sqrt(9.0 / 8.0)
@@ -204,13 +206,41 @@ def neighbour_correlation(image: Any) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def local_variance(image: Any, size: int = 5) -> np.ndarray:
+    """The noise variance of each pixel, measured where it is: ``box_size(r^2)``.
+
+    ``r`` is the 3 x 3 residual of :func:`estimate_noise` (variance ``v`` for white noise).
+    Unlike :meth:`NoiseModel.variance` it assumes no relation between the variance and the
+    mean, and needs no fit: on clipped, background-subtracted synthetic maps the fitted model
+    came out flattened (gain 0-0.85 of the true one, ``offset_var`` several times too large,
+    see ``docs/methods/fusion.md``), while ``box5(r^2)`` followed the true variance (Poisson:
+    about the local mean) within 10-20 % away from the zeros. Signal curvature over 3 x 3
+    pixels counts as noise here too; where the vendor clipped, it measures the clipped map's
+    own (smaller) noise, which is what a recorrupted copy of that map should carry.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> sd = np.repeat([1.0, 3.0], 100)[None, :] * np.ones((100, 1))  # left half sd 1, right half 3
+    >>> v = local_variance(10 + sd * rng.standard_normal(sd.shape))
+    >>> round(float(v[:, :40].mean())), round(float(v[:, 160:].mean()))
+    (1, 9)
+    """
+    y = np.asarray(image, np.float64)
+    r = (y - ndimage.uniform_filter(y, 3, mode="reflect")) * _RESIDUAL_SCALE
+    # rounding in the filter can give tiny negatives; a variance is >= 0
+    return np.maximum(ndimage.uniform_filter(r * r, size, mode="reflect"), 0.0)
+
+
 def recorrupt(
-    image: Any, model: NoiseModel, train_fraction: float, rng: np.random.Generator
+    image: Any, model: NoiseModel | np.ndarray, train_fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split one noisy map into a training and a held-out copy by adding and removing noise.
 
-    ``train = y + a z``, ``test = y - z / a`` with ``z ~ N(0, var(m))`` drawn from the
-    noise model at the local mean and ``a = sqrt((1 - p) / p)``. For gaussian noise of the
+    ``train = y + a z``, ``test = y - z / a`` with ``z ~ N(0, v)`` and
+    ``a = sqrt((1 - p) / p)``; ``v`` is the noise model's variance at the local mean, or,
+    when ``model`` is an array, that array (one variance per pixel, e.g.
+    :func:`local_variance`). For gaussian noise of the
     model's variance the two are independent (their covariance is ``var - var(z) = 0``);
     both have the mean of ``y``, and ``train`` has the signal-to-noise ratio of a part
     holding a fraction ``p`` of the counts (``test``: ``1 - p``), as in count splitting.
@@ -229,5 +259,6 @@ def recorrupt(
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
     y = np.asarray(image, np.float64)
     a = math.sqrt((1.0 - train_fraction) / train_fraction)
-    z = rng.standard_normal(y.shape) * np.sqrt(model.variance(local_mean(y)))
+    variance = model.variance(local_mean(y)) if isinstance(model, NoiseModel) else np.asarray(model, np.float64)
+    z = rng.standard_normal(y.shape) * np.sqrt(variance)
     return np.maximum(y + a * z, 0.0), y - z / a
