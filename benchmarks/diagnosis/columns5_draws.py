@@ -2,7 +2,7 @@
 """Exploratory diagnosis, a record of measurements in docs/methods/fusion.md (not part of the package).
 
 Columns at dose 5, seed 1000: the scaled choice under other search seeds and more folds, and the truth error surface.
-Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python docs/figures/scripts/columns5_draws.py ...
+Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/diagnosis/columns5_draws.py ...
 """
 import dataclasses
 

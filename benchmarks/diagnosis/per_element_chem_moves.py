@@ -2,7 +2,7 @@
 """Exploratory diagnosis, a record of measurements in docs/methods/fusion.md (not part of the package).
 
 Per-element lambda_chem of the weakest element, emulated in the plain engine by patching the chem gradient and objective. Usage: SEED CASES.
-Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python docs/figures/scripts/per_element_chem_moves.py ...
+Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/diagnosis/per_element_chem_moves.py ...
 """
 import dataclasses
 import sys

@@ -2,7 +2,7 @@
 """Exploratory diagnosis, a record of measurements in docs/methods/fusion.md (not part of the package).
 
 Per-element TV: one element's weight moved by 2^k at the joint choice; held-out and truth changes. Usage: SEED FOLDS CASES.
-Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python docs/figures/scripts/per_element_tv_moves.py ...
+Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/diagnosis/per_element_tv_moves.py ...
 """
 import dataclasses
 import sys

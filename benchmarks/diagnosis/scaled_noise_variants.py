@@ -2,7 +2,7 @@
 """Exploratory diagnosis, a record of measurements in docs/methods/fusion.md (not part of the package).
 
 Scaled maps: the automatic choice with the recorrupted draw's variance from the fitted model ('current'), the true variance ('oracle'), box-N of r^2 ('localN') or 4 folds. Usage: SEED CASES VARIANTS, e.g. 1000 layers:80,columns:5 current,oracle,local5,local9,folds4. Patches auto.recorrupt (variants were written before local_variance existed; with the committed code 'current' is local5).
-Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python docs/figures/scripts/scaled_noise_variants.py ...
+Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/diagnosis/scaled_noise_variants.py ...
 """
 import dataclasses
 import sys

@@ -2,7 +2,7 @@
 """Exploratory diagnosis, a record of measurements in docs/methods/fusion.md (not part of the package).
 
 True variance of the unclipped synthetic maps (count split in halves) against the fitted model and box5(r^2), binned by the local mean (seed 1000).
-Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python docs/figures/scripts/scaled_noise_truth.py ...
+Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/diagnosis/scaled_noise_truth.py ...
 """
 import numpy as np
 
