@@ -38,13 +38,19 @@ PUBLISHED = {
 }
 
 
-def synthetic_case(specimen: str, dose: float, seed: int, size: int, settings: SearchSettings,
-                   n_iter: int) -> dict[str, Any]:
+def _case(specimen: str, dose: float, seed: int, size: int) -> tuple[Any, Any]:
+    """A synthetic spectrum image and the function that integrates its maps (same windows)."""
     data = make_spectrum_image((size, size), SPECIMENS[specimen], specimen=specimen, dose=dose, seed=seed)
 
     def to_maps(spectrum: np.ndarray) -> np.ndarray:
         return np.asarray(elemental_maps(spectrum, data.energy_ev, data.elements)[0])
 
+    return data, to_maps
+
+
+def synthetic_case(specimen: str, dose: float, seed: int, size: int, settings: SearchSettings,
+                   n_iter: int) -> dict[str, Any]:
+    data, to_maps = _case(specimen, dose, seed, size)
     maps = to_maps(data.spectrum)
     scaled = maps / maps.max(axis=(1, 2), keepdims=True)
     row: dict[str, Any] = {"specimen": specimen, "dose": dose, "seed": seed, "size": size,
@@ -66,11 +72,7 @@ def synthetic_case(specimen: str, dose: float, seed: int, size: int, settings: S
 def per_element_case(specimen: str, dose: float, seed: int, size: int, settings: SearchSettings,
                      n_iter: int) -> dict[str, Any]:
     """Joint TV weight against one TV weight per element (both chosen on held-out counts)."""
-    data = make_spectrum_image((size, size), SPECIMENS[specimen], specimen=specimen, dose=dose, seed=seed)
-
-    def to_maps(spectrum: np.ndarray) -> np.ndarray:
-        return np.asarray(elemental_maps(spectrum, data.energy_ev, data.elements)[0])
-
+    data, to_maps = _case(specimen, dose, seed, size)
     maps = to_maps(data.spectrum)
     choice = choose_lambdas(data.haadf, data.z, spectrum=data.spectrum, to_maps=to_maps, params={"n_iter": n_iter},
                             settings=dataclasses.replace(settings, per_element_tv=True))
