@@ -338,13 +338,22 @@ def print_summary(result: dict[str, Any]) -> None:
             print(f"{el:>8} {result['nrmse_raw'][el]:>10.3f} {result['nrmse_fused'][el]:>12.3f}")
 
 
-def _skip_stored_warnings() -> None:
-    """The console handlers skip the log records of stored warnings: the commands print them
-    once, at the end, as ``check:`` lines (:func:`print_warnings`)."""
+def _console_logging(verbose: bool) -> None:
+    """Log to stderr, as :func:`logging.basicConfig` would (nothing when logging is set up
+    already, e.g. by a program that calls :func:`main`). Without ``--verbose`` the console skips
+    the records of stored warnings: the commands print them once, at the end, as ``check:``
+    lines (:func:`print_warnings`)."""
     from stores.warn import STORED_WARNING
 
-    for handler in logging.getLogger().handlers:
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
         handler.addFilter(lambda record: not getattr(record, STORED_WARNING, False))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def print_warnings(result: dict[str, Any]) -> None:
@@ -531,9 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # quiet Dask's per-worker INFO lines; inherited by worker processes
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        _skip_stored_warnings()
+    _console_logging(args.verbose)
     try:
         return args.func(args)
     except (ValueError, OSError, ClusterUnavailableError) as exc:
