@@ -19,9 +19,52 @@ from typing import Any
 
 from pipeline import elements as periodic
 from stores.errors import StoreError, other_parameters_error, params_differ
-from stores.layout import ATTR_COMPLETE, ATTR_PARAMS, HAADF, MAPS, MODES, MOVIE, SPECTRUM
+from stores.layout import (
+    ATTR_COMPLETE,
+    ATTR_ELEMENTS,
+    ATTR_METADATA,
+    ATTR_PARAMS,
+    HAADF,
+    MAPS,
+    MODES,
+    MOVIE,
+    SPECTRUM,
+)
 
-__all__ = ["check_fuse", "check_restore", "check_restore_tiling", "check_tem_fuse", "store_attrs", "store_variables"]
+__all__ = ["check_fuse", "check_restore", "check_restore_tiling", "check_tem_fuse", "listed_elements",
+           "no_elements_message", "no_haadf_message", "no_maps_message", "store_attrs", "store_variables"]
+
+
+# -- the messages, shared with the jobs (flows.fusion_job), which check everything again --
+
+
+def no_haadf_message(source: str | Path) -> str:
+    return (f"{source} has no HAADF image; fusion needs a HAADF (or other Z-contrast image) "
+            "of the same pixels as the maps.")
+
+
+def no_maps_message(wanted: Sequence[str] | None, have: Sequence[str]) -> str:
+    return (f"the dataset has no spectrum image and no maps for {list(wanted or [])} (maps present: "
+            f"{list(have)}); ingest a file with an EDX/EELS spectrum image or elemental maps, "
+            "or choose --elements among the maps present.")
+
+
+def no_elements_message(listed: Sequence[str]) -> str:
+    """A spectrum image and no elements: the message names those the file's metadata lists."""
+    return ("the dataset holds a spectrum image but no elements were named; "
+            "pass the elements to map, e.g. --elements Fe O."
+            + (f" The file's metadata lists {' '.join(listed)}." if listed else ""))
+
+
+def listed_elements(metadata: str | None) -> list[str]:
+    """The elements an instrument file's metadata lists (``Sample.elements`` of the store's
+    ``metadata`` JSON attribute), [] when none."""
+    try:
+        tree = json.loads(metadata or "{}")
+    except (TypeError, ValueError):
+        return []
+    sample = tree.get("Sample") if isinstance(tree, dict) else None
+    return [str(e) for e in (sample or {}).get("elements") or []]
 
 
 def store_attrs(path: str | Path) -> dict[str, Any] | None:
@@ -91,17 +134,13 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
     if attrs is not None:
         names = store_variables(source)
         if HAADF not in names:
-            raise ValueError(f"{source} has no HAADF image; fusion needs a HAADF (or other Z-contrast "
-                             "image) of the same pixels as the maps.")
+            raise ValueError(no_haadf_message(source))
         have = _stored_elements(Path(source)) if MAPS in names else []
         if SPECTRUM not in names and (not have or (wanted and not set(wanted) <= set(have))):
-            raise ValueError(
-                f"the dataset has no spectrum image and no maps for {wanted or []} (maps present: "
-                f"{sorted(have)}); ingest a file with an EDX/EELS spectrum image or elemental maps, "
-                "or choose --elements among the maps present.")
-        if SPECTRUM in names and MAPS not in names and not wanted:
-            raise ValueError("the dataset holds a spectrum image but no elements were named; "
-                             "pass the elements to map, e.g. --elements Fe O.")
+            raise ValueError(no_maps_message(wanted, sorted(have)))
+        # elements named at ingest (ingest --elements) are the job's default, as in fusion_job.default_elements
+        if SPECTRUM in names and MAPS not in names and not wanted and not attrs.get(ATTR_ELEMENTS):
+            raise ValueError(no_elements_message(listed_elements(attrs.get(ATTR_METADATA))))
     expected: dict[str, Any] = {"tile": tile, "halo": halo, "windows": dict(windows) if windows else None}
     if wanted:
         expected["elements"] = wanted

@@ -69,6 +69,7 @@ from stores.zarrio import (
     update_attrs,
 )
 
+from .checks import listed_elements, no_elements_message, no_haadf_message, no_maps_message
 from .gather import gather
 from .inputs import SATURATED, haadf_saturation
 
@@ -167,11 +168,6 @@ def maps_source(ds: xr.Dataset, maps_from: str | None = None) -> str:
     return choice
 
 
-def _uses_stored_maps(ds: xr.Dataset, wanted: Sequence[str] | None, maps_from: str | None = None) -> bool:
-    """True when the job fuses the stored ``maps`` rather than maps integrated from the spectrum."""
-    return maps_source(ds, maps_from) == "file"
-
-
 def default_elements(ds: xr.Dataset) -> list[str] | None:
     """The elements a dataset is mapped for when none are named: those asked for at ingest,
     else those of its stored maps."""
@@ -207,12 +203,7 @@ def input_maps(
             "with its EDX/EELS spectrum image."
         )
     if wanted is None:
-        listed = _listed_elements(ds)
-        raise FusionInputError(
-            "the dataset holds a spectrum image but no elements were named; "
-            "pass the elements to map, e.g. --elements Fe O."
-            + (f" The file's metadata lists {' '.join(listed)}." if listed else "")
-        )
+        raise FusionInputError(no_elements_message(listed_elements(ds.attrs.get(layout.ATTR_METADATA))))
     spectrum = ds[layout.SPECTRUM].transpose("y", "x", "energy")
     data = _spectrum_to_maps(ds, wanted, windows)(spectrum.data)
     return xr.DataArray(
@@ -235,19 +226,9 @@ def maps_record(ds: xr.Dataset, source: str, windows: dict[str, dict[str, Any]] 
     for maps integrated from the spectrum image, the windows actually used (:func:`windows_used`)."""
     if source == "file":
         return {"variable": layout.MAPS, "units": ds[layout.MAPS].attrs.get("units")}
-    signal = str(ds.attrs.get(layout.ATTR_SIGNAL, ds[layout.SPECTRUM].attrs.get(layout.ATTR_SIGNAL, "EDX")))
+    signal = _signal_type(ds)
     return {"variable": layout.SPECTRUM, "signal_type": signal,
             "units": _integrated_units(ds[layout.SPECTRUM]), "windows": windows}
-
-
-def _listed_elements(ds: xr.Dataset) -> list[str]:
-    """The elements the instrument file's metadata lists (Sample.elements), [] when none."""
-    try:
-        tree = json.loads(ds.attrs.get(layout.ATTR_METADATA) or "{}")
-    except (TypeError, ValueError):
-        return []
-    sample = tree.get("Sample") if isinstance(tree, dict) else None
-    return [str(e) for e in (sample or {}).get("elements") or []]
 
 
 def _stored_maps(
@@ -270,11 +251,7 @@ def _stored_maps(
         maps = ds[layout.MAPS]
         return maps.sel(element=list(wanted)) if wanted else maps
     if not asked:
-        raise FusionInputError(
-            f"the dataset has no spectrum image and no maps for {list(wanted or [])} "
-            f"(maps present: {have}); ingest a file with an EDX/EELS spectrum image or "
-            "elemental maps, or choose --elements among the maps present."
-        )
+        raise FusionInputError(no_maps_message(wanted, have))
     fix = "use --maps-from spectrum to integrate them from the spectrum image" if spectrum else (
         "ingest a file with elemental maps")
     raise FusionInputError(
@@ -288,19 +265,23 @@ def windows_used(
     ds: xr.Dataset, elements: Sequence[str], windows: dict[str, tuple[float, float]] | None
 ) -> dict[str, dict[str, Any]]:
     """The integration windows of each element as the spectrum is mapped (eV, background model)."""
-    signal = str(ds.attrs.get(layout.ATTR_SIGNAL, ds[layout.SPECTRUM].attrs.get(layout.ATTR_SIGNAL, "EDX")))
+    signal = _signal_type(ds)
     energy = np.asarray(ds["energy"].values, dtype=np.float64)
     found = spectra.map_windows(energy, list(elements), signal_type=signal, windows=windows)
     keep = ("signal_type", "line", "line_ev", "signal_ev", "background_ev", "background_model", "source")
     return {w.element: {k: v for k, v in w.to_dict().items() if k in keep} for w in found}
 
 
+def _signal_type(ds: xr.Dataset) -> str:
+    """The spectrum image's signal type ("EDX" or "EELS"): the dataset's, else the variable's, else EDX."""
+    return str(ds.attrs.get(layout.ATTR_SIGNAL, ds[layout.SPECTRUM].attrs.get(layout.ATTR_SIGNAL, "EDX")))
+
+
 def _spectrum_to_maps(
     ds: xr.Dataset, elements: Sequence[str], windows: dict[str, tuple[float, float]] | None
 ) -> Callable[[Any], Any]:
     """spectrum (y, x, energy) -> maps (element, y, x) with this dataset's windows (numpy or dask)."""
-    spectrum = ds[layout.SPECTRUM]
-    signal = str(ds.attrs.get(layout.ATTR_SIGNAL, spectrum.attrs.get(layout.ATTR_SIGNAL, "EDX")))
+    signal = _signal_type(ds)
     energy = np.asarray(ds["energy"].values, dtype=np.float64)
 
     def to_maps(data: Any) -> Any:
@@ -343,7 +324,7 @@ def _stored_choice(job: FusionJob, overwrite: bool) -> FusionJob:
 
 def _maps_are_counts(ds: xr.Dataset, job: FusionJob) -> bool:
     """True when "auto" can split the job's counts: a spectrum image, or integer-count stored maps."""
-    if not _uses_stored_maps(ds, job.elements, job.maps_from):
+    if job.maps_from != "file":
         return True
     maps = ds[layout.MAPS].sel(element=list(job.elements))
     ys, xs = auto.central_crop((ds.sizes["y"], ds.sizes["x"]), auto.SearchSettings().crop)
@@ -377,10 +358,7 @@ def plan(
     """
     ds = open_dataset(source)
     if layout.HAADF not in ds:
-        raise FusionInputError(
-            f"{source} has no HAADF image; fusion needs a HAADF (or other Z-contrast image) "
-            "of the same pixels as the maps."
-        )
+        raise FusionInputError(no_haadf_message(source))
     with naming(source):
         maps = input_maps(ds, elements, windows, maps_from)
         used_from = maps_source(ds, maps_from)
@@ -545,7 +523,7 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
     ys, xs = auto.central_crop((out.sizes["y"], out.sizes["x"]), settings.crop)
     fixed = {name: getattr(job.params, name) for name in LAMBDAS if name not in job.auto}
     data: dict[str, Any] = {}
-    if _uses_stored_maps(ds, job.elements, job.maps_from):
+    if job.maps_from == "file":
         data["maps"] = out[layout.MAPS].isel(y=ys, x=xs).values
         if not _maps_are_counts(ds, job):
             # the noise model is measured on more pixels than the search uses (sparse vendor

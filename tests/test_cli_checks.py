@@ -96,3 +96,17 @@ def test_ingest_overwrite_has_help():
     ingest = build_parser()._subparsers._group_actions[0].choices["ingest"]
     [overwrite] = [a for a in ingest._actions if "--overwrite" in a.option_strings]
     assert overwrite.help and "replace" in overwrite.help
+
+
+def test_early_checks_follow_the_elements_of_the_ingest(shared_data, tmp_path):
+    """A spectrum image with no --elements: refused naming the elements the file's metadata
+    lists, as the job itself says; accepted when the elements were named at ingest."""
+    from flows.checks import check_fuse
+    from flows.inputs import ingest_file
+
+    bcf = shared_data / "formats" / "test_TEM.bcf"
+    plain = ingest_file(bcf, tmp_path / "plain.zarr")
+    with pytest.raises(ValueError, match=r"no elements were named.*metadata lists Cu O Pd Ti"):
+        check_fuse(plain, tmp_path / "o1.zarr", elements=None, params={}, tile=64, halo=8, windows=None)
+    chosen = ingest_file(bcf, tmp_path / "chosen.zarr", elements=["Cu", "Ti"])
+    check_fuse(chosen, tmp_path / "o2.zarr", elements=None, params={}, tile=64, halo=8, windows=None)
