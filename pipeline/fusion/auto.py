@@ -580,11 +580,6 @@ def estimate_map_noise(maps: Any) -> tuple[NoiseModel, ...]:
     return tuple(models)
 
 
-def _example_fraction(maps: np.ndarray) -> float:
-    values = maps[np.isfinite(maps) & (maps != np.rint(maps))]
-    return float(values.flat[0]) if values.size else float("nan")
-
-
 def choose_lambdas(
     haadf: Any,
     z: Sequence[float],
