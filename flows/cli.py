@@ -171,7 +171,8 @@ def cmd_train_restore(args: argparse.Namespace) -> int:
         args.out, steps=args.steps, batch=args.batch, patch=args.patch, modality=args.modality,
         resolution=args.resolution, init=args.init, config=args.config, lr=args.lr,
         adversarial=args.adversarial, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        device=args.device, resume=args.resume, max_minutes=args.max_minutes,
+        device=args.device, resume=args.resume, max_minutes=args.max_minutes, data=args.data,
+        hold_out=args.hold_out,
     )
     print(f"model:        {summary['model']}")
     print(f"steps:        {summary['step']} of {summary['steps']} ({summary['seconds']:.0f} s this run)")
@@ -467,8 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps in all (default %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="pairs per step (default %(default)s)")
     p.add_argument("--patch", type=int, default=128, help="patch size in pixels, a multiple of 16 (default %(default)s)")
-    p.add_argument("--modality", default="stem", choices=["stem", "tem"], help="distortion models (default %(default)s)")
-    p.add_argument("--resolution", default="high", choices=["high", "low"], help="specimens' pixel size (default %(default)s)")
+    p.add_argument("--data", default="specimens", choices=["specimens", "scenes"],
+                   help="training pairs: specimens (HR-STEM-like columns, the first generator) or scenes (the "
+                        "broad distribution of docs/methods/restoration.md; default %(default)s)")
+    p.add_argument("--modality", default="stem", choices=["stem", "tem", "sem", "all"],
+                   help="distortion models and contrast; sem and all need --data scenes (default %(default)s)")
+    p.add_argument("--resolution", default="high", choices=["high", "low", "all"],
+                   help="specimens' pixel size; all needs --data scenes (default %(default)s)")
+    p.add_argument("--hold-out", action="store_true",
+                   help="with --data scenes: never draw the held-out families (pipeline.restore.scenes.HELD_OUT), "
+                        "so that they measure generalisation")
     p.add_argument("--init", default="scratch", metavar="scratch|NAME|PATH",
                    help="start from random weights (default), a published network (r_em:sfr_hrstem, ...) "
                         "or a .safetensors model, to fine-tune")
