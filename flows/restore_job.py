@@ -3,7 +3,8 @@
 Stages (each skipped on a rerun once recorded as done in the output store):
 
 1. ``plan``: open the input (``movie`` (frame, y, x), or ``haadf`` (y, x) as a one-frame
-   movie), check the model and the device, create the output store from a template:
+   movie), resolve ``model="auto"`` from its metadata (:func:`choose_model`), check the model
+   and the device, create the output store from a template:
    ``restored`` (frame, y, x) float32 in chunks of one block of frames, and with
    ``register`` also ``drift`` (frame, axis) and ``average`` (y, x);
 2. ``restore_blocks``: one Dask task per unfinished block of frames reads its frames
