@@ -156,6 +156,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"report:       {Path(result['figures'][0]).parent}")
     print(f"restored:     {result['frames']} frame(s) of {result['shape'][1]} x {result['shape'][2]} "
           f"with {result['model']} on {result['device']} ({result['precision']})")
+    print_model_choice(result)
     if "drift_max_px" in result:
         print(f"drift:        up to {result['drift_max_px']:.2f} px (variables drift, average)")
     if "psnr_raw_db" in result:
@@ -365,6 +366,13 @@ def print_warnings(result: dict[str, Any]) -> None:
         print(format_warning(record))
 
 
+def print_model_choice(result: dict[str, Any]) -> None:
+    """One line saying which model ``--model auto`` chose for the data, and why."""
+    choice = result.get("model_choice") or {}
+    if choice.get("asked") == AUTO:
+        print(f"model (auto): {choice['model']}: {choice['reason']}")
+
+
 def _auto_note(result: dict[str, Any]) -> str:
     """' (auto: ...)' when the summary's lambdas were chosen automatically."""
     if not result.get("lambda_auto"):
@@ -446,8 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore a movie or image with a network (r_em), optionally register it")
     p.add_argument("source", type=Path, help="canonical store or raw file (ingested first) with a movie or image")
     p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
-    p.add_argument("--model", default="default", metavar="NAME|PATH",
-                   help="'default' (emfuse's own small HR-STEM model, the default), a published network "
+    p.add_argument("--model", default="auto", metavar="NAME|PATH",
+                   help="'auto' (the default: emfuse's own model for the modality and resolution the file's "
+                        "metadata and pixel size say, else 'default'), an own model (default: HR-STEM; "
+                        "stem-high, stem-low, tem-high, tem-low, sem), a published network "
                         "(r_em:sfr_hrstem, r_em:sfr_lrstem, r_em:sfr_hrtem, r_em:sfr_lrtem, r_em:sfr_hrsem, "
                         "r_em:sfr_lrsem; needs tk-r-em) or a .safetensors model")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")

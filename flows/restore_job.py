@@ -3,7 +3,8 @@
 Stages (each skipped on a rerun once recorded as done in the output store):
 
 1. ``plan``: open the input (``movie`` (frame, y, x), or ``haadf`` (y, x) as a one-frame
-   movie), check the model and the device, create the output store from a template:
+   movie), resolve ``model="auto"`` from its metadata (:func:`choose_model`), check the model
+   and the device, create the output store from a template:
    ``restored`` (frame, y, x) float32 in chunks of one block of frames, and with
    ``register`` also ``drift`` (frame, axis) and ``average`` (y, x);
 2. ``restore_blocks``: one Dask task per unfinished block of frames reads its frames
@@ -55,6 +56,8 @@ from .gather import gather
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
 
+    from pipeline.restore.select import ModelChoice
+
 log = logging.getLogger(__name__)
 JOB = "restore"
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -69,6 +72,7 @@ NORMALISATION = {"method": "per-frame standardisation",
                  "description": "each frame minus its mean, divided by its standard deviation (floored), "
                                 "before the network; the result is returned in the input's units"}
 ATTR_VALUE_RANGE = "value_range"  # [low, high] (None: unbounded) the restored values are clipped to
+ATTR_MODEL_CHOICE = "model_choice"  # how --model was resolved: {"asked", "model", "modality", "resolution", "reason", ...}
 
 # the networks loaded by this worker process, by (model, sha256, device, channels_last)
 _MODELS: dict[tuple[Any, ...], Any] = {}
@@ -85,7 +89,7 @@ class RestoreJob:
 
     source: str
     out: str
-    model: str  # a published name ("r_em:sfr_hrstem"), an absolute .safetensors path, or "default"
+    model: str  # a published name ("r_em:sfr_hrstem"), an absolute .safetensors path, or an own name ("default", "stem-high", ...)
     variable: str  # the input variable: "movie" or "haadf"
     n_frames: int
     device: str = "cpu"
@@ -168,7 +172,7 @@ def value_range(dtype: np.dtype, count_like: bool) -> tuple[float | None, float 
 def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None, int]:
     """(model as recorded, sha256 of its file, smallest image side it restores); loads it once
     to fail here rather than on the workers."""
-    from pipeline.restore import MODEL_NAMES, load_model
+    from pipeline.restore import MODEL_FILES, MODEL_NAMES, load_model
     from pipeline.restore.inference import min_image_size
 
     name = "default" if model is None else str(model)
@@ -177,7 +181,7 @@ def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None, int]
         if name not in MODEL_NAMES:
             raise RestoreInputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} "
                                     "or give the path of a .safetensors model")
-    elif name != "default":
+    elif name not in MODEL_FILES:  # not an own model ("default", "stem-high", ...): a file
         path = Path(name).expanduser()
         if not path.is_file():
             raise RestoreInputError(f"model {name!r} is neither a published name ({', '.join(MODEL_NAMES)}) "
@@ -243,7 +247,8 @@ def plan(
         raise RestoreInputError(f"unknown device {device!r} ({exc}); use cpu or cuda") from exc
     if check_device:
         _check_device(device)
-    name, sha, smallest = _check_model(model)
+    choice = choose_model(model, ds, variable, out, overwrite=overwrite)
+    name, sha, smallest = _check_model(choice.model)
     kind = image_kind(ds, variable)
     if min(ny, nx) < smallest:
         raise RestoreInputError(
@@ -259,7 +264,10 @@ def plan(
     with on_disk_full(out):
         state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite,
                                attrs={layout.ATTR_IMAGE_KIND: kind, ATTR_VALUE_RANGE: list(limits),
-                                      layout.ATTR_NORMALISATION: NORMALISATION})
+                                      layout.ATTR_NORMALISATION: NORMALISATION,
+                                      ATTR_MODEL_CHOICE: {**choice.record(), "model": name}})
+        if state == "new":
+            _note_model_choice(out, choice, name)
         if state != "complete":
             TileRecord.create(out, JOB, (len(job.blocks), 1), payload_shape=(2,))
         if state == "new" and negative > NEGATIVE_TOLERANCE:
@@ -270,6 +278,44 @@ def plan(
                 "Check the restored image against the raw one, or restore the raw detector counts.",
                 stage="plan", negative_fraction=round(float(negative), 6)))
     return job, state
+
+
+def choose_model(model: str | os.PathLike | None, ds: xr.Dataset, variable: str, out: str | Path, *,
+                 overwrite: bool = False) -> ModelChoice:
+    """The model ``model`` stands for (:func:`pipeline.restore.select.resolve_model`).
+
+    ``"auto"`` is decided from the input's metadata (the dataset's and the image's attributes,
+    the pixel size of its y/x coordinates) once: a rerun on an output store begun with ``auto``
+    takes the stored decision (``model_choice``), so that it resumes with the same model even
+    if this version has other models.
+    """
+    from pipeline.restore import select
+
+    if str(model).strip().lower() != select.AUTO:
+        return select.resolve_model(model)
+    if not overwrite and Path(out).exists():
+        try:
+            stored = read_attrs(out).get(ATTR_MODEL_CHOICE)
+        except Exception:  # not a store: prepare_output names the problem
+            stored = None
+        if isinstance(stored, dict) and stored.get("asked") == select.AUTO:
+            return select.ModelChoice.from_record(stored)
+    guess = select.infer_modality(ds.attrs, ds[variable].attrs, select.pixel_size_nm(ds.coords))
+    return select.resolve_model(select.AUTO, guess)
+
+
+def _note_model_choice(out: str | Path, choice: ModelChoice, name: str) -> None:
+    """Log what ``auto`` chose; store a warning when the guess was not sure."""
+    if choice.asked != "auto":
+        return
+    log.info("model %s (auto): %s", name, choice.reason)
+    if not choice.confident:
+        add_warnings(out, make_warning(
+            "model-auto-unsure",
+            f"--model auto could not tell the modality and resolution for sure and used {name} "
+            f"({choice.reason}). Check the restored image; if the model does not fit the data, pass "
+            "--model stem-high|stem-low|tem-high|tem-low|sem or a published network (r_em:sfr_hrtem, ...).",
+            stage="plan", model=name, modality=choice.modality, resolution=choice.resolution))
 
 
 def _stored_range(out: str | Path) -> tuple[float | None, float | None]:
@@ -558,6 +604,8 @@ def summary(job: RestoreJob) -> dict[str, Any]:
         info["psnr_restored_db"] = float(np.mean([psnr(r, t) for r, t in zip(restored, truth)]))
         if layout.DRIFT in out and layout.TRUE_DRIFT in source:
             info["drift_error_px"] = float(np.abs(out[layout.DRIFT].values - source[layout.TRUE_DRIFT].values).max())
+    if ATTR_MODEL_CHOICE in out.attrs:
+        info[ATTR_MODEL_CHOICE] = out.attrs[ATTR_MODEL_CHOICE]
     info["warnings"] = read_warnings(job.out)
     return info
 
@@ -576,7 +624,7 @@ def compute(job: RestoreJob, client: Client, *, progress: bool = True) -> tuple[
 
 
 __all__ = [
-    "JOB", "RestoreInputError", "RestoreJob", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "finalise", "plan",
+    "JOB", "RestoreInputError", "RestoreJob", "choose_model", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "finalise", "plan",
     "read_frames", "register", "restore_blocks", "restore_block_in_store", "compute", "summary",
     "worker_model",
 ]
