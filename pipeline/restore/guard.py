@@ -86,8 +86,8 @@ REINJECT_OVER_FLOOR = 4.0  # reinjection gain 1 - 4 floor / power: 0 at the resi
 HIGH_FREQUENCY = 0.375  # cycles/px beyond which the input's spectrum measures its noise
 LOCAL_MEAN_PX = 9  # box removed before correlating the residual with the output
 
-#: decision names and the codes the restore job stores (``guard_decision``)
-DECISIONS = {"kept": 0, "reinjected": 1, "input": 2, "flat": 3, "off": -1}
+#: decision names and the codes the restore job stores (``guard_decision``; 0: not checked)
+DECISIONS = {"off": 0, "kept": 1, "reinjected": 2, "input": 3, "flat": 4}
 
 
 @dataclass(frozen=True)
