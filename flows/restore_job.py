@@ -457,7 +457,7 @@ def clip_to_range(restored: np.ndarray, limits: tuple[float | None, float | None
 
 # -- the residual guard (pipeline.restore.guard) ------------------------------------------------
 
-GUARD_DECISION = "guard_decision"  # (frame,) int8: the codes of pipeline.restore.guard.DECISIONS
+GUARD_DECISION = layout.GUARD_DECISION  # (frame,) int8: the codes of pipeline.restore.guard.DECISIONS
 #: the guard's figures stored per frame: variable -> GuardResult field
 GUARD_FIGURES = {"guard_lattice_excess": "lattice_excess", "guard_lattice_kept": "lattice_kept",
                  "guard_residual_corr": "residual_corr"}

@@ -83,6 +83,7 @@ MAX_LATTICE_LOST = 0.3  # harmful: the output keeps less than 30 % of the input'
 NOISE_FREE = 1e-7  # noise power below this fraction of the variance: a noise-free input
 NOISE_FREE_CHANGE = 1e-4  # a noise-free input changed by more (residual variance): harmful
 REINJECT_OVER_FLOOR = 4.0  # reinjection gain 1 - 4 floor / power: 0 at the residual's noise level
+REINJECT_SPREAD = 3  # bins a side over which a peak's gain is spread (leakage; see reinject)
 HIGH_FREQUENCY = 0.375  # cycles/px beyond which the input's spectrum measures its noise
 LOCAL_MEAN_PX = 9  # box removed before correlating the residual with the output
 
@@ -247,6 +248,9 @@ def reinject(raw: np.ndarray, restored: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         gain = np.clip(1.0 - REINJECT_OVER_FLOOR * floor / power, 0.0, 1.0)
     gain[~np.isfinite(gain)] = 0.0
+    # a lattice whose period is not a whole fraction of the frame leaks, in the unwindowed
+    # transform, into the bins beside its peak: the gain of a peak covers its neighbours
+    gain = ndimage.maximum_filter(gain, size=REINJECT_SPREAD, mode="wrap")
     gain[0, 0] = 0.0  # the mean: the network's level is kept (the residual's mean is no lattice)
     return restored + np.real(np.fft.ifft2(gain * np.fft.fft2(residual)))
 
