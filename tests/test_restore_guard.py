@@ -196,3 +196,13 @@ def test_without_the_guard_the_network_output_is_kept(tmp_path, client, hrstem_s
     assert not [w for w in read_warnings(job.out) if w["code"] == "restore-guard"]
     assert restore_job.summary(job)["guard"] == "off"
     assert restore_summary(xr.open_zarr(job.out, zarr_format=3, consolidated=False))["guard"] == "off"
+
+
+def test_the_guard_is_an_option_of_the_command_line_and_the_catalog():
+    from flows.cli import build_parser
+    from flows.jobs import JOBS
+
+    parse = build_parser().parse_args
+    assert parse(["restore", "m.zarr", "--out", "o.zarr", "--no-guard"]).no_guard is True
+    assert parse(["restore", "m.zarr", "--out", "o.zarr"]).no_guard is False
+    assert "guard" in JOBS["restore"].options  # catalog params: {restore: {guard: false}}
