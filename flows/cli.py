@@ -140,7 +140,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     check_restore(args.source, args.out, model=args.model, overwrite=args.overwrite, options=dict(
         device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
-        channels_last=args.channels_last, register=args.register, block=args.block))
+        channels_last=args.channels_last, register=args.register, block=args.block, guard=not args.no_guard))
     from .restore_flow import restore_flow
 
     _quiet_prefect(args.verbose)
@@ -149,7 +149,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         str(args.source), str(args.out), model=args.model, device=args.device, cluster=args.cluster,
         tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
         channels_last=args.channels_last, register_drift=args.register, block=args.block,
-        overwrite=args.overwrite, report=not args.no_report,
+        overwrite=args.overwrite, report=not args.no_report, guard=not args.no_guard,
     )
     print(f"output store: {result['store']}")
     if result.get("figures"):
@@ -470,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action="store_true",
                    help="also measure the drift of every frame and write the drift-corrected average")
     p.add_argument("--block", type=int, default=None, help="frames per task (default: about 32 MiB of frames, at most 1/8 of the movie)")
+    p.add_argument("--no-guard", action="store_true",
+                   help="keep every network output as it is (default: check each frame's residual and put back, "
+                        "or keep raw, what the network removed of a lattice the input shows)")
     _job_run_arguments(p)
     p.set_defaults(func=cmd_restore)
 
