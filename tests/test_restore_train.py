@@ -273,3 +273,27 @@ def test_shipped_default_model_loads_and_restores():
             out = net(torch.from_numpy(degraded)[None, None])[0, 0].numpy()
         gains.append(psnr(out, clean) - psnr(degraded, clean))
     assert min(gains) > 5, gains
+
+
+def test_packaged_model_works_in_any_units(tmp_path):
+    """A packaged own model has a tiny std floor: restoring ``a x + b`` gives ``a restore(x) + b``
+    even for an image scaled to [0, 1] (std far below the published floor of 0.1), and its
+    header keeps the training config and the last validation."""
+    from flows.train_restore import PACKAGED_STD_FLOOR, package_model
+    from pipeline.restore.inference import restore
+    from pipeline.restore.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=2, batch=2, patch=32, model="tiny", val_size=2, checkpoint_every=2)
+    train(tmp_path / "run", cfg, progress=False)
+    path = package_model(tmp_path / "run", tmp_path / "own.safetensors", description="test model")
+    net = load_model(path)
+    assert net.cfg.std_floor == PACKAGED_STD_FLOOR
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["train_config"])["steps"] == 2 and "psnr" in json.loads(meta["validation"])
+    image = np.random.default_rng(0).poisson(20.0, (48, 48)).astype(np.float32)
+    scaled = image / image.max() * 0.05 + 0.3  # [0, 1]-like units: std ~0.01
+    expected = restore(image, net) / image.max() * 0.05 + 0.3
+    np.testing.assert_allclose(restore(scaled, net), expected, atol=1e-4 * 0.05)
+    published_floor = load_model(tmp_path / "run" / "model.safetensors")  # floor 0.1: not equivariant
+    assert np.abs(restore(scaled, published_floor) - expected).max() > 1e-3 * 0.05
