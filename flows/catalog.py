@@ -272,8 +272,11 @@ def _within(path: Path, root: Path) -> bool:
 
 
 def _is_path(value: Any) -> bool:
-    """True for a model given as a file path (not ``default`` nor a published ``r_em:`` name)."""
-    return isinstance(value, str) and ":" not in value and value != "default"
+    """True for a model given as a file path (not ``auto``, an own name such as ``default``, nor a
+    published ``r_em:`` name)."""
+    from pipeline.restore import MODEL_FILES
+
+    return isinstance(value, str) and ":" not in value and value not in {"auto", *MODEL_FILES}
 
 
 def _outside_root(value: Any, base: Path, data_root: Path | None, what: str) -> str | None:

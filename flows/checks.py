@@ -168,15 +168,19 @@ def check_restore(source: str | Path, out: str | Path, *, model: str | None, opt
     if attrs is not None and not {MOVIE, HAADF} & store_variables(source):
         raise ValueError(f"{source} has no movie (frame, y, x) and no image (haadf) to restore; "
                          "ingest a file with a movie or an image.")
+    from pipeline.restore import MODEL_FILES
+
     expected = {k: v for k, v in options.items() if v is not None}
     name = "default" if model is None else str(model)
-    if name != "default" and not name.startswith("r_em:"):
+    if name not in MODEL_FILES and name != "auto" and not name.startswith("r_em:"):
         path = Path(name).expanduser()
         if not path.is_file():
-            raise ValueError(f"model {name!r} is neither a published name (r_em:...) nor an existing "
-                             ".safetensors file; check --model")
+            raise ValueError(f"model {name!r} is neither a published name (r_em:...), an own model "
+                             f"({', '.join(['auto', *MODEL_FILES])}) nor an existing .safetensors file; "
+                             "check --model")
         name = str(path.resolve())
-    expected["model"] = name
+    if name != "auto":  # auto is decided from the input's metadata: the job compares what it decides
+        expected["model"] = name
     _check_output(out, expected, overwrite)
 
 

@@ -140,7 +140,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     check_restore(args.source, args.out, model=args.model, overwrite=args.overwrite, options=dict(
         device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
-        channels_last=args.channels_last, register=args.register, block=args.block))
+        channels_last=args.channels_last, register=args.register, block=args.block, guard=not args.no_guard))
     from .restore_flow import restore_flow
 
     _quiet_prefect(args.verbose)
@@ -149,13 +149,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
         str(args.source), str(args.out), model=args.model, device=args.device, cluster=args.cluster,
         tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
         channels_last=args.channels_last, register_drift=args.register, block=args.block,
-        overwrite=args.overwrite, report=not args.no_report,
+        overwrite=args.overwrite, report=not args.no_report, guard=not args.no_guard,
     )
     print(f"output store: {result['store']}")
     if result.get("figures"):
         print(f"report:       {Path(result['figures'][0]).parent}")
     print(f"restored:     {result['frames']} frame(s) of {result['shape'][1]} x {result['shape'][2]} "
           f"with {result['model']} on {result['device']} ({result['precision']})")
+    print_model_choice(result)
     if "drift_max_px" in result:
         print(f"drift:        up to {result['drift_max_px']:.2f} px (variables drift, average)")
     if "psnr_raw_db" in result:
@@ -171,7 +172,8 @@ def cmd_train_restore(args: argparse.Namespace) -> int:
         args.out, steps=args.steps, batch=args.batch, patch=args.patch, modality=args.modality,
         resolution=args.resolution, init=args.init, config=args.config, lr=args.lr,
         adversarial=args.adversarial, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        device=args.device, resume=args.resume, max_minutes=args.max_minutes,
+        device=args.device, resume=args.resume, max_minutes=args.max_minutes, data=args.data,
+        hold_out=args.hold_out,
     )
     print(f"model:        {summary['model']}")
     print(f"steps:        {summary['step']} of {summary['steps']} ({summary['seconds']:.0f} s this run)")
@@ -364,6 +366,13 @@ def print_warnings(result: dict[str, Any]) -> None:
         print(format_warning(record))
 
 
+def print_model_choice(result: dict[str, Any]) -> None:
+    """One line saying which model ``--model auto`` chose for the data, and why."""
+    choice = result.get("model_choice") or {}
+    if choice.get("asked") == AUTO:
+        print(f"model (auto): {choice['model']}: {choice['reason']}")
+
+
 def _auto_note(result: dict[str, Any]) -> str:
     """' (auto: ...)' when the summary's lambdas were chosen automatically."""
     if not result.get("lambda_auto"):
@@ -445,8 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore a movie or image with a network (r_em), optionally register it")
     p.add_argument("source", type=Path, help="canonical store or raw file (ingested first) with a movie or image")
     p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
-    p.add_argument("--model", default="default", metavar="NAME|PATH",
-                   help="'default' (emfuse's own small HR-STEM model, the default), a published network "
+    p.add_argument("--model", default="auto", metavar="NAME|PATH",
+                   help="'auto' (the default: emfuse's own model for the modality and resolution the file's "
+                        "metadata and pixel size say, else 'default'), an own model (default: HR-STEM; "
+                        "stem-high, stem-low, tem-high, tem-low, sem), a published network "
                         "(r_em:sfr_hrstem, r_em:sfr_lrstem, r_em:sfr_hrtem, r_em:sfr_lrtem, r_em:sfr_hrsem, "
                         "r_em:sfr_lrsem; needs tk-r-em) or a .safetensors model")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
@@ -459,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action="store_true",
                    help="also measure the drift of every frame and write the drift-corrected average")
     p.add_argument("--block", type=int, default=None, help="frames per task (default: about 32 MiB of frames, at most 1/8 of the movie)")
+    p.add_argument("--no-guard", action="store_true",
+                   help="keep every network output as it is (default: check each frame's residual and put back, "
+                        "or keep raw, what the network removed of a lattice the input shows)")
     _job_run_arguments(p)
     p.set_defaults(func=cmd_restore)
 
@@ -467,8 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps in all (default %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="pairs per step (default %(default)s)")
     p.add_argument("--patch", type=int, default=128, help="patch size in pixels, a multiple of 16 (default %(default)s)")
-    p.add_argument("--modality", default="stem", choices=["stem", "tem"], help="distortion models (default %(default)s)")
-    p.add_argument("--resolution", default="high", choices=["high", "low"], help="specimens' pixel size (default %(default)s)")
+    p.add_argument("--data", default="specimens", choices=["specimens", "scenes"],
+                   help="training pairs: specimens (HR-STEM-like columns, the first generator) or scenes (the "
+                        "broad distribution of docs/methods/restoration.md; default %(default)s)")
+    p.add_argument("--modality", default="stem", choices=["stem", "tem", "sem", "all"],
+                   help="distortion models and contrast; sem and all need --data scenes (default %(default)s)")
+    p.add_argument("--resolution", default="high", choices=["high", "low", "all"],
+                   help="specimens' pixel size; all needs --data scenes (default %(default)s)")
+    p.add_argument("--hold-out", action="store_true",
+                   help="with --data scenes: never draw the held-out families (pipeline.restore.scenes.HELD_OUT), "
+                        "so that they measure generalisation")
     p.add_argument("--init", default="scratch", metavar="scratch|NAME|PATH",
                    help="start from random weights (default), a published network (r_em:sfr_hrstem, ...) "
                         "or a .safetensors model, to fine-tune")

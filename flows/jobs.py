@@ -91,7 +91,8 @@ JOBS: dict[str, JobKind] = {
     # the weights are chosen for each dataset unless given (pipeline.fusion.auto)
     "fuse": JobKind("fuse", "fusion_job", nested_params=_FUSION_PARAMS,
                     defaults={"lambda_chem": "auto", "lambda_tv": "auto"}),
-    "restore": JobKind("restore", "restore_job", defaults={"model": "default"}),
+    # the model is chosen for each dataset's modality and resolution unless given (pipeline.restore.select)
+    "restore": JobKind("restore", "restore_job", defaults={"model": "auto"}),
     "tem-fuse": JobKind("tem-fuse", "tem_fuse_job"),
 }
 

@@ -21,7 +21,9 @@ input store named by the output's ``source_path`` attribute, lazily, frames binn
 chunk (:func:`flows.report._shrink`). Panels that need the input are left out when it is gone.
 :func:`restore_summary` adds the section ``restore`` of ``summary.json``: frames, model,
 precision, largest drift and, against the truth, the PSNR of raw and restored frames (mean over
-the first :data:`flows.restore_job.SUMMARY_FRAMES`, as ``emfuse restore`` prints it).
+the first :data:`flows.restore_job.SUMMARY_FRAMES`, as ``emfuse restore`` prints it), and the
+residual guard's frames per decision (``guard``; the title of a shown frame whose network output
+was not kept says what was: "guard: lattice put back" or "guard: raw kept").
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from stores.layout import (
     ATTR_SOURCE,
     AVERAGE,
     DRIFT,
+    GUARD_DECISION,
     HAADF,
     MOVIE,
     RESTORED,
@@ -157,16 +160,40 @@ def restore_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     _zoom_note(fig, side)
     units = ds[RESTORED].attrs.get("units", "input units")
     names = [name for name, _ in columns]
+    decisions = guard_decisions(ds)
     for i, f in enumerate(frames):
         full = [next(shown) for _ in columns]
         zoom = [next(shown) for _ in columns]
         label = f"frame {ds['frame'].values[f]}"
-        _image_row(fig, axes[2 * i], full, [f"{label}: {n}" for n in names], units, bottom=False)
+        guarded = GUARD_NOTES.get(decisions[f], "") if decisions else ""
+        _image_row(fig, axes[2 * i], full, [f"{label}: {n}" + (guarded if n == "restored" else "") for n in names],
+                   units, bottom=False)
         _image_row(fig, axes[2 * i + 1], zoom, [f"{label} zoom: {n}" for n in names], units,
                    bottom=i == len(frames) - 1)
         for ax in axes[2 * i]:
             _mark(ax, zoom[0])
     return fig
+
+
+#: the restored panel's title note where the guard did not keep the network's output
+GUARD_NOTES = {"reinjected": " (guard: lattice put back)", "input": " (guard: raw kept)"}
+
+
+def guard_decisions(ds: xr.Dataset) -> list[str]:
+    """The guard's decision for each frame (``[]`` for a store without ``guard_decision``).
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"guard_decision": ("frame", np.array([1, 2, 0], np.int8))})
+    >>> guard_decisions(ds)
+    ['kept', 'reinjected', 'off']
+    """
+    from pipeline.restore.guard import DECISIONS
+
+    if GUARD_DECISION not in ds:
+        return []
+    names = {code: name for name, code in DECISIONS.items()}
+    return [names.get(int(code), "?") for code in np.asarray(ds[GUARD_DECISION].values)]
 
 
 def _image_row(fig: Figure, axes, images: list[xr.DataArray], titles: list[str], units: str,
@@ -330,7 +357,21 @@ def restore_summary(ds: xr.Dataset) -> dict[str, Any]:
         info["psnr_restored_db"] = float(np.mean(_psnr(peak, mse_restored)))
         if mse_average:
             info["psnr_average_db"] = float(_psnr(peak[0], mse_average[0]))
+    info.update(_guard_summary(ds, params))
     return info
+
+
+def _guard_summary(ds: xr.Dataset, params: dict[str, Any]) -> dict[str, Any]:
+    """``guard``: frames per decision ("off" when the job ran without it); ``guard_frames``: the
+    frames whose network output was not kept (the first 10)."""
+    decisions = guard_decisions(ds)
+    if params.get("guard") is False:
+        return {"guard": "off"}
+    if not decisions:
+        return {}
+    counts = {name: decisions.count(name) for name in dict.fromkeys(decisions)}
+    changed = [k for k, name in enumerate(decisions) if name in GUARD_NOTES]
+    return {"guard": counts, "guard_frames": changed[:10]}
 
 
 def _psnr(peak, mse):

@@ -45,6 +45,7 @@ def restore_flow(
     overwrite: bool = False,
     report: bool = True,
     progress: bool = True,
+    guard: bool = True,
 ) -> dict[str, Any]:
     """Restore every frame of a movie (or an image) with a network; optionally measure the drift.
 
@@ -59,5 +60,5 @@ def restore_flow(
     """
     options = dict(model=model, device=device, tile=tile, overlap=overlap, batch=batch,
                    precision=precision, channels_last=channels_last, register=register_drift, block=block,
-                   overwrite=overwrite, check_device=not is_remote(cluster))
+                   overwrite=overwrite, check_device=not is_remote(cluster), guard=guard)
     return run_job_stages("restore", source, out, options, cluster=cluster, report=report, progress=progress)

@@ -3,18 +3,21 @@
 Stages (each skipped on a rerun once recorded as done in the output store):
 
 1. ``plan``: open the input (``movie`` (frame, y, x), or ``haadf`` (y, x) as a one-frame
-   movie), check the model and the device, create the output store from a template:
+   movie), resolve ``model="auto"`` from its metadata (:func:`choose_model`), check the model
+   and the device, create the output store from a template:
    ``restored`` (frame, y, x) float32 in chunks of one block of frames, and with
    ``register`` also ``drift`` (frame, axis) and ``average`` (y, x);
 2. ``restore_blocks``: one Dask task per unfinished block of frames reads its frames
    from the input store, restores them (:func:`pipeline.restore.inference.restore`, tiles of
-   all its frames batched together) and writes its chunk-aligned region, then records the
-   block as done. Each worker process loads the network once and keeps it
+   all its frames batched together), checks each frame's residual (``guard``, on by default:
+   :mod:`pipeline.restore.guard` puts back what the network removed of a lattice the input
+   shows, or keeps the raw frame; per frame ``guard_decision`` and its figures) and writes its
+   chunk-aligned region, then records the block as done. Each worker process loads the network once and keeps it
    (:func:`worker_model`);
 3. ``register``: with ``register``, the drift of every restored frame against the first is
    measured (:mod:`pipeline.register`, one task per block) and the drift-corrected mean
    of the restored frames is written as ``average``;
-4. ``finalise``: ``complete = true``.
+4. ``finalise``: the warnings (``restored-clipped``, ``restore-guard``), ``complete = true``.
 
 :mod:`flows.restore_flow` wraps these stages as Prefect tasks; tests and notebooks can call
 :func:`flows.jobs.run_job` (``"restore"``) without Prefect.
@@ -55,6 +58,8 @@ from .gather import gather
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
 
+    from pipeline.restore.select import ModelChoice
+
 log = logging.getLogger(__name__)
 JOB = "restore"
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -69,6 +74,7 @@ NORMALISATION = {"method": "per-frame standardisation",
                  "description": "each frame minus its mean, divided by its standard deviation (floored), "
                                 "before the network; the result is returned in the input's units"}
 ATTR_VALUE_RANGE = "value_range"  # [low, high] (None: unbounded) the restored values are clipped to
+ATTR_MODEL_CHOICE = "model_choice"  # how --model was resolved: {"asked", "model", "modality", "resolution", "reason", ...}
 
 # the networks loaded by this worker process, by (model, sha256, device, channels_last)
 _MODELS: dict[tuple[Any, ...], Any] = {}
@@ -85,7 +91,7 @@ class RestoreJob:
 
     source: str
     out: str
-    model: str  # a published name ("r_em:sfr_hrstem"), an absolute .safetensors path, or "default"
+    model: str  # a published name ("r_em:sfr_hrstem"), an absolute .safetensors path, or an own name ("default", "stem-high", ...)
     variable: str  # the input variable: "movie" or "haadf"
     n_frames: int
     device: str = "cpu"
@@ -98,12 +104,13 @@ class RestoreJob:
     block: int = 8  # frames per task (and per Zarr chunk along frame)
     model_sha256: str | None = None  # of a model file
     value_range: tuple[float | None, float | None] = (None, None)  # the input's physical range (clipping)
+    guard: bool = True  # check each frame's residual and fall back where the network removed signal
 
     def record(self) -> dict[str, Any]:
         """The parameters written to (and compared with) the output store."""
         record = {name: getattr(self, name) for name in
                   ("model", "device", "tile", "overlap", "batch", "precision", "channels_last",
-                   "register", "block")}
+                   "register", "block", "guard")}
         if self.model_sha256:
             record["model_sha256"] = self.model_sha256
         return record
@@ -168,7 +175,7 @@ def value_range(dtype: np.dtype, count_like: bool) -> tuple[float | None, float 
 def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None, int]:
     """(model as recorded, sha256 of its file, smallest image side it restores); loads it once
     to fail here rather than on the workers."""
-    from pipeline.restore import MODEL_NAMES, load_model
+    from pipeline.restore import MODEL_FILES, MODEL_NAMES, load_model
     from pipeline.restore.inference import min_image_size
 
     name = "default" if model is None else str(model)
@@ -177,7 +184,7 @@ def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None, int]
         if name not in MODEL_NAMES:
             raise RestoreInputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} "
                                     "or give the path of a .safetensors model")
-    elif name != "default":
+    elif name not in MODEL_FILES:  # not an own model ("default", "stem-high", ...): a file
         path = Path(name).expanduser()
         if not path.is_file():
             raise RestoreInputError(f"model {name!r} is neither a published name ({', '.join(MODEL_NAMES)}) "
@@ -214,11 +221,13 @@ def plan(
     block: int | None = None,
     overwrite: bool = False,
     check_device: bool = True,
+    guard: bool = True,
 ) -> tuple[RestoreJob, str]:
     """Define the job and create (or reopen) its output store.
 
     ``check_device=False`` leaves the device check to the workers (a scheduler on a
-    machine without the workers' GPU). Returns the job and the output's state:
+    machine without the workers' GPU). ``guard=False`` keeps every network output as it is
+    (:mod:`pipeline.restore.guard` is not run). Returns the job and the output's state:
     ``"new"``, ``"resume"`` or ``"complete"``.
     """
     ds = open_dataset(source)
@@ -243,7 +252,8 @@ def plan(
         raise RestoreInputError(f"unknown device {device!r} ({exc}); use cpu or cuda") from exc
     if check_device:
         _check_device(device)
-    name, sha, smallest = _check_model(model)
+    choice = choose_model(model, ds, variable, out, overwrite=overwrite)
+    name, sha, smallest = _check_model(choice.model)
     kind = image_kind(ds, variable)
     if min(ny, nx) < smallest:
         raise RestoreInputError(
@@ -255,11 +265,14 @@ def plan(
     limits = value_range(data.dtype, negative <= NEGATIVE_TOLERANCE) if first else _stored_range(out)
     job = RestoreJob(str(source), str(out), name, variable, int(n_frames), device, tile, overlap, batch,
                      precision, channels_last, register, block or default_block(n_frames, ny, nx), sha,
-                     limits)
+                     limits, guard)
     with on_disk_full(out):
         state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite,
                                attrs={layout.ATTR_IMAGE_KIND: kind, ATTR_VALUE_RANGE: list(limits),
-                                      layout.ATTR_NORMALISATION: NORMALISATION})
+                                      layout.ATTR_NORMALISATION: NORMALISATION,
+                                      ATTR_MODEL_CHOICE: {**choice.record(), "model": name}})
+        if state == "new":
+            _note_model_choice(out, choice, name)
         if state != "complete":
             TileRecord.create(out, JOB, (len(job.blocks), 1), payload_shape=(2,))
         if state == "new" and negative > NEGATIVE_TOLERANCE:
@@ -270,6 +283,44 @@ def plan(
                 "Check the restored image against the raw one, or restore the raw detector counts.",
                 stage="plan", negative_fraction=round(float(negative), 6)))
     return job, state
+
+
+def choose_model(model: str | os.PathLike | None, ds: xr.Dataset, variable: str, out: str | Path, *,
+                 overwrite: bool = False) -> ModelChoice:
+    """The model ``model`` stands for (:func:`pipeline.restore.select.resolve_model`).
+
+    ``"auto"`` is decided from the input's metadata (the dataset's and the image's attributes,
+    the pixel size of its y/x coordinates) once: a rerun on an output store begun with ``auto``
+    takes the stored decision (``model_choice``), so that it resumes with the same model even
+    if this version has other models.
+    """
+    from pipeline.restore import select
+
+    if str(model).strip().lower() != select.AUTO:
+        return select.resolve_model(model)
+    if not overwrite and Path(out).exists():
+        try:
+            stored = read_attrs(out).get(ATTR_MODEL_CHOICE)
+        except Exception:  # not a store: prepare_output names the problem
+            stored = None
+        if isinstance(stored, dict) and stored.get("asked") == select.AUTO:
+            return select.ModelChoice.from_record(stored)
+    guess = select.infer_modality(ds.attrs, ds[variable].attrs, select.pixel_size_nm(ds.coords))
+    return select.resolve_model(select.AUTO, guess)
+
+
+def _note_model_choice(out: str | Path, choice: ModelChoice, name: str) -> None:
+    """Log what ``auto`` chose; store a warning when the guess was not sure."""
+    if choice.asked != "auto":
+        return
+    log.info("model %s (auto): %s", name, choice.reason)
+    if not choice.confident:
+        add_warnings(out, make_warning(
+            "model-auto-unsure",
+            f"--model auto could not tell the modality and resolution for sure and used {name} "
+            f"({choice.reason}). Check the restored image; if the model does not fit the data, pass "
+            "--model stem-high|stem-low|tem-high|tem-low|sem or a published network (r_em:sfr_hrtem, ...).",
+            stage="plan", model=name, modality=choice.modality, resolution=choice.resolution))
 
 
 def _stored_range(out: str | Path) -> tuple[float | None, float | None]:
@@ -332,6 +383,7 @@ def _template(ds: xr.Dataset, data: xr.DataArray, job: RestoreJob) -> xr.Dataset
                                    empty_like((job.n_frames, 2), (job.n_frames, 2), np.float64))
         variables[layout.AVERAGE] = (layout.DIMS[layout.AVERAGE], empty_like((ny, nx), yx))
         coords["axis"] = ["y", "x"]
+    variables.update(_guard_template(job))
     template = xr.Dataset(variables, coords=coords)
     units = data.attrs.get("units", "input units")
     kind = image_kind(ds, job.variable)
@@ -423,8 +475,11 @@ def restore_block_in_store(job: RestoreJob, index: int) -> int:
                        device=job.device, dtype=PRECISIONS[job.precision], channels_last=job.channels_last)
     flat = flat_frames(data)  # zero dose (see _check_dose): nothing to restore, kept as they are
     restored[flat] = data[flat]
+    checked = guard_frames(data, restored, flat) if job.guard else _unchecked(len(data))
     clipped = clip_to_range(restored, job.value_range)
     write_region(job.out, layout.RESTORED, (frames, slice(None), slice(None)), restored)
+    for name, values in checked.items():
+        write_region(job.out, name, (frames,), values)
     TileRecord.open(job.out, JOB).mark((index, 0), payload=np.array(clipped, dtype=np.float64))
     return index
 
@@ -444,6 +499,97 @@ def clip_to_range(restored: np.ndarray, limits: tuple[float | None, float | None
     if below or above:
         np.clip(restored, low, high, out=restored)
     return below, above
+
+
+# -- the residual guard (pipeline.restore.guard) ------------------------------------------------
+
+GUARD_DECISION = layout.GUARD_DECISION  # (frame,) int8: the codes of pipeline.restore.guard.DECISIONS
+#: the guard's figures stored per frame: variable -> GuardResult field
+GUARD_FIGURES = {"guard_lattice_excess": "lattice_excess", "guard_lattice_kept": "lattice_kept",
+                 "guard_residual_corr": "residual_corr"}
+GUARD_LISTED = 10  # frames named in the restore-guard warning
+
+
+def _guard_template(job: RestoreJob) -> dict[str, Any]:
+    """The per-frame guard variables of the output (chunked along frame like ``restored``)."""
+    from pipeline.restore.guard import DECISIONS
+
+    codes = ", ".join(f"{code}: {name}" for name, code in DECISIONS.items())
+    variables: dict[str, Any] = {GUARD_DECISION: (("frame",), empty_like((job.n_frames,), (job.block,), np.int8), {
+        "description": "what was kept of each frame after checking the residual (raw - network output) "
+                       "for structure the input shows (pipeline.restore.guard)", "codes": codes})}
+    described = {"lattice_excess": "power of the input's lattice peaks above the noise floor, over the floor's",
+                 "lattice_kept": "fraction of the input's lattice power in the network's output",
+                 "residual_corr": "correlation of the residual with the network's output (9 px local means removed)"}
+    for name, field in GUARD_FIGURES.items():
+        variables[name] = (("frame",), empty_like((job.n_frames,), (job.block,)), {"description": described[field]})
+    return variables
+
+
+def guard_frames(data: np.ndarray, restored: np.ndarray, flat: np.ndarray) -> dict[str, np.ndarray]:
+    """Check each frame's residual; replace ``restored`` in place where the network removed signal.
+
+    Returns the per-frame variables of the output (:data:`GUARD_DECISION`, :data:`GUARD_FIGURES`).
+    Flat frames (zero dose, copied unchanged) are not checked.
+    """
+    from pipeline.restore.guard import DECISIONS, guard
+
+    checked = _unchecked(len(data))
+    for k in range(len(data)):
+        if flat[k]:
+            checked[GUARD_DECISION][k] = DECISIONS["flat"]
+            continue
+        image, result = guard(data[k], restored[k])
+        restored[k] = image
+        checked[GUARD_DECISION][k] = DECISIONS[result.decision]
+        for name, field in GUARD_FIGURES.items():
+            checked[name][k] = getattr(result, field)
+    return checked
+
+
+def _unchecked(n: int) -> dict[str, np.ndarray]:
+    """The guard's variables for ``n`` frames not checked (``guard=False``): code 0, no figures."""
+    return {GUARD_DECISION: np.zeros(n, np.int8), **{name: np.full(n, np.nan, np.float32) for name in GUARD_FIGURES}}
+
+
+def guard_counts(out: str | Path) -> dict[str, int]:
+    """Frames of each guard decision in an output store ({} for a store without the guard's variables).
+
+    >>> guard_counts("/nonexistent.zarr")
+    {}
+    """
+    from pipeline.restore.guard import DECISIONS
+
+    try:
+        codes = zarr.open_array(str(Path(out) / GUARD_DECISION), mode="r", zarr_format=3)[...]
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.ArrayNotFoundError):
+        return {}
+    return {name: int(np.count_nonzero(codes == code)) for name, code in DECISIONS.items()
+            if np.any(codes == code)}
+
+
+def _warn_guard(job: RestoreJob) -> None:
+    """One ``restore-guard`` warning naming the frames whose network output was not kept."""
+    from pipeline.restore.guard import DECISIONS
+
+    if not job.guard:
+        return
+    codes = zarr.open_array(str(Path(job.out) / GUARD_DECISION), mode="r", zarr_format=3)[...]
+    reinjected = np.flatnonzero(codes == DECISIONS["reinjected"])
+    kept_raw = np.flatnonzero(codes == DECISIONS["input"])
+    changed = np.union1d(reinjected, kept_raw)
+    if not changed.size:
+        return
+    listing = ", ".join(map(str, changed[:GUARD_LISTED].tolist())) + (", ..." if changed.size > GUARD_LISTED else "")
+    done = ([f"{reinjected.size} got the structure put back (residual reinjected)"] if reinjected.size else []) + \
+           ([f"{kept_raw.size} kept raw (noise-free, or still harmed after the reinjection)"] if kept_raw.size else [])
+    add_warnings(job.out, make_warning(
+        "restore-guard",
+        f"the network removed structure the input shows (a lattice or particles) in {changed.size} of "
+        f"{job.n_frames} frame(s) (frames {listing}): {' and '.join(done)}. Check these frames; try a model "
+        "for this modality (--model) or keep the raw frames.",
+        stage="finalise", frames=changed[:GUARD_LISTED].tolist(), count=int(changed.size),
+        reinjected=int(reinjected.size), input=int(kept_raw.size)))
 
 
 def _restore_block_task(job: RestoreJob, index: int) -> int | RestoreInputError:
@@ -514,6 +660,7 @@ def finalise(job: RestoreJob) -> None:
         raise RuntimeError(f"{job.out}: the drift registration has not run; rerun to complete it.")
     with on_disk_full(job.out):
         _warn_clipped(job, record)
+        _warn_guard(job)
         mark_complete(job.out)
 
 
@@ -558,6 +705,9 @@ def summary(job: RestoreJob) -> dict[str, Any]:
         info["psnr_restored_db"] = float(np.mean([psnr(r, t) for r, t in zip(restored, truth)]))
         if layout.DRIFT in out and layout.TRUE_DRIFT in source:
             info["drift_error_px"] = float(np.abs(out[layout.DRIFT].values - source[layout.TRUE_DRIFT].values).max())
+    if ATTR_MODEL_CHOICE in out.attrs:
+        info[ATTR_MODEL_CHOICE] = out.attrs[ATTR_MODEL_CHOICE]
+    info["guard"] = guard_counts(job.out) if job.guard else "off"
     info["warnings"] = read_warnings(job.out)
     return info
 
@@ -576,7 +726,8 @@ def compute(job: RestoreJob, client: Client, *, progress: bool = True) -> tuple[
 
 
 __all__ = [
-    "JOB", "RestoreInputError", "RestoreJob", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "finalise", "plan",
+    "JOB", "RestoreInputError", "RestoreJob", "choose_model", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "finalise", "plan",
     "read_frames", "register", "restore_blocks", "restore_block_in_store", "compute", "summary",
+    "guard_counts", "guard_frames",
     "worker_model",
 ]

@@ -34,13 +34,16 @@ def training_config(
     adversarial: bool = False,
     checkpoint_every: int = 100,
     seed: int = 0,
+    data: str = "specimens",
+    hold_out: bool = False,
 ) -> Any:
     """The :class:`TrainConfig` for the command-line options; ValueError on conflicting ones.
 
     ``config`` (``small``, ``paper``) picks the architecture when training from scratch;
     fine-tuning (``init`` a model name or file) keeps the loaded model's architecture, so
     ``config`` must then be left out. The learning rate defaults to 1e-3 from scratch and
-    1e-4 when fine-tuning.
+    1e-4 when fine-tuning. ``hold_out`` (data ``scenes`` only) leaves
+    :data:`pipeline.restore.scenes.HELD_OUT` out of training.
 
     Example
     -------
@@ -49,8 +52,11 @@ def training_config(
     >>> training_config(steps=10, batch=2, patch=64, modality="stem", init="r_em:sfr_hrstem").lr
     0.0001
     """
+    from pipeline.restore.scenes import held_out
     from pipeline.restore.train import MODEL_PRESETS, TrainConfig
 
+    if hold_out and data != "scenes":
+        raise ValueError("--hold-out applies to --data scenes (the broad distribution) only")
     if init != SCRATCH:
         if config is not None:
             raise ValueError(f"--config {config} applies to training from scratch; --init {init} brings its "
@@ -66,7 +72,8 @@ def training_config(
     return TrainConfig(
         steps=steps, batch=batch, patch=patch, modality=modality, resolution=resolution, model=config,
         init=init, lr=lr, lr_final=min(lr, 2e-5) if init == SCRATCH else lr / 10, adversarial=adversarial,
-        checkpoint_every=checkpoint_every, seed=seed,
+        checkpoint_every=checkpoint_every, seed=seed, data=data,
+        exclude=list(held_out("all")) if hold_out else [],
     ).checked()
 
 
@@ -88,6 +95,8 @@ def run_training(
     resume: bool = False,
     max_minutes: float | None = None,
     progress: bool = True,
+    data: str = "specimens",
+    hold_out: bool = False,
 ) -> dict[str, Any]:
     """Train into ``out`` and return a JSON-able summary (paths, steps, last losses).
 
@@ -98,7 +107,7 @@ def run_training(
 
     cfg = training_config(steps=steps, batch=batch, patch=patch, modality=modality, resolution=resolution,
                           init=init, config=config, lr=lr, adversarial=adversarial,
-                          checkpoint_every=checkpoint_every, seed=seed)
+                          checkpoint_every=checkpoint_every, seed=seed, data=data, hold_out=hold_out)
     result = train(out, cfg, resume=resume, device=device, progress=progress,
                    max_seconds=None if max_minutes is None else 60.0 * max_minutes)
     return {

@@ -48,6 +48,7 @@ COST = "cost"  # (term, iteration)
 COST_TERMS = ("haadf", "chem", "tv")
 LAMBDA_SCORE = "lambda_score"  # (lambda_chem, lambda_tv) score of each candidate of the lambda search
 RESTORED = "restored"  # (frame, y, x) restored movie (or image as one frame), input units
+GUARD_DECISION = "guard_decision"  # (frame,) int8: what the restore job's guard kept of each frame
 DRIFT = "drift"  # (frame, axis) drift of each restored frame against the first, px, axis in {y, x}
 AVERAGE = "average"  # (y, x) mean of the restored frames after drift correction
 TEM_FUSED = "tem_fused"  # (y, x) AVAE fusion of the TEM modes

@@ -12,12 +12,12 @@ import xarray as xr
 from flows import restore_job
 from flows.jobs import run_job
 from flows.synth import write_synthetic
-from pipeline.restore import load_model, save_model
+from pipeline.restore import MODEL_FILES, load_model, save_model
 from pipeline.restore.cgrdn import CGRDN, CGRDNConfig
 from pipeline.restore.inference import restore
 from stores.errors import OutputNotWritable, StoreError
 from stores.progress import TileRecord
-from stores.zarrio import is_complete, open_dataset, write_dataset
+from stores.zarrio import is_complete, open_dataset, read_attrs, write_dataset
 
 OPTIONS = dict(tile=32, overlap=8, batch=4, block=2)
 
@@ -209,3 +209,95 @@ def test_cli_bad_inputs_get_one_line(prefect_harness, tmp_path, movie_store, tin
         assert last.startswith("emfuse restore: error:") and re.search(message, last), (name, err)
         assert "Compute Failed" not in err and "Traceback" not in err, (name, err)
         assert not is_complete(out), name
+
+
+# -- --model auto ----------------------------------------------------------------------------------
+
+
+def _tem_store(path):
+    """A lone TEM camera frame as ingest writes one from a TIA .emi (0.5 nm pixels)."""
+    image = np.random.default_rng(1).poisson(50, (32, 32)).astype(np.float32)
+    coords = {"y": ("y", np.arange(32) * 0.5, {"units": "nm"}), "x": ("x", np.arange(32) * 0.5, {"units": "nm"})}
+    ds = xr.Dataset({"haadf": (("y", "x"), image, {"image_kind": "image", "acquisition_mode": "TEM",
+                                                   "detector": "BM-Ceta", "units": "counts"})}, coords=coords)
+    ds.attrs.update(acquisition_mode="TEM", detector="BM-Ceta", beam_energy_kev=200.0)
+    return write_dataset(ds, path)
+
+
+def test_auto_on_a_store_without_metadata_records_an_unsure_choice(tmp_path, movie_store, client):
+    job = _run(movie_store, tmp_path / "auto.zarr", client, "auto")
+    out = open_dataset(job.out)
+    choice = out.attrs["model_choice"]
+    assert out.attrs["params"]["model"] == job.model == choice["model"]
+    assert choice["model"] == ("stem-high" if MODEL_FILES["stem-high"].is_file() else "default")
+    assert (choice["asked"], choice["modality"], choice["resolution"], choice["confident"]) == \
+        ("auto", "stem", "high", False)
+    assert "nothing in the metadata says STEM, TEM or SEM" in choice["reason"] and "0.02 nm" in choice["reason"]
+    [unsure] = [w for w in out.attrs["warnings"] if w["code"] == "model-auto-unsure"]
+    assert "--model stem-high|stem-low|tem-high|tem-low|sem" in unsure["message"] and "r_em:" in unsure["message"]
+    assert restore_job.summary(job)["model_choice"] == choice
+
+
+def test_auto_picks_the_own_model_present_and_a_rerun_keeps_its_decision(tmp_path, movie_store, client,
+                                                                         tiny_model, monkeypatch):
+    from pathlib import Path
+
+    from flows.checks import check_restore
+
+    out = tmp_path / "cut.zarr"
+    job, state = restore_job.plan(movie_store, out, model="auto", **OPTIONS)
+    assert state == "new" and job.model == "default"  # stem-high wanted but absent
+    restore_job.restore_block_in_store(job, 1)  # then the process died
+    # this version now has a stem-high model: an unfinished store still resumes with its model
+    monkeypatch.setitem(MODEL_FILES, "stem-high", Path(tiny_model))
+    job2, state = restore_job.plan(movie_store, out, model="auto", **OPTIONS)
+    assert state == "resume" and job2.model == "default"
+    assert restore_job.restore_blocks(job2, client, progress=False) == 2
+    restore_job.finalise(job2)
+    assert restore_job.plan(movie_store, out, model="auto", **OPTIONS)[1] == "complete"
+    assert restore_job.plan(movie_store, out, model="default", **OPTIONS)[1] == "complete"
+    options = {k: v for k, v in OPTIONS.items()}
+    check_restore(movie_store, out, model="auto", options=options)  # the early check of the command line
+    # an explicit model other than the one decided is refused, as before
+    with pytest.raises(StoreError, match="other parameters.*model"):
+        restore_job.plan(movie_store, out, model=tiny_model, **OPTIONS)
+    with pytest.raises(StoreError, match="other parameters.*model"):
+        check_restore(movie_store, out, model=tiny_model, options=options)
+    # a new store takes the model now present, by its own name, on the workers too
+    job3 = _run(movie_store, tmp_path / "new.zarr", client, "auto")
+    assert job3.model == "stem-high" and open_dataset(job3.out).attrs["model_choice"]["wanted"] == "stem-high"
+    np.testing.assert_allclose(open_dataset(job3.out).restored.values,
+                               open_dataset(_run(movie_store, tmp_path / "tiny.zarr", client, tiny_model).out)
+                               .restored.values)
+
+
+def test_auto_on_a_tem_frame_is_sure_and_warns_of_nothing(tmp_path, tiny_model, monkeypatch):
+    from pathlib import Path
+
+    store = _tem_store(tmp_path / "tem.zarr")
+    job, _ = restore_job.plan(store, tmp_path / "a.zarr", model="auto", **OPTIONS)
+    choice = read_attrs(job.out)["model_choice"]
+    assert (choice["modality"], choice["resolution"], choice["confident"], choice["wanted"]) == ("tem", "low", True, "tem-low")
+    assert "acquisition_mode 'TEM'" in choice["reason"] and "pixel 0.5 nm > 0.05 nm" in choice["reason"]
+    assert job.model == "default" and "tem-low.safetensors is not part of this version" in choice["reason"]
+    assert not [w for w in read_attrs(job.out).get("warnings", []) if w["code"] == "model-auto-unsure"]
+    monkeypatch.setitem(MODEL_FILES, "tem-low", Path(tiny_model))
+    job, _ = restore_job.plan(store, tmp_path / "b.zarr", model="auto", **OPTIONS)
+    assert job.model == "tem-low" and read_attrs(job.out)["params"]["model"] == "tem-low"
+    # and by its own name
+    assert restore_job.plan(store, tmp_path / "c.zarr", model="tem-low", **OPTIONS)[0].model == "tem-low"
+
+
+@pytest.mark.prefect
+def test_cli_restore_says_which_model_auto_chose(prefect_harness, tmp_path, movie_store, capsys):
+    from flows.cli import main
+
+    out = tmp_path / "auto.zarr"
+    args = ["restore", str(movie_store), "--out", str(out), "--cluster", "local-threads", "--tile", "32",
+            "--overlap", "8"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    [line] = [line for line in printed.splitlines() if line.startswith("model (auto):")]
+    assert "STEM assumed" in line and "[model-auto-unsure]" in printed
+    assert open_dataset(out).attrs["model_choice"]["asked"] == "auto"
+    assert main(args) == 0  # complete: nothing to do

@@ -169,19 +169,28 @@ def test_missing_tk_r_em_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_default_model_and_paths(tmp_path, monkeypatch):
-    monkeypatch.setattr(restore, "DEFAULT_MODEL", tmp_path / "models" / "default.safetensors")
-    with pytest.raises(FileNotFoundError, match=r"not available yet.*r_em:sfr_hrstem"):
+    default = tmp_path / "models" / "default.safetensors"
+    monkeypatch.setitem(restore.MODEL_FILES, "default", default)
+    with pytest.raises(FileNotFoundError, match=r"'default' is not part of this version.*--model auto.*r_em:sfr_hrstem"):
         load_model()
     cfg = CGRDNConfig(features=8, growth=4, groups=2, blocks=1, layers=2)
     net = CGRDN(cfg)
-    save_model(net, restore.DEFAULT_MODEL)
+    save_model(net, default)
     loaded = load_model()
+    assert load_model("default").cfg == cfg
     assert loaded.cfg == cfg and not loaded.training
     x = torch.rand(1, 1, 9, 12) * 100
     with torch.inference_mode():
         # channels-last weights (load_model) change the summation order only
         torch.testing.assert_close(loaded(x), net.eval()(x), rtol=1e-5, atol=1e-3)
-    assert load_model(str(restore.DEFAULT_MODEL)).cfg == cfg
+    assert load_model(str(default)).cfg == cfg
+    # an own model per modality, by name, once its file is in the package
+    monkeypatch.setitem(restore.MODEL_FILES, "tem-low", tmp_path / "models" / "tem-low.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"'tem-low' is not part of this version.*this version has default"):
+        load_model("tem-low")
+    small = CGRDNConfig(features=8, growth=4, groups=1, blocks=1, layers=1)
+    save_model(CGRDN(small), restore.MODEL_FILES["tem-low"])
+    assert load_model("tem-low").cfg == small
     with pytest.raises(ValueError, match="neither a model name"):
         load_model(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="unknown r_em model"):

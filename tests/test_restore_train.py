@@ -190,11 +190,58 @@ def test_cli_bad_arguments(tmp_path, capsys, extra, match):
     assert match in capsys.readouterr().err
 
 
-def test_cli_unknown_modality_is_rejected_by_argparse(tmp_path):
+def test_cli_unknown_modality_is_rejected_by_argparse(tmp_path, capsys):
     from flows.cli import main
 
     with pytest.raises(SystemExit):
-        main(["train-restore", "--out", str(tmp_path), "--modality", "sem"])
+        main(["train-restore", "--out", str(tmp_path), "--modality", "xray"])
+    # sem exists only in the broad scene distribution
+    assert main(["train-restore", "--out", str(tmp_path), "--modality", "sem"]) != 0
+    assert "with data 'specimens'" in capsys.readouterr().err
+    assert main(["train-restore", "--out", str(tmp_path), "--hold-out"]) != 0
+    assert "--hold-out applies to --data scenes" in capsys.readouterr().err
+
+
+def test_scenes_training_holds_out_and_records_it(tmp_path):
+    """--data scenes --modality all --hold-out: the data drawn never holds a held-out family, and
+    the run's config records the data source and what was held out."""
+    import json
+
+    from flows.train_restore import training_config
+    from pipeline.restore.scenes import held_out
+    from pipeline.restore.train import _default_data
+
+    cfg = training_config(steps=2, batch=2, patch=32, modality="all", resolution="all", data="scenes",
+                          hold_out=True)
+    assert cfg.exclude == list(held_out("all")) and cfg.data == "scenes"
+    draws = []
+    import pipeline.restore.scenes as scenes
+
+    original = scenes.make_scene_pair
+
+    def spy(*args, **kwargs):
+        clean, degraded, info = original(*args, **kwargs)
+        draws.append(info)
+        return clean, degraded, info
+
+    scenes.make_scene_pair = spy
+    try:
+        clean, degraded = _default_data(cfg)(24, (32, 32), "all", "all", np.random.default_rng(0))
+    finally:
+        scenes.make_scene_pair = original
+    assert clean.shape == (24, 1, 32, 32)
+    assert {d["modality"] for d in draws} == {"stem", "tem", "sem"}
+    assert not {d["family"] for d in draws} & {"polycrystal"}
+    assert not {d["contrast"] for d in draws} & {"abf"}
+    assert all("row_line_sigma" not in d["distortion"] and "flicker_sigma" not in d["distortion"] for d in draws)
+    cfg = training_config(steps=2, batch=2, patch=32, modality="all", resolution="all", data="scenes",
+                          hold_out=True, config=None)
+    from pipeline.restore.train import TrainConfig, train
+
+    tiny = TrainConfig.from_dict(dict(cfg.to_dict(), model="tiny", val_size=2, checkpoint_every=2))
+    train(tmp_path / "run", tiny, progress=False)
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["data"] == "scenes" and saved["exclude"] == list(held_out("all"))
 
 
 @pytest.mark.slow

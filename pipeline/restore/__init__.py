@@ -11,7 +11,9 @@ Models are :class:`~pipeline.restore.cgrdn.CGRDN` networks in PyTorch, loaded wi
   loads read only the cache.
 - ``load_model("path/to/model.safetensors")``: a model saved by :func:`save_model` (the
   architecture is in the file's safetensors metadata, or in a ``.json`` file beside it).
-- ``load_model()``: the project's default model, ``pipeline/restore/models/default.safetensors``.
+- ``load_model()`` or ``load_model("default")``: the project's default model,
+  ``pipeline/restore/models/default.safetensors`` (HR-STEM); ``load_model("tem-low")`` and the
+  other names of :data:`MODEL_FILES`: the project's model for that modality and resolution.
 
 Weights are only ever read with ``safetensors`` (never unpickled). torch is imported on the
 first call, so importing this package (e.g. for the distortion models) stays cheap.
@@ -44,11 +46,17 @@ MODEL_NAMES = tuple(
     f"r_em:sfr_{m}" for m in ("hrstem", "lrstem", "hrtem", "lrtem", "hrsem", "lrsem")
 )
 R_EM_PACKAGE, R_EM_VERSION = "tk-r-em", "1.0.4"
-#: Where the project's own trained model will live.
-DEFAULT_MODEL = Path(__file__).parent / "models" / "default.safetensors"
+#: The project's own models, by name: package data in ``pipeline/restore/models/``. ``default``
+#: (an HR-STEM model) is there; the others, one per modality and resolution, as they are trained
+#: (``--model auto`` picks among those present: :mod:`pipeline.restore.select`).
+MODEL_FILES: dict[str, Path] = {
+    name: Path(__file__).parent / "models" / f"{name}.safetensors"
+    for name in ("default", "stem-high", "stem-low", "tem-high", "tem-low", "sem")
+}
+DEFAULT_MODEL = MODEL_FILES["default"]
 _FORMAT = "emfuse-cgrdn-1"  # bump when the state-dict layout changes: old caches are redone
 
-__all__ = ["DEFAULT_MODEL", "MODEL_NAMES", "cache_dir", "load_model", "restore", "save_model"]
+__all__ = ["DEFAULT_MODEL", "MODEL_FILES", "MODEL_NAMES", "cache_dir", "load_model", "restore", "save_model"]
 
 
 def restore(image: Any, model: Any, **kwargs: Any) -> Any:
@@ -195,15 +203,31 @@ def _did_you_mean(name: str) -> str:
     return f" (did you mean {bare[close[0]]!r}?)" if close else ""
 
 
+def _own_model_file(name: str) -> Path:
+    """The file of the own model ``name``; FileNotFoundError naming the choices when it is missing."""
+    path = MODEL_FILES[name]
+    if not path.is_file():
+        present = [n for n, p in MODEL_FILES.items() if p.is_file()]
+        raise FileNotFoundError(
+            f"the restoration model {name!r} is not part of this version ({path.name} is not in "
+            f"{path.parent}); this version has {', '.join(present) or 'none'}. Use --model auto (it "
+            f"falls back to the default model) or a published one, e.g. 'r_em:sfr_hrstem' (one of "
+            f"{', '.join(MODEL_NAMES)}; needs pip install 'emfuse[r_em]')"
+        )
+    return path
+
+
 def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> torch.nn.Module:
     """A restoration network in eval mode, float32, on ``device`` (default CPU).
 
     Parameters
     ----------
     name
-        One of :data:`MODEL_NAMES` (``"r_em:sfr_hrstem"``, ...), the path of a
-        ``.safetensors`` file written by :func:`save_model`, or ``None`` for the project's
-        default model.
+        One of :data:`MODEL_NAMES` (``"r_em:sfr_hrstem"``, ...), one of the project's own
+        models (:data:`MODEL_FILES`: ``"default"``, ``"stem-high"``, ..., ``"sem"``), the path
+        of a ``.safetensors`` file written by :func:`save_model`, or ``None`` for the
+        project's default model. An own name wins over a file of that name in the working
+        directory (give ``./stem-high`` for the file).
     device
         Anything ``torch.device`` accepts, e.g. ``"cuda"``.
 
@@ -216,15 +240,8 @@ def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> 
     >>> sum(p.numel() for p in net.parameters())  # doctest: +SKIP
     7035521
     """
-    if name is None:
-        if not DEFAULT_MODEL.is_file():
-            raise FileNotFoundError(
-                f"the default restoration model is not available yet ({DEFAULT_MODEL} is not "
-                f"part of this version); name a published one instead, e.g. "
-                f"load_model('r_em:sfr_hrstem') (one of {', '.join(MODEL_NAMES)}; needs "
-                "pip install 'emfuse[r_em]')"
-            )
-        model, _ = _load_file(DEFAULT_MODEL)
+    if name is None or (isinstance(name, str) and name in MODEL_FILES):
+        model, _ = _load_file(_own_model_file("default" if name is None else name))
     elif isinstance(name, str) and name.startswith("r_em:"):
         if name not in MODEL_NAMES:
             raise ValueError(

@@ -74,6 +74,8 @@ MODEL_PRESETS: dict[str, CGRDNConfig] = {
     "tiny": CGRDNConfig(features=8, growth=4, groups=1, blocks=1, layers=2),
 }
 MODALITIES = ("stem", "tem")
+SCENE_MODALITIES = ("stem", "tem", "sem", "all")
+DATA_SOURCES = ("specimens", "scenes")  # pipeline.restore.specimens (HR-STEM columns) or .scenes (broad)
 RESOLUTIONS = ("high", "low")
 _CKPT = re.compile(r"checkpoint-(\d+)\.safetensors$")
 _FORMAT = "emfuse-train-1"
@@ -149,6 +151,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep: int = 2
     val_size: int = 8
+    data: str = "specimens"
+    exclude: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -183,10 +187,16 @@ class TrainConfig:
         positive_int("warmup", self.warmup, 0)
         positive_int("val_size", self.val_size, 0)
         positive_int("seed", self.seed, 0)
-        if self.modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
-        if self.resolution not in RESOLUTIONS:
-            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution!r}")
+        if self.data not in DATA_SOURCES:
+            raise ValueError(f"data must be one of {DATA_SOURCES}, got {self.data!r}")
+        modalities = SCENE_MODALITIES if self.data == "scenes" else MODALITIES
+        resolutions = (*RESOLUTIONS, "all") if self.data == "scenes" else RESOLUTIONS
+        if self.modality not in modalities:
+            raise ValueError(f"modality must be one of {modalities} with data {self.data!r}, got {self.modality!r}")
+        if self.resolution not in resolutions:
+            raise ValueError(f"resolution must be one of {resolutions} with data {self.data!r}, got {self.resolution!r}")
+        if self.exclude and self.data != "scenes":
+            raise ValueError("exclude (held-out families) applies to data 'scenes' only")
         for name in ("lr", "lr_final", "d_lr", "adam_eps"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
@@ -280,10 +290,26 @@ def _batch(data: DataFn, cfg: TrainConfig, n: int, rng: np.random.Generator) -> 
     return torch.from_numpy(clean), torch.from_numpy(degraded)
 
 
-def _default_data() -> DataFn:
-    from .specimens import make_batch
+def _default_data(cfg: TrainConfig | None = None) -> DataFn:
+    """The pairs of ``cfg.data``: ``specimens`` (:func:`~pipeline.restore.specimens.make_batch`) or
+    ``scenes`` (:func:`~pipeline.restore.scenes.make_scene_batch`, where ``modality`` ``"all"``
+    draws stem, tem and sem, ``resolution`` ``"all"`` high and low, and ``exclude`` is held out)."""
+    if cfg is None or cfg.data == "specimens":
+        from .specimens import make_batch
 
-    return make_batch
+        return make_batch
+    from .scenes import MODALITIES as ALL_MODALITIES
+    from .scenes import make_scene_batch
+
+    exclude = tuple(cfg.exclude)
+
+    def scenes(n: int, shape: tuple[int, int], modality: str, resolution: str,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        mods = ALL_MODALITIES if modality == "all" else modality
+        res = RESOLUTIONS if resolution == "all" else resolution
+        return make_scene_batch(n, shape, mods, res, rng, exclude=exclude)
+
+    return scenes
 
 
 def evaluate(model: torch.nn.Module, clean: torch.Tensor, degraded: torch.Tensor,
@@ -455,7 +481,7 @@ def train(
     """
     cfg = (cfg or TrainConfig()).checked()
     dev = _resolve_device(device)
-    data = data or _default_data()
+    data = data or _default_data(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     last_ckpt = latest_checkpoint(out)
