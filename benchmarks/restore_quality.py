@@ -41,7 +41,7 @@ at the brightest pixel; TEM 5, 50, 500 electrons per pixel at the mean.
    trained on this simulator; our models never saw it;
 5. ``real-hrstem``: ``tk-r-em``'s experimental HR-STEM frames (``exp_hrstem.h5``), which have no
    truth: no score, only the figure ``docs/figures/restore/real_hrstem.png`` (with
-   ``--figures``) and the decision of ``pipeline.restore.guard`` per image when that exists.
+   ``--figures``) and the decision of ``pipeline.restore.guard`` on each output.
 
 Targets (printed as one PASS/FAIL line per set and dose, for the default and every
 ``--model``): (a) at least 2 dB over the better BM3D variant (difference of the medians) on
@@ -296,8 +296,17 @@ def parse_models(items: list[str]) -> dict[str, dict[str, Path]]:
             raise SystemExit(f"--model name {name!r} is empty or a method's name")
         if scope and scope.split("-")[0] not in ("stem", "tem", "sem"):
             raise SystemExit(f"--model {label}: the scope must be stem, tem or sem (-high/-low)")
-        models.setdefault(name, {})[scope] = Path(path)
+        models.setdefault(name, {})[scope] = _model_path(path)
     return models
+
+
+def _model_path(text: str) -> Path:
+    """A file, or a name of :data:`pipeline.restore.MODEL_FILES` (the shipped own models)."""
+    try:
+        from pipeline.restore import MODEL_FILES
+    except ImportError:  # an older tree
+        MODEL_FILES = {}
+    return MODEL_FILES[text] if text in MODEL_FILES and not Path(text).exists() else Path(text)
 
 
 def model_file(files: Mapping[str, Path], spec: TestSet) -> Path | None:
@@ -594,28 +603,20 @@ def heldout_figure(summary: dict, models, size: int, path: Path, own: list[str],
     log(f"wrote {path}")
 
 
-def guard_decisions(images: list[np.ndarray], log=print) -> list[str] | None:
-    """The restore guard's decision per image, when ``pipeline.restore.guard`` exists."""
+def guard_decision(raw: np.ndarray, restored: np.ndarray) -> str | None:
+    """:func:`pipeline.restore.guard.guard`'s decision for one output (None without that module)."""
     if importlib.util.find_spec("pipeline.restore.guard") is None:
-        log("pipeline.restore.guard does not exist yet: no guard decisions")
         return None
-    import pipeline.restore.guard as guard
+    from pipeline.restore.guard import guard
 
-    for fname in ("decide", "check", "guard", "assess"):
-        fn = getattr(guard, fname, None)
-        if callable(fn):
-            try:
-                return [str(fn(img)) for img in images]
-            except Exception as exc:  # noqa: BLE001 - the guard's API may differ; report, don't fail
-                log(f"pipeline.restore.guard.{fname} failed: {exc!r}")
-                return None
-    log("pipeline.restore.guard has no decide/check/guard/assess function")
-    return None
+    return guard(raw, restored)[1].decision
 
 
-def real_figure(models, path: Path, own: list[str], *, crop: int = 256, margin: int = 32, log=print) -> list | None:
+def real_figure(models, path: Path, own: list[str], *, crop: int = 256, margin: int = 32, log=print
+                ) -> dict | None:
     """Experimental HR-STEM frames (no truth): raw | r_em | own models, central ``crop`` px
-    (restored from the central ``crop + 2 margin`` px)."""
+    (restored from the central ``crop + 2 margin`` px), and the guard's decision per output
+    (``{label: [decision per frame]}``, computed on the restored ``crop + 2 margin`` px)."""
     import h5py
     import matplotlib
 
@@ -634,7 +635,7 @@ def real_figure(models, path: Path, own: list[str], *, crop: int = 256, margin: 
     for frame in frames:
         y0, x0 = (frame.shape[0] - big) // 2, (frame.shape[1] - big) // 2
         inputs.append(frame[y0:y0 + big, x0:x0 + big])
-    decisions = guard_decisions([frame for frame in frames], log=log)
+    decisions: dict[str, list] = {}
     labels = ["raw", "r_em"] + own
     fig, axes = plt.subplots(len(inputs), len(labels), figsize=(2.0 * len(labels), 2.0 * len(inputs)),
                              squeeze=False)
@@ -642,7 +643,7 @@ def real_figure(models, path: Path, own: list[str], *, crop: int = 256, margin: 
     for r, img in enumerate(inputs):
         for c, label in enumerate(labels):
             if label == "raw":
-                out, title = img, "raw" + (f"\nguard: {decisions[r]}" if decisions else "")
+                out, title = img, "raw"
             else:
                 m = resolve_method(label, spec, models, 0)
                 if isinstance(m, str):
@@ -650,6 +651,10 @@ def real_figure(models, path: Path, own: list[str], *, crop: int = 256, margin: 
                 else:
                     fn, _ = method_function(m, spec, models, "", 0, 0)
                     out, title = fn(img), (spec.r_em if label == "r_em" else label)
+                    decision = guard_decision(img, out)
+                    decisions.setdefault(label, []).append(decision)
+                    if decision:
+                        title += f"\nguard: {decision}"
             shown = out[inner]
             lo, hi = np.nanpercentile(shown, [0.5, 99.5]) if np.isfinite(shown).any() else (0, 1)
             _panel(axes[r, c], shown, title, lo, hi)
@@ -660,6 +665,12 @@ def real_figure(models, path: Path, own: list[str], *, crop: int = 256, margin: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     log(f"wrote {path}")
+    if any(d is not None for v in decisions.values() for d in v):
+        for label, values in decisions.items():
+            log(f"guard on real-hrstem, {label}: {', '.join(values)}")
+    else:
+        log("pipeline.restore.guard does not exist: no guard decisions")
+        decisions = {}
     return decisions
 
 
