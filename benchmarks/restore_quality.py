@@ -124,7 +124,7 @@ def _sets() -> dict[str, TestSet]:
                 {"contrast": "haadf", "exclude": no_poly}, forced="row_line_rel",
                 note="STEM HAADF, row-offset noise always on"),
         TestSet("flicker_sigma", "held-out", "tem", "high", 40_000, {"exclude": no_poly},
-                forced="flicker_sigma", note="TEM phase contrast, frame flicker always on"),
+                forced="flicker_sigma", note="TEM phase contrast, 1/f flicker noise always on"),
     ]
     for k, (mod, res) in enumerate([("stem", "high"), ("stem", "low"), ("tem", "high"), ("tem", "low"),
                                     ("sem", "high")]):
