@@ -21,7 +21,7 @@ def test_sets_scores_and_table(tmp_path):
     assert list(summary) == SETS
     for name in SETS:
         assert list(summary[name]) == list(rq.DOSES)
-        for level, cell in summary[name].items():
+        for cell in summary[name].values():
             assert set(cell) == {"raw", "truth", "gaussian"}
             assert cell["truth"]["psnr"] == math.inf and cell["truth"]["ssim"] == pytest.approx(1.0)
             assert cell["raw"]["psnr"] < cell["truth"]["psnr"]
