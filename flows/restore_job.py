@@ -10,7 +10,8 @@ Stages (each skipped on a rerun once recorded as done in the output store):
 2. ``adapt`` (with ``adapt_steps``, ``emfuse restore --adapt STEPS``): one task fine-tunes the
    model on the movie itself (Noise2Noise between its frames, :mod:`pipeline.restore.adapt`)
    and keeps the result only when a held-out-frame check says it restores better; the
-   adapted model is saved in the output store's folder and the blocks load it;
+   adapted model is saved beside the output store (``out.adapted.safetensors``) and the
+   blocks load it;
 3. ``restore_blocks``: one Dask task per unfinished block of frames reads its frames
    from the input store, restores them (:func:`pipeline.restore.inference.restore`, tiles of
    all its frames batched together) and writes its chunk-aligned region, then records the
@@ -87,7 +88,7 @@ NORMALISATION = {"method": "per-frame standardisation",
 ATTR_VALUE_RANGE = "value_range"  # [low, high] (None: unbounded) the restored values are clipped to
 ATTR_MODEL_CHOICE = "model_choice"  # how --model was resolved: {"asked", "model", "modality", "resolution", "reason", ...}
 ATTR_ADAPTATION = "adaptation"  # --adapt: {"steps", "frames_used", "holdout_frames", "score_before", "score_after", "used", "reason", ...}
-ADAPTED_MODEL = "adapted_model.safetensors"  # the adapted network, inside the output store's folder
+ADAPTED_MODEL_SUFFIX = ".adapted.safetensors"  # the adapted network, beside the store: out.zarr -> out.adapted.safetensors
 ADAPT_MAX_FRAMES = 16  # --adapt learns from (and checks on) at most the first so many frames with signal
 MIN_ADAPT_FRAMES = 4  # 2 to train on, 2 held out for the check (pipeline.restore.adapt)
 
@@ -595,7 +596,8 @@ def adapt_in_store(job: RestoreJob) -> dict[str, Any]:
     Reads the first :data:`ADAPT_MAX_FRAMES` frames (those with signal and finite values),
     runs :func:`pipeline.restore.adapt.adapt_model` on the job's device and, when the
     held-out-frame check says the adapted model restores better, writes it to
-    ``<out>/adapted_model.safetensors``. Returns the record stored as ``adaptation``
+    :func:`adapted_model_path` (beside the store: Zarr warns about foreign files inside it,
+    and a model is not part of the dataset). Returns the record stored as ``adaptation``
     (frame numbers are the movie's).
     """
     from pipeline.restore import save_model
@@ -614,10 +616,20 @@ def adapt_in_store(job: RestoreJob) -> dict[str, Any]:
     record.update(frames_used=usable.tolist(), train_frames=usable[result.frames_train].tolist(),
                   holdout_frames=usable[result.frames_holdout].tolist())
     if result.used:
-        path = save_model(result.adapted, Path(job.out) / ADAPTED_MODEL, metadata={
+        path = save_model(result.adapted, adapted_model_path(job.out), metadata={
             "adaptation": json.dumps({k: v for k, v in record.items() if k != "drift_px"})})
         record.update(model_path=str(path.resolve()), model_sha256=sha256_file(path))
     return record
+
+
+def adapted_model_path(out: str | Path) -> Path:
+    """Where ``--adapt`` saves the adapted model: beside the store, ``out.zarr`` -> ``out.adapted.safetensors``.
+
+    >>> adapted_model_path("results/night.zarr").as_posix()
+    'results/night.adapted.safetensors'
+    """
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".zarr") + ADAPTED_MODEL_SUFFIX)
 
 
 def stored_adaptation(job: RestoreJob) -> tuple[bool, RestoreJob]:
@@ -745,7 +757,7 @@ def compute(job: RestoreJob, client: Client, *, progress: bool = True) -> tuple[
 
 
 __all__ = [
-    "JOB", "RestoreInputError", "RestoreJob", "adapt", "adapt_in_store", "choose_model", "stored_adaptation", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "finalise", "plan",
+    "JOB", "RestoreInputError", "RestoreJob", "adapt", "adapt_in_store", "adapted_model_path", "choose_model", "stored_adaptation", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "finalise", "plan",
     "read_frames", "register", "restore_blocks", "restore_block_in_store", "compute", "summary",
     "worker_model",
 ]

@@ -31,8 +31,8 @@ Example
 >>> movie = make_movie((64, 64), n_frames=4, dose=20, seed=0)
 >>> _ = torch.manual_seed(0)
 >>> result = adapt_model(CGRDN(MODEL_PRESETS["tiny"]), movie.movie, steps=2, batch=2, patch=32)
->>> sorted(result.record())[:4]
-['batch', 'frames_holdout', 'frames_train', 'items']
+>>> type(result.used).__name__, result.frames_train, result.frames_holdout
+('bool', [0, 1], [2, 3])
 """
 
 from __future__ import annotations
@@ -282,8 +282,9 @@ def held_out_decision(before: np.ndarray, after: np.ndarray, *, z: float = 2.0,
     if not -mean >= min_gain * float(before.mean()):
         return False, (f"the held-out score fell by only {-figures['relative_change']:.2%} "
                        f"(less than {min_gain:.2%})"), figures
+    margin = f"{-mean / se:.1f} standard errors" if se > 0 else "on every block alike"
     return True, (f"the held-out score fell by {-figures['relative_change']:.1%} "
-                  f"({-mean / se:.1f} standard errors; median change {median:+.4g})"), figures
+                  f"({margin}; median change {median:+.4g})"), figures
 
 
 @dataclass
@@ -318,7 +319,7 @@ class AdaptResult:
         """JSON-able summary (the restore job stores it as the attribute ``adaptation``)."""
         k = max(1, len(self.losses) // 10)
         return {"steps": self.steps, "lr": self.lr, "batch": self.batch, "patch": self.patch,
-                "frames_train": self.frames_train, "frames_holdout": self.frames_holdout,
+                "train_frames": self.frames_train, "holdout_frames": self.frames_holdout,
                 "score_before": self.score_before, "score_after": self.score_after, "items": self.items,
                 **{k2: float(v) for k2, v in self.figures.items()},
                 "used": self.used, "reason": self.reason, "seconds": round(self.seconds, 3),
