@@ -187,3 +187,14 @@ def test_job_refuses_adapt_without_enough_frames(tmp_path, client, tiny_file):
         restore_job.plan(store, tmp_path / "o.zarr", model=tiny_file, adapt=10, **JOB_OPTIONS)
     with pytest.raises(restore_job.RestoreInputError, match="number of fine-tuning steps"):
         restore_job.plan(store, tmp_path / "o.zarr", model=tiny_file, adapt=-1, **JOB_OPTIONS)
+
+
+def test_command_line_option():
+    from flows.cli import build_parser
+
+    args = build_parser().parse_args(["restore", "m.zarr", "--out", "o.zarr", "--adapt", "150"])
+    assert args.adapt == 150
+    assert build_parser().parse_args(["restore", "m.zarr", "--out", "o.zarr"]).adapt == 0
+    from flows.jobs import job_kind
+
+    assert "adapt" in job_kind("restore").options  # a catalog may set it too
