@@ -140,7 +140,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     check_restore(args.source, args.out, model=args.model, overwrite=args.overwrite, options=dict(
         device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
-        channels_last=args.channels_last, register=args.register, block=args.block, guard=not args.no_guard))
+        channels_last=args.channels_last, register=args.register, block=args.block, guard=not args.no_guard,
+        adapt_steps=args.adapt or None))
     from .restore_flow import restore_flow
 
     _quiet_prefect(args.verbose)
@@ -149,7 +150,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         str(args.source), str(args.out), model=args.model, device=args.device, cluster=args.cluster,
         tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
         channels_last=args.channels_last, register_drift=args.register, block=args.block,
-        overwrite=args.overwrite, report=not args.no_report, guard=not args.no_guard,
+        adapt=args.adapt, overwrite=args.overwrite, report=not args.no_report, guard=not args.no_guard,
     )
     print(f"output store: {result['store']}")
     if result.get("figures"):
@@ -157,6 +158,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     print(f"restored:     {result['frames']} frame(s) of {result['shape'][1]} x {result['shape'][2]} "
           f"with {result['model']} on {result['device']} ({result['precision']})")
     print_model_choice(result)
+    print_adaptation(result)
     if "drift_max_px" in result:
         print(f"drift:        up to {result['drift_max_px']:.2f} px (variables drift, average)")
     if "psnr_raw_db" in result:
@@ -373,6 +375,19 @@ def print_model_choice(result: dict[str, Any]) -> None:
         print(f"model (auto): {choice['model']}: {choice['reason']}")
 
 
+def print_adaptation(result: dict[str, Any]) -> None:
+    """One line saying whether ``--adapt`` fine-tuned the model and whether the result was used."""
+    record = result.get("adaptation") or {}
+    if not record:
+        return
+    scores = ""
+    if record.get("score_before") is not None:
+        scores = f", held-out score {record['score_before']:.4g} -> {record['score_after']:.4g}"
+    outcome = "used" if record.get("used") else "not used (original model kept)"
+    print(f"adapted:      {record.get('steps')} steps on frames {record.get('train_frames', [])}{scores}: "
+          f"{outcome}: {record.get('reason')}")
+
+
 def _auto_note(result: dict[str, Any]) -> str:
     """' (auto: ...)' when the summary's lambdas were chosen automatically."""
     if not result.get("lambda_auto"):
@@ -473,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-guard", action="store_true",
                    help="keep every network output as it is (default: check each frame's residual and put back, "
                         "or keep raw, what the network removed of a lattice the input shows)")
+    p.add_argument("--adapt", type=int, default=0, metavar="STEPS",
+                   help="first fine-tune the model on the movie itself for STEPS steps (Noise2Noise between "
+                        "its frames, e.g. 200; a movie of at least 4 frames), used only when a held-out-frame "
+                        "check says it restores better (default 0: off)")
     _job_run_arguments(p)
     p.set_defaults(func=cmd_restore)
 

@@ -42,6 +42,7 @@ def restore_flow(
     channels_last: bool = False,
     register_drift: bool = False,
     block: int | None = None,
+    adapt: int = 0,
     overwrite: bool = False,
     report: bool = True,
     progress: bool = True,
@@ -52,6 +53,9 @@ def restore_flow(
     ``register_drift`` is the job's ``register`` option (a flow parameter may not be
     called ``register``: pydantic, which validates them, has an attribute of that name).
 
+    ``adapt`` > 0 fine-tunes the model on the movie itself for that many steps first
+    (Noise2Noise, kept only when a held-out-frame check says it restores better).
+
     ``report`` writes the PNG figures and ``summary.json`` beside the output store
     (:func:`flows.report.write_report`: raw against restored frames, the drift, the averages).
 
@@ -60,5 +64,5 @@ def restore_flow(
     """
     options = dict(model=model, device=device, tile=tile, overlap=overlap, batch=batch,
                    precision=precision, channels_last=channels_last, register=register_drift, block=block,
-                   overwrite=overwrite, check_device=not is_remote(cluster), guard=guard)
+                   adapt=adapt, overwrite=overwrite, check_device=not is_remote(cluster), guard=guard)
     return run_job_stages("restore", source, out, options, cluster=cluster, report=report, progress=progress)

@@ -7,17 +7,22 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    and the device, create the output store from a template:
    ``restored`` (frame, y, x) float32 in chunks of one block of frames, and with
    ``register`` also ``drift`` (frame, axis) and ``average`` (y, x);
-2. ``restore_blocks``: one Dask task per unfinished block of frames reads its frames
+2. ``adapt`` (with ``adapt_steps``, ``emfuse restore --adapt STEPS``): one task fine-tunes the
+   model on the movie itself (Noise2Noise between its frames, :mod:`pipeline.restore.adapt`)
+   and keeps the result only when a held-out-frame check says it restores better; the
+   adapted model is saved beside the output store (``out.adapted.safetensors``) and the
+   blocks load it;
+3. ``restore_blocks``: one Dask task per unfinished block of frames reads its frames
    from the input store, restores them (:func:`pipeline.restore.inference.restore`, tiles of
    all its frames batched together), checks each frame's residual (``guard``, on by default:
    :mod:`pipeline.restore.guard` puts back what the network removed of a lattice the input
    shows, or keeps the raw frame; per frame ``guard_decision`` and its figures) and writes its
    chunk-aligned region, then records the block as done. Each worker process loads the network once and keeps it
    (:func:`worker_model`);
-3. ``register``: with ``register``, the drift of every restored frame against the first is
+4. ``register``: with ``register``, the drift of every restored frame against the first is
    measured (:mod:`pipeline.register`, one task per block) and the drift-corrected mean
    of the restored frames is written as ``average``;
-4. ``finalise``: the warnings (``restored-clipped``, ``restore-guard``), ``complete = true``.
+5. ``finalise``: the warnings (``restored-clipped``, ``restore-guard``), ``complete = true``.
 
 :mod:`flows.restore_flow` wraps these stages as Prefect tasks; tests and notebooks can call
 :func:`flows.jobs.run_job` (``"restore"``) without Prefect.
@@ -31,10 +36,11 @@ Example
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +56,15 @@ from stores.errors import on_disk_full
 from stores.outputs import empty_like, prepare_output, write_region
 from stores.progress import TileRecord
 from stores.warn import add_warnings, make_warning, read_warnings
-from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, timed
+from stores.zarrio import (
+    jsonable,
+    mark_complete,
+    open_dataset,
+    read_attrs,
+    sha256_file,
+    timed,
+    update_attrs,
+)
 
 from .checks import check_restore_tiling
 from .gather import gather
@@ -75,6 +89,10 @@ NORMALISATION = {"method": "per-frame standardisation",
                                 "before the network; the result is returned in the input's units"}
 ATTR_VALUE_RANGE = "value_range"  # [low, high] (None: unbounded) the restored values are clipped to
 ATTR_MODEL_CHOICE = "model_choice"  # how --model was resolved: {"asked", "model", "modality", "resolution", "reason", ...}
+ATTR_ADAPTATION = "adaptation"  # --adapt: {"steps", "frames_used", "holdout_frames", "score_before", "score_after", "used", "reason", ...}
+ADAPTED_MODEL_SUFFIX = ".adapted.safetensors"  # the adapted network, beside the store: out.zarr -> out.adapted.safetensors
+ADAPT_MAX_FRAMES = 16  # --adapt learns from (and checks on) at most the first so many frames with signal
+MIN_ADAPT_FRAMES = 4  # 2 to train on, 2 held out for the check (pipeline.restore.adapt)
 
 # the networks loaded by this worker process, by (model, sha256, device, channels_last)
 _MODELS: dict[tuple[Any, ...], Any] = {}
@@ -105,6 +123,7 @@ class RestoreJob:
     model_sha256: str | None = None  # of a model file
     value_range: tuple[float | None, float | None] = (None, None)  # the input's physical range (clipping)
     guard: bool = True  # check each frame's residual and fall back where the network removed signal
+    adapt_steps: int = 0  # Noise2Noise fine-tuning steps on the movie itself before restoring (0: off)
 
     def record(self) -> dict[str, Any]:
         """The parameters written to (and compared with) the output store."""
@@ -113,6 +132,8 @@ class RestoreJob:
                    "register", "block", "guard")}
         if self.model_sha256:
             record["model_sha256"] = self.model_sha256
+        if self.adapt_steps:  # only when asked: stores written before --adapt existed still match
+            record["adapt_steps"] = self.adapt_steps
         return record
 
     @property
@@ -219,12 +240,15 @@ def plan(
     channels_last: bool = False,
     register: bool = False,
     block: int | None = None,
+    adapt: int = 0,
     overwrite: bool = False,
     check_device: bool = True,
     guard: bool = True,
 ) -> tuple[RestoreJob, str]:
     """Define the job and create (or reopen) its output store.
 
+    ``adapt`` > 0 fine-tunes the model on the movie itself for that many steps before the
+    frames are restored (:func:`adapt`; a movie of at least :data:`MIN_ADAPT_FRAMES` frames).
     ``check_device=False`` leaves the device check to the workers (a scheduler on a
     machine without the workers' GPU). ``guard=False`` keeps every network output as it is
     (:mod:`pipeline.restore.guard` is not run). Returns the job and the output's state:
@@ -252,6 +276,7 @@ def plan(
         raise RestoreInputError(f"unknown device {device!r} ({exc}); use cpu or cuda") from exc
     if check_device:
         _check_device(device)
+    _check_adapt(adapt, variable, int(n_frames), source)
     choice = choose_model(model, ds, variable, out, overwrite=overwrite)
     name, sha, smallest = _check_model(choice.model)
     kind = image_kind(ds, variable)
@@ -265,7 +290,7 @@ def plan(
     limits = value_range(data.dtype, negative <= NEGATIVE_TOLERANCE) if first else _stored_range(out)
     job = RestoreJob(str(source), str(out), name, variable, int(n_frames), device, tile, overlap, batch,
                      precision, channels_last, register, block or default_block(n_frames, ny, nx), sha,
-                     limits, guard)
+                     limits, guard, int(adapt))
     with on_disk_full(out):
         state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite,
                                attrs={layout.ATTR_IMAGE_KIND: kind, ATTR_VALUE_RANGE: list(limits),
@@ -282,6 +307,8 @@ def plan(
                 "background-subtracted, or processed), unlike the data the network was trained on. "
                 "Check the restored image against the raw one, or restore the raw detector counts.",
                 stage="plan", negative_fraction=round(float(negative), 6)))
+    if job.adapt_steps and state != "new":  # a rerun restores with the model adapted before
+        job = stored_adaptation(job)[1]
     return job, state
 
 
@@ -651,6 +678,107 @@ def register(job: RestoreJob, client: Client, *, progress: bool = True) -> None:
     record.mark_stage("register")
 
 
+def _check_adapt(adapt: Any, variable: str, n_frames: int, source: str | Path) -> None:
+    """``adapt`` is a number of steps, and a positive one needs a movie of enough frames."""
+    if isinstance(adapt, bool) or not isinstance(adapt, (int, np.integer)) or adapt < 0:
+        raise RestoreInputError(f"--adapt takes a number of fine-tuning steps (0: off), got {adapt!r}")
+    if adapt and (variable != layout.MOVIE or n_frames < MIN_ADAPT_FRAMES):
+        what = "an image" if variable != layout.MOVIE else f"a movie of {n_frames} frame(s)"
+        raise RestoreInputError(
+            f"--adapt needs a movie of at least {MIN_ADAPT_FRAMES} frames of the same region (it learns "
+            f"from pairs of frames and checks on {MIN_ADAPT_FRAMES - 2} held-out ones); {source} holds {what}. "
+            "Restore it without --adapt.")
+
+
+def adapt_in_store(job: RestoreJob) -> dict[str, Any]:
+    """Worker task: fine-tune the job's model on the movie (Noise2Noise between its frames).
+
+    Reads the first :data:`ADAPT_MAX_FRAMES` frames (those with signal and finite values),
+    runs :func:`pipeline.restore.adapt.adapt_model` on the job's device and, when the
+    held-out-frame check says the adapted model restores better, writes it to
+    :func:`adapted_model_path` (beside the store: Zarr warns about foreign files inside it,
+    and a model is not part of the dataset). Returns the record stored as ``adaptation``
+    (frame numbers are the movie's).
+    """
+    from pipeline.restore import save_model
+    from pipeline.restore.adapt import adapt_model
+
+    data = read_frames(job, slice(0, min(job.n_frames, ADAPT_MAX_FRAMES)))
+    usable = np.flatnonzero(np.isfinite(data).all(axis=(1, 2)) & ~flat_frames(data))
+    record: dict[str, Any] = {"steps": job.adapt_steps, "base_model": job.model}
+    if usable.size < MIN_ADAPT_FRAMES:
+        return {**record, "used": False, "frames_used": usable.tolist(), "holdout_frames": [],
+                "score_before": None, "score_after": None,
+                "reason": f"only {usable.size} of the first {len(data)} frames have signal (need {MIN_ADAPT_FRAMES})"}
+    result = adapt_model(worker_model(job), data[usable], steps=job.adapt_steps, device=job.device,
+                         restore_kwargs=dict(tile=job.tile, overlap=job.overlap, batch=job.batch))
+    record.update(result.record())
+    record.update(frames_used=usable.tolist(), train_frames=usable[result.frames_train].tolist(),
+                  holdout_frames=usable[result.frames_holdout].tolist())
+    if result.used:
+        path = save_model(result.adapted, adapted_model_path(job.out), metadata={
+            "adaptation": json.dumps({k: v for k, v in record.items() if k != "drift_px"})})
+        record.update(model_path=str(path.resolve()), model_sha256=sha256_file(path))
+    return record
+
+
+def adapted_model_path(out: str | Path) -> Path:
+    """Where ``--adapt`` saves the adapted model: beside the store, ``out.zarr`` -> ``out.adapted.safetensors``.
+
+    >>> adapted_model_path("results/night.zarr").as_posix()
+    'results/night.adapted.safetensors'
+    """
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".zarr") + ADAPTED_MODEL_SUFFIX)
+
+
+def stored_adaptation(job: RestoreJob) -> tuple[bool, RestoreJob]:
+    """(whether the adaptation has run, the job restoring with its outcome) from the output store.
+
+    When the adapted model was used, the job's model becomes its file (and sha256), so that
+    every worker loads it (:func:`worker_model` is keyed by both).
+    """
+    try:
+        record = read_attrs(job.out).get(ATTR_ADAPTATION)
+    except Exception:  # not a store yet
+        return False, job
+    if not isinstance(record, dict):
+        return False, job
+    if not record.get("used"):
+        return True, job
+    path = Path(record["model_path"])
+    if not path.is_file() or sha256_file(path) != record["model_sha256"]:
+        raise RestoreInputError(f"{job.out}: the adapted model {path} is missing or was changed since it was "
+                                "made; rerun with --overwrite to adapt and restore again.")
+    return True, replace(job, model=str(path), model_sha256=record["model_sha256"])
+
+
+def adapt(job: RestoreJob, client: Client) -> RestoreJob:
+    """With ``adapt_steps``: fine-tune the model on the movie once (one worker), before the blocks.
+
+    The outcome goes to the attribute ``adaptation``; an adaptation that did not pass the
+    held-out-frame check stores the warning ``adapt-not-improved`` and the original model is
+    used. A rerun takes the stored outcome (and the saved model) instead of adapting again.
+    """
+    if not job.adapt_steps:
+        return job
+    done, adapted = stored_adaptation(job)
+    if done:
+        return adapted
+    record = client.submit(adapt_in_store, job, pure=False).result()
+    update_attrs(job.out, **{ATTR_ADAPTATION: jsonable(record)})
+    if record["used"]:
+        log.info("adapted %s on the movie: %s", job.model, record["reason"])
+    else:
+        add_warnings(job.out, make_warning(
+            "adapt-not-improved",
+            f"fine-tuning {job.model} on this movie ({job.adapt_steps} steps) did not improve the held-out-frame "
+            f"check ({record['reason']}); the frames were restored with the original model. More steps "
+            "or more frames may help; otherwise restore without --adapt.",
+            stage="adapt", score_before=record.get("score_before"), score_after=record.get("score_after")))
+    return stored_adaptation(job)[1]
+
+
 def finalise(job: RestoreJob) -> None:
     """Mark the store complete once every block (and the registration, if asked) is done."""
     record = TileRecord.open(job.out, JOB)
@@ -708,6 +836,8 @@ def summary(job: RestoreJob) -> dict[str, Any]:
     if ATTR_MODEL_CHOICE in out.attrs:
         info[ATTR_MODEL_CHOICE] = out.attrs[ATTR_MODEL_CHOICE]
     info["guard"] = guard_counts(job.out) if job.guard else "off"
+    if ATTR_ADAPTATION in out.attrs:
+        info[ATTR_ADAPTATION] = out.attrs[ATTR_ADAPTATION]
     info["warnings"] = read_warnings(job.out)
     return info
 
@@ -718,6 +848,9 @@ def compute(job: RestoreJob, client: Client, *, progress: bool = True) -> tuple[
     Returns the job and the number of blocks of frames restored now.
     """
     with on_disk_full(job.out):  # ENOSPC on any write: one line naming the store and the fix
+        if job.adapt_steps:
+            with timed(job.out, "adapt"):
+                job = adapt(job, client)
         with timed(job.out, "restore"):
             n = restore_blocks(job, client, progress=progress)
         with timed(job.out, "register"):
@@ -726,7 +859,7 @@ def compute(job: RestoreJob, client: Client, *, progress: bool = True) -> tuple[
 
 
 __all__ = [
-    "JOB", "RestoreInputError", "RestoreJob", "choose_model", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "finalise", "plan",
+    "JOB", "RestoreInputError", "RestoreJob", "adapt", "adapt_in_store", "adapted_model_path", "choose_model", "stored_adaptation", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "finalise", "plan",
     "read_frames", "register", "restore_blocks", "restore_block_in_store", "compute", "summary",
     "guard_counts", "guard_frames",
     "worker_model",
