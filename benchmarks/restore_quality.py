@@ -324,9 +324,17 @@ class Method:
     run: Callable[[np.ndarray], np.ndarray] | None  # None: set-specific (gaussian)
 
 
+GUARD = "+guard"  # suffix: the model's output after pipeline.restore.guard, as the restore job keeps it
+
+
 def resolve_method(label: str, spec: TestSet, models: Mapping[str, Mapping[str, Path]],
                    n_val: int) -> Method | str:
     """The method for a set, or the reason it is skipped."""
+    if label.endswith(GUARD):
+        base = resolve_method(label[:-len(GUARD)], spec, models, n_val)
+        if isinstance(base, str):
+            return base
+        return Method(label, base.tag + GUARD, base.run)
     if label == "raw":
         return Method(label, "raw", lambda d: d)
     if label == "truth":
@@ -360,6 +368,12 @@ def resolve_method(label: str, spec: TestSet, models: Mapping[str, Mapping[str, 
 
 
 def method_function(method: Method, spec: TestSet, models, level: str, size: int, n_val: int):
+    if method.label.endswith(GUARD):
+        from pipeline.restore.guard import guard
+
+        base = Method(method.label[:-len(GUARD)], method.tag[:-len(GUARD)], method.run)
+        run, info = method_function(base, spec, models, level, size, n_val)
+        return (lambda d: guard(d, run(d))[0]), info
     if method.run is not None:
         return method.run, {}
     if method.label == "gaussian":
@@ -696,7 +710,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="an own model to score (repeatable); MODALITY: stem, tem, sem, or e.g. stem-low")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--methods", nargs="+", default=None,
-                        help=f"of {', '.join(METHODS + EXTRA_METHODS)} and the --model names "
+                        help=f"of {', '.join(METHODS + EXTRA_METHODS)} and the --model names, each also with "
+                             "the suffix +guard (its output after the residual guard, as the restore job keeps it) "
                              "(default: all but truth)")
     parser.add_argument("--cache", type=Path, default=None, help="JSON file of per-image results, reused")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
@@ -712,10 +727,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     models = parse_models(args.model)
     methods = args.methods or list(METHODS) + list(models)
-    unknown = [m for m in methods if m not in METHODS + EXTRA_METHODS and m not in models]
+    unknown = [m for m in methods if m.removesuffix(GUARD) not in METHODS + EXTRA_METHODS
+               and m.removesuffix(GUARD) not in models]
     if unknown:
         parser.error(f"unknown methods {unknown}: give --model NAME=PATH for an own model")
-    own = [m for m in methods if m == "default" or m in models]
+    own = [m for m in methods if m.removesuffix(GUARD) == "default" or m.removesuffix(GUARD) in models]
     cache = Cache(args.cache)
     results = evaluate(args.sets, methods, n=args.n, size=args.size, n_val=args.n_val, models=models,
                        cache=cache)
