@@ -125,13 +125,14 @@ PACKAGED_STD_FLOOR = 1e-6
 
 
 def package_model(run: str | os.PathLike, dest: str | os.PathLike, *, description: str,
-                  std_floor: float = PACKAGED_STD_FLOOR) -> Path:
+                  std_floor: float = PACKAGED_STD_FLOOR, init_file: str | os.PathLike | None = None) -> Path:
     """Write the trained ``run/model.safetensors`` as a package model at ``dest``.
 
     The header keeps the architecture (with ``std_floor`` set to ``std_floor``; the floor is
     not a learned weight, and in training the images' std was always far above it), the run's
-    ``train_config.json`` and the chain of runs it was fine-tuned from (``init``), the licence,
-    and ``description``.
+    ``train_config.json``, the licence, ``description`` and, with ``init_file`` (the model the run
+    was fine-tuned from, when its file has since been replaced), that model's own header as
+    ``init_model``: the chain of trainings stays readable from the shipped file.
 
     Example
     -------
@@ -152,4 +153,9 @@ def package_model(run: str | os.PathLike, dest: str | os.PathLike, *, descriptio
     last_val = next((row["val"] for row in reversed(log) if "val" in row), None)
     metadata = {"description": description, "train_config": json.dumps(config),
                 "validation": json.dumps(last_val), "license": "BSD-3-Clause (emfuse); trained on synthetic data only"}
+    if init_file is not None:
+        from safetensors import safe_open
+
+        with safe_open(str(init_file), "pt") as f:
+            metadata["init_model"] = json.dumps(f.metadata())
     return save_model(model, dest, metadata=metadata)
