@@ -19,13 +19,14 @@ demo: $(STAMP)
 	$(BIN)/emfuse demo --out emfuse-demo
 
 test: $(STAMP)
+	$(BIN)/python -m ruff check emfuse pipeline stores cluster flows tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu or gpu"
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check pipeline stores cluster flows tests benchmarks
+	$(BIN)/python -m ruff check emfuse pipeline stores cluster flows tests benchmarks
 
 clean:
 	rm -rf $(VENV) emfuse-demo .pytest_cache

@@ -2,7 +2,7 @@
 
 For each specimen kind and dose, a synthetic spectrum image with ground truth is made, and
 
-* the automatic choice (:func:`pipeline.fusion.auto.choose_lambdas`, which never sees the
+* the automatic choice (:func:`emfuse.pipeline.fusion.auto.choose_lambdas`, which never sees the
   truth) is made from the spectrum image, the full data are fused with it, and its error
   against the truth is measured (mean NRMSE over elements, after an affine fit);
 * a grid search fuses the full data at every point of a log grid (factor 2 on both axes,
@@ -34,11 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.fusion import FusionParams, Normalisation, fuse
-from pipeline.fusion.auto import SearchSettings, choose_lambdas, scaled_normalisation, thin_counts
-from pipeline.metrics import nrmse
-from pipeline.spectra import elemental_maps
-from pipeline.synth import make_spectrum_image
+from emfuse.pipeline.fusion import FusionParams, Normalisation, fuse
+from emfuse.pipeline.fusion.auto import (
+    SearchSettings,
+    choose_lambdas,
+    scaled_normalisation,
+    thin_counts,
+)
+from emfuse.pipeline.metrics import nrmse
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import make_spectrum_image
 
 SPECIMENS = {"columns": ("Sr", "Ti", "O"), "particles": ("Au", "Fe", "O"), "layers": ("Ga", "As", "Al")}
 

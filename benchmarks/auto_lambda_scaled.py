@@ -24,11 +24,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.fusion import FusionParams, fuse
-from pipeline.fusion.auto import SearchSettings, choose_lambdas
-from pipeline.metrics import nrmse
-from pipeline.spectra import elemental_maps
-from pipeline.synth import make_spectrum_image
+from emfuse.pipeline.fusion import FusionParams, fuse
+from emfuse.pipeline.fusion.auto import SearchSettings, choose_lambdas
+from emfuse.pipeline.metrics import nrmse
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import make_spectrum_image
 
 SPECIMENS = {"columns": ("Sr", "Ti", "O"), "particles": ("Au", "Fe", "O"), "layers": ("Ga", "As", "Al")}
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fusion"

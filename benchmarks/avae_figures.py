@@ -18,11 +18,11 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.avae.baselines import calibrate  # noqa: E402
-from pipeline.avae.evaluate import prepare_regions  # noqa: E402
-from pipeline.avae.fuse import fuse_modes  # noqa: E402
-from pipeline.avae.model import DEFAULT_WEIGHTS, load_avae  # noqa: E402
-from pipeline.avae.simulate import MATERIALS, MODES, Microscope, ctf, simulate_region  # noqa: E402
+from emfuse.pipeline.avae.baselines import calibrate  # noqa: E402
+from emfuse.pipeline.avae.evaluate import prepare_regions  # noqa: E402
+from emfuse.pipeline.avae.fuse import fuse_modes  # noqa: E402
+from emfuse.pipeline.avae.model import DEFAULT_WEIGHTS, load_avae  # noqa: E402
+from emfuse.pipeline.avae.simulate import MATERIALS, MODES, Microscope, ctf, simulate_region  # noqa: E402
 
 SEED = 2024
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/fusion_gpu.py [--size 4096] [--iters 100] [--repeats 3]
 
-Times ``pipeline.fusion.fuse`` on CuPy arrays end to end on the device (inputs already on the
+Times ``emfuse.pipeline.fusion.fuse`` on CuPy arrays end to end on the device (inputs already on the
 GPU; checks, normalisation, every iteration with its backtracking and cost evaluation, and a
 final synchronisation), median of ``--repeats`` runs after one warm-up; compares the result of a
 shorter run with the CPU (numba) result, and reports the achieved memory bandwidth with the byte
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from pipeline.fusion import fuse
+from emfuse.pipeline.fusion import fuse
 
 
 def problem(size: int, n_elements: int = 4, seed: int = 0):

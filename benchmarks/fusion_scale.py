@@ -4,10 +4,10 @@
 
 1. Inputs, generated chunk by chunk on the cluster (nothing image-sized in one process) into
    Zarr v3 canonical stores: a map set (HAADF + 4 maps, chunks 512) from
-   :func:`pipeline.synth.lazy_map_set`, and a spectrum image (uint16, chunks 64 x 64 x 2048,
-   HAADF, truth) from :func:`pipeline.synth.lazy_spectrum_image`.
+   :func:`emfuse.pipeline.synth.lazy_map_set`, and a spectrum image (uint16, chunks 64 x 64 x 2048,
+   HAADF, truth) from :func:`emfuse.pipeline.synth.lazy_spectrum_image`.
 2. For each worker count, on ``connect("local", n_workers=W, threads_per_worker=1,
-   memory_limit=...)``, the stages of :mod:`flows.fusion_job` (plan, write_inputs, normalise,
+   memory_limit=...)``, the stages of :mod:`emfuse.flows.fusion_job` (plan, write_inputs, normalise,
    fuse_tiles, finalise) for the spectrum image (maps integrated lazily on the cluster) and for
    the map set: seconds per stage, peak memory per worker per stage, throughput in
    megapixel-elements per second.
@@ -15,7 +15,7 @@
    integrate the maps) and the maps integration alone, next to raw Zarr reads of the same store
    on the same cluster (every chunk read with zarr; and ``da.from_zarr(...).sum()``), all in MB/s
    of uncompressed bytes.
-4. Tiled against untiled: the spectrum image's maps fused untiled (:func:`pipeline.fusion.fuse`,
+4. Tiled against untiled: the spectrum image's maps fused untiled (:func:`emfuse.pipeline.fusion.fuse`,
    in this process, with the job's dataset-wide normalisation) and by the job with several halos;
    the max |difference| relative to the fused value range, and the smallest halo within the
    tolerance.
@@ -53,14 +53,14 @@ from _common import peak_rss as _peak_rss
 from _common import reset_peak_rss as _reset_peak_rss
 from dask.utils import parse_bytes
 
-from cluster import connect
-from flows import fusion_job
-from flows.synth import spectrum_image_dataset
-from pipeline.fusion import FusionParams, fuse
-from pipeline.synth import lazy_map_set, lazy_spectrum_image
-from stores import layout
-from stores.formats import canonical_dataset
-from stores.zarrio import open_dataset, write_dataset
+from emfuse.cluster import connect
+from emfuse.flows import fusion_job
+from emfuse.flows.synth import spectrum_image_dataset
+from emfuse.pipeline.fusion import FusionParams, fuse
+from emfuse.pipeline.synth import lazy_map_set, lazy_spectrum_image
+from emfuse.stores import layout
+from emfuse.stores.formats import canonical_dataset
+from emfuse.stores.zarrio import open_dataset, write_dataset
 
 GIB = 2**30
 MB = 1e6
@@ -158,8 +158,8 @@ def code_identity() -> dict[str, str]:
     import importlib
 
     out = {}
-    for name in ("pipeline.fusion.solver", "pipeline.fusion.tv", "pipeline.spectra",
-                 "pipeline.tiles", "flows.fusion_job", "stores.outputs"):
+    for name in ("emfuse.pipeline.fusion.solver", "emfuse.pipeline.fusion.tv", "emfuse.pipeline.spectra",
+                 "emfuse.pipeline.tiles", "emfuse.flows.fusion_job", "emfuse.stores.outputs"):
         module = importlib.import_module(name)
         source = Path(module.__file__).read_bytes()
         out[name] = hashlib.sha256(source).hexdigest()[:12]

@@ -5,10 +5,10 @@
 
 Part 1, the published tutorials (``../shared/data/fusion``): the published solver (PyPI
 ``multimodal-fusion`` 0.6.0: ``DataFusion`` set-up, ``load_chemical_maps``, ``load_haadf``,
-``run``) and ``pipeline.fusion.fuse`` (input checks, normalisation, solver) with the published
+``run``) and ``emfuse.pipeline.fusion.fuse`` (input checks, normalisation, solver) with the published
 parameters and iteration counts, run alternately ``--repeats`` times after one untimed warm-up
 each (numba compilation or cache loading is not counted); the median wall time and process
-CPU time (all threads) of each, their ratios, the objective ``F`` of both results by ``pipeline.fusion.objective`` and the correlation
+CPU time (all threads) of each, their ratios, the objective ``F`` of both results by ``emfuse.pipeline.fusion.objective`` and the correlation
 of each element's maps. The initial threshold of tutorial 2 is applied to the published solver's
 start as in ``tests/test_reference_parity.py``.
 
@@ -55,7 +55,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
-from pipeline.fusion import Normalisation, fuse, haadf_weights, objective
+from emfuse.pipeline.fusion import Normalisation, fuse, haadf_weights, objective
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fusion"
 TUTORIALS = ("dysco3_edx_tutorial.npz", "co3o4_mn3o4_eels_tutorial.npz")

@@ -4,7 +4,7 @@ For every real microscope file in ``../shared/data/formats`` (each spectrum imag
 that holds several), the file is read as ``emfuse ingest`` reads it and the key figures the
 canonical store carries as attributes are printed, one row per file, with a check that
 each one equals RosettaSciIO's reading (its metadata, with its mapping from
-``original_metadata`` applied the way HyperSpy does: ``stores.metadata.complete_metadata``)
+``original_metadata`` applied the way HyperSpy does: ``emfuse.stores.metadata.complete_metadata``)
 of the signal ``metadata_sources`` names. A mismatch is printed as ``value != expected``.
 
 Usage::
@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stores.formats.rsciio import PLUGINS  # noqa: E402
-from stores.ingest import read  # noqa: E402
-from stores.metadata import complete_metadata, key_figures  # noqa: E402
+from emfuse.stores.formats.rsciio import PLUGINS  # noqa: E402
+from emfuse.stores.ingest import read  # noqa: E402
+from emfuse.stores.metadata import complete_metadata, key_figures  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "formats"
 COLUMNS = ["beam_energy_kev", "magnification", "camera_length_mm", "acquired", "microscope", "detector",

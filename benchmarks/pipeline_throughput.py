@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster import connect
-from flows import fusion_job
-from flows.synth import write_synthetic
+from emfuse.cluster import connect
+from emfuse.flows import fusion_job
+from emfuse.flows.synth import write_synthetic
 
 ELEMENTS = ("Sr", "Ti", "O")
 

@@ -4,10 +4,10 @@
         [--lattice-nm 0.3905] [--sigma-nm 0.05] [--model default] [--steps 200] [--lr 1e-4]
         [--batch 8] [--patch 64] [--seed 0] [--json out.json]
 
-Draws a drifting HR-STEM movie (:func:`pipeline.synth.movie.make_movie`, 0.02 nm pixels: the
+Draws a drifting HR-STEM movie (:func:`emfuse.pipeline.synth.movie.make_movie`, 0.02 nm pixels: the
 default lattice has columns 19.5 px apart; ``--lattice-nm 0.1 --sigma-nm 0.025`` gives 5 px,
 where the default model erases lattices), adapts ``--model`` to it with
-:func:`pipeline.restore.adapt.adapt_model` (drift measured on the raw frames), and prints the
+:func:`emfuse.pipeline.restore.adapt.adapt_model` (drift measured on the raw frames), and prints the
 held-out-frame scores, the decision, the time per step, and the PSNR of every training frame
 restored by the original and by the adapted model against its noise-free frame (mean over
 the frames). One torch thread.
@@ -23,11 +23,11 @@ import time
 import numpy as np
 import torch
 
-from pipeline.metrics import psnr
-from pipeline.restore import load_model
-from pipeline.restore.adapt import adapt_model
-from pipeline.restore.inference import restore
-from pipeline.synth.movie import make_movie
+from emfuse.pipeline.metrics import psnr
+from emfuse.pipeline.restore import load_model
+from emfuse.pipeline.restore.adapt import adapt_model
+from emfuse.pipeline.restore.inference import restore
+from emfuse.pipeline.synth.movie import make_movie
 
 
 def main() -> None:

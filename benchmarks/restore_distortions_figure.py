@@ -2,7 +2,7 @@
 
 One panel per distortion, each applied alone (with deliberately strong parameters, so that it
 shows) to the same clean image, for S(T)EM and for TEM; the fast-scan PSF for a few parameter
-sets; and random training pairs from :func:`pipeline.restore.specimens.make_pair`.
+sets; and random training pairs from :func:`emfuse.pipeline.restore.specimens.make_pair`.
 
     .venv/bin/python benchmarks/restore_distortions_figure.py [--out docs/figures/restore] [--seed 3]
 
@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.restore import noise  # noqa: E402
-from pipeline.restore.specimens import make_pair, make_specimen  # noqa: E402
+from emfuse.pipeline.restore import noise  # noqa: E402
+from emfuse.pipeline.restore.specimens import make_pair, make_specimen  # noqa: E402
 
 SHAPE = (160, 160)
 

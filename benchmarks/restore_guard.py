@@ -1,4 +1,4 @@
-"""The residual guard (pipeline.restore.guard) on outputs known good and known harmful.
+"""The residual guard (emfuse.pipeline.restore.guard) on outputs known good and known harmful.
 
 Cases (256 x 256 frames; the truth is known for every case):
 
@@ -31,11 +31,11 @@ import torch
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from pipeline.metrics import psnr
-from pipeline.restore import load_model
-from pipeline.restore.guard import guard
-from pipeline.restore.inference import restore
-from pipeline.restore.specimens import make_pair
+from emfuse.pipeline.metrics import psnr
+from emfuse.pipeline.restore import load_model
+from emfuse.pipeline.restore.guard import guard
+from emfuse.pipeline.restore.inference import restore
+from emfuse.pipeline.restore.specimens import make_pair
 
 PAIRS = ("sfr_hrstem", "sfr_lrstem", "sfr_lrtem", "sfr_hrsem", "sfr_lrsem")
 

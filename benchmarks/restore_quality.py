@@ -1,7 +1,7 @@
 """Restoration quality on test sets that training never sees, per family and dose.
 
 Every set is scored with median PSNR (dB; data range = the clean image's max - min) and median
-SSIM (gaussian window, sigma 1.5) from ``pipeline.metrics``, per dose, for each method:
+SSIM (gaussian window, sigma 1.5) from ``emfuse.pipeline.metrics``, per dose, for each method:
 
 * ``raw``: the distorted image itself;
 * ``gaussian``: a gaussian filter, its sigma chosen per set and dose on separate validation
@@ -17,7 +17,7 @@ SSIM (gaussian window, sigma 1.5) from ``pipeline.metrics``, per dose, for each 
 * one column per ``--model NAME=PATH`` (repeatable). ``--model NAME:stem=PATH`` (or
   ``NAME:stem-low=PATH``) gives NAME's file for one modality (or modality and resolution);
   a set whose modality has no file for NAME gets no NAME column. Checkpoints of
-  ``pipeline.restore.train`` (``checkpoint-*.safetensors``) are not loadable models: use
+  ``emfuse.pipeline.restore.train`` (``checkpoint-*.safetensors``) are not loadable models: use
   ``model.safetensors``.
 
 Test sets (``--sets``; :data:`SETS`). Seeds: image ``i`` of a set is drawn from
@@ -26,22 +26,22 @@ Test sets (``--sets``; :data:`SETS`). Seeds: image ``i`` of a set is drawn from
 uses the same seeds (the same scenes at three doses). Doses: S(T)EM and SEM 5, 50, 500 counts
 at the brightest pixel; TEM 5, 50, 500 electrons per pixel at the mean.
 
-1. held out of training (:data:`pipeline.restore.scenes.HELD_OUT`): ``polycrystal`` (STEM HAADF,
+1. held out of training (:data:`emfuse.pipeline.restore.scenes.HELD_OUT`): ``polycrystal`` (STEM HAADF,
    high resolution), ``abf`` (STEM annular bright field, any family but polycrystal),
    ``row_line_rel`` (STEM HAADF with row-offset noise always on), ``flicker_sigma`` (TEM with
    frame-flicker noise always on); the other held-out things stay out of each set, so each
    measures one unseen factor;
-2. in distribution (:func:`pipeline.restore.scenes.make_scene_pair` without the held-out
+2. in distribution (:func:`emfuse.pipeline.restore.scenes.make_scene_pair` without the held-out
    families, contrasts and distortions): ``stem-high``, ``stem-low``, ``tem-high``,
    ``tem-low``, ``sem`` (high resolution);
-3. ``narrow``: the old HR-STEM generator (:func:`pipeline.restore.specimens.make_pair`), the
+3. ``narrow``: the old HR-STEM generator (:func:`emfuse.pipeline.restore.specimens.make_pair`), the
    earlier benchmark's set (same seeds);
 4. ``multem-*``: the MULTEM test pairs shipped with ``tk-r-em`` (``test_data/sfr_*.h5``,
    256 x 256, 8 each, their own unknown dose: one row "as simulated"). The r_em networks were
    trained on this simulator; our models never saw it;
 5. ``real-hrstem``: ``tk-r-em``'s experimental HR-STEM frames (``exp_hrstem.h5``), which have no
    truth: no score, only the figure ``docs/figures/restore/real_hrstem.png`` (with
-   ``--figures``) and the decision of ``pipeline.restore.guard`` on each output.
+   ``--figures``) and the decision of ``emfuse.pipeline.restore.guard`` on each output.
 
 Targets (printed as one PASS/FAIL line per set and dose, for the default and every
 ``--model``): (a) at least 2 dB over the better BM3D variant (difference of the medians) on
@@ -75,8 +75,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pipeline.metrics import psnr, ssim
-from pipeline.restore.noise import SETTINGS, Draw
+from emfuse.pipeline.metrics import psnr, ssim
+from emfuse.pipeline.restore.noise import SETTINGS, Draw
 
 DOSES = {"low": 5.0, "medium": 50.0, "high": 500.0}
 TEST_SEED, VAL_SEED = 1_000_000, 2_000_000
@@ -112,7 +112,7 @@ class TestSet:
 
 
 def _sets() -> dict[str, TestSet]:
-    from pipeline.restore.scenes import held_out
+    from emfuse.pipeline.restore.scenes import held_out
 
     no_poly = ("polycrystal",)
     out = [
@@ -149,7 +149,7 @@ SETS = _sets()
 def distortion_table(spec: TestSet, dose: float) -> dict[str, Draw]:
     """The set's distortion table with the dose fixed: training's table without the held-out
     distortions, but the set's ``forced`` one always applied."""
-    from pipeline.restore.scenes import held_out, held_out_settings, training_settings
+    from emfuse.pipeline.restore.scenes import held_out, held_out_settings, training_settings
 
     table = dict(training_settings(spec.modality, spec.resolution, exclude=held_out("distortion")))
     if spec.forced:
@@ -189,12 +189,12 @@ def make_pairs(spec: TestSet | str, level: str, n: int, size: int, *, base: int 
     for i in range(n):
         rng = np.random.default_rng(base + spec.offset + i)
         if spec.group == "narrow":
-            from pipeline.restore.specimens import make_pair
+            from emfuse.pipeline.restore.specimens import make_pair
 
             settings = dict(SETTINGS["stem", "high"], dose=Draw(low=dose, high=dose))
             clean, degraded, _ = make_pair((size, size), "stem", "high", rng, settings=settings)
         else:
-            from pipeline.restore.scenes import make_scene_pair
+            from emfuse.pipeline.restore.scenes import make_scene_pair
 
             clean, degraded, _ = make_scene_pair((size, size), spec.modality, spec.resolution, rng,
                                                  settings=distortion_table(spec, dose), **spec.scene)
@@ -258,12 +258,12 @@ _NETS: dict[str, Callable] = {}
 
 
 def network(name: str | None) -> Callable[[np.ndarray], np.ndarray]:
-    """``image -> restored`` with a model of :func:`pipeline.restore.load_model` (loaded once)."""
+    """``image -> restored`` with a model of :func:`emfuse.pipeline.restore.load_model` (loaded once)."""
     key = str(name)
     if key not in _NETS:
         import torch
 
-        from pipeline.restore import load_model
+        from emfuse.pipeline.restore import load_model
 
         model = load_model(name)
 
@@ -301,9 +301,9 @@ def parse_models(items: list[str]) -> dict[str, dict[str, Path]]:
 
 
 def _model_path(text: str) -> Path:
-    """A file, or a name of :data:`pipeline.restore.MODEL_FILES` (the shipped own models)."""
+    """A file, or a name of :data:`emfuse.pipeline.restore.MODEL_FILES` (the shipped own models)."""
     try:
-        from pipeline.restore import MODEL_FILES
+        from emfuse.pipeline.restore import MODEL_FILES
     except ImportError:  # an older tree
         MODEL_FILES = {}
     return MODEL_FILES[text] if text in MODEL_FILES and not Path(text).exists() else Path(text)
@@ -324,7 +324,7 @@ class Method:
     run: Callable[[np.ndarray], np.ndarray] | None  # None: set-specific (gaussian)
 
 
-GUARD = "+guard"  # suffix: the model's output after pipeline.restore.guard, as the restore job keeps it
+GUARD = "+guard"  # suffix: the model's output after emfuse.pipeline.restore.guard, as the restore job keeps it
 
 
 def resolve_method(label: str, spec: TestSet, models: Mapping[str, Mapping[str, Path]],
@@ -348,13 +348,13 @@ def resolve_method(label: str, spec: TestSet, models: Mapping[str, Mapping[str, 
             return "no validation images for the gaussian's sigma"
         return Method(label, f"gaussian-v{n_val}", None)
     if label == "r_em":
-        from pipeline.restore import R_EM_VERSION
+        from emfuse.pipeline.restore import R_EM_VERSION
 
         if importlib.util.find_spec("tk_r_em") is None:
             return "tk-r-em is not installed"
         return Method(label, f"{spec.r_em}-{R_EM_VERSION}", None)
     if label == "default":
-        from pipeline.restore import DEFAULT_MODEL
+        from emfuse.pipeline.restore import DEFAULT_MODEL
 
         if not DEFAULT_MODEL.is_file():
             return f"{DEFAULT_MODEL} does not exist"
@@ -369,7 +369,7 @@ def resolve_method(label: str, spec: TestSet, models: Mapping[str, Mapping[str, 
 
 def method_function(method: Method, spec: TestSet, models, level: str, size: int, n_val: int):
     if method.label.endswith(GUARD):
-        from pipeline.restore.guard import guard
+        from emfuse.pipeline.restore.guard import guard
 
         base = Method(method.label[:-len(GUARD)], method.tag[:-len(GUARD)], method.run)
         run, info = method_function(base, spec, models, level, size, n_val)
@@ -618,10 +618,10 @@ def heldout_figure(summary: dict, models, size: int, path: Path, own: list[str],
 
 
 def guard_decision(raw: np.ndarray, restored: np.ndarray) -> str | None:
-    """:func:`pipeline.restore.guard.guard`'s decision for one output (None without that module)."""
-    if importlib.util.find_spec("pipeline.restore.guard") is None:
+    """:func:`emfuse.pipeline.restore.guard.guard`'s decision for one output (None without that module)."""
+    if importlib.util.find_spec("emfuse.pipeline.restore.guard") is None:
         return None
-    from pipeline.restore.guard import guard
+    from emfuse.pipeline.restore.guard import guard
 
     return guard(raw, restored)[1].decision
 
@@ -683,7 +683,7 @@ def real_figure(models, path: Path, own: list[str], *, crop: int = 256, margin: 
         for label, values in decisions.items():
             log(f"guard on real-hrstem, {label}: {', '.join(values)}")
     else:
-        log("pipeline.restore.guard does not exist: no guard decisions")
+        log("emfuse.pipeline.restore.guard does not exist: no guard decisions")
         decisions = {}
     return decisions
 

@@ -17,7 +17,7 @@
    rounds; medians), and the script prints the speed-up over TensorFlow, the max abs
    difference of each output from the torch fp32 one, and each output's PSNR against the
    noise-free truth (bf16's loss against fp32 is the difference of the two).
-2. With CUDA: single-image latency (fp32, bf16, fp16) of ``pipeline.restore.inference.restore``
+2. With CUDA: single-image latency (fp32, bf16, fp16) of ``emfuse.pipeline.restore.inference.restore``
    (``--tile``, default the whole image), and the throughput (frames/s) of the restore job on
    a ``--movie-frames`` x ``--size``² movie, Zarr to Zarr, on a ``local-threads`` Dask cluster
    (default 1000 frames on CUDA; on the CPU only when ``--movie-frames`` is given).
@@ -46,20 +46,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import torch
 
-from pipeline.metrics import psnr
-from pipeline.restore.inference import restore
-from pipeline.synth import make_movie
+from emfuse.pipeline.metrics import psnr
+from emfuse.pipeline.restore.inference import restore
+from emfuse.pipeline.synth import make_movie
 
 MODEL = "r_em:sfr_hrstem"
 
 
 def load_network() -> tuple[torch.nn.Module, str]:
-    from pipeline.restore import load_model
+    from emfuse.pipeline.restore import load_model
 
     try:
         return load_model(MODEL), MODEL
     except (ImportError, ValueError, OSError) as exc:
-        from pipeline.restore.cgrdn import CGRDN
+        from emfuse.pipeline.restore.cgrdn import CGRDN
 
         print(f"{MODEL} not available ({exc}); timing a freshly initialised CGRDN (published config)")
         return CGRDN().eval(), "CGRDN() random init"
@@ -264,11 +264,11 @@ def movie_throughput(frames: int, size: int, model_name: str, device: str, tile:
                      cluster: str, batch: int) -> dict[str, Any]:
     import dask.array as da
 
-    from cluster import connect
-    from flows.jobs import run_job
-    from stores.formats import canonical_dataset
-    from stores.ingest import chunk_canonical
-    from stores.zarrio import write_dataset
+    from emfuse.cluster import connect
+    from emfuse.flows.jobs import run_job
+    from emfuse.stores.formats import canonical_dataset
+    from emfuse.stores.ingest import chunk_canonical
+    from emfuse.stores.zarrio import write_dataset
 
     with tempfile.TemporaryDirectory(prefix="restore_speed_") as tmp:
         unique = make_movie((size, size), min(frames, 8), seed=1).movie
@@ -277,8 +277,8 @@ def movie_throughput(frames: int, size: int, model_name: str, device: str, tile:
                               Path(tmp) / "movie.zarr")
         model = model_name if model_name.startswith("r_em:") else None
         if model is None:  # a random CGRDN: saved so that the job's workers can load it
-            from pipeline.restore import save_model
-            from pipeline.restore.cgrdn import CGRDN
+            from emfuse.pipeline.restore import save_model
+            from emfuse.pipeline.restore.cgrdn import CGRDN
 
             model = str(save_model(CGRDN(), Path(tmp) / "random.safetensors"))
         with connect(cluster) as client:

@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/saturation.py [--shared ../shared/data] [--json FILE]
 
-1. :func:`pipeline.saturation.find_saturation` on the HAADF (or image) of every shared real
-   file that ingests (``shared/data/formats``, read with :func:`stores.ingest.read`) and of
+1. :func:`emfuse.pipeline.saturation.find_saturation` on the HAADF (or image) of every shared real
+   file that ingests (``shared/data/formats``, read with :func:`emfuse.stores.ingest.read`) and of
    the published tutorial files (``shared/data/fusion``): the saturated fraction and values.
 2. Synthetic specimens (columns, particles, layers; 96 x 96, Sr Ti O, maps Poisson with 8
    counts at the maximum) whose HAADF is clipped at its 85th percentile: the mean NRMSE
@@ -15,7 +15,7 @@
    percentile of the particle's pixels): the same errors, for the main element inside and
    over all elements and pixels.
 4. The specimens of 2 with the weights chosen by the automatic search
-   (:func:`pipeline.fusion.auto.choose_lambdas` on the integer-count maps, the default of the
+   (:func:`emfuse.pipeline.fusion.auto.choose_lambdas` on the integer-count maps, the default of the
    command line), which is given the same mask as the fusion.
 
 Everything is seeded; it takes about three minutes on two busy cores.
@@ -30,16 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.fusion import fuse
-from pipeline.metrics import nrmse
-from pipeline.saturation import find_saturation, saturated_pixels
-from pipeline.synth import specimen_maps
+from emfuse.pipeline.fusion import fuse
+from emfuse.pipeline.metrics import nrmse
+from emfuse.pipeline.saturation import find_saturation, saturated_pixels
+from emfuse.pipeline.synth import specimen_maps
 
 Z = [38, 22, 8]
 
 
 def real_files(shared: Path) -> list[dict]:
-    from stores.ingest import read
+    from emfuse.stores.ingest import read
 
     rows = []
     for path in sorted((shared / "formats").iterdir()) + sorted((shared / "fusion").glob("*.*")):
@@ -95,7 +95,7 @@ def _specimen(specimen: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 def auto_weights() -> list[dict]:
-    from pipeline.fusion.auto import choose_lambdas
+    from emfuse.pipeline.fusion.auto import choose_lambdas
 
     rows = []
     for specimen in ("columns", "particles", "layers"):

@@ -4,7 +4,7 @@
         [--size 64 80 96] [--seed 0] [--workdir DIR] [--json FILE]
         [--cluster SPEC | --workers 2 --memory-limit 2GiB] [--auto-lambda] [--n-iter 30]
 
-1. Datasets, written by :func:`flows.synth.write_synthetic` into ``<workdir>/incoming/``:
+1. Datasets, written by :func:`emfuse.flows.synth.write_synthetic` into ``<workdir>/incoming/``:
    spectrum images (specimens columns, particles and layers in turn, with their elements),
    drifting HR-STEM movies and BF/DF/HRTEM mode sets (materials in turn); sizes taken in turn
    from ``--size``, every dataset its own seed.
@@ -58,12 +58,12 @@ import psutil
 import yaml
 from _common import cpu_seconds, current_rss, peak_rss, process_id, reset_peak_rss
 
-from cluster import as_spec, connect
-from flows.synth import write_synthetic
-from pipeline.avae.simulate import MATERIALS
-from stores import layout
-from stores.lock import LOCK_SUFFIX
-from stores.zarrio import is_complete, open_dataset
+from emfuse.cluster import as_spec, connect
+from emfuse.flows.synth import write_synthetic
+from emfuse.pipeline.avae.simulate import MATERIALS
+from emfuse.stores import layout
+from emfuse.stores.lock import LOCK_SUFFIX
+from emfuse.stores.zarrio import is_complete, open_dataset
 
 GIB = 2**30
 MARKER = ".emfuse-soak"  # a workdir this script made, whose incoming/ and results/ it may replace
@@ -299,7 +299,7 @@ def stage_seconds(prefect_db: Path, since: datetime) -> dict[str, Any] | None:
 
 def emfuse_command() -> list[str]:
     script = Path(sys.executable).parent / "emfuse"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "emfuse.flows.cli"]
 
 
 def run_batch(label: str, catalog: Path, workdir: Path, client: Any, env: dict[str, str],

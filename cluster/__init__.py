@@ -4,7 +4,7 @@ Every profile but local-threads takes TLS options (see :data:`TLS_OPTIONS`).
 
 Examples
 --------
->>> from cluster import ClusterSpec, connect
+>>> from emfuse.cluster import ClusterSpec, connect
 >>> spec = ClusterSpec.from_string("local", n_workers=2)
 >>> with connect(spec) as client:  # doctest: +SKIP
 ...     client.submit(abs, -1).result()

@@ -37,7 +37,7 @@ A profile file is YAML, for example::
 
 Examples
 --------
->>> from cluster import connect
+>>> from emfuse.cluster import connect
 >>> with connect("local-threads", n_workers=1) as client:  # doctest: +SKIP
 ...     client.submit(sum, [1, 2, 3]).result()
 6

@@ -126,7 +126,7 @@ def _absolute(value: str | Path, base: Path) -> Path:
 
 
 def _check_cluster(value: Any, base: Path, where: Path) -> Any:
-    from cluster import ClusterConfigError, as_spec
+    from emfuse.cluster import ClusterConfigError, as_spec
 
     if isinstance(value, str) and value.endswith((".yaml", ".yml")):
         value = str(_absolute(value, base))
@@ -274,7 +274,7 @@ def _within(path: Path, root: Path) -> bool:
 def _is_path(value: Any) -> bool:
     """True for a model given as a file path (not ``auto``, an own name such as ``default``, nor a
     published ``r_em:`` name)."""
-    from pipeline.restore import MODEL_FILES
+    from emfuse.pipeline.restore import MODEL_FILES
 
     return isinstance(value, str) and ":" not in value and value not in {"auto", *MODEL_FILES}
 

@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import elements as periodic
-from stores.errors import StoreError, other_parameters_error, params_differ
-from stores.layout import (
+from emfuse.pipeline import elements as periodic
+from emfuse.stores.errors import StoreError, other_parameters_error, params_differ
+from emfuse.stores.layout import (
     ATTR_COMPLETE,
     ATTR_ELEMENTS,
     ATTR_METADATA,
@@ -35,7 +35,7 @@ __all__ = ["check_fuse", "check_restore", "check_restore_tiling", "check_tem_fus
            "no_elements_message", "no_haadf_message", "no_maps_message", "store_attrs", "store_variables"]
 
 
-# -- the messages, shared with the jobs (flows.fusion_job), which check everything again --
+# -- the messages, shared with the jobs (emfuse.flows.fusion_job), which check everything again --
 
 
 def no_haadf_message(source: str | Path) -> str:
@@ -154,7 +154,7 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
 
 
 def check_restore_tiling(tile: int, overlap: int, batch: int, block: int | None) -> None:
-    """The restoration's tiling and batching options (also checked by :func:`flows.restore_job.plan`)."""
+    """The restoration's tiling and batching options (also checked by :func:`emfuse.flows.restore_job.plan`)."""
     if tile < 8 or overlap < 0 or 2 * overlap > tile or batch < 1 or (block is not None and block < 1):
         raise ValueError(f"need tile >= 8, 0 <= overlap <= tile / 2, batch >= 1 and block >= 1; "
                          f"got tile {tile}, overlap {overlap}, batch {batch}, block {block}")
@@ -168,7 +168,7 @@ def check_restore(source: str | Path, out: str | Path, *, model: str | None, opt
     if attrs is not None and not {MOVIE, HAADF} & store_variables(source):
         raise ValueError(f"{source} has no movie (frame, y, x) and no image (haadf) to restore; "
                          "ingest a file with a movie or an image.")
-    from pipeline.restore import MODEL_FILES
+    from emfuse.pipeline.restore import MODEL_FILES
 
     expected = {k: v for k, v in options.items() if v is not None}
     name = "default" if model is None else str(model)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.fusion import FusionParams
+from emfuse.pipeline.fusion import FusionParams
 
 DEFAULTS = FusionParams()
 AUTO = "auto"
@@ -189,9 +189,9 @@ def cmd_train_restore(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from dask.diagnostics import ProgressBar
 
-    from stores.ingest import describe
-    from stores.warn import read_warnings
-    from stores.zarrio import open_dataset
+    from emfuse.stores.ingest import describe
+    from emfuse.stores.warn import read_warnings
+    from emfuse.stores.zarrio import open_dataset
 
     from .inputs import ingest_file
 
@@ -260,8 +260,8 @@ def print_tem_summary(result: dict[str, Any]) -> None:
 
 
 def cmd_train_avae(args: argparse.Namespace) -> int:
-    from pipeline.avae.model import AVAEConfig
-    from pipeline.avae.train import TrainSettings
+    from emfuse.pipeline.avae.model import AVAEConfig
+    from emfuse.pipeline.avae.train import TrainSettings
 
     from .train_avae import train_from_stores
 
@@ -347,7 +347,7 @@ def _console_logging(verbose: bool) -> None:
     already, e.g. by a program that calls :func:`main`). Without ``--verbose`` the console skips
     the records of stored warnings: the commands print them once, at the end, as ``check:``
     lines (:func:`print_warnings`)."""
-    from stores.warn import STORED_WARNING
+    from emfuse.stores.warn import STORED_WARNING
 
     root = logging.getLogger()
     if root.handlers:
@@ -361,8 +361,8 @@ def _console_logging(verbose: bool) -> None:
 
 
 def print_warnings(result: dict[str, Any]) -> None:
-    """One ``check:`` line per warning stored with a job's result (see :mod:`stores.warn`)."""
-    from stores.warn import format_warning
+    """One ``check:`` line per warning stored with a job's result (see :mod:`emfuse.stores.warn`)."""
+    from emfuse.stores.warn import format_warning
 
     for record in result.get("warnings", []):
         print(format_warning(record))
@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emfuse", description="Overnight EM pipeline: fused chemical maps from spectrum images and HAADF."
     )
-    from stores.version import emfuse_version
+    from emfuse.stores.version import emfuse_version
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {emfuse_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show log messages")
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default="high", choices=["high", "low", "all"],
                    help="specimens' pixel size; all needs --data scenes (default %(default)s)")
     p.add_argument("--hold-out", action="store_true",
-                   help="with --data scenes: never draw the held-out families (pipeline.restore.scenes.HELD_OUT), "
+                   help="with --data scenes: never draw the held-out families (emfuse.pipeline.restore.scenes.HELD_OUT), "
                         "so that they measure generalisation")
     p.add_argument("--init", default="scratch", metavar="scratch|NAME|PATH",
                    help="start from random weights (default), a published network (r_em:sfr_hrstem, ...) "
@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cluster import ClusterUnavailableError
+    from emfuse.cluster import ClusterUnavailableError
 
     args = build_parser().parse_args(argv)
     if not args.verbose:

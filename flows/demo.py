@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stores.zarrio import read_attrs
+from emfuse.stores.zarrio import read_attrs
 
 from .synth import write_synthetic
 
@@ -49,7 +49,7 @@ def run_demo(
 
 def tem_fuse_demo(out: Path, *, cluster: str = "local", seed: int = 0, size: int = 256) -> dict[str, Any] | None:
     """BF, DF and HRTEM of a synthetic polycrystal fused with the committed AVAE weights, and reported."""
-    from pipeline.avae.model import DEFAULT_WEIGHTS
+    from emfuse.pipeline.avae.model import DEFAULT_WEIGHTS
 
     from .cli import print_tem_summary
     from .tem_fuse_flow import tem_fuse_flow

@@ -2,7 +2,7 @@
 
 A variable of a canonical or output store becomes a HyperSpy signal with calibrated axes
 (name, scale, offset and units from the store's coordinates: y/x in nm, energy in eV)
-and the instrument metadata the store kept at ingest (:mod:`stores.metadata`): the
+and the instrument metadata the store kept at ingest (:mod:`emfuse.stores.metadata`): the
 HyperSpy ``metadata`` tree, ``original_metadata``, plus the store's own attributes under
 ``original_metadata.emfuse``. A spectrum image becomes an exspy ``EDSTEMSpectrum``,
 ``EDSSEMSpectrum`` or ``EELSSpectrum``, images and maps a ``Signal2D`` (maps and fused
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from stores import layout
-from stores.metadata import jsonable
-from stores.zarrio import open_dataset, read_attrs
+from emfuse.stores import layout
+from emfuse.stores.metadata import jsonable
+from emfuse.stores.zarrio import open_dataset, read_attrs
 
 # the variable exported when none is named: the result first, then the inputs
 DEFAULT_ORDER = (layout.FUSED, layout.RESTORED, layout.TEM_FUSED, layout.SPECTRUM, layout.MAPS,
@@ -58,7 +58,7 @@ def hyperspy_api() -> Any:
     except ImportError as exc:
         raise HyperSpyMissing(
             f"HyperSpy is not installed ({exc}); install it with {_INSTALL} to convert stores to "
-            "HyperSpy signals (emfuse export, flows.export.to_hyperspy)."
+            "HyperSpy signals (emfuse export, emfuse.flows.export.to_hyperspy)."
         ) from exc
     try:
         import exspy  # noqa: F401  (registers EDS_TEM, EDS_SEM, EELS)

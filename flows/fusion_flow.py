@@ -1,4 +1,4 @@
-"""The fusion flow: the stages of :mod:`flows.fusion_job` as Prefect tasks (:mod:`flows.job_flow`)."""
+"""The fusion flow: the stages of :mod:`emfuse.flows.fusion_job` as Prefect tasks (:mod:`emfuse.flows.job_flow`)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def fuse_flow(
     """Fused chemical mapping of one dataset: ingest, maps, tiled fusion, write, report.
 
     ``lambda_chem`` and ``lambda_tv`` not given in ``params`` are ``"auto"``:
-    chosen once for the dataset by count splitting (:mod:`pipeline.fusion.auto`)
+    chosen once for the dataset by count splitting (:mod:`emfuse.pipeline.fusion.auto`)
     before the tiles run, and stored in the output. ``maps_from`` (``spectrum`` or
     ``file``; default the spectrum image where there is one) says where the maps come
     from; ``signal`` chooses the spectrum image of a raw file that holds several.

@@ -6,7 +6,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    from the spectrum image), create the output store from a template;
 2. ``write_inputs``: the HAADF and raw maps (and the truth of synthetic data)
    are copied into the output store, so it is self-contained, with ``haadf_valid``:
-   False where the HAADF is saturated (:func:`flows.inputs.haadf_saturation`), those
+   False where the HAADF is saturated (:func:`emfuse.flows.inputs.haadf_saturation`), those
    pixels being left out of the HAADF term; the ``haadf-saturated`` warning goes
    with it;
 3. ``normalise``: one pass for the dataset-wide min/max (the HAADF's over its
@@ -14,7 +14,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
 4. ``choose_lambdas``: when ``lambda_chem``/``lambda_tv`` are ``"auto"``, the
    weights are chosen once for the dataset on held-out data (count splitting for
    counts, recorrupted pairs with the noise measured on the maps for other maps;
-   :mod:`pipeline.fusion.auto`) on the dataset-wide normalisation, and stored
+   :mod:`emfuse.pipeline.fusion.auto`) on the dataset-wide normalisation, and stored
    (attributes ``params`` and ``lambda_choice``, variable ``lambda_score``)
    before any tile runs;
 5. ``fuse_tiles``: one Dask task per unfinished tile reads its window from the
@@ -23,8 +23,8 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    off and oscillation (the messages go to the log and to the ``convergence``
    attribute, empty when all is well), and ``complete = true`` is set.
 
-:mod:`flows.fusion_flow` wraps these stages as Prefect tasks; tests and
-notebooks can call :func:`flows.jobs.run_job` (``"fuse"``) without Prefect.
+:mod:`emfuse.flows.fusion_flow` wraps these stages as Prefect tasks; tests and
+notebooks can call :func:`emfuse.flows.jobs.run_job` (``"fuse"``) without Prefect.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
-from pipeline import elements as periodic
-from pipeline import spectra, tiles
-from pipeline.fusion import (
+from emfuse.pipeline import elements as periodic
+from emfuse.pipeline import spectra, tiles
+from emfuse.pipeline.fusion import (
     COST_TERMS,
     FusionInputError,
     FusionParams,
@@ -54,13 +54,13 @@ from pipeline.fusion import (
     auto,
     diagnose_convergence,
 )
-from pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
-from stores import layout
-from stores.errors import StoreError, on_disk_full
-from stores.outputs import empty_like, prepare_output, write_region, write_variable
-from stores.progress import TileRecord
-from stores.warn import add_warnings, make_warning, read_warnings
-from stores.zarrio import (
+from emfuse.pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
+from emfuse.stores import layout
+from emfuse.stores.errors import StoreError, on_disk_full
+from emfuse.stores.outputs import empty_like, prepare_output, write_region, write_variable
+from emfuse.stores.progress import TileRecord
+from emfuse.stores.warn import add_warnings, make_warning, read_warnings
+from emfuse.stores.zarrio import (
     add_variables,
     mark_complete,
     open_dataset,
@@ -505,7 +505,7 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
                    settings: auto.SearchSettings | None = None, *, progress: bool = False) -> FusionJob:
     """Choose the auto lambdas once for the dataset and store them; returns the resolved job.
 
-    Runs on the central crop of the dataset (:class:`pipeline.fusion.auto.SearchSettings`),
+    Runs on the central crop of the dataset (:class:`emfuse.pipeline.fusion.auto.SearchSettings`),
     on the dataset-wide normalisation ``norm`` that the tiles use. The score grid is
     written as ``lambda_score`` and the choice into the attributes (``params`` with
     the numbers, ``lambda_choice`` with the criterion and settings), in that order:
@@ -577,7 +577,7 @@ def _fall_back_to_defaults(job: FusionJob, reason: str) -> FusionJob:
     """Auto lambdas on maps whose noise cannot be measured: the embedded defaults, said and stored.
 
     Maps that are not counts are recorrupted with the noise measured on them
-    (:mod:`pipeline.fusion.noise`); when too few pixels lie away from exact zeros to
+    (:mod:`emfuse.pipeline.fusion.noise`); when too few pixels lie away from exact zeros to
     measure it, the maps are fused with the defaults of :class:`FusionParams`
     instead of being refused, so that the CLI's default ("auto") works on every
     input; the output says so (``lambda_choice`` and a ``lambda-defaults`` warning).
@@ -677,7 +677,7 @@ def finalise(job: FusionJob) -> None:
 
 def haadf_fit(job: FusionJob) -> float:
     """Fraction of the normalised HAADF's variance the fused maps' HAADF model leaves unexplained
-    (:func:`pipeline.fusion.model.haadf_unexplained`), over the whole image."""
+    (:func:`emfuse.pipeline.fusion.model.haadf_unexplained`), over the whole image."""
     out = open_dataset(job.out, require_complete=False)
     norm = normalise(job)
     haadf = (out[layout.HAADF].data - norm.haadf_offset) / norm.haadf_scale
@@ -686,7 +686,7 @@ def haadf_fit(job: FusionJob) -> float:
 
 def summary(job: FusionJob) -> dict[str, Any]:
     """Final costs and, for synthetic data, the error of raw and fused maps against the truth."""
-    from pipeline.metrics import nrmse
+    from emfuse.pipeline.metrics import nrmse
 
     out = open_dataset(job.out)
     info: dict[str, Any] = {"store": job.out, "elements": list(job.elements),

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.saturation import find_saturation
-from stores import ingest
-from stores.layout import ATTR_INGEST_OPTIONS, ATTR_SHA256, HAADF
-from stores.warn import add_warnings, make_warning
-from stores.zarrio import is_complete, is_store, open_dataset, read_attrs, sha256_file
+from emfuse.pipeline.saturation import find_saturation
+from emfuse.stores import ingest
+from emfuse.stores.layout import ATTR_INGEST_OPTIONS, ATTR_SHA256, HAADF
+from emfuse.stores.warn import add_warnings, make_warning
+from emfuse.stores.zarrio import is_complete, is_store, open_dataset, read_attrs, sha256_file
 
 SATURATED = "haadf-saturated"  # the warning's code
 
@@ -27,7 +27,7 @@ def haadf_saturation(haadf: Any) -> tuple[np.ndarray, dict[str, Any] | None]:
     """The one rule for every job: ``(valid, warning)`` of a HAADF image.
 
     ``valid`` is the (y, x) bool mask of the pixels the HAADF term of fusion uses (False:
-    saturated, :func:`pipeline.saturation.find_saturation` on the image in its stored dtype,
+    saturated, :func:`emfuse.pipeline.saturation.find_saturation` on the image in its stored dtype,
     so a uint16 image's ceiling is 65535); ``warning`` the ``haadf-saturated`` record, or
     None when no pixel is saturated.
 
@@ -63,7 +63,7 @@ def check_haadf(store: str | Path) -> dict[str, Any] | None:
     """Record a ``haadf-saturated`` warning on a canonical store whose HAADF is saturated.
 
     Returns the warning (None when the store has no HAADF or nothing is saturated);
-    recording it again is a no-op (:func:`stores.warn.add_warnings` keeps each once).
+    recording it again is a no-op (:func:`emfuse.stores.warn.add_warnings` keeps each once).
     """
     ds = open_dataset(store)
     if HAADF not in ds:
@@ -82,7 +82,7 @@ def ingest_file(
     signal: str | int | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """:func:`stores.ingest.ingest`, then :func:`check_haadf` on the new store."""
+    """:func:`emfuse.stores.ingest.ingest`, then :func:`check_haadf` on the new store."""
     store = ingest.ingest(path, out, elements=elements, signal=signal, overwrite=overwrite)
     check_haadf(store)
     return store
@@ -104,7 +104,7 @@ def resolve_store(
     A raw file ``run1.emd`` is ingested into ``<workdir>/run1.input.zarr`` (``<name>.input.zarr``
     when a batch names the dataset, so two ``run1.emd`` of different folders stay apart); an
     earlier ingest of the same bytes (same sha256) with the same options (``elements``,
-    ``signal``: see :func:`stores.ingest.read`) is reused.
+    ``signal``: see :func:`emfuse.stores.ingest.read`) is reused.
     """
     source = Path(source)
     if is_store(source):

@@ -1,4 +1,4 @@
-"""The stages of any job (:mod:`flows.jobs`) as Prefect tasks, shared by the three job flows.
+"""The stages of any job (:mod:`emfuse.flows.jobs`) as Prefect tasks, shared by the three job flows.
 
 Tasks run in the flow's process and submit their Dask work to the cluster themselves (a
 Prefect task per stage, not per tile): with Prefect's Dask task runner every worker would
@@ -15,9 +15,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from cluster import connect
-from stores.lock import StoreLock
-from stores.zarrio import add_timing, begin_run, timed
+from emfuse.cluster import connect
+from emfuse.stores.lock import StoreLock
+from emfuse.stores.zarrio import add_timing, begin_run, timed
 
 from .inputs import resolve_store
 from .jobs import job_kind

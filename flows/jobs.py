@@ -1,7 +1,7 @@
 """The three jobs behind one interface, and the one way to run a job.
 
-Every job module (:mod:`flows.fusion_job`, :mod:`flows.restore_job`,
-:mod:`flows.tem_fuse_job`) has the same stages:
+Every job module (:mod:`emfuse.flows.fusion_job`, :mod:`emfuse.flows.restore_job`,
+:mod:`emfuse.flows.tem_fuse_job`) has the same stages:
 
 ``plan(store, out, **options) -> (job, state)``
     define the job, create or reopen its output store (``new``/``resume``/``complete``);
@@ -12,13 +12,13 @@ Every job module (:mod:`flows.fusion_job`, :mod:`flows.restore_job`,
 ``summary(job) -> dict``
     what the user wants to know afterwards (JSON types).
 
-:func:`run_job` runs them under the output store's lock (:mod:`stores.lock`), without
-Prefect; :mod:`flows.job_flow` runs the same stages as Prefect tasks, and
-:mod:`flows.batch` runs a catalog of them.
+:func:`run_job` runs them under the output store's lock (:mod:`emfuse.stores.lock`), without
+Prefect; :mod:`emfuse.flows.job_flow` runs the same stages as Prefect tasks, and
+:mod:`emfuse.flows.batch` runs a catalog of them.
 
 Examples
 --------
->>> from cluster import connect  # doctest: +SKIP
+>>> from emfuse.cluster import connect  # doctest: +SKIP
 >>> with connect("local") as client:  # doctest: +SKIP
 ...     job = run_job("fuse", "run1.zarr", "run1.fuse.zarr", client, elements=["Sc", "Dy", "O"])
 """
@@ -35,9 +35,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pipeline.fusion import FusionParams
-from stores.lock import StoreLock
-from stores.zarrio import begin_run, timed
+from emfuse.pipeline.fusion import FusionParams
+from emfuse.stores.lock import StoreLock
+from emfuse.stores.zarrio import begin_run, timed
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -63,7 +63,7 @@ class JobKind:
 
     @property
     def module(self) -> ModuleType:
-        """The job's module (:mod:`flows.fusion_job`, ...), imported on first use."""
+        """The job's module (:mod:`emfuse.flows.fusion_job`, ...), imported on first use."""
         return importlib.import_module(f".{self.module_name}", __package__)
 
     @property
@@ -88,10 +88,10 @@ class JobKind:
 _FUSION_PARAMS = tuple(f.name for f in dataclasses.fields(FusionParams))
 
 JOBS: dict[str, JobKind] = {
-    # the weights are chosen for each dataset unless given (pipeline.fusion.auto)
+    # the weights are chosen for each dataset unless given (emfuse.pipeline.fusion.auto)
     "fuse": JobKind("fuse", "fusion_job", nested_params=_FUSION_PARAMS,
                     defaults={"lambda_chem": "auto", "lambda_tv": "auto"}),
-    # the model is chosen for each dataset's modality and resolution unless given (pipeline.restore.select)
+    # the model is chosen for each dataset's modality and resolution unless given (emfuse.pipeline.restore.select)
     "restore": JobKind("restore", "restore_job", defaults={"model": "auto"}),
     "tem-fuse": JobKind("tem-fuse", "tem_fuse_job"),
 }

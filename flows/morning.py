@@ -111,7 +111,7 @@ def _section(i: int, record: dict[str, Any], folder: Path) -> str:
 
 
 def render_html(info: dict[str, Any], folder: Path) -> str:
-    """The report page for a batch summary (as returned by :func:`flows.batch.batch_flow`)."""
+    """The report page for a batch summary (as returned by :func:`emfuse.flows.batch.batch_flow`)."""
     n_failed = info["n_failed"]
     n_check = sum(1 for r in info["records"] if r["status"] == "done" and job_warnings(r))
     verdict = (f'<span class="failed">{n_failed} failed</span>' if n_failed else '<span class="done">all done</span>')

@@ -14,10 +14,10 @@ store (``out.zarr`` -> ``out.report/``):
     the regularisation search score, only when the store has ``lambda_score``;
 ``tem_fusion.png``
     tem-fuse stores: BF, DF, HRTEM, the fused image (and truth), the attention maps
-    (:mod:`flows.report_tem`);
+    (:mod:`emfuse.flows.report_tem`);
 ``restore.png``
     restore stores: raw | restored (| truth) of the first, middle and last frame, each with
-    its central crop at full resolution (:mod:`flows.report_restore`, which reads the raw
+    its central crop at full resolution (:mod:`emfuse.flows.report_restore`, which reads the raw
     frames and the truth from the input store named by ``source_path``);
 ``restore_drift.png``
     restore stores with ``drift``: drift x and y (px) against frame (and the true drift);
@@ -37,7 +37,7 @@ so an 8192 x 8192 map never sits in memory whole.
 
 Examples
 --------
->>> from flows.report import write_report
+>>> from emfuse.flows.report import write_report
 >>> paths = write_report("results/run1.fuse.zarr")  # doctest: +SKIP
 >>> [p.name for p in paths]  # doctest: +SKIP
 ['maps.png', 'haadf.png', 'convergence.png', 'summary.json']
@@ -56,8 +56,8 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from stores import layout
-from stores.layout import (
+from emfuse.stores import layout
+from emfuse.stores.layout import (
     ATTR_COMPLETE,
     ATTR_CREATED,
     ATTR_PARAMS,
@@ -227,7 +227,7 @@ def summarize(ds: xr.Dataset, store: Path, factor: int, figures: list[str]) -> d
         # "check" when the store carries warnings (stores/warn.py): read them before trusting the result
         "status": "check" if ds.attrs.get(ATTR_WARNINGS) else "ok",
         "warnings": list(ds.attrs.get(ATTR_WARNINGS, [])),
-        # where the result came from and what it cost (stores.zarrio.provenance, timing)
+        # where the result came from and what it cost (emfuse.stores.zarrio.provenance, timing)
         "provenance": {name: ds.attrs.get(name) for name in _PROVENANCE if name in ds.attrs},
     }
     if LAMBDA_SCORE in ds:

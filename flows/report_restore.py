@@ -1,6 +1,6 @@
 """The figures and summary of a restoration output store: raw against restored frames, the drift.
 
-Written by :func:`flows.report.write_report` when the store has ``restored``:
+Written by :func:`emfuse.flows.report.write_report` when the store has ``restored``:
 
 ``restore.png``
     for the first, middle and last frame (at most 3): raw | restored (| truth, for a synthetic
@@ -18,10 +18,10 @@ Written by :func:`flows.report.write_report` when the store has ``restored``:
 
 The restore job writes only the restored frames: the raw frames and the truth are read from the
 input store named by the output's ``source_path`` attribute, lazily, frames binned chunk by
-chunk (:func:`flows.report._shrink`). Panels that need the input are left out when it is gone.
+chunk (:func:`emfuse.flows.report._shrink`). Panels that need the input are left out when it is gone.
 :func:`restore_summary` adds the section ``restore`` of ``summary.json``: frames, model,
 precision, largest drift and, against the truth, the PSNR of raw and restored frames (mean over
-the first :data:`flows.restore_job.SUMMARY_FRAMES`, as ``emfuse restore`` prints it), and the
+the first :data:`emfuse.flows.restore_job.SUMMARY_FRAMES`, as ``emfuse restore`` prints it), and the
 residual guard's frames per decision (``guard``; the title of a shown frame whose network output
 was not kept says what was: "guard: lattice put back" or "guard: raw kept").
 """
@@ -39,8 +39,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from pipeline.register import shift_image
-from stores.layout import (
+from emfuse.pipeline.register import shift_image
+from emfuse.stores.layout import (
     ATTR_INPUT_STORE,
     ATTR_SOURCE,
     AVERAGE,
@@ -69,7 +69,7 @@ from .report import (
 CROP_PX = 128  # side of the central crop shown at full resolution (at most half the image)
 MIN_CROP_PX = 8
 AVERAGE_BLOCK_BYTES = 64 * 2**20  # binned raw frames held at once while averaging them
-SUMMARY_FRAMES = 8  # = flows.restore_job.SUMMARY_FRAMES (not imported: that pulls in distributed)
+SUMMARY_FRAMES = 8  # = emfuse.flows.restore_job.SUMMARY_FRAMES (not imported: that pulls in distributed)
 
 
 def restore_inputs(ds: xr.Dataset) -> tuple[xr.DataArray | None, xr.DataArray | None, xr.Dataset | None]:
@@ -188,7 +188,7 @@ def guard_decisions(ds: xr.Dataset) -> list[str]:
     >>> guard_decisions(ds)
     ['kept', 'reinjected', 'off']
     """
-    from pipeline.restore.guard import DECISIONS
+    from emfuse.pipeline.restore.guard import DECISIONS
 
     if GUARD_DECISION not in ds:
         return []
@@ -375,7 +375,7 @@ def _guard_summary(ds: xr.Dataset, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _psnr(peak, mse):
-    """``10 log10(peak^2 / mse)`` as :func:`pipeline.metrics.psnr` (inf where mse is 0)."""
+    """``10 log10(peak^2 / mse)`` as :func:`emfuse.pipeline.metrics.psnr` (inf where mse is 0)."""
     peak, mse = np.asarray(peak, float), np.asarray(mse, float)
     with np.errstate(divide="ignore"):
         return np.where(mse == 0, np.inf, 10 * np.log10(peak**2 / np.where(mse == 0, 1, mse)))

@@ -1,6 +1,6 @@
 """The figure of a tem-fuse output store: the three recorded modes, the fused image, the attention maps.
 
-``tem_fusion.png`` (written by :func:`flows.report.write_report` when the store has ``tem_fused``):
+``tem_fusion.png`` (written by :func:`emfuse.flows.report.write_report` when the store has ``tem_fused``):
 
 * top row: BF | DF | HRTEM as recorded (percentile limits) | fused (| truth, when the store
   has ``true_structure``);
@@ -15,7 +15,7 @@ import xarray as xr
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from stores.layout import ATTENTION, MODES, TEM_FUSED, TRUE_STRUCTURE
+from emfuse.stores.layout import ATTENTION, MODES, TEM_FUSED, TRUE_STRUCTURE
 
 from .report import HAADF_CMAP, _compute, _new_figure, _robust_limits, _show, _shrink
 

@@ -1,8 +1,8 @@
-"""The restoration flow: the stages of :mod:`flows.restore_job` as Prefect tasks (:mod:`flows.job_flow`).
+"""The restoration flow: the stages of :mod:`emfuse.flows.restore_job` as Prefect tasks (:mod:`emfuse.flows.job_flow`).
 
 Example
 -------
->>> from flows.restore_flow import restore_flow  # doctest: +SKIP
+>>> from emfuse.flows.restore_flow import restore_flow  # doctest: +SKIP
 >>> restore_flow("movie.emd", "movie_restored.zarr", model="r_em:sfr_hrstem", register_drift=True)  # doctest: +SKIP
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow
 
-from cluster import as_spec
+from emfuse.cluster import as_spec
 
 from .job_flow import run_job_stages
 
@@ -57,7 +57,7 @@ def restore_flow(
     (Noise2Noise, kept only when a held-out-frame check says it restores better).
 
     ``report`` writes the PNG figures and ``summary.json`` beside the output store
-    (:func:`flows.report.write_report`: raw against restored frames, the drift, the averages).
+    (:func:`emfuse.flows.report.write_report`: raw against restored frames, the drift, the averages).
 
     Returns a summary: the output store, frames, model, the largest drift, the report's files
     (``figures``) and, for synthetic movies, the PSNR of raw and restored frames against the truth.

@@ -8,28 +8,28 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    ``restored`` (frame, y, x) float32 in chunks of one block of frames, and with
    ``register`` also ``drift`` (frame, axis) and ``average`` (y, x);
 2. ``adapt`` (with ``adapt_steps``, ``emfuse restore --adapt STEPS``): one task fine-tunes the
-   model on the movie itself (Noise2Noise between its frames, :mod:`pipeline.restore.adapt`)
+   model on the movie itself (Noise2Noise between its frames, :mod:`emfuse.pipeline.restore.adapt`)
    and keeps the result only when a held-out-frame check says it restores better; the
    adapted model is saved beside the output store (``out.adapted.safetensors``) and the
    blocks load it;
 3. ``restore_blocks``: one Dask task per unfinished block of frames reads its frames
-   from the input store, restores them (:func:`pipeline.restore.inference.restore`, tiles of
+   from the input store, restores them (:func:`emfuse.pipeline.restore.inference.restore`, tiles of
    all its frames batched together), checks each frame's residual (``guard``, on by default:
-   :mod:`pipeline.restore.guard` puts back what the network removed of a lattice the input
+   :mod:`emfuse.pipeline.restore.guard` puts back what the network removed of a lattice the input
    shows, or keeps the raw frame; per frame ``guard_decision`` and its figures) and writes its
    chunk-aligned region, then records the block as done. Each worker process loads the network once and keeps it
    (:func:`worker_model`);
 4. ``register``: with ``register``, the drift of every restored frame against the first is
-   measured (:mod:`pipeline.register`, one task per block) and the drift-corrected mean
+   measured (:mod:`emfuse.pipeline.register`, one task per block) and the drift-corrected mean
    of the restored frames is written as ``average``;
 5. ``finalise``: the warnings (``restored-clipped``, ``restore-guard``), ``complete = true``.
 
-:mod:`flows.restore_flow` wraps these stages as Prefect tasks; tests and notebooks can call
-:func:`flows.jobs.run_job` (``"restore"``) without Prefect.
+:mod:`emfuse.flows.restore_flow` wraps these stages as Prefect tasks; tests and notebooks can call
+:func:`emfuse.flows.jobs.run_job` (``"restore"``) without Prefect.
 
 Example
 -------
->>> from cluster import connect  # doctest: +SKIP
+>>> from emfuse.cluster import connect  # doctest: +SKIP
 >>> with connect("local") as client:  # doctest: +SKIP
 ...     job = run_job("restore", "movie.zarr", "restored.zarr", client, model="r_em:sfr_hrstem")
 """
@@ -49,14 +49,14 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from pipeline.metrics import psnr
-from pipeline.register import estimate_shift, shift_image
-from stores import layout
-from stores.errors import on_disk_full
-from stores.outputs import empty_like, prepare_output, write_region
-from stores.progress import TileRecord
-from stores.warn import add_warnings, make_warning, read_warnings
-from stores.zarrio import (
+from emfuse.pipeline.metrics import psnr
+from emfuse.pipeline.register import estimate_shift, shift_image
+from emfuse.stores import layout
+from emfuse.stores.errors import on_disk_full
+from emfuse.stores.outputs import empty_like, prepare_output, write_region
+from emfuse.stores.progress import TileRecord
+from emfuse.stores.warn import add_warnings, make_warning, read_warnings
+from emfuse.stores.zarrio import (
     jsonable,
     mark_complete,
     open_dataset,
@@ -72,7 +72,7 @@ from .gather import gather
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
 
-    from pipeline.restore.select import ModelChoice
+    from emfuse.pipeline.restore.select import ModelChoice
 
 log = logging.getLogger(__name__)
 JOB = "restore"
@@ -83,7 +83,7 @@ MIN_TASKS = 8  # default blocks are small enough to give at least this many task
 CHUNK_YX = 2048  # frames larger than this are split in (y, x) chunks too
 SUMMARY_FRAMES = 8  # frames compared with the truth in the summary of a synthetic movie
 NEGATIVE_TOLERANCE = 0.01  # more negative pixels than this fraction: the input is not counts
-#: how the network sees the data (pipeline.restore.inference.restore, stats="image")
+#: how the network sees the data (emfuse.pipeline.restore.inference.restore, stats="image")
 NORMALISATION = {"method": "per-frame standardisation",
                  "description": "each frame minus its mean, divided by its standard deviation (floored), "
                                 "before the network; the result is returned in the input's units"}
@@ -92,7 +92,7 @@ ATTR_MODEL_CHOICE = "model_choice"  # how --model was resolved: {"asked", "model
 ATTR_ADAPTATION = "adaptation"  # --adapt: {"steps", "frames_used", "holdout_frames", "score_before", "score_after", "used", "reason", ...}
 ADAPTED_MODEL_SUFFIX = ".adapted.safetensors"  # the adapted network, beside the store: out.zarr -> out.adapted.safetensors
 ADAPT_MAX_FRAMES = 16  # --adapt learns from (and checks on) at most the first so many frames with signal
-MIN_ADAPT_FRAMES = 4  # 2 to train on, 2 held out for the check (pipeline.restore.adapt)
+MIN_ADAPT_FRAMES = 4  # 2 to train on, 2 held out for the check (emfuse.pipeline.restore.adapt)
 
 # the networks loaded by this worker process, by (model, sha256, device, channels_last)
 _MODELS: dict[tuple[Any, ...], Any] = {}
@@ -196,8 +196,8 @@ def value_range(dtype: np.dtype, count_like: bool) -> tuple[float | None, float 
 def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None, int]:
     """(model as recorded, sha256 of its file, smallest image side it restores); loads it once
     to fail here rather than on the workers."""
-    from pipeline.restore import MODEL_FILES, MODEL_NAMES, load_model
-    from pipeline.restore.inference import min_image_size
+    from emfuse.pipeline.restore import MODEL_FILES, MODEL_NAMES, load_model
+    from emfuse.pipeline.restore.inference import min_image_size
 
     name = "default" if model is None else str(model)
     sha = None
@@ -219,7 +219,7 @@ def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None, int]
 
 
 def _check_device(device: str) -> None:
-    from pipeline.restore.inference import resolve_device
+    from emfuse.pipeline.restore.inference import resolve_device
 
     try:
         resolve_device(device)
@@ -251,7 +251,7 @@ def plan(
     frames are restored (:func:`adapt`; a movie of at least :data:`MIN_ADAPT_FRAMES` frames).
     ``check_device=False`` leaves the device check to the workers (a scheduler on a
     machine without the workers' GPU). ``guard=False`` keeps every network output as it is
-    (:mod:`pipeline.restore.guard` is not run). Returns the job and the output's state:
+    (:mod:`emfuse.pipeline.restore.guard` is not run). Returns the job and the output's state:
     ``"new"``, ``"resume"`` or ``"complete"``.
     """
     ds = open_dataset(source)
@@ -314,14 +314,14 @@ def plan(
 
 def choose_model(model: str | os.PathLike | None, ds: xr.Dataset, variable: str, out: str | Path, *,
                  overwrite: bool = False) -> ModelChoice:
-    """The model ``model`` stands for (:func:`pipeline.restore.select.resolve_model`).
+    """The model ``model`` stands for (:func:`emfuse.pipeline.restore.select.resolve_model`).
 
     ``"auto"`` is decided from the input's metadata (the dataset's and the image's attributes,
     the pixel size of its y/x coordinates) once: a rerun on an output store begun with ``auto``
     takes the stored decision (``model_choice``), so that it resumes with the same model even
     if this version has other models.
     """
-    from pipeline.restore import select
+    from emfuse.pipeline.restore import select
 
     if str(model).strip().lower() != select.AUTO:
         return select.resolve_model(model)
@@ -437,7 +437,7 @@ def _share_cores() -> None:
     """
     import torch
 
-    share = os.environ.get("NUMBA_NUM_THREADS")  # set per worker process by cluster.profiles
+    share = os.environ.get("NUMBA_NUM_THREADS")  # set per worker process by emfuse.cluster.profiles
     if share and share.isdigit():
         torch.set_num_threads(int(share))
         return
@@ -447,7 +447,7 @@ def _share_cores() -> None:
         threads = get_worker().state.nthreads
     except ValueError:  # not in a worker: leave torch alone
         return
-    from cluster.profiles import available_cores
+    from emfuse.cluster.profiles import available_cores
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), available_cores() // max(1, threads))))
 
@@ -468,7 +468,7 @@ def worker_model(job: RestoreJob) -> Any:
         if key not in _MODELS:
             import torch
 
-            from pipeline.restore import load_model
+            from emfuse.pipeline.restore import load_model
 
             if not _MODELS:
                 _share_cores()
@@ -488,7 +488,7 @@ def read_frames(job: RestoreJob, frames: slice) -> np.ndarray:
 
 def restore_block_in_store(job: RestoreJob, index: int) -> int:
     """Worker task: restore block ``index`` of frames and write its region, then record it."""
-    from pipeline.restore.inference import restore
+    from emfuse.pipeline.restore.inference import restore
 
     frames = job.blocks[index]
     data = read_frames(job, frames)
@@ -528,9 +528,9 @@ def clip_to_range(restored: np.ndarray, limits: tuple[float | None, float | None
     return below, above
 
 
-# -- the residual guard (pipeline.restore.guard) ------------------------------------------------
+# -- the residual guard (emfuse.pipeline.restore.guard) ------------------------------------------------
 
-GUARD_DECISION = layout.GUARD_DECISION  # (frame,) int8: the codes of pipeline.restore.guard.DECISIONS
+GUARD_DECISION = layout.GUARD_DECISION  # (frame,) int8: the codes of emfuse.pipeline.restore.guard.DECISIONS
 #: the guard's figures stored per frame: variable -> GuardResult field
 GUARD_FIGURES = {"guard_lattice_excess": "lattice_excess", "guard_lattice_kept": "lattice_kept",
                  "guard_residual_corr": "residual_corr"}
@@ -539,12 +539,12 @@ GUARD_LISTED = 10  # frames named in the restore-guard warning
 
 def _guard_template(job: RestoreJob) -> dict[str, Any]:
     """The per-frame guard variables of the output (chunked along frame like ``restored``)."""
-    from pipeline.restore.guard import DECISIONS
+    from emfuse.pipeline.restore.guard import DECISIONS
 
     codes = ", ".join(f"{code}: {name}" for name, code in DECISIONS.items())
     variables: dict[str, Any] = {GUARD_DECISION: (("frame",), empty_like((job.n_frames,), (job.block,), np.int8), {
         "description": "what was kept of each frame after checking the residual (raw - network output) "
-                       "for structure the input shows (pipeline.restore.guard)", "codes": codes})}
+                       "for structure the input shows (emfuse.pipeline.restore.guard)", "codes": codes})}
     described = {"lattice_excess": "power of the input's lattice peaks above the noise floor, over the floor's",
                  "lattice_kept": "fraction of the input's lattice power in the network's output",
                  "residual_corr": "correlation of the residual with the network's output (9 px local means removed)"}
@@ -559,7 +559,7 @@ def guard_frames(data: np.ndarray, restored: np.ndarray, flat: np.ndarray) -> di
     Returns the per-frame variables of the output (:data:`GUARD_DECISION`, :data:`GUARD_FIGURES`).
     Flat frames (zero dose, copied unchanged) are not checked.
     """
-    from pipeline.restore.guard import DECISIONS, guard
+    from emfuse.pipeline.restore.guard import DECISIONS, guard
 
     checked = _unchecked(len(data))
     for k in range(len(data)):
@@ -585,7 +585,7 @@ def guard_counts(out: str | Path) -> dict[str, int]:
     >>> guard_counts("/nonexistent.zarr")
     {}
     """
-    from pipeline.restore.guard import DECISIONS
+    from emfuse.pipeline.restore.guard import DECISIONS
 
     try:
         codes = zarr.open_array(str(Path(out) / GUARD_DECISION), mode="r", zarr_format=3)[...]
@@ -597,7 +597,7 @@ def guard_counts(out: str | Path) -> dict[str, int]:
 
 def _warn_guard(job: RestoreJob) -> None:
     """One ``restore-guard`` warning naming the frames whose network output was not kept."""
-    from pipeline.restore.guard import DECISIONS
+    from emfuse.pipeline.restore.guard import DECISIONS
 
     if not job.guard:
         return
@@ -694,14 +694,14 @@ def adapt_in_store(job: RestoreJob) -> dict[str, Any]:
     """Worker task: fine-tune the job's model on the movie (Noise2Noise between its frames).
 
     Reads the first :data:`ADAPT_MAX_FRAMES` frames (those with signal and finite values),
-    runs :func:`pipeline.restore.adapt.adapt_model` on the job's device and, when the
+    runs :func:`emfuse.pipeline.restore.adapt.adapt_model` on the job's device and, when the
     held-out-frame check says the adapted model restores better, writes it to
     :func:`adapted_model_path` (beside the store: Zarr warns about foreign files inside it,
     and a model is not part of the dataset). Returns the record stored as ``adaptation``
     (frame numbers are the movie's).
     """
-    from pipeline.restore import save_model
-    from pipeline.restore.adapt import adapt_model
+    from emfuse.pipeline.restore import save_model
+    from emfuse.pipeline.restore.adapt import adapt_model
 
     data = read_frames(job, slice(0, min(job.n_frames, ADAPT_MAX_FRAMES)))
     usable = np.flatnonzero(np.isfinite(data).all(axis=(1, 2)) & ~flat_frames(data))

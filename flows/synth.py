@@ -9,12 +9,17 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pipeline.avae.simulate import MODES, ModeImages, simulate_region
-from pipeline.synth import SyntheticMovie, SyntheticSpectrumImage, make_movie, make_spectrum_image
-from stores import layout
-from stores.formats import canonical_dataset
-from stores.ingest import chunk_canonical
-from stores.zarrio import provenance, write_dataset
+from emfuse.pipeline.avae.simulate import MODES, ModeImages, simulate_region
+from emfuse.pipeline.synth import (
+    SyntheticMovie,
+    SyntheticSpectrumImage,
+    make_movie,
+    make_spectrum_image,
+)
+from emfuse.stores import layout
+from emfuse.stores.formats import canonical_dataset
+from emfuse.stores.ingest import chunk_canonical
+from emfuse.stores.zarrio import provenance, write_dataset
 
 KINDS = ("spectrum-image", "tem-modes", "movie")
 
@@ -94,7 +99,7 @@ def write_synthetic(
 
     For ``movie``, ``frames`` (option, default 8) sets the number of frames.
     For ``tem-modes``, ``material`` (option) picks the class of
-    :data:`pipeline.avae.simulate.MATERIALS` (default metal) and ``dose`` fixes the HRTEM dose.
+    :data:`emfuse.pipeline.avae.simulate.MATERIALS` (default metal) and ``dose`` fixes the HRTEM dose.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic dataset kind {kind!r}; choose one of {', '.join(KINDS)}")

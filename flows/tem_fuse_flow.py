@@ -1,4 +1,4 @@
-"""The tem-fuse flow: the stages of :mod:`flows.tem_fuse_job` as Prefect tasks (:mod:`flows.job_flow`)."""
+"""The tem-fuse flow: the stages of :mod:`emfuse.flows.tem_fuse_job` as Prefect tasks (:mod:`emfuse.flows.job_flow`)."""
 
 from __future__ import annotations
 

@@ -9,18 +9,18 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    output store;
 3. ``fit_preprocessing``: the flat field (on a block average of the whole dataset), the
    histograms and the drift of BF and DF against the HRTEM (on the central crop) are fitted
-   once (:class:`pipeline.avae.preprocess.Preprocessing`) and stored in the attribute
+   once (:class:`emfuse.pipeline.avae.preprocess.Preprocessing`) and stored in the attribute
    ``preprocessing``. With a ``flat_reference`` (mode, y, x) in the input (each mode's beam
    recorded without specimen) every mode is divided by it first and no smooth surface is fitted,
    so BF keeps the specimen's own slow contrast (its thickness); the default model is then the
-   one trained that way (:data:`pipeline.avae.model.FLAT_WEIGHTS`);
+   one trained that way (:data:`emfuse.pipeline.avae.model.FLAT_WEIGHTS`);
 4. ``fuse_tiles``: one Dask task per unfinished tile reads its window (core + halo) of the
    recorded modes, preprocesses it with the stored parameters, runs the AVAE (loaded once per
    worker process) and writes the core of ``tem_fused`` and ``attention``, then its ``done`` flag;
 5. ``finalise``: ``complete = true``.
 
-:mod:`flows.tem_fuse_flow` wraps these stages as Prefect tasks; tests and notebooks call
-:func:`flows.jobs.run_job` (``"tem-fuse"``) without Prefect.
+:mod:`emfuse.flows.tem_fuse_flow` wraps these stages as Prefect tasks; tests and notebooks call
+:func:`emfuse.flows.jobs.run_job` (``"tem-fuse"``) without Prefect.
 """
 
 from __future__ import annotations
@@ -38,17 +38,24 @@ import dask
 import numpy as np
 import xarray as xr
 
-from pipeline import tiles
-from pipeline.avae.fuse import fuse_tile
-from pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load_avae
-from pipeline.avae.preprocess import Preprocessing
-from pipeline.avae.simulate import MODES
-from stores import layout
-from stores.errors import on_disk_full
-from stores.outputs import empty_like, prepare_output, write_region, write_variable
-from stores.progress import TileRecord
-from stores.warn import read_warnings
-from stores.zarrio import mark_complete, open_dataset, read_attrs, sha256_file, timed, update_attrs
+from emfuse.pipeline import tiles
+from emfuse.pipeline.avae.fuse import fuse_tile
+from emfuse.pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load_avae
+from emfuse.pipeline.avae.preprocess import Preprocessing
+from emfuse.pipeline.avae.simulate import MODES
+from emfuse.stores import layout
+from emfuse.stores.errors import on_disk_full
+from emfuse.stores.outputs import empty_like, prepare_output, write_region, write_variable
+from emfuse.stores.progress import TileRecord
+from emfuse.stores.warn import read_warnings
+from emfuse.stores.zarrio import (
+    mark_complete,
+    open_dataset,
+    read_attrs,
+    sha256_file,
+    timed,
+    update_attrs,
+)
 
 from .gather import gather
 
@@ -303,7 +310,7 @@ def finalise(job: TemFuseJob) -> None:
 
 def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
     """Mean attention per mode and, for synthetic data, PSNR/SSIM of the fused image and the HRTEM."""
-    from pipeline.avae.baselines import score
+    from emfuse.pipeline.avae.baselines import score
 
     out = open_dataset(job.out)
     info: dict[str, Any] = {"store": job.out, "model": job.model,

@@ -1,7 +1,7 @@
 """``emfuse train-restore``: train or fine-tune a restoration network on synthetic pairs.
 
-A thin layer over :func:`pipeline.restore.train.train`: it turns the command-line options
-into a :class:`~pipeline.restore.train.TrainConfig`, runs the loop (tqdm bar, checkpoints
+A thin layer over :func:`emfuse.pipeline.restore.train.train`: it turns the command-line options
+into a :class:`~emfuse.pipeline.restore.train.TrainConfig`, runs the loop (tqdm bar, checkpoints
 and a JSON-lines log in the output directory) and returns a summary. The trained model is
 ``OUT/model.safetensors``, usable at once with ``emfuse restore --model OUT/model.safetensors``.
 
@@ -43,7 +43,7 @@ def training_config(
     fine-tuning (``init`` a model name or file) keeps the loaded model's architecture, so
     ``config`` must then be left out. The learning rate defaults to 1e-3 from scratch and
     1e-4 when fine-tuning. ``hold_out`` (data ``scenes`` only) leaves
-    :data:`pipeline.restore.scenes.HELD_OUT` out of training.
+    :data:`emfuse.pipeline.restore.scenes.HELD_OUT` out of training.
 
     Example
     -------
@@ -52,8 +52,8 @@ def training_config(
     >>> training_config(steps=10, batch=2, patch=64, modality="stem", init="r_em:sfr_hrstem").lr
     0.0001
     """
-    from pipeline.restore.scenes import held_out
-    from pipeline.restore.train import MODEL_PRESETS, TrainConfig
+    from emfuse.pipeline.restore.scenes import held_out
+    from emfuse.pipeline.restore.train import MODEL_PRESETS, TrainConfig
 
     if hold_out and data != "scenes":
         raise ValueError("--hold-out applies to --data scenes (the broad distribution) only")
@@ -103,7 +103,7 @@ def run_training(
     Parameters are those of ``emfuse train-restore`` (see :func:`training_config`);
     ``max_minutes`` stops the run (with a checkpoint) after that much wall time.
     """
-    from pipeline.restore.train import train
+    from emfuse.pipeline.restore.train import train
 
     cfg = training_config(steps=steps, batch=batch, patch=patch, modality=modality, resolution=resolution,
                           init=init, config=config, lr=lr, adversarial=adversarial,
@@ -142,7 +142,7 @@ def package_model(run: str | os.PathLike, dest: str | os.PathLike, *, descriptio
     import dataclasses
     import json
 
-    from pipeline.restore import load_model, save_model
+    from emfuse.pipeline.restore import load_model, save_model
 
     run = Path(run)
     model = load_model(run / "model.safetensors")

@@ -5,7 +5,7 @@ that is set too hot clips every brighter pixel to one value: the dtype's maximum
 integer image, or whatever value the clip was at. One set too cold clips the dark pixels
 to zero. A clipped pixel only says "at least (at most) this bright", so the HAADF term
 of fusion, which asks the fused maps to reproduce the HAADF pixel by pixel, must leave
-it out (:func:`pipeline.fusion.fuse`, ``haadf_valid``).
+it out (:func:`emfuse.pipeline.fusion.fuse`, ``haadf_valid``).
 
 The rule
 --------

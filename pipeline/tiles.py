@@ -182,9 +182,9 @@ def fuse_dataset(
     valid
         Name of a bool (y, x) variable of ``ds``, False where the HAADF pixel is
         left out of the HAADF term (saturated; e.g. ``haadf_valid`` of a fusion
-        output, or ``~pipeline.saturation.saturated_pixels(haadf)``). None: every pixel.
+        output, or ``~emfuse.pipeline.saturation.saturated_pixels(haadf)``). None: every pixel.
     **params
-        :class:`pipeline.fusion.FusionParams` fields.
+        :class:`emfuse.pipeline.fusion.FusionParams` fields.
 
     Returns
     -------

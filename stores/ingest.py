@@ -8,7 +8,7 @@ memory goes through.
 
 Examples
 --------
->>> from stores.ingest import ingest, read
+>>> from emfuse.stores.ingest import ingest, read
 >>> ds = read("test_TEM.bcf")  # doctest: +SKIP
 >>> ds.spectrum.dims  # doctest: +SKIP
 ('y', 'x', 'energy')
@@ -62,7 +62,7 @@ __all__ = [
     "read",
 ]
 
-# suffix -> module in stores.formats
+# suffix -> module in emfuse.stores.formats
 _READERS = {
     ".npz": "npz",
     ".h5": "hdf5",
@@ -320,7 +320,7 @@ def ingest(
 
 
 def _store_warnings(out: Path, path: Path, ds: xr.Dataset) -> None:
-    """What the file held but the store does not, as warnings stored with it (:mod:`stores.warn`);
+    """What the file held but the store does not, as warnings stored with it (:mod:`emfuse.stores.warn`);
     not logged again: :class:`IngestWarning` said it already."""
     records = [make_warning("not-ingested", f"{path.name}: not ingested: {item}", stage="ingest")
                for item in ds.attrs.get(ATTR_UNMAPPED, [])]
@@ -361,7 +361,7 @@ def _reader(path: Path) -> Any:
         raise fail(
             path,
             "it is a directory, not a file",
-            "Pass a file; a canonical store (.zarr) is opened with stores.zarrio.open_dataset",
+            "Pass a file; a canonical store (.zarr) is opened with emfuse.stores.zarrio.open_dataset",
         )
     suffix = path.suffix.lower()
     if suffix not in _READERS:

@@ -47,7 +47,7 @@ def prepare_output(
 ) -> State:
     """Create an output store from ``template``, or decide how to reuse the existing one.
 
-    A new store gets :func:`stores.zarrio.provenance` of ``source`` with ``params`` and
+    A new store gets :func:`emfuse.stores.zarrio.provenance` of ``source`` with ``params`` and
     ``attrs`` (further attributes of the job, e.g. where its maps came from).
 
     Returns
@@ -97,7 +97,7 @@ def write_region(path: str | Path, name: str, region: tuple[slice, ...], data: A
     """Write ``data`` into ``region`` of variable ``name`` of an existing store.
 
     The region must start on chunk boundaries (tiles from
-    :func:`pipeline.tiles.tile_grid` with ``tile`` equal to the chunk size
+    :func:`emfuse.pipeline.tiles.tile_grid` with ``tile`` equal to the chunk size
     do), so no two writers ever touch the same chunk.
     """
     array = zarr.open_array(str(Path(path) / name), mode="r+", zarr_format=3)

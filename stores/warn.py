@@ -66,7 +66,7 @@ def read_warnings(path: str | Path) -> list[dict[str, Any]]:
 def add_warnings(path: str | Path, *warnings: Mapping[str, Any], log_them: bool = True) -> list[dict[str, Any]]:
     """Append ``warnings`` to a store's ``warnings`` attribute (each once); returns the whole list.
 
-    Each new warning is also logged (level WARNING, logger ``stores.warn``), so it reaches a batch's
+    Each new warning is also logged (level WARNING, logger ``emfuse.stores.warn``), so it reaches a batch's
     run log; the record carries the attribute :data:`STORED_WARNING`.
     """
     group = zarr.open_group(str(path), mode="r+", zarr_format=3)

@@ -77,7 +77,7 @@ def is_store(path: str | Path) -> bool:
 def source_record(source: str | Path) -> dict[str, Any]:
     """``source_path`` and ``source_sha256`` of the instrument file behind ``source``.
 
-    A store written by :func:`stores.ingest.ingest` records the raw file it was read from;
+    A store written by :func:`emfuse.stores.ingest.ingest` records the raw file it was read from;
     a job reading it carries that file's path and sha256 over (and names the store itself
     as ``input_store``), so an output says which recording it came from, not which
     intermediate copy. A store without that record (synthetic, or written by a user with

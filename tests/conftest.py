@@ -49,7 +49,7 @@ def dysco3(shared_data) -> dict:
 
 
 def gpu_available() -> bool:
-    from pipeline.backend import gpu_available as _gpu
+    from emfuse.pipeline.backend import gpu_available as _gpu
 
     return _gpu()
 
@@ -66,7 +66,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def client():
     """A Dask client of two worker threads in this process, one per test module."""
-    from cluster import connect
+    from emfuse.cluster import connect
 
     with connect("local-threads", n_workers=2, threads_per_worker=1) as c:
         yield c

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import zarr
 
-from stores.layout import ATTR_CREATED, ATTR_TIMING
-from stores.progress import PROGRESS_GROUP
+from emfuse.stores.layout import ATTR_CREATED, ATTR_TIMING
+from emfuse.stores.progress import PROGRESS_GROUP
 
 # attributes that record when something ran (and for how long: a resumed run adds a record), not
 # what it computed

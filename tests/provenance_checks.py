@@ -6,8 +6,8 @@ import datetime as dt
 import socket
 from pathlib import Path
 
-from stores.version import emfuse_version
-from stores.zarrio import read_attrs, sha256_file
+from emfuse.stores.version import emfuse_version
+from emfuse.stores.zarrio import read_attrs, sha256_file
 
 
 def assert_provenance(out: str | Path, source: Path, stages: set[str], *, input_store: Path | None = None) -> dict:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cluster import connect
-from flows import fusion_job
-from flows.synth import write_synthetic
-from pipeline.fusion import Normalisation, fuse
-from pipeline.fusion.auto import (
+from emfuse.cluster import connect
+from emfuse.flows import fusion_job
+from emfuse.flows.synth import write_synthetic
+from emfuse.pipeline.fusion import Normalisation, fuse
+from emfuse.pipeline.fusion.auto import (
     AutoLambdaError,
     SearchSettings,
     _Axis,
@@ -25,13 +25,13 @@ from pipeline.fusion.auto import (
     scaled_normalisation,
     thin_counts,
 )
-from pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
-from pipeline.fusion.noise import estimate_noise, local_variance, recorrupt
-from pipeline.metrics import nrmse
-from pipeline.spectra import elemental_maps
-from pipeline.synth import make_spectrum_image
-from stores import layout
-from stores.zarrio import is_complete, open_dataset, read_attrs
+from emfuse.pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
+from emfuse.pipeline.fusion.noise import estimate_noise, local_variance, recorrupt
+from emfuse.pipeline.metrics import nrmse
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import make_spectrum_image
+from emfuse.stores import layout
+from emfuse.stores.zarrio import is_complete, open_dataset, read_attrs
 
 FAST = SearchSettings(coarse=3, lattice=2.0, n_iter=30)
 EL = ["Ga", "As", "Al"]
@@ -231,7 +231,7 @@ def test_interrupted_after_the_choice_resumes_without_searching_again(tmp_path, 
 def _float_store(tmp_path, dysco3, size=96):
     import xarray as xr
 
-    from stores.zarrio import write_dataset
+    from emfuse.stores.zarrio import write_dataset
 
     ds = xr.Dataset(
         {"haadf": (("y", "x"), dysco3["haadf"][:size, :size]),
@@ -257,7 +257,7 @@ def test_auto_on_maps_that_are_not_counts_uses_recorrupted_pairs(tmp_path, dysco
 def test_auto_on_maps_without_measurable_noise_falls_back_to_the_defaults(tmp_path, dysco3, client):
     import xarray as xr
 
-    from stores.zarrio import write_dataset
+    from emfuse.stores.zarrio import write_dataset
 
     maps = dysco3["maps"][:2, :10, :10]  # 64 interior pixels: too few to measure the noise
     ds = xr.Dataset({"haadf": (("y", "x"), dysco3["haadf"][:10, :10]), "maps": (("element", "y", "x"), maps)},
@@ -275,7 +275,7 @@ def test_auto_on_maps_without_measurable_noise_falls_back_to_the_defaults(tmp_pa
 
 
 def test_a_word_other_than_auto_is_refused(tmp_path, count_store):
-    from pipeline.fusion import FusionInputError
+    from emfuse.pipeline.fusion import FusionInputError
 
     with pytest.raises(FusionInputError, match="number or 'auto'"):
         fusion_job.plan(count_store, tmp_path / "o.zarr", elements=EL, params={"lambda_tv": "automatic"})

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flows.cli import main
-from pipeline.fusion import fuse
-from stores.zarrio import open_dataset
+from emfuse.flows.cli import main
+from emfuse.pipeline.fusion import fuse
+from emfuse.stores.zarrio import open_dataset
 
 # Per-element correlation, default vs tutorial parameters (measured: Co3O4 0.956/0.975/0.922,
 # DyScO3 0.929/0.935/0.803; docs/methods/fusion.md), with some room for other machines.

@@ -6,18 +6,24 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.avae import baselines
-from pipeline.avae.evaluate import (
+from emfuse.pipeline.avae import baselines
+from emfuse.pipeline.avae.evaluate import (
     method_images,
     paired_margin,
     prepare_regions,
     score_methods,
     split_indices,
 )
-from pipeline.avae.fuse import fuse_modes
-from pipeline.avae.model import AVAE, AVAEConfig, avae_loss, load_avae, model_info, save_avae
-from pipeline.avae.simulate import simulate_regions
-from pipeline.avae.train import TrainSettings, sample_batch, sample_present, standardise, train_avae
+from emfuse.pipeline.avae.fuse import fuse_modes
+from emfuse.pipeline.avae.model import AVAE, AVAEConfig, avae_loss, load_avae, model_info, save_avae
+from emfuse.pipeline.avae.simulate import simulate_regions
+from emfuse.pipeline.avae.train import (
+    TrainSettings,
+    sample_batch,
+    sample_present,
+    standardise,
+    train_avae,
+)
 
 TINY = AVAEConfig(features=6, latent=3)
 
@@ -255,7 +261,7 @@ def test_stats_attention_round_trips_and_older_files_load_as_z_attention(tmp_pat
 
 
 def test_the_committed_weights_load_and_say_what_they_are():
-    from pipeline.avae.model import DEFAULT_WEIGHTS, VAE_WEIGHTS
+    from emfuse.pipeline.avae.model import DEFAULT_WEIGHTS, VAE_WEIGHTS
 
     avae, vae = load_avae(DEFAULT_WEIGHTS), load_avae(VAE_WEIGHTS)
     assert avae.cfg.attention and not vae.cfg.attention
@@ -263,7 +269,7 @@ def test_the_committed_weights_load_and_say_what_they_are():
     shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items() if not k.startswith("score")}  # noqa: E731
     assert shapes(avae) == shapes(vae)
     assert DEFAULT_WEIGHTS.stat().st_size < 2_000_000
-    from pipeline.avae.model import FLAT_VAE_WEIGHTS, FLAT_WEIGHTS
+    from emfuse.pipeline.avae.model import FLAT_VAE_WEIGHTS, FLAT_WEIGHTS
 
     flat, flat_vae = load_avae(FLAT_WEIGHTS), load_avae(FLAT_VAE_WEIGHTS)
     assert flat.cfg.attention and not flat_vae.cfg.attention and shapes(flat) == shapes(avae)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.avae.preprocess import (
+from emfuse.pipeline.avae.preprocess import (
     Preprocessing,
     align_modes,
     denoise,
@@ -20,8 +20,8 @@ from pipeline.avae.preprocess import (
     flat_surface,
     mode_quantiles,
 )
-from pipeline.avae.simulate import simulate_regions
-from pipeline.register import shift_image
+from emfuse.pipeline.avae.simulate import simulate_regions
+from emfuse.pipeline.register import shift_image
 
 
 def _beam(shape, centre=(0.1, -0.2), width=0.3):

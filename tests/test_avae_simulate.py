@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flows.cli import main
-from pipeline.avae.simulate import (
+from emfuse.flows.cli import main
+from emfuse.pipeline.avae.simulate import (
     MATERIALS,
     MODES,
     VARIED,
@@ -15,7 +15,7 @@ from pipeline.avae.simulate import (
     simulate_region,
     simulate_regions,
 )
-from stores.zarrio import open_dataset
+from emfuse.stores.zarrio import open_dataset
 
 
 def _high_frequency_fraction(image: np.ndarray, k: float = 0.12) -> float:
@@ -137,7 +137,7 @@ def test_contamination_changes_the_hrtem_in_patches_only():
 def test_distortion_moves_the_content_by_the_displacement_field():
     from scipy import ndimage
 
-    from pipeline.avae.simulate import _shifted_crop
+    from emfuse.pipeline.avae.simulate import _shifted_crop
 
     image = ndimage.gaussian_filter(np.random.default_rng(0).random((64, 64)), 2)
     drift = np.array([1.25, -0.5])
@@ -156,7 +156,7 @@ def test_the_illumination_is_recorded_and_a_flat_reference_keeps_the_thickness_i
     instead also removes BF's thickness wedge, which a flat (vacuum) reference keeps."""
     from scipy import ndimage
 
-    from pipeline.avae.evaluate import prepare_regions
+    from emfuse.pipeline.avae.evaluate import prepare_regions
 
     lit = simulate_region((96, 96), "ceramic", np.random.default_rng(1))
     unlit = simulate_region((96, 96), "ceramic", np.random.default_rng(1), record=False)

@@ -28,17 +28,17 @@ import pytest
 import tifffile
 import xarray as xr
 
-from flows import fusion_job, restore_job, tem_fuse_job
-from flows.jobs import run_job
-from flows.synth import write_synthetic
-from pipeline.elements import DuplicateElement
-from pipeline.fusion import FusionInputError
-from pipeline.spectra import SpectrumError, WindowError
-from stores.errors import DiskFull, IngestError, OutputNotWritable
-from stores.formats import IngestWarning
-from stores.ingest import ingest
-from stores.progress import TileRecord
-from stores.zarrio import is_complete, open_dataset, write_dataset
+from emfuse.flows import fusion_job, restore_job, tem_fuse_job
+from emfuse.flows.jobs import run_job
+from emfuse.flows.synth import write_synthetic
+from emfuse.pipeline.elements import DuplicateElement
+from emfuse.pipeline.fusion import FusionInputError
+from emfuse.pipeline.spectra import SpectrumError, WindowError
+from emfuse.stores.errors import DiskFull, IngestError, OutputNotWritable
+from emfuse.stores.formats import IngestWarning
+from emfuse.stores.ingest import ingest
+from emfuse.stores.progress import TileRecord
+from emfuse.stores.zarrio import is_complete, open_dataset, write_dataset
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FORMATS = DATA / "formats"
@@ -164,7 +164,7 @@ def test_reader_library_errors_are_named(tmp_path, name, position, draw, raw):
     used to leak from ingest unnamed; now they are an IngestError naming the file."""
     src = _need(FUSION / name)
     bad = _random_corruption(src, tmp_path, position, draw)
-    module = importlib.import_module(f"stores.formats.{'hdf5' if name.endswith('.h5') else 'npz'}")
+    module = importlib.import_module(f"emfuse.stores.formats.{'hdf5' if name.endswith('.h5') else 'npz'}")
     with pytest.raises(raw) as info:  # the reader alone: what the library raises
         module.read(bad)
     assert not isinstance(info.value, IngestError)
@@ -178,7 +178,7 @@ def test_corrupt_bcf_that_crashes_the_decoder_is_an_error(tmp_path):
     """Corrupt pixel headers in a Bruker hypermap make RosettaSciIO's compiled decoder (no bounds
     checks) kill its process with SIGBUS/SIGSEGV: in a batch that would end the whole night. The
     decoder runs in a child process, so the same file is one IngestError."""
-    from stores.ingest import read
+    from emfuse.stores.ingest import read
 
     src = _need(FORMATS / "test_TEM.bcf")
     bad = _damaged_copy(src, tmp_path, at=int(src.stat().st_size * BCF_CRASH))
@@ -189,7 +189,7 @@ def test_corrupt_bcf_that_crashes_the_decoder_is_an_error(tmp_path):
     )  # fmt: skip
     if control.returncode >= 0:
         pytest.skip(f"this corruption does not crash the decoder here (exit {control.returncode})")
-    # the spectrum image must come from the child-process decoder (stores.formats.FileArray graphs are
+    # the spectrum image must come from the child-process decoder (emfuse.stores.formats.FileArray graphs are
     # named emfuse-read-*), else the ingest below would take pytest down with it
     graph = read(bad).spectrum.data.__dask_graph__()
     assert any(str(k[0] if isinstance(k, tuple) else k).startswith("emfuse-read-") for k in graph)
@@ -209,7 +209,7 @@ def test_corrupt_bcf_data_is_named(tmp_path):
 def test_bcf_still_reads_the_same_through_the_child_decoder():
     from rsciio.bruker import file_reader
 
-    from stores.ingest import read
+    from emfuse.stores.ingest import read
 
     src = _need(FORMATS / "test_TEM.bcf")
     np.testing.assert_array_equal(read(src).spectrum.values, file_reader(str(src))[1]["data"])
@@ -268,7 +268,7 @@ def test_dm_spectrum_image_with_uncalibrated_energy_axis(tmp_path):
 def test_energy_axis_in_unknown_units():
     """An axis named like energy, in a unit that is not eV or keV (it used to fail with a bare
     TypeError: the unit's factor was None)."""
-    from stores.formats import rsciio
+    from emfuse.stores.formats import rsciio
 
     raw = {"data": np.zeros((4, 5, 16)), "metadata": {"General": {"title": "SI"}, "Signal": {"signal_type": "EELS"}},
            "axes": [{"name": "y", "size": 4, "units": "nm"}, {"name": "x", "size": 5, "units": "nm"},
@@ -354,8 +354,8 @@ def test_zero_dose_fusion(tmp_path, client, case):
 def tiny_model(tmp_path_factory):
     import torch
 
-    from pipeline.restore import save_model
-    from pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+    from emfuse.pipeline.restore import save_model
+    from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
 
     torch.manual_seed(0)
     net = CGRDN(CGRDNConfig(features=8, growth=4, groups=1, blocks=1, layers=2))
@@ -389,7 +389,7 @@ def test_dark_frames_are_a_warning_and_kept(tmp_path, client, tiny_model, caplog
     movie = np.random.default_rng(0).poisson(50, (5, 32, 32)).astype(np.float32)
     movie[0], movie[3] = 0, 7  # blanked beam; a constant offset
     store = _movie_store(tmp_path / "blanked.zarr", movie)
-    with caplog.at_level(logging.WARNING, logger="flows.restore_job"):
+    with caplog.at_level(logging.WARNING, logger="emfuse.flows.restore_job"):
         job = run_job("restore", store, tmp_path / "out.zarr", client, progress=False, model=tiny_model, **RESTORE)
     assert f"the movie of {store}: 2 of 5 frames are flat, with no signal (zero dose: frames 0, 3); they are " \
            "copied to the output unchanged, not restored." in caplog.text
@@ -403,7 +403,7 @@ def test_dark_frames_are_a_warning_and_kept(tmp_path, client, tiny_model, caplog
 def avae_model(tmp_path_factory):
     import torch
 
-    from pipeline.avae.model import AVAE, AVAEConfig, save_avae
+    from emfuse.pipeline.avae.model import AVAE, AVAEConfig, save_avae
 
     torch.manual_seed(0)
     return save_avae(AVAE(AVAEConfig(features=4, latent=2)), tmp_path_factory.mktemp("avae") / "tiny.safetensors")
@@ -455,20 +455,20 @@ def _model_cases(tmp_path: Path) -> list[tuple[str, str]]:
                       r"\.safetensors model"),
         ("r_em:sfr_hrstm", r"unknown r_em model 'r_em:sfr_hrstm' \(did you mean 'r_em:sfr_hrstem'\?\)"),
         ("nope", rf"'nope' is neither a model name \({names}\) nor an existing \.safetensors file\. Name a "
-                 r"published model, or give the path of a model saved by pipeline\.restore\.save_model"),
+                 r"published model, or give the path of a model saved by emfuse\.pipeline\.restore\.save_model"),
         ("sfr_hrstem", r"'sfr_hrstem' \(did you mean 'r_em:sfr_hrstem'\?\) is neither a model name"),
         (str(tmp_path / "missing.safetensors"), rf"nor an existing \.safetensors file; there is no file "
                                                 rf"{re.escape(str(tmp_path / 'missing.safetensors'))}\."),
         (str(tmp_path), rf"nor an existing \.safetensors file; {re.escape(str(tmp_path))} is a directory\."),
         (str(junk), rf"{re.escape(str(junk))}: not a readable safetensors file \(.*\); give a model written "
-                    rf"by pipeline\.restore\.save_model \(emfuse train-restore\), or a published name"),
+                    rf"by emfuse\.pipeline\.restore\.save_model \(emfuse train-restore\), or a published name"),
         (str(pickle), r"not a readable safetensors file \(.*\) \(a PyTorch pickle: emfuse never unpickles "
                       r"weights; load it yourself and save it with save_model\)"),
     ]
 
 
 def test_model_names_that_do_not_exist(tmp_path):
-    from pipeline.restore import load_model
+    from emfuse.pipeline.restore import load_model
 
     for name, message in _model_cases(tmp_path):
         with pytest.raises(ValueError, match=message):
@@ -483,7 +483,7 @@ def test_restore_job_with_a_model_that_does_not_exist(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"this is not a model")
     cases.append((str(junk), rf"cannot load model '{re.escape(str(junk))}': .*not a readable safetensors "
-                             r"file.*give a model written by pipeline\.restore\.save_model"))
+                             r"file.*give a model written by emfuse\.pipeline\.restore\.save_model"))
     for model, message in cases:
         out = tmp_path / "out.zarr"
         with pytest.raises(restore_job.RestoreInputError, match=message):
@@ -650,7 +650,7 @@ def test_bad_datasets_in_a_batch_fail_alone(prefect_harness, tmp_path, real_tiff
     used to kill the whole process, and with it every dataset after it)."""
     import yaml
 
-    from flows.batch import batch_flow
+    from emfuse.flows.batch import batch_flow
 
     data = tmp_path / "incoming"
     data.mkdir()

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.synth import write_synthetic
-from stores.zarrio import is_complete, open_dataset
+from emfuse.flows.synth import write_synthetic
+from emfuse.stores.zarrio import is_complete, open_dataset
 
 pytestmark = pytest.mark.prefect
 
@@ -51,7 +51,7 @@ datasets:
 
 @pytest.fixture(scope="module")
 def first_run(prefect_harness, night):
-    from flows.batch import batch_flow
+    from emfuse.flows.batch import batch_flow
 
     return batch_flow(str(night / "tonight.yaml"), progress=False)
 
@@ -107,7 +107,7 @@ def test_morning_report(first_run, night):
 
 
 def test_rerun_resumes_and_recomputes_nothing_finished(first_run, night):
-    from flows.batch import batch_flow
+    from emfuse.flows.batch import batch_flow
 
     before = open_dataset(night / "results" / "si1.fuse.zarr").fused.values
     again = batch_flow(str(night / "tonight.yaml"), progress=False)
@@ -122,19 +122,19 @@ def test_rerun_resumes_and_recomputes_nothing_finished(first_run, night):
 
 
 def test_schedule_deployment(prefect_harness, night):
-    from flows.batch import batch_deployment
+    from emfuse.flows.batch import batch_deployment
 
     deployment = batch_deployment(night / "tonight.yaml", "0 22 * * *", timezone="Europe/Brussels")
     schedule = deployment.schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("0 22 * * *", "Europe/Brussels")
     assert deployment.parameters["catalog"] == str(night / "tonight.yaml")
-    assert deployment.entrypoint == "flows.batch.batch_flow"
+    assert deployment.entrypoint == "emfuse.flows.batch.batch_flow"
     with pytest.raises(ValueError, match="cron"):
         batch_deployment(night / "tonight.yaml", "0 25 * * *")
 
 
 def test_unreachable_cluster_still_writes_the_report(prefect_harness, night, tmp_path):
-    from flows.batch import batch_flow
+    from emfuse.flows.batch import batch_flow
 
     catalog = tmp_path / "unreachable.yaml"
     catalog.write_text(f"""
@@ -151,7 +151,7 @@ datasets:
 
 def test_raw_files_of_one_name_are_ingested_apart(tmp_path):
     """Two run1.npz from two folders, named apart in a catalog, keep their own input stores."""
-    from flows.inputs import resolve_store
+    from emfuse.flows.inputs import resolve_store
 
     rng = np.random.default_rng(0)
     stores = []

@@ -11,10 +11,10 @@ import pytest
 import xarray as xr
 import zarr
 
-from flows import fusion_job
-from flows.cli import main
-from stores.progress import TileRecord
-from stores.zarrio import is_complete, mark_complete, open_dataset, write_dataset
+from emfuse.flows import fusion_job
+from emfuse.flows.cli import main
+from emfuse.stores.progress import TileRecord
+from emfuse.stores.zarrio import is_complete, mark_complete, open_dataset, write_dataset
 
 pytestmark = pytest.mark.prefect
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from flows.cli import main
-from pipeline.avae.model import load_avae, model_info
-from stores.zarrio import is_complete, open_dataset
+from emfuse.flows.cli import main
+from emfuse.pipeline.avae.model import load_avae, model_info
+from emfuse.stores.zarrio import is_complete, open_dataset
 
 pytestmark = pytest.mark.prefect
 

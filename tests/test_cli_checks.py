@@ -13,10 +13,10 @@ import pytest
 import xarray as xr
 import zarr
 
-from flows.cli import build_parser, main
-from flows.jobs import run_job
-from stores.version import emfuse_version
-from stores.zarrio import write_dataset
+from emfuse.flows.cli import build_parser, main
+from emfuse.flows.jobs import run_job
+from emfuse.stores.version import emfuse_version
+from emfuse.stores.zarrio import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("prefect", "distributed", "torch", "numba")
@@ -24,7 +24,7 @@ HEAVY = ("prefect", "distributed", "torch", "numba")
 
 def _cli_in_a_fresh_process(*argv: str) -> tuple[int, str, list[str]]:
     """Run ``emfuse argv`` in a new interpreter; (exit status, stderr, heavy modules it imported)."""
-    code = ("import sys, json; from flows.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys, json; from emfuse.flows.cli import main; rc = main(sys.argv[1:]); "
             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules])); sys.exit(rc)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
@@ -84,7 +84,7 @@ def test_restore_and_tem_fuse_check_their_arguments_early(store, tmp_path):
 
 
 def test_a_store_written_with_xarray_passes_the_checks(tmp_path, dysco3):
-    from flows.checks import check_fuse
+    from emfuse.flows.checks import check_fuse
 
     ds = xr.Dataset({"haadf": (("y", "x"), np.ones((8, 8))), "maps": (("element", "y", "x"), np.ones((1, 8, 8)))},
                     coords={"element": ["O"]})
@@ -101,8 +101,8 @@ def test_ingest_overwrite_has_help():
 def test_early_checks_follow_the_elements_of_the_ingest(shared_data, tmp_path):
     """A spectrum image with no --elements: refused naming the elements the file's metadata
     lists, as the job itself says; accepted when the elements were named at ingest."""
-    from flows.checks import check_fuse
-    from flows.inputs import ingest_file
+    from emfuse.flows.checks import check_fuse
+    from emfuse.flows.inputs import ingest_file
 
     bcf = shared_data / "formats" / "test_TEM.bcf"
     plain = ingest_file(bcf, tmp_path / "plain.zarr")

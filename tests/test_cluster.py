@@ -15,7 +15,7 @@ import dask.array as da
 import psutil
 import pytest
 
-from cluster import (
+from emfuse.cluster import (
     PROFILES,
     ClusterConfigError,
     ClusterSpec,
@@ -26,7 +26,7 @@ from cluster import (
     render_job_script,
     tls_security,
 )
-from cluster.profiles import available_cores
+from emfuse.cluster.profiles import available_cores
 
 
 def _listening_hosts(process: psutil.Process) -> set[str]:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.fusion.convergence import diagnose_convergence, oscillation_count, relative_change
+from emfuse.pipeline.fusion.convergence import (
+    diagnose_convergence,
+    oscillation_count,
+    relative_change,
+)
 
 
 def test_levelled_curves_give_no_message():

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from crash import done_tiles, store_differences
 
-from flows.synth import write_synthetic
+from emfuse.flows.synth import write_synthetic
 
-EMFUSE = [sys.executable, "-m", "flows.cli"]
+EMFUSE = [sys.executable, "-m", "emfuse.flows.cli"]
 CATALOG = """
 output: results
 cluster: two-workers.yaml
@@ -134,8 +134,8 @@ def _kill_a_worker_when(client, output: Path, n_done: int, killed: list) -> None
 @pytest.mark.parametrize("kind", ["fuse", pytest.param("restore", marks=pytest.mark.slow)])
 def test_worker_killed_mid_run(tmp_path, kind):
     """A worker process dies (SIGKILL) while tiles run: the job completes, identical to an unbroken run."""
-    from cluster import connect
-    from flows.jobs import run_job
+    from emfuse.cluster import connect
+    from emfuse.flows.jobs import run_job
 
     if kind == "fuse":
         source = write_synthetic("spectrum-image", tmp_path / "si.zarr", shape=(96, 96), elements=["Sr", "Ti", "O"])

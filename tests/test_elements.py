@@ -8,8 +8,8 @@ import itertools
 
 import pytest
 
-import pipeline.elements as elements_module
-from pipeline.elements import (
+import emfuse.pipeline.elements as elements_module
+from emfuse.pipeline.elements import (
     ELEMENTS,
     DuplicateElement,
     ElementError,

@@ -1,5 +1,5 @@
 """HyperSpy both ways: .hspy files ingested, stores converted back to HyperSpy signals
-(``flows.export.to_hyperspy``, ``emfuse export``). Real HyperSpy, real files, no mocks."""
+(``emfuse.flows.export.to_hyperspy``, ``emfuse export``). Real HyperSpy, real files, no mocks."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from flows.cli import main
-from flows.export import HyperSpyMissing, export, to_hyperspy
-from stores.errors import IngestError
-from stores.ingest import ingest, read
-from stores.zarrio import open_dataset, write_dataset
+from emfuse.flows.cli import main
+from emfuse.flows.export import HyperSpyMissing, export, to_hyperspy
+from emfuse.stores.errors import IngestError
+from emfuse.stores.ingest import ingest, read
+from emfuse.stores.zarrio import open_dataset, write_dataset
 
 hs = pytest.importorskip("hyperspy.api", reason="needs HyperSpy (pip install 'emfuse[hyperspy]')")
 pytest.importorskip("exspy", reason="needs exspy (pip install 'emfuse[hyperspy]')")

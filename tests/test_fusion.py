@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.fusion import (
+from emfuse.pipeline.fusion import (
     FusionInputError,
     Normalisation,
     divergence,
@@ -17,7 +17,7 @@ from pipeline.fusion import (
     prox_tv,
     tv_iso,
 )
-from pipeline.fusion.solver import _smooth_gradient
+from emfuse.pipeline.fusion.solver import _smooth_gradient
 
 
 def test_tutorial_datasets_objective_decreases(tutorial):
@@ -202,7 +202,7 @@ def test_tv_momentum_option_solves_each_tv_step_further(dysco3):
 
 
 def test_unfinished_run_warns_and_records_why(dysco3):
-    from pipeline.fusion import ConvergenceWarning
+    from emfuse.pipeline.fusion import ConvergenceWarning
 
     short = {**dysco3["params"], "n_iter": 4}
     with pytest.warns(ConvergenceWarning, match="has not levelled off.*raise n_iter"):

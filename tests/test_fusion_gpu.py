@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.fusion import fuse
+from emfuse.pipeline.fusion import fuse
 
 pytestmark = pytest.mark.gpu
 

@@ -14,9 +14,16 @@ import pytest
 
 pytest.importorskip("numba", reason="numba is not installed: the numba engine cannot run")
 
-from pipeline.fusion import FusionInputError, fuse, haadf_weights, objective_terms, prox_tv, tv_iso  # noqa: E402
-from pipeline.fusion import kernels_numba as kn  # noqa: E402
-from pipeline.fusion.solver import _smooth_gradient  # noqa: E402
+from emfuse.pipeline.fusion import (  # noqa: E402
+    FusionInputError,
+    fuse,
+    haadf_weights,
+    objective_terms,
+    prox_tv,
+    tv_iso,
+)
+from emfuse.pipeline.fusion import kernels_numba as kn  # noqa: E402
+from emfuse.pipeline.fusion.solver import _smooth_gradient  # noqa: E402
 
 GAMMA, LAM_H, LAM_CHEM, BKG = 1.6, 1 / 3, 0.08, 0.24
 
@@ -165,7 +172,7 @@ def test_fuse_numba_matches_plain_with_backtracking_and_tol(dysco3, dtype, atol)
 
 
 def test_auto_engine_is_numba_for_numpy_and_can_be_switched(dysco3, monkeypatch):
-    from pipeline.fusion import solver
+    from emfuse.pipeline.fusion import solver
 
     small = (dysco3["haadf"][:32, :32], dysco3["maps"][:, :32, :32], dysco3["z"])
     assert fuse(*small, n_iter=2).engine == "numba"

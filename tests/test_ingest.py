@@ -15,10 +15,10 @@ import pytest
 import tifffile
 import zarr
 
-from stores import zarrio
-from stores.errors import IngestError, OutputNotWritable, StoreError
-from stores.formats import FileArray, IngestWarning
-from stores.ingest import SUPPORTED_SUFFIXES, chunk_canonical, ingest, read
+from emfuse.stores import zarrio
+from emfuse.stores.errors import IngestError, OutputNotWritable, StoreError
+from emfuse.stores.formats import FileArray, IngestWarning
+from emfuse.stores.ingest import SUPPORTED_SUFFIXES, chunk_canonical, ingest, read
 
 DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
             or Path(__file__).resolve().parents[1].parent / "shared" / "data")

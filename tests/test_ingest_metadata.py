@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stores import metadata as md
-from stores.errors import IngestError
-from stores.formats import IngestWarning
-from stores.ingest import describe, ingest, read
-from stores.zarrio import open_dataset
+from emfuse.stores import metadata as md
+from emfuse.stores.errors import IngestError
+from emfuse.stores.formats import IngestWarning
+from emfuse.stores.ingest import describe, ingest, read
+from emfuse.stores.zarrio import open_dataset
 
 DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
             or Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -41,7 +41,7 @@ REAL = [
 IDS = [f"{name}{'-' + str(opts['signal']) if opts else ''}" for name, opts in REAL]
 
 # key figure -> where HyperSpy's metadata tree holds it, below Acquisition_instrument.<TEM|SEM>
-# (written out here, apart from stores.metadata, so the test does not check the code with itself)
+# (written out here, apart from emfuse.stores.metadata, so the test does not check the code with itself)
 INSTRUMENT = {
     "beam_energy_kev": ["beam_energy"],
     "magnification": ["magnification"],
@@ -268,7 +268,7 @@ def test_describe_lists_signals_and_elements(formats):
 
 
 def test_what_was_left_out_is_stored_as_warnings(formats, tmp_path):
-    from stores.warn import read_warnings
+    from emfuse.stores.warn import read_warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IngestWarning)

@@ -10,12 +10,12 @@ import sys
 
 import pytest
 
-from stores.errors import OutputNotWritable
-from stores.lock import StoreLock, StoreLockedError, _boot_id, lock_path
+from emfuse.stores.errors import OutputNotWritable
+from emfuse.stores.lock import StoreLock, StoreLockedError, _boot_id, lock_path
 
 HOLD = """
 import sys, time
-from stores.lock import StoreLock
+from emfuse.stores.lock import StoreLock
 with StoreLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)
@@ -69,8 +69,8 @@ def test_run_job_refuses_a_locked_store(tmp_path, dysco3):
     """A job does not touch a store another run is writing."""
     import numpy as np
 
-    from flows.jobs import run_job
-    from stores.ingest import ingest
+    from emfuse.flows.jobs import run_job
+    from emfuse.stores.ingest import ingest
 
     src = tmp_path / "in.npz"
     np.savez(src, HAADF=dysco3["haadf"][:32, :32], **{el: m[:32, :32] for el, m in zip(dysco3["elements"], dysco3["maps"])})

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import yaml
 
-from flows import fusion_job
-from flows.catalog import load_catalog
-from flows.cli import build_parser, main
-from flows.inputs import resolve_store
-from pipeline import spectra
-from pipeline.fusion import FusionInputError
-from stores.formats import IngestWarning
-from stores.ingest import ingest
-from stores.zarrio import open_dataset, read_attrs
+from emfuse.flows import fusion_job
+from emfuse.flows.catalog import load_catalog
+from emfuse.flows.cli import build_parser, main
+from emfuse.flows.inputs import resolve_store
+from emfuse.pipeline import spectra
+from emfuse.pipeline.fusion import FusionInputError
+from emfuse.stores.formats import IngestWarning
+from emfuse.stores.ingest import ingest
+from emfuse.stores.zarrio import open_dataset, read_attrs
 
 DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
             or Path(__file__).resolve().parents[1].parent / "shared" / "data")

@@ -1,11 +1,11 @@
-"""SSIM in pipeline.metrics against its definition and scikit-image."""
+"""SSIM in emfuse.pipeline.metrics against its definition and scikit-image."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.metrics import psnr, ssim
+from emfuse.pipeline.metrics import psnr, ssim
 
 
 def test_ssim_identity_and_range():

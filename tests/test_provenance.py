@@ -16,13 +16,20 @@ import xarray as xr
 import zarr
 from provenance_checks import assert_provenance
 
-from flows import fusion_job
-from flows.inputs import resolve_store
-from flows.jobs import run_job
-from flows.synth import write_synthetic
-from pipeline.fusion import auto
-from stores.ingest import read
-from stores.zarrio import begin_run, open_dataset, read_attrs, sha256_file, timed, write_dataset
+from emfuse.flows import fusion_job
+from emfuse.flows.inputs import resolve_store
+from emfuse.flows.jobs import run_job
+from emfuse.flows.synth import write_synthetic
+from emfuse.pipeline.fusion import auto
+from emfuse.stores.ingest import read
+from emfuse.stores.zarrio import (
+    begin_run,
+    open_dataset,
+    read_attrs,
+    sha256_file,
+    timed,
+    write_dataset,
+)
 
 FIXED = dict(lambda_chem=0.08, lambda_tv=0.15, n_iter=5, n_iter_tv=3, bkg=0.24)
 FUSE_STAGES = {"plan", "write_inputs", "normalise", "choose_lambdas", "tiles", "finalise"}
@@ -91,7 +98,7 @@ def test_automatic_weights_keep_every_attribute(tmp_path, client):
 
 
 def test_fuse_flow_from_a_raw_file_times_the_ingest(prefect_harness, tmp_path, shared_data):
-    from flows.fusion_flow import fuse_flow
+    from emfuse.flows.fusion_flow import fuse_flow
 
     raw = shared_data / "fusion" / "PTO_Trilayer_dataset.npz"
     result = fuse_flow(str(raw), str(tmp_path / "pto.fuse.zarr"), params=FIXED, cluster="local-threads",
@@ -104,7 +111,7 @@ def test_fuse_flow_from_a_raw_file_times_the_ingest(prefect_harness, tmp_path, s
 
 
 def test_batch_records_the_raw_file_and_its_ingest(prefect_harness, tmp_path, shared_data):
-    from flows.batch import batch_flow
+    from emfuse.flows.batch import batch_flow
 
     raw = shared_data / "fusion" / "PTO_Trilayer_dataset.npz"
     (tmp_path / "night.yaml").write_text(f"""
@@ -124,8 +131,8 @@ datasets:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from pipeline.restore import save_model
-    from pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+    from emfuse.pipeline.restore import save_model
+    from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
 
     torch.manual_seed(0)
     net = CGRDN(CGRDNConfig(features=8, growth=4, groups=1, blocks=1, layers=2))
@@ -147,7 +154,7 @@ def test_restore_of_a_tem_image_from_an_emi_file(tmp_path, shared_data, client, 
 
 
 def test_tem_fuse_records_provenance(tmp_path, client):
-    from pipeline.avae.model import AVAE, AVAEConfig, save_avae
+    from emfuse.pipeline.avae.model import AVAE, AVAEConfig, save_avae
 
     torch.manual_seed(0)
     model = save_avae(AVAE(AVAEConfig(features=4, latent=2)), tmp_path / "tiny.safetensors")

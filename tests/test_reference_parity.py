@@ -1,7 +1,7 @@
 """Parity with the published solver (PyPI ``multimodal-fusion`` 0.6.0) on both tutorial datasets.
 
 Both solvers run with the published parameters and the same number of
-iterations. One function, :func:`pipeline.fusion.objective` (normalised
+iterations. One function, :func:`emfuse.pipeline.fusion.objective` (normalised
 inputs, Neumann forward differences), evaluates both results: ours must reach
 an objective no higher than the published code's, and every element's map
 must correlate >= 0.95 with the published one.
@@ -33,7 +33,7 @@ import io
 import numpy as np
 import pytest
 
-from pipeline.fusion import Normalisation, fuse, objective
+from emfuse.pipeline.fusion import Normalisation, fuse, objective
 
 reference = pytest.importorskip(
     "multimodal_fusion.fusion",

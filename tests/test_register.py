@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from pipeline.register import estimate_shift, register_stack, shift_image
+from emfuse.pipeline.register import estimate_shift, register_stack, shift_image
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import xarray as xr
 from dask_helpers import LargestResult
 from matplotlib.image import imread
 
-from flows.report import coarsen_factor, default_report_dir, write_report
+from emfuse.flows.report import coarsen_factor, default_report_dir, write_report
 
 ELEMENTS = ["Sc", "Dy", "O"]
 Z = [21, 66, 8]

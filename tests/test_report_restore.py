@@ -14,21 +14,21 @@ import xarray as xr
 from dask_helpers import LargestResult
 from matplotlib.image import imread
 
-from flows import restore_job
-from flows.report import write_report
-from flows.report_restore import (
+from emfuse.flows import restore_job
+from emfuse.flows.report import write_report
+from emfuse.flows.report_restore import (
     average_figure,
     central_crop,
     drift_figure,
     restore_figure,
     shown_frames,
 )
-from flows.synth import write_synthetic
-from pipeline.metrics import psnr
-from pipeline.register import shift_image
-from pipeline.restore import save_model
-from pipeline.restore.cgrdn import CGRDN, CGRDNConfig
-from stores.zarrio import open_dataset, update_attrs, write_dataset
+from emfuse.flows.synth import write_synthetic
+from emfuse.pipeline.metrics import psnr
+from emfuse.pipeline.register import shift_image
+from emfuse.pipeline.restore import save_model
+from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+from emfuse.stores.zarrio import open_dataset, update_attrs, write_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OPTIONS = dict(tile=32, overlap=8, batch=4, block=3)
@@ -216,7 +216,7 @@ def test_large_frames_are_binned_not_loaded_whole(tmp_path):
 
 
 def test_report_command_on_a_restore_store(movie_job, tmp_path, capsys):
-    from flows.cli import main
+    from emfuse.flows.cli import main
 
     assert main(["report", movie_job.out, "--report-dir", str(tmp_path / "r")]) == 0
     printed = capsys.readouterr().out.split()
@@ -226,7 +226,7 @@ def test_report_command_on_a_restore_store(movie_job, tmp_path, capsys):
 
 @pytest.mark.prefect
 def test_emfuse_restore_writes_the_report(prefect_harness, tmp_path, model, capsys):
-    from flows.cli import main
+    from emfuse.flows.cli import main
 
     store, out = tmp_path / "movie.zarr", tmp_path / "restored.zarr"
     assert main(["synth", "movie", "--out", str(store), "--shape", "48", "40", "--frames", "3"]) == 0

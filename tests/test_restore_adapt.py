@@ -1,4 +1,4 @@
-"""Noise2Noise adaptation to a movie's own frames (pipeline.restore.adapt) and ``restore --adapt``."""
+"""Noise2Noise adaptation to a movie's own frames (emfuse.pipeline.restore.adapt) and ``restore --adapt``."""
 
 from __future__ import annotations
 
@@ -7,27 +7,27 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from flows import restore_job
-from flows.jobs import run_job
-from flows.synth import write_synthetic
-from pipeline.metrics import psnr
-from pipeline.register import shift_image
-from pipeline.restore import adapt as adapt_module
-from pipeline.restore import load_model, save_model
-from pipeline.restore.adapt import (
+from emfuse.flows import restore_job
+from emfuse.flows.jobs import run_job
+from emfuse.flows.synth import write_synthetic
+from emfuse.pipeline.metrics import psnr
+from emfuse.pipeline.register import shift_image
+from emfuse.pipeline.restore import adapt as adapt_module
+from emfuse.pipeline.restore import load_model, save_model
+from emfuse.pipeline.restore.adapt import (
     adapt_model,
     align_region,
     held_out_decision,
     measure_drift,
     noise2noise_pairs,
 )
-from pipeline.restore.cgrdn import CGRDN
-from pipeline.restore.inference import restore
-from pipeline.restore.train import MODEL_PRESETS
-from pipeline.synth.movie import make_movie
-from stores.progress import TileRecord
-from stores.warn import read_warnings
-from stores.zarrio import mark_complete, open_dataset, read_attrs
+from emfuse.pipeline.restore.cgrdn import CGRDN
+from emfuse.pipeline.restore.inference import restore
+from emfuse.pipeline.restore.train import MODEL_PRESETS
+from emfuse.pipeline.synth.movie import make_movie
+from emfuse.stores.progress import TileRecord
+from emfuse.stores.warn import read_warnings
+from emfuse.stores.zarrio import mark_complete, open_dataset, read_attrs
 
 JOB_OPTIONS = dict(tile=64, overlap=16, batch=4, block=3)
 
@@ -190,11 +190,11 @@ def test_job_refuses_adapt_without_enough_frames(tmp_path, client, tiny_file):
 
 
 def test_command_line_option():
-    from flows.cli import build_parser
+    from emfuse.flows.cli import build_parser
 
     args = build_parser().parse_args(["restore", "m.zarr", "--out", "o.zarr", "--adapt", "150"])
     assert args.adapt == 150
     assert build_parser().parse_args(["restore", "m.zarr", "--out", "o.zarr"]).adapt == 0
-    from flows.jobs import job_kind
+    from emfuse.flows.jobs import job_kind
 
     assert "adapt" in job_kind("restore").options  # a catalog may set it too

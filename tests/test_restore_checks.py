@@ -7,14 +7,14 @@ import pytest
 import torch
 import xarray as xr
 
-from flows import restore_job
-from flows.jobs import run_job
-from flows.synth import write_synthetic
-from pipeline.restore import load_model, save_model
-from pipeline.restore.cgrdn import CGRDN, CGRDNConfig
-from pipeline.restore.inference import min_image_size
-from stores.warn import read_warnings
-from stores.zarrio import open_dataset, read_attrs, write_dataset
+from emfuse.flows import restore_job
+from emfuse.flows.jobs import run_job
+from emfuse.flows.synth import write_synthetic
+from emfuse.pipeline.restore import load_model, save_model
+from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+from emfuse.pipeline.restore.inference import min_image_size
+from emfuse.stores.warn import read_warnings
+from emfuse.stores.zarrio import open_dataset, read_attrs, write_dataset
 
 OPTIONS = dict(tile=32, overlap=8, batch=4)
 

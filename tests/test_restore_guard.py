@@ -1,4 +1,4 @@
-"""The residual guard (pipeline.restore.guard) and the restore job's use of it.
+"""The residual guard (emfuse.pipeline.restore.guard) and the restore job's use of it.
 
 Failing cases are real: the project's default model wipes out the lattices of the published
 MULTEM HR-STEM test pairs (tk-r-em's test data); a Gaussian blur erases a fine lattice; any
@@ -17,15 +17,15 @@ import xarray as xr
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from flows import restore_job
-from flows.jobs import run_job
-from flows.report_restore import restore_summary
-from pipeline.restore import load_model
-from pipeline.restore.guard import DECISIONS, check_residual, guard, reinject
-from pipeline.restore.inference import restore
-from pipeline.restore.specimens import make_pair
-from stores.warn import read_warnings
-from stores.zarrio import open_dataset, write_dataset
+from emfuse.flows import restore_job
+from emfuse.flows.jobs import run_job
+from emfuse.flows.report_restore import restore_summary
+from emfuse.pipeline.restore import load_model
+from emfuse.pipeline.restore.guard import DECISIONS, check_residual, guard, reinject
+from emfuse.pipeline.restore.inference import restore
+from emfuse.pipeline.restore.specimens import make_pair
+from emfuse.stores.warn import read_warnings
+from emfuse.stores.zarrio import open_dataset, write_dataset
 
 
 def lattice(shape=(128, 128), period=5.0, dose=50.0) -> np.ndarray:
@@ -199,8 +199,8 @@ def test_without_the_guard_the_network_output_is_kept(tmp_path, client, hrstem_s
 
 
 def test_the_guard_is_an_option_of_the_command_line_and_the_catalog():
-    from flows.cli import build_parser
-    from flows.jobs import JOBS
+    from emfuse.flows.cli import build_parser
+    from emfuse.flows.jobs import JOBS
 
     parse = build_parser().parse_args
     assert parse(["restore", "m.zarr", "--out", "o.zarr", "--no-guard"]).no_guard is True

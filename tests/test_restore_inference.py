@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.restore.cgrdn import CGRDN, CGRDNConfig
-from pipeline.restore.inference import TileGrid, blend_window, restore, tile_starts
+from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+from emfuse.pipeline.restore.inference import TileGrid, blend_window, restore, tile_starts
 
 
 class Offset(torch.nn.Module):
@@ -104,7 +104,7 @@ def test_cgrdn_image_smaller_than_a_tile_is_the_plain_forward():
 
 
 def test_bf16_and_channels_last_stay_close_to_fp32():
-    from pipeline.metrics import psnr
+    from emfuse.pipeline.metrics import psnr
 
     net, x = tiny_cgrdn(), image((96, 96))
     ref = restore(x, net, tile=64, overlap=16)

@@ -9,15 +9,15 @@ import pytest
 import torch
 import xarray as xr
 
-from flows import restore_job
-from flows.jobs import run_job
-from flows.synth import write_synthetic
-from pipeline.restore import MODEL_FILES, load_model, save_model
-from pipeline.restore.cgrdn import CGRDN, CGRDNConfig
-from pipeline.restore.inference import restore
-from stores.errors import OutputNotWritable, StoreError
-from stores.progress import TileRecord
-from stores.zarrio import is_complete, open_dataset, read_attrs, write_dataset
+from emfuse.flows import restore_job
+from emfuse.flows.jobs import run_job
+from emfuse.flows.synth import write_synthetic
+from emfuse.pipeline.restore import MODEL_FILES, load_model, save_model
+from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+from emfuse.pipeline.restore.inference import restore
+from emfuse.stores.errors import OutputNotWritable, StoreError
+from emfuse.stores.progress import TileRecord
+from emfuse.stores.zarrio import is_complete, open_dataset, read_attrs, write_dataset
 
 OPTIONS = dict(tile=32, overlap=8, batch=4, block=2)
 
@@ -162,7 +162,7 @@ def test_nan_frames_are_named_and_leave_the_store_incomplete(tmp_path, client, t
 
 @pytest.mark.prefect
 def test_cli_synth_restore_register(prefect_harness, tmp_path, tiny_model, capsys):
-    from flows.cli import main
+    from emfuse.flows.cli import main
 
     store, out = tmp_path / "movie.zarr", tmp_path / "restored.zarr"
     assert main(["synth", "movie", "--out", str(store), "--shape", "48", "40", "--frames", "3"]) == 0
@@ -179,7 +179,7 @@ def test_cli_synth_restore_register(prefect_harness, tmp_path, tiny_model, capsy
 
 @pytest.mark.prefect
 def test_cli_bad_inputs_get_one_line(prefect_harness, tmp_path, movie_store, tiny_model, capsys):
-    from flows.cli import main
+    from emfuse.flows.cli import main
 
     nan = np.ones((2, 16, 16), dtype=np.float32)
     nan[1, 2, 2] = np.nan
@@ -242,7 +242,7 @@ def test_auto_picks_the_own_model_present_and_a_rerun_keeps_its_decision(tmp_pat
                                                                          tiny_model, monkeypatch):
     from pathlib import Path
 
-    from flows.checks import check_restore
+    from emfuse.flows.checks import check_restore
 
     out = tmp_path / "cut.zarr"
     job, state = restore_job.plan(movie_store, out, model="auto", **OPTIONS)
@@ -290,7 +290,7 @@ def test_auto_on_a_tem_frame_is_sure_and_warns_of_nothing(tmp_path, tiny_model, 
 
 @pytest.mark.prefect
 def test_cli_restore_says_which_model_auto_chose(prefect_harness, tmp_path, movie_store, capsys):
-    from flows.cli import main
+    from emfuse.flows.cli import main
 
     out = tmp_path / "auto.zarr"
     args = ["restore", str(movie_store), "--out", str(out), "--cluster", "local-threads", "--tile", "32",

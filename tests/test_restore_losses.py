@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.restore.discriminator import PatchDiscriminator
-from pipeline.restore.losses import (
+from emfuse.pipeline.restore.discriminator import PatchDiscriminator
+from emfuse.pipeline.restore.losses import (
     MLWT_WINDOWS,
     LossWeights,
     fourier_loss,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.restore as restore
-from pipeline.restore import MODEL_NAMES, load_model, save_model
-from pipeline.restore.cgrdn import CGRDN, CGRDNConfig, Standardise
-from pipeline.restore.weights import BundleError, read_bundle, read_bundle_index
+import emfuse.pipeline.restore as restore
+from emfuse.pipeline.restore import MODEL_NAMES, load_model, save_model
+from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig, Standardise
+from emfuse.pipeline.restore.weights import BundleError, read_bundle, read_bundle_index
 
 
 def _r_em_models() -> Path | None:

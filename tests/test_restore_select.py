@@ -1,5 +1,5 @@
 """``--model auto``: the modality and resolution read from the metadata ingest keeps, and the model
-they pick (pipeline.restore.select), on attribute dicts and on the real instrument files."""
+they pick (emfuse.pipeline.restore.select), on attribute dicts and on the real instrument files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.restore import MODEL_FILES
-from pipeline.restore.select import (
+from emfuse.pipeline.restore import MODEL_FILES
+from emfuse.pipeline.restore.select import (
     HIGH_RESOLUTION_MAX_PIXEL_NM,
     SEM_MAX_BEAM_ENERGY_KEV,
     ModalityGuess,
@@ -158,9 +158,9 @@ def formats() -> Path:
 
 
 def _guess_file(path: Path, out: Path) -> ModalityGuess:
-    from flows.restore_job import _input_variable
-    from stores.ingest import ingest
-    from stores.zarrio import open_dataset
+    from emfuse.flows.restore_job import _input_variable
+    from emfuse.stores.ingest import ingest
+    from emfuse.stores.zarrio import open_dataset
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -13,8 +13,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-import pipeline.restore.specimens as specimens_module
-from pipeline.restore.specimens import (
+import emfuse.pipeline.restore.specimens as specimens_module
+from emfuse.pipeline.restore.specimens import (
     KINDS,
     amorphous_positions,
     crystal_positions,

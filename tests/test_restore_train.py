@@ -11,9 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pipeline.restore import load_model, save_model
-from pipeline.restore.cgrdn import CGRDN
-from pipeline.restore.train import (
+from emfuse.pipeline.restore import load_model, save_model
+from emfuse.pipeline.restore.cgrdn import CGRDN
+from emfuse.pipeline.restore.train import (
     MODEL_PRESETS,
     TrainConfig,
     evaluate,
@@ -165,7 +165,7 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path):
 
 
 def test_cli_trains_a_few_steps(tmp_path, capsys):
-    from flows.cli import main
+    from emfuse.flows.cli import main
 
     out = tmp_path / "run"
     argv = ["train-restore", "--out", str(out), "--steps", "2", "--batch", "2", "--patch", "32",
@@ -184,14 +184,14 @@ def test_cli_trains_a_few_steps(tmp_path, capsys):
     (["--steps", "0"], "steps must be"),
 ])
 def test_cli_bad_arguments(tmp_path, capsys, extra, match):
-    from flows.cli import main
+    from emfuse.flows.cli import main
 
     assert main(["train-restore", "--out", str(tmp_path / "x"), *extra]) == 2
     assert match in capsys.readouterr().err
 
 
 def test_cli_unknown_modality_is_rejected_by_argparse(tmp_path, capsys):
-    from flows.cli import main
+    from emfuse.flows.cli import main
 
     with pytest.raises(SystemExit):
         main(["train-restore", "--out", str(tmp_path), "--modality", "xray"])
@@ -207,15 +207,15 @@ def test_scenes_training_holds_out_and_records_it(tmp_path):
     the run's config records the data source and what was held out."""
     import json
 
-    from flows.train_restore import training_config
-    from pipeline.restore.scenes import held_out
-    from pipeline.restore.train import _default_data
+    from emfuse.flows.train_restore import training_config
+    from emfuse.pipeline.restore.scenes import held_out
+    from emfuse.pipeline.restore.train import _default_data
 
     cfg = training_config(steps=2, batch=2, patch=32, modality="all", resolution="all", data="scenes",
                           hold_out=True)
     assert cfg.exclude == list(held_out("all")) and cfg.data == "scenes"
     draws = []
-    import pipeline.restore.scenes as scenes
+    import emfuse.pipeline.restore.scenes as scenes
 
     original = scenes.make_scene_pair
 
@@ -236,7 +236,7 @@ def test_scenes_training_holds_out_and_records_it(tmp_path):
     assert all("row_line_sigma" not in d["distortion"] and "flicker_sigma" not in d["distortion"] for d in draws)
     cfg = training_config(steps=2, batch=2, patch=32, modality="all", resolution="all", data="scenes",
                           hold_out=True, config=None)
-    from pipeline.restore.train import TrainConfig, train
+    from emfuse.pipeline.restore.train import TrainConfig, train
 
     tiny = TrainConfig.from_dict(dict(cfg.to_dict(), model="tiny", val_size=2, checkpoint_every=2))
     train(tmp_path / "run", tiny, progress=False)
@@ -256,10 +256,10 @@ def test_fine_tune_r_em(tmp_path):
 
 
 def test_shipped_default_model_loads_and_restores():
-    from pipeline.metrics import psnr
-    from pipeline.restore import DEFAULT_MODEL
-    from pipeline.restore.noise import SETTINGS, Draw
-    from pipeline.restore.specimens import make_pair
+    from emfuse.pipeline.metrics import psnr
+    from emfuse.pipeline.restore import DEFAULT_MODEL
+    from emfuse.pipeline.restore.noise import SETTINGS, Draw
+    from emfuse.pipeline.restore.specimens import make_pair
 
     if not DEFAULT_MODEL.is_file():
         pytest.skip("no default model in this checkout")
@@ -279,9 +279,9 @@ def test_packaged_model_works_in_any_units(tmp_path):
     """A packaged own model has a tiny std floor: restoring ``a x + b`` gives ``a restore(x) + b``
     even for an image scaled to [0, 1] (std far below the published floor of 0.1), and its
     header keeps the training config and the last validation."""
-    from flows.train_restore import PACKAGED_STD_FLOOR, package_model
-    from pipeline.restore.inference import restore
-    from pipeline.restore.train import TrainConfig, train
+    from emfuse.flows.train_restore import PACKAGED_STD_FLOOR, package_model
+    from emfuse.pipeline.restore.inference import restore
+    from emfuse.pipeline.restore.train import TrainConfig, train
 
     cfg = TrainConfig(steps=2, batch=2, patch=32, model="tiny", val_size=2, checkpoint_every=2)
     train(tmp_path / "run", cfg, progress=False)

@@ -237,8 +237,8 @@ def test_payload_is_live(tmp_path):
 
 @pytest.mark.parametrize("where", ["elements", "haadf", "extra", "v3-header"])
 def test_ingest_refuses_pickled_npz(tmp_path, where):
-    from stores.errors import IngestError
-    from stores.ingest import ingest
+    from emfuse.stores.errors import IngestError
+    from emfuse.stores.ingest import ingest
 
     marker = tmp_path / "ran"
     path = _archive(tmp_path / "bad.npz", marker, where)
@@ -255,8 +255,8 @@ def test_ingest_refuses_pickled_npz(tmp_path, where):
 def test_zarr_store_with_pickle_codec_is_refused(tmp_path):
     # A Zarr v2 array of Python objects with the `pickle` codec: emfuse opens Zarr v3
     # only (where no pickle codec exists) and zarr itself refuses the v2 form.
-    from flows.inputs import resolve_store
-    from stores.zarrio import open_dataset
+    from emfuse.flows.inputs import resolve_store
+    from emfuse.stores.zarrio import open_dataset
 
     marker = tmp_path / "ran"
     store = tmp_path / "evil.zarr"
@@ -290,7 +290,7 @@ def _listening_hosts(process: psutil.Process) -> set[str]:
 def test_local_cluster_listens_on_loopback():
     from distributed import Client
 
-    from cluster import make_cluster
+    from emfuse.cluster import make_cluster
 
     cluster = make_cluster("local", n_workers=1, threads_per_worker=1)
     try:
@@ -342,7 +342,7 @@ def saved_environ():
 
 
 def test_prefect_host_can_be_overridden(saved_environ, tmp_path):
-    from flows._prefect_env import configure_prefect
+    from emfuse.flows._prefect_env import configure_prefect
 
     os.environ["PREFECT_SERVER_API_HOST"] = "0.0.0.0"
     os.environ.pop("PREFECT_RUNNER_SERVER_HOST", None)

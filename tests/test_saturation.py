@@ -1,4 +1,4 @@
-"""Saturated HAADF pixels: found (pipeline.saturation), recorded at ingest, left out of the HAADF term."""
+"""Saturated HAADF pixels: found (emfuse.pipeline.saturation), recorded at ingest, left out of the HAADF term."""
 
 from __future__ import annotations
 
@@ -8,17 +8,23 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from flows.inputs import SATURATED, check_haadf, haadf_saturation, ingest_file, resolve_store
-from flows.jobs import run_job
-from pipeline.fusion import FusionInputError, Normalisation, fuse, haadf_weights, objective_terms
-from pipeline.fusion.solver import _smooth_gradient
-from pipeline.metrics import nrmse
-from pipeline.saturation import MIN_PIXELS, find_saturation, saturated_pixels
-from pipeline.synth import make_spectrum_image, specimen_maps
-from pipeline.tiles import fuse_dataset
-from stores.ingest import read
-from stores.warn import read_warnings
-from stores.zarrio import open_dataset, write_dataset
+from emfuse.flows.inputs import SATURATED, check_haadf, haadf_saturation, ingest_file, resolve_store
+from emfuse.flows.jobs import run_job
+from emfuse.pipeline.fusion import (
+    FusionInputError,
+    Normalisation,
+    fuse,
+    haadf_weights,
+    objective_terms,
+)
+from emfuse.pipeline.fusion.solver import _smooth_gradient
+from emfuse.pipeline.metrics import nrmse
+from emfuse.pipeline.saturation import MIN_PIXELS, find_saturation, saturated_pixels
+from emfuse.pipeline.synth import make_spectrum_image, specimen_maps
+from emfuse.pipeline.tiles import fuse_dataset
+from emfuse.stores.ingest import read
+from emfuse.stores.warn import read_warnings
+from emfuse.stores.zarrio import open_dataset, write_dataset
 
 FORMATS = "formats"
 # the shared real files with a HAADF (or image) that is not saturated
@@ -128,7 +134,7 @@ def clipped_problem():
 
 def test_kernels_match_plain_with_a_mask(clipped_problem):
     pytest.importorskip("numba")
-    from pipeline.fusion import kernels_numba as kn
+    from emfuse.pipeline.fusion import kernels_numba as kn
 
     p = clipped_problem
     norm = Normalisation.from_data(p["haadf"], p["maps"], haadf_valid=p["valid"])
@@ -238,7 +244,7 @@ def test_tiled_fusion_with_a_mask_equals_one_pass(clipped_problem):
 
 def test_lambda_search_leaves_the_saturated_pixels_out(clipped_problem):
     """Every candidate's fusion ignores the saturated pixels: scrambling them changes no score."""
-    from pipeline.fusion.auto import SearchSettings, choose_lambdas
+    from emfuse.pipeline.fusion.auto import SearchSettings, choose_lambdas
 
     p = clipped_problem
     counts = p["maps"].astype(np.int64)
@@ -283,7 +289,7 @@ def test_ingest_records_the_warning_once(shared_data, tmp_path):
 
 
 def test_cli_ingest_prints_the_check(shared_data, tmp_path, capsys):
-    from flows.cli import main
+    from emfuse.flows.cli import main
 
     assert main(["ingest", str(shared_data / FORMATS / "test_TEM.bcf"), "--out", str(tmp_path / "t.zarr")]) == 0
     printed = capsys.readouterr().out
@@ -339,7 +345,7 @@ def test_auto_weights_keep_the_warning_and_the_provenance(tmp_path, client):
 
 @pytest.mark.prefect
 def test_emfuse_fuse_on_test_tem_bcf_prints_the_check(prefect_harness, shared_data, tmp_path, capsys):
-    from flows.cli import main
+    from emfuse.flows.cli import main
 
     out = tmp_path / "tem_fused.zarr"
     assert main(["fuse", str(shared_data / FORMATS / "test_TEM.bcf"), "--out", str(out), "--elements", "Cu", "O",

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-import pipeline.spectra as spectra_module
-from pipeline.elements import UnknownElement
-from pipeline.spectra import (
+import emfuse.pipeline.spectra as spectra_module
+from emfuse.pipeline.elements import UnknownElement
+from emfuse.pipeline.spectra import (
     SpectrumError,
     WindowError,
     channel_edges_ev,

@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
-import pipeline.synth as synth_package
-import pipeline.synth.spectrum_image as synth_module
-from pipeline.elements import UnknownElement
-from pipeline.spectra import elemental_maps
-from pipeline.synth import (
+import emfuse.pipeline.synth as synth_package
+import emfuse.pipeline.synth.spectrum_image as synth_module
+from emfuse.pipeline.elements import UnknownElement
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import (
     DEFAULT_DOSE,
     SPECIMENS,
     dataset_nbytes,

@@ -10,10 +10,10 @@ import dask.array as da
 import numpy as np
 import pytest
 
-import pipeline.synth.lazy as lazy_module
-from pipeline.elements import UnknownElement
-from pipeline.spectra import elemental_maps
-from pipeline.synth import (
+import emfuse.pipeline.synth.lazy as lazy_module
+from emfuse.pipeline.elements import UnknownElement
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import (
     lazy_map_set,
     lazy_spectrum_image,
     make_spectrum_image,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.fusion import fuse
-from pipeline.metrics import nrmse
-from pipeline.spectra import elemental_maps
-from pipeline.synth import make_spectrum_image
+from emfuse.pipeline.fusion import fuse
+from emfuse.pipeline.metrics import nrmse
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import make_spectrum_image
 
 
 # Measured at 256 px (NRMSE raw -> fused, mean over elements, default parameters):

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from flows import tem_fuse_job
-from flows.jobs import run_job
-from flows.report import write_report
-from flows.synth import write_synthetic
-from pipeline.avae.fuse import fuse_modes
-from pipeline.avae.model import AVAE, AVAEConfig, load_avae, save_avae
-from pipeline.avae.preprocess import Preprocessing
-from stores.errors import StoreError
-from stores.zarrio import is_complete, open_dataset
+from emfuse.flows import tem_fuse_job
+from emfuse.flows.jobs import run_job
+from emfuse.flows.report import write_report
+from emfuse.flows.synth import write_synthetic
+from emfuse.pipeline.avae.fuse import fuse_modes
+from emfuse.pipeline.avae.model import AVAE, AVAEConfig, load_avae, save_avae
+from emfuse.pipeline.avae.preprocess import Preprocessing
+from emfuse.stores.errors import StoreError
+from emfuse.stores.zarrio import is_complete, open_dataset
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_resume_recomputes_only_unfinished_tiles_bitwise(tmp_path, store, client
 
 
 def test_the_model_is_loaded_once_per_worker(model):
-    from pipeline.avae.model import model_info
+    from emfuse.pipeline.avae.model import model_info
 
     first = tem_fuse_job._worker_model(str(model), "x", 1)
     assert tem_fuse_job._worker_model(str(model), "x", 1) is first
@@ -116,8 +116,8 @@ def test_stats_attention_tiles_equal_one_pass(tmp_path, store, client):
 def test_without_a_flat_reference_the_illumination_is_fitted_and_the_default_model_follows(tmp_path, store, client):
     """A store without ``flat_reference`` is flat-fielded by a fitted surface and fused with the
     default weights; one with it by division and with the weights trained that way."""
-    from pipeline.avae.model import DEFAULT_WEIGHTS, FLAT_WEIGHTS
-    from stores.zarrio import write_dataset
+    from emfuse.pipeline.avae.model import DEFAULT_WEIGHTS, FLAT_WEIGHTS
+    from emfuse.stores.zarrio import write_dataset
 
     bare = tmp_path / "bare.zarr"
     write_dataset(open_dataset(store).drop_vars("flat_reference"), bare)
@@ -139,7 +139,7 @@ def test_without_a_flat_reference_the_illumination_is_fitted_and_the_default_mod
     (lambda f: f.isel(mode=0, drop=True), r"must be \(mode, y, x\)"),
 ], ids=["zero", "nan", "one-for-all-modes"])
 def test_bad_flat_references_are_named(tmp_path, store, spoil, message):
-    from stores.zarrio import write_dataset
+    from emfuse.stores.zarrio import write_dataset
 
     ds = open_dataset(store)
     path = tmp_path / "bad.zarr"

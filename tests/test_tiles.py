@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.fusion import fuse
-from pipeline.tiles import fuse_dataset, sum_tile_costs, tile_grid
+from emfuse.pipeline.fusion import fuse
+from emfuse.pipeline.tiles import fuse_dataset, sum_tile_costs, tile_grid
 
 
 @pytest.mark.parametrize("shape, tile, halo", [((250, 200), 96, 8), ((64, 64), 64, 16), ((7, 130), 32, 40)])

@@ -2,9 +2,9 @@
 
 import zarr
 
-from flows.morning import render_html
-from stores.layout import ATTR_WARNINGS
-from stores.warn import add_warnings, format_warning, make_warning, read_warnings
+from emfuse.flows.morning import render_html
+from emfuse.stores.layout import ATTR_WARNINGS
+from emfuse.stores.warn import add_warnings, format_warning, make_warning, read_warnings
 
 
 def _store(tmp_path):
@@ -23,7 +23,7 @@ def test_warnings_are_appended_once_and_keep_details(tmp_path, caplog):
     assert stored[0]["fraction"] == 0.091 and stored[0]["stage"] == "ingest"
     assert zarr.open_group(str(path), mode="r").attrs[ATTR_WARNINGS] == stored
     logged = [r for r in caplog.records if "lambda_tv at the top" in r.message]
-    assert len(logged) == 1 and logged[0].name == "stores.warn"  # under "stores": copied to a batch's run log
+    assert len(logged) == 1 and logged[0].name == "emfuse.stores.warn"  # under "stores": copied to a batch's run log
     assert format_warning(stored[1]) == "check: lambda_tv at the top of its range [lambda-edge]"
 
 

@@ -8,11 +8,11 @@ import dataclasses
 
 import numpy as np
 
-from pipeline.fusion import fuse
-from pipeline.fusion.auto import SearchSettings, choose_lambdas
-from pipeline.metrics import nrmse
-from pipeline.spectra import elemental_maps
-from pipeline.synth import make_spectrum_image
+from emfuse.pipeline.fusion import fuse
+from emfuse.pipeline.fusion.auto import SearchSettings, choose_lambdas
+from emfuse.pipeline.metrics import nrmse
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import make_spectrum_image
 
 S = SearchSettings(coarse=3, lattice=2.0, n_iter=30)
 data = make_spectrum_image((128,128), ("Sr","Ti","O"), specimen="columns", dose=5, seed=1000)

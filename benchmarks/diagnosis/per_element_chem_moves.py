@@ -9,18 +9,18 @@ import sys
 
 import numpy as np
 
-import pipeline.fusion.solver as solver
-from pipeline.fusion import Normalisation, fuse
-from pipeline.fusion.auto import (
+import emfuse.pipeline.fusion.solver as solver
+from emfuse.pipeline.fusion import Normalisation, fuse
+from emfuse.pipeline.fusion.auto import (
     SearchSettings,
     _splits,
     choose_lambdas,
     heldout_scores,
     scaled_normalisation,
 )
-from pipeline.metrics import nrmse
-from pipeline.spectra import elemental_maps
-from pipeline.synth import make_spectrum_image
+from emfuse.pipeline.metrics import nrmse
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import make_spectrum_image
 
 F = {"f": np.ones(3)}
 orig_grad, orig_terms = solver._smooth_gradient, solver.objective_terms

@@ -9,17 +9,17 @@ import sys
 
 import numpy as np
 
-from pipeline.fusion import Normalisation, fuse
-from pipeline.fusion.auto import (
+from emfuse.pipeline.fusion import Normalisation, fuse
+from emfuse.pipeline.fusion.auto import (
     SearchSettings,
     _splits,
     choose_lambdas,
     heldout_scores,
     scaled_normalisation,
 )
-from pipeline.metrics import nrmse
-from pipeline.spectra import elemental_maps
-from pipeline.synth import make_spectrum_image
+from emfuse.pipeline.metrics import nrmse
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import make_spectrum_image
 
 E = {"columns": ("Sr", "Ti", "O"), "particles": ("Au", "Fe", "O"), "layers": ("Ga", "As", "Al")}
 S = SearchSettings(coarse=3, lattice=2.0, n_iter=30)

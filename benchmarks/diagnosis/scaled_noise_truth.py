@@ -6,10 +6,10 @@ Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=.
 """
 import numpy as np
 
-from pipeline.fusion.auto import thin_counts
-from pipeline.fusion.noise import estimate_noise, local_mean, local_variance
-from pipeline.spectra import elemental_maps
-from pipeline.synth import make_spectrum_image
+from emfuse.pipeline.fusion.auto import thin_counts
+from emfuse.pipeline.fusion.noise import estimate_noise, local_mean, local_variance
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import make_spectrum_image
 
 SPEC = {"columns": ("Sr", "Ti", "O"), "layers": ("Ga", "As", "Al")}
 for specimen, dose in [("layers",80),("columns",20),("columns",5)]:

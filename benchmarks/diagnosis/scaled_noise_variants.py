@@ -11,12 +11,12 @@ import time
 import numpy as np
 from scipy import ndimage
 
-import pipeline.fusion.auto as auto
-from pipeline.fusion import fuse
-from pipeline.fusion.auto import SearchSettings, choose_lambdas, thin_counts
-from pipeline.metrics import nrmse
-from pipeline.spectra import elemental_maps
-from pipeline.synth import make_spectrum_image
+import emfuse.pipeline.fusion.auto as auto
+from emfuse.pipeline.fusion import fuse
+from emfuse.pipeline.fusion.auto import SearchSettings, choose_lambdas, thin_counts
+from emfuse.pipeline.metrics import nrmse
+from emfuse.pipeline.spectra import elemental_maps
+from emfuse.pipeline.synth import make_spectrum_image
 
 SPEC = {"columns": ("Sr", "Ti", "O"), "particles": ("Au", "Fe", "O"), "layers": ("Ga", "As", "Al")}
 seed = int(sys.argv[1]); cases = [(c.split(":")[0], float(c.split(":")[1])) for c in sys.argv[2].split(",")]

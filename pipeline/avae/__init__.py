@@ -21,8 +21,8 @@ cheap to import. See ``docs/methods/avae.md``.
 Example
 -------
 >>> import numpy as np
->>> from pipeline.avae.simulate import simulate_region
->>> from pipeline.avae.preprocess import Preprocessing
+>>> from emfuse.pipeline.avae.simulate import simulate_region
+>>> from emfuse.pipeline.avae.preprocess import Preprocessing
 >>> region = simulate_region((128, 128), "ceramic", np.random.default_rng(1))
 >>> prep = Preprocessing.fit(region.modes)
 >>> prep.apply(region.modes).shape

@@ -4,7 +4,7 @@ Every method's image is first calibrated to the truth by an affine fit per image
 (``a * image + c``, least squares, :func:`calibrate`): the truth is a projected potential and
 each mode (and each fusion) a different transform of it in other units, so only the
 structure is compared. PSNR (data range = the truth's max - min) and SSIM (gaussian window,
-sigma 1.5 px) come from :mod:`pipeline.metrics`.
+sigma 1.5 px) come from :mod:`emfuse.pipeline.metrics`.
 
 Baselines on the same preprocessed modes as the networks:
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.metrics import psnr, ssim
+from emfuse.pipeline.metrics import psnr, ssim
 
 __all__ = ["average", "calibrate", "fit_mode_weights", "score", "weighted"]
 

@@ -5,13 +5,13 @@ are padded by reflection) and returns the fused image and the attention map, bot
 image's sampling (the latent grid is at half of it; the weights are interpolated bilinearly).
 In evaluation mode the latent is its mean, so the result is deterministic: the same window
 always gives the same numbers, which the tiled job's resume relies on.
-:func:`fuse_tile` does the same for one tile of a grid (:func:`pipeline.tiles.tile_grid`):
+:func:`fuse_tile` does the same for one tile of a grid (:func:`emfuse.pipeline.tiles.tile_grid`):
 run on the window (core + halo), crop the core.
 
 Examples
 --------
 >>> import numpy as np
->>> from pipeline.avae.model import AVAE, AVAEConfig
+>>> from emfuse.pipeline.avae.model import AVAE, AVAEConfig
 >>> net = AVAE(AVAEConfig(features=4, latent=2)).eval()
 >>> fused, attention = fuse_modes(net, np.random.default_rng(0).random((3, 21, 30)))
 >>> fused.shape, attention.shape, bool(np.allclose(attention.sum(0), 1, atol=1e-5))
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from pipeline.tiles import Tile
+from emfuse.pipeline.tiles import Tile
 
 from .model import AVAE
 

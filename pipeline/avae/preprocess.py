@@ -16,7 +16,7 @@ one pass over the whole image:
    dose and contrast.
 3. **registration** (:func:`estimate_mode_drift`, :func:`align_modes`): the drift of BF and DF
    against the HRTEM by phase correlation with subpixel refinement
-   (:func:`pipeline.register.estimate_shift`). The modes are different transforms of the
+   (:func:`emfuse.pipeline.register.estimate_shift`). The modes are different transforms of the
    specimen (HRTEM fringes, BF dark diffracting grains, DF a few bright grains), so they are
    not correlated directly: each is reduced to the gradient magnitude of its smoothed image,
    which marks the grain boundaries and the amorphous film in every mode, and those maps are
@@ -27,7 +27,7 @@ one pass over the whole image:
 Examples
 --------
 >>> import numpy as np
->>> from pipeline.avae.simulate import simulate_region
+>>> from emfuse.pipeline.avae.simulate import simulate_region
 >>> region = simulate_region((96, 96), "metal", np.random.default_rng(0))
 >>> prep = Preprocessing.fit(region.modes)
 >>> out = prep.apply(region.modes)
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pipeline.register import estimate_shift
+from emfuse.pipeline.register import estimate_shift
 
 from .simulate import HRTEM, MODES
 
@@ -206,7 +206,7 @@ def estimate_mode_drift(modes: Any, *, reference: int = HRTEM, sigma: float = 3.
 
     Examples
     --------
-    >>> from pipeline.register import shift_image
+    >>> from emfuse.pipeline.register import shift_image
     >>> base = ndimage.gaussian_filter(np.random.default_rng(0).random((96, 96)), 3)
     >>> stack = np.stack([shift_image(base, (1.5, -2.25)), base])
     >>> np.round(estimate_mode_drift(stack, reference=1, sigma=1.0), 1).tolist()

@@ -36,7 +36,7 @@ DF (one reflection)
 recording
     Each mode is drifted against the HRTEM by a random sub-pixel shift (the HRTEM frame is
     the truth's frame), multiplied by its own uneven illumination (an off-centre gaussian beam
-    and a gradient), and recorded with the TEM camera models of :mod:`pipeline.restore.noise`:
+    and a gradient), and recorded with the TEM camera models of :mod:`emfuse.pipeline.restore.noise`:
     shot noise at the mode's dose, dark current, flicker (1/f) and readout noise. The result is
     in counts.
 
@@ -67,13 +67,13 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from pipeline.restore.noise import (
+from emfuse.pipeline.restore.noise import (
     dark_current_noise,
     flicker_noise,
     readout_noise,
     shot_noise,
 )
-from pipeline.restore.specimens import (
+from emfuse.pipeline.restore.specimens import (
     crystal_positions,
     electron_wavelength,
     lattice_vectors,
@@ -198,7 +198,7 @@ class ModeImages:
     material : str
     drift : ndarray (3, 2)
         Drift ``(dy, dx)`` of each mode against the HRTEM, in px, as
-        :func:`pipeline.register.estimate_shift` (HRTEM, mode) measures it.
+        :func:`emfuse.pipeline.register.estimate_shift` (HRTEM, mode) measures it.
     params : dict
         JSON-able record of every parameter drawn.
     illumination : ndarray (3, H, W) float32 or None

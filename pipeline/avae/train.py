@@ -7,7 +7,7 @@ intensity level it cannot see; results are compared to the truth after an affine
 
 Each step draws ``batch`` random crops of ``crop`` pixels (random region, position, flip and
 quarter turn: the physics has no preferred direction), takes one Adam step on
-``MSE + beta * KL`` (:func:`pipeline.avae.model.avae_loss`); every ``validate_every`` steps the
+``MSE + beta * KL`` (:func:`emfuse.pipeline.avae.model.avae_loss`); every ``validate_every`` steps the
 loss on fixed crops of the validation regions is measured and the best weights so far kept.
 
 Examples
@@ -146,7 +146,7 @@ def train_avae(
     Parameters
     ----------
     inputs : array (N, modes, H, W)
-        Preprocessed modes in [0, 1] (:class:`pipeline.avae.preprocess.Preprocessing`).
+        Preprocessed modes in [0, 1] (:class:`emfuse.pipeline.avae.preprocess.Preprocessing`).
     targets : array (N, H, W)
         Truth of each region, standardised (:func:`standardise`).
     cfg, settings

@@ -2,7 +2,7 @@
 
 High-SNR HAADF + noisy EDX/EELS elemental maps -> high-SNR elemental maps.
 
->>> from pipeline.fusion import fuse  # doctest: +SKIP
+>>> from emfuse.pipeline.fusion import fuse  # doctest: +SKIP
 >>> result = fuse(haadf, maps, z=[21, 66, 8], lambda_chem=0.08, lambda_tv=0.15)  # doctest: +SKIP
 
 numpy inputs run on fused numba kernels (:mod:`.kernels_numba`, imported on

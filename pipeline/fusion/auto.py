@@ -63,7 +63,7 @@ over-dispersed (their variance includes the background's), so a Poisson
 likelihood would weight pixels wrongly. The affine calibration removes the
 global scale and offset that the HAADF term and ``bkg`` give the fused maps;
 what is scored is the spatial structure, which is what emfuse's quality metric
-(:func:`pipeline.metrics.nrmse`, after an affine fit) measures against a truth.
+(:func:`emfuse.pipeline.metrics.nrmse`, after an affine fit) measures against a truth.
 Two folds (independent splits) are summed to lower the noise of the score.
 
 From a part to the full data
@@ -95,7 +95,7 @@ so the weights per pixel do not depend on the image size.
 Examples
 --------
 >>> import numpy as np
->>> from pipeline.fusion.auto import choose_lambdas
+>>> from emfuse.pipeline.fusion.auto import choose_lambdas
 >>> rng = np.random.default_rng(0)
 >>> truth = np.stack([np.tile([1.0, 0.0], (16, 8)), np.tile([0.0, 1.0], (16, 8))])
 >>> haadf = 2.0 * truth[0] + truth[1]
@@ -611,7 +611,7 @@ def choose_lambdas(
     to_maps
         With ``spectrum``: the function that turns a spectrum image into maps
         with the same windows as the full data (e.g. a partial of
-        :func:`pipeline.spectra.elemental_maps` that returns the maps).
+        :func:`emfuse.pipeline.spectra.elemental_maps` that returns the maps).
     normalisation
         The full data's normalisation (the one every tile uses); by default the
         min-max of ``haadf`` and of the maps (of ``to_maps(spectrum)``).
@@ -629,7 +629,7 @@ def choose_lambdas(
     haadf_valid
         (y, x) bool like ``haadf``: False where the HAADF is saturated; every
         candidate's fusion leaves those pixels out of the HAADF term, as the
-        full fusion does (:func:`pipeline.fusion.fuse`). None: every pixel.
+        full fusion does (:func:`emfuse.pipeline.fusion.fuse`). None: every pixel.
     noise
         Maps that are not counts: the noise model of each map (see
         :mod:`.noise`), e.g. measured on more pixels than ``maps`` holds; by

@@ -30,7 +30,7 @@ on disk (``cache=True``); work is spread over rows (``prange``) on
 Examples
 --------
 >>> import numpy as np
->>> from pipeline.fusion import kernels_numba as kn
+>>> from emfuse.pipeline.fusion import kernels_numba as kn
 >>> rng = np.random.default_rng(0)
 >>> noisy = (1 + 0.1 * rng.standard_normal((1, 32, 32))).astype(np.float32)
 >>> smooth = kn.prox_tv(noisy, 0.1, 20)
@@ -552,7 +552,7 @@ def prox_tv(
     out: np.ndarray | None = None,
     work: TVWorkspace | None = None,
 ) -> np.ndarray:
-    """Numba version of :func:`pipeline.fusion.tv.prox_tv` for numpy stacks.
+    """Numba version of :func:`emfuse.pipeline.fusion.tv.prox_tv` for numpy stacks.
 
     ``argmin_{x >= 0} 1/2 ||x - b||^2 + lambda_tv TV_iso(x)`` by ``n_iter``
     dual gradient-projection steps from a zero dual, with FGP momentum if

@@ -24,7 +24,7 @@ from .tv import tv_iso
 
 
 class FusionInputError(ValueError):
-    """Inputs to :func:`pipeline.fusion.fuse` that cannot be fused; the message says why."""
+    """Inputs to :func:`emfuse.pipeline.fusion.fuse` that cannot be fused; the message says why."""
 
 
 def check_inputs(haadf: Any, maps: Any, z: Sequence[float]) -> None:
@@ -264,7 +264,7 @@ def objective(
 
     One function evaluates any candidate (ours, the published code's), so
     results can be compared on equal terms. ``haadf_valid`` (bool (y, x)) leaves the
-    False pixels out of the HAADF term, as :func:`pipeline.fusion.fuse` does.
+    False pixels out of the HAADF term, as :func:`emfuse.pipeline.fusion.fuse` does.
 
     Examples
     --------

@@ -15,7 +15,7 @@ those parameters were meant to (DyScO3 O map: correlation 0.945 with the
 published result with FGP, 0.958 with GP, both with a lower ``F`` than the
 published code). GP therefore gives the published ``(lambda_tv, n_iter_tv)``
 their published meaning; on synthetic data with ground truth it is as good
-as or better than FGP at equal iteration counts. :func:`pipeline.fusion.prox_tv`
+as or better than FGP at equal iteration counts. :func:`emfuse.pipeline.fusion.prox_tv`
 keeps FGP as its default for stand-alone denoising.
 
 Engines
@@ -152,6 +152,9 @@ class FusionResult:
         The min-max normalisation applied to the inputs.
     params
         The parameters used.
+    lambda_choice
+        :class:`~emfuse.pipeline.fusion.auto.LambdaChoice` when the weights were chosen
+        automatically (:func:`emfuse.fuse` with ``"auto"``), else None.
     """
 
     fused: Any
@@ -164,6 +167,7 @@ class FusionResult:
     step_history: list[float] = field(default_factory=list)
     engine: str = ""  # the kernels that ran: "numba" or "xp"
     convergence: list[str] = field(default_factory=list)  # cost curves not levelled off / oscillating
+    lambda_choice: Any = None  # the automatic choice (emfuse.fuse with "auto" weights), else None
 
 
 def fuse(
@@ -217,7 +221,7 @@ def fuse(
     haadf_valid
         (y, x) bool, same namespace as ``haadf``: False where the HAADF pixel is
         left out of the HAADF term (saturated: see
-        :func:`pipeline.saturation.saturated_pixels`); there the maps follow the
+        :func:`emfuse.pipeline.saturation.saturated_pixels`); there the maps follow the
         chemical term and TV only. The normalisation's HAADF range is then taken
         over the valid pixels. None (the default): every pixel is used.
     **params

@@ -80,7 +80,7 @@ def prox_tv(
     The result is the primal point of the last dual iterate.
 
     This plain version works on numpy and cupy and is the reference for the
-    fused numba kernel (:func:`pipeline.fusion.kernels_numba.prox_tv`).
+    fused numba kernel (:func:`emfuse.pipeline.fusion.kernels_numba.prox_tv`).
 
     Parameters
     ----------

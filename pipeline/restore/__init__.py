@@ -1,12 +1,12 @@
 """Single-shot EM image restoration (r_em: Lobato, Friedrich & Van Aert, npj Comput. Mater. 2024).
 
-Models are :class:`~pipeline.restore.cgrdn.CGRDN` networks in PyTorch, loaded with
+Models are :class:`~emfuse.pipeline.restore.cgrdn.CGRDN` networks in PyTorch, loaded with
 :func:`load_model`:
 
 - ``load_model("r_em:sfr_hrstem")`` (or any of :data:`MODEL_NAMES`): a published network.
   Its weights come from the PyPI package ``tk-r-em`` 1.0.4 (GPLv3; ``pip install
   'emfuse[r_em]'``): the TensorFlow SavedModel is converted once, without TensorFlow
-  (:mod:`pipeline.restore.weights`), and cached as safetensors in the user cache directory
+  (:mod:`emfuse.pipeline.restore.weights`), and cached as safetensors in the user cache directory
   (``platformdirs.user_cache_dir("emfuse")/models``, or ``$EMFUSE_CACHE_DIR/models``); later
   loads read only the cache.
 - ``load_model("path/to/model.safetensors")``: a model saved by :func:`save_model` (the
@@ -20,7 +20,7 @@ first call, so importing this package (e.g. for the distortion models) stays che
 
 Example
 -------
->>> from pipeline.restore import load_model  # doctest: +SKIP
+>>> from emfuse.pipeline.restore import load_model  # doctest: +SKIP
 >>> net = load_model("r_em:sfr_hrstem")  # doctest: +SKIP
 >>> with torch.no_grad():  # doctest: +SKIP
 ...     restored = net(torch.from_numpy(image)[None, None])[0, 0]  # (H, W) raw units
@@ -48,7 +48,7 @@ MODEL_NAMES = tuple(
 R_EM_PACKAGE, R_EM_VERSION = "tk-r-em", "1.0.4"
 #: The project's own models, by name: package data in ``pipeline/restore/models/``. ``default``
 #: (an HR-STEM model) is there; the others, one per modality and resolution, as they are trained
-#: (``--model auto`` picks among those present: :mod:`pipeline.restore.select`).
+#: (``--model auto`` picks among those present: :mod:`emfuse.pipeline.restore.select`).
 MODEL_FILES: dict[str, Path] = {
     name: Path(__file__).parent / "models" / f"{name}.safetensors"
     for name in ("default", "stem-high", "stem-low", "tem-high", "tem-low", "sem")
@@ -84,7 +84,7 @@ def save_model(model: CGRDN, path: str | os.PathLike, *, metadata: dict[str, str
 
     Example
     -------
-    >>> from pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+    >>> from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "tiny.safetensors"
     >>> cfg = CGRDNConfig(features=8, growth=4, groups=1, blocks=1, layers=1)
@@ -116,7 +116,7 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
                   "it with save_model)") if path.suffix.lower() in (".pt", ".pth", ".ckpt") else ""
         raise ValueError(
             f"{path}: not a readable safetensors file ({exc}){pickle}; give a model written by "
-            f"pipeline.restore.save_model (emfuse train-restore), or a published name "
+            f"emfuse.pipeline.restore.save_model (emfuse train-restore), or a published name "
             f"({', '.join(MODEL_NAMES)})"
         ) from exc
     if "config" in meta:
@@ -126,7 +126,7 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
     else:
         raise ValueError(
             f"{path}: no CGRDN config in its metadata nor in {path.with_suffix('.json').name} "
-            "beside it; save models with pipeline.restore.save_model"
+            "beside it; save models with emfuse.pipeline.restore.save_model"
         )
     with torch.device("meta"):  # no memory, no random initialisation: the weights follow
         model = CGRDN(CGRDNConfig.from_dict(config))
@@ -232,7 +232,7 @@ def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> 
         Anything ``torch.device`` accepts, e.g. ``"cuda"``.
 
     The model maps ``(N, 1, H, W)`` float32 images in raw detector units to restored
-    images of the same shape and units (see :class:`~pipeline.restore.cgrdn.CGRDN`).
+    images of the same shape and units (see :class:`~emfuse.pipeline.restore.cgrdn.CGRDN`).
 
     Example
     -------
@@ -258,7 +258,7 @@ def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> 
         raise ValueError(
             f"{str(name)!r}{_did_you_mean(str(name))} is neither a model name ({', '.join(MODEL_NAMES)}) "
             f"nor an existing .safetensors file{why}. Name a published model, or give the "
-            "path of a model saved by pipeline.restore.save_model (emfuse train-restore)"
+            "path of a model saved by emfuse.pipeline.restore.save_model (emfuse train-restore)"
         )
     # Channels-last weights make every convolution run in oneDNN's native NHWC layout on the
     # CPU instead of reordering its input each time (12% less time for a 384x384 image).

@@ -20,14 +20,14 @@ truth ``s`` plus a constant: of two networks, the one with the lower value resto
 The adapted network is used only when it lowered this score by more than the noise of the
 estimate (:func:`held_out_decision`).
 
-Arrays in, model out: no Zarr, no Dask (:mod:`flows.restore_job` calls it).
+Arrays in, model out: no Zarr, no Dask (:mod:`emfuse.flows.restore_job` calls it).
 
 Example
 -------
 >>> import numpy as np, torch
->>> from pipeline.restore.cgrdn import CGRDN
->>> from pipeline.restore.train import MODEL_PRESETS
->>> from pipeline.synth.movie import make_movie
+>>> from emfuse.pipeline.restore.cgrdn import CGRDN
+>>> from emfuse.pipeline.restore.train import MODEL_PRESETS
+>>> from emfuse.pipeline.synth.movie import make_movie
 >>> movie = make_movie((64, 64), n_frames=4, dose=20, seed=0)
 >>> _ = torch.manual_seed(0)
 >>> result = adapt_model(CGRDN(MODEL_PRESETS["tiny"]), movie.movie, steps=2, batch=2, patch=32)
@@ -74,7 +74,7 @@ COARSE_SIGMA = 2.0
 def measure_drift(frames: np.ndarray) -> np.ndarray:
     """The drift ``(dy, dx)`` of every frame against the first, in pixels (frame, 2).
 
-    Measured on the raw frames by cross-correlation (:func:`pipeline.register.estimate_shift`):
+    Measured on the raw frames by cross-correlation (:func:`emfuse.pipeline.register.estimate_shift`):
     the noise of two frames is independent, so it widens the correlation peak but does not
     move it (0.1 px or better at a signal-to-noise ratio of 2, ``tests/test_register.py``).
     Each frame is first measured against the previous one, both smoothed by a gaussian of
@@ -88,7 +88,7 @@ def measure_drift(frames: np.ndarray) -> np.ndarray:
 
     Example
     -------
-    >>> from pipeline.synth.movie import make_movie
+    >>> from emfuse.pipeline.synth.movie import make_movie
     >>> m = make_movie((64, 64), n_frames=3, dose=200, seed=1)
     >>> bool(np.abs(measure_drift(m.movie) - m.drift).max() < 0.2)
     True
@@ -123,7 +123,7 @@ def align_region(target_frame: np.ndarray, origin: tuple[int, int], size: tuple[
     The whole-pixel part of ``offset`` is taken by cropping (no resampling: the target's
     noise stays exactly as recorded). A remaining fraction larger than ``tolerance`` is
     removed by moving the crop with the interpolating cubic spline
-    (:func:`pipeline.register.shift_image`) on a crop :data:`SPLINE_MARGIN` pixels wider,
+    (:func:`emfuse.pipeline.register.shift_image`) on a crop :data:`SPLINE_MARGIN` pixels wider,
     whose border is then cut. Why not ignore the fraction, or why not always interpolate:
 
     * Interpolation averages neighbouring pixels of the target, so its noise becomes
@@ -190,7 +190,7 @@ def noise2noise_pairs(frames: np.ndarray, drift: np.ndarray, rng: np.random.Gene
 
     Example
     -------
-    >>> from pipeline.synth.movie import make_movie
+    >>> from emfuse.pipeline.synth.movie import make_movie
     >>> m = make_movie((48, 48), n_frames=3, seed=0)
     >>> a, b = noise2noise_pairs(m.movie, m.drift, np.random.default_rng(0), patch=32, n=2)
     >>> a.shape, b.shape
@@ -230,7 +230,7 @@ def held_out_scores(model: torch.nn.Module, frames: np.ndarray, drift: np.ndarra
     """The held-out-frame check, one value per block: mean ``(f(a) - b)^2`` (raw units squared).
 
     For every ordered pair ``(a, b)`` of different held-out frames, frame ``a`` is restored
-    with ``model`` (:func:`pipeline.restore.inference.restore`, whole frame), frame ``b`` is
+    with ``model`` (:func:`emfuse.pipeline.restore.inference.restore`, whole frame), frame ``b`` is
     aligned onto it (:func:`align_region`) over the region both show, and that region is cut
     into ``block`` x ``block`` pixel blocks. ``E (f(a) - b)^2 = E (f(a) - s)^2 + sigma_b^2``:
     the squared error against the truth plus the noise of ``b``, the same for every model,
@@ -413,7 +413,7 @@ def adapt_model(
     block, z, min_gain
         Block size of the check and the decision's margins (:func:`held_out_decision`).
     restore_kwargs
-        Passed to :func:`pipeline.restore.inference.restore` for the check (tile, overlap, ...).
+        Passed to :func:`emfuse.pipeline.restore.inference.restore` for the check (tile, overlap, ...).
     progress
         Called as ``progress(step, loss)`` after every step.
 

@@ -340,7 +340,7 @@ def keras_layers(cfg: CGRDNConfig) -> list[dict]:
 
     One dict per layer, in the order of the published model config: ``class_name``,
     ``name``, ``inbound`` (``(layer, output index)`` pairs) and, for convolutions, their
-    settings. :func:`pipeline.restore.weights.check_keras_config` compares it with a
+    settings. :func:`emfuse.pipeline.restore.weights.check_keras_config` compares it with a
     SavedModel's configuration entry by entry.
     """
     out: list[dict] = []

@@ -11,7 +11,7 @@ With ``conditional=True`` (default) it judges a pair: the distorted input beside
 candidate (restored output or clean target), so it can tell whether the restoration fits
 its input, not only whether it looks clean. Inputs should be standardised (the training
 loop passes images in the target's standard units). The losses are
-:func:`pipeline.restore.losses.ragan_losses`.
+:func:`emfuse.pipeline.restore.losses.ragan_losses`.
 
 Example
 -------

@@ -42,7 +42,7 @@ output keeps less than :data:`MAX_LATTICE_LOST` of it, or when a noise-free inpu
 changed by more than :data:`NOISE_FREE_CHANGE` of its variance. The figures and their
 choice are in ``docs/methods/restoration.md`` ("Never harm").
 
-Why not :class:`pipeline.fusion.noise.NoiseModel`: it measures the noise from 3 x 3
+Why not :class:`emfuse.pipeline.fusion.noise.NoiseModel`: it measures the noise from 3 x 3
 residuals, so it counts a fine lattice's curvature as noise (a noise-free lattice came out
 "noisy") and assumes white noise (the MULTEM STEM frames, whose noise is correlated along the
 scan, gave variances from 1e-4 to 1e7 of the true one). The spectral floor is what this test

@@ -15,7 +15,7 @@ blends the outputs back with separable raised-cosine windows:
 A network that acts locally with a receptive radius of at most ``overlap // 4`` pixels
 therefore gives the same result tiled as on the whole image.
 
-Networks with per-image standardisation (:class:`~pipeline.restore.cgrdn.CGRDN`: a
+Networks with per-image standardisation (:class:`~emfuse.pipeline.restore.cgrdn.CGRDN`: a
 ``standardise`` module and a ``core`` method) are, by default (``stats="image"``), fed
 every tile standardised with the mean and std of its *whole frame*, and only the residual
 network (``core``) is tiled; tiles then do not each see their own brightness range, and an
@@ -343,7 +343,7 @@ def restore(
         2D image or 3D stack in the units the network expects (raw counts for r_em).
     model
         A network mapping ``(N, 1, H, W)`` float32 to the same shape, e.g. from
-        :func:`pipeline.restore.load_model`. It is put in eval mode and moved to
+        :func:`emfuse.pipeline.restore.load_model`. It is put in eval mode and moved to
         ``device`` (in place).
     tile, overlap
         Tile side and minimum overlap in pixels; ``2 * overlap <= tile``. Networks acting

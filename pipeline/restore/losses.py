@@ -17,12 +17,12 @@ network output ``y`` with the clean target ``y_g`` (tensors ``(N, C, H, W)``):
 :func:`mean_loss`,        ``|mean(y) - mean(y_g)|`` and ``|std(y) - std(y_g)|`` per image:
 :func:`std_loss`          the output keeps the target's intensity scale
 :func:`ragan_losses`      relativistic average GAN (optional), with the patch discriminator
-                          of :mod:`pipeline.restore.discriminator`
+                          of :mod:`emfuse.pipeline.restore.discriminator`
 ========================  ================================================================
 
 :func:`generator_loss` sums them with the weights of :class:`LossWeights`. The terms are
 not scale-invariant (except the whitening loss): the training loop
-(:mod:`pipeline.restore.train`) first standardises output and target by the target's
+(:mod:`emfuse.pipeline.restore.train`) first standardises output and target by the target's
 per-image mean and standard deviation (:func:`standardise_pair`), so one set of weights
 serves every dose.
 

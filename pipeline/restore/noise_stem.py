@@ -17,7 +17,7 @@ pixels are recorded at different times, instabilities during the scan appear as
 * **row-line noise**: the offset of the signal changes from one scan line to the next,
   :func:`row_line_noise`;
 
-besides the detector noise shared with TEM (:mod:`pipeline.restore.noise_detector`): shot
+besides the detector noise shared with TEM (:mod:`emfuse.pipeline.restore.noise_detector`): shot
 noise at the scintillator (Poisson) and the gaussian noise of the photomultiplier tube,
 :func:`pmt_noise`.
 

@@ -1,6 +1,6 @@
 """A broad distribution of clean images for restoration networks that must generalise.
 
-:mod:`pipeline.restore.specimens` draws one kind of picture per modality (bright columns tens
+:mod:`emfuse.pipeline.restore.specimens` draws one kind of picture per modality (bright columns tens
 of pixels apart for HR-STEM), and a network trained on it alone erased fine lattices, dark-atom
 contrast and particles it had never seen. This module draws scenes from **families** that
 cover what a facility images, in **contrasts** for each modality, at column spacings from about
@@ -18,15 +18,15 @@ families
 contrasts
     S(T)EM: ``haadf`` (bright columns, ``Z**gamma``), ``bf`` (dark columns on a bright
     background), ``abf`` (dark cores with a faint bright ring; light elements visible); TEM:
-    ``phase`` (phase contrast through the lens, :func:`~pipeline.restore.specimens.render_tem`,
+    ``phase`` (phase contrast through the lens, :func:`~emfuse.pipeline.restore.specimens.render_tem`,
     plus mass-thickness absorption); SEM: ``topography`` (material contrast, edge brightening
     and shading by the surface slope).
 
 Any scene may also get a smooth thickness wedge, a vacuum region (a polygon where the
 specimen stops) and a background level. Resolution ``high`` puts lattice periods at 2-40 px
 (log-uniform), ``low`` at 0.7-2.5 px, where columns blur into texture and particles and
-shapes dominate. Images follow the units of :mod:`pipeline.restore.specimens` (S(T)EM and
-SEM: maximum 1; TEM: mean 1), so :func:`pipeline.restore.noise.random_distortion` applies
+shapes dominate. Images follow the units of :mod:`emfuse.pipeline.restore.specimens` (S(T)EM and
+SEM: maximum 1; TEM: mean 1), so :func:`emfuse.pipeline.restore.noise.random_distortion` applies
 unchanged (SEM takes the scanned-probe chain).
 
 Examples
@@ -409,7 +409,7 @@ def make_scene(shape: tuple[int, int], modality: str, resolution: str, rng: np.r
 
 def training_settings(modality: str, resolution: str, *, exclude: Collection[str] = ()
                       ) -> Mapping[str, Draw]:
-    """The distortion table of :data:`pipeline.restore.noise.SETTINGS` with the distortions in
+    """The distortion table of :data:`emfuse.pipeline.restore.noise.SETTINGS` with the distortions in
     ``exclude`` switched off (probability 0); SEM uses the S(T)EM table.
 
     >>> training_settings("stem", "high", exclude=["row_line_rel"])["row_line_rel"].p
@@ -426,7 +426,7 @@ def training_settings(modality: str, resolution: str, *, exclude: Collection[str
 def make_scene_pair(shape: tuple[int, int], modality: str, resolution: str, rng: np.random.Generator,
                     *, exclude: Collection[str] = (), settings: Mapping[str, Draw] | None = None,
                     **scene: Any) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(clean, distorted, info) in counts, float32, as :func:`pipeline.restore.specimens.make_pair`.
+    """(clean, distorted, info) in counts, float32, as :func:`emfuse.pipeline.restore.specimens.make_pair`.
 
     >>> c, d, info = make_scene_pair((32, 32), "tem", "low", np.random.default_rng(0))
     >>> c.dtype, d.shape, "dose" in info["distortion"]
@@ -445,7 +445,7 @@ def make_scene_batch(n: int, shape: tuple[int, int], modality: str | tuple[str, 
                      exclude: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """``n`` pairs (n, 1, H, W) float32; ``modality``/``resolution`` may be tuples to draw from.
 
-    The signature fits :func:`pipeline.restore.train.train`'s ``data`` (with
+    The signature fits :func:`emfuse.pipeline.restore.train.train`'s ``data`` (with
     :func:`functools.partial` for ``exclude``).
     """
     clean = np.empty((n, 1, *shape), np.float32)

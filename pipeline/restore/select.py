@@ -1,8 +1,8 @@
 """Which restoration model for which data: ``--model auto``.
 
 emfuse's own models are trained per modality and resolution (``stem-high``, ``stem-low``,
-``tem-high``, ``tem-low``, ``sem``; :data:`pipeline.restore.MODEL_FILES`). ``auto`` reads the
-instrument metadata that ingest kept (:mod:`stores.metadata`) and the pixel size, guesses the
+``tem-high``, ``tem-low``, ``sem``; :data:`emfuse.pipeline.restore.MODEL_FILES`). ``auto`` reads the
+instrument metadata that ingest kept (:mod:`emfuse.stores.metadata`) and the pixel size, guesses the
 modality (:func:`infer_modality`) and picks the model trained for it (:func:`resolve_model`).
 
 The rules, first one that decides wins:
@@ -66,7 +66,7 @@ HIGH_RESOLUTION_MAX_PIXEL_NM = 0.05
 #: a transmission detector the image is an SEM's.
 SEM_MAX_BEAM_ENERGY_KEV = 30.0
 
-#: The own model (in :data:`pipeline.restore.MODEL_FILES`) trained for each (modality, resolution).
+#: The own model (in :data:`emfuse.pipeline.restore.MODEL_FILES`) trained for each (modality, resolution).
 MODALITY_MODELS: dict[tuple[str, str], str] = {
     (STEM, HIGH): "stem-high", (STEM, LOW): "stem-low",
     (TEM, HIGH): "tem-high", (TEM, LOW): "tem-low",
@@ -363,7 +363,7 @@ def pixel_size_nm(coords: Mapping[str, Any]) -> float | None:
 
 
 def available_models() -> set[str]:
-    """The own models (names of :data:`pipeline.restore.MODEL_FILES`) whose file this version has."""
+    """The own models (names of :data:`emfuse.pipeline.restore.MODEL_FILES`) whose file this version has."""
     return {name for name, path in MODEL_FILES.items() if path.is_file()}
 
 

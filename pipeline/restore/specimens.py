@@ -3,7 +3,7 @@
 After Lobato, Friedrich & Van Aert, npj Comput. Mater. (2024), arXiv:2303.17025 (*r_em*),
 Methods, training data: the networks learn from random specimens of three kinds, imaged at
 high and low resolution in TEM and S(T)EM and then distorted by the physical models of
-:mod:`pipeline.restore.noise`. r_em simulates its images with MULTEM; here the imaging is a
+:mod:`emfuse.pipeline.restore.noise`. r_em simulates its images with MULTEM; here the imaging is a
 fast stand-in, so that pairs can be made on the fly during training (a 256 x 256 pair takes
 a few tens of milliseconds of CPU):
 
@@ -509,7 +509,7 @@ def make_pair(shape: tuple[int, int], modality: str, resolution: str,
     """A training pair: clean target and distorted input, both float32 in detector counts.
 
     The specimen comes from :func:`make_specimen`, the distortion from
-    :func:`pipeline.restore.noise.random_distortion`; the clean target is the specimen image
+    :func:`emfuse.pipeline.restore.noise.random_distortion`; the clean target is the specimen image
     times the drawn dose (expected counts), so both are in the same units.
 
     Returns

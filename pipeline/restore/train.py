@@ -1,10 +1,10 @@
 """Training and fine-tuning of the restoration networks on pairs made on the fly.
 
 Every step draws a fresh batch of (clean, distorted) pairs from a data function (default
-:func:`pipeline.restore.specimens.make_batch`: random specimens and the physical
-distortion models), runs the :class:`~pipeline.restore.cgrdn.CGRDN`, and takes one Adam
-step on the loss of :mod:`pipeline.restore.losses` (optionally against the patch
-discriminator of :mod:`pipeline.restore.discriminator`, relativistic average GAN).
+:func:`emfuse.pipeline.restore.specimens.make_batch`: random specimens and the physical
+distortion models), runs the :class:`~emfuse.pipeline.restore.cgrdn.CGRDN`, and takes one Adam
+step on the loss of :mod:`emfuse.pipeline.restore.losses` (optionally against the patch
+discriminator of :mod:`emfuse.pipeline.restore.discriminator`, relativistic average GAN).
 
 Reproducible by construction: the batch of step ``k`` comes from
 ``numpy.random.default_rng([seed, 0, k])`` and the weights are initialised from
@@ -18,7 +18,7 @@ Files in the output directory:
     configuration and the optimisers' scalar settings as JSON in the header metadata. No
     pickles. The last ``keep`` checkpoints are kept.
 ``model.safetensors``
-    the trained generator, readable by :func:`pipeline.restore.load_model`.
+    the trained generator, readable by :func:`emfuse.pipeline.restore.load_model`.
 ``train_config.json``, ``train_log.jsonl``
     the configuration, and one JSON line per step (losses, learning rate, seconds) plus
     ``"val"`` lines with the loss and PSNR on a fixed validation batch.
@@ -75,7 +75,7 @@ MODEL_PRESETS: dict[str, CGRDNConfig] = {
 }
 MODALITIES = ("stem", "tem")
 SCENE_MODALITIES = ("stem", "tem", "sem", "all")
-DATA_SOURCES = ("specimens", "scenes")  # pipeline.restore.specimens (HR-STEM columns) or .scenes (broad)
+DATA_SOURCES = ("specimens", "scenes")  # emfuse.pipeline.restore.specimens (HR-STEM columns) or .scenes (broad)
 RESOLUTIONS = ("high", "low")
 _CKPT = re.compile(r"checkpoint-(\d+)\.safetensors$")
 _FORMAT = "emfuse-train-1"
@@ -101,21 +101,21 @@ class TrainConfig:
     init
         ``"scratch"`` (random weights, architecture ``model``), a published network
         (``"r_em:sfr_hrstem"``, ...) or a ``.safetensors`` file from
-        :func:`pipeline.restore.save_model` to fine-tune.
+        :func:`emfuse.pipeline.restore.save_model` to fine-tune.
     lr, lr_final, warmup
         Adam learning rate: linear warm-up over ``warmup`` steps, then a cosine decay to
         ``lr_final``. ``betas``, ``adam_eps``: Adam's other settings.
     weights
-        :class:`~pipeline.restore.losses.LossWeights` as a dict.
+        :class:`~emfuse.pipeline.restore.losses.LossWeights` as a dict.
     adversarial
-        Also train a :class:`~pipeline.restore.discriminator.PatchDiscriminator` (RaGAN);
+        Also train a :class:`~emfuse.pipeline.restore.discriminator.PatchDiscriminator` (RaGAN);
         its loss enters with ``weights["adversarial"]`` (set to 0.005 when left at 0).
     grad_clip
         Clip the generator's gradient norm to this (None: no clipping).
     min_std_fraction
         Losses are computed in the target's standard units (per image), with the std at
         least this fraction of the distorted input's std (see
-        :func:`~pipeline.restore.losses.standardise_pair`).
+        :func:`~emfuse.pipeline.restore.losses.standardise_pair`).
     seed
         Seeds the weights and every batch.
     checkpoint_every, keep
@@ -291,8 +291,8 @@ def _batch(data: DataFn, cfg: TrainConfig, n: int, rng: np.random.Generator) -> 
 
 
 def _default_data(cfg: TrainConfig | None = None) -> DataFn:
-    """The pairs of ``cfg.data``: ``specimens`` (:func:`~pipeline.restore.specimens.make_batch`) or
-    ``scenes`` (:func:`~pipeline.restore.scenes.make_scene_batch`, where ``modality`` ``"all"``
+    """The pairs of ``cfg.data``: ``specimens`` (:func:`~emfuse.pipeline.restore.specimens.make_batch`) or
+    ``scenes`` (:func:`~emfuse.pipeline.restore.scenes.make_scene_batch`, where ``modality`` ``"all"``
     draws stem, tem and sem, ``resolution`` ``"all"`` high and low, and ``exclude`` is held out)."""
     if cfg is None or cfg.data == "specimens":
         from .specimens import make_batch
@@ -459,7 +459,7 @@ def train(
     data
         ``data(n, (H, W), modality, resolution, rng) -> (clean, distorted)``, float32
         arrays (n, 1, H, W) in the same units; default
-        :func:`pipeline.restore.specimens.make_batch`.
+        :func:`emfuse.pipeline.restore.specimens.make_batch`.
     resume
         Continue from the last checkpoint in ``out`` (its options must match ``cfg``
         except ``steps``, ``checkpoint_every`` and ``keep``).

@@ -19,7 +19,7 @@ damaged or truncated file raises :class:`BundleError` naming the file and the fi
 
 Example
 -------
->>> from pipeline.restore.weights import read_bundle  # doctest: +SKIP
+>>> from emfuse.pipeline.restore.weights import read_bundle  # doctest: +SKIP
 >>> tensors = read_bundle("sfr_hrstem/variables/variables")  # doctest: +SKIP
 >>> tensors["layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"].shape  # doctest: +SKIP
 (3, 3, 1, 64)

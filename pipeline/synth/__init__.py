@@ -2,20 +2,20 @@
 
 Examples
 --------
->>> from pipeline.synth import make_spectrum_image
+>>> from emfuse.pipeline.synth import make_spectrum_image
 >>> data = make_spectrum_image((32, 32), n_channels=256, seed=1)
 >>> data.spectrum.shape, data.true_maps.shape
 ((32, 32, 256), (3, 32, 32))
 
 Datasets larger than memory are generated chunk by chunk as Dask arrays:
 
->>> from pipeline.synth import lazy_spectrum_image
+>>> from emfuse.pipeline.synth import lazy_spectrum_image
 >>> lazy_spectrum_image((1024, 1024), n_channels=2048).spectrum.chunksize
 (64, 64, 2048)
 
 A drifting low-dose HR-STEM movie with its noise-free frames and drift:
 
->>> from pipeline.synth import make_movie
+>>> from emfuse.pipeline.synth import make_movie
 >>> make_movie((64, 64), n_frames=4).movie.shape
 (4, 64, 64)
 """

@@ -24,7 +24,7 @@ there are no more): the mean characteristic signal and mean mass thickness that 
 scales, and the maximum and mean of the HAADF that set its normalisation and noise level. With
 every tile calibrated the dose is exact; with a sample it is exact in expectation.
 
-Physics per chunk is the eager generator's own code (:mod:`pipeline.synth.spectrum_image`): the
+Physics per chunk is the eager generator's own code (:mod:`emfuse.pipeline.synth.spectrum_image`): the
 same line profiles, bremsstrahlung or EELS background, dose scaling, Poisson draws in row slabs,
 probe blur and HAADF noise model.
 
@@ -113,7 +113,7 @@ class SpecimenMosaic:
     z : tuple of int
         Atomic numbers, in map order.
     specimen : str
-        'columns', 'particles' or 'layers' (see :func:`pipeline.synth.specimen_maps`).
+        'columns', 'particles' or 'layers' (see :func:`emfuse.pipeline.synth.specimen_maps`).
     pixel_size_nm : float
     seed : int
     """
@@ -256,7 +256,7 @@ class LazySpectrumImage:
     z : ndarray (element,) int64
     true_maps : dask array (element, y, x) float32, chunked by specimen tile
     pixel_size_nm, signal_type, dose, specimen, seed, params
-        As for :class:`pipeline.synth.SyntheticSpectrumImage`; ``params`` adds the tiling
+        As for :class:`emfuse.pipeline.synth.SyntheticSpectrumImage`; ``params`` adds the tiling
         and the calibration.
     """
 
@@ -307,7 +307,7 @@ def lazy_spectrum_image(
 ) -> LazySpectrumImage:
     """A synthetic spectrum image of any size, generated chunk by chunk when computed.
 
-    Parameters are those of :func:`pipeline.synth.make_spectrum_image`, plus:
+    Parameters are those of :func:`emfuse.pipeline.synth.make_spectrum_image`, plus:
 
     Parameters
     ----------
@@ -374,7 +374,7 @@ def lazy_spectrum_image(
     )
     lo, hi = model.energy_range_ev
     params = {
-        "generator": "pipeline.synth.lazy_spectrum_image",
+        "generator": "emfuse.pipeline.synth.lazy_spectrum_image",
         "specimen": specimen,
         "elements": list(symbols),
         "shape": [ny, nx],
@@ -490,7 +490,7 @@ def lazy_map_set(
     haadf_snr : float
         Mean of the HAADF over its noise standard deviation.
     pixel_size_nm : float, optional
-        Default per specimen: :data:`pipeline.synth.DEFAULT_PIXEL_SIZE_NM`.
+        Default per specimen: :data:`emfuse.pipeline.synth.DEFAULT_PIXEL_SIZE_NM`.
     seed : int
     calibration_tiles : int
         The HAADF scale is calibrated on this many tiles at most.
@@ -536,7 +536,7 @@ def lazy_map_set(
         name=f"synth-mapset-tiles-{tokenize(mosaic, calib, haadf_snr, dose, background)}",
     )
     params = {
-        "generator": "pipeline.synth.lazy_map_set",
+        "generator": "emfuse.pipeline.synth.lazy_map_set",
         "specimen": specimen,
         "elements": list(symbols),
         "shape": [ny, nx],

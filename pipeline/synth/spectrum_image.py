@@ -9,7 +9,7 @@ EDX spectrum, expected counts per pixel and channel::
     lambda(y, x, E) = k_c * sum_i c_i(y, x) * sigma_i * P_i(E)  +  k_b * t(y, x) * B(E)
 
 * ``P_i``: gaussian lines at the element's tabulated energies (the alpha line of the family
-  :func:`pipeline.elements.xray_line` picks, plus its beta line), FWHM from the detector's Fano
+  :func:`emfuse.pipeline.elements.xray_line` picks, plus its beta line), FWHM from the detector's Fano
   model, integrated over each channel;
 * ``sigma_i``: a relative line strength (family factor times detector efficiency at the line),
   a crude stand-in for k-factors;
@@ -689,7 +689,7 @@ def make_spectrum_image(
 
     haadf, true_haadf = _haadf(maps, support, z, haadf_snr, haadf_rng)
     params = {
-        "generator": "pipeline.synth.make_spectrum_image",
+        "generator": "emfuse.pipeline.synth.make_spectrum_image",
         "specimen": specimen,
         "elements": list(symbols),
         "shape": [ny, nx],

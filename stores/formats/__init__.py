@@ -1,7 +1,7 @@
 """Readers for facility file formats, and what they share.
 
 Each module here reads one family of formats and returns the canonical lazy
-Dataset (see :mod:`stores.layout`)::
+Dataset (see :mod:`emfuse.stores.layout`)::
 
     npz     NumPy archives in the three emfuse layouts
     hdf5    plain HDF5 files with named datasets

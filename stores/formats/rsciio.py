@@ -18,7 +18,7 @@ canonical layout holds:
 * ``movie``: a 3D stack without an energy axis (Velox/Ceta Time series).
 
 Everything else (single spectra, overview images, other spectrum images) is
-listed in an :class:`~stores.formats.IngestWarning` and in the ``unmapped``
+listed in an :class:`~emfuse.stores.formats.IngestWarning` and in the ``unmapped``
 attribute. A spectrum image (the file says EDX/EELS) whose energy axis has no
 energy unit is refused: its channels' energies are unknown. Pixel sizes are
 converted to nm, energies to eV. The ``y``/``x`` coordinates are the offset and
@@ -27,7 +27,7 @@ RosettaSciIO reads them, in nm; an uncalibrated axis counts pixels from 0. Each
 variable's own offset and pixel size are kept in its attributes (Velox writes the
 HAADF at offset 0 and the spectrum image and maps at the stage position).
 
-Instrument metadata (:mod:`stores.metadata`): RosettaSciIO's ``metadata`` with its
+Instrument metadata (:mod:`emfuse.stores.metadata`): RosettaSciIO's ``metadata`` with its
 ``mapping`` applied as HyperSpy does, the key figures as plain attributes of the
 Dataset (from the primary signal, completed from the other ingested ones), the
 whole tree and ``original_metadata`` as JSON strings, and which signal of the file

@@ -1,0 +1,742 @@
+"""Dask cluster profiles: where the pipeline's tasks run.
+
+A profile is chosen by a name, a YAML file or a scheduler address, so the same
+job runs on a laptop, a GPU workstation or a SLURM allocation without code
+changes:
+
+``local`` (default)
+    :class:`distributed.LocalCluster` with worker processes, everything bound
+    to 127.0.0.1.
+``local-threads``
+    :class:`distributed.LocalCluster` with threads in this process (notebooks,
+    tests, debugging).
+``local-gpu``
+    :class:`dask_cuda.LocalCUDACluster`, one worker per GPU (``emfuse[gpu]``).
+``slurm``
+    :class:`dask_jobqueue.SLURMCluster`, one SLURM job per worker group,
+    adaptive between ``minimum_jobs`` and ``maximum_jobs`` (``emfuse[hpc]``).
+``scheduler``
+    an existing scheduler, given as ``tcp://host:port`` or ``tls://host:port``.
+
+Every profile but ``local-threads`` (which opens no connection between its
+scheduler and workers) takes TLS options: ``tls_ca_file``, ``tls_cert`` and
+``tls_key`` (PEM files, all three together) and ``require_encryption``
+(default true). They become one :class:`distributed.security.Security` used by
+the scheduler, the workers (also the SLURM jobs' ``--tls-*`` options) and the
+client, and switch the protocol to ``tls://``; see docs/hpc.md.
+
+A profile file is YAML, for example::
+
+    profile: slurm
+    queue: gpu
+    cores: 16
+    memory: 64GB
+    walltime: "08:00:00"
+    gpus: 1
+    maximum_jobs: 10
+
+Examples
+--------
+>>> from emfuse.cluster import connect
+>>> with connect("local-threads", n_workers=1) as client:  # doctest: +SKIP
+...     client.submit(sum, [1, 2, 3]).result()
+6
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:  # distributed is imported when a cluster starts, not on import
+    from distributed import Client
+    from distributed.deploy import Cluster
+
+DEFAULT_PROFILE = "local"
+PROFILES: tuple[str, ...] = ("local", "local-threads", "local-gpu", "slurm", "scheduler")
+
+# Scheduler address schemes that mean "connect, do not start".
+ADDRESS_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")  # inproc: a local-threads cluster of this process
+
+GPU_FIX = "install the GPU extra with `pip install 'emfuse[gpu]'` or use the `local` profile"
+HPC_FIX = "install the HPC extra with `pip install 'emfuse[hpc]'`"
+TLS_FIX = (
+    "make a CA and a certificate with openssl as shown in docs/hpc.md (section TLS) and give "
+    "their paths"
+)
+
+# TLS: the PEM files (all three or none) and whether plain tcp:// is refused.
+TLS_FILES = ("tls_ca_file", "tls_cert", "tls_key")
+TLS_OPTIONS = (*TLS_FILES, "require_encryption")
+
+_LOCAL_OPTIONS = ("n_workers", "threads_per_worker", "memory_limit", "dashboard_address")
+_SLURM_OPTIONS = (
+    "queue",
+    "partition",  # SLURM's own word for queue; normalised to ``queue``
+    "account",
+    "cores",
+    "processes",
+    "memory",
+    "walltime",
+    "gpus",
+    "job_name",
+    "job_extra_directives",
+    "job_script_prologue",
+    "worker_extra_args",
+    "local_directory",
+    "log_directory",
+    "interface",
+    "python",
+    "death_timeout",
+    "dashboard_address",
+    "minimum_jobs",
+    "maximum_jobs",
+)
+
+# The options each profile accepts; anything else is a typo worth stopping for.
+PROFILE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "local": _LOCAL_OPTIONS + ("local_directory",) + TLS_OPTIONS,
+    "local-threads": _LOCAL_OPTIONS,
+    "local-gpu": _LOCAL_OPTIONS
+    + ("local_directory", "devices", "device_memory_limit", "rmm_pool_size")
+    + TLS_OPTIONS,
+    "slurm": _SLURM_OPTIONS + TLS_OPTIONS,
+    "scheduler": ("address", "timeout") + TLS_OPTIONS,
+}
+
+# Options that must be whole numbers, with their smallest allowed value.
+_INT_OPTIONS = {
+    "n_workers": 1,
+    "threads_per_worker": 1,
+    "cores": 1,
+    "processes": 1,
+    "gpus": 0,
+    "minimum_jobs": 0,
+    "maximum_jobs": 1,
+}
+_LIST_OPTIONS = ("job_extra_directives", "job_script_prologue", "worker_extra_args")
+
+# SLURM defaults: one modest node-sized job, scaled adaptively up to a few jobs.
+SLURM_DEFAULTS: dict[str, Any] = {
+    "cores": 8,
+    "memory": "32GB",
+    "walltime": "04:00:00",
+    "minimum_jobs": 0,
+    "maximum_jobs": 4,
+    "dashboard_address": "127.0.0.1:8787",
+}
+
+# Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker process. An
+# explicit trim threshold turns off glibc's adaptive mmap threshold, so every
+# array temporary above 128 KiB is mmap'ed and unmapped again: the fusion
+# kernel, which makes many MB-sized temporaries per iteration, then ran 5x
+# slower in a worker than in a plain process (measured: 5.5 s vs 1.1 s per
+# 320x320x3 window). The glibc defaults are restored for our workers.
+WORKER_ENVIRON_UNSET = ("MALLOC_TRIM_THRESHOLD_",)
+
+# The rendered job script has no scheduler to point to yet.
+PLACEHOLDER_ADDRESS = "tcp://<scheduler-address>:8786"
+PLACEHOLDER_TLS_ADDRESS = "tls://<scheduler-address>:8786"
+
+
+class ClusterConfigError(ValueError):
+    """A cluster profile, option or profile file is not valid."""
+
+
+class ClusterUnavailableError(RuntimeError):
+    """A profile cannot start here: a missing optional dependency or no GPU."""
+
+
+@dataclass
+class ClusterSpec:
+    """A cluster profile name and its options, validated on creation.
+
+    Parameters
+    ----------
+    profile
+        One of :data:`PROFILES`.
+    options
+        Keyword options of that profile (see :data:`PROFILE_OPTIONS`).
+
+    Examples
+    --------
+    >>> ClusterSpec("slurm", {"partition": "gpu", "gpus": 1}).options["queue"]
+    'gpu'
+    >>> ClusterSpec.from_string("tcp://10.0.0.5:8786").profile
+    'scheduler'
+    """
+
+    profile: str = DEFAULT_PROFILE
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.profile = _check_profile(self.profile)
+        self.options = _check_options(self.profile, dict(self.options))
+
+    @classmethod
+    def from_string(cls, text: str | os.PathLike | None, **overrides: Any) -> ClusterSpec:
+        """Parse a profile name, a scheduler address or the path of a YAML profile file.
+
+        ``None`` or an empty string gives the default ``local`` profile; keyword
+        ``overrides`` replace options read from the string or file.
+
+        Examples
+        --------
+        >>> ClusterSpec.from_string("local", n_workers=2).options
+        {'n_workers': 2}
+        """
+        text = "" if text is None else os.fspath(text).strip()
+        if not text:
+            return cls(DEFAULT_PROFILE, overrides)
+        if text.startswith(ADDRESS_SCHEMES):
+            return cls("scheduler", {"address": text, **overrides})
+        if text in PROFILES:
+            return cls(text, overrides)
+        if text.endswith((".yaml", ".yml")) or Path(text).is_file():
+            return cls.from_yaml(text, **overrides)
+        raise ClusterConfigError(
+            f"unknown cluster profile {text!r}: give one of {', '.join(PROFILES)}, "
+            "a scheduler address (tcp://host:port), or a YAML profile file"
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> ClusterSpec:
+        """Read a YAML profile file (a mapping with a ``profile`` key and its options)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ClusterConfigError(f"cluster profile file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ClusterConfigError(
+                f"cluster profile file {str(path)!r} is not YAML: {err}"
+            ) from err
+        if not isinstance(data, Mapping):
+            raise ClusterConfigError(
+                f"cluster profile file {str(path)!r} must hold a mapping such as "
+                "`{profile: slurm, queue: gpu, cores: 16}`"
+            )
+        # certificate paths in a profile file are relative to that file
+        data = {
+            k: _beside(path, v) if k in TLS_FILES and isinstance(v, (str, os.PathLike)) else v
+            for k, v in data.items()
+        }
+        return cls.from_dict(data, **overrides)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **overrides: Any) -> ClusterSpec:
+        """Build a spec from a mapping such as a catalog's ``cluster:`` entry.
+
+        The ``profile`` key names the profile; without it, an ``address`` key
+        means ``scheduler`` and anything else ``local``.
+        """
+        options = {str(k): v for k, v in data.items()}
+        profile = options.pop("profile", None)
+        if profile is None:
+            profile = "scheduler" if "address" in options else DEFAULT_PROFILE
+        elif str(profile).startswith(ADDRESS_SCHEMES):  # `profile: tcp://host:port`
+            profile, options["address"] = "scheduler", str(profile)
+        return cls(str(profile), _merge(options, overrides))
+
+    def with_options(self, **overrides: Any) -> ClusterSpec:
+        """A copy with some options replaced."""
+        return ClusterSpec(self.profile, _merge(self.options, overrides))
+
+    def describe(self) -> str:
+        """A one-line description for logs, e.g. ``slurm(queue=gpu, gpus=1)``."""
+        items = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.profile}({items})"
+
+
+def _beside(profile_file: Path, value: str | os.PathLike) -> str:
+    """A path from a profile file: ``~`` and ``$VARS`` expanded, relative to the file."""
+    expanded = Path(os.path.expandvars(os.path.expanduser(os.fspath(value))))
+    return str(expanded if expanded.is_absolute() else profile_file.parent / expanded)
+
+
+def _merge(options: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Options with overrides applied; ``partition`` and ``queue`` replace each other."""
+    merged = dict(options)
+    for key, alias in (("partition", "queue"), ("queue", "partition")):
+        if key in overrides:
+            merged.pop(alias, None)
+    merged.update(overrides)
+    return merged
+
+
+def as_spec(spec: ClusterSpec | str | os.PathLike | Mapping | None, **overrides: Any) -> ClusterSpec:
+    """Turn whatever a caller holds (spec, name, address, path, mapping, None) into a spec."""
+    if isinstance(spec, ClusterSpec):
+        return spec.with_options(**overrides) if overrides else spec
+    if isinstance(spec, Mapping):
+        return ClusterSpec.from_dict(spec, **overrides)
+    return ClusterSpec.from_string(spec, **overrides)
+
+
+def _check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ClusterConfigError(
+            f"unknown cluster profile {profile!r}; accepted profiles: {', '.join(PROFILES)}"
+        )
+    return profile
+
+
+def _check_options(profile: str, options: dict[str, Any]) -> dict[str, Any]:
+    accepted = PROFILE_OPTIONS[profile]
+    for key in options:
+        if key in TLS_OPTIONS and key not in accepted:
+            raise ClusterConfigError(
+                f"option {key!r}: the {profile!r} profile runs its workers as threads in this "
+                "process and opens no connection to encrypt; use the `local` profile "
+                "(worker processes) with TLS, or drop the TLS options"
+            )
+        if key not in accepted:
+            raise ClusterConfigError(
+                f"unknown option {key!r} for cluster profile {profile!r}; "
+                f"accepted options: {', '.join(sorted(accepted))}"
+            )
+    for key, value in options.items():
+        _check_value(profile, key, value)
+    if "partition" in options:
+        partition = options.pop("partition")
+        if options.get("queue", partition) != partition:
+            raise ClusterConfigError("give either `queue` or `partition`, not two different ones")
+        options["queue"] = partition
+    if profile == "scheduler" and not str(options.get("address", "")).startswith(ADDRESS_SCHEMES):
+        raise ClusterConfigError(
+            "the scheduler profile needs `address` like tcp://host:port or tls://host:port"
+        )
+    _check_tls(profile, options)
+    if profile == "slurm":
+        _check_slurm(options)
+    return options
+
+
+def _check_value(profile: str, key: str, value: Any) -> None:
+    if key in _INT_OPTIONS:
+        minimum = _INT_OPTIONS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ClusterConfigError(
+                f"option {key!r} of profile {profile!r} must be an integer >= {minimum}, "
+                f"got {value!r}"
+            )
+    if key in _LIST_OPTIONS and not (
+        isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    ):
+        raise ClusterConfigError(f"option {key!r} must be a list of strings, got {value!r}")
+
+
+def _check_tls(profile: str, options: dict[str, Any]) -> None:
+    """All three PEM files or none; each one an existing, readable file; stored absolute.
+
+    The certificate and key are also loaded once (:mod:`ssl`), so a key that does
+    not belong to the certificate or a file that is not PEM is named here, not
+    in a failed connection in the middle of the night.
+    """
+    given = [key for key in TLS_FILES if key in options]
+    if "require_encryption" in options:
+        if not isinstance(options["require_encryption"], bool):
+            raise ClusterConfigError(
+                f"option 'require_encryption' of profile {profile!r} must be true or false, "
+                f"got {options['require_encryption']!r}"
+            )
+        if not given:
+            raise ClusterConfigError(
+                "option 'require_encryption' needs TLS: give tls_ca_file, tls_cert and tls_key "
+                f"too; {TLS_FIX}"
+            )
+    if not given:
+        return
+    for key in TLS_FILES:
+        if key not in options:
+            raise ClusterConfigError(
+                f"option {key!r} is missing: TLS needs tls_ca_file, tls_cert and tls_key "
+                f"together (the CA certificate, this cluster's certificate, its private key); "
+                f"{TLS_FIX}"
+            )
+        value = options[key]
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            raise ClusterConfigError(f"option {key!r} must be the path of a PEM file, got {value!r}")
+        path = Path(os.path.expandvars(os.path.expanduser(os.fspath(value)))).absolute()
+        if not path.is_file():
+            raise ClusterConfigError(
+                f"option {key!r}: the file {str(path)!r} does not exist; {TLS_FIX}"
+            )
+        if not os.access(path, os.R_OK):
+            raise ClusterConfigError(
+                f"option {key!r}: the file {str(path)!r} is not readable by this user; fix its "
+                "permissions (the key: chmod 600, owned by the user who runs emfuse)"
+            )
+        options[key] = str(path)
+    _check_pem(options)
+    if profile == "scheduler" and not str(options["address"]).startswith("tls://"):
+        raise ClusterConfigError(
+            f"TLS options were given but the scheduler address {options['address']!r} is not "
+            "tls://; give the address as tls://host:port"
+        )
+
+
+def _check_pem(options: Mapping[str, Any]) -> None:
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=options["tls_ca_file"])
+    except (ssl.SSLError, ValueError, OSError) as err:
+        raise ClusterConfigError(
+            f"option 'tls_ca_file': {options['tls_ca_file']!r} is not a PEM CA certificate "
+            f"({err}); {TLS_FIX}"
+        ) from err
+    def no_passphrase() -> str:  # Dask cannot type a passphrase; never prompt for one
+        raise ClusterConfigError(
+            f"option 'tls_key': {options['tls_key']!r} is protected by a passphrase, which the "
+            "scheduler and workers cannot enter; write it without one (`openssl pkey -in KEY -out "
+            "PLAIN_KEY`, or make it with -nodes) and keep it private with chmod 600"
+        )
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+            options["tls_cert"], options["tls_key"], password=no_passphrase
+        )
+    except ClusterConfigError:
+        raise
+    except (ssl.SSLError, ValueError, OSError) as err:
+        raise ClusterConfigError(
+            f"options 'tls_cert' and 'tls_key': {options['tls_cert']!r} and "
+            f"{options['tls_key']!r} are not a matching PEM certificate and private key ({err}); "
+            f"{TLS_FIX}"
+        ) from err
+
+
+def tls_security(options: Mapping[str, Any]):
+    """The :class:`distributed.security.Security` of a profile's TLS options, or None.
+
+    One certificate and key serve every role (scheduler, workers, client); each
+    side checks that the other's certificate is signed by ``tls_ca_file``
+    (Dask checks the CA, not host names, so one certificate works on every node).
+
+    Examples
+    --------
+    >>> tls_security({"n_workers": 2}) is None
+    True
+    """
+    if "tls_ca_file" not in options:
+        return None
+    from distributed.security import Security
+
+    cert, key = options["tls_cert"], options["tls_key"]
+    return Security(
+        require_encryption=options.get("require_encryption", True),
+        tls_ca_file=options["tls_ca_file"],
+        tls_client_cert=cert,
+        tls_client_key=key,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+    )
+
+
+def _without_tls(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in TLS_OPTIONS}
+
+
+def _check_slurm(options: dict[str, Any]) -> None:
+    low = options.get("minimum_jobs", SLURM_DEFAULTS["minimum_jobs"])
+    high = options.get("maximum_jobs", max(low, SLURM_DEFAULTS["maximum_jobs"]))
+    if high < low:
+        raise ClusterConfigError(f"maximum_jobs ({high}) is smaller than minimum_jobs ({low})")
+    if options.get("gpus", 0) > 0 and options.get("processes", 1) != 1:
+        # `dask cuda worker` starts one worker process per GPU on its own.
+        raise ClusterConfigError(
+            "with gpus > 0 leave `processes` unset: dask-cuda starts one worker per GPU"
+        )
+
+
+# -- local profiles -----------------------------------------------------------
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (respects affinity masks, e.g. under SLURM)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def local_defaults(processes: bool = True, n_workers: int | None = None) -> dict[str, Any]:
+    """Worker count, threads and memory for a LocalCluster on this machine.
+
+    Processes: up to 4 workers (fusion tiles are numpy/numba work that releases
+    the GIL, so past that more threads per worker beat more processes), the
+    cores shared among them and the memory split evenly. Threads: one worker
+    with a thread per core. A given ``n_workers`` gets its share of both.
+
+    Examples
+    --------
+    >>> local_defaults(n_workers=2)["threads_per_worker"] >= 1
+    True
+    """
+    from distributed.system import MEMORY_LIMIT  # honours cgroup and rlimit caps
+
+    cores = available_cores()
+    if n_workers is None:
+        n_workers = min(cores, 4) if processes else 1
+    return {
+        "n_workers": n_workers,
+        "threads_per_worker": max(1, cores // n_workers),
+        "memory_limit": int(MEMORY_LIMIT // n_workers),
+    }
+
+
+@contextlib.contextmanager
+def _worker_environ() -> Iterator[None]:
+    """Dask config under which nannies spawn workers without the variables above."""
+    import dask
+
+    unset = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in WORKER_ENVIRON_UNSET}
+    with dask.config.set(unset):
+        yield
+
+
+def numba_threads_per_worker(n_workers: int, threads_per_worker: int) -> int:
+    """Numba threads for each worker process so that all of them together fill the cores once.
+
+    Every Dask worker thread may run a parallel numba kernel (a fusion tile);
+    without a cap each would start one thread per core and they would fight
+    over the cores.
+
+    Examples
+    --------
+    >>> numba_threads_per_worker(1, 1) == available_cores()
+    True
+    """
+    return max(1, available_cores() // max(1, n_workers * threads_per_worker))
+
+
+def _worker_environ_prologue() -> list[str]:
+    """The same for SLURM jobs: the nanny there reads Dask config from its environment."""
+    return [f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__{name}=None" for name in WORKER_ENVIRON_UNSET]
+
+
+def _local_cluster(options: Mapping[str, Any], processes: bool):
+    from distributed import LocalCluster
+
+    defaults = local_defaults(processes, options.get("n_workers"))
+    kwargs = {**defaults, "dashboard_address": "127.0.0.1:0", **_without_tls(options)}
+    security = tls_security(options)
+    if security is not None:  # scheduler and workers talk TLS, still on loopback
+        kwargs.update(protocol="tls://", security=security)
+    # Scheduler, workers and every HTTP endpoint stay on loopback: nothing is
+    # reachable from the network on a shared machine.
+    if processes:
+        kwargs["host"] = "127.0.0.1"
+    else:
+        # Threads talk over inproc:// (no socket at all), but the in-process
+        # worker has no host of its own, so its HTTP server (metrics, health)
+        # would otherwise listen on all interfaces.
+        kwargs.setdefault("worker_dashboard_address", "127.0.0.1:0")
+    if processes:
+        # set in the worker process only (the nanny's `env`): a pre-spawn variable
+        # would also change this process's environment, where numba may already run
+        numba_threads = numba_threads_per_worker(kwargs["n_workers"], kwargs["threads_per_worker"])
+        kwargs["env"] = {"NUMBA_NUM_THREADS": str(numba_threads), **kwargs.get("env", {})}
+    with _worker_environ():
+        return LocalCluster(processes=processes, **kwargs)
+
+
+def _import_optional(module: str, fix: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ClusterUnavailableError(f"{what} needs the `{module}` package: {fix}") from err
+
+
+def count_gpus() -> int:
+    """Number of CUDA GPUs that dask-cuda sees; 0 when none or no driver."""
+    dask_cuda_utils = _import_optional(
+        "dask_cuda.utils", GPU_FIX, "the `local-gpu` cluster profile"
+    )
+    try:
+        return int(dask_cuda_utils.get_n_gpus())
+    except Exception:  # noqa: BLE001 - NVML and CUDA raise their own types when no driver
+        return 0
+
+
+def _local_gpu_cluster(options: Mapping[str, Any]):
+    dask_cuda = _import_optional("dask_cuda", GPU_FIX, "the `local-gpu` cluster profile")
+    if count_gpus() == 0:
+        raise ClusterUnavailableError(f"the `local-gpu` cluster profile found no CUDA GPU: {GPU_FIX}")
+    kwargs = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", **_without_tls(options)}
+    security = tls_security(options)
+    if security is not None:
+        kwargs.update(protocol="tls://", security=security)
+    if "devices" in kwargs:
+        kwargs["CUDA_VISIBLE_DEVICES"] = kwargs.pop("devices")
+    with _worker_environ():
+        return dask_cuda.LocalCUDACluster(**kwargs)
+
+
+# -- SLURM --------------------------------------------------------------------
+
+
+def slurm_job_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of a dask-jobqueue SLURM job for these profile options.
+
+    ``gpus`` becomes ``--gres=gpu:N`` and switches the worker command to
+    ``dask cuda worker`` (one worker per GPU); TLS options become ``security``
+    and ``protocol="tls://"`` (dask-jobqueue adds ``--protocol tls://`` and the
+    ``--tls-ca-file/--tls-cert/--tls-key`` options to the worker command);
+    scaling and dashboard options are left out (they belong to the cluster,
+    not the job).
+
+    Examples
+    --------
+    >>> kw = slurm_job_kwargs({"gpus": 1, "cores": 8, "memory": "32GB"})
+    >>> kw["job_extra_directives"], kw["worker_command"]
+    (['--gres=gpu:1'], 'dask cuda worker')
+    """
+    kwargs = {k: v for k, v in SLURM_DEFAULTS.items() if k in ("cores", "memory", "walltime")}
+    kwargs.update(_without_tls(options))
+    security = tls_security(options)
+    if security is not None:
+        kwargs.update(protocol="tls://", security=security)
+    for key in ("minimum_jobs", "maximum_jobs", "dashboard_address"):
+        kwargs.pop(key, None)
+    if "job_name" in kwargs:
+        kwargs["name"] = kwargs.pop("job_name")
+    gpus = kwargs.pop("gpus", 0)
+    extra = list(kwargs.pop("job_extra_directives", []))
+    if gpus > 0:
+        if not any(d.startswith("--gres") for d in extra):
+            extra.append(f"--gres=gpu:{gpus}")
+        # Run through `python -m dask` so the job uses the same interpreter as
+        # the scheduler side; dask-cuda registers the `cuda worker` subcommand.
+        kwargs["worker_command"] = "dask cuda worker"
+        kwargs["processes"] = 1
+    kwargs["job_extra_directives"] = extra
+    kwargs["job_script_prologue"] = [*_worker_environ_prologue(), *kwargs.get("job_script_prologue", [])]
+    return kwargs
+
+
+def _slurm_cluster(options: Mapping[str, Any]):
+    jobqueue = _import_optional("dask_jobqueue", HPC_FIX, "the `slurm` cluster profile")
+    dashboard = options.get("dashboard_address", SLURM_DEFAULTS["dashboard_address"])
+    cluster = jobqueue.SLURMCluster(
+        scheduler_options={"dashboard_address": dashboard}, **slurm_job_kwargs(options)
+    )
+    low = options.get("minimum_jobs", SLURM_DEFAULTS["minimum_jobs"])
+    high = options.get("maximum_jobs", max(low, SLURM_DEFAULTS["maximum_jobs"]))
+    if low == high:
+        cluster.scale(jobs=low)
+    else:
+        cluster.adapt(minimum_jobs=low, maximum_jobs=high)
+    return cluster
+
+
+def render_job_script(spec: ClusterSpec | str | os.PathLike | Mapping | None = None,
+                      **overrides: Any) -> str:
+    """The SLURM batch script one worker job of a ``slurm`` profile would submit.
+
+    Nothing is started or submitted: the script is rendered by dask-jobqueue's
+    ``SLURMJob`` (what ``SLURMCluster.job_script()`` uses) with a placeholder
+    scheduler address, so it works on a machine without SLURM.
+
+    Examples
+    --------
+    >>> script = render_job_script("slurm", queue="gpu", gpus=1)  # doctest: +SKIP
+    >>> "#SBATCH --gres=gpu:1" in script  # doctest: +SKIP
+    True
+    """
+    spec = as_spec(spec if spec is not None else "slurm", **overrides)
+    if spec.profile != "slurm":
+        raise ClusterConfigError(f"only the slurm profile has a job script, not {spec.profile!r}")
+    slurm = _import_optional("dask_jobqueue.slurm", HPC_FIX, "rendering a SLURM job script")
+    kwargs = slurm_job_kwargs(spec.options)
+    address = PLACEHOLDER_TLS_ADDRESS if "security" in kwargs else PLACEHOLDER_ADDRESS
+    job = slurm.SLURMJob(address, name="dummy-name", **kwargs)
+    return job.job_script()
+
+
+# -- public entry points --------------------------------------------------------
+
+
+def make_cluster(
+    spec: ClusterSpec | str | os.PathLike | Mapping | None = None, **overrides: Any
+) -> Cluster | None:
+    """Start the cluster a spec describes.
+
+    Parameters
+    ----------
+    spec
+        A :class:`ClusterSpec`, a profile name, a scheduler address, a YAML
+        path, a mapping, or ``None`` for the default ``local`` profile.
+    **overrides
+        Options that replace the spec's own.
+
+    Returns
+    -------
+    distributed.deploy.Cluster or None
+        The started cluster, or ``None`` for the ``scheduler`` profile
+        (nothing to start; connect a Client to ``spec.options["address"]``).
+        The caller closes it; :func:`connect` does that for you.
+
+    Examples
+    --------
+    >>> cluster = make_cluster("local", n_workers=2, threads_per_worker=1)  # doctest: +SKIP
+    >>> cluster.close()  # doctest: +SKIP
+    """
+    spec = as_spec(spec, **overrides)
+    if spec.profile == "local":
+        return _local_cluster(spec.options, processes=True)
+    if spec.profile == "local-threads":
+        return _local_cluster(spec.options, processes=False)
+    if spec.profile == "local-gpu":
+        return _local_gpu_cluster(spec.options)
+    if spec.profile == "slurm":
+        return _slurm_cluster(spec.options)
+    return None  # "scheduler": someone else owns it
+
+
+@contextlib.contextmanager
+def connect(
+    spec: ClusterSpec | str | os.PathLike | Mapping | None = None, **overrides: Any
+) -> Iterator[Client]:
+    """Start (or reach) a cluster, yield a :class:`distributed.Client`, then clean up.
+
+    The client is always closed, and so is the cluster when this function
+    started it; an existing scheduler (``tcp://...``) is left running.
+
+    Examples
+    --------
+    >>> with connect("local", n_workers=2, threads_per_worker=1) as client:  # doctest: +SKIP
+    ...     client.submit(sum, [1, 2]).result()
+    3
+    """
+    from distributed import Client
+
+    spec = as_spec(spec, **overrides)
+    cluster = make_cluster(spec)
+    try:
+        security = tls_security(spec.options)  # None: Dask's own configuration decides
+        if cluster is None:
+            client = Client(
+                spec.options["address"],
+                timeout=spec.options.get("timeout", "30s"),
+                security=security,
+            )
+        else:
+            client = Client(cluster, security=security)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()

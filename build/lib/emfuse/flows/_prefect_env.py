@@ -1,0 +1,46 @@
+"""Prefect settings for a machine with no server and no network.
+
+Must run before ``prefect`` is first imported: Prefect reads its settings
+from the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+LOOPBACK = "127.0.0.1"
+
+
+def configure_prefect(home: str | Path | None = None) -> Path:
+    """Default Prefect to ephemeral, offline operation; returns ``PREFECT_HOME``.
+
+    Values the user set in the environment are kept (``setdefault``), so a
+    facility can point emfuse at its own Prefect server with ``PREFECT_API_URL``.
+    Prefect servers started from this process listen on 127.0.0.1
+    (``PREFECT_SERVER_API_HOST``, ``PREFECT_RUNNER_SERVER_HOST``) unless those
+    are set; the ephemeral server always does.
+    """
+    prefect_home = Path(
+        home or os.environ.get("PREFECT_HOME") or platformdirs.user_cache_dir("emfuse") + "/prefect"
+    )
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
+    # the first ephemeral server start takes 13-20 s on a 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Servers listen on loopback only unless the user says otherwise. Prefect's
+    # ephemeral server binds 127.0.0.1 itself; these cover a Prefect server or
+    # runner webserver started from this process or its children (which inherit
+    # the environment): the API host (Prefect's default is also 127.0.0.1, pinned
+    # here against a changed default or profile) and the runner webserver of
+    # `flow.serve(webserver=True)` (Prefect's default "localhost", pinned to IPv4
+    # loopback).
+    os.environ.setdefault("PREFECT_SERVER_API_HOST", LOOPBACK)
+    os.environ.setdefault("PREFECT_RUNNER_SERVER_HOST", LOOPBACK)
+    return prefect_home

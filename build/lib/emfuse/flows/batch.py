@@ -1,0 +1,275 @@
+"""The overnight batch: every dataset and job of a catalog, one Prefect flow, one morning report.
+
+``emfuse run CATALOG.yaml`` calls :func:`batch_flow`:
+
+1. the catalog is read (:mod:`flows.catalog`); a catalog that cannot be read stops here;
+2. the catalog's cluster starts once and every job connects to it;
+3. each dataset runs as a subflow (``emfuse-dataset``): its raw file is ingested into
+   ``<output>/inputs/``, then each of its jobs runs as a subflow of its own (``emfuse-job``)
+   writing ``<output>/<name>.<job>.zarr`` and its figures;
+4. a failure (bad input, a model that does not exist, ...) fails that job's subflow only:
+   it is recorded with its message and the batch goes on with the rest;
+5. the morning report ``<output>/report.html`` (and ``report.json``) is written
+   (:mod:`flows.morning`), and a log of the run is kept in ``<output>/logs/``.
+
+Running the same command again resumes: finished stores are left as they are and unfinished
+ones recompute only their unfinished tiles. :func:`serve_batch` schedules the batch with cron.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from tqdm.auto import tqdm
+
+from emfuse.cluster import as_spec, connect
+
+from .catalog import Catalog, DatasetEntry, load_catalog
+from .job_flow import ingest_task, run_job_stages
+from .jobs import JOBS
+from .morning import write_morning_report
+from .restore_flow import is_remote
+
+log = logging.getLogger(__name__)
+LOG_DIR = "logs"
+_OUR_LOGGERS = ("emfuse",)
+
+
+def _status_line(record: dict[str, Any]) -> str:
+    if record["status"] == "failed":
+        return f"FAILED {record['dataset']} {record['job']}: {record['error']}"
+    done = "already complete" if record.get("state") == "complete" else f"{record.get('tiles_computed', 0)} tiles"
+    return f"done   {record['dataset']} {record['job']} ({record['seconds']:.1f} s, {done})"
+
+
+@flow(name="emfuse-job", flow_run_name="{dataset}:{kind}", persist_result=False)
+def job_subflow(dataset: str, kind: str, store: str, out: str, options: dict[str, Any], cluster: Any,
+                progress: bool = True, ingest_seconds: float = 0.0) -> dict[str, Any]:
+    """One job of one dataset, on the batch's cluster (``ingest_seconds``: the dataset's ingest, for ``timing``)."""
+    return run_job_stages(kind, store, out, options, cluster=cluster, progress=progress,
+                          ingest_seconds=ingest_seconds)
+
+
+def _failure(exc: BaseException) -> dict[str, str]:
+    return {"error": str(exc) or type(exc).__name__, "error_type": type(exc).__name__,
+            "traceback": "".join(traceback.format_exception(exc))[-4000:]}
+
+
+def _record(catalog: Catalog, entry: DatasetEntry, kind: str) -> dict[str, Any]:
+    return {"dataset": entry.name, "job": kind, "path": entry.path,
+            "store": catalog.store(entry, kind) if kind in JOBS else None,
+            "params": entry.options.get(kind, {}), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": 0.0}
+
+
+@flow(name="emfuse-dataset", flow_run_name="{name}", persist_result=False)
+def dataset_flow(name: str, path: str, elements: list[str] | None, jobs: dict[str, dict[str, Any]],
+                 inputs_dir: str, cluster: Any, remote: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """Ingest one dataset and run each of its jobs; returns one record per job (never raises).
+
+    ``jobs`` maps each job to ``{"store": output store, "options": its options}``; ``remote``
+    says the workers run elsewhere (SLURM, a scheduler address), so devices are checked there.
+    """
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    start = time.perf_counter()
+    try:
+        store = ingest_task(path, inputs_dir, elements, name)
+        ingest_seconds = time.perf_counter() - start
+    except Exception as exc:  # every job of the dataset fails with the ingest error
+        failure = {**_failure(exc), "error": f"dataset {name}: {exc}"}
+        return [{"job": kind, "status": "failed", "started": started, **failure,
+                 "seconds": round(time.perf_counter() - start, 3)} for kind in jobs]
+    records = []
+    for kind, job in jobs.items():
+        record: dict[str, Any] = {"job": kind, "input_store": store, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        job_start = time.perf_counter()
+        options = dict(job["options"])
+        if kind == "fuse" and elements:
+            options.setdefault("elements", list(elements))
+        if kind == "restore":  # the GPU may be on the workers only
+            options.setdefault("check_device", not remote)
+        state = job_subflow(name, kind, store, job["store"], options, cluster, progress, ingest_seconds,
+                            return_state=True)
+        if state.is_completed():
+            summary = state.result()
+            record.update(status="done", state=summary.get("state"), seconds=summary["seconds"],
+                          tiles_computed=summary.get("tiles_computed", 0), figures=summary.get("figures", []),
+                          summary=summary)
+        else:
+            exc = state.result(raise_on_failure=False)
+            failure = _failure(exc) if isinstance(exc, BaseException) else {"error": state.message or "failed"}
+            failure["error"] = f"dataset {name}, job {kind}: {failure['error']}"
+            record.update(status="failed", seconds=round(time.perf_counter() - job_start, 3), **failure)
+        records.append(record)
+    return records
+
+
+@contextmanager
+def _run_log(output: Path) -> Iterator[Path]:
+    """Copy the messages of emfuse's own loggers (INFO and up) to ``<output>/logs/run-*.log``."""
+    folder = output / LOG_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in _OUR_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.level == logging.NOTSET or lg.level > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield path
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()
+
+
+def _shared_cluster(spec: Any, client) -> Any:
+    """What each job connects to: the address of the cluster the batch started (with its options)."""
+    options = as_spec(spec).options
+    shared = {"profile": "scheduler", "address": client.scheduler.address}
+    shared.update({k: v for k, v in options.items() if k.startswith("tls_")})  # the same certificates
+    return shared
+
+
+def _failed(cat: Catalog, entry: DatasetEntry, error: str, error_type: str, bar) -> list[dict[str, Any]]:
+    """Records of a dataset whose jobs cannot start (a catalog mistake, no cluster)."""
+    log.error("%s", error)
+    bar.update(len(entry.jobs))
+    return [{**_record(cat, entry, kind), "status": "failed", "error": error, "error_type": error_type}
+            for kind in entry.jobs]
+
+
+def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progress: bool) -> list[dict[str, Any]]:
+    """Each dataset's subflow on the batch's cluster; one record per dataset and job."""
+    shared = _shared_cluster(cat.cluster, client)
+    records = []
+    for entry in runnable:
+        bar.set_postfix_str(entry.name)
+        jobs = {k: {"store": cat.store(entry, k), "options": entry.options[k]} for k in entry.jobs}
+        results = dataset_flow(entry.name, entry.path, list(entry.elements or []) or None, jobs,
+                               cat.inputs_dir, shared, is_remote(cat.cluster), progress)
+        for result in results:
+            record = {**_record(cat, entry, result["job"]), **result}
+            records.append(record)
+            (log.error if record["status"] == "failed" else log.info)("%s", _status_line(record))
+            bar.update()
+    return records
+
+
+@flow(name="emfuse-batch", persist_result=False)
+def batch_flow(catalog: str, cluster: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run every dataset and job of ``catalog``; write the morning report; return its summary.
+
+    ``cluster`` replaces the catalog's own. The summary has ``records`` (one per dataset and
+    job: status, timings, parameters, figures, error), ``report`` (the HTML page) and counts.
+    """
+    cat = load_catalog(catalog, cluster=cluster)
+    output = Path(cat.output)
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    start = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    todo = [(e, k) for e in cat.datasets for k in e.jobs]
+    with _run_log(output) as log_path:
+        log.info("batch %s: %d datasets, %d jobs, cluster %s", cat.path, len(cat.datasets), len(todo), cat.cluster)
+        bar = tqdm(total=len(todo), desc="batch", unit="job", disable=not progress, position=0)
+        for entry in (e for e in cat.datasets if e.error):
+            records += _failed(cat, entry, entry.error, "CatalogError", bar)
+        runnable = [e for e in cat.datasets if not e.error]
+        if runnable:
+            with ExitStack() as stack:
+                try:
+                    client = stack.enter_context(connect(cat.cluster))
+                except Exception as exc:  # no cluster: every job fails with that, and the report says so
+                    message = (f"the cluster {cat.cluster!r} could not be started or reached "
+                               f"({type(exc).__name__}: {exc}); check the catalog's `cluster` or --cluster")
+                    for entry in runnable:
+                        records += _failed(cat, entry, message, type(exc).__name__, bar)
+                else:
+                    records += _run_datasets(cat, runnable, client, bar, progress)
+        bar.close()
+        info = {"catalog": cat.path, "output": cat.output, "cluster": str(cat.cluster),
+                "host": socket.gethostname(), "started": started,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds": round(time.perf_counter() - start, 3), "log": str(log_path),
+                "n_done": sum(r["status"] == "done" for r in records),
+                "n_failed": sum(r["status"] == "failed" for r in records), "records": records}
+        info["report"] = str(write_morning_report(info, output))
+        log.info("batch finished: %d done, %d failed; report %s", info["n_done"], info["n_failed"], info["report"])
+    return info
+
+
+def local_timezone() -> str:
+    """The IANA name of this machine's time zone (``TZ``, else ``/etc/localtime``), else ``UTC``.
+
+    Cron times are wall-clock times where the facility is, not UTC.
+    """
+    from zoneinfo import ZoneInfo
+
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    try:
+        candidates.append(os.path.realpath("/etc/localtime").split("zoneinfo/", 1)[1])
+    except IndexError:
+        pass
+    for name in candidates:
+        try:
+            if name:
+                ZoneInfo(name)
+                return name
+        except (ValueError, OSError):
+            continue
+    return "UTC"
+
+
+def serve_batch(catalog: str | Path, cron: str, *, name: str | None = None, cluster: str | None = None,
+                timezone: str | None = None) -> None:
+    """Serve :func:`batch_flow` on a cron schedule (blocks until interrupted).
+
+    With ``PREFECT_API_URL`` set, the deployment and its runs are visible on that Prefect
+    server; without it, an ephemeral server lives inside this process.
+    """
+    deployment = batch_deployment(catalog, cron, name=name, cluster=cluster, timezone=timezone)
+    from prefect import serve
+
+    serve(deployment)
+
+
+def batch_deployment(catalog: str | Path, cron: str, *, name: str | None = None, cluster: str | None = None,
+                     timezone: str | None = None):
+    """The Prefect deployment of the batch for ``catalog`` on the schedule ``cron``.
+
+    ``cron`` is read in ``timezone`` (an IANA name; default: this machine's, :func:`local_timezone`).
+
+    The catalog is checked now, so a typo is reported when the schedule is set up and not at
+    22:00; an invalid cron expression raises ``ValueError``.
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.deployments.runner import EntrypointType
+
+    cat = load_catalog(catalog, cluster=cluster)
+    try:
+        schedule = CronSchedule(cron=cron, timezone=timezone or local_timezone())
+    except ValueError as exc:
+        raise ValueError(f"invalid cron expression {cron!r}: give five fields, minute hour day month "
+                         "weekday, e.g. '0 22 * * *' for every night at 22:00.") from exc
+    parameters = {"catalog": cat.path, "progress": False}
+    if cluster is not None:
+        parameters["cluster"] = cluster
+    return batch_flow.to_deployment(
+        name=name or f"nightly-{Path(cat.path).stem}", schedule=schedule, parameters=parameters,
+        description=f"emfuse overnight batch of {cat.path}", entrypoint_type=EntrypointType.MODULE_PATH,
+    )

@@ -1,0 +1,595 @@
+"""The ``emfuse`` command line.
+
+Each subcommand is a thin layer over a flow or a store function; errors that
+come from the data (bad input, existing outputs, unwritable paths) are printed
+as one line naming the problem and the fix, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from emfuse.pipeline.fusion import FusionParams
+
+DEFAULTS = FusionParams()
+AUTO = "auto"
+
+
+def lambda_value(text: str) -> float | str:
+    """A regularisation weight on the command line: a number >= 0 or ``auto``.
+
+    Examples
+    --------
+    >>> lambda_value("AUTO"), lambda_value("0.05")
+    ('auto', 0.05)
+    """
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"a weight must be >= 0, got {text!r}")
+    return value
+
+
+def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("fusion parameters (normalised units; see docs/methods/fusion.md)")
+    p.add_argument("--elements", nargs="+", metavar="EL", help="elements to map and fuse, e.g. Sr Ti O")
+    p.add_argument("--gamma", type=float, default=DEFAULTS.gamma, help="Z-contrast exponent (default %(default)s)")
+    p.add_argument("--lambda-chem", type=lambda_value, default=AUTO, metavar="NUM|auto",
+                   help="weight of the Poisson fidelity to the raw maps, or 'auto': chosen for the "
+                        "dataset on held-out data: split counts, or recorrupted maps with the noise measured "
+                        "on them for maps that are not counts (default %(default)s; maps whose noise "
+                        f"cannot be measured get the embedded {DEFAULTS.lambda_chem}, with a warning)")
+    p.add_argument("--lambda-tv", type=lambda_value, default=AUTO, metavar="NUM|auto",
+                   help="weight of the total-variation prior, or 'auto' (default %(default)s; "
+                        f"embedded fallback {DEFAULTS.lambda_tv})")
+    p.add_argument("--n-iter", type=int, default=DEFAULTS.n_iter, help="iterations (default %(default)s)")
+    p.add_argument("--n-iter-tv", type=int, default=DEFAULTS.n_iter_tv,
+                   help="FGP iterations per TV step (default %(default)s)")
+    p.add_argument("--bkg", type=float, default=DEFAULTS.bkg, help="background in the Poisson log (default %(default)s)")
+    p.add_argument("--init-threshold", type=float, default=DEFAULTS.init_threshold,
+                   help="zero the initial maps below this normalised value (default %(default)s)")
+    p.add_argument("--tol", type=float, default=None, help="stop when the relative change falls below this")
+    p.add_argument("--window", action="append", default=[], metavar="EL=LO:HI",
+                   help="integration window in eV for an element, e.g. Fe=6250:6550 (repeatable)")
+    run = parser.add_argument_group("execution")
+    run.add_argument("--tile", type=int, default=512, help="tile size in pixels (default %(default)s)")
+    run.add_argument("--halo", type=int, default=32, help="halo around each tile in pixels (default %(default)s)")
+    _job_run_arguments(run)
+
+
+def _job_run_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The options every job command shares: where it runs, overwriting, the report."""
+    parser.add_argument("--cluster", default="local",
+                        help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler address")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    parser.add_argument("--no-report", action="store_true", help="do not write the PNG report")
+
+
+def _signal_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--signal", default=None, metavar="INDEX|TITLE",
+                        help="the spectrum image to take from a file that holds several: its index "
+                             "(emfuse ingest FILE --list) or its title")
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "gamma": args.gamma, "lambda_chem": args.lambda_chem, "lambda_tv": args.lambda_tv,
+        "n_iter": args.n_iter, "n_iter_tv": args.n_iter_tv, "bkg": args.bkg,
+        "init_threshold": args.init_threshold, "tol": args.tol,
+    }
+
+
+def _windows(specs: Sequence[str]) -> dict[str, list[float]] | None:
+    windows = {}
+    for spec in specs:
+        try:
+            element, span = spec.split("=")
+            lo, hi = (float(v) for v in span.split(":"))
+        except ValueError:
+            raise ValueError(f"bad --window {spec!r}; write it as EL=LO:HI in eV, e.g. Fe=6250:6550") from None
+        windows[element] = [lo, hi]
+    return windows or None
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Failures reach the user as one line from :func:`main`; Prefect's copy with traceback only with -v."""
+    if not verbose:
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _require(path: Path) -> None:
+    """Fail in a second rather than after starting Prefect and a cluster."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give a canonical store (.zarr) or a raw file.")
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from .checks import check_fuse
+
+    windows = _windows(args.window)
+    # arguments, files and the output checked before Prefect, Dask and the cluster are loaded
+    check_fuse(args.source, args.out, elements=args.elements, params=_params(args), tile=args.tile,
+               halo=args.halo, windows=windows, overwrite=args.overwrite)
+    from .fusion_flow import fuse_flow
+
+    _quiet_prefect(args.verbose)
+
+    result = fuse_flow(
+        str(args.source), str(args.out), elements=args.elements, params=_params(args),
+        cluster=args.cluster, tile=args.tile, halo=args.halo, windows=windows,
+        maps_from=args.maps_from, signal=args.signal,
+        overwrite=args.overwrite, report=not args.no_report,
+    )
+    print_summary(result)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .checks import check_restore
+
+    check_restore(args.source, args.out, model=args.model, overwrite=args.overwrite, options=dict(
+        device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
+        channels_last=args.channels_last, register=args.register, block=args.block, guard=not args.no_guard,
+        adapt_steps=args.adapt or None))
+    from .restore_flow import restore_flow
+
+    _quiet_prefect(args.verbose)
+
+    result = restore_flow(
+        str(args.source), str(args.out), model=args.model, device=args.device, cluster=args.cluster,
+        tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
+        channels_last=args.channels_last, register_drift=args.register, block=args.block,
+        adapt=args.adapt, overwrite=args.overwrite, report=not args.no_report, guard=not args.no_guard,
+    )
+    print(f"output store: {result['store']}")
+    if result.get("figures"):
+        print(f"report:       {Path(result['figures'][0]).parent}")
+    print(f"restored:     {result['frames']} frame(s) of {result['shape'][1]} x {result['shape'][2]} "
+          f"with {result['model']} on {result['device']} ({result['precision']})")
+    print_model_choice(result)
+    print_adaptation(result)
+    if "drift_max_px" in result:
+        print(f"drift:        up to {result['drift_max_px']:.2f} px (variables drift, average)")
+    if "psnr_raw_db" in result:
+        print(f"PSNR vs truth: raw {result['psnr_raw_db']:.2f} dB, restored {result['psnr_restored_db']:.2f} dB")
+    print_warnings(result)
+    return 0
+
+
+def cmd_train_restore(args: argparse.Namespace) -> int:
+    from .train_restore import run_training
+
+    summary = run_training(
+        args.out, steps=args.steps, batch=args.batch, patch=args.patch, modality=args.modality,
+        resolution=args.resolution, init=args.init, config=args.config, lr=args.lr,
+        adversarial=args.adversarial, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        device=args.device, resume=args.resume, max_minutes=args.max_minutes, data=args.data,
+        hold_out=args.hold_out,
+    )
+    print(f"model:        {summary['model']}")
+    print(f"steps:        {summary['step']} of {summary['steps']} ({summary['seconds']:.0f} s this run)")
+    if summary["val"]:
+        print(f"validation:   loss {summary['val']['loss']:.4g}, PSNR {summary['val']['psnr']:.2f} dB")
+    if summary["step"] < summary["steps"]:
+        print(f"stopped early; continue with: emfuse train-restore --out {args.out} --resume (same options)")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from dask.diagnostics import ProgressBar
+
+    from emfuse.stores.ingest import describe
+    from emfuse.stores.warn import read_warnings
+    from emfuse.stores.zarrio import open_dataset
+
+    from .inputs import ingest_file
+
+    if args.list:
+        print("\n".join(describe(args.file)))
+        return 0
+    if args.out is None:
+        raise ValueError("emfuse ingest needs --out STORE.zarr (or --list to see what the file holds).")
+    with ProgressBar(minimum=2.0):  # shown only when the copy takes more than 2 s
+        path = ingest_file(args.file, args.out, elements=args.elements, signal=args.signal,
+                           overwrite=args.overwrite)
+    print(f"wrote {path}")
+    print(open_dataset(path))
+    print_warnings({"warnings": read_warnings(path)})
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    path = export(args.store, args.out, to=args.to, variable=args.variable, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import write_synthetic
+
+    path = write_synthetic(
+        args.kind, args.out, shape=tuple(args.shape), elements=args.elements, specimen=args.specimen,
+        dose=args.dose, seed=args.seed, overwrite=args.overwrite, material=args.material,
+        frames=args.frames,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_tem_fuse(args: argparse.Namespace) -> int:
+    from .checks import check_tem_fuse
+
+    check_tem_fuse(args.source, args.out, model=args.model, tile=args.tile, halo=args.halo,
+                   overwrite=args.overwrite)
+    from .tem_fuse_flow import tem_fuse_flow
+
+    _quiet_prefect(args.verbose)
+
+    result = tem_fuse_flow(str(args.source), str(args.out), model=str(args.model) if args.model else None,
+                           cluster=args.cluster, tile=args.tile, halo=args.halo, overwrite=args.overwrite,
+                           report=not args.no_report)
+    print_tem_summary(result)
+    return 0
+
+
+def print_tem_summary(result: dict[str, Any]) -> None:
+    print(f"output store: {result['store']}")
+    if result.get("figures"):
+        print(f"report:       {Path(result['figures'][0]).parent}")
+    print("attention:    " + ", ".join(f"{m} {w:.2f}" for m, w in result["mean_attention"].items())
+          + " (mean weight of each mode)")
+    print("drift:        " + ", ".join(f"{m} ({d[0]:+.2f}, {d[1]:+.2f}) px" for m, d in result["drift_px"].items()))
+    if "quality" in result:
+        q = result["quality"]
+        print(f"vs truth:     fused {q['tem_fused']['psnr']:.2f} dB / SSIM {q['tem_fused']['ssim']:.3f}, "
+              f"HRTEM alone {q['hrtem']['psnr']:.2f} dB / SSIM {q['hrtem']['ssim']:.3f} (affine-calibrated)")
+    print_warnings(result)
+
+
+def cmd_train_avae(args: argparse.Namespace) -> int:
+    from emfuse.pipeline.avae.model import AVAEConfig
+    from emfuse.pipeline.avae.train import TrainSettings
+
+    from .train_avae import train_from_stores
+
+    for store in args.stores:
+        _require(store)
+    settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, beta=args.beta, crop=args.crop,
+                             seed=args.seed, threads=args.threads)
+    cfg = AVAEConfig(features=args.features, latent=args.latent, attention=not args.no_attention,
+                     attention_from=args.attention_from)
+
+    def progress(step: int, rec: dict[str, float]) -> None:
+        val = f", validation MSE {rec['validation_mse']:.4f}" if "validation_mse" in rec else ""
+        print(f"step {step}: reconstruction {rec['recon']:.4f}, KL {rec['kl']:.3f}{val}", flush=True)
+
+    path, history = train_from_stores([str(s) for s in args.stores], args.out, region=args.region,
+                                      settings=settings, cfg=cfg, progress=progress)
+    print(f"model:        {path} (best step {history['best_step']}, {history['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    for path in write_report(args.store, args.report_dir):
+        print(path)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .catalog import load_catalog
+
+    load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
+    from .batch import batch_flow
+
+    _quiet_prefect(args.verbose)
+    info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
+    print(f"{info['n_done']} done, {info['n_failed']} failed in {info['seconds'] / 60:.1f} min")
+    for record in info["records"]:
+        if record["status"] == "failed":
+            print(f"  failed: {record['error']}", file=sys.stderr)
+    print(f"report: {info['report']}")
+    print(f"log:    {info['log']}")
+    return 1 if info["n_failed"] else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .batch import batch_deployment, serve_batch
+
+    deployment = batch_deployment(args.catalog, args.cron, name=args.name, cluster=args.cluster,
+                                  timezone=args.timezone)
+    print(f"serving {deployment.name!r}: {args.catalog} on cron {args.cron!r} "
+          f"({deployment.schedules[0].schedule.timezone}; Ctrl-C stops)")
+    serve_batch(args.catalog, args.cron, name=args.name, cluster=args.cluster, timezone=args.timezone)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _quiet_prefect(args.verbose)
+
+    run_demo(args.out, size=args.size, dose=args.dose, cluster=args.cluster)
+    return 0
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    print(f"output store: {result['store']}")
+    if result.get("figures"):
+        print(f"report:       {Path(result['figures'][0]).parent}")
+    print("final costs:  " + ", ".join(f"{k} {v:.4g}" for k, v in result["final_cost"].items()))
+    print_warnings(result)
+    if "lambda_chem" in result:
+        print(f"lambdas:      chem {result['lambda_chem']:.4g}, tv {result['lambda_tv']:.4g}"
+              + _auto_note(result))
+    if "nrmse_raw" in result:
+        print(f"{'element':>8} {'NRMSE raw':>10} {'NRMSE fused':>12}")
+        for el in result["elements"]:
+            print(f"{el:>8} {result['nrmse_raw'][el]:>10.3f} {result['nrmse_fused'][el]:>12.3f}")
+
+
+def _console_logging(verbose: bool) -> None:
+    """Log to stderr, as :func:`logging.basicConfig` would (nothing when logging is set up
+    already, e.g. by a program that calls :func:`main`). Without ``--verbose`` the console skips
+    the records of stored warnings: the commands print them once, at the end, as ``check:``
+    lines (:func:`print_warnings`)."""
+    from emfuse.stores.warn import STORED_WARNING
+
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(lambda record: not getattr(record, STORED_WARNING, False))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def print_warnings(result: dict[str, Any]) -> None:
+    """One ``check:`` line per warning stored with a job's result (see :mod:`stores.warn`)."""
+    from emfuse.stores.warn import format_warning
+
+    for record in result.get("warnings", []):
+        print(format_warning(record))
+
+
+def print_model_choice(result: dict[str, Any]) -> None:
+    """One line saying which model ``--model auto`` chose for the data, and why."""
+    choice = result.get("model_choice") or {}
+    if choice.get("asked") == AUTO:
+        print(f"model (auto): {choice['model']}: {choice['reason']}")
+
+
+def print_adaptation(result: dict[str, Any]) -> None:
+    """One line saying whether ``--adapt`` fine-tuned the model and whether the result was used."""
+    record = result.get("adaptation") or {}
+    if not record:
+        return
+    scores = ""
+    if record.get("score_before") is not None:
+        scores = f", held-out score {record['score_before']:.4g} -> {record['score_after']:.4g}"
+    outcome = "used" if record.get("used") else "not used (original model kept)"
+    print(f"adapted:      {record.get('steps')} steps on frames {record.get('train_frames', [])}{scores}: "
+          f"{outcome}: {record.get('reason')}")
+
+
+def _auto_note(result: dict[str, Any]) -> str:
+    """' (auto: ...)' when the summary's lambdas were chosen automatically."""
+    if not result.get("lambda_auto"):
+        return ""
+    choice = result.get("lambda_choice", {})
+    if "reason" in choice:  # "auto" fell back to the embedded defaults
+        return f" (auto fell back to the defaults: {choice['reason']})"
+    criterion = str(choice.get("criterion"))
+    held_out = ("recorrupted maps (measured noise)" if "recorrupted" in criterion
+                else "held-out pixels" if "pixels" in criterion else "held-out counts")
+    return (f" (auto {'+'.join(n.removeprefix('lambda_') for n in result['lambda_auto'])}: "
+            f"{choice.get('n_candidates', '?')} candidates scored on {held_out}, "
+            f"{choice.get('seconds', float('nan')):.0f} s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emfuse", description="Overnight EM pipeline: fused chemical maps from spectrum images and HAADF."
+    )
+    from emfuse.stores.version import emfuse_version
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {emfuse_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show log messages")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthesise a dataset, fuse it, write a report")
+    p.add_argument("--out", type=Path, default=Path("emfuse-demo"), help="directory for everything (default %(default)s)")
+    p.add_argument("--size", type=int, default=256, help="image size in pixels (default %(default)s)")
+    p.add_argument("--dose", type=float, default=None, help="mean counts per pixel (default: the generator's)")
+    p.add_argument("--cluster", default="local", help="cluster profile (default %(default)s)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write a synthetic dataset with ground truth")
+    p.add_argument("kind", choices=["spectrum-image", "tem-modes", "movie"], help="what to synthesise")
+    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    p.add_argument("--shape", type=int, nargs=2, default=[256, 256], metavar=("NY", "NX"))
+    p.add_argument("--elements", nargs="+", default=None, help="2-4 elements (default Sr Ti O)")
+    p.add_argument("--specimen", default="columns", choices=["columns", "particles", "layers"])
+    p.add_argument("--dose", type=float, default=None,
+                   help="mean counts per pixel (tem-modes: HRTEM electrons per pixel)")
+    p.add_argument("--material", default=None, choices=["metal", "semiconductor", "ceramic"],
+                   help="tem-modes: material class of the polycrystalline specimen (default metal)")
+    p.add_argument("--frames", type=int, default=None, help="movie: number of frames (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("ingest", help="read a facility file into a canonical Zarr store")
+    p.add_argument("file", type=Path, help=".dm3 .dm4 .emd .bcf .emi .ser .hspy .h5 .npz .tif")
+    p.add_argument("--out", type=Path, help="output store (.zarr)")
+    p.add_argument("--elements", nargs="+",
+                   help="names of unnamed maps (npz), or the elements to keep: their maps in the file, the "
+                        "others integrated from the spectrum image by fuse (recorded as the store's elements)")
+    _signal_argument(p)
+    p.add_argument("--list", action="store_true", help="list the file's signals (index, title, shape, type) and exit")
+    p.add_argument("--overwrite", action="store_true", help="replace the output store if it exists")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("export", help="write a store's variable as a HyperSpy file (needs emfuse[hyperspy])")
+    p.add_argument("store", type=Path, help="canonical or output store (.zarr)")
+    p.add_argument("--to", default="hspy", choices=["hspy"], help="file format (default %(default)s)")
+    p.add_argument("--variable", default=None,
+                   help="variable to export (default: fused, else spectrum, maps, haadf, movie, ...)")
+    p.add_argument("--out", type=Path, required=True, help="output file (.hspy)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("fuse", help="fused multi-modal chemical mapping of a store or raw file")
+    p.add_argument("source", type=Path, help="canonical store or raw file (ingested first)")
+    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    _fusion_arguments(p)
+    p.add_argument("--maps-from", choices=["spectrum", "file"], default=None,
+                   help="integrate the maps from the spectrum image (with --window), or use the maps stored "
+                        "in the file (default: the spectrum image where there is one)")
+    _signal_argument(p)
+    p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("restore", help="restore a movie or image with a network (r_em), optionally register it")
+    p.add_argument("source", type=Path, help="canonical store or raw file (ingested first) with a movie or image")
+    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    p.add_argument("--model", default="auto", metavar="NAME|PATH",
+                   help="'auto' (the default: emfuse's own model for the modality and resolution the file's "
+                        "metadata and pixel size say, else 'default'), an own model (default: HR-STEM; "
+                        "stem-high, stem-low, tem-high, tem-low, sem), a published network "
+                        "(r_em:sfr_hrstem, r_em:sfr_lrstem, r_em:sfr_hrtem, r_em:sfr_lrtem, r_em:sfr_hrsem, "
+                        "r_em:sfr_lrsem; needs tk-r-em) or a .safetensors model")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
+    p.add_argument("--overlap", type=int, default=32, help="overlap of tiles in pixels (default %(default)s)")
+    p.add_argument("--batch", type=int, default=8, help="tiles per forward pass (default %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="arithmetic: bf16/fp16 run under autocast (default %(default)s)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CPU speed)")
+    p.add_argument("--register", action="store_true",
+                   help="also measure the drift of every frame and write the drift-corrected average")
+    p.add_argument("--block", type=int, default=None, help="frames per task (default: about 32 MiB of frames, at most 1/8 of the movie)")
+    p.add_argument("--no-guard", action="store_true",
+                   help="keep every network output as it is (default: check each frame's residual and put back, "
+                        "or keep raw, what the network removed of a lattice the input shows)")
+    p.add_argument("--adapt", type=int, default=0, metavar="STEPS",
+                   help="first fine-tune the model on the movie itself for STEPS steps (Noise2Noise between "
+                        "its frames, e.g. 200; a movie of at least 4 frames), used only when a held-out-frame "
+                        "check says it restores better (default 0: off)")
+    _job_run_arguments(p)
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("train-restore", help="train or fine-tune a restoration network on synthetic pairs")
+    p.add_argument("--out", type=Path, required=True, help="directory for checkpoints, log and model.safetensors")
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps in all (default %(default)s)")
+    p.add_argument("--batch", type=int, default=8, help="pairs per step (default %(default)s)")
+    p.add_argument("--patch", type=int, default=128, help="patch size in pixels, a multiple of 16 (default %(default)s)")
+    p.add_argument("--data", default="specimens", choices=["specimens", "scenes"],
+                   help="training pairs: specimens (HR-STEM-like columns, the first generator) or scenes (the "
+                        "broad distribution of docs/methods/restoration.md; default %(default)s)")
+    p.add_argument("--modality", default="stem", choices=["stem", "tem", "sem", "all"],
+                   help="distortion models and contrast; sem and all need --data scenes (default %(default)s)")
+    p.add_argument("--resolution", default="high", choices=["high", "low", "all"],
+                   help="specimens' pixel size; all needs --data scenes (default %(default)s)")
+    p.add_argument("--hold-out", action="store_true",
+                   help="with --data scenes: never draw the held-out families (pipeline.restore.scenes.HELD_OUT), "
+                        "so that they measure generalisation")
+    p.add_argument("--init", default="scratch", metavar="scratch|NAME|PATH",
+                   help="start from random weights (default), a published network (r_em:sfr_hrstem, ...) "
+                        "or a .safetensors model, to fine-tune")
+    p.add_argument("--config", default=None, choices=["small", "paper"],
+                   help="architecture from scratch: small (0.18 M parameters, the default) or paper (7.0 M)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3 from scratch, 1e-4 fine-tuning)")
+    p.add_argument("--adversarial", action="store_true", help="also train a patch discriminator (RaGAN)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights and every batch (default %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default %(default)s")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
+    p.set_defaults(func=cmd_train_restore)
+
+    p = sub.add_parser("tem-fuse", help="fuse BF, DF and HRTEM images with the AVAE (tiled, resumable)")
+    p.add_argument("source", type=Path, help="canonical store with modes (mode, y, x): bf, df, hrtem")
+    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    p.add_argument("--model", type=Path, default=None, help="AVAE weights (.safetensors; default: the committed ones)")
+    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
+    p.add_argument("--halo", type=int, default=32, help="halo around each tile in pixels (default %(default)s)")
+    _job_run_arguments(p)
+    p.set_defaults(func=cmd_tem_fuse)
+
+    p = sub.add_parser("train-avae", help="train the AVAE on modes stores with a truth (emfuse synth tem-modes)")
+    p.add_argument("stores", type=Path, nargs="+", help="modes stores with true_structure")
+    p.add_argument("--out", type=Path, required=True, help="model file (.safetensors)")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default %(default)s)")
+    p.add_argument("--batch", type=int, default=32, help="crops per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default %(default)s)")
+    p.add_argument("--beta", type=float, default=1e-3, help="weight of the KL term (default %(default)s)")
+    p.add_argument("--crop", type=int, default=48, help="training crop in pixels, even (default %(default)s)")
+    p.add_argument("--region", type=int, default=192, help="stores are cut into regions of this size (default %(default)s)")
+    p.add_argument("--features", type=int, default=16, help="channels of the convolutions (default %(default)s)")
+    p.add_argument("--latent", type=int, default=8, help="latent channels per mode (default %(default)s)")
+    p.add_argument("--no-attention", action="store_true", help="equal weights instead of attention (the vae baseline)")
+    p.add_argument("--attention-from", choices=("z", "stats"), default="z",
+                   help="attention scores from the latents (z, the paper's a'[z]) or from every mode's mean "
+                        "and log-variance with 3x3 context (stats) (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
+    p.set_defaults(func=cmd_train_avae)
+
+    p = sub.add_parser("report", help="PNG figures of an output store")
+    p.add_argument("store", type=Path)
+    p.add_argument("--report-dir", type=Path, default=None, help="default: <store>.report/ beside it")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("run", help="the overnight batch: every dataset and job of a catalog, one HTML report")
+    p.add_argument("catalog", type=Path, help="catalog YAML (output, cluster, datasets; see docs/user-guide.md)")
+    p.add_argument("--cluster", default=None, help="replace the catalog's cluster profile or scheduler address")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and cron)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="run the catalog's batch on a cron schedule (Prefect deployment)")
+    p.add_argument("catalog", type=Path)
+    p.add_argument("--cron", required=True, help='schedule, e.g. "0 22 * * *" for 22:00 every night')
+    p.add_argument("--name", default=None, help="deployment name (default nightly-<catalog stem>)")
+    p.add_argument("--timezone", default=None, help="IANA time zone of the cron times, e.g. Europe/Brussels "
+                                                    "(default: this machine's)")
+    p.add_argument("--cluster", default=None, help="replace the catalog's cluster profile or scheduler address")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from emfuse.cluster import ClusterUnavailableError
+
+    args = build_parser().parse_args(argv)
+    if not args.verbose:
+        # quiet Dask's per-worker INFO lines; inherited by worker processes
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    _console_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, ClusterUnavailableError) as exc:
+        if args.traceback:
+            raise
+        print(f"emfuse {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

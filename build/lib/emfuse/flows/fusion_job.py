@@ -1,0 +1,723 @@
+"""The fusion job as plain functions: canonical store in, output store out, resumable.
+
+Stages (each skipped on a rerun once recorded as done in the output store):
+
+1. ``plan``: open the input, choose the maps (stored maps, or maps integrated
+   from the spectrum image), create the output store from a template;
+2. ``write_inputs``: the HAADF and raw maps (and the truth of synthetic data)
+   are copied into the output store, so it is self-contained, with ``haadf_valid``:
+   False where the HAADF is saturated (:func:`flows.inputs.haadf_saturation`), those
+   pixels being left out of the HAADF term; the ``haadf-saturated`` warning goes
+   with it;
+3. ``normalise``: one pass for the dataset-wide min/max (the HAADF's over its
+   valid pixels; and the NaN/Inf and negative-count checks) that every tile then shares;
+4. ``choose_lambdas``: when ``lambda_chem``/``lambda_tv`` are ``"auto"``, the
+   weights are chosen once for the dataset on held-out data (count splitting for
+   counts, recorrupted pairs with the noise measured on the maps for other maps;
+   :mod:`pipeline.fusion.auto`) on the dataset-wide normalisation, and stored
+   (attributes ``params`` and ``lambda_choice``, variable ``lambda_score``)
+   before any tile runs;
+5. ``fuse_tiles``: one Dask task per unfinished tile reads its window from the
+   output store, fuses it and writes its core, then records it as done;
+6. ``finalise``: the cost curves are summed over tiles, checked for levelling
+   off and oscillation (the messages go to the log and to the ``convergence``
+   attribute, empty when all is well), and ``complete = true`` is set.
+
+:mod:`flows.fusion_flow` wraps these stages as Prefect tasks; tests and
+notebooks can call :func:`flows.jobs.run_job` (``"fuse"``) without Prefect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from tqdm.auto import tqdm
+
+from emfuse.pipeline import elements as periodic
+from emfuse.pipeline import spectra, tiles
+from emfuse.pipeline.fusion import (
+    COST_TERMS,
+    FusionInputError,
+    FusionParams,
+    Normalisation,
+    auto,
+    diagnose_convergence,
+)
+from emfuse.pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
+from emfuse.stores import layout
+from emfuse.stores.errors import StoreError, on_disk_full
+from emfuse.stores.outputs import empty_like, prepare_output, write_region, write_variable
+from emfuse.stores.progress import TileRecord
+from emfuse.stores.warn import add_warnings, make_warning, read_warnings
+from emfuse.stores.zarrio import (
+    add_variables,
+    mark_complete,
+    open_dataset,
+    read_attrs,
+    timed,
+    update_attrs,
+)
+
+from .checks import listed_elements, no_elements_message, no_haadf_message, no_maps_message
+from .gather import gather
+from .inputs import SATURATED, haadf_saturation
+
+if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
+    from distributed import Client
+
+log = logging.getLogger(__name__)
+JOB = "fuse"
+LAMBDAS = ("lambda_chem", "lambda_tv")  # the weights that may be "auto"
+CRITERION_FALLBACK = "defaults:no-noise-model"  # "auto" on non-count maps whose noise cannot be measured
+INPUT_WARNINGS = (SATURATED,)  # warnings of the input store that concern a fusion of it, copied to the output
+
+
+@dataclass(frozen=True)
+class FusionJob:
+    """Everything that defines one fusion run (stored as the output's ``params``)."""
+
+    source: str
+    out: str
+    elements: tuple[str, ...]
+    z: tuple[int, ...]
+    params: FusionParams
+    tile: int = 512
+    halo: int = 32
+    windows: dict[str, tuple[float, float]] | None = None
+    auto: tuple[str, ...] = ()  # the lambdas chosen by the search ("lambda_chem", "lambda_tv")
+    resolved: bool = True  # False until the auto lambdas are chosen (params then hold placeholders)
+    maps_from: str = "file"  # "file": the maps stored in the input; "spectrum": integrated from it
+    windows_used: dict[str, dict[str, Any]] | None = None  # per element: eV windows and background model
+
+    def record(self) -> dict[str, Any]:
+        """The parameters written to (and compared with) the output store.
+
+        Auto lambdas read ``"auto"`` until they are chosen, then their numbers;
+        ``lambda_auto`` lists them, so the store says both what was used and
+        that it was chosen automatically.
+        """
+        record = {
+            **self.params.to_dict(),
+            "elements": list(self.elements),
+            "z": list(self.z),
+            "tile": self.tile,
+            "halo": self.halo,
+            "windows": self.windows,
+            "maps_from": self.maps_from,
+            "windows_used": self.windows_used,
+        }
+        if self.auto:  # absent otherwise, so stores written with numbers compare as before
+            record["lambda_auto"] = list(self.auto)
+            if not self.resolved:
+                record.update({name: auto.AUTO for name in self.auto})
+        return record
+
+    def with_lambdas(self, lambda_chem: float, lambda_tv: float) -> FusionJob:
+        """This job with its lambdas chosen."""
+        params = dataclasses.replace(self.params, lambda_chem=float(lambda_chem), lambda_tv=float(lambda_tv))
+        return dataclasses.replace(self, params=params, resolved=True)
+
+    @property
+    def grid(self) -> list[tiles.Tile]:
+        ds = open_dataset(self.out, require_complete=False)
+        return tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), self.tile, self.halo)
+
+
+@contextlib.contextmanager
+def naming(source: str | Path) -> Iterator[None]:
+    """Put the dataset's name in front of a bad-input message that does not name it yet
+    (the checks in :mod:`pipeline` see arrays, not files), keeping the exception's type."""
+    try:
+        yield
+    except (FusionInputError, spectra.SpectrumError, periodic.ElementError) as exc:
+        if str(source) in str(exc):
+            raise
+        try:
+            named = type(exc)(f"{source}: {exc}")
+        except Exception:  # an exception class with its own constructor: leave it as it is
+            raise exc from None
+        raise named from exc
+
+
+MAPS_FROM = ("spectrum", "file")  # --maps-from; not given: the spectrum image where there is one
+
+
+def maps_source(ds: xr.Dataset, maps_from: str | None = None) -> str:
+    """Where a job's maps come from: ``"spectrum"`` (integrated) or ``"file"`` (stored maps).
+
+    ``maps_from`` None chooses the spectrum image where the dataset has one: its
+    windows and background are then known and recorded, which maps made by the
+    acquisition software do not say.
+    """
+    if maps_from is None:
+        return "spectrum" if layout.SPECTRUM in ds else "file"
+    choice = str(maps_from).strip().lower()
+    if choice not in MAPS_FROM:
+        raise FusionInputError(f"maps_from must be one of {', '.join(MAPS_FROM)}, got {maps_from!r}.")
+    return choice
+
+
+def default_elements(ds: xr.Dataset) -> list[str] | None:
+    """The elements a dataset is mapped for when none are named: those asked for at ingest,
+    else those of its stored maps."""
+    if ds.attrs.get(layout.ATTR_ELEMENTS):
+        return [str(e) for e in ds.attrs[layout.ATTR_ELEMENTS]]
+    if layout.MAPS in ds:
+        return [str(e) for e in ds[layout.MAPS].element.values]
+    return None
+
+
+def input_maps(
+    ds: xr.Dataset,
+    elements: Sequence[str] | None,
+    windows: dict[str, tuple[float, float]] | None = None,
+    maps_from: str | None = None,
+) -> xr.DataArray:
+    """The raw elemental maps (element, y, x) of a canonical dataset, lazily.
+
+    ``maps_from="file"`` takes the stored ``maps`` (they must hold the elements);
+    ``"spectrum"`` integrates them from the ``spectrum`` with ``windows``; None takes
+    the spectrum image where there is one. Without ``elements``: those asked for at
+    ingest, else those of the stored maps.
+    """
+    source = maps_source(ds, maps_from)
+    wanted = periodic.validate_elements(elements) if elements else default_elements(ds)
+    if source == "file":
+        return _stored_maps(ds, wanted, windows, asked=maps_from is not None)
+    if layout.SPECTRUM not in ds:
+        have = sorted(ds[layout.MAPS].element.values) if layout.MAPS in ds else []
+        raise FusionInputError(
+            f"maps from the spectrum image were asked for (--maps-from spectrum), but the dataset has "
+            f"no spectrum image (maps present: {have}); use --maps-from file, or ingest the file "
+            "with its EDX/EELS spectrum image."
+        )
+    if wanted is None:
+        raise FusionInputError(no_elements_message(listed_elements(ds.attrs.get(layout.ATTR_METADATA))))
+    spectrum = ds[layout.SPECTRUM].transpose("y", "x", "energy")
+    data = _spectrum_to_maps(ds, wanted, windows)(spectrum.data)
+    return xr.DataArray(
+        data,
+        dims=("element", "y", "x"),
+        coords={"element": list(wanted), "z": ("element", [periodic.atomic_number(e) for e in wanted]),
+                "y": ds["y"], "x": ds["x"]},
+        attrs={"units": _integrated_units(ds[layout.SPECTRUM])},
+    )
+
+
+def _integrated_units(spectrum: xr.DataArray) -> str:
+    """Maps integrated from a spectrum image are counts only when the spectrum holds counts."""
+    units = spectrum.attrs.get("units")
+    return units if units else "counts" if spectrum.dtype.kind in "iu" else "a.u."
+
+
+def maps_record(ds: xr.Dataset, source: str, windows: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The output's ``maps_from`` attribute: which variable the maps came from, their units and,
+    for maps integrated from the spectrum image, the windows actually used (:func:`windows_used`)."""
+    if source == "file":
+        return {"variable": layout.MAPS, "units": ds[layout.MAPS].attrs.get("units")}
+    signal = _signal_type(ds)
+    return {"variable": layout.SPECTRUM, "signal_type": signal,
+            "units": _integrated_units(ds[layout.SPECTRUM]), "windows": windows}
+
+
+def _stored_maps(
+    ds: xr.Dataset, wanted: Sequence[str] | None, windows: dict[str, tuple[float, float]] | None,
+    asked: bool,
+) -> xr.DataArray:
+    """The stored maps of ``wanted`` (all of them when None), refused where they cannot serve;
+    ``asked``: the user chose them (--maps-from file), else the dataset has no spectrum image."""
+    have = [str(e) for e in ds[layout.MAPS].element.values] if layout.MAPS in ds else []
+    spectrum = layout.SPECTRUM in ds
+    if windows:
+        raise FusionInputError(
+            f"--window {', '.join(windows)} applies to maps integrated from the spectrum image, but "
+            + ("the stored maps were asked for (--maps-from file); drop --window or use --maps-from spectrum."
+               if spectrum else "the dataset has no spectrum image and its stored maps are used as they "
+               "are; drop --window.")
+        )
+    missing = [e for e in wanted or [] if e not in have]
+    if have and not missing:
+        maps = ds[layout.MAPS]
+        return maps.sel(element=list(wanted)) if wanted else maps
+    if not asked:
+        raise FusionInputError(no_maps_message(wanted, have))
+    fix = "use --maps-from spectrum to integrate them from the spectrum image" if spectrum else (
+        "ingest a file with elemental maps")
+    raise FusionInputError(
+        f"maps from the file were asked for (--maps-from file), but the dataset has no maps "
+        f"{'of ' + str(missing) if have else 'at all'} (maps present: {have}); choose --elements "
+        f"among the maps present, or {fix}."
+    )
+
+
+def windows_used(
+    ds: xr.Dataset, elements: Sequence[str], windows: dict[str, tuple[float, float]] | None
+) -> dict[str, dict[str, Any]]:
+    """The integration windows of each element as the spectrum is mapped (eV, background model)."""
+    signal = _signal_type(ds)
+    energy = np.asarray(ds["energy"].values, dtype=np.float64)
+    found = spectra.map_windows(energy, list(elements), signal_type=signal, windows=windows)
+    keep = ("signal_type", "line", "line_ev", "signal_ev", "background_ev", "background_model", "source")
+    return {w.element: {k: v for k, v in w.to_dict().items() if k in keep} for w in found}
+
+
+def _signal_type(ds: xr.Dataset) -> str:
+    """The spectrum image's signal type ("EDX" or "EELS"): the dataset's, else the variable's, else EDX."""
+    return str(ds.attrs.get(layout.ATTR_SIGNAL, ds[layout.SPECTRUM].attrs.get(layout.ATTR_SIGNAL, "EDX")))
+
+
+def _spectrum_to_maps(
+    ds: xr.Dataset, elements: Sequence[str], windows: dict[str, tuple[float, float]] | None
+) -> Callable[[Any], Any]:
+    """spectrum (y, x, energy) -> maps (element, y, x) with this dataset's windows (numpy or dask)."""
+    signal = _signal_type(ds)
+    energy = np.asarray(ds["energy"].values, dtype=np.float64)
+
+    def to_maps(data: Any) -> Any:
+        return spectra.elemental_maps(data, energy, elements, signal_type=signal, windows=windows)[0]
+
+    return to_maps
+
+
+def _split_lambdas(params: dict[str, Any] | None) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """(numeric parameters, names of the lambdas given as "auto")."""
+    params = dict(params or {})
+    chosen = []
+    for name in LAMBDAS:
+        value = params.get(name)
+        if isinstance(value, str):
+            if value.strip().lower() != auto.AUTO:
+                raise FusionInputError(f"{name} must be a number or 'auto', got {value!r}.")
+            chosen.append(name)
+            del params[name]  # the FusionParams default stands in until the choice is made
+    return params, tuple(chosen)
+
+
+def _stored_choice(job: FusionJob, overwrite: bool) -> FusionJob:
+    """The job with the lambdas already chosen for its output store, if there are any.
+
+    A rerun must neither be refused as "other parameters" nor search again: when
+    the store holds a choice made with the same auto lambdas, its numbers are used.
+    """
+    if job.resolved or overwrite or not Path(job.out).exists():
+        return job
+    try:
+        attrs = read_attrs(job.out)
+    except StoreError:
+        return job  # not a store: prepare_output names the problem
+    stored = attrs.get(layout.ATTR_PARAMS, {})
+    if layout.ATTR_LAMBDA_CHOICE not in attrs or stored.get("lambda_auto") != list(job.auto):
+        return job
+    return job.with_lambdas(stored["lambda_chem"], stored["lambda_tv"])
+
+
+def _maps_are_counts(ds: xr.Dataset, job: FusionJob) -> bool:
+    """True when "auto" can split the job's counts: a spectrum image, or integer-count stored maps."""
+    if job.maps_from != "file":
+        return True
+    maps = ds[layout.MAPS].sel(element=list(job.elements))
+    ys, xs = auto.central_crop((ds.sizes["y"], ds.sizes["x"]), auto.SearchSettings().crop)
+    return auto.is_counts(maps.isel(y=ys, x=xs).values)
+
+
+def plan(
+    source: str | Path,
+    out: str | Path,
+    *,
+    elements: Sequence[str] | None = None,
+    params: dict[str, Any] | None = None,
+    tile: int = 512,
+    halo: int = 32,
+    windows: dict[str, tuple[float, float]] | None = None,
+    maps_from: str | None = None,
+    overwrite: bool = False,
+) -> tuple[FusionJob, str]:
+    """Define the job and create (or reopen) its output store.
+
+    ``maps_from`` (``"spectrum"`` or ``"file"``; None: the spectrum image where there is
+    one) says where the maps come from (:func:`input_maps`); the output's ``params``
+    record it as ``maps_from`` and, for maps integrated from the spectrum, the windows
+    actually used as ``windows_used`` (per element: eV, background windows and model).
+
+    ``params`` may give ``lambda_chem`` and/or ``lambda_tv`` as ``"auto"``:
+    the job is then unresolved until :func:`choose_lambdas` (or resolved at
+    once from a choice already stored in the output).
+
+    Returns the job and the output's state: ``"new"``, ``"resume"`` or ``"complete"``.
+    """
+    ds = open_dataset(source)
+    if layout.HAADF not in ds:
+        raise FusionInputError(no_haadf_message(source))
+    with naming(source):
+        maps = input_maps(ds, elements, windows, maps_from)
+        used_from = maps_source(ds, maps_from)
+        names = tuple(str(e) for e in maps.element.values)
+        used = windows_used(ds, names, windows) if used_from == "spectrum" else None
+    if len(set(names)) != len(names):
+        raise FusionInputError(f"element listed twice in {list(names)}; name each element once.")
+    z = tuple(int(v) for v in maps["z"].values)
+    numeric, auto_names = _split_lambdas(params)
+    job = FusionJob(str(source), str(out), names, z, FusionParams(**numeric), tile, halo, windows,
+                    auto=auto_names, resolved=not auto_names, maps_from=used_from, windows_used=used)
+    job = _stored_choice(job, overwrite)
+    with on_disk_full(out), naming(source):
+        state = prepare_output(out, _template(ds, maps, job), job.record(), source=source, overwrite=overwrite,
+                               attrs={layout.ATTR_MAPS_FROM: maps_record(ds, used_from, used)})
+        if state != "complete":
+            grid = tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), tile, halo)
+            shape = (grid[-1].index[0] + 1, grid[-1].index[1] + 1)
+            TileRecord.create(out, JOB, shape, payload_shape=(len(COST_TERMS), job.params.n_iter))
+    return job, state
+
+
+def _template(ds: xr.Dataset, maps: xr.DataArray, job: FusionJob) -> xr.Dataset:
+    ny, nx, n_el = ds.sizes["y"], ds.sizes["x"], len(job.elements)
+    t = job.tile
+    el_chunks, yx_chunks = (n_el, t, t), (t, t)
+    variables = {
+        layout.HAADF: (("y", "x"), empty_like((ny, nx), yx_chunks)),
+        layout.MAPS: (("element", "y", "x"), empty_like((n_el, ny, nx), el_chunks)),
+        layout.FUSED: (("element", "y", "x"), empty_like((n_el, ny, nx), el_chunks)),
+        layout.HAADF_MODEL: (("y", "x"), empty_like((ny, nx), yx_chunks)),
+        layout.COST: (("term", "iteration"),
+                      empty_like((len(COST_TERMS), job.params.n_iter), (len(COST_TERMS), job.params.n_iter), np.float64)),
+    }
+    if layout.TRUE_MAPS in ds and set(job.elements) <= set(ds[layout.TRUE_MAPS].element.values):
+        variables[layout.TRUE_MAPS] = (("element", "y", "x"), empty_like((n_el, ny, nx), el_chunks))
+    template = xr.Dataset(
+        variables,
+        coords={
+            "y": ds["y"], "x": ds["x"],
+            "element": list(job.elements), "z": ("element", list(job.z)),
+            "term": list(COST_TERMS), "iteration": np.arange(1, job.params.n_iter + 1),
+        },
+    )
+    template[layout.FUSED].attrs.update(units="normalised", description="fused maps, min-max normalised units")
+    template[layout.MAPS].attrs.update(units=maps.attrs.get("units", "a.u."), description="raw elemental maps")
+    template[layout.HAADF].attrs.update(units=ds[layout.HAADF].attrs.get("units", "a.u."))
+    template[layout.HAADF_MODEL].attrs.update(units="normalised",
+                                              description="sum_i w_i x_i^gamma, min-max normalised units")
+    template[layout.COST].attrs.update(
+        description="unweighted terms after each iteration, summed over tiles: "
+        "haadf = 1/2||b_H - sum w_i x_i^gamma||^2, chem = sum(x - b log(x + bkg)), tv = sum TV_iso(x_i)"
+    )
+    return template
+
+
+def write_inputs(job: FusionJob) -> None:
+    """Copy the HAADF and raw maps (and any truth) into the output store (runs on the active Dask client)."""
+    record = TileRecord.open(job.out, JOB)
+    if record.stage_done("inputs"):
+        return
+    ds = open_dataset(job.source)
+    write_variable(job.out, layout.HAADF, ds[layout.HAADF].transpose("y", "x").data)
+    _write_haadf_valid(job, ds)
+    write_variable(job.out, layout.MAPS, input_maps(ds, job.elements, job.windows, job.maps_from).data)
+    out_vars = zarr.open_group(job.out, mode="r", zarr_format=3)
+    if layout.TRUE_MAPS in out_vars:
+        truth = ds[layout.TRUE_MAPS].sel(element=list(job.elements)).transpose("element", "y", "x")
+        write_variable(job.out, layout.TRUE_MAPS, truth.data)
+    record.mark_stage("inputs")
+
+
+def _write_haadf_valid(job: FusionJob, ds: xr.Dataset) -> None:
+    """``haadf_valid`` into the output store, and the ``haadf-saturated`` warning when some pixel is not.
+
+    The mask comes from the input's HAADF in its own dtype (the output's copy is float32, which
+    has no ceiling). Appended (created or replaced) rather than declared in the template, so a
+    store planned by an earlier version gets it too: no tile ever runs without its mask.
+    """
+    valid, saturated = haadf_saturation(ds[layout.HAADF].transpose("y", "x").values)
+    group = zarr.open_group(job.out, mode="r+", zarr_format=3)
+    array = group.create_array(
+        layout.HAADF_VALID, shape=valid.shape, dtype=bool, chunks=(job.tile, job.tile),
+        dimension_names=layout.DIMS[layout.HAADF_VALID], overwrite=True,
+        attributes={"description": "False where the HAADF is saturated: those pixels are left out of the "
+                                   "HAADF term"})
+    array[...] = valid
+    inherited = [w for w in read_warnings(job.source) if w["code"] in INPUT_WARNINGS]
+    add_warnings(job.out, *inherited, *([saturated] if saturated else []))
+
+
+def normalise(job: FusionJob) -> Normalisation:
+    """Dataset-wide min-max ranges, with the checks that need a pass over the data."""
+    attrs = zarr.open_group(job.out, mode="r", zarr_format=3).attrs
+    if layout.ATTR_NORMALISATION in attrs:
+        return Normalisation(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in attrs[layout.ATTR_NORMALISATION].items()})
+    out = open_dataset(job.out, require_complete=False)
+    haadf, maps = out[layout.HAADF].data, out[layout.MAPS].data
+    if layout.HAADF_VALID in out:  # saturated pixels out of the range (a NaN or Inf elsewhere still shows)
+        valid = out[layout.HAADF_VALID].data
+        if not bool(valid.any().compute()):
+            raise FusionInputError(f"{job.source}: every HAADF pixel is saturated; there is no HAADF to fuse "
+                                   "with. Check the detector gain/offset.")
+        haadf = (da.where(valid, haadf, np.inf).min(), da.where(valid, haadf, -np.inf).max())
+    else:
+        haadf = (haadf.min(), haadf.max())
+    h_lo, h_hi, m_lo, m_hi = da.compute(*haadf, maps.min(axis=(1, 2)), maps.max(axis=(1, 2)))
+    if not np.isfinite([h_lo, h_hi]).all():
+        raise FusionInputError("the HAADF contains NaN or Inf values; mask or interpolate the bad pixels first.")
+    for name, lo, hi in zip(job.elements, m_lo, m_hi):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise FusionInputError(f"the map of {name} contains NaN or Inf values; mask or interpolate the bad pixels first.")
+        if lo < 0:
+            raise FusionInputError(
+                f"the map of {name} has negative counts (min {lo:g}); the Poisson model needs counts >= 0. "
+                "Clip background-subtracted maps at zero."
+            )
+    _check_dose(job, (h_lo, h_hi), m_hi)
+    norm = Normalisation.from_ranges((h_lo, h_hi), list(zip(m_lo, m_hi)), job.elements)
+    update_attrs(job.out, **{layout.ATTR_NORMALISATION: dataclasses.asdict(norm)})
+    return norm
+
+
+def _check_dose(job: FusionJob, haadf_range: tuple[float, float], map_max: Sequence[float]) -> None:
+    """Zero dose: no counts in any map, or no signal on the HAADF (the beam was blanked, the
+    spectrum image or the detector was not recorded). One map without counts is an element's
+    problem (see :meth:`Normalisation.from_ranges`), not the dataset's."""
+    if all(hi == 0 for hi in map_max):
+        raise FusionInputError(
+            f"{job.source}: every elemental map ({', '.join(job.elements)}) is zero: the dataset "
+            "holds no counts (zero dose: the beam was blanked or the spectrum image was not "
+            "recorded). Check the acquisition; there is nothing to fuse."
+        )
+    if haadf_range[0] == haadf_range[1] == 0:
+        raise FusionInputError(
+            f"{job.source}: the HAADF is zero everywhere: no signal reached the detector (zero "
+            "dose, or the detector was not inserted). Check the acquisition; fusion needs a HAADF "
+            "with contrast."
+        )
+
+
+def choose_lambdas(job: FusionJob, norm: Normalisation,
+                   settings: auto.SearchSettings | None = None, *, progress: bool = False) -> FusionJob:
+    """Choose the auto lambdas once for the dataset and store them; returns the resolved job.
+
+    Runs on the central crop of the dataset (:class:`pipeline.fusion.auto.SearchSettings`),
+    on the dataset-wide normalisation ``norm`` that the tiles use. The score grid is
+    written as ``lambda_score`` and the choice into the attributes (``params`` with
+    the numbers, ``lambda_choice`` with the criterion and settings), in that order:
+    the attributes mark the choice as made, so a rerun reuses it (the search is
+    deterministic, so one interrupted before they were written finds the same).
+    """
+    if job.resolved:
+        return job
+    stored = _stored_choice(job, overwrite=False)
+    if stored.resolved:
+        return stored
+    settings = settings or auto.SearchSettings()
+    ds = open_dataset(job.source)
+    out = open_dataset(job.out, require_complete=False)
+    ys, xs = auto.central_crop((out.sizes["y"], out.sizes["x"]), settings.crop)
+    fixed = {name: getattr(job.params, name) for name in LAMBDAS if name not in job.auto}
+    data: dict[str, Any] = {}
+    if job.maps_from == "file":
+        data["maps"] = out[layout.MAPS].isel(y=ys, x=xs).values
+        if not _maps_are_counts(ds, job):
+            # the noise model is measured on more pixels than the search uses (sparse vendor
+            # maps have few pixels away from their exact zeros)
+            ny, nx = auto.central_crop((out.sizes["y"], out.sizes["x"]), NOISE_CROP)
+            try:
+                data["noise"] = auto.estimate_map_noise(out[layout.MAPS].isel(y=ny, x=nx).values)
+            except auto.AutoLambdaError as exc:
+                return _fall_back_to_defaults(job, str(exc))
+    else:
+        spectrum = ds[layout.SPECTRUM].transpose("y", "x", "energy").isel(y=ys, x=xs)
+        data["spectrum"] = spectrum.values
+        data["to_maps"] = _spectrum_to_maps(ds, job.elements, job.windows)
+    if layout.HAADF_VALID in out:
+        data["haadf_valid"] = out[layout.HAADF_VALID].isel(y=ys, x=xs).values
+    # the crop is already cut: search on all of it
+    with tqdm(desc="choosing lambdas", unit="candidate", disable=not progress) as bar:
+        choice = auto.choose_lambdas(
+            out[layout.HAADF].isel(y=ys, x=xs).values, job.z, normalisation=norm, params=job.params,
+            settings=settings, callback=lambda *_: bar.update(), **fixed, **data,
+        )
+    log.info("lambdas chosen: lambda_chem %.4g, lambda_tv %.4g (%d candidates, %.1f s, %s)",
+             choice.lambda_chem, choice.lambda_tv, choice.n_candidates, choice.seconds, choice.criterion)
+    resolved = job.with_lambdas(choice.lambda_chem, choice.lambda_tv)
+    _write_lambda_score(job.out, choice)
+    update_attrs(job.out, **{layout.ATTR_PARAMS: _jsonable(resolved.record()),
+                            layout.ATTR_LAMBDA_CHOICE: _jsonable(choice.record())})
+    add_warnings(job.out, *_search_warnings(choice))
+    return resolved
+
+
+#: Side of the central crop the noise model of non-count maps is measured on.
+NOISE_CROP = 1024
+
+
+def _search_warnings(choice: auto.LambdaChoice) -> list[dict[str, Any]]:
+    """A ``lambda-at-edge`` warning for each weight the widened search still left on an end."""
+    return [
+        make_warning(
+            "lambda-at-edge",
+            f"the automatic choice put {edge} even after widening the range {choice.widened} "
+            "time(s); the held-out score still falls beyond it, so check the fused maps against "
+            "the raw maps and consider giving that weight as a number.",
+            stage="choose_lambdas", edge=edge, widened=choice.widened,
+        )
+        for edge in choice.at_edge
+    ]
+
+
+def _fall_back_to_defaults(job: FusionJob, reason: str) -> FusionJob:
+    """Auto lambdas on maps whose noise cannot be measured: the embedded defaults, said and stored.
+
+    Maps that are not counts are recorrupted with the noise measured on them
+    (:mod:`pipeline.fusion.noise`); when too few pixels lie away from exact zeros to
+    measure it, the maps are fused with the defaults of :class:`FusionParams`
+    instead of being refused, so that the CLI's default ("auto") works on every
+    input; the output says so (``lambda_choice`` and a ``lambda-defaults`` warning).
+    """
+    defaults = FusionParams()
+    resolved = job.with_lambdas(
+        defaults.lambda_chem if "lambda_chem" in job.auto else job.params.lambda_chem,
+        defaults.lambda_tv if "lambda_tv" in job.auto else job.params.lambda_tv,
+    )
+    choice = {"lambda_chem": resolved.params.lambda_chem, "lambda_tv": resolved.params.lambda_tv,
+              "criterion": CRITERION_FALLBACK, "reason": reason}
+    update_attrs(job.out, **{layout.ATTR_PARAMS: _jsonable(resolved.record()),
+                            layout.ATTR_LAMBDA_CHOICE: choice})
+    add_warnings(job.out, make_warning(
+        "lambda-defaults",
+        f"lambda 'auto' could not choose the weights ({reason}); the embedded defaults "
+        f"lambda_chem {resolved.params.lambda_chem:g} and lambda_tv {resolved.params.lambda_tv:g} "
+        "were used, so check the fused maps or fuse the raw spectrum image.",
+        stage="choose_lambdas"))
+    return resolved
+
+
+def _write_lambda_score(out: str, choice: auto.LambdaChoice) -> None:
+    """The score of every candidate as ``lambda_score`` (lambda_chem, lambda_tv), NaN where not tried."""
+    score = xr.DataArray(
+        choice.score,
+        dims=layout.DIMS[layout.LAMBDA_SCORE],
+        coords={"lambda_chem": choice.lambda_chem_axis, "lambda_tv": choice.lambda_tv_axis},
+        attrs={"long_name": "held-out score (lower is better)", "better": "lower",
+               "criterion": choice.criterion,
+               "description": "fraction of the held-out counts' variance unexplained by the fused "
+                              "training part (affine-calibrated), mean over elements and folds; "
+                              "lambdas in full-data units; NaN: not tried"},
+    )
+    add_variables(out, xr.Dataset({layout.LAMBDA_SCORE: score}))  # keeps the store's attributes
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def fuse_tile_in_store(job: FusionJob, tile: tiles.Tile, norm: Normalisation) -> tuple[int, int]:
+    """Worker task: fuse one tile's window from the output store and write its core."""
+    group = zarr.open_group(job.out, mode="r", zarr_format=3)
+    ys, xs = tile.window
+    valid = group[layout.HAADF_VALID][ys, xs] if layout.HAADF_VALID in group else None
+    result = tiles.fuse_tile(
+        group[layout.HAADF][ys, xs], group[layout.MAPS][:, ys, xs], job.z, tile, norm, job.params, valid
+    )
+    write_region(job.out, layout.FUSED, (slice(None), *tile.core), result.fused)
+    write_region(job.out, layout.HAADF_MODEL, tile.core, result.haadf_model)
+    TileRecord.open(job.out, JOB).mark(tile.index, result.costs)
+    return tile.index
+
+
+def fuse_tiles(job: FusionJob, norm: Normalisation, client: Client, *, progress: bool = True) -> int:
+    """Fuse every unfinished tile on the cluster; returns how many were computed now."""
+    if not job.resolved:
+        raise RuntimeError(f"the lambdas {', '.join(job.auto)} of {job.out} are 'auto' and not chosen "
+                           "yet; run choose_lambdas(job, norm) first.")
+    done = TileRecord.open(job.out, JOB).done_tiles()
+    todo = [t for t in job.grid if t.index not in done]
+    if not todo:
+        return 0
+    futures = client.map(fuse_tile_in_store, [job] * len(todo), todo, [norm] * len(todo), pure=False)
+    gather(client, futures, desc="fusing tiles", progress=progress)
+    return len(todo)
+
+
+def finalise(job: FusionJob) -> None:
+    """Write the summed cost curves, then mark the store complete."""
+    record = TileRecord.open(job.out, JOB)
+    grid_shape = record.grid_shape
+    if len(record.done_tiles()) != grid_shape[0] * grid_shape[1]:
+        raise RuntimeError(f"{job.out}: not every tile is finished; rerun to complete it.")
+    payloads = record.payloads().reshape(-1, len(COST_TERMS), job.params.n_iter)
+    per_tile = [p[:, : int(np.sum(~np.isnan(p[0])))] for p in payloads]
+    costs = tiles.sum_tile_costs(per_tile, job.params.n_iter)
+    # the check users are taught to make by eye on the cost plot, made on the summed curves
+    diagnosis = diagnose_convergence(costs, COST_TERMS)
+    fit = haadf_fit(job)
+    with on_disk_full(job.out):
+        write_region(job.out, layout.COST, (slice(None), slice(None)), costs)
+        update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis, "haadf_unexplained": fit})
+        add_warnings(job.out, *(make_warning("not-converged", m, stage="finalise") for m in diagnosis))
+        if fit > POOR_HAADF_FIT:
+            add_warnings(job.out, make_warning(
+                "poor-haadf-fit",
+                f"the fused maps explain only {100 * (1 - fit):.0f} % of the HAADF's variance "
+                f"(model vs normalised HAADF after an affine fit; below {100 * (1 - POOR_HAADF_FIT):.0f} % "
+                "is flagged), so the HAADF term pulled the maps towards contrast these elements may not "
+                "make: check for an element missing from the list, the atomic numbers and the registration "
+                "of HAADF and maps.",
+                stage="finalise", unexplained=round(fit, 4), threshold=POOR_HAADF_FIT))
+        mark_complete(job.out)
+
+
+def haadf_fit(job: FusionJob) -> float:
+    """Fraction of the normalised HAADF's variance the fused maps' HAADF model leaves unexplained
+    (:func:`pipeline.fusion.model.haadf_unexplained`), over the whole image."""
+    out = open_dataset(job.out, require_complete=False)
+    norm = normalise(job)
+    haadf = (out[layout.HAADF].data - norm.haadf_offset) / norm.haadf_scale
+    return float(da.compute(haadf_unexplained(haadf, out[layout.HAADF_MODEL].data))[0])
+
+
+def summary(job: FusionJob) -> dict[str, Any]:
+    """Final costs and, for synthetic data, the error of raw and fused maps against the truth."""
+    from emfuse.pipeline.metrics import nrmse
+
+    out = open_dataset(job.out)
+    info: dict[str, Any] = {"store": job.out, "elements": list(job.elements),
+                            "final_cost": dict(zip(COST_TERMS, out[layout.COST].values[:, -1].tolist())),
+                            "lambda_chem": job.params.lambda_chem, "lambda_tv": job.params.lambda_tv,
+                            "lambda_auto": list(job.auto)}
+    if layout.ATTR_LAMBDA_CHOICE in out.attrs:
+        info["lambda_choice"] = out.attrs[layout.ATTR_LAMBDA_CHOICE]
+    info["convergence"] = list(out.attrs.get(layout.ATTR_CONVERGENCE, []))
+    info["warnings"] = read_warnings(job.out)
+    if layout.TRUE_MAPS in out:
+        info["nrmse_raw"], info["nrmse_fused"] = {}, {}
+        for el in job.elements:
+            truth = out[layout.TRUE_MAPS].sel(element=el).values
+            info["nrmse_raw"][el] = nrmse(out[layout.MAPS].sel(element=el).values, truth)
+            info["nrmse_fused"][el] = nrmse(out[layout.FUSED].sel(element=el).values, truth)
+    return json.loads(json.dumps(info))
+
+
+def compute(job: FusionJob, client: Client, *, progress: bool = True) -> tuple[FusionJob, int]:
+    """The stages between ``plan`` and ``finalise``: inputs, normalisation, lambdas, tiles.
+
+    Returns the job (with its lambdas chosen) and the number of tiles computed now.
+    """
+    with on_disk_full(job.out), naming(job.source):  # ENOSPC: one line naming the store and the fix
+        with timed(job.out, "write_inputs"):
+            write_inputs(job)
+        with timed(job.out, "normalise"):
+            norm = normalise(job)
+        with timed(job.out, "choose_lambdas"):
+            job = choose_lambdas(job, norm, progress=progress)
+        with timed(job.out, "tiles"):
+            n = fuse_tiles(job, norm, client, progress=progress)
+        return job, n

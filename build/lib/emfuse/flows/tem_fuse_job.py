@@ -1,0 +1,340 @@
+"""The multi-mode TEM fusion job (AVAE) as plain functions: modes store in, output store out, resumable.
+
+Stages (each skipped on a rerun once recorded as done in the output store):
+
+1. ``plan``: open the input, check it has ``modes`` (mode, y, x) with bf, df and hrtem, create
+   the output store from a template (``modes``, ``tem_fused``, ``attention`` and, for synthetic
+   data, ``true_structure``; chunks equal the tile);
+2. ``write_inputs``: the recorded modes (and any flat reference and truth) are copied into the
+   output store;
+3. ``fit_preprocessing``: the flat field (on a block average of the whole dataset), the
+   histograms and the drift of BF and DF against the HRTEM (on the central crop) are fitted
+   once (:class:`pipeline.avae.preprocess.Preprocessing`) and stored in the attribute
+   ``preprocessing``. With a ``flat_reference`` (mode, y, x) in the input (each mode's beam
+   recorded without specimen) every mode is divided by it first and no smooth surface is fitted,
+   so BF keeps the specimen's own slow contrast (its thickness); the default model is then the
+   one trained that way (:data:`pipeline.avae.model.FLAT_WEIGHTS`);
+4. ``fuse_tiles``: one Dask task per unfinished tile reads its window (core + halo) of the
+   recorded modes, preprocesses it with the stored parameters, runs the AVAE (loaded once per
+   worker process) and writes the core of ``tem_fused`` and ``attention``, then its ``done`` flag;
+5. ``finalise``: ``complete = true``.
+
+:mod:`flows.tem_fuse_flow` wraps these stages as Prefect tasks; tests and notebooks call
+:func:`flows.jobs.run_job` (``"tem-fuse"``) without Prefect.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from emfuse.pipeline import tiles
+from emfuse.pipeline.avae.fuse import fuse_tile
+from emfuse.pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load_avae
+from emfuse.pipeline.avae.preprocess import Preprocessing
+from emfuse.pipeline.avae.simulate import MODES
+from emfuse.stores import layout
+from emfuse.stores.errors import on_disk_full
+from emfuse.stores.outputs import empty_like, prepare_output, write_region, write_variable
+from emfuse.stores.progress import TileRecord
+from emfuse.stores.warn import read_warnings
+from emfuse.stores.zarrio import (
+    mark_complete,
+    open_dataset,
+    read_attrs,
+    sha256_file,
+    timed,
+    update_attrs,
+)
+
+from .gather import gather
+
+if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
+    from distributed import Client
+
+log = logging.getLogger(__name__)
+JOB = "tem-fuse"
+ATTR_PREPROCESSING = "preprocessing"
+FIT_CROP = 512  # px: the central crop on which histograms and drift are fitted
+FLAT_PX = 256  # px: the block average of the whole dataset on which the flat field is fitted
+
+
+class TemFuseInputError(ValueError):
+    """The input cannot be fused: no modes, or not the three modes."""
+
+
+@dataclass(frozen=True)
+class TemFuseJob:
+    """Everything that defines one run (stored as the output's ``params``)."""
+
+    source: str
+    out: str
+    model: str
+    model_sha256: str
+    tile: int = 256
+    halo: int = 32
+    torch_threads: int = 1
+    flat_reference: bool = False  # the input has one: modes are divided by it
+
+    def record(self) -> dict[str, Any]:
+        return {"model": self.model, "model_sha256": self.model_sha256, "tile": self.tile, "halo": self.halo,
+                "flat_reference": self.flat_reference}
+
+    @property
+    def grid(self) -> list[tiles.Tile]:
+        ds = open_dataset(self.out, require_complete=False)
+        return tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), self.tile, self.halo)
+
+
+def check_modes(ds: xr.Dataset, source: str | Path) -> xr.DataArray:
+    """The ``modes`` of a dataset in the order bf, df, hrtem, or a named error."""
+    if layout.MODES not in ds:
+        raise TemFuseInputError(
+            f"{source} has no '{layout.MODES}' (mode, y, x); tem-fuse needs BF, DF and HRTEM images "
+            "of the same region, e.g. from `emfuse synth tem-modes`.")
+    have = [str(m) for m in ds[layout.MODES]["mode"].values]
+    missing = [m for m in MODES if m not in have]
+    if missing:
+        raise TemFuseInputError(f"{source}: modes {have} lack {missing}; tem-fuse needs {list(MODES)}.")
+    return _in_mode_order(ds[layout.MODES])
+
+
+def _in_mode_order(a: xr.DataArray) -> xr.DataArray:
+    return a.sel(mode=list(MODES)).transpose("mode", "y", "x")
+
+
+def recorded_modes(ds: xr.Dataset, flat_reference: bool) -> xr.DataArray:
+    """The (lazy) modes of a store, divided by its flat reference when the job uses one."""
+    modes = _in_mode_order(ds[layout.MODES])
+    return modes / _in_mode_order(ds[layout.FLAT_REFERENCE]) if flat_reference else modes
+
+
+def check_flat(ds: xr.Dataset, source: str | Path) -> xr.DataArray | None:
+    """The ``flat_reference`` of a dataset (bf, df, hrtem order), None without one, or a named error."""
+    if layout.FLAT_REFERENCE not in ds:
+        return None
+    flat = ds[layout.FLAT_REFERENCE]
+    have = [str(m) for m in flat["mode"].values] if "mode" in flat.dims else []
+    if flat.ndim != 3 or set(flat.dims) != {"mode", "y", "x"} or any(m not in have for m in MODES):
+        raise TemFuseInputError(f"{source}: '{layout.FLAT_REFERENCE}' must be (mode, y, x) with {list(MODES)}, "
+                                f"got dims {flat.dims} and modes {have}; write one reference image per mode.")
+    flat = _in_mode_order(flat)  # shares the modes' y and x
+    low = float(dask.compute(flat.min(skipna=False).data)[0])
+    if not low > 0:  # NaN fails this too
+        raise TemFuseInputError(f"{source}: '{layout.FLAT_REFERENCE}' must be finite and > 0 everywhere "
+                                f"(its smallest value is {low:g}); replace dead pixels, or drop the reference "
+                                "to have the illumination fitted instead.")
+    return flat
+
+
+def _check_signal(modes: xr.DataArray, source: str | Path) -> None:
+    """NaN/Inf, and zero dose: a mode whose image is flat (all zero when its detector was not
+    inserted or read out) carries nothing to fuse, and the AVAE needs all three."""
+    lo, hi = (np.asarray(v) for v in dask.compute(modes.min(("y", "x"), skipna=False).data,
+                                                   modes.max(("y", "x"), skipna=False).data))
+    for mode, a, b in zip(MODES, lo, hi):
+        if not (np.isfinite(a) and np.isfinite(b)):
+            raise TemFuseInputError(f"{source}: the {mode} image contains NaN or Inf values; mask or "
+                                    "interpolate the bad pixels first.")
+        if a == b:
+            raise TemFuseInputError(
+                f"{source}: the {mode} image is {'0' if a == 0 else f'constant ({a:g})'} everywhere: "
+                "no signal (zero dose: the beam was blanked or the detector not inserted or read out). "
+                f"tem-fuse needs {', '.join(MODES)} images with signal; acquire the {mode} image again.")
+
+
+def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None, tile: int = 256,
+         halo: int = 32, torch_threads: int = 1, overwrite: bool = False) -> tuple[TemFuseJob, str]:
+    """Define the job and create (or reopen) its output store; returns the job and ``new``/``resume``/``complete``."""
+    ds = open_dataset(source)
+    modes = check_modes(ds, source)
+    _check_signal(modes, source)
+    flat = check_flat(ds, source)
+    if tile < 16 or tile % 2:
+        raise TemFuseInputError(f"--tile must be even and at least 16, got {tile}")
+    weights = Path(model) if model is not None else FLAT_WEIGHTS if flat is not None else DEFAULT_WEIGHTS
+    load_avae(weights)  # fail here, naming the file, rather than in every worker
+    job = TemFuseJob(str(source), str(out), str(weights.resolve()), sha256_file(weights), tile, halo, torch_threads,
+                     flat is not None)
+    ny, nx = modes.sizes["y"], modes.sizes["x"]
+    t = tile
+    variables = {
+        layout.MODES: (layout.DIMS[layout.MODES], empty_like((len(MODES), ny, nx), (len(MODES), t, t))),
+        layout.TEM_FUSED: (layout.DIMS[layout.TEM_FUSED], empty_like((ny, nx), (t, t))),
+        layout.ATTENTION: (layout.DIMS[layout.ATTENTION], empty_like((len(MODES), ny, nx), (len(MODES), t, t))),
+    }
+    if layout.TRUE_STRUCTURE in ds:
+        variables[layout.TRUE_STRUCTURE] = (layout.DIMS[layout.TRUE_STRUCTURE], empty_like((ny, nx), (t, t)))
+    if flat is not None:
+        variables[layout.FLAT_REFERENCE] = (layout.DIMS[layout.FLAT_REFERENCE],
+                                            empty_like((len(MODES), ny, nx), (len(MODES), t, t)))
+    template = xr.Dataset(variables, coords={"mode": list(MODES), "y": ds["y"], "x": ds["x"]})
+    template[layout.TEM_FUSED].attrs.update(
+        units="standardised", description="AVAE fusion of BF, DF and HRTEM: the projected structure, "
+        "zero mean and unit standard deviation (affine-calibrate to compare with a truth)")
+    template[layout.ATTENTION].attrs.update(
+        units="1", description="attention weight of each mode in the fused latent (sums to 1 over mode)")
+    template[layout.MODES].attrs.update(ds[layout.MODES].attrs)
+    if flat is not None:
+        template[layout.FLAT_REFERENCE].attrs.update(flat.attrs)
+    state = prepare_output(out, template, job.record(), source=source, overwrite=overwrite, attrs={
+        layout.ATTR_NORMALISATION: {"method": "preprocessing", "description": "flat field"
+                                    + (" (divided by flat_reference)" if job.flat_reference else "")
+                                    + ", histogram equalisation and registration fitted once for the "
+                                    "dataset: attribute 'preprocessing'"}})
+    if state != "complete":
+        grid = tiles.tile_grid((ny, nx), tile, halo)
+        TileRecord.create(out, JOB, (grid[-1].index[0] + 1, grid[-1].index[1] + 1))
+    return job, state
+
+
+def write_inputs(job: TemFuseJob) -> None:
+    """Copy the recorded modes (and any truth) into the output store (on the active Dask client)."""
+    record = TileRecord.open(job.out, JOB)
+    if record.stage_done("inputs"):
+        return
+    ds = open_dataset(job.source)
+    modes = check_modes(ds, job.source)
+    write_variable(job.out, layout.MODES, modes.data)
+    if job.flat_reference:  # checked by plan
+        write_variable(job.out, layout.FLAT_REFERENCE, _in_mode_order(ds[layout.FLAT_REFERENCE]).data)
+    if layout.TRUE_STRUCTURE in ds:
+        write_variable(job.out, layout.TRUE_STRUCTURE, ds[layout.TRUE_STRUCTURE].transpose("y", "x").data)
+    record.mark_stage("inputs")
+
+
+def central_window(shape: tuple[int, int], size: int = FIT_CROP) -> tuple[slice, slice]:
+    """The central ``size`` x ``size`` window (or the whole axis where it is shorter).
+
+    Examples
+    --------
+    >>> central_window((1000, 300), 512)
+    (slice(244, 756, None), slice(0, 300, None))
+    """
+    return tuple(slice(max(0, (n - size) // 2), max(0, (n - size) // 2) + min(n, size)) for n in shape)  # type: ignore[return-value]
+
+
+def fit_store_preprocessing(modes: xr.DataArray, flat_referenced: bool = False) -> Preprocessing:
+    """Fit :class:`Preprocessing` on a (lazy) ``modes`` array of any size.
+
+    Flat field on a block average of the whole image (at most :data:`FLAT_PX` a side, computed
+    chunk by chunk), histograms and drift on the central :data:`FIT_CROP` window. Modes already
+    divided by their flat reference (``flat_referenced``, :func:`recorded_modes`) get a constant
+    surface instead of a fitted one.
+    """
+    order = 0 if flat_referenced else 2
+    ny, nx = modes.sizes["y"], modes.sizes["x"]
+    factor = max(1, math.ceil(max(ny, nx) / FLAT_PX))
+    # factor 1: the image is no larger than the crop, which then is the whole image
+    coarse = modes.coarsen(y=factor, x=factor, boundary="trim").mean().values if factor > 1 else None
+    ys, xs = central_window((ny, nx))
+    crop = modes.isel(y=ys, x=xs).values
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        prep = Preprocessing.fit(crop, full_shape=(ny, nx), offset=(ys.start, xs.start),
+                                 coarse=coarse, factor=factor, order=order)
+    for w in caught:
+        log.warning("%s", w.message)
+    return prep
+
+
+def fit_preprocessing(job: TemFuseJob) -> Preprocessing:
+    """Fit the preprocessing once for the dataset and store it (attribute ``preprocessing``)."""
+    attrs = read_attrs(job.out)
+    if ATTR_PREPROCESSING in attrs:
+        return Preprocessing.from_dict(attrs[ATTR_PREPROCESSING])
+    out = open_dataset(job.out, require_complete=False)
+    prep = fit_store_preprocessing(recorded_modes(out, job.flat_reference), job.flat_reference)
+    update_attrs(job.out, **{ATTR_PREPROCESSING: prep.to_dict()})
+    log.info("drift against the HRTEM (px): %s", dict(zip(MODES, prep.drift.round(2).tolist())))
+    return prep
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_model(path: str, sha256: str, threads: int) -> AVAE:
+    """The model, loaded once per worker process (and per weights file)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return load_avae(path)
+
+
+def fuse_tile_in_store(job: TemFuseJob, tile: tiles.Tile, prep: Preprocessing) -> tuple[int, int]:
+    """Worker task: preprocess and fuse one tile's window from the output store, write its core."""
+    import zarr
+
+    group = zarr.open_group(job.out, mode="r", zarr_format=3)
+    ys, xs = tile.window
+    recorded = group[layout.MODES][:, ys, xs]
+    if job.flat_reference:
+        recorded = recorded / group[layout.FLAT_REFERENCE][:, ys, xs]
+    window = prep.apply(recorded, tile.window)
+    fused, attention = fuse_tile(_worker_model(job.model, job.model_sha256, job.torch_threads), window, tile)
+    write_region(job.out, layout.TEM_FUSED, tile.core, fused)
+    write_region(job.out, layout.ATTENTION, (slice(None), *tile.core), attention)
+    TileRecord.open(job.out, JOB).mark(tile.index)
+    return tile.index
+
+
+def fuse_tiles(job: TemFuseJob, prep: Preprocessing, client: Client, *, progress: bool = True) -> int:
+    """Fuse every unfinished tile on the cluster; returns how many were computed now."""
+    done = TileRecord.open(job.out, JOB).done_tiles()
+    todo = [t for t in job.grid if t.index not in done]
+    if not todo:
+        return 0
+    futures = client.map(fuse_tile_in_store, [job] * len(todo), todo, [prep] * len(todo), pure=False)
+    gather(client, futures, desc="fusing TEM modes", progress=progress)
+    return len(todo)
+
+
+def finalise(job: TemFuseJob) -> None:
+    """Mark the store complete once every tile is recorded as done."""
+    record = TileRecord.open(job.out, JOB)
+    rows, cols = record.grid_shape
+    if len(record.done_tiles()) != rows * cols:
+        raise RuntimeError(f"{job.out}: not every tile is finished; rerun to complete it.")
+    with on_disk_full(job.out):
+        mark_complete(job.out)
+
+
+def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
+    """Mean attention per mode and, for synthetic data, PSNR/SSIM of the fused image and the HRTEM."""
+    from emfuse.pipeline.avae.baselines import score
+
+    out = open_dataset(job.out)
+    info: dict[str, Any] = {"store": job.out, "model": job.model,
+                            "mean_attention": dict(zip(MODES, out[layout.ATTENTION].mean(("y", "x")).values.tolist())),
+                            "drift_px": dict(zip(MODES, np.asarray(out.attrs[ATTR_PREPROCESSING]["drift"]).tolist()))}
+    if layout.TRUE_STRUCTURE in out and max(out.sizes["y"], out.sizes["x"]) <= max_px:
+        truth = out[layout.TRUE_STRUCTURE].values
+        prep = Preprocessing.from_dict(out.attrs[ATTR_PREPROCESSING])
+        hrtem = prep.apply(recorded_modes(out, job.flat_reference).values)[MODES.index("hrtem")]
+        info["quality"] = {"tem_fused": score(out[layout.TEM_FUSED].values, truth), "hrtem": score(hrtem, truth)}
+    info["warnings"] = read_warnings(job.out)
+    return json.loads(json.dumps(info))
+
+
+def compute(job: TemFuseJob, client: Client, *, progress: bool = True) -> tuple[TemFuseJob, int]:
+    """The stages between ``plan`` and ``finalise``: inputs, preprocessing, tiles.
+
+    Returns the job and the number of tiles computed now.
+    """
+    with on_disk_full(job.out):  # ENOSPC on any write: one line naming the store and the fix
+        with timed(job.out, "write_inputs"):
+            write_inputs(job)
+        with timed(job.out, "preprocessing"):
+            prep = fit_preprocessing(job)
+        with timed(job.out, "tiles"):
+            n = fuse_tiles(job, prep, client, progress=progress)
+        return job, n

@@ -1,0 +1,127 @@
+"""The AVAE evaluation protocol: regions -> preprocessed pairs -> 70/15/15 split -> scores per method.
+
+Used by ``benchmarks/avae_eval.py`` and the tests; arrays in, numbers out.
+
+Examples
+--------
+>>> train, val, test = split_indices(20, seed=0)
+>>> len(train), len(val), len(test), len(set(train) | set(val) | set(test))
+(14, 3, 3, 20)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import baselines
+from .fuse import fuse_modes
+from .model import AVAE
+from .preprocess import Preprocessing
+from .simulate import ModeImages
+from .train import standardise
+
+__all__ = ["Prepared", "method_images", "paired_margin", "prepare_regions", "score_methods", "split_indices"]
+
+METHODS = ("avae", "hrtem", "average", "weighted", "vae")
+
+
+@dataclass
+class Prepared:
+    """Simulated regions made ready for training and scoring."""
+
+    inputs: np.ndarray  # (N, modes, H, W) preprocessed, float32 in [0, 1]
+    targets: np.ndarray  # (N, H, W) standardised truth
+    truths: np.ndarray  # (N, H, W) truth as simulated
+    materials: list[str]
+    registration_error: np.ndarray  # (N, modes) |estimated - true drift|, px
+    drift: np.ndarray  # (N, modes, 2) true drift, px
+
+
+def prepare_regions(regions: Sequence[ModeImages], *, flat_reference: bool = False) -> Prepared:
+    """Preprocess every region on its own (flat field, equalisation, registration, denoising).
+
+    ``flat_reference``: divide each mode by its recorded illumination (a vacuum reference) instead
+    of fitting the illumination as a smooth surface, which also takes away the smooth part of the
+    specimen's own contrast (BF's thickness wedge).
+    """
+    inputs, errors = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # failed matches are counted in the errors
+        for r in regions:
+            modes = r.modes / r.illumination if flat_reference else r.modes
+            prep = Preprocessing.fit(modes, order=0 if flat_reference else 2)
+            inputs.append(prep.apply(modes))
+            errors.append(np.linalg.norm(prep.drift - r.drift, axis=1))
+    truths = np.stack([r.truth for r in regions]).astype(np.float32)
+    return Prepared(np.stack(inputs), np.stack([standardise(t) for t in truths]), truths,
+                    [r.material for r in regions], np.array(errors), np.stack([r.drift for r in regions]))
+
+
+def split_indices(n: int, seed: int, fractions: Sequence[float] = (0.7, 0.15, 0.15)
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded random split of ``n`` regions into train, validation and test (70/15/15)."""
+    if n < 3:
+        raise ValueError(f"need at least 3 regions to split, got {n}")
+    order = np.random.default_rng([seed, 70_15_15]).permutation(n)
+    n_val = max(1, int(round(fractions[1] * n)))
+    n_test = max(1, int(round(fractions[2] * n)))
+    n_train = n - n_val - n_test
+    return np.sort(order[:n_train]), np.sort(order[n_train:n_train + n_val]), np.sort(order[n_train + n_val:])
+
+
+def method_images(inputs: np.ndarray, models: Mapping[str, AVAE], mode_weights: np.ndarray,
+                  hrtem_index: int = 2) -> dict[str, list[np.ndarray]]:
+    """Every method's image of every region: the networks in ``models``, then the baselines.
+
+    A network with one input mode (``AVAEConfig(n_modes=1)``) is given the HRTEM alone.
+    """
+    def own_modes(net: AVAE, x: np.ndarray) -> np.ndarray:
+        return x if net.cfg.n_modes == len(x) else x[hrtem_index:hrtem_index + 1]
+
+    images: dict[str, list[np.ndarray]] = {name: [fuse_modes(net, own_modes(net, x))[0] for x in inputs]
+                                           for name, net in models.items()}
+    images["hrtem"] = [x[hrtem_index] for x in inputs]
+    images["average"] = [baselines.average(x) for x in inputs]
+    images["weighted"] = [baselines.weighted(x, mode_weights) for x in inputs]
+    return images
+
+
+def paired_margin(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Margin of method ``a`` over ``b`` (scores of :func:`score_methods` on the same regions):
+    per metric, the mean per-region difference and its standard error.
+
+    Examples
+    --------
+    >>> a = {"psnr_per_region": [21.0, 22.0, 23.0], "ssim_per_region": [0.5, 0.6, 0.7]}
+    >>> b = {"psnr_per_region": [20.0, 21.5, 22.0], "ssim_per_region": [0.5, 0.5, 0.6]}
+    >>> m = paired_margin(a, b)
+    >>> round(m["psnr"]["margin"], 3), round(m["ssim"]["standard_error"], 4)
+    (0.833, 0.0333)
+    """
+    out = {}
+    for k in ("psnr", "ssim"):
+        d = np.asarray(a[f"{k}_per_region"]) - np.asarray(b[f"{k}_per_region"])
+        out[k] = {"margin": float(d.mean()), "standard_error": float(d.std(ddof=1) / np.sqrt(len(d)))}
+    return out
+
+
+def score_methods(images: Mapping[str, Sequence[np.ndarray]], truths: Sequence[np.ndarray],
+                  materials: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Mean (and standard deviation, and per material) PSNR and SSIM after the affine calibration."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, imgs in images.items():
+        s = [baselines.score(im, t) for im, t in zip(imgs, truths)]
+        psnr, ssim = np.array([v["psnr"] for v in s]), np.array([v["ssim"] for v in s])
+        by_material = {m: {"psnr": float(psnr[np.array(materials) == m].mean()),
+                           "ssim": float(ssim[np.array(materials) == m].mean())}
+                       for m in sorted(set(materials))}
+        out[name] = {"psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
+                     "psnr_std": float(psnr.std()), "ssim_std": float(ssim.std()),
+                     "psnr_per_region": psnr.round(4).tolist(), "ssim_per_region": ssim.round(5).tolist(),
+                     "by_material": by_material}
+    return out

@@ -1,0 +1,214 @@
+"""Training of the AVAE on (preprocessed modes, truth) pairs: arrays in, a model out.
+
+Targets are the truth standardised per region (:func:`standardise`): zero mean and unit
+standard deviation over the region it belongs to. The preprocessed modes carry no absolute
+scale (each is histogram-equalised), so the network is asked for the structure, not for an
+intensity level it cannot see; results are compared to the truth after an affine fit anyway.
+
+Each step draws ``batch`` random crops of ``crop`` pixels (random region, position, flip and
+quarter turn: the physics has no preferred direction), takes one Adam step on
+``MSE + beta * KL`` (:func:`pipeline.avae.model.avae_loss`); every ``validate_every`` steps the
+loss on fixed crops of the validation regions is measured and the best weights so far kept.
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> x, y = rng.random((4, 3, 32, 32), dtype=np.float32), rng.standard_normal((4, 32, 32)).astype(np.float32)
+>>> model, history = train_avae(x, y, AVAEConfig(features=4, latent=2),
+...                             TrainSettings(steps=2, batch=2, crop=16, validate_every=1), validation=(x, y))
+>>> len(history["validation"]), model.training
+(2, False)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .model import AVAE, AVAEConfig, avae_loss
+
+__all__ = ["TrainSettings", "sample_batch", "sample_present", "standardise", "train_avae"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings (Adam, lr 1e-4, batch 32 as in the AVAE paper)."""
+
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 1e-4
+    beta: float = 1e-3
+    crop: int = 48
+    seed: int = 0
+    threads: int | None = 1  # torch CPU threads (None: leave torch's setting)
+    validate_every: int = 200
+    validation_crop: int = 96
+    #: Probability that a training crop is fused from a random proper subset of its modes (each
+    #: non-empty subset alike) instead of all of them: every mode's latent must then decode on
+    #: its own and in any company, so the latents share one meaning and fusing them is a choice
+    #: between estimates (see docs/methods/avae.md). 0: always all modes.
+    mode_dropout: float = 0.0
+
+
+def standardise(truth: Any) -> np.ndarray:
+    """The truth of one region, zero mean and unit standard deviation (float32).
+
+    Examples
+    --------
+    >>> t = standardise(np.arange(4.0).reshape(2, 2))
+    >>> round(float(t.mean()), 6), round(float(t.std()), 6)
+    (0.0, 1.0)
+    """
+    a = np.asarray(truth, dtype=np.float64)
+    spread = a.std()
+    if not spread > 0:
+        raise ValueError("the truth is constant; it cannot be standardised")
+    return ((a - a.mean()) / spread).astype(np.float32)
+
+
+def sample_batch(inputs: np.ndarray, targets: np.ndarray, batch: int, crop: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random crops (with flips and quarter turns) of random regions: (B, modes, c, c), (B, 1, c, c)."""
+    n, _, ny, nx = inputs.shape
+    if crop > min(ny, nx) or crop % 2:
+        raise ValueError(f"crop must be even and at most the region size {min(ny, nx)}, got {crop}")
+    xs, ys = [], []
+    for _ in range(batch):
+        i = int(rng.integers(n))
+        y0, x0 = int(rng.integers(ny - crop + 1)), int(rng.integers(nx - crop + 1))
+        x = inputs[i, :, y0:y0 + crop, x0:x0 + crop]
+        y = targets[i, None, y0:y0 + crop, x0:x0 + crop]
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k, axes=(1, 2))
+        if flip:
+            x, y = x[:, :, ::-1], y[:, :, ::-1]
+        xs.append(x)
+        ys.append(y)
+    return np.ascontiguousarray(np.stack(xs)), np.ascontiguousarray(np.stack(ys))
+
+
+def sample_present(batch: int, n_modes: int, dropout: float, rng: np.random.Generator) -> np.ndarray:
+    """Which modes each crop is fused from (batch, n_modes) of 0/1: all, or with probability
+    ``dropout`` one of the proper non-empty subsets (uniformly).
+
+    Examples
+    --------
+    >>> m = sample_present(1000, 3, 0.5, np.random.default_rng(0))
+    >>> bool((m.sum(1) >= 1).all()), round(float((m.sum(1) == 3).mean()), 1)
+    (True, 0.5)
+    """
+    subsets = range(1, 2**n_modes - 1)  # bit masks, neither empty nor all
+    present = np.ones((batch, n_modes), dtype=np.float32)
+    for b in np.flatnonzero(rng.random(batch) < dropout):
+        bits = subsets[int(rng.integers(len(subsets)))]
+        present[b] = [(bits >> i) & 1 for i in range(n_modes)]
+    return present
+
+
+def _validation_crops(validation: tuple[np.ndarray, np.ndarray], crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The central crop of every validation region (fixed, so losses compare across steps)."""
+    x, y = validation
+    c = min(crop, x.shape[-2] - x.shape[-2] % 2, x.shape[-1] - x.shape[-1] % 2)
+    y0, x0 = (x.shape[-2] - c) // 2, (x.shape[-1] - c) // 2
+    return (torch.from_numpy(np.ascontiguousarray(x[:, :, y0:y0 + c, x0:x0 + c])),
+            torch.from_numpy(np.ascontiguousarray(y[:, None, y0:y0 + c, x0:x0 + c])))
+
+
+@torch.no_grad()
+def _loss_on(model: AVAE, x: torch.Tensor, y: torch.Tensor, chunk: int = 16) -> float:
+    model.eval()
+    total = 0.0
+    for s in range(0, len(x), chunk):
+        out = model(x[s:s + chunk])
+        total += float(torch.nn.functional.mse_loss(out.fused, y[s:s + chunk], reduction="sum"))
+    model.train()
+    return total / y.numel()
+
+
+def train_avae(
+    inputs: Any,
+    targets: Any,
+    cfg: AVAEConfig | None = None,
+    settings: TrainSettings | None = None,
+    *,
+    validation: tuple[Any, Any] | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[AVAE, dict[str, Any]]:
+    """Train an AVAE; returns the model (eval mode, best validation weights) and the history.
+
+    Parameters
+    ----------
+    inputs : array (N, modes, H, W)
+        Preprocessed modes in [0, 1] (:class:`pipeline.avae.preprocess.Preprocessing`).
+    targets : array (N, H, W)
+        Truth of each region, standardised (:func:`standardise`).
+    cfg, settings
+        Network shape and optimisation (defaults :class:`AVAEConfig`, :class:`TrainSettings`).
+    validation : (inputs, targets), optional
+        Regions held out for choosing the weights (central crops are scored).
+    progress : callable(step, record), optional
+        Called after every validation with the step and a record of the losses.
+
+    Returns
+    -------
+    model : AVAE
+    history : dict
+        ``train`` (step, recon, kl) every validation interval, ``validation`` (step, mse),
+        ``best_step``, ``seconds``, ``settings``, ``config``.
+    """
+    settings = settings or TrainSettings()
+    cfg = cfg or AVAEConfig(n_modes=int(np.shape(inputs)[1]))
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    x_all = np.asarray(inputs, dtype=np.float32)
+    y_all = np.asarray(targets, dtype=np.float32)
+    if x_all.ndim != 4 or y_all.shape != (x_all.shape[0], *x_all.shape[2:]):
+        raise ValueError(f"inputs (N, modes, H, W) and targets (N, H, W) do not match: {x_all.shape}, {y_all.shape}")
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    model = AVAE(cfg)
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    val = _validation_crops((np.asarray(validation[0], np.float32), np.asarray(validation[1], np.float32)),
+                            settings.validation_crop) if validation is not None else None
+    history: dict[str, Any] = {"train": [], "validation": [], "best_step": None,
+                               "settings": asdict(settings), "config": asdict(cfg)}
+    best, best_state = np.inf, None
+    running = {"recon": 0.0, "kl": 0.0}
+    start = time.perf_counter()
+    for step in range(1, settings.steps + 1):
+        xb, yb = sample_batch(x_all, y_all, settings.batch, settings.crop, rng)
+        present = (torch.from_numpy(sample_present(len(xb), cfg.n_modes, settings.mode_dropout, rng))
+                   if settings.mode_dropout > 0 else None)
+        out = model(torch.from_numpy(xb), present)
+        loss, parts = avae_loss(out, torch.from_numpy(yb), settings.beta)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        for k in running:
+            running[k] += parts[k]
+        if step % settings.validate_every == 0 or step == settings.steps:
+            n = (step - 1) % settings.validate_every + 1
+            record = {"step": step, **{k: v / n for k, v in running.items()}}
+            running = {"recon": 0.0, "kl": 0.0}
+            history["train"].append(record)
+            if val is not None:
+                mse = _loss_on(model, *val)
+                history["validation"].append({"step": step, "mse": mse})
+                record["validation_mse"] = mse
+                if mse < best:
+                    best, best_state = mse, copy.deepcopy(model.state_dict())
+                    history["best_step"] = step
+            if progress is not None:
+                progress(step, record)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history["seconds"] = time.perf_counter() - start
+    return model.eval(), history

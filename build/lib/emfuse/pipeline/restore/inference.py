@@ -1,0 +1,407 @@
+"""Restore images of any size with a restoration network: overlapping tiles, smooth blending.
+
+:func:`restore` cuts each image (or each frame of a ``(frame, y, x)`` stack) into tiles of
+``tile`` pixels that overlap by at least ``overlap`` pixels, runs them through the network
+in batches of ``batch`` (tiles of all frames mixed) under :func:`torch.inference_mode`, and
+blends the outputs back with separable raised-cosine windows:
+
+- on a side shared with a neighbouring tile the window is 0 over the outer ``overlap // 4``
+  pixels (where the tile lacked context), rises as ``sin^2`` over the next ``overlap / 2``
+  and is 1 inside; where two tiles overlap by exactly ``overlap`` their windows sum to 1;
+- on a side at the image border the window stays 1, so border pixels are fully covered;
+- the windows are divided by their sum over all tiles, so where the tiles agree the blend
+  gives back their common value exactly, and there are no seams.
+
+A network that acts locally with a receptive radius of at most ``overlap // 4`` pixels
+therefore gives the same result tiled as on the whole image.
+
+Networks with per-image standardisation (:class:`~pipeline.restore.cgrdn.CGRDN`: a
+``standardise`` module and a ``core`` method) are, by default (``stats="image"``), fed
+every tile standardised with the mean and std of its *whole frame*, and only the residual
+network (``core``) is tiled; tiles then do not each see their own brightness range, and an
+image no larger than a tile gives exactly ``model(image)``. ``stats="tile"`` runs the full
+network on each tile instead (each tile standardised alone), as ``tk_r_em``'s
+``predict_patch_based`` does. Tile origins and sizes are multiples of the network's
+down-sampling factor (``cfg.scale``), and frames are padded at the bottom and right to
+such a multiple (reflecting), as the network does itself.
+
+Example
+-------
+>>> import numpy as np, torch
+>>> net = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+>>> _ = torch.nn.init.constant_(net.weight, 1 / 9)
+>>> image = np.random.default_rng(0).random((300, 301), dtype=np.float32)
+>>> out = restore(image, net, tile=128, overlap=16)
+>>> out.shape, out.dtype
+((300, 301), dtype('float32'))
+>>> whole = net(torch.from_numpy(image)[None, None]).detach().numpy()[0, 0]
+>>> bool(np.abs(out - whole)[1:-1, 1:-1].max() < 1e-5)
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+__all__ = ["TileGrid", "blend_window", "min_image_size", "resolve_device", "resolve_dtype", "restore",
+           "tile_starts"]
+
+#: Pixels a side the network needs after its down-sampling: below this its 3 x 3 convolutions
+#: and the reflecting pad see more padding than image, and the output means nothing.
+MIN_DOWNSAMPLED_PX = 8
+
+#: Names accepted for ``dtype`` besides :class:`torch.dtype` objects.
+DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+# -- the tile grid and its windows -----------------------------------------------------------
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _round_up(a: int, multiple: int) -> int:
+    return _ceil_div(a, multiple) * multiple
+
+
+def tile_starts(n: int, tile: int, overlap: int, multiple: int = 1) -> tuple[list[int], int]:
+    """Tile origins along one axis of ``n`` pixels, and the tile length used.
+
+    As few tiles as cover the axis with tiles of at most ``tile`` pixels overlapping by at
+    least ``overlap``; the tiles are then made as short as that allows and spread evenly
+    (less computed twice than with ``tile``-long tiles and a short last step). Lengths and
+    origins are multiples of ``multiple`` (``n`` must be one); the last tile ends at ``n``.
+
+    Example
+    -------
+    >>> tile_starts(1024, 256, 32)  # 5 tiles of 231 px rather than 5 of 256
+    ([0, 198, 396, 594, 793], 231)
+    >>> tile_starts(100, 256, 32)
+    ([0], 100)
+    """
+    if n % multiple:
+        raise ValueError(f"axis length {n} is not a multiple of {multiple}")
+    longest = _round_up(tile, multiple)
+    if longest >= n:
+        return [0], n
+    if longest - overlap < multiple:
+        raise ValueError(f"tile {tile} leaves no step with overlap {overlap}; use a larger tile")
+    k = _ceil_div(n - overlap, longest - overlap)
+    while True:  # rounding origins down to `multiple` may take up to multiple - 1 px of overlap
+        slack = overlap + multiple - 1
+        length = _round_up(_ceil_div(n + (k - 1) * slack, k), multiple)
+        if length <= longest:
+            break
+        k += 1
+    starts = [(i * (n - length)) // (k - 1) // multiple * multiple for i in range(k)]
+    starts[-1] = n - length
+    return starts, length
+
+
+def blend_window(length: int, overlap: int, *, before: bool, after: bool) -> np.ndarray:
+    """1D blending weights of one tile: tapered on the sides shared with a neighbour.
+
+    ``before``/``after`` say whether a neighbouring tile overlaps the start/end. A tapered
+    side is 0 over ``overlap // 4`` pixels, then rises as ``sin^2`` to 1 at ``overlap``
+    pixels; the rising and falling tapers of two tiles that overlap by ``overlap`` sum to 1.
+
+    Example
+    -------
+    >>> blend_window(8, 4, before=True, after=False).round(3).tolist()
+    [0.0, 0.146, 0.854, 1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    w = np.ones(length, dtype=np.float64)
+    if overlap <= 0:
+        return w
+    margin = overlap // 4
+    u = np.arange(overlap, dtype=np.float64)
+    rise = np.sin(0.5 * np.pi * np.clip((u - margin + 0.5) / (overlap - 2 * margin), 0.0, 1.0)) ** 2
+    n = min(overlap, length)
+    if before:
+        w[:n] = np.minimum(w[:n], rise[:n])
+    if after:
+        w[length - n:] = np.minimum(w[length - n:], rise[::-1][overlap - n:])
+    return w
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles covering a ``(ny, nx)`` image, with their blending weights normalised to sum 1.
+
+    Example
+    -------
+    >>> grid = TileGrid.make((300, 200), tile=128, overlap=32)
+    >>> len(grid), grid.shape
+    (6, (122, 116))
+    >>> total = np.zeros((300, 200))
+    >>> for k in range(len(grid)):
+    ...     total[grid.region(k)] += grid.weights(k)
+    >>> bool(np.allclose(total, 1))
+    True
+    """
+
+    size: tuple[int, int]
+    shape: tuple[int, int]  # every tile's (height, width)
+    starts: tuple[tuple[int, int], ...]  # (y0, x0) of every tile
+    index: tuple[tuple[int, int], ...]  # (row, column) of every tile
+    wy: tuple[np.ndarray, ...]  # per-row-position window
+    wx: tuple[np.ndarray, ...]
+    norm: np.ndarray  # 1 / (sum of all windows), (ny, nx)
+
+    @classmethod
+    def make(cls, size: tuple[int, int], tile: int, overlap: int, multiple: int = 1) -> TileGrid:
+        (ys, ty), (xs, tx) = (tile_starts(n, tile, overlap, multiple) for n in size)
+        wy = tuple(blend_window(ty, overlap, before=s > 0, after=s + ty < size[0]) for s in ys)
+        wx = tuple(blend_window(tx, overlap, before=s > 0, after=s + tx < size[1]) for s in xs)
+        total = np.zeros(size, dtype=np.float64)
+        for i, y0 in enumerate(ys):
+            for j, x0 in enumerate(xs):
+                total[y0:y0 + ty, x0:x0 + tx] += np.outer(wy[i], wx[j])
+        starts = tuple((y0, x0) for y0 in ys for x0 in xs)
+        index = tuple((i, j) for i in range(len(ys)) for j in range(len(xs)))
+        return cls(tuple(size), (ty, tx), starts, index, wy, wx, 1.0 / total)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def region(self, k: int) -> tuple[slice, slice]:
+        """The slices of tile ``k`` in the image."""
+        y0, x0 = self.starts[k]
+        return slice(y0, y0 + self.shape[0]), slice(x0, x0 + self.shape[1])
+
+    def weights(self, k: int) -> np.ndarray:
+        """Normalised blending weights of tile ``k`` (float32, its shape)."""
+        i, j = self.index[k]
+        return (np.outer(self.wy[i], self.wx[j]) * self.norm[self.region(k)]).astype(np.float32)
+
+
+# -- devices, precision, models ------------------------------------------------------------
+
+
+def resolve_device(device: Any, model: torch.nn.Module | None = None) -> torch.device:
+    """The torch device to run on: ``device``, else the model's, else the CPU.
+
+    Raises a ``RuntimeError`` naming the fix when CUDA is asked for but not usable.
+
+    Example
+    -------
+    >>> resolve_device(None)
+    device(type='cpu')
+    """
+    if device is None:
+        param = next(iter(model.parameters()), None) if model is not None else None
+        return param.device if param is not None else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        build = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise RuntimeError(
+            f"device {str(device)!r} asked for, but {build} (torch {torch.__version__}); "
+            "run on a GPU node with a CUDA build of torch, or use device 'cpu'"
+        )
+    return dev
+
+
+def resolve_dtype(dtype: Any) -> torch.dtype | None:
+    """The autocast dtype for ``dtype`` (a torch dtype or a name), ``None`` for float32.
+
+    Example
+    -------
+    >>> resolve_dtype("bf16"), resolve_dtype(None)
+    (torch.bfloat16, None)
+    """
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype.lower() not in DTYPE_NAMES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
+        dtype = DTYPE_NAMES[dtype.lower()]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype}")
+    return None if dtype == torch.float32 else dtype
+
+
+def _prepare_model(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """The model in eval mode on ``device`` (in the memory format asked), changed only if needed.
+
+    A model already prepared is left untouched, so that threads sharing one model (the
+    restore job's workers) never modify it while another thread runs it.
+    """
+    if model.training:
+        model.eval()
+    params = list(model.parameters())
+    if any(p.device.type != device.type or device.index not in (None, p.device.index) for p in params):
+        model.to(device)
+    if channels_last and any(p.ndim == 4 and not p.is_contiguous(memory_format=torch.channels_last)
+                             for p in params):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _multiple(model: torch.nn.Module) -> int:
+    """The size multiple the network needs (its down-sampling factor), 1 if it does not say."""
+    return int(getattr(getattr(model, "cfg", None), "scale", 1) or 1)
+
+
+def min_image_size(model: torch.nn.Module) -> int:
+    """The smallest height and width (px) an image must have for ``model`` to restore it.
+
+    :data:`MIN_DOWNSAMPLED_PX` pixels at the network's down-sampled scale (``cfg.scale``).
+
+    >>> min_image_size(torch.nn.Identity())
+    8
+    """
+    return MIN_DOWNSAMPLED_PX * _multiple(model)
+
+
+def _standardises(model: torch.nn.Module) -> bool:
+    """True for networks that standardise each image and expose the residual network (CGRDN)."""
+    return callable(getattr(model, "core", None)) and hasattr(model, "standardise")
+
+
+def _frame_stats(stack: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame mean and population std (clamped at ``floor``), shape (F, 1, 1)."""
+    mean = stack.mean(axis=(1, 2), dtype=np.float64, keepdims=True)
+    std = np.sqrt(np.square(stack - mean, dtype=np.float64).mean(axis=(1, 2), keepdims=True))
+    return mean, np.maximum(std, floor)
+
+
+def _pad_to_multiple(stack: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad (F, H, W) at the bottom and right to multiples of ``multiple`` (reflecting)."""
+    ph, pw = -stack.shape[1] % multiple, -stack.shape[2] % multiple
+    if not (ph or pw):
+        return stack
+    mode = "reflect" if min(stack.shape[1:]) >= 2 else "edge"
+    return np.pad(stack, ((0, 0), (0, ph), (0, pw)), mode=mode)
+
+
+# -- the batched, blended run ---------------------------------------------------------------
+
+
+def _batches(n_frames: int, n_tiles: int, batch: int) -> Iterator[list[tuple[int, int]]]:
+    """(frame, tile) pairs in groups of ``batch``, frame-major."""
+    pairs = [(f, k) for f in range(n_frames) for k in range(n_tiles)]
+    for i in range(0, len(pairs), batch):
+        yield pairs[i:i + batch]
+
+
+def _run_tiles(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    stack: np.ndarray,
+    grid: TileGrid,
+    *,
+    batch: int,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    channels_last: bool,
+) -> np.ndarray:
+    """Blend ``net``'s outputs over every tile of every frame of ``stack`` (F, H, W)."""
+    out = np.zeros(stack.shape, dtype=np.float32)
+    buf = np.empty((batch, 1, *grid.shape), dtype=np.float32)
+    cast = (torch.autocast(device.type, dtype=autocast) if autocast is not None
+            else contextlib.nullcontext())
+    with torch.inference_mode(), cast:
+        for group in _batches(stack.shape[0], len(grid), batch):
+            for i, (f, k) in enumerate(group):
+                buf[i, 0] = stack[(f, *grid.region(k))]
+            x = torch.from_numpy(buf[:len(group)]).to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = net(x).float().cpu().numpy()
+            for i, (f, k) in enumerate(group):
+                out[(f, *grid.region(k))] += y[i, 0] * grid.weights(k)
+    return out
+
+
+def restore(
+    image: Any,
+    model: torch.nn.Module,
+    *,
+    tile: int = 256,
+    overlap: int = 32,
+    batch: int = 8,
+    device: Any = None,
+    dtype: Any = None,
+    channels_last: bool = False,
+    stats: Literal["image", "tile"] = "image",
+) -> np.ndarray:
+    """Restore an image ``(y, x)`` or a stack ``(frame, y, x)`` of any size with ``model``.
+
+    Parameters
+    ----------
+    image
+        2D image or 3D stack in the units the network expects (raw counts for r_em).
+    model
+        A network mapping ``(N, 1, H, W)`` float32 to the same shape, e.g. from
+        :func:`pipeline.restore.load_model`. It is put in eval mode and moved to
+        ``device`` (in place).
+    tile, overlap
+        Tile side and minimum overlap in pixels; ``2 * overlap <= tile``. Networks acting
+        within ``overlap // 4`` pixels give the same result as on the whole image.
+    batch
+        Tiles per forward pass (tiles of several frames share a batch).
+    device
+        ``"cpu"``, ``"cuda"``, ... (default: where the model is).
+    dtype
+        ``None``/``torch.float32``, or ``torch.bfloat16`` (also ``"bf16"``) /
+        ``torch.float16`` to run under autocast; the result is always float32.
+    channels_last
+        Run model and tiles in the channels-last memory format (faster on some CPUs).
+    stats
+        ``"image"``: networks with per-image standardisation use each frame's statistics
+        for all its tiles; ``"tile"``: each tile is standardised alone (see module notes).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the shape of ``image``.
+
+    Example
+    -------
+    >>> import numpy as np, torch
+    >>> stack = np.ones((3, 40, 50), dtype=np.float32)
+    >>> restore(stack, torch.nn.Identity(), tile=32, overlap=8).shape
+    (3, 40, 50)
+    """
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"expected an image (y, x) or a stack (frame, y, x), got shape {array.shape}")
+    if 0 in array.shape:
+        raise ValueError(f"the image is empty (shape {array.shape})")
+    if not np.isfinite(array).all():
+        raise ValueError("the image contains NaN or Inf values; mask or interpolate the bad pixels first")
+    if tile < 1 or overlap < 0 or 2 * overlap > tile or batch < 1:
+        raise ValueError(f"need tile >= 1, 0 <= overlap <= tile / 2, batch >= 1; got tile {tile}, "
+                         f"overlap {overlap}, batch {batch}")
+    if stats not in ("image", "tile"):
+        raise ValueError(f"stats must be 'image' or 'tile', not {stats!r}")
+    stack = array if array.ndim == 3 else array[None]
+    dev = resolve_device(device, model)
+    autocast = resolve_dtype(dtype)
+    model = _prepare_model(model, dev, channels_last)
+    multiple = _multiple(model)
+    h, w = stack.shape[1:]
+    shared_stats = stats == "image" and _standardises(model)
+    if shared_stats:
+        mean, std = _frame_stats(stack, float(getattr(model.standardise, "floor", 0.0)))
+        stack = ((stack - mean) / std).astype(np.float32)
+        net = model.core
+    else:
+        net = model
+    padded = _pad_to_multiple(stack, multiple)
+    grid = TileGrid.make(padded.shape[1:], tile, overlap, multiple)
+    out = _run_tiles(net, padded, grid, batch=batch, device=dev, autocast=autocast,
+                     channels_last=channels_last)[:, :h, :w]
+    if shared_stats:
+        out = (std * (out + stack) + mean).astype(np.float32)
+    return out if array.ndim == 3 else out[0]
