@@ -69,8 +69,16 @@ def test_fuse_takes_auto_weights():
 
 @pytest.mark.slow
 def test_the_wheel_holds_only_emfuse(tmp_path):
+    import shutil
+
+    source = tmp_path / "src"  # a copy: setuptools writes build/ beside the sources
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in ("emfuse", *LAYERS):
+        shutil.copytree(ROOT / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    "-w", str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("emfuse-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}

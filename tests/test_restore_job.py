@@ -275,11 +275,14 @@ def test_auto_on_a_tem_frame_is_sure_and_warns_of_nothing(tmp_path, tiny_model, 
     from pathlib import Path
 
     store = _tem_store(tmp_path / "tem.zarr")
+    job, _ = restore_job.plan(store, tmp_path / "shipped.zarr", model="auto", **OPTIONS)
+    assert job.model == "tem-low"  # this version ships an LRTEM model
+    monkeypatch.setitem(MODEL_FILES, "tem-low", tmp_path / "absent.safetensors")  # a version without it
     job, _ = restore_job.plan(store, tmp_path / "a.zarr", model="auto", **OPTIONS)
     choice = read_attrs(job.out)["model_choice"]
     assert (choice["modality"], choice["resolution"], choice["confident"], choice["wanted"]) == ("tem", "low", True, "tem-low")
     assert "acquisition_mode 'TEM'" in choice["reason"] and "pixel 0.5 nm > 0.05 nm" in choice["reason"]
-    assert job.model == "default" and "tem-low.safetensors is not part of this version" in choice["reason"]
+    assert job.model == "default" and "no model of its own for tem-low" in choice["reason"]
     assert not [w for w in read_attrs(job.out).get("warnings", []) if w["code"] == "model-auto-unsure"]
     monkeypatch.setitem(MODEL_FILES, "tem-low", Path(tiny_model))
     job, _ = restore_job.plan(store, tmp_path / "b.zarr", model="auto", **OPTIONS)

@@ -128,7 +128,7 @@ def test_auto_picks_the_own_model_of_the_modality_and_falls_back_to_default():
         assert (choice.model, choice.wanted, choice.modality, choice.resolution) == (name, name, modality, resolution)
     missing = resolve_model("auto", ModalityGuess("tem", "low", "TEM: ...", False), available={"default"})
     assert missing.model == "default" and missing.wanted == "tem-low" and not missing.confident
-    assert "Model tem-low wanted, but tem-low.safetensors is not part of this version" in missing.reason
+    assert "no model of its own for tem-low" in missing.reason
     assert ModelChoice.from_record(json.loads(json.dumps(missing.record()))) == missing
 
 

@@ -396,7 +396,7 @@ def resolve_model(name: str | os.PathLike | None, guess: ModalityGuess | None = 
     """
     asked = DEFAULT if name is None else str(name).strip()
     if asked.lower() != AUTO:
-        why = "the default model (HR-STEM)" if asked == DEFAULT else "named with --model"
+        why = "the default model (the universal model)" if asked == DEFAULT else "named with --model"
         return ModelChoice(asked, asked, why)
     if guess is None:
         raise ValueError("model 'auto' needs a guess of the modality (infer_modality)")
@@ -406,8 +406,9 @@ def resolve_model(name: str | os.PathLike | None, guess: ModalityGuess | None = 
         model, reason = wanted, f"{guess.reason}. Model {wanted}"
     else:
         model = DEFAULT
-        reason = (f"{guess.reason}. Model {wanted} wanted, but {MODEL_FILES[wanted].name} is not part of "
-                  "this version; the default model (HR-STEM) is used")
+        reason = (f"{guess.reason}. This version has no model of its own for {wanted} (a model fine-tuned "
+                  "for it did not beat the default on the held-out families): the default model, trained "
+                  "on every modality, restores it")
     return ModelChoice(AUTO, model, reason, guess.confident, guess.modality, guess.resolution, wanted)
 
 
