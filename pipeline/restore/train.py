@@ -334,8 +334,9 @@ def evaluate(model: torch.nn.Module, clean: torch.Tensor, degraded: torch.Tensor
         mse = (out - clean).square().mean(dim=(1, 2, 3))
         rng = clean.amax(dim=(1, 2, 3)) - clean.amin(dim=(1, 2, 3))
         psnr = 10 * torch.log10(rng.square() / mse.clamp_min(1e-30))
+        psnr = psnr[rng > 0]  # a flat target (all vacuum) has no PSNR
     model.train(was_training)
-    return {"loss": float(total), "psnr": float(psnr.mean())}
+    return {"loss": float(total), "psnr": float(psnr.mean()) if psnr.numel() else float("nan")}
 
 
 # --- checkpoints ------------------------------------------------------------------------------
