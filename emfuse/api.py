@@ -70,9 +70,20 @@ def fuse(haadf: Any, maps: Any, z: Sequence[float], *, lambda_chem: float | str 
 def restore(image: Any, model: Any = "default", **kwargs: Any) -> Any:
     """Restore an image (y, x) or a stack (frame, y, x) with a network or a model name.
 
-    ``model`` is a network from :func:`emfuse.pipeline.restore.load_model`, or a name it takes
-    (``"default"``, ``"stem-high"``, ``"r_em:sfr_hrstem"``, a ``.safetensors`` path);
-    ``kwargs`` go to :func:`emfuse.pipeline.restore.inference.restore` (``tile``, ``device``...).
+    Parameters
+    ----------
+    image : array_like
+        An image (y, x) or a stack of frames (frame, y, x), in any units.
+    model : str, path or torch.nn.Module, default "default"
+        A network from :func:`emfuse.pipeline.restore.load_model`, or a name it takes
+        (``"default"``, ``"stem-high"``, ``"r_em:sfr_hrstem"``, a ``.safetensors`` path).
+    **kwargs
+        Passed to :func:`emfuse.pipeline.restore.inference.restore` (``tile``, ``device``...).
+
+    Returns
+    -------
+    numpy.ndarray
+        The restored image or stack, the shape of ``image``.
 
     Examples
     --------

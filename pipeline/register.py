@@ -25,8 +25,8 @@ Conventions: a shift ``(dy, dx)`` is in pixels along (y, x); ``estimate_shift(re
 returns the drift of ``moving``, the shift for which ``moving ≈ shift_image(ref, shift)``;
 aligning undoes it, ``shift_image(moving, -shift)``.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from scipy.ndimage import gaussian_filter
 >>> ref = gaussian_filter(np.random.default_rng(0).random((128, 128)), 2)
@@ -125,8 +125,8 @@ def estimate_shift(
         towards 0 (by a few hundredths of a pixel per pixel of drift on 100 px images);
         the remaining drift is small, and so is its bias.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> ref = np.zeros((32, 48)); ref[10:14, 20:23] = 1
     >>> estimate_shift(ref, np.roll(ref, (2, -5), axis=(0, 1)), window=False, refine=0)
@@ -155,8 +155,8 @@ def shift_image(
     image filled by ``mode`` (as :func:`scipy.ndimage.shift`); ``"fourier"``: a phase ramp
     (exact for band-limited images, wraps around the borders).
 
-    Example
-    -------
+    Examples
+    --------
     >>> shift_image(np.arange(5.0)[None], (0, 1), mode="constant").round(6).tolist()
     [[0.0, 0.0, 1.0, 2.0, 3.0]]
     """
@@ -184,8 +184,8 @@ def register_stack(
     ``"mean"``: then, ``iterations - 1`` times, against the mean of the aligned frames
     (less noisy), with the shifts re-centred so that the first frame's stays 0.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> from scipy.ndimage import gaussian_filter
     >>> ref = gaussian_filter(np.random.default_rng(1).random((96, 96)), 2)

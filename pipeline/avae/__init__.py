@@ -18,8 +18,8 @@ mode and attention weights that decide, at every position, how much each mode co
 Nothing here imports torch until a model is built, so the simulator and the preprocessing stay
 cheap to import. See ``docs/methods/avae.md``.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from emfuse.pipeline.avae.simulate import simulate_region
 >>> from emfuse.pipeline.avae.preprocess import Preprocessing

@@ -38,8 +38,24 @@ def fuse_modes(model: AVAE, modes: Any, *, present: Any = None,
                device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fused image (y, x) and attention (mode, y, x) of preprocessed ``modes`` (mode, y, x) in [0, 1].
 
-    ``present`` (one flag per mode), optional: fuse only the modes marked true; the others get
-    weight 0 whatever their pixels hold (a mode not recorded: pass zeros for it).
+    Parameters
+    ----------
+    model : AVAE
+        The trained attention network (:func:`emfuse.pipeline.avae.model.load_avae`).
+    modes : array_like
+        The preprocessed modes (mode, y, x) in [0, 1], ``model.cfg.n_modes`` of them.
+    present : array_like of bool, optional
+        One flag per mode: fuse only the modes marked true; the others get weight 0 whatever
+        their pixels hold (a mode not recorded: pass zeros for it). Default: all modes.
+    device : str, optional
+        The torch device to run on; default: the model's.
+
+    Returns
+    -------
+    fused : numpy.ndarray
+        The fused image (y, x), float32.
+    attention : numpy.ndarray
+        The attention weights (mode, y, x), float32.
     """
     a = np.asarray(modes, dtype=np.float32)
     if a.ndim != 3 or a.shape[0] != model.cfg.n_modes:

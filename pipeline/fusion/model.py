@@ -32,6 +32,29 @@ def check_inputs(haadf: Any, maps: Any, z: Sequence[float]) -> None:
 
     Checks dimensions, shapes, emptiness, atomic numbers, NaN/Inf and
     negative counts in the maps. Works on numpy and cupy arrays.
+
+    Parameters
+    ----------
+    haadf : array_like
+        The HAADF image (y, x).
+    maps : array_like
+        The elemental maps (element, y, x), counts >= 0.
+    z : sequence of float
+        One atomic number per map.
+
+    Raises
+    ------
+    FusionInputError
+        The first problem found, with what to do about it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_inputs(np.ones((4, 4)), np.ones((2, 4, 4)), [8, 22])
+    >>> check_inputs(np.ones((4, 4)), np.ones((2, 4, 4)), [8])
+    Traceback (most recent call last):
+    ...
+    emfuse.pipeline.fusion.model.FusionInputError: 1 atomic numbers for 2 maps; give one Z per element map.
     """
     if getattr(haadf, "ndim", None) != 2:
         raise FusionInputError(
@@ -77,6 +100,13 @@ class Normalisation:
     """Min-max normalisation of the inputs, kept so fused maps can be put back into counts.
 
     ``normalised = (raw - offset) / scale``, per element for the maps.
+
+    Parameters
+    ----------
+    haadf_offset, haadf_scale : float
+        The HAADF's offset (its minimum) and scale (its range).
+    map_offset, map_scale : tuple of float
+        Each map's offset and scale, in the order of the maps.
     """
 
     haadf_offset: float
@@ -182,13 +212,44 @@ def valid_range(haadf: Any, haadf_valid: Any = None) -> tuple[float, float]:
 
 
 def haadf_weights(z: Sequence[float]) -> np.ndarray:
-    """Measurement weights ``w_i = Z_i / mean(Z)`` (the published ``method=1``)."""
+    """Measurement weights ``w_i = Z_i / mean(Z)`` (the published ``method=1``).
+
+    Parameters
+    ----------
+    z : sequence of float
+        One atomic number per element.
+
+    Returns
+    -------
+    numpy.ndarray
+        The weights (element,), float64, mean 1.
+
+    Examples
+    --------
+    >>> haadf_weights([8, 24]).tolist()
+    [0.5, 1.5]
+    """
     z = np.asarray(z, dtype=np.float64)
     return z / z.mean()
 
 
 def haadf_model(x: Any, weights: Any, gamma: float) -> Any:
-    """Model HAADF ``sum_i w_i x_i^gamma`` of fused maps ``x`` (element, y, x)."""
+    """Model HAADF ``sum_i w_i x_i^gamma`` of fused maps ``x`` (element, y, x).
+
+    Parameters
+    ----------
+    x : array_like
+        The (normalised) maps (element, y, x), numpy or cupy.
+    weights : array_like
+        One weight per element (:func:`haadf_weights`).
+    gamma : float
+        The power of the Z-contrast model.
+
+    Returns
+    -------
+    array
+        The model HAADF (y, x), in the dtype of ``x``.
+    """
     xp = get_xp(x)
     w = xp.asarray(weights, dtype=x.dtype)[:, None, None]
     return (w * x**gamma).sum(axis=0)
@@ -234,9 +295,23 @@ def objective_terms(
 ) -> tuple[float, float, float]:
     """The three unweighted terms ``(psi_1, psi_2, TV)`` at ``x``, as Python floats.
 
-    ``haadf`` and ``maps`` are the normalised inputs; sums are taken in float64.
-    ``valid`` (y, x), 1 where the HAADF pixel counts and 0 where it is left out
-    (saturated), weights the residual of ``psi_1``; None counts every pixel.
+    Sums are taken in float64.
+
+    Parameters
+    ----------
+    x : array_like
+        The candidate maps (element, y, x), normalised.
+    haadf, maps : array_like
+        The normalised inputs, (y, x) and (element, y, x).
+    weights : array_like
+        One HAADF weight per element (:func:`haadf_weights`).
+    gamma : float
+        The power of the Z-contrast model.
+    bkg : float
+        The background added to ``x`` inside the Poisson term's logarithm.
+    valid : array_like, optional
+        (y, x), 1 where the HAADF pixel counts and 0 where it is left out (saturated);
+        weights the residual of ``psi_1``. None counts every pixel.
     """
     xp = get_xp(x)
     residual = haadf_model(x, weights, gamma) - haadf
@@ -263,8 +338,27 @@ def objective(
     """The objective ``F(x)`` of the fusion problem on normalised inputs.
 
     One function evaluates any candidate (ours, the published code's), so
-    results can be compared on equal terms. ``haadf_valid`` (bool (y, x)) leaves the
-    False pixels out of the HAADF term, as :func:`emfuse.pipeline.fusion.fuse` does.
+    results can be compared on equal terms.
+
+    Parameters
+    ----------
+    x : array_like
+        The candidate maps (element, y, x), normalised.
+    haadf, maps : array_like
+        The normalised inputs, (y, x) and (element, y, x).
+    z : sequence of float
+        One atomic number per element.
+    gamma, lambda_chem, lambda_tv, bkg : float
+        The model's power and weights and the Poisson background, as in
+        :class:`emfuse.pipeline.fusion.FusionParams`.
+    haadf_valid : array_like of bool, optional
+        (y, x): the False pixels are left out of the HAADF term, as
+        :func:`emfuse.pipeline.fusion.fuse` does.
+
+    Returns
+    -------
+    float
+        ``psi_1 / n_elements + lambda_chem * psi_2 + lambda_tv * TV``.
 
     Examples
     --------

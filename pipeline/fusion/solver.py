@@ -155,6 +155,14 @@ class FusionResult:
     lambda_choice
         :class:`~emfuse.pipeline.fusion.auto.LambdaChoice` when the weights were chosen
         automatically (:func:`emfuse.fuse` with ``"auto"``), else None.
+    initial_objective
+        The objective F at the starting iterate.
+    step_history
+        The gradient step used at each iteration.
+    engine
+        The kernels that ran: ``"numba"`` or ``"xp"``.
+    convergence
+        Messages on cost curves that had not levelled off or oscillated (empty when none).
     """
 
     fused: Any

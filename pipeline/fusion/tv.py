@@ -19,6 +19,16 @@ from ..backend import get_xp
 def gradient(x: Any) -> tuple[Any, Any]:
     """Forward differences along rows (``gy``) and columns (``gx``), zero at the far edge.
 
+    Parameters
+    ----------
+    x : array_like
+        An image (H, W) or a stack (..., H, W), numpy or cupy.
+
+    Returns
+    -------
+    gy, gx : array
+        The differences, each the shape of ``x``.
+
     Examples
     --------
     >>> import numpy as np
@@ -37,8 +47,24 @@ def gradient(x: Any) -> tuple[Any, Any]:
 def divergence(py: Any, px: Any) -> Any:
     """Discrete divergence, the negative adjoint of :func:`gradient`.
 
-    ``py`` and ``px`` must be zero in their last row and column respectively
-    (as every field produced by :func:`gradient` and :func:`prox_tv` is).
+    Parameters
+    ----------
+    py, px : array_like
+        The field's row and column components, (..., H, W); they must be zero in their last
+        row and column respectively (as every field produced by :func:`gradient` and
+        :func:`prox_tv` is).
+
+    Returns
+    -------
+    array
+        The divergence, the shape of ``py``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[0.0, 1.0], [2.0, 4.0]])
+    >>> divergence(*gradient(x)).tolist()
+    [[3.0, 2.0], [0.0, -5.0]]
     """
     div = py.copy()
     div[..., 1:, :] -= py[..., :-1, :]
@@ -50,7 +76,15 @@ def divergence(py: Any, px: Any) -> Any:
 def tv_iso(x: Any) -> Any:
     """Isotropic TV, ``sum sqrt(dy^2 + dx^2)``, of each image of a stack ``(..., H, W)``.
 
-    Returns an array of shape ``x.shape[:-2]`` (a scalar for one image).
+    Parameters
+    ----------
+    x : array_like
+        An image (H, W) or a stack (..., H, W), numpy or cupy.
+
+    Returns
+    -------
+    array
+        The TV of each image, shape ``x.shape[:-2]`` (a scalar for one image).
 
     Examples
     --------

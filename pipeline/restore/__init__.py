@@ -18,8 +18,8 @@ Models are :class:`~emfuse.pipeline.restore.cgrdn.CGRDN` networks in PyTorch, lo
 Weights are only ever read with ``safetensors`` (never unpickled). torch is imported on the
 first call, so importing this package (e.g. for the distortion models) stays cheap.
 
-Example
--------
+Examples
+--------
 >>> from emfuse.pipeline.restore import load_model  # doctest: +SKIP
 >>> net = load_model("r_em:sfr_hrstem")  # doctest: +SKIP
 >>> with torch.no_grad():  # doctest: +SKIP
@@ -60,7 +60,23 @@ __all__ = ["DEFAULT_MODEL", "MODEL_FILES", "MODEL_NAMES", "cache_dir", "load_mod
 
 
 def restore(image: Any, model: Any, **kwargs: Any) -> Any:
-    """Restore an image or (frame, y, x) stack by overlapping tiles; see :func:`.inference.restore`."""
+    """Restore an image or (frame, y, x) stack by overlapping tiles.
+
+    Parameters
+    ----------
+    image : array_like
+        An image (y, x) or a stack (frame, y, x).
+    model : torch.nn.Module
+        The network (:func:`load_model`).
+    **kwargs
+        Passed to :func:`emfuse.pipeline.restore.inference.restore` (``tile``, ``device``...),
+        which says what each does.
+
+    Returns
+    -------
+    numpy.ndarray
+        The restored image or stack, the shape of ``image``.
+    """
     from .inference import restore as _restore  # torch is imported here, not with the package
 
     return _restore(image, model, **kwargs)
@@ -82,8 +98,22 @@ def save_model(model: CGRDN, path: str | os.PathLike, *, metadata: dict[str, str
     The file is written beside its destination and renamed into place, so concurrent
     readers (several Dask workers filling the cache) never see half a file.
 
-    Example
+    Parameters
+    ----------
+    model : CGRDN
+        The network to write.
+    path : str or os.PathLike
+        The destination file (``.safetensors``).
+    metadata : dict of str to str, optional
+        More header entries (the training config, the validation...).
+
+    Returns
     -------
+    pathlib.Path
+        The file written.
+
+    Examples
+    --------
     >>> from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "tiny.safetensors"
@@ -234,8 +264,8 @@ def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> 
     The model maps ``(N, 1, H, W)`` float32 images in raw detector units to restored
     images of the same shape and units (see :class:`~emfuse.pipeline.restore.cgrdn.CGRDN`).
 
-    Example
-    -------
+    Examples
+    --------
     >>> net = load_model("r_em:sfr_lrtem")  # doctest: +SKIP
     >>> sum(p.numel() for p in net.parameters())  # doctest: +SKIP
     7035521

@@ -22,8 +22,8 @@ estimate (:func:`held_out_decision`).
 
 Arrays in, model out: no Zarr, no Dask (:mod:`emfuse.flows.restore_job` calls it).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np, torch
 >>> from emfuse.pipeline.restore.cgrdn import CGRDN
 >>> from emfuse.pipeline.restore.train import MODEL_PRESETS
@@ -86,8 +86,8 @@ def measure_drift(frames: np.ndarray) -> np.ndarray:
     the frame-to-frame steps stay small, and the second measurement keeps their errors from
     adding up (a remainder above 1 px is taken for a neighbouring peak and ignored).
 
-    Example
-    -------
+    Examples
+    --------
     >>> from emfuse.pipeline.synth.movie import make_movie
     >>> m = make_movie((64, 64), n_frames=3, dose=200, seed=1)
     >>> bool(np.abs(measure_drift(m.movie) - m.drift).max() < 0.2)
@@ -138,8 +138,8 @@ def align_region(target_frame: np.ndarray, origin: tuple[int, int], size: tuple[
 
     So: crop by whole pixels always, and interpolate only what is left when it matters.
 
-    Example
-    -------
+    Examples
+    --------
     >>> f = np.arange(100.0).reshape(10, 10)
     >>> align_region(f, (2, 3), (4, 4), np.array([1.0, -2.0]))[0].tolist()  # rows 3.., cols 1..
     [31.0, 32.0, 33.0, 34.0]
@@ -188,8 +188,8 @@ def noise2noise_pairs(frames: np.ndarray, drift: np.ndarray, rng: np.random.Gene
     inputs, targets : ndarray
         float32, (n, 1, patch, patch) each.
 
-    Example
-    -------
+    Examples
+    --------
     >>> from emfuse.pipeline.synth.movie import make_movie
     >>> m = make_movie((48, 48), n_frames=3, seed=0)
     >>> a, b = noise2noise_pairs(m.movie, m.drift, np.random.default_rng(0), patch=32, n=2)
@@ -284,8 +284,8 @@ def held_out_decision(before: np.ndarray, after: np.ndarray, *, z: float = 2.0,
 
     Returns ``(improved, reason, figures)``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> b = np.array([2.0, 2.1, 1.9, 2.0]); held_out_decision(b, b - 0.5)[0], held_out_decision(b, b)[0]
     (True, False)
     """

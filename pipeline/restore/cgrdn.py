@@ -25,8 +25,8 @@ cropped back: ``pad_mode="reflect"`` (default) mirrors the image, ``"constant"``
 its mean, as ``tk_r_em``'s ``predict`` does, except that there the padded rows also enter
 the mean and std. The statistics here are always those of the image itself.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> net = CGRDN(CGRDNConfig(features=8, growth=4, groups=1, blocks=1, layers=2)).eval()
 >>> with torch.no_grad():
@@ -48,8 +48,8 @@ from torch import nn
 class CGRDNConfig:
     """Hyper-parameters of :class:`CGRDN`; the defaults are the published r_em networks'.
 
-    Example
-    -------
+    Examples
+    --------
     >>> CGRDNConfig.from_dict(CGRDNConfig().to_dict()) == CGRDNConfig()
     True
     """
@@ -80,8 +80,8 @@ class CGRDNConfig:
 def same_padding(kernel: int, stride: int) -> tuple[int, int]:
     """Keras/TensorFlow 'same' padding ``(before, after)`` for a size divisible by ``stride``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> same_padding(3, 1), same_padding(4, 2), same_padding(3, 2)
     ((1, 1), (1, 1), (0, 1))
     """
@@ -95,8 +95,8 @@ class Standardise(nn.Module):
     ``mean`` and ``std`` have shape ``(N, C, 1, 1)``; ``std`` is the population std,
     clamped below at ``floor`` so a flat image does not divide by zero.
 
-    Example
-    -------
+    Examples
+    --------
     >>> xs, mean, std = Standardise()(torch.tensor([[[[1.0, 3.0]]]]))
     >>> xs.flatten().tolist(), mean.item(), std.item()
     ([-1.0, 1.0], 2.0, 1.0)
@@ -159,8 +159,8 @@ class CGRDN(nn.Module):
         network and cropped after: ``"reflect"``, ``"replicate"`` or ``"constant"`` (the
         image mean). See the module docstring.
 
-    Example
-    -------
+    Examples
+    --------
     >>> sum(p.numel() for p in CGRDN().parameters())
     7035521
     """
@@ -318,8 +318,8 @@ def _fast_dtype(model: CGRDN, x: torch.Tensor) -> torch.dtype | None:
 def torch_names(cfg: CGRDNConfig) -> dict[str, str]:
     """Keras layer name of every convolution -> its module path in :class:`CGRDN`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> torch_names(CGRDNConfig())["gen_g_2_rdb_3_cpl_4_1_conv"]
     'groups.1.blocks.2.layers.3'
     """

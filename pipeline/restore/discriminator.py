@@ -13,8 +13,8 @@ its input, not only whether it looks clean. Inputs should be standardised (the t
 loop passes images in the target's standard units). The losses are
 :func:`emfuse.pipeline.restore.losses.ragan_losses`.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> d = PatchDiscriminator(width=8, downsamplings=2)
 >>> tuple(d(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)).shape)
@@ -33,8 +33,8 @@ from torch import nn
 class DiscriminatorConfig:
     """Hyper-parameters of :class:`PatchDiscriminator`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> DiscriminatorConfig.from_dict(DiscriminatorConfig().to_dict()) == DiscriminatorConfig()
     True
     """
@@ -63,8 +63,8 @@ class PatchDiscriminator(nn.Module):
     cfg
         A :class:`DiscriminatorConfig`; keyword arguments override its fields.
 
-    Example
-    -------
+    Examples
+    --------
     >>> d = PatchDiscriminator(conditional=False, width=4, downsamplings=1)
     >>> tuple(d(torch.rand(1, 1, 16, 16)).shape)
     (1, 1, 8, 8)

@@ -25,8 +25,8 @@ network on each tile instead (each tile standardised alone), as ``tk_r_em``'s
 down-sampling factor (``cfg.scale``), and frames are padded at the bottom and right to
 such a multiple (reflecting), as the network does itself.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np, torch
 >>> net = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
 >>> _ = torch.nn.init.constant_(net.weight, 1 / 9)
@@ -83,8 +83,8 @@ def tile_starts(n: int, tile: int, overlap: int, multiple: int = 1) -> tuple[lis
     (less computed twice than with ``tile``-long tiles and a short last step). Lengths and
     origins are multiples of ``multiple`` (``n`` must be one); the last tile ends at ``n``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> tile_starts(1024, 256, 32)  # 5 tiles of 231 px rather than 5 of 256
     ([0, 198, 396, 594, 793], 231)
     >>> tile_starts(100, 256, 32)
@@ -116,8 +116,8 @@ def blend_window(length: int, overlap: int, *, before: bool, after: bool) -> np.
     side is 0 over ``overlap // 4`` pixels, then rises as ``sin^2`` to 1 at ``overlap``
     pixels; the rising and falling tapers of two tiles that overlap by ``overlap`` sum to 1.
 
-    Example
-    -------
+    Examples
+    --------
     >>> blend_window(8, 4, before=True, after=False).round(3).tolist()
     [0.0, 0.146, 0.854, 1.0, 1.0, 1.0, 1.0, 1.0]
     """
@@ -139,8 +139,8 @@ def blend_window(length: int, overlap: int, *, before: bool, after: bool) -> np.
 class TileGrid:
     """Tiles covering a ``(ny, nx)`` image, with their blending weights normalised to sum 1.
 
-    Example
-    -------
+    Examples
+    --------
     >>> grid = TileGrid.make((300, 200), tile=128, overlap=32)
     >>> len(grid), grid.shape
     (6, (122, 116))
@@ -194,8 +194,8 @@ def resolve_device(device: Any, model: torch.nn.Module | None = None) -> torch.d
 
     Raises a ``RuntimeError`` naming the fix when CUDA is asked for but not usable.
 
-    Example
-    -------
+    Examples
+    --------
     >>> resolve_device(None)
     device(type='cpu')
     """
@@ -215,8 +215,8 @@ def resolve_device(device: Any, model: torch.nn.Module | None = None) -> torch.d
 def resolve_dtype(dtype: Any) -> torch.dtype | None:
     """The autocast dtype for ``dtype`` (a torch dtype or a name), ``None`` for float32.
 
-    Example
-    -------
+    Examples
+    --------
     >>> resolve_dtype("bf16"), resolve_dtype(None)
     (torch.bfloat16, None)
     """
@@ -366,8 +366,8 @@ def restore(
     numpy.ndarray
         float32, the shape of ``image``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, torch
     >>> stack = np.ones((3, 40, 50), dtype=np.float32)
     >>> restore(stack, torch.nn.Identity(), tile=32, overlap=8).shape

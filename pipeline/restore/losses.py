@@ -29,8 +29,8 @@ serves every dose.
 The weights and the outlier definition are ours where the paper's text was not available
 to us; docs/methods/restoration.md ("Training and fine-tuning") says which.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> t = torch.rand(2, 1, 32, 32)
 >>> total, terms = generator_loss(t + 0.1 * torch.randn_like(t), t)
@@ -85,8 +85,8 @@ def standardise_pair(
     ``floor * (|mean_t| + 1)``. The statistics carry no gradient. The losses are then
     independent of the dose (the image's scale).
 
-    Example
-    -------
+    Examples
+    --------
     >>> t = torch.tensor([[[[1.0, 3.0]]]])
     >>> ys, ts = standardise_pair(t + 1, t)
     >>> ys.flatten().tolist(), ts.flatten().tolist()
@@ -106,8 +106,8 @@ def standardise_pair(
 def l1_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error, ``mean |y - y_g|``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> float(l1_loss(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)))
     1.0
     """
@@ -132,8 +132,8 @@ def outlier_l2_loss(
     weight
         >= 1: the weight of the outliers.
 
-    Example
-    -------
+    Examples
+    --------
     >>> t = torch.zeros(1, 1, 4, 4)
     >>> y = t.clone(); y[0, 0, 0, 0] = 1.0  # one pixel off by 1, 15 exact
     >>> float(outlier_l2_loss(y, t, quantile=0.9, weight=4.0))  # (4 * 1) / 16
@@ -160,8 +160,8 @@ def local_whitening(x: torch.Tensor, window: int, *, eps: float = 1e-2) -> torch
     beyond the last whole block are dropped. A per-block affine change ``a_b x + c_b``
     (``a_b > 0``) leaves the result unchanged where ``a_b sigma_b >> eps``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> x = torch.arange(16.0).view(1, 1, 4, 4)
     >>> z = local_whitening(x, 2, eps=0.0)
     >>> torch.allclose(z, local_whitening(3 * x + 7, 2, eps=0.0)), tuple(z.shape)
@@ -190,8 +190,8 @@ def mlwt_loss(
     structure whatever the local brightness and contrast, so faint columns beside bright
     ones weigh as much as in a global loss they would not.
 
-    Example
-    -------
+    Examples
+    --------
     >>> t = torch.rand(2, 1, 32, 32)
     >>> float(mlwt_loss(t, t)), bool(mlwt_loss(t.flip(-1), t) > 0.5)
     (0.0, True)
@@ -216,8 +216,8 @@ def fourier_loss(
     and gradient 0), which keeps the gradient finite (``|z|**p`` has an infinite slope
     at 0).
 
-    Example
-    -------
+    Examples
+    --------
     >>> t = torch.rand(1, 1, 16, 16); e = torch.randn(1, 1, 16, 16)
     >>> r = fourier_loss(t + 16 * e, t) / fourier_loss(t + e, t)
     >>> round(float(r), 3)  # 16 ** 0.125
@@ -236,8 +236,8 @@ def fourier_loss(
 def mean_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over images of ``|mean(y) - mean(y_g)|`` (each image's mean over its pixels).
 
-    Example
-    -------
+    Examples
+    --------
     >>> float(mean_loss(torch.ones(1, 1, 2, 2) * 3, torch.ones(1, 1, 2, 2)))
     2.0
     """
@@ -248,8 +248,8 @@ def mean_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def std_loss(y: torch.Tensor, target: torch.Tensor, *, eps: float = 1e-12) -> torch.Tensor:
     """Mean over images of ``|std(y) - std(y_g)|`` (population std over each image's pixels).
 
-    Example
-    -------
+    Examples
+    --------
     >>> t = torch.tensor([[[[0.0, 2.0]]]])
     >>> float(std_loss(3 * t, t))  # stds 3 and 1
     2.0
@@ -275,8 +275,8 @@ def ragan_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[
     stability. To train the discriminator pass ``fake_logits`` computed on detached
     outputs; for the generator step, on the live outputs.
 
-    Example
-    -------
+    Examples
+    --------
     >>> d, g = ragan_losses(torch.full((4, 1, 3, 3), 5.0), torch.full((4, 1, 3, 3), -5.0))
     >>> bool(d < 1e-3), bool(g > 10)  # the critic wins: D loss ~0, G loss large
     (True, True)
@@ -292,8 +292,8 @@ def ragan_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[
 class LossWeights:
     """Weights of the generator loss terms (0 switches a term off).
 
-    Example
-    -------
+    Examples
+    --------
     >>> LossWeights.from_dict(LossWeights(fourier=0.0).to_dict()).fourier
     0.0
     """
@@ -352,8 +352,8 @@ def generator_loss(
     terms : dict
         Each computed term's unweighted value (floats), for the training log.
 
-    Example
-    -------
+    Examples
+    --------
     >>> t = torch.rand(1, 1, 16, 16)
     >>> total, terms = generator_loss(t, t, LossWeights(mlwt=0.0))
     >>> "mlwt" in terms, float(total)

@@ -23,8 +23,8 @@ Files in the output directory:
     the configuration, and one JSON line per step (losses, learning rate, seconds) plus
     ``"val"`` lines with the loss and PSNR on a fixed validation batch.
 
-Example
--------
+Examples
+--------
 >>> import tempfile
 >>> cfg = TrainConfig(steps=2, batch=2, patch=32, model="tiny", checkpoint_every=1)
 >>> result = train(tempfile.mkdtemp(), cfg, progress=False)  # doctest: +SKIP
@@ -123,8 +123,8 @@ class TrainConfig:
     val_size
         Pairs in the fixed validation batch (0: none), evaluated at every checkpoint.
 
-    Example
-    -------
+    Examples
+    --------
     >>> TrainConfig.from_dict(TrainConfig(steps=5).to_dict()).steps
     5
     """
@@ -245,8 +245,8 @@ class TrainResult:
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """The learning rate of (0-based) ``step``: linear warm-up, then cosine to ``lr_final``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, lr_final=1e-5)
     >>> learning_rate(cfg, 0), learning_rate(cfg, 9), round(learning_rate(cfg, 99), 8)
     (0.0001, 0.001, 1e-05)
@@ -316,8 +316,8 @@ def evaluate(model: torch.nn.Module, clean: torch.Tensor, degraded: torch.Tensor
              weights: LossWeights | None = None) -> dict[str, float]:
     """Loss (standardised units) and mean PSNR (dB, range of each clean image) on one batch.
 
-    Example
-    -------
+    Examples
+    --------
     >>> net = CGRDN(MODEL_PRESETS["tiny"])
     >>> c = torch.rand(2, 1, 32, 32); r = evaluate(net, c, c + 0.1 * torch.randn_like(c))
     >>> sorted(r)
@@ -370,8 +370,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict, prefix: s
 def latest_checkpoint(out: str | os.PathLike) -> Path | None:
     """The checkpoint with the highest step in ``out`` (None if there is none).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile
     >>> latest_checkpoint(tempfile.mkdtemp()) is None
     True
@@ -475,8 +475,8 @@ def train(
     -------
     TrainResult
 
-    Example
-    -------
+    Examples
+    --------
     >>> res = train("runs/stem", TrainConfig(steps=2000))  # doctest: +SKIP
     >>> load_model(res.model_path)  # doctest: +SKIP
     """

@@ -17,8 +17,8 @@ The few protobuf fields needed are decoded by hand (a varint reader), so neither
 TensorFlow nor protobuf is required. Every size, offset and checksum is checked: a
 damaged or truncated file raises :class:`BundleError` naming the file and the fix.
 
-Example
--------
+Examples
+--------
 >>> from emfuse.pipeline.restore.weights import read_bundle  # doctest: +SKIP
 >>> tensors = read_bundle("sfr_hrstem/variables/variables")  # doctest: +SKIP
 >>> tensors["layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"].shape  # doctest: +SKIP
@@ -158,8 +158,8 @@ def _block_entries(block: bytes, path: Path) -> Iterator[tuple[bytes, bytes]]:
 def read_table(path: str | Path) -> dict[str, bytes]:
     """All ``key -> value`` pairs of an uncompressed LevelDB-format table (a bundle index).
 
-    Example
-    -------
+    Examples
+    --------
     >>> entries = read_table("variables/variables.index")  # doctest: +SKIP
     >>> sorted(entries)[:2]  # doctest: +SKIP
     ['', '_CHECKPOINTABLE_OBJECT_GRAPH']
@@ -266,8 +266,8 @@ def read_bundle(
     verify
         Check each tensor's crc32c.
 
-    Example
-    -------
+    Examples
+    --------
     >>> w = read_bundle("variables/variables", ["layer_with_weights-0/bias/.ATTRIBUTES/VARIABLE_VALUE"])  # doctest: +SKIP
     >>> w["layer_with_weights-0/bias/.ATTRIBUTES/VARIABLE_VALUE"].dtype  # doctest: +SKIP
     dtype('float32')
@@ -435,8 +435,8 @@ def convert_saved_model(model_dir: str | Path) -> tuple[CGRDNConfig, dict[str, n
     ``(kh, kw, out, in)`` become ``ConvTranspose2d`` weights ``(in, out, kh, kw)`` (both
     frameworks compute the adjoint of the same unflipped correlation).
 
-    Example
-    -------
+    Examples
+    --------
     >>> cfg, state = convert_saved_model(".../tk_r_em/models/sfr_hrstem")  # doctest: +SKIP
     >>> state["fst.weight"].shape  # doctest: +SKIP
     (64, 1, 3, 3)

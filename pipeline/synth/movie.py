@@ -8,8 +8,8 @@ the specimen moved by that frame's drift (a steady drift plus a small random wal
 rendered exactly at subpixel positions (sums of separable gaussians), and is recorded as
 Poisson counts, ``Poisson(dose * I)`` with ``I`` at most about 1.
 
-Example
--------
+Examples
+--------
 >>> data = make_movie((64, 80), n_frames=3, seed=1)
 >>> data.movie.shape, data.true_movie.shape, data.drift.shape
 ((3, 64, 80), (3, 64, 80), (3, 2))
@@ -97,8 +97,8 @@ def make_movie(
     pixel_size_nm, lattice_nm, column_sigma_nm
         Sampling, lattice spacing and column width (gaussian sigma).
 
-    Example
-    -------
+    Examples
+    --------
     >>> d = make_movie((32, 32), n_frames=2, dose=50, seed=0)
     >>> bool(d.movie.min() >= 0 and d.true_movie.max() <= 50 * 1.2)
     True
