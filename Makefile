@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-all lint clean
+.PHONY: demo test test-all lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,5 +28,16 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python -m ruff check emfuse pipeline stores cluster flows tests benchmarks
 
+# The documentation site in site/ (MkDocs Material; API reference from the docstrings by
+# mkdocstrings): warnings, broken links among them, are errors. mkdocs_hooks.py adds the README
+# (home) and CHANGELOG.md and lays out the package for mkdocstrings in build/docs-api.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) emfuse-demo .pytest_cache
+	rm -rf $(VENV) emfuse-demo .pytest_cache site build/docs-api

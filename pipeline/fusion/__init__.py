@@ -2,11 +2,13 @@
 
 High-SNR HAADF + noisy EDX/EELS elemental maps -> high-SNR elemental maps.
 
->>> from emfuse.pipeline.fusion import fuse  # doctest: +SKIP
->>> result = fuse(haadf, maps, z=[21, 66, 8], lambda_chem=0.08, lambda_tv=0.15)  # doctest: +SKIP
-
 numpy inputs run on fused numba kernels (:mod:`.kernels_numba`, imported on
 first use); ``fuse(..., engine="xp")`` runs the plain array code (numpy or cupy).
+
+Examples
+--------
+>>> from emfuse.pipeline.fusion import fuse  # doctest: +SKIP
+>>> result = fuse(haadf, maps, z=[21, 66, 8], lambda_chem=0.08, lambda_tv=0.15)  # doctest: +SKIP
 """
 
 import os

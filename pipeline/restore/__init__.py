@@ -250,6 +250,9 @@ def _own_model_file(name: str) -> Path:
 def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> torch.nn.Module:
     """A restoration network in eval mode, float32, on ``device`` (default CPU).
 
+    The model maps ``(N, 1, H, W)`` float32 images in raw detector units to restored
+    images of the same shape and units (see :class:`~emfuse.pipeline.restore.cgrdn.CGRDN`).
+
     Parameters
     ----------
     name
@@ -260,9 +263,6 @@ def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> 
         directory (give ``./stem-high`` for the file).
     device
         Anything ``torch.device`` accepts, e.g. ``"cuda"``.
-
-    The model maps ``(N, 1, H, W)`` float32 images in raw detector units to restored
-    images of the same shape and units (see :class:`~emfuse.pipeline.restore.cgrdn.CGRDN`).
 
     Examples
     --------

@@ -129,6 +129,8 @@ def power_spectrum(image: np.ndarray) -> np.ndarray:
     The window is scaled to unit mean square, so white noise of variance ``v`` has a flat
     spectrum of mean ``v``.
 
+    Examples
+    --------
     >>> rng = np.random.default_rng(0)
     >>> round(float(power_spectrum(rng.normal(0, 2, (128, 128))).mean()), 1)
     4.0
@@ -144,6 +146,8 @@ def noise_floor(power: np.ndarray, block: int = FLOOR_BLOCK) -> np.ndarray:
 
     Sparse peaks (lattice reflections) do not move a median: the floor is the noise's level.
 
+    Examples
+    --------
     >>> p = np.ones((32, 32)); p[5, 7] = 1e6
     >>> float(noise_floor(p).max())
     1.0
@@ -232,6 +236,8 @@ def reinject(raw: np.ndarray, restored: np.ndarray) -> np.ndarray:
     (:func:`noise_floor`): ~1 on the peaks the network removed (the lattice comes back),
     0 where the residual is at its noise level (the denoising is kept).
 
+    Examples
+    --------
     >>> rng = np.random.default_rng(2)
     >>> y, x = np.mgrid[:64, :64]
     >>> truth = 10 * np.cos(2 * np.pi * x / 4)
@@ -298,6 +304,8 @@ def _decided(result: GuardResult, decision: str) -> GuardResult:
 def guard_stack(raw: np.ndarray, restored: np.ndarray) -> Iterator[tuple[int, np.ndarray, GuardResult]]:
     """:func:`guard` frame by frame over (frame, y, x) stacks: (index, image, result).
 
+    Examples
+    --------
     >>> stack = np.zeros((2, 16, 16))
     >>> [r.decision for _, _, r in guard_stack(stack, stack)]
     ['flat', 'flat']

@@ -412,6 +412,8 @@ def training_settings(modality: str, resolution: str, *, exclude: Collection[str
     """The distortion table of :data:`emfuse.pipeline.restore.noise.SETTINGS` with the distortions in
     ``exclude`` switched off (probability 0); SEM uses the S(T)EM table.
 
+    Examples
+    --------
     >>> training_settings("stem", "high", exclude=["row_line_rel"])["row_line_rel"].p
     0.0
     """
@@ -428,6 +430,8 @@ def make_scene_pair(shape: tuple[int, int], modality: str, resolution: str, rng:
                     **scene: Any) -> tuple[np.ndarray, np.ndarray, dict]:
     """(clean, distorted, info) in counts, float32, as :func:`emfuse.pipeline.restore.specimens.make_pair`.
 
+    Examples
+    --------
     >>> c, d, info = make_scene_pair((32, 32), "tem", "low", np.random.default_rng(0))
     >>> c.dtype, d.shape, "dose" in info["distortion"]
     (dtype('float32'), (32, 32), True)

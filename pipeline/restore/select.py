@@ -119,6 +119,8 @@ class ModelChoice:
     def record(self) -> dict[str, Any]:
         """The JSON-able record (``model_choice``).
 
+        Examples
+        --------
         >>> resolve_model("default").record()["model"]
         'default'
         """
@@ -128,6 +130,8 @@ class ModelChoice:
     def from_record(cls, record: Mapping[str, Any]) -> ModelChoice:
         """A choice read back from a stored record (unknown keys ignored).
 
+        Examples
+        --------
         >>> ModelChoice.from_record(resolve_model("default").record()) == resolve_model("default")
         True
         """
@@ -154,6 +158,8 @@ def _words(name: str) -> list[str]:
 def detector_modality(name: str) -> str | None:
     """The modality a detector (or image title) names, or None.
 
+    Examples
+    --------
     >>> [detector_modality(n) for n in ("HAADF", "DF4", "BM-Ceta", "K3", "BSE", "SuperX", "Ch 1")]
     ['stem', 'stem', 'tem', 'tem', 'sem', None, None]
     """
@@ -167,6 +173,8 @@ def detector_modality(name: str) -> str | None:
 def mode_modality(mode: str) -> str | None:
     """The modality an acquisition mode names ('STEM', 'TEM', 'SEM', DigitalMicrograph's 'Scanning').
 
+    Examples
+    --------
     >>> mode_modality("STEM"), mode_modality("TEM"), mode_modality("imaging")
     ('stem', 'tem', None)
     """
@@ -339,6 +347,8 @@ def pixel_size_nm(coords: Mapping[str, Any]) -> float | None:
     Ingest writes them in nm (``units="nm"``) when the file gives a pixel size, as pixel
     indices (``units="px"``) otherwise: those give None.
 
+    Examples
+    --------
     >>> import xarray as xr, numpy as np
     >>> ds = xr.Dataset(coords={"y": ("y", np.arange(3) * 0.02, {"units": "nm"}),
     ...                         "x": ("x", np.arange(4) * 0.025, {"units": "nm"})})
