@@ -6,6 +6,9 @@ to the site here, as generated pages, so each file keeps one copy: the README's 
 ``docs/`` (``docs/user-guide.md``, right on GitHub from the top of the repository) are rewritten
 to be relative to ``docs/`` (``user-guide.md``), where the home page sits on the site.
 
+The docstrings cross-reference in Sphinx's roles (``:func:`fuse```), which the API reference
+would show as they are written: :func:`plain_roles` shows the name alone, as code.
+
 The API reference (mkdocstrings, which reads the source without importing it) needs the package
 as it installs: the layer folders at the top of the repository are ``emfuse.pipeline`` and so on
 (pyproject.toml's package-dir; ``emfuse/__init__.py`` finds them at run time, which a reader of
@@ -49,6 +52,34 @@ def rebase_links(markdown: str) -> str:
     'see [the guide](user-guide.md) and [x](https://a.b/docs/c)'
     """
     return re.sub(r"\]\(docs/", "](", markdown)
+
+
+_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|attr|data|mod|exc|obj|const):<code>(~?)([^<]*)</code>")
+
+
+def plain_roles(html: str) -> str:
+    """Show the Sphinx roles of rendered docstrings as the names they refer to.
+
+    Parameters
+    ----------
+    html : str
+        A rendered page.
+
+    Returns
+    -------
+    str
+        The page with ``:func:<code>name</code>`` as ``<code>name</code>`` (``~a.b.c``: ``c``).
+
+    Examples
+    --------
+    >>> plain_roles(":func:<code>fuse</code> and :class:<code>~a.b.Normalisation</code>")
+    '<code>fuse</code> and <code>Normalisation</code>'
+    """
+    return _ROLE.sub(lambda m: f"<code>{m[2].rsplit('.', 1)[-1] if m[1] else m[2]}</code>", html)
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    return plain_roles(html)
 
 
 def on_files(files: Files, config, **kwargs) -> Files:
