@@ -86,6 +86,16 @@ def measure_drift(frames: np.ndarray) -> np.ndarray:
     the frame-to-frame steps stay small, and the second measurement keeps their errors from
     adding up (a remainder above 1 px is taken for a neighbouring peak and ignored).
 
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        The raw movie (frame, y, x).
+
+    Returns
+    -------
+    numpy.ndarray
+        (frame, 2) float64, ``(dy, dx)`` of each frame; the first is (0, 0).
+
     Examples
     --------
     >>> from emfuse.pipeline.synth.movie import make_movie
@@ -117,8 +127,10 @@ def _overlap(n: int, size: int, offset: int, margin: int) -> tuple[int, int]:
 
 def align_region(target_frame: np.ndarray, origin: tuple[int, int], size: tuple[int, int],
                  offset: np.ndarray, *, tolerance: float = SUBPIXEL_TOLERANCE) -> np.ndarray:
-    """The crop of ``target_frame`` showing the specimen region that the input frame shows in
-    ``[origin, origin + size)``, where ``offset`` is the target's drift minus the input's (px).
+    """The crop of ``target_frame`` showing the region that the input frame shows at ``origin``.
+
+    The region is ``[origin, origin + size)`` of the input frame; ``offset`` is the target's
+    drift minus the input's (px).
 
     The whole-pixel part of ``offset`` is taken by cropping (no resampling: the target's
     noise stays exactly as recorded). A remaining fraction larger than ``tolerance`` is
@@ -137,6 +149,29 @@ def align_region(target_frame: np.ndarray, origin: tuple[int, int], size: tuple[
       1 px box), larger than the spline's.
 
     So: crop by whole pixels always, and interpolate only what is left when it matters.
+
+    Parameters
+    ----------
+    target_frame : numpy.ndarray
+        The frame to crop (y, x).
+    origin : (int, int)
+        The region's first row and column in the input frame.
+    size : (int, int)
+        The region's size (h, w).
+    offset : numpy.ndarray
+        The target's drift minus the input's, ``(dy, dx)`` in pixels.
+    tolerance : float
+        The largest fraction of a pixel left uncorrected.
+
+    Returns
+    -------
+    numpy.ndarray
+        (h, w) float32.
+
+    Raises
+    ------
+    ValueError
+        When the crop leaves the frame.
 
     Examples
     --------
@@ -236,6 +271,23 @@ def held_out_scores(model: torch.nn.Module, frames: np.ndarray, drift: np.ndarra
     the squared error against the truth plus the noise of ``b``, the same for every model,
     so the scores of two models on the same blocks rank them by their error against the truth.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network to score.
+    frames : numpy.ndarray
+        The raw movie (frame, y, x).
+    drift : numpy.ndarray
+        (frame, 2), from :func:`measure_drift`.
+    holdout : sequence of int
+        The held-out frames, at least two.
+    block : int
+        The side of the blocks, in pixels.
+    tolerance : float
+        As :func:`align_region`.
+    restore_kwargs : dict, optional
+        Passed to :func:`emfuse.pipeline.restore.inference.restore`.
+
     Returns
     -------
     ndarray
@@ -282,7 +334,23 @@ def held_out_decision(before: np.ndarray, after: np.ndarray, *, z: float = 2.0,
     3. the mean improvement is at least ``min_gain`` of the mean score before (guards
        against a difference of rounding size, e.g. after a learning rate of ~0).
 
-    Returns ``(improved, reason, figures)``.
+    Parameters
+    ----------
+    before, after : numpy.ndarray
+        The scores per block (:func:`held_out_scores`) of the model before and after adapting.
+    z : float
+        The number of standard errors the mean improvement must exceed.
+    min_gain : float
+        The smallest mean improvement, as a fraction of the mean score before.
+
+    Returns
+    -------
+    improved : bool
+        Whether all three hold.
+    reason : str
+        One sentence: why.
+    figures : dict of str to float
+        The figures it decided on (median and mean change, standard error, relative change).
 
     Examples
     --------
@@ -316,6 +384,33 @@ class AdaptResult:
     ``model`` is the adapted network when ``used``, else the original one (unchanged);
     ``adapted`` is always the fine-tuned copy. Scores are medians over blocks of the
     held-out-frame check, in raw units squared.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The network to use.
+    adapted : torch.nn.Module
+        The fine-tuned copy.
+    used : bool
+        Whether the held-out-frame check kept the adapted network.
+    reason : str
+        One sentence: why (:func:`held_out_decision`).
+    score_before, score_after : float
+        The held-out-frame scores before and after adapting.
+    frames_train, frames_holdout : list of int
+        The frames trained on and the frames held out.
+    drift : numpy.ndarray
+        (frame, 2), from :func:`measure_drift`.
+    steps, lr, batch, patch : int, float, int, int
+        The adaptation's settings (:func:`adapt_model`).
+    seconds, seconds_per_step : float
+        The wall time of the adaptation, and per step.
+    losses : list of float
+        The training loss at each step.
+    figures : dict of str to float
+        The figures of the decision.
+    items : int
+        The number of blocks scored.
     """
 
     model: torch.nn.Module

@@ -129,6 +129,16 @@ def power_spectrum(image: np.ndarray) -> np.ndarray:
     The window is scaled to unit mean square, so white noise of variance ``v`` has a flat
     spectrum of mean ``v``.
 
+    Parameters
+    ----------
+    image : numpy.ndarray
+        An image (y, x).
+
+    Returns
+    -------
+    numpy.ndarray
+        The power per frequency (y, x), float64, zero frequency at [0, 0].
+
     Examples
     --------
     >>> rng = np.random.default_rng(0)
@@ -145,6 +155,18 @@ def noise_floor(power: np.ndarray, block: int = FLOOR_BLOCK) -> np.ndarray:
     """The local median of a power spectrum over blocks of ``block`` x ``block`` bins.
 
     Sparse peaks (lattice reflections) do not move a median: the floor is the noise's level.
+
+    Parameters
+    ----------
+    power : numpy.ndarray
+        A power spectrum (y, x) (:func:`power_spectrum`).
+    block : int
+        The side of the blocks, in frequency bins.
+
+    Returns
+    -------
+    numpy.ndarray
+        The floor (y, x), each bin the median of its block.
 
     Examples
     --------
@@ -236,6 +258,18 @@ def reinject(raw: np.ndarray, restored: np.ndarray) -> np.ndarray:
     (:func:`noise_floor`): ~1 on the peaks the network removed (the lattice comes back),
     0 where the residual is at its noise level (the denoising is kept).
 
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        The input image (y, x).
+    restored : numpy.ndarray
+        The network's output for it (y, x).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``restored`` with the structured part of ``raw - restored`` added back.
+
     Examples
     --------
     >>> rng = np.random.default_rng(2)
@@ -303,6 +337,20 @@ def _decided(result: GuardResult, decision: str) -> GuardResult:
 
 def guard_stack(raw: np.ndarray, restored: np.ndarray) -> Iterator[tuple[int, np.ndarray, GuardResult]]:
     """:func:`guard` frame by frame over (frame, y, x) stacks: (index, image, result).
+
+    Parameters
+    ----------
+    raw, restored : numpy.ndarray
+        The input stack and the network's output for it (frame, y, x).
+
+    Yields
+    ------
+    index : int
+        The frame.
+    image : numpy.ndarray
+        What the guard keeps for it (:func:`guard`).
+    result : GuardResult
+        Its measures and decision.
 
     Examples
     --------

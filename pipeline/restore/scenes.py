@@ -409,8 +409,24 @@ def make_scene(shape: tuple[int, int], modality: str, resolution: str, rng: np.r
 
 def training_settings(modality: str, resolution: str, *, exclude: Collection[str] = ()
                       ) -> Mapping[str, Draw]:
-    """The distortion table of :data:`emfuse.pipeline.restore.noise.SETTINGS` with the distortions in
-    ``exclude`` switched off (probability 0); SEM uses the S(T)EM table.
+    """The training distortion table, with the distortions in ``exclude`` switched off.
+
+    The table of :data:`emfuse.pipeline.restore.noise.SETTINGS` with those distortions at
+    probability 0; SEM uses the S(T)EM table.
+
+    Parameters
+    ----------
+    modality : {"stem", "tem", "sem"}
+        The modality (SEM uses the S(T)EM table).
+    resolution : {"high", "low"}
+        The resolution of the table.
+    exclude : collection of str
+        Distortions switched off (held out of training); other names are ignored.
+
+    Returns
+    -------
+    mapping of str to Draw
+        The distortion table.
 
     Examples
     --------
@@ -429,6 +445,26 @@ def make_scene_pair(shape: tuple[int, int], modality: str, resolution: str, rng:
                     *, exclude: Collection[str] = (), settings: Mapping[str, Draw] | None = None,
                     **scene: Any) -> tuple[np.ndarray, np.ndarray, dict]:
     """(clean, distorted, info) in counts, float32, as :func:`emfuse.pipeline.restore.specimens.make_pair`.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image size (H, W).
+    modality, resolution, rng
+        As :func:`make_scene`.
+    exclude : collection of str
+        Families, contrasts and distortions never drawn.
+    settings : mapping of str to Draw, optional
+        The distortion table; default :func:`training_settings` with ``exclude``.
+    **scene
+        Passed to :func:`make_scene` (``family``, ``contrast``).
+
+    Returns
+    -------
+    clean, distorted : numpy.ndarray
+        (H, W) float32 in counts.
+    info : dict
+        What :func:`make_scene` drew, with the distortions drawn under ``"distortion"``.
 
     Examples
     --------
@@ -451,6 +487,26 @@ def make_scene_batch(n: int, shape: tuple[int, int], modality: str | tuple[str, 
 
     The signature fits :func:`emfuse.pipeline.restore.train.train`'s ``data`` (with
     :func:`functools.partial` for ``exclude``).
+
+    Parameters
+    ----------
+    n : int
+        The number of pairs.
+    shape : (int, int)
+        Image size (H, W).
+    modality : str or tuple of str
+        The modality, or modalities to draw one from per pair.
+    resolution : str or tuple of str
+        The resolution, or resolutions to draw one from per pair.
+    rng : numpy.random.Generator
+        The random generator.
+    exclude : collection of str
+        Families, contrasts and distortions never drawn.
+
+    Returns
+    -------
+    clean, degraded : numpy.ndarray
+        (n, 1, H, W) float32.
     """
     clean = np.empty((n, 1, *shape), np.float32)
     degraded = np.empty_like(clean)
@@ -462,14 +518,38 @@ def make_scene_batch(n: int, shape: tuple[int, int], modality: str | tuple[str, 
 
 
 def held_out(kind: str) -> tuple[str, ...]:
-    """Everything in :data:`HELD_OUT` (``kind="all"``) or one of its keys."""
+    """Everything in :data:`HELD_OUT` (``kind="all"``) or one of its keys.
+
+    Parameters
+    ----------
+    kind : str
+        ``"all"`` or a key of :data:`HELD_OUT` (``"family"``, ``"contrast"``, ``"distortion"``).
+
+    Returns
+    -------
+    tuple of str
+        The held-out names.
+    """
     if kind == "all":
         return tuple(v for values in HELD_OUT.values() for v in values)
     return HELD_OUT[kind]
 
 
 def held_out_settings(modality: str, resolution: str, distortion: str) -> Mapping[str, Draw]:
-    """A table where the held-out ``distortion`` is always applied (for the held-out report)."""
+    """A table where the held-out ``distortion`` is always applied (for the held-out report).
+
+    Parameters
+    ----------
+    modality, resolution : str
+        As :func:`training_settings`.
+    distortion : str
+        The held-out distortion: always applied, at no less than a third of its largest value.
+
+    Returns
+    -------
+    mapping of str to Draw
+        The distortion table.
+    """
     table = dict(SETTINGS["tem" if modality == "tem" else "stem", resolution])
     old: Draw = table[distortion]
     table[distortion] = Draw(p=1.0, low=max(old.low, old.high / 3), high=old.high, log=old.log)

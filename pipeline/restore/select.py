@@ -93,7 +93,19 @@ NM_PER_UNIT = {"nm": 1.0, "pm": 1e-3, "Å": 0.1, "A": 0.1, "angstrom": 0.1, "µm
 
 @dataclass(frozen=True)
 class ModalityGuess:
-    """What :func:`infer_modality` concluded, and why."""
+    """What :func:`infer_modality` concluded, and why.
+
+    Attributes
+    ----------
+    modality : {"stem", "tem", "sem"}
+        The imaging modality.
+    resolution : {"high", "low"}
+        ``"high"`` when the pixel is at most :data:`HIGH_RESOLUTION_MAX_PIXEL_NM` (atomic columns sampled).
+    reason : str
+        One sentence: which metadata decided.
+    confident : bool
+        False for a fallback or conflicting metadata: the user should check.
+    """
 
     modality: str  # "stem", "tem" or "sem"
     resolution: str  # "high" or "low"
@@ -106,6 +118,21 @@ class ModelChoice:
     """The concrete model a ``--model`` value stands for (:func:`resolve_model`).
 
     :meth:`record` is what a restore job stores as its ``model_choice`` attribute.
+
+    Attributes
+    ----------
+    asked : str
+        What was given: ``"auto"``, ``"default"``, an r_em name, an own name or a path.
+    model : str
+        The model used: an own name (``"stem-high"``, ``"default"``), an r_em name or a path.
+    reason : str
+        Why this model.
+    confident : bool
+        False when ``auto`` had to guess (the ``model-auto-unsure`` warning).
+    modality, resolution : str or None
+        ``auto`` only: the guessed modality and resolution.
+    wanted : str or None
+        ``auto`` only: the own model the guess asked for (it may be missing from this version).
     """
 
     asked: str  # what was given: "auto", "default", an r_em name, an own name or a path
@@ -158,6 +185,16 @@ def _words(name: str) -> list[str]:
 def detector_modality(name: str) -> str | None:
     """The modality a detector (or image title) names, or None.
 
+    Parameters
+    ----------
+    name : str
+        A detector name or an image title.
+
+    Returns
+    -------
+    {"stem", "tem", "sem"} or None
+        The modality its words name; None when none does.
+
     Examples
     --------
     >>> [detector_modality(n) for n in ("HAADF", "DF4", "BM-Ceta", "K3", "BSE", "SuperX", "Ch 1")]
@@ -172,6 +209,16 @@ def detector_modality(name: str) -> str | None:
 
 def mode_modality(mode: str) -> str | None:
     """The modality an acquisition mode names ('STEM', 'TEM', 'SEM', DigitalMicrograph's 'Scanning').
+
+    Parameters
+    ----------
+    mode : str
+        The acquisition mode recorded in the file's metadata.
+
+    Returns
+    -------
+    {"stem", "tem", "sem"} or None
+        The modality it names; None when it names none.
 
     Examples
     --------
@@ -346,6 +393,16 @@ def pixel_size_nm(coords: Mapping[str, Any]) -> float | None:
 
     Ingest writes them in nm (``units="nm"``) when the file gives a pixel size, as pixel
     indices (``units="px"``) otherwise: those give None.
+
+    Parameters
+    ----------
+    coords : mapping
+        The coordinates of a store (``ds.coords``), with ``y`` and ``x``.
+
+    Returns
+    -------
+    float or None
+        The larger of the two spacings in nm; None without nm coordinates.
 
     Examples
     --------
