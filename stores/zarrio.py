@@ -47,6 +47,18 @@ def sha256_file(path: str | Path, block_size: int = 1 << 22) -> str:
 
     A directory (a Zarr store given as source) hashes to the digest of its
     sorted relative paths and file contents.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A file or a directory.
+    block_size : int
+        Bytes read at a time.
+
+    Returns
+    -------
+    str
+        The hexadecimal digest.
     """
     path = Path(path)
     digest = hashlib.sha256()
@@ -65,12 +77,39 @@ def _now() -> str:
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as it reads back from Zarr attributes (JSON types; tuples become lists)."""
+    """``value`` as it reads back from Zarr attributes (JSON types; tuples become lists).
+
+    Parameters
+    ----------
+    value : object
+        Anything; what JSON cannot hold is written as its ``str``.
+
+    Returns
+    -------
+    object
+        ``value`` through JSON: dicts, lists, strings, numbers, booleans and None.
+
+    Examples
+    --------
+    >>> jsonable({"b": (1, 2), "a": None})
+    {'a': None, 'b': [1, 2]}
+    """
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def is_store(path: str | Path) -> bool:
-    """True for a Zarr v3 store directory."""
+    """True for a Zarr v3 store directory.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Any path.
+
+    Returns
+    -------
+    bool
+        Whether ``path`` holds a ``zarr.json``.
+    """
     return (Path(path) / "zarr.json").is_file()
 
 
@@ -82,6 +121,17 @@ def source_record(source: str | Path) -> dict[str, Any]:
     as ``input_store``), so an output says which recording it came from, not which
     intermediate copy. A store without that record (synthetic, or written by a user with
     xarray) is its own source. A file is hashed as it is.
+
+    Parameters
+    ----------
+    source : str or pathlib.Path
+        An instrument file or a store.
+
+    Returns
+    -------
+    dict
+        ``source_path`` and ``source_sha256`` (None for a file that does not exist), and
+        ``input_store`` when ``source`` is a store.
     """
     source = Path(source)
     if not is_store(source):
@@ -105,6 +155,20 @@ def provenance(source: str | Path | None, *, params: Mapping[str, Any] | None = 
     ``source_path`` and ``source_sha256`` (:func:`source_record`; with ``input_store`` when
     read through a canonical store), ``params`` when given (whatever the job holds: it is
     recorded as it is, JSON-converted), and any ``extra`` attributes.
+
+    Parameters
+    ----------
+    source : str, pathlib.Path or None
+        The instrument file or store the data came from; None for none (synthetic data).
+    params : mapping, optional
+        The parameters of the job, recorded as they are (JSON-converted).
+    **extra
+        More attributes.
+
+    Returns
+    -------
+    dict
+        The attributes, JSON types.
     """
     attrs: dict[str, Any] = {
         ATTR_VERSION: emfuse_version(),
@@ -120,8 +184,15 @@ def provenance(source: str | Path | None, *, params: Mapping[str, Any] | None = 
 
 
 def begin_run(path: str | Path, **seconds: float) -> None:
-    """Start this run's record in the store's ``timing`` (a new one per run, resumed runs too),
-    with the seconds of stages already spent (e.g. ``ingest``, ``plan``)."""
+    """Start this run's record in the store's ``timing`` (a new one per run, resumed runs too).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store.
+    **seconds : float
+        The seconds of stages already spent (e.g. ``ingest``, ``plan``).
+    """
     group = zarr.open_group(str(path), mode="r+", zarr_format=3)
     runs = list(group.attrs.get(ATTR_TIMING, []))
     runs.append({"started": _now(), "host": socket.gethostname(),
@@ -133,6 +204,15 @@ def add_timing(path: str | Path, stage: str, seconds: float) -> None:
     """Add ``seconds`` of ``stage`` to the current (last) run of the store's ``timing``.
 
     A stage called outside a runner (a notebook, a test) starts a run record of its own.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store.
+    stage : str
+        The stage's name.
+    seconds : float
+        The wall time to add.
     """
     group = zarr.open_group(str(path), mode="r+", zarr_format=3)
     runs = list(group.attrs.get(ATTR_TIMING, []))
@@ -146,8 +226,17 @@ def add_timing(path: str | Path, stage: str, seconds: float) -> None:
 
 @contextlib.contextmanager
 def timed(path: str | Path, stage: str) -> Iterator[None]:
-    """Record the wall time of the ``with`` block as ``stage`` in the store's ``timing``
-    (only when the block finishes: a failed stage is redone and timed by the next run)."""
+    """Record the wall time of the ``with`` block as ``stage`` in the store's ``timing``.
+
+    Only when the block finishes: a failed stage is redone, and timed, by the next run.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store.
+    stage : str
+        The stage's name.
+    """
     start = time.perf_counter()
     yield
     add_timing(path, stage, time.perf_counter() - start)
@@ -155,6 +244,16 @@ def timed(path: str | Path, stage: str) -> Iterator[None]:
 
 def check_writable(path: str | Path) -> Path:
     """Make sure ``path`` (a store directory to be) can be created and written.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store to be written.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
 
     Raises
     ------
@@ -179,13 +278,35 @@ def check_writable(path: str | Path) -> Path:
 
 
 def is_complete(path: str | Path) -> bool:
-    """True when ``path`` is a Zarr group whose ``complete`` attribute is True."""
+    """True when ``path`` is a Zarr group whose ``complete`` attribute is True.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store.
+
+    Returns
+    -------
+    bool
+        True only for a store marked complete.
+    """
     return completion(path) is True
 
 
 def completion(path: str | Path) -> bool | None:
-    """The ``complete`` flag of a store: True, False (an interrupted write), or None when the
-    store has none (written by someone else, e.g. a user with xarray) or is not a store."""
+    """The ``complete`` flag of a store.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store.
+
+    Returns
+    -------
+    bool or None
+        True, False (an interrupted write), or None when the store has no flag (written by
+        someone else, e.g. a user with xarray) or is not a store.
+    """
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
@@ -195,7 +316,23 @@ def completion(path: str | Path) -> bool | None:
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
-    """The group attributes of a store (without opening its arrays)."""
+    """The group attributes of a store (without opening its arrays).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store.
+
+    Returns
+    -------
+    dict
+        The attributes.
+
+    Raises
+    ------
+    StoreError
+        When ``path`` is not a Zarr v3 store.
+    """
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
@@ -204,7 +341,15 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
 
 
 def update_attrs(path: str | Path, **attrs: Any) -> None:
-    """Add or replace group attributes of an existing store."""
+    """Add or replace group attributes of an existing store.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store.
+    **attrs
+        The attributes to add or replace.
+    """
     group = zarr.open_group(str(path), mode="r+", zarr_format=3)
     group.attrs.update(attrs)
 
@@ -214,6 +359,13 @@ def mark_complete(path: str | Path, complete: bool = True) -> None:
 
     Marking complete also removes the temporary files of writes that were killed midway
     (Zarr writes ``<name>.<uuid>.partial`` and renames it): no writer is left to finish them.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store.
+    complete : bool
+        The flag to set.
     """
     if complete:
         for leftover in Path(path).rglob("*.partial"):
@@ -226,12 +378,22 @@ def open_dataset(path: str | Path, *, require_complete: bool = True) -> xr.Datas
 
     Parameters
     ----------
-    path
+    path : str or pathlib.Path
         A Zarr v3 store written by emfuse.
-    require_complete
+    require_complete : bool
         Refuse stores whose ``complete`` flag is ``False`` (an interrupted write). A store
         without the flag (written by a user with xarray, say) is accepted: only emfuse's
         own writers set it, and they set it to ``False`` first.
+
+    Returns
+    -------
+    xarray.Dataset
+        The store's variables, lazily (dask arrays chunked as on disk), with its attributes.
+
+    Raises
+    ------
+    StoreError
+        When the store does not exist, or is not complete and ``require_complete`` is true.
 
     Examples
     --------
@@ -255,6 +417,13 @@ def add_variables(path: str | Path, ds: xr.Dataset) -> None:
     ``Dataset.to_zarr(mode="a")`` replaces the group's attributes with the Dataset's own
     (empty for a Dataset made for the purpose), which would drop the provenance, the
     normalisation and the parameters; the store's attributes are written back with it.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store.
+    ds : xarray.Dataset
+        The variables to add; its own attributes win over the store's.
     """
     ds = with_vlen_strings(ds).copy()
     ds.attrs = {**read_attrs(path), **ds.attrs}
@@ -262,7 +431,13 @@ def add_variables(path: str | Path, ds: xr.Dataset) -> None:
 
 
 def remove_store(path: str | Path) -> None:
-    """Delete a store directory (used for ``--overwrite``)."""
+    """Delete a store directory (used for ``--overwrite``).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The store; nothing happens when it does not exist.
+    """
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
@@ -273,6 +448,16 @@ def with_vlen_strings(ds: xr.Dataset) -> xr.Dataset:
 
     Fixed-width numpy strings (``<U2``) have no Zarr v3 specification yet;
     variable-length UTF-8 does, and reads back the same.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Any dataset.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` with its text coordinates as object (variable-length string) arrays.
     """
     text = {name: ds[name].astype(object) for name in ds.coords if ds[name].dtype.kind == "U"}
     return ds.assign_coords(text) if text else ds
@@ -291,6 +476,22 @@ def write_dataset(
     chunk by chunk (with whatever Dask scheduler is active), so a dataset
     larger than memory goes through. ``complete`` is set only after the last
     chunk is written.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The dataset, dask-backed for data larger than memory.
+    path : str or pathlib.Path
+        The store to write.
+    overwrite : bool
+        Replace an existing store.
+    encoding : mapping, optional
+        Zarr encoding per variable (compressors, chunks...), passed to ``Dataset.to_zarr``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
 
     Raises
     ------
