@@ -329,6 +329,16 @@ def thin_counts(counts: Any, p: float, rng: np.random.Generator) -> np.ndarray:
 def is_counts(maps: Any) -> bool:
     """True when every value is a non-negative integer (so the maps can be thinned).
 
+    Parameters
+    ----------
+    maps : array_like
+        The maps, numpy or cupy.
+
+    Returns
+    -------
+    bool
+        Whether they are counts.
+
     Examples
     --------
     >>> is_counts(np.array([0.0, 3.0, 7.0])), is_counts(np.array([0.5, 1.0]))
@@ -343,6 +353,18 @@ def is_counts(maps: Any) -> bool:
 
 def central_crop(shape: Sequence[int], size: int) -> tuple[slice, slice]:
     """The central ``size`` x ``size`` window of an image (the whole side if smaller).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The image's shape (..., y, x).
+    size : int
+        The side of the window.
+
+    Returns
+    -------
+    (slice, slice)
+        The rows and columns of the window.
 
     Examples
     --------
@@ -363,6 +385,18 @@ def scaled_normalisation(norm: Normalisation, fraction: float) -> Normalisation:
     Map offsets and scales are multiplied by ``fraction``, so the part's
     normalised maps have the same expected values as the full data's and the
     lambdas act on the same units; the HAADF is not split.
+
+    Parameters
+    ----------
+    norm : Normalisation
+        The full data's normalisation.
+    fraction : float
+        The part's share of the counts.
+
+    Returns
+    -------
+    Normalisation
+        The part's normalisation.
     """
     return dataclasses.replace(
         norm,
@@ -380,7 +414,21 @@ def heldout_score(fused: np.ndarray, heldout: np.ndarray, mask: np.ndarray | Non
     For each element the fused map ``x`` is fitted to the held-out counts ``y``
     as ``a x + c`` by least squares; the score is ``mean((a x + c - y)^2) / var(y)``
     averaged over elements: 0 for a perfect predictor of ``y`` (impossible with
-    noisy ``y``), 1 for a flat map. ``mask``: score only these pixels (pixel hold-out).
+    noisy ``y``), 1 for a flat map.
+
+    Parameters
+    ----------
+    fused : numpy.ndarray
+        The fused maps (element, y, x).
+    heldout : numpy.ndarray
+        The held-out maps (element, y, x).
+    mask : numpy.ndarray of bool, optional
+        (y, x): score only these pixels (pixel hold-out); default every pixel.
+
+    Returns
+    -------
+    float
+        The mean over the elements that have held-out variance.
 
     Examples
     --------
@@ -394,7 +442,18 @@ def heldout_score(fused: np.ndarray, heldout: np.ndarray, mask: np.ndarray | Non
 
 
 def heldout_scores(fused: np.ndarray, heldout: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """:func:`heldout_score` of each element (NaN where the held-out map has no variance)."""
+    """:func:`heldout_score` of each element (NaN where the held-out map has no variance).
+
+    Parameters
+    ----------
+    fused, heldout, mask
+        As :func:`heldout_score`.
+
+    Returns
+    -------
+    numpy.ndarray
+        (element,) float64.
+    """
     scores = []
     for x, y in zip(np.asarray(fused, np.float64), np.asarray(heldout, np.float64)):
         x, y = (x.ravel(), y.ravel()) if mask is None else (x[mask], y[mask])
@@ -491,6 +550,18 @@ def hold_out_pixels(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     What the fusion then predicts at a held-out pixel depends on its neighbours and the
     HAADF only, not on the pixel's own noise (for noise independent between pixels).
+
+    Parameters
+    ----------
+    maps : numpy.ndarray
+        The maps (element, y, x).
+    mask : numpy.ndarray of bool
+        (y, x), the pixels held out.
+
+    Returns
+    -------
+    numpy.ndarray
+        The maps with those pixels replaced.
     """
     kept = (~mask).astype(np.float64)
     weight = ndimage.uniform_filter(kept, 3, mode="reflect")
@@ -566,7 +637,23 @@ def _splits(
 
 
 def estimate_map_noise(maps: Any) -> tuple[NoiseModel, ...]:
-    """The noise model of every map (see :mod:`.noise`); refuses maps whose noise cannot be measured."""
+    """The noise model of every map (see :mod:`.noise`); refuses maps whose noise cannot be measured.
+
+    Parameters
+    ----------
+    maps : array_like
+        The maps (element, y, x), numpy or cupy.
+
+    Returns
+    -------
+    tuple of NoiseModel
+        One per map.
+
+    Raises
+    ------
+    AutoLambdaError
+        Naming the map whose noise cannot be measured, and what to do instead.
+    """
     models = []
     for k, image in enumerate(to_numpy(maps)):
         try:
@@ -727,6 +814,19 @@ def refine_tv_per_element(
     ``k`` in ``-steps..steps`` with the others held; a move is kept when it lowers
     that element's held-out score by more than 0.1 % and raises no other element's
     by more than 0.1 % (the elements are coupled through the HAADF term).
+
+    Parameters
+    ----------
+    element_scores : callable
+        The held-out score of each element (an array) for a tuple of per-element TV weights.
+    lambda_tv : float
+        The joint search's TV weight, the start of every element.
+    n_elements : int
+        The number of elements.
+    ratio : float
+        The step between candidate weights.
+    steps : int
+        The candidates on each side of ``lambda_tv``.
 
     Returns
     -------
