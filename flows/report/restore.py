@@ -18,7 +18,7 @@ Written by :func:`emfuse.flows.report.write_report` when the store has ``restore
 
 The restore job writes only the restored frames: the raw frames and the truth are read from the
 input store named by the output's ``source_path`` attribute, lazily, frames binned chunk by
-chunk (:func:`emfuse.flows.report._shrink`). Panels that need the input are left out when it is gone.
+chunk (:func:`emfuse.flows.report.common.shrink`). Panels that need the input are left out when it is gone.
 :func:`restore_summary` adds the section ``restore`` of ``summary.json``: frames, model,
 precision, largest drift and, against the truth, the PSNR of raw and restored frames (mean over
 the first :data:`emfuse.flows.jobs.restore.SUMMARY_FRAMES`, as ``emfuse restore`` prints it), and the
