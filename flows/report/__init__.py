@@ -99,7 +99,6 @@ _PROVENANCE = (layout.ATTR_HOST, layout.ATTR_SOURCE, layout.ATTR_SHA256, layout.
                layout.ATTR_NORMALISATION, layout.ATTR_MAPS_FROM, layout.ATTR_IMAGE_KIND, layout.ATTR_TIMING)
 
 
-
 def default_report_dir(out_store: str | Path) -> Path:
     """``<store>.report/`` beside the store: ``out.zarr`` -> ``out.report``.
 
@@ -110,7 +109,6 @@ def default_report_dir(out_store: str | Path) -> Path:
     """
     store = Path(out_store)
     return store.with_name(f"{store.stem}.report")
-
 
 
 def write_report(
@@ -187,7 +185,6 @@ def write_report(
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return written + [summary_path]
-
 
 
 def summarize(ds: xr.Dataset, store: Path, factor: int, figures: list[str]) -> dict[str, Any]:

@@ -17,23 +17,14 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from emfuse.stores.layout import (
-    ATTR_COMPLETE,
-    ATTR_PARAMS,
-)
+from emfuse.stores.layout import ATTR_COMPLETE, ATTR_PARAMS
 
 MAX_DISPLAY_PX = 1024
-
 DPI = 120
-
 PANEL_IN = 3.6  # inches per image panel
-
 MAP_CMAP = "inferno"
-
 HAADF_CMAP = "gray"
-
 DIFF_CMAP = "RdBu_r"
-
 
 
 def coarsen_factor(shape: Sequence[int], max_px: int = MAX_DISPLAY_PX) -> int:
@@ -53,10 +44,8 @@ def coarsen_factor(shape: Sequence[int], max_px: int = MAX_DISPLAY_PX) -> int:
     return max(1, *(math.ceil(n / max_px) for n in shape))
 
 
-
 def image_shape(ds: xr.Dataset) -> tuple[int, int]:
     return (ds.sizes.get("y", 1), ds.sizes.get("x", 1))
-
 
 
 def shrink(da: xr.DataArray, factor: int) -> xr.DataArray:
@@ -70,11 +59,9 @@ def shrink(da: xr.DataArray, factor: int) -> xr.DataArray:
     return small
 
 
-
 def compute_all(*arrays: xr.DataArray) -> list[xr.DataArray]:
     """Compute several lazy arrays in one pass, so shared store reads happen once."""
     return list(dask.compute(*arrays))
-
 
 
 def image_extent(da: xr.DataArray) -> list[float]:
@@ -89,7 +76,6 @@ def image_extent(da: xr.DataArray) -> list[float]:
     return [x0, x1, y1, y0]  # y grows downwards, as in the microscope image
 
 
-
 def robust_limits(*images: np.ndarray, lo: float = 1.0, hi: float = 99.0) -> tuple[float, float]:
     """Percentile colour limits shared by ``images``; hot pixels do not wash out the scale."""
     values = np.concatenate([np.ravel(np.asarray(im, dtype=float)) for im in images])
@@ -102,16 +88,13 @@ def robust_limits(*images: np.ndarray, lo: float = 1.0, hi: float = 99.0) -> tup
     return float(vmin), float(vmax)
 
 
-
 def minmax(image: np.ndarray) -> np.ndarray:
     lo, hi = np.nanmin(image), np.nanmax(image)
     return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
 
 
-
 def axis_units(ds: xr.Dataset | xr.DataArray, dim: str) -> str:
     return ds[dim].attrs.get("units", "px") if dim in ds.coords else "px"
-
 
 
 def show_image(fig: Figure, ax, da: xr.DataArray, image: np.ndarray, title: str, label: str,
@@ -133,11 +116,9 @@ def show_image(fig: Figure, ax, da: xr.DataArray, image: np.ndarray, title: str,
     cbar.ax.tick_params(labelsize=7)
 
 
-
 def save_figure(fig: Figure, path: Path, dpi: int) -> Path:
     fig.savefig(path, dpi=dpi, facecolor="white")
     return path
-
 
 
 def new_figure(ds: xr.Dataset, ncols: int, nrows: int, title: str, factor: int):
@@ -155,12 +136,10 @@ def new_figure(ds: xr.Dataset, ncols: int, nrows: int, title: str, factor: int):
     return fig, axes
 
 
-
 def comparable(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Two colour ranges are worth sharing if their tops lie within a factor of 3."""
     top_a, top_b = abs(a[1]), abs(b[1])
     return min(top_a, top_b) > 0 and max(top_a, top_b) / min(top_a, top_b) <= 3
-
 
 
 def stored_params(ds: xr.Dataset) -> Any:
@@ -171,7 +150,6 @@ def stored_params(ds: xr.Dataset) -> Any:
         except json.JSONDecodeError:
             return params
     return params
-
 
 
 def jsonable(value: Any) -> Any:

@@ -31,7 +31,6 @@ from .common import (
 )
 
 LAMBDA_SCORE = "lambda_score"  # optional: score of each (lambda_chem, lambda_tv) tried
-
 TERM_TITLES = {
     "haadf": "HAADF fidelity term",
     "chem": "chemical (Poisson) term",
@@ -39,15 +38,12 @@ TERM_TITLES = {
 }
 
 
-
 def element_names(da: xr.DataArray) -> list[str]:
     return [str(e) for e in da["element"].values] if "element" in da.coords else []
 
 
-
 def atomic_numbers(da: xr.DataArray) -> list[int]:
     return [int(z) for z in da["z"].values] if "z" in da.coords else []
-
 
 
 def _element_label(ds: xr.Dataset, element: str) -> str:
@@ -55,7 +51,6 @@ def _element_label(ds: xr.Dataset, element: str) -> str:
         if name in ds and "z" in ds[name].coords and element in element_names(ds[name]):
             return f"{element} (Z={int(ds[name]['z'].sel(element=element))})"
     return element
-
 
 
 def maps_figure(ds: xr.Dataset, factor: int) -> Figure | None:
@@ -77,7 +72,6 @@ def maps_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     for row, element in enumerate(elements):
         _map_row(fig, axes[row], ds, element, columns, factor, row == len(elements) - 1)
     return fig
-
 
 
 def _map_row(fig, axes, ds, element, columns, factor, bottom: bool) -> None:
@@ -105,7 +99,6 @@ def _map_row(fig, axes, ds, element, columns, factor, bottom: bool) -> None:
               outer=(bottom, col == 0), cmap=MAP_CMAP, vmin=vmin, vmax=vmax)
 
 
-
 def haadf_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     if HAADF not in ds or HAADF_MODEL not in ds:
         return None
@@ -124,7 +117,6 @@ def haadf_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     return fig
 
 
-
 def _cost_curves(cost: xr.DataArray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Iterations and finite values of each cost term (other dims averaged out)."""
     extra = [d for d in cost.dims if d not in ("term", "iteration")]
@@ -141,10 +133,8 @@ def _cost_curves(cost: xr.DataArray) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return curves
 
 
-
 def final_costs(cost: xr.DataArray) -> dict[str, float | None]:
     return {term: (float(v[-1]) if v.size else None) for term, (_, v) in _cost_curves(cost).items()}
-
 
 
 def convergence_figure(ds: xr.Dataset, factor: int) -> Figure | None:
@@ -157,7 +147,6 @@ def convergence_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     for ax, (term, (it, values)) in zip(axes, curves.items()):
         _cost_panel(ax, term, it, values)
     return fig
-
 
 
 def _cost_panel(ax, term: str, it: np.ndarray, values: np.ndarray) -> None:
@@ -176,10 +165,8 @@ def _cost_panel(ax, term: str, it: np.ndarray, values: np.ndarray) -> None:
                 xytext=(-6, 8), ha="right", fontsize=8, color="C3")
 
 
-
 def _lower_is_better(score: xr.DataArray) -> bool:
     return str(score.attrs.get("better", "lower")).lower() not in ("higher", "max", "maximum")
-
 
 
 def lambda_best(score: xr.DataArray) -> dict[str, Any]:
@@ -193,12 +180,10 @@ def lambda_best(score: xr.DataArray) -> dict[str, Any]:
     return {"best": best, "score": float(values[index]), "dims": list(score.dims)}
 
 
-
 def _is_log_grid(coords: np.ndarray) -> bool:
     """Regularisation weights are usually searched on a log grid spanning decades."""
     coords = np.asarray(coords, dtype=float)
     return bool(coords.size > 1 and np.all(coords > 0) and coords.max() / coords.min() >= 10)
-
 
 
 def _cell_edges(coords: np.ndarray) -> np.ndarray:
@@ -210,7 +195,6 @@ def _cell_edges(coords: np.ndarray) -> np.ndarray:
     mid = (t[1:] + t[:-1]) / 2
     edges = np.concatenate([[2 * t[0] - mid[0]], mid, [2 * t[-1] - mid[-1]]])
     return np.exp(edges) if _is_log_grid(c) else edges
-
 
 
 def lambda_figure(ds: xr.Dataset, factor: int) -> Figure | None:
@@ -229,7 +213,6 @@ def lambda_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     else:
         _lambda_line(ax, score, best)
     return fig
-
 
 
 def _lambda_map(fig, ax, score: xr.DataArray, best: dict[str, Any]) -> None:
@@ -256,7 +239,6 @@ def _lambda_map(fig, ax, score: xr.DataArray, best: dict[str, Any]) -> None:
         bx, by = best["best"][xdim], best["best"][ydim]
         ax.plot(bx, by, marker="*", ms=14, color="white", mec="black")
         ax.set_title(f"best: {xdim}={bx:.3g}, {ydim}={by:.3g}", fontsize=10)
-
 
 
 def _lambda_line(ax, score: xr.DataArray, best: dict[str, Any]) -> None:
