@@ -7,7 +7,7 @@
    :func:`emfuse.pipeline.synth.lazy_map_set`, and a spectrum image (uint16, chunks 64 x 64 x 2048,
    HAADF, truth) from :func:`emfuse.pipeline.synth.lazy_spectrum_image`.
 2. For each worker count, on ``connect("local", n_workers=W, threads_per_worker=1,
-   memory_limit=...)``, the stages of :mod:`emfuse.flows.fusion_job` (plan, write_inputs, normalise,
+   memory_limit=...)``, the stages of :mod:`emfuse.flows.jobs.fusion` (plan, write_inputs, normalise,
    fuse_tiles, finalise) for the spectrum image (maps integrated lazily on the cluster) and for
    the map set: seconds per stage, peak memory per worker per stage, throughput in
    megapixel-elements per second.
@@ -54,8 +54,8 @@ from _common import reset_peak_rss as _reset_peak_rss
 from dask.utils import parse_bytes
 
 from emfuse.cluster import connect
-from emfuse.flows import fusion_job
-from emfuse.flows.synth import spectrum_image_dataset
+from emfuse.flows.jobs import fusion as fusion_job
+from emfuse.flows.tools.synth import spectrum_image_dataset
 from emfuse.pipeline.fusion import FusionParams, fuse
 from emfuse.pipeline.synth import lazy_map_set, lazy_spectrum_image
 from emfuse.stores import layout
@@ -159,7 +159,7 @@ def code_identity() -> dict[str, str]:
 
     out = {}
     for name in ("emfuse.pipeline.fusion.solver", "emfuse.pipeline.fusion.tv", "emfuse.pipeline.spectra",
-                 "emfuse.pipeline.tiles", "emfuse.flows.fusion_job", "emfuse.stores.outputs"):
+                 "emfuse.pipeline.tiles", "emfuse.flows.jobs.fusion", "emfuse.stores.outputs"):
         module = importlib.import_module(name)
         source = Path(module.__file__).read_bytes()
         out[name] = hashlib.sha256(source).hexdigest()[:12]

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from emfuse.cluster import connect
-from emfuse.flows import fusion_job
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.jobs import fusion as fusion_job
+from emfuse.flows.tools.synth import write_synthetic
 
 ELEMENTS = ("Sr", "Ti", "O")
 

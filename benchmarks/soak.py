@@ -4,7 +4,7 @@
         [--size 64 80 96] [--seed 0] [--workdir DIR] [--json FILE]
         [--cluster SPEC | --workers 2 --memory-limit 2GiB] [--auto-lambda] [--n-iter 30]
 
-1. Datasets, written by :func:`emfuse.flows.synth.write_synthetic` into ``<workdir>/incoming/``:
+1. Datasets, written by :func:`emfuse.flows.tools.synth.write_synthetic` into ``<workdir>/incoming/``:
    spectrum images (specimens columns, particles and layers in turn, with their elements),
    drifting HR-STEM movies and BF/DF/HRTEM mode sets (materials in turn); sizes taken in turn
    from ``--size``, every dataset its own seed.
@@ -59,7 +59,7 @@ import yaml
 from _common import cpu_seconds, current_rss, peak_rss, process_id, reset_peak_rss
 
 from emfuse.cluster import as_spec, connect
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.avae.simulate import MATERIALS
 from emfuse.stores import layout
 from emfuse.stores.lock import LOCK_SUFFIX

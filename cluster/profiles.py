@@ -280,6 +280,26 @@ def as_spec(spec: ClusterSpec | str | os.PathLike | Mapping | None, **overrides:
     return ClusterSpec.from_string(spec, **overrides)
 
 
+
+#: Profiles whose workers may not share the caller's machine (its GPU, its torch build).
+REMOTE_PROFILES = ("slurm", "scheduler")
+
+
+def is_remote(cluster: Any) -> bool:
+    """True when the cluster's workers may not share this machine (its GPU, its torch build).
+
+    A spec that does not parse counts as local here: :func:`connect` names the problem.
+
+    Examples
+    --------
+    >>> is_remote("local"), is_remote("slurm")
+    (False, True)
+    """
+    try:
+        return as_spec(cluster).profile in REMOTE_PROFILES
+    except ValueError:
+        return False
+
 def _check_profile(profile: str) -> str:
     if profile not in PROFILES:
         raise ClusterConfigError(

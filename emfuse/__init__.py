@@ -36,7 +36,7 @@ _API = {
     "fuse": ("emfuse.api", "fuse"),
     "restore": ("emfuse.api", "restore"),
     "fuse_modes": ("emfuse.pipeline.avae.fuse", "fuse_modes"),
-    "ingest": ("emfuse.flows.inputs", "ingest_file"),
+    "ingest": ("emfuse.flows.jobs.inputs", "ingest_file"),
     "open_result": ("emfuse.stores.zarrio", "open_dataset"),
     "run_catalog": ("emfuse.flows.batch", "batch_flow"),
 }

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from emfuse.cluster import connect
-from emfuse.flows import fusion_job
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.jobs import fusion as fusion_job
+from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.fusion import Normalisation, fuse
 from emfuse.pipeline.fusion.auto import (
     AutoLambdaError,

@@ -28,9 +28,11 @@ import pytest
 import tifffile
 import xarray as xr
 
-from emfuse.flows import fusion_job, restore_job, tem_fuse_job
+from emfuse.flows.jobs import fusion as fusion_job
+from emfuse.flows.jobs import restore as restore_job
 from emfuse.flows.jobs import run_job
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.jobs import tem_fuse as tem_fuse_job
+from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.elements import DuplicateElement
 from emfuse.pipeline.fusion import FusionInputError
 from emfuse.pipeline.spectra import SpectrumError, WindowError
@@ -389,7 +391,7 @@ def test_dark_frames_are_a_warning_and_kept(tmp_path, client, tiny_model, caplog
     movie = np.random.default_rng(0).poisson(50, (5, 32, 32)).astype(np.float32)
     movie[0], movie[3] = 0, 7  # blanked beam; a constant offset
     store = _movie_store(tmp_path / "blanked.zarr", movie)
-    with caplog.at_level(logging.WARNING, logger="emfuse.flows.restore_job"):
+    with caplog.at_level(logging.WARNING, logger="emfuse.flows.jobs.restore"):
         job = run_job("restore", store, tmp_path / "out.zarr", client, progress=False, model=tiny_model, **RESTORE)
     assert f"the movie of {store}: 2 of 5 frames are flat, with no signal (zero dose: frames 0, 3); they are " \
            "copied to the output unchanged, not restored." in caplog.text

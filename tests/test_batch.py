@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.tools.synth import write_synthetic
 from emfuse.stores.zarrio import is_complete, open_dataset
 
 pytestmark = pytest.mark.prefect
@@ -122,13 +122,16 @@ def test_rerun_resumes_and_recomputes_nothing_finished(first_run, night):
 
 
 def test_schedule_deployment(prefect_harness, night):
-    from emfuse.flows.batch import batch_deployment
+    from emfuse.flows.batch import batch_deployment, batch_flow
 
     deployment = batch_deployment(night / "tonight.yaml", "0 22 * * *", timezone="Europe/Brussels")
     schedule = deployment.schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("0 22 * * *", "Europe/Brussels")
     assert deployment.parameters["catalog"] == str(night / "tonight.yaml")
     assert deployment.entrypoint == "emfuse.flows.batch.batch_flow"
+    from prefect.utilities.importtools import import_object
+
+    assert import_object(deployment.entrypoint) is batch_flow  # what a served run loads
     with pytest.raises(ValueError, match="cron"):
         batch_deployment(night / "tonight.yaml", "0 25 * * *")
 
@@ -151,7 +154,7 @@ datasets:
 
 def test_raw_files_of_one_name_are_ingested_apart(tmp_path):
     """Two run1.npz from two folders, named apart in a catalog, keep their own input stores."""
-    from emfuse.flows.inputs import resolve_store
+    from emfuse.flows.jobs.inputs import resolve_store
 
     rng = np.random.default_rng(0)
     stores = []

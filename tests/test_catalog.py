@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emfuse.flows.catalog import CatalogError, load_catalog
+from emfuse.flows.batch.catalog import CatalogError, load_catalog
 
 
 def _store(path: Path) -> Path:

@@ -11,8 +11,8 @@ import pytest
 import xarray as xr
 import zarr
 
-from emfuse.flows import fusion_job
 from emfuse.flows.cli import main
+from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.stores.progress import TileRecord
 from emfuse.stores.zarrio import is_complete, mark_complete, open_dataset, write_dataset
 

@@ -84,7 +84,7 @@ def test_restore_and_tem_fuse_check_their_arguments_early(store, tmp_path):
 
 
 def test_a_store_written_with_xarray_passes_the_checks(tmp_path, dysco3):
-    from emfuse.flows.checks import check_fuse
+    from emfuse.flows.jobs.checks import check_fuse
 
     ds = xr.Dataset({"haadf": (("y", "x"), np.ones((8, 8))), "maps": (("element", "y", "x"), np.ones((1, 8, 8)))},
                     coords={"element": ["O"]})
@@ -101,8 +101,8 @@ def test_ingest_overwrite_has_help():
 def test_early_checks_follow_the_elements_of_the_ingest(shared_data, tmp_path):
     """A spectrum image with no --elements: refused naming the elements the file's metadata
     lists, as the job itself says; accepted when the elements were named at ingest."""
-    from emfuse.flows.checks import check_fuse
-    from emfuse.flows.inputs import ingest_file
+    from emfuse.flows.jobs.checks import check_fuse
+    from emfuse.flows.jobs.inputs import ingest_file
 
     bcf = shared_data / "formats" / "test_TEM.bcf"
     plain = ingest_file(bcf, tmp_path / "plain.zarr")

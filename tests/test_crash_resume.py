@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from crash import done_tiles, store_differences
 
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.tools.synth import write_synthetic
 
 EMFUSE = [sys.executable, "-m", "emfuse.flows.cli"]
 CATALOG = """

@@ -1,5 +1,5 @@
 """HyperSpy both ways: .hspy files ingested, stores converted back to HyperSpy signals
-(``emfuse.flows.export.to_hyperspy``, ``emfuse export``). Real HyperSpy, real files, no mocks."""
+(``emfuse.flows.tools.export.to_hyperspy``, ``emfuse export``). Real HyperSpy, real files, no mocks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 from emfuse.flows.cli import main
-from emfuse.flows.export import HyperSpyMissing, export, to_hyperspy
+from emfuse.flows.tools.export import HyperSpyMissing, export, to_hyperspy
 from emfuse.stores.errors import IngestError
 from emfuse.stores.ingest import ingest, read
 from emfuse.stores.zarrio import open_dataset, write_dataset

@@ -19,7 +19,7 @@ def cluster_file(tmp_path_factory):
 
 
 def test_fuse_flow_on_a_store(prefect_harness, tmp_path, dysco3, cluster_file):
-    from emfuse.flows.fusion_flow import fuse_flow
+    from emfuse.flows.jobs.flows import fuse_flow
 
     ds = xr.Dataset(
         {"haadf": (("y", "x"), dysco3["haadf"][:128, :96]),

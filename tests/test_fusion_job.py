@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from emfuse.flows import fusion_job
+from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.jobs import run_job
 from emfuse.pipeline.fusion import FusionInputError, fuse
 from emfuse.stores.errors import OutputNotWritable, StoreError
@@ -124,7 +124,7 @@ def test_convergence_of_the_summed_costs_is_stored_and_logged(tmp_path, dysco3_s
     import logging
 
     short = {**dysco3["params"], "n_iter": 4}
-    with caplog.at_level(logging.WARNING, logger="emfuse.flows.fusion_job"):
+    with caplog.at_level(logging.WARNING, logger="emfuse.flows.jobs.fusion"):
         job = run_job("fuse", dysco3_store, tmp_path / "short.zarr", client, progress=False,
                                     params=short, tile=100, halo=32)
     messages = open_dataset(job.out).attrs["convergence"]

@@ -1,4 +1,4 @@
-"""emfuse.flows.gather: results as they finish; an error raises at once and cancels the job's other tasks."""
+"""emfuse.flows.jobs.gather: results as they finish; an error raises at once and cancels the job's other tasks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from emfuse.flows.gather import gather
+from emfuse.flows.jobs.gather import gather
 
 
 def _slow(i: int) -> int:

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from emfuse.flows import fusion_job
-from emfuse.flows.catalog import load_catalog
+from emfuse.flows.batch.catalog import load_catalog
 from emfuse.flows.cli import build_parser, main
-from emfuse.flows.inputs import resolve_store
+from emfuse.flows.jobs import fusion as fusion_job
+from emfuse.flows.jobs.inputs import resolve_store
 from emfuse.pipeline import spectra
 from emfuse.pipeline.fusion import FusionInputError
 from emfuse.stores.formats import IngestWarning

@@ -16,10 +16,10 @@ import xarray as xr
 import zarr
 from provenance_checks import assert_provenance
 
-from emfuse.flows import fusion_job
-from emfuse.flows.inputs import resolve_store
+from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.jobs import run_job
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.jobs.inputs import resolve_store
+from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.fusion import auto
 from emfuse.stores.ingest import read
 from emfuse.stores.zarrio import (
@@ -98,7 +98,7 @@ def test_automatic_weights_keep_every_attribute(tmp_path, client):
 
 
 def test_fuse_flow_from_a_raw_file_times_the_ingest(prefect_harness, tmp_path, shared_data):
-    from emfuse.flows.fusion_flow import fuse_flow
+    from emfuse.flows.jobs.flows import fuse_flow
 
     raw = shared_data / "fusion" / "PTO_Trilayer_dataset.npz"
     result = fuse_flow(str(raw), str(tmp_path / "pto.fuse.zarr"), params=FIXED, cluster="local-threads",

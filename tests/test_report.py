@@ -1,4 +1,4 @@
-"""Tests of the fusion report (flows/report.py) on small hand-made output stores."""
+"""Tests of the fusion report (flows/report/) on small hand-made output stores."""
 
 from __future__ import annotations
 

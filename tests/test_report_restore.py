@@ -1,4 +1,4 @@
-"""The report of restore output stores (flows/report_restore.py), on stores the real restore job wrote."""
+"""The report of restore output stores (flows/report/restore.py), on stores the real restore job wrote."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import xarray as xr
 from dask_helpers import LargestResult
 from matplotlib.image import imread
 
-from emfuse.flows import restore_job
+from emfuse.flows.jobs import restore as restore_job
 from emfuse.flows.report import write_report
-from emfuse.flows.report_restore import (
+from emfuse.flows.report.restore import (
     average_figure,
     central_crop,
     drift_figure,
     restore_figure,
     shown_frames,
 )
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.metrics import psnr
 from emfuse.pipeline.register import shift_image
 from emfuse.pipeline.restore import save_model

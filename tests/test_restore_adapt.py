@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from emfuse.flows import restore_job
+from emfuse.flows.jobs import restore as restore_job
 from emfuse.flows.jobs import run_job
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.metrics import psnr
 from emfuse.pipeline.register import shift_image
 from emfuse.pipeline.restore import adapt as adapt_module

@@ -7,9 +7,9 @@ import pytest
 import torch
 import xarray as xr
 
-from emfuse.flows import restore_job
+from emfuse.flows.jobs import restore as restore_job
 from emfuse.flows.jobs import run_job
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.restore import load_model, save_model
 from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
 from emfuse.pipeline.restore.inference import min_image_size

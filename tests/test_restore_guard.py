@@ -17,9 +17,9 @@ import xarray as xr
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from emfuse.flows import restore_job
+from emfuse.flows.jobs import restore as restore_job
 from emfuse.flows.jobs import run_job
-from emfuse.flows.report_restore import restore_summary
+from emfuse.flows.report.restore import restore_summary
 from emfuse.pipeline.restore import load_model
 from emfuse.pipeline.restore.guard import DECISIONS, check_residual, guard, reinject
 from emfuse.pipeline.restore.inference import restore

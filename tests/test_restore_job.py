@@ -9,9 +9,9 @@ import pytest
 import torch
 import xarray as xr
 
-from emfuse.flows import restore_job
+from emfuse.flows.jobs import restore as restore_job
 from emfuse.flows.jobs import run_job
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.restore import MODEL_FILES, load_model, save_model
 from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
 from emfuse.pipeline.restore.inference import restore
@@ -242,7 +242,7 @@ def test_auto_picks_the_own_model_present_and_a_rerun_keeps_its_decision(tmp_pat
                                                                          tiny_model, monkeypatch):
     from pathlib import Path
 
-    from emfuse.flows.checks import check_restore
+    from emfuse.flows.jobs.checks import check_restore
 
     out = tmp_path / "cut.zarr"
     job, state = restore_job.plan(movie_store, out, model="auto", **OPTIONS)

@@ -158,7 +158,7 @@ def formats() -> Path:
 
 
 def _guess_file(path: Path, out: Path) -> ModalityGuess:
-    from emfuse.flows.restore_job import _input_variable
+    from emfuse.flows.jobs.restore import _input_variable
     from emfuse.stores.ingest import ingest
     from emfuse.stores.zarrio import open_dataset
 

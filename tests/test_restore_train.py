@@ -207,7 +207,7 @@ def test_scenes_training_holds_out_and_records_it(tmp_path):
     the run's config records the data source and what was held out."""
     import json
 
-    from emfuse.flows.train_restore import training_config
+    from emfuse.flows.tools.train_restore import training_config
     from emfuse.pipeline.restore.scenes import held_out
     from emfuse.pipeline.restore.train import _default_data
 
@@ -265,7 +265,7 @@ def test_shipped_default_model_loads_and_restores():
         pytest.skip("no default model in this checkout")
     import dataclasses
 
-    from emfuse.flows.train_restore import PACKAGED_STD_FLOOR
+    from emfuse.flows.tools.train_restore import PACKAGED_STD_FLOOR
 
     net = load_model()
     assert dataclasses.replace(net.cfg, std_floor=MODEL_PRESETS["small"].std_floor) == MODEL_PRESETS["small"]
@@ -284,7 +284,7 @@ def test_packaged_model_works_in_any_units(tmp_path):
     """A packaged own model has a tiny std floor: restoring ``a x + b`` gives ``a restore(x) + b``
     even for an image scaled to [0, 1] (std far below the published floor of 0.1), and its
     header keeps the training config and the last validation."""
-    from emfuse.flows.train_restore import PACKAGED_STD_FLOOR, package_model
+    from emfuse.flows.tools.train_restore import PACKAGED_STD_FLOOR, package_model
     from emfuse.pipeline.restore.inference import restore
     from emfuse.pipeline.restore.train import TrainConfig, train
 

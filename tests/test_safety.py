@@ -255,7 +255,7 @@ def test_ingest_refuses_pickled_npz(tmp_path, where):
 def test_zarr_store_with_pickle_codec_is_refused(tmp_path):
     # A Zarr v2 array of Python objects with the `pickle` codec: emfuse opens Zarr v3
     # only (where no pickle codec exists) and zarr itself refuses the v2 form.
-    from emfuse.flows.inputs import resolve_store
+    from emfuse.flows.jobs.inputs import resolve_store
     from emfuse.stores.zarrio import open_dataset
 
     marker = tmp_path / "ran"

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from emfuse.flows.inputs import SATURATED, check_haadf, haadf_saturation, ingest_file, resolve_store
 from emfuse.flows.jobs import run_job
+from emfuse.flows.jobs.inputs import (
+    SATURATED,
+    check_haadf,
+    haadf_saturation,
+    ingest_file,
+    resolve_store,
+)
 from emfuse.pipeline.fusion import (
     FusionInputError,
     Normalisation,

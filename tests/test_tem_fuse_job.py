@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from emfuse.flows import tem_fuse_job
 from emfuse.flows.jobs import run_job
+from emfuse.flows.jobs import tem_fuse as tem_fuse_job
 from emfuse.flows.report import write_report
-from emfuse.flows.synth import write_synthetic
+from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.avae.fuse import fuse_modes
 from emfuse.pipeline.avae.model import AVAE, AVAEConfig, load_avae, save_avae
 from emfuse.pipeline.avae.preprocess import Preprocessing

@@ -2,7 +2,7 @@
 
 import zarr
 
-from emfuse.flows.morning import render_html
+from emfuse.flows.batch.morning import render_html
 from emfuse.stores.layout import ATTR_WARNINGS
 from emfuse.stores.warn import add_warnings, format_warning, make_warning, read_warnings
 

@@ -20,7 +20,7 @@ truth ``s`` plus a constant: of two networks, the one with the lower value resto
 The adapted network is used only when it lowered this score by more than the noise of the
 estimate (:func:`held_out_decision`).
 
-Arrays in, model out: no Zarr, no Dask (:mod:`emfuse.flows.restore_job` calls it).
+Arrays in, model out: no Zarr, no Dask (:mod:`emfuse.flows.jobs.restore` calls it).
 
 Examples
 --------

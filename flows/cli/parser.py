@@ -1,24 +1,29 @@
-"""The ``emfuse`` command line.
-
-Each subcommand is a thin layer over a flow or a store function; errors that
-come from the data (bad input, existing outputs, unwritable paths) are printed
-as one line naming the problem and the fix, with exit status 2.
-"""
+"""The ``emfuse`` command line's arguments: one subcommand per :mod:`.commands` function."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from emfuse.pipeline.fusion import FusionParams
 
+from .commands import (
+    cmd_demo,
+    cmd_export,
+    cmd_fuse,
+    cmd_ingest,
+    cmd_report,
+    cmd_restore,
+    cmd_run,
+    cmd_serve,
+    cmd_synth,
+    cmd_tem_fuse,
+    cmd_train_avae,
+    cmd_train_restore,
+)
+from .console import AUTO
+
 DEFAULTS = FusionParams()
-AUTO = "auto"
 
 
 def lambda_value(text: str) -> float | str:
@@ -79,328 +84,6 @@ def _signal_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signal", default=None, metavar="INDEX|TITLE",
                         help="the spectrum image to take from a file that holds several: its index "
                              "(emfuse ingest FILE --list) or its title")
-
-
-def _params(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "gamma": args.gamma, "lambda_chem": args.lambda_chem, "lambda_tv": args.lambda_tv,
-        "n_iter": args.n_iter, "n_iter_tv": args.n_iter_tv, "bkg": args.bkg,
-        "init_threshold": args.init_threshold, "tol": args.tol,
-    }
-
-
-def _windows(specs: Sequence[str]) -> dict[str, list[float]] | None:
-    windows = {}
-    for spec in specs:
-        try:
-            element, span = spec.split("=")
-            lo, hi = (float(v) for v in span.split(":"))
-        except ValueError:
-            raise ValueError(f"bad --window {spec!r}; write it as EL=LO:HI in eV, e.g. Fe=6250:6550") from None
-        windows[element] = [lo, hi]
-    return windows or None
-
-
-def _quiet_prefect(verbose: bool) -> None:
-    """Failures reach the user as one line from :func:`main`; Prefect's copy with traceback only with -v."""
-    if not verbose:
-        for name in ("prefect.flow_runs", "prefect.task_runs"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-def _require(path: Path) -> None:
-    """Fail in a second rather than after starting Prefect and a cluster."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; give a canonical store (.zarr) or a raw file.")
-
-
-def cmd_fuse(args: argparse.Namespace) -> int:
-    from .checks import check_fuse
-
-    windows = _windows(args.window)
-    # arguments, files and the output checked before Prefect, Dask and the cluster are loaded
-    check_fuse(args.source, args.out, elements=args.elements, params=_params(args), tile=args.tile,
-               halo=args.halo, windows=windows, overwrite=args.overwrite)
-    from .fusion_flow import fuse_flow
-
-    _quiet_prefect(args.verbose)
-
-    result = fuse_flow(
-        str(args.source), str(args.out), elements=args.elements, params=_params(args),
-        cluster=args.cluster, tile=args.tile, halo=args.halo, windows=windows,
-        maps_from=args.maps_from, signal=args.signal,
-        overwrite=args.overwrite, report=not args.no_report,
-    )
-    print_summary(result)
-    return 0
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    from .checks import check_restore
-
-    check_restore(args.source, args.out, model=args.model, overwrite=args.overwrite, options=dict(
-        device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
-        channels_last=args.channels_last, register=args.register, block=args.block, guard=not args.no_guard,
-        adapt_steps=args.adapt or None))
-    from .restore_flow import restore_flow
-
-    _quiet_prefect(args.verbose)
-
-    result = restore_flow(
-        str(args.source), str(args.out), model=args.model, device=args.device, cluster=args.cluster,
-        tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
-        channels_last=args.channels_last, register_drift=args.register, block=args.block,
-        adapt=args.adapt, overwrite=args.overwrite, report=not args.no_report, guard=not args.no_guard,
-    )
-    print(f"output store: {result['store']}")
-    if result.get("figures"):
-        print(f"report:       {Path(result['figures'][0]).parent}")
-    print(f"restored:     {result['frames']} frame(s) of {result['shape'][1]} x {result['shape'][2]} "
-          f"with {result['model']} on {result['device']} ({result['precision']})")
-    print_model_choice(result)
-    print_adaptation(result)
-    if "drift_max_px" in result:
-        print(f"drift:        up to {result['drift_max_px']:.2f} px (variables drift, average)")
-    if "psnr_raw_db" in result:
-        print(f"PSNR vs truth: raw {result['psnr_raw_db']:.2f} dB, restored {result['psnr_restored_db']:.2f} dB")
-    print_warnings(result)
-    return 0
-
-
-def cmd_train_restore(args: argparse.Namespace) -> int:
-    from .train_restore import run_training
-
-    summary = run_training(
-        args.out, steps=args.steps, batch=args.batch, patch=args.patch, modality=args.modality,
-        resolution=args.resolution, init=args.init, config=args.config, lr=args.lr,
-        adversarial=args.adversarial, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        device=args.device, resume=args.resume, max_minutes=args.max_minutes, data=args.data,
-        hold_out=args.hold_out,
-    )
-    print(f"model:        {summary['model']}")
-    print(f"steps:        {summary['step']} of {summary['steps']} ({summary['seconds']:.0f} s this run)")
-    if summary["val"]:
-        print(f"validation:   loss {summary['val']['loss']:.4g}, PSNR {summary['val']['psnr']:.2f} dB")
-    if summary["step"] < summary["steps"]:
-        print(f"stopped early; continue with: emfuse train-restore --out {args.out} --resume (same options)")
-    return 0
-
-
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from dask.diagnostics import ProgressBar
-
-    from emfuse.stores.ingest import describe
-    from emfuse.stores.warn import read_warnings
-    from emfuse.stores.zarrio import open_dataset
-
-    from .inputs import ingest_file
-
-    if args.list:
-        print("\n".join(describe(args.file)))
-        return 0
-    if args.out is None:
-        raise ValueError("emfuse ingest needs --out STORE.zarr (or --list to see what the file holds).")
-    with ProgressBar(minimum=2.0):  # shown only when the copy takes more than 2 s
-        path = ingest_file(args.file, args.out, elements=args.elements, signal=args.signal,
-                           overwrite=args.overwrite)
-    print(f"wrote {path}")
-    print(open_dataset(path))
-    print_warnings({"warnings": read_warnings(path)})
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
-
-    path = export(args.store, args.out, to=args.to, variable=args.variable, overwrite=args.overwrite)
-    print(f"wrote {path}")
-    return 0
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import write_synthetic
-
-    path = write_synthetic(
-        args.kind, args.out, shape=tuple(args.shape), elements=args.elements, specimen=args.specimen,
-        dose=args.dose, seed=args.seed, overwrite=args.overwrite, material=args.material,
-        frames=args.frames,
-    )
-    print(f"wrote {path}")
-    return 0
-
-
-def cmd_tem_fuse(args: argparse.Namespace) -> int:
-    from .checks import check_tem_fuse
-
-    check_tem_fuse(args.source, args.out, model=args.model, tile=args.tile, halo=args.halo,
-                   overwrite=args.overwrite)
-    from .tem_fuse_flow import tem_fuse_flow
-
-    _quiet_prefect(args.verbose)
-
-    result = tem_fuse_flow(str(args.source), str(args.out), model=str(args.model) if args.model else None,
-                           cluster=args.cluster, tile=args.tile, halo=args.halo, overwrite=args.overwrite,
-                           report=not args.no_report)
-    print_tem_summary(result)
-    return 0
-
-
-def print_tem_summary(result: dict[str, Any]) -> None:
-    print(f"output store: {result['store']}")
-    if result.get("figures"):
-        print(f"report:       {Path(result['figures'][0]).parent}")
-    print("attention:    " + ", ".join(f"{m} {w:.2f}" for m, w in result["mean_attention"].items())
-          + " (mean weight of each mode)")
-    print("drift:        " + ", ".join(f"{m} ({d[0]:+.2f}, {d[1]:+.2f}) px" for m, d in result["drift_px"].items()))
-    if "quality" in result:
-        q = result["quality"]
-        print(f"vs truth:     fused {q['tem_fused']['psnr']:.2f} dB / SSIM {q['tem_fused']['ssim']:.3f}, "
-              f"HRTEM alone {q['hrtem']['psnr']:.2f} dB / SSIM {q['hrtem']['ssim']:.3f} (affine-calibrated)")
-    print_warnings(result)
-
-
-def cmd_train_avae(args: argparse.Namespace) -> int:
-    from emfuse.pipeline.avae.model import AVAEConfig
-    from emfuse.pipeline.avae.train import TrainSettings
-
-    from .train_avae import train_from_stores
-
-    for store in args.stores:
-        _require(store)
-    settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, beta=args.beta, crop=args.crop,
-                             seed=args.seed, threads=args.threads)
-    cfg = AVAEConfig(features=args.features, latent=args.latent, attention=not args.no_attention,
-                     attention_from=args.attention_from)
-
-    def progress(step: int, rec: dict[str, float]) -> None:
-        val = f", validation MSE {rec['validation_mse']:.4f}" if "validation_mse" in rec else ""
-        print(f"step {step}: reconstruction {rec['recon']:.4f}, KL {rec['kl']:.3f}{val}", flush=True)
-
-    path, history = train_from_stores([str(s) for s in args.stores], args.out, region=args.region,
-                                      settings=settings, cfg=cfg, progress=progress)
-    print(f"model:        {path} (best step {history['best_step']}, {history['seconds']:.0f} s)")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-
-    for path in write_report(args.store, args.report_dir):
-        print(path)
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from .catalog import load_catalog
-
-    load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
-    from .batch import batch_flow
-
-    _quiet_prefect(args.verbose)
-    info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
-    print(f"{info['n_done']} done, {info['n_failed']} failed in {info['seconds'] / 60:.1f} min")
-    for record in info["records"]:
-        if record["status"] == "failed":
-            print(f"  failed: {record['error']}", file=sys.stderr)
-    print(f"report: {info['report']}")
-    print(f"log:    {info['log']}")
-    return 1 if info["n_failed"] else 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .batch import batch_deployment, serve_batch
-
-    deployment = batch_deployment(args.catalog, args.cron, name=args.name, cluster=args.cluster,
-                                  timezone=args.timezone)
-    print(f"serving {deployment.name!r}: {args.catalog} on cron {args.cron!r} "
-          f"({deployment.schedules[0].schedule.timezone}; Ctrl-C stops)")
-    serve_batch(args.catalog, args.cron, name=args.name, cluster=args.cluster, timezone=args.timezone)
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    _quiet_prefect(args.verbose)
-
-    run_demo(args.out, size=args.size, dose=args.dose, cluster=args.cluster)
-    return 0
-
-
-def print_summary(result: dict[str, Any]) -> None:
-    print(f"output store: {result['store']}")
-    if result.get("figures"):
-        print(f"report:       {Path(result['figures'][0]).parent}")
-    print("final costs:  " + ", ".join(f"{k} {v:.4g}" for k, v in result["final_cost"].items()))
-    print_warnings(result)
-    if "lambda_chem" in result:
-        print(f"lambdas:      chem {result['lambda_chem']:.4g}, tv {result['lambda_tv']:.4g}"
-              + _auto_note(result))
-    if "nrmse_raw" in result:
-        print(f"{'element':>8} {'NRMSE raw':>10} {'NRMSE fused':>12}")
-        for el in result["elements"]:
-            print(f"{el:>8} {result['nrmse_raw'][el]:>10.3f} {result['nrmse_fused'][el]:>12.3f}")
-
-
-def _console_logging(verbose: bool) -> None:
-    """Log to stderr, as :func:`logging.basicConfig` would (nothing when logging is set up
-    already, e.g. by a program that calls :func:`main`). Without ``--verbose`` the console skips
-    the records of stored warnings: the commands print them once, at the end, as ``check:``
-    lines (:func:`print_warnings`)."""
-    from emfuse.stores.warn import STORED_WARNING
-
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    if not verbose:
-        handler.addFilter(lambda record: not getattr(record, STORED_WARNING, False))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-def print_warnings(result: dict[str, Any]) -> None:
-    """One ``check:`` line per warning stored with a job's result (see :mod:`emfuse.stores.warn`)."""
-    from emfuse.stores.warn import format_warning
-
-    for record in result.get("warnings", []):
-        print(format_warning(record))
-
-
-def print_model_choice(result: dict[str, Any]) -> None:
-    """One line saying which model ``--model auto`` chose for the data, and why."""
-    choice = result.get("model_choice") or {}
-    if choice.get("asked") == AUTO:
-        print(f"model (auto): {choice['model']}: {choice['reason']}")
-
-
-def print_adaptation(result: dict[str, Any]) -> None:
-    """One line saying whether ``--adapt`` fine-tuned the model and whether the result was used."""
-    record = result.get("adaptation") or {}
-    if not record:
-        return
-    scores = ""
-    if record.get("score_before") is not None:
-        scores = f", held-out score {record['score_before']:.4g} -> {record['score_after']:.4g}"
-    outcome = "used" if record.get("used") else "not used (original model kept)"
-    print(f"adapted:      {record.get('steps')} steps on frames {record.get('train_frames', [])}{scores}: "
-          f"{outcome}: {record.get('reason')}")
-
-
-def _auto_note(result: dict[str, Any]) -> str:
-    """' (auto: ...)' when the summary's lambdas were chosen automatically."""
-    if not result.get("lambda_auto"):
-        return ""
-    choice = result.get("lambda_choice", {})
-    if "reason" in choice:  # "auto" fell back to the embedded defaults
-        return f" (auto fell back to the defaults: {choice['reason']})"
-    criterion = str(choice.get("criterion"))
-    held_out = ("recorrupted maps (measured noise)" if "recorrupted" in criterion
-                else "held-out pixels" if "pixels" in criterion else "held-out counts")
-    return (f" (auto {'+'.join(n.removeprefix('lambda_') for n in result['lambda_auto'])}: "
-            f"{choice.get('n_candidates', '?')} candidates scored on {held_out}, "
-            f"{choice.get('seconds', float('nan')):.0f} s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -572,24 +255,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", default=None, help="replace the catalog's cluster profile or scheduler address")
     p.set_defaults(func=cmd_serve)
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from emfuse.cluster import ClusterUnavailableError
-
-    args = build_parser().parse_args(argv)
-    if not args.verbose:
-        # quiet Dask's per-worker INFO lines; inherited by worker processes
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    _console_logging(args.verbose)
-    try:
-        return args.func(args)
-    except (ValueError, OSError, ClusterUnavailableError) as exc:
-        if args.traceback:
-            raise
-        print(f"emfuse {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

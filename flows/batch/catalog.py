@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from .jobs import JOBS
+from ..jobs import JOBS
 
 TOP_KEYS = ("output", "cluster", "data_root", "datasets")
 DATASET_KEYS = ("path", "jobs", "name", "elements", "params")

@@ -19,7 +19,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    worker process) and writes the core of ``tem_fused`` and ``attention``, then its ``done`` flag;
 5. ``finalise``: ``complete = true``.
 
-:mod:`emfuse.flows.tem_fuse_flow` wraps these stages as Prefect tasks; tests and notebooks call
+:mod:`emfuse.flows.jobs.flows` wraps these stages as Prefect tasks; tests and notebooks call
 :func:`emfuse.flows.jobs.run_job` (``"tem-fuse"``) without Prefect.
 """
 

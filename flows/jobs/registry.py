@@ -1,7 +1,7 @@
 """The three jobs behind one interface, and the one way to run a job.
 
-Every job module (:mod:`emfuse.flows.fusion_job`, :mod:`emfuse.flows.restore_job`,
-:mod:`emfuse.flows.tem_fuse_job`) has the same stages:
+Every job module (:mod:`emfuse.flows.jobs.fusion`, :mod:`emfuse.flows.jobs.restore`,
+:mod:`emfuse.flows.jobs.tem_fuse`) has the same stages:
 
 ``plan(store, out, **options) -> (job, state)``
     define the job, create or reopen its output store (``new``/``resume``/``complete``);
@@ -13,7 +13,7 @@ Every job module (:mod:`emfuse.flows.fusion_job`, :mod:`emfuse.flows.restore_job
     what the user wants to know afterwards (JSON types).
 
 :func:`run_job` runs them under the output store's lock (:mod:`emfuse.stores.lock`), without
-Prefect; :mod:`emfuse.flows.job_flow` runs the same stages as Prefect tasks, and
+Prefect; :mod:`emfuse.flows.jobs.stages` runs the same stages as Prefect tasks, and
 :mod:`emfuse.flows.batch` runs a catalog of them.
 
 Examples
@@ -63,7 +63,7 @@ class JobKind:
 
     @property
     def module(self) -> ModuleType:
-        """The job's module (:mod:`emfuse.flows.fusion_job`, ...), imported on first use."""
+        """The job's module (:mod:`emfuse.flows.jobs.fusion`, ...), imported on first use."""
         return importlib.import_module(f".{self.module_name}", __package__)
 
     @property
@@ -89,11 +89,11 @@ _FUSION_PARAMS = tuple(f.name for f in dataclasses.fields(FusionParams))
 
 JOBS: dict[str, JobKind] = {
     # the weights are chosen for each dataset unless given (emfuse.pipeline.fusion.auto)
-    "fuse": JobKind("fuse", "fusion_job", nested_params=_FUSION_PARAMS,
+    "fuse": JobKind("fuse", "fusion", nested_params=_FUSION_PARAMS,
                     defaults={"lambda_chem": "auto", "lambda_tv": "auto"}),
     # the model is chosen for each dataset's modality and resolution unless given (emfuse.pipeline.restore.select)
-    "restore": JobKind("restore", "restore_job", defaults={"model": "auto"}),
-    "tem-fuse": JobKind("tem-fuse", "tem_fuse_job"),
+    "restore": JobKind("restore", "restore", defaults={"model": "auto"}),
+    "tem-fuse": JobKind("tem-fuse", "tem_fuse"),
 }
 
 

@@ -2,7 +2,7 @@
 
 ``emfuse run CATALOG.yaml`` calls :func:`batch_flow`:
 
-1. the catalog is read (:mod:`emfuse.flows.catalog`); a catalog that cannot be read stops here;
+1. the catalog is read (:mod:`emfuse.flows.batch.catalog`); a catalog that cannot be read stops here;
 2. the catalog's cluster starts once and every job connects to it;
 3. each dataset runs as a subflow (``emfuse-dataset``): its raw file is ingested into
    ``<output>/inputs/``, then each of its jobs runs as a subflow of its own (``emfuse-job``)
@@ -10,7 +10,7 @@
 4. a failure (bad input, a model that does not exist, ...) fails that job's subflow only:
    it is recorded with its message and the batch goes on with the rest;
 5. the morning report ``<output>/report.html`` (and ``report.json``) is written
-   (:mod:`emfuse.flows.morning`), and a log of the run is kept in ``<output>/logs/``.
+   (:mod:`emfuse.flows.batch.morning`), and a log of the run is kept in ``<output>/logs/``.
 
 Running the same command again resumes: finished stores are left as they are and unfinished
 ones recompute only their unfinished tiles. :func:`serve_batch` schedules the batch with cron.
@@ -31,16 +31,17 @@ from typing import Any
 from prefect import flow
 from tqdm.auto import tqdm
 
-from emfuse.cluster import as_spec, connect
+from emfuse.cluster import as_spec, connect, is_remote
 
+from ..jobs import JOBS
+from ..jobs.stages import ingest_task, run_job_stages
 from .catalog import Catalog, DatasetEntry, load_catalog
-from .job_flow import ingest_task, run_job_stages
-from .jobs import JOBS
 from .morning import write_morning_report
-from .restore_flow import is_remote
 
 log = logging.getLogger(__name__)
 LOG_DIR = "logs"
+#: where a deployment finds the flow (exported by :mod:`emfuse.flows.batch`)
+ENTRYPOINT = "emfuse.flows.batch.batch_flow"
 _OUR_LOGGERS = ("emfuse",)
 
 
@@ -269,7 +270,9 @@ def batch_deployment(catalog: str | Path, cron: str, *, name: str | None = None,
     parameters = {"catalog": cat.path, "progress": False}
     if cluster is not None:
         parameters["cluster"] = cluster
-    return batch_flow.to_deployment(
+    deployment = batch_flow.to_deployment(
         name=name or f"nightly-{Path(cat.path).stem}", schedule=schedule, parameters=parameters,
         description=f"emfuse overnight batch of {cat.path}", entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    deployment.entrypoint = ENTRYPOINT  # the package's name, not this module's: stable across moves
+    return deployment

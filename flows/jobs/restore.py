@@ -24,7 +24,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    of the restored frames is written as ``average``;
 5. ``finalise``: the warnings (``restored-clipped``, ``restore-guard``), ``complete = true``.
 
-:mod:`emfuse.flows.restore_flow` wraps these stages as Prefect tasks; tests and notebooks can call
+:mod:`emfuse.flows.jobs.flows` wraps these stages as Prefect tasks; tests and notebooks can call
 :func:`emfuse.flows.jobs.run_job` (``"restore"``) without Prefect.
 
 Example

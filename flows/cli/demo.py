@@ -8,7 +8,7 @@ from typing import Any
 
 from emfuse.stores.zarrio import read_attrs
 
-from .synth import write_synthetic
+from ..tools.synth import write_synthetic
 
 DEMO_ELEMENTS = ("Sr", "Ti", "O")
 
@@ -27,8 +27,8 @@ def run_demo(
     against the ground truth of the raw and of the fused maps; returns the
     flow's summary.
     """
-    from .cli import print_summary
-    from .fusion_flow import fuse_flow
+    from ..jobs.flows import fuse_flow
+    from .console import print_summary
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,8 +51,8 @@ def tem_fuse_demo(out: Path, *, cluster: str = "local", seed: int = 0, size: int
     """BF, DF and HRTEM of a synthetic polycrystal fused with the committed AVAE weights, and reported."""
     from emfuse.pipeline.avae.model import DEFAULT_WEIGHTS
 
-    from .cli import print_tem_summary
-    from .tem_fuse_flow import tem_fuse_flow
+    from ..jobs.flows import tem_fuse_flow
+    from .console import print_tem_summary
 
     if not DEFAULT_WEIGHTS.is_file():
         print(f"tem-fuse:     skipped (no default AVAE weights at {DEFAULT_WEIGHTS})")

@@ -18,10 +18,10 @@ Written by :func:`emfuse.flows.report.write_report` when the store has ``restore
 
 The restore job writes only the restored frames: the raw frames and the truth are read from the
 input store named by the output's ``source_path`` attribute, lazily, frames binned chunk by
-chunk (:func:`emfuse.flows.report._shrink`). Panels that need the input are left out when it is gone.
+chunk (:func:`emfuse.flows.report.common.shrink`). Panels that need the input are left out when it is gone.
 :func:`restore_summary` adds the section ``restore`` of ``summary.json``: frames, model,
 precision, largest drift and, against the truth, the PSNR of raw and restored frames (mean over
-the first :data:`emfuse.flows.restore_job.SUMMARY_FRAMES`, as ``emfuse restore`` prints it), and the
+the first :data:`emfuse.flows.jobs.restore.SUMMARY_FRAMES`, as ``emfuse restore`` prints it), and the
 residual guard's frames per decision (``guard``; the title of a shown frame whose network output
 was not kept says what was: "guard: lattice put back" or "guard: raw kept").
 """
@@ -54,22 +54,22 @@ from emfuse.stores.layout import (
     ZARR_KW,
 )
 
-from .report import (
+from .common import (
     HAADF_CMAP,
-    _comparable,
-    _compute,
-    _extent,
-    _new_figure,
-    _params,
-    _robust_limits,
-    _show,
-    _shrink,
+    comparable,
+    compute_all,
+    image_extent,
+    new_figure,
+    robust_limits,
+    show_image,
+    shrink,
+    stored_params,
 )
 
 CROP_PX = 128  # side of the central crop shown at full resolution (at most half the image)
 MIN_CROP_PX = 8
 AVERAGE_BLOCK_BYTES = 64 * 2**20  # binned raw frames held at once while averaging them
-SUMMARY_FRAMES = 8  # = emfuse.flows.restore_job.SUMMARY_FRAMES (not imported: that pulls in distributed)
+SUMMARY_FRAMES = 8  # = emfuse.flows.jobs.restore.SUMMARY_FRAMES (not imported: that pulls in distributed)
 
 
 def restore_inputs(ds: xr.Dataset) -> tuple[xr.DataArray | None, xr.DataArray | None, xr.Dataset | None]:
@@ -151,12 +151,12 @@ def restore_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     crop = central_crop(ds.sizes["y"], ds.sizes["x"])
     lazy = []
     for f in frames:
-        lazy += [_shrink(da.isel(frame=f), factor) for _, da in columns]
+        lazy += [shrink(da.isel(frame=f), factor) for _, da in columns]
         lazy += [da.isel(frame=f, y=crop[0], x=crop[1]) for _, da in columns]
-    shown = iter(_compute(*lazy))
+    shown = iter(compute_all(*lazy))
     side = crop[0].stop - crop[0].start
     title = f"Restoration with {_model(ds)}" + ("" if raw is not None else " (input store not found: no raw frames)")
-    fig, axes = _new_figure(ds, len(columns), 2 * len(frames), title, factor)
+    fig, axes = new_figure(ds, len(columns), 2 * len(frames), title, factor)
     _zoom_note(fig, side)
     units = ds[RESTORED].attrs.get("units", "input units")
     names = [name for name, _ in columns]
@@ -199,11 +199,11 @@ def guard_decisions(ds: xr.Dataset) -> list[str]:
 def _image_row(fig: Figure, axes, images: list[xr.DataArray], titles: list[str], units: str,
                bottom: bool) -> None:
     """One row of panels; shared colour limits when every panel's range is comparable."""
-    limits = [_robust_limits(im.values) for im in images]
-    if all(_comparable(limits[0], lim) for lim in limits[1:]):
-        limits = [_robust_limits(*(im.values for im in images))] * len(images)
+    limits = [robust_limits(im.values) for im in images]
+    if all(comparable(limits[0], lim) for lim in limits[1:]):
+        limits = [robust_limits(*(im.values for im in images))] * len(images)
     for col, (image, title, (vmin, vmax)) in enumerate(zip(images, titles, limits)):
-        _show(fig, axes[col], image, image.values, title, units,
+        show_image(fig, axes[col], image, image.values, title, units,
               outer=(bottom, col == 0), cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
 
 
@@ -215,7 +215,7 @@ def _zoom_note(fig: Figure, side: int) -> None:
 
 def _mark(ax, crop: xr.DataArray) -> None:
     """Outline the area of ``crop`` on a full-view panel."""
-    x0, x1, y1, y0 = _extent(crop)
+    x0, x1, y1, y0 = image_extent(crop)
     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="#ffcc00", lw=1.0))
 
 
@@ -258,10 +258,10 @@ def average_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     raw, truth, _ = restore_inputs(ds)
     drift = np.asarray(ds[DRIFT].transpose("frame", "axis").values, dtype=float)
     crop = central_crop(ds.sizes["y"], ds.sizes["x"])
-    lazy = [_shrink(ds[AVERAGE], factor), ds[AVERAGE].isel(y=crop[0], x=crop[1])]
+    lazy = [shrink(ds[AVERAGE], factor), ds[AVERAGE].isel(y=crop[0], x=crop[1])]
     if truth is not None:
-        lazy += [_shrink(truth.isel(frame=0), factor), truth.isel(frame=0, y=crop[0], x=crop[1])]
-    shown = _compute(*lazy)
+        lazy += [shrink(truth.isel(frame=0), factor), truth.isel(frame=0, y=crop[0], x=crop[1])]
+    shown = compute_all(*lazy)
     names, full, zoom = ["restored (average)"], [shown[0]], [shown[1]]
     if raw is not None:
         raw_full, raw_zoom = corrected_mean(raw, drift, factor, crop)
@@ -273,7 +273,7 @@ def average_figure(ds: xr.Dataset, factor: int) -> Figure | None:
         full += shown[2:3]
         zoom += shown[3:4]
     n, side = ds.sizes["frame"], crop[0].stop - crop[0].start
-    fig, axes = _new_figure(ds, len(names), 2, f"Mean of {n} frames, each moved back by the measured drift",
+    fig, axes = new_figure(ds, len(names), 2, f"Mean of {n} frames, each moved back by the measured drift",
                             factor)
     _zoom_note(fig, side)
     units = ds[AVERAGE].attrs.get("units", "input units")
@@ -294,7 +294,7 @@ def corrected_mean(raw: xr.DataArray, drift: np.ndarray, factor: int,
     in memory whole. In the binned image the drift is ``drift / factor``.
     """
     n_frames, ny, nx = raw.shape
-    binned = _shrink(raw.isel(frame=0), factor).shape
+    binned = shrink(raw.isel(frame=0), factor).shape
     block = max(1, min(n_frames, AVERAGE_BLOCK_BYTES // (8 * binned[0] * binned[1])))
     # the crop reads its surroundings too: the drift, and the reach of the cubic spline's
     # prefilter (its influence falls by 0.27 per pixel: below 1e-7 after 12)
@@ -306,7 +306,7 @@ def corrected_mean(raw: xr.DataArray, drift: np.ndarray, factor: int,
     total_full, total_crop = np.zeros(binned), np.zeros((crop[0].stop - crop[0].start, crop[1].stop - crop[1].start))
     for start in range(0, n_frames, block):
         frames = slice(start, min(start + block, n_frames))
-        full, window = dask.compute(_shrink(raw.isel(frame=frames), factor).data,
+        full, window = dask.compute(shrink(raw.isel(frame=frames), factor).data,
                                     raw.isel(frame=frames, y=ys, x=xs).data)
         for k, (image, part) in enumerate(zip(np.asarray(full, float), np.asarray(window, float))):
             shift = drift[start + k]
@@ -327,7 +327,7 @@ def restore_summary(ds: xr.Dataset) -> dict[str, Any]:
     min), the drift-corrected average's PSNR against the first true frame, and the largest
     error of the measured drift. Reductions run chunk by chunk with Dask.
     """
-    params = _params(ds)
+    params = stored_params(ds)
     params = params if isinstance(params, dict) else {}
     n = ds.sizes["frame"]
     raw, truth, source = restore_inputs(ds)
@@ -382,6 +382,6 @@ def _psnr(peak, mse):
 
 
 def _model(ds: xr.Dataset) -> str:
-    params = _params(ds)
+    params = stored_params(ds)
     model = str(params.get("model", "?")) if isinstance(params, dict) else "?"
     return Path(model).name if "/" in model else model

@@ -58,7 +58,7 @@ def hyperspy_api() -> Any:
     except ImportError as exc:
         raise HyperSpyMissing(
             f"HyperSpy is not installed ({exc}); install it with {_INSTALL} to convert stores to "
-            "HyperSpy signals (emfuse export, emfuse.flows.export.to_hyperspy)."
+            "HyperSpy signals (emfuse export, emfuse.flows.tools.export.to_hyperspy)."
         ) from exc
     try:
         import exspy  # noqa: F401  (registers EDS_TEM, EDS_SEM, EELS)

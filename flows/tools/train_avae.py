@@ -1,6 +1,6 @@
 """``emfuse train-avae``: train the AVAE on tiles of modes stores that carry a truth.
 
-Each store is preprocessed as the tem-fuse job does it (:func:`emfuse.flows.tem_fuse_job.fit_store_preprocessing`:
+Each store is preprocessed as the tem-fuse job does it (:func:`emfuse.flows.jobs.tem_fuse.fit_store_preprocessing`:
 flat field (the store's ``flat_reference`` when it has one), histograms, drift fitted once,
 then applied to the whole image, which must fit in memory), cut into square regions of ``region`` px, each region's truth standardised; 15 % of
 the regions (at least one, when there are two or more) are held out to choose the weights.
@@ -21,7 +21,7 @@ from emfuse.pipeline.avae.train import TrainSettings, standardise, train_avae
 from emfuse.stores import layout
 from emfuse.stores.zarrio import open_dataset
 
-from .tem_fuse_job import (
+from ..jobs.tem_fuse import (
     TemFuseInputError,
     check_flat,
     check_modes,

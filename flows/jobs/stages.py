@@ -19,9 +19,9 @@ from emfuse.cluster import connect
 from emfuse.stores.lock import StoreLock
 from emfuse.stores.zarrio import add_timing, begin_run, timed
 
+from ..report import default_report_dir, write_report
 from .inputs import resolve_store
-from .jobs import job_kind
-from .report import default_report_dir, write_report
+from .registry import job_kind
 
 # Parameters are store paths, jobs and small dicts; caching would only hash them.
 _task = task(cache_policy=NO_CACHE, persist_result=False)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from emfuse.stores.layout import ATTENTION, MODES, TEM_FUSED, TRUE_STRUCTURE
 
-from .report import HAADF_CMAP, _compute, _new_figure, _robust_limits, _show, _shrink
+from .common import HAADF_CMAP, compute_all, new_figure, robust_limits, show_image, shrink
 
 ATTENTION_CMAP = "viridis"
 MODE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c")  # bf, df, hrtem
@@ -29,33 +29,33 @@ def tem_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     if TEM_FUSED not in ds or ATTENTION not in ds or MODES not in ds:
         return None
     names = [str(m) for m in ds[MODES]["mode"].values]
-    lazy = [_shrink(ds[MODES], factor), _shrink(ds[TEM_FUSED], factor), _shrink(ds[ATTENTION], factor)]
+    lazy = [shrink(ds[MODES], factor), shrink(ds[TEM_FUSED], factor), shrink(ds[ATTENTION], factor)]
     if TRUE_STRUCTURE in ds:
-        lazy.append(_shrink(ds[TRUE_STRUCTURE], factor))
-    shown = _compute(*lazy)
+        lazy.append(shrink(ds[TRUE_STRUCTURE], factor))
+    shown = compute_all(*lazy)
     modes, fused, attention = shown[:3]
     ncols = max(len(names) + 1 + (TRUE_STRUCTURE in ds), len(names) + 1)
-    fig, axes = _new_figure(ds, ncols, 2, "Multi-mode TEM fusion (AVAE)", factor)
+    fig, axes = new_figure(ds, ncols, 2, "Multi-mode TEM fusion (AVAE)", factor)
     for col, name in enumerate(names):
         image = modes.sel(mode=name).values
-        vmin, vmax = _robust_limits(image)
-        _show(fig, axes[0, col], fused, image, f"{TITLES.get(name, name)} (recorded)", "counts",
+        vmin, vmax = robust_limits(image)
+        show_image(fig, axes[0, col], fused, image, f"{TITLES.get(name, name)} (recorded)", "counts",
               outer=(False, col == 0), cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
-        _show(fig, axes[1, col], fused, attention.sel(mode=name).values, f"attention: {name}", "weight",
+        show_image(fig, axes[1, col], fused, attention.sel(mode=name).values, f"attention: {name}", "weight",
               outer=(True, col == 0), cmap=ATTENTION_CMAP, vmin=0, vmax=1)
     col = len(names)
-    vmin, vmax = _robust_limits(fused.values)
-    _show(fig, axes[0, col], fused, fused.values, "fused (AVAE)", "standardised",
+    vmin, vmax = robust_limits(fused.values)
+    show_image(fig, axes[0, col], fused, fused.values, "fused (AVAE)", "standardised",
           outer=(False, False), cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
     if TRUE_STRUCTURE in ds:
         truth = shown[3]
-        vmin, vmax = _robust_limits(truth.values)
-        _show(fig, axes[0, col + 1], truth, truth.values, "truth (projected potential)", "relative",
+        vmin, vmax = robust_limits(truth.values)
+        show_image(fig, axes[0, col + 1], truth, truth.values, "truth (projected potential)", "relative",
               outer=(False, False), cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
         axes[1, col + 1].set_axis_off()
     dominant = np.argmax(attention.values, axis=0)
     cmap = ListedColormap(MODE_COLOURS[: len(names)])
-    _show(fig, axes[1, col], fused, dominant, "largest weight", "mode", outer=(True, False),
+    show_image(fig, axes[1, col], fused, dominant, "largest weight", "mode", outer=(True, False),
           cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5)
     cbar = axes[1, col].images[0].colorbar
     cbar.set_ticks(range(len(names)))

@@ -6,7 +6,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    from the spectrum image), create the output store from a template;
 2. ``write_inputs``: the HAADF and raw maps (and the truth of synthetic data)
    are copied into the output store, so it is self-contained, with ``haadf_valid``:
-   False where the HAADF is saturated (:func:`emfuse.flows.inputs.haadf_saturation`), those
+   False where the HAADF is saturated (:func:`emfuse.flows.jobs.inputs.haadf_saturation`), those
    pixels being left out of the HAADF term; the ``haadf-saturated`` warning goes
    with it;
 3. ``normalise``: one pass for the dataset-wide min/max (the HAADF's over its
@@ -23,7 +23,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    off and oscillation (the messages go to the log and to the ``convergence``
    attribute, empty when all is well), and ``complete = true`` is set.
 
-:mod:`emfuse.flows.fusion_flow` wraps these stages as Prefect tasks; tests and
+:mod:`emfuse.flows.jobs.flows` wraps these stages as Prefect tasks; tests and
 notebooks can call :func:`emfuse.flows.jobs.run_job` (``"fuse"``) without Prefect.
 """
 

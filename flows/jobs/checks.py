@@ -35,7 +35,7 @@ __all__ = ["check_fuse", "check_restore", "check_restore_tiling", "check_tem_fus
            "no_elements_message", "no_haadf_message", "no_maps_message", "store_attrs", "store_variables"]
 
 
-# -- the messages, shared with the jobs (emfuse.flows.fusion_job), which check everything again --
+# -- the messages, shared with the jobs (emfuse.flows.jobs.fusion), which check everything again --
 
 
 def no_haadf_message(source: str | Path) -> str:
@@ -154,7 +154,7 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
 
 
 def check_restore_tiling(tile: int, overlap: int, batch: int, block: int | None) -> None:
-    """The restoration's tiling and batching options (also checked by :func:`emfuse.flows.restore_job.plan`)."""
+    """The restoration's tiling and batching options (also checked by :func:`emfuse.flows.jobs.restore.plan`)."""
     if tile < 8 or overlap < 0 or 2 * overlap > tile or batch < 1 or (block is not None and block < 1):
         raise ValueError(f"need tile >= 8, 0 <= overlap <= tile / 2, batch >= 1 and block >= 1; "
                          f"got tile {tile}, overlap {overlap}, batch {batch}, block {block}")

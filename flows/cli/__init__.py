@@ -1,0 +1,35 @@
+"""The ``emfuse`` command line.
+
+Each subcommand is a thin layer over a flow or a store function (:mod:`.commands`, arguments in
+:mod:`.parser`, printing in :mod:`.console`); errors that come from the data (bad input,
+existing outputs, unwritable paths) are printed as one line naming the problem and the fix,
+with exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from .console import console_logging
+from .parser import build_parser
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from emfuse.cluster import ClusterUnavailableError
+
+    args = build_parser().parse_args(argv)
+    if not args.verbose:
+        # quiet Dask's per-worker INFO lines; inherited by worker processes
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    console_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, ClusterUnavailableError) as exc:
+        if args.traceback:
+            raise
+        print(f"emfuse {args.command}: error: {exc}", file=sys.stderr)
+        return 2

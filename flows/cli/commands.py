@@ -1,0 +1,247 @@
+"""The ``emfuse`` subcommands, one function each: a thin layer over a flow or a store function.
+
+Each returns the exit status; errors from the data raise ``ValueError`` or ``OSError``, which
+:func:`emfuse.flows.cli.main` prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .console import (
+    print_adaptation,
+    print_model_choice,
+    print_summary,
+    print_tem_summary,
+    print_warnings,
+    quiet_prefect,
+)
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "gamma": args.gamma, "lambda_chem": args.lambda_chem, "lambda_tv": args.lambda_tv,
+        "n_iter": args.n_iter, "n_iter_tv": args.n_iter_tv, "bkg": args.bkg,
+        "init_threshold": args.init_threshold, "tol": args.tol,
+    }
+
+
+def _windows(specs: Sequence[str]) -> dict[str, list[float]] | None:
+    windows = {}
+    for spec in specs:
+        try:
+            element, span = spec.split("=")
+            lo, hi = (float(v) for v in span.split(":"))
+        except ValueError:
+            raise ValueError(f"bad --window {spec!r}; write it as EL=LO:HI in eV, e.g. Fe=6250:6550") from None
+        windows[element] = [lo, hi]
+    return windows or None
+
+
+def _require(path: Path) -> None:
+    """Fail in a second rather than after starting Prefect and a cluster."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give a canonical store (.zarr) or a raw file.")
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from ..jobs.checks import check_fuse
+
+    windows = _windows(args.window)
+    # arguments, files and the output checked before Prefect, Dask and the cluster are loaded
+    check_fuse(args.source, args.out, elements=args.elements, params=_params(args), tile=args.tile,
+               halo=args.halo, windows=windows, overwrite=args.overwrite)
+    from ..jobs.flows import fuse_flow
+
+    quiet_prefect(args.verbose)
+
+    result = fuse_flow(
+        str(args.source), str(args.out), elements=args.elements, params=_params(args),
+        cluster=args.cluster, tile=args.tile, halo=args.halo, windows=windows,
+        maps_from=args.maps_from, signal=args.signal,
+        overwrite=args.overwrite, report=not args.no_report,
+    )
+    print_summary(result)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from ..jobs.checks import check_restore
+
+    check_restore(args.source, args.out, model=args.model, overwrite=args.overwrite, options=dict(
+        device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
+        channels_last=args.channels_last, register=args.register, block=args.block, guard=not args.no_guard,
+        adapt_steps=args.adapt or None))
+    from ..jobs.flows import restore_flow
+
+    quiet_prefect(args.verbose)
+
+    result = restore_flow(
+        str(args.source), str(args.out), model=args.model, device=args.device, cluster=args.cluster,
+        tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
+        channels_last=args.channels_last, register_drift=args.register, block=args.block,
+        adapt=args.adapt, overwrite=args.overwrite, report=not args.no_report, guard=not args.no_guard,
+    )
+    print(f"output store: {result['store']}")
+    if result.get("figures"):
+        print(f"report:       {Path(result['figures'][0]).parent}")
+    print(f"restored:     {result['frames']} frame(s) of {result['shape'][1]} x {result['shape'][2]} "
+          f"with {result['model']} on {result['device']} ({result['precision']})")
+    print_model_choice(result)
+    print_adaptation(result)
+    if "drift_max_px" in result:
+        print(f"drift:        up to {result['drift_max_px']:.2f} px (variables drift, average)")
+    if "psnr_raw_db" in result:
+        print(f"PSNR vs truth: raw {result['psnr_raw_db']:.2f} dB, restored {result['psnr_restored_db']:.2f} dB")
+    print_warnings(result)
+    return 0
+
+
+def cmd_train_restore(args: argparse.Namespace) -> int:
+    from ..tools.train_restore import run_training
+
+    summary = run_training(
+        args.out, steps=args.steps, batch=args.batch, patch=args.patch, modality=args.modality,
+        resolution=args.resolution, init=args.init, config=args.config, lr=args.lr,
+        adversarial=args.adversarial, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        device=args.device, resume=args.resume, max_minutes=args.max_minutes, data=args.data,
+        hold_out=args.hold_out,
+    )
+    print(f"model:        {summary['model']}")
+    print(f"steps:        {summary['step']} of {summary['steps']} ({summary['seconds']:.0f} s this run)")
+    if summary["val"]:
+        print(f"validation:   loss {summary['val']['loss']:.4g}, PSNR {summary['val']['psnr']:.2f} dB")
+    if summary["step"] < summary["steps"]:
+        print(f"stopped early; continue with: emfuse train-restore --out {args.out} --resume (same options)")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from dask.diagnostics import ProgressBar
+
+    from emfuse.stores.ingest import describe
+    from emfuse.stores.warn import read_warnings
+    from emfuse.stores.zarrio import open_dataset
+
+    from ..jobs.inputs import ingest_file
+
+    if args.list:
+        print("\n".join(describe(args.file)))
+        return 0
+    if args.out is None:
+        raise ValueError("emfuse ingest needs --out STORE.zarr (or --list to see what the file holds).")
+    with ProgressBar(minimum=2.0):  # shown only when the copy takes more than 2 s
+        path = ingest_file(args.file, args.out, elements=args.elements, signal=args.signal,
+                           overwrite=args.overwrite)
+    print(f"wrote {path}")
+    print(open_dataset(path))
+    print_warnings({"warnings": read_warnings(path)})
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..tools.export import export
+
+    path = export(args.store, args.out, to=args.to, variable=args.variable, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ..tools.synth import write_synthetic
+
+    path = write_synthetic(
+        args.kind, args.out, shape=tuple(args.shape), elements=args.elements, specimen=args.specimen,
+        dose=args.dose, seed=args.seed, overwrite=args.overwrite, material=args.material,
+        frames=args.frames,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_tem_fuse(args: argparse.Namespace) -> int:
+    from ..jobs.checks import check_tem_fuse
+
+    check_tem_fuse(args.source, args.out, model=args.model, tile=args.tile, halo=args.halo,
+                   overwrite=args.overwrite)
+    from ..jobs.flows import tem_fuse_flow
+
+    quiet_prefect(args.verbose)
+
+    result = tem_fuse_flow(str(args.source), str(args.out), model=str(args.model) if args.model else None,
+                           cluster=args.cluster, tile=args.tile, halo=args.halo, overwrite=args.overwrite,
+                           report=not args.no_report)
+    print_tem_summary(result)
+    return 0
+
+
+def cmd_train_avae(args: argparse.Namespace) -> int:
+    from emfuse.pipeline.avae.model import AVAEConfig
+    from emfuse.pipeline.avae.train import TrainSettings
+
+    from ..tools.train_avae import train_from_stores
+
+    for store in args.stores:
+        _require(store)
+    settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, beta=args.beta, crop=args.crop,
+                             seed=args.seed, threads=args.threads)
+    cfg = AVAEConfig(features=args.features, latent=args.latent, attention=not args.no_attention,
+                     attention_from=args.attention_from)
+
+    def progress(step: int, rec: dict[str, float]) -> None:
+        val = f", validation MSE {rec['validation_mse']:.4f}" if "validation_mse" in rec else ""
+        print(f"step {step}: reconstruction {rec['recon']:.4f}, KL {rec['kl']:.3f}{val}", flush=True)
+
+    path, history = train_from_stores([str(s) for s in args.stores], args.out, region=args.region,
+                                      settings=settings, cfg=cfg, progress=progress)
+    print(f"model:        {path} (best step {history['best_step']}, {history['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    for path in write_report(args.store, args.report_dir):
+        print(path)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..batch.catalog import load_catalog
+
+    load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
+    from ..batch import batch_flow
+
+    quiet_prefect(args.verbose)
+    info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
+    print(f"{info['n_done']} done, {info['n_failed']} failed in {info['seconds'] / 60:.1f} min")
+    for record in info["records"]:
+        if record["status"] == "failed":
+            print(f"  failed: {record['error']}", file=sys.stderr)
+    print(f"report: {info['report']}")
+    print(f"log:    {info['log']}")
+    return 1 if info["n_failed"] else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..batch import batch_deployment, serve_batch
+
+    deployment = batch_deployment(args.catalog, args.cron, name=args.name, cluster=args.cluster,
+                                  timezone=args.timezone)
+    print(f"serving {deployment.name!r}: {args.catalog} on cron {args.cron!r} "
+          f"({deployment.schedules[0].schedule.timezone}; Ctrl-C stops)")
+    serve_batch(args.catalog, args.cron, name=args.name, cluster=args.cluster, timezone=args.timezone)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    quiet_prefect(args.verbose)
+
+    run_demo(args.out, size=args.size, dose=args.dose, cluster=args.cluster)
+    return 0

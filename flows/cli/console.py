@@ -1,0 +1,106 @@
+"""What the commands print: summaries, stored warnings, choices made; the console log."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+AUTO = "auto"
+
+
+def quiet_prefect(verbose: bool) -> None:
+    """Failures reach the user as one line from :func:`main`; Prefect's copy with traceback only with -v."""
+    if not verbose:
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def console_logging(verbose: bool) -> None:
+    """Log to stderr, as :func:`logging.basicConfig` would (nothing when logging is set up
+    already, e.g. by a program that calls :func:`main`). Without ``--verbose`` the console skips
+    the records of stored warnings: the commands print them once, at the end, as ``check:``
+    lines (:func:`print_warnings`)."""
+    from emfuse.stores.warn import STORED_WARNING
+
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(lambda record: not getattr(record, STORED_WARNING, False))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    print(f"output store: {result['store']}")
+    if result.get("figures"):
+        print(f"report:       {Path(result['figures'][0]).parent}")
+    print("final costs:  " + ", ".join(f"{k} {v:.4g}" for k, v in result["final_cost"].items()))
+    print_warnings(result)
+    if "lambda_chem" in result:
+        print(f"lambdas:      chem {result['lambda_chem']:.4g}, tv {result['lambda_tv']:.4g}"
+              + _auto_note(result))
+    if "nrmse_raw" in result:
+        print(f"{'element':>8} {'NRMSE raw':>10} {'NRMSE fused':>12}")
+        for el in result["elements"]:
+            print(f"{el:>8} {result['nrmse_raw'][el]:>10.3f} {result['nrmse_fused'][el]:>12.3f}")
+
+
+def print_tem_summary(result: dict[str, Any]) -> None:
+    print(f"output store: {result['store']}")
+    if result.get("figures"):
+        print(f"report:       {Path(result['figures'][0]).parent}")
+    print("attention:    " + ", ".join(f"{m} {w:.2f}" for m, w in result["mean_attention"].items())
+          + " (mean weight of each mode)")
+    print("drift:        " + ", ".join(f"{m} ({d[0]:+.2f}, {d[1]:+.2f}) px" for m, d in result["drift_px"].items()))
+    if "quality" in result:
+        q = result["quality"]
+        print(f"vs truth:     fused {q['tem_fused']['psnr']:.2f} dB / SSIM {q['tem_fused']['ssim']:.3f}, "
+              f"HRTEM alone {q['hrtem']['psnr']:.2f} dB / SSIM {q['hrtem']['ssim']:.3f} (affine-calibrated)")
+    print_warnings(result)
+
+
+def print_warnings(result: dict[str, Any]) -> None:
+    """One ``check:`` line per warning stored with a job's result (see :mod:`emfuse.stores.warn`)."""
+    from emfuse.stores.warn import format_warning
+
+    for record in result.get("warnings", []):
+        print(format_warning(record))
+
+
+def print_model_choice(result: dict[str, Any]) -> None:
+    """One line saying which model ``--model auto`` chose for the data, and why."""
+    choice = result.get("model_choice") or {}
+    if choice.get("asked") == AUTO:
+        print(f"model (auto): {choice['model']}: {choice['reason']}")
+
+
+def print_adaptation(result: dict[str, Any]) -> None:
+    """One line saying whether ``--adapt`` fine-tuned the model and whether the result was used."""
+    record = result.get("adaptation") or {}
+    if not record:
+        return
+    scores = ""
+    if record.get("score_before") is not None:
+        scores = f", held-out score {record['score_before']:.4g} -> {record['score_after']:.4g}"
+    outcome = "used" if record.get("used") else "not used (original model kept)"
+    print(f"adapted:      {record.get('steps')} steps on frames {record.get('train_frames', [])}{scores}: "
+          f"{outcome}: {record.get('reason')}")
+
+
+def _auto_note(result: dict[str, Any]) -> str:
+    """' (auto: ...)' when the summary's lambdas were chosen automatically."""
+    if not result.get("lambda_auto"):
+        return ""
+    choice = result.get("lambda_choice", {})
+    if "reason" in choice:  # "auto" fell back to the embedded defaults
+        return f" (auto fell back to the defaults: {choice['reason']})"
+    criterion = str(choice.get("criterion"))
+    held_out = ("recorrupted maps (measured noise)" if "recorrupted" in criterion
+                else "held-out pixels" if "pixels" in criterion else "held-out counts")
+    return (f" (auto {'+'.join(n.removeprefix('lambda_') for n in result['lambda_auto'])}: "
+            f"{choice.get('n_candidates', '?')} candidates scored on {held_out}, "
+            f"{choice.get('seconds', float('nan')):.0f} s)")

@@ -1,0 +1,117 @@
+"""The three jobs as Prefect flows: each runs its job's stages as Prefect tasks (:mod:`.stages`).
+
+:func:`fuse_flow` runs :mod:`emfuse.flows.jobs.fusion`, :func:`restore_flow`
+:mod:`emfuse.flows.jobs.restore` and :func:`tem_fuse_flow` :mod:`emfuse.flows.jobs.tem_fuse`.
+
+Example
+-------
+>>> from emfuse.flows.jobs.flows import restore_flow  # doctest: +SKIP
+>>> restore_flow("movie.emd", "movie_restored.zarr", model="r_em:sfr_hrstem", register_drift=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from emfuse.cluster import is_remote
+
+from .registry import JOBS
+from .stages import run_job_stages
+
+
+@flow(name="emfuse-fuse", log_prints=True, persist_result=False)
+def fuse_flow(
+    source: str,
+    out: str,
+    elements: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+    cluster: str = "local",
+    tile: int = 512,
+    halo: int = 32,
+    windows: dict[str, list[float]] | None = None,
+    maps_from: str | None = None,
+    signal: str | None = None,
+    overwrite: bool = False,
+    report: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fused chemical mapping of one dataset: ingest, maps, tiled fusion, write, report.
+
+    ``lambda_chem`` and ``lambda_tv`` not given in ``params`` are ``"auto"``:
+    chosen once for the dataset by count splitting (:mod:`emfuse.pipeline.fusion.auto`)
+    before the tiles run, and stored in the output. ``maps_from`` (``spectrum`` or
+    ``file``; default the spectrum image where there is one) says where the maps come
+    from; ``signal`` chooses the spectrum image of a raw file that holds several.
+
+    Returns a summary: the output store, the final costs, the lambdas used,
+    the report's figures and, for synthetic data, the error of raw and fused
+    maps against the ground truth.
+    """
+    options = dict(elements=elements, params={**JOBS["fuse"].defaults, **(params or {})}, tile=tile, halo=halo,
+                   windows={k: tuple(v) for k, v in windows.items()} if windows else None,
+                   maps_from=maps_from, overwrite=overwrite)
+    return run_job_stages("fuse", source, out, options, cluster=cluster, elements=elements,
+                          report=report, progress=progress, signal=signal)
+
+
+@flow(name="emfuse-restore", log_prints=True, persist_result=False)
+def restore_flow(
+    source: str,
+    out: str,
+    model: str | None,
+    device: str = "cpu",
+    cluster: str = "local",
+    tile: int = 256,
+    overlap: int = 32,
+    batch: int = 8,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    register_drift: bool = False,
+    block: int | None = None,
+    adapt: int = 0,
+    overwrite: bool = False,
+    report: bool = True,
+    progress: bool = True,
+    guard: bool = True,
+) -> dict[str, Any]:
+    """Restore every frame of a movie (or an image) with a network; optionally measure the drift.
+
+    ``register_drift`` is the job's ``register`` option (a flow parameter may not be
+    called ``register``: pydantic, which validates them, has an attribute of that name).
+
+    ``adapt`` > 0 fine-tunes the model on the movie itself for that many steps first
+    (Noise2Noise, kept only when a held-out-frame check says it restores better).
+
+    ``report`` writes the PNG figures and ``summary.json`` beside the output store
+    (:func:`emfuse.flows.report.write_report`: raw against restored frames, the drift, the averages).
+
+    Returns a summary: the output store, frames, model, the largest drift, the report's files
+    (``figures``) and, for synthetic movies, the PSNR of raw and restored frames against the truth.
+    """
+    options = dict(model=model, device=device, tile=tile, overlap=overlap, batch=batch,
+                   precision=precision, channels_last=channels_last, register=register_drift, block=block,
+                   adapt=adapt, overwrite=overwrite, check_device=not is_remote(cluster), guard=guard)
+    return run_job_stages("restore", source, out, options, cluster=cluster, report=report, progress=progress)
+
+
+@flow(name="emfuse-tem-fuse", log_prints=True, persist_result=False)
+def tem_fuse_flow(
+    source: str,
+    out: str,
+    model: str | None = None,
+    cluster: str = "local",
+    tile: int = 256,
+    halo: int = 32,
+    overwrite: bool = False,
+    report: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Multi-mode TEM fusion of one dataset: ingest, preprocessing, tiled AVAE, write, report.
+
+    Returns a summary: the output store, the mean attention of each mode, the drift found and,
+    for synthetic data, PSNR/SSIM of the fused image and of the HRTEM against the truth.
+    """
+    options = dict(model=model, tile=tile, halo=halo, overwrite=overwrite)
+    return run_job_stages("tem-fuse", source, out, options, cluster=cluster, report=report, progress=progress)
