@@ -17,10 +17,11 @@ al.'s tabulation, not Bearden's: of the 290 lines here only 33 agree to 0.1 eV a
 (Fe Ka1 6405.2 against 6403.8 eV, Mn Ka1 5900.3 against 5898.8, Eu Ma 1121.5 against 1131.0),
 it has no Li Ka and no Ca/Sc L lines, and its edges are X-ray absorption edges, not the EELS
 onsets a background window has to stop at (O K 543.1 against the EELS Atlas's 532 eV, F K
-696.7 against 685). It would also bring SQLAlchemy, platformdirs and a 4 MB SQLite file as
-runtime dependencies, and each lookup is a database query (~0.9 ms against a dict access). The
-differences are below an EDX detector's resolution, but they would move every window and every
-synthetic line for no gain; the table below is small and is checked by tests/test_elements.py.
+696.7 against 685). Its own dependencies (SQLAlchemy, platformdirs, scipy) are ours already,
+but it adds a 4 MB SQLite file, and each lookup is a database query (~0.9 ms against a dict
+access). The differences are below an EDX detector's resolution, but they would move every
+window and every synthetic line for no gain; the table below is small and is checked by
+tests/test_elements.py.
 
 Examples
 --------
