@@ -75,6 +75,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from emfuse.pipeline.arrays import central_crop
 from emfuse.pipeline.metrics import psnr, ssim
 from emfuse.pipeline.restore.noise import SETTINGS, Draw
 
@@ -647,8 +648,7 @@ def real_figure(models, path: Path, own: list[str], *, crop: int = 256, margin: 
     big = crop + 2 * margin
     inputs = []
     for frame in frames:
-        y0, x0 = (frame.shape[0] - big) // 2, (frame.shape[1] - big) // 2
-        inputs.append(frame[y0:y0 + big, x0:x0 + big])
+        inputs.append(frame[central_crop(frame.shape, big)])
     decisions: dict[str, list] = {}
     labels = ["raw", "r_em"] + own
     fig, axes = plt.subplots(len(inputs), len(labels), figsize=(2.0 * len(labels), 2.0 * len(inputs)),

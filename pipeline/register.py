@@ -12,6 +12,16 @@
 
 Both images are mean-subtracted and multiplied by a Hann window first, so that the
 image borders (which do not move with the specimen) do not pull the peak to zero.
+
+Steps 1 and 2 are scikit-image's ``phase_cross_correlation`` (``upsample_factor``, the same
+algorithm), given the windowed spectra; the window and the refinement (step 3) are emfuse's,
+because the library's estimate on the raw images is several times less accurate. Measured on
+512 x 512 crops of a smooth random texture (gaussian-filtered, sigma 3 px) drifted by up to
+8 px (6 drifts, one CPU core): max error without noise 0.049 px for ``phase_cross_correlation``
+alone (``normalization=None``, upsample 100; 51 ms), 0.011 px with the Hann window (76 ms),
+0.004 px with the window and one refinement (this function's default; 75 ms, against 80 ms
+for the former hand-written matrix-multiply DFT, which gave the same errors to 1e-4 px); at a
+signal-to-noise ratio of 2: 0.061, 0.051 and 0.041 px (100 ms, 102 ms before).
 Measured on 96-128 px crops of a textured image (``tests/test_register.py``): error
 below 0.01 px without noise and below 0.1 px at a signal-to-noise ratio of 2, with the
 default cross-correlation; phase correlation is as good without noise but fails at that
@@ -66,33 +76,20 @@ def _spectrum(image: Any, window: bool) -> np.ndarray:
 
 def _peak(ref_spectrum: np.ndarray, moving: Any, normalization: str | None, window: bool,
           upsample: int) -> np.ndarray:
-    """The cross-correlation peak (dy, dx) of ``moving`` against a reference spectrum."""
+    """The cross-correlation peak (dy, dx) of ``moving`` against a reference spectrum.
+
+    scikit-image's ``phase_cross_correlation`` (given the spectra: the reference's is computed
+    once per :func:`estimate_shift`) finds it; it returns the shift that registers ``moving``,
+    the opposite of the drift.
+    """
+    from skimage.registration import phase_cross_correlation
+
     if np.shape(moving) != ref_spectrum.shape:
         raise ValueError(f"the images differ in shape: {ref_spectrum.shape} and {np.shape(moving)}")
-    product = np.conj(ref_spectrum) * _spectrum(moving, window)
-    if normalization == "phase":
-        magnitude = np.abs(product)
-        product /= np.maximum(magnitude, 1e-12 * max(float(magnitude.max()), 1e-300))
-    shape = np.array(product.shape)
-    cc = fft.ifft2(product).real
-    peak = np.array(np.unravel_index(int(np.argmax(cc)), cc.shape), dtype=np.float64)
-    peak[peak > shape // 2] -= shape[peak > shape // 2]
-    if upsample > 1:
-        size = int(np.ceil(1.5 * upsample))
-        fine = _dft_around(product, peak, size, upsample).real
-        j = np.array(np.unravel_index(int(np.argmax(fine)), fine.shape))
-        peak = peak + (j - size // 2) / upsample
-    return peak
-
-
-def _dft_around(product: np.ndarray, centre: np.ndarray, size: int, upsample: int) -> np.ndarray:
-    """Cross-correlation at ``centre + (j - size // 2) / upsample`` for j < size, in (y, x)."""
-    offsets = (np.arange(size) - size // 2) / upsample
-    kernels = []
-    for axis, n in enumerate(product.shape):
-        freqs = fft.fftfreq(n)
-        kernels.append(np.exp(2j * np.pi * np.outer(centre[axis] + offsets, freqs)))
-    return kernels[0] @ product @ kernels[1].T
+    back, _error, _phase = phase_cross_correlation(
+        ref_spectrum, _spectrum(moving, window), space="fourier", upsample_factor=upsample,
+        normalization=normalization)
+    return -np.asarray(back, dtype=np.float64)
 
 
 def estimate_shift(

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..signals import signal_type as canonical_signal_type
 from .elements import (
     NoLineError,
     atomic_number,
@@ -194,12 +195,10 @@ def window_weights(edges_ev: np.ndarray, window_ev: tuple[float, float]) -> np.n
 # Validation
 # --------------------------------------------------------------------------------------------
 def _normalise_signal_type(signal_type: str) -> str:
-    key = str(signal_type).strip().upper()
-    if key in {"EDX", "EDS", "XEDS", "X-EDS"}:
-        return "EDX"
-    if key == "EELS":
-        return "EELS"
-    raise SpectrumError(f"signal_type must be 'EDX' or 'EELS', got {signal_type!r}")
+    mode = canonical_signal_type(signal_type)
+    if mode is None:
+        raise SpectrumError(f"signal_type must be 'EDX' or 'EELS', got {signal_type!r}")
+    return mode
 
 
 def _check_energy(energy_ev: Any, n_channels: int | None = None) -> np.ndarray:

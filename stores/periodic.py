@@ -1,8 +1,10 @@
-"""A minimal periodic table: element symbols H..U and their atomic numbers.
+"""Element symbols H..U and their atomic numbers, as the store layer checks them.
 
 The store layer needs atomic numbers for the ``z`` coordinate of ``maps`` and
-must not import :mod:`pipeline` (imports point one way), so it keeps its own
-table of the 92 naturally occurring elements.
+must not import :mod:`emfuse.pipeline` (the layers are independent), so it reads
+the symbols from the leaf module :mod:`emfuse.periodic_table`, the one table that
+:mod:`emfuse.pipeline.elements` reads too. Unlike ``elements.atomic_number`` these
+lookups are case-sensitive (a file's ``CO`` is not cobalt) and raise ``KeyError``.
 
 Examples
 --------
@@ -14,22 +16,9 @@ False
 
 from __future__ import annotations
 
-# Index + 1 is the atomic number.
-SYMBOLS: tuple[str, ...] = (
-    "H", "He",
-    "Li", "Be", "B", "C", "N", "O", "F", "Ne",
-    "Na", "Mg", "Al", "Si", "P", "S", "Cl", "Ar",
-    "K", "Ca", "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn",
-    "Ga", "Ge", "As", "Se", "Br", "Kr",
-    "Rb", "Sr", "Y", "Zr", "Nb", "Mo", "Tc", "Ru", "Rh", "Pd", "Ag", "Cd",
-    "In", "Sn", "Sb", "Te", "I", "Xe",
-    "Cs", "Ba",
-    "La", "Ce", "Pr", "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "Lu",
-    "Hf", "Ta", "W", "Re", "Os", "Ir", "Pt", "Au", "Hg",
-    "Tl", "Pb", "Bi", "Po", "At", "Rn",
-    "Fr", "Ra",
-    "Ac", "Th", "Pa", "U",
-)  # fmt: skip
+from ..periodic_table import SYMBOLS
+
+__all__ = ["SYMBOLS", "atomic_number", "is_symbol"]
 
 _Z = {symbol: z for z, symbol in enumerate(SYMBOLS, start=1)}
 

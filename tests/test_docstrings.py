@@ -22,7 +22,7 @@ MODULES = ["emfuse.pipeline.fusion", "emfuse.pipeline.restore"]
 #: every public function and class defined in these
 WHOLE_MODULES = ["emfuse.pipeline.restore.select", "emfuse.pipeline.restore.guard",
                  "emfuse.pipeline.restore.scenes", "emfuse.pipeline.restore.adapt",
-                 "emfuse.pipeline.fusion.auto", "emfuse.stores.zarrio"]
+                 "emfuse.pipeline.fusion.auto", "emfuse.pipeline.arrays", "emfuse.stores.zarrio"]
 #: in emfuse.flows, which is being restructured: checked once that is done
 NOT_YET = {"emfuse.ingest", "emfuse.run_catalog"}
 SECTIONS = ("Parameters", "Attributes", "Returns", "Yields", "Raises", "Warns", "See Also",

@@ -20,7 +20,7 @@ OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
 def _modules() -> list[str]:
-    names = ["emfuse", "emfuse.api"]
+    names = ["emfuse", "emfuse.api", "emfuse.periodic_table", "emfuse.signals"]
     for package in PACKAGES:
         names.append(package)
         module = importlib.import_module(package)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..arrays import central_crop
 from .model import AVAE, AVAEConfig, avae_loss
 
 __all__ = ["TrainSettings", "sample_batch", "sample_present", "standardise", "train_avae"]
@@ -116,9 +117,9 @@ def _validation_crops(validation: tuple[np.ndarray, np.ndarray], crop: int) -> t
     """The central crop of every validation region (fixed, so losses compare across steps)."""
     x, y = validation
     c = min(crop, x.shape[-2] - x.shape[-2] % 2, x.shape[-1] - x.shape[-1] % 2)
-    y0, x0 = (x.shape[-2] - c) // 2, (x.shape[-1] - c) // 2
-    return (torch.from_numpy(np.ascontiguousarray(x[:, :, y0:y0 + c, x0:x0 + c])),
-            torch.from_numpy(np.ascontiguousarray(y[:, None, y0:y0 + c, x0:x0 + c])))
+    ys, xs = central_crop(x.shape, c)
+    return (torch.from_numpy(np.ascontiguousarray(x[:, :, ys, xs])),
+            torch.from_numpy(np.ascontiguousarray(y[:, None, ys, xs])))
 
 
 @torch.no_grad()

@@ -117,6 +117,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ..arrays import central_crop  # re-exported: callers use auto.central_crop
 from ..backend import to_numpy
 from .model import FusionInputError, Normalisation
 from .noise import DENSE, NoiseEstimateError, NoiseModel, estimate_noise, local_variance, recorrupt
@@ -349,34 +350,6 @@ def is_counts(maps: Any) -> bool:
         return bool((values >= 0).all())
     finite = np.isfinite(values).all()
     return bool(finite and (values >= 0).all() and np.array_equal(values, np.rint(values)))
-
-
-def central_crop(shape: Sequence[int], size: int) -> tuple[slice, slice]:
-    """The central ``size`` x ``size`` window of an image (the whole side if smaller).
-
-    Parameters
-    ----------
-    shape : sequence of int
-        The image's shape (..., y, x).
-    size : int
-        The side of the window.
-
-    Returns
-    -------
-    (slice, slice)
-        The rows and columns of the window.
-
-    Examples
-    --------
-    >>> central_crop((1000, 100), 256)
-    (slice(372, 628, None), slice(0, 100, None))
-    """
-    out = []
-    for n in shape[-2:]:
-        m = min(int(n), int(size))
-        start = (int(n) - m) // 2
-        out.append(slice(start, start + m))
-    return out[0], out[1]
 
 
 def scaled_normalisation(norm: Normalisation, fraction: float) -> Normalisation:

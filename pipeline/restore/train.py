@@ -333,6 +333,7 @@ def evaluate(model: torch.nn.Module, clean: torch.Tensor, degraded: torch.Tensor
         total, _ = generator_loss(*standardise_pair(out, clean, min_std=min_std), weights)
         mse = (out - clean).square().mean(dim=(1, 2, 3))
         rng = clean.amax(dim=(1, 2, 3)) - clean.amin(dim=(1, 2, 3))
+        # metrics.psnr's formula (range of the truth), on the batch's tensors where they are (GPU)
         psnr = 10 * torch.log10(rng.square() / mse.clamp_min(1e-30))
         psnr = psnr[rng > 0]  # a flat target (all vacuum) has no PSNR
     model.train(was_training)

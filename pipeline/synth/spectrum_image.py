@@ -50,6 +50,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import erf
 
+from ...signals import signal_type as canonical_signal_type
 from ..elements import (
     EELS_SECONDARY_EV,
     XRAY_FAMILIES,
@@ -540,9 +541,8 @@ def _check_parameters(shape, elements, specimen, dose, n_channels, signal_type, 
     symbols = validate_elements(elements)
     if not 2 <= len(symbols) <= 4:
         raise ValueError(f"give 2 to 4 elements, got {len(symbols)}: {list(symbols)}")
-    mode = str(signal_type).strip().upper()
-    mode = "EDX" if mode in {"EDX", "EDS", "XEDS"} else mode
-    if mode not in {"EDX", "EELS"}:
+    mode = canonical_signal_type(signal_type)
+    if mode is None:
         raise ValueError(f"signal_type must be 'EDX' or 'EELS', got {signal_type!r}")
     if specimen not in SPECIMENS:
         raise ValueError(f"specimen must be one of {SPECIMENS}, got {specimen!r}")

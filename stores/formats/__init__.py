@@ -35,6 +35,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
+from ...signals import signal_type as canonical_signal_type
 from ..errors import IngestError
 from ..layout import (
     ATTR_SIGNAL,
@@ -115,26 +116,15 @@ def ev_per_unit(units: Any) -> float | None:
     return _EV_PER_UNIT.get(str(units or "").strip().lower())
 
 
-_SIGNAL_TYPES = {
-    "EDX": "EDX",
-    "EDS": "EDX",
-    "XEDS": "EDX",
-    "X-EDS": "EDX",
-    "EDS_TEM": "EDX",
-    "EDS_SEM": "EDX",
-    "EELS": "EELS",
-}
-
-
 def normalize_signal_type(value: Any) -> str | None:
     """``"EDX"`` or ``"EELS"`` for the names files and users give, None when unknown.
+
+    The vocabulary is :mod:`emfuse.signals` (kept once for all layers).
 
     >>> normalize_signal_type("EDS_TEM"), normalize_signal_type("eels"), normalize_signal_type("")
     ('EDX', 'EELS', None)
     """
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    return _SIGNAL_TYPES.get(str(value or "").strip().upper())
+    return canonical_signal_type(value)
 
 
 # -- chunking and lazy file-backed arrays ---------------------------------------
