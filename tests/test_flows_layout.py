@@ -13,6 +13,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = ROOT / "flows"
 SUBPACKAGES = ("cli", "batch", "tools", "jobs", "report")
@@ -102,6 +104,7 @@ def test_no_import_cycles_among_flows_modules():
             visit(node, [node])
 
 
+@pytest.mark.slow  # 25 s: a fresh interpreter per module; the import contracts check cycles in the default suite
 def test_every_flows_module_imports_on_its_own():
     """Each module imported first, in an interpreter of its own (a fork of one that loaded only
     third-party libraries), so an import that works only after another module fails here."""

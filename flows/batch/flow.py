@@ -175,8 +175,20 @@ def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progr
 def batch_flow(catalog: str, cluster: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run every dataset and job of ``catalog``; write the morning report; return its summary.
 
-    ``cluster`` replaces the catalog's own. The summary has ``records`` (one per dataset and
-    job: status, timings, parameters, figures, error), ``report`` (the HTML page) and counts.
+    Parameters
+    ----------
+    catalog
+        The catalog file (YAML): output folder, cluster, datasets and their jobs.
+    cluster
+        A cluster profile or scheduler address that replaces the catalog's own.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        ``records`` (one per dataset and job: status, timings, parameters, figures, error),
+        ``report`` (the HTML page) and counts.
     """
     cat = load_catalog(catalog, cluster=cluster)
     output = Path(cat.output)

@@ -82,7 +82,29 @@ def ingest_file(
     signal: str | int | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """:func:`emfuse.stores.ingest.ingest`, then :func:`check_haadf` on the new store."""
+    """Read an instrument file into a canonical Zarr store and check its HAADF.
+
+    :func:`emfuse.stores.ingest.ingest`, then :func:`check_haadf` (saturated pixels are
+    recorded and warned about) on the new store.
+
+    Parameters
+    ----------
+    path
+        The instrument file (.bcf, .emd, .dm3/.dm4, .emi, .hspy, .h5, .npz, ...).
+    out
+        The store to write (``.zarr``).
+    elements
+        Elements whose maps to keep from the file (the rest come from the spectrum image).
+    signal
+        Which of several spectrum images of one file: its index or title.
+    overwrite
+        Replace an existing store.
+
+    Returns
+    -------
+    Path
+        The store written.
+    """
     store = ingest.ingest(path, out, elements=elements, signal=signal, overwrite=overwrite)
     check_haadf(store)
     return store
