@@ -1,7 +1,10 @@
 """Prefect settings for a machine with no server and no network.
 
 Must run before ``prefect`` is first imported: Prefect reads its settings
-from the environment at import time.
+from the environment at import time. Importing this module applies them
+(:func:`configure_prefect`); the modules of ``emfuse.flows`` that use Prefect
+import it first, so ``import emfuse`` or ``import emfuse.flows`` changes no
+environment variable, and the set-up happens at the first use of Prefect.
 """
 
 from __future__ import annotations
@@ -44,3 +47,6 @@ def configure_prefect(home: str | Path | None = None) -> Path:
     os.environ.setdefault("PREFECT_SERVER_API_HOST", LOOPBACK)
     os.environ.setdefault("PREFECT_RUNNER_SERVER_HOST", LOOPBACK)
     return prefect_home
+
+
+configure_prefect()

@@ -80,7 +80,7 @@ def prefect_harness(tmp_path_factory):
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
-    import emfuse.flows  # noqa: F401  (configures the remaining Prefect defaults)
+    import emfuse.flows._prefect_env  # noqa: F401  (configures the remaining Prefect defaults)
 
     with prefect_test_harness(server_startup_timeout=120):
         yield

@@ -157,3 +157,26 @@ def test_is_remote_is_cluster_policy():
     assert not is_remote("local") and not is_remote("local-threads")
     assert is_remote("slurm") and is_remote("tcp://10.0.0.1:8786")
     assert not is_remote("no-such-profile")  # connect() names the problem
+
+
+def test_no_side_effects_at_import():
+    """``import emfuse`` and ``import emfuse.flows`` (and the command line's module) set no
+    Prefect variable and load no Prefect; the first module that uses Prefect configures it
+    before Prefect reads its settings. (The fusion kernels' package sets ``OMP_WAIT_POLICY`` when
+    imported, on purpose: it must be set before the OpenMP runtime loads.)"""
+    code = (
+        "import os, sys\n"
+        "before = dict(os.environ)\n"
+        "import emfuse, emfuse.flows, emfuse.flows.cli\n"
+        "changed = {k for k in set(os.environ) ^ set(before)} | {k for k in before if os.environ.get(k) != before[k]}\n"
+        "assert changed <= {'OMP_WAIT_POLICY'}, changed\n"
+        "assert 'prefect' not in sys.modules\n"
+        "import emfuse.flows.jobs.flows\n"
+        "from prefect.settings import get_current_settings\n"
+        "s = get_current_settings()\n"
+        "print(os.environ['PREFECT_HOME'] == str(s.home), s.server.ephemeral.enabled)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]

@@ -310,7 +310,7 @@ def test_local_cluster_listens_on_loopback():
 
 
 _PREFECT_PROBE = """
-import emfuse.flows  # configures Prefect before it is imported
+import emfuse.flows._prefect_env  # configures Prefect before it is imported
 from prefect.settings import get_current_settings
 s = get_current_settings()
 print(s.server.api.host, s.runner.server.host)

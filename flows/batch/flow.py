@@ -18,6 +18,9 @@ ones recompute only their unfinished tiles. :func:`serve_batch` schedules the ba
 
 from __future__ import annotations
 
+from .. import _prefect_env  # noqa: F401  (Prefect reads its settings when first imported: set them first)
+
+# isort: split
 import logging
 import os
 import socket

@@ -11,6 +11,9 @@ Example
 
 from __future__ import annotations
 
+from .. import _prefect_env  # noqa: F401  (Prefect reads its settings when first imported: set them first)
+
+# isort: split
 from typing import Any
 
 from prefect import flow

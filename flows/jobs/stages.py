@@ -7,6 +7,9 @@ start its own temporary Prefect server.
 
 from __future__ import annotations
 
+from .. import _prefect_env  # noqa: F401  (Prefect reads its settings when first imported: set them first)
+
+# isort: split
 import time
 from collections.abc import Sequence
 from pathlib import Path
