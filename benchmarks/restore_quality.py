@@ -611,6 +611,12 @@ def heldout_figure(summary: dict, models, size: int, path: Path, own: list[str],
             _panel(axes[r, c], img, text, lo, hi)
         axes[r, 0].set_ylabel(name, fontsize=9)
     fig.suptitle(f"held-out sets, medium dose, image 0 ({size} px)", fontsize=10)
+    _save_figure(fig, path, log)
+
+
+def _save_figure(fig, path: Path, log) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -618,10 +624,8 @@ def heldout_figure(summary: dict, models, size: int, path: Path, own: list[str],
     log(f"wrote {path}")
 
 
-def guard_decision(raw: np.ndarray, restored: np.ndarray) -> str | None:
-    """:func:`emfuse.pipeline.restore.guard.guard`'s decision for one output (None without that module)."""
-    if importlib.util.find_spec("emfuse.pipeline.restore.guard") is None:
-        return None
+def guard_decision(raw: np.ndarray, restored: np.ndarray) -> str:
+    """:func:`emfuse.pipeline.restore.guard.guard`'s decision for one output."""
     from emfuse.pipeline.restore.guard import guard
 
     return guard(raw, restored)[1].decision
@@ -667,24 +671,15 @@ def real_figure(models, path: Path, own: list[str], *, crop: int = 256, margin: 
                     out, title = fn(img), (spec.r_em if label == "r_em" else label)
                     decision = guard_decision(img, out)
                     decisions.setdefault(label, []).append(decision)
-                    if decision:
-                        title += f"\nguard: {decision}"
+                    title += f"\nguard: {decision}"
             shown = out[inner]
             lo, hi = np.nanpercentile(shown, [0.5, 99.5]) if np.isfinite(shown).any() else (0, 1)
             _panel(axes[r, c], shown, title, lo, hi)
         axes[r, 0].set_ylabel(f"frame {r}", fontsize=9)
     fig.suptitle(f"tk-r-em exp_hrstem.h5: central {crop} px (no truth)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    log(f"wrote {path}")
-    if any(d is not None for v in decisions.values() for d in v):
-        for label, values in decisions.items():
-            log(f"guard on real-hrstem, {label}: {', '.join(values)}")
-    else:
-        log("emfuse.pipeline.restore.guard does not exist: no guard decisions")
-        decisions = {}
+    _save_figure(fig, path, log)
+    for label, values in decisions.items():
+        log(f"guard on real-hrstem, {label}: {', '.join(values)}")
     return decisions
 
 

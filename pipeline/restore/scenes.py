@@ -167,12 +167,17 @@ def _shapes_mass(shape, rng):
 # --------------------------------------------------------------------------------------------
 # Families: atoms (positions px, Z) and a mass map on the canvas
 # --------------------------------------------------------------------------------------------
+def _at(mask, pos):
+    """``mask`` at each position (px, rounded down and clamped into the canvas)."""
+    iy = np.clip(pos[:, 0].astype(int), 0, mask.shape[0] - 1)
+    ix = np.clip(pos[:, 1].astype(int), 0, mask.shape[1] - 1)
+    return mask[iy, ix]
+
+
 def _crystal_in(canvas, pixel, rng, mask=None):
     pos, z, info = _crystal(canvas, pixel, "high", rng, particle=False)
     if mask is not None:
-        iy = np.clip(pos[:, 0].astype(int), 0, canvas[0] - 1)
-        ix = np.clip(pos[:, 1].astype(int), 0, canvas[1] - 1)
-        keep = mask[iy, ix]
+        keep = _at(mask, pos)
         pos, z = pos[keep], z[keep]
     return pos, z, info
 
@@ -181,9 +186,7 @@ def _film_atoms(canvas, pixel, rng, mask=None):
     """Amorphous carbon-like support: light atoms at random, non-overlapping."""
     pos, _, _ = _amorphous(canvas, pixel, rng)
     if mask is not None and len(pos):
-        iy = np.clip(pos[:, 0].astype(int), 0, canvas[0] - 1)
-        ix = np.clip(pos[:, 1].astype(int), 0, canvas[1] - 1)
-        pos = pos[mask[iy, ix]]
+        pos = pos[_at(mask, pos)]
     return pos, np.full(len(pos), 6)
 
 
@@ -234,8 +237,7 @@ def _family_content(family, canvas, pixel, rng):
         if rng.random() < 0.4:  # an amorphous layer along the boundary
             band = ndimage.distance_transform_edt(side) + ndimage.distance_transform_edt(~side)
             layer = band < rng.uniform(1.0, 4.0) / pixel + 1
-            keep = ~layer[np.clip(pos[:, 0].astype(int), 0, canvas[0] - 1),
-                          np.clip(pos[:, 1].astype(int), 0, canvas[1] - 1)]
+            keep = ~_at(layer, pos)
             fpos, fz = _film_atoms(canvas, pixel, rng, layer)
             pos, z = np.concatenate([pos[keep], fpos]), np.concatenate([z[keep], fz])
         info = {"lattices": [a[2]["lattice"], b[2]["lattice"]]}
@@ -407,6 +409,11 @@ def make_scene(shape: tuple[int, int], modality: str, resolution: str, rng: np.r
     return img, info
 
 
+def _distortion_table(modality: str, resolution: str) -> dict[str, Draw]:
+    """A copy of the distortion table for ``modality`` (SEM: the scanned S(T)EM chain)."""
+    return dict(SETTINGS["tem" if modality == "tem" else "stem", resolution])
+
+
 def training_settings(modality: str, resolution: str, *, exclude: Collection[str] = ()
                       ) -> Mapping[str, Draw]:
     """The training distortion table, with the distortions in ``exclude`` switched off.
@@ -433,7 +440,7 @@ def training_settings(modality: str, resolution: str, *, exclude: Collection[str
     >>> training_settings("stem", "high", exclude=["row_line_rel"])["row_line_rel"].p
     0.0
     """
-    table = dict(SETTINGS["tem" if modality == "tem" else "stem", resolution])
+    table = _distortion_table(modality, resolution)
     for name in exclude:
         if name in table:
             old = table[name]
@@ -550,7 +557,7 @@ def held_out_settings(modality: str, resolution: str, distortion: str) -> Mappin
     mapping of str to Draw
         The distortion table.
     """
-    table = dict(SETTINGS["tem" if modality == "tem" else "stem", resolution])
+    table = _distortion_table(modality, resolution)
     old: Draw = table[distortion]
     table[distortion] = Draw(p=1.0, low=max(old.low, old.high / 3), high=old.high, log=old.log)
     return table
