@@ -53,6 +53,7 @@ from _common import peak_rss as _peak_rss
 from _common import reset_peak_rss as _reset_peak_rss
 from dask.utils import parse_bytes
 
+from emfuse.flows.jobs import runner
 from emfuse.cluster import connect
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.tools.synth import spectrum_image_dataset
@@ -263,8 +264,8 @@ def run_job(source: Path, out: Path, client: Any, peaks: WorkerMonitor, elements
     measured("write_inputs", stages, peaks, lambda: fusion_job.write_inputs(job))
     norm = measured("normalise", stages, peaks, lambda: fusion_job.normalise(job))
     measured("fuse_tiles", stages, peaks,
-             lambda: fusion_job.fuse_tiles(job, norm, client, progress=False))
-    measured("finalise", stages, peaks, lambda: fusion_job.finalise(job))
+             lambda: runner.run_units(fusion_job.SPEC, job, norm, client, progress=False))
+    measured("finalise", stages, peaks, lambda: runner.finalise(fusion_job.SPEC, job))
     return job, stages
 
 

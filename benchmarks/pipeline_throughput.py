@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from emfuse.flows.jobs import runner
 from emfuse.cluster import connect
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.tools.synth import write_synthetic
@@ -38,9 +39,9 @@ def run_once(source: Path, out: Path, workers: int, tile: int, halo: int) -> dic
         lap("maps + inputs")
         norm = fusion_job.normalise(job)
         lap("normalise")
-        fusion_job.fuse_tiles(job, norm, client, progress=False)
+        runner.run_units(fusion_job.SPEC, job, norm, client, progress=False)
         lap("fuse tiles")
-        fusion_job.finalise(job)
+        runner.finalise(fusion_job.SPEC, job)
         lap("finalise")
     return times
 

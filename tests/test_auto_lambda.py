@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from emfuse.flows.jobs import runner
 from emfuse.cluster import connect
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.tools.synth import write_synthetic
@@ -182,8 +183,8 @@ def _stages(store, out, client, params, elements=("Ga", "As", "Al")):
     fusion_job.write_inputs(job)
     norm = fusion_job.normalise(job)
     job = fusion_job.choose_lambdas(job, norm, settings=FAST)
-    fusion_job.fuse_tiles(job, norm, client, progress=False)
-    fusion_job.finalise(job)
+    runner.run_units(fusion_job.SPEC, job, norm, client, progress=False)
+    runner.finalise(fusion_job.SPEC, job)
     return job, state
 
 
@@ -217,14 +218,14 @@ def test_interrupted_after_the_choice_resumes_without_searching_again(tmp_path, 
     chosen = fusion_job.choose_lambdas(job, norm, settings=FAST)
     assert chosen.params.lambda_tv == 0.02  # the fixed weight is kept
     with pytest.raises(RuntimeError, match="not chosen"):
-        fusion_job.fuse_tiles(job, norm, client, progress=False)
+        runner.run_units(fusion_job.SPEC, job, norm, client, progress=False)
     # the process dies here; the rerun plans the same job and finds the choice in the store
     resumed, state = fusion_job.plan(count_store, out, elements=EL, params=params, tile=48, halo=16)
     assert state == "resume" and resumed.resolved and resumed.params == chosen.params
     stamp = read_attrs(out)["lambda_choice"]
     assert fusion_job.choose_lambdas(resumed, norm, settings=FAST) is resumed
-    fusion_job.fuse_tiles(resumed, norm, client, progress=False)
-    fusion_job.finalise(resumed)
+    runner.run_units(fusion_job.SPEC, resumed, norm, client, progress=False)
+    runner.finalise(fusion_job.SPEC, resumed)
     assert is_complete(out) and read_attrs(out)["lambda_choice"] == stamp
 
 

@@ -28,6 +28,7 @@ import pytest
 import tifffile
 import xarray as xr
 
+from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.jobs import restore as restore_job
 from emfuse.flows.jobs import run_job
@@ -577,8 +578,8 @@ def test_full_disk_during_fusion_then_rerun(tmp_path, client, fusion_store, monk
     job, state = fusion_job.plan(fusion_store, out, **FAST)
     assert state == "resume"
     norm = fusion_job.normalise(job)
-    assert fusion_job.fuse_tiles(job, norm, client, progress=False) == 9 - done  # only the rest
-    fusion_job.finalise(job)
+    assert runner.run_units(fusion_job.SPEC, job, norm, client, progress=False) == 9 - done  # only the rest
+    runner.finalise(fusion_job.SPEC, job)
     assert is_complete(out)
     a, b = open_dataset(reference.out), open_dataset(out)
     for name in ("fused", "haadf_model", "cost"):

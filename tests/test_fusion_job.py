@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.jobs import run_job
 from emfuse.pipeline.fusion import FusionInputError, fuse
@@ -53,14 +54,14 @@ def test_resume_recomputes_only_unfinished_tiles_and_is_bitwise_identical(tmp_pa
     fusion_job.write_inputs(job)
     norm = fusion_job.normalise(job)
     for tile in job.grid[:2]:
-        fusion_job.fuse_tile_in_store(job, tile, norm)
+        runner.run_unit(fusion_job.SPEC, job, runner.Unit(tile.index, tile), norm)
     assert not is_complete(job.out)
     with pytest.raises(StoreError, match="not marked complete"):
         open_dataset(job.out)
     job2, state = fusion_job.plan(dysco3_store, job.out, params=dysco3["params"], tile=100, halo=32)
     assert state == "resume"
-    assert fusion_job.fuse_tiles(job2, fusion_job.normalise(job2), client, progress=False) == len(job.grid) - 2
-    fusion_job.finalise(job2)
+    assert runner.run_units(fusion_job.SPEC, job2, fusion_job.normalise(job2), client, progress=False) == len(job.grid) - 2
+    runner.finalise(fusion_job.SPEC, job2)
     a, b = open_dataset(reference.out), open_dataset(job.out)
     for name in ("fused", "haadf_model", "maps", "haadf", "cost"):
         np.testing.assert_array_equal(a[name].values, b[name].values)

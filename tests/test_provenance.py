@@ -16,6 +16,7 @@ import xarray as xr
 import zarr
 from provenance_checks import assert_provenance
 
+from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.jobs import run_job
 from emfuse.flows.jobs.inputs import resolve_store
@@ -78,8 +79,8 @@ def test_automatic_weights_keep_every_attribute(tmp_path, client):
     before = read_attrs(job.out)
     settings = auto.SearchSettings(coarse=2, lattice=16.0, folds=1)
     job = fusion_job.choose_lambdas(job, norm, settings)
-    fusion_job.fuse_tiles(job, norm, client, progress=False)
-    fusion_job.finalise(job)
+    runner.run_units(fusion_job.SPEC, job, norm, client, progress=False)
+    runner.finalise(fusion_job.SPEC, job)
     out = open_dataset(job.out)
     assert "lambda_score" in out and out.attrs["lambda_choice"]["criterion"].startswith("heldout")
     for name in ("emfuse_version", "created", "host", "source_path", "source_sha256", "normalisation"):

@@ -14,6 +14,7 @@ import xarray as xr
 from dask_helpers import LargestResult
 from matplotlib.image import imread
 
+from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import restore as restore_job
 from emfuse.flows.report import write_report
 from emfuse.flows.report.restore import (
@@ -50,9 +51,9 @@ def _restore(source, out, client, model, **kw):
     """The real job, stage by stage: plan, restore blocks, register, finalise."""
     job, state = restore_job.plan(source, out, model=model, **{**OPTIONS, **kw})
     assert state == "new"
-    restore_job.restore_blocks(job, client, progress=False)
+    runner.run_units(restore_job.SPEC, job, None, client, progress=False)
     restore_job.register(job, client, progress=False)
-    restore_job.finalise(job)
+    runner.finalise(restore_job.SPEC, job)
     return job
 
 
@@ -91,7 +92,8 @@ def test_report_of_a_restored_movie(movie_job, tmp_path):
     summary = json.loads(paths[-1].read_text())
     r = summary["restore"]
     assert r["frames"] == FRAMES and r["shape"] == [FRAMES, 64, 48]
-    assert r["model"] == movie_job.model and r["precision"] == "fp32" and r["device"] == "cpu"
+    assert r["model"] == movie_job.model and r["precision"] == "fp32" and r["device"] == "auto"
+    assert r["devices"] == ["cpu"]
     assert r["input_found"] is True and r["has_truth"] is True and summary["has_truth"] is True
     assert summary["figures"] == ["restore.png", "restore_drift.png", "restore_average.png"]
     # PSNRs computed here from the stores, frame by frame, over the first 8 frames

@@ -9,6 +9,7 @@ import pytest
 import torch
 import xarray as xr
 
+from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import restore as restore_job
 from emfuse.flows.jobs import run_job
 from emfuse.flows.tools.synth import write_synthetic
@@ -61,7 +62,8 @@ def test_job_restores_every_frame_like_the_kernel(tmp_path, movie_store, client,
     assert out.restored.dims == ("frame", "y", "x") and out.frame.values.tolist() == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(out.y.values, open_dataset(movie_store).y.values)
     params = out.attrs["params"]
-    assert params["model"] == tiny_model and params["device"] == "cpu" and len(params["model_sha256"]) == 64
+    assert params["model"] == tiny_model and params["device"] == "auto" and len(params["model_sha256"]) == 64
+    assert out.attrs["devices"] == ["cpu"]  # where the blocks ran: no GPU here
     assert "drift" not in out and "average" not in out
     assert set(restore_job.summary(job)) >= {"psnr_raw_db", "psnr_restored_db", "frames"}
 
@@ -71,15 +73,15 @@ def test_resume_recomputes_only_unfinished_blocks_and_is_bitwise_identical(tmp_p
     # an interrupted run: one of three blocks finished, then the process died
     job, state = restore_job.plan(movie_store, tmp_path / "cut.zarr", model=tiny_model, **OPTIONS)
     assert state == "new"
-    restore_job.restore_block_in_store(job, 1)
+    runner.run_unit(restore_job.SPEC, job, restore_job.SPEC.units(job)[1], None)
     assert not is_complete(job.out)
     with pytest.raises(StoreError, match="not marked complete"):
         open_dataset(job.out)
     job2, state = restore_job.plan(movie_store, job.out, model=tiny_model, **OPTIONS)
     assert state == "resume"
-    assert restore_job.restore_blocks(job2, client, progress=False) == 2
+    assert runner.run_units(restore_job.SPEC, job2, None, client, progress=False) == 2
     assert TileRecord.open(job.out, restore_job.JOB).done_tiles() == {(0, 0), (1, 0), (2, 0)}
-    restore_job.finalise(job2)
+    runner.finalise(restore_job.SPEC, job2)
     np.testing.assert_array_equal(open_dataset(job.out).restored.values,
                                   open_dataset(reference.out).restored.values)
     assert restore_job.plan(movie_store, job.out, model=tiny_model, **OPTIONS)[1] == "complete"
@@ -87,7 +89,7 @@ def test_resume_recomputes_only_unfinished_blocks_and_is_bitwise_identical(tmp_p
 
 def test_worker_loads_the_model_once(movie_store, tmp_path, tiny_model):
     job, _ = restore_job.plan(movie_store, tmp_path / "o.zarr", model=tiny_model, **OPTIONS)
-    assert restore_job.worker_model(job) is restore_job.worker_model(job)
+    assert restore_job.worker_model(job, "cpu") is restore_job.worker_model(job, "cpu")
 
 
 def test_registration_finds_the_drift_and_averages(tmp_path, client, identity_model):
@@ -247,13 +249,13 @@ def test_auto_picks_the_own_model_present_and_a_rerun_keeps_its_decision(tmp_pat
     out = tmp_path / "cut.zarr"
     job, state = restore_job.plan(movie_store, out, model="auto", **OPTIONS)
     assert state == "new" and job.model == "default"  # stem-high wanted but absent
-    restore_job.restore_block_in_store(job, 1)  # then the process died
+    runner.run_unit(restore_job.SPEC, job, restore_job.SPEC.units(job)[1], None)  # then the process died
     # this version now has a stem-high model: an unfinished store still resumes with its model
     monkeypatch.setitem(MODEL_FILES, "stem-high", Path(tiny_model))
     job2, state = restore_job.plan(movie_store, out, model="auto", **OPTIONS)
     assert state == "resume" and job2.model == "default"
-    assert restore_job.restore_blocks(job2, client, progress=False) == 2
-    restore_job.finalise(job2)
+    assert runner.run_units(restore_job.SPEC, job2, None, client, progress=False) == 2
+    runner.finalise(restore_job.SPEC, job2)
     assert restore_job.plan(movie_store, out, model="auto", **OPTIONS)[1] == "complete"
     assert restore_job.plan(movie_store, out, model="default", **OPTIONS)[1] == "complete"
     options = {k: v for k, v in OPTIONS.items()}

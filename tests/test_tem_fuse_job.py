@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import run_job
 from emfuse.flows.jobs import tem_fuse as tem_fuse_job
 from emfuse.flows.report import write_report
@@ -66,12 +67,12 @@ def test_resume_recomputes_only_unfinished_tiles_bitwise(tmp_path, store, client
     tem_fuse_job.write_inputs(job)
     prep = tem_fuse_job.fit_preprocessing(job)
     for tile in job.grid[:2]:
-        tem_fuse_job.fuse_tile_in_store(job, tile, prep)
+        runner.run_unit(tem_fuse_job.SPEC, job, runner.Unit(tile.index, tile), prep)
     assert not is_complete(job.out)
     job2, state = tem_fuse_job.plan(store, job.out, model=model, tile=32, halo=16)
     assert state == "resume"
-    assert tem_fuse_job.fuse_tiles(job2, tem_fuse_job.fit_preprocessing(job2), client, progress=False) == len(job.grid) - 2
-    tem_fuse_job.finalise(job2)
+    assert runner.run_units(tem_fuse_job.SPEC, job2, tem_fuse_job.fit_preprocessing(job2), client, progress=False) == len(job.grid) - 2
+    runner.finalise(tem_fuse_job.SPEC, job2)
     a, b = open_dataset(reference.out), open_dataset(job.out)
     for name in ("tem_fused", "attention", "modes"):
         np.testing.assert_array_equal(a[name].values, b[name].values)
@@ -81,8 +82,9 @@ def test_resume_recomputes_only_unfinished_tiles_bitwise(tmp_path, store, client
 def test_the_model_is_loaded_once_per_worker(model):
     from emfuse.pipeline.avae.model import model_info
 
-    first = tem_fuse_job._worker_model(str(model), "x", 1)
-    assert tem_fuse_job._worker_model(str(model), "x", 1) is first
+    job = tem_fuse_job.TemFuseJob("in.zarr", "out.zarr", str(model), "x")
+    first = tem_fuse_job.worker_model(job, "cpu")
+    assert tem_fuse_job.worker_model(job, "cpu") is first
     assert model_info(model) == {}
 
 

@@ -62,7 +62,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     result = fuse_flow(
         str(args.source), str(args.out), elements=args.elements, params=_params(args),
         cluster=args.cluster, tile=args.tile, halo=args.halo, windows=windows,
-        maps_from=args.maps_from, signal=args.signal,
+        maps_from=args.maps_from, signal=args.signal, device=args.device,
         overwrite=args.overwrite, report=not args.no_report,
     )
     print_summary(result)
@@ -90,7 +90,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if result.get("figures"):
         print(f"report:       {Path(result['figures'][0]).parent}")
     print(f"restored:     {result['frames']} frame(s) of {result['shape'][1]} x {result['shape'][2]} "
-          f"with {result['model']} on {result['device']} ({result['precision']})")
+          f"with {result['model']} on {', '.join(result.get('devices') or [result['device']])} "
+          f"({result['precision']})")
     print_model_choice(result)
     print_adaptation(result)
     if "drift_max_px" in result:
@@ -173,8 +174,8 @@ def cmd_tem_fuse(args: argparse.Namespace) -> int:
     quiet_prefect(args.verbose)
 
     result = tem_fuse_flow(str(args.source), str(args.out), model=str(args.model) if args.model else None,
-                           cluster=args.cluster, tile=args.tile, halo=args.halo, overwrite=args.overwrite,
-                           report=not args.no_report)
+                           cluster=args.cluster, tile=args.tile, halo=args.halo, device=args.device,
+                           overwrite=args.overwrite, report=not args.no_report)
     print_tem_summary(result)
     return 0
 

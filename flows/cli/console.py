@@ -39,6 +39,7 @@ def print_summary(result: dict[str, Any]) -> None:
     if result.get("figures"):
         print(f"report:       {Path(result['figures'][0]).parent}")
     print("final costs:  " + ", ".join(f"{k} {v:.4g}" for k, v in result["final_cost"].items()))
+    print_devices(result)
     print_warnings(result)
     if "lambda_chem" in result:
         print(f"lambdas:      chem {result['lambda_chem']:.4g}, tv {result['lambda_tv']:.4g}"
@@ -56,11 +57,18 @@ def print_tem_summary(result: dict[str, Any]) -> None:
     print("attention:    " + ", ".join(f"{m} {w:.2f}" for m, w in result["mean_attention"].items())
           + " (mean weight of each mode)")
     print("drift:        " + ", ".join(f"{m} ({d[0]:+.2f}, {d[1]:+.2f}) px" for m, d in result["drift_px"].items()))
+    print_devices(result)
     if "quality" in result:
         q = result["quality"]
         print(f"vs truth:     fused {q['tem_fused']['psnr']:.2f} dB / SSIM {q['tem_fused']['ssim']:.3f}, "
               f"HRTEM alone {q['hrtem']['psnr']:.2f} dB / SSIM {q['hrtem']['ssim']:.3f} (affine-calibrated)")
     print_warnings(result)
+
+
+def print_devices(result: dict[str, Any]) -> None:
+    """Where the tiles ran (the store's ``devices``), when the summary says."""
+    if result.get("devices"):
+        print(f"ran on:       {', '.join(result['devices'])}")
 
 
 def print_warnings(result: dict[str, Any]) -> None:

@@ -80,6 +80,13 @@ def _job_run_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--no-report", action="store_true", help="do not write the PNG report")
 
 
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where the work runs: auto (each worker's GPU when it has one, e.g. --cluster "
+                             "local-gpu; else its CPU), cpu or cuda (default %(default)s); the store's "
+                             "'devices' attribute says where it ran")
+
+
 def _signal_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signal", default=None, metavar="INDEX|TITLE",
                         help="the spectrum image to take from a file that holds several: its index "
@@ -147,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="integrate the maps from the spectrum image (with --window), or use the maps stored "
                         "in the file (default: the spectrum image where there is one)")
     _signal_argument(p)
+    _device_argument(p)
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("restore", help="restore a movie or image with a network (r_em), optionally register it")
@@ -158,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "stem-high, stem-low, tem-high, tem-low, sem), a published network "
                         "(r_em:sfr_hrstem, r_em:sfr_lrstem, r_em:sfr_hrtem, r_em:sfr_lrtem, r_em:sfr_hrsem, "
                         "r_em:sfr_lrsem; needs tk-r-em) or a .safetensors model")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    _device_argument(p)
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
     p.add_argument("--overlap", type=int, default=32, help="overlap of tiles in pixels (default %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="tiles per forward pass (default %(default)s)")
@@ -213,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, help="AVAE weights (.safetensors; default: the committed ones)")
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
     p.add_argument("--halo", type=int, default=32, help="halo around each tile in pixels (default %(default)s)")
+    _device_argument(p)
     _job_run_arguments(p)
     p.set_defaults(func=cmd_tem_fuse)
 

@@ -36,6 +36,7 @@ def fuse_flow(
     windows: dict[str, list[float]] | None = None,
     maps_from: str | None = None,
     signal: str | None = None,
+    device: str = "auto",
     overwrite: bool = False,
     report: bool = True,
     progress: bool = True,
@@ -47,6 +48,8 @@ def fuse_flow(
     before the tiles run, and stored in the output. ``maps_from`` (``spectrum`` or
     ``file``; default the spectrum image where there is one) says where the maps come
     from; ``signal`` chooses the spectrum image of a raw file that holds several.
+    ``device`` (``auto``, ``cpu``, ``cuda``): where the tiles are fused; ``auto`` takes each
+    worker's GPU (CuPy) when it has one.
 
     Returns a summary: the output store, the final costs, the lambdas used,
     the report's figures and, for synthetic data, the error of raw and fused
@@ -54,7 +57,7 @@ def fuse_flow(
     """
     options = dict(elements=elements, params={**JOBS["fuse"].defaults, **(params or {})}, tile=tile, halo=halo,
                    windows={k: tuple(v) for k, v in windows.items()} if windows else None,
-                   maps_from=maps_from, overwrite=overwrite)
+                   maps_from=maps_from, device=device, overwrite=overwrite)
     return run_job_stages("fuse", source, out, options, cluster=cluster, elements=elements,
                           report=report, progress=progress, signal=signal)
 
@@ -64,7 +67,7 @@ def restore_flow(
     source: str,
     out: str,
     model: str | None,
-    device: str = "cpu",
+    device: str = "auto",
     cluster: str = "local",
     tile: int = 256,
     overlap: int = 32,
@@ -107,6 +110,7 @@ def tem_fuse_flow(
     cluster: str = "local",
     tile: int = 256,
     halo: int = 32,
+    device: str = "auto",
     overwrite: bool = False,
     report: bool = True,
     progress: bool = True,
@@ -116,5 +120,5 @@ def tem_fuse_flow(
     Returns a summary: the output store, the mean attention of each mode, the drift found and,
     for synthetic data, PSNR/SSIM of the fused image and of the HRTEM against the truth.
     """
-    options = dict(model=model, tile=tile, halo=halo, overwrite=overwrite)
+    options = dict(model=model, tile=tile, halo=halo, device=device, overwrite=overwrite)
     return run_job_stages("tem-fuse", source, out, options, cluster=cluster, report=report, progress=progress)

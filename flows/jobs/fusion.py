@@ -62,7 +62,6 @@ from emfuse.stores.progress import TileRecord
 from emfuse.stores.warn import add_warnings, make_warning, read_warnings
 from emfuse.stores.zarrio import (
     add_variables,
-    mark_complete,
     open_dataset,
     read_attrs,
     timed,
@@ -70,8 +69,8 @@ from emfuse.stores.zarrio import (
 )
 
 from .checks import listed_elements, no_elements_message, no_haadf_message, no_maps_message
-from .gather import gather
 from .inputs import SATURATED, haadf_saturation
+from .runner import ATTR_DEVICES, TiledJob, Unit, UnitOutput, check_device_option
 
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
@@ -99,6 +98,7 @@ class FusionJob:
     resolved: bool = True  # False until the auto lambdas are chosen (params then hold placeholders)
     maps_from: str = "file"  # "file": the maps stored in the input; "spectrum": integrated from it
     windows_used: dict[str, dict[str, Any]] | None = None  # per element: eV windows and background model
+    device: str = "auto"  # where tiles run: "auto" (the worker's GPU when it has one, with CuPy), "cpu", "cuda"
 
     def record(self) -> dict[str, Any]:
         """The parameters written to (and compared with) the output store.
@@ -341,6 +341,7 @@ def plan(
     halo: int = 32,
     windows: dict[str, tuple[float, float]] | None = None,
     maps_from: str | None = None,
+    device: str = "auto",
     overwrite: bool = False,
 ) -> tuple[FusionJob, str]:
     """Define the job and create (or reopen) its output store.
@@ -354,8 +355,13 @@ def plan(
     the job is then unresolved until :func:`choose_lambdas` (or resolved at
     once from a choice already stored in the output).
 
+    ``device``: where the tiles are fused, ``"auto"`` (on the worker's GPU, with CuPy, when it
+    has one; else its CPU), ``"cpu"`` or ``"cuda"``; the store's ``devices`` attribute says where
+    they ran. The results agree to rounding, so the device is not part of ``params``.
+
     Returns the job and the output's state: ``"new"``, ``"resume"`` or ``"complete"``.
     """
+    check_device_option(device)
     ds = open_dataset(source)
     if layout.HAADF not in ds:
         raise FusionInputError(no_haadf_message(source))
@@ -369,7 +375,8 @@ def plan(
     z = tuple(int(v) for v in maps["z"].values)
     numeric, auto_names = _split_lambdas(params)
     job = FusionJob(str(source), str(out), names, z, FusionParams(**numeric), tile, halo, windows,
-                    auto=auto_names, resolved=not auto_names, maps_from=used_from, windows_used=used)
+                    auto=auto_names, resolved=not auto_names, maps_from=used_from, windows_used=used,
+                    device=device)
     job = _stored_choice(job, overwrite)
     with on_disk_full(out), naming(source):
         state = prepare_output(out, _template(ds, maps, job), job.record(), source=source, overwrite=overwrite,
@@ -619,60 +626,33 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def fuse_tile_in_store(job: FusionJob, tile: tiles.Tile, norm: Normalisation) -> tuple[int, int]:
-    """Worker task: fuse one tile's window from the output store and write its core."""
-    group = zarr.open_group(job.out, mode="r", zarr_format=3)
-    ys, xs = tile.window
-    valid = group[layout.HAADF_VALID][ys, xs] if layout.HAADF_VALID in group else None
-    result = tiles.fuse_tile(
-        group[layout.HAADF][ys, xs], group[layout.MAPS][:, ys, xs], job.z, tile, norm, job.params, valid
-    )
-    write_region(job.out, layout.FUSED, (slice(None), *tile.core), result.fused)
-    write_region(job.out, layout.HAADF_MODEL, tile.core, result.haadf_model)
-    TileRecord.open(job.out, JOB).mark(tile.index, result.costs)
-    return tile.index
-
-
-def fuse_tiles(job: FusionJob, norm: Normalisation, client: Client, *, progress: bool = True) -> int:
-    """Fuse every unfinished tile on the cluster; returns how many were computed now."""
+def _check_resolved(job: FusionJob) -> None:
     if not job.resolved:
         raise RuntimeError(f"the lambdas {', '.join(job.auto)} of {job.out} are 'auto' and not chosen "
                            "yet; run choose_lambdas(job, norm) first.")
-    done = TileRecord.open(job.out, JOB).done_tiles()
-    todo = [t for t in job.grid if t.index not in done]
-    if not todo:
-        return 0
-    futures = client.map(fuse_tile_in_store, [job] * len(todo), todo, [norm] * len(todo), pure=False)
-    gather(client, futures, desc="fusing tiles", progress=progress)
-    return len(todo)
 
 
-def finalise(job: FusionJob) -> None:
-    """Write the summed cost curves, then mark the store complete."""
-    record = TileRecord.open(job.out, JOB)
-    grid_shape = record.grid_shape
-    if len(record.done_tiles()) != grid_shape[0] * grid_shape[1]:
-        raise RuntimeError(f"{job.out}: not every tile is finished; rerun to complete it.")
+def _finalise(job: FusionJob, record: TileRecord) -> None:
+    """Write the summed cost curves, the convergence checks and the HAADF fit (then the runner
+    marks the store complete)."""
     payloads = record.payloads().reshape(-1, len(COST_TERMS), job.params.n_iter)
     per_tile = [p[:, : int(np.sum(~np.isnan(p[0])))] for p in payloads]
     costs = tiles.sum_tile_costs(per_tile, job.params.n_iter)
     # the check users are taught to make by eye on the cost plot, made on the summed curves
     diagnosis = diagnose_convergence(costs, COST_TERMS)
     fit = haadf_fit(job)
-    with on_disk_full(job.out):
-        write_region(job.out, layout.COST, (slice(None), slice(None)), costs)
-        update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis, "haadf_unexplained": fit})
-        add_warnings(job.out, *(make_warning("not-converged", m, stage="finalise") for m in diagnosis))
-        if fit > POOR_HAADF_FIT:
-            add_warnings(job.out, make_warning(
-                "poor-haadf-fit",
-                f"the fused maps explain only {100 * (1 - fit):.0f} % of the HAADF's variance "
-                f"(model vs normalised HAADF after an affine fit; below {100 * (1 - POOR_HAADF_FIT):.0f} % "
-                "is flagged), so the HAADF term pulled the maps towards contrast these elements may not "
-                "make: check for an element missing from the list, the atomic numbers and the registration "
-                "of HAADF and maps.",
-                stage="finalise", unexplained=round(fit, 4), threshold=POOR_HAADF_FIT))
-        mark_complete(job.out)
+    write_region(job.out, layout.COST, (slice(None), slice(None)), costs)
+    update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis, "haadf_unexplained": fit})
+    add_warnings(job.out, *(make_warning("not-converged", m, stage="finalise") for m in diagnosis))
+    if fit > POOR_HAADF_FIT:
+        add_warnings(job.out, make_warning(
+            "poor-haadf-fit",
+            f"the fused maps explain only {100 * (1 - fit):.0f} % of the HAADF's variance "
+            f"(model vs normalised HAADF after an affine fit; below {100 * (1 - POOR_HAADF_FIT):.0f} % "
+            "is flagged), so the HAADF term pulled the maps towards contrast these elements may not "
+            "make: check for an element missing from the list, the atomic numbers and the registration "
+            "of HAADF and maps.",
+            stage="finalise", unexplained=round(fit, 4), threshold=POOR_HAADF_FIT))
 
 
 def haadf_fit(job: FusionJob) -> float:
@@ -696,6 +676,7 @@ def summary(job: FusionJob) -> dict[str, Any]:
     if layout.ATTR_LAMBDA_CHOICE in out.attrs:
         info["lambda_choice"] = out.attrs[layout.ATTR_LAMBDA_CHOICE]
     info["convergence"] = list(out.attrs.get(layout.ATTR_CONVERGENCE, []))
+    info["devices"] = list(out.attrs.get(ATTR_DEVICES, []))
     info["warnings"] = read_warnings(job.out)
     if layout.TRUE_MAPS in out:
         info["nrmse_raw"], info["nrmse_fused"] = {}, {}
@@ -706,18 +687,45 @@ def summary(job: FusionJob) -> dict[str, Any]:
     return json.loads(json.dumps(info))
 
 
-def compute(job: FusionJob, client: Client, *, progress: bool = True) -> tuple[FusionJob, int]:
-    """The stages between ``plan`` and ``finalise``: inputs, normalisation, lambdas, tiles.
+class FusionSpec(TiledJob):
+    """The fusion job for the runner (:mod:`emfuse.flows.jobs.runner`): tiles of the image, each
+    fused on its window (core + halo) with the dataset-wide normalisation, on CuPy arrays when
+    the worker has a GPU."""
 
-    Returns the job (with its lambdas chosen) and the number of tiles computed now.
-    """
-    with on_disk_full(job.out), naming(job.source):  # ENOSPC: one line naming the store and the fix
-        with timed(job.out, "write_inputs"):
-            write_inputs(job)
-        with timed(job.out, "normalise"):
-            norm = normalise(job)
-        with timed(job.out, "choose_lambdas"):
-            job = choose_lambdas(job, norm, progress=progress)
-        with timed(job.out, "tiles"):
-            n = fuse_tiles(job, norm, client, progress=progress)
-        return job, n
+    def prepare(self, job: FusionJob, client: Client, *, progress: bool) -> tuple[FusionJob, Normalisation]:
+        """Inputs, normalisation and the weights search, each timed; the normalisation is every tile's context."""
+        with naming(job.source):
+            with timed(job.out, "write_inputs"):
+                write_inputs(job)
+            with timed(job.out, "normalise"):
+                norm = normalise(job)
+            with timed(job.out, "choose_lambdas"):
+                job = choose_lambdas(job, norm, progress=progress)
+        return job, norm
+
+    def units(self, job: FusionJob) -> list[Unit]:
+        _check_resolved(job)  # tiles fused with the placeholders of "auto" weights would be wrong
+        return [Unit(tile.index, tile) for tile in job.grid]
+
+    def read(self, job: FusionJob, unit: Unit) -> dict[str, Any]:
+        group = zarr.open_group(job.out, mode="r", zarr_format=3)
+        ys, xs = unit.region.window
+        return {"haadf": group[layout.HAADF][ys, xs], "maps": group[layout.MAPS][:, ys, xs],
+                "haadf_valid": group[layout.HAADF_VALID][ys, xs] if layout.HAADF_VALID in group else None}
+
+    def process(self, job: FusionJob, unit: Unit, window: dict[str, Any], context: Normalisation,
+                device: str) -> UnitOutput:
+        tile = unit.region
+        result = tiles.fuse_tile(window["haadf"], window["maps"], job.z, tile, context, job.params,
+                                 window["haadf_valid"])
+        return UnitOutput({layout.FUSED: ((slice(None), *tile.core), result.fused),
+                           layout.HAADF_MODEL: (tile.core, result.haadf_model)}, payload=result.costs)
+
+    def finalise(self, job: FusionJob, record: TileRecord) -> None:
+        _finalise(job, record)
+
+    def summary(self, job: FusionJob) -> dict[str, Any]:
+        return summary(job)
+
+
+SPEC = FusionSpec(name=JOB, desc="fusing tiles", errors=(FusionInputError,))

@@ -1,20 +1,20 @@
 """The three jobs behind one interface, and the one way to run a job.
 
 Every job module (:mod:`emfuse.flows.jobs.fusion`, :mod:`emfuse.flows.jobs.restore`,
-:mod:`emfuse.flows.jobs.tem_fuse`) has the same stages:
+:mod:`emfuse.flows.jobs.tem_fuse`) has
 
 ``plan(store, out, **options) -> (job, state)``
     define the job, create or reopen its output store (``new``/``resume``/``complete``);
-``compute(job, client, progress=...) -> (job, n)``
-    everything the cluster does; ``n`` tiles (or blocks of frames) computed now;
-``finalise(job)``
-    check every tile is done, write what is summed over tiles, mark complete;
-``summary(job) -> dict``
-    what the user wants to know afterwards (JSON types).
+``SPEC``
+    its declaration for the runner (:class:`emfuse.flows.jobs.runner.TiledJob`): the stages
+    before its units of work, the units, how one is read and processed, what runs after them,
+    what ``finalise`` writes, the ``summary``.
 
-:func:`run_job` runs them under the output store's lock (:mod:`emfuse.stores.lock`), without
+:func:`run_job` runs them under the output store's lock (:mod:`emfuse.stores.lock`) with
+:func:`emfuse.flows.jobs.runner.compute` and :func:`~emfuse.flows.jobs.runner.finalise`, without
 Prefect; :mod:`emfuse.flows.jobs.stages` runs the same stages as Prefect tasks, and
-:mod:`emfuse.flows.batch` runs a catalog of them.
+:mod:`emfuse.flows.batch` runs a catalog of them. A fourth job is one module with a ``plan`` and
+a ``SPEC``, and one entry in :data:`JOBS`.
 
 Examples
 --------
@@ -38,6 +38,9 @@ from typing import TYPE_CHECKING, Any
 from emfuse.pipeline.fusion import FusionParams
 from emfuse.stores.lock import StoreLock
 from emfuse.stores.zarrio import begin_run, timed
+
+from . import runner
+from .runner import TiledJob
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -65,6 +68,11 @@ class JobKind:
     def module(self) -> ModuleType:
         """The job's module (:mod:`emfuse.flows.jobs.fusion`, ...), imported on first use."""
         return importlib.import_module(f".{self.module_name}", __package__)
+
+    @property
+    def spec(self) -> TiledJob:
+        """The job's declaration for the runner (the module's ``SPEC``)."""
+        return self.module.SPEC
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -120,7 +128,7 @@ def run_job(kind: str, source: str | Path, out: str | Path, client: Client, *,
             log.info("%s is already complete with these parameters; nothing to do", out)
             return job
         begin_run(out, plan=time.perf_counter() - start)
-        job, _ = jk.module.compute(job, client, progress=progress)
+        job, _ = runner.compute(jk.spec, job, client, progress=progress)
         with timed(out, "finalise"):
-            jk.module.finalise(job)
+            runner.finalise(jk.spec, job)
     return job

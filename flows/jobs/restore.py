@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +57,6 @@ from emfuse.stores.progress import TileRecord
 from emfuse.stores.warn import add_warnings, make_warning, read_warnings
 from emfuse.stores.zarrio import (
     jsonable,
-    mark_complete,
     open_dataset,
     read_attrs,
     sha256_file,
@@ -68,6 +66,15 @@ from emfuse.stores.zarrio import (
 
 from .checks import check_restore_tiling
 from .gather import gather
+from .runner import (
+    ATTR_DEVICES,
+    TiledJob,
+    Unit,
+    UnitOutput,
+    torch_threads_share,
+    worker_cached,
+    worker_device,
+)
 
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
@@ -94,10 +101,6 @@ ADAPTED_MODEL_SUFFIX = ".adapted.safetensors"  # the adapted network, beside the
 ADAPT_MAX_FRAMES = 16  # --adapt learns from (and checks on) at most the first so many frames with signal
 MIN_ADAPT_FRAMES = 4  # 2 to train on, 2 held out for the check (emfuse.pipeline.restore.adapt)
 
-# the networks loaded by this worker process, by (model, sha256, device, channels_last)
-_MODELS: dict[tuple[Any, ...], Any] = {}
-_MODELS_LOCK = threading.Lock()
-
 
 class RestoreInputError(ValueError):
     """The input, the model or the device cannot be used; the message names the fix."""
@@ -112,7 +115,7 @@ class RestoreJob:
     model: str  # a published name ("r_em:sfr_hrstem"), an absolute .safetensors path, or an own name ("default", "stem-high", ...)
     variable: str  # the input variable: "movie" or "haadf"
     n_frames: int
-    device: str = "cpu"
+    device: str = "auto"  # "auto": the worker's GPU when it has one; "cpu"; "cuda"
     tile: int = 256
     overlap: int = 32
     batch: int = 8
@@ -218,6 +221,19 @@ def _check_model(model: str | os.PathLike | None) -> tuple[str, str | None, int]
     return name, sha, min_image_size(net)
 
 
+def _device_name(device: str) -> str:
+    """``device`` as recorded: ``"auto"`` (the worker's GPU when it has one, else its CPU), or a torch
+    device (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
+    if device == "auto":
+        return device
+    import torch
+
+    try:
+        return str(torch.device(device))
+    except RuntimeError as exc:
+        raise RestoreInputError(f"unknown device {device!r} ({exc}); use auto, cpu or cuda") from exc
+
+
 def _check_device(device: str) -> None:
     from emfuse.pipeline.restore.inference import resolve_device
 
@@ -232,7 +248,7 @@ def plan(
     out: str | Path,
     *,
     model: str | os.PathLike | None,
-    device: str = "cpu",
+    device: str = "auto",
     tile: int = 256,
     overlap: int = 32,
     batch: int = 8,
@@ -268,13 +284,8 @@ def plan(
         check_restore_tiling(tile, overlap, batch, block)
     except ValueError as exc:
         raise RestoreInputError(str(exc)) from None
-    import torch
-
-    try:
-        device = str(torch.device(device))
-    except RuntimeError as exc:
-        raise RestoreInputError(f"unknown device {device!r} ({exc}); use cpu or cuda") from exc
-    if check_device:
+    device = _device_name(device)
+    if check_device and device != "auto":
         _check_device(device)
     _check_adapt(adapt, variable, int(n_frames), source)
     choice = choose_model(model, ds, variable, out, overwrite=overwrite)
@@ -426,57 +437,31 @@ def _template(ds: xr.Dataset, data: xr.DataArray, job: RestoreJob) -> xr.Dataset
 # -- worker side ------------------------------------------------------------------------------
 
 
-def _share_cores() -> None:
-    """Give torch this worker's share of the cores, so that concurrent tasks do not oversubscribe them.
+def worker_model(job: RestoreJob, device: str) -> Any:
+    """The job's network on ``device``, loaded once per worker process and kept
+    (:func:`emfuse.flows.jobs.runner.worker_cached`, keyed by model, sha256, device and memory format).
 
-    In a worker process of a local cluster the profile has computed the share
-    (``NUMBA_NUM_THREADS``); in a threaded worker it is the cores divided by the worker's
-    threads (torch's thread count is per process: it stays set after the job). Torch's
-    OpenMP threads wait for each other at every layer: with more threads than free
-    cores a forward pass was measured 5-10x slower than with one thread.
-    """
-    import torch
-
-    share = os.environ.get("NUMBA_NUM_THREADS")  # set per worker process by emfuse.cluster.profiles
-    if share and share.isdigit():
-        torch.set_num_threads(int(share))
-        return
-    try:
-        from distributed import get_worker
-
-        threads = get_worker().state.nthreads
-    except ValueError:  # not in a worker: leave torch alone
-        return
-    from emfuse.cluster.profiles import available_cores
-
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), available_cores() // max(1, threads))))
-
-
-def worker_model(job: RestoreJob) -> Any:
-    """The job's network, loaded once per worker process (and per device) and kept.
-
-    Tasks of the same worker share it: a forward pass does not change the model.
+    The first network a worker loads gives torch the worker's share of the cores
+    (:func:`emfuse.flows.jobs.runner.torch_threads_share`), so concurrent tasks do not oversubscribe them.
 
     Example
     -------
-    >>> net = worker_model(job)  # doctest: +SKIP
-    >>> worker_model(job) is net  # doctest: +SKIP
+    >>> net = worker_model(job, "cpu")  # doctest: +SKIP
+    >>> worker_model(job, "cpu") is net  # doctest: +SKIP
     True
     """
-    key = (job.model, job.model_sha256, job.device, job.channels_last)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            import torch
+    def load() -> Any:
+        import torch
 
-            from emfuse.pipeline.restore import load_model
+        from emfuse.pipeline.restore import load_model
 
-            if not _MODELS:
-                _share_cores()
-            model = load_model(None if job.model == "default" else job.model, device=job.device)
-            if job.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            _MODELS[key] = model
-        return _MODELS[key]
+        share = torch_threads_share() if device == "cpu" else None
+        if share:
+            torch.set_num_threads(share)
+        model = load_model(None if job.model == "default" else job.model, device=device)
+        return model.to(memory_format=torch.channels_last) if job.channels_last else model
+
+    return worker_cached(("restore", job.model, job.model_sha256, device, job.channels_last), load)
 
 
 def read_frames(job: RestoreJob, frames: slice) -> np.ndarray:
@@ -486,29 +471,26 @@ def read_frames(job: RestoreJob, frames: slice) -> np.ndarray:
     return np.asarray(data, dtype=np.float32)
 
 
-def restore_block_in_store(job: RestoreJob, index: int) -> int:
-    """Worker task: restore block ``index`` of frames and write its region, then record it."""
+def restore_frames(job: RestoreJob, frames: slice, data: np.ndarray, device: str) -> UnitOutput:
+    """Restore one block of frames on ``device``: the network, the flat frames kept, the guard, the
+    clipping to the input's range; what to write and the clipped counts (the payload)."""
     from emfuse.pipeline.restore.inference import restore
 
-    frames = job.blocks[index]
-    data = read_frames(job, frames)
     bad = np.flatnonzero(~np.isfinite(data).all(axis=(1, 2)))
     if bad.size:
         raise RestoreInputError(
             f"{job.source}: frame(s) {(bad + frames.start).tolist()[:10]} of the {job.variable} contain "
             "NaN or Inf values; mask or interpolate the bad pixels first."
         )
-    restored = restore(data, worker_model(job), tile=job.tile, overlap=job.overlap, batch=job.batch,
-                       device=job.device, dtype=PRECISIONS[job.precision], channels_last=job.channels_last)
+    restored = restore(data, worker_model(job, device), tile=job.tile, overlap=job.overlap, batch=job.batch,
+                       device=device, dtype=PRECISIONS[job.precision], channels_last=job.channels_last)
     flat = flat_frames(data)  # zero dose (see _check_dose): nothing to restore, kept as they are
     restored[flat] = data[flat]
     checked = guard_frames(data, restored, flat) if job.guard else _unchecked(len(data))
     clipped = clip_to_range(restored, job.value_range)
-    write_region(job.out, layout.RESTORED, (frames, slice(None), slice(None)), restored)
-    for name, values in checked.items():
-        write_region(job.out, name, (frames,), values)
-    TileRecord.open(job.out, JOB).mark((index, 0), payload=np.array(clipped, dtype=np.float64))
-    return index
+    writes = {layout.RESTORED: ((frames, slice(None), slice(None)), restored)}
+    writes.update({name: ((frames,), values) for name, values in checked.items()})
+    return UnitOutput(writes, payload=np.array(clipped, dtype=np.float64))
 
 
 def clip_to_range(restored: np.ndarray, limits: tuple[float | None, float | None]) -> tuple[int, int]:
@@ -619,18 +601,6 @@ def _warn_guard(job: RestoreJob) -> None:
         reinjected=int(reinjected.size), input=int(kept_raw.size)))
 
 
-def _restore_block_task(job: RestoreJob, index: int) -> int | RestoreInputError:
-    """:func:`restore_block_in_store` for Dask: bad input comes back as a value, raised by the driver.
-
-    (A task that raises is logged by the worker with its traceback, on top of the one line
-    the command line prints.)
-    """
-    try:
-        return restore_block_in_store(job, index)
-    except RestoreInputError as exc:
-        return exc
-
-
 def drift_of_block(job: RestoreJob, index: int, reference: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """Worker task: drift of each restored frame of a block, and the sum of the frames moved back."""
     frames = job.blocks[index]
@@ -643,18 +613,6 @@ def drift_of_block(job: RestoreJob, index: int, reference: np.ndarray) -> tuple[
 
 
 # -- driver side ------------------------------------------------------------------------------
-
-
-def restore_blocks(job: RestoreJob, client: Client, *, progress: bool = True) -> int:
-    """Restore every unfinished block on the cluster; returns how many blocks were computed now."""
-    done = {row for row, _ in TileRecord.open(job.out, JOB).done_tiles()}
-    todo = [b for b in range(len(job.blocks)) if b not in done]
-    if not todo:
-        return 0
-    futures = client.map(_restore_block_task, [job] * len(todo), todo, pure=False)
-    sizes = {f.key: job.blocks[b].stop - job.blocks[b].start for f, b in zip(futures, todo)}
-    gather(client, futures, desc="restoring", unit="frame", progress=progress, sizes=sizes)
-    return len(todo)
 
 
 def register(job: RestoreJob, client: Client, *, progress: bool = True) -> None:
@@ -710,7 +668,8 @@ def adapt_in_store(job: RestoreJob) -> dict[str, Any]:
         return {**record, "used": False, "frames_used": usable.tolist(), "holdout_frames": [],
                 "score_before": None, "score_after": None,
                 "reason": f"only {usable.size} of the first {len(data)} frames have signal (need {MIN_ADAPT_FRAMES})"}
-    result = adapt_model(worker_model(job), data[usable], steps=job.adapt_steps, device=job.device,
+    device = worker_device(job.device, "torch")
+    result = adapt_model(worker_model(job, device), data[usable], steps=job.adapt_steps, device=device,
                          restore_kwargs=dict(tile=job.tile, overlap=job.overlap, batch=job.batch))
     record.update(result.record())
     record.update(frames_used=usable.tolist(), train_frames=usable[result.frames_train].tolist(),
@@ -779,17 +738,12 @@ def adapt(job: RestoreJob, client: Client) -> RestoreJob:
     return stored_adaptation(job)[1]
 
 
-def finalise(job: RestoreJob) -> None:
-    """Mark the store complete once every block (and the registration, if asked) is done."""
-    record = TileRecord.open(job.out, JOB)
-    if len(record.done_tiles()) != len(job.blocks):
-        raise RuntimeError(f"{job.out}: not every block of frames is restored; rerun to complete it.")
+def _finalise(job: RestoreJob, record: TileRecord) -> None:
+    """The warnings summed over blocks (then the runner marks the store complete)."""
     if job.register and not record.stage_done("register"):
         raise RuntimeError(f"{job.out}: the drift registration has not run; rerun to complete it.")
-    with on_disk_full(job.out):
-        _warn_clipped(job, record)
-        _warn_guard(job)
-        mark_complete(job.out)
+    _warn_clipped(job, record)
+    _warn_guard(job)
 
 
 def _warn_clipped(job: RestoreJob, record: TileRecord) -> None:
@@ -819,7 +773,8 @@ def summary(job: RestoreJob) -> dict[str, Any]:
     """Shape, model, drift and, for a synthetic movie, the PSNR of raw and restored frames."""
     out = open_dataset(job.out)
     info: dict[str, Any] = {"store": job.out, "frames": job.n_frames, "shape": list(out[layout.RESTORED].shape),
-                            "model": job.model, "device": job.device, "precision": job.precision}
+                            "model": job.model, "device": job.device, "precision": job.precision,
+                            "devices": list(out.attrs.get(ATTR_DEVICES, []))}
     if layout.DRIFT in out:
         drift = out[layout.DRIFT].values
         info["drift_max_px"] = float(np.abs(drift).max())
@@ -842,25 +797,41 @@ def summary(job: RestoreJob) -> dict[str, Any]:
     return info
 
 
-def compute(job: RestoreJob, client: Client, *, progress: bool = True) -> tuple[RestoreJob, int]:
-    """The stages between ``plan`` and ``finalise``: restore the blocks, then register.
+class RestoreSpec(TiledJob):
+    """The restoration job for the runner (:mod:`emfuse.flows.jobs.runner`): blocks of frames, each
+    restored by the network on the worker's device (its GPU when it has one and ``device`` allows)."""
 
-    Returns the job and the number of blocks of frames restored now.
-    """
-    with on_disk_full(job.out):  # ENOSPC on any write: one line naming the store and the fix
+    def prepare(self, job: RestoreJob, client: Client, *, progress: bool) -> tuple[RestoreJob, None]:
         if job.adapt_steps:
             with timed(job.out, "adapt"):
                 job = adapt(job, client)
-        with timed(job.out, "restore"):
-            n = restore_blocks(job, client, progress=progress)
+        return job, None
+
+    def units(self, job: RestoreJob) -> list[Unit]:
+        return [Unit((index, 0), frames, frames.stop - frames.start) for index, frames in enumerate(job.blocks)]
+
+    def read(self, job: RestoreJob, unit: Unit) -> dict[str, np.ndarray]:
+        return {"frames": read_frames(job, unit.region)}
+
+    def process(self, job: RestoreJob, unit: Unit, window: dict[str, Any], context: None, device: str) -> UnitOutput:
+        return restore_frames(job, unit.region, window["frames"], device)
+
+    def merge(self, job: RestoreJob, client: Client, *, progress: bool) -> None:
         with timed(job.out, "register"):
             register(job, client, progress=progress)
-    return job, n
 
+    def finalise(self, job: RestoreJob, record: TileRecord) -> None:
+        _finalise(job, record)
+
+    def summary(self, job: RestoreJob) -> dict[str, Any]:
+        return summary(job)
+
+
+SPEC = RestoreSpec(name=JOB, desc="restoring", unit="frame", stage="restore", array_kind="torch",
+                   errors=(RestoreInputError,))
 
 __all__ = [
-    "JOB", "RestoreInputError", "RestoreJob", "adapt", "adapt_in_store", "adapted_model_path", "choose_model", "stored_adaptation", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "finalise", "plan",
-    "read_frames", "register", "restore_blocks", "restore_block_in_store", "compute", "summary",
-    "guard_counts", "guard_frames",
-    "worker_model",
+    "JOB", "SPEC", "RestoreInputError", "RestoreJob", "adapt", "adapt_in_store", "adapted_model_path", "choose_model",
+    "stored_adaptation", "clip_to_range", "default_block", "image_kind", "value_range", "drift_of_block", "plan",
+    "read_frames", "register", "restore_frames", "summary", "guard_counts", "guard_frames", "worker_model",
 ]

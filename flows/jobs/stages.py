@@ -23,6 +23,7 @@ from emfuse.stores.lock import StoreLock
 from emfuse.stores.zarrio import add_timing, begin_run, timed
 
 from ..report import default_report_dir, write_report
+from . import runner
 from .inputs import resolve_store
 from .registry import job_kind
 
@@ -44,12 +45,12 @@ def plan_task(kind: str, store: str, out: str, options: dict[str, Any]) -> tuple
 
 @_task
 def compute_task(kind: str, job: Any, client, progress: bool) -> tuple[Any, int]:
-    return job_kind(kind).module.compute(job, client, progress=progress)
+    return runner.compute(job_kind(kind).spec, job, client, progress=progress)
 
 
 @_task
 def finalise_task(kind: str, job: Any) -> None:
-    job_kind(kind).module.finalise(job)
+    runner.finalise(job_kind(kind).spec, job)
 
 
 @_task
@@ -91,7 +92,7 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
                 job, tiles_computed = compute_task(kind, job, client, progress)
             with timed(out, "finalise"):
                 finalise_task(kind, job)
-    result = job_kind(kind).module.summary(job)
+    result = job_kind(kind).spec.summary(job)
     result.update(input_store=store, tiles_computed=tiles_computed, state=state)
     drawn = time.perf_counter()
     result["figures"] = _figures(job.out, state) if report else []

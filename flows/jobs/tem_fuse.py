@@ -25,7 +25,6 @@ Stages (each skipped on a rerun once recorded as done in the output store):
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -44,12 +43,10 @@ from emfuse.pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load
 from emfuse.pipeline.avae.preprocess import Preprocessing
 from emfuse.pipeline.avae.simulate import MODES
 from emfuse.stores import layout
-from emfuse.stores.errors import on_disk_full
-from emfuse.stores.outputs import empty_like, prepare_output, write_region, write_variable
+from emfuse.stores.outputs import empty_like, prepare_output, write_variable
 from emfuse.stores.progress import TileRecord
 from emfuse.stores.warn import read_warnings
 from emfuse.stores.zarrio import (
-    mark_complete,
     open_dataset,
     read_attrs,
     sha256_file,
@@ -57,7 +54,7 @@ from emfuse.stores.zarrio import (
     update_attrs,
 )
 
-from .gather import gather
+from .runner import ATTR_DEVICES, TiledJob, Unit, UnitOutput, check_device_option, worker_cached
 
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
@@ -85,6 +82,7 @@ class TemFuseJob:
     halo: int = 32
     torch_threads: int = 1
     flat_reference: bool = False  # the input has one: modes are divided by it
+    device: str = "auto"  # where tiles run: "auto" (the worker's GPU when it has one), "cpu", "cuda"
 
     def record(self) -> dict[str, Any]:
         return {"model": self.model, "model_sha256": self.model_sha256, "tile": self.tile, "halo": self.halo,
@@ -154,8 +152,14 @@ def _check_signal(modes: xr.DataArray, source: str | Path) -> None:
 
 
 def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None, tile: int = 256,
-         halo: int = 32, torch_threads: int = 1, overwrite: bool = False) -> tuple[TemFuseJob, str]:
-    """Define the job and create (or reopen) its output store; returns the job and ``new``/``resume``/``complete``."""
+         halo: int = 32, torch_threads: int = 1, device: str = "auto",
+         overwrite: bool = False) -> tuple[TemFuseJob, str]:
+    """Define the job and create (or reopen) its output store; returns the job and ``new``/``resume``/``complete``.
+
+    ``device``: where the tiles run, ``"auto"`` (the worker's GPU when it has one), ``"cpu"`` or
+    ``"cuda"``; the store's ``devices`` attribute says where they ran.
+    """
+    check_device_option(device)
     ds = open_dataset(source)
     modes = check_modes(ds, source)
     _check_signal(modes, source)
@@ -165,7 +169,7 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     weights = Path(model) if model is not None else FLAT_WEIGHTS if flat is not None else DEFAULT_WEIGHTS
     load_avae(weights)  # fail here, naming the file, rather than in every worker
     job = TemFuseJob(str(source), str(out), str(weights.resolve()), sha256_file(weights), tile, halo, torch_threads,
-                     flat is not None)
+                     flat is not None, device)
     ny, nx = modes.sizes["y"], modes.sizes["x"]
     t = tile
     variables = {
@@ -260,52 +264,50 @@ def fit_preprocessing(job: TemFuseJob) -> Preprocessing:
     return prep
 
 
-@functools.lru_cache(maxsize=2)
-def _worker_model(path: str, sha256: str, threads: int) -> AVAE:
-    """The model, loaded once per worker process (and per weights file)."""
-    import torch
+def worker_model(job: TemFuseJob, device: str) -> AVAE:
+    """The model on ``device``, loaded once per worker process (and per weights file)
+    (:func:`emfuse.flows.jobs.runner.worker_cached`)."""
+    def load() -> AVAE:
+        import torch
 
-    if threads:
-        torch.set_num_threads(threads)
-    return load_avae(path)
+        if job.torch_threads and device == "cpu":
+            torch.set_num_threads(job.torch_threads)
+        return load_avae(job.model, device=device)
 
-
-def fuse_tile_in_store(job: TemFuseJob, tile: tiles.Tile, prep: Preprocessing) -> tuple[int, int]:
-    """Worker task: preprocess and fuse one tile's window from the output store, write its core."""
-    import zarr
-
-    group = zarr.open_group(job.out, mode="r", zarr_format=3)
-    ys, xs = tile.window
-    recorded = group[layout.MODES][:, ys, xs]
-    if job.flat_reference:
-        recorded = recorded / group[layout.FLAT_REFERENCE][:, ys, xs]
-    window = prep.apply(recorded, tile.window)
-    fused, attention = fuse_tile(_worker_model(job.model, job.model_sha256, job.torch_threads), window, tile)
-    write_region(job.out, layout.TEM_FUSED, tile.core, fused)
-    write_region(job.out, layout.ATTENTION, (slice(None), *tile.core), attention)
-    TileRecord.open(job.out, JOB).mark(tile.index)
-    return tile.index
+    return worker_cached(("tem-fuse", job.model, job.model_sha256, device), load)
 
 
-def fuse_tiles(job: TemFuseJob, prep: Preprocessing, client: Client, *, progress: bool = True) -> int:
-    """Fuse every unfinished tile on the cluster; returns how many were computed now."""
-    done = TileRecord.open(job.out, JOB).done_tiles()
-    todo = [t for t in job.grid if t.index not in done]
-    if not todo:
-        return 0
-    futures = client.map(fuse_tile_in_store, [job] * len(todo), todo, [prep] * len(todo), pure=False)
-    gather(client, futures, desc="fusing TEM modes", progress=progress)
-    return len(todo)
+class TemFuseSpec(TiledJob):
+    """The TEM-fusion job for the runner (:mod:`emfuse.flows.jobs.runner`): tiles of the image, each
+    window (core + halo) preprocessed with the stored fit and fused by the AVAE on the worker's device."""
 
+    def prepare(self, job: TemFuseJob, client: Client, *, progress: bool) -> tuple[TemFuseJob, Preprocessing]:
+        with timed(job.out, "write_inputs"):
+            write_inputs(job)
+        with timed(job.out, "preprocessing"):
+            return job, fit_preprocessing(job)
 
-def finalise(job: TemFuseJob) -> None:
-    """Mark the store complete once every tile is recorded as done."""
-    record = TileRecord.open(job.out, JOB)
-    rows, cols = record.grid_shape
-    if len(record.done_tiles()) != rows * cols:
-        raise RuntimeError(f"{job.out}: not every tile is finished; rerun to complete it.")
-    with on_disk_full(job.out):
-        mark_complete(job.out)
+    def units(self, job: TemFuseJob) -> list[Unit]:
+        return [Unit(tile.index, tile) for tile in job.grid]
+
+    def read(self, job: TemFuseJob, unit: Unit) -> dict[str, np.ndarray]:
+        import zarr
+
+        group = zarr.open_group(job.out, mode="r", zarr_format=3)
+        ys, xs = unit.region.window
+        recorded = group[layout.MODES][:, ys, xs]
+        if job.flat_reference:
+            recorded = recorded / group[layout.FLAT_REFERENCE][:, ys, xs]
+        return {"modes": recorded}
+
+    def process(self, job: TemFuseJob, unit: Unit, window: dict[str, Any], context: Preprocessing,
+                device: str) -> UnitOutput:
+        tile = unit.region
+        fused, attention = fuse_tile(worker_model(job, device), context.apply(window["modes"], tile.window), tile)
+        return UnitOutput({layout.TEM_FUSED: (tile.core, fused), layout.ATTENTION: ((slice(None), *tile.core), attention)})
+
+    def summary(self, job: TemFuseJob) -> dict[str, Any]:
+        return summary(job)
 
 
 def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
@@ -321,20 +323,9 @@ def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
         prep = Preprocessing.from_dict(out.attrs[ATTR_PREPROCESSING])
         hrtem = prep.apply(recorded_modes(out, job.flat_reference).values)[MODES.index("hrtem")]
         info["quality"] = {"tem_fused": score(out[layout.TEM_FUSED].values, truth), "hrtem": score(hrtem, truth)}
+    info["devices"] = list(out.attrs.get(ATTR_DEVICES, []))
     info["warnings"] = read_warnings(job.out)
     return json.loads(json.dumps(info))
 
 
-def compute(job: TemFuseJob, client: Client, *, progress: bool = True) -> tuple[TemFuseJob, int]:
-    """The stages between ``plan`` and ``finalise``: inputs, preprocessing, tiles.
-
-    Returns the job and the number of tiles computed now.
-    """
-    with on_disk_full(job.out):  # ENOSPC on any write: one line naming the store and the fix
-        with timed(job.out, "write_inputs"):
-            write_inputs(job)
-        with timed(job.out, "preprocessing"):
-            prep = fit_preprocessing(job)
-        with timed(job.out, "tiles"):
-            n = fuse_tiles(job, prep, client, progress=progress)
-        return job, n
+SPEC = TemFuseSpec(name=JOB, desc="fusing TEM modes", array_kind="torch", errors=(TemFuseInputError,))
