@@ -53,9 +53,9 @@ from _common import peak_rss as _peak_rss
 from _common import reset_peak_rss as _reset_peak_rss
 from dask.utils import parse_bytes
 
-from emfuse.flows.jobs import runner
 from emfuse.cluster import connect
 from emfuse.flows.jobs import fusion as fusion_job
+from emfuse.flows.jobs import runner
 from emfuse.flows.tools.synth import spectrum_image_dataset
 from emfuse.pipeline.fusion import FusionParams, fuse
 from emfuse.pipeline.synth import lazy_map_set, lazy_spectrum_image

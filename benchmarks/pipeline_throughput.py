@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from emfuse.flows.jobs import runner
 from emfuse.cluster import connect
 from emfuse.flows.jobs import fusion as fusion_job
+from emfuse.flows.jobs import runner
 from emfuse.flows.tools.synth import write_synthetic
 
 ELEMENTS = ("Sr", "Ti", "O")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emfuse.flows.jobs import runner
 from emfuse.cluster import connect
 from emfuse.flows.jobs import fusion as fusion_job
+from emfuse.flows.jobs import runner
 from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.fusion import Normalisation, fuse
 from emfuse.pipeline.fusion.auto import (

@@ -28,10 +28,9 @@ import pytest
 import tifffile
 import xarray as xr
 
-from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.jobs import restore as restore_job
-from emfuse.flows.jobs import run_job
+from emfuse.flows.jobs import run_job, runner
 from emfuse.flows.jobs import tem_fuse as tem_fuse_job
 from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.elements import DuplicateElement

@@ -7,9 +7,8 @@ import pytest
 import xarray as xr
 import zarr
 
-from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import fusion as fusion_job
-from emfuse.flows.jobs import run_job
+from emfuse.flows.jobs import run_job, runner
 from emfuse.pipeline.fusion import FusionInputError, fuse
 from emfuse.stores.errors import OutputNotWritable, StoreError
 from emfuse.stores.progress import TileRecord

@@ -16,9 +16,8 @@ import xarray as xr
 import zarr
 from provenance_checks import assert_provenance
 
-from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import fusion as fusion_job
-from emfuse.flows.jobs import run_job
+from emfuse.flows.jobs import run_job, runner
 from emfuse.flows.jobs.inputs import resolve_store
 from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.fusion import auto

@@ -14,8 +14,8 @@ import xarray as xr
 from dask_helpers import LargestResult
 from matplotlib.image import imread
 
-from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import restore as restore_job
+from emfuse.flows.jobs import runner
 from emfuse.flows.report import write_report
 from emfuse.flows.report.restore import (
     average_figure,

@@ -9,9 +9,8 @@ import pytest
 import torch
 import xarray as xr
 
-from emfuse.flows.jobs import runner
 from emfuse.flows.jobs import restore as restore_job
-from emfuse.flows.jobs import run_job
+from emfuse.flows.jobs import run_job, runner
 from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.restore import MODEL_FILES, load_model, save_model
 from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from emfuse.flows.jobs import runner
-from emfuse.flows.jobs import run_job
+from emfuse.flows.jobs import run_job, runner
 from emfuse.flows.jobs import tem_fuse as tem_fuse_job
 from emfuse.flows.report import write_report
 from emfuse.flows.tools.synth import write_synthetic

@@ -70,7 +70,7 @@ from emfuse.stores.zarrio import (
 
 from .checks import listed_elements, no_elements_message, no_haadf_message, no_maps_message
 from .inputs import SATURATED, haadf_saturation
-from .runner import ATTR_DEVICES, TiledJob, Unit, UnitOutput, check_device_option
+from .runner import TiledJob, Unit, UnitOutput, check_device_option
 
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
@@ -676,7 +676,7 @@ def summary(job: FusionJob) -> dict[str, Any]:
     if layout.ATTR_LAMBDA_CHOICE in out.attrs:
         info["lambda_choice"] = out.attrs[layout.ATTR_LAMBDA_CHOICE]
     info["convergence"] = list(out.attrs.get(layout.ATTR_CONVERGENCE, []))
-    info["devices"] = list(out.attrs.get(ATTR_DEVICES, []))
+    info["devices"] = list(out.attrs.get(layout.ATTR_DEVICES, []))
     info["warnings"] = read_warnings(job.out)
     if layout.TRUE_MAPS in out:
         info["nrmse_raw"], info["nrmse_fused"] = {}, {}

@@ -67,7 +67,6 @@ from emfuse.stores.zarrio import (
 from .checks import check_restore_tiling
 from .gather import gather
 from .runner import (
-    ATTR_DEVICES,
     TiledJob,
     Unit,
     UnitOutput,
@@ -774,7 +773,7 @@ def summary(job: RestoreJob) -> dict[str, Any]:
     out = open_dataset(job.out)
     info: dict[str, Any] = {"store": job.out, "frames": job.n_frames, "shape": list(out[layout.RESTORED].shape),
                             "model": job.model, "device": job.device, "precision": job.precision,
-                            "devices": list(out.attrs.get(ATTR_DEVICES, []))}
+                            "devices": list(out.attrs.get(layout.ATTR_DEVICES, []))}
     if layout.DRIFT in out:
         drift = out[layout.DRIFT].values
         info["drift_max_px"] = float(np.abs(drift).max())

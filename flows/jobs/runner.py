@@ -54,6 +54,7 @@ import numpy as np
 
 from emfuse.pipeline.backend import to_numpy
 from emfuse.stores.errors import on_disk_full
+from emfuse.stores.layout import ATTR_DEVICES
 from emfuse.stores.outputs import write_region
 from emfuse.stores.progress import TileRecord
 from emfuse.stores.zarrio import mark_complete, read_attrs, timed, update_attrs
@@ -65,7 +66,6 @@ if TYPE_CHECKING:  # distributed loads in a second: not for a command line that 
 
 log = logging.getLogger(__name__)
 
-ATTR_DEVICES = "devices"  # the devices the units of a store ran on, e.g. ["cpu"] or ["cuda:0"]
 DEVICES = ("auto", "cpu", "cuda")  # what a job's ``device`` option may say
 
 

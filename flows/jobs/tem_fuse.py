@@ -54,7 +54,7 @@ from emfuse.stores.zarrio import (
     update_attrs,
 )
 
-from .runner import ATTR_DEVICES, TiledJob, Unit, UnitOutput, check_device_option, worker_cached
+from .runner import TiledJob, Unit, UnitOutput, check_device_option, worker_cached
 
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
@@ -323,7 +323,7 @@ def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
         prep = Preprocessing.from_dict(out.attrs[ATTR_PREPROCESSING])
         hrtem = prep.apply(recorded_modes(out, job.flat_reference).values)[MODES.index("hrtem")]
         info["quality"] = {"tem_fused": score(out[layout.TEM_FUSED].values, truth), "hrtem": score(hrtem, truth)}
-    info["devices"] = list(out.attrs.get(ATTR_DEVICES, []))
+    info["devices"] = list(out.attrs.get(layout.ATTR_DEVICES, []))
     info["warnings"] = read_warnings(job.out)
     return json.loads(json.dumps(info))
 

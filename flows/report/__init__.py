@@ -57,6 +57,7 @@ from emfuse.stores import layout
 from emfuse.stores.layout import (
     ATTR_COMPLETE,
     ATTR_CREATED,
+    ATTR_DEVICES,
     ATTR_VERSION,
     ATTR_WARNINGS,
     COST,
@@ -203,6 +204,7 @@ def summarize(ds: xr.Dataset, store: Path, factor: int, figures: list[str]) -> d
         "has_truth": TRUE_MAPS in ds,
         "display_factor": factor,
         "params": stored_params(ds),
+        "devices": list(ds.attrs.get(ATTR_DEVICES, [])),  # where the units ran (cpu, cuda:0)
         "final_costs": final_costs(ds[COST]) if COST in ds else {},
         "iterations": int(ds.sizes.get("iteration", 0)),
         "figures": figures,

@@ -41,6 +41,7 @@ from matplotlib.ticker import MaxNLocator
 
 from emfuse.pipeline.register import shift_image
 from emfuse.stores.layout import (
+    ATTR_DEVICES,
     ATTR_INPUT_STORE,
     ATTR_SOURCE,
     AVERAGE,
@@ -333,7 +334,8 @@ def restore_summary(ds: xr.Dataset) -> dict[str, Any]:
     raw, truth, source = restore_inputs(ds)
     info: dict[str, Any] = {
         "frames": n, "shape": list(ds[RESTORED].shape), "model": params.get("model"),
-        "device": params.get("device"), "precision": params.get("precision"),
+        "device": params.get("device"), "devices": list(ds.attrs.get(ATTR_DEVICES, [])),
+        "precision": params.get("precision"),
         "input_store": ds.attrs.get(ATTR_INPUT_STORE, ds.attrs.get(ATTR_SOURCE)), "input_found": raw is not None,
         "has_truth": truth is not None,
     }
