@@ -53,6 +53,7 @@ from emfuse.pipeline.fusion import (
     Normalisation,
     auto,
     diagnose_convergence,
+    tiled,
 )
 from emfuse.pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
 from emfuse.stores import layout
@@ -624,7 +625,7 @@ def fuse_tile_in_store(job: FusionJob, tile: tiles.Tile, norm: Normalisation) ->
     group = zarr.open_group(job.out, mode="r", zarr_format=3)
     ys, xs = tile.window
     valid = group[layout.HAADF_VALID][ys, xs] if layout.HAADF_VALID in group else None
-    result = tiles.fuse_tile(
+    result = tiled.fuse_tile(
         group[layout.HAADF][ys, xs], group[layout.MAPS][:, ys, xs], job.z, tile, norm, job.params, valid
     )
     write_region(job.out, layout.FUSED, (slice(None), *tile.core), result.fused)
@@ -655,7 +656,7 @@ def finalise(job: FusionJob) -> None:
         raise RuntimeError(f"{job.out}: not every tile is finished; rerun to complete it.")
     payloads = record.payloads().reshape(-1, len(COST_TERMS), job.params.n_iter)
     per_tile = [p[:, : int(np.sum(~np.isnan(p[0])))] for p in payloads]
-    costs = tiles.sum_tile_costs(per_tile, job.params.n_iter)
+    costs = tiled.sum_tile_costs(per_tile, job.params.n_iter)
     # the check users are taught to make by eye on the cost plot, made on the summed curves
     diagnosis = diagnose_convergence(costs, COST_TERMS)
     fit = haadf_fit(job)
