@@ -3,10 +3,10 @@
 Checked for the public API (``emfuse._API``), the ``__all__`` of emfuse.pipeline.fusion and
 emfuse.pipeline.restore, and every public function and class of the modules the API reference
 shows (restore's select, guard, scenes and adapt, fusion's auto, emfuse.pipeline.tiles,
-emfuse.stores.zarrio): a
-one-line summary, numpydoc section headers underlined to their length, and a ``Parameters``
-section (``Attributes`` for a dataclass) where the function or class takes parameters. The API
-reference of the documentation site (``make docs``) is built from these docstrings.
+emfuse.stores.zarrio): a one-line summary, numpydoc section headers underlined to their
+length, and a ``Parameters`` section (``Attributes`` for a dataclass) where the function or
+class takes parameters. The API reference of the documentation site (``make docs``) is built
+from these docstrings.
 """
 
 from __future__ import annotations
