@@ -160,7 +160,8 @@ def code_identity() -> dict[str, str]:
 
     out = {}
     for name in ("emfuse.pipeline.fusion.solver", "emfuse.pipeline.fusion.tv", "emfuse.pipeline.spectra",
-                 "emfuse.pipeline.tiles", "emfuse.flows.jobs.fusion", "emfuse.stores.outputs"):
+                 "emfuse.pipeline.tiles", "emfuse.pipeline.fusion.tiled", "emfuse.flows.jobs.fusion",
+                 "emfuse.stores.outputs"):
         module = importlib.import_module(name)
         source = Path(module.__file__).read_bytes()
         out[name] = hashlib.sha256(source).hexdigest()[:12]

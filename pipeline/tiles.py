@@ -1,37 +1,74 @@
-"""Map kernels over tiles of large images: the tile grid, halos, and lazy xarray fusion.
+"""Cut large images into tiles: the one tiling module of emfuse, with its two policies.
 
-This is the one place where emfuse cuts images into tiles. A tile is a *core*
-(the pixels it is responsible for; the cores partition the image) inside a
-*window* (the core grown by a halo on every side, clipped to the image). A
-kernel runs on the window and the core is cropped back out, so TV and the
-other neighbourhood terms see context across tile borders. With a halo of a
-few times the TV correlation length the tiled result matches the untiled one
-closely; ``tests/test_tiles.py`` states the tolerance.
+Every job and the notebook path tile images through here; what runs on the tiles lives with
+its kernel (:mod:`emfuse.pipeline.fusion.tiled`, :mod:`emfuse.pipeline.avae.fuse`,
+:mod:`emfuse.pipeline.restore.inference`). This module imports no kernel.
 
-The same :func:`fuse_tile` serves :func:`fuse_dataset` (lazy, any Dask
-scheduler, from a notebook) and the overnight flow (which reads windows from
-and writes cores to Zarr stores), so both give the same numbers.
+**Halo-crop** (:class:`Tile`, :func:`tile_grid`): for kernels whose result near a border
+needs context and that run on windows of any size, i.e. fusion (TV and the other
+neighbourhood terms) and AVAE inference. A tile is a *core* (the pixels it is responsible
+for; the cores partition the image) inside a *window* (the core grown by a halo on every
+side, clipped to the image). The kernel runs on the window and the core is cropped back
+exactly: every output pixel comes from one tile, nothing is blended. Cores line up with Zarr
+chunks, so workers write disjoint regions. With a halo of a few times the kernel's
+correlation length the tiled result matches the untiled one closely
+(``tests/test_fusion_tiled.py`` states the tolerance for fusion).
+
+**Overlap-blend** (:func:`overlap_starts`, :func:`blend_weights`, :class:`BlendGrid`): for
+networks fed fixed-size inputs in batches, i.e. restoration. All tiles have one shape (a
+multiple of the network's down-sampling factor), overlap by at least ``overlap`` pixels and
+are spread evenly; each output pixel is a weighted mean of the tiles covering it, with weights
+feathered across the overlaps (raised cosine) and normalised to sum to 1. There are no seams,
+and where the tiles agree the blend gives back their common value exactly.
+
+Examples
+--------
+>>> [t.id for t in tile_grid((300, 200), tile=128, halo=32)]
+['0-0', '0-1', '1-0', '1-1', '2-0', '2-1']
+>>> len(BlendGrid.make((300, 200), tile=128, overlap=32))
+6
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
-import xarray as xr
 
-from .backend import to_numpy
-from .fusion import COST_TERMS, FusionParams, Normalisation, fuse
+__all__ = ["BlendGrid", "Tile", "blend_weights", "overlap_starts", "tile_grid"]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _round_up(a: int, multiple: int) -> int:
+    return _ceil_div(a, multiple) * multiple
+
+
+# -- halo-crop: cores partition the image, kernels run on core + halo ------------------------
 
 
 @dataclass(frozen=True)
 class Tile:
-    """One tile of a 2D grid: ``core`` slices inside ``window`` slices (image coordinates)."""
+    """One tile of a 2D grid: ``core`` slices inside ``window`` slices (image coordinates).
+
+    Attributes
+    ----------
+    index : tuple of int
+        (row, column) of the tile in its grid.
+    core : tuple of slice
+        The (y, x) pixels the tile is responsible for; the cores of a grid partition the image.
+    window : tuple of slice
+        The (y, x) pixels a kernel sees: the core grown by the halo, clipped to the image.
+
+    Examples
+    --------
+    >>> t = Tile((0, 1), (slice(0, 4), slice(4, 8)), (slice(0, 5), slice(3, 8)))
+    >>> t.id, t.shape, t.crop
+    ('0-1', (4, 4), (slice(0, 4, None), slice(1, 5, None)))
+    """
 
     index: tuple[int, int]
     core: tuple[slice, slice]
@@ -51,15 +88,34 @@ class Tile:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The (height, width) of the core."""
         return tuple(s.stop - s.start for s in self.core)  # type: ignore[return-value]
 
 
 def tile_grid(shape: Sequence[int], tile: int | Sequence[int], halo: int) -> list[Tile]:
-    """Cut an image of ``shape`` (y, x) into tiles of ``tile`` pixels with a ``halo``.
+    """Cut an image of ``shape`` (y, x) into tiles of ``tile`` pixels with a ``halo`` (halo-crop).
 
-    Cores start at multiples of ``tile`` so that they line up with Zarr chunks
-    of that size (region writes never share a chunk); the last row and column
-    of tiles may be smaller.
+    Cores start at multiples of ``tile`` so that they line up with Zarr chunks of that size
+    (region writes never share a chunk); the last row and column of tiles may be smaller.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The image's (height, width).
+    tile : int or sequence of int
+        The core size, one for both axes or (y, x); also the chunk size of the stores written.
+    halo : int
+        Pixels of context added to every side of a core (clipped at the image border).
+
+    Returns
+    -------
+    list of Tile
+        Row-major; cores partition the image.
+
+    Raises
+    ------
+    ValueError
+        For an empty image, a tile smaller than 1 px or a negative halo.
 
     Examples
     --------
@@ -73,8 +129,8 @@ def tile_grid(shape: Sequence[int], tile: int | Sequence[int], halo: int) -> lis
     if min(ny, nx) < 1 or min(ty, tx) < 1 or halo < 0:
         raise ValueError(f"bad tiling: image {shape}, tile {tile}, halo {halo}")
     tiles = []
-    for iy in range(math.ceil(ny / ty)):
-        for ix in range(math.ceil(nx / tx)):
+    for iy in range(_ceil_div(ny, ty)):
+        for ix in range(_ceil_div(nx, tx)):
             core = (slice(iy * ty, min((iy + 1) * ty, ny)), slice(ix * tx, min((ix + 1) * tx, nx)))
             window = (
                 slice(max(core[0].start - halo, 0), min(core[0].stop + halo, ny)),
@@ -84,156 +140,184 @@ def tile_grid(shape: Sequence[int], tile: int | Sequence[int], halo: int) -> lis
     return tiles
 
 
-@dataclass
-class TileFusion:
-    """The cropped output of :func:`fuse_tile`."""
-
-    fused: np.ndarray  # (element, core_y, core_x)
-    haadf_model: np.ndarray  # (core_y, core_x)
-    costs: np.ndarray  # (3, iterations) over the whole window
+# -- overlap-blend: equal tiles overlap, outputs feathered together ---------------------------
 
 
-def fuse_tile(
-    haadf_window: Any,
-    maps_window: Any,
-    z: Sequence[float],
-    tile: Tile,
-    normalisation: Normalisation,
-    params: FusionParams,
-    haadf_valid: Any = None,
-) -> TileFusion:
-    """Fuse one window and crop its core; the dataset-wide ``normalisation`` is used.
+def overlap_starts(n: int, tile: int, overlap: int, multiple: int = 1) -> tuple[list[int], int]:
+    """Tile origins along one axis of ``n`` pixels, and the tile length used (overlap-blend).
 
-    The window may be numpy or cupy; the cropped result is always numpy, ready to write.
-    ``haadf_valid``: the window of the (y, x) bool mask of HAADF pixels used (False:
-    saturated, left out of the HAADF term); None uses every pixel.
-    """
-    # no per-tile warnings: the job diagnoses the summed cost curves once
-    result = fuse(haadf_window, maps_window, z, normalisation=normalisation, warn=False, haadf_valid=haadf_valid,
-                  **params.to_dict())
-    ys, xs = tile.crop
-    return TileFusion(
-        fused=to_numpy(result.fused[:, ys, xs]),
-        haadf_model=to_numpy(result.haadf_model[ys, xs]),
-        costs=result.costs,
-    )
-
-
-def sum_tile_costs(per_tile: Sequence[np.ndarray], n_iter: int) -> np.ndarray:
-    """Add per-tile cost curves (3, k_t) into one (3, n_iter) curve.
-
-    Tiles that stopped early (``tol``) keep their last value for the
-    remaining iterations, so the sum stays comparable across iterations.
-    """
-    total = np.zeros((len(COST_TERMS), n_iter))
-    for costs in per_tile:
-        costs = np.asarray(costs, dtype=np.float64)
-        if costs.shape[1] == 0:
-            continue
-        padded = np.concatenate(
-            [costs, np.repeat(costs[:, -1:], n_iter - costs.shape[1], axis=1)], axis=1
-        )
-        total += padded
-    return total
-
-
-def global_normalisation(haadf: Any, maps: Any, elements: Sequence[str] | None = None, haadf_valid: Any = None) -> Any:
-    """The min-max normalisation of whole (possibly dask) arrays, as a Dask delayed value.
-
-    One reduction pass over the data; tiles then share the exact same scaling. With
-    ``haadf_valid`` (bool, like ``haadf``) the HAADF's range is over its valid pixels.
-    """
-    lo = maps.min(axis=(1, 2))
-    hi = maps.max(axis=(1, 2))
-    if haadf_valid is not None:  # saturated pixels out of the range: NaN, then nan-reductions
-        haadf = da.where(haadf_valid, haadf, np.nan)
-        h_lo, h_hi = da.nanmin(haadf), da.nanmax(haadf)
-    else:
-        h_lo, h_hi = haadf.min(), haadf.max()
-
-    def build(h_lo, h_hi, m_lo, m_hi):
-        return Normalisation.from_ranges(
-            (float(h_lo), float(h_hi)), list(zip(np.ravel(m_lo), np.ravel(m_hi))), elements
-        )
-
-    return dask.delayed(build, pure=True)(h_lo, h_hi, lo, hi)
-
-
-def fuse_dataset(
-    ds: xr.Dataset,
-    *,
-    tile: int = 512,
-    halo: int = 32,
-    haadf: str = "haadf",
-    maps: str = "maps",
-    valid: str | None = None,
-    **params: Any,
-) -> xr.Dataset:
-    """Fuse a (dask-backed) Dataset tile by tile, lazily.
+    As few tiles as cover the axis with tiles of at most ``tile`` pixels overlapping by at
+    least ``overlap``; the tiles are then made as short as that allows and spread evenly
+    (less computed twice than with ``tile``-long tiles and a short last step).
 
     Parameters
     ----------
-    ds
-        A Dataset with ``haadf`` (y, x) and ``maps`` (element, y, x) with a
-        ``z`` coordinate (atomic numbers) on ``element``, e.g. a canonical
-        store opened with :func:`xarray.open_zarr`.
-    tile, halo
-        Core size and halo width in pixels.
-    valid
-        Name of a bool (y, x) variable of ``ds``, False where the HAADF pixel is
-        left out of the HAADF term (saturated; e.g. ``haadf_valid`` of a fusion
-        output, or ``~emfuse.pipeline.saturation.saturated_pixels(haadf)``). None: every pixel.
-    **params
-        :class:`emfuse.pipeline.fusion.FusionParams` fields.
+    n : int
+        The axis length, a multiple of ``multiple``.
+    tile : int
+        The longest tile wanted (rounded up to a multiple of ``multiple``).
+    overlap : int
+        The least overlap between neighbouring tiles.
+    multiple : int
+        Tile lengths and origins are multiples of it (a network's down-sampling factor).
 
     Returns
     -------
-    xarray.Dataset
-        ``fused`` (element, y, x), ``haadf_model`` (y, x) chunked by tile, and
-        ``cost`` (term, iteration): the per-tile costs summed. Nothing is
-        computed until ``.compute()`` or a write.
+    starts : list of int
+        The tiles' origins, increasing; the last tile ends at ``n``.
+    length : int
+        Every tile's length (``n`` when one tile covers the axis).
+
+    Raises
+    ------
+    ValueError
+        When ``n`` is not a multiple of ``multiple``, or ``tile`` leaves no step after ``overlap``.
 
     Examples
     --------
-    >>> out = fuse_dataset(xr.open_zarr("run1.zarr"), tile=256, lambda_tv=0.1)  # doctest: +SKIP
-    >>> out.fused.sel(element="Ti").plot()  # doctest: +SKIP
+    >>> overlap_starts(1024, 256, 32)  # 5 tiles of 231 px rather than 5 of 256
+    ([0, 198, 396, 594, 793], 231)
+    >>> overlap_starts(1024, 256, 32, multiple=2)
+    ([0, 198, 396, 594, 792], 232)
+    >>> overlap_starts(100, 256, 32)
+    ([0], 100)
     """
-    p = FusionParams(**params)
-    h = ds[haadf].transpose("y", "x").data
-    m = ds[maps].transpose("element", "y", "x").data
-    h = h if isinstance(h, da.Array) else da.from_array(h)
-    m = m if isinstance(m, da.Array) else da.from_array(m)
-    hv = None if valid is None else ds[valid].transpose("y", "x").data
-    hv = hv if hv is None or isinstance(hv, da.Array) else da.from_array(hv)
-    z = [float(v) for v in np.asarray(ds[maps]["z"].values)]
-    elements = [str(e) for e in np.asarray(ds[maps]["element"].values)]
-    norm = global_normalisation(h, m, elements, hv)
-    grid = tile_grid(h.shape, tile, halo)
-    n_rows, n_cols = grid[-1].index[0] + 1, grid[-1].index[1] + 1
-    fused_blocks = [[None] * n_cols for _ in range(n_rows)]
-    model_blocks = [[None] * n_cols for _ in range(n_rows)]
-    costs = []
-    run = dask.delayed(fuse_tile, pure=True)
-    for t in grid:
-        ys, xs = t.window
-        out = run(h[ys, xs], m[:, ys, xs], z, t, norm, p, None if hv is None else hv[ys, xs])
-        iy, ix = t.index
-        fused_blocks[iy][ix] = da.from_delayed(out.fused, (len(z), *t.shape), np.float32)
-        model_blocks[iy][ix] = da.from_delayed(out.haadf_model, t.shape, np.float32)
-        costs.append(out.costs)
-    cost = dask.delayed(sum_tile_costs)(costs, p.n_iter)
-    coords = {"y": ds["y"], "x": ds["x"], "element": ds[maps]["element"], "z": ds[maps]["z"]}
-    return xr.Dataset(
-        {
-            "fused": (("element", "y", "x"), _block3(fused_blocks)),
-            "haadf_model": (("y", "x"), da.block(model_blocks)),
-            "cost": (("term", "iteration"), da.from_delayed(cost, (len(COST_TERMS), p.n_iter), np.float64)),
-        },
-        coords={**coords, "term": list(COST_TERMS), "iteration": np.arange(1, p.n_iter + 1)},
-        attrs={"params": p.to_dict(), "tile": tile, "halo": halo},
-    )
+    if n % multiple:
+        raise ValueError(f"axis length {n} is not a multiple of {multiple}")
+    longest = _round_up(tile, multiple)
+    if longest >= n:
+        return [0], n
+    if longest - overlap < multiple:
+        raise ValueError(f"tile {tile} leaves no step with overlap {overlap}; use a larger tile")
+    k = _ceil_div(n - overlap, longest - overlap)
+    while True:  # rounding origins down to `multiple` may take up to multiple - 1 px of overlap
+        slack = overlap + multiple - 1
+        length = _round_up(_ceil_div(n + (k - 1) * slack, k), multiple)
+        if length <= longest:
+            break
+        k += 1
+    starts = [(i * (n - length)) // (k - 1) // multiple * multiple for i in range(k)]
+    starts[-1] = n - length
+    return starts, length
 
 
-def _block3(blocks: list[list[da.Array]]) -> da.Array:
-    """Assemble (element, y, x) blocks laid out on a (row, col) grid."""
-    return da.concatenate([da.concatenate(row, axis=2) for row in blocks], axis=1)
+def blend_weights(length: int, overlap: int, *, before: bool, after: bool) -> np.ndarray:
+    """1D blending weights of one tile: tapered on the sides shared with a neighbour.
+
+    A tapered side is 0 over ``overlap // 4`` pixels (where the tile lacked context), then
+    rises as ``sin^2`` to 1 at ``overlap`` pixels; the rising and falling tapers of two tiles
+    that overlap by ``overlap`` sum to 1. A side at the image border stays 1.
+
+    Parameters
+    ----------
+    length : int
+        The tile's length.
+    overlap : int
+        The overlap the tapers are made for (0: no taper).
+    before, after : bool
+        Whether a neighbouring tile overlaps the start / the end.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, ``(length,)``, in [0, 1].
+
+    Examples
+    --------
+    >>> blend_weights(8, 4, before=True, after=False).round(3).tolist()
+    [0.0, 0.146, 0.854, 1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    w = np.ones(length, dtype=np.float64)
+    if overlap <= 0:
+        return w
+    margin = overlap // 4
+    u = np.arange(overlap, dtype=np.float64)
+    rise = np.sin(0.5 * np.pi * np.clip((u - margin + 0.5) / (overlap - 2 * margin), 0.0, 1.0)) ** 2
+    n = min(overlap, length)
+    if before:
+        w[:n] = np.minimum(w[:n], rise[:n])
+    if after:
+        w[length - n:] = np.minimum(w[length - n:], rise[::-1][overlap - n:])
+    return w
+
+
+@dataclass(frozen=True)
+class BlendGrid:
+    """Equal, overlapping tiles covering a ``(ny, nx)`` image, with blending weights summing to 1.
+
+    Build it with :meth:`make`; tile ``k`` covers :meth:`region` ``(k)`` and its output is
+    weighted by :meth:`weights` ``(k)`` (overlap-blend policy).
+
+    Attributes
+    ----------
+    size : tuple of int
+        The image's (height, width).
+    shape : tuple of int
+        Every tile's (height, width).
+    starts : tuple of tuple of int
+        The (y0, x0) of every tile, row-major.
+    index : tuple of tuple of int
+        The (row, column) of every tile.
+    wy, wx : tuple of numpy.ndarray
+        The 1D weights (:func:`blend_weights`) of each row and each column of tiles.
+    norm : numpy.ndarray
+        1 / (the sum of all tiles' weights), ``size``.
+
+    Examples
+    --------
+    >>> grid = BlendGrid.make((300, 200), tile=128, overlap=32)
+    >>> len(grid), grid.shape
+    (6, (122, 116))
+    >>> total = np.zeros((300, 200))
+    >>> for k in range(len(grid)):
+    ...     total[grid.region(k)] += grid.weights(k)
+    >>> bool(np.allclose(total, 1))
+    True
+    """
+
+    size: tuple[int, int]
+    shape: tuple[int, int]
+    starts: tuple[tuple[int, int], ...]
+    index: tuple[tuple[int, int], ...]
+    wy: tuple[np.ndarray, ...]
+    wx: tuple[np.ndarray, ...]
+    norm: np.ndarray
+
+    @classmethod
+    def make(cls, size: tuple[int, int], tile: int, overlap: int, multiple: int = 1) -> BlendGrid:
+        """The grid of an image of ``size`` (:func:`overlap_starts` along each axis).
+
+        Parameters
+        ----------
+        size : tuple of int
+            The image's (height, width), multiples of ``multiple``.
+        tile, overlap, multiple : int
+            As for :func:`overlap_starts`.
+
+        Returns
+        -------
+        BlendGrid
+        """
+        (ys, ty), (xs, tx) = (overlap_starts(n, tile, overlap, multiple) for n in size)
+        wy = tuple(blend_weights(ty, overlap, before=s > 0, after=s + ty < size[0]) for s in ys)
+        wx = tuple(blend_weights(tx, overlap, before=s > 0, after=s + tx < size[1]) for s in xs)
+        total = np.zeros(size, dtype=np.float64)
+        for i, y0 in enumerate(ys):
+            for j, x0 in enumerate(xs):
+                total[y0:y0 + ty, x0:x0 + tx] += np.outer(wy[i], wx[j])
+        starts = tuple((y0, x0) for y0 in ys for x0 in xs)
+        index = tuple((i, j) for i in range(len(ys)) for j in range(len(xs)))
+        return cls(tuple(size), (ty, tx), starts, index, wy, wx, 1.0 / total)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def region(self, k: int) -> tuple[slice, slice]:
+        """The slices of tile ``k`` in the image."""
+        y0, x0 = self.starts[k]
+        return slice(y0, y0 + self.shape[0]), slice(x0, x0 + self.shape[1])
+
+    def weights(self, k: int) -> np.ndarray:
+        """Normalised blending weights of tile ``k`` (float32, its shape)."""
+        i, j = self.index[k]
+        return (np.outer(self.wy[i], self.wx[j]) * self.norm[self.region(k)]).astype(np.float32)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
-from emfuse.pipeline.restore.inference import TileGrid, blend_window, restore, tile_starts
+from emfuse.pipeline.restore.inference import restore
 
 
 class Offset(torch.nn.Module):
@@ -71,20 +71,6 @@ def test_constant_offset_has_no_seams_and_disagreeing_tiles_blend_smoothly():
     # tile means differ by ~32 between neighbours (step 32 px on a slope 1 ramp); a hard seam
     # would jump by that much, the raised-cosine blend (over 8 px) by at most pi/2 * 32 / 8 per pixel
     assert np.abs(np.diff(out, axis=0)).max() < 7 and np.abs(np.diff(out, axis=1)).max() < 7
-
-
-def test_windows_sum_to_one_and_cover_the_borders():
-    grid = TileGrid.make((300, 200), tile=64, overlap=16, multiple=2)
-    total = np.zeros((300, 200))
-    for k in range(len(grid)):
-        total[grid.region(k)] += grid.weights(k)
-        assert all(s % 2 == 0 for s in grid.starts[k])
-    np.testing.assert_allclose(total, 1, rtol=1e-6)
-    w = blend_window(64, 16, before=True, after=True)
-    assert w[0] == 0 and w[-1] == 0 and w[32] == 1
-    np.testing.assert_allclose(w[48:] + w[:16], 1)  # two tiles overlapping by 16 sum to 1
-    assert blend_window(64, 16, before=False, after=False).min() == 1
-    assert tile_starts(7, 256, 32) == ([0], 7)
 
 
 def test_batching_over_frames_equals_frame_by_frame():

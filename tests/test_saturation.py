@@ -20,6 +20,7 @@ from emfuse.pipeline.fusion import (
     FusionInputError,
     Normalisation,
     fuse,
+    fuse_dataset,
     haadf_weights,
     objective_terms,
 )
@@ -27,7 +28,6 @@ from emfuse.pipeline.fusion.solver import _smooth_gradient
 from emfuse.pipeline.metrics import nrmse
 from emfuse.pipeline.saturation import MIN_PIXELS, find_saturation, saturated_pixels
 from emfuse.pipeline.synth import make_spectrum_image, specimen_maps
-from emfuse.pipeline.tiles import fuse_dataset
 from emfuse.stores.ingest import read
 from emfuse.stores.warn import read_warnings
 from emfuse.stores.zarrio import open_dataset, write_dataset

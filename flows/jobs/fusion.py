@@ -53,6 +53,7 @@ from emfuse.pipeline.fusion import (
     Normalisation,
     auto,
     diagnose_convergence,
+    tiled,
 )
 from emfuse.pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
 from emfuse.stores import layout
@@ -637,7 +638,7 @@ def _finalise(job: FusionJob, record: TileRecord) -> None:
     marks the store complete)."""
     payloads = record.payloads().reshape(-1, len(COST_TERMS), job.params.n_iter)
     per_tile = [p[:, : int(np.sum(~np.isnan(p[0])))] for p in payloads]
-    costs = tiles.sum_tile_costs(per_tile, job.params.n_iter)
+    costs = tiled.sum_tile_costs(per_tile, job.params.n_iter)
     # the check users are taught to make by eye on the cost plot, made on the summed curves
     diagnosis = diagnose_convergence(costs, COST_TERMS)
     fit = haadf_fit(job)
@@ -716,7 +717,7 @@ class FusionSpec(TiledJob):
     def process(self, job: FusionJob, unit: Unit, window: dict[str, Any], context: Normalisation,
                 device: str) -> UnitOutput:
         tile = unit.region
-        result = tiles.fuse_tile(window["haadf"], window["maps"], job.z, tile, context, job.params,
+        result = tiled.fuse_tile(window["haadf"], window["maps"], job.z, tile, context, job.params,
                                  window["haadf_valid"])
         return UnitOutput({layout.FUSED: ((slice(None), *tile.core), result.fused),
                            layout.HAADF_MODEL: (tile.core, result.haadf_model)}, payload=result.costs)

@@ -4,6 +4,9 @@ High-SNR HAADF + noisy EDX/EELS elemental maps -> high-SNR elemental maps.
 
 numpy inputs run on fused numba kernels (:mod:`.kernels_numba`, imported on
 first use); ``fuse(..., engine="xp")`` runs the plain array code (numpy or cupy).
+Large maps are fused tile by tile (:mod:`.tiled`: :func:`fuse_dataset`, lazily on
+a dask-backed xarray Dataset, and the per-tile kernel the jobs run), also loaded on
+first use.
 
 Examples
 --------
@@ -12,6 +15,7 @@ Examples
 """
 
 import os
+from typing import Any
 
 # GNU OpenMP, numba's threading layer here, keeps idle threads spinning by
 # default. When cores are shared (Dask tile threads or worker processes each
@@ -36,6 +40,10 @@ from .model import (  # noqa: E402
 from .solver import COST_TERMS, FusionParams, FusionResult, fuse, numba_available
 from .tv import divergence, gradient, prox_tv, tv_iso
 
+#: Tiled fusion (:mod:`.tiled`), loaded at first use: it imports dask and xarray, which
+#: would add seconds to every ``import`` of this package for users of plain arrays.
+_TILED = ("TileFusion", "fuse_dataset", "fuse_tile", "global_normalisation", "sum_tile_costs")
+
 __all__ = [
     "COST_TERMS",
     "ConvergenceWarning",
@@ -44,9 +52,13 @@ __all__ = [
     "FusionParams",
     "FusionResult",
     "Normalisation",
+    "TileFusion",
     "check_inputs",
     "divergence",
     "fuse",
+    "fuse_dataset",
+    "fuse_tile",
+    "global_normalisation",
     "gradient",
     "haadf_model",
     "haadf_weights",
@@ -54,5 +66,20 @@ __all__ = [
     "numba_available",
     "objective_terms",
     "prox_tv",
+    "sum_tile_costs",
     "tv_iso",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TILED:
+        from . import tiled
+
+        value = getattr(tiled, name)
+        globals()[name] = value  # once loaded, a plain attribute
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_TILED))

@@ -3,7 +3,8 @@
 :func:`restore` cuts each image (or each frame of a ``(frame, y, x)`` stack) into tiles of
 ``tile`` pixels that overlap by at least ``overlap`` pixels, runs them through the network
 in batches of ``batch`` (tiles of all frames mixed) under :func:`torch.inference_mode`, and
-blends the outputs back with separable raised-cosine windows:
+blends the outputs back with separable raised-cosine windows (the overlap-blend policy of
+:mod:`emfuse.pipeline.tiles`, :class:`~emfuse.pipeline.tiles.BlendGrid`):
 
 - on a side shared with a neighbouring tile the window is 0 over the outer ``overlap // 4``
   pixels (where the tile lacked context), rises as ``sin^2`` over the next ``overlap / 2``
@@ -43,14 +44,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-__all__ = ["TileGrid", "blend_window", "min_image_size", "resolve_device", "resolve_dtype", "restore",
-           "tile_starts"]
+from ..tiles import BlendGrid
+
+__all__ = ["min_image_size", "resolve_device", "resolve_dtype", "restore"]
 
 #: Pixels a side the network needs after its down-sampling: below this its 3 x 3 convolutions
 #: and the reflecting pad see more padding than image, and the output means nothing.
@@ -62,128 +63,6 @@ DTYPE_NAMES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
 }
-
-
-# -- the tile grid and its windows -----------------------------------------------------------
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _round_up(a: int, multiple: int) -> int:
-    return _ceil_div(a, multiple) * multiple
-
-
-def tile_starts(n: int, tile: int, overlap: int, multiple: int = 1) -> tuple[list[int], int]:
-    """Tile origins along one axis of ``n`` pixels, and the tile length used.
-
-    As few tiles as cover the axis with tiles of at most ``tile`` pixels overlapping by at
-    least ``overlap``; the tiles are then made as short as that allows and spread evenly
-    (less computed twice than with ``tile``-long tiles and a short last step). Lengths and
-    origins are multiples of ``multiple`` (``n`` must be one); the last tile ends at ``n``.
-
-    Examples
-    --------
-    >>> tile_starts(1024, 256, 32)  # 5 tiles of 231 px rather than 5 of 256
-    ([0, 198, 396, 594, 793], 231)
-    >>> tile_starts(100, 256, 32)
-    ([0], 100)
-    """
-    if n % multiple:
-        raise ValueError(f"axis length {n} is not a multiple of {multiple}")
-    longest = _round_up(tile, multiple)
-    if longest >= n:
-        return [0], n
-    if longest - overlap < multiple:
-        raise ValueError(f"tile {tile} leaves no step with overlap {overlap}; use a larger tile")
-    k = _ceil_div(n - overlap, longest - overlap)
-    while True:  # rounding origins down to `multiple` may take up to multiple - 1 px of overlap
-        slack = overlap + multiple - 1
-        length = _round_up(_ceil_div(n + (k - 1) * slack, k), multiple)
-        if length <= longest:
-            break
-        k += 1
-    starts = [(i * (n - length)) // (k - 1) // multiple * multiple for i in range(k)]
-    starts[-1] = n - length
-    return starts, length
-
-
-def blend_window(length: int, overlap: int, *, before: bool, after: bool) -> np.ndarray:
-    """1D blending weights of one tile: tapered on the sides shared with a neighbour.
-
-    ``before``/``after`` say whether a neighbouring tile overlaps the start/end. A tapered
-    side is 0 over ``overlap // 4`` pixels, then rises as ``sin^2`` to 1 at ``overlap``
-    pixels; the rising and falling tapers of two tiles that overlap by ``overlap`` sum to 1.
-
-    Examples
-    --------
-    >>> blend_window(8, 4, before=True, after=False).round(3).tolist()
-    [0.0, 0.146, 0.854, 1.0, 1.0, 1.0, 1.0, 1.0]
-    """
-    w = np.ones(length, dtype=np.float64)
-    if overlap <= 0:
-        return w
-    margin = overlap // 4
-    u = np.arange(overlap, dtype=np.float64)
-    rise = np.sin(0.5 * np.pi * np.clip((u - margin + 0.5) / (overlap - 2 * margin), 0.0, 1.0)) ** 2
-    n = min(overlap, length)
-    if before:
-        w[:n] = np.minimum(w[:n], rise[:n])
-    if after:
-        w[length - n:] = np.minimum(w[length - n:], rise[::-1][overlap - n:])
-    return w
-
-
-@dataclass(frozen=True)
-class TileGrid:
-    """Tiles covering a ``(ny, nx)`` image, with their blending weights normalised to sum 1.
-
-    Examples
-    --------
-    >>> grid = TileGrid.make((300, 200), tile=128, overlap=32)
-    >>> len(grid), grid.shape
-    (6, (122, 116))
-    >>> total = np.zeros((300, 200))
-    >>> for k in range(len(grid)):
-    ...     total[grid.region(k)] += grid.weights(k)
-    >>> bool(np.allclose(total, 1))
-    True
-    """
-
-    size: tuple[int, int]
-    shape: tuple[int, int]  # every tile's (height, width)
-    starts: tuple[tuple[int, int], ...]  # (y0, x0) of every tile
-    index: tuple[tuple[int, int], ...]  # (row, column) of every tile
-    wy: tuple[np.ndarray, ...]  # per-row-position window
-    wx: tuple[np.ndarray, ...]
-    norm: np.ndarray  # 1 / (sum of all windows), (ny, nx)
-
-    @classmethod
-    def make(cls, size: tuple[int, int], tile: int, overlap: int, multiple: int = 1) -> TileGrid:
-        (ys, ty), (xs, tx) = (tile_starts(n, tile, overlap, multiple) for n in size)
-        wy = tuple(blend_window(ty, overlap, before=s > 0, after=s + ty < size[0]) for s in ys)
-        wx = tuple(blend_window(tx, overlap, before=s > 0, after=s + tx < size[1]) for s in xs)
-        total = np.zeros(size, dtype=np.float64)
-        for i, y0 in enumerate(ys):
-            for j, x0 in enumerate(xs):
-                total[y0:y0 + ty, x0:x0 + tx] += np.outer(wy[i], wx[j])
-        starts = tuple((y0, x0) for y0 in ys for x0 in xs)
-        index = tuple((i, j) for i in range(len(ys)) for j in range(len(xs)))
-        return cls(tuple(size), (ty, tx), starts, index, wy, wx, 1.0 / total)
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def region(self, k: int) -> tuple[slice, slice]:
-        """The slices of tile ``k`` in the image."""
-        y0, x0 = self.starts[k]
-        return slice(y0, y0 + self.shape[0]), slice(x0, x0 + self.shape[1])
-
-    def weights(self, k: int) -> np.ndarray:
-        """Normalised blending weights of tile ``k`` (float32, its shape)."""
-        i, j = self.index[k]
-        return (np.outer(self.wy[i], self.wx[j]) * self.norm[self.region(k)]).astype(np.float32)
 
 
 # -- devices, precision, models ------------------------------------------------------------
@@ -298,7 +177,7 @@ def _batches(n_frames: int, n_tiles: int, batch: int) -> Iterator[list[tuple[int
 def _run_tiles(
     net: Callable[[torch.Tensor], torch.Tensor],
     stack: np.ndarray,
-    grid: TileGrid,
+    grid: BlendGrid,
     *,
     batch: int,
     device: torch.device,
@@ -399,7 +278,7 @@ def restore(
     else:
         net = model
     padded = _pad_to_multiple(stack, multiple)
-    grid = TileGrid.make(padded.shape[1:], tile, overlap, multiple)
+    grid = BlendGrid.make(padded.shape[1:], tile, overlap, multiple)
     out = _run_tiles(net, padded, grid, batch=batch, device=dev, autocast=autocast,
                      channels_last=channels_last)[:, :h, :w]
     if shared_stats:
