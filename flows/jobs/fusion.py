@@ -17,8 +17,9 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    :mod:`emfuse.pipeline.fusion.auto`) on the dataset-wide normalisation, and stored
    (attributes ``params`` and ``lambda_choice``, variable ``lambda_score``)
    before any tile runs;
-5. ``fuse_tiles``: one Dask task per unfinished tile reads its window from the
-   output store, fuses it and writes its core, then records it as done;
+5. the tiles (:data:`SPEC`, run by :mod:`emfuse.flows.jobs.runner`): one Dask task per
+   unfinished tile reads its window from the output store, fuses it on the worker's device
+   and writes its core, then records it as done;
 6. ``finalise``: the cost curves are summed over tiles, checked for levelling
    off and oscillation (the messages go to the log and to the ``convergence``
    attribute, empty when all is well), and ``complete = true`` is set.

@@ -12,7 +12,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    and keeps the result only when a held-out-frame check says it restores better; the
    adapted model is saved beside the output store (``out.adapted.safetensors``) and the
    blocks load it;
-3. ``restore_blocks``: one Dask task per unfinished block of frames reads its frames
+3. the blocks (:data:`SPEC`, run by :mod:`emfuse.flows.jobs.runner`): one Dask task per unfinished block of frames reads its frames
    from the input store, restores them (:func:`emfuse.pipeline.restore.inference.restore`, tiles of
    all its frames batched together), checks each frame's residual (``guard``, on by default:
    :mod:`emfuse.pipeline.restore.guard` puts back what the network removed of a lattice the input

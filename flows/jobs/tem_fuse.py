@@ -14,7 +14,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    recorded without specimen) every mode is divided by it first and no smooth surface is fitted,
    so BF keeps the specimen's own slow contrast (its thickness); the default model is then the
    one trained that way (:data:`emfuse.pipeline.avae.model.FLAT_WEIGHTS`);
-4. ``fuse_tiles``: one Dask task per unfinished tile reads its window (core + halo) of the
+4. the tiles (:data:`SPEC`, run by :mod:`emfuse.flows.jobs.runner`): one Dask task per unfinished tile reads its window (core + halo) of the
    recorded modes, preprocesses it with the stored parameters, runs the AVAE (loaded once per
    worker process) and writes the core of ``tem_fused`` and ``attention``, then its ``done`` flag;
 5. ``finalise``: ``complete = true``.
