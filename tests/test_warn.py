@@ -38,3 +38,16 @@ def test_morning_report_marks_jobs_with_warnings_as_check(tmp_path):
     assert page.count('class="check"') >= 2  # the status of the warned job, its "Check" heading
     assert "the HAADF model leaves 40 % of the variance" in page
     assert page.count("check (done") == 2  # the warned job in the table and its heading; the clean one stays "done"
+
+
+def test_morning_report_escapes_what_comes_from_files(tmp_path):
+    """Dataset names, messages and errors come from files and users: the template escapes them."""
+    bad = {"dataset": "<script>alert(1)</script>", "job": "fuse", "status": "failed", "seconds": 0.2,
+           "error": "cannot read <b>x</b> & y", "error_type": "IngestError", "path": str(tmp_path / "a&b.emd")}
+    info = {"records": [bad], "n_failed": 1, "n_done": 0, "catalog": "c.yaml", "cluster": "local",
+            "host": "h", "started": "s", "finished": "f", "seconds": 60.0, "log": str(tmp_path / "logs" / "run.log")}
+    page = render_html(info, tmp_path)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "cannot read &lt;b&gt;x&lt;/b&gt; &amp; y" in page and "a&amp;b.emd" in page
+    assert "Log: <code>logs/run.log</code>" in page  # relative to the page's folder
+    assert '<span class="failed">1 failed</span>' in page

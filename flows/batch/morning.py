@@ -14,11 +14,13 @@ PosixPath('results/report.html')
 
 from __future__ import annotations
 
-import html
+import functools
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
@@ -26,18 +28,7 @@ REPORT_JSON = "report.json"
 _RESULT_KEYS = ("lambda_chem", "lambda_tv", "final_cost", "convergence", "nrmse_raw", "nrmse_fused", "frames",
                 "model", "device", "psnr_raw_db", "psnr_restored_db", "drift_max_px", "mean_attention", "quality")
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-.done{color:#176317;font-weight:bold}.check{color:#a15c00;font-weight:bold}.failed{color:#b00020;font-weight:bold}
-pre{background:#f6f6f6;padding:8px;overflow-x:auto;white-space:pre-wrap}
-img{max-width:380px;margin:4px;border:1px solid #ddd}section{border-top:2px solid #eee;margin-top:1.5em}
-code{background:#f2f2f2;padding:0 3px}
-"""
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value))
+TEMPLATE = "morning.html.j2"  # in templates/ beside this module
 
 
 def _relative(path: str | None, folder: Path) -> str:
@@ -54,76 +45,58 @@ def job_warnings(record: dict[str, Any]) -> list[dict[str, Any]]:
     return list((record.get("summary") or {}).get("warnings", []))
 
 
-def _status(record: dict[str, Any]) -> str:
-    status, css = record["status"], record["status"]
+def status_text(record: dict[str, Any]) -> str:
+    """A job's status as the report shows it: done, done (already complete), failed, or check (...).
+
+    Examples
+    --------
+    >>> status_text({"status": "done", "state": "complete"})
+    'done (already complete)'
+    >>> status_text({"status": "done", "summary": {"warnings": [{"code": "x", "message": "y"}]}})
+    'check (done, 1 warning(s))'
+    """
+    status = record["status"]
     if status == "done" and record.get("state") == "complete":
         status = "done (already complete)"
     if status.startswith("done") and job_warnings(record):
-        status, css = f"check ({status}, {len(job_warnings(record))} warning(s))", "check"
-    return f'<span class="{_esc(css)}">{_esc(status)}</span>'
+        status = f"check ({status}, {len(job_warnings(record))} warning(s))"
+    return status
 
 
-def _overview(info: dict[str, Any], folder: Path) -> str:
-    rows = []
-    for i, r in enumerate(info["records"]):
-        store = _relative(r.get("store"), folder)
-        rows.append(f'<tr><td><a href="#job-{i}">{_esc(r["dataset"])}</a></td><td>{_esc(r["job"])}</td>'
-                    f'<td>{_status(r)}</td><td>{r.get("seconds", 0):.1f}</td>'
-                    f'<td>{_esc(r.get("tiles_computed", ""))}</td><td><code>{_esc(store)}</code></td></tr>')
-    return ("<table><tr><th>dataset</th><th>job</th><th>status</th><th>seconds</th><th>tiles computed</th>"
-            "<th>output store</th></tr>" + "".join(rows) + "</table>")
+def _status_class(record: dict[str, Any]) -> str:
+    return "check" if record["status"].startswith("done") and job_warnings(record) else record["status"]
 
 
-def _mapping(values: dict[str, Any]) -> str:
-    if not values:
-        return "<p>(defaults)</p>"
-    rows = "".join(f"<tr><th>{_esc(k)}</th><td><code>{_esc(json.dumps(v, default=str))}</code></td></tr>"
-                   for k, v in values.items())
-    return f"<table>{rows}</table>"
-
-
-def _section(i: int, record: dict[str, Any], folder: Path) -> str:
-    parts = [f'<section id="job-{i}"><h2>{_esc(record["dataset"])} &middot; {_esc(record["job"])} '
-             f'&middot; {_status(record)}</h2>',
-             f'<p>input <code>{_esc(record.get("path", ""))}</code>'
-             + (f' &rarr; store <code>{_esc(record["store"])}</code>' if record.get("store") else "")
-             + f'; started {_esc(record.get("started", ""))}, {record.get("seconds", 0):.1f} s</p>']
-    if record["status"] == "failed":
-        parts.append(f"<p><b>Error ({_esc(record.get('error_type', ''))}):</b></p><pre>{_esc(record['error'])}</pre>")
-        if record.get("traceback"):
-            parts.append(f"<details><summary>traceback</summary><pre>{_esc(record['traceback'])}</pre></details>")
-    warnings = job_warnings(record)
-    if warnings:
-        items = "".join(f"<li>{_esc(w['message'])} <code>{_esc(w['code'])}</code></li>" for w in warnings)
-        parts.append(f'<h3 class="check">Check</h3><ul>{items}</ul>')
-    parts.append("<h3>Parameters</h3>" + _mapping(record.get("params", {})))
+def _results(record: dict[str, Any]) -> dict[str, Any]:
     summary = record.get("summary") or {}
-    results = {k: summary[k] for k in _RESULT_KEYS if k in summary}
-    if results:
-        parts.append("<h3>Results</h3>" + _mapping(results))
-    figures = [f for f in record.get("figures", []) if f.endswith(".png")]
-    if figures:
-        imgs = "".join(f'<a href="{_esc(_relative(f, folder))}"><img src="{_esc(_relative(f, folder))}" '
-                       f'alt="{_esc(Path(f).name)}" title="{_esc(Path(f).name)}"></a>' for f in figures)
-        parts.append(f"<h3>Figures</h3><div>{imgs}</div>")
-    parts.append("</section>")
-    return "\n".join(parts)
+    return {k: summary[k] for k in _RESULT_KEYS if k in summary}
+
+
+@jinja2.pass_context
+def _relative_to_page(context: jinja2.runtime.Context, path: str | None) -> str:
+    return _relative(path, context["folder"])
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
+    env.filters.update(status_text=status_text, status_class=_status_class, warnings=job_warnings,
+                       results=_results, relative=_relative_to_page, basename=lambda p: Path(p).name,
+                       json=lambda v: json.dumps(v, default=str),
+                       figures=lambda r: [f for f in r.get("figures", []) if f.endswith(".png")])
+    return env
 
 
 def render_html(info: dict[str, Any], folder: Path) -> str:
-    """The report page for a batch summary (as returned by :func:`emfuse.flows.batch.batch_flow`)."""
-    n_failed = info["n_failed"]
+    """The report page for a batch summary (as returned by :func:`emfuse.flows.batch.batch_flow`).
+
+    The page is the Jinja2 template ``templates/morning.html.j2``, autoescaped; paths are
+    written relative to ``folder`` (where the page goes), so the folder can be copied.
+    """
+    template = _environment().get_template(TEMPLATE)
     n_check = sum(1 for r in info["records"] if r["status"] == "done" and job_warnings(r))
-    verdict = (f'<span class="failed">{n_failed} failed</span>' if n_failed else '<span class="done">all done</span>')
-    if n_check:
-        verdict += f', <span class="check">{n_check} to check</span>'
-    head = (f"<h1>emfuse morning report</h1><p>{verdict}: {info['n_done']} of {len(info['records'])} jobs done. "
-            f"Catalog <code>{_esc(info['catalog'])}</code>, cluster <code>{_esc(info['cluster'])}</code>, "
-            f"host {_esc(info['host'])}; started {_esc(info['started'])}, finished {_esc(info['finished'])} "
-            f"({info['seconds'] / 60:.1f} min). Log: <code>{_esc(_relative(info['log'], folder))}</code>.</p>")
-    sections = "\n".join(_section(i, r, folder) for i, r in enumerate(info["records"]))
-    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>emfuse report {_esc(info["started"])}'
-            f"</title><style>{_STYLE}</style></head><body>{head}{_overview(info, folder)}{sections}</body></html>\n")
+    return template.render(info=info, n_check=n_check, folder=Path(folder))
 
 
 def write_morning_report(info: dict[str, Any], output: str | Path) -> Path:
