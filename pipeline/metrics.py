@@ -66,8 +66,21 @@ def psnr(estimate: Any, truth: Any, *, data_range: float | None = None) -> float
     est = to_numpy(estimate).astype(np.float64)
     ref = to_numpy(truth).astype(np.float64)
     data_range = float(ref.max() - ref.min()) if data_range is None else float(data_range)
-    mse = float(np.mean((est - ref) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+    return float(psnr_from_mse(data_range, np.mean((est - ref) ** 2)))
+
+
+def psnr_from_mse(data_range: Any, mse: Any) -> Any:
+    """``10 log10(data_range^2 / mse)`` in dB, elementwise (inf where ``mse`` is 0): the PSNR of
+    many frames at once from their mean squared errors (computed chunk by chunk elsewhere).
+
+    Examples
+    --------
+    >>> psnr_from_mse(np.array([1.0, 1.0]), np.array([0.01, 0.0])).tolist()
+    [20.0, inf]
+    """
+    data_range, mse = np.asarray(data_range, float), np.asarray(mse, float)
+    with np.errstate(divide="ignore"):
+        return np.where(mse == 0, np.inf, 10 * np.log10(data_range**2 / np.where(mse == 0, 1, mse)))
 
 
 def ssim(estimate: Any, truth: Any, *, data_range: float | None = None, sigma: float = 1.5,

@@ -19,8 +19,8 @@ from emfuse.flows.jobs import runner
 from emfuse.flows.report import write_report
 from emfuse.flows.report.restore import (
     average_figure,
-    central_crop,
     drift_figure,
+    report_crop,
     restore_figure,
     shown_frames,
 )
@@ -121,7 +121,7 @@ def test_restore_figure_draws_the_stored_frames_and_crops(movie_job):
     fig = restore_figure(xr.open_zarr(movie_job.out, zarr_format=3, consolidated=False), 1)
     panels, clims = _panels(fig), _clims(fig)
     assert shown_frames(FRAMES) == [0, 4, 8] and len(panels) == 3 * 2 * 3
-    ys, xs = central_crop(64, 48)
+    ys, xs = report_crop(64, 48)
     assert (ys.stop - ys.start, xs.stop - xs.start) == (24, 24)
     for f in (0, 4, 8):
         np.testing.assert_array_equal(panels[f"frame {f}: raw"], source.movie.values[f])
@@ -148,7 +148,7 @@ def test_drift_and_average_figures(movie_job):
     np.testing.assert_allclose(panels["mean: raw"], raw_mean, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(panels["mean: restored (average)"], out.average.values)
     np.testing.assert_array_equal(panels["mean: truth (frame 0)"], source.true_movie.values[0])
-    ys, xs = central_crop(64, 48)
+    ys, xs = report_crop(64, 48)
     # the crop is averaged on its own (with a margin): the same as cropping the whole mean
     np.testing.assert_allclose(panels["zoom: raw"], raw_mean[ys, xs], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(panels["zoom: restored (average)"], out.average.values[ys, xs])

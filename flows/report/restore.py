@@ -39,6 +39,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from emfuse.pipeline import arrays
+from emfuse.pipeline.metrics import psnr_from_mse
 from emfuse.pipeline.register import shift_image
 from emfuse.stores.layout import (
     ATTR_DEVICES,
@@ -123,19 +125,18 @@ def shown_frames(n_frames: int) -> list[int]:
     return sorted({0, n_frames // 2, n_frames - 1})
 
 
-def central_crop(ny: int, nx: int, side: int = CROP_PX) -> tuple[slice, slice]:
+def report_crop(ny: int, nx: int, side: int = CROP_PX) -> tuple[slice, slice]:
     """The central square of ``side`` px, at most half of each side (at least 8 px).
 
     Examples
     --------
-    >>> central_crop(1024, 2048)
+    >>> report_crop(1024, 2048)
     (slice(448, 576, None), slice(960, 1088, None))
-    >>> central_crop(64, 48)
+    >>> report_crop(64, 48)
     (slice(20, 44, None), slice(12, 36, None))
     """
     side = max(min(side, ny // 2, nx // 2), min(MIN_CROP_PX, ny, nx))
-    y0, x0 = (ny - side) // 2, (nx - side) // 2
-    return slice(y0, y0 + side), slice(x0, x0 + side)
+    return arrays.central_crop((ny, nx), side)
 
 
 # -- restore.png ------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def restore_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     columns = [(name, da) for name, da in (("raw", raw), ("restored", ds[RESTORED]), ("truth", truth))
                if da is not None]
     frames = shown_frames(ds.sizes["frame"])
-    crop = central_crop(ds.sizes["y"], ds.sizes["x"])
+    crop = report_crop(ds.sizes["y"], ds.sizes["x"])
     lazy = []
     for f in frames:
         lazy += [shrink(da.isel(frame=f), factor) for _, da in columns]
@@ -258,7 +259,7 @@ def average_figure(ds: xr.Dataset, factor: int) -> Figure | None:
         return None
     raw, truth, _ = restore_inputs(ds)
     drift = np.asarray(ds[DRIFT].transpose("frame", "axis").values, dtype=float)
-    crop = central_crop(ds.sizes["y"], ds.sizes["x"])
+    crop = report_crop(ds.sizes["y"], ds.sizes["x"])
     lazy = [shrink(ds[AVERAGE], factor), ds[AVERAGE].isel(y=crop[0], x=crop[1])]
     if truth is not None:
         lazy += [shrink(truth.isel(frame=0), factor), truth.isel(frame=0, y=crop[0], x=crop[1])]
@@ -355,10 +356,10 @@ def restore_summary(ds: xr.Dataset) -> dict[str, Any]:
             lazy += [((ds[AVERAGE].data.astype(np.float64) - t[0]) ** 2).mean()]
         peak, mse_raw, mse_restored, *mse_average = dask.compute(*lazy)
         info["psnr_frames"] = k
-        info["psnr_raw_db"] = float(np.mean(_psnr(peak, mse_raw)))
-        info["psnr_restored_db"] = float(np.mean(_psnr(peak, mse_restored)))
+        info["psnr_raw_db"] = float(np.mean(psnr_from_mse(peak, mse_raw)))
+        info["psnr_restored_db"] = float(np.mean(psnr_from_mse(peak, mse_restored)))
         if mse_average:
-            info["psnr_average_db"] = float(_psnr(peak[0], mse_average[0]))
+            info["psnr_average_db"] = float(psnr_from_mse(peak[0], mse_average[0]))
     info.update(_guard_summary(ds, params))
     return info
 
@@ -374,13 +375,6 @@ def _guard_summary(ds: xr.Dataset, params: dict[str, Any]) -> dict[str, Any]:
     counts = {name: decisions.count(name) for name in dict.fromkeys(decisions)}
     changed = [k for k, name in enumerate(decisions) if name in GUARD_NOTES]
     return {"guard": counts, "guard_frames": changed[:10]}
-
-
-def _psnr(peak, mse):
-    """``10 log10(peak^2 / mse)`` as :func:`emfuse.pipeline.metrics.psnr` (inf where mse is 0)."""
-    peak, mse = np.asarray(peak, float), np.asarray(mse, float)
-    with np.errstate(divide="ignore"):
-        return np.where(mse == 0, np.inf, 10 * np.log10(peak**2 / np.where(mse == 0, 1, mse)))
 
 
 def _model(ds: xr.Dataset) -> str:
