@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from emfuse.cluster import as_spec, connect, is_remote
 
 from ..jobs import JOBS
-from ..jobs.stages import ingest_task, run_job_stages
+from ..jobs.stages import existing_figures, ingest_task, run_job_stages
+from ..report import draw_report
 from .catalog import Catalog, DatasetEntry, load_catalog
 from .morning import write_morning_report
 
@@ -58,9 +59,13 @@ def _status_line(record: dict[str, Any]) -> str:
 @flow(name="emfuse-job", flow_run_name="{dataset}:{kind}", persist_result=False)
 def job_subflow(dataset: str, kind: str, store: str, out: str, options: dict[str, Any], cluster: Any,
                 progress: bool = True, ingest_seconds: float = 0.0) -> dict[str, Any]:
-    """One job of one dataset, on the batch's cluster (``ingest_seconds``: the dataset's ingest, for ``timing``)."""
+    """One job of one dataset, on the batch's cluster (``ingest_seconds``: the dataset's ingest, for ``timing``).
+
+    Its figures are not drawn here: the batch draws them on its workers while the next job
+    computes (:func:`_draw_reports`).
+    """
     return run_job_stages(kind, store, out, options, cluster=cluster, progress=progress,
-                          ingest_seconds=ingest_seconds)
+                          ingest_seconds=ingest_seconds, report=False)
 
 
 def _failure(exc: BaseException) -> dict[str, str]:
@@ -161,6 +166,7 @@ def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progr
     """Each dataset's subflow on the batch's cluster; one record per dataset and job."""
     shared = _shared_cluster(cat.cluster, client)
     records = []
+    drawing: list[tuple[dict[str, Any], Any]] = []  # (record, the future of its figures)
     for entry in runnable:
         bar.set_postfix_str(entry.name)
         jobs = {k: {"store": cat.store(entry, k), "options": entry.options[k]} for k in entry.jobs}
@@ -169,9 +175,32 @@ def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progr
         for result in results:
             record = {**_record(cat, entry, result["job"]), **result}
             records.append(record)
+            if record["status"] == "done":
+                figures = existing_figures(record["store"], record.get("state"))
+                if figures is None:  # computed now: drawn on a worker while the next job runs
+                    drawing.append((record, client.submit(draw_report, record["store"], pure=False)))
+                else:
+                    record["figures"] = figures
             (log.error if record["status"] == "failed" else log.info)("%s", _status_line(record))
             bar.update()
+    _draw_reports(drawing)
     return records
+
+
+def _draw_reports(drawing: list[tuple[dict[str, Any], Any]]) -> None:
+    """Wait for the figures drawn on the workers and put them in their records; a report that
+    cannot be drawn fails its job (with the message), as it would in a single command."""
+    for record, future in drawing:
+        try:
+            record["figures"] = future.result()
+        except Exception as exc:
+            failure = _failure(exc)
+            failure["error"] = f"dataset {record['dataset']}, job {record['job']}: report: {failure['error']}"
+            record.update(status="failed", **failure)
+            log.error("%s", _status_line(record))
+            continue
+        if isinstance(record.get("summary"), dict):
+            record["summary"]["figures"] = record["figures"]
 
 
 @flow(name="emfuse-batch", persist_result=False)

@@ -20,9 +20,9 @@ from prefect.cache_policies import NO_CACHE
 
 from emfuse.cluster import connect
 from emfuse.stores.lock import StoreLock
-from emfuse.stores.zarrio import add_timing, begin_run, timed
+from emfuse.stores.zarrio import begin_run, timed
 
-from ..report import default_report_dir, write_report
+from ..report import default_report_dir, draw_report
 from . import runner
 from .inputs import resolve_store
 from .registry import job_kind
@@ -55,15 +55,15 @@ def finalise_task(kind: str, job: Any) -> None:
 
 @_task
 def report_task(out: str) -> list[str]:
-    return [str(p) for p in write_report(out)]
+    return draw_report(out)
 
 
-def _figures(out: str, state: str) -> list[str]:
-    """The report's files: drawn now, or those of an earlier run when nothing was recomputed."""
+def existing_figures(out: str, state: str) -> list[str] | None:
+    """The report's files of an earlier run when nothing was recomputed now, else None (draw them)."""
     folder = default_report_dir(out)
     if state == "complete" and (folder / "summary.json").is_file():
         return sorted(str(p) for p in folder.iterdir() if p.suffix in (".png", ".json"))
-    return report_task(out)
+    return None
 
 
 def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *, cluster: Any = "local",
@@ -75,7 +75,8 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
     ``cluster`` is anything :func:`cluster.connect` takes (a batch passes the address of the
     cluster it started, so that every job shares it). Raw files are ingested into ``workdir``
     (default: the output's folder), ``signal`` choosing its spectrum image. Returns the job's
-    summary with ``input_store``, ``tiles_computed``, ``seconds`` and ``figures``. The wall time
+    summary with ``input_store``, ``tiles_computed``, ``seconds`` and ``figures`` (none with
+    ``report=False``: a batch draws them on its workers, :func:`draw_report`). The wall time
     of each stage goes to the output's ``timing`` attribute, one record per run
     (``ingest_seconds``: an ingest the caller ran before, as a batch does).
     """
@@ -94,9 +95,6 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
                 finalise_task(kind, job)
     result = job_kind(kind).spec.summary(job)
     result.update(input_store=store, tiles_computed=tiles_computed, state=state)
-    drawn = time.perf_counter()
-    result["figures"] = _figures(job.out, state) if report else []
-    if report and state != "complete":
-        add_timing(out, "report", time.perf_counter() - drawn)
+    result["figures"] = (existing_figures(job.out, state) or report_task(job.out)) if report else []
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result

@@ -46,6 +46,7 @@ Examples
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ from emfuse.stores.layout import (
     TRUE_MAPS,
     ZARR_KW,
 )
+from emfuse.stores.zarrio import add_timing
 
 from .common import (
     DPI,
@@ -93,7 +95,7 @@ from .fusion import (
 from .restore import average_figure, drift_figure, restore_figure, restore_summary
 from .tem import tem_figure
 
-__all__ = ["coarsen_factor", "default_report_dir", "summarize", "write_report"]
+__all__ = ["coarsen_factor", "default_report_dir", "draw_report", "summarize", "write_report"]
 
 
 _PROVENANCE = (layout.ATTR_HOST, layout.ATTR_SOURCE, layout.ATTR_SHA256, layout.ATTR_INPUT_STORE,
@@ -186,6 +188,22 @@ def write_report(
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return written + [summary_path]
+
+
+def draw_report(store: str | Path) -> list[str]:
+    """:func:`write_report` into the default folder, with its wall time added to the store's
+    ``timing`` (stage ``report``); returns the files. A batch runs it on a worker, in parallel
+    with the next job (:mod:`emfuse.flows.batch.flow`).
+
+    Examples
+    --------
+    >>> draw_report("run1.fuse.zarr")  # doctest: +SKIP
+    ['run1.fuse.report/maps.png', ..., 'run1.fuse.report/summary.json']
+    """
+    drawn = time.perf_counter()
+    paths = [str(p) for p in write_report(store)]
+    add_timing(store, "report", time.perf_counter() - drawn)
+    return paths
 
 
 def summarize(ds: xr.Dataset, store: Path, factor: int, figures: list[str]) -> dict[str, Any]:
