@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from emfuse.cluster import as_spec, connect, is_remote
 
 from ..jobs import JOBS
-from ..jobs.stages import existing_figures, ingest_task, run_job_stages
+from ..jobs.registry import existing_figures
+from ..jobs.stages import ingest_task, run_job_stages
 from ..report import draw_report
 from .catalog import Catalog, DatasetEntry, load_catalog
 from .morning import write_morning_report

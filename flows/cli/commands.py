@@ -19,6 +19,7 @@ from .console import (
     print_tem_summary,
     print_warnings,
     quiet_prefect,
+    use_prefect,
 )
 
 
@@ -55,16 +56,20 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     # arguments, files and the output checked before Prefect, Dask and the cluster are loaded
     check_fuse(args.source, args.out, elements=args.elements, params=_params(args), tile=args.tile,
                halo=args.halo, windows=windows, overwrite=args.overwrite)
-    from ..jobs.flows import fuse_flow
+    kwargs = dict(elements=args.elements, params=_params(args), tile=args.tile, halo=args.halo, windows=windows,
+                  maps_from=args.maps_from, device=args.device, overwrite=args.overwrite)
+    if use_prefect(args):
+        from ..jobs.flows import fuse_flow
 
-    quiet_prefect(args.verbose)
+        quiet_prefect(args.verbose)
+        result = fuse_flow(str(args.source), str(args.out), cluster=args.cluster, signal=args.signal,
+                           report=not args.no_report, **kwargs)
+    else:
+        from ..jobs.registry import fuse_options, run_job_stages
 
-    result = fuse_flow(
-        str(args.source), str(args.out), elements=args.elements, params=_params(args),
-        cluster=args.cluster, tile=args.tile, halo=args.halo, windows=windows,
-        maps_from=args.maps_from, signal=args.signal, device=args.device,
-        overwrite=args.overwrite, report=not args.no_report,
-    )
+        result = run_job_stages("fuse", str(args.source), str(args.out), fuse_options(**kwargs),
+                                cluster=args.cluster, elements=args.elements, signal=args.signal,
+                                report=not args.no_report)
     print_summary(result)
     return 0
 
@@ -76,16 +81,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
         device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
         channels_last=args.channels_last, register=args.register, block=args.block, guard=not args.no_guard,
         adapt_steps=args.adapt or None))
-    from ..jobs.flows import restore_flow
+    kwargs = dict(model=args.model, device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch,
+                  precision=args.precision, channels_last=args.channels_last, block=args.block,
+                  adapt=args.adapt, overwrite=args.overwrite, guard=not args.no_guard)
+    if use_prefect(args):
+        from ..jobs.flows import restore_flow
 
-    quiet_prefect(args.verbose)
+        quiet_prefect(args.verbose)
+        result = restore_flow(str(args.source), str(args.out), cluster=args.cluster, register_drift=args.register,
+                              report=not args.no_report, **kwargs)
+    else:
+        from ..jobs.registry import restore_options, run_job_stages
 
-    result = restore_flow(
-        str(args.source), str(args.out), model=args.model, device=args.device, cluster=args.cluster,
-        tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
-        channels_last=args.channels_last, register_drift=args.register, block=args.block,
-        adapt=args.adapt, overwrite=args.overwrite, report=not args.no_report, guard=not args.no_guard,
-    )
+        options = restore_options(cluster=args.cluster, register=args.register, **kwargs)
+        result = run_job_stages("restore", str(args.source), str(args.out), options, cluster=args.cluster,
+                                report=not args.no_report)
     print(f"output store: {result['store']}")
     if result.get("figures"):
         print(f"report:       {Path(result['figures'][0]).parent}")
@@ -169,13 +179,19 @@ def cmd_tem_fuse(args: argparse.Namespace) -> int:
 
     check_tem_fuse(args.source, args.out, model=args.model, tile=args.tile, halo=args.halo,
                    overwrite=args.overwrite)
-    from ..jobs.flows import tem_fuse_flow
+    kwargs = dict(model=str(args.model) if args.model else None, tile=args.tile, halo=args.halo,
+                  device=args.device, overwrite=args.overwrite)
+    if use_prefect(args):
+        from ..jobs.flows import tem_fuse_flow
 
-    quiet_prefect(args.verbose)
+        quiet_prefect(args.verbose)
+        result = tem_fuse_flow(str(args.source), str(args.out), cluster=args.cluster, report=not args.no_report,
+                               **kwargs)
+    else:
+        from ..jobs.registry import run_job_stages, tem_fuse_options
 
-    result = tem_fuse_flow(str(args.source), str(args.out), model=str(args.model) if args.model else None,
-                           cluster=args.cluster, tile=args.tile, halo=args.halo, device=args.device,
-                           overwrite=args.overwrite, report=not args.no_report)
+        result = run_job_stages("tem-fuse", str(args.source), str(args.out), tem_fuse_options(**kwargs),
+                                cluster=args.cluster, report=not args.no_report)
     print_tem_summary(result)
     return 0
 

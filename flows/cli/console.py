@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 AUTO = "auto"
+
+
+def use_prefect(args: argparse.Namespace) -> bool:
+    """Whether a job command runs as a Prefect flow: when asked (``--prefect``) or when a Prefect
+    server is configured (``PREFECT_API_URL``: runs are then seen there, and starting costs
+    nothing). Otherwise the same stages run directly: an ephemeral Prefect server would cost
+    10-20 s of every command."""
+    return bool(getattr(args, "prefect", False) or os.environ.get("PREFECT_API_URL"))
 
 
 def quiet_prefect(verbose: bool) -> None:

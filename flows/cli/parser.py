@@ -74,8 +74,13 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _job_run_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The options every job command shares: where it runs, overwriting, the report."""
-    parser.add_argument("--cluster", default="local",
-                        help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler address")
+    parser.add_argument("--cluster", default="auto",
+                        help="cluster profile (local, local-threads, local-gpu, slurm), YAML file, or scheduler "
+                             "address (default auto: threads in this process for a job of one tile or block, "
+                             "else local)")
+    parser.add_argument("--prefect", action="store_true",
+                        help="run as a Prefect flow (default only when PREFECT_API_URL names a Prefect server; "
+                             "otherwise the same stages run directly, without starting a Prefect server)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     parser.add_argument("--no-report", action="store_true", help="do not write the PNG report")
 

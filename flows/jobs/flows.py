@@ -18,9 +18,7 @@ from typing import Any
 
 from prefect import flow
 
-from emfuse.cluster import is_remote
-
-from .registry import JOBS
+from .registry import fuse_options, restore_options, tem_fuse_options
 from .stages import run_job_stages
 
 
@@ -30,7 +28,7 @@ def fuse_flow(
     out: str,
     elements: list[str] | None = None,
     params: dict[str, Any] | None = None,
-    cluster: str = "local",
+    cluster: str = "auto",
     tile: int = 512,
     halo: int = 32,
     windows: dict[str, list[float]] | None = None,
@@ -55,9 +53,8 @@ def fuse_flow(
     the report's figures and, for synthetic data, the error of raw and fused
     maps against the ground truth.
     """
-    options = dict(elements=elements, params={**JOBS["fuse"].defaults, **(params or {})}, tile=tile, halo=halo,
-                   windows={k: tuple(v) for k, v in windows.items()} if windows else None,
-                   maps_from=maps_from, device=device, overwrite=overwrite)
+    options = fuse_options(elements=elements, params=params, tile=tile, halo=halo, windows=windows,
+                           maps_from=maps_from, device=device, overwrite=overwrite)
     return run_job_stages("fuse", source, out, options, cluster=cluster, elements=elements,
                           report=report, progress=progress, signal=signal)
 
@@ -68,7 +65,7 @@ def restore_flow(
     out: str,
     model: str | None,
     device: str = "auto",
-    cluster: str = "local",
+    cluster: str = "auto",
     tile: int = 256,
     overlap: int = 32,
     batch: int = 8,
@@ -96,9 +93,9 @@ def restore_flow(
     Returns a summary: the output store, frames, model, the largest drift, the report's files
     (``figures``) and, for synthetic movies, the PSNR of raw and restored frames against the truth.
     """
-    options = dict(model=model, device=device, tile=tile, overlap=overlap, batch=batch,
-                   precision=precision, channels_last=channels_last, register=register_drift, block=block,
-                   adapt=adapt, overwrite=overwrite, check_device=not is_remote(cluster), guard=guard)
+    options = restore_options(model=model, device=device, tile=tile, overlap=overlap, batch=batch,
+                              precision=precision, channels_last=channels_last, register=register_drift,
+                              block=block, adapt=adapt, overwrite=overwrite, guard=guard, cluster=cluster)
     return run_job_stages("restore", source, out, options, cluster=cluster, report=report, progress=progress)
 
 
@@ -107,7 +104,7 @@ def tem_fuse_flow(
     source: str,
     out: str,
     model: str | None = None,
-    cluster: str = "local",
+    cluster: str = "auto",
     tile: int = 256,
     halo: int = 32,
     device: str = "auto",
@@ -120,5 +117,5 @@ def tem_fuse_flow(
     Returns a summary: the output store, the mean attention of each mode, the drift found and,
     for synthetic data, PSNR/SSIM of the fused image and of the HRTEM against the truth.
     """
-    options = dict(model=model, tile=tile, halo=halo, device=device, overwrite=overwrite)
+    options = tem_fuse_options(model=model, tile=tile, halo=halo, device=device, overwrite=overwrite)
     return run_job_stages("tem-fuse", source, out, options, cluster=cluster, report=report, progress=progress)

@@ -705,6 +705,9 @@ class FusionSpec(TiledJob):
                 job = choose_lambdas(job, norm, progress=progress)
         return job, norm
 
+    def n_units(self, job: FusionJob) -> int:
+        return len(job.grid)
+
     def units(self, job: FusionJob) -> list[Unit]:
         _check_resolved(job)  # tiles fused with the placeholders of "auto" weights would be wrong
         return [Unit(tile.index, tile) for tile in job.grid]

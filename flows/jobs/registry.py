@@ -30,6 +30,7 @@ import importlib
 import inspect
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -39,11 +40,10 @@ from emfuse.pipeline.fusion import FusionParams
 from emfuse.stores.lock import StoreLock
 from emfuse.stores.zarrio import begin_run, timed
 
-from . import runner
-from .runner import TiledJob
-
 if TYPE_CHECKING:
     from distributed import Client
+
+    from .runner import TiledJob
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,137 @@ def run_job(kind: str, source: str | Path, out: str | Path, client: Client, *,
             log.info("%s is already complete with these parameters; nothing to do", out)
             return job
         begin_run(out, plan=time.perf_counter() - start)
+        from . import runner  # here: naming the jobs must not load Dask (the early checks)
+
         job, _ = runner.compute(jk.spec, job, client, progress=progress)
         with timed(out, "finalise"):
             runner.finalise(jk.spec, job)
     return job
+
+
+# -- the stages of one job from a source file, with or without Prefect --------------------------------
+
+
+def _ingest(source: str, workdir: str, elements: Sequence[str] | None = None, name: str | None = None,
+            signal: str | None = None) -> str:
+    from .inputs import resolve_store
+
+    return str(resolve_store(source, workdir, elements=elements, name=name, signal=signal))
+
+
+def _plan(kind: str, store: str, out: str, options: dict[str, Any]) -> tuple[Any, str]:
+    jk = job_kind(kind)
+    return jk.module.plan(store, out, **jk.plan_options(options))
+
+
+def _compute(kind: str, job: Any, client: Client, progress: bool) -> tuple[Any, int]:
+    from . import runner
+
+    return runner.compute(job_kind(kind).spec, job, client, progress=progress)
+
+
+def _finalise(kind: str, job: Any) -> None:
+    from . import runner
+
+    runner.finalise(job_kind(kind).spec, job)
+
+
+def _report(out: str) -> list[str]:
+    from ..report import draw_report
+
+    return draw_report(out)
+
+
+def fuse_options(*, elements: Sequence[str] | None = None, params: dict[str, Any] | None = None,
+                 windows: dict[str, Sequence[float]] | None = None, **options: Any) -> dict[str, Any]:
+    """The fusion job's options from a command or flow: weights not given are ``"auto"``."""
+    return dict(elements=elements, params={**JOBS["fuse"].defaults, **(params or {})},
+                windows={k: tuple(v) for k, v in windows.items()} if windows else None, **options)
+
+
+def restore_options(*, cluster: Any = "auto", **options: Any) -> dict[str, Any]:
+    """The restoration job's options: the GPU is checked here unless the workers run elsewhere."""
+    from emfuse.cluster import is_remote
+
+    return dict(options, check_device=cluster == "auto" or not is_remote(cluster))
+
+
+def tem_fuse_options(**options: Any) -> dict[str, Any]:
+    """The TEM-fusion job's options."""
+    return dict(options)
+
+
+@dataclass(frozen=True)
+class StageCalls:
+    """How :func:`run_job_stages` calls each stage: plain functions (:data:`DIRECT_STAGES`) or the
+    same functions as Prefect tasks of the calling flow (:data:`emfuse.flows.jobs.stages.PREFECT_STAGES`)."""
+
+    ingest: Callable[..., str]
+    plan: Callable[[str, str, str, dict[str, Any]], tuple[Any, str]]
+    compute: Callable[[str, Any, Any, bool], tuple[Any, int]]
+    finalise: Callable[[str, Any], None]
+    report: Callable[[str], list[str]]
+
+
+DIRECT_STAGES = StageCalls(ingest=_ingest, plan=_plan, compute=_compute, finalise=_finalise, report=_report)
+
+#: ``cluster="auto"``: a job of at most this many units runs on threads in this process (no
+#: worker processes to start: about 2-10 s saved on a small dataset); larger ones on ``local``
+SMALL_JOB_UNITS = 1
+
+
+def cluster_for(cluster: Any, kind: str, job: Any) -> Any:
+    """The cluster a job runs on: ``cluster``, or for ``"auto"`` threads in this process when the
+    job is :data:`SMALL_JOB_UNITS` unit(s) of work, else the ``local`` profile."""
+    if cluster != "auto":
+        return cluster
+    return "local-threads" if job_kind(kind).spec.n_units(job) <= SMALL_JOB_UNITS else "local"
+
+
+def existing_figures(out: str, state: str) -> list[str] | None:
+    """The report's files of an earlier run when nothing was recomputed now, else None (draw them)."""
+    from ..report import default_report_dir
+
+    folder = default_report_dir(out)
+    if state == "complete" and (folder / "summary.json").is_file():
+        return sorted(str(p) for p in folder.iterdir() if p.suffix in (".png", ".json"))
+    return None
+
+
+def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
+                   calls: StageCalls = DIRECT_STAGES, cluster: Any = "local", workdir: str | None = None,
+                   elements: Sequence[str] | None = None, report: bool = True, progress: bool = True,
+                   ingest_seconds: float = 0.0, signal: str | None = None) -> dict[str, Any]:
+    """Ingest, plan, compute, finalise and report one job; each stage through ``calls``.
+
+    ``calls`` is :data:`DIRECT_STAGES` (plain calls: a single command with no Prefect server) or
+    :data:`emfuse.flows.jobs.stages.PREFECT_STAGES` (Prefect tasks of the calling flow).
+    ``cluster`` is anything :func:`emfuse.cluster.connect` takes (a batch passes the address of
+    the cluster it started, so that every job shares it), or ``"auto"`` (:func:`cluster_for`).
+    Raw files are ingested into ``workdir`` (default: the output's folder), ``signal`` choosing
+    its spectrum image. Returns the job's summary with ``input_store``, ``tiles_computed``,
+    ``seconds``, ``cluster`` and ``figures`` (none with ``report=False``: a batch draws them on
+    its workers). The wall time of each stage goes to the output's ``timing`` attribute, one
+    record per run (``ingest_seconds``: an ingest the caller ran before, as a batch does).
+    """
+    from emfuse.cluster import connect
+
+    start = time.perf_counter()
+    store = calls.ingest(source, workdir or str(Path(out).resolve().parent), elements, signal=signal)
+    ingest_seconds += time.perf_counter() - start
+    tiles_computed = 0
+    with StoreLock(out):
+        planned = time.perf_counter()
+        job, state = calls.plan(kind, store, out, options)
+        if state != "complete":
+            begin_run(out, ingest=ingest_seconds, plan=time.perf_counter() - planned)
+            cluster = cluster_for(cluster, kind, job)
+            with connect(cluster) as client:
+                job, tiles_computed = calls.compute(kind, job, client, progress)
+            with timed(out, "finalise"):
+                calls.finalise(kind, job)
+    result = job_kind(kind).spec.summary(job)
+    result.update(input_store=store, tiles_computed=tiles_computed, state=state, cluster=str(cluster))
+    result["figures"] = (existing_figures(job.out, state) or calls.report(job.out)) if report else []
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    return result

@@ -131,6 +131,10 @@ class TiledJob:
         """Every unit of the job, done or not."""
         raise NotImplementedError
 
+    def n_units(self, job: Any) -> int:
+        """How many units the job has (before ``prepare``: a small job may run on threads)."""
+        return len(self.units(job))
+
     def read(self, job: Any, unit: Unit) -> dict[str, np.ndarray]:
         """Worker side: the unit's window, numpy arrays by name."""
         raise NotImplementedError
