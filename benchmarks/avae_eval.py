@@ -5,7 +5,7 @@
     python benchmarks/avae_eval.py --seed 0 --n 200 --variation --attention-from stats --compare-z --json v0.json --save-models DIR
     python benchmarks/avae_eval.py --seed 1 --n 400 --pretrained --fitted-illumination --json fitted1.json
 
-Simulates ``N`` regions from ``seed`` (:mod:`emfuse.pipeline.avae.simulate`, the material classes in
+Simulates ``N`` regions from ``seed`` (:mod:`emfuse.pipeline.synth.tem_modes`, the material classes in
 turn), preprocesses each (flat field, equalisation, registration, denoising), splits them
 70/15/15 into train/validation/test, trains the AVAE and the same network without attention
 (``vae``, equal weights) with the same settings and seed, or loads the committed default
@@ -16,7 +16,7 @@ every image to the truth:
 ``weighted`` (least-squares mode weights fitted on the validation regions), and with
 ``--compare-z`` ``avae_z`` (the paper's ``softmax(a'[z])``; ``avae`` is then the attention chosen
 by ``--attention-from``: the paper's ``z`` by default, or the uncertainty-aware ``stats``). ``--variation`` simulates with
-per-region variation of mode quality (:data:`emfuse.pipeline.avae.simulate.VARIED`). Every mode is
+per-region variation of mode quality (:data:`emfuse.pipeline.synth.tem_modes.VARIED`). Every mode is
 divided by its recorded illumination (its flat reference), as tem-fuse does for the stores of
 ``emfuse synth tem-modes``, and ``--pretrained`` loads the weights trained that way;
 ``--fitted-illumination`` fits the illumination as a smooth surface instead (as for data
@@ -65,8 +65,8 @@ from emfuse.pipeline.avae.model import (  # noqa: E402
     load_avae,
     save_avae,
 )
-from emfuse.pipeline.avae.simulate import MATERIALS, MODES, VARIED, simulate_regions  # noqa: E402
 from emfuse.pipeline.avae.train import TrainSettings, train_avae  # noqa: E402
+from emfuse.pipeline.synth.tem_modes import MATERIALS, MODES, VARIED, simulate_regions  # noqa: E402
 
 PAPER = {"psnr_gain_over_hrtem_db": 5.2, "ssim_gain_over_hrtem": 0.15}
 BASELINES = ("hrtem", "average", "weighted", "vae")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also train (or --load hrtem_net=PATH) the same network on the HRTEM alone "
                         "(AVAEConfig(n_modes=1)) as method 'hrtem_net': the gain of restoration without fusion")
     p.add_argument("--variation", action="store_true",
-                   help="simulate with per-region variation of mode quality (emfuse.pipeline.avae.simulate.VARIED)")
+                   help="simulate with per-region variation of mode quality (emfuse.pipeline.synth.tem_modes.VARIED)")
     p.add_argument("--fitted-illumination", dest="flat_reference", action="store_false",
                    help="fit each mode's illumination as a smooth surface (as for data without a flat "
                         "reference) instead of dividing by the recorded one, which keeps BF's thickness wedge")

@@ -22,7 +22,7 @@ from emfuse.pipeline.avae.baselines import calibrate  # noqa: E402
 from emfuse.pipeline.avae.evaluate import prepare_regions  # noqa: E402
 from emfuse.pipeline.avae.fuse import fuse_modes  # noqa: E402
 from emfuse.pipeline.avae.model import DEFAULT_WEIGHTS, load_avae  # noqa: E402
-from emfuse.pipeline.avae.simulate import MATERIALS, MODES, Microscope, ctf, simulate_region  # noqa: E402
+from emfuse.pipeline.synth.tem_modes import MATERIALS, MODES, Microscope, ctf, simulate_region  # noqa: E402
 
 SEED = 2024
 

@@ -41,8 +41,8 @@ from emfuse.pipeline.avae.evaluate import (  # noqa: E402
     split_indices,
 )
 from emfuse.pipeline.avae.model import load_avae  # noqa: E402
-from emfuse.pipeline.avae.simulate import MODES, VARIED, simulate_regions  # noqa: E402
 from emfuse.pipeline.avae.train import standardise  # noqa: E402
+from emfuse.pipeline.synth.tem_modes import MODES, VARIED, simulate_regions  # noqa: E402
 
 
 def evaluate_seed(seed: int, n: int, runs: list[tuple[Path, Path]], variation: bool,
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--run", nargs=2, action="append", type=Path, required=True, metavar=("AVAE", "VAE"))
     p.add_argument("--seeds", nargs="+", type=int, required=True, help="held-out simulation seeds")
     p.add_argument("--n", type=int, default=400, help="regions per seed (default %(default)s)")
-    p.add_argument("--variation", action="store_true", help="simulate with emfuse.pipeline.avae.simulate.VARIED")
+    p.add_argument("--variation", action="store_true", help="simulate with emfuse.pipeline.synth.tem_modes.VARIED")
     p.add_argument("--hrtem-net", type=Path, default=None,
                    help="a one-mode network trained alike on the HRTEM alone, scored as 'hrtem_net'")
     p.add_argument("--fitted-illumination", dest="flat_reference", action="store_false",

@@ -2,7 +2,7 @@
 
 One panel per distortion, each applied alone (with deliberately strong parameters, so that it
 shows) to the same clean image, for S(T)EM and for TEM; the fast-scan PSF for a few parameter
-sets; and random training pairs from :func:`emfuse.pipeline.restore.specimens.make_pair`.
+sets; and random training pairs from :func:`emfuse.pipeline.synth.restore_specimens.make_pair`.
 
     .venv/bin/python benchmarks/restore_distortions_figure.py [--out docs/figures/restore] [--seed 3]
 
@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from emfuse.pipeline.restore import noise  # noqa: E402
-from emfuse.pipeline.restore.specimens import make_pair, make_specimen  # noqa: E402
+from emfuse.pipeline.synth import distortions  # noqa: E402
+from emfuse.pipeline.synth.restore_specimens import make_pair, make_specimen  # noqa: E402
 
 SHAPE = (160, 160)
 
@@ -33,26 +33,26 @@ def _panels_stem(clean: np.ndarray, dose: float, seed: int) -> list[tuple[str, n
     counts = dose * clean
     return [
         ("clean (expected counts)", counts),
-        (f"shot noise, dose {dose:g}", noise.shot_noise(clean, dose, rng())),
+        (f"shot noise, dose {dose:g}", distortions.shot_noise(clean, dose, rng())),
         ("X jitter, line AR(1)\nsigma 1.5 px, phi 0.5",
-         noise.scan_jitter(counts, 1.5, 0.0, rng(), phi_x=0.5)),
+         distortions.scan_jitter(counts, 1.5, 0.0, rng(), phi_x=0.5)),
         ("Y jitter, line AR(1)\nsigma 1 px, phi 0.5",
-         noise.scan_jitter(counts, 0.0, 1.0, rng(), phi_y=0.5)),
+         distortions.scan_jitter(counts, 0.0, 1.0, rng(), phi_y=0.5)),
         ("X jitter, pixel AR(1)\nsigma 0.7 px, phi 0.95",
-         noise.scan_jitter(counts, 0.7, 0.0, rng(), phi_x=0.95, mode="pixel")),
+         distortions.scan_jitter(counts, 0.7, 0.0, rng(), phi_x=0.95, mode="pixel")),
         ("fast-scan PSF\ngamma 1, decay 3, omega 0.8",
-         noise.fast_scan_blur(counts, 1.0, 3.0, 0.8)),
-        (f"PMT noise, sigma {0.15 * dose:g}", noise.pmt_noise(counts, 0.15 * dose, rng())),
-        (f"row-line noise, sigma {0.08 * dose:g}", noise.row_line_noise(counts, 0.08 * dose, rng())),
-        ("black pixels, 1%", noise.black_pixels(counts, 0.01, rng())),
-        ("zingers, 0.2%", noise.zingers(counts, 0.002, 1.5 * counts.max(), rng())),
-        ("upper clip at the\n80% quantile", noise.upper_clip(counts, np.quantile(counts, 0.8))),
-        ("quantisation, 3 bits", noise.quantise(counts, 3)),
-        ("interpolation\n/3 and back, nearest", noise.interpolation_distortion(counts, 3.0, 0)),
-        ("gaussian blur, 2 px", noise.gaussian_blur(counts, 2.0)),
-        ("random_distortion, draw 1", noise.random_distortion(clean, "stem", rng())[0]),
+         distortions.fast_scan_blur(counts, 1.0, 3.0, 0.8)),
+        (f"PMT noise, sigma {0.15 * dose:g}", distortions.pmt_noise(counts, 0.15 * dose, rng())),
+        (f"row-line noise, sigma {0.08 * dose:g}", distortions.row_line_noise(counts, 0.08 * dose, rng())),
+        ("black pixels, 1%", distortions.black_pixels(counts, 0.01, rng())),
+        ("zingers, 0.2%", distortions.zingers(counts, 0.002, 1.5 * counts.max(), rng())),
+        ("upper clip at the\n80% quantile", distortions.upper_clip(counts, np.quantile(counts, 0.8))),
+        ("quantisation, 3 bits", distortions.quantise(counts, 3)),
+        ("interpolation\n/3 and back, nearest", distortions.interpolation_distortion(counts, 3.0, 0)),
+        ("gaussian blur, 2 px", distortions.gaussian_blur(counts, 2.0)),
+        ("random_distortion, draw 1", distortions.random_distortion(clean, "stem", rng())[0]),
         ("random_distortion, draw 2",
-         noise.random_distortion(clean, "stem", np.random.default_rng(seed + 1))[0]),
+         distortions.random_distortion(clean, "stem", np.random.default_rng(seed + 1))[0]),
     ]
 
 
@@ -64,20 +64,20 @@ def _panels_tem(clean: np.ndarray, dose: float, seed: int) -> list[tuple[str, np
     s = 0.05 * dose
     return [
         ("clean (expected counts)", counts),
-        (f"shot noise, dose {dose:g}", noise.shot_noise(clean, dose, rng())),
-        (f"dark current, {s:g} e/px\n(subtracted)", noise.dark_current_noise(counts, s, rng())),
-        (f"reset (kTC) noise, sigma {s:g}", noise.reset_noise(counts, s, rng())),
-        (f"flicker (1/f) noise, sigma {s:g}", noise.flicker_noise(counts, s, rng())),
-        (f"readout noise, sigma {s:g}", noise.readout_noise(counts, s, rng())),
-        ("zingers, 0.1%, up to 3 px", noise.zingers(counts, 0.001, 1.5 * counts.max(), rng(), 3)),
-        ("black pixels, 1%", noise.black_pixels(counts, 0.01, rng())),
-        ("upper clip at the\n80% quantile", noise.upper_clip(counts, np.quantile(counts, 0.8))),
-        ("quantisation, 3 bits", noise.quantise(counts, 3)),
-        ("interpolation\n/3 and back, nearest", noise.interpolation_distortion(counts, 3.0, 0)),
-        ("gaussian blur, 2 px", noise.gaussian_blur(counts, 2.0)),
-        ("random_distortion, draw 1", noise.random_distortion(clean, "tem", rng())[0]),
+        (f"shot noise, dose {dose:g}", distortions.shot_noise(clean, dose, rng())),
+        (f"dark current, {s:g} e/px\n(subtracted)", distortions.dark_current_noise(counts, s, rng())),
+        (f"reset (kTC) noise, sigma {s:g}", distortions.reset_noise(counts, s, rng())),
+        (f"flicker (1/f) noise, sigma {s:g}", distortions.flicker_noise(counts, s, rng())),
+        (f"readout noise, sigma {s:g}", distortions.readout_noise(counts, s, rng())),
+        ("zingers, 0.1%, up to 3 px", distortions.zingers(counts, 0.001, 1.5 * counts.max(), rng(), 3)),
+        ("black pixels, 1%", distortions.black_pixels(counts, 0.01, rng())),
+        ("upper clip at the\n80% quantile", distortions.upper_clip(counts, np.quantile(counts, 0.8))),
+        ("quantisation, 3 bits", distortions.quantise(counts, 3)),
+        ("interpolation\n/3 and back, nearest", distortions.interpolation_distortion(counts, 3.0, 0)),
+        ("gaussian blur, 2 px", distortions.gaussian_blur(counts, 2.0)),
+        ("random_distortion, draw 1", distortions.random_distortion(clean, "tem", rng())[0]),
         ("random_distortion, draw 2",
-         noise.random_distortion(clean, "tem", np.random.default_rng(seed + 1))[0]),
+         distortions.random_distortion(clean, "tem", np.random.default_rng(seed + 1))[0]),
     ]
 
 
@@ -103,7 +103,7 @@ def _psf_figure(path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     for gamma, decay, omega in [(0.0, 1.0, 0.0), (1.0, 0.01, 0.0), (1.0, 2.0, 0.0),
                                 (0.5, 3.0, 1.0)]:
-        k = noise.fast_scan_psf(gamma, decay, omega)
+        k = distortions.fast_scan_psf(gamma, decay, omega)
         x = np.arange(k.size) - k.size // 2
         keep = np.abs(x) <= 15
         ax.plot(x[keep], k[keep], marker=".", label=f"gamma {gamma:g}, decay {decay:g}, omega {omega:g}")

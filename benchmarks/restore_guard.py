@@ -35,7 +35,7 @@ from emfuse.pipeline.metrics import psnr
 from emfuse.pipeline.restore import load_model
 from emfuse.pipeline.restore.guard import guard
 from emfuse.pipeline.restore.inference import restore
-from emfuse.pipeline.restore.specimens import make_pair
+from emfuse.pipeline.synth.restore_specimens import make_pair
 
 PAIRS = ("sfr_hrstem", "sfr_lrstem", "sfr_lrtem", "sfr_hrsem", "sfr_lrsem")
 

@@ -26,15 +26,15 @@ Test sets (``--sets``; :data:`SETS`). Seeds: image ``i`` of a set is drawn from
 uses the same seeds (the same scenes at three doses). Doses: S(T)EM and SEM 5, 50, 500 counts
 at the brightest pixel; TEM 5, 50, 500 electrons per pixel at the mean.
 
-1. held out of training (:data:`emfuse.pipeline.restore.scenes.HELD_OUT`): ``polycrystal`` (STEM HAADF,
+1. held out of training (:data:`emfuse.pipeline.synth.scenes.HELD_OUT`): ``polycrystal`` (STEM HAADF,
    high resolution), ``abf`` (STEM annular bright field, any family but polycrystal),
    ``row_line_rel`` (STEM HAADF with row-offset noise always on), ``flicker_sigma`` (TEM with
    frame-flicker noise always on); the other held-out things stay out of each set, so each
    measures one unseen factor;
-2. in distribution (:func:`emfuse.pipeline.restore.scenes.make_scene_pair` without the held-out
+2. in distribution (:func:`emfuse.pipeline.synth.scenes.make_scene_pair` without the held-out
    families, contrasts and distortions): ``stem-high``, ``stem-low``, ``tem-high``,
    ``tem-low``, ``sem`` (high resolution);
-3. ``narrow``: the old HR-STEM generator (:func:`emfuse.pipeline.restore.specimens.make_pair`), the
+3. ``narrow``: the old HR-STEM generator (:func:`emfuse.pipeline.synth.restore_specimens.make_pair`), the
    earlier benchmark's set (same seeds);
 4. ``multem-*``: the MULTEM test pairs shipped with ``tk-r-em`` (``test_data/sfr_*.h5``,
    256 x 256, 8 each, their own unknown dose: one row "as simulated"). The r_em networks were
@@ -77,7 +77,7 @@ from scipy import ndimage
 
 from emfuse.pipeline.arrays import central_crop
 from emfuse.pipeline.metrics import psnr, ssim
-from emfuse.pipeline.restore.noise import SETTINGS, Draw
+from emfuse.pipeline.synth.distortions import SETTINGS, Draw
 
 DOSES = {"low": 5.0, "medium": 50.0, "high": 500.0}
 TEST_SEED, VAL_SEED = 1_000_000, 2_000_000
@@ -113,7 +113,7 @@ class TestSet:
 
 
 def _sets() -> dict[str, TestSet]:
-    from emfuse.pipeline.restore.scenes import held_out
+    from emfuse.pipeline.synth.scenes import held_out
 
     no_poly = ("polycrystal",)
     out = [
@@ -150,7 +150,7 @@ SETS = _sets()
 def distortion_table(spec: TestSet, dose: float) -> dict[str, Draw]:
     """The set's distortion table with the dose fixed: training's table without the held-out
     distortions, but the set's ``forced`` one always applied."""
-    from emfuse.pipeline.restore.scenes import held_out, held_out_settings, training_settings
+    from emfuse.pipeline.synth.scenes import held_out, held_out_settings, training_settings
 
     table = dict(training_settings(spec.modality, spec.resolution, exclude=held_out("distortion")))
     if spec.forced:
@@ -190,12 +190,12 @@ def make_pairs(spec: TestSet | str, level: str, n: int, size: int, *, base: int 
     for i in range(n):
         rng = np.random.default_rng(base + spec.offset + i)
         if spec.group == "narrow":
-            from emfuse.pipeline.restore.specimens import make_pair
+            from emfuse.pipeline.synth.restore_specimens import make_pair
 
             settings = dict(SETTINGS["stem", "high"], dose=Draw(low=dose, high=dose))
             clean, degraded, _ = make_pair((size, size), "stem", "high", rng, settings=settings)
         else:
-            from emfuse.pipeline.restore.scenes import make_scene_pair
+            from emfuse.pipeline.synth.scenes import make_scene_pair
 
             clean, degraded, _ = make_scene_pair((size, size), spec.modality, spec.resolution, rng,
                                                  settings=distortion_table(spec, dose), **spec.scene)

@@ -4,7 +4,7 @@
 
 Rows: S(T)EM HAADF, S(T)EM BF, S(T)EM ABF (held out of training), TEM phase contrast, SEM
 topography, each clean (top) and after the random distortion chain (below); columns: the
-families of :mod:`emfuse.pipeline.restore.scenes` (SEM draws only its own four). Seeds are fixed, so
+families of :mod:`emfuse.pipeline.synth.scenes` (SEM draws only its own four). Seeds are fixed, so
 the figure is reproducible.
 """
 
@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from emfuse.pipeline.restore.scenes import _SEM_FAMILIES, FAMILIES, make_scene_pair  # noqa: E402
+from emfuse.pipeline.synth.scenes import _SEM_FAMILIES, FAMILIES, make_scene_pair  # noqa: E402
 
 ROWS = [("stem", "haadf", "high"), ("stem", "bf", "high"), ("stem", "abf", "high"),
         ("tem", "phase", "high"), ("sem", "topography", "low")]

@@ -60,7 +60,7 @@ from _common import cpu_seconds, current_rss, peak_rss, process_id, reset_peak_r
 
 from emfuse.cluster import as_spec, connect
 from emfuse.flows.tools.synth import write_synthetic
-from emfuse.pipeline.avae.simulate import MATERIALS
+from emfuse.pipeline.synth.tem_modes import MATERIALS
 from emfuse.stores import layout
 from emfuse.stores.lock import LOCK_SUFFIX
 from emfuse.stores.zarrio import is_complete, open_dataset

@@ -16,7 +16,6 @@ from emfuse.pipeline.avae.evaluate import (
 )
 from emfuse.pipeline.avae.fuse import fuse_modes
 from emfuse.pipeline.avae.model import AVAE, AVAEConfig, avae_loss, load_avae, model_info, save_avae
-from emfuse.pipeline.avae.simulate import simulate_regions
 from emfuse.pipeline.avae.train import (
     TrainSettings,
     sample_batch,
@@ -24,6 +23,7 @@ from emfuse.pipeline.avae.train import (
     standardise,
     train_avae,
 )
+from emfuse.pipeline.synth.tem_modes import simulate_regions
 
 TINY = AVAEConfig(features=6, latent=3)
 

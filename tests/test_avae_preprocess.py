@@ -20,8 +20,8 @@ from emfuse.pipeline.avae.preprocess import (
     flat_surface,
     mode_quantiles,
 )
-from emfuse.pipeline.avae.simulate import simulate_regions
 from emfuse.pipeline.register import shift_image
+from emfuse.pipeline.synth.tem_modes import simulate_regions
 
 
 def _beam(shape, centre=(0.1, -0.2), width=0.3):

@@ -2,7 +2,7 @@
 
 Checked for the public API (``emfuse._API``), the ``__all__`` of emfuse.pipeline.fusion and
 emfuse.pipeline.restore, and every public function and class of the modules the API reference
-shows (restore's select, guard, scenes and adapt, fusion's auto, emfuse.pipeline.tiles,
+shows (restore's select, guard and adapt, synth's scenes, fusion's auto, emfuse.pipeline.tiles,
 emfuse.stores.zarrio): a one-line summary, numpydoc section headers underlined to their
 length, and a ``Parameters`` section (``Attributes`` for a dataclass) where the function or
 class takes parameters. The API reference of the documentation site (``make docs``) is built
@@ -22,7 +22,7 @@ import emfuse
 MODULES = ["emfuse.pipeline.fusion", "emfuse.pipeline.restore"]
 #: every public function and class defined in these
 WHOLE_MODULES = ["emfuse.pipeline.restore.select", "emfuse.pipeline.restore.guard",
-                 "emfuse.pipeline.restore.scenes", "emfuse.pipeline.restore.adapt",
+                 "emfuse.pipeline.synth.scenes", "emfuse.pipeline.restore.adapt",
                  "emfuse.pipeline.fusion.auto", "emfuse.pipeline.arrays", "emfuse.pipeline.tiles",
                  "emfuse.stores.zarrio"]
 #: in emfuse.flows, which is being restructured: checked once that is done

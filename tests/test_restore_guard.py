@@ -23,7 +23,7 @@ from emfuse.flows.report.restore import restore_summary
 from emfuse.pipeline.restore import load_model
 from emfuse.pipeline.restore.guard import DECISIONS, check_residual, guard, reinject
 from emfuse.pipeline.restore.inference import restore
-from emfuse.pipeline.restore.specimens import make_pair
+from emfuse.pipeline.synth.restore_specimens import make_pair
 from emfuse.stores.warn import read_warnings
 from emfuse.stores.zarrio import open_dataset, write_dataset
 

@@ -208,14 +208,14 @@ def test_scenes_training_holds_out_and_records_it(tmp_path):
     import json
 
     from emfuse.flows.tools.train_restore import training_config
-    from emfuse.pipeline.restore.scenes import held_out
     from emfuse.pipeline.restore.train import _default_data
+    from emfuse.pipeline.synth.scenes import held_out
 
     cfg = training_config(steps=2, batch=2, patch=32, modality="all", resolution="all", data="scenes",
                           hold_out=True)
     assert cfg.exclude == list(held_out("all")) and cfg.data == "scenes"
     draws = []
-    import emfuse.pipeline.restore.scenes as scenes
+    import emfuse.pipeline.synth.scenes as scenes
 
     original = scenes.make_scene_pair
 
@@ -258,8 +258,8 @@ def test_fine_tune_r_em(tmp_path):
 def test_shipped_default_model_loads_and_restores():
     from emfuse.pipeline.metrics import psnr
     from emfuse.pipeline.restore import DEFAULT_MODEL
-    from emfuse.pipeline.restore.noise import SETTINGS, Draw
-    from emfuse.pipeline.restore.specimens import make_pair
+    from emfuse.pipeline.synth.distortions import SETTINGS, Draw
+    from emfuse.pipeline.synth.restore_specimens import make_pair
 
     if not DEFAULT_MODEL.is_file():
         pytest.skip("no default model in this checkout")

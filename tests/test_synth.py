@@ -210,3 +210,20 @@ def test_dataset_nbytes():
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_simulators_import_without_dask():
+    """The package holds the simulators of the three methods; importing one (restoration
+    training, the AVAE's preprocessing) loads no Dask: the chunked generators load at first use."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; import emfuse.pipeline.synth.scenes, emfuse.pipeline.synth.restore_specimens, "
+            "emfuse.pipeline.synth.distortions, emfuse.pipeline.synth.tem_modes, emfuse.pipeline.avae.preprocess; "
+            "before = 'dask' in sys.modules; from emfuse.pipeline.synth import lazy_spectrum_image; "
+            "print(before, 'dask' in sys.modules, lazy_spectrum_image.__module__)")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert out.stdout.split() == ["False", "True", "emfuse.pipeline.synth.lazy"]
+    assert set(synth_package.__all__) <= set(dir(synth_package))

@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default="high", choices=["high", "low", "all"],
                    help="specimens' pixel size; all needs --data scenes (default %(default)s)")
     p.add_argument("--hold-out", action="store_true",
-                   help="with --data scenes: never draw the held-out families (emfuse.pipeline.restore.scenes.HELD_OUT), "
+                   help="with --data scenes: never draw the held-out families (emfuse.pipeline.synth.scenes.HELD_OUT), "
                         "so that they measure generalisation")
     p.add_argument("--init", default="scratch", metavar="scratch|NAME|PATH",
                    help="start from random weights (default), a published network (r_em:sfr_hrstem, ...) "

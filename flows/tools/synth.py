@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from emfuse.pipeline.avae.simulate import MODES, ModeImages, simulate_region
 from emfuse.pipeline.synth import (
     SyntheticMovie,
     SyntheticSpectrumImage,
     make_movie,
     make_spectrum_image,
 )
+from emfuse.pipeline.synth.tem_modes import MODES, ModeImages, simulate_region
 from emfuse.stores import layout
 from emfuse.stores.formats import canonical_dataset
 from emfuse.stores.ingest import chunk_canonical
@@ -99,7 +99,7 @@ def write_synthetic(
 
     For ``movie``, ``frames`` (option, default 8) sets the number of frames.
     For ``tem-modes``, ``material`` (option) picks the class of
-    :data:`emfuse.pipeline.avae.simulate.MATERIALS` (default metal) and ``dose`` fixes the HRTEM dose.
+    :data:`emfuse.pipeline.synth.tem_modes.MATERIALS` (default metal) and ``dose`` fixes the HRTEM dose.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic dataset kind {kind!r}; choose one of {', '.join(KINDS)}")

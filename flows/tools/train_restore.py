@@ -43,7 +43,7 @@ def training_config(
     fine-tuning (``init`` a model name or file) keeps the loaded model's architecture, so
     ``config`` must then be left out. The learning rate defaults to 1e-3 from scratch and
     1e-4 when fine-tuning. ``hold_out`` (data ``scenes`` only) leaves
-    :data:`emfuse.pipeline.restore.scenes.HELD_OUT` out of training.
+    :data:`emfuse.pipeline.synth.scenes.HELD_OUT` out of training.
 
     Example
     -------
@@ -52,8 +52,8 @@ def training_config(
     >>> training_config(steps=10, batch=2, patch=64, modality="stem", init="r_em:sfr_hrstem").lr
     0.0001
     """
-    from emfuse.pipeline.restore.scenes import held_out
     from emfuse.pipeline.restore.train import MODEL_PRESETS, TrainConfig
+    from emfuse.pipeline.synth.scenes import held_out
 
     if hold_out and data != "scenes":
         raise ValueError("--hold-out applies to --data scenes (the broad distribution) only")

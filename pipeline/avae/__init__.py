@@ -5,7 +5,6 @@ fused into one image of the specimen's projected structure by a VAE with one enc
 mode and attention weights that decide, at every position, how much each mode contributes.
 
 =================  ===========================================================================
-``simulate``       paired BF/DF/HRTEM images of polycrystals with their truth (physical model)
 ``preprocess``     flat field, histogram equalisation, registration, denoising
 ``model``          the AVAE network, its loss, safetensors files
 ``train``          training on (preprocessed modes, truth) pairs
@@ -15,13 +14,14 @@ mode and attention weights that decide, at every position, how much each mode co
 ``classify``       the feature-extraction check (material class from an image)
 =================  ===========================================================================
 
-Nothing here imports torch until a model is built, so the simulator and the preprocessing stay
-cheap to import. See ``docs/methods/avae.md``.
+The simulator of paired BF/DF/HRTEM images with their truth (a physical model) is
+:mod:`emfuse.pipeline.synth.tem_modes`, with the other simulators. Nothing here imports torch
+until a model is built, so the preprocessing stays cheap to import. See ``docs/methods/avae.md``.
 
 Examples
 --------
 >>> import numpy as np
->>> from emfuse.pipeline.avae.simulate import simulate_region
+>>> from emfuse.pipeline.synth.tem_modes import simulate_region
 >>> from emfuse.pipeline.avae.preprocess import Preprocessing
 >>> region = simulate_region((128, 128), "ceramic", np.random.default_rng(1))
 >>> prep = Preprocessing.fit(region.modes)

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from ..synth.tem_modes import ModeImages
 from . import baselines
 from .fuse import fuse_modes
 from .model import AVAE
 from .preprocess import Preprocessing
-from .simulate import ModeImages
 from .train import standardise
 
 __all__ = ["Prepared", "method_images", "paired_margin", "prepare_regions", "score_methods", "split_indices"]

@@ -27,7 +27,7 @@ one pass over the whole image:
 Examples
 --------
 >>> import numpy as np
->>> from emfuse.pipeline.avae.simulate import simulate_region
+>>> from emfuse.pipeline.synth.tem_modes import simulate_region
 >>> region = simulate_region((96, 96), "metal", np.random.default_rng(0))
 >>> prep = Preprocessing.fit(region.modes)
 >>> out = prep.apply(region.modes)
@@ -48,7 +48,7 @@ from scipy import ndimage
 
 from emfuse.pipeline.register import estimate_shift
 
-from .simulate import HRTEM, MODES
+from ..synth.tem_modes import HRTEM, MODES
 
 __all__ = ["DENOISE_SIGMA", "Preprocessing", "align_modes", "block_mean", "denoise", "equalise",
            "estimate_mode_drift", "fit_flat", "flat_field", "flat_surface", "mode_quantiles",

@@ -16,7 +16,8 @@ Models are :class:`~emfuse.pipeline.restore.cgrdn.CGRDN` networks in PyTorch, lo
   other names of :data:`MODEL_FILES`: the project's model for that modality and resolution.
 
 Weights are only ever read with ``safetensors`` (never unpickled). torch is imported on the
-first call, so importing this package (e.g. for the distortion models) stays cheap.
+first call, so importing this package (e.g. for :mod:`.select`) stays cheap. The training
+data (specimens, scenes and the distortion models) are simulated in :mod:`emfuse.pipeline.synth`.
 
 Examples
 --------

@@ -1,7 +1,7 @@
 """Training and fine-tuning of the restoration networks on pairs made on the fly.
 
 Every step draws a fresh batch of (clean, distorted) pairs from a data function (default
-:func:`emfuse.pipeline.restore.specimens.make_batch`: random specimens and the physical
+:func:`emfuse.pipeline.synth.restore_specimens.make_batch`: random specimens and the physical
 distortion models), runs the :class:`~emfuse.pipeline.restore.cgrdn.CGRDN`, and takes one Adam
 step on the loss of :mod:`emfuse.pipeline.restore.losses` (optionally against the patch
 discriminator of :mod:`emfuse.pipeline.restore.discriminator`, relativistic average GAN).
@@ -75,7 +75,7 @@ MODEL_PRESETS: dict[str, CGRDNConfig] = {
 }
 MODALITIES = ("stem", "tem")
 SCENE_MODALITIES = ("stem", "tem", "sem", "all")
-DATA_SOURCES = ("specimens", "scenes")  # emfuse.pipeline.restore.specimens (HR-STEM columns) or .scenes (broad)
+DATA_SOURCES = ("specimens", "scenes")  # emfuse.pipeline.synth: restore_specimens (HR-STEM columns) or scenes (broad)
 RESOLUTIONS = ("high", "low")
 _CKPT = re.compile(r"checkpoint-(\d+)\.safetensors$")
 _FORMAT = "emfuse-train-1"
@@ -291,15 +291,15 @@ def _batch(data: DataFn, cfg: TrainConfig, n: int, rng: np.random.Generator) -> 
 
 
 def _default_data(cfg: TrainConfig | None = None) -> DataFn:
-    """The pairs of ``cfg.data``: ``specimens`` (:func:`~emfuse.pipeline.restore.specimens.make_batch`) or
-    ``scenes`` (:func:`~emfuse.pipeline.restore.scenes.make_scene_batch`, where ``modality`` ``"all"``
+    """The pairs of ``cfg.data``: ``specimens`` (:func:`~emfuse.pipeline.synth.restore_specimens.make_batch`) or
+    ``scenes`` (:func:`~emfuse.pipeline.synth.scenes.make_scene_batch`, where ``modality`` ``"all"``
     draws stem, tem and sem, ``resolution`` ``"all"`` high and low, and ``exclude`` is held out)."""
     if cfg is None or cfg.data == "specimens":
-        from .specimens import make_batch
+        from ..synth.restore_specimens import make_batch
 
         return make_batch
-    from .scenes import MODALITIES as ALL_MODALITIES
-    from .scenes import make_scene_batch
+    from ..synth.scenes import MODALITIES as ALL_MODALITIES
+    from ..synth.scenes import make_scene_batch
 
     exclude = tuple(cfg.exclude)
 
@@ -461,7 +461,7 @@ def train(
     data
         ``data(n, (H, W), modality, resolution, rng) -> (clean, distorted)``, float32
         arrays (n, 1, H, W) in the same units; default
-        :func:`emfuse.pipeline.restore.specimens.make_batch`.
+        :func:`emfuse.pipeline.synth.restore_specimens.make_batch`.
     resume
         Continue from the last checkpoint in ``out`` (its options must match ``cfg``
         except ``steps``, ``checkpoint_every`` and ``keep``).

@@ -1,9 +1,9 @@
-"""The broad training distribution (emfuse.pipeline.restore.scenes): families, contrasts, hold-outs."""
+"""The broad training distribution (emfuse.pipeline.synth.scenes): families, contrasts, hold-outs."""
 
 import numpy as np
 import pytest
 
-from emfuse.pipeline.restore.scenes import (
+from emfuse.pipeline.synth.scenes import (
     CONTRASTS,
     FAMILIES,
     HELD_OUT,

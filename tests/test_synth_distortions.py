@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import emfuse.pipeline.restore.noise as noise_module
-import emfuse.pipeline.restore.noise_detector as detector_module
-import emfuse.pipeline.restore.noise_post as post_module
-import emfuse.pipeline.restore.noise_stem as stem_module
-import emfuse.pipeline.restore.noise_tem as tem_module
-from emfuse.pipeline.restore.noise import (
+import emfuse.pipeline.synth.distortions as noise_module
+import emfuse.pipeline.synth.distortions.detector as detector_module
+import emfuse.pipeline.synth.distortions.post as post_module
+import emfuse.pipeline.synth.distortions.stem as stem_module
+import emfuse.pipeline.synth.distortions.tem as tem_module
+from emfuse.pipeline.synth.distortions import (
     SETTINGS,
     Draw,
     apply_displacement,

@@ -5,7 +5,7 @@ electron microscopy images", npj Comput. Mater. (2024), arXiv:2303.17025 (*r_em*
 restoration networks of r_em are trained on pairs (distorted image, clean image) where the
 distorted image is made from the clean one by physical models of what happens between the
 specimen and the saved file. This module gathers those models (one small function each, in
-:mod:`.noise_detector`, :mod:`.noise_tem`, :mod:`.noise_stem` and :mod:`.noise_post`) and
+:mod:`.detector`, :mod:`.tem`, :mod:`.stem` and :mod:`.post`) and
 composes them at random with :func:`random_distortion`:
 
 ========================  ===========================================================
@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .noise_detector import (
+from .detector import (
     black_pixels,
     check_image,
     check_nonnegative_image,
@@ -58,8 +58,8 @@ from .noise_detector import (
     upper_clip,
     zingers,
 )
-from .noise_post import gaussian_blur, interpolation_distortion
-from .noise_stem import (
+from .post import gaussian_blur, interpolation_distortion
+from .stem import (
     JITTER_MODES,
     apply_displacement,
     ar1_series,
@@ -70,7 +70,7 @@ from .noise_stem import (
     row_line_noise,
     scan_jitter,
 )
-from .noise_tem import dark_current_noise, flicker_noise, reset_noise
+from .tem import dark_current_noise, flicker_noise, reset_noise
 
 __all__ = [
     "JITTER_MODES",

@@ -3,7 +3,7 @@
 After Lobato, Friedrich & Van Aert, npj Comput. Mater. (2024), arXiv:2303.17025 (*r_em*),
 Methods, training data: the networks learn from random specimens of three kinds, imaged at
 high and low resolution in TEM and S(T)EM and then distorted by the physical models of
-:mod:`emfuse.pipeline.restore.noise`. r_em simulates its images with MULTEM; here the imaging is a
+:mod:`emfuse.pipeline.synth.distortions`. r_em simulates its images with MULTEM; here the imaging is a
 fast stand-in, so that pairs can be made on the fly during training (a 256 x 256 pair takes
 a few tens of milliseconds of CPU):
 
@@ -48,8 +48,8 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-from .noise import MODALITIES, RESOLUTIONS, Draw, random_distortion
-from .noise_detector import check_number, check_rng
+from .distortions import MODALITIES, RESOLUTIONS, Draw, random_distortion
+from .distortions.detector import check_number, check_rng
 
 __all__ = [
     "KINDS",
@@ -509,7 +509,7 @@ def make_pair(shape: tuple[int, int], modality: str, resolution: str,
     """A training pair: clean target and distorted input, both float32 in detector counts.
 
     The specimen comes from :func:`make_specimen`, the distortion from
-    :func:`emfuse.pipeline.restore.noise.random_distortion`; the clean target is the specimen image
+    :func:`emfuse.pipeline.synth.distortions.random_distortion`; the clean target is the specimen image
     times the drawn dose (expected counts), so both are in the same units.
 
     Returns

@@ -17,7 +17,7 @@ pixels are recorded at different times, instabilities during the scan appear as
 * **row-line noise**: the offset of the signal changes from one scan line to the next,
   :func:`row_line_noise`;
 
-besides the detector noise shared with TEM (:mod:`emfuse.pipeline.restore.noise_detector`): shot
+besides the detector noise shared with TEM (:mod:`emfuse.pipeline.synth.distortions.detector`): shot
 noise at the scintillator (Poisson) and the gaussian noise of the photomultiplier tube,
 :func:`pmt_noise`.
 
@@ -41,7 +41,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.signal import lfilter
 
-from .noise_detector import check_image, check_number, check_rng, readout_noise
+from .detector import check_image, check_number, check_rng, readout_noise
 
 __all__ = [
     "JITTER_MODES",

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .noise_detector import check_image, check_number
+from .detector import check_image, check_number
 
 __all__ = ["gaussian_blur", "interpolation_distortion"]
 

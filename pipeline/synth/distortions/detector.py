@@ -5,7 +5,7 @@ electron microscopy images", npj Comput. Mater. (2024), arXiv:2303.17025 (below:
 section "Methods", distortion models: shot noise, readout noise, black (dead) pixels, zingers
 (X-ray hits, hot pixels), upper clip (saturation) and quantisation (analogue-to-digital
 conversion) occur in both kinds of detector; the modality-specific models are in
-:mod:`emfuse.pipeline.restore.noise_tem` and :mod:`emfuse.pipeline.restore.noise_stem`.
+:mod:`emfuse.pipeline.synth.distortions.tem` and :mod:`emfuse.pipeline.synth.distortions.stem`.
 
 Every function takes one image (H, W) or a stack (N, H, W) of float intensities, returns a new
 array of the same shape (float32 stays float32, anything else becomes float64) and never
@@ -125,7 +125,7 @@ def shot_noise(image: Any, dose: float, rng: np.random.Generator) -> np.ndarray:
     result is in detector counts (electrons per pixel): mean ``dose * image`` and variance
     ``dose * image``. The paper draws the dose over a wide range so that the network sees
     signal-to-noise ratios from a few counts per pixel up to nearly noise-free images
-    (:data:`emfuse.pipeline.restore.noise.SETTINGS` holds the ranges used here).
+    (:data:`emfuse.pipeline.synth.distortions.SETTINGS` holds the ranges used here).
 
     Parameters
     ----------
@@ -158,7 +158,7 @@ def readout_noise(image: Any, sigma: float, rng: np.random.Generator) -> np.ndar
 
     r_em, Methods (TEM detector noise): the electronics that amplify and digitise the charge
     add zero-mean gaussian noise independent of the signal. The same function models the
-    gaussian noise of the S(T)EM photomultiplier (:func:`emfuse.pipeline.restore.noise_stem.pmt_noise`).
+    gaussian noise of the S(T)EM photomultiplier (:func:`emfuse.pipeline.synth.distortions.stem.pmt_noise`).
 
     Examples
     --------
@@ -178,7 +178,7 @@ def black_pixels(image: Any, fraction: float, rng: np.random.Generator,
 
     r_em, Methods: permanently damaged sensor pixels (TEM) or lost samples (S(T)EM) show as
     isolated black pixels at random positions. Training draws a fraction of the order of 1e-4
-    to 1e-3 (see :data:`emfuse.pipeline.restore.noise.SETTINGS`).
+    to 1e-3 (see :data:`emfuse.pipeline.synth.distortions.SETTINGS`).
 
     Examples
     --------

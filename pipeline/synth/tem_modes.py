@@ -36,7 +36,7 @@ DF (one reflection)
 recording
     Each mode is drifted against the HRTEM by a random sub-pixel shift (the HRTEM frame is
     the truth's frame), multiplied by its own uneven illumination (an off-centre gaussian beam
-    and a gradient), and recorded with the TEM camera models of :mod:`emfuse.pipeline.restore.noise`:
+    and a gradient), and recorded with the TEM camera models of :mod:`emfuse.pipeline.synth.distortions`:
     shot noise at the mode's dose, dark current, flicker (1/f) and readout noise. The result is
     in counts.
 
@@ -67,13 +67,13 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from emfuse.pipeline.restore.noise import (
+from .distortions import (
     dark_current_noise,
     flicker_noise,
     readout_noise,
     shot_noise,
 )
-from emfuse.pipeline.restore.specimens import (
+from .restore_specimens import (
     crystal_positions,
     electron_wavelength,
     lattice_vectors,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emfuse.flows.cli import main
-from emfuse.pipeline.avae.simulate import (
+from emfuse.pipeline.synth.tem_modes import (
     MATERIALS,
     MODES,
     VARIED,
@@ -137,7 +137,7 @@ def test_contamination_changes_the_hrtem_in_patches_only():
 def test_distortion_moves_the_content_by_the_displacement_field():
     from scipy import ndimage
 
-    from emfuse.pipeline.avae.simulate import _shifted_crop
+    from emfuse.pipeline.synth.tem_modes import _shifted_crop
 
     image = ndimage.gaussian_filter(np.random.default_rng(0).random((64, 64)), 2)
     drift = np.array([1.25, -0.5])

@@ -1,6 +1,6 @@
 """A broad distribution of clean images for restoration networks that must generalise.
 
-:mod:`emfuse.pipeline.restore.specimens` draws one kind of picture per modality (bright columns tens
+:mod:`emfuse.pipeline.synth.restore_specimens` draws one kind of picture per modality (bright columns tens
 of pixels apart for HR-STEM), and a network trained on it alone erased fine lattices, dark-atom
 contrast and particles it had never seen. This module draws scenes from **families** that
 cover what a facility images, in **contrasts** for each modality, at column spacings from about
@@ -18,15 +18,15 @@ families
 contrasts
     S(T)EM: ``haadf`` (bright columns, ``Z**gamma``), ``bf`` (dark columns on a bright
     background), ``abf`` (dark cores with a faint bright ring; light elements visible); TEM:
-    ``phase`` (phase contrast through the lens, :func:`~emfuse.pipeline.restore.specimens.render_tem`,
+    ``phase`` (phase contrast through the lens, :func:`~emfuse.pipeline.synth.restore_specimens.render_tem`,
     plus mass-thickness absorption); SEM: ``topography`` (material contrast, edge brightening
     and shading by the surface slope).
 
 Any scene may also get a smooth thickness wedge, a vacuum region (a polygon where the
 specimen stops) and a background level. Resolution ``high`` puts lattice periods at 2-40 px
 (log-uniform), ``low`` at 0.7-2.5 px, where columns blur into texture and particles and
-shapes dominate. Images follow the units of :mod:`emfuse.pipeline.restore.specimens` (S(T)EM and
-SEM: maximum 1; TEM: mean 1), so :func:`emfuse.pipeline.restore.noise.random_distortion` applies
+shapes dominate. Images follow the units of :mod:`emfuse.pipeline.synth.restore_specimens` (S(T)EM and
+SEM: maximum 1; TEM: mean 1), so :func:`emfuse.pipeline.synth.distortions.random_distortion` applies
 unchanged (SEM takes the scanned-probe chain).
 
 Examples
@@ -50,9 +50,9 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-from .noise import SETTINGS, Draw, random_distortion
-from .noise_detector import check_rng
-from .specimens import (
+from .distortions import SETTINGS, Draw, random_distortion
+from .distortions.detector import check_rng
+from .restore_specimens import (
     _amorphous,
     _crystal,
     _gaussian_spots,
@@ -418,7 +418,7 @@ def training_settings(modality: str, resolution: str, *, exclude: Collection[str
                       ) -> Mapping[str, Draw]:
     """The training distortion table, with the distortions in ``exclude`` switched off.
 
-    The table of :data:`emfuse.pipeline.restore.noise.SETTINGS` with those distortions at
+    The table of :data:`emfuse.pipeline.synth.distortions.SETTINGS` with those distortions at
     probability 0; SEM uses the S(T)EM table.
 
     Parameters
@@ -451,7 +451,7 @@ def training_settings(modality: str, resolution: str, *, exclude: Collection[str
 def make_scene_pair(shape: tuple[int, int], modality: str, resolution: str, rng: np.random.Generator,
                     *, exclude: Collection[str] = (), settings: Mapping[str, Draw] | None = None,
                     **scene: Any) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(clean, distorted, info) in counts, float32, as :func:`emfuse.pipeline.restore.specimens.make_pair`.
+    """(clean, distorted, info) in counts, float32, as :func:`emfuse.pipeline.synth.restore_specimens.make_pair`.
 
     Parameters
     ----------

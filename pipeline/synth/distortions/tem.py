@@ -2,10 +2,10 @@
 
 Lobato, Friedrich & Van Aert, npj Comput. Mater. (2024), arXiv:2303.17025 (*r_em*), Methods,
 TEM distortions. A TEM image is recorded in one shot by a pixelated camera; its noise is the
-sum of shot noise (:func:`emfuse.pipeline.restore.noise_detector.shot_noise`), dark-current noise
+sum of shot noise (:func:`emfuse.pipeline.synth.distortions.detector.shot_noise`), dark-current noise
 (thermally generated electrons), and readout noise, which r_em splits into the noise of the
 sense-node reset (kTC), flicker (1/f) noise of the output amplifier and white gaussian noise
-(:func:`emfuse.pipeline.restore.noise_detector.readout_noise`). The decomposition of readout noise
+(:func:`emfuse.pipeline.synth.distortions.detector.readout_noise`). The decomposition of readout noise
 and the log-normal reset noise follow the CCD/CMOS sensor model of Konnik & Welsh,
 "High-level numerical simulations of noise in CCD and CMOS photosensors", arXiv:1412.4031
 (2014), on which the camera models of r_em build.
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .noise_detector import check_image, check_number, check_rng
+from .detector import check_image, check_number, check_rng
 
 __all__ = ["dark_current_noise", "flicker_noise", "reset_noise"]
 

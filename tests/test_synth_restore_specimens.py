@@ -13,8 +13,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-import emfuse.pipeline.restore.specimens as specimens_module
-from emfuse.pipeline.restore.specimens import (
+import emfuse.pipeline.synth.restore_specimens as specimens_module
+from emfuse.pipeline.synth.restore_specimens import (
     KINDS,
     amorphous_positions,
     crystal_positions,
