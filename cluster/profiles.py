@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ..errors import EmfuseError
+
 if TYPE_CHECKING:  # distributed is imported when a cluster starts, not on import
     from distributed import Client
     from distributed.deploy import Cluster
@@ -146,11 +148,11 @@ PLACEHOLDER_ADDRESS = "tcp://<scheduler-address>:8786"
 PLACEHOLDER_TLS_ADDRESS = "tls://<scheduler-address>:8786"
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(EmfuseError, ValueError):
     """A cluster profile, option or profile file is not valid."""
 
 
-class ClusterUnavailableError(RuntimeError):
+class ClusterUnavailableError(EmfuseError, RuntimeError):
     """A profile cannot start here: a missing optional dependency or no GPU."""
 
 

@@ -49,6 +49,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from emfuse.errors import EmfuseError
 from emfuse.pipeline.metrics import psnr
 from emfuse.pipeline.register import estimate_shift, shift_image
 from emfuse.stores import layout
@@ -99,7 +100,7 @@ _MODELS: dict[tuple[Any, ...], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-class RestoreInputError(ValueError):
+class RestoreInputError(EmfuseError, ValueError):
     """The input, the model or the device cannot be used; the message names the fix."""
 
 

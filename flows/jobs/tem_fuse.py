@@ -38,6 +38,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from emfuse.errors import EmfuseError
 from emfuse.pipeline import tiles
 from emfuse.pipeline.avae.fuse import fuse_tile
 from emfuse.pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load_avae
@@ -69,7 +70,7 @@ FIT_CROP = 512  # px: the central crop on which histograms and drift are fitted
 FLAT_PX = 256  # px: the block average of the whole dataset on which the flat field is fitted
 
 
-class TemFuseInputError(ValueError):
+class TemFuseInputError(EmfuseError, ValueError):
     """The input cannot be fused: no modes, or not the three modes."""
 
 

@@ -53,7 +53,9 @@ from typing import Any
 import xarray as xr
 from matplotlib.figure import Figure
 
+from emfuse.errors import InputError, InputFileNotFound
 from emfuse.stores import layout
+from emfuse.stores.errors import StoreError
 from emfuse.stores.layout import (
     ATTR_COMPLETE,
     ATTR_CREATED,
@@ -156,8 +158,11 @@ def write_report(
     """
     store = Path(out_store)
     if not store.exists():
-        raise FileNotFoundError(f"output store {str(store)!r} does not exist")
-    ds = xr.open_zarr(store, **ZARR_KW)
+        raise InputFileNotFound(f"output store {str(store)!r} does not exist")
+    try:
+        ds = xr.open_zarr(store, **ZARR_KW)
+    except (OSError, ValueError, KeyError) as exc:  # not a store, unreadable, or damaged metadata
+        raise StoreError(f"{store} is not a readable Zarr v3 store ({exc}); give an output store.") from exc
     out_dir = Path(report_dir) if report_dir is not None else default_report_dir(store)
     out_dir.mkdir(parents=True, exist_ok=True)
     factor = coarsen_factor(image_shape(ds), max_px)
@@ -177,7 +182,7 @@ def write_report(
         if fig is not None:
             written.append(save_figure(fig, out_dir / name, dpi))
     if not written:
-        raise ValueError(
+        raise InputError(
             f"{str(store)!r} has none of {MAPS}, {FUSED}, {HAADF}/{HAADF_MODEL}, {COST}, tem_fused, "
             f"{RESTORED}: is it a fusion output store (or a tem-fuse or restore one)?"
         )
