@@ -27,7 +27,7 @@ n_iter must be >= 1, got 0
 from __future__ import annotations
 
 __all__ = ["EmfuseError", "InputError", "InputFileNotFound", "InputNotReadable", "MissingDependency",
-           "NotAvailableHere"]
+           "NotAvailableHere", "OutputNotWritable"]
 
 
 class EmfuseError(Exception):
@@ -57,3 +57,7 @@ class MissingDependency(EmfuseError, ImportError):
 
 class NotAvailableHere(EmfuseError, RuntimeError):
     """What was asked for cannot run on this machine (a CUDA GPU, say); the message says the alternative."""
+
+
+class OutputNotWritable(EmfuseError, PermissionError):
+    """The output location cannot be created or written."""

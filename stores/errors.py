@@ -17,7 +17,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+# OutputNotWritable is kept in emfuse.errors (pipeline raises it too); re-exported here
 from ..errors import EmfuseError
+from ..errors import OutputNotWritable as OutputNotWritable
 
 
 class IngestError(EmfuseError, ValueError):
@@ -26,10 +28,6 @@ class IngestError(EmfuseError, ValueError):
 
 class StoreError(EmfuseError, ValueError):
     """A store is missing, incomplete, or was written with other parameters."""
-
-
-class OutputNotWritable(EmfuseError, PermissionError):
-    """The output location cannot be created or written."""
 
 
 class DiskFull(EmfuseError, OSError):

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from emfuse.cluster import as_spec, connect, is_remote
 from emfuse.errors import InputError
+from emfuse.stores.zarrio import check_writable
 
 from ..jobs import JOBS
 from ..jobs.stages import ingest_task, run_job_stages
@@ -195,8 +196,8 @@ def batch_flow(catalog: str, cluster: str | None = None, progress: bool = True) 
         ``report`` (the HTML page) and counts.
     """
     cat = load_catalog(catalog, cluster=cluster)
-    output = Path(cat.output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = check_writable(cat.output)  # OutputNotWritable (one line) where it cannot be created
+    output.mkdir(exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     start = time.perf_counter()
     records: list[dict[str, Any]] = []

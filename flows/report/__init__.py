@@ -70,6 +70,7 @@ from emfuse.stores.layout import (
     TRUE_MAPS,
     ZARR_KW,
 )
+from emfuse.stores.zarrio import check_writable
 
 from .common import (
     DPI,
@@ -164,7 +165,7 @@ def write_report(
     except (OSError, ValueError, KeyError) as exc:  # not a store, unreadable, or damaged metadata
         raise StoreError(f"{store} is not a readable Zarr v3 store ({exc}); give an output store.") from exc
     out_dir = Path(report_dir) if report_dir is not None else default_report_dir(store)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir).mkdir(exist_ok=True)  # OutputNotWritable where it cannot be created
     factor = coarsen_factor(image_shape(ds), max_px)
     figures: list[tuple[str, Callable[[xr.Dataset, int], Figure | None]]] = [
         ("maps.png", maps_figure),

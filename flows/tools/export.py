@@ -34,7 +34,7 @@ import xarray as xr
 from emfuse.errors import EmfuseError, InputError
 from emfuse.stores import layout
 from emfuse.stores.metadata import jsonable
-from emfuse.stores.zarrio import open_dataset, read_attrs
+from emfuse.stores.zarrio import check_writable, open_dataset, read_attrs
 
 # the variable exported when none is named: the result first, then the inputs
 DEFAULT_ORDER = (layout.FUSED, layout.RESTORED, layout.TEM_FUSED, layout.SPECTRUM, layout.MAPS,
@@ -132,7 +132,7 @@ def export(
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
     signal = to_hyperspy(store, variable, lazy=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # creates the folder; OutputNotWritable where it cannot
     signal.save(out, overwrite=True)
     return out
 

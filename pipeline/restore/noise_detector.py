@@ -61,7 +61,7 @@ def check_image(image: Any, name: str = "image") -> np.ndarray:
     >>> check_image(np.zeros(4))
     Traceback (most recent call last):
     ...
-    ValueError: image must be one image (H, W) or a stack (N, H, W), got shape (4,); reshape it (e.g. image[None] or image.reshape(H, W))
+    emfuse.errors.InputError: image must be one image (H, W) or a stack (N, H, W), got shape (4,); reshape it (e.g. image[None] or image.reshape(H, W))
     """
     a = np.asarray(image)
     if a.dtype.kind not in "fiu":

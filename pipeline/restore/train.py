@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import InputError, NotAvailableHere
+from ...errors import InputError, NotAvailableHere, OutputNotWritable
 from ..weights_io import save_safetensors
 from .cgrdn import CGRDN, CGRDNConfig
 from .discriminator import DiscriminatorConfig, PatchDiscriminator
@@ -486,7 +486,11 @@ def train(
     dev = _resolve_device(device)
     data = data or _default_data(cfg)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot create the output directory {out}: {exc.strerror or exc}. "
+                                "Choose an output directory you can write (--out).") from exc
     last_ckpt = latest_checkpoint(out)
     if last_ckpt is not None and not resume:
         raise InputError(f"{out} already holds checkpoints ({last_ckpt.name}); pass resume=True (--resume) "
