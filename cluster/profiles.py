@@ -748,11 +748,17 @@ def connect(
     try:
         security = tls_security(spec.options)  # None: Dask's own configuration decides
         if cluster is None:
-            client = Client(
-                spec.options["address"],
-                timeout=spec.options.get("timeout", "30s"),
-                security=security,
-            )
+            try:
+                client = Client(
+                    spec.options["address"],
+                    timeout=spec.options.get("timeout", "30s"),
+                    security=security,
+                )
+            except OSError as err:  # a timeout or a refused connection: the scheduler is not there
+                raise ClusterUnavailableError(
+                    f"cannot reach the Dask scheduler at {spec.options['address']} ({err}); check the "
+                    "address and that the scheduler is running, or choose another --cluster"
+                ) from err
         else:
             client = Client(cluster, security=security)
         try:
