@@ -246,15 +246,19 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_avae(path: str | os.PathLike | None = None, *, device: str = "cpu") -> AVAE:
     """Load an AVAE saved by :func:`save_avae` (default: :data:`DEFAULT_WEIGHTS`), in eval mode."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise InputFileNotFound(f"no AVAE weights at {path}; train some with `emfuse train-avae` "
                                 "or give --model PATH")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({exc}); give an AVAE model written "
+                         "by emfuse train-avae (--model)") from exc
     if meta.get("format") != FORMAT:
         raise InputError(f"{path} is not an emfuse AVAE file (format {meta.get('format')!r}, "
                          f"expected {FORMAT!r})")
