@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import InputError, NotAvailableHere, OutputNotWritable
+from ...errors import InputError, OutputNotWritable
 from ..weights_io import save_safetensors
 from .cgrdn import CGRDN, CGRDNConfig
 from .discriminator import DiscriminatorConfig, PatchDiscriminator
@@ -262,7 +262,7 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     dev = torch.device(device or "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NotAvailableHere("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+        raise InputError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"device must be cpu or cuda, got {device!r}")
     return dev
