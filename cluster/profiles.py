@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ..errors import EmfuseError
+
 if TYPE_CHECKING:  # distributed is imported when a cluster starts, not on import
     from distributed import Client
     from distributed.deploy import Cluster
@@ -146,11 +148,11 @@ PLACEHOLDER_ADDRESS = "tcp://<scheduler-address>:8786"
 PLACEHOLDER_TLS_ADDRESS = "tls://<scheduler-address>:8786"
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(EmfuseError, ValueError):
     """A cluster profile, option or profile file is not valid."""
 
 
-class ClusterUnavailableError(RuntimeError):
+class ClusterUnavailableError(EmfuseError, RuntimeError):
     """A profile cannot start here: a missing optional dependency or no GPU."""
 
 
@@ -746,11 +748,17 @@ def connect(
     try:
         security = tls_security(spec.options)  # None: Dask's own configuration decides
         if cluster is None:
-            client = Client(
-                spec.options["address"],
-                timeout=spec.options.get("timeout", "30s"),
-                security=security,
-            )
+            try:
+                client = Client(
+                    spec.options["address"],
+                    timeout=spec.options.get("timeout", "30s"),
+                    security=security,
+                )
+            except OSError as err:  # a timeout or a refused connection: the scheduler is not there
+                raise ClusterUnavailableError(
+                    f"cannot reach the Dask scheduler at {spec.options['address']} ({err}); check the "
+                    "address and that the scheduler is running, or choose another --cluster"
+                ) from err
         else:
             client = Client(cluster, security=security)
         try:

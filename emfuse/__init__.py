@@ -3,7 +3,9 @@
 The layers are subpackages (``emfuse.pipeline``: pure kernels on arrays; ``emfuse.stores``:
 files and Zarr stores; ``emfuse.cluster``: Dask clusters; ``emfuse.flows``: jobs, the batch and
 the command line). The names below are the public API; they load their layer at first use, so
-``import emfuse`` (and ``emfuse --version``) stays fast.
+``import emfuse`` (and ``emfuse --version``) stays fast. ``emfuse.EmfuseError`` is the base of
+every error emfuse explains in one line (bad data, files, parameters or environment); any other
+exception is a bug.
 
 Examples
 --------
@@ -11,7 +13,7 @@ Examples
 >>> emfuse.__version__ != ""
 True
 >>> sorted(emfuse.__all__)[:3]
-['__version__', 'fuse', 'fuse_modes']
+['EmfuseError', '__version__', 'fuse']
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ _API = {
     "ingest": ("emfuse.flows.jobs.inputs", "ingest_file"),
     "open_result": ("emfuse.stores.zarrio", "open_dataset"),
     "run_catalog": ("emfuse.flows.batch", "batch_flow"),
+    "EmfuseError": ("emfuse.errors", "EmfuseError"),
 }
 __all__ = ["__version__", *_API]
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, NotAvailableHere
+
 
 def get_xp(*arrays: Any) -> ModuleType:
     """The array module (``numpy`` or ``cupy``) the given arrays live in.
@@ -55,11 +57,11 @@ def resolve_xp(device: str = "cpu") -> ModuleType:
         return np
     if device in ("cuda", "gpu"):
         if not gpu_available():
-            raise RuntimeError(
+            raise NotAvailableHere(
                 "device='cuda' was asked for but CuPy with a CUDA GPU is not available; "
                 "install the GPU extra (pip install 'emfuse[gpu]') on a GPU node, or use device='cpu'."
             )
         import cupy
 
         return cupy
-    raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'.")
+    raise InputError(f"unknown device {device!r}; use 'cpu' or 'cuda'.")

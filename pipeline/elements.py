@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ..errors import EmfuseError, InputError
 from ..periodic_table import EELS_EDGES_EV, EELS_SECONDARY_EV, SYMBOLS_AND_NAMES, XRAY_LINES_EV
 
 __all__ = [
@@ -68,7 +69,7 @@ _EDGE_ALIASES = {"K": "K", "K1": "K", "L": "L2,3", "L3": "L2,3", "L23": "L2,3",
                  "M4,5": "M4,5", "M4.5": "M4,5"}
 
 
-class ElementError(ValueError):
+class ElementError(EmfuseError, ValueError):
     """Base class of the errors raised for bad element input."""
 
 
@@ -248,7 +249,7 @@ def _check_range(energy_range_ev: tuple[float, float] | None) -> tuple[float, fl
         return (float("-inf"), float("inf"))
     lo, hi = (float(v) for v in energy_range_ev)
     if not lo < hi:
-        raise ValueError(
+        raise InputError(
             f"energy_range_ev must be (low, high) with low < high, got {energy_range_ev}"
         )
     return lo, hi

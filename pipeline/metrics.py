@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from .backend import to_numpy
 
 
@@ -41,14 +42,14 @@ def nrmse(estimate: Any, truth: Any, *, fit: bool = True) -> float:
     est = to_numpy(estimate).astype(np.float64).ravel()
     ref = to_numpy(truth).astype(np.float64).ravel()
     if est.shape != ref.shape:
-        raise ValueError(f"estimate {np.shape(estimate)} and truth {np.shape(truth)} differ in shape")
+        raise InputError(f"estimate {np.shape(estimate)} and truth {np.shape(truth)} differ in shape")
     if fit:
         design = np.stack([est, np.ones_like(est)], axis=1)
         coef, *_ = np.linalg.lstsq(design, ref, rcond=None)
         est = design @ coef
     spread = ref.std()
     if spread == 0:
-        raise ValueError("the truth is constant; NRMSE is undefined")
+        raise InputError("the truth is constant; NRMSE is undefined")
     return float(np.sqrt(np.mean((est - ref) ** 2)) / spread)
 
 
@@ -111,12 +112,12 @@ def ssim(estimate: Any, truth: Any, *, data_range: float | None = None, sigma: f
     est = to_numpy(estimate).astype(np.float64)
     ref = to_numpy(truth).astype(np.float64)
     if est.shape != ref.shape or est.ndim != 2:
-        raise ValueError(f"ssim needs two 2-D images of the same shape, got {est.shape} and {ref.shape}")
+        raise InputError(f"ssim needs two 2-D images of the same shape, got {est.shape} and {ref.shape}")
     data_range = float(ref.max() - ref.min()) if data_range is None else float(data_range)
     if not data_range > 0:
-        raise ValueError("the truth is constant; give data_range for SSIM")
+        raise InputError("the truth is constant; give data_range for SSIM")
     radius = int(3.5 * sigma + 0.5)  # scikit-image's window radius (truncate=3.5)
     if min(ref.shape) <= 2 * radius:
-        raise ValueError(f"images {ref.shape} are too small for a window of radius {radius}")
+        raise InputError(f"images {ref.shape} are too small for a window of radius {radius}")
     return float(structural_similarity(est, ref, data_range=data_range, gaussian_weights=True, sigma=sigma,
                                        use_sample_covariance=False, K1=k1, K2=k2))

@@ -52,6 +52,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import fft, ndimage
 
+from ..errors import InputError
+
 __all__ = ["estimate_shift", "register_stack", "shift_image"]
 
 
@@ -63,9 +65,9 @@ def _hann(n: int) -> np.ndarray:
 def _prepare(image: Any, window: bool) -> np.ndarray:
     a = np.asarray(image, dtype=np.float64)
     if a.ndim != 2 or 0 in a.shape:
-        raise ValueError(f"expected a non-empty 2D image, got shape {a.shape}")
+        raise InputError(f"expected a non-empty 2D image, got shape {a.shape}")
     if not np.isfinite(a).all():
-        raise ValueError("the image contains NaN or Inf values; mask or interpolate the bad pixels first")
+        raise InputError("the image contains NaN or Inf values; mask or interpolate the bad pixels first")
     a = a - a.mean()
     return a * np.outer(_hann(a.shape[0]), _hann(a.shape[1])) if window else a
 
@@ -85,7 +87,7 @@ def _peak(ref_spectrum: np.ndarray, moving: Any, normalization: str | None, wind
     from skimage.registration import phase_cross_correlation
 
     if np.shape(moving) != ref_spectrum.shape:
-        raise ValueError(f"the images differ in shape: {ref_spectrum.shape} and {np.shape(moving)}")
+        raise InputError(f"the images differ in shape: {ref_spectrum.shape} and {np.shape(moving)}")
     back, _error, _phase = phase_cross_correlation(
         ref_spectrum, _spectrum(moving, window), space="fourier", upsample_factor=upsample,
         normalization=normalization)
@@ -130,7 +132,7 @@ def estimate_shift(
     (2.0, -5.0)
     """
     if normalization not in (None, "phase"):
-        raise ValueError(f"normalization must be 'phase' or None, not {normalization!r}")
+        raise InputError(f"normalization must be 'phase' or None, not {normalization!r}")
     ref_spectrum = _spectrum(reference, window)
     shift = _peak(ref_spectrum, moving, normalization, window, upsample)
     for _ in range(max(0, refine)):
@@ -162,7 +164,7 @@ def shift_image(
         return ndimage.shift(a, shift, order=3, mode=mode)
     if method == "fourier":
         return fft.ifft2(ndimage.fourier_shift(fft.fft2(a), shift)).real
-    raise ValueError(f"method must be 'bicubic' or 'fourier', not {method!r}")
+    raise InputError(f"method must be 'bicubic' or 'fourier', not {method!r}")
 
 
 def register_stack(
@@ -193,9 +195,9 @@ def register_stack(
     """
     frames = np.asarray(stack, dtype=np.float64)
     if frames.ndim != 3 or frames.shape[0] == 0:
-        raise ValueError(f"expected a stack (frame, y, x) of at least one frame, got shape {frames.shape}")
+        raise InputError(f"expected a stack (frame, y, x) of at least one frame, got shape {frames.shape}")
     if reference not in ("first", "mean"):
-        raise ValueError(f"reference must be 'first' or 'mean', not {reference!r}")
+        raise InputError(f"reference must be 'first' or 'mean', not {reference!r}")
     kw = dict(upsample=upsample, normalization=normalization)
     shifts = np.array([estimate_shift(frames[0], f, **kw) for f in frames])
     rounds = max(0, iterations - 1) if reference == "mean" else 0

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import EmfuseError
 from ..signals import signal_type as canonical_signal_type
 from .elements import (
     NoLineError,
@@ -81,7 +82,7 @@ _EELS_MIN_CHANNELS = 5
 _SLAB_VALUES = 4_000_000
 
 
-class SpectrumError(ValueError):
+class SpectrumError(EmfuseError, ValueError):
     """The spectrum image or its energy axis cannot be used as given (the message says why)."""
 
 

@@ -1,9 +1,10 @@
 """Errors raised by the store layer.
 
-They subclass the built-in exception a caller would expect (``ValueError`` for
-bad content, ``OSError`` for files that cannot be written) so that code which
-does not know emfuse still catches them, and every message names the problem
-and the fix.
+They derive from :class:`emfuse.errors.EmfuseError` (an error emfuse explains in
+one line; the command line prints it without a traceback) and from the built-in
+exception a caller would expect (``ValueError`` for bad content, ``OSError`` for
+files that cannot be written) so that code which does not know emfuse still
+catches them, and every message names the problem and the fix.
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+# OutputNotWritable is kept in emfuse.errors (pipeline raises it too); re-exported here
+from ..errors import EmfuseError
+from ..errors import OutputNotWritable as OutputNotWritable
 
-class IngestError(ValueError):
+
+class IngestError(EmfuseError, ValueError):
     """A file cannot be read into the canonical layout (corrupt, truncated, unknown layout)."""
 
 
-class StoreError(ValueError):
+class StoreError(EmfuseError, ValueError):
     """A store is missing, incomplete, or was written with other parameters."""
 
 
-class OutputNotWritable(PermissionError):
-    """The output location cannot be created or written."""
-
-
-class DiskFull(OSError):
+class DiskFull(EmfuseError, OSError):
     """The disk (or quota) holding an output store ran full while it was written.
 
     The store is kept, not marked complete: free space (or choose another output) and rerun

@@ -31,6 +31,7 @@ from typing import Any
 import dask
 import xarray as xr
 
+from ..errors import InputFileNotFound, InputNotReadable
 from .errors import IngestError, OutputNotWritable, StoreError, disk_full
 from .formats import (
     ATTR_UNMAPPED,
@@ -112,8 +113,10 @@ def read(
 
     Raises
     ------
-    FileNotFoundError
-        if ``path`` does not exist.
+    InputFileNotFound
+        (a ``FileNotFoundError``) if ``path`` does not exist.
+    InputNotReadable
+        (a ``PermissionError``) if ``path`` cannot be read.
     IngestError
         for an unsupported suffix, a truncated or corrupt file, or a layout
         that does not fit the canonical one; the message says how to fix it.
@@ -224,8 +227,18 @@ def _read_guarded(
         ) from None
     try:
         return module.read(path, elements=elements, signal_type=signal_type, **options)
-    except (IngestError, MemoryError, FileNotFoundError, PermissionError):
+    except (IngestError, MemoryError):
         raise
+    except FileNotFoundError as exc:  # removed while it was read
+        raise InputFileNotFound(
+            f"cannot ingest {path}: the file vanished while it was read ({exc.strerror or exc}). "
+            "Check the path (and that the copy from the instrument finished)."
+        ) from exc
+    except PermissionError as exc:
+        raise InputNotReadable(
+            f"cannot ingest {path}: the file is not readable ({exc.strerror or exc}). "
+            "Fix its permissions or copy it."
+        ) from exc
     except Exception as exc:
         raise fail(
             path,
@@ -278,7 +291,7 @@ def ingest(
         if ``out`` cannot be created (checked before anything is read).
     StoreError
         if ``out`` exists and ``overwrite`` is False.
-    FileNotFoundError, IngestError
+    InputFileNotFound, InputNotReadable, IngestError
         as :func:`read`, or when the data turn out unreadable while writing.
     DiskFull
         (an ``OSError``) when the disk holding ``out`` runs full; the partial store is removed.
@@ -349,12 +362,12 @@ def chunk_canonical(ds: xr.Dataset) -> xr.Dataset:
 
 def _reader(path: Path) -> Any:
     if not path.exists():
-        raise FileNotFoundError(
+        raise InputFileNotFound(
             f"cannot ingest {path}: no such file. Check the path (and that the copy from the "
             "instrument finished)."
         )
     if not os.access(path, os.R_OK):
-        raise PermissionError(
+        raise InputNotReadable(
             f"cannot ingest {path}: the file is not readable. Fix its permissions or copy it."
         )
     if path.is_dir() and path.suffix.lower() != ".zspy":  # a .zspy is a directory (Zarr)

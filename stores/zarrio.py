@@ -331,11 +331,11 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
     Raises
     ------
     StoreError
-        When ``path`` is not a Zarr v3 store.
+        When ``path`` is not a Zarr v3 store (or cannot be read).
     """
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+    except (OSError, ValueError) as exc:  # not a store, unreadable, or its zarr.json damaged
         raise StoreError(f"{path} is not a Zarr v3 store: {exc}") from exc
     return dict(group.attrs)
 
@@ -393,7 +393,8 @@ def open_dataset(path: str | Path, *, require_complete: bool = True) -> xr.Datas
     Raises
     ------
     StoreError
-        When the store does not exist, or is not complete and ``require_complete`` is true.
+        When the store does not exist, cannot be read (not a Zarr v3 store, no permission,
+        damaged metadata), or is not complete and ``require_complete`` is true.
 
     Examples
     --------
@@ -408,7 +409,10 @@ def open_dataset(path: str | Path, *, require_complete: bool = True) -> xr.Datas
             f"store {path} is not marked complete (an interrupted or failed write). "
             "Rerun the command that writes it; it resumes where it stopped."
         )
-    return xr.open_zarr(str(path), chunks={}, **ZARR_KW)
+    try:
+        return xr.open_zarr(str(path), chunks={}, **ZARR_KW)
+    except (OSError, ValueError, KeyError) as exc:  # not a store, unreadable, or damaged metadata
+        raise StoreError(f"{path} is not a readable Zarr v3 store ({exc}); write it again.") from exc
 
 
 def add_variables(path: str | Path, ds: xr.Dataset) -> None:

@@ -11,6 +11,8 @@ import pytest
 import xarray as xr
 import zarr
 
+import emfuse
+from emfuse.errors import EmfuseError
 from emfuse.flows.cli import main
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.stores.progress import TileRecord
@@ -157,3 +159,65 @@ def test_rerun_after_an_interrupted_fuse_resumes(prefect_harness, tmp_path, dysc
     assert main([*args, "--out", str(tmp_path / "cut.zarr")]) == 0
     np.testing.assert_array_equal(open_dataset(tmp_path / "cut.zarr").fused.values,
                                   open_dataset(tmp_path / "ref.zarr").fused.values)
+
+
+def test_a_bug_shows_its_traceback_instead_of_one_line(tmp_path, monkeypatch, capsys):
+    """Only an :class:`emfuse.EmfuseError` becomes one line (exit status 2); any other exception
+    is a bug in emfuse and propagates out of ``main`` with its traceback, even a ``ValueError``."""
+    import emfuse.flows.report as report
+
+    store = tmp_path / "out.zarr"
+    store.mkdir()
+    for bug in (ZeroDivisionError("division by zero"), ValueError("an internal check failed")):
+        def write_report(*args, bug=bug, **kwargs):
+            raise bug
+
+        monkeypatch.setattr(report, "write_report", write_report)
+        with pytest.raises(type(bug), match=str(bug)):
+            main(["report", str(store)])
+        assert "error:" not in capsys.readouterr().err
+    # an explained error still reads as one line, and --traceback still shows where it came from
+    monkeypatch.undo()
+    assert main(["report", str(tmp_path / "none.zarr")]) == 2
+    assert "error: output store" in capsys.readouterr().err
+    with pytest.raises(EmfuseError, match="does not exist"):
+        main(["--traceback", "report", str(tmp_path / "none.zarr")])
+
+
+def test_every_error_class_is_an_emfuse_error_and_keeps_its_builtin_base():
+    from emfuse.cluster import ClusterConfigError, ClusterUnavailableError
+    from emfuse.errors import (
+        InputError,
+        InputFileNotFound,
+        InputNotReadable,
+        MissingDependency,
+        NotAvailableHere,
+    )
+    from emfuse.flows.batch.catalog import CatalogError
+    from emfuse.flows.jobs.restore import RestoreInputError
+    from emfuse.flows.jobs.tem_fuse import TemFuseInputError
+    from emfuse.flows.tools.export import HyperSpyMissing
+    from emfuse.pipeline.elements import DuplicateElement, ElementError, NoLineError, UnknownElement
+    from emfuse.pipeline.fusion.auto import AutoLambdaError
+    from emfuse.pipeline.fusion.model import FusionInputError
+    from emfuse.pipeline.fusion.noise import NoiseEstimateError
+    from emfuse.pipeline.restore.weights import BundleError
+    from emfuse.pipeline.spectra import SpectrumError, WindowError
+    from emfuse.stores.errors import DiskFull, IngestError, OutputNotWritable, StoreError
+    from emfuse.stores.lock import StoreLockedError
+
+    builtin = {
+        FusionInputError: ValueError, AutoLambdaError: ValueError, NoiseEstimateError: ValueError,
+        SpectrumError: ValueError, WindowError: ValueError, ElementError: ValueError,
+        UnknownElement: ValueError, DuplicateElement: ValueError, NoLineError: ValueError,
+        BundleError: ValueError, IngestError: ValueError, StoreError: ValueError,
+        StoreLockedError: ValueError, OutputNotWritable: PermissionError, DiskFull: OSError,
+        ClusterConfigError: ValueError, ClusterUnavailableError: RuntimeError,
+        TemFuseInputError: ValueError, RestoreInputError: ValueError, HyperSpyMissing: ImportError,
+        CatalogError: ValueError, InputError: ValueError, InputFileNotFound: FileNotFoundError,
+        InputNotReadable: PermissionError, MissingDependency: ImportError, NotAvailableHere: RuntimeError,
+    }
+    for cls, base in builtin.items():
+        assert issubclass(cls, EmfuseError), cls
+        assert issubclass(cls, base), (cls, base)  # `except ValueError` callers still catch it
+    assert emfuse.EmfuseError is EmfuseError

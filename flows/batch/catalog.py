@@ -43,6 +43,8 @@ from typing import Any
 
 import yaml
 
+from emfuse.errors import EmfuseError
+
 from ..jobs import JOBS
 
 TOP_KEYS = ("output", "cluster", "data_root", "datasets")
@@ -53,7 +55,7 @@ _GLOB = re.compile(r"[*?\[]")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class CatalogError(ValueError):
+class CatalogError(EmfuseError, ValueError):
     """The catalog file cannot be used at all (nothing was run)."""
 
 

@@ -35,6 +35,8 @@ from prefect import flow
 from tqdm.auto import tqdm
 
 from emfuse.cluster import as_spec, connect, is_remote
+from emfuse.errors import InputError
+from emfuse.stores.zarrio import check_writable
 
 from ..jobs import JOBS
 from ..jobs.registry import existing_figures
@@ -224,8 +226,8 @@ def batch_flow(catalog: str, cluster: str | None = None, progress: bool = True) 
         ``report`` (the HTML page) and counts.
     """
     cat = load_catalog(catalog, cluster=cluster)
-    output = Path(cat.output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = check_writable(cat.output)  # OutputNotWritable (one line) where it cannot be created
+    output.mkdir(exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     start = time.perf_counter()
     records: list[dict[str, Any]] = []
@@ -301,7 +303,7 @@ def batch_deployment(catalog: str | Path, cron: str, *, name: str | None = None,
     ``cron`` is read in ``timezone`` (an IANA name; default: this machine's, :func:`local_timezone`).
 
     The catalog is checked now, so a typo is reported when the schedule is set up and not at
-    22:00; an invalid cron expression raises ``ValueError``.
+    22:00; an invalid cron expression raises :class:`emfuse.errors.InputError` (a ``ValueError``).
     """
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType
@@ -310,7 +312,7 @@ def batch_deployment(catalog: str | Path, cron: str, *, name: str | None = None,
     try:
         schedule = CronSchedule(cron=cron, timezone=timezone or local_timezone())
     except ValueError as exc:
-        raise ValueError(f"invalid cron expression {cron!r}: give five fields, minute hour day month "
+        raise InputError(f"invalid cron expression {cron!r}: give five fields, minute hour day month "
                          "weekday, e.g. '0 22 * * *' for every night at 22:00.") from exc
     parameters = {"catalog": cat.path, "progress": False}
     if cluster is not None:

@@ -2,8 +2,9 @@
 
 Each subcommand is a thin layer over a flow or a store function (:mod:`.commands`, arguments in
 :mod:`.parser`, printing in :mod:`.console`); errors that come from the data (bad input,
-existing outputs, unwritable paths) are printed as one line naming the problem and the fix,
-with exit status 2.
+existing outputs, unwritable paths), every one an :class:`emfuse.errors.EmfuseError`, are
+printed as one line naming the problem and the fix, with exit status 2. Any other exception is
+a bug: it shows its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from emfuse.errors import EmfuseError
+
 from .console import console_logging
 from .parser import build_parser
 
@@ -19,8 +22,6 @@ __all__ = ["build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from emfuse.cluster import ClusterUnavailableError
-
     args = build_parser().parse_args(argv)
     if not args.verbose:
         # quiet Dask's per-worker INFO lines; inherited by worker processes
@@ -28,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console_logging(args.verbose)
     try:
         return args.func(args)
-    except (ValueError, OSError, ClusterUnavailableError) as exc:
+    except EmfuseError as exc:
         if args.traceback:
             raise
         print(f"emfuse {args.command}: error: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The ``emfuse`` subcommands, one function each: a thin layer over a flow or a store function.
 
-Each returns the exit status; errors from the data raise ``ValueError`` or ``OSError``, which
-:func:`emfuse.flows.cli.main` prints as one line.
+Each returns the exit status; errors from the data raise an :class:`emfuse.errors.EmfuseError`,
+which :func:`emfuse.flows.cli.main` prints as one line.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from emfuse.errors import InputError, InputFileNotFound
 
 from .console import (
     print_adaptation,
@@ -38,7 +40,7 @@ def _windows(specs: Sequence[str]) -> dict[str, list[float]] | None:
             element, span = spec.split("=")
             lo, hi = (float(v) for v in span.split(":"))
         except ValueError:
-            raise ValueError(f"bad --window {spec!r}; write it as EL=LO:HI in eV, e.g. Fe=6250:6550") from None
+            raise InputError(f"bad --window {spec!r}; write it as EL=LO:HI in eV, e.g. Fe=6250:6550") from None
         windows[element] = [lo, hi]
     return windows or None
 
@@ -46,7 +48,7 @@ def _windows(specs: Sequence[str]) -> dict[str, list[float]] | None:
 def _require(path: Path) -> None:
     """Fail in a second rather than after starting Prefect and a cluster."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; give a canonical store (.zarr) or a raw file.")
+        raise InputFileNotFound(f"{path} does not exist; give a canonical store (.zarr) or a raw file.")
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
@@ -144,7 +146,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print("\n".join(describe(args.file)))
         return 0
     if args.out is None:
-        raise ValueError("emfuse ingest needs --out STORE.zarr (or --list to see what the file holds).")
+        raise InputError("emfuse ingest needs --out STORE.zarr (or --list to see what the file holds).")
     with ProgressBar(minimum=2.0):  # shown only when the copy takes more than 2 s
         path = ingest_file(args.file, args.out, elements=args.elements, signal=args.signal,
                            overwrite=args.overwrite)

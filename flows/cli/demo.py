@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emfuse.stores.zarrio import read_attrs
+from emfuse.stores.zarrio import check_writable, read_attrs
 
 from ..tools.synth import write_synthetic
 
@@ -30,8 +30,8 @@ def run_demo(
     from ..jobs.flows import fuse_flow
     from .console import print_summary
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(out)  # OutputNotWritable (one line) where it cannot be created
+    out.mkdir(exist_ok=True)
     start = time.perf_counter()
     source = write_synthetic("spectrum-image", out / "demo_input.zarr", shape=(size, size),
                              elements=DEMO_ELEMENTS, dose=dose, seed=seed, overwrite=True)

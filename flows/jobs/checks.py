@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from emfuse.errors import InputError, InputFileNotFound
 from emfuse.pipeline import elements as periodic
 from emfuse.stores.errors import StoreError, other_parameters_error, params_differ
 from emfuse.stores.layout import (
@@ -87,7 +88,7 @@ def _check_input(source: str | Path) -> dict[str, Any] | None:
     """The input exists; a store is not an interrupted write. Returns its attributes (None: a raw file)."""
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist; give a canonical store (.zarr) or a raw file.")
+        raise InputFileNotFound(f"{source} does not exist; give a canonical store (.zarr) or a raw file.")
     attrs = store_attrs(source)
     if attrs is not None and attrs.get(ATTR_COMPLETE) is False:  # no flag at all: written by someone else, fine
         raise StoreError(
@@ -124,23 +125,23 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
 
     Raises
     ------
-    ValueError (ElementError, StoreError), FileNotFoundError
+    EmfuseError (ElementError, StoreError, InputError: ValueErrors; InputFileNotFound)
         naming the problem and the fix, as the job itself would.
     """
     wanted = list(periodic.validate_elements(elements)) if elements else None
     if tile < 1 or halo < 0:
-        raise ValueError(f"--tile must be >= 1 and --halo >= 0, got tile {tile}, halo {halo}")
+        raise InputError(f"--tile must be >= 1 and --halo >= 0, got tile {tile}, halo {halo}")
     attrs = _check_input(source)
     if attrs is not None:
         names = store_variables(source)
         if HAADF not in names:
-            raise ValueError(no_haadf_message(source))
+            raise InputError(no_haadf_message(source))
         have = _stored_elements(Path(source)) if MAPS in names else []
         if SPECTRUM not in names and (not have or (wanted and not set(wanted) <= set(have))):
-            raise ValueError(no_maps_message(wanted, sorted(have)))
+            raise InputError(no_maps_message(wanted, sorted(have)))
         # elements named at ingest (ingest --elements) are the job's default, as in fusion_job.default_elements
         if SPECTRUM in names and MAPS not in names and not wanted and not attrs.get(ATTR_ELEMENTS):
-            raise ValueError(no_elements_message(listed_elements(attrs.get(ATTR_METADATA))))
+            raise InputError(no_elements_message(listed_elements(attrs.get(ATTR_METADATA))))
     expected: dict[str, Any] = {"tile": tile, "halo": halo, "windows": dict(windows) if windows else None}
     if wanted:
         expected["elements"] = wanted
@@ -156,7 +157,7 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
 def check_restore_tiling(tile: int, overlap: int, batch: int, block: int | None) -> None:
     """The restoration's tiling and batching options (also checked by :func:`emfuse.flows.jobs.restore.plan`)."""
     if tile < 8 or overlap < 0 or 2 * overlap > tile or batch < 1 or (block is not None and block < 1):
-        raise ValueError(f"need tile >= 8, 0 <= overlap <= tile / 2, batch >= 1 and block >= 1; "
+        raise InputError(f"need tile >= 8, 0 <= overlap <= tile / 2, batch >= 1 and block >= 1; "
                          f"got tile {tile}, overlap {overlap}, batch {batch}, block {block}")
 
 
@@ -166,7 +167,7 @@ def check_restore(source: str | Path, out: str | Path, *, model: str | None, opt
     check_restore_tiling(options["tile"], options["overlap"], options["batch"], options.get("block"))
     attrs = _check_input(source)
     if attrs is not None and not {MOVIE, HAADF} & store_variables(source):
-        raise ValueError(f"{source} has no movie (frame, y, x) and no image (haadf) to restore; "
+        raise InputError(f"{source} has no movie (frame, y, x) and no image (haadf) to restore; "
                          "ingest a file with a movie or an image.")
     from emfuse.pipeline.restore import MODEL_FILES
 
@@ -175,7 +176,7 @@ def check_restore(source: str | Path, out: str | Path, *, model: str | None, opt
     if name not in MODEL_FILES and name != "auto" and not name.startswith("r_em:"):
         path = Path(name).expanduser()
         if not path.is_file():
-            raise ValueError(f"model {name!r} is neither a published name (r_em:...), an own model "
+            raise InputError(f"model {name!r} is neither a published name (r_em:...), an own model "
                              f"({', '.join(['auto', *MODEL_FILES])}) nor an existing .safetensors file; "
                              "check --model")
         name = str(path.resolve())
@@ -189,13 +190,13 @@ def check_tem_fuse(source: str | Path, out: str | Path, *, model: str | Path | N
     """What ``emfuse tem-fuse`` can check in a moment: input, tile, the model file, output parameters."""
     attrs = _check_input(source)
     if attrs is not None and MODES not in store_variables(source):
-        raise ValueError(f"{source} has no '{MODES}' (mode, y, x); tem-fuse needs BF, DF and HRTEM images "
+        raise InputError(f"{source} has no '{MODES}' (mode, y, x); tem-fuse needs BF, DF and HRTEM images "
                          "of the same region, e.g. from `emfuse synth tem-modes`.")
     if tile < 16 or tile % 2:
-        raise ValueError(f"--tile must be even and at least 16, got {tile}")
+        raise InputError(f"--tile must be even and at least 16, got {tile}")
     expected: dict[str, Any] = {"tile": tile, "halo": halo}
     if model is not None:
         if not Path(model).is_file():
-            raise FileNotFoundError(f"AVAE model {model} does not exist; give a .safetensors file (--model).")
+            raise InputFileNotFound(f"AVAE model {model} does not exist; give a .safetensors file (--model).")
         expected["model"] = str(Path(model).resolve())
     _check_output(out, expected, overwrite)

@@ -733,4 +733,4 @@ class FusionSpec(TiledJob):
         return summary(job)
 
 
-SPEC = FusionSpec(name=JOB, desc="fusing tiles", errors=(FusionInputError,))
+SPEC = FusionSpec(name=JOB, desc="fusing tiles")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from emfuse.errors import InputError, InputFileNotFound
 from emfuse.pipeline.saturation import find_saturation
 from emfuse.stores import ingest
 from emfuse.stores.layout import ATTR_INGEST_OPTIONS, ATTR_SHA256, HAADF
@@ -133,7 +134,7 @@ def resolve_store(
         _check_store_signal(source, signal)
         return source
     if not source.exists():
-        raise FileNotFoundError(
+        raise InputFileNotFound(
             f"{source} does not exist; give a canonical store or a raw file "
             f"({', '.join(sorted(ingest.SUPPORTED_SUFFIXES))})."
         )
@@ -151,7 +152,7 @@ def _check_store_signal(store: Path, signal: str | int | None) -> None:
         return
     stored = (read_attrs(store).get(ATTR_INGEST_OPTIONS) or {}).get("signal")
     if stored != str(signal):
-        raise ValueError(
+        raise InputError(
             f"{store} is a store ingested with --signal {stored}; --signal {signal} chooses among a raw "
             "file's spectrum images: give the raw file, or ingest it again with that --signal."
         )

@@ -36,6 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from emfuse.errors import InputError
 from emfuse.pipeline.fusion import FusionParams
 from emfuse.stores.lock import StoreLock
 from emfuse.stores.zarrio import begin_run, timed
@@ -110,7 +111,7 @@ def job_kind(name: str) -> JobKind:
     try:
         return JOBS[name]
     except KeyError:
-        raise ValueError(f"unknown job {name!r}; choose from {', '.join(JOBS)}") from None
+        raise InputError(f"unknown job {name!r}; choose from {', '.join(JOBS)}") from None
 
 
 def run_job(kind: str, source: str | Path, out: str | Path, client: Client, *,

@@ -48,6 +48,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from emfuse.errors import EmfuseError
 from emfuse.pipeline.metrics import psnr
 from emfuse.pipeline.register import estimate_shift, shift_image
 from emfuse.stores import layout
@@ -101,7 +102,7 @@ ADAPT_MAX_FRAMES = 16  # --adapt learns from (and checks on) at most the first s
 MIN_ADAPT_FRAMES = 4  # 2 to train on, 2 held out for the check (emfuse.pipeline.restore.adapt)
 
 
-class RestoreInputError(ValueError):
+class RestoreInputError(EmfuseError, ValueError):
     """The input, the model or the device cannot be used; the message names the fix."""
 
 
@@ -826,8 +827,7 @@ class RestoreSpec(TiledJob):
         return summary(job)
 
 
-SPEC = RestoreSpec(name=JOB, desc="restoring", unit="frame", stage="restore", array_kind="torch",
-                   errors=(RestoreInputError,))
+SPEC = RestoreSpec(name=JOB, desc="restoring", unit="frame", stage="restore", array_kind="torch")
 
 __all__ = [
     "JOB", "SPEC", "RestoreInputError", "RestoreJob", "adapt", "adapt_in_store", "adapted_model_path", "choose_model",

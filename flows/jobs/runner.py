@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from emfuse.errors import EmfuseError
 from emfuse.pipeline.backend import to_numpy
 from emfuse.stores.errors import on_disk_full
 from emfuse.stores.layout import ATTR_DEVICES
@@ -70,7 +71,7 @@ DEVICES = ("auto", "cpu", "cuda")  # what a job's ``device`` option may say
 
 
 
-class DeviceError(ValueError):
+class DeviceError(EmfuseError, ValueError):
     """A ``device`` option that cannot be used here; the message names the fix."""
 
 
@@ -112,8 +113,8 @@ class TiledJob:
     store's ``timing``; ``array_kind`` says how a window is placed on a GPU: ``"xp"`` (its
     arrays become CuPy arrays for kernels written against ``xp``) or ``"torch"`` (the window
     stays numpy, the job's network runs on the device it is given); ``errors`` are the
-    exceptions a unit returns to the driver as values (bad input, reported in one line
-    without a worker's traceback).
+    exceptions a unit returns to the driver as values (by default every
+    :class:`emfuse.EmfuseError`: bad input, reported in one line without a worker's traceback).
     """
 
     name: str = ""
@@ -121,7 +122,7 @@ class TiledJob:
     unit: str = "tile"
     stage: str = "tiles"
     array_kind: str = "xp"
-    errors: tuple[type[BaseException], ...] = ()  # DeviceError is always one of them
+    errors: tuple[type[BaseException], ...] = (EmfuseError,)
 
     def prepare(self, job: Any, client: Client, *, progress: bool) -> tuple[Any, Any]:
         """Driver-side stages before the units; returns the job and the ``context`` every unit gets."""
@@ -260,7 +261,7 @@ def run_unit(spec: TiledJob, job: Any, unit: Unit, context: Any) -> tuple[tuple[
         payload = None if output.payload is None else np.asarray(to_numpy(output.payload), dtype=np.float64)
         TileRecord.open(job.out, spec.name).mark(unit.key, payload)
         return unit.key, device
-    except (DeviceError, *spec.errors) as exc:
+    except spec.errors as exc:
         return exc
 
 

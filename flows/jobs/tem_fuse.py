@@ -37,6 +37,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from emfuse.errors import EmfuseError
 from emfuse.pipeline import tiles
 from emfuse.pipeline.avae.fuse import fuse_tile
 from emfuse.pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load_avae
@@ -66,7 +67,7 @@ FIT_CROP = 512  # px: the central crop on which histograms and drift are fitted
 FLAT_PX = 256  # px: the block average of the whole dataset on which the flat field is fitted
 
 
-class TemFuseInputError(ValueError):
+class TemFuseInputError(EmfuseError, ValueError):
     """The input cannot be fused: no modes, or not the three modes."""
 
 
@@ -328,4 +329,4 @@ def summary(job: TemFuseJob, max_px: int = 4096) -> dict[str, Any]:
     return json.loads(json.dumps(info))
 
 
-SPEC = TemFuseSpec(name=JOB, desc="fusing TEM modes", array_kind="torch", errors=(TemFuseInputError,))
+SPEC = TemFuseSpec(name=JOB, desc="fusing TEM modes", array_kind="torch")

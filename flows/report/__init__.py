@@ -54,7 +54,9 @@ from typing import Any
 import xarray as xr
 from matplotlib.figure import Figure
 
+from emfuse.errors import InputError, InputFileNotFound
 from emfuse.stores import layout
+from emfuse.stores.errors import StoreError
 from emfuse.stores.layout import (
     ATTR_COMPLETE,
     ATTR_CREATED,
@@ -70,7 +72,7 @@ from emfuse.stores.layout import (
     TRUE_MAPS,
     ZARR_KW,
 )
-from emfuse.stores.zarrio import add_timing
+from emfuse.stores.zarrio import add_timing, check_writable
 
 from .common import (
     DPI,
@@ -159,10 +161,13 @@ def write_report(
     """
     store = Path(out_store)
     if not store.exists():
-        raise FileNotFoundError(f"output store {str(store)!r} does not exist")
-    ds = xr.open_zarr(store, **ZARR_KW)
+        raise InputFileNotFound(f"output store {str(store)!r} does not exist")
+    try:
+        ds = xr.open_zarr(store, **ZARR_KW)
+    except (OSError, ValueError, KeyError) as exc:  # not a store, unreadable, or damaged metadata
+        raise StoreError(f"{store} is not a readable Zarr v3 store ({exc}); give an output store.") from exc
     out_dir = Path(report_dir) if report_dir is not None else default_report_dir(store)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir).mkdir(exist_ok=True)  # OutputNotWritable where it cannot be created
     factor = coarsen_factor(image_shape(ds), max_px)
     figures: list[tuple[str, Callable[[xr.Dataset, int], Figure | None]]] = [
         ("maps.png", maps_figure),
@@ -180,7 +185,7 @@ def write_report(
         if fig is not None:
             written.append(save_figure(fig, out_dir / name, dpi))
     if not written:
-        raise ValueError(
+        raise InputError(
             f"{str(store)!r} has none of {MAPS}, {FUSED}, {HAADF}/{HAADF_MODEL}, {COST}, tem_fused, "
             f"{RESTORED}: is it a fusion output store (or a tem-fuse or restore one)?"
         )

@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
+from emfuse.errors import InputError
 from emfuse.stores.layout import ATTR_COMPLETE, ATTR_PARAMS
 
 MAX_DISPLAY_PX = 1024
@@ -40,7 +41,7 @@ def coarsen_factor(shape: Sequence[int], max_px: int = MAX_DISPLAY_PX) -> int:
     3
     """
     if max_px < 1:
-        raise ValueError(f"max_px must be >= 1, got {max_px}")
+        raise InputError(f"max_px must be >= 1, got {max_px}")
     return max(1, *(math.ceil(n / max_px) for n in shape))
 
 

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from emfuse.errors import EmfuseError, InputError
 from emfuse.stores import layout
 from emfuse.stores.metadata import jsonable
-from emfuse.stores.zarrio import open_dataset, read_attrs
+from emfuse.stores.zarrio import check_writable, open_dataset, read_attrs
 
 # the variable exported when none is named: the result first, then the inputs
 DEFAULT_ORDER = (layout.FUSED, layout.RESTORED, layout.TEM_FUSED, layout.SPECTRUM, layout.MAPS,
@@ -44,7 +45,7 @@ _INSTALL = "pip install 'emfuse[hyperspy]'"
 _TREES = (layout.ATTR_METADATA, layout.ATTR_ORIGINAL_METADATA)
 
 
-class HyperSpyMissing(ImportError, ValueError):
+class HyperSpyMissing(EmfuseError, ImportError, ValueError):
     """HyperSpy (or exspy) is not installed; the message names the extra that installs it.
 
     A ``ValueError`` too, so the command line prints it as one line like any bad input.
@@ -119,19 +120,19 @@ def export(
 
     Raises
     ------
-    ValueError
-        for an unknown format, an output of another suffix, or an existing output
+    InputError
+        (a ``ValueError``) for an unknown format, an output of another suffix, or an existing output
         without ``overwrite``.
     """
     if to not in FORMATS:
-        raise ValueError(f"cannot export to {to!r}; formats: {', '.join(FORMATS)}.")
+        raise InputError(f"cannot export to {to!r}; formats: {', '.join(FORMATS)}.")
     out = Path(out)
     if out.suffix.lower() != f".{to}":
-        raise ValueError(f"the output {out} must end in .{to} (HyperSpy chooses the format by the suffix).")
+        raise InputError(f"the output {out} must end in .{to} (HyperSpy chooses the format by the suffix).")
     if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+        raise InputError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
     signal = to_hyperspy(store, variable, lazy=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # creates the folder; OutputNotWritable where it cannot
     signal.save(out, overwrite=True)
     return out
 
@@ -147,9 +148,9 @@ def _variable(ds: xr.Dataset, variable: str | None, store: Any) -> str:
                 return name
         variable = next(iter(ds.data_vars), None)
         if variable is None:
-            raise ValueError(f"{label} holds no variables to export.")
+            raise InputError(f"{label} holds no variables to export.")
     if variable not in ds.data_vars:
-        raise ValueError(
+        raise InputError(
             f"{label} has no variable {variable!r}; it has {', '.join(map(str, ds.data_vars))}. "
             "Choose one with --variable."
         )

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from emfuse.errors import InputError
 from emfuse.pipeline.synth import (
     SyntheticMovie,
     SyntheticSpectrumImage,
@@ -102,7 +103,7 @@ def write_synthetic(
     :data:`emfuse.pipeline.synth.tem_modes.MATERIALS` (default metal) and ``dose`` fixes the HRTEM dose.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown synthetic dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
+        raise InputError(f"unknown synthetic dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
     material = options.pop("material", None)  # tem-modes only
     frames = options.pop("frames", None)  # movie only
     if kind == "movie":

@@ -19,7 +19,7 @@ import numpy as np
 from emfuse.pipeline.avae.model import AVAEConfig, save_avae
 from emfuse.pipeline.avae.train import TrainSettings, standardise, train_avae
 from emfuse.stores import layout
-from emfuse.stores.zarrio import open_dataset
+from emfuse.stores.zarrio import check_writable, open_dataset
 
 from ..jobs.tem_fuse import (
     TemFuseInputError,
@@ -61,6 +61,7 @@ def train_from_stores(stores: Sequence[str | Path], out: str | Path, *, region: 
     """Train on every region of ``stores`` and write the model to ``out``; returns (path, history)."""
     settings = settings or TrainSettings()
     cfg = cfg or AVAEConfig()
+    check_writable(out)  # before training, not after it
     parts = [store_regions(s, region) for s in stores]
     inputs = np.concatenate([p[0] for p in parts])
     targets = np.concatenate([p[1] for p in parts])

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from emfuse.errors import InputError
+
 SCRATCH = "scratch"
 
 
@@ -56,17 +58,17 @@ def training_config(
     from emfuse.pipeline.synth.scenes import held_out
 
     if hold_out and data != "scenes":
-        raise ValueError("--hold-out applies to --data scenes (the broad distribution) only")
+        raise InputError("--hold-out applies to --data scenes (the broad distribution) only")
     if init != SCRATCH:
         if config is not None:
-            raise ValueError(f"--config {config} applies to training from scratch; --init {init} brings its "
+            raise InputError(f"--config {config} applies to training from scratch; --init {init} brings its "
                              "own architecture (leave --config out to fine-tune)")
         if not init.startswith("r_em:") and not Path(init).is_file():
-            raise ValueError(f"--init {init!r} is neither 'scratch', a published model (r_em:sfr_hrstem, ...) "
+            raise InputError(f"--init {init!r} is neither 'scratch', a published model (r_em:sfr_hrstem, ...) "
                              "nor an existing .safetensors file")
     config = config or "small"
     if config not in ("small", "paper"):
-        raise ValueError(f"--config must be small or paper, got {config!r} (known presets: {sorted(MODEL_PRESETS)})")
+        raise InputError(f"--config must be small or paper, got {config!r} (known presets: {sorted(MODEL_PRESETS)})")
     if lr is None:
         lr = 1e-3 if init == SCRATCH else 1e-4
     return TrainConfig(

@@ -33,6 +33,8 @@ import numpy as np
 
 from emfuse.pipeline.metrics import psnr, ssim
 
+from ...errors import InputError
+
 __all__ = ["average", "calibrate", "fit_mode_weights", "score", "weighted"]
 
 
@@ -48,7 +50,7 @@ def calibrate(image: Any, truth: Any) -> np.ndarray:
     est = np.asarray(image, dtype=np.float64)
     ref = np.asarray(truth, dtype=np.float64)
     if est.shape != ref.shape:
-        raise ValueError(f"image {est.shape} and truth {ref.shape} differ in shape")
+        raise InputError(f"image {est.shape} and truth {ref.shape} differ in shape")
     design = np.stack([est.ravel(), np.ones(est.size)], axis=1)
     coef, *_ = np.linalg.lstsq(design, ref.ravel(), rcond=None)
     return (design @ coef).reshape(est.shape)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from emfuse.errors import InputError
+
 from ..synth.tem_modes import ModeImages
 from . import baselines
 from .fuse import fuse_modes
@@ -66,7 +68,7 @@ def split_indices(n: int, seed: int, fractions: Sequence[float] = (0.7, 0.15, 0.
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A seeded random split of ``n`` regions into train, validation and test (70/15/15)."""
     if n < 3:
-        raise ValueError(f"need at least 3 regions to split, got {n}")
+        raise InputError(f"need at least 3 regions to split, got {n}")
     order = np.random.default_rng([seed, 70_15_15]).permutation(n)
     n_val = max(1, int(round(fractions[1] * n)))
     n_test = max(1, int(round(fractions[2] * n)))

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from emfuse.pipeline.tiles import Tile
 
+from ...errors import InputError
 from .model import AVAE
 
 __all__ = ["fuse_modes", "fuse_tile"]
@@ -59,7 +60,7 @@ def fuse_modes(model: AVAE, modes: Any, *, present: Any = None,
     """
     a = np.asarray(modes, dtype=np.float32)
     if a.ndim != 3 or a.shape[0] != model.cfg.n_modes:
-        raise ValueError(f"expected modes ({model.cfg.n_modes}, y, x), got {a.shape}")
+        raise InputError(f"expected modes ({model.cfg.n_modes}, y, x), got {a.shape}")
     ny, nx = a.shape[1:]
     x = torch.from_numpy(np.ascontiguousarray(a))[None]
     pad_y, pad_x = ny % 2, nx % 2

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...errors import InputError, InputFileNotFound
 from ..weights_io import save_safetensors
 
 __all__ = ["ATTENTION_INPUTS", "AVAE", "AVAEConfig", "AVAEOutput", "DEFAULT_WEIGHTS", "FLAT_VAE_WEIGHTS", "FLAT_WEIGHTS", "VAE_WEIGHTS", "avae_loss", "load_avae", "save_avae"]
@@ -87,11 +88,11 @@ class AVAEConfig:
 
     def __post_init__(self) -> None:
         if self.stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {self.stride}")
+            raise InputError(f"stride must be 1 or 2, got {self.stride}")
         if self.attention_from not in ATTENTION_INPUTS:
-            raise ValueError(f"attention_from must be one of {ATTENTION_INPUTS}, got {self.attention_from!r}")
+            raise InputError(f"attention_from must be one of {ATTENTION_INPUTS}, got {self.attention_from!r}")
         if self.attention_kernel % 2 != 1 or self.attention_kernel < 1:
-            raise ValueError(f"attention_kernel must be odd and >= 1, got {self.attention_kernel}")
+            raise InputError(f"attention_kernel must be odd and >= 1, got {self.attention_kernel}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -245,17 +246,21 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_avae(path: str | os.PathLike | None = None, *, device: str = "cpu") -> AVAE:
     """Load an AVAE saved by :func:`save_avae` (default: :data:`DEFAULT_WEIGHTS`), in eval mode."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
-        raise FileNotFoundError(f"no AVAE weights at {path}; train some with `emfuse train-avae` "
+        raise InputFileNotFound(f"no AVAE weights at {path}; train some with `emfuse train-avae` "
                                 "or give --model PATH")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({exc}); give an AVAE model written "
+                         "by emfuse train-avae (--model)") from exc
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an emfuse AVAE file (format {meta.get('format')!r}, "
+        raise InputError(f"{path} is not an emfuse AVAE file (format {meta.get('format')!r}, "
                          f"expected {FORMAT!r})")
     model = AVAE(AVAEConfig.from_json(meta["config"]))
     model.load_state_dict(load_file(str(path), device=device))

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from emfuse.errors import InputError
 from emfuse.pipeline.register import estimate_shift
 
 from ..synth.tem_modes import HRTEM, MODES
@@ -152,9 +153,9 @@ def flat_field(image: Any, flat: Any = None, *, order: int = 2) -> np.ndarray:
     if flat is not None:
         f = np.asarray(flat, dtype=np.float64)
         if f.shape != a.shape:
-            raise ValueError(f"the flat {f.shape} and the image {a.shape} differ in shape")
+            raise InputError(f"the flat {f.shape} and the image {a.shape} differ in shape")
         if not (f > 0).all():
-            raise ValueError("the flat must be > 0 everywhere")
+            raise InputError("the flat must be > 0 everywhere")
         return a / (f / f.mean())
     return a / flat_surface(fit_flat(a, order=order), a.shape)
 
@@ -167,7 +168,7 @@ def mode_quantiles(image: Any, n: int = N_QUANTILES) -> np.ndarray:
     a = np.asarray(image, dtype=np.float64)
     a = a[np.isfinite(a)]
     if a.size == 0:
-        raise ValueError("the image has no finite values")
+        raise InputError("the image has no finite values")
     return np.quantile(a, np.linspace(0, 1, n))
 
 
@@ -250,7 +251,7 @@ def denoise(image: Any, sigma: float) -> np.ndarray:
     """
     a = np.asarray(image, dtype=np.float64)
     if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
+        raise InputError(f"sigma must be >= 0, got {sigma}")
     return ndimage.gaussian_filter(a, sigma, mode="nearest") if sigma > 0 else a
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...errors import InputError
 from ..arrays import central_crop
 from .model import AVAE, AVAEConfig, avae_loss
 
@@ -70,7 +71,7 @@ def standardise(truth: Any) -> np.ndarray:
     a = np.asarray(truth, dtype=np.float64)
     spread = a.std()
     if not spread > 0:
-        raise ValueError("the truth is constant; it cannot be standardised")
+        raise InputError("the truth is constant; it cannot be standardised")
     return ((a - a.mean()) / spread).astype(np.float32)
 
 
@@ -79,7 +80,7 @@ def sample_batch(inputs: np.ndarray, targets: np.ndarray, batch: int, crop: int,
     """Random crops (with flips and quarter turns) of random regions: (B, modes, c, c), (B, 1, c, c)."""
     n, _, ny, nx = inputs.shape
     if crop > min(ny, nx) or crop % 2:
-        raise ValueError(f"crop must be even and at most the region size {min(ny, nx)}, got {crop}")
+        raise InputError(f"crop must be even and at most the region size {min(ny, nx)}, got {crop}")
     xs, ys = [], []
     for _ in range(batch):
         i = int(rng.integers(n))
@@ -171,7 +172,7 @@ def train_avae(
     x_all = np.asarray(inputs, dtype=np.float32)
     y_all = np.asarray(targets, dtype=np.float32)
     if x_all.ndim != 4 or y_all.shape != (x_all.shape[0], *x_all.shape[2:]):
-        raise ValueError(f"inputs (N, modes, H, W) and targets (N, H, W) do not match: {x_all.shape}, {y_all.shape}")
+        raise InputError(f"inputs (N, modes, H, W) and targets (N, H, W) do not match: {x_all.shape}, {y_all.shape}")
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     model = AVAE(cfg)

@@ -117,6 +117,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ...errors import InputError
 from ..arrays import central_crop  # re-exported: callers use auto.central_crop
 from ..backend import to_numpy
 from .model import FusionInputError, Normalisation
@@ -207,7 +208,7 @@ class SearchSettings:
             and self.folds >= 1 and self.crop >= 8 and self.widen >= 0 and self.widen_by > 1
         )
         if not ok:
-            raise ValueError(f"invalid lambda search settings {self}")
+            raise InputError(f"invalid lambda search settings {self}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -315,7 +316,7 @@ def thin_counts(counts: Any, p: float, rng: np.random.Generator) -> np.ndarray:
     """
     counts = np.asarray(counts)
     if not 0 < p < 1:
-        raise ValueError(f"p must be in (0, 1), got {p}")
+        raise InputError(f"p must be in (0, 1), got {p}")
     kept = np.empty_like(counts)
     flat_in, flat_out = counts.reshape(-1), kept.reshape(-1)
     # in blocks: binomial draws are int64, 4x a uint16 spectrum image, so bound the temporaries
@@ -454,7 +455,7 @@ def _axis(fixed: float | None, value_range: tuple[float, float], ratio: float) -
     if fixed is None:
         return _lattice(*value_range, ratio)
     if not (math.isfinite(fixed) and fixed >= 0):
-        raise ValueError(f"a fixed lambda must be a finite number >= 0, got {fixed!r}")
+        raise InputError(f"a fixed lambda must be a finite number >= 0, got {fixed!r}")
     return np.array([float(fixed)])
 
 
@@ -581,7 +582,7 @@ def _splits(
     folds = []
     if spectrum is not None:
         if to_maps is None:
-            raise ValueError("choose_lambdas(spectrum=...) needs to_maps, the spectrum -> maps function")
+            raise InputError("choose_lambdas(spectrum=...) needs to_maps, the spectrum -> maps function")
         spectrum = np.asarray(spectrum)
         for _ in range(settings.folds):
             train = thin_counts(spectrum, settings.split, rng)

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import EmfuseError
 from ..backend import get_xp, to_numpy
 from .tv import tv_iso
 
 
-class FusionInputError(ValueError):
+class FusionInputError(EmfuseError, ValueError):
     """Inputs to :func:`emfuse.pipeline.fusion.fuse` that cannot be fused; the message says why."""
 
 

@@ -71,6 +71,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import nnls
 
+from ...errors import EmfuseError, InputError
+
 __all__ = ["NoiseModel", "estimate_noise", "local_variance", "neighbour_correlation", "recorrupt"]
 
 #: For white noise, ``y - box3(y)`` has ``8/9`` of the variance of ``y``.
@@ -80,7 +82,7 @@ _MIN_PER_BIN = 64
 DENSE, SPARSE = "away from zeros", "all (sparse map)"  # NoiseModel.pixels_used
 
 
-class NoiseEstimateError(ValueError):
+class NoiseEstimateError(EmfuseError, ValueError):
     """The noise of a map cannot be measured (too few usable pixels); the message says why."""
 
 
@@ -256,7 +258,7 @@ def recorrupt(
     True
     """
     if not 0 < train_fraction < 1:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+        raise InputError(f"train_fraction must be in (0, 1), got {train_fraction}")
     y = np.asarray(image, np.float64)
     a = math.sqrt((1.0 - train_fraction) / train_fraction)
     variance = model.variance(local_mean(y)) if isinstance(model, NoiseModel) else np.asarray(model, np.float64)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
 from ..backend import get_xp, to_numpy
 from .convergence import ConvergenceWarning, diagnose_convergence
 from .model import (
@@ -473,10 +474,10 @@ def numba_available() -> bool:
 def _make_ops(engine: str, xp: Any, b_haadf: Any, b_maps: Any, weights: np.ndarray, p: FusionParams,
               valid: Any = None) -> Any:
     if engine not in ("auto", "numba", "xp"):
-        raise ValueError(f"unknown fusion engine {engine!r}; use 'auto', 'numba' or 'xp'.")
+        raise InputError(f"unknown fusion engine {engine!r}; use 'auto', 'numba' or 'xp'.")
     on_numpy = xp is np
     if engine == "numba" and not on_numpy:
-        raise ValueError("engine='numba' runs on numpy arrays only; use engine='xp' for cupy input.")
+        raise InputError("engine='numba' runs on numpy arrays only; use engine='xp' for cupy input.")
     if engine == "numba" or (engine == "auto" and on_numpy and numba_available()):
         return _NumbaOps(b_haadf, b_maps, weights, p, valid)
     return _XpOps(xp, b_haadf, b_maps, weights, p, valid)

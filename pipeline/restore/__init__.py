@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...errors import InputError, InputFileNotFound, MissingDependency
 from ..weights_io import save_safetensors
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
     except (SafetensorError, OSError) as exc:
         pickle = (" (a PyTorch pickle: emfuse never unpickles weights; load it yourself and save "
                   "it with save_model)") if path.suffix.lower() in (".pt", ".pth", ".ckpt") else ""
-        raise ValueError(
+        raise InputError(
             f"{path}: not a readable safetensors file ({exc}){pickle}; give a model written by "
             f"emfuse.pipeline.restore.save_model (emfuse train-restore), or a published name "
             f"({', '.join(MODEL_NAMES)})"
@@ -155,7 +156,7 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
     elif path.with_suffix(".json").is_file():
         config = json.loads(path.with_suffix(".json").read_text())
     else:
-        raise ValueError(
+        raise InputError(
             f"{path}: no CGRDN config in its metadata nor in {path.with_suffix('.json').name} "
             "beside it; save models with emfuse.pipeline.restore.save_model"
         )
@@ -164,7 +165,7 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as exc:
-        raise ValueError(f"{path}: its tensors do not fit the CGRDN of its config ({exc})") from exc
+        raise InputError(f"{path}: its tensors do not fit the CGRDN of its config ({exc})") from exc
     return model, meta
 
 
@@ -172,7 +173,7 @@ def _r_em_model_dir(name: str) -> Path:
     """The SavedModel directory of ``name`` inside the installed tk-r-em (never imported)."""
     spec = importlib.util.find_spec("tk_r_em")  # finds the package without running its TensorFlow import
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
+        raise MissingDependency(
             f"model {name!r} needs the published r_em weights from the package {R_EM_PACKAGE}: "
             "pip install 'emfuse[r_em]'. Note: tk-r-em is licensed under the GPLv3; its weights "
             f"are converted once (TensorFlow not needed) and cached in {cache_dir()}."
@@ -184,7 +185,7 @@ def _r_em_model_dir(name: str) -> Path:
     except PackageNotFoundError:
         installed = "unknown"
     if installed != R_EM_VERSION:
-        raise ImportError(
+        raise MissingDependency(
             f"{R_EM_PACKAGE} {installed} is installed; emfuse converts and checks the weights of "
             f"version {R_EM_VERSION}: pip install '{R_EM_PACKAGE}=={R_EM_VERSION}'"
         )
@@ -239,7 +240,7 @@ def _own_model_file(name: str) -> Path:
     path = MODEL_FILES[name]
     if not path.is_file():
         present = [n for n, p in MODEL_FILES.items() if p.is_file()]
-        raise FileNotFoundError(
+        raise InputFileNotFound(
             f"the restoration model {name!r} is not part of this version ({path.name} is not in "
             f"{path.parent}); this version has {', '.join(present) or 'none'}. Use --model auto (it "
             f"falls back to the default model) or a published one, e.g. 'r_em:sfr_hrstem' (one of "
@@ -275,7 +276,7 @@ def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> 
         model, _ = _load_file(_own_model_file("default" if name is None else name))
     elif isinstance(name, str) and name.startswith("r_em:"):
         if name not in MODEL_NAMES:
-            raise ValueError(
+            raise InputError(
                 f"unknown r_em model {name!r}{_did_you_mean(name)}; choose one of "
                 f"{', '.join(MODEL_NAMES)}, or give the path of a .safetensors model"
             )
@@ -286,7 +287,7 @@ def load_model(name: str | os.PathLike | None = None, *, device: Any = None) -> 
         path = Path(name).expanduser()
         why = (f"; {path} is a directory" if path.is_dir() else
                f"; there is no file {path.resolve()}" if path.suffix or len(path.parts) > 1 else "")
-        raise ValueError(
+        raise InputError(
             f"{str(name)!r}{_did_you_mean(str(name))} is neither a model name ({', '.join(MODEL_NAMES)}) "
             f"nor an existing .safetensors file{why}. Name a published model, or give the "
             "path of a model saved by emfuse.pipeline.restore.save_model (emfuse train-restore)"

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...errors import InputError
 from ..register import estimate_shift, shift_image
 
 __all__ = [
@@ -237,7 +238,7 @@ def noise2noise_pairs(frames: np.ndarray, drift: np.ndarray, rng: np.random.Gene
         raise ValueError(f"need frames (frame, y, x) and drift (frame, 2); got {frames.shape} and {drift.shape}")
     use = list(range(frames.shape[0])) if use is None else [int(k) for k in use]
     if len(use) < 2:
-        raise ValueError(f"Noise2Noise needs at least two frames of the same region, got {len(use)}")
+        raise InputError(f"Noise2Noise needs at least two frames of the same region, got {len(use)}")
     ny, nx = frames.shape[1:]
     inputs = np.empty((n, 1, patch, patch), np.float32)
     targets = np.empty_like(inputs)
@@ -251,7 +252,7 @@ def noise2noise_pairs(frames: np.ndarray, drift: np.ndarray, rng: np.random.Gene
             if lo_y <= hi_y and lo_x <= hi_x:
                 break
         else:
-            raise ValueError(f"frames of {ny} x {nx} px drifted too far to share a {patch} px patch; "
+            raise InputError(f"frames of {ny} x {nx} px drifted too far to share a {patch} px patch; "
                              "use a smaller patch")
         y0, x0 = int(rng.integers(lo_y, hi_y + 1)), int(rng.integers(lo_x, hi_x + 1))
         inputs[k, 0] = frames[i, y0:y0 + patch, x0:x0 + patch]
@@ -297,7 +298,7 @@ def held_out_scores(model: torch.nn.Module, frames: np.ndarray, drift: np.ndarra
 
     holdout = [int(k) for k in holdout]
     if len(holdout) < 2:
-        raise ValueError(f"the held-out-frame check needs two held-out frames, got {len(holdout)}")
+        raise InputError(f"the held-out-frame check needs two held-out frames, got {len(holdout)}")
     frames = np.asarray(frames, dtype=np.float32)
     ny, nx = frames.shape[1:]
     restored = {a: restore(frames[a], model, **(restore_kwargs or {})) for a in holdout}
@@ -317,7 +318,7 @@ def held_out_scores(model: torch.nn.Module, frames: np.ndarray, drift: np.ndarra
             err = (restored[a][lo_y:lo_y + h, lo_x:lo_x + w].astype(np.float64) - target) ** 2
             scores.extend(err.reshape(h // block, block, w // block, block).mean(axis=(1, 3)).ravel())
     if not scores:
-        raise ValueError(f"the held-out frames drifted too far apart to share a {block} px block")
+        raise InputError(f"the held-out frames drifted too far apart to share a {block} px block")
     return np.asarray(scores)
 
 
@@ -518,16 +519,16 @@ def adapt_model(
     """
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim != 3:
-        raise ValueError(f"need a movie (frame, y, x), got shape {frames.shape}")
+        raise InputError(f"need a movie (frame, y, x), got shape {frames.shape}")
     n_frames = frames.shape[0]
     if holdout < 2 or n_frames < holdout + 2:
-        raise ValueError(f"adaptation needs at least {max(holdout, 2) + 2} frames of the same region "
+        raise InputError(f"adaptation needs at least {max(holdout, 2) + 2} frames of the same region "
                          f"(2 to train on, {max(holdout, 2)} held out for the check), got {n_frames}")
     if steps < 0 or batch < 1 or patch < 8 or patch % 2:
-        raise ValueError(f"need steps >= 0, batch >= 1 and an even patch >= 8; got {steps}, {batch}, {patch}")
+        raise InputError(f"need steps >= 0, batch >= 1 and an even patch >= 8; got {steps}, {batch}, {patch}")
     patch = min(patch, (min(frames.shape[1:]) - 2 * SPLINE_MARGIN - 4) // 2 * 2)
     if patch < 8:
-        raise ValueError(f"frames of {frames.shape[1]} x {frames.shape[2]} px are too small to adapt on")
+        raise InputError(f"frames of {frames.shape[1]} x {frames.shape[2]} px are too small to adapt on")
     drift = measure_drift(frames) if drift is None else np.asarray(drift, dtype=np.float64)
     train_frames = list(range(n_frames - holdout))
     held = list(range(n_frames - holdout, n_frames))
@@ -549,7 +550,7 @@ def adapt_model(
         scale = x.std(dim=(-2, -1), keepdim=True).clamp_min(MIN_SCALE)
         loss = ((net(x) - y) / scale).square().mean()
         if not torch.isfinite(loss):
-            raise ValueError(f"the adaptation loss is {loss.item()} at step {step}; lower the learning rate")
+            raise InputError(f"the adaptation loss is {loss.item()} at step {step}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:

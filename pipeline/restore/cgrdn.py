@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import InputError
+
 
 @dataclass(frozen=True)
 class CGRDNConfig:
@@ -73,7 +75,7 @@ class CGRDNConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown CGRDN config keys {sorted(unknown)}; known: {sorted(known)}")
+            raise InputError(f"unknown CGRDN config keys {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
 
 
@@ -169,9 +171,9 @@ class CGRDN(nn.Module):
         super().__init__()
         cfg = cfg or CGRDNConfig()
         if cfg.down_kernel < cfg.scale:
-            raise ValueError(f"down_kernel {cfg.down_kernel} must be at least scale {cfg.scale}")
+            raise InputError(f"down_kernel {cfg.down_kernel} must be at least scale {cfg.scale}")
         if pad_mode not in ("reflect", "replicate", "constant"):
-            raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'constant', not {pad_mode!r}")
+            raise InputError(f"pad_mode must be 'reflect', 'replicate' or 'constant', not {pad_mode!r}")
         self.cfg, self.pad_mode = cfg, pad_mode
         self.fast = True  # CPU inference through _core_cpu (False: the plain modules, the reference)
         f, k, dk, s = cfg.features, cfg.kernel_size, cfg.down_kernel, cfg.scale

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from ...errors import InputError
+
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
@@ -51,7 +53,7 @@ class DiscriminatorConfig:
     def from_dict(cls, d: dict) -> DiscriminatorConfig:
         known = {f.name for f in fields(cls)}
         if set(d) - known:
-            raise ValueError(f"unknown discriminator config keys {sorted(set(d) - known)}")
+            raise InputError(f"unknown discriminator config keys {sorted(set(d) - known)}")
         return cls(**d)
 
 
@@ -74,7 +76,7 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         cfg = DiscriminatorConfig.from_dict({**(cfg or DiscriminatorConfig()).to_dict(), **overrides})
         if cfg.downsamplings < 1 or cfg.width < 1:
-            raise ValueError(f"downsamplings and width must be >= 1, got {cfg}")
+            raise InputError(f"downsamplings and width must be >= 1, got {cfg}")
         self.cfg = cfg
         c_in = cfg.in_channels * (2 if cfg.conditional else 1)
         layers: list[nn.Module] = []

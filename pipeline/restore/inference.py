@@ -49,6 +49,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from emfuse.errors import InputError, NotAvailableHere
+
 from ..tiles import BlendGrid
 
 __all__ = ["min_image_size", "resolve_device", "resolve_dtype", "restore"]
@@ -84,7 +86,7 @@ def resolve_device(device: Any, model: torch.nn.Module | None = None) -> torch.d
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         build = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise RuntimeError(
+        raise NotAvailableHere(
             f"device {str(device)!r} asked for, but {build} (torch {torch.__version__}); "
             "run on a GPU node with a CUDA build of torch, or use device 'cpu'"
         )
@@ -103,10 +105,10 @@ def resolve_dtype(dtype: Any) -> torch.dtype | None:
         return None
     if isinstance(dtype, str):
         if dtype.lower() not in DTYPE_NAMES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
+            raise InputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
         dtype = DTYPE_NAMES[dtype.lower()]
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype}")
+        raise InputError(f"dtype must be float32, bfloat16 or float16, not {dtype}")
     return None if dtype == torch.float32 else dtype
 
 
@@ -254,16 +256,16 @@ def restore(
     """
     array = np.asarray(image, dtype=np.float32)
     if array.ndim not in (2, 3):
-        raise ValueError(f"expected an image (y, x) or a stack (frame, y, x), got shape {array.shape}")
+        raise InputError(f"expected an image (y, x) or a stack (frame, y, x), got shape {array.shape}")
     if 0 in array.shape:
-        raise ValueError(f"the image is empty (shape {array.shape})")
+        raise InputError(f"the image is empty (shape {array.shape})")
     if not np.isfinite(array).all():
-        raise ValueError("the image contains NaN or Inf values; mask or interpolate the bad pixels first")
+        raise InputError("the image contains NaN or Inf values; mask or interpolate the bad pixels first")
     if tile < 1 or overlap < 0 or 2 * overlap > tile or batch < 1:
-        raise ValueError(f"need tile >= 1, 0 <= overlap <= tile / 2, batch >= 1; got tile {tile}, "
+        raise InputError(f"need tile >= 1, 0 <= overlap <= tile / 2, batch >= 1; got tile {tile}, "
                          f"overlap {overlap}, batch {batch}")
     if stats not in ("image", "tile"):
-        raise ValueError(f"stats must be 'image' or 'tile', not {stats!r}")
+        raise InputError(f"stats must be 'image' or 'tile', not {stats!r}")
     stack = array if array.ndim == 3 else array[None]
     dev = resolve_device(device, model)
     autocast = resolve_dtype(dtype)

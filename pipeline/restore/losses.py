@@ -48,6 +48,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from ...errors import InputError
+
 __all__ = [
     "MLWT_WINDOWS",
     "LossWeights",
@@ -314,11 +316,11 @@ class LossWeights:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {sorted(known)}")
+            raise InputError(f"unknown loss weights {sorted(unknown)}; known: {sorted(known)}")
         out = cls(**d)
         bad = {k: v for k, v in out.to_dict().items() if not v >= 0}
         if bad:
-            raise ValueError(f"loss weights must be >= 0, got {bad}")
+            raise InputError(f"loss weights must be >= 0, got {bad}")
         return out
 
 

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...errors import InputError, OutputNotWritable
 from ..weights_io import save_safetensors
 from .cgrdn import CGRDN, CGRDNConfig
 from .discriminator import DiscriminatorConfig, PatchDiscriminator
@@ -164,7 +165,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
+            raise InputError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
@@ -175,47 +176,47 @@ class TrainConfig:
 
         def positive_int(name: str, value: Any, low: int = 1) -> None:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+                raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
 
         positive_int("steps", self.steps)
         positive_int("batch", self.batch)
         positive_int("patch", self.patch, 16)
         if self.patch % 16:
-            raise ValueError(f"patch must be a multiple of 16 (the largest whitening window), got {self.patch}")
+            raise InputError(f"patch must be a multiple of 16 (the largest whitening window), got {self.patch}")
         positive_int("checkpoint_every", self.checkpoint_every)
         positive_int("keep", self.keep)
         positive_int("warmup", self.warmup, 0)
         positive_int("val_size", self.val_size, 0)
         positive_int("seed", self.seed, 0)
         if self.data not in DATA_SOURCES:
-            raise ValueError(f"data must be one of {DATA_SOURCES}, got {self.data!r}")
+            raise InputError(f"data must be one of {DATA_SOURCES}, got {self.data!r}")
         modalities = SCENE_MODALITIES if self.data == "scenes" else MODALITIES
         resolutions = (*RESOLUTIONS, "all") if self.data == "scenes" else RESOLUTIONS
         if self.modality not in modalities:
-            raise ValueError(f"modality must be one of {modalities} with data {self.data!r}, got {self.modality!r}")
+            raise InputError(f"modality must be one of {modalities} with data {self.data!r}, got {self.modality!r}")
         if self.resolution not in resolutions:
-            raise ValueError(f"resolution must be one of {resolutions} with data {self.data!r}, got {self.resolution!r}")
+            raise InputError(f"resolution must be one of {resolutions} with data {self.data!r}, got {self.resolution!r}")
         if self.exclude and self.data != "scenes":
-            raise ValueError("exclude (held-out families) applies to data 'scenes' only")
+            raise InputError("exclude (held-out families) applies to data 'scenes' only")
         for name in ("lr", "lr_final", "d_lr", "adam_eps"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+                raise InputError(f"{name} must be a positive number, got {value!r}")
         if not all(0 <= b < 1 for b in self.betas) or len(self.betas) != 2:
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+            raise InputError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not 0 <= self.min_std_fraction < 10:
-            raise ValueError(f"min_std_fraction must be in [0, 10), got {self.min_std_fraction!r}")
+            raise InputError(f"min_std_fraction must be in [0, 10), got {self.min_std_fraction!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+            raise InputError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if isinstance(self.model, str):
             if self.model not in MODEL_PRESETS:
-                raise ValueError(f"model must be one of {sorted(MODEL_PRESETS)} or a CGRDN config dict, got {self.model!r}")
+                raise InputError(f"model must be one of {sorted(MODEL_PRESETS)} or a CGRDN config dict, got {self.model!r}")
         else:
             CGRDNConfig.from_dict(self.model)
         LossWeights.from_dict(self.weights)
         DiscriminatorConfig.from_dict(self.discriminator)
         if not isinstance(self.init, str) or not self.init:
-            raise ValueError(f"init must be 'scratch', a model name or a path, got {self.init!r}")
+            raise InputError(f"init must be 'scratch', a model name or a path, got {self.init!r}")
         return self
 
     def model_config(self) -> CGRDNConfig:
@@ -261,9 +262,9 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     dev = torch.device(device or "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+        raise InputError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+        raise InputError(f"device must be cpu or cuda, got {device!r}")
     return dev
 
 
@@ -277,7 +278,7 @@ def _initial_model(cfg: TrainConfig) -> CGRDN:
     try:
         model = load_model(cfg.init)
     except ImportError as exc:  # tk-r-em not installed
-        raise ValueError(str(exc)) from exc
+        raise InputError(str(exc)) from exc
     return model.train()
 
 
@@ -412,9 +413,9 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             meta = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable checkpoint ({exc}); delete it to resume from an earlier one") from exc
+        raise InputError(f"{path}: not a readable checkpoint ({exc}); delete it to resume from an earlier one") from exc
     if meta.get("format") != _FORMAT:
-        raise ValueError(f"{path}: not an emfuse training checkpoint (format {meta.get('format')!r})")
+        raise InputError(f"{path}: not an emfuse training checkpoint (format {meta.get('format')!r})")
     return tensors, meta
 
 
@@ -425,7 +426,7 @@ def _resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
     diff = sorted(k for k in a if k not in free and a[k] != b[k])
     if diff:
         shown = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in diff)
-        raise ValueError(f"cannot resume with changed options ({shown}); use the checkpoint's options "
+        raise InputError(f"cannot resume with changed options ({shown}); use the checkpoint's options "
                          "or start a new run in another --out directory")
 
 
@@ -485,10 +486,14 @@ def train(
     dev = _resolve_device(device)
     data = data or _default_data(cfg)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot create the output directory {out}: {exc.strerror or exc}. "
+                                "Choose an output directory you can write (--out).") from exc
     last_ckpt = latest_checkpoint(out)
     if last_ckpt is not None and not resume:
-        raise ValueError(f"{out} already holds checkpoints ({last_ckpt.name}); pass resume=True (--resume) "
+        raise InputError(f"{out} already holds checkpoints ({last_ckpt.name}); pass resume=True (--resume) "
                          "to continue that run, or choose another output directory")
     if resume and last_ckpt is None:
         log.warning("no checkpoint in %s: starting from step 0", out)
@@ -560,7 +565,7 @@ def train(
                     _, adv = ragan_losses(disc(ts, cond), disc(ys, cond))
                 total, terms = generator_loss(ys, ts, weights, adversarial=adv)
                 if not torch.isfinite(total):
-                    raise ValueError(f"the loss is {float(total)} at step {step}; lower --lr "
+                    raise InputError(f"the loss is {float(total)} at step {step}; lower --lr "
                                              "or resume from an earlier checkpoint")
                 opt.zero_grad(set_to_none=True)
                 total.backward()

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import EmfuseError
 from .cgrdn import CGRDNConfig, keras_layers, torch_names
 
 #: What to do about a damaged bundle (the only bundles we read come from tk-r-em).
@@ -46,7 +47,7 @@ REINSTALL_HINT = (
 )
 
 
-class BundleError(ValueError):
+class BundleError(EmfuseError, ValueError):
     """A tensor bundle or SavedModel file that cannot be read; the message names file and fix."""
 
 

@@ -49,6 +49,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from ...errors import InputError
 from ..elements import atomic_number, validate_elements
 from ..spectra import FWHM_MNKA_EV
 from .spectrum_image import (
@@ -239,7 +240,7 @@ def _spectrum_block(planes: np.ndarray, kernel: _SpectrumKernel,
 
 def _check_tile(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 8:
-        raise ValueError(f"{name} must be an integer of at least 8 pixels, got {value!r}")
+        raise InputError(f"{name} must be an integer of at least 8 pixels, got {value!r}")
     return int(value)
 
 
@@ -344,13 +345,13 @@ def lazy_spectrum_image(
     chunks = _check_tile(chunks, "chunks")
     tile = _check_tile(specimen_tile, "specimen_tile")
     if int(calibration_tiles) < 1:
-        raise ValueError(f"calibration_tiles must be >= 1, got {calibration_tiles}")
+        raise InputError(f"calibration_tiles must be >= 1, got {calibration_tiles}")
     model = _spectral_model(symbols, mode, n_channels, energy_range_ev, fwhm_mnka_ev,
                             beam_energy_kev)
     z = np.array([atomic_number(s) for s in symbols], dtype=np.int64)
     pixel_nm = DEFAULT_PIXEL_SIZE_NM[specimen] if pixel_size_nm is None else float(pixel_size_nm)
     if not pixel_nm > 0:
-        raise ValueError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
+        raise InputError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
     mosaic = SpecimenMosaic((ny, nx), tile, tuple(int(v) for v in z), specimen, pixel_nm, int(seed))
     calib = _calibrate(mosaic, int(calibration_tiles), model.profiles.sum(axis=1))
     kernel = _SpectrumKernel(mosaic.z, _spectrum_weights(model, dose, fb, calib.mean_signal,
@@ -508,23 +509,23 @@ def lazy_map_set(
     """
     symbols = validate_elements(elements)
     if not 2 <= len(symbols) <= 4:
-        raise ValueError(f"give 2 to 4 elements, got {len(symbols)}: {list(symbols)}")
+        raise InputError(f"give 2 to 4 elements, got {len(symbols)}: {list(symbols)}")
     if specimen not in SPECIMENS:
-        raise ValueError(f"specimen must be one of {SPECIMENS}, got {specimen!r}")
+        raise InputError(f"specimen must be one of {SPECIMENS}, got {specimen!r}")
     ny, nx = _check_shape(shape)
     tile = _check_tile(specimen_tile, "specimen_tile")
     dose, background, haadf_snr = float(dose), float(background), float(haadf_snr)
     if not (math.isfinite(dose) and dose > 0):
-        raise ValueError(f"dose must be a positive number of counts, got {dose}")
+        raise InputError(f"dose must be a positive number of counts, got {dose}")
     if not (math.isfinite(background) and background >= 0):
-        raise ValueError(f"background must be a number of counts >= 0, got {background}")
+        raise InputError(f"background must be a number of counts >= 0, got {background}")
     if not (math.isfinite(haadf_snr) and haadf_snr > 0):
-        raise ValueError(f"haadf_snr must be > 0, got {haadf_snr}")
+        raise InputError(f"haadf_snr must be > 0, got {haadf_snr}")
     if int(calibration_tiles) < 1:
-        raise ValueError(f"calibration_tiles must be >= 1, got {calibration_tiles}")
+        raise InputError(f"calibration_tiles must be >= 1, got {calibration_tiles}")
     pixel_nm = DEFAULT_PIXEL_SIZE_NM[specimen] if pixel_size_nm is None else float(pixel_size_nm)
     if not pixel_nm > 0:
-        raise ValueError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
+        raise InputError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
     z = np.array([atomic_number(s) for s in symbols], dtype=np.int64)
     mosaic = SpecimenMosaic((ny, nx), tile, tuple(int(v) for v in z), specimen, pixel_nm, int(seed))
     calib = _calibrate(mosaic, int(calibration_tiles))

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
+
 DEFAULT_MOVIE_DOSE = 20.0  # counts at the brightest columns
 DEFAULT_MOVIE_PIXEL_NM = 0.02
 DEFAULT_DRIFT_PX = (0.3, -0.2)  # steady drift per frame, (dy, dx) pixels
@@ -105,10 +107,10 @@ def make_movie(
     """
     ny, nx = (int(v) for v in shape)
     if ny < 1 or nx < 1 or n_frames < 1:
-        raise ValueError(f"a movie needs at least one frame of 1 x 1 pixels, got {n_frames} x {shape}")
+        raise InputError(f"a movie needs at least one frame of 1 x 1 pixels, got {n_frames} x {shape}")
     dose = DEFAULT_MOVIE_DOSE if dose is None else float(dose)
     if not dose > 0:
-        raise ValueError(f"dose must be > 0 counts, got {dose}")
+        raise InputError(f"dose must be > 0 counts, got {dose}")
     rng = np.random.default_rng(seed)
     steps = np.asarray(drift_per_frame, dtype=np.float64) + drift_jitter * rng.standard_normal((n_frames, 2))
     steps[0] = 0.0

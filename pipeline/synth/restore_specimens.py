@@ -48,6 +48,8 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
+from emfuse.errors import InputError
+
 from .distortions import MODALITIES, RESOLUTIONS, Draw, random_distortion
 from .distortions.detector import check_number, check_rng
 
@@ -422,13 +424,13 @@ def make_specimen(shape: tuple[int, int], modality: str, resolution: str,
     """
     if (not isinstance(shape, (tuple, list)) or len(shape) != 2
             or not all(isinstance(s, (int, np.integer)) and s >= 8 for s in shape)):
-        raise ValueError(f"shape must be (H, W) with integer sizes >= 8, got {shape!r}")
+        raise InputError(f"shape must be (H, W) with integer sizes >= 8, got {shape!r}")
     if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        raise InputError(f"modality must be one of {MODALITIES}, got {modality!r}")
     if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+        raise InputError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     if kind is not None and kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS} or None (random), got {kind!r}")
+        raise InputError(f"kind must be one of {KINDS} or None (random), got {kind!r}")
     check_rng(rng)
     ny, nx = int(shape[0]), int(shape[1])
     if kind is None:
@@ -547,7 +549,7 @@ def make_batch(n: int, shape: tuple[int, int], modality: str, resolution: str,
     ((3, 1, 16, 16), (3, 1, 16, 16), 'float32')
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer (the batch size), got {n!r}")
+        raise InputError(f"n must be a positive integer (the batch size), got {n!r}")
     clean = np.empty((n, 1, *shape), np.float32)
     degraded = np.empty((n, 1, *shape), np.float32)
     for i in range(n):

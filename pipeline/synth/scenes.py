@@ -50,6 +50,8 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
+from emfuse.errors import InputError
+
 from .distortions import SETTINGS, Draw, random_distortion
 from .distortions.detector import check_rng
 from .restore_specimens import (
@@ -333,7 +335,7 @@ def _sem_image(mass, rng):
 def _choose(options: tuple[str, ...], exclude: Collection[str], what: str, rng) -> str:
     allowed = [o for o in options if o not in exclude]
     if not allowed:
-        raise ValueError(f"every {what} is excluded ({', '.join(options)}); leave at least one")
+        raise InputError(f"every {what} is excluded ({', '.join(options)}); leave at least one")
     return allowed[int(rng.integers(len(allowed)))]
 
 
@@ -371,11 +373,11 @@ def make_scene(shape: tuple[int, int], modality: str, resolution: str, rng: np.r
     ('polycrystal', 'bf', True)
     """
     if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        raise InputError(f"modality must be one of {MODALITIES}, got {modality!r}")
     if resolution not in _SPACING_PX:
-        raise ValueError(f"resolution must be 'high' or 'low', got {resolution!r}")
+        raise InputError(f"resolution must be 'high' or 'low', got {resolution!r}")
     if len(shape) != 2 or min(shape) < 8:
-        raise ValueError(f"shape must be (H, W) with sizes >= 8, got {shape!r}")
+        raise InputError(f"shape must be (H, W) with sizes >= 8, got {shape!r}")
     check_rng(rng)
     families = _SEM_FAMILIES if modality == "sem" else FAMILIES
     family = family or _choose(families, exclude, "family", rng)

@@ -50,6 +50,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import erf
 
+from ...errors import InputError
 from ...signals import signal_type as canonical_signal_type
 from ..elements import (
     EELS_SECONDARY_EV,
@@ -362,13 +363,13 @@ def specimen_maps(
     True
     """
     if specimen not in SPECIMENS:
-        raise ValueError(f"specimen must be one of {SPECIMENS}, got {specimen!r}")
+        raise InputError(f"specimen must be one of {SPECIMENS}, got {specimen!r}")
     if not 2 <= int(n_elements) <= 4:
-        raise ValueError(f"a synthetic specimen has 2 to 4 elements, got {n_elements}")
+        raise InputError(f"a synthetic specimen has 2 to 4 elements, got {n_elements}")
     ny, nx = _check_shape(shape)
     pixel_nm = DEFAULT_PIXEL_SIZE_NM[specimen] if pixel_size_nm is None else float(pixel_size_nm)
     if not pixel_nm > 0:
-        raise ValueError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
+        raise InputError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     build = {"columns": _columns, "particles": _particles, "layers": _layers}[specimen]
     maps, support = build((ny, nx), int(n_elements), pixel_nm, rng)
@@ -379,9 +380,9 @@ def _check_shape(shape) -> tuple[int, int]:
     try:
         ny, nx = (int(v) for v in shape)
     except (TypeError, ValueError):
-        raise ValueError(f"shape must be (ny, nx), got {shape!r}") from None
+        raise InputError(f"shape must be (ny, nx), got {shape!r}") from None
     if ny < 8 or nx < 8:
-        raise ValueError(f"shape must be at least (8, 8), got {shape!r}")
+        raise InputError(f"shape must be at least (8, 8), got {shape!r}")
     return ny, nx
 
 
@@ -511,7 +512,7 @@ def _draw_spectrum(features_px, weights, shape, rng, dose):
         expected = features_px[start * nx:stop * nx] @ weights
         peak = float(expected.max())
         if peak > _COUNT_LIMIT:
-            raise ValueError(
+            raise InputError(
                 f"dose {dose:g} is too high for 16-bit counts: the brightest channel would hold "
                 f"~{peak:.0f} counts (limit {_COUNT_LIMIT}); lower the dose or use more channels"
             )
@@ -540,24 +541,24 @@ def _check_parameters(shape, elements, specimen, dose, n_channels, signal_type, 
     """
     symbols = validate_elements(elements)
     if not 2 <= len(symbols) <= 4:
-        raise ValueError(f"give 2 to 4 elements, got {len(symbols)}: {list(symbols)}")
+        raise InputError(f"give 2 to 4 elements, got {len(symbols)}: {list(symbols)}")
     mode = canonical_signal_type(signal_type)
     if mode is None:
-        raise ValueError(f"signal_type must be 'EDX' or 'EELS', got {signal_type!r}")
+        raise InputError(f"signal_type must be 'EDX' or 'EELS', got {signal_type!r}")
     if specimen not in SPECIMENS:
-        raise ValueError(f"specimen must be one of {SPECIMENS}, got {specimen!r}")
+        raise InputError(f"specimen must be one of {SPECIMENS}, got {specimen!r}")
     ny, nx = _check_shape(shape)
     dose = DEFAULT_DOSE[mode] if dose is None else float(dose)
     if not (math.isfinite(dose) and dose > 0):
-        raise ValueError(f"dose must be a positive number of counts per pixel, got {dose}")
+        raise InputError(f"dose must be a positive number of counts per pixel, got {dose}")
     if int(n_channels) < 16:
-        raise ValueError(f"n_channels must be at least 16, got {n_channels}")
+        raise InputError(f"n_channels must be at least 16, got {n_channels}")
     n_channels = int(n_channels)
     if not (math.isfinite(haadf_snr) and haadf_snr > 0):
-        raise ValueError(f"haadf_snr must be > 0, got {haadf_snr}")
+        raise InputError(f"haadf_snr must be > 0, got {haadf_snr}")
     fb = _BACKGROUND_FRACTION[mode] if background_fraction is None else float(background_fraction)
     if not 0 <= fb < 1:
-        raise ValueError(f"background_fraction must be in [0, 1), got {background_fraction}")
+        raise InputError(f"background_fraction must be in [0, 1), got {background_fraction}")
     return symbols, mode, (ny, nx), dose, n_channels, fb
 
 
@@ -582,7 +583,7 @@ def _spectral_model(symbols, mode, n_channels, energy_range_ev, fwhm_mnka_ev,
             energy_range_ev = (float(axis[0]), float(axis[0] + (axis[1] - axis[0]) * n_channels))
     lo, hi = (float(v) for v in energy_range_ev)
     if not hi > lo:
-        raise ValueError(
+        raise InputError(
             f"energy_range_ev must be (low, high) with low < high, got {energy_range_ev}"
         )
     energy = lo + (hi - lo) / n_channels * np.arange(n_channels)

@@ -67,6 +67,7 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from ...errors import InputError
 from .distortions import (
     dark_current_noise,
     flicker_noise,
@@ -450,18 +451,18 @@ def simulate_region(
     (dtype('float32'), 50.0)
     """
     if material not in MATERIALS:
-        raise ValueError(f"material must be one of {sorted(MATERIALS)}, got {material!r}")
+        raise InputError(f"material must be one of {sorted(MATERIALS)}, got {material!r}")
     ny, nx = (int(n) for n in shape)
     if min(ny, nx) < 8:
-        raise ValueError(f"the field must be at least 8 x 8 px, got {tuple(shape)}")
+        raise InputError(f"the field must be at least 8 x 8 px, got {tuple(shape)}")
     if not pixel_nm > 0:
-        raise ValueError(f"pixel_nm must be > 0, got {pixel_nm}")
+        raise InputError(f"pixel_nm must be > 0, got {pixel_nm}")
     scope = scope or Microscope()
     mat = MATERIALS[material]
     if not 0 <= scope.max_drift_px + 3 * scope.distortion_px <= _PAD - 4:
-        raise ValueError(f"max_drift_px + 3 distortion_px must be at most {_PAD - 4} px")
+        raise InputError(f"max_drift_px + 3 distortion_px must be at most {_PAD - 4} px")
     if not 0 <= scope.max_drift_px <= _PAD - 8:
-        raise ValueError(f"max_drift_px must be in [0, {_PAD - 8}], got {scope.max_drift_px}")
+        raise InputError(f"max_drift_px must be in [0, {_PAD - 8}], got {scope.max_drift_px}")
     pad = _PAD
     canvas = (ny + 2 * pad, nx + 2 * pad)
     params: dict[str, Any] = {"material": material, "pixel_nm": pixel_nm, "shape": [ny, nx]}

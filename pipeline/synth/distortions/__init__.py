@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from emfuse.errors import InputError
+
 from .detector import (
     black_pixels,
     check_image,
@@ -203,7 +205,7 @@ SETTINGS: Mapping[tuple[str, str], Mapping[str, Draw]] = MappingProxyType({
 
 def _check_choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        raise InputError(f"{name} must be one of {allowed}, got {value!r}")
     return value
 
 
@@ -354,12 +356,12 @@ def random_distortion(image: Any, modality: str, rng: np.random.Generator,
     check_rng(rng)
     s = SETTINGS[modality, resolution] if settings is None else settings
     if not isinstance(s, Mapping):
-        raise ValueError("settings must be a mapping of parameter names to Draw, e.g. "
+        raise InputError("settings must be a mapping of parameter names to Draw, e.g. "
                          "dict(SETTINGS['stem', 'high'], dose=Draw(low=10, high=100, log=True))")
     reference = SETTINGS[modality, resolution]
     missing = sorted(set(reference) - set(s))
     if missing:
-        raise ValueError(f"settings lacks {missing}; start from dict(SETTINGS[{modality!r}, "
+        raise InputError(f"settings lacks {missing}; start from dict(SETTINGS[{modality!r}, "
                          f"{resolution!r}]) and replace entries")
     params: dict[str, Any] = {"modality": modality, "resolution": resolution,
                               "dose": s["dose"].value(rng)}

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from emfuse.errors import InputError
+
 __all__ = [
     "black_pixels",
     "check_image",
@@ -59,21 +61,21 @@ def check_image(image: Any, name: str = "image") -> np.ndarray:
     >>> check_image(np.zeros(4))
     Traceback (most recent call last):
     ...
-    ValueError: image must be one image (H, W) or a stack (N, H, W), got shape (4,); reshape it (e.g. image[None] or image.reshape(H, W))
+    emfuse.errors.InputError: image must be one image (H, W) or a stack (N, H, W), got shape (4,); reshape it (e.g. image[None] or image.reshape(H, W))
     """
     a = np.asarray(image)
     if a.dtype.kind not in "fiu":
-        raise ValueError(f"{name} must be a real numeric array, got dtype {a.dtype}; "
+        raise InputError(f"{name} must be a real numeric array, got dtype {a.dtype}; "
                          f"convert it with np.asarray({name}, dtype=np.float32)")
     if a.ndim not in (2, 3):
-        raise ValueError(f"{name} must be one image (H, W) or a stack (N, H, W), got shape "
+        raise InputError(f"{name} must be one image (H, W) or a stack (N, H, W), got shape "
                          f"{a.shape}; reshape it (e.g. {name}[None] or {name}.reshape(H, W))")
     if a.shape[-1] < 2 or a.shape[-2] < 2 or a.size == 0:
-        raise ValueError(f"{name} must be at least 2 x 2 pixels, got shape {a.shape}")
+        raise InputError(f"{name} must be at least 2 x 2 pixels, got shape {a.shape}")
     dtype = np.float32 if a.dtype == np.float32 else np.float64
     a = a.astype(dtype, copy=False)
     if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or Inf; replace them before distorting "
+        raise InputError(f"{name} contains NaN or Inf; replace them before distorting "
                          f"(e.g. np.nan_to_num({name}) or inpaint the bad pixels)")
     return a
 
@@ -82,7 +84,7 @@ def check_nonnegative_image(image: Any, name: str = "image") -> np.ndarray:
     """:func:`check_image`, and every value must be >= 0 (an intensity, a Poisson mean)."""
     a = check_image(image, name)
     if a.min() < 0:
-        raise ValueError(f"{name} must be a non-negative intensity (min {float(a.min()):.3g}); "
+        raise InputError(f"{name} must be a non-negative intensity (min {float(a.min()):.3g}); "
                          f"subtract its minimum or clip it at 0 (np.clip({name}, 0, None))")
     return a
 
@@ -99,13 +101,13 @@ def check_number(value: Any, name: str, *, low: float = -math.inf, high: float =
                  low_open: bool = False, high_open: bool = False, fix: str = "") -> float:
     """A finite real number in [low, high] (ends open where asked), else a ValueError."""
     if isinstance(value, bool) or not isinstance(value, (Real, np.number)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}{fix}")
+        raise InputError(f"{name} must be a finite number, got {value!r}{fix}")
     v = float(value)
     too_low = v <= low if low_open else v < low
     too_high = v >= high if high_open else v > high
     if too_low or too_high:
         lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ValueError(f"{name} must be in {lo}{low:g}, {high:g}{hi}, got {v:g}{fix}")
+        raise InputError(f"{name} must be in {lo}{low:g}, {high:g}{hi}, got {v:g}{fix}")
     return v
 
 
@@ -215,7 +217,7 @@ def zingers(image: Any, fraction: float, level: float, rng: np.random.Generator,
     fraction = _fraction(fraction, "fraction")
     level = check_number(level, "level")
     if isinstance(max_size, bool) or not isinstance(max_size, (int, np.integer)) or max_size < 1:
-        raise ValueError(f"max_size must be a positive integer (pixels), got {max_size!r}")
+        raise InputError(f"max_size must be a positive integer (pixels), got {max_size!r}")
     check_rng(rng)
     out = a.copy()
     *lead, ny, nx = a.shape
@@ -268,12 +270,12 @@ def quantise(image: Any, bits: int, vmin: float | None = None,
     """
     a = check_image(image)
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 32:
-        raise ValueError(f"bits must be an integer in 1..32, got {bits!r}")
+        raise InputError(f"bits must be an integer in 1..32, got {bits!r}")
     axes = (-2, -1)
     lo = a.min(axis=axes, keepdims=True) if vmin is None else check_number(vmin, "vmin")
     hi = a.max(axis=axes, keepdims=True) if vmax is None else check_number(vmax, "vmax")
     if np.any(np.asarray(hi) < np.asarray(lo)):
-        raise ValueError(f"vmax must be >= vmin, got vmin={vmin!r}, vmax={vmax!r}")
+        raise InputError(f"vmax must be >= vmin, got vmin={vmin!r}, vmax={vmax!r}")
     step = (np.asarray(hi, dtype=np.float64) - lo) / (2.0 ** bits - 1)
     safe = np.where(step > 0, step, 1.0)
     levels = np.round((np.clip(a, lo, hi) - lo) / safe)

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from emfuse.errors import InputError
+
 from .detector import check_image, check_number
 
 __all__ = ["gaussian_blur", "interpolation_distortion"]
@@ -52,7 +54,7 @@ def interpolation_distortion(image: Any, factor: float, order: int = 1) -> np.nd
     factor = check_number(factor, "factor", low=0.25, high=8.0,
                           fix=" (the ratio original size / intermediate size)")
     if isinstance(order, bool) or order not in (0, 1, 2, 3, 4, 5):
-        raise ValueError(f"order must be a spline order 0..5, got {order!r}")
+        raise InputError(f"order must be a spline order 0..5, got {order!r}")
     ny, nx = a.shape[-2:]
     my, mx = max(2, round(ny / factor)), max(2, round(nx / factor))
     stack = a.reshape(-1, ny, nx)

@@ -41,6 +41,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.signal import lfilter
 
+from emfuse.errors import InputError
+
 from .detector import check_image, check_number, check_rng, readout_noise
 
 __all__ = [
@@ -90,7 +92,7 @@ def ar1_series(n: int, phi: float, sigma: float, rng: np.random.Generator,
     [0.0, 0.0, 0.0, 0.0, 0.0]
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer (number of scan steps), got {n!r}")
+        raise InputError(f"n must be a positive integer (number of scan steps), got {n!r}")
     phi = check_number(phi, "phi", low=-1.0, high=1.0, low_open=True, high_open=True,
                        fix=" (the AR(1) coefficient; |phi| < 1 for a stationary series)")
     sigma = check_number(sigma, "sigma", low=0.0, fix=" (a standard deviation in pixels)")
@@ -117,13 +119,13 @@ def jitter_field(shape: tuple[int, int], sigma: float, phi: float, rng: np.rando
     ((4, 3), True)
     """
     if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"shape must be (H, W) with positive sizes, got {shape!r}")
+        raise InputError(f"shape must be (H, W) with positive sizes, got {shape!r}")
     ny, nx = (int(s) for s in shape)
     if mode == "line":
         return np.repeat(ar1_series(ny, phi, sigma, rng)[:, None], nx, axis=1)
     if mode == "pixel":
         return ar1_series(ny * nx, phi, sigma, rng).reshape(ny, nx)
-    raise ValueError(f"mode must be one of {JITTER_MODES}, got {mode!r}")
+    raise InputError(f"mode must be one of {JITTER_MODES}, got {mode!r}")
 
 
 def apply_displacement(image: Any, dy: Any, dx: Any, order: int = 3) -> np.ndarray:
@@ -140,7 +142,7 @@ def apply_displacement(image: Any, dy: Any, dx: Any, order: int = 3) -> np.ndarr
     """
     a = check_image(image)
     if isinstance(order, bool) or order not in (0, 1, 2, 3, 4, 5):
-        raise ValueError(f"order must be a spline order 0..5, got {order!r}")
+        raise InputError(f"order must be a spline order 0..5, got {order!r}")
     dy = np.broadcast_to(check_image(dy, "dy"), a.shape)
     dx = np.broadcast_to(check_image(dx, "dx"), a.shape)
     ny, nx = a.shape[-2:]
