@@ -24,8 +24,9 @@ def fuse(haadf: Any, maps: Any, z: Sequence[float], *, lambda_chem: float | str 
         (counts, or any units: maps that are not counts get the noise-model criterion) and
         the atomic numbers.
     lambda_chem, lambda_tv
-        A number, ``"auto"`` (chosen by :func:`emfuse.pipeline.fusion.auto.choose_lambdas`:
-        held-out counts, recorrupted pairs or held-out pixels) or None (the default weights).
+        A number, one number per element (a list in map order), ``"auto"`` (chosen by
+        :func:`emfuse.pipeline.fusion.auto.choose_lambdas`: held-out counts, recorrupted pairs
+        or held-out pixels) or None (the default weights).
     **kwargs
         Passed on to :func:`emfuse.pipeline.fusion.fuse` (``n_iter``, ``gamma``, ...).
 

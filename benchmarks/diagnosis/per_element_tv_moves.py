@@ -48,5 +48,5 @@ for sp, dose in [(c.split(":")[0], float(c.split(":")[1])) for c in sys.argv[3].
             tv = [lt]*3; tv[e] = lt*2.0**k
             h, t = both(lc, tv)
             print(f"  tv[{data.elements[e]}] x2^{k:+d}: heldout rel {np.round(h/h0-1,4).tolist()}  truth rel {np.round(t/t0-1,3).tolist()}", flush=True)
-    # per-element lambda_chem is not in the solver: its effect on the weak element is emulated below by
+    # per-element lambda_chem was not in the solver when this ran: its effect on the weak element is emulated below by
     # joint lambda_chem moves with the TV of the weak element only.

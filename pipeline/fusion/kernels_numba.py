@@ -247,9 +247,9 @@ def _smooth_step_row(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, ste
             residual[j] *= vh[j]
     for e in range(n_el):
         xe, pe, be, ve = x[e, i], row_pow[e], b_maps[e, i], v[e, i]
-        scale = lam_h_gamma * w[e]
+        scale, chem = lam_h_gamma * w[e], lam_chem[e]
         for j in range(nx):
-            grad = scale * pe[j] * residual[j] + lam_chem * (one - be[j] / (xe[j] + bkg))
+            grad = scale * pe[j] * residual[j] + chem * (one - be[j] / (xe[j] + bkg))
             ve[j] = xe[j] - step * grad
 
 
@@ -257,6 +257,7 @@ def _smooth_step_row(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, ste
 def _smooth_step_kernel(x, b_haadf, b_maps, w, gm1, lam_h_gamma, lam_chem, bkg, step, x_pow, have_pow, valid,
                         use_valid, v):  # pragma: no cover
     # v = x - step * (lam_H gamma w x^(gamma-1) valid (sum_j w_j x_j^gamma - b_H) + lam_chem (1 - b / (x + bkg))).
+    # lam_chem holds one weight per element (all equal for a scalar lambda_chem).
     # x^(gamma-1) comes from x_pow when the objective pass already computed it.
     n_el, ny, nx = x.shape
     for i in prange(ny):
@@ -490,7 +491,7 @@ def smooth_step(
     *,
     gamma: float,
     lam_h: float,
-    lambda_chem: float,
+    lambda_chem: float | Sequence[float] | np.ndarray,
     bkg: float,
     step: float,
     x_pow: np.ndarray | None = None,
@@ -503,7 +504,8 @@ def smooth_step(
     dtype of ``x``. ``x_pow``: ``x ** (gamma - 1)`` if already known (see
     :func:`objective_terms`). ``out`` (same shape and dtype, not ``x``) is
     reused if given. ``valid`` (y, x): 1 where the HAADF pixel is in ``psi_1``,
-    0 where it is left out (saturated); None: every pixel.
+    0 where it is left out (saturated); None: every pixel. ``lambda_chem``: one
+    number, or one per element.
 
     Examples
     --------
@@ -518,9 +520,10 @@ def smooth_step(
     t = x.dtype.type
     out = np.empty_like(x) if out is None else out
     b_haadf = np.ascontiguousarray(b_haadf, x.dtype)
+    lam_chem = np.ascontiguousarray(np.broadcast_to(np.asarray(lambda_chem, x.dtype).ravel(), x.shape[:1]))
     _launch(
         _smooth_step_kernel, x, b_haadf, _stack(b_maps).astype(x.dtype, copy=False),
-        np.asarray(weights, x.dtype).ravel(), t(gamma - 1), t(lam_h * gamma), t(lambda_chem), t(bkg), t(step),
+        np.asarray(weights, x.dtype).ravel(), t(gamma - 1), t(lam_h * gamma), lam_chem, t(bkg), t(step),
         x if x_pow is None else _stack(x_pow), x_pow is not None, *_valid_args(valid, b_haadf), out,
     )
     return out

@@ -331,8 +331,8 @@ def objective(
     z: Sequence[float],
     *,
     gamma: float,
-    lambda_chem: float,
-    lambda_tv: float,
+    lambda_chem: float | Sequence[float],
+    lambda_tv: float | Sequence[float],
     bkg: float,
     haadf_valid: Any = None,
 ) -> float:
@@ -351,7 +351,8 @@ def objective(
         One atomic number per element.
     gamma, lambda_chem, lambda_tv, bkg : float
         The model's power and weights and the Poisson background, as in
-        :class:`emfuse.pipeline.fusion.FusionParams`.
+        :class:`emfuse.pipeline.fusion.FusionParams` (``lambda_chem`` and
+        ``lambda_tv`` may be one number per element).
     haadf_valid : array_like of bool, optional
         (y, x): the False pixels are left out of the HAADF term, as
         :func:`emfuse.pipeline.fusion.fuse` does.
@@ -359,7 +360,8 @@ def objective(
     Returns
     -------
     float
-        ``psi_1 / n_elements + lambda_chem * psi_2 + lambda_tv * TV``.
+        ``psi_1 / n_elements + lambda_chem * psi_2 + lambda_tv * TV`` (with weights per
+        element: each element's ``psi_2`` and ``TV`` times its own weight).
 
     Examples
     --------
@@ -374,4 +376,11 @@ def objective(
     valid = check_haadf_valid(haadf, haadf_valid)
     psi_1, psi_2, tv = objective_terms(x, haadf, maps, haadf_weights(z), gamma, bkg,
                                        None if valid is None else valid.astype(x.dtype))
-    return psi_1 / len(z) + lambda_chem * psi_2 + lambda_tv * tv
+    if np.isscalar(lambda_chem) and np.isscalar(lambda_tv):
+        return psi_1 / len(z) + lambda_chem * psi_2 + lambda_tv * tv
+    # one weight per element: each element's own psi_2 and TV (psi_1 couples them, so it is whole)
+    per_element = np.array([objective_terms(x[e:e + 1], haadf, maps[e:e + 1], [1.0], gamma, bkg)[1:]
+                            for e in range(len(z))])
+    chem = np.broadcast_to(np.asarray(lambda_chem, np.float64), (len(z),))
+    tv_weights = np.broadcast_to(np.asarray(lambda_tv, np.float64), (len(z),))
+    return psi_1 / len(z) + float(chem @ per_element[:, 0]) + float(tv_weights @ per_element[:, 1])

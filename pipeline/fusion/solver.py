@@ -68,7 +68,8 @@ class FusionParams:
         Exponent of the Z-contrast model, HAADF ~ sum_i w_i x_i^gamma (>= 1; 1.4-2 typical).
     lambda_chem
         Weight of the Poisson fidelity to the raw maps. Larger keeps the
-        result closer to the measured counts.
+        result closer to the measured counts. One number for every element,
+        or one per element (a sequence in map order).
     lambda_tv
         Weight of the total-variation prior. Larger gives smoother maps. One
         number for every element, or one per element (a sequence in map order).
@@ -97,7 +98,7 @@ class FusionParams:
     """
 
     gamma: float = 1.6
-    lambda_chem: float = 0.05
+    lambda_chem: float | tuple[float, ...] = 0.05
     lambda_tv: float | tuple[float, ...] = 0.02
     n_iter: int = 50
     n_iter_tv: int = 10
@@ -108,12 +109,14 @@ class FusionParams:
     tv_momentum: bool = False
 
     def __post_init__(self) -> None:
-        if not np.isscalar(self.lambda_tv):  # one weight per element: kept as a tuple of floats
-            object.__setattr__(self, "lambda_tv", tuple(float(v) for v in np.ravel(self.lambda_tv)))
+        for name in ("lambda_chem", "lambda_tv"):  # one weight per element: kept as a tuple of floats
+            if not np.isscalar(getattr(self, name)):
+                object.__setattr__(self, name, tuple(float(v) for v in np.ravel(getattr(self, name))))
+        chem = np.atleast_1d(np.asarray(self.lambda_chem, dtype=np.float64))
         tv = np.atleast_1d(np.asarray(self.lambda_tv, dtype=np.float64))
         checks = {
             "gamma": self.gamma >= 1,  # below 1 the gradient is infinite at x = 0
-            "lambda_chem": self.lambda_chem >= 0,
+            "lambda_chem": chem.size >= 1 and bool(np.all(chem >= 0) and np.all(np.isfinite(chem))),
             "lambda_tv": tv.size >= 1 and bool(np.all(tv >= 0) and np.all(np.isfinite(tv))),
             "n_iter": self.n_iter >= 1,
             "n_iter_tv": self.n_iter_tv >= 0,
@@ -236,7 +239,9 @@ def fuse(
     **params
         Fields of :class:`FusionParams` (``gamma``, ``lambda_chem``,
         ``lambda_tv``, ``n_iter``, ``n_iter_tv``, ``bkg``, ``init_threshold``,
-        ``step``, ``tol``).
+        ``step``, ``tol``). ``lambda_chem`` and ``lambda_tv`` may each be one
+        number per element (a sequence in map order): that element's chemical
+        term and TV are weighted by its own number.
 
     Returns
     -------
@@ -269,7 +274,8 @@ def fuse(
     p = FusionParams(**params)
     check_inputs(haadf, maps, z)
     xp = get_xp(haadf, maps)
-    tv_weights = _tv_weights(p.lambda_tv, len(z))
+    tv_weights = _per_element(p.lambda_tv, len(z), "lambda_tv")
+    chem_weights = _per_element(p.lambda_chem, len(z), "lambda_chem")
     valid = check_haadf_valid(haadf, haadf_valid)
     if valid is not None and bool(valid.all()):
         valid = None  # nothing left out: the unmasked kernels, bit for bit
@@ -283,10 +289,11 @@ def fuse(
     lam_h = 1.0 / len(z)
 
     def total(terms: tuple[float, float, float], x: Any) -> float:
-        if tv_weights is None:
-            return lam_h * terms[0] + p.lambda_chem * terms[1] + p.lambda_tv * terms[2]
-        # one TV weight per element: the weighted sum needs each element's TV
-        return lam_h * terms[0] + p.lambda_chem * terms[1] + float(tv_weights @ _tv_per_element(x))
+        # one weight per element: the weighted sum needs each element's term
+        chem = (p.lambda_chem * terms[1] if chem_weights is None
+                else float(chem_weights @ _chem_per_element(x, b_maps, p.bkg)))
+        tv = p.lambda_tv * terms[2] if tv_weights is None else float(tv_weights @ _tv_per_element(x))
+        return lam_h * terms[0] + chem + tv
 
     x = b_maps.copy()
     if p.init_threshold > 0:
@@ -320,7 +327,7 @@ def fuse(
     result.fused = x
     result.haadf_model = haadf_model(x, weights, p.gamma)
     result.costs = np.asarray(costs, dtype=np.float64).T
-    if tv_weights is None:
+    if tv_weights is None and chem_weights is None:
         result.objective = lam_h * result.costs[0] + p.lambda_chem * result.costs[1] + p.lambda_tv * result.costs[2]
     else:
         result.objective = np.asarray(objectives, dtype=np.float64)
@@ -331,16 +338,24 @@ def fuse(
     return result
 
 
-def _tv_weights(lambda_tv: float | tuple[float, ...], n_elements: int) -> np.ndarray | None:
-    """The per-element TV weights as an array, or None for one weight for all elements."""
-    if np.isscalar(lambda_tv):
+def _per_element(value: float | tuple[float, ...], n_elements: int, name: str) -> np.ndarray | None:
+    """A weight given per element as an array, or None for one weight for all elements."""
+    if np.isscalar(value):
         return None
-    weights = np.asarray(lambda_tv, dtype=np.float64)
+    weights = np.asarray(value, dtype=np.float64)
     if weights.size != n_elements:
         raise FusionInputError(
-            f"lambda_tv has {weights.size} weights for {n_elements} maps; give one number, or one per element."
+            f"{name} has {weights.size} weights for {n_elements} maps; give one number, or one per element."
         )
     return weights
+
+
+def _chem_per_element(x: Any, b_maps: Any, bkg: float) -> np.ndarray:
+    """``psi_2`` of each element's map, ``sum(x - b log(x + bkg))`` (float64 sums)."""
+    xp = get_xp(x)
+    terms = x - b_maps * xp.log(x + bkg)
+    return np.asarray(to_numpy(xp.sum(terms.reshape(terms.shape[0], -1), axis=1, dtype=xp.float64)),
+                      dtype=np.float64)
 
 
 def _tv_per_element(x: Any) -> np.ndarray:
@@ -349,10 +364,11 @@ def _tv_per_element(x: Any) -> np.ndarray:
 
 
 def _smooth_gradient(
-    x: Any, b_haadf: Any, b_maps: Any, w: Any, gamma: float, lam_h: float, lambda_chem: float, bkg: float,
+    x: Any, b_haadf: Any, b_maps: Any, w: Any, gamma: float, lam_h: float, lambda_chem: Any, bkg: float,
     valid: Any = None,
 ) -> Any:
-    """Gradient of ``lam_H psi_1 + lam_chem psi_2`` at ``x`` (``valid``: 0/1 weights of the HAADF pixels)."""
+    """Gradient of ``lam_H psi_1 + lam_chem psi_2`` at ``x`` (``valid``: 0/1 weights of the HAADF pixels;
+    ``lambda_chem``: a number, or one per element shaped (element, 1, 1))."""
     x_pow = x ** (gamma - 1)  # x^(gamma-1); x^gamma = x * x^(gamma-1) saves a power
     residual = (w * x * x_pow).sum(axis=0) - b_haadf
     if valid is not None:
@@ -370,12 +386,15 @@ class _XpOps:
         self.xp, self.b_haadf, self.b_maps, self.weights, self.p = xp, b_haadf, b_maps, weights, p
         self.valid = valid
         self.w = xp.asarray(weights, dtype=b_maps.dtype)[:, None, None]
+        # one chem weight per element: shaped to broadcast over each element's map
+        self.lambda_chem = (p.lambda_chem if np.isscalar(p.lambda_chem)
+                            else xp.asarray(p.lambda_chem, dtype=b_maps.dtype)[:, None, None])
 
     def descent(self, x: Any) -> Callable[[float], Any]:
         """``step -> x - step * grad`` (the gradient is computed once per iteration)."""
         p = self.p
         grad = _smooth_gradient(x, self.b_haadf, self.b_maps, self.w, p.gamma, 1.0 / len(self.weights),
-                                p.lambda_chem, p.bkg, self.valid)
+                                self.lambda_chem, p.bkg, self.valid)
         return lambda step: x - step * grad
 
     def prox(self, v: Any, lambda_tv: float | np.ndarray, x: Any) -> Any:

@@ -242,3 +242,56 @@ def test_per_element_tv_weights_must_match_the_elements():
         fuse(haadf, maps, z, n_iter=2, lambda_tv=[0.1, 0.1], warn=False)
     with pytest.raises(FusionInputError, match="lambda_tv"):
         fuse(haadf, maps, z, n_iter=2, lambda_tv=[0.1, -0.1, 0.1], warn=False)
+
+
+# -- one lambda_chem per element ---------------------------------------------------------------------
+
+
+def test_equal_per_element_chem_weights_give_the_scalar_result():
+    haadf, maps, z = _three_element_case()
+    for engine in ("numba", "xp"):
+        scalar = fuse(haadf, maps, z, n_iter=15, lambda_chem=0.08, lambda_tv=0.05, warn=False, engine=engine)
+        vector = fuse(haadf, maps, z, n_iter=15, lambda_chem=[0.08, 0.08, 0.08], lambda_tv=0.05, warn=False,
+                      engine=engine)
+        np.testing.assert_array_equal(vector.fused, scalar.fused)
+        np.testing.assert_allclose(vector.objective, scalar.objective, rtol=1e-7)  # psi_2 summed per element
+        assert vector.step_history == scalar.step_history
+        assert vector.params.lambda_chem == (0.08, 0.08, 0.08)
+
+
+def test_per_element_chem_weights_agree_between_engines_and_move_only_their_element():
+    haadf, maps, z = _three_element_case()
+    weights = (0.08, 0.08, 2.0)
+    fast = fuse(haadf, maps, z, n_iter=15, lambda_chem=weights, lambda_tv=0.05, warn=False, engine="numba")
+    plain = fuse(haadf, maps, z, n_iter=15, lambda_chem=weights, lambda_tv=0.05, warn=False, engine="xp")
+    np.testing.assert_allclose(fast.fused, plain.fused, atol=1e-5)
+    np.testing.assert_allclose(fast.objective, plain.objective, rtol=1e-5)
+    assert np.all(np.diff(fast.objective) <= 1e-6 * np.abs(fast.objective[:-1]))  # F still decreases
+    # the recorded objective is F with each element's chem term weighted by its own number
+    from emfuse.pipeline.fusion import Normalisation, objective
+
+    norm = Normalisation.from_data(haadf, maps)
+    expected = objective(fast.fused.astype(np.float64), norm.haadf(haadf, np.float64), norm.maps(maps, np.float64),
+                         z, gamma=1.6, lambda_chem=weights, lambda_tv=0.05, bkg=0.1)
+    assert fast.objective[-1] == pytest.approx(expected, rel=1e-5)
+    # a large weight on the third element pulls its map towards its own counts, away from the HAADF's
+    base = fuse(haadf, maps, z, n_iter=15, lambda_chem=0.08, lambda_tv=0.05, warn=False)
+    b = norm.maps(maps)
+    dist = [float(np.abs(r.fused[2] - b[2]).mean()) for r in (fast, base)]
+    assert dist[0] < 0.8 * dist[1]
+    # the gradient of the first element's chem term is unchanged: its step differs only through the coupling
+    x = np.full((3, 8, 8), 0.5, np.float32)
+    bh, bm = np.ones((8, 8), np.float32), np.full((3, 8, 8), 0.25, np.float32)
+    w = haadf_weights(z)
+    g_vec = kn.smooth_step(x, bh, bm, w, gamma=1.6, lam_h=1 / 3, lambda_chem=weights, bkg=0.1, step=1.0)
+    g_one = kn.smooth_step(x, bh, bm, w, gamma=1.6, lam_h=1 / 3, lambda_chem=0.08, bkg=0.1, step=1.0)
+    np.testing.assert_array_equal(g_vec[:2], g_one[:2])
+    assert not np.array_equal(g_vec[2], g_one[2])
+
+
+def test_per_element_chem_weights_must_match_the_elements():
+    haadf, maps, z = _three_element_case()
+    with pytest.raises(FusionInputError, match="3 maps"):
+        fuse(haadf, maps, z, n_iter=2, lambda_chem=[0.1, 0.1], warn=False)
+    with pytest.raises(FusionInputError, match="lambda_chem"):
+        fuse(haadf, maps, z, n_iter=2, lambda_chem=[0.1, -0.1, 0.1], warn=False)
