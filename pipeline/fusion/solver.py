@@ -325,7 +325,8 @@ def fuse(
         if p.tol is not None and change < p.tol:
             break
     result.fused = x
-    result.haadf_model = haadf_model(x, weights, p.gamma)
+    model = getattr(ops, "model", None)  # the cuda engine's: no temporaries the size of the stack
+    result.haadf_model = model(x) if model is not None else haadf_model(x, weights, p.gamma)
     result.costs = np.asarray(costs, dtype=np.float64).T
     if tv_weights is None:
         result.objective = lam_h * result.costs[0] + p.lambda_chem * result.costs[1] + p.lambda_tv * result.costs[2]
@@ -549,6 +550,16 @@ class _CudaOps:
 
     def change(self, new: Any, old: Any) -> float:
         return self.kc.relative_change(new, old, partial=self.partial_change)
+
+    def model(self, x: Any) -> Any:
+        """``sum_e w_e x_e^gamma`` as ``x * x^(gamma-1)`` from the objective pass, in the ``v`` buffer
+        (plain :func:`.haadf_model` would hold two stack-sized temporaries at the solver's peak)."""
+        k = self._slot(x)
+        if k is None or not self.pow_valid[k]:
+            return haadf_model(x, self.weights, self.p.gamma)
+        product = self.xp.multiply(x, self.pow_buffers[k], out=self.v)
+        product *= self.weights[:, None, None]
+        return product.sum(axis=0)
 
 
 def numba_available() -> bool:
