@@ -191,7 +191,7 @@ def test_cuda_engine_refuses_numpy_input_outside_the_simulator(monkeypatch):
 
     if config.ENABLE_CUDASIM:
         pytest.skip("under the CUDA simulator numpy input is what the cuda engine runs on")
-    haadf, maps = np.arange(64.0).reshape(8, 8), np.ones((2, 8, 8))
+    haadf, maps = np.arange(64.0).reshape(8, 8), np.arange(128.0).reshape(2, 8, 8) % 7
     # no GPU here: not available; with one: numpy input is refused (cupy arrays are asked for)
     with pytest.raises(EmfuseError, match="engine='cuda'"):
         fuse(haadf, maps, [40, 20], n_iter=1, engine="cuda")
