@@ -4,7 +4,8 @@
 #
 #     bash benchmarks/gpu_check.sh            # figures in $OUT (default ./gpu_check_out)
 #
-# 1. installs the gpu extra (pip install -e '.[gpu]') if CuPy does not import (not with NO_INSTALL=1);
+# 1. installs the gpu extra (pip install -e '.[gpu]') if CuPy does not import or numba.cuda cannot
+#    compile (no NVVM; not with NO_INSTALL=1);
 # 2. pytest -m "gpu or cudasim": the CUDA kernels under the simulator and fuse(engine="cuda") on
 #    CuPy arrays against the CPU solver, and the other GPU tests;
 # 3. benchmarks/fusion_gpu.py: 4096² x 4 elements x 100 iterations, n_iter_tv 5, engine cuda on
@@ -40,7 +41,8 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/NAM
 }
 
 "$PY" -c "import numpy" 2>/dev/null || { echo "no usable python ($PY)"; exit 2; }
-if [ -z "${NO_INSTALL:-}" ] && ! "$PY" -c "import cupy" 2>/dev/null; then  # NO_INSTALL=1: never pip
+# CuPy, and NVVM for the numba.cuda kernels (kernels_cuda.available); NO_INSTALL=1: never pip
+if [ -z "${NO_INSTALL:-}" ] && ! "$PY" -c "import cupy; from emfuse.pipeline.fusion.kernels_cuda import available; assert available()" 2>/dev/null; then
     step install 120 "$PY" -m pip install --quiet -e '.[gpu]'
 fi
 if command -v nvidia-smi >/dev/null; then

@@ -39,17 +39,24 @@ are the CUDA ones, within an ulp or two of numpy's, so results agree with the
 CPU kernels to float32 rounding (tests: 1e-5 of the value range).
 
 Arrays: anything with ``__cuda_array_interface__`` (CuPy arrays; numba.cuda
-launches on them without a copy, on the default stream, the one CuPy uses
-too), or numpy arrays under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``,
+launches on them without a copy, on CuPy's current stream, so kernels and CuPy
+operations stay in order), or numpy arrays under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``,
 set before numba.cuda is imported), which is how the tests check these
 kernels without a GPU. All arrays are C-contiguous (element, y, x) stacks of
-one dtype. Kernels are compiled at first launch for the argument types.
+one dtype. Kernels are compiled at first launch for the argument types, which
+needs NVVM from a CUDA toolkit: a system one (``CUDA_HOME``), a conda one, or
+the ``nvidia-cuda-nvcc-cu12`` wheel of the ``gpu`` extra (found by
+:func:`available`). Without NVVM or a device, ``fuse`` uses the plain CuPy code.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,14 +71,53 @@ BLOCK = (4, 4) if SIMULATOR else (32, 8)
 THREADS = BLOCK[0] * BLOCK[1]
 
 
+def _use_pip_nvvm() -> None:
+    """Point numba at the NVVM of the ``nvidia-cuda-nvcc-cu12`` wheel (the gpu extra) when no
+    CUDA toolkit is set up (``CUDA_HOME`` unset, none in the conda env or the system paths)."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    try:
+        spec = importlib.util.find_spec("nvidia.cuda_nvcc")
+    except (ImportError, ValueError):
+        return
+    if spec is None or not spec.submodule_search_locations:
+        return
+    home = Path(next(iter(spec.submodule_search_locations)))
+    if (home / "nvvm" / "libdevice").is_dir() and not Path("/usr/local/cuda/nvvm/libdevice").is_dir():
+        os.environ["CUDA_HOME"] = str(home)
+
+
+@functools.lru_cache(maxsize=1)
 def available() -> bool:
-    """True when these kernels can run: a CUDA device (numba.cuda sees it) or the simulator."""
+    """True when these kernels can run: a CUDA device and NVVM (to compile them), or the simulator.
+
+    Returns
+    -------
+    bool
+        Whether :func:`smooth_step` and the others can be launched here.
+    """
     if SIMULATOR:
         return True
     try:
-        return bool(cuda.is_available())
-    except Exception:  # a broken driver installation
+        if not cuda.is_available():
+            return False
+        _use_pip_nvvm()
+        from numba.cuda.cudadrv import nvvm
+
+        return bool(nvvm.is_available())
+    except Exception:  # a broken driver or toolkit installation
         return False
+
+
+def _stream(a: Any) -> Any:
+    """The stream to launch on: CuPy's current stream for CuPy arrays (so kernels and CuPy
+    operations stay in order on any stream), the default stream otherwise (the simulator)."""
+    if SIMULATOR or not type(a).__module__.startswith("cupy"):
+        return 0
+    import cupy
+
+    ptr = cupy.cuda.get_current_stream().ptr
+    return 0 if ptr == 0 else cuda.external_stream(ptr)
 
 
 def _grid(ny: int, nx: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -330,7 +376,7 @@ def smooth_step(
     b_haadf = xp.ascontiguousarray(b_haadf, dtype=x.dtype)
     valid_arr, use_valid = _valid_args(valid, b_haadf)
     blocks, threads = _grid(x.shape[1], x.shape[2])
-    _smooth_step_kernel[blocks, threads](
+    _smooth_step_kernel[blocks, threads, _stream(x)](
         x, b_haadf, _stack(b_maps), w, t(gamma - 1), t(lam_h * gamma), t(lambda_chem), t(bkg), t(step),
         x if x_pow is None else _stack(x_pow), x_pow is not None, valid_arr, use_valid, out,
     )
@@ -400,8 +446,9 @@ def prox_tv(
     target = out.reshape(b.shape)
     t = b.dtype.type
     blocks, threads = _grid(b.shape[1], b.shape[2])
+    stream = _stream(b)
     if lambda_tv <= 0 or n_iter <= 0:
-        _tv_primal_kernel[blocks, threads](b, b, b, t(0), nonnegative, False, target)
+        _tv_primal_kernel[blocks, threads, stream](b, b, b, t(0), nonnegative, False, target)
         return out
     if work is None or not work.fits(b, momentum):
         work = TVWorkspace(b, momentum)
@@ -417,7 +464,7 @@ def prox_tv(
         mom = (t_k - 1.0) / t_next if momentum else 0.0
         if not momentum:  # p is not used: pass r, never the buffer q is written to
             py, px = ry, rx
-        _tv_dual_kernel[blocks, threads](b, ry, rx, qy, qx, py, px, lam, step, t(mom), nonnegative, k > 0,
+        _tv_dual_kernel[blocks, threads, stream](b, ry, rx, qy, qx, py, px, lam, step, t(mom), nonnegative, k > 0,
                                          momentum)
         if momentum:
             ry, rx, py, px, qy, qx = py, px, qy, qx, ry, rx
@@ -425,7 +472,7 @@ def prox_tv(
             ry, rx, qy, qx = qy, qx, ry, rx
         t_k = t_next
     last_y, last_x = (py, px) if momentum else (ry, rx)
-    _tv_primal_kernel[blocks, threads](b, last_y, last_x, lam, nonnegative, True, target)
+    _tv_primal_kernel[blocks, threads, stream](b, last_y, last_x, lam, nonnegative, True, target)
     return out
 
 
@@ -474,7 +521,7 @@ def objective_terms(
     w = weights if getattr(weights, "ndim", 0) == 1 and weights.dtype == x.dtype else _weights(weights, x)
     b_haadf = xp.ascontiguousarray(b_haadf, dtype=x.dtype)
     valid_arr, use_valid = _valid_args(valid, b_haadf)
-    _objective_kernel[blocks, threads](
+    _objective_kernel[blocks, threads, _stream(x)](
         x, b_haadf, _stack(b_maps), w, t(gamma - 1), t(bkg), x if pow_out is None else _stack(pow_out),
         pow_out is not None, valid_arr, use_valid, partial,
     )
@@ -502,6 +549,6 @@ def relative_change(new: Any, old: Any, *, partial: Any = None) -> float:
     blocks, threads = _grid(new.shape[1], new.shape[2])
     if partial is None:
         partial = xp.empty((_n_blocks(new.shape[1], new.shape[2]), 2), xp.float64)
-    _change_kernel[blocks, threads](new, old, partial)
+    _change_kernel[blocks, threads, _stream(new)](new, old, partial)
     diff, ref = partial.sum(axis=0).tolist()
     return math.sqrt(diff) / max(math.sqrt(ref), 1e-30)
