@@ -204,7 +204,8 @@ def _tv_dual_kernel(b, ry, rx, qy, qx, py, px, lam, step, mom, nonneg, use_dual,
         if use_dual:
             gy += ry[e, i, j]
             gx += rx[e, i, j]
-        scale = max(math.sqrt(gy * gy + gx * gx), one)  # project on the unit ball (isotropic TV)
+        norm = math.sqrt(gy * gy + gx * gx)
+        scale = norm if norm > one else one  # project on the unit ball (isotropic TV)
         new_y = gy / scale
         new_x = gx / scale
         qy[e, i, j] = new_y
