@@ -120,6 +120,22 @@ def _stream(a: Any) -> Any:
     return 0 if ptr == 0 else cuda.external_stream(ptr)
 
 
+def _launch(kernel: Any, like: Any, *args: Any) -> None:
+    """Launch ``kernel`` over the (y, x) plane of the stack ``like`` on :func:`_stream`.
+
+    CuPy arrays are passed as numba views made without the stream synchronisation the CUDA
+    array interface asks for by default (``sync=False``): they come from CuPy work on the same
+    stream, which runs in order, and a synchronisation per array argument would stall the host
+    before every launch.
+    """
+    blocks, threads = _grid(like.shape[1], like.shape[2])
+    stream = _stream(like)
+    if not SIMULATOR:
+        args = tuple(cuda.as_cuda_array(a, sync=False) if type(a).__module__.startswith("cupy") else a
+                     for a in args)
+    kernel[blocks, threads, stream](*args)
+
+
 def _grid(ny: int, nx: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(blocks, threads)`` of a launch covering a ``(ny, nx)`` plane."""
     return ((nx + BLOCK[0] - 1) // BLOCK[0], (ny + BLOCK[1] - 1) // BLOCK[1]), BLOCK
@@ -376,9 +392,8 @@ def smooth_step(
     w = weights if getattr(weights, "ndim", 0) == 1 and weights.dtype == x.dtype else _weights(weights, x)
     b_haadf = xp.ascontiguousarray(b_haadf, dtype=x.dtype)
     valid_arr, use_valid = _valid_args(valid, b_haadf)
-    blocks, threads = _grid(x.shape[1], x.shape[2])
-    _smooth_step_kernel[blocks, threads, _stream(x)](
-        x, b_haadf, _stack(b_maps), w, t(gamma - 1), t(lam_h * gamma), t(lambda_chem), t(bkg), t(step),
+    _launch(
+        _smooth_step_kernel, x, x, b_haadf, _stack(b_maps), w, t(gamma - 1), t(lam_h * gamma), t(lambda_chem), t(bkg), t(step),
         x if x_pow is None else _stack(x_pow), x_pow is not None, valid_arr, use_valid, out,
     )
     return out
@@ -446,10 +461,8 @@ def prox_tv(
         out = xp.empty_like(b[0] if two_d else b)
     target = out.reshape(b.shape)
     t = b.dtype.type
-    blocks, threads = _grid(b.shape[1], b.shape[2])
-    stream = _stream(b)
     if lambda_tv <= 0 or n_iter <= 0:
-        _tv_primal_kernel[blocks, threads, stream](b, b, b, t(0), nonnegative, False, target)
+        _launch(_tv_primal_kernel, b, b, b, b, t(0), nonnegative, False, target)
         return out
     if work is None or not work.fits(b, momentum):
         work = TVWorkspace(b, momentum)
@@ -465,15 +478,14 @@ def prox_tv(
         mom = (t_k - 1.0) / t_next if momentum else 0.0
         if not momentum:  # p is not used: pass r, never the buffer q is written to
             py, px = ry, rx
-        _tv_dual_kernel[blocks, threads, stream](b, ry, rx, qy, qx, py, px, lam, step, t(mom), nonnegative, k > 0,
-                                         momentum)
+        _launch(_tv_dual_kernel, b, b, ry, rx, qy, qx, py, px, lam, step, t(mom), nonnegative, k > 0, momentum)
         if momentum:
             ry, rx, py, px, qy, qx = py, px, qy, qx, ry, rx
         else:
             ry, rx, qy, qx = qy, qx, ry, rx
         t_k = t_next
     last_y, last_x = (py, px) if momentum else (ry, rx)
-    _tv_primal_kernel[blocks, threads, stream](b, last_y, last_x, lam, nonnegative, True, target)
+    _launch(_tv_primal_kernel, b, b, last_y, last_x, lam, nonnegative, True, target)
     return out
 
 
@@ -516,14 +528,13 @@ def objective_terms(
     x = _stack(x)
     xp = get_xp(x)
     t = x.dtype.type
-    blocks, threads = _grid(x.shape[1], x.shape[2])
     if partial is None:
         partial = xp.empty((_n_blocks(x.shape[1], x.shape[2]), 3), xp.float64)
     w = weights if getattr(weights, "ndim", 0) == 1 and weights.dtype == x.dtype else _weights(weights, x)
     b_haadf = xp.ascontiguousarray(b_haadf, dtype=x.dtype)
     valid_arr, use_valid = _valid_args(valid, b_haadf)
-    _objective_kernel[blocks, threads, _stream(x)](
-        x, b_haadf, _stack(b_maps), w, t(gamma - 1), t(bkg), x if pow_out is None else _stack(pow_out),
+    _launch(
+        _objective_kernel, x, x, b_haadf, _stack(b_maps), w, t(gamma - 1), t(bkg), x if pow_out is None else _stack(pow_out),
         pow_out is not None, valid_arr, use_valid, partial,
     )
     sums = np.asarray(partial.sum(axis=0).tolist(), dtype=np.float64)  # three floats to the host
@@ -547,9 +558,8 @@ def relative_change(new: Any, old: Any, *, partial: Any = None) -> float:
     """
     new, old = _stack(new), _stack(old)
     xp = get_xp(new)
-    blocks, threads = _grid(new.shape[1], new.shape[2])
     if partial is None:
         partial = xp.empty((_n_blocks(new.shape[1], new.shape[2]), 2), xp.float64)
-    _change_kernel[blocks, threads, _stream(new)](new, old, partial)
+    _launch(_change_kernel, new, new, old, partial)
     diff, ref = partial.sum(axis=0).tolist()
     return math.sqrt(diff) / max(math.sqrt(ref), 1e-30)
