@@ -151,10 +151,12 @@ def single_command_seconds(code: Path, workdir: Path) -> float:
     for k in range(3):
         out = workdir / f"single-{code.name}-{k}.zarr"
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "emfuse.flows.cli", "fuse", str(store), "--out", str(out),
-                        "--lambda-chem", "0.05", "--lambda-tv", "0.05"], cwd=code, env=env, check=True,
-                       capture_output=True)
+        proc = subprocess.run([sys.executable, "-m", "emfuse.flows.cli", "fuse", str(store), "--out", str(out),
+                               "--elements", *ELEMENTS, "--lambda-chem", "0.05", "--lambda-tv", "0.05"],
+                              cwd=code, env=env, capture_output=True, text=True)
         times.append(time.perf_counter() - start)
+        if proc.returncode:
+            raise RuntimeError(f"emfuse fuse failed in {code}:\n{proc.stderr[-3000:]}")
     return statistics.median(times)
 
 

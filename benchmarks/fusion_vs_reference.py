@@ -10,7 +10,7 @@ parameters and iteration counts, run alternately ``--repeats`` times after one u
 each (numba compilation or cache loading is not counted); the median wall time and process
 CPU time (all threads) of each, their ratios, the objective ``F`` of both results by ``emfuse.pipeline.fusion.objective`` and the correlation
 of each element's maps. The initial threshold of tutorial 2 is applied to the published solver's
-start as in ``tests/test_reference_parity.py``.
+start as in ``tests/pipeline/test_reference_parity.py``.
 
 Part 2, a synthetic 4096 x 4096 x 4-element problem (smoothed random maps, Poisson counts, a
 HAADF from the model plus noise), ``n_iter_tv = 5``: the time per outer iteration of the numba

@@ -18,9 +18,7 @@ True
 
 from __future__ import annotations
 
-from importlib import import_module
 from pathlib import Path
-from typing import Any
 
 # In an installed wheel the layers are folders of this package. In the repository (an editable
 # install, or a checkout on PYTHONPATH) they sit beside it, at the top as the design lays them
@@ -29,6 +27,7 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 if not (Path(__file__).parent / "pipeline").is_dir() and (_CHECKOUT / "pipeline" / "__init__.py").is_file():
     __path__.append(str(_CHECKOUT))  # noqa: F821 (a package's __path__)
 
+from ._lazy import on_first_use  # noqa: E402
 from .stores.version import emfuse_version  # noqa: E402
 
 __version__ = emfuse_version()
@@ -46,14 +45,4 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        module, attribute = _API[name]
-        value = getattr(import_module(module), attribute)
-        globals()[name] = value  # once loaded, a plain attribute
-        return value
-    raise AttributeError(f"module 'emfuse' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = on_first_use(__name__, _API, globals())

@@ -21,7 +21,7 @@ onsets a background window has to stop at (O K 543.1 against the EELS Atlas's 53
 but it adds a 4 MB SQLite file, and each lookup is a database query (~0.9 ms against a dict
 access). The differences are below an EDX detector's resolution, but they would move every
 window and every synthetic line for no gain; the table below is small and is checked by
-tests/test_elements.py.
+tests/pipeline/test_elements.py.
 
 Examples
 --------

@@ -22,7 +22,7 @@ alone (``normalization=None``, upsample 100; 51 ms), 0.011 px with the Hann wind
 0.004 px with the window and one refinement (this function's default; 75 ms, against 80 ms
 for the former hand-written matrix-multiply DFT, which gave the same errors to 1e-4 px); at a
 signal-to-noise ratio of 2: 0.061, 0.051 and 0.041 px (100 ms, 102 ms before).
-Measured on 96-128 px crops of a textured image (``tests/test_register.py``): error
+Measured on 96-128 px crops of a textured image (``tests/pipeline/test_register.py``): error
 below 0.01 px without noise and below 0.1 px at a signal-to-noise ratio of 2, with the
 default cross-correlation; phase correlation is as good without noise but fails at that
 noise level.

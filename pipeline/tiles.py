@@ -12,7 +12,7 @@ side, clipped to the image). The kernel runs on the window and the core is cropp
 exactly: every output pixel comes from one tile, nothing is blended. Cores line up with Zarr
 chunks, so workers write disjoint regions. With a halo of a few times the kernel's
 correlation length the tiled result matches the untiled one closely
-(``tests/test_fusion_tiled.py`` states the tolerance for fusion).
+(``tests/pipeline/test_fusion_tiled.py`` states the tolerance for fusion).
 
 **Overlap-blend** (:func:`overlap_starts`, :func:`blend_weights`, :class:`BlendGrid`): for
 networks fed fixed-size inputs in batches, i.e. restoration. All tiles have one shape (a

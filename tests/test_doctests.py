@@ -19,7 +19,7 @@ OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
 def _modules() -> list[str]:
-    names = ["emfuse", "emfuse.api", "emfuse.periodic_table", "emfuse.signals"]
+    names = ["emfuse", "emfuse.api", "emfuse.periodic_table", "emfuse.signals", "emfuse.errors", "emfuse._lazy"]
     for package in PACKAGES:
         names.append(package)
         module = importlib.import_module(package)

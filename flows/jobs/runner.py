@@ -29,7 +29,7 @@ module with a ``plan``, a ``SPEC`` and an entry in :data:`emfuse.flows.jobs.regi
 
 Examples
 --------
-A job that writes each tile's mean (see ``tests/test_runner.py`` for a whole one):
+A job that writes each tile's mean (see ``tests/flows/test_runner.py`` for a whole one):
 
 >>> class TileMean(TiledJob):  # doctest: +SKIP
 ...     name = "tile-mean"

@@ -17,7 +17,8 @@ Examples
 """
 
 import os
-from typing import Any
+
+from emfuse._lazy import on_first_use
 
 # GNU OpenMP, numba's threading layer here, keeps idle threads spinning by
 # default. When cores are shared (Dask tile threads or worker processes each
@@ -74,15 +75,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _TILED:
-        from . import tiled
-
-        value = getattr(tiled, name)
-        globals()[name] = value  # once loaded, a plain attribute
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_TILED))
+__getattr__, __dir__ = on_first_use(__name__, {name: (".tiled", name) for name in _TILED}, globals())

@@ -19,7 +19,7 @@ the plain code does in many:
 
 Every kernel computes what its plain counterpart in :mod:`.model`,
 :mod:`.tv` and :mod:`.solver` computes (the plain versions stay: they are the
-CuPy path and the reference of ``tests/test_fusion_kernels.py``), in the
+CuPy path and the reference of ``tests/pipeline/test_fusion_kernels.py``), in the
 working type of the arrays (float32 by default) and without fastmath, so
 results agree to float32 rounding. Logarithms and powers use the
 vectorisable float64 versions below (within 1 ulp of the correctly rounded

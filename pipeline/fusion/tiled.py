@@ -5,7 +5,7 @@ Large maps are cut by the halo-crop policy of :mod:`emfuse.pipeline.tiles`: each
 context across tile borders. Every tile uses the same dataset-wide normalisation
 (:func:`global_normalisation`), so tiles agree on the scaling. With a halo of a few times the TV
 correlation length the tiled result matches the untiled one closely;
-``tests/test_fusion_tiled.py`` states the tolerance.
+``tests/pipeline/test_fusion_tiled.py`` states the tolerance.
 
 The same :func:`fuse_tile` serves :func:`fuse_dataset` (lazy, any Dask scheduler, from a
 notebook) and the overnight fusion job (which reads windows from and writes cores to Zarr

@@ -77,7 +77,7 @@ def measure_drift(frames: np.ndarray) -> np.ndarray:
 
     Measured on the raw frames by cross-correlation (:func:`emfuse.pipeline.register.estimate_shift`):
     the noise of two frames is independent, so it widens the correlation peak but does not
-    move it (0.1 px or better at a signal-to-noise ratio of 2, ``tests/test_register.py``).
+    move it (0.1 px or better at a signal-to-noise ratio of 2, ``tests/pipeline/test_register.py``).
     Each frame is first measured against the previous one, both smoothed by a gaussian of
     :data:`COARSE_SIGMA` px, and the steps are summed (a guess);
     then the frame, moved back by the guess, is measured against the first frame and the

@@ -56,7 +56,7 @@ A drifting low-dose HR-STEM movie with its noise-free frames and drift:
 (4, 64, 64)
 """
 
-from typing import Any
+from emfuse._lazy import on_first_use
 
 from .movie import SyntheticMovie, make_movie
 from .spectrum_image import (
@@ -93,15 +93,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import lazy
-
-        value = getattr(lazy, name)
-        globals()[name] = value  # once loaded, a plain attribute
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = on_first_use(__name__, {name: (".lazy", name) for name in _LAZY}, globals())

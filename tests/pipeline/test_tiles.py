@@ -51,5 +51,5 @@ def test_the_tiling_module_imports_no_kernel():
     code = ("import sys, emfuse.pipeline.tiles; print(sorted(m for m in sys.modules "
             "if m.startswith(('emfuse.pipeline.', 'torch', 'dask', 'xarray'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "['emfuse.pipeline.tiles']"

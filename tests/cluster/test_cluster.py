@@ -550,7 +550,7 @@ def test_slurm_cluster_with_tls(tls):
 
 
 def _doc_blocks(language):
-    text = (Path(__file__).resolve().parents[1] / "docs" / "hpc.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "hpc.md").read_text()
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 

@@ -42,7 +42,7 @@ from emfuse.stores.ingest import ingest
 from emfuse.stores.progress import TileRecord
 from emfuse.stores.zarrio import is_complete, open_dataset, write_dataset
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 FORMATS = DATA / "formats"
 FUSION = DATA / "fusion"
 TIA = ("128x128_TEM_acquire-sum1.emi", "128x128_TEM_acquire-sum1_1.ser")  # a pair: .emi names the .ser

@@ -20,7 +20,7 @@ from emfuse.stores.ingest import describe, ingest, read
 from emfuse.stores.zarrio import open_dataset
 
 DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
-            or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+            or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 
 # every real microscope file emfuse ingests, with the options it needs (one spectrum image each)
 REAL = [

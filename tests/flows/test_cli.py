@@ -66,7 +66,7 @@ def test_demo(prefect_harness, tmp_path, capsys):
     assert "NRMSE fused" in printed
     assert is_complete(tmp_path / "demo" / "demo_fused.zarr")
     assert (tmp_path / "demo" / "demo_fused.report" / "convergence.png").exists()
-    # provenance of both demo outputs (tests/test_provenance.py checks every other path)
+    # provenance of both demo outputs (tests/flows/test_provenance.py checks every other path)
     from provenance_checks import assert_provenance
 
     demo = tmp_path / "demo"

@@ -23,7 +23,7 @@ from emfuse.stores.ingest import ingest
 from emfuse.stores.zarrio import open_dataset, read_attrs
 
 DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
-            or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+            or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 VELOX = "Test SI 16x16 215 kx.emd"
 PRUNED = "Test SI 16x16 ReducedData 215 kx.emd"
 PARAMS = {"lambda_chem": 0.05, "lambda_tv": 0.02, "n_iter": 5}

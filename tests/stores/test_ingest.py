@@ -21,7 +21,7 @@ from emfuse.stores.formats import FileArray, IngestWarning
 from emfuse.stores.ingest import SUPPORTED_SUFFIXES, chunk_canonical, ingest, read
 
 DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
-            or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+            or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 VELOX_16 = "Test SI 16x16 215 kx.emd"
 VELOX_PRUNED = "Test SI 16x16 ReducedData 215 kx.emd"
 

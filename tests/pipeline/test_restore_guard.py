@@ -121,7 +121,7 @@ def test_the_default_model_on_its_own_kind_of_data_is_kept():
 #: The project's first default model (HR-STEM columns 12-130 px apart only), kept as a model
 #: known to fail: it erases the fine lattices of MULTEM HR-STEM frames 4 and 6 (the shipped
 #: default, trained on the broad distribution, keeps frame 4's)
-FAILING_MODEL = Path(__file__).parent / "data" / "first_hrstem_model.safetensors"
+FAILING_MODEL = Path(__file__).resolve().parents[1] / "data" / "first_hrstem_model.safetensors"
 
 
 @pytest.fixture(scope="module")

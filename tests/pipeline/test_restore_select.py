@@ -24,7 +24,7 @@ from emfuse.pipeline.restore.select import (
 )
 
 DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
-            or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+            or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 
 
 def _guess(attrs=None, image=None, pixel=0.02):

@@ -18,7 +18,7 @@ from emfuse.flows.jobs import run_job
 from emfuse.stores.version import emfuse_version
 from emfuse.stores.zarrio import write_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("prefect", "distributed", "torch", "numba")
 
 

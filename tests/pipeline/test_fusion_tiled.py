@@ -70,5 +70,5 @@ def test_tiled_fusion_loads_at_first_use():
             "from emfuse.pipeline.fusion import fuse_dataset; "
             "print(before, 'xarray' in sys.modules, fuse_dataset.__module__, f.fuse_tile is f.tiled.fuse_tile)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["False", "True", "emfuse.pipeline.fusion.tiled", "True"]

@@ -223,7 +223,7 @@ def test_the_simulators_import_without_dask():
             "emfuse.pipeline.synth.distortions, emfuse.pipeline.synth.tem_modes, emfuse.pipeline.avae.preprocess; "
             "before = 'dask' in sys.modules; from emfuse.pipeline.synth import lazy_spectrum_image; "
             "print(before, 'dask' in sys.modules, lazy_spectrum_image.__module__)")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.split() == ["False", "True", "emfuse.pipeline.synth.lazy"]
     assert set(synth_package.__all__) <= set(dir(synth_package))
