@@ -1,6 +1,6 @@
 """The CUDA kernels against the CPU ones, under numba's CUDA simulator (no GPU needed).
 
-Run by ``tests/test_fusion_cudasim.py`` in a subprocess with ``NUMBA_ENABLE_CUDASIM=1`` (read when
+Run by ``tests/pipeline/test_fusion_cudasim.py`` in a subprocess with ``NUMBA_ENABLE_CUDASIM=1`` (read when
 numba.cuda is first imported, so it cannot be switched on inside the test process). Prints one
 JSON object: for each check, the largest difference as a fraction of the reference's value range
 (or the largest relative difference of the cost terms). Keep the arrays tiny: every simulated

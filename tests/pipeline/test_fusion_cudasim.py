@@ -3,7 +3,7 @@
 Run under numba's CUDA simulator (no GPU needed): ``tests/cudasim_check.py`` in a subprocess with
 ``NUMBA_ENABLE_CUDASIM=1``, which numba reads when numba.cuda is first imported. Tiny arrays and
 few iterations: every simulated thread is a Python thread (about 15 s in all). On a GPU machine
-``tests/test_fusion_gpu.py`` runs the same comparison on CuPy arrays.
+``tests/pipeline/test_fusion_gpu.py`` runs the same comparison on CuPy arrays.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ pytest.importorskip("numba")
 
 pytestmark = pytest.mark.cudasim
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: agreement asked of every kernel and of the whole solver: a fraction of the value range
 #: (relative, for the cost terms and the objective)
 TOLERANCE = 1e-5
