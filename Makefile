@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-all lint docs clean
+.PHONY: demo test test-all lint docs clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu or gpu"
+
+# One-shot check of a GPU machine: the gpu extra, pytest -m "gpu or cudasim", the fusion and
+# restoration timings; one JSON in $(OUT) (default ./gpu_check_out). See docs/hpc.md, "GPU nodes".
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check emfuse pipeline stores cluster flows tests benchmarks

@@ -3,7 +3,9 @@
 High-SNR HAADF + noisy EDX/EELS elemental maps -> high-SNR elemental maps.
 
 numpy inputs run on fused numba kernels (:mod:`.kernels_numba`, imported on
-first use); ``fuse(..., engine="xp")`` runs the plain array code (numpy or cupy).
+first use), cupy inputs on fused CUDA kernels (:mod:`.kernels_cuda`) when
+numba.cuda sees the GPU; ``fuse(..., engine="xp")`` runs the plain array code
+(numpy or cupy). :mod:`.memory` is the GPU memory model (tile sizes).
 Large maps are fused tile by tile (:mod:`.tiled`: :func:`fuse_dataset`, lazily on
 a dask-backed xarray Dataset, and the per-tile kernel the jobs run), also loaded on
 first use.
@@ -38,7 +40,7 @@ from .model import (  # noqa: E402
     objective,
     objective_terms,
 )
-from .solver import COST_TERMS, FusionParams, FusionResult, fuse, numba_available
+from .solver import COST_TERMS, FusionParams, FusionResult, cuda_available, fuse, numba_available
 from .tv import divergence, gradient, prox_tv, tv_iso
 
 #: Tiled fusion (:mod:`.tiled`), loaded at first use: it imports dask and xarray, which
@@ -55,6 +57,7 @@ __all__ = [
     "Normalisation",
     "TileFusion",
     "check_inputs",
+    "cuda_available",
     "divergence",
     "fuse",
     "fuse_dataset",

@@ -20,10 +20,12 @@ keeps FGP as its default for stand-alone denoising.
 
 Engines
 -------
-``fuse`` runs the same algorithm with two sets of kernels: fused numba kernels
-(:mod:`.kernels_numba`, the default for numpy input) or plain array code on
-the namespace of the inputs (``xp``: numpy or cupy; the reference in tests).
-``engine="xp"`` (or ``solver.ENGINE = "xp"``) forces the plain code.
+``fuse`` runs the same algorithm with three sets of kernels: fused numba kernels
+(:mod:`.kernels_numba`, the default for numpy input), fused CUDA kernels
+(:mod:`.kernels_cuda`, numba.cuda on CuPy arrays: the default for CuPy input
+when numba.cuda sees the GPU) or plain array code on the namespace of the
+inputs (``xp``: numpy or cupy; the reference in tests). ``engine="xp"`` (or
+``solver.ENGINE = "xp"``) forces the plain code.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InputError
+from ...errors import InputError, NotAvailableHere
 from ..backend import get_xp, to_numpy
 from .convergence import ConvergenceWarning, diagnose_convergence
 from .model import (
@@ -54,8 +56,11 @@ from .tv import prox_tv, tv_iso
 COST_TERMS = ("haadf", "chem", "tv")
 
 #: Default engine of :func:`fuse` when none is given: ``"auto"`` (numba for numpy
-#: input when numba imports, else plain), ``"numba"`` or ``"xp"`` (plain array code).
+#: input when numba imports, cuda for cupy input when numba.cuda sees the GPU, else
+#: plain), ``"numba"``, ``"cuda"`` or ``"xp"`` (plain array code).
 ENGINE = "auto"
+#: The engines :func:`fuse` knows.
+ENGINES = ("auto", "numba", "cuda", "xp")
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,7 @@ class FusionResult:
     step_history
         The gradient step used at each iteration.
     engine
-        The kernels that ran: ``"numba"`` or ``"xp"``.
+        The kernels that ran: ``"numba"``, ``"cuda"`` or ``"xp"``.
     convergence
         Messages on cost curves that had not levelled off or oscillated (empty when none).
     """
@@ -177,7 +182,7 @@ class FusionResult:
     params: FusionParams
     initial_objective: float = float("nan")
     step_history: list[float] = field(default_factory=list)
-    engine: str = ""  # the kernels that ran: "numba" or "xp"
+    engine: str = ""  # the kernels that ran: "numba", "cuda" or "xp"
     convergence: list[str] = field(default_factory=list)  # cost curves not levelled off / oscillating
     lambda_choice: Any = None  # the automatic choice (emfuse.fuse with "auto" weights), else None
 
@@ -223,9 +228,11 @@ def fuse(
     dtype
         Floating type of the iterate (float32 halves memory traffic).
     engine
-        ``"numba"`` (fused CPU kernels, numpy input only), ``"xp"`` (plain
-        numpy/cupy code) or ``"auto"``: numba for numpy input when numba is
-        installed. ``None`` uses the module default :data:`ENGINE`.
+        ``"numba"`` (fused CPU kernels, numpy input only), ``"cuda"`` (fused
+        CUDA kernels, cupy input; numpy input under the CUDA simulator),
+        ``"xp"`` (plain numpy/cupy code) or ``"auto"``: numba for numpy input
+        when numba is installed, cuda for cupy input when numba.cuda sees the
+        GPU, else xp. ``None`` uses the module default :data:`ENGINE`.
     warn
         Emit a :class:`ConvergenceWarning` for each cost curve that has not
         levelled off or oscillates (the messages are kept in
@@ -325,7 +332,8 @@ def fuse(
         if p.tol is not None and change < p.tol:
             break
     result.fused = x
-    result.haadf_model = haadf_model(x, weights, p.gamma)
+    model = getattr(ops, "model", None)  # the cuda engine's: no temporaries the size of the stack
+    result.haadf_model = model(x) if model is not None else haadf_model(x, weights, p.gamma)
     result.costs = np.asarray(costs, dtype=np.float64).T
     if tv_weights is None and chem_weights is None:
         result.objective = lam_h * result.costs[0] + p.lambda_chem * result.costs[1] + p.lambda_tv * result.costs[2]
@@ -481,6 +489,98 @@ class _NumbaOps:
         return self.kn.relative_change(new, old)
 
 
+class _CudaOps:
+    """The solver's steps as fused CUDA kernels (:mod:`.kernels_cuda`) on preallocated device buffers.
+
+    The buffer scheme of :class:`_NumbaOps` (two iterate buffers, each with its
+    ``x^(gamma-1)``), on CuPy arrays, or numpy arrays under the CUDA simulator.
+    The buffers are exactly what :func:`emfuse.pipeline.fusion.memory.fusion_bytes_per_pixel`
+    counts (:meth:`arrays` lists them).
+    """
+
+    name = "cuda"
+
+    def __init__(self, xp: Any, b_haadf: Any, b_maps: Any, weights: np.ndarray, p: FusionParams,
+                 valid: Any = None) -> None:
+        from . import kernels_cuda
+
+        self.kc, self.p, self.xp = kernels_cuda, p, xp
+        self.b_haadf = xp.ascontiguousarray(b_haadf)
+        self.b_maps = xp.ascontiguousarray(b_maps)
+        self.valid = None if valid is None else xp.ascontiguousarray(valid, dtype=b_maps.dtype)
+        self.weights = xp.asarray(np.asarray(weights).ravel(), dtype=b_maps.dtype)
+        self.v = xp.empty_like(self.b_maps)
+        self.x_buffers = [xp.empty_like(self.b_maps), xp.empty_like(self.b_maps)]
+        self.pow_buffers = [xp.empty_like(self.b_maps), xp.empty_like(self.b_maps)]
+        self.pow_valid = [False, False]
+        self.work = kernels_cuda.TVWorkspace(self.b_maps, p.tv_momentum)
+        self.work_single: Any = None  # per-element TV weights: a one-image workspace, made on first use
+        n_blocks = kernels_cuda._n_blocks(*b_maps.shape[1:])
+        self.partial_terms = xp.empty((n_blocks, 3), xp.float64)
+        self.partial_change = xp.empty((n_blocks, 2), xp.float64)
+
+    def arrays(self) -> list[Any]:
+        """Every array this engine holds (for the memory model's tests)."""
+        held = [self.b_haadf, self.b_maps, self.weights, self.v, *self.x_buffers, *self.pow_buffers,
+                *self.work.buffers, self.partial_terms, self.partial_change]
+        if self.valid is not None:
+            held.append(self.valid)
+        if self.work_single is not None:
+            held.extend(self.work_single.buffers)
+        return held
+
+    def _slot(self, x: Any) -> int | None:
+        """Which iterate buffer ``x`` is (None: an array of the caller's)."""
+        for k, buffer in enumerate(self.x_buffers):
+            if x is buffer:
+                return k
+        return None
+
+    def descent(self, x: Any) -> Callable[[float], Any]:
+        """``step -> x - step * grad``, recomputed in one kernel for each step tried."""
+        p, k = self.p, self._slot(x)
+        x_pow = self.pow_buffers[k] if k is not None and self.pow_valid[k] else None
+        return lambda step: self.kc.smooth_step(
+            x, self.b_haadf, self.b_maps, self.weights, gamma=p.gamma, lam_h=1.0 / len(self.weights),
+            lambda_chem=p.lambda_chem, bkg=p.bkg, step=step, x_pow=x_pow, out=self.v, valid=self.valid,
+        )
+
+    def prox(self, v: Any, lambda_tv: float | np.ndarray, x: Any) -> Any:
+        k = 1 if self._slot(x) == 0 else 0  # never write over the iterate
+        self.pow_valid[k] = False
+        if np.isscalar(lambda_tv):
+            return self.kc.prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=self.p.tv_momentum,
+                                   out=self.x_buffers[k], work=self.work)
+        if self.work_single is None:
+            self.work_single = self.kc.TVWorkspace(v[0:1], self.p.tv_momentum)
+        for e, lam in enumerate(lambda_tv):
+            self.kc.prox_tv(v[e:e + 1], float(lam), self.p.n_iter_tv, momentum=self.p.tv_momentum,
+                            out=self.x_buffers[k][e:e + 1], work=self.work_single)
+        return self.x_buffers[k]
+
+    def terms(self, x: Any) -> tuple[float, float, float]:
+        k = self._slot(x)
+        pow_out = self.pow_buffers[k] if k is not None else None
+        terms = self.kc.objective_terms(x, self.b_haadf, self.b_maps, self.weights, self.p.gamma, self.p.bkg,
+                                        pow_out=pow_out, valid=self.valid, partial=self.partial_terms)
+        if k is not None:
+            self.pow_valid[k] = True
+        return terms
+
+    def change(self, new: Any, old: Any) -> float:
+        return self.kc.relative_change(new, old, partial=self.partial_change)
+
+    def model(self, x: Any) -> Any:
+        """``sum_e w_e x_e^gamma`` as ``x * x^(gamma-1)`` from the objective pass, in the ``v`` buffer
+        (plain :func:`.haadf_model` would hold two stack-sized temporaries at the solver's peak)."""
+        k = self._slot(x)
+        if k is None or not self.pow_valid[k]:
+            return haadf_model(x, self.weights, self.p.gamma)
+        product = self.xp.multiply(x, self.pow_buffers[k], out=self.v)
+        product *= self.weights[:, None, None]
+        return product.sum(axis=0)
+
+
 def numba_available() -> bool:
     """True when the numba engine can run here (numba imports)."""
     try:
@@ -490,13 +590,40 @@ def numba_available() -> bool:
     return True
 
 
+def cuda_available() -> bool:
+    """True when the cuda engine can run here: numba.cuda sees a GPU, or runs its simulator."""
+    try:
+        from . import kernels_cuda
+    except ImportError:
+        return False
+    return kernels_cuda.available()
+
+
 def _make_ops(engine: str, xp: Any, b_haadf: Any, b_maps: Any, weights: np.ndarray, p: FusionParams,
               valid: Any = None) -> Any:
-    if engine not in ("auto", "numba", "xp"):
-        raise InputError(f"unknown fusion engine {engine!r}; use 'auto', 'numba' or 'xp'.")
+    if engine not in ENGINES:
+        raise InputError(f"unknown fusion engine {engine!r}; use one of {', '.join(map(repr, ENGINES))}.")
     on_numpy = xp is np
     if engine == "numba" and not on_numpy:
-        raise InputError("engine='numba' runs on numpy arrays only; use engine='xp' for cupy input.")
+        raise InputError("engine='numba' runs on numpy arrays only; use engine='cuda' or 'xp' for cupy input.")
+    if engine == "cuda":
+        if not cuda_available():
+            raise NotAvailableHere(
+                "engine='cuda' needs numba.cuda with a CUDA GPU (or NUMBA_ENABLE_CUDASIM=1 for the simulator); "
+                "use engine='xp' or 'auto'."
+            )
+        if on_numpy and not _cuda_simulator():
+            raise InputError("engine='cuda' runs on cupy arrays (numpy only under the CUDA simulator); "
+                             "move the inputs to the GPU with cupy.asarray, or use engine='numba'.")
+        return _CudaOps(xp, b_haadf, b_maps, weights, p, valid)
     if engine == "numba" or (engine == "auto" and on_numpy and numba_available()):
         return _NumbaOps(b_haadf, b_maps, weights, p, valid)
+    if engine == "auto" and not on_numpy and cuda_available():
+        return _CudaOps(xp, b_haadf, b_maps, weights, p, valid)
     return _XpOps(xp, b_haadf, b_maps, weights, p, valid)
+
+
+def _cuda_simulator() -> bool:
+    from numba import config
+
+    return bool(config.ENABLE_CUDASIM)

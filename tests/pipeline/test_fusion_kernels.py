@@ -183,6 +183,24 @@ def test_auto_engine_is_numba_for_numpy_and_can_be_switched(dysco3, monkeypatch)
         fuse(*small, n_iter=2, engine="fortran")
 
 
+def test_cuda_engine_refuses_numpy_input_outside_the_simulator(monkeypatch):
+    from numba import config
+
+    from emfuse.errors import EmfuseError
+    from emfuse.pipeline.fusion import solver
+
+    if config.ENABLE_CUDASIM:
+        pytest.skip("under the CUDA simulator numpy input is what the cuda engine runs on")
+    haadf, maps = np.arange(64.0).reshape(8, 8), np.arange(128.0).reshape(2, 8, 8) % 7
+    # no GPU here: not available; with one: numpy input is refused (cupy arrays are asked for)
+    with pytest.raises(EmfuseError, match="engine='cuda'"):
+        fuse(haadf, maps, [40, 20], n_iter=1, engine="cuda")
+    monkeypatch.setattr(solver, "cuda_available", lambda: True)
+    with pytest.raises(ValueError, match="runs on cupy arrays"):
+        fuse(haadf, maps, [40, 20], n_iter=1, engine="cuda")
+    assert fuse(haadf, maps, [40, 20], n_iter=1).engine == "numba"  # auto: numpy stays on the CPU kernels
+
+
 def test_concurrent_calls_from_threads_agree(dysco3):
     """Dask's threaded scheduler fuses several tiles at once; kernels must not interfere."""
     windows = [(slice(0, 64), slice(0, 64)), (slice(64, 128), slice(0, 96)), (slice(100, 164), slice(50, 114))]
