@@ -5,9 +5,10 @@
 1. the catalog is read (:mod:`emfuse.flows.batch.catalog`); a catalog that cannot be read stops here;
 2. the catalog's cluster starts once and every job connects to it;
 3. each dataset runs as a subflow (``emfuse-dataset``): its raw file is ingested into
-   ``<output>/inputs/``, then each of its jobs runs as a subflow of its own (``emfuse-job``)
-   writing ``<output>/<name>.<job>.zarr`` and its figures;
-4. a failure (bad input, a model that does not exist, ...) fails that job's subflow only:
+   ``<output>/inputs/``, then each of its jobs runs its stages as tasks of that subflow
+   (ingest, plan, compute, finalise), writing ``<output>/<name>.<job>.zarr``; its figures are
+   drawn on the workers while the next job computes;
+4. a failure (bad input, a model that does not exist, ...) fails that job only:
    it is recorded with its message and the batch goes on with the rest;
 5. the morning report ``<output>/report.html`` (and ``report.json``) is written
    (:mod:`emfuse.flows.batch.morning`), and a log of the run is kept in ``<output>/logs/``.
@@ -59,18 +60,6 @@ def _status_line(record: dict[str, Any]) -> str:
     return f"done   {record['dataset']} {record['job']} ({record['seconds']:.1f} s, {done})"
 
 
-@flow(name="emfuse-job", flow_run_name="{dataset}:{kind}", persist_result=False)
-def job_subflow(dataset: str, kind: str, store: str, out: str, options: dict[str, Any], cluster: Any,
-                progress: bool = True, ingest_seconds: float = 0.0) -> dict[str, Any]:
-    """One job of one dataset, on the batch's cluster (``ingest_seconds``: the dataset's ingest, for ``timing``).
-
-    Its figures are not drawn here: the batch draws them on its workers while the next job
-    computes (:func:`_draw_reports`).
-    """
-    return run_job_stages(kind, store, out, options, cluster=cluster, progress=progress,
-                          ingest_seconds=ingest_seconds, report=False)
-
-
 def _failure(exc: BaseException) -> dict[str, str]:
     return {"error": str(exc) or type(exc).__name__, "error_type": type(exc).__name__,
             "traceback": "".join(traceback.format_exception(exc))[-4000:]}
@@ -109,18 +98,17 @@ def dataset_flow(name: str, path: str, elements: list[str] | None, jobs: dict[st
             options.setdefault("elements", list(elements))
         if kind == "restore":  # the GPU may be on the workers only
             options.setdefault("check_device", not remote)
-        state = job_subflow(name, kind, store, job["store"], options, cluster, progress, ingest_seconds,
-                            return_state=True)
-        if state.is_completed():
-            summary = state.result()
+        try:  # the job's stages are tasks of this flow (a subflow per job cost 2 s each)
+            summary = run_job_stages(kind, store, job["store"], options, cluster=cluster, progress=progress,
+                                     ingest_seconds=ingest_seconds, report=False)
+        except Exception as exc:  # recorded; the batch goes on with the next job
+            failure = _failure(exc)
+            failure["error"] = f"dataset {name}, job {kind}: {failure['error']}"
+            record.update(status="failed", seconds=round(time.perf_counter() - job_start, 3), **failure)
+        else:
             record.update(status="done", state=summary.get("state"), seconds=summary["seconds"],
                           tiles_computed=summary.get("tiles_computed", 0), figures=summary.get("figures", []),
                           summary=summary)
-        else:
-            exc = state.result(raise_on_failure=False)
-            failure = _failure(exc) if isinstance(exc, BaseException) else {"error": state.message or "failed"}
-            failure["error"] = f"dataset {name}, job {kind}: {failure['error']}"
-            record.update(status="failed", seconds=round(time.perf_counter() - job_start, 3), **failure)
         records.append(record)
     return records
 
