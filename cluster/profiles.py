@@ -645,8 +645,122 @@ def slurm_job_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+SBATCH_FIX = (
+    "run emfuse on a login or service node of the SLURM cluster, from a login shell "
+    "(`bash -lc ...`) so that `module` set-ups put sbatch on PATH"
+)
+
+
+def _sinfo_limits(queue: str | None) -> tuple[int, int] | None:
+    """The most CPUs and memory (MB) of one node of partition ``queue`` (None: the default one)."""
+    import re
+    import subprocess
+
+    command = ["sinfo", "-h", "-o", "%P %c %m"] + (["-p", queue] if queue else [])
+    try:
+        lines = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [line.split() for line in lines if len(line.split()) == 3]
+    if not queue:  # the default partition is the one sinfo marks with '*'
+        rows = [r for r in rows if r[0].endswith("*")] or rows
+    numbers = [(int(m.group()), int(n.group())) for _, c, mem in rows
+               if (m := re.match(r"\d+", c)) and (n := re.match(r"\d+", mem))]
+    if not numbers:
+        return None
+    return max(c for c, _ in numbers), max(m for _, m in numbers)
+
+
+def _script_request(script: str) -> tuple[int | None, int | None]:
+    """CPUs per task and memory (MB) that a rendered job script asks for."""
+    import re
+
+    cpus = re.search(r"^#SBATCH --cpus-per-task=(\d+)", script, flags=re.M)
+    mem = re.search(r"^#SBATCH --mem=(\d+)([KMGT]?)", script, flags=re.M)
+    mem_mb = None
+    if mem:
+        scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[mem.group(2)]
+        mem_mb = int(int(mem.group(1)) * scale)
+    return (int(cpus.group(1)) if cpus else None), mem_mb
+
+
+def _slurm_refusal(options: Mapping[str, Any], script: str, stderr: str) -> str:
+    """Why SLURM refuses the profile's job, in the profile's words: the option to change, and how."""
+    queue = options.get("queue")
+    where = f"partition {queue!r}" if queue else "the default partition"
+    said = " ".join(line.strip() for line in stderr.strip().splitlines())
+    text = said.lower()
+    if "account" in text:
+        return (f"option 'account' of the slurm profile: SLURM refuses account "
+                f"{options.get('account')!r} on {where} ({said}); give one that "
+                "`sacctmgr show assoc user=$USER` lists")
+    if "invalid partition" in text:
+        return (f"option 'queue' (or 'partition') of the slurm profile: SLURM has no partition "
+                f"{queue!r} ({said}); give one that `sinfo -s` lists")
+    if "time limit" in text:
+        return (f"option 'walltime' of the slurm profile: {where} does not allow "
+                f"{options.get('walltime', SLURM_DEFAULTS['walltime'])!r} ({said}); give a shorter "
+                "walltime (`sinfo -o '%P %l'` shows each partition's limit)")
+    if "gres" in text or "generic resource" in text:
+        return (f"option 'gpus' (or a --gres in 'job_extra_directives') of the slurm profile: "
+                f"{where} has no such generic resource ({said}); choose a GPU partition as "
+                "'queue' or drop 'gpus'")
+    cpus, mem_mb = _script_request(script)
+    limits = _sinfo_limits(queue)
+    if limits is not None:
+        node_cpus, node_mb = limits
+        if mem_mb is not None and mem_mb > node_mb:
+            return (f"option 'memory' of the slurm profile: each job asks for "
+                    f"{options.get('memory', SLURM_DEFAULTS['memory'])} (--mem={mem_mb}M) but the "
+                    f"nodes of {where} have at most {node_mb} MB ({said}); lower 'memory'")
+        if cpus is not None and cpus > node_cpus:
+            return (f"option 'cores' of the slurm profile: each job asks for {cpus} cores but the "
+                    f"nodes of {where} have at most {node_cpus} ({said}); lower 'cores'")
+    return (f"SLURM refuses the job of the slurm profile on {where} ({said}); check its options "
+            "'queue', 'account', 'cores', 'memory', 'gpus' and 'walltime' against `sinfo -s` "
+            "and `scontrol show partition`")
+
+
+def check_slurm_accepts(options: Mapping[str, Any]) -> None:
+    """Ask SLURM whether it would run one worker job of these options, before anything is submitted.
+
+    ``sbatch --test-only`` validates the rendered job script (partition, account, memory and
+    cores against the partition's nodes, generic resources, time limit) without submitting
+    it. Without this check a refused job leaves dask-jobqueue submitting again and the batch
+    waiting for workers that never come.
+
+    Raises
+    ------
+    ClusterUnavailableError
+        sbatch is not on PATH, or SLURM refuses the job: the message names the profile
+        option to change.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise ClusterUnavailableError(f"the `slurm` cluster profile needs SLURM's `sbatch` on PATH: {SBATCH_FIX}")
+    script = render_job_script(ClusterSpec("slurm", dict(options)))
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="emfuse-check-") as file:
+        file.write(script)
+        file.flush()
+        try:
+            done = subprocess.run([sbatch, "--test-only", file.name], capture_output=True,
+                                  text=True, timeout=60)
+        except subprocess.TimeoutExpired as err:
+            raise ClusterUnavailableError(
+                "the slurm controller did not answer `sbatch --test-only` within 60 s: check "
+                "`scontrol ping` and `sinfo`"
+            ) from err
+    if done.returncode != 0:
+        raise ClusterUnavailableError(_slurm_refusal(options, script, done.stderr or done.stdout))
+
+
 def _slurm_cluster(options: Mapping[str, Any]):
     jobqueue = _import_optional("dask_jobqueue", HPC_FIX, "the `slurm` cluster profile")
+    check_slurm_accepts(options)
     dashboard = options.get("dashboard_address", SLURM_DEFAULTS["dashboard_address"])
     cluster = jobqueue.SLURMCluster(
         scheduler_options={"dashboard_address": dashboard}, **slurm_job_kwargs(options)
