@@ -629,8 +629,7 @@ def slurm_job_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
         kwargs.update(protocol="tls://", security=security)
     for key in ("minimum_jobs", "maximum_jobs", "dashboard_address"):
         kwargs.pop(key, None)
-    if "job_name" in kwargs:
-        kwargs["name"] = kwargs.pop("job_name")
+    # job_name stays job_name: it is SLURM's -J (dask-jobqueue's `name` is the Dask worker's)
     gpus = kwargs.pop("gpus", 0)
     extra = list(kwargs.pop("job_extra_directives", []))
     if gpus > 0:

@@ -225,6 +225,13 @@ def test_slurm_script_gpu(tmp_path):
     assert "distributed.cli.dask_worker" not in script
 
 
+def test_slurm_script_job_name(tmp_path):
+    # SLURM's job name (-J, and the log file names), not the Dask worker's name
+    script = _slurm_script(tmp_path, job_name="emfuse-night")
+    assert "#SBATCH -J emfuse-night" in script and "dask-worker-%J.err" not in script
+    assert "emfuse-night-%J.err" in script and "--name dummy-name" in script
+
+
 def test_slurm_script_cpu(tmp_path):
     script = _slurm_script(tmp_path, processes=4, job_extra_directives=["--exclusive"])
     assert "#SBATCH --gres" not in script
