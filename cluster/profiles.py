@@ -757,6 +757,66 @@ def check_slurm_accepts(options: Mapping[str, Any]) -> None:
         raise ClusterUnavailableError(_slurm_refusal(options, script, done.stderr or done.stdout))
 
 
+#: How often the jobs of a slurm cluster are compared with `squeue` (seconds).
+JOB_WATCH_INTERVAL_S = 10.0
+#: `squeue` states of a job that runs or may still run.
+_LIVE_JOB_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                    "RESIZING", "SIGNALING", "STAGE_OUT"}
+
+
+def _watch_slurm_jobs(cluster, interval_s: float = JOB_WATCH_INTERVAL_S) -> None:
+    """Replace the worker jobs that SLURM ended (scancel, walltime, node failure) while work remains.
+
+    dask-jobqueue does not poll SLURM: a job that ends before its worker connects stays in the
+    cluster's list as if still queued, so adaptive scaling never submits another one and the batch
+    waits for ever; one that ends after its worker connected is dropped only from that list,
+    not from the cluster's plan. Every ``interval_s`` this compares the cluster's jobs with
+    `squeue`: a job that is gone and has no worker connected is forgotten, and the cluster
+    submits a job again for each planned worker that has none.
+    """
+    import asyncio
+    import logging
+    import shutil
+
+    from distributed.core import Status
+    from tornado.ioloop import PeriodicCallback
+
+    log = logging.getLogger(__name__)
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return
+
+    async def check() -> None:
+        if cluster.status in (Status.closing, Status.closed):
+            watch.stop()
+            return
+        jobs = {name: job.job_id for name, job in list(cluster.workers.items())
+                if getattr(job, "job_id", None)}
+        if jobs:
+            proc = await asyncio.create_subprocess_exec(
+                squeue, "-h", "-o", "%i %T", "-j", ",".join(map(str, jobs.values())),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            if proc.returncode != 0 and b"Invalid job id" not in err:
+                return  # the controller did not answer: try again next time
+            live = {line.split()[0] for line in out.decode().splitlines()
+                    if len(line.split()) == 2 and line.split()[1] in _LIVE_JOB_STATES}
+            connected = {str(w.get("name")) for w in cluster.scheduler_info.get("workers", {}).values()}
+            for name, job_id in jobs.items():
+                if str(job_id) in live or any(w == str(name) or w.startswith(f"{name}-") for w in connected):
+                    continue
+                log.warning("SLURM job %s (worker %s) has ended (scancel, walltime or a failed "
+                            "node; see `sacct -j %s` or its log) and its worker is gone: submitting "
+                            "another job", job_id, name, job_id)
+                cluster.workers.pop(name, None)
+        if set(cluster.worker_spec) - set(cluster.workers):
+            await cluster._correct_state()
+
+    watch = PeriodicCallback(check, interval_s * 1000)
+    cluster._emfuse_job_watch = watch  # kept with the cluster (and stopped when it closes)
+    cluster.loop.add_callback(watch.start)
+
+
 def _slurm_cluster(options: Mapping[str, Any]):
     jobqueue = _import_optional("dask_jobqueue", HPC_FIX, "the `slurm` cluster profile")
     check_slurm_accepts(options)
@@ -764,6 +824,7 @@ def _slurm_cluster(options: Mapping[str, Any]):
     cluster = jobqueue.SLURMCluster(
         scheduler_options={"dashboard_address": dashboard}, **slurm_job_kwargs(options)
     )
+    _watch_slurm_jobs(cluster)
     low = options.get("minimum_jobs", SLURM_DEFAULTS["minimum_jobs"])
     high = options.get("maximum_jobs", max(low, SLURM_DEFAULTS["maximum_jobs"]))
     if low == high:

@@ -244,10 +244,11 @@ def test_slurm_script_cpu(tmp_path):
 
 @pytest.fixture
 def no_sbatch_check(monkeypatch):
-    """The profile's `sbatch --test-only` check left out: these tests run no SLURM job."""
+    """The profile's `sbatch --test-only` check and squeue watch left out: these tests run no SLURM job."""
     from emfuse.cluster import profiles
 
     monkeypatch.setattr(profiles, "check_slurm_accepts", lambda options: None)
+    monkeypatch.setattr(profiles, "_watch_slurm_jobs", lambda cluster: None)
 
 
 def test_slurm_cluster_is_adaptive(no_sbatch_check):

@@ -8,6 +8,7 @@ run of the same catalog.
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -129,3 +130,80 @@ def test_batch_on_slurm_equals_local_threads(prefect_harness, night, reference):
     assert list((night / "slurm-logs").glob("emfuse-batch-*.err"))
     wait_no_jobs("emfuse-batch")
     print("timings:", TIMINGS)
+
+
+def test_cancelled_worker_job_is_replaced(prefect_harness, night):
+    """scancel the worker jobs mid-run: adaptive scaling (minimum_jobs 1) submits a new one, the
+    batch completes, and the maps equal a local-threads run's."""
+    from emfuse.flows.batch import batch_flow
+
+    incoming = night / "longer"
+    for seed in (3, 4):
+        write_synthetic("spectrum-image", incoming / f"si{seed}.zarr", shape=(64, 64),
+                        elements=["Sr", "Ti", "O"], seed=seed)
+    params = {**FUSE, "n_iter": 60}
+    local = write_catalog(night / "longer-local.yaml", night / "longer-local", "local-threads",
+                          str(incoming / "si*.zarr"), params)
+    cluster = slurm_profile(night, job_name="emfuse-cancel")
+    catalog = write_catalog(night / "longer-slurm.yaml", night / "longer-slurm", cluster,
+                            str(incoming / "si*.zarr"), params)
+    first = night / "longer-slurm" / "si3.fuse.zarr"
+    watch: dict = {"seen": set(), "cancelled": []}
+    finished = threading.Event()
+
+    def cancel_mid_run():  # in a thread: the batch (its SLURMCluster) needs the main thread
+        deadline = time.monotonic() + 180
+        while not finished.is_set() and time.monotonic() < deadline and not (
+                first.exists() and any(s == "RUNNING" for _, s in squeue("emfuse-cancel"))):
+            time.sleep(0.2)
+        time.sleep(6)  # the worker has connected (about 3 s) and has its first tiles
+        watch["cancelled"] = [job for job, state in squeue("emfuse-cancel") if state == "RUNNING"]
+        watch["mid_run"] = not finished.is_set() and not is_complete(night / "longer-slurm" / "si4.fuse.zarr")
+        subprocess.run(["scancel", *watch["cancelled"]], check=True)
+        cancelled_at = time.perf_counter()
+        while not finished.is_set():
+            watch["seen"] |= {job for job, _ in squeue("emfuse-cancel")}
+            if watch["seen"] - set(watch["cancelled"]) and "replaced_after_s" not in TIMINGS:
+                TIMINGS["replaced_after_s"] = time.perf_counter() - cancelled_at
+            finished.wait(0.5)
+
+    watcher = threading.Thread(target=cancel_mid_run, daemon=True)
+    watcher.start()
+    try:
+        result = batch_flow(str(catalog), progress=False)
+    finally:
+        finished.set()
+        watcher.join(30)
+    cancelled = watch["cancelled"]
+    assert cancelled and watch["mid_run"], watch
+    assert watch["seen"] - set(cancelled), f"no new worker job after the cancelled ones {cancelled}"
+    assert result["n_done"] == 2 and result["n_failed"] == 0, [r.get("error") for r in result["records"]]
+    reference = batch_flow(str(local), progress=False)
+    assert reference["n_done"] == 2
+    for name in ("si3", "si4"):
+        assert fused(night / "longer-slurm" / f"{name}.fuse.zarr").tobytes() == \
+            fused(night / "longer-local" / f"{name}.fuse.zarr").tobytes()
+    log = Path("/var/log/slurm/slurmctld.log")
+    if log.is_file():  # what SLURM says about the cancelled job (tests/slurm/start.sh writes it there)
+        lines = [line for line in log.read_text().splitlines() if any(f"JobId={j}" in line for j in cancelled)]
+        print("slurmctld.log:", *lines, sep="\n  ")
+    wait_no_jobs("emfuse-cancel")
+    print("timings:", TIMINGS)
+
+
+@pytest.mark.parametrize("option, value, key", [("queue", "no-such-partition", "'queue'"),
+                                                ("memory", "500GB", "'memory'")])
+def test_refused_job_fails_the_batch_naming_the_option(prefect_harness, night, option, value, key):
+    from emfuse.flows.batch import batch_flow
+
+    cluster = slurm_profile(night, job_name="emfuse-refused", **{option: value})
+    catalog = write_catalog(night / "refused.yaml", night / f"refused-{option}", cluster,
+                            str(night / "incoming" / "si1.zarr"))
+    start = time.perf_counter()
+    info = batch_flow(str(catalog), progress=False)
+    assert time.perf_counter() - start < 60  # no waiting for workers that never come
+    assert info["n_failed"] == 1 and info["n_done"] == 0
+    error = info["records"][0]["error"]
+    assert "ClusterUnavailableError" in error and f"option {key}" in error and value in error, error
+    assert f"option {key}" in html.unescape(Path(info["report"]).read_text())
+    assert not squeue("emfuse-refused")  # nothing was submitted
