@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-all lint docs clean gpu-check
+.PHONY: demo test test-all test-slurm lint docs clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test-all: $(STAMP)
 # restoration timings; one JSON in $(OUT) (default ./gpu_check_out). See docs/hpc.md, "GPU nodes".
 gpu-check: $(STAMP)
 	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
+
+# A single-node SLURM on this machine (as root: installs slurm-wlm and munge if missing, starts
+# munged, slurmctld and slurmd), then the tests that submit real worker jobs to it.
+# tests/slurm/stop.sh stops the daemons.
+test-slurm: $(STAMP)
+	tests/slurm/start.sh
+	$(BIN)/python -m pytest -q -m slurm tests/cluster/test_slurm.py
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check emfuse pipeline stores cluster flows tests benchmarks

@@ -631,8 +631,7 @@ def slurm_job_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
         kwargs.update(protocol="tls://", security=security)
     for key in ("minimum_jobs", "maximum_jobs", "dashboard_address"):
         kwargs.pop(key, None)
-    if "job_name" in kwargs:
-        kwargs["name"] = kwargs.pop("job_name")
+    # job_name stays job_name: it is SLURM's -J (dask-jobqueue's `name` is the Dask worker's)
     gpus = kwargs.pop("gpus", 0)
     extra = list(kwargs.pop("job_extra_directives", []))
     if gpus > 0:
@@ -647,12 +646,187 @@ def slurm_job_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+SBATCH_FIX = (
+    "run emfuse on a login or service node of the SLURM cluster, from a login shell "
+    "(`bash -lc ...`) so that `module` set-ups put sbatch on PATH"
+)
+
+
+def _sinfo_limits(queue: str | None) -> tuple[int, int] | None:
+    """The most CPUs and memory (MB) of one node of partition ``queue`` (None: the default one)."""
+    import re
+    import subprocess
+
+    command = ["sinfo", "-h", "-o", "%P %c %m"] + (["-p", queue] if queue else [])
+    try:
+        lines = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [line.split() for line in lines if len(line.split()) == 3]
+    if not queue:  # the default partition is the one sinfo marks with '*'
+        rows = [r for r in rows if r[0].endswith("*")] or rows
+    numbers = [(int(m.group()), int(n.group())) for _, c, mem in rows
+               if (m := re.match(r"\d+", c)) and (n := re.match(r"\d+", mem))]
+    if not numbers:
+        return None
+    return max(c for c, _ in numbers), max(m for _, m in numbers)
+
+
+def _script_request(script: str) -> tuple[int | None, int | None]:
+    """CPUs per task and memory (MB) that a rendered job script asks for."""
+    import re
+
+    cpus = re.search(r"^#SBATCH --cpus-per-task=(\d+)", script, flags=re.M)
+    mem = re.search(r"^#SBATCH --mem=(\d+)([KMGT]?)", script, flags=re.M)
+    mem_mb = None
+    if mem:
+        scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[mem.group(2)]
+        mem_mb = int(int(mem.group(1)) * scale)
+    return (int(cpus.group(1)) if cpus else None), mem_mb
+
+
+def _slurm_refusal(options: Mapping[str, Any], script: str, stderr: str) -> str:
+    """Why SLURM refuses the profile's job, in the profile's words: the option to change, and how."""
+    queue = options.get("queue")
+    where = f"partition {queue!r}" if queue else "the default partition"
+    said = " ".join(line.strip() for line in stderr.strip().splitlines())
+    text = said.lower()
+    if "account" in text:
+        return (f"option 'account' of the slurm profile: SLURM refuses account "
+                f"{options.get('account')!r} on {where} ({said}); give one that "
+                "`sacctmgr show assoc user=$USER` lists")
+    if "invalid partition" in text:
+        return (f"option 'queue' (or 'partition') of the slurm profile: SLURM has no partition "
+                f"{queue!r} ({said}); give one that `sinfo -s` lists")
+    if "time limit" in text:
+        return (f"option 'walltime' of the slurm profile: {where} does not allow "
+                f"{options.get('walltime', SLURM_DEFAULTS['walltime'])!r} ({said}); give a shorter "
+                "walltime (`sinfo -o '%P %l'` shows each partition's limit)")
+    if "gres" in text or "generic resource" in text:
+        return (f"option 'gpus' (or a --gres in 'job_extra_directives') of the slurm profile: "
+                f"{where} has no such generic resource ({said}); choose a GPU partition as "
+                "'queue' or drop 'gpus'")
+    cpus, mem_mb = _script_request(script)
+    limits = _sinfo_limits(queue)
+    if limits is not None:
+        node_cpus, node_mb = limits
+        if mem_mb is not None and mem_mb > node_mb:
+            return (f"option 'memory' of the slurm profile: each job asks for "
+                    f"{options.get('memory', SLURM_DEFAULTS['memory'])} (--mem={mem_mb}M) but the "
+                    f"nodes of {where} have at most {node_mb} MB ({said}); lower 'memory'")
+        if cpus is not None and cpus > node_cpus:
+            return (f"option 'cores' of the slurm profile: each job asks for {cpus} cores but the "
+                    f"nodes of {where} have at most {node_cpus} ({said}); lower 'cores'")
+    return (f"SLURM refuses the job of the slurm profile on {where} ({said}); check its options "
+            "'queue', 'account', 'cores', 'memory', 'gpus' and 'walltime' against `sinfo -s` "
+            "and `scontrol show partition`")
+
+
+def check_slurm_accepts(options: Mapping[str, Any]) -> None:
+    """Ask SLURM whether it would run one worker job of these options, before anything is submitted.
+
+    ``sbatch --test-only`` validates the rendered job script (partition, account, memory and
+    cores against the partition's nodes, generic resources, time limit) without submitting
+    it. Without this check a refused job leaves dask-jobqueue submitting again and the batch
+    waiting for workers that never come.
+
+    Raises
+    ------
+    ClusterUnavailableError
+        sbatch is not on PATH, or SLURM refuses the job: the message names the profile
+        option to change.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise ClusterUnavailableError(f"the `slurm` cluster profile needs SLURM's `sbatch` on PATH: {SBATCH_FIX}")
+    script = render_job_script(ClusterSpec("slurm", dict(options)))
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="emfuse-check-") as file:
+        file.write(script)
+        file.flush()
+        try:
+            done = subprocess.run([sbatch, "--test-only", file.name], capture_output=True,
+                                  text=True, timeout=60)
+        except subprocess.TimeoutExpired as err:
+            raise ClusterUnavailableError(
+                "the slurm controller did not answer `sbatch --test-only` within 60 s: check "
+                "`scontrol ping` and `sinfo`"
+            ) from err
+    if done.returncode != 0:
+        raise ClusterUnavailableError(_slurm_refusal(options, script, done.stderr or done.stdout))
+
+
+#: How often the jobs of a slurm cluster are compared with `squeue` (seconds).
+JOB_WATCH_INTERVAL_S = 10.0
+#: `squeue` states of a job that runs or may still run.
+_LIVE_JOB_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                    "RESIZING", "SIGNALING", "STAGE_OUT"}
+
+
+def _watch_slurm_jobs(cluster, interval_s: float = JOB_WATCH_INTERVAL_S) -> None:
+    """Replace the worker jobs that SLURM ended (scancel, walltime, node failure) while work remains.
+
+    dask-jobqueue does not poll SLURM: a job that ends before its worker connects stays in the
+    cluster's list as if still queued, so adaptive scaling never submits another one and the batch
+    waits for ever; one that ends after its worker connected is dropped only from that list,
+    not from the cluster's plan. Every ``interval_s`` this compares the cluster's jobs with
+    `squeue`: a job that is gone and has no worker connected is forgotten, and the cluster
+    submits a job again for each planned worker that has none.
+    """
+    import asyncio
+    import logging
+    import shutil
+
+    from distributed.core import Status
+    from tornado.ioloop import PeriodicCallback
+
+    log = logging.getLogger(__name__)
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return
+
+    async def check() -> None:
+        if cluster.status in (Status.closing, Status.closed):
+            watch.stop()
+            return
+        jobs = {name: job.job_id for name, job in list(cluster.workers.items())
+                if getattr(job, "job_id", None)}
+        if jobs:
+            proc = await asyncio.create_subprocess_exec(
+                squeue, "-h", "-o", "%i %T", "-j", ",".join(map(str, jobs.values())),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            if proc.returncode != 0 and b"Invalid job id" not in err:
+                return  # the controller did not answer: try again next time
+            live = {line.split()[0] for line in out.decode().splitlines()
+                    if len(line.split()) == 2 and line.split()[1] in _LIVE_JOB_STATES}
+            connected = {str(w.get("name")) for w in cluster.scheduler_info.get("workers", {}).values()}
+            for name, job_id in jobs.items():
+                if str(job_id) in live or any(w == str(name) or w.startswith(f"{name}-") for w in connected):
+                    continue
+                log.warning("SLURM job %s (worker %s) has ended (scancel, walltime or a failed "
+                            "node; see `sacct -j %s` or its log) and its worker is gone: submitting "
+                            "another job", job_id, name, job_id)
+                cluster.workers.pop(name, None)
+        if set(cluster.worker_spec) - set(cluster.workers):
+            await cluster._correct_state()
+
+    watch = PeriodicCallback(check, interval_s * 1000)
+    cluster._emfuse_job_watch = watch  # kept with the cluster (and stopped when it closes)
+    cluster.loop.add_callback(watch.start)
+
+
 def _slurm_cluster(options: Mapping[str, Any]):
     jobqueue = _import_optional("dask_jobqueue", HPC_FIX, "the `slurm` cluster profile")
+    check_slurm_accepts(options)
     dashboard = options.get("dashboard_address", SLURM_DEFAULTS["dashboard_address"])
     cluster = jobqueue.SLURMCluster(
         scheduler_options={"dashboard_address": dashboard}, **slurm_job_kwargs(options)
     )
+    _watch_slurm_jobs(cluster)
     low = options.get("minimum_jobs", SLURM_DEFAULTS["minimum_jobs"])
     high = options.get("maximum_jobs", max(low, SLURM_DEFAULTS["maximum_jobs"]))
     if low == high:

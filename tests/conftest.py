@@ -86,3 +86,27 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def slurm_node_state() -> str | None:
+    """The state of a SLURM node that `sinfo` shows as able to run jobs, or None (no SLURM, none up)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    states = [s.strip().rstrip("*~#") for s in out.stdout.split()] if out.returncode == 0 else []
+    return next((s for s in states if s in ("idle", "mix", "alloc", "comp")), None)
+
+
+@pytest.fixture(scope="session")
+def slurm_node():
+    """Skips unless a SLURM controller answers and a node is up (tests/slurm/start.sh starts one)."""
+    state = slurm_node_state()
+    if state is None:
+        pytest.skip("needs a SLURM node up: run tests/slurm/start.sh (as root) or `make test-slurm`")
+    return state

@@ -225,6 +225,13 @@ def test_slurm_script_gpu(tmp_path):
     assert "distributed.cli.dask_worker" not in script
 
 
+def test_slurm_script_job_name(tmp_path):
+    # SLURM's job name (-J, and the log file names), not the Dask worker's name
+    script = _slurm_script(tmp_path, job_name="emfuse-night")
+    assert "#SBATCH -J emfuse-night" in script and "dask-worker-%J.err" not in script
+    assert "emfuse-night-%J.err" in script and "--name dummy-name" in script
+
+
 def test_slurm_script_cpu(tmp_path):
     script = _slurm_script(tmp_path, processes=4, job_extra_directives=["--exclusive"])
     assert "#SBATCH --gres" not in script
@@ -235,7 +242,16 @@ def test_slurm_script_cpu(tmp_path):
     assert "cuda" not in script
 
 
-def test_slurm_cluster_is_adaptive():
+@pytest.fixture
+def no_sbatch_check(monkeypatch):
+    """The profile's `sbatch --test-only` check and squeue watch left out: these tests run no SLURM job."""
+    from emfuse.cluster import profiles
+
+    monkeypatch.setattr(profiles, "check_slurm_accepts", lambda options: None)
+    monkeypatch.setattr(profiles, "_watch_slurm_jobs", lambda cluster: None)
+
+
+def test_slurm_cluster_is_adaptive(no_sbatch_check):
     # Starting a SLURMCluster runs only a scheduler here; with minimum_jobs=0 and
     # no work, adaptive scaling never calls sbatch, so this needs no SLURM.
     pytest.importorskip("dask_jobqueue")
@@ -248,6 +264,44 @@ def test_slurm_cluster_is_adaptive():
         assert (cluster._adaptive.minimum, cluster._adaptive.maximum) == (0, 6)  # workers
     finally:
         cluster.close()
+
+
+def test_slurm_without_sbatch_is_named(monkeypatch):
+    pytest.importorskip("dask_jobqueue")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ClusterUnavailableError, match="sbatch.*PATH"):
+        make_cluster("slurm", cores=1, memory="1GB", dashboard_address="127.0.0.1:0")
+
+
+@pytest.mark.parametrize(
+    "options, stderr, key",
+    [
+        ({"queue": "nosuch"}, "sbatch: error: invalid partition specified: nosuch\n"
+         "allocation failure: Invalid partition name specified", "'queue' (or 'partition')"),
+        ({"account": "x"}, "sbatch: error: Batch job submission failed: Invalid account or "
+         "account/partition combination specified", "'account'"),
+        ({"walltime": "99:00:00"}, "sbatch: error: Batch job submission failed: Requested time "
+         "limit is invalid (missing or exceeds some limit)", "'walltime'"),
+        ({"gpus": 1}, "sbatch: error: Invalid generic resource (gres) specification", "'gpus'"),
+    ],
+)
+def test_slurm_refusal_names_the_option(options, stderr, key):
+    from emfuse.cluster.profiles import _slurm_refusal
+
+    message = _slurm_refusal(ClusterSpec("slurm", options).options, "#!/bin/bash\n", stderr)
+    assert message.startswith(f"option {key}") and stderr.splitlines()[-1].strip() in message
+
+
+def test_slurm_refusal_of_memory_and_cores(monkeypatch):
+    from emfuse.cluster import profiles
+
+    monkeypatch.setattr(profiles, "_sinfo_limits", lambda queue: (2, 22000))  # a 2-core, 22 GB node
+    refused = "allocation failure: Requested node configuration is not available"
+    script = "#SBATCH --cpus-per-task=1\n#SBATCH --mem=61440M\n"
+    message = profiles._slurm_refusal({"queue": "debug", "memory": "64GB"}, script, refused)
+    assert message.startswith("option 'memory'") and "22000 MB" in message and "64GB" in message
+    script = "#SBATCH --cpus-per-task=4\n#SBATCH --mem=954M\n"
+    assert profiles._slurm_refusal({"cores": 4}, script, refused).startswith("option 'cores'")
 
 
 def test_job_script_only_for_slurm():
@@ -334,7 +388,7 @@ class _FakeSLURMCluster:
         ({"minimum_jobs": 6}, ("scale", {"jobs": 6})),  # maximum defaults to max(minimum, 4)
     ],
 )
-def test_slurm_scaling_from_profile(monkeypatch, options, call):
+def test_slurm_scaling_from_profile(monkeypatch, no_sbatch_check, options, call):
     jobqueue = pytest.importorskip("dask_jobqueue")
     monkeypatch.setattr(jobqueue, "SLURMCluster", _FakeSLURMCluster)
     cluster = make_cluster("slurm", gpus=1, **options)
@@ -534,7 +588,7 @@ def test_slurm_script_tls(tmp_path, tls, gpus, command):
     assert "PRIVATE KEY" not in script  # paths only, never the key itself
 
 
-def test_slurm_cluster_with_tls(tls):
+def test_slurm_cluster_with_tls(tls, no_sbatch_check):
     # scheduler only: no work and minimum_jobs=0, so nothing is submitted
     pytest.importorskip("dask_jobqueue")
     cluster = make_cluster("slurm", cores=2, memory="4GB", dashboard_address="127.0.0.1:0", **tls)
