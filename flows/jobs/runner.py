@@ -164,8 +164,8 @@ def worker_device(requested: str = "auto", array_kind: str = "xp") -> str:
 
     ``"auto"`` takes the worker's GPU when it has one (a ``local-gpu`` or SLURM ``gpus``
     worker of dask-cuda sees its own GPU) and the kernels can use it (CuPy for ``"xp"``
-    kernels, CUDA torch for ``"torch"`` networks); ``"cuda"`` insists (the job's plan checked
-    the GPU is there); ``"cpu"`` never uses a GPU.
+    kernels, CUDA torch for ``"torch"`` networks); ``"cuda"`` insists, and a worker without a
+    usable GPU raises :class:`DeviceError` naming the fix; ``"cpu"`` never uses a GPU.
 
     Examples
     --------
@@ -239,11 +239,6 @@ def worker_cached(key: Any, load: Callable[[], Any]) -> Any:
         if key not in _CACHE:
             _CACHE[key] = load()
         return _CACHE[key]
-
-
-def cached_count() -> int:
-    """How many objects this worker process keeps (:func:`worker_cached`)."""
-    return len(_CACHE)
 
 
 def run_unit(spec: TiledJob, job: Any, unit: Unit, context: Any) -> tuple[tuple[int, int], str] | BaseException:
