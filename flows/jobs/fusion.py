@@ -54,6 +54,7 @@ from emfuse.pipeline.fusion import (
     Normalisation,
     auto,
     diagnose_convergence,
+    memory,
     tiled,
 )
 from emfuse.pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
@@ -72,7 +73,7 @@ from emfuse.stores.zarrio import (
 
 from .checks import listed_elements, no_elements_message, no_haadf_message, no_maps_message
 from .inputs import SATURATED, haadf_saturation
-from .runner import TiledJob, Unit, UnitOutput, check_device_option
+from .runner import DeviceError, TiledJob, Unit, UnitOutput, check_device_option, gpu_free_bytes
 
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
@@ -689,6 +690,28 @@ def summary(job: FusionJob) -> dict[str, Any]:
     return json.loads(json.dumps(info))
 
 
+def check_window_fits(job: FusionJob, tile: tiles.Tile, free_bytes: float, device: str = "cuda") -> None:
+    """Refuse a tile whose window the GPU cannot hold, by the solver's memory model
+    (:mod:`emfuse.pipeline.fusion.memory`), naming the largest tile that fits: a clear error
+    instead of a CUDA out-of-memory in the middle of the night.
+
+    Examples
+    --------
+    >>> check_window_fits(job, job.grid[0], free_bytes=4e9)  # doctest: +SKIP
+    """
+    masked = layout.HAADF_VALID in open_dataset(job.out, require_complete=False)
+    model = dict(momentum=bool(job.params.tv_momentum), masked=masked)
+    ys, xs = tile.window
+    need = (ys.stop - ys.start) * (xs.stop - xs.start) * memory.fusion_bytes_per_pixel(len(job.elements), **model)
+    if need <= memory.SAFETY * free_bytes:
+        return
+    fits = memory.largest_tile(free_bytes, len(job.elements), job.halo, **model)
+    raise DeviceError(
+        f"{job.out}: a tile of {job.tile} px with a {job.halo} px halo needs {need / 1e9:.2f} GB on {device}, "
+        f"which has {free_bytes / 1e9:.2f} GB free ({memory.SAFETY:.0%} planned for); rerun with "
+        + (f"--tile {fits} (the largest that fits)" if fits else "--device cpu") + ".")
+
+
 class FusionSpec(TiledJob):
     """The fusion job for the runner (:mod:`emfuse.flows.jobs.runner`): tiles of the image, each
     fused on its window (core + halo) with the dataset-wide normalisation, on CuPy arrays when
@@ -717,6 +740,9 @@ class FusionSpec(TiledJob):
         ys, xs = unit.region.window
         return {"haadf": group[layout.HAADF][ys, xs], "maps": group[layout.MAPS][:, ys, xs],
                 "haadf_valid": group[layout.HAADF_VALID][ys, xs] if layout.HAADF_VALID in group else None}
+
+    def check_memory(self, job: FusionJob, unit: Unit, device: str) -> None:
+        check_window_fits(job, unit.region, gpu_free_bytes(), device)
 
     def process(self, job: FusionJob, unit: Unit, window: dict[str, Any], context: Normalisation,
                 device: str) -> UnitOutput:

@@ -140,6 +140,10 @@ class TiledJob:
         """Worker side: the unit's window, numpy arrays by name."""
         raise NotImplementedError
 
+    def check_memory(self, job: Any, unit: Unit, device: str) -> None:
+        """Worker side, before the window goes to ``device``: refuse (:class:`DeviceError`, naming
+        the fix) a unit that would not fit its memory (default: no check)."""
+
     def process(self, job: Any, unit: Unit, window: dict[str, Any], context: Any, device: str) -> UnitOutput:
         """Worker side: the science of one unit, on ``device`` ("cpu", "cuda:0", ...)."""
         raise NotImplementedError
@@ -193,6 +197,14 @@ def worker_device(requested: str = "auto", array_kind: str = "xp") -> str:
                           "use device auto or cpu, or run on GPU workers (cluster profile local-gpu, "
                           "or slurm with gpus)")
     return "cpu"
+
+
+def gpu_free_bytes() -> int:
+    """Free memory of this worker's current CUDA device for CuPy arrays, bytes: the driver's free
+    memory plus what CuPy's pool holds unused."""
+    import cupy
+
+    return int(cupy.cuda.Device().mem_info[0] + cupy.get_default_memory_pool().free_bytes())
 
 
 def check_device_option(device: str) -> None:
@@ -249,6 +261,8 @@ def run_unit(spec: TiledJob, job: Any, unit: Unit, context: Any) -> tuple[tuple[
     """
     try:
         device = worker_device(getattr(job, "device", "auto"), spec.array_kind)
+        if device != "cpu":
+            spec.check_memory(job, unit, device)
         window = place(spec.read(job, unit), device, spec.array_kind)
         output = spec.process(job, unit, window, context, device)
         for name, (region, values) in output.writes.items():

@@ -45,6 +45,11 @@ from __future__ import annotations
 BLOCK_PIXELS = 256
 
 
+#: fraction of a device's free memory a tile may plan for (the rest: the CUDA context, the
+#: allocator's fragmentation, the caller's other arrays)
+SAFETY = 0.8
+
+
 def fusion_bytes_per_pixel(
     n_elements: int,
     *,
@@ -135,7 +140,7 @@ def fusion_bytes_per_iteration(n_elements: int, n_iter_tv: int, *, itemsize: int
     return (smooth + prox + objective) * itemsize
 
 
-def largest_tile(free_bytes: float, n_elements: int, halo: int, safety: float = 0.8, *, multiple: int = 64,
+def largest_tile(free_bytes: float, n_elements: int, halo: int, safety: float | None = None, *, multiple: int = 64,
                  **model: bool | int) -> int:
     """The largest tile side (a multiple of ``multiple``) whose window fits in ``safety * free_bytes``.
 
@@ -151,8 +156,7 @@ def largest_tile(free_bytes: float, n_elements: int, halo: int, safety: float = 
     halo
         Pixels of context on each side of a tile (:mod:`emfuse.pipeline.tiles`).
     safety
-        Fraction of the free memory to plan for (the rest: CUDA context, allocator
-        fragmentation, the caller's other arrays).
+        Fraction of the free memory to plan for (default :data:`SAFETY`).
     multiple
         The tile side is a multiple of this.
     **model
@@ -171,6 +175,7 @@ def largest_tile(free_bytes: float, n_elements: int, halo: int, safety: float = 
     >>> largest_tile(1e6, 4, halo=64)
     0
     """
+    safety = SAFETY if safety is None else safety
     if not 0 < safety <= 1:
         raise ValueError("safety must be in (0, 1]")
     per_pixel = fusion_bytes_per_pixel(n_elements, **model)

@@ -9,6 +9,7 @@ import zarr
 
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.jobs import run_job, runner
+from emfuse.pipeline import tiles
 from emfuse.pipeline.fusion import FusionInputError, fuse
 from emfuse.stores.errors import OutputNotWritable, StoreError
 from emfuse.stores.progress import TileRecord
@@ -130,3 +131,25 @@ def test_convergence_of_the_summed_costs_is_stored_and_logged(tmp_path, dysco3_s
     messages = open_dataset(job.out).attrs["convergence"]
     assert any("has not levelled off" in m for m in messages) and "raise n_iter" in caplog.text
     assert fusion_job.summary(job)["convergence"] == messages
+
+
+def test_a_tile_the_gpu_cannot_hold_is_refused_with_the_tile_that_fits(tmp_path, dysco3_store, dysco3):
+    """The memory model decides on the worker before the window goes to the GPU (checked here with
+    the free memory given): a clear error naming --tile instead of a CUDA out-of-memory."""
+    from emfuse.flows.jobs.runner import DeviceError
+    from emfuse.pipeline.fusion import memory
+
+    job, _ = fusion_job.plan(dysco3_store, tmp_path / "o.zarr", params=dysco3["params"], tile=100, halo=32)
+    tile = job.grid[0]
+    ys, xs = tile.window
+    need = (ys.stop - ys.start) * (xs.stop - xs.start) * memory.fusion_bytes_per_pixel(len(job.elements))
+    fusion_job.check_window_fits(job, tile, free_bytes=2 * need)  # fits: nothing raised
+    with pytest.raises(DeviceError, match=r"a tile of 100 px with a 32 px halo needs .* rerun with --device cpu"):
+        fusion_job.check_window_fits(job, tile, free_bytes=need / 10)
+    big = fusion_job.FusionJob(**{**job.__dict__, "tile": 4096})
+    free = 1.2 * need * 64  # room for a tile of about 8 x 100 px a side
+    with pytest.raises(DeviceError, match=r"rerun with --tile (\d+) \(the largest that fits\)") as caught:
+        fusion_job.check_window_fits(big, tiles.tile_grid((4096, 4096), 4096, 32)[0], free_bytes=free)
+    suggested = int(caught.value.args[0].split("--tile ")[1].split(" ")[0])
+    assert suggested == memory.largest_tile(free, len(job.elements), 32) and suggested % 64 == 0
+    fusion_job.check_window_fits(big, tiles.tile_grid((4096, 4096), suggested, 32)[0], free_bytes=free)
