@@ -63,6 +63,7 @@ import numpy as np
 from numba import config, cuda, float32, float64
 
 from ..backend import get_xp
+from .tv import fgp_momenta
 
 #: True under the CUDA simulator: smaller blocks (every simulated thread is a Python thread).
 SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -472,10 +473,7 @@ def prox_tv(
     # iterate. Buffers rotate so nothing is copied (the same rotation as kernels_numba.prox_tv).
     (ry, rx), (qy, qx) = (buf[0], buf[1]), (buf[2], buf[3])
     py, px = (buf[4], buf[5]) if momentum else (ry, rx)
-    t_k = 1.0
-    for k in range(n_iter):
-        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t_k * t_k)) if momentum else t_k
-        mom = (t_k - 1.0) / t_next if momentum else 0.0
+    for k, mom in enumerate(fgp_momenta(n_iter, momentum)):
         if not momentum:  # p is not used: pass r, never the buffer q is written to
             py, px = ry, rx
         _launch(_tv_dual_kernel, b, b, ry, rx, qy, qx, py, px, lam, step, t(mom), nonnegative, k > 0, momentum)
@@ -483,7 +481,6 @@ def prox_tv(
             ry, rx, py, px, qy, qx = py, px, qy, qx, ry, rx
         else:
             ry, rx, qy, qx = qy, qx, ry, rx
-        t_k = t_next
     last_y, last_x = (py, px) if momentum else (ry, rx)
     _launch(_tv_primal_kernel, b, b, last_y, last_x, lam, nonnegative, True, target)
     return out

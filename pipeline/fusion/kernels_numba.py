@@ -52,6 +52,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from .tv import fgp_momenta
+
 # Passive OpenMP waiting, see pipeline/fusion/__init__.py (which normally runs
 # first; repeated here for code that imports this module some other way).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -590,16 +592,12 @@ def prox_tv(
     # q: where the new iterate goes. Buffers rotate so nothing is copied.
     (ry, rx), (qy, qx) = (buf[0], buf[1]), (buf[2], buf[3])
     py, px = (buf[4], buf[5]) if momentum else (ry, rx)
-    t_k = 1.0
-    for k in range(n_iter):
-        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t_k * t_k)) if momentum else t_k
-        mom = (t_k - 1.0) / t_next if momentum else 0.0
+    for k, mom in enumerate(fgp_momenta(n_iter, momentum)):
         _launch(_tv_dual_kernel, b, ry, rx, qy, qx, py, px, lam, step, t(mom), nonnegative, k > 0, momentum)
         if momentum:  # p <- q (new iterate), r <- p's storage (now the extrapolation)
             ry, rx, py, px, qy, qx = py, px, qy, qx, ry, rx
         else:
             ry, rx, qy, qx = qy, qx, ry, rx
-        t_k = t_next
     last_y, last_x = (py, px) if momentum else (ry, rx)
     _launch(_tv_primal_kernel, b, last_y, last_x, lam, nonnegative, True, target)
     return out
