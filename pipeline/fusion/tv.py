@@ -107,7 +107,7 @@ def fgp_momenta(n_iter: int, momentum: bool = True) -> list[float]:
     Examples
     --------
     >>> [round(m, 4) for m in fgp_momenta(4)]
-    [0.0, 0.2818, 0.4340, 0.5311]
+    [0.0, 0.2818, 0.434, 0.5311]
     >>> fgp_momenta(2, momentum=False)
     [0.0, 0.0]
     """
