@@ -169,13 +169,23 @@ def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progr
             if record["status"] == "done":
                 figures = existing_figures(record["store"], record.get("state"))
                 if figures is None:  # computed now: drawn on a worker while the next job runs
-                    drawing.append((record, client.submit(draw_report, record["store"], pure=False)))
+                    drawing.append((record, client.submit(_draw_on_worker, record["store"], pure=False)))
                 else:
                     record["figures"] = figures
             (log.error if record["status"] == "failed" else log.info)("%s", _status_line(record))
             bar.update()
     _draw_reports(drawing)
     return records
+
+
+def _draw_on_worker(store: str) -> list[str]:
+    """:func:`draw_report` as a worker task: its Dask reductions run in the task itself, not on
+    the client that happens to be the process's default (a job's client, closed by then, in a
+    threaded cluster; and a task must not wait on its own cluster)."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return draw_report(store)
 
 
 def _draw_reports(drawing: list[tuple[dict[str, Any], Any]]) -> None:
