@@ -23,6 +23,7 @@ pytestmark = pytest.mark.prefect
 FAST = ["--cluster", "local-threads", "--n-iter", "5", "--n-iter-tv", "3", "--tile", "32", "--halo", "8"]
 
 
+@pytest.mark.slow  # kept out of the default suite's 10 minutes; make test-all runs it
 def test_synth_fuse_report(prefect_harness, tmp_path, capsys):
     store, out = tmp_path / "si.zarr", tmp_path / "fused.zarr"
     assert main(["synth", "spectrum-image", "--out", str(store), "--shape", "64", "48", "--dose", "20"]) == 0

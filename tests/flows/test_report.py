@@ -163,6 +163,7 @@ def test_coarsen_factor(shape, factor):
     assert max(shape) / factor <= 1024
 
 
+@pytest.mark.slow  # kept out of the default suite's 10 minutes; make test-all runs it
 def test_large_store_is_downsampled(tmp_path):
     n = 3000
     store = tmp_path / "big.zarr"

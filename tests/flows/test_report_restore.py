@@ -184,6 +184,7 @@ def test_an_image_restored_as_one_frame(tmp_path, client, model):
     assert set(panels) == {"frame 0: raw", "frame 0: restored", "frame 0 zoom: raw", "frame 0 zoom: restored"}
 
 
+@pytest.mark.slow  # kept out of the default suite's 10 minutes; make test-all runs it
 def test_large_frames_are_binned_not_loaded_whole(tmp_path):
     """A hand-made restore store of 1100 x 1100 frames, laid out as the job writes it."""
     n, frames = 1100, 3
@@ -217,6 +218,7 @@ def test_large_frames_are_binned_not_loaded_whole(tmp_path):
         _check_png(png, min_side=100)
 
 
+@pytest.mark.slow  # kept out of the default suite's 10 minutes; make test-all runs it
 def test_report_command_on_a_restore_store(movie_job, tmp_path, capsys):
     from emfuse.flows.cli import main
 

@@ -162,6 +162,7 @@ def test_nan_frames_are_named_and_leave_the_store_incomplete(tmp_path, client, t
 
 
 @pytest.mark.prefect
+@pytest.mark.slow  # kept out of the default suite's 10 minutes; make test-all runs it
 def test_cli_synth_restore_register(prefect_harness, tmp_path, tiny_model, capsys):
     from emfuse.flows.cli import main
 
