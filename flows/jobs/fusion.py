@@ -699,7 +699,7 @@ def check_window_fits(job: FusionJob, tile: tiles.Tile, free_bytes: float, devic
     --------
     >>> check_window_fits(job, job.grid[0], free_bytes=4e9)  # doctest: +SKIP
     """
-    masked = layout.HAADF_VALID in open_dataset(job.out, require_complete=False)
+    masked = layout.HAADF_VALID in zarr.open_group(job.out, mode="r", zarr_format=3)  # as read() finds it
     model = dict(momentum=bool(job.params.tv_momentum), masked=masked)
     ys, xs = tile.window
     need = (ys.stop - ys.start) * (xs.stop - xs.start) * memory.fusion_bytes_per_pixel(len(job.elements), **model)
