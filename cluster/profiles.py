@@ -761,6 +761,55 @@ def check_slurm_accepts(options: Mapping[str, Any]) -> None:
 
 #: How often the jobs of a slurm cluster are compared with `squeue` (seconds).
 JOB_WATCH_INTERVAL_S = 10.0
+#: `squeue` reasons of a pending job that waits for a partition or node an administrator took out
+#: of service (maintenance): the batch waits for it, and says so instead of waiting in silence.
+_OUT_OF_SERVICE_REASONS = {"PartitionDown", "PartitionInactive", "ReqNodeNotAvail", "NodeDown"}
+
+
+def out_of_service_message(job_id: str | None, reason: str, queue: str | None) -> str:
+    """What a worker job pending for ``reason`` means for the batch, and what the user can do.
+
+    ``job_id`` None: before any job is submitted.
+
+    Examples
+    --------
+    >>> out_of_service_message("12", "PartitionDown", "debug").split(";")[0]
+    "SLURM job 12 waits: partition 'debug' is out of service (PartitionDown)"
+    """
+    where = f"partition {queue!r}" if queue else "the default partition"
+    who = f"SLURM job {job_id} waits" if job_id else "SLURM worker jobs will wait"
+    return (f"{who}: {where} is out of service ({reason}); the batch waits until "
+            f"SLURM runs it, as after a maintenance. `scontrol show partition` and `sinfo -R` say why; "
+            "to go on elsewhere, stop the batch and set the slurm profile's 'queue' to another "
+            "partition (a rerun resumes).")
+
+
+def partition_out_of_service(queue: str | None) -> str | None:
+    """Why ``queue`` (None: the default partition) cannot start jobs now, from `sinfo`; None if it can.
+
+    A partition that is down or inactive, or whose every node is down, drained or failing, takes
+    jobs but never starts them.
+    """
+    import subprocess
+
+    command = ["sinfo", "-h", "-o", "%P %a %t"] + (["-p", queue] if queue else [])
+    try:
+        lines = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [line.split() for line in lines if len(line.split()) == 3]
+    if not queue:
+        rows = [r for r in rows if r[0].endswith("*")] or rows
+    if not rows:
+        return None
+    if all(avail in ("down", "inact", "drain") for _, avail, _ in rows):
+        return f"PartitionDown (sinfo: {rows[0][1]})"
+    states = {state.rstrip("*~#!%$@^-") for _, _, state in rows}
+    if states <= {"down", "drain", "drained", "drng", "fail", "failg", "maint", "unk", "inval", "npc"}:
+        return f"NodeDown (sinfo: nodes {', '.join(sorted(states))})"
+    return None
+
+
 #: `squeue` states of a job that runs or may still run.
 _LIVE_JOB_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
                     "RESIZING", "SIGNALING", "STAGE_OUT"}
@@ -788,6 +837,9 @@ def _watch_slurm_jobs(cluster, interval_s: float = JOB_WATCH_INTERVAL_S) -> None
     if squeue is None:
         return
 
+    said: set[tuple[str, str]] = set()  # (job, reason) already warned about
+    queue = getattr(cluster, "_emfuse_queue", None)
+
     async def check() -> None:
         if cluster.status in (Status.closing, Status.closed):
             watch.stop()
@@ -796,13 +848,17 @@ def _watch_slurm_jobs(cluster, interval_s: float = JOB_WATCH_INTERVAL_S) -> None
                 if getattr(job, "job_id", None)}
         if jobs:
             proc = await asyncio.create_subprocess_exec(
-                squeue, "-h", "-o", "%i %T", "-j", ",".join(map(str, jobs.values())),
+                squeue, "-h", "-o", "%i %T %r", "-j", ",".join(map(str, jobs.values())),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await proc.communicate()
             if proc.returncode != 0 and b"Invalid job id" not in err:
                 return  # the controller did not answer: try again next time
-            live = {line.split()[0] for line in out.decode().splitlines()
-                    if len(line.split()) == 2 and line.split()[1] in _LIVE_JOB_STATES}
+            rows = [line.split() for line in out.decode().splitlines() if len(line.split()) == 3]
+            live = {job for job, state, _ in rows if state in _LIVE_JOB_STATES}
+            for job, state, reason in rows:
+                if state == "PENDING" and reason in _OUT_OF_SERVICE_REASONS and (job, reason) not in said:
+                    said.add((job, reason))
+                    log.warning("%s", out_of_service_message(job, reason, queue))
             connected = {str(w.get("name")) for w in cluster.scheduler_info.get("workers", {}).values()}
             for name, job_id in jobs.items():
                 if str(job_id) in live or any(w == str(name) or w.startswith(f"{name}-") for w in connected):
@@ -822,10 +878,16 @@ def _watch_slurm_jobs(cluster, interval_s: float = JOB_WATCH_INTERVAL_S) -> None
 def _slurm_cluster(options: Mapping[str, Any]):
     jobqueue = _import_optional("dask_jobqueue", HPC_FIX, "the `slurm` cluster profile")
     check_slurm_accepts(options)
+    reason = partition_out_of_service(options.get("queue"))
+    if reason is not None:  # accepted, but nothing will start: say so now, not after hours of silence
+        import logging
+
+        logging.getLogger(__name__).warning("%s", out_of_service_message(None, reason, options.get("queue")))
     dashboard = options.get("dashboard_address", SLURM_DEFAULTS["dashboard_address"])
     cluster = jobqueue.SLURMCluster(
         scheduler_options={"dashboard_address": dashboard}, **slurm_job_kwargs(options)
     )
+    cluster._emfuse_queue = options.get("queue")
     _watch_slurm_jobs(cluster)
     low = options.get("minimum_jobs", SLURM_DEFAULTS["minimum_jobs"])
     high = options.get("maximum_jobs", max(low, SLURM_DEFAULTS["maximum_jobs"]))

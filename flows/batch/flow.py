@@ -281,17 +281,28 @@ def local_timezone() -> str:
     return "UTC"
 
 
+#: Batches one ``emfuse serve`` runs at the same time (:func:`serve_batch`).
+SERVE_RUN_LIMIT = 1
+
+
 def serve_batch(catalog: str | Path, cron: str, *, name: str | None = None, cluster: str | None = None,
                 timezone: str | None = None) -> None:
     """Serve :func:`batch_flow` on a cron schedule (blocks until interrupted).
 
     With ``PREFECT_API_URL`` set, the deployment and its runs are visible on that Prefect
-    server; without it, an ephemeral server lives inside this process.
+    server; without it, an ephemeral server lives inside this process. One batch runs at a time
+    (:data:`SERVE_RUN_LIMIT`): firings missed while the scheduler was down run one after another,
+    each resuming what the last one left.
     """
     deployment = batch_deployment(catalog, cron, name=name, cluster=cluster, timezone=timezone)
     from prefect import serve
 
-    serve(deployment)
+    # one batch at a time: after a scheduler outage Prefect hands over every missed firing at once,
+    # and overlapping batches only contend for the same store locks (one recorded a store as failed).
+    # The runner's own limit holds the others as scheduled and starts them one after another, each a
+    # resume; a deployment concurrency limit would instead keep a slot leased by a run whose process
+    # died with the server, and refuse the firings that should finish the night.
+    serve(deployment, limit=SERVE_RUN_LIMIT)
 
 
 def batch_deployment(catalog: str | Path, cron: str, *, name: str | None = None, cluster: str | None = None,

@@ -207,3 +207,31 @@ def test_refused_job_fails_the_batch_naming_the_option(prefect_harness, night, o
     assert "ClusterUnavailableError" in error and f"option {key}" in error and value in error, error
     assert f"option {key}" in html.unescape(Path(info["report"]).read_text())
     assert not squeue("emfuse-refused")  # nothing was submitted
+
+
+def test_down_partition_is_reported_then_waited_for(night, caplog):
+    """A partition taken DOWN (maintenance) accepts the job but starts nothing: the batch says so
+    at start and when the job pends for it, and goes on once the partition is UP again."""
+    import logging
+
+    from emfuse.cluster import connect
+
+    scontrol = ["scontrol", "update", "PartitionName=debug"]
+    profile = slurm_profile(night, job_name="emfuse-down", minimum_jobs=1, maximum_jobs=1)
+    subprocess.run([*scontrol, "State=DOWN"], check=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="emfuse.cluster.profiles"), connect(profile) as client:
+            said = [r.getMessage() for r in caplog.records]
+            assert any("SLURM worker jobs will wait: partition 'debug' is out of service" in m for m in said), said
+            deadline = time.monotonic() + 60
+            while not any("waits: partition 'debug'" in r.getMessage() and "PartitionDown" in r.getMessage()
+                          for r in caplog.records):
+                assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+                time.sleep(1)
+            assert [state for _, state in squeue("emfuse-down")] == ["PENDING"]
+            subprocess.run([*scontrol, "State=UP"], check=True)
+            client.wait_for_workers(1, timeout=120)
+            assert client.submit(lambda x: x + 1, 1).result(timeout=60) == 2
+    finally:
+        subprocess.run([*scontrol, "State=UP"], check=True)
+    wait_no_jobs("emfuse-down")

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -140,6 +141,10 @@ class Scheduler:
                           json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}, timeout=10).json()
         return [r for r in runs if r.get("deployment_id")]
 
+    def deployment_runs(self) -> list[dict]:
+        runs = httpx.post(f"{self.api}/flow_runs/filter", json={}, timeout=10).json()
+        return [r for r in runs if r.get("deployment_id")]
+
     def close(self) -> None:
         stop(self.serve)
         stop(self.server)
@@ -259,6 +264,7 @@ def test_server_killed_mid_run_next_firing_finishes(tmp_path, scheduler):
     done = check_consistent(sched.results)
     print("tiles done per store after the outage:", done)
 
+    restarted_at = datetime.now(UTC)
     sched.start_server()  # the same PREFECT_HOME and port, as systemd's Restart= would
     if sched.serve.poll() is not None:  # as systemd's Restart=always would
         sched.start_serve()
@@ -284,3 +290,15 @@ def test_server_killed_mid_run_next_firing_finishes(tmp_path, scheduler):
     assert (sched.results / "report.html").is_file()
     check_consistent(sched.results)
     assert sched.completed_runs()  # the restarted server records the completing run
+    # the missed firings ran one after another (emfuse serve's run limit), none failing on a lock
+    when = datetime.fromisoformat
+    after = sorted((r for r in sched.deployment_runs() if r.get("start_time") and r.get("end_time")
+                    and when(r["start_time"]) > restarted_at), key=lambda r: when(r["start_time"]))
+    print("runs after the restart:", [(r["name"], r["start_time"], r["end_time"], r["state_type"]) for r in after])
+    assert after, "no run started after the restart"
+    for earlier, later in zip(after, after[1:]):
+        assert when(later["start_time"]) >= when(earlier["end_time"]), (earlier, later)
+    for run_log in sched.run_logs():
+        finished = re.search(r"batch finished: \d+ done, (\d+) failed", run_log.read_text())
+        if run_log != first_log and finished:
+            assert finished[1] == "0", run_log.read_text()[-2000:]
