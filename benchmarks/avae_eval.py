@@ -4,6 +4,7 @@
     python benchmarks/avae_eval.py --seed 2 --n 60 --json out.json --pretrained
     python benchmarks/avae_eval.py --seed 0 --n 200 --variation --attention-from stats --compare-z --json v0.json --save-models DIR
     python benchmarks/avae_eval.py --seed 1 --n 400 --pretrained --fitted-illumination --json fitted1.json
+    python benchmarks/avae_eval.py --seed 3 --n 400 --hold-out ceramic --json held_ceramic.json
 
 Simulates ``N`` regions from ``seed`` (:mod:`emfuse.pipeline.synth.tem_modes`, the material classes in
 turn), preprocesses each (flat field, equalisation, registration, denoising), splits them
@@ -13,7 +14,9 @@ weights with ``--pretrained``, and scores on the test regions, after an affine c
 every image to the truth:
 
 ``avae``, ``vae``, ``hrtem`` (HRTEM alone), ``average`` (mean of the registered modes),
-``weighted`` (least-squares mode weights fitted on the validation regions), and with
+``weighted`` (least-squares mode weights fitted on the validation regions), ``hrtem_wiener``
+(the recorded HRTEM through a Wiener filter estimated from the image alone) and ``hrtem_restored``
+(the recorded HRTEM through the restoration network ``--restoration``, default ``tem-high``), and with
 ``--compare-z`` ``avae_z`` (the paper's ``softmax(a'[z])``; ``avae`` is then the attention chosen
 by ``--attention-from``: the paper's ``z`` by default, or the uncertainty-aware ``stats``). ``--variation`` simulates with
 per-region variation of mode quality (:data:`emfuse.pipeline.synth.tem_modes.VARIED`). Every mode is
@@ -66,10 +69,11 @@ from emfuse.pipeline.avae.model import (  # noqa: E402
     save_avae,
 )
 from emfuse.pipeline.avae.train import TrainSettings, train_avae  # noqa: E402
+from emfuse.pipeline.restore import load_model  # noqa: E402
 from emfuse.pipeline.synth.tem_modes import MATERIALS, MODES, VARIED, simulate_regions  # noqa: E402
 
 PAPER = {"psnr_gain_over_hrtem_db": 5.2, "ssim_gain_over_hrtem": 0.15}
-BASELINES = ("hrtem", "average", "weighted", "vae")
+BASELINES = ("hrtem", "average", "weighted", "vae", "hrtem_wiener", "hrtem_restored")
 
 
 def _hardware() -> str:
@@ -87,6 +91,19 @@ def _missing_mode_scores(prepared, test, models, materials) -> dict:
         images["average"] = [x[present].mean(axis=0) for x in prepared.inputs[test]]
         scores = score_methods(images, prepared.truths[test], materials)
         out[mode] = {k: {"psnr": v["psnr"], "ssim": v["ssim"]} for k, v in scores.items()}
+    return out
+
+
+def _family_margins(methods: dict, compared: tuple[str, ...], materials: list[str]) -> dict:
+    """Per material family: the AVAE's paired margin (mean and standard error) over each method."""
+    out = {}
+    for family in sorted(set(materials)):
+        keep = np.array(materials) == family
+        if keep.sum() < 2:
+            continue
+        pick = {name: {f"{k}_per_region": np.asarray(methods[name][f"{k}_per_region"])[keep] for k in ("psnr", "ssim")}
+                for name in ("avae", *compared)}
+        out[family] = {b: paired_margin(pick["avae"], pick[b]) for b in compared}
     return out
 
 
@@ -132,8 +149,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--load", action="append", default=[], metavar="NAME=PATH",
                    help="use these weights for network NAME (avae, vae, avae_z) instead of training it")
     p.add_argument("--skip-classifier", action="store_true", help="leave out the feature-extraction check")
+    p.add_argument("--hold-out", choices=sorted(MATERIALS), default=None,
+                   help="leave this material family out of training and validation and test on all its regions "
+                        "(not with --pretrained: the committed weights saw every family)")
+    p.add_argument("--restoration", default="tem-high",
+                   help="restoration network for the 'hrtem_restored' baseline (a name of "
+                        "emfuse.pipeline.restore.load_model; default %(default)s), or 'none'")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.hold_out and args.pretrained:
+        p.error("--hold-out trains the networks without that family: leave out --pretrained")
 
     t0 = time.perf_counter()
     scope = {"scope": VARIED} if args.variation else {}
@@ -141,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
                                flat_reference=args.flat_reference)
     t_sim = time.perf_counter() - t0
     train, val, test = split_indices(args.n, args.seed)
+    if args.hold_out:  # a whole material family never trained on nor validated with: all its regions are tested
+        held = np.array([m == args.hold_out for m in prepared.materials])
+        train, val, test = train[~held[train]], val[~held[val]], np.flatnonzero(held)
     print(f"{args.n} regions of {args.size}^2 simulated and preprocessed in {t_sim:.0f} s; "
           f"split {len(train)}/{len(val)}/{len(test)}", flush=True)
 
@@ -191,10 +219,13 @@ def main(argv: list[str] | None = None) -> dict:
                     "best_step": history["best_step"], "settings": history["settings"]})
 
     weights = fit_mode_weights(prepared.inputs[val], prepared.targets[val])
-    images = method_images(prepared.inputs[test], models, weights, hrtem_index=MODES.index("hrtem"))
+    restoration = None if args.restoration == "none" else load_model(args.restoration)
+    images = method_images(prepared.inputs[test], models, weights, hrtem_index=MODES.index("hrtem"),
+                           hrtem=prepared.hrtem[test], restoration=restoration)
     materials = [prepared.materials[i] for i in test]
     methods = score_methods(images, prepared.truths[test], materials)
-    compared = (*BASELINES, *(extra for extra in ("avae_z", "hrtem_net") if extra in methods))
+    baselines = tuple(b for b in BASELINES if b in methods)
+    compared = (*baselines, *(extra for extra in ("avae_z", "hrtem_net") if extra in methods))
     methods = {name: methods[name] for name in ("avae", *compared)}
     avae = methods["avae"]
     margins = {b: {"psnr_db": avae["psnr"] - methods[b]["psnr"], "ssim": avae["ssim"] - methods[b]["ssim"]}
@@ -204,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
                        for b in compared}
     # paired spread of the per-region differences (standard error of the mean margin)
     margin_sem = {b: {k: v["standard_error"] for k, v in paired_margin(avae, methods[b]).items()} for b in compared}
+    by_family = _family_margins(methods, compared, materials)
     attention_mean = {}
     for name in models:
         if models[name].cfg.attention:
@@ -232,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
         "margins_avae_minus": margins,
         "avae_wins_per_region": per_region_wins,
         "margin_standard_error": margin_sem,
-        "avae_beats_every_baseline": all(margins[b]["psnr_db"] > 0 and margins[b]["ssim"] > 0 for b in BASELINES),
+        "avae_beats_every_baseline": all(margins[b]["psnr_db"] > 0 and margins[b]["ssim"] > 0 for b in baselines),
+        "margins_by_family": by_family,
         "mean_attention": attention_mean,
         "missing_mode": missing,
         "paper_claims": PAPER,
@@ -243,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   for i, m in enumerate(MODES) if m != "hrtem"},
         "mode_weights_weighted": dict(zip([*MODES, "offset"], weights.tolist())),
         "setup": {"seed": args.seed, "n": args.n, "size": args.size, "variation": args.variation,
+                  "held_out_family": args.hold_out,
                   "flat_reference": args.flat_reference,
                   "scope": asdict(VARIED) if args.variation else "Microscope() defaults", "split": [len(train), len(val), len(test)],
                   "test_regions": test.tolist(), "simulate_seconds": t_sim, "classifier_seconds": t_cls,
@@ -258,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
         extra = (f"   {margins[name]['psnr_db']:+.3f} ±{margin_sem[name]['psnr']:.3f} dB  "
                  f"{margins[name]['ssim']:+.4f} ±{margin_sem[name]['ssim']:.4f}") if name in margins else ""
         print(f"{name:>9} {m['psnr']:>10.2f} {m['ssim']:>7.3f}{extra}")
+    for family, rows in by_family.items():
+        print(f"{family}: " + ", ".join(f"avae - {b} {r['psnr']['margin']:+.2f} ±{r['psnr']['standard_error']:.2f} dB"
+                                        for b, r in rows.items()))
     print(f"mean attention: {attention_mean}")
     for mode, scores in missing.items():
         print(f"{mode} missing: " + ", ".join(f"{k} {v['psnr']:.2f} dB / {v['ssim']:.3f}" for k, v in scores.items()))

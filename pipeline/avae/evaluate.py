@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,8 +24,11 @@ from ..synth.tem_modes import ModeImages
 from . import baselines
 from .fuse import fuse_modes
 from .model import AVAE
-from .preprocess import Preprocessing
+from .preprocess import HRTEM, Preprocessing, flat_surface
 from .train import standardise
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Prepared", "method_images", "paired_margin", "prepare_regions", "score_methods", "split_indices"]
 
@@ -42,6 +45,7 @@ class Prepared:
     materials: list[str]
     registration_error: np.ndarray  # (N, modes) |estimated - true drift|, px
     drift: np.ndarray  # (N, modes, 2) true drift, px
+    hrtem: np.ndarray | None = None  # (N, H, W) the HRTEM as recorded, flat-fielded only
 
 
 def prepare_regions(regions: Sequence[ModeImages], *, flat_reference: bool = False) -> Prepared:
@@ -51,7 +55,7 @@ def prepare_regions(regions: Sequence[ModeImages], *, flat_reference: bool = Fal
     of fitting the illumination as a smooth surface, which also takes away the smooth part of the
     specimen's own contrast (BF's thickness wedge).
     """
-    inputs, errors = [], []
+    inputs, errors, hrtem = [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # failed matches are counted in the errors
         for r in regions:
@@ -59,9 +63,12 @@ def prepare_regions(regions: Sequence[ModeImages], *, flat_reference: bool = Fal
             prep = Preprocessing.fit(modes, order=0 if flat_reference else 2)
             inputs.append(prep.apply(modes))
             errors.append(np.linalg.norm(prep.drift - r.drift, axis=1))
+            # the HRTEM is the registration's reference: flat-fielded, it is in the truth's frame
+            hrtem.append(modes[HRTEM] / flat_surface(prep.flat[HRTEM], prep.shape))
     truths = np.stack([r.truth for r in regions]).astype(np.float32)
     return Prepared(np.stack(inputs), np.stack([standardise(t) for t in truths]), truths,
-                    [r.material for r in regions], np.array(errors), np.stack([r.drift for r in regions]))
+                    [r.material for r in regions], np.array(errors), np.stack([r.drift for r in regions]),
+                    np.stack(hrtem).astype(np.float32))
 
 
 def split_indices(n: int, seed: int, fractions: Sequence[float] = (0.7, 0.15, 0.15)
@@ -77,10 +84,13 @@ def split_indices(n: int, seed: int, fractions: Sequence[float] = (0.7, 0.15, 0.
 
 
 def method_images(inputs: np.ndarray, models: Mapping[str, AVAE], mode_weights: np.ndarray,
-                  hrtem_index: int = 2) -> dict[str, list[np.ndarray]]:
+                  hrtem_index: int = 2, *, hrtem: np.ndarray | None = None,
+                  restoration: torch.nn.Module | None = None) -> dict[str, list[np.ndarray]]:
     """Every method's image of every region: the networks in ``models``, then the baselines.
 
-    A network with one input mode (``AVAEConfig(n_modes=1)``) is given the HRTEM alone.
+    A network with one input mode (``AVAEConfig(n_modes=1)``) is given the HRTEM alone. With
+    ``hrtem`` (the recorded HRTEM of each region, :attr:`Prepared.hrtem`) also ``hrtem_wiener``,
+    and with a ``restoration`` network too ``hrtem_restored`` (see :mod:`.baselines`).
     """
     def own_modes(net: AVAE, x: np.ndarray) -> np.ndarray:
         return x if net.cfg.n_modes == len(x) else x[hrtem_index:hrtem_index + 1]
@@ -90,6 +100,12 @@ def method_images(inputs: np.ndarray, models: Mapping[str, AVAE], mode_weights: 
     images["hrtem"] = [x[hrtem_index] for x in inputs]
     images["average"] = [baselines.average(x) for x in inputs]
     images["weighted"] = [baselines.weighted(x, mode_weights) for x in inputs]
+    if hrtem is not None:
+        images["hrtem_wiener"] = [baselines.wiener_filter(h) for h in hrtem]
+        if restoration is not None:
+            from ..restore.inference import restore
+
+            images["hrtem_restored"] = [restore(h, restoration) for h in hrtem]
     return images
 
 
