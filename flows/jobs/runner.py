@@ -362,17 +362,28 @@ def run_unit(spec: TiledJob, job: Any, unit: Unit, context: Any) -> tuple[tuple[
     """
     try:
         device = worker_device(getattr(job, "device", "auto"), spec.array_kind)
-        gate = device_gate(device, lock_cpu=spec.lock_cpu)
-        with gate.slots:  # a window read ahead counts until its compute is done
-            staged = stage(spec.read(job, unit), device, spec.array_kind)
-            with gate.lock:
-                writes, payload = compute_unit(spec, job, unit, staged, context, device)
+        writes, payload = read_and_compute(spec, job, unit, context, device)
         for name, (region, values) in writes.items():  # beside the next unit's compute
             write_region(job.out, name, region, values)
         TileRecord.open(job.out, spec.name).mark(unit.key, payload)
         return unit.key, device
     except spec.errors as exc:
         return exc
+
+
+def read_and_compute(spec: TiledJob, job: Any, unit: Unit, context: Any,
+                     device: str) -> tuple[dict[str, tuple[tuple[slice, ...], np.ndarray]], np.ndarray | None]:
+    """Read the unit's window (ahead, while another unit computes), then compute it under the
+    device's lock (:func:`compute_unit`); returns the host arrays to write and the payload.
+
+    The staged window is released on return, before the write: a worker's pinned memory holds
+    the windows of its read-ahead slots, not those of the results being written.
+    """
+    gate = device_gate(device, lock_cpu=spec.lock_cpu)
+    with gate.slots:  # a window read ahead counts until its compute is done
+        staged = stage(spec.read(job, unit), device, spec.array_kind)
+        with gate.lock:
+            return compute_unit(spec, job, unit, staged, context, device)
 
 
 def compute_unit(spec: TiledJob, job: Any, unit: Unit, staged: dict[str, Any], context: Any,
