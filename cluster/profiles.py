@@ -11,10 +11,12 @@ changes:
     :class:`distributed.LocalCluster` with threads in this process (notebooks,
     tests, debugging).
 ``local-gpu``
-    :class:`dask_cuda.LocalCUDACluster`, one worker per GPU (``emfuse[gpu]``).
+    :class:`dask_cuda.LocalCUDACluster`, one worker per GPU (``emfuse[gpu]``),
+    :data:`GPU_WORKER_THREADS` threads each (one computes, one reads and writes).
 ``slurm``
     :class:`dask_jobqueue.SLURMCluster`, one SLURM job per worker group,
-    adaptive between ``minimum_jobs`` and ``maximum_jobs`` (``emfuse[hpc]``).
+    adaptive between ``minimum_jobs`` and ``maximum_jobs`` (``emfuse[hpc]``);
+    with ``gpus`` each GPU worker has ``cores`` threads.
 ``scheduler``
     an existing scheduler, given as ``tcp://host:port`` or ``tls://host:port``.
 
@@ -66,6 +68,12 @@ PROFILES: tuple[str, ...] = ("local", "local-threads", "local-gpu", "slurm", "sc
 
 # Scheduler address schemes that mean "connect, do not start".
 ADDRESS_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")  # inproc: a local-threads cluster of this process
+
+#: Threads of a ``local-gpu`` worker unless ``threads_per_worker`` says otherwise: while one unit
+#: computes on the GPU (one at a time, :func:`emfuse.flows.jobs.runner.device_gate`), the other
+#: thread reads the next window and writes the last results. dask-cuda's default, 1, leaves the
+#: GPU idle during every read and write.
+GPU_WORKER_THREADS = 2
 
 GPU_FIX = "install the GPU extra with `pip install 'emfuse[gpu]'` or use the `local` profile"
 HPC_FIX = "install the HPC extra with `pip install 'emfuse[hpc]'`"
@@ -595,7 +603,8 @@ def _local_gpu_cluster(options: Mapping[str, Any]):
     dask_cuda = _import_optional("dask_cuda", GPU_FIX, "the `local-gpu` cluster profile")
     if count_gpus() == 0:
         raise ClusterUnavailableError(f"the `local-gpu` cluster profile found no CUDA GPU: {GPU_FIX}")
-    kwargs = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", **_without_tls(options)}
+    kwargs = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+              "threads_per_worker": GPU_WORKER_THREADS, **_without_tls(options)}
     security = tls_security(options)
     if security is not None:
         kwargs.update(protocol="tls://", security=security)

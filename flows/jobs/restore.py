@@ -18,7 +18,10 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    :mod:`emfuse.pipeline.restore.guard` puts back what the network removed of a lattice the input
    shows, or keeps the raw frame; per frame ``guard_decision`` and its figures) and writes its
    chunk-aligned region, then records the block as done. Each worker process loads the network once and keeps it
-   (:func:`worker_model`);
+   (:func:`worker_model`). On a GPU worker one block is restored at a time while the worker's
+   other thread reads the next block's frames and writes the last one's (the runner's device
+   lock, :func:`emfuse.flows.jobs.runner.device_gate`): a movie goes Zarr to Zarr with its
+   reads and writes beside the network;
 4. ``register``: with ``register``, the drift of every restored frame against the first is
    measured (:mod:`emfuse.pipeline.register`, one task per block) and the drift-corrected mean
    of the restored frames is written as ``average``;

@@ -21,6 +21,10 @@ in the spirit of a LiberTEM UDF:
   chunk-aligned regions, then its payload and ``done`` flag (a crash leaves either a finished
   unit or one that is redone), and says which device ran it; the driver records the devices
   in the store's ``devices`` attribute;
+- on a GPU the device section of a unit (memory check, copy in, ``process``, copy back) holds
+  the device's lock (:func:`device_gate`), one unit at a time, while the worker's other threads
+  read the next window into pinned memory (:func:`stage`) and write the last results: reads and
+  writes overlap the compute. On the CPU units run side by side, unlocked, as before;
 - :func:`worker_cached` keeps a worker process's expensive objects (a network) once per key.
 
 The lock, the Prefect tasks and the batch are the same for every job
@@ -43,6 +47,7 @@ A job that writes each tile's mean (see ``tests/flows/test_runner.py`` for a who
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -78,6 +83,24 @@ class DeviceError(EmfuseError, ValueError):
 # what this worker process keeps between tasks (networks), by key
 _CACHE: dict[Any, Any] = {}
 _CACHE_LOCK = threading.Lock()
+
+#: windows of one device in a worker between their read and the end of their compute: the one
+#: computing and the next, read ahead (a GPU worker with more threads does not hold more windows)
+PREFETCH_WINDOWS = 2
+
+
+@dataclass(frozen=True)
+class DeviceGate:
+    """What the units of one device in a worker process share: ``lock`` (the device section,
+    one unit at a time) and ``slots`` (at most :data:`PREFETCH_WINDOWS` windows read ahead)."""
+
+    lock: contextlib.AbstractContextManager[Any]
+    slots: contextlib.AbstractContextManager[Any]
+
+
+_OPEN_GATE = DeviceGate(contextlib.nullcontext(), contextlib.nullcontext())
+_GATES: dict[str, DeviceGate] = {}
+_GATES_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -123,6 +146,7 @@ class TiledJob:
     stage: str = "tiles"
     array_kind: str = "xp"
     errors: tuple[type[BaseException], ...] = (EmfuseError,)
+    lock_cpu: bool = False
 
     def prepare(self, job: Any, client: Client, *, progress: bool) -> tuple[Any, Any]:
         """Driver-side stages before the units; returns the job and the ``context`` every unit gets."""
@@ -223,8 +247,66 @@ def check_device_option(device: str) -> None:
         raise DeviceError(f"unknown device {device!r}; use auto (the workers' GPU when they have one), cpu or cuda")
 
 
+def device_gate(device: str, *, lock_cpu: bool = False) -> DeviceGate:
+    """The lock and the read-ahead slots of ``device`` in this worker process.
+
+    On a GPU one unit at a time runs its device section (memory check, copies, ``process``):
+    two units computing at once would only share the GPU, and each memory check would miss what
+    the other is about to allocate. The worker's other threads meanwhile read the next window
+    and write the last results, so with two or more threads per GPU worker the device does not
+    wait for the disk. On the CPU the units run side by side, unlocked, as they always did,
+    unless ``lock_cpu`` (the job's) asks for the gate there too. The gate is per process and
+    device: threads of one process that share a GPU share its gate.
+
+    Examples
+    --------
+    >>> device_gate("cuda:0") is device_gate("cuda:0")
+    True
+    >>> isinstance(device_gate("cpu").lock, contextlib.nullcontext)
+    True
+    """
+    if device == "cpu" and not lock_cpu:
+        return _OPEN_GATE
+    with _GATES_LOCK:
+        if device not in _GATES:
+            _GATES[device] = DeviceGate(threading.Lock(), threading.BoundedSemaphore(PREFETCH_WINDOWS))
+        return _GATES[device]
+
+
+def stage(window: Mapping[str, Any], device: str, array_kind: str) -> dict[str, Any]:
+    """The window ready to go to ``device``: for ``"xp"`` kernels on a GPU its arrays copied into
+    pinned (page-locked) host memory, else as they are.
+
+    This runs before the device lock, so the copy into pinned memory overlaps another unit's
+    compute, and the copy to the device in the lock (:func:`place`) is one DMA at the bus's
+    speed instead of CuPy's own staging through a pinned buffer. Networks (``"torch"``) get
+    the window as it is: they copy batches of their own, not the window, to the device.
+
+    Examples
+    --------
+    >>> stage({"a": np.zeros(2), "mask": None}, "cpu", "xp")
+    {'a': array([0., 0.]), 'mask': None}
+    """
+    if device == "cpu" or array_kind != "xp":
+        return dict(window)
+    return {name: None if a is None else _pinned_copy(np.asarray(a)) for name, a in window.items()}
+
+
+def _pinned_copy(array: np.ndarray) -> np.ndarray:
+    """A copy of ``array`` in pinned host memory from CuPy's pinned pool (reused between units:
+    no page-locking call per window)."""
+    import cupyx
+
+    pinned = cupyx.empty_pinned(array.shape, array.dtype)
+    pinned[...] = array
+    return pinned
+
+
 def place(window: Mapping[str, Any], device: str, array_kind: str) -> dict[str, Any]:
     """The window's arrays on ``device``: CuPy arrays for ``"xp"`` kernels on a GPU, else as they are.
+
+    From pinned arrays (:func:`stage`) CuPy copies straight to the device on the current
+    stream, in order with the kernels of ``process`` that follow.
 
     Examples
     --------
@@ -236,6 +318,22 @@ def place(window: Mapping[str, Any], device: str, array_kind: str) -> dict[str, 
     import cupy
 
     return {name: None if a is None else cupy.asarray(a) for name, a in window.items()}
+
+
+def to_host(values: Any) -> np.ndarray:
+    """``values`` on the host, to be written: a CuPy array is copied into pinned memory (one DMA,
+    waited for, in the device section), a numpy array is returned as it is.
+
+    Examples
+    --------
+    >>> to_host(np.ones(2))
+    array([1., 1.])
+    """
+    if not type(values).__module__.startswith("cupy"):
+        return to_numpy(values)
+    import cupyx
+
+    return values.get(out=cupyx.empty_pinned(values.shape, values.dtype))
 
 
 def worker_cached(key: Any, load: Callable[[], Any]) -> Any:
@@ -256,22 +354,51 @@ def worker_cached(key: Any, load: Callable[[], Any]) -> Any:
 def run_unit(spec: TiledJob, job: Any, unit: Unit, context: Any) -> tuple[tuple[int, int], str] | BaseException:
     """Worker task: read, place, process and write one unit, then record it; returns (key, device).
 
-    An error of the job's ``errors`` comes back as a value, raised by the driver
-    (:func:`emfuse.flows.jobs.gather.gather`), so a bad input is one line, not a worker's traceback.
+    The read (and the pinned staging) and the write run outside the device's lock
+    (:func:`device_gate`), so on a GPU worker with two threads one unit's read and another's
+    write overlap a third's compute. An error of the job's ``errors`` comes back as a value,
+    raised by the driver (:func:`emfuse.flows.jobs.gather.gather`), so a bad input is one line,
+    not a worker's traceback.
     """
     try:
         device = worker_device(getattr(job, "device", "auto"), spec.array_kind)
-        if device != "cpu":
-            spec.check_memory(job, unit, device)
-        window = place(spec.read(job, unit), device, spec.array_kind)
-        output = spec.process(job, unit, window, context, device)
-        for name, (region, values) in output.writes.items():
-            write_region(job.out, name, region, to_numpy(values))
-        payload = None if output.payload is None else np.asarray(to_numpy(output.payload), dtype=np.float64)
+        writes, payload = read_and_compute(spec, job, unit, context, device)
+        for name, (region, values) in writes.items():  # beside the next unit's compute
+            write_region(job.out, name, region, values)
         TileRecord.open(job.out, spec.name).mark(unit.key, payload)
         return unit.key, device
     except spec.errors as exc:
         return exc
+
+
+def read_and_compute(spec: TiledJob, job: Any, unit: Unit, context: Any,
+                     device: str) -> tuple[dict[str, tuple[tuple[slice, ...], np.ndarray]], np.ndarray | None]:
+    """Read the unit's window (ahead, while another unit computes), then compute it under the
+    device's lock (:func:`compute_unit`); returns the host arrays to write and the payload.
+
+    The staged window is released on return, before the write: a worker's pinned memory holds
+    the windows of its read-ahead slots, not those of the results being written.
+    """
+    gate = device_gate(device, lock_cpu=spec.lock_cpu)
+    with gate.slots:  # a window read ahead counts until its compute is done
+        staged = stage(spec.read(job, unit), device, spec.array_kind)
+        with gate.lock:
+            return compute_unit(spec, job, unit, staged, context, device)
+
+
+def compute_unit(spec: TiledJob, job: Any, unit: Unit, staged: dict[str, Any], context: Any,
+                 device: str) -> tuple[dict[str, tuple[tuple[slice, ...], np.ndarray]], np.ndarray | None]:
+    """The device section of a unit: the memory check, the copy in, ``process``, the copies back.
+
+    Returns the arrays to write, on the host, by variable, and the payload. Run under the
+    device's lock, the memory check sees the device as the last unit left it.
+    """
+    if device != "cpu":
+        spec.check_memory(job, unit, device)
+    output = spec.process(job, unit, place(staged, device, spec.array_kind), context, device)
+    writes = {name: (region, to_host(values)) for name, (region, values) in output.writes.items()}
+    payload = None if output.payload is None else np.asarray(to_host(output.payload), dtype=np.float64)
+    return writes, payload
 
 
 # -- driver side --------------------------------------------------------------------------------

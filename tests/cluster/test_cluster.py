@@ -352,6 +352,36 @@ def test_local_gpu_cluster():
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
 
 
+def _fake_dask_cuda(monkeypatch) -> dict:
+    """dask-cuda with one GPU whose LocalCUDACluster records its keyword arguments."""
+    seen = {}
+    fake = types.ModuleType("dask_cuda")
+    fake.utils = types.ModuleType("dask_cuda.utils")
+    fake.utils.get_n_gpus = lambda: 1
+    fake.LocalCUDACluster = lambda **kw: seen.update(kw) or "cluster"
+    monkeypatch.setitem(sys.modules, "dask_cuda", fake)
+    monkeypatch.setitem(sys.modules, "dask_cuda.utils", fake.utils)
+    return seen
+
+
+def test_local_gpu_workers_have_two_threads_unless_told(monkeypatch):
+    # one thread computes on the GPU while the other reads the next window and writes (the runner's
+    # device lock); dask-cuda's own default of one thread would leave the GPU idle during I/O
+    from emfuse.cluster.profiles import GPU_WORKER_THREADS
+
+    seen = _fake_dask_cuda(monkeypatch)
+    make_cluster("local-gpu")
+    assert seen["threads_per_worker"] == GPU_WORKER_THREADS == 2
+    make_cluster("local-gpu", threads_per_worker=3)
+    assert seen["threads_per_worker"] == 3
+
+
+def test_slurm_gpu_workers_have_a_thread_per_core(tmp_path):
+    # `dask cuda worker --nthreads` is per GPU worker: one computes, the others read and write
+    worker = next(line for line in _slurm_script(tmp_path, gpus=1, cores=4).splitlines() if "cuda worker" in line)
+    assert "--nthreads 4" in worker
+
+
 def test_slurm_gpu_script_interpreter_and_gres(tmp_path):
     # the GPU job runs dask-cuda's worker with the interpreter that runs emfuse
     script = _slurm_script(tmp_path, gpus=2)

@@ -86,6 +86,25 @@ def test_resume_recomputes_only_unfinished_blocks_and_is_bitwise_identical(tmp_p
     assert restore_job.plan(movie_store, job.out, model=tiny_model, **OPTIONS)[1] == "complete"
 
 
+def test_a_movie_goes_zarr_to_zarr_with_the_device_lock_as_on_a_gpu_worker(tmp_path, movie_store, tiny_model):
+    """Blocks of frames run through the runner's device gate (asked for on the CPU here, as a GPU
+    worker takes it): one block restored at a time while the other thread reads and writes
+    blocks (tests/flows/test_runner_overlap.py shows the overlap); the movie is the same, bit for bit."""
+    from dataclasses import replace
+
+    from emfuse.cluster import connect
+
+    locked = replace(restore_job.SPEC, lock_cpu=True)
+    with connect("local-threads", n_workers=1, threads_per_worker=2) as client:
+        reference = _run(movie_store, tmp_path / "ref.zarr", client, tiny_model)
+        job, _ = restore_job.plan(movie_store, tmp_path / "locked.zarr", model=tiny_model, **OPTIONS)
+        job, computed = runner.compute(locked, job, client, progress=False)
+        runner.finalise(locked, job)
+    assert computed == 3
+    np.testing.assert_array_equal(open_dataset(job.out).restored.values,
+                                  open_dataset(reference.out).restored.values)
+
+
 def test_worker_loads_the_model_once(movie_store, tmp_path, tiny_model):
     job, _ = restore_job.plan(movie_store, tmp_path / "o.zarr", model=tiny_model, **OPTIONS)
     assert restore_job.worker_model(job, "cpu") is restore_job.worker_model(job, "cpu")
