@@ -16,7 +16,8 @@ every image to the truth:
 ``avae``, ``vae``, ``hrtem`` (HRTEM alone), ``average`` (mean of the registered modes),
 ``weighted`` (least-squares mode weights fitted on the validation regions), ``hrtem_wiener``
 (the recorded HRTEM through a Wiener filter estimated from the image alone) and ``hrtem_restored``
-(the recorded HRTEM through the restoration network ``--restoration``, default ``tem-high``), and with
+and ``hrtem_r_em`` (the recorded HRTEM through the project's default restoration network and the
+published ``r_em:sfr_hrtem``; ``--restoration``), and with
 ``--compare-z`` ``avae_z`` (the paper's ``softmax(a'[z])``; ``avae`` is then the attention chosen
 by ``--attention-from``: the paper's ``z`` by default, or the uncertainty-aware ``stats``). ``--variation`` simulates with
 per-region variation of mode quality (:data:`emfuse.pipeline.synth.tem_modes.VARIED`). Every mode is
@@ -73,7 +74,10 @@ from emfuse.pipeline.restore import load_model  # noqa: E402
 from emfuse.pipeline.synth.tem_modes import MATERIALS, MODES, VARIED, simulate_regions  # noqa: E402
 
 PAPER = {"psnr_gain_over_hrtem_db": 5.2, "ssim_gain_over_hrtem": 0.15}
-BASELINES = ("hrtem", "average", "weighted", "vae", "hrtem_wiener", "hrtem_restored")
+BASELINES = ("hrtem", "average", "weighted", "vae", "hrtem_wiener", "hrtem_restored", "hrtem_r_em")
+#: the restoration networks of the restored-HRTEM baselines (method ``hrtem_NAME``): the project's
+#: default model and the published HRTEM network (through emfuse's port; needs emfuse[r_em])
+RESTORATIONS = {"restored": "default", "r_em": "r_em:sfr_hrtem"}
 
 
 def _hardware() -> str:
@@ -152,11 +156,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--hold-out", choices=sorted(MATERIALS), default=None,
                    help="leave this material family out of training and validation and test on all its regions "
                         "(not with --pretrained: the committed weights saw every family)")
-    p.add_argument("--restoration", default="tem-high",
-                   help="restoration network for the 'hrtem_restored' baseline (a name of "
-                        "emfuse.pipeline.restore.load_model; default %(default)s), or 'none'")
+    p.add_argument("--restoration", action="append", default=None, metavar="NAME=MODEL",
+                   help="a restored-HRTEM baseline 'hrtem_NAME' by the network MODEL (a name of "
+                        "emfuse.pipeline.restore.load_model); repeat for more, 'none' for none "
+                        f"(default: {' '.join(f'{k}={v}' for k, v in RESTORATIONS.items())})")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    wanted = RESTORATIONS if args.restoration is None else dict(
+        item.split("=", 1) for item in args.restoration if item != "none")
+    restorations = {name: load_model(model) for name, model in wanted.items()}  # before hours of work
     if args.hold_out and args.pretrained:
         p.error("--hold-out trains the networks without that family: leave out --pretrained")
 
@@ -219,9 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "best_step": history["best_step"], "settings": history["settings"]})
 
     weights = fit_mode_weights(prepared.inputs[val], prepared.targets[val])
-    restoration = None if args.restoration == "none" else load_model(args.restoration)
     images = method_images(prepared.inputs[test], models, weights, hrtem_index=MODES.index("hrtem"),
-                           hrtem=prepared.hrtem[test], restoration=restoration)
+                           hrtem=prepared.hrtem[test], restorations=restorations)
     materials = [prepared.materials[i] for i in test]
     methods = score_methods(images, prepared.truths[test], materials)
     baselines = tuple(b for b in BASELINES if b in methods)

@@ -21,8 +21,9 @@ fixed gaussian denoising), the single-mode baselines a microscopist would try fi
 ``hrtem_wiener``    the HRTEM through a Wiener filter estimated from the image alone
                     (:func:`wiener_filter`: its noise level from the spectrum's outer band, so
                     the cutoff follows the data, lattice reflections included);
-``hrtem_restored``  the HRTEM restored by the project's TEM restoration network
-                    (``load_model("tem-high")``, :mod:`emfuse.pipeline.restore`).
+``hrtem_restored``  the HRTEM restored by the project's default restoration network
+                    (``load_model()``, :mod:`emfuse.pipeline.restore`), and ``hrtem_r_em`` by the
+                    published ``r_em:sfr_hrtem`` (benchmarks/avae_eval.py).
 
 Examples
 --------

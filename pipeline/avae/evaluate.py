@@ -85,12 +85,13 @@ def split_indices(n: int, seed: int, fractions: Sequence[float] = (0.7, 0.15, 0.
 
 def method_images(inputs: np.ndarray, models: Mapping[str, AVAE], mode_weights: np.ndarray,
                   hrtem_index: int = 2, *, hrtem: np.ndarray | None = None,
-                  restoration: torch.nn.Module | None = None) -> dict[str, list[np.ndarray]]:
+                  restorations: Mapping[str, torch.nn.Module] | None = None) -> dict[str, list[np.ndarray]]:
     """Every method's image of every region: the networks in ``models``, then the baselines.
 
     A network with one input mode (``AVAEConfig(n_modes=1)``) is given the HRTEM alone. With
     ``hrtem`` (the recorded HRTEM of each region, :attr:`Prepared.hrtem`) also ``hrtem_wiener``,
-    and with a ``restoration`` network too ``hrtem_restored`` (see :mod:`.baselines`).
+    and for each restoration network ``{"NAME": net}`` in ``restorations`` ``hrtem_NAME`` (the
+    HRTEM restored by it; see :mod:`.baselines`).
     """
     def own_modes(net: AVAE, x: np.ndarray) -> np.ndarray:
         return x if net.cfg.n_modes == len(x) else x[hrtem_index:hrtem_index + 1]
@@ -102,10 +103,10 @@ def method_images(inputs: np.ndarray, models: Mapping[str, AVAE], mode_weights: 
     images["weighted"] = [baselines.weighted(x, mode_weights) for x in inputs]
     if hrtem is not None:
         images["hrtem_wiener"] = [baselines.wiener_filter(h) for h in hrtem]
-        if restoration is not None:
-            from ..restore.inference import restore
+        from ..restore.inference import restore
 
-            images["hrtem_restored"] = [restore(h, restoration) for h in hrtem]
+        for name, net in (restorations or {}).items():
+            images[f"hrtem_{name}"] = [restore(h, net) for h in hrtem]
     return images
 
 

@@ -285,7 +285,7 @@ def test_hrtem_baselines_use_the_recorded_hrtem_in_the_truth_frame():
     w = baselines.fit_mode_weights(prepared.inputs[:1], prepared.targets[:1])
     restoration = torch.nn.Conv2d(1, 1, 1, bias=False)  # a stand-in network: the identity
     torch.nn.init.ones_(restoration.weight)
-    images = method_images(prepared.inputs, {}, w, hrtem=prepared.hrtem, restoration=restoration)
+    images = method_images(prepared.inputs, {}, w, hrtem=prepared.hrtem, restorations={"restored": restoration})
     np.testing.assert_allclose(images["hrtem_restored"][0], prepared.hrtem[0], rtol=1e-5, atol=1e-5)
     scores = score_methods(images, prepared.truths, prepared.materials)
     raw = [baselines.score(h, t)["psnr"] for h, t in zip(prepared.hrtem, prepared.truths)]
