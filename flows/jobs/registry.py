@@ -25,12 +25,14 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -121,20 +123,35 @@ def run_job(kind: str, source: str | Path, out: str | Path, client: Client, *,
     A store that is complete with the same parameters is left as it is; an unfinished one
     resumes. The output store is locked while the job runs.
     """
-    jk = job_kind(kind)
-    with StoreLock(out):
-        start = time.perf_counter()
-        job, state = jk.module.plan(source, out, **jk.plan_options(options))
-        if state == "complete":
-            log.info("%s is already complete with these parameters; nothing to do", out)
-            return job
-        begin_run(out, plan=time.perf_counter() - start)
-        from . import runner  # here: naming the jobs must not load Dask (the early checks)
-
-        job, _ = runner.compute(jk.spec, job, client, progress=progress)
-        with timed(out, "finalise"):
-            runner.finalise(jk.spec, job)
+    job, state, _ = locked_stages(kind, str(source), str(out), options, DIRECT_STAGES,
+                                  lambda job: contextlib.nullcontext(client), progress=progress)
+    if state == "complete":
+        log.info("%s is already complete with these parameters; nothing to do", out)
     return job
+
+
+def locked_stages(kind: str, store: str, out: str, options: dict[str, Any], calls: StageCalls,
+                  client_for: Callable[[Any], AbstractContextManager[Client]], *, progress: bool = True,
+                  ingest_seconds: float | None = None) -> tuple[Any, str, int]:
+    """Plan, compute and finalise one job with the output store locked; returns (job, state, units computed).
+
+    A store already complete with these parameters is left as it is (state ``"complete"``,
+    nothing computed). Otherwise the run's record is begun (``timing``: the ``ingest`` seconds
+    when given, and the plan's), the units computed on the client of ``client_for(job)`` (a
+    context manager) and the store finalised, each stage through ``calls``.
+    """
+    with StoreLock(out):
+        planned = time.perf_counter()
+        job, state = calls.plan(kind, store, out, options)
+        if state == "complete":
+            return job, state, 0
+        ingest = {} if ingest_seconds is None else {"ingest": ingest_seconds}
+        begin_run(out, **ingest, plan=time.perf_counter() - planned)
+        with client_for(job) as client:
+            job, computed = calls.compute(kind, job, client, progress)
+        with timed(out, "finalise"):
+            calls.finalise(kind, job)
+    return job, state, computed
 
 
 # -- the stages of one job from a source file, with or without Prefect --------------------------------
@@ -247,17 +264,15 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
     start = time.perf_counter()
     store = calls.ingest(source, workdir or str(Path(out).resolve().parent), elements, signal=signal)
     ingest_seconds += time.perf_counter() - start
-    tiles_computed = 0
-    with StoreLock(out):
-        planned = time.perf_counter()
-        job, state = calls.plan(kind, store, out, options)
-        if state != "complete":
-            begin_run(out, ingest=ingest_seconds, plan=time.perf_counter() - planned)
-            cluster = cluster_for(cluster, kind, job)
-            with connect(cluster) as client:
-                job, tiles_computed = calls.compute(kind, job, client, progress)
-            with timed(out, "finalise"):
-                calls.finalise(kind, job)
+    chosen: dict[str, Any] = {}  # the cluster client_for picked, for the summary
+
+    def client_for(job: Any) -> AbstractContextManager[Client]:
+        chosen["cluster"] = cluster_for(cluster, kind, job)
+        return connect(chosen["cluster"])
+
+    job, state, tiles_computed = locked_stages(kind, store, out, options, calls, client_for, progress=progress,
+                                               ingest_seconds=ingest_seconds)
+    cluster = chosen.get("cluster", cluster)
     result = job_kind(kind).spec.summary(job)
     result.update(input_store=store, tiles_computed=tiles_computed, state=state, cluster=str(cluster))
     result["figures"] = (existing_figures(job.out, state) or calls.report(job.out)) if report else []
