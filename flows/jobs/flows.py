@@ -29,7 +29,7 @@ def fuse_flow(
     elements: list[str] | None = None,
     params: dict[str, Any] | None = None,
     cluster: str = "auto",
-    tile: int = 512,
+    tile: int | str = "auto",
     halo: int = 32,
     windows: dict[str, list[float]] | None = None,
     maps_from: str | None = None,
@@ -47,7 +47,8 @@ def fuse_flow(
     ``file``; default the spectrum image where there is one) says where the maps come
     from; ``signal`` chooses the spectrum image of a raw file that holds several.
     ``device`` (``auto``, ``cpu``, ``cuda``): where the tiles are fused; ``auto`` takes each
-    worker's GPU (CuPy) when it has one.
+    worker's GPU (CuPy) when it has one. ``tile`` ``"auto"``: the largest tile the GPU workers'
+    free memory holds (:func:`emfuse.pipeline.fusion.memory.choose_tile`), 512 on CPU workers.
 
     Returns a summary: the output store, the final costs, the lambdas used,
     the report's figures and, for synthetic data, the error of raw and fused

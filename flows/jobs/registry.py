@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # plan() options that are not the user's to set in a catalog
-_INTERNAL = frozenset({"overwrite", "check_device", "torch_threads"})
+_INTERNAL = frozenset({"overwrite", "check_device", "torch_threads", "free_memory"})
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ def run_job(kind: str, source: str | Path, out: str | Path, client: Client, *,
     jk = job_kind(kind)
     with StoreLock(out):
         start = time.perf_counter()
+        if needs_free_memory(kind, out, options):
+            options = {**options, "free_memory": jk.module.workers_free_memory(client, options.get("device", "auto"))}
         job, state = jk.module.plan(source, out, **jk.plan_options(options))
         if state == "complete":
             log.info("%s is already complete with these parameters; nothing to do", out)
@@ -135,6 +138,19 @@ def run_job(kind: str, source: str | Path, out: str | Path, client: Client, *,
         with timed(out, "finalise"):
             runner.finalise(jk.spec, job)
     return job
+
+
+def needs_free_memory(kind: str, out: str | Path, options: dict[str, Any]) -> bool:
+    """True when the job's ``plan`` chooses a size from the workers' free GPU memory (the fusion's
+    ``tile="auto"`` on a new store): the driver then asks the workers before planning."""
+    wants = getattr(job_kind(kind).module, "needs_free_memory", None)
+    return bool(wants and wants(out, options))
+
+
+def local_free_memory(kind: str, device: str) -> list[float | None]:
+    """:func:`needs_free_memory` answered in this process (its GPU, or None): for ``cluster="auto"``,
+    whose workers run on this machine; a machine without a GPU then starts no cluster to ask."""
+    return [job_kind(kind).module.free_per_task([job_kind(kind).module.worker_free_share(device)])[0]]
 
 
 # -- the stages of one job from a source file, with or without Prefect --------------------------------
@@ -249,13 +265,26 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
     ingest_seconds += time.perf_counter() - start
     tiles_computed = 0
     with StoreLock(out):
-        planned = time.perf_counter()
-        job, state = calls.plan(kind, store, out, options)
-        if state != "complete":
-            begin_run(out, ingest=ingest_seconds, plan=time.perf_counter() - planned)
-            cluster = cluster_for(cluster, kind, job)
-            with connect(cluster) as client:
+        with contextlib.ExitStack() as connection:
+            client = None
+            if needs_free_memory(kind, out, options):  # the tile is chosen from the workers' GPUs
+                device = options.get("device", "auto")
+                if cluster != "auto" or local_free_memory(kind, device)[0] is not None:
+                    cluster = "local" if cluster == "auto" else cluster  # a GPU here: its workers share it
+                    client = connection.enter_context(connect(cluster))
+                    free = job_kind(kind).module.workers_free_memory(client, device)
+                else:
+                    free = [None]  # no GPU on this machine, where cluster "auto" runs: nothing to ask
+                options = {**options, "free_memory": free}
+            planned = time.perf_counter()
+            job, state = calls.plan(kind, store, out, options)
+            if state != "complete":
+                begin_run(out, ingest=ingest_seconds, plan=time.perf_counter() - planned)
+                if client is None:
+                    cluster = cluster_for(cluster, kind, job)
+                    client = connection.enter_context(connect(cluster))
                 job, tiles_computed = calls.compute(kind, job, client, progress)
+        if state != "complete":
             with timed(out, "finalise"):
                 calls.finalise(kind, job)
     result = job_kind(kind).spec.summary(job)
