@@ -196,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     _device_argument(p)
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
     p.add_argument("--overlap", type=int, default=32, help="overlap of tiles in pixels (default %(default)s)")
-    p.add_argument("--batch", type=int, default=8, help="tiles per forward pass (default %(default)s)")
+    p.add_argument("--batch", type=size_value, default=AUTO, metavar="auto|N",
+                   help="tiles per forward pass; auto (the default): on a GPU the most its free memory holds by "
+                        "the network's activation model (at most 64), on the CPU 8")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the network with torch.compile (CUDA graphs) on CUDA workers: faster batches "
+                        "after a first compiling one; a no-op on the CPU")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="arithmetic: bf16/fp16 run under autocast (default %(default)s)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CPU speed)")

@@ -160,9 +160,13 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
     _check_output(out, expected, overwrite)
 
 
-def check_restore_tiling(tile: int, overlap: int, batch: int, block: int | None) -> None:
-    """The restoration's tiling and batching options (also checked by :func:`emfuse.flows.jobs.restore.plan`)."""
-    if tile < 8 or overlap < 0 or 2 * overlap > tile or batch < 1 or (block is not None and block < 1):
+def check_restore_tiling(tile: int, overlap: int, batch: int | str, block: int | None) -> None:
+    """The restoration's tiling and batching options (also checked by :func:`emfuse.flows.jobs.restore.plan`);
+    ``batch`` may be ``"auto"``."""
+    if isinstance(batch, str) and batch != "auto":
+        raise InputError(f"batch must be a whole number or auto, got {batch!r}")
+    bad_batch = not isinstance(batch, str) and batch < 1
+    if tile < 8 or overlap < 0 or 2 * overlap > tile or bad_batch or (block is not None and block < 1):
         raise InputError(f"need tile >= 8, 0 <= overlap <= tile / 2, batch >= 1 and block >= 1; "
                          f"got tile {tile}, overlap {overlap}, batch {batch}, block {block}")
 
@@ -177,7 +181,9 @@ def check_restore(source: str | Path, out: str | Path, *, model: str | None, opt
                          "ingest a file with a movie or an image.")
     from emfuse.pipeline.restore import MODEL_FILES
 
-    expected = {k: v for k, v in options.items() if v is not None}
+    # "auto" batch: whatever the store was started with; compile: recorded only when asked
+    expected = {k: v for k, v in options.items()
+                if v is not None and not (k == "batch" and v == "auto") and not (k == "compile" and not v)}
     name = "default" if model is None else str(model)
     if name not in MODEL_FILES and name != "auto" and not name.startswith("r_em:"):
         path = Path(name).expanduser()

@@ -69,7 +69,7 @@ def restore_flow(
     cluster: str = "auto",
     tile: int = 256,
     overlap: int = 32,
-    batch: int = 8,
+    batch: int | str = "auto",
     precision: str = "fp32",
     channels_last: bool = False,
     register_drift: bool = False,
@@ -79,11 +79,15 @@ def restore_flow(
     report: bool = True,
     progress: bool = True,
     guard: bool = True,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Restore every frame of a movie (or an image) with a network; optionally measure the drift.
 
     ``register_drift`` is the job's ``register`` option (a flow parameter may not be
     called ``register``: pydantic, which validates them, has an attribute of that name).
+
+    ``batch`` ``"auto"``: the most tiles each GPU worker's free memory holds (8 on the CPU);
+    ``compile``: :func:`torch.compile` with CUDA graphs on CUDA workers (a no-op on the CPU).
 
     ``adapt`` > 0 fine-tunes the model on the movie itself for that many steps first
     (Noise2Noise, kept only when a held-out-frame check says it restores better).
@@ -96,7 +100,8 @@ def restore_flow(
     """
     options = restore_options(model=model, device=device, tile=tile, overlap=overlap, batch=batch,
                               precision=precision, channels_last=channels_last, register=register_drift,
-                              block=block, adapt=adapt, overwrite=overwrite, guard=guard, cluster=cluster)
+                              block=block, adapt=adapt, overwrite=overwrite, guard=guard, cluster=cluster,
+                              compile=compile)
     return run_job_stages("restore", source, out, options, cluster=cluster, report=report, progress=progress)
 
 
