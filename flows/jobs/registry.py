@@ -147,10 +147,25 @@ def needs_free_memory(kind: str, out: str | Path, options: dict[str, Any]) -> bo
     return bool(wants and wants(out, options))
 
 
-def local_free_memory(kind: str, device: str) -> list[float | None]:
-    """:func:`needs_free_memory` answered in this process (its GPU, or None): for ``cluster="auto"``,
-    whose workers run on this machine; a machine without a GPU then starts no cluster to ask."""
-    return [job_kind(kind).module.free_per_task([job_kind(kind).module.worker_free_share(device)])[0]]
+def _ask_free_memory(kind: str, out: str, options: dict[str, Any], cluster: Any,
+                     connection: contextlib.ExitStack) -> tuple[dict[str, Any], Any, Client | None]:
+    """(options, cluster, client): for a plan that chooses a size from the workers' GPUs, their free
+    memory in ``options["free_memory"]`` and the client connected to ask them, kept for the job.
+
+    ``cluster="auto"`` runs on this machine: without a GPU here nothing is started to ask (the job
+    then chooses its cluster by its size, as before); with one, the ``local`` cluster is started
+    and asked (its workers share this GPU).
+    """
+    if not needs_free_memory(kind, out, options):
+        return options, cluster, None
+    from emfuse.cluster import connect
+
+    module, device = job_kind(kind).module, options.get("device", "auto")
+    if cluster == "auto" and module.worker_free_share(device) is None:
+        return {**options, "free_memory": [None]}, cluster, None
+    cluster = "local" if cluster == "auto" else cluster
+    client = connection.enter_context(connect(cluster))
+    return {**options, "free_memory": module.workers_free_memory(client, device)}, cluster, client
 
 
 # -- the stages of one job from a source file, with or without Prefect --------------------------------
@@ -257,6 +272,8 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
     ``seconds``, ``cluster`` and ``figures`` (none with ``report=False``: a batch draws them on
     its workers). The wall time of each stage goes to the output's ``timing`` attribute, one
     record per run (``ingest_seconds``: an ingest the caller ran before, as a batch does).
+    A plan that chooses a size from the workers' free GPU memory (the fusion's ``tile="auto"`` on
+    a new store) connects to the cluster before planning, to ask them (:func:`_ask_free_memory`).
     """
     from emfuse.cluster import connect
 
@@ -265,17 +282,8 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
     ingest_seconds += time.perf_counter() - start
     tiles_computed = 0
     with StoreLock(out):
-        with contextlib.ExitStack() as connection:
-            client = None
-            if needs_free_memory(kind, out, options):  # the tile is chosen from the workers' GPUs
-                device = options.get("device", "auto")
-                if cluster != "auto" or local_free_memory(kind, device)[0] is not None:
-                    cluster = "local" if cluster == "auto" else cluster  # a GPU here: its workers share it
-                    client = connection.enter_context(connect(cluster))
-                    free = job_kind(kind).module.workers_free_memory(client, device)
-                else:
-                    free = [None]  # no GPU on this machine, where cluster "auto" runs: nothing to ask
-                options = {**options, "free_memory": free}
+        with contextlib.ExitStack() as connection:  # the cluster, connected before the plan if it asks it
+            options, cluster, client = _ask_free_memory(kind, out, options, cluster, connection)
             planned = time.perf_counter()
             job, state = calls.plan(kind, store, out, options)
             if state != "complete":

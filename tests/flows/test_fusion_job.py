@@ -222,3 +222,26 @@ def test_run_job_asks_the_workers_and_cpu_workers_keep_the_default_tile(tmp_path
     summary = fusion_job.summary(job)
     assert summary["tile"] == 512 and summary["tile_choice"]["rule"] == "no GPU worker: the CPU default"
     assert summary["tile_choice"]["free_bytes"] is None
+
+
+@pytest.mark.parametrize("cluster", ["auto", "local-threads"])
+def test_run_job_stages_plans_the_cpu_tile_without_a_gpu(tmp_path, dysco3_store, dysco3, cluster, monkeypatch):
+    """cluster auto on a machine without a GPU starts nothing before the plan (a one-tile job still
+    runs on threads); a named cluster is connected first and its workers asked."""
+    from emfuse.flows.jobs import registry
+
+    connected = []
+    real = registry._ask_free_memory
+
+    def spy(*args):
+        options, chosen, client = real(*args)
+        connected.append(client is not None)
+        return options, chosen, client
+
+    monkeypatch.setattr(registry, "_ask_free_memory", spy)
+    options = registry.fuse_options(params={**dysco3["params"], "n_iter": 3})
+    result = registry.run_job_stages("fuse", str(dysco3_store), str(tmp_path / "o.zarr"), options,
+                                     cluster=cluster, report=False, progress=False)
+    assert result["tile"] == 512 and result["tile_choice"]["free_bytes"] is None
+    assert connected == [cluster != "auto"]
+    assert result["cluster"] == ("local-threads" if cluster == "auto" else cluster)
