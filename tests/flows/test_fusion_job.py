@@ -245,3 +245,14 @@ def test_run_job_stages_plans_the_cpu_tile_without_a_gpu(tmp_path, dysco3_store,
     assert result["tile"] == 512 and result["tile_choice"]["free_bytes"] is None
     assert connected == [cluster != "auto"]
     assert result["cluster"] == ("local-threads" if cluster == "auto" else cluster)
+
+
+@pytest.mark.gpu
+def test_gpu_workers_report_their_share_of_the_free_memory(client, tmp_path, dysco3_store, dysco3):
+    """Two worker threads on one GPU: each may hold half its free memory; the plan's tile fits it."""
+    free = fusion_job.workers_free_memory(client, "auto")
+    total = runner.gpu_free_bytes()
+    assert len(free) == 2 and free[0] == pytest.approx(free[1], rel=0.05)
+    assert 0 < free[0] <= 0.55 * total
+    job, _ = fusion_job.plan(dysco3_store, tmp_path / "o.zarr", params=dysco3["params"], free_memory=free)
+    assert job.tile == 256  # 256 x 200 px need a few MB: one tile

@@ -96,3 +96,10 @@ def test_cuda_peak_fits_what_the_batch_rule_plans_for():
     peak = torch.cuda.max_memory_allocated() - base
     planned = n * side * side * memory.restore_bytes_per_pixel(cfg)
     assert peak <= planned / memory.SAFETY
+
+
+def test_the_rule_the_store_records_states_the_constants():
+    from emfuse.flows.jobs.restore import BATCH_RULE
+
+    assert f"at most {memory.MAX_BATCH}" in BATCH_RULE["rule"] and f"{memory.SAFETY} x" in BATCH_RULE["rule"]
+    assert f"{memory.DEFAULT_BATCH} on the CPU" in BATCH_RULE["rule"]
