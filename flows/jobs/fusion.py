@@ -74,7 +74,15 @@ from emfuse.stores.zarrio import (
 
 from .checks import listed_elements, no_elements_message, no_haadf_message, no_maps_message
 from .inputs import SATURATED, haadf_saturation
-from .runner import DeviceError, TiledJob, Unit, UnitOutput, check_device_option, gpu_free_bytes, worker_device
+from .runner import (
+    DeviceError,
+    TiledJob,
+    Unit,
+    UnitOutput,
+    check_device_option,
+    gpu_free_bytes,
+    worker_device,
+)
 
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
