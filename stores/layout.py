@@ -101,6 +101,7 @@ ATTR_INPUT_STORE = "input_store"  # the canonical store a job read (source_path 
 ATTR_NORMALISATION = "normalisation"  # the fusion's dataset-wide min-max ranges (emfuse.pipeline.fusion.Normalisation)
 ATTR_TIMING = "timing"  # list of runs: {"started", "host", "seconds": {stage: wall seconds}}; a resumed run adds one
 ATTR_MAPS_FROM = "maps_from"  # where fused maps came from: stored maps, or integrated from the spectrum (windows)
+ATTR_TILE_CHOICE = "tile_choice"  # how a fusion's --tile auto was chosen: tile, rule, free GPU bytes per task, model
 ATTR_DEVICES = "devices"  # list of str: where a job's units ran ("cpu", "cuda:0"); a resumed run may add one
 ATTR_IMAGE_KIND = "image_kind"  # what an image is ("haadf", or "image" when not known to be one: a lone TEM frame); a restored one also "movie"
 

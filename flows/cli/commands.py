@@ -82,10 +82,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     check_restore(args.source, args.out, model=args.model, overwrite=args.overwrite, options=dict(
         device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch, precision=args.precision,
         channels_last=args.channels_last, register=args.register, block=args.block, guard=not args.no_guard,
-        adapt_steps=args.adapt or None))
+        adapt_steps=args.adapt or None, compile=args.compile))
     kwargs = dict(model=args.model, device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch,
                   precision=args.precision, channels_last=args.channels_last, block=args.block,
-                  adapt=args.adapt, overwrite=args.overwrite, guard=not args.no_guard)
+                  adapt=args.adapt, overwrite=args.overwrite, guard=not args.no_guard, compile=args.compile)
     if use_prefect(args):
         from ..jobs.flows import restore_flow
 

@@ -50,6 +50,7 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"report:       {Path(result['figures'][0]).parent}")
     print("final costs:  " + ", ".join(f"{k} {v:.4g}" for k, v in result["final_cost"].items()))
     print_devices(result)
+    print_tile(result)
     print_warnings(result)
     if "lambda_chem" in result:
         print(f"lambdas:      chem {result['lambda_chem']:.4g}, tv {result['lambda_tv']:.4g}"
@@ -79,6 +80,18 @@ def print_devices(result: dict[str, Any]) -> None:
     """Where the tiles ran (the store's ``devices``), when the summary says."""
     if result.get("devices"):
         print(f"ran on:       {', '.join(result['devices'])}")
+
+
+def print_tile(result: dict[str, Any]) -> None:
+    """The fusion's tile, and for ``--tile auto`` the rule that chose it and the free GPU memory."""
+    if "tile" not in result:
+        return
+    choice = result.get("tile_choice") or {}
+    note = ""
+    if choice:  # a store planned with a number, or before --tile auto existed, has none
+        free = choice.get("free_bytes")
+        note = f" (auto: {choice.get('rule')}" + (f"; {free / 1e9:.1f} GB free per task" if free else "") + ")"
+    print(f"tile:         {result['tile']} px{note}")
 
 
 def print_warnings(result: dict[str, Any]) -> None:

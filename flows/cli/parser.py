@@ -45,6 +45,25 @@ def lambda_value(text: str) -> float | str:
     return value
 
 
+def size_value(text: str) -> int | str:
+    """A size on the command line (``--tile``, ``--batch``): an integer >= 1 or ``auto``.
+
+    Examples
+    --------
+    >>> size_value("Auto"), size_value("1024")
+    ('auto', 1024)
+    """
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a size must be >= 1 or auto, got {text!r}")
+    return value
+
+
 def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("fusion parameters (normalised units; see docs/methods/fusion.md)")
     p.add_argument("--elements", nargs="+", metavar="EL", help="elements to map and fuse, e.g. Sr Ti O")
@@ -67,7 +86,10 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--window", action="append", default=[], metavar="EL=LO:HI",
                    help="integration window in eV for an element, e.g. Fe=6250:6550 (repeatable)")
     run = parser.add_argument_group("execution")
-    run.add_argument("--tile", type=int, default=512, help="tile size in pixels (default %(default)s)")
+    run.add_argument("--tile", type=size_value, default=AUTO, metavar="auto|N",
+                     help="tile size in pixels; auto (the default): on GPU workers the largest tile their free "
+                          "memory holds by the solver's memory model (one tile when the image fits), on CPU "
+                          "workers 512; a store already started keeps its tile")
     run.add_argument("--halo", type=int, default=32, help="halo around each tile in pixels (default %(default)s)")
     _job_run_arguments(run)
 
@@ -174,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     _device_argument(p)
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
     p.add_argument("--overlap", type=int, default=32, help="overlap of tiles in pixels (default %(default)s)")
-    p.add_argument("--batch", type=int, default=8, help="tiles per forward pass (default %(default)s)")
+    p.add_argument("--batch", type=size_value, default=AUTO, metavar="auto|N",
+                   help="tiles per forward pass; auto (the default): on a GPU the most its free memory holds by "
+                        "the network's activation model (at most 64), on the CPU 8")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the network with torch.compile (CUDA graphs) on CUDA workers: faster batches "
+                        "after a first compiling one; a no-op on the CPU")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="arithmetic: bf16/fp16 run under autocast (default %(default)s)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CPU speed)")

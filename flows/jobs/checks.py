@@ -119,7 +119,7 @@ def _stored_elements(store: Path) -> list[str]:
 
 
 def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] | None,
-               params: Mapping[str, Any], tile: int, halo: int, windows: Mapping[str, Any] | None,
+               params: Mapping[str, Any], tile: int | str, halo: int, windows: Mapping[str, Any] | None,
                overwrite: bool = False) -> None:
     """What ``emfuse fuse`` can check in a moment: elements, input, tiling, output parameters.
 
@@ -129,8 +129,11 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
         naming the problem and the fix, as the job itself would.
     """
     wanted = list(periodic.validate_elements(elements)) if elements else None
-    if tile < 1 or halo < 0:
-        raise InputError(f"--tile must be >= 1 and --halo >= 0, got tile {tile}, halo {halo}")
+    auto_tile = isinstance(tile, str) and tile.strip().lower() == "auto"
+    if isinstance(tile, str) and not auto_tile:
+        raise InputError(f"--tile must be a whole number or auto, got {tile!r}")
+    if (not auto_tile and tile < 1) or halo < 0:
+        raise InputError(f"--tile must be >= 1 (or auto) and --halo >= 0, got tile {tile}, halo {halo}")
     attrs = _check_input(source)
     if attrs is not None:
         names = store_variables(source)
@@ -142,7 +145,10 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
         # elements named at ingest (ingest --elements) are the job's default, as in fusion_job.default_elements
         if SPECTRUM in names and MAPS not in names and not wanted and not attrs.get(ATTR_ELEMENTS):
             raise InputError(no_elements_message(listed_elements(attrs.get(ATTR_METADATA))))
-    expected: dict[str, Any] = {"tile": tile, "halo": halo, "windows": dict(windows) if windows else None}
+    # an "auto" tile is whatever the store was started with (its grid): not a difference
+    expected: dict[str, Any] = {"halo": halo, "windows": dict(windows) if windows else None}
+    if not auto_tile:
+        expected["tile"] = tile
     if wanted:
         expected["elements"] = wanted
     stored = (store_attrs(out) or {}).get(ATTR_PARAMS, {}) if Path(out).exists() else {}
@@ -154,9 +160,13 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
     _check_output(out, expected, overwrite)
 
 
-def check_restore_tiling(tile: int, overlap: int, batch: int, block: int | None) -> None:
-    """The restoration's tiling and batching options (also checked by :func:`emfuse.flows.jobs.restore.plan`)."""
-    if tile < 8 or overlap < 0 or 2 * overlap > tile or batch < 1 or (block is not None and block < 1):
+def check_restore_tiling(tile: int, overlap: int, batch: int | str, block: int | None) -> None:
+    """The restoration's tiling and batching options (also checked by :func:`emfuse.flows.jobs.restore.plan`);
+    ``batch`` may be ``"auto"``."""
+    if isinstance(batch, str) and batch != "auto":
+        raise InputError(f"batch must be a whole number or auto, got {batch!r}")
+    bad_batch = not isinstance(batch, str) and batch < 1
+    if tile < 8 or overlap < 0 or 2 * overlap > tile or bad_batch or (block is not None and block < 1):
         raise InputError(f"need tile >= 8, 0 <= overlap <= tile / 2, batch >= 1 and block >= 1; "
                          f"got tile {tile}, overlap {overlap}, batch {batch}, block {block}")
 
@@ -171,7 +181,9 @@ def check_restore(source: str | Path, out: str | Path, *, model: str | None, opt
                          "ingest a file with a movie or an image.")
     from emfuse.pipeline.restore import MODEL_FILES
 
-    expected = {k: v for k, v in options.items() if v is not None}
+    # "auto" batch: whatever the store was started with; compile: recorded only when asked
+    expected = {k: v for k, v in options.items()
+                if v is not None and not (k == "batch" and v == "auto") and not (k == "compile" and not v)}
     name = "default" if model is None else str(model)
     if name not in MODEL_FILES and name != "auto" and not name.startswith("r_em:"):
         path = Path(name).expanduser()

@@ -29,7 +29,7 @@ def fuse_flow(
     elements: list[str] | None = None,
     params: dict[str, Any] | None = None,
     cluster: str = "auto",
-    tile: int = 512,
+    tile: int | str = "auto",
     halo: int = 32,
     windows: dict[str, list[float]] | None = None,
     maps_from: str | None = None,
@@ -47,7 +47,8 @@ def fuse_flow(
     ``file``; default the spectrum image where there is one) says where the maps come
     from; ``signal`` chooses the spectrum image of a raw file that holds several.
     ``device`` (``auto``, ``cpu``, ``cuda``): where the tiles are fused; ``auto`` takes each
-    worker's GPU (CuPy) when it has one.
+    worker's GPU (CuPy) when it has one. ``tile`` ``"auto"``: the largest tile the GPU workers'
+    free memory holds (:func:`emfuse.pipeline.fusion.memory.choose_tile`), 512 on CPU workers.
 
     Returns a summary: the output store, the final costs, the lambdas used,
     the report's figures and, for synthetic data, the error of raw and fused
@@ -68,7 +69,7 @@ def restore_flow(
     cluster: str = "auto",
     tile: int = 256,
     overlap: int = 32,
-    batch: int = 8,
+    batch: int | str = "auto",
     precision: str = "fp32",
     channels_last: bool = False,
     register_drift: bool = False,
@@ -78,11 +79,15 @@ def restore_flow(
     report: bool = True,
     progress: bool = True,
     guard: bool = True,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Restore every frame of a movie (or an image) with a network; optionally measure the drift.
 
     ``register_drift`` is the job's ``register`` option (a flow parameter may not be
     called ``register``: pydantic, which validates them, has an attribute of that name).
+
+    ``batch`` ``"auto"``: the most tiles each GPU worker's free memory holds (8 on the CPU);
+    ``compile``: :func:`torch.compile` with CUDA graphs on CUDA workers (a no-op on the CPU).
 
     ``adapt`` > 0 fine-tunes the model on the movie itself for that many steps first
     (Noise2Noise, kept only when a held-out-frame check says it restores better).
@@ -95,7 +100,8 @@ def restore_flow(
     """
     options = restore_options(model=model, device=device, tile=tile, overlap=overlap, batch=batch,
                               precision=precision, channels_last=channels_last, register=register_drift,
-                              block=block, adapt=adapt, overwrite=overwrite, guard=guard, cluster=cluster)
+                              block=block, adapt=adapt, overwrite=overwrite, guard=guard, cluster=cluster,
+                              compile=compile)
     return run_job_stages("restore", source, out, options, cluster=cluster, report=report, progress=progress)
 
 

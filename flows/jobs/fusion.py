@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,15 @@ from emfuse.stores.zarrio import (
 
 from .checks import listed_elements, no_elements_message, no_haadf_message, no_maps_message
 from .inputs import SATURATED, haadf_saturation
-from .runner import DeviceError, TiledJob, Unit, UnitOutput, check_device_option, gpu_free_bytes
+from .runner import (
+    DeviceError,
+    TiledJob,
+    Unit,
+    UnitOutput,
+    check_device_option,
+    gpu_free_bytes,
+    worker_device,
+)
 
 if TYPE_CHECKING:  # distributed loads in a second: not for a command line that only checks its arguments
     from distributed import Client
@@ -82,6 +91,7 @@ log = logging.getLogger(__name__)
 JOB = "fuse"
 LAMBDAS = ("lambda_chem", "lambda_tv")  # the weights that may be "auto"
 CRITERION_FALLBACK = "defaults:no-noise-model"  # "auto" on non-count maps whose noise cannot be measured
+TILE_AUTO = "auto"  # tile: chosen from the workers' free GPU memory (memory.choose_tile)
 INPUT_WARNINGS = (SATURATED,)  # warnings of the input store that concern a fusion of it, copied to the output
 
 
@@ -94,7 +104,7 @@ class FusionJob:
     elements: tuple[str, ...]
     z: tuple[int, ...]
     params: FusionParams
-    tile: int = 512
+    tile: int = memory.DEFAULT_TILE
     halo: int = 32
     windows: dict[str, tuple[float, float]] | None = None
     auto: tuple[str, ...] = ()  # the lambdas chosen by the search ("lambda_chem", "lambda_tv")
@@ -340,12 +350,13 @@ def plan(
     *,
     elements: Sequence[str] | None = None,
     params: dict[str, Any] | None = None,
-    tile: int = 512,
+    tile: int | str = TILE_AUTO,
     halo: int = 32,
     windows: dict[str, tuple[float, float]] | None = None,
     maps_from: str | None = None,
     device: str = "auto",
     overwrite: bool = False,
+    free_memory: Sequence[float | None] | None = None,
 ) -> tuple[FusionJob, str]:
     """Define the job and create (or reopen) its output store.
 
@@ -362,6 +373,13 @@ def plan(
     has one; else its CPU), ``"cpu"`` or ``"cuda"``; the store's ``devices`` attribute says where
     they ran. The results agree to rounding, so the device is not part of ``params``.
 
+    ``tile`` ``"auto"`` (the default) is chosen from ``free_memory``, the free GPU memory of
+    one task of each worker (None for a CPU worker; :func:`workers_free_memory`), by
+    :func:`emfuse.pipeline.fusion.memory.choose_tile`: the CPU default without a GPU, else the
+    largest tile the memory model lets every GPU hold (one tile when the image fits). The
+    choice goes to the store's ``tile_choice`` attribute, the tile to ``params``; a store
+    already started keeps its tile (its grid and chunks), whatever the memory now.
+
     Returns the job and the output's state: ``"new"``, ``"resume"`` or ``"complete"``.
     """
     check_device_option(device)
@@ -377,13 +395,17 @@ def plan(
         raise FusionInputError(f"element listed twice in {list(names)}; name each element once.")
     z = tuple(int(v) for v in maps["z"].values)
     numeric, auto_names = _split_lambdas(params)
-    job = FusionJob(str(source), str(out), names, z, FusionParams(**numeric), tile, halo, windows,
+    fusion_params = FusionParams(**numeric)
+    tile, tile_choice = resolve_tile(tile, out, (ds.sizes["y"], ds.sizes["x"]), len(names), halo,
+                                     fusion_params, None if device == "cpu" else free_memory, overwrite)
+    job = FusionJob(str(source), str(out), names, z, fusion_params, tile, halo, windows,
                     auto=auto_names, resolved=not auto_names, maps_from=used_from, windows_used=used,
                     device=device)
     job = _stored_choice(job, overwrite)
     with on_disk_full(out), naming(source):
         state = prepare_output(out, _template(ds, maps, job), job.record(), source=source, overwrite=overwrite,
-                               attrs={layout.ATTR_MAPS_FROM: maps_record(ds, used_from, used)})
+                               attrs={layout.ATTR_MAPS_FROM: maps_record(ds, used_from, used),
+                                      **({layout.ATTR_TILE_CHOICE: tile_choice} if tile_choice else {})})
         if state != "complete":
             grid = tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), tile, halo)
             shape = (grid[-1].index[0] + 1, grid[-1].index[1] + 1)
@@ -391,9 +413,109 @@ def plan(
     return job, state
 
 
+def stored_tile(out: str | Path) -> int | None:
+    """The tile of an output store already started (its grid and chunks), None for no store."""
+    if not Path(out).exists():
+        return None
+    try:
+        tile = read_attrs(out).get(layout.ATTR_PARAMS, {}).get("tile")
+    except StoreError:
+        return None  # not a store: prepare_output names the problem
+    return int(tile) if tile is not None else None
+
+
+def resolve_tile(tile: int | str, out: str | Path, shape: tuple[int, int], n_elements: int, halo: int,
+                 params: FusionParams, free_memory: Sequence[float | None] | None,
+                 overwrite: bool = False) -> tuple[int, dict[str, Any] | None]:
+    """The job's tile and, when chosen now, the ``tile_choice`` record (None otherwise).
+
+    A number is used as it is; ``"auto"`` keeps the tile of a store already started (a resumed
+    or finished job must not re-cut its grid), else :func:`memory.choose_tile` picks it from
+    ``free_memory`` (None: no GPU asked about, the CPU default), with the model
+    :func:`check_window_fits` applies (``haadf_valid`` is always written before the tiles run).
+    """
+    if tile != TILE_AUTO:
+        return int(tile), None
+    started = None if overwrite else stored_tile(out)
+    if started is not None:
+        return started, None
+    choice = memory.choose_tile(list(free_memory or [None]), shape, n_elements, halo,
+                                momentum=bool(params.tv_momentum), masked=True)
+    log.info("tile %d px chosen (%s)", choice.tile, choice.rule)
+    return choice.tile, {**choice.record(), "halo": halo, "n_elements": n_elements}
+
+
+def needs_free_memory(out: str | Path, options: dict[str, Any]) -> bool:
+    """True when planning this job will choose its tile from the workers' GPUs (``tile`` auto on a
+    new store, a device that may be a GPU): the driver asks them first (:func:`workers_free_memory`)."""
+    if options.get("tile", TILE_AUTO) != TILE_AUTO or options.get("device", "auto") == "cpu":
+        return False
+    return bool(options.get("overwrite")) or stored_tile(out) is None
+
+
+def worker_free_share(device: str = "auto", dask_worker: Any = None) -> dict[str, Any] | None:
+    """On a worker (``client.run``, which passes ``dask_worker``): its GPU's free bytes, which GPU,
+    and how many tasks it runs at once; None when this worker fuses on its CPU."""
+    if worker_device(device, "xp") == "cpu":
+        return None
+    import socket
+
+    import cupy
+
+    threads = dask_worker.state.nthreads if dask_worker is not None else 1
+    return {"host": socket.gethostname(), "gpu": cupy.cuda.Device().pci_bus_id, "free": gpu_free_bytes(),
+            "threads": int(threads)}
+
+
+def free_per_task(reports: Sequence[dict[str, Any] | None]) -> list[float | None]:
+    """Each worker's share of its GPU: the free bytes over every task that may run on that GPU at
+    once (all threads of all workers on one host and GPU: they may each hold a tile).
+
+    Examples
+    --------
+    >>> gpu = {"host": "n1", "gpu": "0000:01:00.0", "free": 80e9, "threads": 1}
+    >>> free_per_task([gpu, {**gpu, "threads": 3}, None])
+    [20000000000.0, 20000000000.0, None]
+    """
+    tasks: Counter[tuple[str, str]] = Counter()
+    for r in reports:
+        if r is not None:
+            tasks[(r["host"], r["gpu"])] += r["threads"]
+    return [None if r is None else r["free"] / tasks[(r["host"], r["gpu"])] for r in reports]
+
+
+def workers_free_memory(client: Client, device: str = "auto") -> list[float | None]:
+    """Free GPU memory per task of every worker of ``client`` (None for CPU workers): the input of
+    ``plan(free_memory=...)`` for ``tile="auto"``."""
+    return free_per_task(list(client.run(worker_free_share, device).values()))
+
+
+#: Largest Zarr chunk side of a fusion store: a chunk of 8 maps of 2048^2 float32 is 128 MB, which
+#: a CPU worker reading the store (the report, the HAADF fit) holds at ease; a GPU tile may be larger
+MAX_CHUNK = 2048
+
+
+def chunk_side(tile: int, shape: tuple[int, int]) -> int:
+    """The store's chunk side for tiles of ``tile`` px: the tile itself up to :data:`MAX_CHUNK`, else
+    the largest divisor of the tile not above it (tile cores then start on chunk boundaries, so no
+    two tiles write one chunk); one tile covering the image has no neighbour to share a chunk with.
+
+    Examples
+    --------
+    >>> chunk_side(512, (4096, 4096)), chunk_side(12608, (30000, 30000)), chunk_side(9001, (9001, 9001))
+    (512, 1576, 2048)
+    """
+    if tile <= MAX_CHUNK:
+        return tile
+    if tile >= max(shape):
+        return MAX_CHUNK
+    divisor = max(d for d in range(1, MAX_CHUNK + 1) if tile % d == 0)
+    return divisor if divisor >= 64 else tile  # a tile with no usable divisor: its own chunk, as before
+
+
 def _template(ds: xr.Dataset, maps: xr.DataArray, job: FusionJob) -> xr.Dataset:
     ny, nx, n_el = ds.sizes["y"], ds.sizes["x"], len(job.elements)
-    t = job.tile
+    t = chunk_side(job.tile, (ny, nx))
     el_chunks, yx_chunks = (n_el, t, t), (t, t)
     variables = {
         layout.HAADF: (("y", "x"), empty_like((ny, nx), yx_chunks)),
@@ -451,7 +573,7 @@ def _write_haadf_valid(job: FusionJob, ds: xr.Dataset) -> None:
     valid, saturated = haadf_saturation(ds[layout.HAADF].transpose("y", "x").values)
     group = zarr.open_group(job.out, mode="r+", zarr_format=3)
     array = group.create_array(
-        layout.HAADF_VALID, shape=valid.shape, dtype=bool, chunks=(job.tile, job.tile),
+        layout.HAADF_VALID, shape=valid.shape, dtype=bool, chunks=(chunk_side(job.tile, valid.shape),) * 2,
         dimension_names=layout.DIMS[layout.HAADF_VALID], overwrite=True,
         attributes={"description": "False where the HAADF is saturated: those pixels are left out of the "
                                    "HAADF term"})
@@ -680,6 +802,9 @@ def summary(job: FusionJob) -> dict[str, Any]:
         info["lambda_choice"] = out.attrs[layout.ATTR_LAMBDA_CHOICE]
     info["convergence"] = list(out.attrs.get(layout.ATTR_CONVERGENCE, []))
     info["devices"] = list(out.attrs.get(layout.ATTR_DEVICES, []))
+    info["tile"] = job.tile
+    if layout.ATTR_TILE_CHOICE in out.attrs:
+        info["tile_choice"] = out.attrs[layout.ATTR_TILE_CHOICE]
     info["warnings"] = read_warnings(job.out)
     if layout.TRUE_MAPS in out:
         info["nrmse_raw"], info["nrmse_fused"] = {}, {}

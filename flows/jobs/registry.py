@@ -32,7 +32,6 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # plan() options that are not the user's to set in a catalog
-_INTERNAL = frozenset({"overwrite", "check_device", "torch_threads"})
+_INTERNAL = frozenset({"overwrite", "check_device", "torch_threads", "free_memory"})
 
 
 @dataclass(frozen=True)
@@ -123,32 +122,88 @@ def run_job(kind: str, source: str | Path, out: str | Path, client: Client, *,
     A store that is complete with the same parameters is left as it is; an unfinished one
     resumes. The output store is locked while the job runs.
     """
-    job, state, _ = locked_stages(kind, str(source), str(out), options, DIRECT_STAGES,
-                                  lambda job: contextlib.nullcontext(client), progress=progress)
+    with JobClient(client=client) as connection:
+        job, state, _ = locked_stages(kind, str(source), str(out), options, DIRECT_STAGES, connection,
+                                      progress=progress)
     if state == "complete":
         log.info("%s is already complete with these parameters; nothing to do", out)
     return job
 
 
+def needs_free_memory(kind: str, out: str | Path, options: dict[str, Any]) -> bool:
+    """True when the job's ``plan`` chooses a size from the workers' free GPU memory (the fusion's
+    ``tile="auto"`` on a new store): the driver then asks the workers before planning."""
+    wants = getattr(job_kind(kind).module, "needs_free_memory", None)
+    return bool(wants and wants(out, options))
+
+
+class JobClient:
+    """The Dask client of one job: given (``client``), or connected once, when first needed, to
+    ``cluster`` (anything :func:`emfuse.cluster.connect` takes, or ``"auto"``); closed on exit.
+
+    A plan that sizes its units from the workers' free GPU memory (:func:`needs_free_memory`)
+    connects before planning, to ask them (:meth:`free_memory`); otherwise the client is
+    connected after the plan, to the cluster :func:`cluster_for` picks for the planned job.
+    ``cluster`` is then the one connected to.
+    """
+
+    def __init__(self, cluster: Any = "auto", client: Client | None = None):
+        self.cluster, self.client = cluster, client
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> JobClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    def _connect(self, cluster: Any) -> Client:
+        from emfuse.cluster import connect
+
+        self.cluster = cluster
+        self.client = self._stack.enter_context(connect(cluster))
+        return self.client
+
+    def free_memory(self, kind: str, device: str) -> list[Any]:
+        """Each worker's free GPU memory for the job's plan (``None`` for a worker without one).
+
+        ``cluster="auto"`` runs on this machine: without a GPU here nothing is started to ask (the
+        job then chooses its cluster by its size, as before); with one, the ``local`` cluster is
+        started and asked (its workers share this GPU) and kept for the job.
+        """
+        module = job_kind(kind).module
+        if self.client is None:
+            if self.cluster == "auto" and module.worker_free_share(device) is None:
+                return [None]
+            self._connect("local" if self.cluster == "auto" else self.cluster)
+        return module.workers_free_memory(self.client, device)
+
+    def for_job(self, kind: str, job: Any) -> Client:
+        """The client to compute ``job`` on (connected now unless it was before the plan)."""
+        return self.client if self.client is not None else self._connect(cluster_for(self.cluster, kind, job))
+
+
 def locked_stages(kind: str, store: str, out: str, options: dict[str, Any], calls: StageCalls,
-                  client_for: Callable[[Any], AbstractContextManager[Client]], *, progress: bool = True,
+                  connection: JobClient, *, progress: bool = True,
                   ingest_seconds: float | None = None) -> tuple[Any, str, int]:
     """Plan, compute and finalise one job with the output store locked; returns (job, state, units computed).
 
     A store already complete with these parameters is left as it is (state ``"complete"``,
     nothing computed). Otherwise the run's record is begun (``timing``: the ``ingest`` seconds
-    when given, and the plan's), the units computed on the client of ``client_for(job)`` (a
-    context manager) and the store finalised, each stage through ``calls``.
+    when given, and the plan's), the units computed on ``connection``'s client and the store
+    finalised, each stage through ``calls``. A plan that sizes its units from the workers' free
+    GPU memory gets it as ``options["free_memory"]``.
     """
     with StoreLock(out):
+        if needs_free_memory(kind, out, options):
+            options = {**options, "free_memory": connection.free_memory(kind, options.get("device", "auto"))}
         planned = time.perf_counter()
         job, state = calls.plan(kind, store, out, options)
         if state == "complete":
             return job, state, 0
         ingest = {} if ingest_seconds is None else {"ingest": ingest_seconds}
         begin_run(out, **ingest, plan=time.perf_counter() - planned)
-        with client_for(job) as client:
-            job, computed = calls.compute(kind, job, client, progress)
+        job, computed = calls.compute(kind, job, connection.for_job(kind, job), progress)
         with timed(out, "finalise"):
             calls.finalise(kind, job)
     return job, state, computed
@@ -258,21 +313,16 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
     ``seconds``, ``cluster`` and ``figures`` (none with ``report=False``: a batch draws them on
     its workers). The wall time of each stage goes to the output's ``timing`` attribute, one
     record per run (``ingest_seconds``: an ingest the caller ran before, as a batch does).
+    A plan that chooses a size from the workers' free GPU memory (the fusion's ``tile="auto"`` on
+    a new store) connects to the cluster before planning, to ask them (:class:`JobClient`).
     """
-    from emfuse.cluster import connect
-
     start = time.perf_counter()
     store = calls.ingest(source, workdir or str(Path(out).resolve().parent), elements, signal=signal)
     ingest_seconds += time.perf_counter() - start
-    chosen: dict[str, Any] = {}  # the cluster client_for picked, for the summary
-
-    def client_for(job: Any) -> AbstractContextManager[Client]:
-        chosen["cluster"] = cluster_for(cluster, kind, job)
-        return connect(chosen["cluster"])
-
-    job, state, tiles_computed = locked_stages(kind, store, out, options, calls, client_for, progress=progress,
-                                               ingest_seconds=ingest_seconds)
-    cluster = chosen.get("cluster", cluster)
+    with JobClient(cluster) as connection:
+        job, state, tiles_computed = locked_stages(kind, store, out, options, calls, connection,
+                                                   progress=progress, ingest_seconds=ingest_seconds)
+        cluster = connection.cluster
     result = job_kind(kind).spec.summary(job)
     result.update(input_store=store, tiles_computed=tiles_computed, state=state, cluster=str(cluster))
     result["figures"] = (existing_figures(job.out, state) or calls.report(job.out)) if report else []

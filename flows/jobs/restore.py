@@ -99,6 +99,8 @@ NORMALISATION = {"method": "per-frame standardisation",
                                 "before the network; the result is returned in the input's units"}
 ATTR_VALUE_RANGE = "value_range"  # [low, high] (None: unbounded) the restored values are clipped to
 ATTR_MODEL_CHOICE = "model_choice"  # how --model was resolved: {"asked", "model", "modality", "resolution", "reason", ...}
+ATTR_BATCH_CHOICE = "batch_choice"  # --batch auto: the rule each worker applies (emfuse.pipeline.restore.memory)
+BATCH_AUTO = "auto"  # batch: the most tiles the worker's free GPU memory holds, the default on the CPU
 ATTR_ADAPTATION = "adaptation"  # --adapt: {"steps", "frames_used", "holdout_frames", "score_before", "score_after", "used", "reason", ...}
 ADAPTED_MODEL_SUFFIX = ".adapted.safetensors"  # the adapted network, beside the store: out.zarr -> out.adapted.safetensors
 ADAPT_MAX_FRAMES = 16  # --adapt learns from (and checks on) at most the first so many frames with signal
@@ -121,7 +123,7 @@ class RestoreJob:
     device: str = "auto"  # "auto": the worker's GPU when it has one; "cpu"; "cuda"
     tile: int = 256
     overlap: int = 32
-    batch: int = 8
+    batch: int | str = BATCH_AUTO  # tiles per forward pass, or "auto" (worker_batch)
     precision: str = "fp32"
     channels_last: bool = False
     register: bool = False
@@ -130,6 +132,7 @@ class RestoreJob:
     value_range: tuple[float | None, float | None] = (None, None)  # the input's physical range (clipping)
     guard: bool = True  # check each frame's residual and fall back where the network removed signal
     adapt_steps: int = 0  # Noise2Noise fine-tuning steps on the movie itself before restoring (0: off)
+    compile: bool = False  # torch.compile (CUDA graphs) of the network on CUDA workers; a no-op on the CPU
 
     def record(self) -> dict[str, Any]:
         """The parameters written to (and compared with) the output store."""
@@ -140,6 +143,8 @@ class RestoreJob:
             record["model_sha256"] = self.model_sha256
         if self.adapt_steps:  # only when asked: stores written before --adapt existed still match
             record["adapt_steps"] = self.adapt_steps
+        if self.compile:  # likewise: only when asked
+            record["compile"] = True
         return record
 
     @property
@@ -254,7 +259,7 @@ def plan(
     device: str = "auto",
     tile: int = 256,
     overlap: int = 32,
-    batch: int = 8,
+    batch: int | str = BATCH_AUTO,
     precision: str = "fp32",
     channels_last: bool = False,
     register: bool = False,
@@ -263,6 +268,7 @@ def plan(
     overwrite: bool = False,
     check_device: bool = True,
     guard: bool = True,
+    compile: bool = False,
 ) -> tuple[RestoreJob, str]:
     """Define the job and create (or reopen) its output store.
 
@@ -270,8 +276,11 @@ def plan(
     frames are restored (:func:`adapt`; a movie of at least :data:`MIN_ADAPT_FRAMES` frames).
     ``check_device=False`` leaves the device check to the workers (a scheduler on a
     machine without the workers' GPU). ``guard=False`` keeps every network output as it is
-    (:mod:`emfuse.pipeline.restore.guard` is not run). Returns the job and the output's state:
-    ``"new"``, ``"resume"`` or ``"complete"``.
+    (:mod:`emfuse.pipeline.restore.guard` is not run). ``batch="auto"`` (the default) lets each
+    worker take the most tiles its free GPU memory holds (:func:`worker_batch`; 8 on the CPU); a
+    store already started keeps the batch it was started with. ``compile`` runs the network
+    through :func:`torch.compile` with CUDA graphs on CUDA workers (a no-op, with a note, on the
+    CPU). Returns the job and the output's state: ``"new"``, ``"resume"`` or ``"complete"``.
     """
     ds = open_dataset(source)
     variable = _input_variable(ds, source)
@@ -287,6 +296,8 @@ def plan(
         check_restore_tiling(tile, overlap, batch, block)
     except ValueError as exc:
         raise RestoreInputError(str(exc)) from None
+    if batch == BATCH_AUTO and not overwrite:
+        batch = _stored_param(out, "batch", batch)  # a store started with a number keeps it
     device = _device_name(device)
     if check_device and device != "auto":
         _check_device(device)
@@ -304,12 +315,13 @@ def plan(
     limits = value_range(data.dtype, negative <= NEGATIVE_TOLERANCE) if first else _stored_range(out)
     job = RestoreJob(str(source), str(out), name, variable, int(n_frames), device, tile, overlap, batch,
                      precision, channels_last, register, block or default_block(n_frames, ny, nx), sha,
-                     limits, guard, int(adapt))
+                     limits, guard, int(adapt), bool(compile))
     with on_disk_full(out):
         state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite,
                                attrs={layout.ATTR_IMAGE_KIND: kind, ATTR_VALUE_RANGE: list(limits),
                                       layout.ATTR_NORMALISATION: NORMALISATION,
-                                      ATTR_MODEL_CHOICE: {**choice.record(), "model": name}})
+                                      ATTR_MODEL_CHOICE: {**choice.record(), "model": name},
+                                      **({ATTR_BATCH_CHOICE: BATCH_RULE} if batch == BATCH_AUTO else {})})
         if state == "new":
             _note_model_choice(out, choice, name)
         if state != "complete":
@@ -437,6 +449,23 @@ def _template(ds: xr.Dataset, data: xr.DataArray, job: RestoreJob) -> xr.Dataset
     return template
 
 
+def _stored_param(out: str | Path, name: str, default: Any) -> Any:
+    """Parameter ``name`` of an output store already started, else ``default``."""
+    if not Path(out).exists():
+        return default
+    try:
+        return read_attrs(out).get(layout.ATTR_PARAMS, {}).get(name, default)
+    except Exception:  # not a store: prepare_output names the problem
+        return default
+
+
+#: the store's ``batch_choice`` for ``--batch auto``: each worker applies it to its own device
+BATCH_RULE = {"asked": BATCH_AUTO, "rule": "each worker, once per job: the largest batch (at most 64) with "
+              "batch x tile^2 x bytes_per_pixel + 2 x weights <= 0.8 x its free GPU memory per task, "
+              "bytes_per_pixel from the CGRDN's activations (emfuse.pipeline.restore.memory); 8 on the "
+              "CPU and for networks without a memory model"}
+
+
 # -- worker side ------------------------------------------------------------------------------
 
 
@@ -467,6 +496,59 @@ def worker_model(job: RestoreJob, device: str) -> Any:
     return worker_cached(("restore", job.model, job.model_sha256, device, job.channels_last), load)
 
 
+def _tasks_on_this_worker() -> int:
+    """Tasks this worker runs at once (its threads; 1 outside a worker): they share its GPU."""
+    try:
+        from distributed import get_worker
+
+        return max(1, get_worker().state.nthreads)
+    except (ImportError, ValueError):  # not in a worker
+        return 1
+
+
+def worker_batch(job: RestoreJob, model: Any, device: str) -> int:
+    """The job's batch on this worker: the number given, or for ``"auto"`` the most tiles its free
+    GPU memory (shared by the worker's tasks) holds by :func:`emfuse.pipeline.restore.memory.choose_batch`,
+    :data:`~emfuse.pipeline.restore.memory.DEFAULT_BATCH` on the CPU.
+
+    Chosen once per worker and job, then kept (:func:`~emfuse.flows.jobs.runner.worker_cached`):
+    the free memory changes as blocks run, and a compiled network's CUDA graphs serve one batch
+    shape only.
+
+    Examples
+    --------
+    >>> worker_batch(replace(job, batch=4), model, "cpu")  # doctest: +SKIP
+    4
+    """
+    if job.batch != BATCH_AUTO:
+        return int(job.batch)
+
+    def choose() -> int:
+        from emfuse.pipeline.restore import memory
+
+        free = None
+        if device.startswith("cuda"):
+            free = memory.cuda_free_bytes(device) / _tasks_on_this_worker()
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        choice = memory.choose_batch(free, job.tile, getattr(model, "cfg", None), weight_bytes=weights,
+                                     itemsize=2 if job.precision in ("bf16", "fp16") else 4)
+        log.info("batch %d on %s (%s)", choice.batch, device, choice.rule)
+        return choice.batch
+
+    return worker_cached(("restore-batch", job.out, job.model, job.tile, job.precision, device), choose)
+
+
+def worker_network(job: RestoreJob, model: Any, device: str) -> Any:
+    """With ``compile``: the network :func:`~emfuse.pipeline.restore.inference.restore` runs per batch,
+    compiled once per worker (:func:`~emfuse.pipeline.restore.inference.compile_network`); else None."""
+    if not job.compile:
+        return None
+    from emfuse.pipeline.restore.inference import compile_network, tile_network
+
+    key = ("restore-compiled", job.model, job.model_sha256, device, job.channels_last)
+    return worker_cached(key, lambda: compile_network(tile_network(model, "image"), device))
+
+
 def read_frames(job: RestoreJob, frames: slice) -> np.ndarray:
     """Frames ``frames`` of the input, (frame, y, x) float32 (an image is frame 0)."""
     array = zarr.open_array(str(Path(job.source) / job.variable), mode="r", zarr_format=3)
@@ -485,8 +567,10 @@ def restore_frames(job: RestoreJob, frames: slice, data: np.ndarray, device: str
             f"{job.source}: frame(s) {(bad + frames.start).tolist()[:10]} of the {job.variable} contain "
             "NaN or Inf values; mask or interpolate the bad pixels first."
         )
-    restored = restore(data, worker_model(job, device), tile=job.tile, overlap=job.overlap, batch=job.batch,
-                       device=device, dtype=PRECISIONS[job.precision], channels_last=job.channels_last)
+    model = worker_model(job, device)
+    restored = restore(data, model, tile=job.tile, overlap=job.overlap, batch=worker_batch(job, model, device),
+                       device=device, dtype=PRECISIONS[job.precision], channels_last=job.channels_last,
+                       network=worker_network(job, model, device))
     flat = flat_frames(data)  # zero dose (see _check_dose): nothing to restore, kept as they are
     restored[flat] = data[flat]
     checked = guard_frames(data, restored, flat) if job.guard else _unchecked(len(data))
@@ -672,8 +756,10 @@ def adapt_in_store(job: RestoreJob) -> dict[str, Any]:
                 "score_before": None, "score_after": None,
                 "reason": f"only {usable.size} of the first {len(data)} frames have signal (need {MIN_ADAPT_FRAMES})"}
     device = worker_device(job.device, "torch")
-    result = adapt_model(worker_model(job, device), data[usable], steps=job.adapt_steps, device=device,
-                         restore_kwargs=dict(tile=job.tile, overlap=job.overlap, batch=job.batch))
+    model = worker_model(job, device)
+    result = adapt_model(model, data[usable], steps=job.adapt_steps, device=device,
+                         restore_kwargs=dict(tile=job.tile, overlap=job.overlap,
+                                             batch=worker_batch(job, model, device)))
     record.update(result.record())
     record.update(frames_used=usable.tolist(), train_frames=usable[result.frames_train].tolist(),
                   holdout_frames=usable[result.frames_holdout].tolist())
@@ -777,6 +863,7 @@ def summary(job: RestoreJob) -> dict[str, Any]:
     out = open_dataset(job.out)
     info: dict[str, Any] = {"store": job.out, "frames": job.n_frames, "shape": list(out[layout.RESTORED].shape),
                             "model": job.model, "device": job.device, "precision": job.precision,
+                            "batch": job.batch, "compile": job.compile,
                             "devices": list(out.attrs.get(layout.ATTR_DEVICES, []))}
     if layout.DRIFT in out:
         drift = out[layout.DRIFT].values

@@ -41,6 +41,12 @@ measured time per iteration gives the achieved bandwidth (``benchmarks/fusion_gp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from emfuse.errors import EmfuseError
+
 #: Pixels per block of the CUDA kernels (``kernels_cuda.THREADS`` on a device).
 BLOCK_PIXELS = 256
 
@@ -184,3 +190,91 @@ def largest_tile(free_bytes: float, n_elements: int, halo: int, safety: float | 
     while side > 0 and (side + 2 * halo) ** 2 * per_pixel > safety * free_bytes:
         side -= 1  # guard against rounding of the square root
     return max(side // multiple * multiple, 0)
+
+
+#: The tile side when the tile is not chosen from a GPU's memory (CPU workers, ``--device cpu``):
+#: the long-standing default, so that CPU results do not change with ``--tile auto``.
+DEFAULT_TILE = 512
+
+
+class TileMemoryError(EmfuseError, ValueError):
+    """Not even the smallest tile fits the GPU's free memory (the message names ``--device cpu``)."""
+
+
+@dataclass(frozen=True)
+class TileChoice:
+    """A tile side chosen by :func:`choose_tile` and why (recorded in the output store).
+
+    ``free_bytes`` is the smallest free memory of one task's share of a GPU (None: no GPU
+    worker); ``rule`` says which rule gave ``tile`` in words.
+    """
+
+    tile: int
+    rule: str
+    free_bytes: float | None = None
+    bytes_per_pixel: float | None = None
+    safety: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The choice as the store's ``tile_choice`` attribute (JSON types)."""
+        return {"asked": "auto", **asdict(self)}
+
+
+def choose_tile(free_bytes_per_worker: Sequence[float | None], image_shape: Sequence[int], n_elements: int,
+                halo: int, *, default: int = DEFAULT_TILE, safety: float | None = None, multiple: int = 64,
+                **model: bool | int) -> TileChoice:
+    """The fusion tile for ``--tile auto``, from the free GPU memory of the workers that will fuse.
+
+    Rules, in order:
+
+    1. no GPU worker (every entry None, or none given): ``default``, as on the CPU before;
+    2. the whole image fits in ``safety x min(free)``: one tile of ``max(image_shape)`` covers
+       it (no needless tiling, no halo to recompute);
+    3. else :func:`largest_tile` of ``min(free)`` (a multiple of ``multiple``), which every
+       tile's window then fits by the same model as ``check_window_fits``;
+    4. not even a ``multiple``-pixel tile fits: :class:`TileMemoryError` naming ``--device cpu``.
+
+    Parameters
+    ----------
+    free_bytes_per_worker
+        Free GPU memory available to one task of each worker, bytes (a GPU's free memory divided
+        by the tasks that may share it); None for a worker that fuses on its CPU.
+    image_shape
+        (height, width) of the image to be tiled.
+    n_elements, halo, safety, multiple, **model
+        As for :func:`largest_tile` (``model``: ``momentum``, ``masked``, ...).
+    default
+        The tile without a GPU.
+
+    Returns
+    -------
+    TileChoice
+
+    Examples
+    --------
+    >>> choose_tile([None], (4096, 4096), 4, 32).tile
+    512
+    >>> choose_tile([80e9, 16e9], (4096, 4096), 4, 32).tile  # 4096^2 x 200 B fits 0.8 x 16 GB
+    4096
+    >>> choose_tile([1e9], (4096, 4096), 4, 32, masked=True).tile
+    1856
+    """
+    gpus = [float(f) for f in free_bytes_per_worker if f is not None]
+    if not gpus:
+        return TileChoice(default, "no GPU worker: the CPU default")
+    free = min(gpus)
+    safety = SAFETY if safety is None else safety
+    per_pixel = fusion_bytes_per_pixel(n_elements, **model)
+    ny, nx = (int(s) for s in image_shape)
+    known = dict(free_bytes=free, bytes_per_pixel=per_pixel, safety=safety)
+    if ny * nx * per_pixel <= safety * free:  # a tile as large as the image has no halo beyond it
+        return TileChoice(max(ny, nx), "the whole image fits: one tile", **known)
+    tile = largest_tile(free, n_elements, halo, safety, multiple=multiple, **model)
+    if tile == 0:
+        need = (multiple + 2 * halo) ** 2 * per_pixel
+        raise TileMemoryError(
+            f"a GPU worker has {free / 1e9:.3g} GB free, less than the {need / 1e9:.3g} GB a {multiple} px tile "
+            f"with a {halo} px halo of {n_elements} element(s) needs ({safety:.0%} planned for); free the GPU, "
+            "or rerun with --device cpu.")
+    return TileChoice(tile, "largest tile that fits: (tile + 2 halo)^2 x bytes_per_pixel <= safety x free",
+                      **known)

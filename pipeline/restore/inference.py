@@ -53,7 +53,7 @@ from emfuse.errors import InputError, NotAvailableHere
 
 from ..tiles import BlendGrid
 
-__all__ = ["min_image_size", "resolve_device", "resolve_dtype", "restore"]
+__all__ = ["compile_network", "min_image_size", "resolve_device", "resolve_dtype", "restore", "tile_network"]
 
 #: Pixels a side the network needs after its down-sampling: below this its 3 x 3 convolutions
 #: and the reflecting pad see more padding than image, and the output means nothing.
@@ -166,6 +166,39 @@ def _pad_to_multiple(stack: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(stack, ((0, 0), (0, ph), (0, pw)), mode=mode)
 
 
+def tile_network(model: torch.nn.Module, stats: str = "image") -> Callable[[torch.Tensor], torch.Tensor]:
+    """What :func:`restore` runs on each batch of tiles: the residual network (``core``) of a network
+    that standardises each image when ``stats="image"``, else the whole network."""
+    return model.core if stats == "image" and _standardises(model) else model
+
+
+def compile_network(net: Callable[[torch.Tensor], torch.Tensor], device: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``net`` compiled for the device: :func:`torch.compile` with ``mode="reduce-overhead"`` on CUDA.
+
+    That mode records the network's kernels as CUDA graphs, replayed for each batch without
+    launching every kernel from Python; a graph is reused only for the shapes it was recorded
+    with, so :func:`restore` given a compiled network pads the last batch to the full batch
+    (every batch of a job then has one shape). The first call of each shape compiles (seconds
+    to a minute); the compiled network is kept per worker (the restore job caches it with
+    :func:`emfuse.flows.jobs.runner.worker_cached`). On the CPU ``net`` is returned as it is,
+    with a note: the CGRDN's CPU path already runs fused oneDNN kernels in preallocated
+    buffers, which the compiler cannot improve on.
+
+    Examples
+    --------
+    >>> net = torch.nn.Identity()
+    >>> compile_network(net, "cpu") is net  # doctest: +ELLIPSIS
+    note: ...
+    True
+    """
+    if torch.device(device).type != "cuda":
+        # said once per compile: a job's worker compiles once and keeps the result
+        print("note: --compile applies to CUDA devices only (torch.compile with CUDA graphs); "
+              "on the CPU the network runs as it is")
+        return net
+    return torch.compile(net, mode="reduce-overhead", dynamic=False)
+
+
 # -- the batched, blended run ---------------------------------------------------------------
 
 
@@ -185,17 +218,23 @@ def _run_tiles(
     device: torch.device,
     autocast: torch.dtype | None,
     channels_last: bool,
+    fixed_batch: bool = False,
 ) -> np.ndarray:
-    """Blend ``net``'s outputs over every tile of every frame of ``stack`` (F, H, W)."""
+    """Blend ``net``'s outputs over every tile of every frame of ``stack`` (F, H, W).
+
+    ``fixed_batch``: every forward pass gets ``batch`` tiles, the last one padded with zeros
+    (whose outputs are dropped), so that a network compiled for one shape is reused.
+    """
     out = np.zeros(stack.shape, dtype=np.float32)
-    buf = np.empty((batch, 1, *grid.shape), dtype=np.float32)
+    batch = min(batch, stack.shape[0] * len(grid))  # a larger buffer would only hold padding
+    buf = np.zeros((batch, 1, *grid.shape), dtype=np.float32)
     cast = (torch.autocast(device.type, dtype=autocast) if autocast is not None
             else contextlib.nullcontext())
     with torch.inference_mode(), cast:
         for group in _batches(stack.shape[0], len(grid), batch):
             for i, (f, k) in enumerate(group):
                 buf[i, 0] = stack[(f, *grid.region(k))]
-            x = torch.from_numpy(buf[:len(group)]).to(device, non_blocking=True)
+            x = torch.from_numpy(buf if fixed_batch else buf[:len(group)]).to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = net(x).float().cpu().numpy()
@@ -215,6 +254,8 @@ def restore(
     dtype: Any = None,
     channels_last: bool = False,
     stats: Literal["image", "tile"] = "image",
+    compile: bool = False,
+    network: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Restore an image ``(y, x)`` or a stack ``(frame, y, x)`` of any size with ``model``.
 
@@ -241,6 +282,12 @@ def restore(
     stats
         ``"image"``: networks with per-image standardisation use each frame's statistics
         for all its tiles; ``"tile"``: each tile is standardised alone (see module notes).
+    compile
+        Run the tiles through :func:`compile_network` (CUDA graphs on a CUDA device; on the CPU
+        a no-op with a note), every batch padded to ``batch`` tiles so one graph serves them all.
+    network
+        The network already compiled (e.g. kept by a worker): ``compile_network(tile_network(model,
+        stats), device)``; implies ``compile``.
 
     Returns
     -------
@@ -276,13 +323,14 @@ def restore(
     if shared_stats:
         mean, std = _frame_stats(stack, float(getattr(model.standardise, "floor", 0.0)))
         stack = ((stack - mean) / std).astype(np.float32)
-        net = model.core
-    else:
-        net = model
+    compiled = compile or network is not None
+    net = network if network is not None else tile_network(model, stats)
+    if compile and network is None:
+        net = compile_network(net, dev)
     padded = _pad_to_multiple(stack, multiple)
     grid = BlendGrid.make(padded.shape[1:], tile, overlap, multiple)
     out = _run_tiles(net, padded, grid, batch=batch, device=dev, autocast=autocast,
-                     channels_last=channels_last)[:, :h, :w]
+                     channels_last=channels_last, fixed_batch=compiled and dev.type == "cuda")[:, :h, :w]
     if shared_stats:
         out = (std * (out + stack) + mean).astype(np.float32)
     return out if array.ndim == 3 else out[0]

@@ -110,3 +110,32 @@ def test_early_checks_follow_the_elements_of_the_ingest(shared_data, tmp_path):
         check_fuse(plain, tmp_path / "o1.zarr", elements=None, params={}, tile=64, halo=8, windows=None)
     chosen = ingest_file(bcf, tmp_path / "chosen.zarr", elements=["Cu", "Ti"])
     check_fuse(chosen, tmp_path / "o2.zarr", elements=None, params={}, tile=64, halo=8, windows=None)
+
+
+def test_tile_auto_is_the_fuse_default_and_sizes_parse():
+    from emfuse.flows.cli.parser import size_value
+
+    args = build_parser().parse_args(["fuse", "in.zarr", "--out", "o.zarr"])
+    assert args.tile == "auto"
+    assert build_parser().parse_args(["fuse", "in.zarr", "--out", "o.zarr", "--tile", "256"]).tile == 256
+    assert size_value("AUTO") == "auto"
+    for bad in ("0", "big", "1.5"):
+        with pytest.raises(Exception, match="auto"):
+            size_value(bad)
+
+
+def test_tile_auto_matches_a_store_started_with_any_tile(tmp_path):
+    """--tile auto reruns a store with the tile it was started with: the check does not call it a
+    difference; an explicit other tile still is one."""
+    from emfuse.flows.jobs.checks import check_fuse
+    from emfuse.stores.errors import StoreError
+
+    ds = xr.Dataset({"haadf": (("y", "x"), np.ones((8, 8))), "maps": (("element", "y", "x"), np.ones((1, 8, 8)))},
+                    coords={"element": ["O"]})
+    ds.to_zarr(tmp_path / "in.zarr", zarr_format=3, consolidated=False)
+    out = tmp_path / "o.zarr"
+    zarr.open_group(str(out), mode="w", zarr_format=3).attrs.update(
+        {"params": {"tile": 128, "halo": 2, "windows": None}, "emfuse_version": emfuse_version()})
+    check_fuse(tmp_path / "in.zarr", out, elements=None, params={}, tile="auto", halo=2, windows=None)
+    with pytest.raises(StoreError, match="tile"):
+        check_fuse(tmp_path / "in.zarr", out, elements=None, params={}, tile=64, halo=2, windows=None)

@@ -153,3 +153,100 @@ def test_a_tile_the_gpu_cannot_hold_is_refused_with_the_tile_that_fits(tmp_path,
     suggested = int(caught.value.args[0].split("--tile ")[1].split(" ")[0])
     assert suggested == memory.largest_tile(free, len(job.elements), 32) and suggested % 64 == 0
     fusion_job.check_window_fits(big, tiles.tile_grid((4096, 4096), suggested, 32)[0], free_bytes=free)
+
+
+def _free_for_tile(job_elements: int, tile: int, halo: int) -> float:
+    """Free bytes in which a tile of exactly ``tile`` px (and its halo) fits, by the memory model."""
+    from emfuse.pipeline.fusion import memory
+
+    per_pixel = memory.fusion_bytes_per_pixel(job_elements, masked=True)
+    return (tile + 2 * halo) ** 2 * per_pixel / memory.SAFETY * 1.001
+
+
+def test_auto_tile_is_chosen_from_the_free_memory_recorded_and_kept_on_resume(tmp_path, dysco3_store, dysco3):
+    """tile "auto": the largest tile the smallest GPU share holds, every window of its grid passes
+    check_window_fits, the choice is in the store, and a rerun keeps the stored grid."""
+    out = tmp_path / "auto.zarr"
+    free = _free_for_tile(len(dysco3["elements"]), 128, 32)
+    job, state = fusion_job.plan(dysco3_store, out, params=dysco3["params"], halo=32, free_memory=[4 * free, free])
+    assert state == "new" and job.tile == 128
+    choice = zarr.open_group(str(out), mode="r").attrs["tile_choice"]
+    assert choice["tile"] == 128 and choice["free_bytes"] == free and choice["asked"] == "auto"
+    assert zarr.open_group(str(out), mode="r").attrs["params"]["tile"] == 128
+    fusion_job.write_inputs(job)  # haadf_valid: the masked model check_window_fits applies
+    for tile in job.grid:
+        fusion_job.check_window_fits(job, tile, free_bytes=free)
+    again, state = fusion_job.plan(dysco3_store, out, params=dysco3["params"], halo=32, free_memory=[80e9])
+    assert state == "resume" and again.tile == 128 and len(again.grid) == len(job.grid)
+    assert not fusion_job.needs_free_memory(out, {"tile": "auto"})  # started: the workers are not asked again
+    assert fusion_job.needs_free_memory(tmp_path / "new.zarr", {"tile": "auto"})
+    assert not fusion_job.needs_free_memory(tmp_path / "new.zarr", {"tile": "auto", "device": "cpu"})
+    assert not fusion_job.needs_free_memory(tmp_path / "new.zarr", {"tile": 256})
+
+
+def test_auto_tile_without_a_gpu_is_the_cpu_default_and_covers_the_image_when_it_fits(tmp_path, dysco3_store,
+                                                                                      dysco3):
+    job, _ = fusion_job.plan(dysco3_store, tmp_path / "cpu.zarr", params=dysco3["params"], free_memory=[None])
+    assert job.tile == 512 == fusion_job.FusionJob.tile  # today's default: CPU results do not change
+    job, _ = fusion_job.plan(dysco3_store, tmp_path / "dev.zarr", params=dysco3["params"], free_memory=[80e9],
+                             device="cpu")
+    assert job.tile == 512  # device cpu: the GPU's memory does not matter
+    job, _ = fusion_job.plan(dysco3_store, tmp_path / "gpu.zarr", params=dysco3["params"], free_memory=[80e9])
+    assert job.tile == 256 and len(job.grid) == 1  # 256 x 200 px fit: one tile, no halo recomputed
+    with pytest.raises(fusion_job.memory.TileMemoryError, match="--device cpu"):
+        fusion_job.plan(dysco3_store, tmp_path / "tiny.zarr", params=dysco3["params"], free_memory=[1e5])
+
+
+def test_free_memory_is_shared_by_the_tasks_on_one_gpu():
+    gpu = {"host": "n1", "gpu": "0000:01:00.0", "free": 40e9, "threads": 2}
+    other = {**gpu, "gpu": "0000:02:00.0", "threads": 1}
+    assert fusion_job.free_per_task([gpu, {**gpu, "threads": 2}, other, None]) == [10e9, 10e9, 40e9, None]
+    assert fusion_job.free_per_task([{**gpu, "host": "n2"}, gpu]) == [20e9, 20e9]
+
+
+def test_workers_without_a_gpu_report_none(client):
+    assert fusion_job.workers_free_memory(client, "cpu") == [None, None]
+
+
+def test_large_tiles_get_chunks_that_divide_them():
+    assert fusion_job.chunk_side(100, (256, 200)) == 100
+    side = fusion_job.chunk_side(12608, (30_000, 30_000))
+    assert 12608 % side == 0 and 64 <= side <= fusion_job.MAX_CHUNK
+    assert fusion_job.chunk_side(9001, (9001, 9001)) == fusion_job.MAX_CHUNK  # one tile: any chunk
+
+
+def test_run_job_asks_the_workers_and_cpu_workers_keep_the_default_tile(tmp_path, dysco3_store, client, dysco3):
+    params = {**dysco3["params"], "n_iter": 3}
+    job = run_job("fuse", dysco3_store, tmp_path / "o.zarr", client, progress=False, params=params)
+    assert job.tile == 512
+    summary = fusion_job.summary(job)
+    assert summary["tile"] == 512 and summary["tile_choice"]["rule"] == "no GPU worker: the CPU default"
+    assert summary["tile_choice"]["free_bytes"] is None
+
+
+@pytest.mark.parametrize("cluster", ["auto", "local-threads"])
+def test_run_job_stages_plans_the_cpu_tile_without_a_gpu(tmp_path, dysco3_store, dysco3, cluster):
+    """cluster auto on a machine without a GPU starts nothing before the plan (a one-tile job still
+    runs on threads); a named cluster is connected first and its workers asked."""
+    from emfuse.flows.jobs import registry
+
+    with registry.JobClient(cluster) as connection:
+        free = connection.free_memory("fuse", "auto")
+        assert (connection.client is None) == (cluster == "auto")
+        assert free == [None] if cluster == "auto" else all(f is None for f in free)
+    options = registry.fuse_options(params={**dysco3["params"], "n_iter": 3})
+    result = registry.run_job_stages("fuse", str(dysco3_store), str(tmp_path / "o.zarr"), options,
+                                     cluster=cluster, report=False, progress=False)
+    assert result["tile"] == 512 and result["tile_choice"]["free_bytes"] is None
+    assert result["cluster"] == ("local-threads" if cluster == "auto" else cluster)
+
+
+@pytest.mark.gpu
+def test_gpu_workers_report_their_share_of_the_free_memory(client, tmp_path, dysco3_store, dysco3):
+    """Two worker threads on one GPU: each may hold half its free memory; the plan's tile fits it."""
+    free = fusion_job.workers_free_memory(client, "auto")
+    total = runner.gpu_free_bytes()
+    assert len(free) == 2 and free[0] == pytest.approx(free[1], rel=0.05)
+    assert 0 < free[0] <= 0.55 * total
+    job, _ = fusion_job.plan(dysco3_store, tmp_path / "o.zarr", params=dysco3["params"], free_memory=free)
+    assert job.tile == 256  # 256 x 200 px need a few MB: one tile

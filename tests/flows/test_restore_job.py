@@ -325,3 +325,27 @@ def test_cli_restore_says_which_model_auto_chose(prefect_harness, tmp_path, movi
     assert "STEM assumed" in line and "[model-auto-unsure]" in printed
     assert open_dataset(out).attrs["model_choice"]["asked"] == "auto"
     assert main(args) == 0  # complete: nothing to do
+
+
+def test_batch_auto_and_compile_on_the_cpu_give_the_same_frames(tmp_path, movie_store, client, tiny_model, capsys):
+    """--batch auto (the default) is the CPU's 8 and --compile a no-op with a note on the CPU: the
+    frames equal those of batch 4 without compiling, bitwise; both options are in the store."""
+    plain = _run(movie_store, tmp_path / "plain.zarr", client, tiny_model)
+    options = {k: v for k, v in OPTIONS.items() if k != "batch"}
+    job = run_job("restore", movie_store, tmp_path / "auto.zarr", client, progress=False, model=tiny_model,
+                  compile=True, **options)
+    out = open_dataset(job.out)
+    assert out.attrs["params"]["batch"] == "auto" and out.attrs["params"]["compile"] is True
+    assert out.attrs[restore_job.ATTR_BATCH_CHOICE]["asked"] == "auto"
+    assert "compile" not in open_dataset(plain.out).attrs["params"]  # stores without it still match
+    np.testing.assert_array_equal(out.restored.values, open_dataset(plain.out).restored.values)
+    assert restore_job.worker_batch(job, load_model(tiny_model), "cpu") == 8
+    assert "--compile applies to CUDA devices only" in capsys.readouterr().out
+
+
+def test_batch_auto_keeps_the_batch_a_store_was_started_with(tmp_path, movie_store, tiny_model):
+    out = tmp_path / "started.zarr"
+    restore_job.plan(movie_store, out, model=tiny_model, **OPTIONS)  # batch 4
+    options = {k: v for k, v in OPTIONS.items() if k != "batch"}
+    job, state = restore_job.plan(movie_store, out, model=tiny_model, **options)
+    assert state == "resume" and job.batch == 4

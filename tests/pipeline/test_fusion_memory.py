@@ -89,3 +89,38 @@ def test_largest_tile_h100_example():
     assert memory.largest_tile(1e6, 4, 64) == 0
     with pytest.raises(ValueError):
         memory.largest_tile(1e9, 4, 64, safety=0)
+
+
+GB = 1e9
+
+
+@pytest.mark.parametrize("free", [80 * GB, 16 * GB, 1 * GB])
+@pytest.mark.parametrize("n_el", [1, 4, 8])
+def test_auto_tile_is_the_largest_whose_window_the_model_fits(free, n_el):
+    """choose_tile on a large image: the tile's window fits safety x free by the model, one step of
+    64 px more does not, and a tile covering the image is chosen only when the image fits."""
+    model = dict(masked=True)
+    per_pixel = memory.fusion_bytes_per_pixel(n_el, **model)
+    choice = memory.choose_tile([free, None, 2 * free], (60_000, 60_000), n_el, 32, **model)
+    t = choice.tile
+    assert t % 64 == 0 and choice.free_bytes == free  # the smallest GPU decides; CPU workers do not count
+    assert (t + 64) ** 2 * per_pixel <= memory.SAFETY * free < (t + 64 + 64) ** 2 * per_pixel
+    assert t == memory.largest_tile(free, n_el, 32, **model)
+    assert choice.record()["asked"] == "auto" and choice.bytes_per_pixel == per_pixel
+
+
+def test_auto_tile_covers_an_image_that_fits_and_keeps_the_cpu_default():
+    assert memory.choose_tile([80 * GB], (4096, 3000), 4, 32).tile == 4096  # 4096 x 3000 x 200 B: 2.5 GB
+    assert memory.choose_tile([80 * GB], (4096, 3000), 4, 32).rule.startswith("the whole image fits")
+    assert memory.choose_tile([None, None], (4096, 4096), 4, 32).tile == memory.DEFAULT_TILE
+    assert memory.choose_tile([], (4096, 4096), 4, 32).tile == memory.DEFAULT_TILE
+    # 1 GB: the image (3.4 GB) does not fit, so tiles
+    assert memory.choose_tile([1 * GB], (4096, 4096), 4, 32).tile < 4096
+
+
+def test_too_little_free_memory_names_device_cpu():
+    with pytest.raises(memory.TileMemoryError, match=r"--device cpu"):
+        memory.choose_tile([1e6], (4096, 4096), 4, 32)
+    from emfuse.errors import EmfuseError
+
+    assert issubclass(memory.TileMemoryError, EmfuseError)  # the command line prints it as one line

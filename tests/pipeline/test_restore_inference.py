@@ -127,3 +127,47 @@ def test_cuda_matches_cpu():
     cpu = restore(x, net, tile=64, overlap=16)
     np.testing.assert_allclose(restore(x, tiny_cgrdn(), tile=64, overlap=16, device="cuda"), cpu,
                                rtol=1e-3, atol=1e-1)
+
+
+def test_compile_on_the_cpu_is_a_noop_with_a_note(capsys):
+    net, x = tiny_cgrdn(), image((3, 70, 90))
+    eager = restore(x, net, tile=32, overlap=8, batch=4)
+    np.testing.assert_array_equal(restore(x, net, tile=32, overlap=8, batch=4, compile=True), eager)
+    assert "applies to CUDA devices only" in capsys.readouterr().out
+
+
+def test_padding_every_batch_to_one_shape_leaves_the_result_unchanged():
+    """What a compiled network gets on CUDA (every batch padded to ``batch`` tiles, padding dropped),
+    checked on the CPU: the same blend as unpadded batches, and every call one shape."""
+    from emfuse.pipeline.restore import inference
+    from emfuse.pipeline.tiles import BlendGrid
+
+    net, stack = tiny_cgrdn(), image((3, 64, 80))
+    grid = BlendGrid.make(stack.shape[1:], 32, 8, 2)
+    shapes = []
+
+    def seen(x):
+        shapes.append(tuple(x.shape))
+        return net(x)
+
+    common = dict(batch=5, device=torch.device("cpu"), autocast=None, channels_last=False)
+    plain = inference._run_tiles(net, stack, grid, **common)
+    padded = inference._run_tiles(seen, stack, grid, fixed_batch=True, **common)
+    np.testing.assert_array_equal(padded, plain)
+    assert len(grid) * 3 % 5 and set(shapes) == {(5, 1, *grid.shape)}  # the last batch was padded
+    one = inference._run_tiles(seen, stack[:1], grid, fixed_batch=True, **{**common, "batch": 64})
+    np.testing.assert_array_equal(one, plain[:1])
+    assert shapes[-1][0] == len(grid)  # a batch larger than the tiles is cut to them
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA torch")
+@pytest.mark.parametrize("dtype", [None, "bf16"])
+def test_compiled_matches_eager_on_cuda(dtype):
+    """torch.compile with CUDA graphs (reduce-overhead): the same frames as eager, within fp32
+    (bf16) rounding, with a last batch padded to the graph's shape."""
+    net, x = tiny_cgrdn(), image((3, 100, 80))
+    eager = restore(x, net, tile=64, overlap=16, batch=4, device="cuda", dtype=dtype)
+    compiled = restore(x, net, tile=64, overlap=16, batch=4, device="cuda", dtype=dtype, compile=True)
+    tol = dict(rtol=2e-2, atol=5.0) if dtype else dict(rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(compiled, eager, **tol)
