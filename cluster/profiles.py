@@ -661,19 +661,27 @@ SBATCH_FIX = (
 )
 
 
-def _sinfo_limits(queue: str | None) -> tuple[int, int] | None:
-    """The most CPUs and memory (MB) of one node of partition ``queue`` (None: the default one)."""
-    import re
+def _sinfo_rows(fields: str, queue: str | None) -> list[list[str]]:
+    """`sinfo`'s rows of partition ``queue`` (None: the default one, which sinfo marks with '*'),
+    each ``"%P"`` (the partition) then the other ``fields``; empty when sinfo does not answer."""
     import subprocess
 
-    command = ["sinfo", "-h", "-o", "%P %c %m"] + (["-p", queue] if queue else [])
+    command = ["sinfo", "-h", "-o", f"%P {fields}"] + (["-p", queue] if queue else [])
     try:
         lines = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
-        return None
-    rows = [line.split() for line in lines if len(line.split()) == 3]
-    if not queue:  # the default partition is the one sinfo marks with '*'
+        return []
+    rows = [line.split() for line in lines if len(line.split()) == len(fields.split()) + 1]
+    if not queue:
         rows = [r for r in rows if r[0].endswith("*")] or rows
+    return rows
+
+
+def _sinfo_limits(queue: str | None) -> tuple[int, int] | None:
+    """The most CPUs and memory (MB) of one node of partition ``queue`` (None: the default one)."""
+    import re
+
+    rows = _sinfo_rows("%c %m", queue)
     numbers = [(int(m.group()), int(n.group())) for _, c, mem in rows
                if (m := re.match(r"\d+", c)) and (n := re.match(r"\d+", mem))]
     if not numbers:
@@ -799,16 +807,7 @@ def partition_out_of_service(queue: str | None) -> str | None:
     A partition that is down or inactive, or whose every node is down, drained or failing, takes
     jobs but never starts them.
     """
-    import subprocess
-
-    command = ["sinfo", "-h", "-o", "%P %a %t"] + (["-p", queue] if queue else [])
-    try:
-        lines = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rows = [line.split() for line in lines if len(line.split()) == 3]
-    if not queue:
-        rows = [r for r in rows if r[0].endswith("*")] or rows
+    rows = _sinfo_rows("%a %t", queue)
     if not rows:
         return None
     if all(avail in ("down", "inact", "drain") for _, avail, _ in rows):

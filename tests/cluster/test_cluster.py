@@ -592,13 +592,7 @@ def test_scheduler_profile_with_tls(tls):
 
 
 def test_local_gpu_tls(monkeypatch, tls):
-    seen = {}
-    fake = types.ModuleType("dask_cuda")
-    fake.utils = types.ModuleType("dask_cuda.utils")
-    fake.utils.get_n_gpus = lambda: 1
-    fake.LocalCUDACluster = lambda **kw: seen.update(kw) or "cluster"
-    monkeypatch.setitem(sys.modules, "dask_cuda", fake)
-    monkeypatch.setitem(sys.modules, "dask_cuda.utils", fake.utils)
+    seen = _fake_dask_cuda(monkeypatch)
     assert make_cluster("local-gpu", **tls) == "cluster"
     assert seen["protocol"] == "tls://" and seen["host"] == "127.0.0.1"
     assert seen["security"].get_tls_config_for_role("worker")["cert"] == tls["tls_cert"]
