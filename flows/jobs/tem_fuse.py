@@ -46,7 +46,7 @@ from emfuse.pipeline.synth.tem_modes import MODES
 from emfuse.stores import layout
 from emfuse.stores.outputs import empty_like, prepare_output, write_variable
 from emfuse.stores.progress import TileRecord
-from emfuse.stores.warn import read_warnings
+from emfuse.stores.warn import add_warnings, make_warning, read_warnings
 from emfuse.stores.zarrio import (
     open_dataset,
     read_attrs,
@@ -200,7 +200,61 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     if state != "complete":
         grid = tiles.tile_grid((ny, nx), tile, halo)
         TileRecord.create(out, JOB, (grid[-1].index[0] + 1, grid[-1].index[1] + 1))
+    if state == "new" and model is None:
+        for warning in unlike_training(ds):
+            add_warnings(out, warning)
     return job, state
+
+
+#: Pixel size (nm) of the simulated regions the committed AVAE weights were trained on
+#: (:func:`emfuse.pipeline.synth.tem_modes.simulate_region`'s default).
+TRAINING_PIXEL_NM = 0.05
+#: A pixel size within this factor of :data:`TRAINING_PIXEL_NM` draws no warning.
+PIXEL_FACTOR = 1.5
+
+
+def pixel_size_nm(ds: xr.Dataset) -> float | None:
+    """The x step of ``ds`` in nm when its coordinate says its units (nm, Å, µm, pm), else None.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset(coords={"x": ("x", [0.0, 0.5, 1.0], {"units": "Å"})})
+    >>> pixel_size_nm(ds)
+    0.05
+    """
+    per_nm = {"nm": 1.0, "Å": 0.1, "A": 0.1, "angstrom": 0.1, "µm": 1e3, "um": 1e3, "pm": 1e-3}
+    x = ds["x"] if "x" in ds.coords else None
+    scale = per_nm.get(str(x.attrs.get("units", ""))) if x is not None else None
+    if scale is None or x.size < 2:
+        return None
+    return round(float(x[1] - x[0]) * scale, 6)
+
+
+def unlike_training(ds: xr.Dataset) -> list[dict[str, Any]]:
+    """Warnings for modes unlike the data the committed weights were trained on (simulated regions
+    of three crystal classes at :data:`TRAINING_PIXEL_NM`): real data, and another pixel size.
+
+    A store from ``emfuse synth tem-modes`` (it has ``true_structure``) at the training pixel
+    size draws none. The fused image of a real dataset may be worse than its HRTEM (see
+    ``docs/methods/avae.md``): the result is marked "check", not silently trusted.
+    """
+    found = []
+    if layout.TRUE_STRUCTURE not in ds:
+        found.append(make_warning(
+            "avae-simulated-training",
+            "the AVAE's weights were trained on simulated BF/DF/HRTEM regions only (metal, "
+            "semiconductor and ceramic crystals), not on data from an instrument: compare tem_fused "
+            "with the HRTEM (modes, mode hrtem) before relying on it, or train weights on your own "
+            "simulations (emfuse train-avae).", stage="plan"))
+    pixel = pixel_size_nm(ds)
+    if pixel is not None and not TRAINING_PIXEL_NM / PIXEL_FACTOR <= pixel <= TRAINING_PIXEL_NM * PIXEL_FACTOR:
+        found.append(make_warning(
+            "avae-pixel-size",
+            f"the modes' pixel size is {pixel:g} nm and the AVAE's weights were trained at "
+            f"{TRAINING_PIXEL_NM:g} nm: lattice fringes and columns span other numbers of pixels than "
+            "in training. Bin or resample the modes to about that size, or train weights at yours "
+            "(emfuse synth tem-modes and emfuse train-avae).", stage="plan", pixel_nm=pixel))
+    return found
 
 
 def write_inputs(job: TemFuseJob) -> None:

@@ -147,3 +147,20 @@ def test_bad_flat_references_are_named(tmp_path, store, spoil, message):
     write_dataset(ds.assign(flat_reference=spoil(ds.flat_reference)), path)
     with pytest.raises(tem_fuse_job.TemFuseInputError, match=message):
         tem_fuse_job.plan(path, tmp_path / "o.zarr", tile=32, halo=16)
+
+
+def test_modes_unlike_the_training_data_are_marked_check(tmp_path, store):
+    """Simulated modes at the training pixel size draw no warning; modes without a truth (data from
+    an instrument) and at another pixel size get one warning each, stored for the report."""
+    from emfuse.stores.warn import read_warnings
+    from emfuse.stores.zarrio import write_dataset
+
+    tem_fuse_job.plan(store, tmp_path / "sim.zarr", tile=32, halo=16)
+    assert read_warnings(tmp_path / "sim.zarr") == []
+    real = open_dataset(store).drop_vars("true_structure")
+    real = real.assign_coords(x=("x", real.x.values * 30, {"units": "Å"}))  # 0.05 nm -> 0.15 nm
+    write_dataset(real, tmp_path / "real.zarr")
+    tem_fuse_job.plan(tmp_path / "real.zarr", tmp_path / "real_out.zarr", tile=32, halo=16)
+    found = {w["code"]: w for w in read_warnings(tmp_path / "real_out.zarr")}
+    assert set(found) == {"avae-simulated-training", "avae-pixel-size"}
+    assert found["avae-pixel-size"]["pixel_nm"] == pytest.approx(0.15) and "0.15 nm" in found["avae-pixel-size"]["message"]
