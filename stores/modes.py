@@ -210,7 +210,7 @@ def ingest_modes(images: Mapping[str, str | Path], out: str | Path, *,
     _check_grid(modes, references)
     _check_values(modes, references)
     written = write_dataset(chunk_canonical(_dataset(modes, references, frame)), out, overwrite=overwrite)
-    records = _stage_warnings(modes) + _same_file_warnings(modes)
+    records = _stage_warnings(modes) + _same_file_warnings(modes) + _calibration_warnings(modes)
     if records:
         add_warnings(written, *records)
     return written
@@ -273,8 +273,7 @@ def _check_grid(modes: list[ModeImage], flats: list[ModeImage]) -> None:
     ref = modes[-1]  # the HRTEM: what BF and DF are registered to
     shapes = {m.mode: tuple(m.image.shape) for m in modes}
     if len(set(shapes.values())) > 1:
-        listing = ", ".join(f"{m.mode} {' x '.join(map(str, shapes[m.mode]))} px ({m.path.name})" for m in modes
-                            if m.path)
+        listing = ", ".join(f"{m.mode} {_px(m)} ({m.path.name})" for m in modes if m.path)
         smallest = min(shapes.values(), key=lambda s: s[0] * s[1])
         hints = [f"--bin {m}={f}" for m, s in shapes.items() if (f := _bin_hint(s, smallest))]
         raise ModesInputError(
@@ -290,10 +289,24 @@ def _check_grid(modes: list[ModeImage], flats: list[ModeImage]) -> None:
             continue
         if flat.image.shape != m.image.shape:
             raise ModesInputError(
-                f"the flat reference of {m.mode} ({flat.path.name}) is {tuple(flat.image.shape)}, its image "
-                f"({m.path.name if m.path else ''}) {tuple(m.image.shape)}: record the reference with the same "
+                f"the flat reference of {m.mode} ({flat.path.name}) is {_px(flat)}, its image "
+                f"({m.path.name if m.path else ''}) {_px(m)}: record the reference with the same "
                 "detector settings (binning, readout area) as the image, or " + _FIT)
         _check_pixel(flat, m, "record the reference at the image's magnification", what="flat reference of")
+
+
+def _px(m: ModeImage) -> str:
+    return f"{m.image.shape[0]} x {m.image.shape[1]} px"
+
+
+def _calibration_warnings(modes: list[ModeImage]) -> list[dict[str, Any]]:
+    """A warning when some files give a pixel size and others do not: those could not be compared."""
+    bare = [m.label for m in modes if m.pixel_nm is None]
+    if not bare or len(bare) == len(modes):
+        return []
+    return [make_warning("modes-uncalibrated", f"{', '.join(bare)}: no pixel size in the file, so it could not "
+                         "be checked against the others; make sure all three were recorded at one magnification",
+                         stage="ingest")]
 
 
 def _check_pixel(a: ModeImage, b: ModeImage, fix: str, what: str = "") -> None:
@@ -320,17 +333,19 @@ def _check_values(modes: list[ModeImage], flats: list[ModeImage]) -> None:
     for m, (low, high, bad, _) in zip(modes, computed[: len(modes)]):
         if bad:
             raise ModesInputError(
-                f"the {m.label} image has {int(bad)} NaN or Inf pixels of {m.image.size}: tem-fuse cannot fuse "
+                f"the {m.mode} image ({m.path.name if m.path else ''}) has {int(bad)} NaN or Inf pixels of "
+                f"{m.image.size}: tem-fuse cannot fuse "
                 "them. Replace them (interpolate from the neighbours) in the acquisition software or HyperSpy "
                 "and save again")
         if low == high:
             raise ModesInputError(
-                f"the {m.label} image is {float(low):g} everywhere: no signal (the beam blanked, or the detector "
+                f"the {m.mode} image ({m.path.name if m.path else ''}) is {float(low):g} everywhere: no signal (the beam blanked, or the detector "
                 "not inserted or not read out). Acquire it again")
     for f, (low, _, bad, nonpositive) in zip(flats, computed[len(modes):]):
         if bad or nonpositive:
+            nan = f" and {int(bad)} NaN or Inf" if bad else ""
             raise ModesInputError(
-                f"the flat reference of {f.label} has {int(nonpositive)} pixels <= 0 and {int(bad)} NaN or Inf "
+                f"the flat reference of {f.label} has {int(nonpositive)} pixels <= 0{nan} "
                 f"(smallest {float(low):g}); the image is divided by it, so it must be > 0 everywhere. Record "
                 "it again in vacuum with the image's illumination (not dark-subtracted below zero), replace "
                 f"dead pixels, or {_FIT}")
