@@ -192,12 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         files.add_argument(f"--{mode}", type=Path, metavar="FILE", help=what)
     flats = p.add_argument_group("flat (vacuum) references: the beam without specimen, same illumination and "
                                  "detector settings; all three or none (none: the illumination is fitted)")
-    for mode in ("bf", "df", "hrtem"):
+    for mode in ("bf", "df"):
         flats.add_argument(f"--flat-{mode}", metavar="FILE|uniform",
                            help=f"{mode.upper()} reference, or 'uniform' for an evenly lit STEM detector image")
+    flats.add_argument("--flat-hrtem", metavar="FILE", help="HRTEM reference: the camera's vacuum image")
     p.add_argument("--signal", action="append", default=[], metavar="MODE=INDEX|TITLE",
-                   help="which image of a file that holds several (emfuse ingest FILE --list), e.g. bf=BF df=3; "
-                        "flat-bf=... for a reference (repeatable)")
+                   help="which image of a file that holds several (emfuse ingest FILE --list), e.g. --signal bf=BF "
+                        "--signal df=3; flat-bf=... for a reference (repeatable)")
     p.add_argument("--frame", type=frame_value, default="sum", metavar="sum|N",
                    help="a stack (a camera's frames) becomes its sum (default) or its frame N, from 0; "
                         "references are always summed")

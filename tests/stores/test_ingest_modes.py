@@ -166,6 +166,11 @@ def test_the_command_line_writes_the_store_and_names_a_bad_option(formats, tmp_p
     assert list(open_dataset(out).mode.values) == ["bf", "df", "hrtem"]
     assert main([*argv[:-2], "--bin", "hrtem", "--out", str(tmp_path / "x.zarr")]) == 2
     assert "bad --bin 'hrtem'; write it as MODE=VALUE" in capsys.readouterr().err
+    assert main([*argv[:-2], "--flat-bf", "uniform", "--out", str(tmp_path / "x.zarr")]) == 2
+    assert "flat references for bf but not for df, hrtem" in capsys.readouterr().err
+    assert main([*argv[:-2], *(f"--flat-{m}=uniform" for m in ("bf", "df", "hrtem")), "--signal", "HRTEM=0",
+                 "--out", str(tmp_path / "flat.zarr")]) == 0
+    assert (open_dataset(tmp_path / "flat.zarr").flat_reference.values == 1).all()
 
 
 def test_tem_fuse_completes_on_the_store_of_real_files(formats, frame_store, tmp_path, client):
