@@ -18,12 +18,17 @@ from pathlib import Path
 from typing import Any
 
 # OutputNotWritable is kept in emfuse.errors (pipeline raises it too); re-exported here
-from ..errors import EmfuseError
+from ..errors import EmfuseError, InputError
 from ..errors import OutputNotWritable as OutputNotWritable
 
 
 class IngestError(EmfuseError, ValueError):
     """A file cannot be read into the canonical layout (corrupt, truncated, unknown layout)."""
+
+
+class ModesInputError(IngestError, InputError):
+    """BF, DF and HRTEM files (and flat references) that cannot make one modes store: a mode
+    missing, images of other shapes or pixel sizes, a flat reference that is not > 0, NaN pixels."""
 
 
 class StoreError(EmfuseError, ValueError):

@@ -48,6 +48,8 @@ from .layout import (
     ATTR_INGEST_OPTIONS,
     ATTR_METADATA_UNMAPPED,
     DIMS,
+    HAADF,
+    MOVIE,
 )
 from .warn import add_warnings, make_warning
 from .zarrio import check_writable, is_complete, provenance, remove_store, write_dataset
@@ -61,6 +63,7 @@ __all__ = [
     "ingest",
     "ingest_options",
     "read",
+    "read_image",
 ]
 
 # suffix -> module in emfuse.stores.formats
@@ -142,6 +145,44 @@ def read(
     return with_value_units(ds)
 
 
+
+def read_image(path: str | Path, *, signal: str | int | None = None) -> xr.Dataset:
+    """Read the one image (or image stack) of a file: ``haadf`` (y, x) or ``movie`` (frame, y, x).
+
+    What ``emfuse ingest-modes`` reads each BF, DF, HRTEM and flat-reference file with. Microscope
+    files (RosettaSciIO) may hold several images: ``signal`` picks one (its index in
+    :func:`describe`'s list, or its title); spectrum images and spectra are left out. Other
+    formats (.tif, .npz, .h5) must hold exactly one image or stack.
+
+    Raises
+    ------
+    InputFileNotFound, InputNotReadable, IngestError
+        as :func:`read`, and when the file holds no image, or several and ``signal`` names none.
+
+    Examples
+    --------
+    >>> ds = read_image("128x128_TEM_acquire-sum1.emi")  # doctest: +SKIP
+    >>> ds.haadf.shape, ds.attrs["detector"]  # doctest: +SKIP
+    ((128, 128), 'BM-Ceta')
+    """
+    path = Path(path)
+    module = _reader(path)
+    if hasattr(module, "read_image"):
+        options = {} if signal is None else {"signal": signal}
+        ds = _read_guarded(module, path, None, None, options, reader=module.read_image)
+    elif signal is not None:
+        raise fail(path, f"a {path.suffix} file holds one image, so --signal does not apply",
+                   "Leave --signal out for this file")
+    else:
+        ds = _read_guarded(module, path, None, None, {})
+        images = [name for name in (HAADF, MOVIE) if name in ds]
+        if len(images) != 1 or len(ds.data_vars) != 1:
+            raise fail(path, f"it holds {', '.join(ds.data_vars) or 'nothing'}, not one image or image stack",
+                       "Save the image alone (.tif, or .npz with one array 'haadf')")
+    ds.attrs.update(provenance(path))
+    ds.attrs[ATTR_INGEST_OPTIONS] = ingest_options(signal=signal)
+    return with_value_units(ds)
+
 #: ``units`` of values that are not counts (floats: scaled, gain-corrected or vendor-processed)
 ARBITRARY_UNITS = "a.u."
 
@@ -211,22 +252,27 @@ def ingest_options(
 
 
 def _read_guarded(
-    module: Any, path: Path, elements: list[str] | None, signal_type: str | None, options: dict
+    module: Any, path: Path, elements: list[str] | None, signal_type: str | None, options: dict,
+    reader: Any = None,
 ) -> xr.Dataset:
     """``module.read`` with whatever a damaged file makes a reader library raise (struct.error,
     KeyError, RuntimeError from HDF5, a tokenizer error from a mangled .npy header, ...) turned
     into an :class:`IngestError` naming the file, so one bad file is one clear line in a batch.
-    The readers' own IngestErrors pass unchanged."""
+    The readers' own IngestErrors pass unchanged. ``reader``: another function of the module
+    (``read_image``), called with ``options`` only."""
+    shown = sorted(options)
+    if reader is None:
+        reader, options = module.read, {"elements": elements, "signal_type": signal_type, **options}
     try:
-        inspect.signature(module.read).bind(path, elements=elements, signal_type=signal_type, **options)
+        inspect.signature(reader).bind(path, **options)
     except TypeError:
         raise fail(
             path,
-            f"the option(s) {sorted(options)} do not apply to {path.suffix} files",
+            f"the option(s) {shown} do not apply to {path.suffix} files",
             "Leave them out (HDF5 files take group=)",
         ) from None
     try:
-        return module.read(path, elements=elements, signal_type=signal_type, **options)
+        return reader(path, **options)
     except (IngestError, MemoryError):
         raise
     except FileNotFoundError as exc:  # removed while it was read

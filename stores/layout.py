@@ -31,6 +31,7 @@ SPECTRUM = "spectrum"  # (y, x, energy) EDX or EELS spectrum image, counts
 MAPS = "maps"  # (element, y, x) elemental maps, counts
 MOVIE = "movie"  # (frame, y, x)
 MODES = "modes"  # (mode, y, x), mode in {bf, df, hrtem}
+MODE_LABELS = ("bf", "df", "hrtem")  # the mode coordinate of MODES, in tem-fuse's order (HRTEM last: the registration reference)
 FLAT_REFERENCE = "flat_reference"  # (mode, y, x) each mode's beam without specimen (vacuum reference), > 0
 
 # ground truth written beside synthetic data

@@ -156,6 +156,42 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _per_mode(specs: Sequence[str], option: str, example: str) -> dict[str, str]:
+    """``["bf=3", "df=DF"]`` as ``{"bf": "3", "df": "DF"}``, or an error showing the form.
+
+    >>> _per_mode(["bf=3", "hrtem=HAADF"], "--signal", "bf=3")
+    {'bf': '3', 'hrtem': 'HAADF'}
+    """
+    out = {}
+    for spec in specs:
+        mode, sep, value = spec.partition("=")
+        if not sep or not mode.strip() or not value.strip():
+            raise InputError(f"bad {option} {spec!r}; write it as MODE=VALUE, e.g. {option} {example}")
+        out[mode.strip().lower()] = value.strip()
+    return out
+
+
+def cmd_ingest_modes(args: argparse.Namespace) -> int:
+    from emfuse.stores.modes import ingest_modes
+    from emfuse.stores.warn import read_warnings
+    from emfuse.stores.zarrio import open_dataset
+
+    bins = {}
+    for mode, text in _per_mode(args.bin, "--bin", "hrtem=4").items():
+        if not text.isdigit() or int(text) < 1:
+            raise InputError(f"bad --bin {mode}={text}; the factor is a whole number >= 1, e.g. --bin hrtem=4")
+        bins[mode] = int(text)
+    images = {m: getattr(args, m) for m in ("bf", "df", "hrtem") if getattr(args, m) is not None}
+    flats = {m: getattr(args, f"flat_{m}") for m in ("bf", "df", "hrtem") if getattr(args, f"flat_{m}")}
+    path = ingest_modes(images, args.out, flats=flats, signals=_per_mode(args.signal, "--signal", "bf=3"),
+                        frame=args.frame, bins=bins, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    print(open_dataset(path))
+    print_warnings({"warnings": read_warnings(path)})
+    print(f"next: emfuse tem-fuse {path} --out fused.zarr  (the default weights were trained on simulated "
+          "data only: check the fused image against the recorded ones)")
+    return 0
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..tools.export import export
 

@@ -12,6 +12,7 @@ from .commands import (
     cmd_export,
     cmd_fuse,
     cmd_ingest,
+    cmd_ingest_modes,
     cmd_report,
     cmd_restore,
     cmd_run,
@@ -63,6 +64,24 @@ def size_value(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"a size must be >= 1 or auto, got {text!r}")
     return value
 
+
+def frame_value(text: str) -> int | str:
+    """``--frame``: ``sum`` or a frame index >= 0.
+
+    Examples
+    --------
+    >>> frame_value("SUM"), frame_value("3")
+    ('sum', 3)
+    """
+    if text.strip().lower() == "sum":
+        return "sum"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'sum' or a frame number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"frames count from 0, got {text!r}")
+    return value
 
 def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("fusion parameters (normalised units; see docs/methods/fusion.md)")
@@ -163,6 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the file's signals (index, title, shape, type) and exit")
     p.add_argument("--overwrite", action="store_true", help="replace the output store if it exists")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("ingest-modes", help="BF, DF and HRTEM images of one region (and flat references) "
+                                            "into a modes store for tem-fuse")
+    files = p.add_argument_group("images (each any file ingest reads: .dm3 .dm4 .emd .emi .ser .bcf .hspy .tif ...)")
+    for mode, what in (("bf", "bright-field image (TEM or STEM BF detector)"),
+                       ("df", "dark-field image (TEM DF or STEM ADF/DF detector)"),
+                       ("hrtem", "high-resolution TEM image (camera); BF and DF are registered to it")):
+        files.add_argument(f"--{mode}", type=Path, metavar="FILE", help=what)
+    flats = p.add_argument_group("flat (vacuum) references: the beam without specimen, same illumination and "
+                                 "detector settings; all three or none (none: the illumination is fitted)")
+    for mode in ("bf", "df"):
+        flats.add_argument(f"--flat-{mode}", metavar="FILE|uniform",
+                           help=f"{mode.upper()} reference, or 'uniform' for an evenly lit STEM detector image")
+    flats.add_argument("--flat-hrtem", metavar="FILE", help="HRTEM reference: the camera's vacuum image")
+    p.add_argument("--signal", action="append", default=[], metavar="MODE=INDEX|TITLE",
+                   help="which image of a file that holds several (emfuse ingest FILE --list), e.g. --signal bf=BF "
+                        "--signal df=3; flat-bf=... for a reference (repeatable)")
+    p.add_argument("--frame", type=frame_value, default="sum", metavar="sum|N",
+                   help="a stack (a camera's frames) becomes its sum (default) or its frame N, from 0; "
+                        "references are always summed")
+    p.add_argument("--bin", action="append", default=[], metavar="MODE=N",
+                   help="sum N x N pixels of a mode's image (and its reference) into one, e.g. hrtem=4 to "
+                        "match a 4096 px HRTEM to 1024 px BF and DF of the same field (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output store if it exists")
+    p.set_defaults(func=cmd_ingest_modes)
 
     p = sub.add_parser("export", help="write a store's variable as a HyperSpy file (needs emfuse[hyperspy])")
     p.add_argument("store", type=Path, help="canonical or output store (.zarr)")

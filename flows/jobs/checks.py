@@ -203,7 +203,8 @@ def check_tem_fuse(source: str | Path, out: str | Path, *, model: str | Path | N
     attrs = _check_input(source)
     if attrs is not None and MODES not in store_variables(source):
         raise InputError(f"{source} has no '{MODES}' (mode, y, x); tem-fuse needs BF, DF and HRTEM images "
-                         "of the same region, e.g. from `emfuse synth tem-modes`.")
+                         "of the same region: write the store from your files with `emfuse ingest-modes --bf FILE "
+                         "--df FILE --hrtem FILE --out STORE`, or a simulated one with `emfuse synth tem-modes`.")
     if tile < 16 or tile % 2:
         raise InputError(f"--tile must be even and at least 16, got {tile}")
     expected: dict[str, Any] = {"tile": tile, "halo": halo}

@@ -100,7 +100,8 @@ def check_modes(ds: xr.Dataset, source: str | Path) -> xr.DataArray:
     if layout.MODES not in ds:
         raise TemFuseInputError(
             f"{source} has no '{layout.MODES}' (mode, y, x); tem-fuse needs BF, DF and HRTEM images "
-            "of the same region, e.g. from `emfuse synth tem-modes`.")
+            "of the same region: write the store from your files with `emfuse ingest-modes --bf FILE --df FILE "
+            "--hrtem FILE --out STORE`, or a simulated one with `emfuse synth tem-modes`.")
     have = [str(m) for m in ds[layout.MODES]["mode"].values]
     missing = [m for m in MODES if m not in have]
     if missing:

@@ -211,6 +211,66 @@ def describe(path: str | Path) -> list[str]:
     return lines
 
 
+
+def read_image(path: str | Path, *, signal: str | int | None = None) -> xr.Dataset:
+    """One image or image stack of a microscope file, alone: ``haadf`` (y, x) or ``movie`` (frame, y, x).
+
+    For a file that holds several images (a Velox STEM acquisition with BF, DF and HAADF
+    detectors, element maps beside a HAADF), the one image ``emfuse ingest-modes`` takes as a
+    mode; spectrum images and spectra are left out. The image's metadata are kept as
+    :func:`read` keeps them.
+
+    Parameters
+    ----------
+    signal
+        The image's index in RosettaSciIO's list of the file's signals (``emfuse ingest FILE
+        --list``) or its title; needed when the file holds more than one image.
+
+    Raises
+    ------
+    IngestError
+        when the file holds no image, or several and ``signal`` does not name one of them;
+        the message lists them.
+    """
+    path = Path(path)
+    signals = [_classify(path, raw, index) for index, raw in enumerate(_load(path))]
+    chosen = _chosen_image(path, signals, signal)
+    role = HAADF if chosen.kind == "image" else MOVIE
+    ds = canonical_dataset(
+        path, pixel_nm=chosen.pixel_nm, origin_nm=chosen.origin_nm,
+        **({"haadf": chosen.data} if role == HAADF else {"movie": chosen.data, "frame_time": chosen.frame_time}),
+    )
+    if role == HAADF:
+        ds[HAADF].attrs[ATTR_IMAGE_KIND] = "image"  # a mode, not known to be a HAADF
+    return _with_metadata(ds, path, chosen, {role: chosen}, [])
+
+
+def _chosen_image(path: Path, signals: list[_Signal], signal: str | int | None) -> _Signal:
+    """The image or image stack ``signal`` names (index or title), or the file's only one."""
+    images = [s for s in signals if s.kind in ("image", "stack")]
+    listing = "; ".join(s.listing().replace(" unknown type", "") for s in images) or "none"
+    choose = "Choose one with --signal MODE=INDEX (emfuse ingest-modes; Python: signal=INDEX)"
+    if signal is None:
+        if len(images) == 1:
+            return images[0]
+        if not images:
+            raise fail(path, f"it holds no image ({', '.join(s.describe() for s in signals)})",
+                       "Give a file with a BF, DF or HRTEM image")
+        raise fail(path, f"it holds {len(images)} images and one is taken per mode: {listing}", choose)
+    text = str(signal).strip()
+    if text.lstrip("-").isdigit():
+        match = [s for s in signals if s.index == int(text)]
+        problem = (f"signal {text} is {match[0].describe()}, not an image" if match
+                   else f"signal {text} does not exist (it has signals 0 to {len(signals) - 1})")
+    else:
+        match = [s for s in images if s.title.strip().lower() == text.lower()]
+        problem = (f"{len(match)} images are titled {text!r}" if match
+                   else f"no image is titled {text!r}")
+    if len(match) == 1 and match[0] in images:
+        return match[0]
+    raise fail(path, problem, f"{choose}; its images: {listing}")
+
+
 # -- loading -----------------------------------------------------------------------
 
 
