@@ -41,7 +41,6 @@ from matplotlib.ticker import MaxNLocator
 
 from emfuse.pipeline import arrays
 from emfuse.pipeline.metrics import psnr_from_mse
-from emfuse.pipeline.register import shift_image
 from emfuse.stores.layout import (
     ATTR_DEVICES,
     ATTR_INPUT_STORE,
@@ -293,6 +292,9 @@ def corrected_mean(raw: xr.DataArray, drift: np.ndarray, factor: int,
     nearest pixel). Frames are read a block at a time, binned chunk by chunk: the movie is never
     in memory whole. In the binned image the drift is ``drift / factor``.
     """
+    # here: the registration module loads scipy.ndimage, which a fusion store's report never needs
+    from emfuse.pipeline.register import shift_image
+
     n_frames, ny, nx = raw.shape
     binned = shrink(raw.isel(frame=0), factor).shape
     block = max(1, min(n_frames, AVERAGE_BLOCK_BYTES // (8 * binned[0] * binned[1])))
