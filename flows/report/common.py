@@ -42,7 +42,8 @@ TITLE_KW = {"fontsize": 10, "y": 1.0}
 #: steps (every tick is an object to build and a label to lay out: about a third fewer than
 #: matplotlib's default on these panels)
 IMAGE_TICKS, CBAR_TICKS, TICK_STEPS = 5, 6, (1, 2, 5, 10)
-CBAR_GAP, CBAR_WIDTH, CBAR_SHRINK = 0.04, 0.045, 0.85  # colourbar beside an image, as its axes' fractions
+#: the colourbar beside an image: gap and width in inches, height a fraction of its cell's
+CBAR_GAP_IN, CBAR_WIDTH_IN, CBAR_SHRINK = 0.09, 0.11, 0.85
 
 
 def coarsen_factor(shape: Sequence[int], max_px: int = MAX_DISPLAY_PX) -> int:
@@ -132,13 +133,25 @@ def show_image(fig: Figure, ax, da: xr.DataArray, image: np.ndarray, title: str,
         ax.set_xlabel(f"x ({axis_units(da, 'x')})")
     if outer[1]:
         ax.set_ylabel(f"y ({axis_units(da, 'y')})")
-    # the colourbar beside the image as drawn (an equal-aspect image shrinks inside its axes'
-    # cell; an inset follows it), as thick against the image's height as matplotlib's default
-    box = abs(extent[2] - extent[3]) / max(abs(extent[1] - extent[0]), 1e-300)  # height / width
-    cax = ax.inset_axes([1 + CBAR_GAP * min(box, 1.0), (1 - CBAR_SHRINK) / 2, CBAR_WIDTH * box, CBAR_SHRINK])
-    cbar = fig.colorbar(im, cax=cax, ticks=MaxNLocator(CBAR_TICKS, steps=TICK_STEPS))
+    cbar = fig.colorbar(im, cax=ax.inset_axes(_colourbar_bounds(fig, ax, extent)),
+                        ticks=MaxNLocator(CBAR_TICKS, steps=TICK_STEPS))
     cbar.set_label(label, fontsize=8)
     cbar.ax.tick_params(labelsize=7)
+
+
+def _colourbar_bounds(fig: Figure, ax, extent: Sequence[float]) -> list[float]:
+    """Where the colourbar of an image goes, in the image's axes fractions: beside the image as
+    drawn (an equal-aspect image shrinks inside the rectangle its axes were given, and an inset
+    follows it), centred on it, :data:`CBAR_SHRINK` of the rectangle's height (a wide strip still
+    gets a readable colourbar)."""
+    width_in, height_in = fig.get_size_inches()
+    rect = ax.get_position(original=True)  # the rectangle given (the image's own comes at drawing)
+    rect_w, rect_h = rect.width * width_in, rect.height * height_in
+    box = abs(extent[2] - extent[3]) / max(abs(extent[1] - extent[0]), 1e-300)  # height / width
+    image_w = min(rect_w, rect_h / box) if box > 0 else rect_w
+    image_h = image_w * box if box > 0 else rect_h
+    height = CBAR_SHRINK * rect_h / image_h
+    return [1 + CBAR_GAP_IN / image_w, (1 - height) / 2, CBAR_WIDTH_IN / image_w, height]
 
 
 def save_figure(fig: Figure, path: Path, dpi: int) -> Path:
