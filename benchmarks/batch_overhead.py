@@ -1,7 +1,7 @@
 """Where the wall time of a night of small datasets goes: the batch against the kernel alone.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/batch_overhead.py [--n 20] [--size 96] [--workers 2]
-        [--code DIR ...] [--single] [--workdir DIR] [--json FILE]
+        [--code DIR ...] [--repeat R] [--single] [--workdir DIR] [--json FILE]
 
 1. ``--n`` synthetic spectrum images of ``--size`` px (3 elements), written once.
 2. **Kernel**: the same datasets fused back to back in this process by
@@ -15,10 +15,13 @@
    ``report.json`` and every output store's ``timing``: the wall time, the batch flow's own
    seconds, and the sum over jobs of each stage (ingest, plan, write_inputs, normalise, tiles,
    finalise, report), and the rest (Prefect flows and tasks, summaries, the morning report).
-5. ``--single``: one ``emfuse fuse`` of a 64 x 64 dataset from the shell (wall, median of 3),
-   for each ``--code``.
+   ``--repeat R``: each checkout's batch R times, the checkouts taking turns (A B A B ...), so
+   that load from other work on the machine falls on both; every figure is the median of the R.
+5. ``--single``: one ``emfuse fuse`` of a 64 x 64 dataset from the shell (wall, median of
+   ``max(3, R)``), for each ``--code``, taking turns in the same way.
 
-Prints a table per code, the ratio batch / kernel and datasets per minute; ``--json`` keeps it all.
+Prints a table per code, the ratio batch / kernel and datasets per minute; ``--json`` keeps it all
+(each run too, under ``runs`` and ``single_runs_s``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default %(default)s)")
     parser.add_argument("--code", type=Path, nargs="+", default=[REPO],
                         help="checkouts whose `emfuse run` is measured (default: this one)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="batches per checkout, the checkouts taking turns; medians (default %(default)s)")
     parser.add_argument("--single", action="store_true", help="also time `emfuse fuse` of a 64 x 64 dataset")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", dest="json_path", type=Path, default=None)
@@ -141,23 +146,35 @@ def _on_workers(code: Path) -> bool:
     return "draw_report" in (code / "flows" / "batch" / "flow.py").read_text()
 
 
-def single_command_seconds(code: Path, workdir: Path) -> float:
+def single_command_seconds(codes: list[Path], workdir: Path, runs: int = 3) -> dict[Path, list[float]]:
+    """Wall seconds of ``runs`` single ``emfuse fuse`` commands per checkout, the checkouts
+    taking turns."""
     from emfuse.flows.tools.synth import write_synthetic
 
     store = write_synthetic("spectrum-image", workdir / "single64.zarr", shape=(64, 64), seed=7, overwrite=True)
-    env = dict(os.environ, PREFECT_HOME=str(workdir / f"prefect-{code.name}"), OMP_NUM_THREADS="1")
-    env.pop("PREFECT_API_URL", None)
-    times = []
-    for k in range(3):
-        out = workdir / f"single-{code.name}-{k}.zarr"
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "emfuse.flows.cli", "fuse", str(store), "--out", str(out),
-                               "--elements", *ELEMENTS, "--lambda-chem", "0.05", "--lambda-tv", "0.05"],
-                              cwd=code, env=env, capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
-        if proc.returncode:
-            raise RuntimeError(f"emfuse fuse failed in {code}:\n{proc.stderr[-3000:]}")
-    return statistics.median(times)
+    times: dict[Path, list[float]] = {code: [] for code in codes}
+    for k in range(runs):
+        for code in codes:
+            env = dict(os.environ, PREFECT_HOME=str(workdir / f"prefect-{code.name}"), OMP_NUM_THREADS="1")
+            env.pop("PREFECT_API_URL", None)
+            out = workdir / f"single-{code.name}-{k}.zarr"
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "emfuse.flows.cli", "fuse", str(store), "--out", str(out),
+                                   "--elements", *ELEMENTS, "--lambda-chem", "0.05", "--lambda-tv", "0.05"],
+                                  cwd=code, env=env, capture_output=True, text=True)
+            times[code].append(time.perf_counter() - start)
+            if proc.returncode:
+                raise RuntimeError(f"emfuse fuse failed in {code}:\n{proc.stderr[-3000:]}")
+    return times
+
+
+def median_batch(runs: list[dict]) -> dict:
+    """Field by field median of several runs of one checkout's batch."""
+    med = statistics.median
+    return {"code": runs[0]["code"], "repeats": len(runs), "wall_s": med(r["wall_s"] for r in runs),
+            "batch_flow_s": med(r["batch_flow_s"] for r in runs), "n_done": min(r["n_done"] for r in runs),
+            "stages_s": {stage: med(r["stages_s"][stage] for r in runs) for stage in STAGES},
+            "job_stages_s": med(r["job_stages_s"] for r in runs), "rest_s": med(r["rest_s"] for r in runs)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,24 +187,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.n} datasets of {args.size} x {args.size} x 3 elements, {args.workers} workers; workdir {workdir}")
     print(f"kernel alone: {kernel:.2f} s ({statistics.median(per) * 1e3:.0f} ms median per dataset); "
           f"cluster start {start_s:.2f} s")
-    results = {"n": args.n, "size": args.size, "workers": args.workers, "kernel_s": kernel,
+    results = {"n": args.n, "size": args.size, "workers": args.workers, "repeat": args.repeat, "kernel_s": kernel,
                "cluster_start_s": start_s, "batches": []}
-    for code in args.code:
-        batch = run_batch(code.resolve(), workdir, incoming, args.workers)
+    codes = [code.resolve() for code in args.code]
+    runs: dict[Path, list[dict]] = {code: [] for code in codes}
+    for _ in range(args.repeat):
+        for code in codes:  # taking turns: load from other work falls on every checkout alike
+            runs[code].append(run_batch(code, workdir, incoming, args.workers))
+    singles = single_command_seconds(codes, workdir, max(3, args.repeat)) if args.single else {}
+    for code in codes:
+        batch = median_batch(runs[code])
         batch["ratio_to_kernel"] = batch["wall_s"] / (kernel + start_s)
         batch["datasets_per_min"] = 60 * args.n / batch["wall_s"]
+        batch["runs"] = runs[code]
         if args.single:
-            batch["single_fuse_64_s"] = single_command_seconds(code.resolve(), workdir)
+            batch["single_fuse_64_s"] = statistics.median(singles[code])
+            batch["single_runs_s"] = singles[code]
         results["batches"].append(batch)
         print(f"\n{code}: wall {batch['wall_s']:.1f} s (batch flow {batch['batch_flow_s']:.1f} s), "
               f"{batch['datasets_per_min']:.1f} datasets/min, batch / (kernel + cluster start) "
-              f"= {batch['ratio_to_kernel']:.1f}")
+              f"= {batch['ratio_to_kernel']:.1f}" + (f"; medians of {args.repeat}" if args.repeat > 1 else ""))
         for stage, seconds in batch["stages_s"].items():
             note = " (on the workers, overlapped)" if stage == "report" and _on_workers(code) else ""
             print(f"  {stage:<15} {seconds:7.2f} s{note}")
         print(f"  {'rest':<15} {batch['rest_s']:7.2f} s (Prefect flows and tasks, summaries, morning report)")
         if "single_fuse_64_s" in batch:
-            print(f"  emfuse fuse of 64 x 64 from the shell: {batch['single_fuse_64_s']:.1f} s (median of 3)")
+            print(f"  emfuse fuse of 64 x 64 from the shell: {batch['single_fuse_64_s']:.1f} s "
+                  f"(median of {len(singles[code])})")
     if args.json_path:
         args.json_path.write_text(json.dumps(results, indent=2) + "\n")
     return 0

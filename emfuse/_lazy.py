@@ -1,4 +1,5 @@
-"""Names of a package that load on first use (module ``__getattr__``, PEP 562).
+"""Names of a package that load on first use (module ``__getattr__``, PEP 562), and modules
+that load at their first attribute (:func:`lazy_module`).
 
 ``import emfuse`` and ``import emfuse.pipeline.fusion`` stay light (no Dask, no Prefect, no
 torch) while the public names of the heavier modules are still attributes of the package.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from importlib import import_module
+from types import ModuleType
 from typing import Any
 
 
@@ -38,3 +40,26 @@ def on_first_use(package: str, names: Mapping[str, tuple[str, str]],
         return sorted(set(namespace) | set(names))
 
     return __getattr__, __dir__
+
+
+class _LazyModule(ModuleType):
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(import_module(self.__name__), attribute)  # a dict lookup once imported
+
+
+def lazy_module(name: str) -> ModuleType:
+    """A stand-in for module ``name`` that imports it at its first attribute access, for a
+    heavy module that only some paths of a module use (``ndimage = lazy_module("scipy.ndimage")``
+    at the top, ``ndimage.uniform_filter(...)`` where it is needed).
+
+    Examples
+    --------
+    >>> missing = lazy_module("no_such_module")  # nothing is imported yet
+    >>> missing.anything
+    Traceback (most recent call last):
+    ModuleNotFoundError: No module named 'no_such_module'
+    >>> json = lazy_module("json")
+    >>> json.dumps([1, 2])
+    '[1, 2]'
+    """
+    return _LazyModule(name)

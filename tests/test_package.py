@@ -52,6 +52,16 @@ def test_import_is_light():
     assert out.stdout.strip() == "['emfuse._lazy', 'emfuse.stores', 'emfuse.stores.version']"
 
 
+def test_the_weight_search_loads_scipy_only_when_it_runs():
+    """A fusion with fixed weights imports the search module (its constants) but never estimates
+    noise: scipy.optimize and scipy.ndimage (0.3-0.5 s of a small job's start) load on first use
+    (``test_fuse_takes_auto_weights`` runs the search through them)."""
+    code = ("import sys, emfuse.pipeline.fusion.auto, emfuse.pipeline.fusion.noise; "
+            "print(sorted(m for m in sys.modules if m.startswith(('scipy.optimize', 'scipy.ndimage'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
 def test_fuse_takes_auto_weights():
     """``emfuse.fuse(..., lambda_chem="auto")`` chooses the weights as the command line does
     (a TypeError before), and the choice comes back with the result."""

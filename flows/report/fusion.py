@@ -21,10 +21,13 @@ from .common import (
     DIFF_CMAP,
     HAADF_CMAP,
     MAP_CMAP,
+    TITLE_KW,
     comparable,
     compute_all,
     minmax,
     new_figure,
+    plain_log_labels,
+    plot_figure,
     robust_limits,
     show_image,
     shrink,
@@ -92,7 +95,7 @@ def _map_row(fig, axes, ds, element, columns, factor, bottom: bool) -> None:
     for col, (ax, (name, title, unit)) in enumerate(zip(axes, columns)):
         if name not in shown:
             ax.set_axis_off()
-            ax.set_title(f"{label}: no {title}", fontsize=10)
+            ax.set_title(f"{label}: no {title}", **TITLE_KW)
             continue
         vmin, vmax = limits[name]
         show_image(fig, ax, shown[name], shown[name].values, f"{label}: {title}", unit,
@@ -141,16 +144,15 @@ def convergence_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     if COST not in ds:
         return None
     curves = _cost_curves(ds[COST])
-    fig = Figure(figsize=(4.2 * len(curves), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(curves), squeeze=False)[0]
-    fig.suptitle("Convergence of the fusion objective", fontsize=12, fontweight="bold")
+    fig, axes = plot_figure(len(curves), (4.2, 2.9), "Convergence of the fusion objective",
+                            {"top": 0.3, "bottom": 0.5, "left": 0.8, "right": 0.15})
     for ax, (term, (it, values)) in zip(axes, curves.items()):
         _cost_panel(ax, term, it, values)
     return fig
 
 
 def _cost_panel(ax, term: str, it: np.ndarray, values: np.ndarray) -> None:
-    ax.set_title(TERM_TITLES.get(term, term), fontsize=10)
+    ax.set_title(TERM_TITLES.get(term, term), **TITLE_KW)
     ax.set_xlabel("iteration")
     ax.set_ylabel("cost")
     ax.grid(True, alpha=0.3)
@@ -160,6 +162,7 @@ def _cost_panel(ax, term: str, it: np.ndarray, values: np.ndarray) -> None:
     ax.plot(it, values, color="C0", lw=1.5)
     if np.all(values > 0):
         ax.set_yscale("log")  # costs fall over decades; a log axis shows the tail
+        plain_log_labels(ax.yaxis)
     ax.plot(it[-1], values[-1], "o", color="C3", zorder=3)
     ax.annotate(f"final {values[-1]:.4g}", (it[-1], values[-1]), textcoords="offset points",
                 xytext=(-6, 8), ha="right", fontsize=8, color="C3")
@@ -205,9 +208,8 @@ def lambda_figure(ds: xr.Dataset, factor: int) -> Figure | None:
         reduce = score.min if _lower_is_better(score) else score.max
         score = reduce(score.dims[-1], keep_attrs=True)
     best = lambda_best(score)
-    fig = Figure(figsize=(5.6, 4.4), layout="constrained")
-    ax = fig.subplots()
-    fig.suptitle("Regularisation search", fontsize=12, fontweight="bold")
+    fig, (ax,) = plot_figure(1, (5.6, 3.9), "Regularisation search",
+                             {"top": 0.3, "bottom": 0.55, "left": 0.85, "right": 0.25 if score.ndim == 1 else 0.9})
     if score.ndim == 2:
         _lambda_map(fig, ax, score, best)
     else:
@@ -228,17 +230,20 @@ def _lambda_map(fig, ax, score: xr.DataArray, best: dict[str, Any]) -> None:
         ax.grid(True, alpha=0.3)
     else:
         mesh = ax.pcolormesh(_cell_edges(xs), _cell_edges(ys), values, cmap="viridis")
-    fig.colorbar(mesh, ax=ax).set_label(score.attrs.get("long_name", "score"))
+    cax = ax.inset_axes([1.04, 0.0, 0.045, 1.0])
+    fig.colorbar(mesh, cax=cax).set_label(score.attrs.get("long_name", "score"))
     if _is_log_grid(xs):
         ax.set_xscale("log")
+        plain_log_labels(ax.xaxis)
     if _is_log_grid(ys):
         ax.set_yscale("log")
+        plain_log_labels(ax.yaxis)
     ax.set_xlabel(xdim)
     ax.set_ylabel(ydim)
     if best["best"] is not None:
         bx, by = best["best"][xdim], best["best"][ydim]
         ax.plot(bx, by, marker="*", ms=14, color="white", mec="black")
-        ax.set_title(f"best: {xdim}={bx:.3g}, {ydim}={by:.3g}", fontsize=10)
+        ax.set_title(f"best: {xdim}={bx:.3g}, {ydim}={by:.3g}", **TITLE_KW)
 
 
 def _lambda_line(ax, score: xr.DataArray, best: dict[str, Any]) -> None:
@@ -247,9 +252,10 @@ def _lambda_line(ax, score: xr.DataArray, best: dict[str, Any]) -> None:
     ax.plot(xs, score.values, "o-")
     if _is_log_grid(xs):
         ax.set_xscale("log")
+        plain_log_labels(ax.xaxis)
     ax.set_xlabel(dim)
     ax.set_ylabel(score.attrs.get("long_name", "score"))
     ax.grid(True, alpha=0.3)
     if best["best"] is not None:
         ax.plot(best["best"][dim], best["score"], "*", ms=14, color="C3")
-        ax.set_title(f"best: {dim}={best['best'][dim]:.3g}", fontsize=10)
+        ax.set_title(f"best: {dim}={best['best'][dim]:.3g}", **TITLE_KW)

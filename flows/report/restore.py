@@ -41,7 +41,6 @@ from matplotlib.ticker import MaxNLocator
 
 from emfuse.pipeline import arrays
 from emfuse.pipeline.metrics import psnr_from_mse
-from emfuse.pipeline.register import shift_image
 from emfuse.stores.layout import (
     ATTR_DEVICES,
     ATTR_INPUT_STORE,
@@ -59,10 +58,12 @@ from emfuse.stores.layout import (
 
 from .common import (
     HAADF_CMAP,
+    TITLE_KW,
     comparable,
     compute_all,
     image_extent,
     new_figure,
+    plot_figure,
     robust_limits,
     show_image,
     shrink,
@@ -158,8 +159,7 @@ def restore_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     shown = iter(compute_all(*lazy))
     side = crop[0].stop - crop[0].start
     title = f"Restoration with {_model(ds)}" + ("" if raw is not None else " (input store not found: no raw frames)")
-    fig, axes = new_figure(ds, len(columns), 2 * len(frames), title, factor)
-    _zoom_note(fig, side)
+    fig, axes = new_figure(ds, len(columns), 2 * len(frames), title, factor, note=_zoom_note(side))
     units = ds[RESTORED].attrs.get("units", "input units")
     names = [name for name, _ in columns]
     decisions = guard_decisions(ds)
@@ -209,10 +209,9 @@ def _image_row(fig: Figure, axes, images: list[xr.DataArray], titles: list[str],
               outer=(bottom, col == 0), cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
 
 
-def _zoom_note(fig: Figure, side: int) -> None:
-    """A second headline line: what the zoom panels show."""
-    fig.suptitle(f"{fig.get_suptitle()}\nzoom: central {side} x {side} px at full resolution (yellow box)",
-                 fontsize=12, fontweight="bold")
+def _zoom_note(side: int) -> str:
+    """The headline's second line: what the zoom panels show."""
+    return f"zoom: central {side} x {side} px at full resolution (yellow box)"
 
 
 def _mark(ax, crop: xr.DataArray) -> None:
@@ -234,9 +233,8 @@ def drift_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     true_drift = None
     if truth is not None and TRUE_DRIFT in source and source[TRUE_DRIFT].shape == drift.shape:
         true_drift = np.asarray(source[TRUE_DRIFT].transpose(..., "axis").values, dtype=float)
-    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
-    ax = fig.subplots()
-    fig.suptitle("Drift of each frame against the first", fontsize=12, fontweight="bold")
+    fig, (ax,) = plot_figure(1, (6.4, 3.3), "Drift of each frame against the first",
+                             {"top": 0.3, "bottom": 0.5, "left": 0.7, "right": 0.2})
     for axis, col, colour in (("x", 1, "C0"), ("y", 0, "C1")):  # drift is (dy, dx)
         ax.plot(frames, drift[:, col], "o-", color=colour, ms=3, label=f"{axis} (measured)")
         if true_drift is not None:
@@ -244,7 +242,7 @@ def drift_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     ax.set_xlabel("frame")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("drift (px)")
-    ax.set_title(f"measured on the restored frames; largest {np.abs(drift).max():.2f} px", fontsize=10)
+    ax.set_title(f"measured on the restored frames; largest {np.abs(drift).max():.2f} px", **TITLE_KW)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -276,8 +274,7 @@ def average_figure(ds: xr.Dataset, factor: int) -> Figure | None:
         zoom += shown[3:4]
     n, side = ds.sizes["frame"], crop[0].stop - crop[0].start
     fig, axes = new_figure(ds, len(names), 2, f"Mean of {n} frames, each moved back by the measured drift",
-                            factor)
-    _zoom_note(fig, side)
+                            factor, note=_zoom_note(side))
     units = ds[AVERAGE].attrs.get("units", "input units")
     _image_row(fig, axes[0], full, [f"mean: {name}" for name in names], units, bottom=False)
     _image_row(fig, axes[1], zoom, [f"zoom: {name}" for name in names], units, bottom=True)
@@ -295,6 +292,9 @@ def corrected_mean(raw: xr.DataArray, drift: np.ndarray, factor: int,
     nearest pixel). Frames are read a block at a time, binned chunk by chunk: the movie is never
     in memory whole. In the binned image the drift is ``drift / factor``.
     """
+    # here: the registration module loads scipy.ndimage, which a fusion store's report never needs
+    from emfuse.pipeline.register import shift_image
+
     n_frames, ny, nx = raw.shape
     binned = shrink(raw.isel(frame=0), factor).shape
     block = max(1, min(n_frames, AVERAGE_BLOCK_BYTES // (8 * binned[0] * binned[1])))

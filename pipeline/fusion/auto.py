@@ -115,14 +115,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
+from ..._lazy import lazy_module
 from ...errors import InputError
 from ..arrays import central_crop  # re-exported: callers use auto.central_crop
 from ..backend import to_numpy
 from .model import FusionInputError, Normalisation
 from .noise import DENSE, NoiseEstimateError, NoiseModel, estimate_noise, local_variance, recorrupt
 from .solver import FusionParams, fuse
+
+ndimage = lazy_module("scipy.ndimage")  # loaded where used: only the search needs it
 
 __all__ = [
     "AUTO",

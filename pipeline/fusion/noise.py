@@ -68,10 +68,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-from scipy.optimize import nnls
 
+from ..._lazy import lazy_module
 from ...errors import EmfuseError, InputError
+
+# loaded where used: a fusion with fixed weights never estimates noise (scipy.optimize is
+# about 0.3 s of a small job's start)
+ndimage = lazy_module("scipy.ndimage")
+optimize = lazy_module("scipy.optimize")
 
 __all__ = ["NoiseModel", "estimate_noise", "local_variance", "neighbour_correlation", "recorrupt"]
 
@@ -184,7 +188,7 @@ def estimate_noise(image: Any, *, bins: int = 12) -> NoiseModel:
     # inverse variance of a sample variance ~ n / var^2; a floor keeps a noiseless bin finite
     weight = np.sqrt(counts / np.maximum(variances, 1e-6 * variances.max()) ** 2)
     design = np.stack([np.maximum(centres, 0.0), np.ones_like(centres)], axis=1)
-    (gain, offset_var), _ = nnls(design * weight[:, None], variances * weight)
+    (gain, offset_var), _ = optimize.nnls(design * weight[:, None], variances * weight)
     if gain <= 0 and offset_var <= 0:
         raise NoiseEstimateError("the fitted noise variance is zero; the map is not a noisy map.")
     return NoiseModel(float(gain), float(offset_var), pixels=int(r.size), bins=int(n_bins),

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import xarray as xr
 from dask_helpers import LargestResult
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
 from emfuse.flows.report import coarsen_factor, default_report_dir, write_report
+from emfuse.flows.report.common import new_figure, show_image
+from emfuse.flows.report.fusion import convergence_figure, haadf_figure, maps_figure
 
 ELEMENTS = ["Sc", "Dy", "O"]
 Z = [21, 66, 8]
@@ -151,6 +154,54 @@ def test_default_report_dir():
     assert default_report_dir("a/out.zarr").as_posix() == "a/out.report"
     assert default_report_dir("a/out.zarr/").as_posix() == "a/out.report"
     assert default_report_dir("out").as_posix() == "out.report"
+
+
+def _drawn(fig):
+    FigureCanvasAgg(fig).draw()
+    return fig.canvas.get_renderer()
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("rows, cols, figures", [
+    (slice(None), slice(None), (maps_figure, convergence_figure)),
+    (slice(0, 12), slice(None), (haadf_figure,)), (slice(None), slice(0, 12), (haadf_figure,)),
+], ids=["square", "wide", "tall"])
+def test_panels_are_laid_out_without_overlap(tmp_path, rows, cols, figures):
+    """The figures are placed by hand (no constrained layout): every panel with its ticks, labels,
+    title and colourbar stays inside the figure and clear of the others and of the headline, and
+    each colourbar sits just right of its image as drawn, about as tall."""
+    ds = xr.open_zarr(make_output_store(tmp_path / "o.zarr", n=48, truth=True), zarr_format=3,
+                      consolidated=False).isel(y=rows, x=cols)
+    for fig in (make(ds, 1) for make in figures):
+        renderer = _drawn(fig)
+        page = fig.bbox.padded(1)  # antialiasing may reach half a pixel past the edge
+        panels = [ax.get_tightbbox(renderer) for ax in fig.axes]  # the colourbars included
+        headline = fig.get_suptitle() and fig._suptitle.get_window_extent(renderer)
+        for i, box in enumerate(panels):
+            assert page.contains(box.x0, box.y0) and page.contains(box.x1, box.y1)
+            assert not _overlap(box, headline)
+            assert not any(_overlap(box, other) for other in panels[i + 1:])
+        for ax in fig.axes:
+            if ax.images:
+                image, cbar = ax.get_window_extent(renderer), ax.child_axes[0].get_window_extent(renderer)
+                assert 0 < cbar.x0 - image.x1 < 0.2 * fig.dpi  # beside the image: under 0.2 in away
+                assert cbar.height >= 0.8 * min(image.height, ax.get_position(original=True).height
+                                                * fig.bbox.height)
+                assert abs((cbar.y0 + cbar.y1) - (image.y0 + image.y1)) < 2  # centred on it
+
+
+def test_a_second_headline_line_gets_its_room(tmp_path):
+    ds = xr.open_zarr(make_output_store(tmp_path / "o.zarr"), zarr_format=3, consolidated=False)
+    fig, axes = new_figure(ds, 2, 1, "Title", 1, note="and a note")
+    for ax in axes.ravel():
+        show_image(fig, ax, ds.haadf, ds.haadf.values, "panel", "counts")
+    renderer = _drawn(fig)
+    headline = fig._suptitle.get_window_extent(renderer)
+    assert fig.get_suptitle() == "Title\nand a note"
+    assert not any(_overlap(ax.get_tightbbox(renderer), headline) for ax in fig.axes)
 
 
 @pytest.mark.parametrize(
