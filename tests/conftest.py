@@ -21,6 +21,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def formats(shared_data) -> Path:
+    """``../shared/data/formats``: the small real instrument files (.bcf, .emd, .dm3/.dm4, .emi/.ser)."""
+    folder = shared_data / "formats"
+    if not folder.is_dir():
+        pytest.skip(f"real instrument files not found at {folder} (clone ../shared beside the checkout)")
+    return folder
+
+
 def _load_tutorial(shared: Path, name: str) -> dict:
     with np.load(shared / "fusion" / name, allow_pickle=False) as f:
         d = {k: f[k] for k in f.files}

@@ -4,7 +4,6 @@ they pick (emfuse.pipeline.restore.select), on attribute dicts and on the real i
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -22,9 +21,6 @@ from emfuse.pipeline.restore.select import (
     pixel_size_nm,
     resolve_model,
 )
-
-DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
-            or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 
 
 def _guess(attrs=None, image=None, pixel=0.02):
@@ -147,14 +143,6 @@ def test_what_this_version_has_is_what_auto_can_pick():
 
 
 # -- the real instrument files -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def formats() -> Path:
-    folder = DATA / "formats"
-    if not folder.is_dir():
-        pytest.skip(f"real instrument files not found at {folder} (clone ../shared beside the checkout)")
-    return folder
 
 
 def _guess_file(path: Path, out: Path) -> ModalityGuess:

@@ -60,14 +60,6 @@ NM = {"nm": 1.0, "µm": 1e3, "um": 1e3, "pm": 1e-3, "m": 1e9}
 EV = {"eV": 1.0, "keV": 1e3}
 
 
-@pytest.fixture(scope="module")
-def formats() -> Path:
-    folder = DATA / "formats"
-    if not folder.is_dir():
-        pytest.skip(f"real instrument files not found at {folder} (clone ../shared beside the checkout)")
-    return folder
-
-
 def _read(path: Path, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IngestWarning)

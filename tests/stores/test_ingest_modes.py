@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +18,10 @@ from emfuse.stores.modes import _stage_warnings, ingest_modes, read_mode
 from emfuse.stores.warn import read_warnings
 from emfuse.stores.zarrio import is_complete, open_dataset, sha256_file
 
-DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
-            or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 EMI = "128x128_TEM_acquire-sum1.emi"  # a 128 x 128 int32 Ceta TEM frame, 21.5 nm pixels, with zeros and negatives
 SER = "128x128_TEM_acquire-sum1_1.ser"  # the same frame through its .ser
 BRUKER = "bcf_v2_50x50px.bcf"  # images 'Ch 1' (50, 50) > 0 and (825, 1100), a spectrum image
 STACK = "fei_example_tem_stack.emd"  # a Ceta stack (2, 3, 3)
-
-
-@pytest.fixture(scope="module")
-def formats() -> Path:
-    folder = DATA / "formats"
-    if not folder.is_dir():
-        pytest.skip(f"real instrument files not found at {folder} (clone ../shared beside the checkout)")
-    return folder
 
 
 @pytest.fixture(scope="module")
