@@ -745,7 +745,8 @@ def check_slurm_accepts(options: Mapping[str, Any]) -> None:
     ``sbatch --test-only`` validates the rendered job script (partition, account, memory and
     cores against the partition's nodes, generic resources, time limit) without submitting
     it. Without this check a refused job leaves dask-jobqueue submitting again and the batch
-    waiting for workers that never come.
+    waiting for workers that never come. A job accepted on a partition out of service (down,
+    inactive, every node down or drained: :func:`partition_out_of_service`) is logged as a warning.
 
     Raises
     ------
@@ -774,6 +775,11 @@ def check_slurm_accepts(options: Mapping[str, Any]) -> None:
             ) from err
     if done.returncode != 0:
         raise ClusterUnavailableError(_slurm_refusal(options, script, done.stderr or done.stdout))
+    reason = partition_out_of_service(options.get("queue"))  # the controller answered: sinfo is quick
+    if reason is not None:  # accepted, but nothing will start: say so now, not after hours of silence
+        import logging
+
+        logging.getLogger(__name__).warning("%s", out_of_service_message(None, reason, options.get("queue")))
 
 
 #: How often the jobs of a slurm cluster are compared with `squeue` (seconds).
@@ -886,11 +892,6 @@ def _watch_slurm_jobs(cluster, interval_s: float = JOB_WATCH_INTERVAL_S) -> None
 def _slurm_cluster(options: Mapping[str, Any]):
     jobqueue = _import_optional("dask_jobqueue", HPC_FIX, "the `slurm` cluster profile")
     check_slurm_accepts(options)
-    reason = partition_out_of_service(options.get("queue"))
-    if reason is not None:  # accepted, but nothing will start: say so now, not after hours of silence
-        import logging
-
-        logging.getLogger(__name__).warning("%s", out_of_service_message(None, reason, options.get("queue")))
     dashboard = options.get("dashboard_address", SLURM_DEFAULTS["dashboard_address"])
     cluster = jobqueue.SLURMCluster(
         scheduler_options={"dashboard_address": dashboard}, **slurm_job_kwargs(options)
