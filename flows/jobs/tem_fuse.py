@@ -42,6 +42,7 @@ from emfuse.pipeline import tiles
 from emfuse.pipeline.avae.fuse import fuse_tile
 from emfuse.pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load_avae
 from emfuse.pipeline.avae.preprocess import Preprocessing
+from emfuse.pipeline.restore.select import pixel_size_nm
 from emfuse.pipeline.synth.tem_modes import MODES
 from emfuse.stores import layout
 from emfuse.stores.outputs import empty_like, prepare_output, write_variable
@@ -214,23 +215,6 @@ TRAINING_PIXEL_NM = 0.05
 PIXEL_FACTOR = 1.5
 
 
-def pixel_size_nm(ds: xr.Dataset) -> float | None:
-    """The x step of ``ds`` in nm when its coordinate says its units (nm, Å, µm, pm), else None.
-
-    Examples
-    --------
-    >>> ds = xr.Dataset(coords={"x": ("x", [0.0, 0.5, 1.0], {"units": "Å"})})
-    >>> pixel_size_nm(ds)
-    0.05
-    """
-    per_nm = {"nm": 1.0, "Å": 0.1, "A": 0.1, "angstrom": 0.1, "µm": 1e3, "um": 1e3, "pm": 1e-3}
-    x = ds["x"] if "x" in ds.coords else None
-    scale = per_nm.get(str(x.attrs.get("units", ""))) if x is not None else None
-    if scale is None or x.size < 2:
-        return None
-    return round(float(x[1] - x[0]) * scale, 6)
-
-
 def unlike_training(ds: xr.Dataset) -> list[dict[str, Any]]:
     """Warnings for modes unlike the data the committed weights were trained on (simulated regions
     of three crystal classes at :data:`TRAINING_PIXEL_NM`): real data, and another pixel size.
@@ -247,14 +231,14 @@ def unlike_training(ds: xr.Dataset) -> list[dict[str, Any]]:
             "semiconductor and ceramic crystals), not on data from an instrument: compare tem_fused "
             "with the HRTEM (modes, mode hrtem) before relying on it, or train weights on your own "
             "simulations (emfuse train-avae).", stage="plan"))
-    pixel = pixel_size_nm(ds)
+    pixel = pixel_size_nm(ds.coords)
     if pixel is not None and not TRAINING_PIXEL_NM / PIXEL_FACTOR <= pixel <= TRAINING_PIXEL_NM * PIXEL_FACTOR:
         found.append(make_warning(
             "avae-pixel-size",
             f"the modes' pixel size is {pixel:g} nm and the AVAE's weights were trained at "
             f"{TRAINING_PIXEL_NM:g} nm: lattice fringes and columns span other numbers of pixels than "
             "in training. Bin or resample the modes to about that size, or train weights at yours "
-            "(emfuse synth tem-modes and emfuse train-avae).", stage="plan", pixel_nm=pixel))
+            "(emfuse synth tem-modes and emfuse train-avae).", stage="plan", pixel_nm=round(pixel, 6)))
     return found
 
 
