@@ -27,16 +27,6 @@ VELOX_PRUNED = "Test SI 16x16 ReducedData 215 kx.emd"
 
 
 @pytest.fixture(scope="module")
-def formats() -> Path:
-    folder = DATA / "formats"
-    if not folder.is_dir():
-        pytest.skip(
-            f"real instrument files not found at {folder} (clone ../shared beside the checkout)"
-        )
-    return folder
-
-
-@pytest.fixture(scope="module")
 def fusion() -> Path:
     folder = DATA / "fusion"
     if not folder.is_dir():
