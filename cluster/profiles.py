@@ -829,7 +829,7 @@ _LIVE_JOB_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED"
                     "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 
-def _watch_slurm_jobs(cluster, interval_s: float = JOB_WATCH_INTERVAL_S) -> None:
+def _watch_slurm_jobs(cluster, queue: str | None = None, interval_s: float = JOB_WATCH_INTERVAL_S) -> None:
     """Replace the worker jobs that SLURM ended (scancel, walltime, node failure) while work remains.
 
     dask-jobqueue does not poll SLURM: a job that ends before its worker connects stays in the
@@ -837,7 +837,8 @@ def _watch_slurm_jobs(cluster, interval_s: float = JOB_WATCH_INTERVAL_S) -> None
     waits for ever; one that ends after its worker connected is dropped only from that list,
     not from the cluster's plan. Every ``interval_s`` this compares the cluster's jobs with
     `squeue`: a job that is gone and has no worker connected is forgotten, and the cluster
-    submits a job again for each planned worker that has none.
+    submits a job again for each planned worker that has none. A job pending because its
+    partition (``queue``, None: the default one) is out of service is logged once per reason.
     """
     import asyncio
     import logging
@@ -852,7 +853,6 @@ def _watch_slurm_jobs(cluster, interval_s: float = JOB_WATCH_INTERVAL_S) -> None
         return
 
     said: set[tuple[str, str]] = set()  # (job, reason) already warned about
-    queue = getattr(cluster, "_emfuse_queue", None)
 
     async def check() -> None:
         if cluster.status in (Status.closing, Status.closed):
@@ -896,8 +896,7 @@ def _slurm_cluster(options: Mapping[str, Any]):
     cluster = jobqueue.SLURMCluster(
         scheduler_options={"dashboard_address": dashboard}, **slurm_job_kwargs(options)
     )
-    cluster._emfuse_queue = options.get("queue")
-    _watch_slurm_jobs(cluster)
+    _watch_slurm_jobs(cluster, options.get("queue"))
     low = options.get("minimum_jobs", SLURM_DEFAULTS["minimum_jobs"])
     high = options.get("maximum_jobs", max(low, SLURM_DEFAULTS["maximum_jobs"]))
     if low == high:

@@ -248,7 +248,7 @@ def no_sbatch_check(monkeypatch):
     from emfuse.cluster import profiles
 
     monkeypatch.setattr(profiles, "check_slurm_accepts", lambda options: None)
-    monkeypatch.setattr(profiles, "_watch_slurm_jobs", lambda cluster: None)
+    monkeypatch.setattr(profiles, "_watch_slurm_jobs", lambda cluster, queue=None: None)
 
 
 def test_slurm_cluster_is_adaptive(no_sbatch_check):
