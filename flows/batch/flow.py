@@ -4,10 +4,10 @@
 
 1. the catalog is read (:mod:`emfuse.flows.batch.catalog`); a catalog that cannot be read stops here;
 2. the catalog's cluster starts once and every job connects to it;
-3. each dataset runs as a subflow (``emfuse-dataset``): its raw file is ingested into
-   ``<output>/inputs/``, then each of its jobs runs its stages as tasks of that subflow
-   (ingest, plan, compute, finalise), writing ``<output>/<name>.<job>.zarr``; its figures are
-   drawn on the workers while the next job computes;
+3. each dataset's raw file is ingested into ``<output>/inputs/``, then each of its jobs runs
+   its stages (plan, compute, finalise) as tasks of the batch flow, named after the dataset and
+   job, writing ``<output>/<name>.<job>.zarr``; its figures are drawn on the workers while the
+   next job computes;
 4. a failure (bad input, a model that does not exist, ...) fails that job only:
    it is recorded with its message and the batch goes on with the rest;
 5. the morning report ``<output>/report.html`` (and ``report.json``) is written
@@ -41,7 +41,7 @@ from emfuse.stores.zarrio import check_writable
 
 from ..jobs import JOBS
 from ..jobs.registry import existing_figures
-from ..jobs.stages import ingest_task, run_job_stages
+from ..jobs.stages import ingest_task, named, run_job_stages
 from ..report import draw_report
 from .catalog import Catalog, DatasetEntry, load_catalog
 from .morning import write_morning_report
@@ -72,10 +72,14 @@ def _record(catalog: Catalog, entry: DatasetEntry, kind: str) -> dict[str, Any]:
             "seconds": 0.0}
 
 
-@flow(name="emfuse-dataset", flow_run_name="{name}", persist_result=False)
-def dataset_flow(name: str, path: str, elements: list[str] | None, jobs: dict[str, dict[str, Any]],
-                 inputs_dir: str, cluster: Any, remote: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+def run_dataset(name: str, path: str, elements: list[str] | None, jobs: dict[str, dict[str, Any]],
+                inputs_dir: str, cluster: Any, remote: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Ingest one dataset and run each of its jobs; returns one record per job (never raises).
+
+    The ingest and each job's stages are tasks of the batch flow, their runs named after the
+    dataset and job (``"grain-07 fuse: compute"``). A subflow per dataset cost about 0.7 s of
+    Prefect bookkeeping each (its run's creation, and the wait for its heartbeat thread at its
+    end): docs/benchmarks.md, "Round 3".
 
     ``jobs`` maps each job to ``{"store": output store, "options": its options}``; ``remote``
     says the workers run elsewhere (SLURM, a scheduler address), so devices are checked there.
@@ -83,7 +87,7 @@ def dataset_flow(name: str, path: str, elements: list[str] | None, jobs: dict[st
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     start = time.perf_counter()
     try:
-        store = ingest_task(path, inputs_dir, elements, name)
+        store = named(ingest_task, name)(path, inputs_dir, elements, name)
         ingest_seconds = time.perf_counter() - start
     except Exception as exc:  # every job of the dataset fails with the ingest error
         failure = {**_failure(exc), "error": f"dataset {name}: {exc}"}
@@ -98,9 +102,9 @@ def dataset_flow(name: str, path: str, elements: list[str] | None, jobs: dict[st
             options.setdefault("elements", list(elements))
         if kind == "restore":  # the GPU may be on the workers only
             options.setdefault("check_device", not remote)
-        try:  # the job's stages are tasks of this flow (a subflow per job cost 2 s each)
+        try:  # the job's stages are tasks of the batch flow (a subflow per job cost 2 s each)
             summary = run_job_stages(kind, store, job["store"], options, cluster=cluster, progress=progress,
-                                     ingest_seconds=ingest_seconds, report=False)
+                                     ingest_seconds=ingest_seconds, report=False, label=f"{name} {kind}")
         except Exception as exc:  # recorded; the batch goes on with the next job
             failure = _failure(exc)
             failure["error"] = f"dataset {name}, job {kind}: {failure['error']}"
@@ -154,22 +158,24 @@ def _failed(cat: Catalog, entry: DatasetEntry, error: str, error_type: str, bar)
 
 
 def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progress: bool) -> list[dict[str, Any]]:
-    """Each dataset's subflow on the batch's cluster; one record per dataset and job."""
+    """Each dataset's jobs on the batch's cluster; one record per dataset and job."""
     shared = _shared_cluster(cat.cluster, client)
     records = []
     drawing: list[tuple[dict[str, Any], Any]] = []  # (record, the future of its figures)
     for entry in runnable:
         bar.set_postfix_str(entry.name)
         jobs = {k: {"store": cat.store(entry, k), "options": entry.options[k]} for k in entry.jobs}
-        results = dataset_flow(entry.name, entry.path, list(entry.elements or []) or None, jobs,
+        results = run_dataset(entry.name, entry.path, list(entry.elements or []) or None, jobs,
                                cat.inputs_dir, shared, is_remote(cat.cluster), progress)
         for result in results:
             record = {**_record(cat, entry, result["job"]), **result}
             records.append(record)
             if record["status"] == "done":
                 figures = existing_figures(record["store"], record.get("state"))
-                if figures is None:  # computed now: drawn on a worker while the next job runs
-                    drawing.append((record, client.submit(_draw_on_worker, record["store"], pure=False)))
+                if figures is None:  # computed now: drawn on a worker while the next job runs; the
+                    # next jobs' units go first where both wait for a worker (the figures wait for nothing)
+                    drawing.append((record, client.submit(_draw_on_worker, record["store"], pure=False,
+                                                          priority=-1)))
                 else:
                     record["figures"] = figures
             (log.error if record["status"] == "failed" else log.info)("%s", _status_line(record))

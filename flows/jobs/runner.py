@@ -14,7 +14,9 @@ in the spirit of a LiberTEM UDF:
   client: ``prepare``, every unfinished unit (one Dask task each, gathered with a progress
   bar, the first error cancelling the rest), ``merge``, each with its wall time in the store's
   ``timing``; :func:`finalise` checks every unit is recorded, calls the job's own ``finalise``
-  and marks the store complete;
+  and marks the store complete. The Dask arrays of the driver-side stages of a small job (its
+  input at most :data:`DRIVER_PASS_BYTES`) compute on threads in the driver, not on the cluster
+  (:func:`driver_passes`);
 - on a worker :func:`run_unit` reads the unit's window, places it on the worker's device
   (:func:`worker_device`: a GPU when the worker has one and the job allows it; CuPy arrays for
   array kernels, a CUDA torch device for networks), processes it, writes the arrays as
@@ -63,7 +65,7 @@ from emfuse.stores.errors import on_disk_full
 from emfuse.stores.layout import ATTR_DEVICES
 from emfuse.stores.outputs import write_region
 from emfuse.stores.progress import TileRecord
-from emfuse.stores.zarrio import mark_complete, read_attrs, timed, update_attrs
+from emfuse.stores.zarrio import mark_complete, open_dataset, read_attrs, timed, update_attrs
 
 from .gather import gather
 
@@ -428,17 +430,44 @@ def record_devices(out: str, devices: set[str]) -> None:
         update_attrs(out, **{ATTR_DEVICES: sorted(known | devices)})
 
 
+#: A job whose input store holds at most this many bytes makes its driver-side array passes
+#: (``prepare``, ``merge``, ``finalise``: copying the inputs, the normalisation's minima and
+#: maxima, sums) on threads in the driver instead of on the cluster. For a small dataset each
+#: pass is milliseconds of work, and a round trip to the workers, queued behind the previous
+#: job's figures, cost 1-2 s per job in a batch (docs/benchmarks.md, "Round 3"). Work a job
+#: submits to ``client`` itself (units, a weights search) still goes to the cluster.
+DRIVER_PASS_BYTES = 256 * 2**20
+
+
+def input_bytes(job: Any) -> int:
+    """Bytes of the arrays in the job's input store (from the metadata; nothing is read)."""
+    return int(open_dataset(job.source, require_complete=False).nbytes)
+
+
+def driver_passes(job: Any) -> contextlib.AbstractContextManager:
+    """Where Dask computes the driver-side passes of ``job``: on threads of this process when its
+    input is at most :data:`DRIVER_PASS_BYTES`, else on the default client (the cluster)."""
+    if input_bytes(job) <= DRIVER_PASS_BYTES:
+        import dask
+
+        return dask.config.set(scheduler="threads")
+    return contextlib.nullcontext()
+
+
 def compute(spec: TiledJob, job: Any, client: Client, *, progress: bool = True) -> tuple[Any, int]:
     """The stages between ``plan`` and ``finalise``: ``prepare``, the units, ``merge``.
 
     Returns the job (as ``prepare`` left it: e.g. with its weights chosen) and the number of
     units computed now. A full disk on any write is one line naming the store and the fix.
+    The driver-side passes of a small job run in this process (:func:`driver_passes`).
     """
     with on_disk_full(job.out):
-        job, context = spec.prepare(job, client, progress=progress)
+        with driver_passes(job):
+            job, context = spec.prepare(job, client, progress=progress)
         with timed(job.out, spec.stage):
             n = run_units(spec, job, context, client, progress=progress)
-        spec.merge(job, client, progress=progress)
+        with driver_passes(job):
+            spec.merge(job, client, progress=progress)
     return job, n
 
 
@@ -450,7 +479,7 @@ def finalise(spec: TiledJob, job: Any) -> None:
     if missing:
         raise RuntimeError(f"{job.out}: {len(missing)} of {len(expected)} {spec.unit}s are not finished; "
                            "rerun the same command to complete them.")
-    with on_disk_full(job.out):
+    with on_disk_full(job.out), driver_passes(job):
         spec.finalise(job, record)
         mark_complete(job.out)
 

@@ -38,6 +38,28 @@ PREFECT_STAGES = StageCalls(ingest=ingest_task, plan=plan_task, compute=compute_
                             report=report_task)
 
 
-def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """:func:`emfuse.flows.jobs.registry.run_job_stages` with each stage a Prefect task of the calling flow."""
-    return registry.run_job_stages(kind, source, out, options, calls=PREFECT_STAGES, **kwargs)
+def named(stage: Any, label: str) -> Any:
+    """The task ``stage`` with its runs named ``"<label>: <stage>"`` (a batch labels them with the
+    dataset and job, so that the Prefect UI tells the runs of one night apart).
+
+    Examples
+    --------
+    >>> named(plan_task, "grain-07 fuse").task_run_name()
+    'grain-07 fuse: plan'
+    """
+    title = f"{label}: {stage.name}"
+    return stage.with_options(task_run_name=lambda: title)  # a callable: a label is not a format string
+
+
+def labelled_stages(label: str) -> StageCalls:
+    """:data:`PREFECT_STAGES` with their runs named after ``label`` (:func:`named`)."""
+    return StageCalls(**{field: named(getattr(PREFECT_STAGES, field), label)
+                         for field in StageCalls.__dataclass_fields__})
+
+
+def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *, label: str | None = None,
+                   **kwargs: Any) -> dict[str, Any]:
+    """:func:`emfuse.flows.jobs.registry.run_job_stages` with each stage a Prefect task of the
+    calling flow; ``label`` names the task runs (:func:`labelled_stages`)."""
+    calls = PREFECT_STAGES if label is None else labelled_stages(label)
+    return registry.run_job_stages(kind, source, out, options, calls=calls, **kwargs)

@@ -19,6 +19,7 @@ import dask
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from emfuse.errors import InputError
@@ -30,18 +31,17 @@ PANEL_IN = 3.6  # inches per image panel
 MAP_CMAP = "inferno"
 HAADF_CMAP = "gray"
 DIFF_CMAP = "RdBu_r"
-# the margins of an image panel, inches: its title above; tick labels and the x label below;
-# tick labels and the y label on the left; colourbar, its tick labels and label on the right
-PANEL_PAD_IN = {"top": 0.3, "bottom": 0.46, "left": 0.58, "right": 0.84}
+# the margins of an image panel, inches: its title above; a little room below and on the left
+# (the image has a scale bar, not tick labels); colourbar, its tick labels and label on the right
+PANEL_PAD_IN = {"top": 0.3, "bottom": 0.12, "left": 0.12, "right": 0.84}
 HEADLINE_IN = 0.16  # above the panels, plus LINE_IN per line of the figure's headline
 LINE_IN = 0.24
 #: a panel's title: at the top of its axes (``y`` given: matplotlib does not measure every tick
 #: label of the panel and of its colourbar to move it clear of them; the ticks are below)
 TITLE_KW = {"fontsize": 10, "y": 1.0}
-#: at most this many intervals between ticks on an image's axes and on its colourbar, at round
-#: steps (every tick is an object to build and a label to lay out: about a third fewer than
-#: matplotlib's default on these panels)
-IMAGE_TICKS, CBAR_TICKS, TICK_STEPS = 5, 6, (1, 2, 5, 10)
+#: at most this many intervals between ticks on a colourbar, at round steps (every tick is an
+#: object to build and a label to lay out: about a third fewer than matplotlib's default)
+CBAR_TICKS, TICK_STEPS = 6, (1, 2, 5, 10)
 #: the colourbar beside an image: gap and width in inches, height a fraction of its cell's
 CBAR_GAP_IN, CBAR_WIDTH_IN, CBAR_SHRINK = 0.09, 0.11, 0.85
 
@@ -117,26 +117,49 @@ def axis_units(ds: xr.Dataset | xr.DataArray, dim: str) -> str:
 
 
 def show_image(fig: Figure, ax, da: xr.DataArray, image: np.ndarray, title: str, label: str,
-          outer: tuple[bool, bool] = (True, True), **imshow_kw) -> None:
-    """One image panel with its colourbar and title; axis labels where ``outer`` says.
-
-    ``outer`` is (bottom row, left column): inner panels of a grid skip the
-    repeated axis labels, which keeps the grid readable (and quicker to lay out).
-    """
+               **imshow_kw) -> None:
+    """One image panel: the image with a scale bar (no axes, as on a micrograph), its colourbar
+    labelled ``label``, and its title."""
     extent = image_extent(da)
     im = ax.imshow(image, extent=extent, interpolation="nearest", **imshow_kw)
     ax.set_title(title, **TITLE_KW)
-    ax.tick_params(labelsize=8)
-    ax.xaxis.set_major_locator(MaxNLocator(IMAGE_TICKS, steps=TICK_STEPS))
-    ax.yaxis.set_major_locator(MaxNLocator(IMAGE_TICKS, steps=TICK_STEPS))
-    if outer[0]:
-        ax.set_xlabel(f"x ({axis_units(da, 'x')})")
-    if outer[1]:
-        ax.set_ylabel(f"y ({axis_units(da, 'y')})")
+    ax.set_axis_off()  # ticks were most of a panel's drawing time and say less than a bar
+    scale_bar(ax, extent, axis_units(da, "x"))
     cbar = fig.colorbar(im, cax=ax.inset_axes(_colourbar_bounds(fig, ax, extent)),
                         ticks=MaxNLocator(CBAR_TICKS, steps=TICK_STEPS))
     cbar.set_label(label, fontsize=8)
     cbar.ax.tick_params(labelsize=7)
+
+
+def scale_bar_length(width: float) -> float:
+    """A round length (1, 2 or 5 x 10^k) of at most a quarter of ``width``: the scale bar's.
+
+    Examples
+    --------
+    >>> scale_bar_length(1.6), scale_bar_length(512.0), scale_bar_length(30.0)
+    (0.2, 100.0, 5.0)
+    """
+    target = abs(width) / 4
+    if not target > 0:
+        return 0.0
+    decade = 10.0 ** math.floor(math.log10(target))
+    return max(m * decade for m in (1, 2, 5) if m * decade <= target * (1 + 1e-9))
+
+
+def scale_bar(ax, extent: Sequence[float], units: str) -> None:
+    """A white bar of :func:`scale_bar_length` at the image's lower left, its length above it in
+    ``units`` on a dark box (readable on a bright or a dark image)."""
+    x0, x1, y_bottom, y_top = extent
+    width, height = x1 - x0, y_bottom - y_top  # y grows downwards (image_extent)
+    length = scale_bar_length(width)
+    if length <= 0:
+        return
+    left, base, thick = x0 + 0.05 * width, y_bottom - 0.06 * height, 0.02 * height
+    ax.add_patch(Rectangle((left, base - thick), length * np.sign(width), thick, facecolor="white",
+                           edgecolor="black", linewidth=0.5))
+    ax.text(left + length * np.sign(width) / 2, base - thick - 0.015 * height, f"{length:g} {units}",
+            color="white", fontsize=8, ha="center", va="bottom",
+            bbox={"facecolor": "black", "alpha": 0.5, "edgecolor": "none", "pad": 1.0})
 
 
 def _colourbar_bounds(fig: Figure, ax, extent: Sequence[float]) -> list[float]:

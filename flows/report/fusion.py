@@ -73,11 +73,11 @@ def maps_figure(ds: xr.Dataset, factor: int) -> Figure | None:
         return None
     fig, axes = new_figure(ds, len(columns), len(elements), "Elemental maps", factor)
     for row, element in enumerate(elements):
-        _map_row(fig, axes[row], ds, element, columns, factor, row == len(elements) - 1)
+        _map_row(fig, axes[row], ds, element, columns, factor)
     return fig
 
 
-def _map_row(fig, axes, ds, element, columns, factor, bottom: bool) -> None:
+def _map_row(fig, axes, ds, element, columns, factor) -> None:
     """Raw | fused | truth for one element; fused and truth share a scale when comparable."""
     shown = {}
     lazy = [shrink(ds[name].sel(element=element), factor)
@@ -92,14 +92,13 @@ def _map_row(fig, axes, ds, element, columns, factor, bottom: bool) -> None:
         if comparable(limits[FUSED], limits[TRUE_MAPS]):
             limits[FUSED] = limits[TRUE_MAPS] = joint
     label = _element_label(ds, element)
-    for col, (ax, (name, title, unit)) in enumerate(zip(axes, columns)):
+    for ax, (name, title, unit) in zip(axes, columns):
         if name not in shown:
             ax.set_axis_off()
             ax.set_title(f"{label}: no {title}", **TITLE_KW)
             continue
         vmin, vmax = limits[name]
-        show_image(fig, ax, shown[name], shown[name].values, f"{label}: {title}", unit,
-              outer=(bottom, col == 0), cmap=MAP_CMAP, vmin=vmin, vmax=vmax)
+        show_image(fig, ax, shown[name], shown[name].values, f"{label}: {title}", unit, cmap=MAP_CMAP, vmin=vmin, vmax=vmax)
 
 
 def haadf_figure(ds: xr.Dataset, factor: int) -> Figure | None:
@@ -114,9 +113,8 @@ def haadf_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     show_image(fig, axes[0, 0], haadf, h, "HAADF (input)", "min-max normalised",
           cmap=HAADF_CMAP, vmin=0, vmax=1)
     show_image(fig, axes[0, 1], model, m, "model HAADF ($\\Sigma_i\\, w_i x_i^\\gamma$)",
-          "min-max normalised", outer=(True, False), cmap=HAADF_CMAP, vmin=0, vmax=1)
-    show_image(fig, axes[0, 2], haadf, diff, f"difference (RMS {rms:.3g})", "input - model",
-          outer=(True, False), cmap=DIFF_CMAP, vmin=-bound, vmax=bound)
+          "min-max normalised", cmap=HAADF_CMAP, vmin=0, vmax=1)
+    show_image(fig, axes[0, 2], haadf, diff, f"difference (RMS {rms:.3g})", "input - model", cmap=DIFF_CMAP, vmin=-bound, vmax=bound)
     return fig
 
 

@@ -169,9 +169,8 @@ def restore_figure(ds: xr.Dataset, factor: int) -> Figure | None:
         label = f"frame {ds['frame'].values[f]}"
         guarded = GUARD_NOTES.get(decisions[f], "") if decisions else ""
         _image_row(fig, axes[2 * i], full, [f"{label}: {n}" + (guarded if n == "restored" else "") for n in names],
-                   units, bottom=False)
-        _image_row(fig, axes[2 * i + 1], zoom, [f"{label} zoom: {n}" for n in names], units,
-                   bottom=i == len(frames) - 1)
+                   units)
+        _image_row(fig, axes[2 * i + 1], zoom, [f"{label} zoom: {n}" for n in names], units)
         for ax in axes[2 * i]:
             _mark(ax, zoom[0])
     return fig
@@ -198,15 +197,13 @@ def guard_decisions(ds: xr.Dataset) -> list[str]:
     return [names.get(int(code), "?") for code in np.asarray(ds[GUARD_DECISION].values)]
 
 
-def _image_row(fig: Figure, axes, images: list[xr.DataArray], titles: list[str], units: str,
-               bottom: bool) -> None:
+def _image_row(fig: Figure, axes, images: list[xr.DataArray], titles: list[str], units: str) -> None:
     """One row of panels; shared colour limits when every panel's range is comparable."""
     limits = [robust_limits(im.values) for im in images]
     if all(comparable(limits[0], lim) for lim in limits[1:]):
         limits = [robust_limits(*(im.values for im in images))] * len(images)
-    for col, (image, title, (vmin, vmax)) in enumerate(zip(images, titles, limits)):
-        show_image(fig, axes[col], image, image.values, title, units,
-              outer=(bottom, col == 0), cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
+    for ax, image, title, (vmin, vmax) in zip(axes, images, titles, limits):
+        show_image(fig, ax, image, image.values, title, units, cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
 
 
 def _zoom_note(side: int) -> str:
@@ -276,8 +273,8 @@ def average_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     fig, axes = new_figure(ds, len(names), 2, f"Mean of {n} frames, each moved back by the measured drift",
                             factor, note=_zoom_note(side))
     units = ds[AVERAGE].attrs.get("units", "input units")
-    _image_row(fig, axes[0], full, [f"mean: {name}" for name in names], units, bottom=False)
-    _image_row(fig, axes[1], zoom, [f"zoom: {name}" for name in names], units, bottom=True)
+    _image_row(fig, axes[0], full, [f"mean: {name}" for name in names], units)
+    _image_row(fig, axes[1], zoom, [f"zoom: {name}" for name in names], units)
     for ax in axes[0]:
         _mark(ax, zoom[0])
     return fig

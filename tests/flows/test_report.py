@@ -193,6 +193,30 @@ def test_panels_are_laid_out_without_overlap(tmp_path, rows, cols, figures):
                 assert abs((cbar.y0 + cbar.y1) - (image.y0 + image.y1)) < 2  # centred on it
 
 
+@pytest.mark.parametrize("units, n, label", [("nm", 48, "2 nm"), ("px", 64, "10 px")])
+def test_images_carry_a_scale_bar_instead_of_axes(tmp_path, units, n, label):
+    """Every image panel is drawn without axes, with a bar of a round length (at most a quarter of
+    the width) labelled in the coordinates' units, as long on the page as it says."""
+    ds = xr.open_zarr(make_output_store(tmp_path / "o.zarr", n=n, units=units), zarr_format=3, consolidated=False)
+    if units == "px":
+        ds = ds.assign_coords(y=np.arange(n), x=np.arange(n))  # a step of 1 px: n px wide
+    fig = maps_figure(ds, 1)
+    renderer = _drawn(fig)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2 * len(ELEMENTS)
+    for ax in panels:
+        assert not ax.axison
+        (text,) = [t for t in ax.texts]
+        (bar,) = ax.patches
+        assert text.get_text() == label
+        length = float(label.split()[0])
+        image = ax.get_window_extent(renderer)  # equal aspect: the axes box is the image
+        width = ds.x.values[-1] - ds.x.values[0] + (ds.x.values[1] - ds.x.values[0])
+        drawn = bar.get_window_extent(renderer)
+        assert drawn.width == pytest.approx(image.width * length / width, abs=1.5)
+        assert image.contains(drawn.x0, drawn.y0) and image.contains(drawn.x1, drawn.y1)
+
+
 def test_a_second_headline_line_gets_its_room(tmp_path):
     ds = xr.open_zarr(make_output_store(tmp_path / "o.zarr"), zarr_format=3, consolidated=False)
     fig, axes = new_figure(ds, 2, 1, "Title", 1, note="and a note")
