@@ -248,10 +248,10 @@ class Sampler(threading.Thread):
 def stage_seconds(prefect_db: Path, since: datetime) -> dict[str, Any] | None:
     """Seconds per stage and job kind of the batch run started after ``since``, from Prefect's records.
 
-    Reads the task and flow runs of the run's private Prefect database (sqlite, read-only):
-    each job's stages (the ``*_task`` runs: ingest, plan, compute, finalise, report), the job
-    subflow around them and the dataset subflow around that. None when the database cannot be
-    read (another Prefect version, a server elsewhere).
+    Reads the task runs of the batch flow in the run's private Prefect database (sqlite,
+    read-only): each dataset's ingest (``"<dataset>: ingest"``, under ``"datasets"``) and each job's
+    stages (``"<dataset> <job>: <stage>"``: plan, compute, finalise). None when the database
+    cannot be read (another Prefect version, a server elsewhere).
     """
     def ts(text: str | None) -> datetime | None:
         return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
@@ -265,33 +265,18 @@ def stage_seconds(prefect_db: Path, since: datetime) -> dict[str, Any] | None:
         if not batches:
             return None
         batch_id, b0, b1 = batches[-1]
-
-        def children(flow_ids: list[str]) -> list[tuple[str, str, datetime, datetime]]:
-            """Flow runs whose parent task run belongs to one of ``flow_ids``: (id, name, start, end)."""
-            marks = ",".join("?" * len(flow_ids))
-            rows = db.execute(
-                f"select r.id, r.name, r.start_time, r.end_time from flow_run r join task_run t "
-                f"on r.parent_task_run_id = t.id where t.flow_run_id in ({marks})", flow_ids)
-            return [(i, n, ts(a), ts(b)) for i, n, a, b in rows]
-
-        datasets = children([batch_id])
-        jobs = children([d[0] for d in datasets])
-        marks = ",".join("?" * len(jobs))
-        tasks = db.execute(f"select flow_run_id, name, start_time, end_time from task_run "
-                           f"where flow_run_id in ({marks}) and name like '%_task-%'", [j[0] for j in jobs])
-        kind_of = {i: n.rsplit(":", 1)[-1] for i, n, _, _ in jobs}
         out: dict[str, Any] = {}
-        for flow_id, name, a, b in tasks:
-            if a and b:
-                stage = name.split("_task-")[0]
-                kind = out.setdefault(kind_of[flow_id], {})
-                kind[stage] = kind.get(stage, 0.0) + (ts(b) - ts(a)).total_seconds()
-        for _, name, a, b in jobs:
-            kind = out.setdefault(name.rsplit(":", 1)[-1], {})
-            kind["job_subflow"] = kind.get("job_subflow", 0.0) + ((b - a).total_seconds() if a and b else 0.0)
-        in_datasets = sum((b - a).total_seconds() for _, _, a, b in datasets if a and b)
-        out["batch"] = {"batch_flow": (b1 - b0).total_seconds() if b1 else None, "dataset_subflows": in_datasets,
-                        "job_subflows": sum(v.get("job_subflow", 0.0) for k, v in out.items() if k != "batch")}
+        tasks = db.execute("select name, start_time, end_time from task_run where flow_run_id = ?", [batch_id])
+        in_tasks = 0.0
+        for name, a, b in tasks:
+            label, _, stage = name.rpartition(": ")
+            if not (a and b and label):
+                continue
+            kind = "datasets" if stage == "ingest" else label.rsplit(" ", 1)[-1]
+            seconds = (ts(b) - ts(a)).total_seconds()
+            out.setdefault(kind, {})[stage] = out.get(kind, {}).get(stage, 0.0) + seconds
+            in_tasks += seconds
+        out["batch"] = {"batch_flow": (b1 - b0).total_seconds() if b1 else None, "tasks": in_tasks}
         return out
     except (sqlite3.Error, KeyError, ValueError, TypeError):
         return None
@@ -582,10 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         b = (r["stages_s"] or {}).get("batch")
         if b:
-            stages_sum = sum(v for k, st in r["stages_s"].items() if k != "batch" for n, v in st.items() if n != "job_subflow")
-            print(f"{r['label']:<6} Prefect records: batch flow {b['batch_flow']:.1f} s, dataset subflows "
-                  f"{b['dataset_subflows']:.1f} s, job subflows {b['job_subflows']:.1f} s, stages {stages_sum:.1f} s "
-                  f"(report figures {sum(st.get('report', 0) for k, st in r['stages_s'].items() if k != 'batch'):.1f} s)")
+            print(f"{r['label']:<6} Prefect records: batch flow {b['batch_flow']:.1f} s, of which in its tasks "
+                  f"(ingest and the jobs' stages) {b['tasks']:.1f} s; figures are drawn on the workers, outside them")
     print()
     if "fuse" in q:
         f = q["fuse"]
