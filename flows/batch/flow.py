@@ -172,27 +172,16 @@ def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progr
             records.append(record)
             if record["status"] == "done":
                 figures = existing_figures(record["store"], record.get("state"))
-                if figures is None:  # computed now: drawn on a worker while the next job runs
+                if figures is None:  # computed now: drawn on a worker while the next job runs; the
+                    # next jobs' units go first where both wait for a worker
                     drawing.append((record, client.submit(_draw_on_worker, record["store"], pure=False,
-                                                          priority=-1, workers=figure_workers(client))))
+                                                          priority=-1)))
                 else:
                     record["figures"] = figures
             (log.error if record["status"] == "failed" else log.info)("%s", _status_line(record))
             bar.update()
     _draw_reports(drawing)
     return records
-
-
-def figure_workers(client) -> list[str] | None:
-    """The workers that may draw figures: all but one when there are several (None: any).
-
-    The next jobs' units wait for nothing else, while a worker drawing a job's figures is busy
-    for a second or more: with every worker drawing, each job's units queued behind figures
-    (1.3 s per job of 96 x 96 px on 2 workers, docs/benchmarks.md "Round 3"). Figures also go
-    after units where both wait (their priority is lower).
-    """
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
-    return workers[1:] if len(workers) > 1 else None
 
 
 def _draw_on_worker(store: str) -> list[str]:

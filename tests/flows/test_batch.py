@@ -167,19 +167,3 @@ def test_raw_files_of_one_name_are_ingested_apart(tmp_path):
     a, b = (open_dataset(s).haadf.values for s in stores)
     assert not np.array_equal(a, b)
 
-
-@pytest.mark.parametrize("n_workers", [1, 3])
-def test_figures_keep_one_worker_free_for_the_next_jobs_units(n_workers):
-    from emfuse.cluster import connect
-    from emfuse.flows.batch.flow import figure_workers
-
-    with connect("local-threads", n_workers=n_workers, threads_per_worker=1) as client:
-        allowed = figure_workers(client)
-        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
-        if n_workers == 1:
-            assert allowed is None  # the only worker draws too
-        else:
-            assert allowed == workers[1:] and workers[0] not in allowed
-            drawn = client.submit(lambda: 1, workers=allowed, allow_other_workers=False, pure=False)
-            assert drawn.result() == 1
-            assert client.who_has(drawn)[drawn.key][0] in allowed
