@@ -73,7 +73,8 @@ def _record(catalog: Catalog, entry: DatasetEntry, kind: str) -> dict[str, Any]:
 
 
 def run_dataset(name: str, path: str, elements: list[str] | None, jobs: dict[str, dict[str, Any]],
-                inputs_dir: str, cluster: Any, remote: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+                inputs_dir: str, cluster: Any, remote: bool = False, progress: bool = True,
+                client=None) -> list[dict[str, Any]]:
     """Ingest one dataset and run each of its jobs; returns one record per job (never raises).
 
     The ingest and each job's stages are tasks of the batch flow, their runs named after the
@@ -82,7 +83,8 @@ def run_dataset(name: str, path: str, elements: list[str] | None, jobs: dict[str
     end): docs/benchmarks.md, "Round 3".
 
     ``jobs`` maps each job to ``{"store": output store, "options": its options}``; ``remote``
-    says the workers run elsewhere (SLURM, a scheduler address), so devices are checked there.
+    says the workers run elsewhere (SLURM, a scheduler address), so devices are checked there;
+    ``client``, the batch's own client of ``cluster``, which every job uses.
     """
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     start = time.perf_counter()
@@ -103,8 +105,9 @@ def run_dataset(name: str, path: str, elements: list[str] | None, jobs: dict[str
         if kind == "restore":  # the GPU may be on the workers only
             options.setdefault("check_device", not remote)
         try:  # the job's stages are tasks of the batch flow (a subflow per job cost 2 s each)
-            summary = run_job_stages(kind, store, job["store"], options, cluster=cluster, progress=progress,
-                                     ingest_seconds=ingest_seconds, report=False, label=f"{name} {kind}")
+            summary = run_job_stages(kind, store, job["store"], options, cluster=cluster, client=client,
+                                     progress=progress, ingest_seconds=ingest_seconds, report=False,
+                                     label=f"{name} {kind}")
         except Exception as exc:  # recorded; the batch goes on with the next job
             failure = _failure(exc)
             failure["error"] = f"dataset {name}, job {kind}: {failure['error']}"
@@ -166,7 +169,7 @@ def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progr
         bar.set_postfix_str(entry.name)
         jobs = {k: {"store": cat.store(entry, k), "options": entry.options[k]} for k in entry.jobs}
         results = run_dataset(entry.name, entry.path, list(entry.elements or []) or None, jobs,
-                               cat.inputs_dir, shared, is_remote(cat.cluster), progress)
+                               cat.inputs_dir, shared, is_remote(cat.cluster), progress, client)
         for result in results:
             record = {**_record(cat, entry, result["job"]), **result}
             records.append(record)
