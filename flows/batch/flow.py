@@ -3,7 +3,7 @@
 ``emfuse run CATALOG.yaml`` calls :func:`batch_flow`:
 
 1. the catalog is read (:mod:`emfuse.flows.batch.catalog`); a catalog that cannot be read stops here;
-2. the catalog's cluster starts once and every job connects to it;
+2. the catalog's cluster starts once and every job runs on it, through the batch's client;
 3. each dataset's raw file is ingested into ``<output>/inputs/``, then each of its jobs runs
    its stages (plan, compute, finalise) as tasks of the batch flow, named after the dataset and
    job, writing ``<output>/<name>.<job>.zarr``; its figures are drawn on the workers while the
