@@ -194,3 +194,28 @@ def test_a_residual_model_gets_its_restored_hrtem_base_on_every_window(tmp_path,
     np.testing.assert_allclose(out.attention.values, attention, atol=1e-4)
     assert not np.allclose(whole, fuse_modes(load_avae(path), prep.apply(recorded), base=0 * base)[0], atol=0.1)
     assert set(tem_fuse_job.summary(job)["quality"]) == {"tem_fused", "hrtem"}
+
+
+def test_train_avae_gives_a_residual_network_the_base_tem_fuse_makes(tmp_path, store):
+    from emfuse.flows.tools.train_avae import store_regions, train_from_stores
+    from emfuse.pipeline.avae.base import BaseFit, flat_hrtem
+    from emfuse.pipeline.avae.train import TrainSettings
+    from emfuse.pipeline.restore import load_model, save_model
+    from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+
+    torch.manual_seed(7)
+    restoration = save_model(CGRDN(CGRDNConfig(features=8, growth=4, groups=1, blocks=1, layers=2)),
+                             tmp_path / "tiny_cgrdn.safetensors")
+    inputs, targets = store_regions(store, 40, base_model=str(restoration))
+    plain, _ = store_regions(store, 40)
+    assert inputs.shape == (4, 4, 40, 40) and targets.shape == (4, 40, 40)
+    np.testing.assert_array_equal(inputs[:, :3], plain)
+    ds = open_dataset(store)
+    recorded = ds.modes.sel(mode=["bf", "df", "hrtem"]).values / ds.flat_reference.sel(mode=["bf", "df", "hrtem"]).values
+    prep = tem_fuse_job.fit_store_preprocessing(tem_fuse_job.recorded_modes(ds, True), True)
+    fit, base = BaseFit.fit(flat_hrtem(prep, recorded), load_model(restoration))  # 96 x 80: the central crop is all
+    np.testing.assert_allclose(inputs[1, 3], base[0:40, 40:80], atol=1e-4)
+    cfg = AVAEConfig(features=4, latent=2, base="restored_hrtem", base_model=str(restoration))
+    path, history = train_from_stores([store], tmp_path / "r.safetensors", region=40, cfg=cfg,
+                                      settings=TrainSettings(steps=2, batch=2, crop=16, validate_every=1))
+    assert load_avae(path).cfg == cfg and history["best_step"] is not None
