@@ -36,7 +36,8 @@ from ...errors import InputError
 from ..arrays import central_crop
 from .model import AVAE, AVAEConfig, avae_loss
 
-__all__ = ["TrainSettings", "sample_batch", "sample_present", "standardise", "start_at_the_base", "train_avae"]
+__all__ = ["TrainSettings", "orient_to_base", "sample_batch", "sample_present", "standardise", "start_at_the_base",
+           "train_avae"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class TrainSettings:
     #: its own and in any company, so the latents share one meaning and fusing them is a choice
     #: between estimates (see docs/methods/avae.md). 0: always all modes.
     mode_dropout: float = 0.0
+    #: For a residual network (``AVAEConfig.base``): each region's target is turned to the sign of
+    #: its base's correlation with it (:func:`orient_to_base`), so the network is trained in the
+    #: base's contrast (the HRTEM's, which changes sign against the truth from region to region) and
+    #: never has to tell that sign to keep its base. False: the truth's own sign.
+    orient_to_base: bool = True
 
 
 def standardise(truth: Any) -> np.ndarray:
@@ -139,6 +145,28 @@ def start_at_the_base(model: AVAE, inputs: np.ndarray, targets: np.ndarray) -> t
     return scale, offset
 
 
+def orient_to_base(targets: np.ndarray, bases: np.ndarray) -> np.ndarray:
+    """Targets (N, H, W) times the sign of their correlation with the bases (N, H, W), region by region.
+
+    Scores are taken after an affine calibration per image, which has no preferred sign; the
+    loss has one. Turned to its base's contrast, a target is what the untrained residual network
+    already gives, up to a positive scale, in every region, and the decoder only has to add what
+    the modes know in that contrast.
+
+    Examples
+    --------
+    >>> t = np.stack([np.arange(4.0).reshape(2, 2), np.arange(4.0).reshape(2, 2)])
+    >>> orient_to_base(t, np.stack([t[0], -t[1]]))[:, 0, 1].tolist()
+    [1.0, -1.0]
+    """
+    y = np.asarray(targets, dtype=np.float64)
+    b = np.asarray(bases, dtype=np.float64)
+    yc = y - y.mean(axis=(1, 2), keepdims=True)
+    bc = b - b.mean(axis=(1, 2), keepdims=True)
+    sign = np.where((yc * bc).sum(axis=(1, 2)) < 0, -1.0, 1.0)
+    return (np.asarray(targets) * sign[:, None, None]).astype(np.float32)
+
+
 def _validation_crops(validation: tuple[np.ndarray, np.ndarray], crop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The central crop of every validation region (fixed, so losses compare across steps)."""
     x, y = validation
@@ -203,6 +231,11 @@ def train_avae(
     if x_all.shape[1] != cfg.in_channels:
         raise InputError(f"inputs have {x_all.shape[1]} channels, the network takes {cfg.in_channels}"
                          + (" (the modes, then the base: pipeline.avae.base.with_base)" if cfg.has_base else ""))
+    if cfg.has_base and settings.orient_to_base:
+        y_all = orient_to_base(y_all, x_all[:, cfg.n_modes])
+        if validation is not None:
+            vx = np.asarray(validation[0], np.float32)
+            validation = (vx, orient_to_base(np.asarray(validation[1], np.float32), vx[:, cfg.n_modes]))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     model = AVAE(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -104,9 +105,13 @@ def test_training_a_residual_network_needs_its_base_and_starts_from_it():
     settings = TrainSettings(steps=1, batch=2, crop=16, validate_every=1, lr=0.0)
     with pytest.raises(InputError, match="the modes, then the base"):
         train_avae(modes, truth, RESIDUAL, settings)
-    model, _ = train_avae(with_base(modes, base), truth, RESIDUAL, settings)
-    assert float(model.base_gain.bias.detach()) < -0.9  # the inverted contrast, fitted before the first step
+    model, _ = train_avae(with_base(modes, base), truth, RESIDUAL, settings)  # targets in the base's contrast
+    assert float(model.base_gain.bias.detach()) > 0.9
     fused, _ = fuse_modes(model, modes[0], base=base[0])
+    assert np.corrcoef(fused.ravel(), truth[0].ravel())[0, 1] < -0.99
+    signed, _ = train_avae(with_base(modes, base), truth, RESIDUAL, replace(settings, orient_to_base=False))
+    assert float(signed.base_gain.bias.detach()) < -0.9  # the inverted contrast, fitted before the first step
+    fused, _ = fuse_modes(signed, modes[0], base=base[0])
     assert np.corrcoef(fused.ravel(), truth[0].ravel())[0, 1] > 0.99
 
 
