@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="train the AVAE as a residual on this base (AVAEConfig.base; default: none)")
     p.add_argument("--base-model", default=DEFAULT_BASE_MODEL,
                    help="the restoration network of the base (default %(default)s)")
+    p.add_argument("--signed-targets", action="store_true",
+                   help="train a residual AVAE against the truth's own sign, not turned to its base's contrast "
+                        "(TrainSettings.orient_to_base=False)")
     p.add_argument("--base-cache", type=Path, default=None,
                    help="an .npz file that keeps the regions' bases between runs on the same regions")
     args = p.parse_args(argv)
@@ -241,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         train_seed = args.seed if args.train_seed is None else args.train_seed
         settings = TrainSettings(steps=args.steps, lr=args.lr, beta=args.beta, seed=train_seed, threads=args.threads,
-                                 mode_dropout=args.mode_dropout)
+                                 mode_dropout=args.mode_dropout, orient_to_base=not args.signed_targets)
         variants = [("avae", True, args.attention_from), ("vae", False, "z")]
         if args.compare_z:
             variants.append(("avae_z", True, "z"))
