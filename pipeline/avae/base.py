@@ -45,6 +45,11 @@ from .preprocess import Preprocessing, flat_surface
 if TYPE_CHECKING:
     import torch
 
+#: Tile and overlap (px) of the restoration's own tiled inference: a tem-fuse window (256 px
+#: tile + 2 x 32 px halo by default) is restored in one piece, as the regions of training are,
+#: rather than in blended tiles whose seams would differ from window to window.
+RESTORE_TILE, RESTORE_OVERLAP = 512, 64
+
 __all__ = ["BaseFit", "flat_hrtem", "load_base_network", "region_bases", "with_base"]
 
 
@@ -122,9 +127,9 @@ class BaseFit:
 
         a = np.asarray(hrtem, dtype=np.float32)
         if not _standardises(net):  # a network without its own standardisation sees the intensities
-            return restore(a, net)
+            return restore(a, net, tile=RESTORE_TILE, overlap=RESTORE_OVERLAP)
         xs = ((a - self.hrtem_mean) / self.hrtem_std).astype(np.float32)
-        residual = restore(xs, _residual_network(net))
+        residual = restore(xs, _residual_network(net), tile=RESTORE_TILE, overlap=RESTORE_OVERLAP)
         return (self.hrtem_std * (residual + xs) + self.hrtem_mean).astype(np.float32)
 
     def standardise(self, restored: Any) -> np.ndarray:
