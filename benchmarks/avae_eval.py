@@ -127,17 +127,24 @@ def _family_margins(methods: dict, compared: tuple[str, ...], materials: list[st
     return out
 
 
-def _bases(prepared, model: str, cache: Path | None, key: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The base (and the restored HRTEM) of every region by the restoration network ``model``,
-    from ``cache`` when it holds them for the same regions (``key``), else computed and kept there."""
+def _bases(prepared, model: str, cache: Path | None, key: dict,
+           regions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The base (and the restored HRTEM) of every region, or of ``regions`` only (the others NaN), by
+    the restoration network ``model``, from ``cache`` when it holds them for the same regions
+    (``key``), else computed and kept there."""
+    if regions is not None:
+        key = {**key, "regions": np.asarray(regions).tolist()}
     if cache is not None and cache.is_file():
         with np.load(cache) as f:
             if json.loads(str(f["key"])) == key:
                 print(f"bases from {cache}", flush=True)
                 return f["bases"], f["restored"]
     t0 = time.perf_counter()
-    bases, restored = region_bases(prepared.hrtem, load_base_network(model))
-    print(f"{len(bases)} HRTEMs restored by {model} in {time.perf_counter() - t0:.0f} s", flush=True)
+    which = np.arange(len(prepared.hrtem)) if regions is None else np.asarray(regions)
+    bases = np.full(prepared.hrtem.shape, np.nan, dtype=np.float32)
+    restored = bases.copy()
+    bases[which], restored[which] = region_bases(prepared.hrtem[which], load_base_network(model))
+    print(f"{len(which)} HRTEMs restored by {model} in {time.perf_counter() - t0:.0f} s", flush=True)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, key=json.dumps(key, sort_keys=True), bases=bases, restored=restored)
@@ -214,18 +221,23 @@ def main(argv: list[str] | None = None) -> dict:
     prepared = prepare_regions(simulate_regions(args.n, (args.size, args.size), args.seed, **scope),
                                flat_reference=args.flat_reference)
     t_sim = time.perf_counter() - t0
-    needs_base = args.base != "none" or any(load_avae(path).cfg.has_base for path in
-                                             [*(item.split("=", 1)[1] for item in args.load),
-                                              *((args.avae_weights,) if args.avae_weights else ())])
-    bases = restored = None
-    if needs_base:
-        bases, restored = _bases(prepared, args.base_model, args.base_cache, {
-            "seed": args.seed, "n": args.n, "size": args.size, "variation": args.variation,
-            "flat_reference": args.flat_reference, "model": args.base_model})
     train, val, test = split_indices(args.n, args.seed)
     if args.hold_out:  # a whole material family never trained on nor validated with: all its regions are tested
         held = np.array([m == args.hold_out for m in prepared.materials])
         train, val, test = train[~held[train]], val[~held[val]], np.flatnonzero(held)
+    given = [*(item.split("=", 1)[1] for item in args.load), *((args.avae_weights,) if args.avae_weights else ())]
+    base_models = {load_avae(path).cfg.base_model for path in given if load_avae(path).cfg.has_base}
+    if args.base != "none" and not args.pretrained:
+        base_models.add(args.base_model)
+    if len(base_models) > 1:
+        p.error(f"the residual networks compared must share one base network, got {sorted(base_models)}")
+    args.base_model = next(iter(base_models), args.base_model)
+    bases = restored = None
+    if base_models:  # restored once; with --pretrained (no classifier) only the test regions need a base
+        bases, restored = _bases(prepared, args.base_model, args.base_cache, {
+            "seed": args.seed, "n": args.n, "size": args.size, "variation": args.variation,
+            "flat_reference": args.flat_reference, "model": args.base_model},
+            regions=test if args.pretrained and args.skip_classifier else None)
     print(f"{args.n} regions of {args.size}^2 simulated and preprocessed in {t_sim:.0f} s; "
           f"split {len(train)}/{len(val)}/{len(test)}", flush=True)
 
