@@ -21,9 +21,9 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    recorded modes, preprocesses it with the stored parameters, runs the AVAE (loaded once per
    worker process) and writes the core of ``tem_fused`` and ``attention``, then its ``done`` flag.
    A residual model's base is made on the same window: its flat-fielded HRTEM restored by the
-   model's ``base_model`` (tiled and blended by :func:`emfuse.pipeline.restore.inference.restore`,
-   with the dataset's fitted statistics, so a window is restored as inside the whole image up to
-   the restoration's reach beyond the halo) and standardised;
+   model's ``base_model`` (by :func:`emfuse.pipeline.restore.inference.restore`, in one piece up to
+   512 px, with the dataset's fitted statistics, so a window is restored as inside the whole image
+   up to the restoration's reach beyond the halo) and standardised;
 5. ``finalise``: ``complete = true``.
 
 :mod:`emfuse.flows.jobs.flows` wraps these stages as Prefect tasks; tests and notebooks call
@@ -199,7 +199,9 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     template = xr.Dataset(variables, coords={"mode": list(MODES), "y": ds["y"], "x": ds["x"]})
     template[layout.TEM_FUSED].attrs.update(
         units="standardised", description="AVAE fusion of BF, DF and HRTEM: the projected structure, "
-        "zero mean and unit standard deviation (affine-calibrate to compare with a truth)")
+        "zero mean and unit standard deviation (affine-calibrate to compare with a truth)"
+        + ("; a residual on the HRTEM restored by " + cfg.base_model + ", in its contrast (which may be "
+           "inverted against the projected potential)" if cfg.has_base else ""))
     template[layout.ATTENTION].attrs.update(
         units="1", description="attention weight of each mode in the fused latent (sums to 1 over mode)")
     template[layout.MODES].attrs.update(ds[layout.MODES].attrs)

@@ -30,9 +30,11 @@ start at zero, ``g``'s bias at 1 (or, in training, at the least-squares scale of
 the bases: :func:`emfuse.pipeline.avae.train.start_at_the_base`), so that the untrained network
 returns the restored HRTEM, affinely mapped, exactly: training starts from the best single
 mode and moves away from it only where the loss says the other modes add something. The gain is
-a map, not one number, because the HRTEM's contrast changes sign against the truth from region
-to region (with defocus and thickness): a fixed scale would be wrong in sign for half of them,
-and the sign is what the latent can tell locally. The attention still runs over the modes only.
+a map, not one number, so that the base can count for less where BF or DF say more. The HRTEM's
+contrast changes sign against the truth from region to region (defocus, thickness), so such a
+network is trained against targets turned to its base's contrast
+(:func:`emfuse.pipeline.avae.train.orient_to_base`) and its output is in that contrast. The
+attention still runs over the modes only.
 
 Weights are saved with safetensors only (:func:`save_avae`, :func:`load_avae`), the
 configuration in the file's metadata.
@@ -81,7 +83,7 @@ FORMAT = "emfuse-avae-1"  # bump when the state-dict layout changes
 #: a weight can depend on every mode's uncertainty and on the neighbourhood.
 ATTENTION_INPUTS = ("z", "stats")
 #: What the network's output is a residual on: ``"none"`` (the plain AVAE: ``decoder(z)``) or
-#: ``"restored_hrtem"`` (``s * base + c + decoder(z)``, the base an extra input channel: the
+#: ``"restored_hrtem"`` (``g(z) * base + c + decoder(z)``, the base an extra input channel: the
 #: HRTEM restored by ``AVAEConfig.base_model``; see the module docstring).
 BASES = ("none", "restored_hrtem")
 #: The restoration network of the base (a name of :func:`emfuse.pipeline.restore.load_model`): the

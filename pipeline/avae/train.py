@@ -130,9 +130,10 @@ def start_at_the_base(model: AVAE, inputs: np.ndarray, targets: np.ndarray) -> t
     of ``inputs``); returns them.
 
     The untrained network then returns the best affine map of the base (its decoder starts at 0).
-    Fitted, not learnt from ``s = 1``: the HRTEM's contrast may be inverted against the truth
-    (dark atoms), and Adam, moving a parameter by about ``lr`` a step, would need tens of thousands
-    of steps to turn ``s`` from 1 to -1.
+    Fitted, not learnt from ``s = 1``: against targets in the truth's own sign
+    (``TrainSettings(orient_to_base=False)``) the best ``s`` may be negative (dark atoms), and Adam,
+    moving a parameter by about ``lr`` a step, would need tens of thousands of steps to turn ``s``
+    from 1 to -1; against targets turned to the base it sets the scale.
     """
     b = np.asarray(inputs[:, model.cfg.n_modes], dtype=np.float64).ravel()
     y = np.asarray(targets, dtype=np.float64).ravel()
