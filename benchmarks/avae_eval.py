@@ -5,6 +5,8 @@
     python benchmarks/avae_eval.py --seed 0 --n 200 --variation --attention-from stats --compare-z --json v0.json --save-models DIR
     python benchmarks/avae_eval.py --seed 1 --n 400 --pretrained --fitted-illumination --json fitted1.json
     python benchmarks/avae_eval.py --seed 3 --n 400 --hold-out ceramic --json held_ceramic.json
+    python benchmarks/avae_eval.py --seed 3 --n 400 --hold-out metal --base restored_hrtem --base-cache bases.npz \
+        --load vae=held_metal/vae.safetensors --load avae_plain=held_metal/avae.safetensors --json residual.json
 
 Simulates ``N`` regions from ``seed`` (:mod:`emfuse.pipeline.synth.tem_modes`, the material classes in
 turn), preprocesses each (flat field, equalisation, registration, denoising), splits them
@@ -30,7 +32,15 @@ regions and reported with the standard error of the mean per-region difference.
 
 It also trains a small material-class classifier on the training regions' images of each kind
 and reports its accuracy on the test regions (the feature-extraction check), and the
-registration error of BF and DF against the simulated drift. Writes
+registration error of BF and DF against the simulated drift.
+
+``--base restored_hrtem`` trains the AVAE as a residual on the HRTEM restored by
+``--base-model`` (:mod:`emfuse.pipeline.avae.base`; the restorations are computed once per region,
+kept in ``--base-cache`` for the next run on the same regions, and reused as that network's
+``hrtem_NAME`` baseline). Networks given with ``--load NAME=PATH`` under other names than
+``avae``/``vae`` are compared too. Per test region it checks whether the AVAE is at least as
+good as the best single method of that region (``hrtem``, ``bf``, ``df`` and the restored
+HRTEM of the base network; :func:`emfuse.pipeline.avae.evaluate.never_worse`), per family. Writes
 ``{"methods": {"avae": {"psnr": ..., "ssim": ...}, ...}, ...}`` to ``--json``.
 """
 
@@ -50,9 +60,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emfuse.pipeline.avae import classify  # noqa: E402
+from emfuse.pipeline.avae.base import load_base_network, region_bases, with_base  # noqa: E402
 from emfuse.pipeline.avae.baselines import fit_mode_weights  # noqa: E402
 from emfuse.pipeline.avae.evaluate import (  # noqa: E402
     method_images,
+    never_worse,
     paired_margin,
     prepare_regions,
     score_methods,
@@ -61,6 +73,8 @@ from emfuse.pipeline.avae.evaluate import (  # noqa: E402
 from emfuse.pipeline.avae.fuse import fuse_modes  # noqa: E402
 from emfuse.pipeline.avae.model import (  # noqa: E402
     ATTENTION_INPUTS,
+    BASES,
+    DEFAULT_BASE_MODEL,
     DEFAULT_WEIGHTS,
     FLAT_VAE_WEIGHTS,
     FLAT_WEIGHTS,
@@ -78,6 +92,8 @@ BASELINES = ("hrtem", "average", "weighted", "vae", "hrtem_wiener", "hrtem_resto
 #: the restoration networks of the restored-HRTEM baselines (method ``hrtem_NAME``): the project's
 #: default model and the published HRTEM network (through emfuse's port; needs emfuse[r_em])
 RESTORATIONS = {"restored": "default", "r_em": "r_em:sfr_hrtem"}
+#: the single methods of the per-region check, besides the restored HRTEM of the base network
+SINGLES = ("hrtem", "bf", "df")
 
 
 def _hardware() -> str:
@@ -91,7 +107,7 @@ def _missing_mode_scores(prepared, test, models, materials) -> dict:
         present = np.ones(len(MODES), dtype=bool)
         present[i] = False
         images = {name: [fuse_modes(net, x, present=present)[0] for x in prepared.inputs[test]]
-                  for name, net in models.items() if net.cfg.n_modes == len(MODES)}
+                  for name, net in models.items() if net.cfg.n_modes == len(MODES) and not net.cfg.has_base}
         images["average"] = [x[present].mean(axis=0) for x in prepared.inputs[test]]
         scores = score_methods(images, prepared.truths[test], materials)
         out[mode] = {k: {"psnr": v["psnr"], "ssim": v["ssim"]} for k, v in scores.items()}
@@ -109,6 +125,30 @@ def _family_margins(methods: dict, compared: tuple[str, ...], materials: list[st
                 for name in ("avae", *compared)}
         out[family] = {b: paired_margin(pick["avae"], pick[b]) for b in compared}
     return out
+
+
+def _bases(prepared, model: str, cache: Path | None, key: dict,
+           regions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The base (and the restored HRTEM) of every region, or of ``regions`` only (the others NaN), by
+    the restoration network ``model``, from ``cache`` when it holds them for the same regions
+    (``key``), else computed and kept there."""
+    if regions is not None:
+        key = {**key, "regions": np.asarray(regions).tolist()}
+    if cache is not None and cache.is_file():
+        with np.load(cache) as f:
+            if json.loads(str(f["key"])) == key:
+                print(f"bases from {cache}", flush=True)
+                return f["bases"], f["restored"]
+    t0 = time.perf_counter()
+    which = np.arange(len(prepared.hrtem)) if regions is None else np.asarray(regions)
+    bases = np.full(prepared.hrtem.shape, np.nan, dtype=np.float32)
+    restored = bases.copy()
+    bases[which], restored[which] = region_bases(prepared.hrtem[which], load_base_network(model))
+    print(f"{len(which)} HRTEMs restored by {model} in {time.perf_counter() - t0:.0f} s", flush=True)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, key=json.dumps(key, sort_keys=True), bases=bases, restored=restored)
+    return bases, restored
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -161,6 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
                    help="a restored-HRTEM baseline 'hrtem_NAME' by the network MODEL (a name of "
                         "emfuse.pipeline.restore.load_model); repeat for more, 'none' for none "
                         f"(default: {' '.join(f'{k}={v}' for k, v in RESTORATIONS.items())})")
+    p.add_argument("--base", choices=BASES, default="none",
+                   help="train the AVAE as a residual on this base (AVAEConfig.base; default: none)")
+    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL,
+                   help="the restoration network of the base (default %(default)s)")
+    p.add_argument("--signed-targets", action="store_true",
+                   help="train a residual AVAE against the truth's own sign, not turned to its base's contrast "
+                        "(TrainSettings.orient_to_base=False)")
+    p.add_argument("--base-cache", type=Path, default=None,
+                   help="an .npz file that keeps the regions' bases between runs on the same regions")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     wanted = RESTORATIONS if args.restoration is None else dict(
@@ -176,6 +225,19 @@ def main(argv: list[str] | None = None) -> dict:
     if args.hold_out:  # a whole material family never trained on nor validated with: all its regions are tested
         held = np.array([m == args.hold_out for m in prepared.materials])
         train, val, test = train[~held[train]], val[~held[val]], np.flatnonzero(held)
+    given = [*(item.split("=", 1)[1] for item in args.load), *((args.avae_weights,) if args.avae_weights else ())]
+    base_models = {load_avae(path).cfg.base_model for path in given if load_avae(path).cfg.has_base}
+    if args.base != "none" and not args.pretrained:
+        base_models.add(args.base_model)
+    if len(base_models) > 1:
+        p.error(f"the residual networks compared must share one base network, got {sorted(base_models)}")
+    args.base_model = next(iter(base_models), args.base_model)
+    bases = restored = None
+    if base_models:  # restored once; with --pretrained (no classifier) only the test regions need a base
+        bases, restored = _bases(prepared, args.base_model, args.base_cache, {
+            "seed": args.seed, "n": args.n, "size": args.size, "variation": args.variation,
+            "flat_reference": args.flat_reference, "model": args.base_model},
+            regions=test if args.pretrained and args.skip_classifier else None)
     print(f"{args.n} regions of {args.size}^2 simulated and preprocessed in {t_sim:.0f} s; "
           f"split {len(train)}/{len(val)}/{len(test)}", flush=True)
 
@@ -194,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         train_seed = args.seed if args.train_seed is None else args.train_seed
         settings = TrainSettings(steps=args.steps, lr=args.lr, beta=args.beta, seed=train_seed, threads=args.threads,
-                                 mode_dropout=args.mode_dropout)
+                                 mode_dropout=args.mode_dropout, orient_to_base=not args.signed_targets)
         variants = [("avae", True, args.attention_from), ("vae", False, "z")]
         if args.compare_z:
             variants.append(("avae_z", True, "z"))
@@ -208,11 +270,13 @@ def main(argv: list[str] | None = None) -> dict:
             if name in loaded:
                 continue
             modes = [MODES.index("hrtem")] if name == "hrtem_net" else list(range(len(MODES)))
+            base = args.base if name == "avae" else "none"
             cfg = AVAEConfig(n_modes=len(modes), features=args.features, latent=args.latent, attention=attention,
-                             attention_from=source)
+                             attention_from=source, base=base, base_model=args.base_model)
+            inputs = prepared.inputs[:, modes] if base == "none" else with_base(prepared.inputs[:, modes], bases)
             model, history = train_avae(
-                prepared.inputs[train][:, modes], prepared.targets[train], cfg, settings,
-                validation=(prepared.inputs[val][:, modes], prepared.targets[val]),
+                inputs[train], prepared.targets[train], cfg, settings,
+                validation=(inputs[val], prepared.targets[val]),
                 progress=lambda step, rec, name=name: print(
                     f"  {name} step {step}: recon {rec['recon']:.4f} kl {rec['kl']:.3f} "
                     f"val {rec.get('validation_mse', float('nan')):.4f}", flush=True))
@@ -226,12 +290,17 @@ def main(argv: list[str] | None = None) -> dict:
                     "best_step": history["best_step"], "settings": history["settings"]})
 
     weights = fit_mode_weights(prepared.inputs[val], prepared.targets[val])
+    base_names = {name for name, model in wanted.items() if model == args.base_model}
     images = method_images(prepared.inputs[test], models, weights, hrtem_index=MODES.index("hrtem"),
-                           hrtem=prepared.hrtem[test], restorations=restorations)
+                           hrtem=prepared.hrtem[test], restorations=restorations,
+                           bases=None if bases is None else bases[test],
+                           restored={} if restored is None else {n: restored[test] for n in base_names})
     materials = [prepared.materials[i] for i in test]
     methods = score_methods(images, prepared.truths[test], materials)
+    singles = (*SINGLES, *(f"hrtem_{n}" for n in sorted(base_names) if f"hrtem_{n}" in methods))
+    best_mode = {name: never_worse(methods, name, singles, materials) for name in models if name in methods}
     baselines = tuple(b for b in BASELINES if b in methods)
-    compared = (*baselines, *(extra for extra in ("avae_z", "hrtem_net") if extra in methods))
+    compared = (*baselines, *(extra for extra in models if extra not in ("avae", *baselines)))
     methods = {name: methods[name] for name in ("avae", *compared)}
     avae = methods["avae"]
     margins = {b: {"psnr_db": avae["psnr"] - methods[b]["psnr"], "ssim": avae["ssim"] - methods[b]["ssim"]}
@@ -245,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
     attention_mean = {}
     for name in models:
         if models[name].cfg.attention:
-            maps = [fuse_modes(models[name], x)[1].mean(axis=(1, 2)) for x in prepared.inputs[test]]
+            maps = [fuse_modes(models[name], x, base=bases[i] if models[name].cfg.has_base else None)[1].mean(axis=(1, 2))
+                    for i, x in zip(test, prepared.inputs[test])]
             attention_mean[name] = dict(zip(MODES, np.mean(maps, axis=0).round(4).tolist()))
 
     missing = _missing_mode_scores(prepared, test, models, materials) if args.missing else {}
@@ -253,13 +323,14 @@ def main(argv: list[str] | None = None) -> dict:
     # feature extraction: material class from crops of each kind of image
     t1 = time.perf_counter()
     labels = np.array([sorted(MATERIALS).index(m) for m in prepared.materials])
-    train_images = method_images(prepared.inputs[train], models, weights, hrtem_index=MODES.index("hrtem"))
+    train_images = method_images(prepared.inputs[train], models, weights, hrtem_index=MODES.index("hrtem"),
+                                 bases=None if bases is None else bases[train]) if not args.skip_classifier else {}
     kinds = {"avae": (train_images["avae"], images["avae"]),
              "average": (train_images["average"], images["average"]),
              **{m: (prepared.inputs[train][:, i], prepared.inputs[test][:, i]) for i, m in enumerate(MODES)},
-             "truth": (prepared.truths[train], prepared.truths[test])}
+             "truth": (prepared.truths[train], prepared.truths[test])} if not args.skip_classifier else {}
     classification = {}
-    for kind, (tr, te) in ({} if args.skip_classifier else kinds).items():
+    for kind, (tr, te) in kinds.items():
         net = classify.train_classifier(np.stack(tr), labels[train], n_classes=len(MATERIALS),
                                         steps=args.classifier_steps, seed=args.seed)
         classification[kind] = classify.accuracy(net, np.stack(te), labels[test])
@@ -272,6 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         "margin_standard_error": margin_sem,
         "avae_beats_every_baseline": all(margins[b]["psnr_db"] > 0 and margins[b]["ssim"] > 0 for b in baselines),
         "margins_by_family": by_family,
+        "never_worse_than_best_single": {"singles": list(singles), "by_network": best_mode},
         "mean_attention": attention_mean,
         "missing_mode": missing,
         "paper_claims": PAPER,
@@ -301,6 +373,10 @@ def main(argv: list[str] | None = None) -> dict:
     for family, rows in by_family.items():
         print(f"{family}: " + ", ".join(f"avae - {b} {r['psnr']['margin']:+.2f} ±{r['psnr']['standard_error']:.2f} dB"
                                         for b, r in rows.items()))
+    for name, rows in best_mode.items():
+        print(f"{name} >= best single ({', '.join(singles)}) per region: " + "; ".join(
+            f"{fam} {r['psnr']['fraction']:.0%} PSNR (worst {r['psnr']['worst_deficit']:+.2f} dB), "
+            f"{r['ssim']['fraction']:.0%} SSIM (worst {r['ssim']['worst_deficit']:+.3f})" for fam, r in rows.items()))
     print(f"mean attention: {attention_mean}")
     for mode, scores in missing.items():
         print(f"{mode} missing: " + ", ".join(f"{k} {v['psnr']:.2f} dB / {v['ssim']:.3f}" for k, v in scores.items()))

@@ -13,10 +13,17 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    ``preprocessing``. With a ``flat_reference`` (mode, y, x) in the input (each mode's beam
    recorded without specimen) every mode is divided by it first and no smooth surface is fitted,
    so BF keeps the specimen's own slow contrast (its thickness); the default model is then the
-   one trained that way (:data:`emfuse.pipeline.avae.model.FLAT_WEIGHTS`);
+   one trained that way (:data:`emfuse.pipeline.avae.model.FLAT_WEIGHTS`). For a model that is a
+   residual on a restored HRTEM (``AVAEConfig.base``) the statistics of its base are fitted here
+   too, on the same central crop (:class:`emfuse.pipeline.avae.base.BaseFit`: the restoration
+   network's standardisation and the restored image's), and stored in the attribute ``base``;
 4. the tiles (:data:`SPEC`, run by :mod:`emfuse.flows.jobs.runner`): one Dask task per unfinished tile reads its window (core + halo) of the
    recorded modes, preprocesses it with the stored parameters, runs the AVAE (loaded once per
-   worker process) and writes the core of ``tem_fused`` and ``attention``, then its ``done`` flag;
+   worker process) and writes the core of ``tem_fused`` and ``attention``, then its ``done`` flag.
+   A residual model's base is made on the same window: its flat-fielded HRTEM restored by the
+   model's ``base_model`` (by :func:`emfuse.pipeline.restore.inference.restore`, in one piece up to
+   512 px, with the dataset's fitted statistics, so a window is restored as inside the whole image
+   up to the restoration's reach beyond the halo) and standardised;
 5. ``finalise``: ``complete = true``.
 
 :mod:`emfuse.flows.jobs.flows` wraps these stages as Prefect tasks; tests and notebooks call
@@ -39,6 +46,7 @@ import xarray as xr
 
 from emfuse.errors import EmfuseError
 from emfuse.pipeline import tiles
+from emfuse.pipeline.avae.base import BaseFit, flat_hrtem, load_base_network
 from emfuse.pipeline.avae.fuse import fuse_tile
 from emfuse.pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load_avae
 from emfuse.pipeline.avae.preprocess import Preprocessing
@@ -64,6 +72,7 @@ if TYPE_CHECKING:  # distributed loads in a second: not for a command line that 
 log = logging.getLogger(__name__)
 JOB = "tem-fuse"
 ATTR_PREPROCESSING = "preprocessing"
+ATTR_BASE = "base"  # the BaseFit of a residual model
 FIT_CROP = 512  # px: the central crop on which histograms and drift are fitted
 FLAT_PX = 256  # px: the block average of the whole dataset on which the flat field is fitted
 
@@ -170,7 +179,9 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     if tile < 16 or tile % 2:
         raise TemFuseInputError(f"--tile must be even and at least 16, got {tile}")
     weights = Path(model) if model is not None else FLAT_WEIGHTS if flat is not None else DEFAULT_WEIGHTS
-    load_avae(weights)  # fail here, naming the file, rather than in every worker
+    cfg = load_avae(weights).cfg  # fail here, naming the file, rather than in every worker
+    if cfg.has_base:
+        load_base_network(cfg.base_model)  # and its restoration network (r_em needs emfuse[r_em])
     job = TemFuseJob(str(source), str(out), str(weights.resolve()), sha256_file(weights), tile, halo, torch_threads,
                      flat is not None, device)
     ny, nx = modes.sizes["y"], modes.sizes["x"]
@@ -188,7 +199,9 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     template = xr.Dataset(variables, coords={"mode": list(MODES), "y": ds["y"], "x": ds["x"]})
     template[layout.TEM_FUSED].attrs.update(
         units="standardised", description="AVAE fusion of BF, DF and HRTEM: the projected structure, "
-        "zero mean and unit standard deviation (affine-calibrate to compare with a truth)")
+        "zero mean and unit standard deviation (affine-calibrate to compare with a truth)"
+        + ("; a residual on the HRTEM restored by " + cfg.base_model + ", in its contrast (which may be "
+           "inverted against the projected potential)" if cfg.has_base else ""))
     template[layout.ATTENTION].attrs.update(
         units="1", description="attention weight of each mode in the fused latent (sums to 1 over mode)")
     template[layout.MODES].attrs.update(ds[layout.MODES].attrs)
@@ -304,6 +317,37 @@ def fit_preprocessing(job: TemFuseJob) -> Preprocessing:
     return prep
 
 
+def fit_base(job: TemFuseJob, prep: Preprocessing) -> BaseFit | None:
+    """For a residual model: fit its base's statistics once (central crop) and store them (attribute ``base``)."""
+    cfg = load_avae(job.model).cfg
+    if not cfg.has_base:
+        return None
+    attrs = read_attrs(job.out)
+    if ATTR_BASE in attrs:
+        return BaseFit.from_dict(attrs[ATTR_BASE])
+    out = open_dataset(job.out, require_complete=False)
+    modes = recorded_modes(out, job.flat_reference)
+    window = central_window((modes.sizes["y"], modes.sizes["x"]))
+    crop = modes.isel(y=window[0], x=window[1]).values
+    fit, _ = BaseFit.fit(flat_hrtem(prep, crop, window), load_base_network(cfg.base_model))
+    update_attrs(job.out, **{ATTR_BASE: {**fit.to_dict(), "model": cfg.base_model}})
+    return fit
+
+
+@dataclass(frozen=True)
+class FuseContext:
+    """What every tile gets: the fitted preprocessing and, for a residual model, its base's fit."""
+
+    prep: Preprocessing
+    base: BaseFit | None = None
+
+
+def fit_context(job: TemFuseJob) -> FuseContext:
+    """The preprocessing and any base fit of a job, fitted once and stored (or read back)."""
+    prep = fit_preprocessing(job)
+    return FuseContext(prep, fit_base(job, prep))
+
+
 def worker_model(job: TemFuseJob, device: str) -> AVAE:
     """The model on ``device``, loaded once per worker process (and per weights file)
     (:func:`emfuse.flows.jobs.runner.worker_cached`)."""
@@ -317,15 +361,20 @@ def worker_model(job: TemFuseJob, device: str) -> AVAE:
     return worker_cached(("tem-fuse", job.model, job.model_sha256, device), load)
 
 
+def worker_base_network(name: str, device: str) -> Any:
+    """A residual model's restoration network on ``device``, loaded once per worker process."""
+    return worker_cached(("tem-fuse-base", name, device), lambda: load_base_network(name, device=device))
+
+
 class TemFuseSpec(TiledJob):
     """The TEM-fusion job for the runner (:mod:`emfuse.flows.jobs.runner`): tiles of the image, each
     window (core + halo) preprocessed with the stored fit and fused by the AVAE on the worker's device."""
 
-    def prepare(self, job: TemFuseJob, client: Client, *, progress: bool) -> tuple[TemFuseJob, Preprocessing]:
+    def prepare(self, job: TemFuseJob, client: Client, *, progress: bool) -> tuple[TemFuseJob, FuseContext]:
         with timed(job.out, "write_inputs"):
             write_inputs(job)
         with timed(job.out, "preprocessing"):
-            return job, fit_preprocessing(job)
+            return job, fit_context(job)
 
     def units(self, job: TemFuseJob) -> list[Unit]:
         return [Unit(tile.index, tile) for tile in job.grid]
@@ -340,10 +389,15 @@ class TemFuseSpec(TiledJob):
             recorded = recorded / group[layout.FLAT_REFERENCE][:, ys, xs]
         return {"modes": recorded}
 
-    def process(self, job: TemFuseJob, unit: Unit, window: dict[str, Any], context: Preprocessing,
+    def process(self, job: TemFuseJob, unit: Unit, window: dict[str, Any], context: FuseContext,
                 device: str) -> UnitOutput:
         tile = unit.region
-        fused, attention = fuse_tile(worker_model(job, device), context.apply(window["modes"], tile.window), tile)
+        model = worker_model(job, device)
+        base = None
+        if context.base is not None:  # the residual model's base, made on the same window
+            net = worker_base_network(model.cfg.base_model, device)
+            base = context.base.apply(flat_hrtem(context.prep, window["modes"], tile.window), net)
+        fused, attention = fuse_tile(model, context.prep.apply(window["modes"], tile.window), tile, base=base)
         return UnitOutput({layout.TEM_FUSED: (tile.core, fused), layout.ATTENTION: ((slice(None), *tile.core), attention)})
 
     def summary(self, job: TemFuseJob) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 Each store is preprocessed as the tem-fuse job does it (:func:`emfuse.flows.jobs.tem_fuse.fit_store_preprocessing`:
 flat field (the store's ``flat_reference`` when it has one), histograms, drift fitted once,
-then applied to the whole image, which must fit in memory), cut into square regions of ``region`` px, each region's truth standardised; 15 % of
+then applied to the whole image, which must fit in memory), cut into square regions of ``region`` px, each region's truth standardised; for a
+residual network (``AVAEConfig.base``) each region also gets its base, made as tem-fuse makes it
+(:func:`emfuse.flows.jobs.tem_fuse.fit_base`: statistics fitted on the store's central crop, the
+whole flat-fielded HRTEM restored with them); 15 % of
 the regions (at least one, when there are two or more) are held out to choose the weights.
 The model is written with safetensors, the training record in its metadata.
 """
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from emfuse.pipeline.avae.base import BaseFit, flat_hrtem, load_base_network, with_base
 from emfuse.pipeline.avae.model import AVAEConfig, save_avae
 from emfuse.pipeline.avae.train import TrainSettings, standardise, train_avae
 from emfuse.stores import layout
@@ -23,6 +27,7 @@ from emfuse.stores.zarrio import check_writable, open_dataset
 
 from ..jobs.tem_fuse import (
     TemFuseInputError,
+    central_window,
     check_flat,
     check_modes,
     fit_store_preprocessing,
@@ -32,8 +37,9 @@ from ..jobs.tem_fuse import (
 log = logging.getLogger(__name__)
 
 
-def store_regions(store: str | Path, region: int = 192) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessed modes (n, 3, r, r) and standardised truths (n, r, r) of a store's regions."""
+def store_regions(store: str | Path, region: int = 192, *, base_model: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed modes (n, 3, r, r) and standardised truths (n, r, r) of a store's regions;
+    with ``base_model`` (a residual network's restoration network) the modes and the base (n, 4, r, r)."""
     ds = open_dataset(store)
     check_modes(ds, store)
     if layout.TRUE_STRUCTURE not in ds:
@@ -42,7 +48,13 @@ def store_regions(store: str | Path, region: int = 192) -> tuple[np.ndarray, np.
     flat_referenced = check_flat(ds, store) is not None
     modes = recorded_modes(ds, flat_referenced)
     prep = fit_store_preprocessing(modes, flat_referenced)
-    inputs = prep.apply(modes.values)
+    recorded = modes.values
+    inputs = prep.apply(recorded)
+    if base_model is not None:  # the base as tem-fuse makes it: statistics of the central crop
+        window = central_window(recorded.shape[1:])
+        net = load_base_network(base_model)
+        fit, _ = BaseFit.fit(flat_hrtem(prep, recorded[:, window[0], window[1]], window), net)
+        inputs = with_base(inputs, fit.apply(flat_hrtem(prep, recorded), net))
     truth = ds[layout.TRUE_STRUCTURE].transpose("y", "x").values
     ny, nx = truth.shape
     r = min(region, ny - ny % 2, nx - nx % 2)
@@ -62,7 +74,7 @@ def train_from_stores(stores: Sequence[str | Path], out: str | Path, *, region: 
     settings = settings or TrainSettings()
     cfg = cfg or AVAEConfig()
     check_writable(out)  # before training, not after it
-    parts = [store_regions(s, region) for s in stores]
+    parts = [store_regions(s, region, base_model=cfg.base_model if cfg.has_base else None) for s in stores]
     inputs = np.concatenate([p[0] for p in parts])
     targets = np.concatenate([p[1] for p in parts])
     crop = min(settings.crop, inputs.shape[-1] - inputs.shape[-1] % 2)

@@ -7,6 +7,7 @@ mode and attention weights that decide, at every position, how much each mode co
 =================  ===========================================================================
 ``preprocess``     flat field, histogram equalisation, registration, denoising
 ``model``          the AVAE network, its loss, safetensors files
+``base``           the base of a residual AVAE: the recorded HRTEM restored and standardised
 ``train``          training on (preprocessed modes, truth) pairs
 ``fuse``           inference on windows and tiles of any size
 ``baselines``      HRTEM alone, plain average, fitted weights; affine calibration; PSNR/SSIM

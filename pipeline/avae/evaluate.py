@@ -30,9 +30,13 @@ from .train import standardise
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Prepared", "method_images", "paired_margin", "prepare_regions", "score_methods", "split_indices"]
+__all__ = ["SINGLE_MODES", "Prepared", "method_images", "never_worse", "paired_margin", "prepare_regions", "score_methods",
+           "split_indices"]
 
 METHODS = ("avae", "hrtem", "average", "weighted", "vae")
+#: The single modes, as preprocessed, that :func:`method_images` scores besides ``hrtem``
+#: (the candidates of :func:`never_worse` with it and a restored HRTEM).
+SINGLE_MODES = ("bf", "df")
 
 
 @dataclass
@@ -85,28 +89,40 @@ def split_indices(n: int, seed: int, fractions: Sequence[float] = (0.7, 0.15, 0.
 
 def method_images(inputs: np.ndarray, models: Mapping[str, AVAE], mode_weights: np.ndarray,
                   hrtem_index: int = 2, *, hrtem: np.ndarray | None = None,
-                  restorations: Mapping[str, torch.nn.Module] | None = None) -> dict[str, list[np.ndarray]]:
+                  restorations: Mapping[str, torch.nn.Module] | None = None,
+                  bases: np.ndarray | None = None,
+                  restored: Mapping[str, Sequence[np.ndarray]] | None = None) -> dict[str, list[np.ndarray]]:
     """Every method's image of every region: the networks in ``models``, then the baselines.
 
-    A network with one input mode (``AVAEConfig(n_modes=1)``) is given the HRTEM alone. With
-    ``hrtem`` (the recorded HRTEM of each region, :attr:`Prepared.hrtem`) also ``hrtem_wiener``,
-    and for each restoration network ``{"NAME": net}`` in ``restorations`` ``hrtem_NAME`` (the
-    HRTEM restored by it; see :mod:`.baselines`).
+    A network with one input mode (``AVAEConfig(n_modes=1)``) is given the HRTEM alone, a residual
+    network (``cfg.base``) its region's base from ``bases`` (N, H, W; :mod:`.base`). The single
+    modes ``hrtem``, ``bf`` and ``df`` (preprocessed) are methods too. With ``hrtem`` (the recorded
+    HRTEM of each region, :attr:`Prepared.hrtem`) also ``hrtem_wiener``, and for each restoration
+    network ``{"NAME": net}`` in ``restorations`` ``hrtem_NAME`` (the HRTEM restored by it; see
+    :mod:`.baselines`), unless ``restored`` already holds its images under ``NAME``.
     """
     def own_modes(net: AVAE, x: np.ndarray) -> np.ndarray:
         return x if net.cfg.n_modes == len(x) else x[hrtem_index:hrtem_index + 1]
 
-    images: dict[str, list[np.ndarray]] = {name: [fuse_modes(net, own_modes(net, x))[0] for x in inputs]
-                                           for name, net in models.items()}
+    def fused(net: AVAE) -> list[np.ndarray]:
+        if net.cfg.has_base and bases is None:
+            raise InputError(f"a network with the base {net.cfg.base!r} needs the regions' bases")
+        return [fuse_modes(net, own_modes(net, x), base=bases[i] if net.cfg.has_base else None)[0]
+                for i, x in enumerate(inputs)]
+
+    images: dict[str, list[np.ndarray]] = {name: fused(net) for name, net in models.items()}
     images["hrtem"] = [x[hrtem_index] for x in inputs]
+    for i, mode in enumerate(SINGLE_MODES):
+        images[mode] = [x[i] for x in inputs]
     images["average"] = [baselines.average(x) for x in inputs]
     images["weighted"] = [baselines.weighted(x, mode_weights) for x in inputs]
     if hrtem is not None:
         images["hrtem_wiener"] = [baselines.wiener_filter(h) for h in hrtem]
         from ..restore.inference import restore
 
+        done = restored or {}
         for name, net in (restorations or {}).items():
-            images[f"hrtem_{name}"] = [restore(h, net) for h in hrtem]
+            images[f"hrtem_{name}"] = list(done[name]) if name in done else [restore(h, net) for h in hrtem]
     return images
 
 
@@ -143,4 +159,39 @@ def score_methods(images: Mapping[str, Sequence[np.ndarray]], truths: Sequence[n
                      "psnr_std": float(psnr.std()), "ssim_std": float(ssim.std()),
                      "psnr_per_region": psnr.round(4).tolist(), "ssim_per_region": ssim.round(5).tolist(),
                      "by_material": by_material}
+    return out
+
+
+def never_worse(methods: Mapping[str, Mapping[str, Any]], fused: str, singles: Sequence[str],
+                materials: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Is ``fused`` at least as good as the best of ``singles`` on every region? Per family and ``all``.
+
+    ``methods`` are scores of :func:`score_methods` on the same regions; per metric (PSNR, SSIM)
+    the fraction of regions where ``fused`` is at least the best single method of that region, the
+    mean and the worst (most negative) per-region margin over it, and how often each single method
+    was the best.
+
+    Examples
+    --------
+    >>> m = {"f": {"psnr_per_region": [21.0, 20.0], "ssim_per_region": [0.6, 0.5]},
+    ...      "a": {"psnr_per_region": [20.0, 20.5], "ssim_per_region": [0.5, 0.4]},
+    ...      "b": {"psnr_per_region": [19.0, 21.0], "ssim_per_region": [0.55, 0.45]}}
+    >>> r = never_worse(m, "f", ["a", "b"], ["x", "x"])["all"]["psnr"]
+    >>> r["fraction"], r["worst_deficit"], r["best_single"]
+    (0.5, -1.0, {'a': 1, 'b': 1})
+    """
+    families = np.asarray(materials)
+    out: dict[str, dict[str, Any]] = {}
+    for family in ["all", *sorted(set(materials))]:
+        keep = np.ones(len(families), bool) if family == "all" else families == family
+        row = {"regions": int(keep.sum())}
+        for k in ("psnr", "ssim"):
+            f = np.asarray(methods[fused][f"{k}_per_region"])[keep]
+            single = np.stack([np.asarray(methods[s][f"{k}_per_region"])[keep] for s in singles])
+            d = f - single.max(axis=0)
+            winners = np.asarray(singles)[single.argmax(axis=0)]
+            row[k] = {"fraction": float(np.mean(d >= 0)), "mean_margin": float(d.mean()),
+                      "worst_deficit": float(d.min()),
+                      "best_single": {s: int(np.sum(winners == s)) for s in singles}}
+        out[family] = row
     return out

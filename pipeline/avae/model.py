@@ -18,6 +18,24 @@ pixels of context; see :class:`AVAEConfig`).
 The loss (:func:`avae_loss`) is ``MSE(decoder(z), target) + beta * KL``, the KL divergence of
 every mode's posterior from the unit gaussian, averaged over latent elements.
 
+With ``base="restored_hrtem"`` (:class:`AVAEConfig`) the network is a **residual on a restored
+HRTEM**: the input has one more channel after the modes, the HRTEM restored by a restoration
+network (``base_model``) and standardised (:mod:`emfuse.pipeline.avae.base`), and the output is
+
+    fused = g(z) * base + c + decoder(z)
+
+where the gain ``g`` is a 1 x 1 convolution of the fused latent (interpolated bilinearly to the
+image's sampling) and ``c`` a learnt offset. ``g``'s weights and the decoder's last convolution
+start at zero, ``g``'s bias at 1 (or, in training, at the least-squares scale of the targets on
+the bases: :func:`emfuse.pipeline.avae.train.start_at_the_base`), so that the untrained network
+returns the restored HRTEM, affinely mapped, exactly: training starts from the best single
+mode and moves away from it only where the loss says the other modes add something. The gain is
+a map, not one number, so that the base can count for less where BF or DF say more. The HRTEM's
+contrast changes sign against the truth from region to region (defocus, thickness), so such a
+network is trained against targets turned to its base's contrast
+(:func:`emfuse.pipeline.avae.train.orient_to_base`) and its output is in that contrast. The
+attention still runs over the modes only.
+
 Weights are saved with safetensors only (:func:`save_avae`, :func:`load_avae`), the
 configuration in the file's metadata.
 
@@ -47,7 +65,7 @@ from torch.nn import functional as F
 from ...errors import InputError, InputFileNotFound
 from ..weights_io import save_safetensors
 
-__all__ = ["ATTENTION_INPUTS", "AVAE", "AVAEConfig", "AVAEOutput", "DEFAULT_WEIGHTS", "FLAT_VAE_WEIGHTS", "FLAT_WEIGHTS", "VAE_WEIGHTS", "avae_loss", "load_avae", "save_avae"]
+__all__ = ["ATTENTION_INPUTS", "AVAE", "BASES", "AVAEConfig", "AVAEOutput", "DEFAULT_BASE_MODEL", "DEFAULT_WEIGHTS", "FLAT_VAE_WEIGHTS", "FLAT_WEIGHTS", "VAE_WEIGHTS", "avae_loss", "load_avae", "save_avae"]
 
 #: The project's own trained weights (small, committed).
 DEFAULT_WEIGHTS = Path(__file__).parent / "models" / "default.safetensors"
@@ -64,6 +82,13 @@ FORMAT = "emfuse-avae-1"  # bump when the state-dict layout changes
 #: the concatenated posterior means *and* log-variances ``[mu_1; logvar_1; ...]`` of all modes, so
 #: a weight can depend on every mode's uncertainty and on the neighbourhood.
 ATTENTION_INPUTS = ("z", "stats")
+#: What the network's output is a residual on: ``"none"`` (the plain AVAE: ``decoder(z)``) or
+#: ``"restored_hrtem"`` (``g(z) * base + c + decoder(z)``, the base an extra input channel: the
+#: HRTEM restored by ``AVAEConfig.base_model``; see the module docstring).
+BASES = ("none", "restored_hrtem")
+#: The restoration network of the base (a name of :func:`emfuse.pipeline.restore.load_model`): the
+#: published HRTEM network, the best single-mode baseline of the issue-18 benchmarks.
+DEFAULT_BASE_MODEL = "r_em:sfr_hrtem"
 
 
 @dataclass(frozen=True)
@@ -74,7 +99,8 @@ class AVAEConfig:
     ``stride`` the latent grid's step in image pixels (2: half the sampling; 1: the image's),
     ``n_modes`` encoder branches, ``attention`` False for equal weights; ``attention_from``
     (:data:`ATTENTION_INPUTS`), ``attention_hidden`` and ``attention_kernel`` say how the weights
-    are computed (the last two only for ``"stats"``).
+    are computed (the last two only for ``"stats"``); ``base`` (:data:`BASES`) and ``base_model``
+    (the restoration network that makes the base) make it a residual on a restored HRTEM.
     """
 
     n_modes: int = 3
@@ -85,8 +111,12 @@ class AVAEConfig:
     attention_from: str = "z"
     attention_hidden: int = 16
     attention_kernel: int = 3
+    base: str = "none"
+    base_model: str = DEFAULT_BASE_MODEL
 
     def __post_init__(self) -> None:
+        if self.base not in BASES:
+            raise InputError(f"base must be one of {BASES}, got {self.base!r}")
         if self.stride not in (1, 2):
             raise InputError(f"stride must be 1 or 2, got {self.stride}")
         if self.attention_from not in ATTENTION_INPUTS:
@@ -101,7 +131,18 @@ class AVAEConfig:
     def from_json(cls, text: str) -> AVAEConfig:
         fields = json.loads(text)
         fields.setdefault("attention_from", "z")  # files written before the choice existed
+        fields.setdefault("base", "none")  # files written before the residual existed: the plain AVAE
         return cls(**fields)
+
+    @property
+    def has_base(self) -> bool:
+        """True when the network is a residual on a base (one more input channel)."""
+        return self.base != "none"
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the network's input: the modes, then the base if there is one."""
+        return self.n_modes + self.has_base
 
 
 class AVAEOutput(NamedTuple):
@@ -143,12 +184,19 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(z)
 
+    def zero_last(self) -> None:
+        """Zero the last convolution: the decoder then returns 0 (a residual's starting point)."""
+        last = self.body[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
 
 class AVAE(nn.Module):
     """Encoders per mode, attention over the modes' latents, one decoder.
 
-    Input (B, n_modes, H, W), H and W even (preprocessed modes in [0, 1]); see the module
-    docstring for what :meth:`forward` returns.
+    Input (B, n_modes, H, W), H and W even (preprocessed modes in [0, 1]), and with a base
+    (B, n_modes + 1, H, W), the standardised base last; see the module docstring for what
+    :meth:`forward` returns.
     """
 
     def __init__(self, cfg: AVAEConfig | None = None):
@@ -166,6 +214,13 @@ class AVAE(nn.Module):
                 nn.Conv2d(2 * c.n_modes * c.latent, c.attention_hidden, c.attention_kernel,
                           padding=c.attention_kernel // 2), nn.ReLU(), last)
         self.decoder = Decoder(c.features, c.latent, c.stride)
+        if c.has_base:
+            # fused = g(z) * base + c + decoder(z); g = 1, c = 0 and decoder = 0 at the start: the base itself
+            self.decoder.zero_last()
+            self.base_gain = nn.Conv2d(c.latent, 1, 1)
+            nn.init.zeros_(self.base_gain.weight)
+            nn.init.ones_(self.base_gain.bias)
+            self.base_offset = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> AVAEOutput:
         """Fuse the modes of ``x``; ``present`` (B, n_modes), optional, marks the modes to use.
@@ -174,8 +229,10 @@ class AVAE(nn.Module):
         softmax runs over the present modes only (their latents are also what it sees; an absent
         mode's latent is replaced by zeros), equal weights become ``1 / (modes present)``.
         """
-        if x.ndim != 4 or x.shape[1] != self.cfg.n_modes:
-            raise ValueError(f"expected (batch, {self.cfg.n_modes}, H, W), got {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
+            what = f"{self.cfg.n_modes} modes and the base" if self.cfg.has_base else f"{self.cfg.n_modes}"
+            raise ValueError(f"expected (batch, {what}, H, W) = (batch, {self.cfg.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
         if x.shape[-1] % self.cfg.stride or x.shape[-2] % self.cfg.stride:
             raise ValueError(f"H and W must be even, got {tuple(x.shape[-2:])}")
         stats = [enc(x[:, i : i + 1] - 0.5) for i, enc in enumerate(self.encoders)]
@@ -195,7 +252,13 @@ class AVAE(nn.Module):
             scores = scores.masked_fill(keep[..., None, None] == 0, float("-inf"))
         weights = torch.softmax(scores, dim=1)
         fused = (weights.unsqueeze(2) * z).sum(dim=1)
-        return AVAEOutput(self.decoder(fused), weights, mu, logvar)
+        image = self.decoder(fused)
+        if self.cfg.has_base:
+            gain = self.base_gain(fused)
+            if self.cfg.stride != 1:
+                gain = F.interpolate(gain, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            image = image + gain * x[:, self.cfg.n_modes:] + self.base_offset
+        return AVAEOutput(image, weights, mu, logvar)
 
     def _present(self, present: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor | None:
         if present is None:

@@ -36,7 +36,8 @@ from ...errors import InputError
 from ..arrays import central_crop
 from .model import AVAE, AVAEConfig, avae_loss
 
-__all__ = ["TrainSettings", "sample_batch", "sample_present", "standardise", "train_avae"]
+__all__ = ["TrainSettings", "orient_to_base", "sample_batch", "sample_present", "standardise", "start_at_the_base",
+           "train_avae"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class TrainSettings:
     #: its own and in any company, so the latents share one meaning and fusing them is a choice
     #: between estimates (see docs/methods/avae.md). 0: always all modes.
     mode_dropout: float = 0.0
+    #: For a residual network (``AVAEConfig.base``): each region's target is turned to the sign of
+    #: its base's correlation with it (:func:`orient_to_base`), so the network is trained in the
+    #: base's contrast (the HRTEM's, which changes sign against the truth from region to region) and
+    #: never has to tell that sign to keep its base. False: the truth's own sign.
+    orient_to_base: bool = True
 
 
 def standardise(truth: Any) -> np.ndarray:
@@ -77,7 +83,11 @@ def standardise(truth: Any) -> np.ndarray:
 
 def sample_batch(inputs: np.ndarray, targets: np.ndarray, batch: int, crop: int,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random crops (with flips and quarter turns) of random regions: (B, modes, c, c), (B, 1, c, c)."""
+    """Random crops (with flips and quarter turns) of random regions: (B, channels, c, c), (B, 1, c, c).
+
+    Every channel of ``inputs`` (N, channels, H, W) is cropped and turned alike: the modes and,
+    for a residual network, its base (the last channel, :func:`emfuse.pipeline.avae.base.with_base`).
+    """
     n, _, ny, nx = inputs.shape
     if crop > min(ny, nx) or crop % 2:
         raise InputError(f"crop must be even and at most the region size {min(ny, nx)}, got {crop}")
@@ -114,6 +124,50 @@ def sample_present(batch: int, n_modes: int, dropout: float, rng: np.random.Gene
     return present
 
 
+def start_at_the_base(model: AVAE, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """Set a residual network's starting gain ``s`` (the bias of ``g``; its weights are 0) and offset
+    ``c`` (``s * base + c``) to the least-squares fit of the targets on the bases (the last channel
+    of ``inputs``); returns them.
+
+    The untrained network then returns the best affine map of the base (its decoder starts at 0).
+    Fitted, not learnt from ``s = 1``: against targets in the truth's own sign
+    (``TrainSettings(orient_to_base=False)``) the best ``s`` may be negative (dark atoms), and Adam,
+    moving a parameter by about ``lr`` a step, would need tens of thousands of steps to turn ``s``
+    from 1 to -1; against targets turned to the base it sets the scale.
+    """
+    b = np.asarray(inputs[:, model.cfg.n_modes], dtype=np.float64).ravel()
+    y = np.asarray(targets, dtype=np.float64).ravel()
+    spread = b.var()
+    scale = float(np.mean((b - b.mean()) * (y - y.mean())) / spread) if spread > 0 else 1.0
+    offset = float(y.mean() - scale * b.mean())
+    with torch.no_grad():
+        model.base_gain.bias.fill_(scale)
+        model.base_offset.fill_(offset)
+    return scale, offset
+
+
+def orient_to_base(targets: np.ndarray, bases: np.ndarray) -> np.ndarray:
+    """Targets (N, H, W) times the sign of their correlation with the bases (N, H, W), region by region.
+
+    Scores are taken after an affine calibration per image, which has no preferred sign; the
+    loss has one. Turned to its base's contrast, a target is what the untrained residual network
+    already gives, up to a positive scale, in every region, and the decoder only has to add what
+    the modes know in that contrast.
+
+    Examples
+    --------
+    >>> t = np.stack([np.arange(4.0).reshape(2, 2), np.arange(4.0).reshape(2, 2)])
+    >>> orient_to_base(t, np.stack([t[0], -t[1]]))[:, 0, 1].tolist()
+    [1.0, -1.0]
+    """
+    y = np.asarray(targets, dtype=np.float64)
+    b = np.asarray(bases, dtype=np.float64)
+    yc = y - y.mean(axis=(1, 2), keepdims=True)
+    bc = b - b.mean(axis=(1, 2), keepdims=True)
+    sign = np.where((yc * bc).sum(axis=(1, 2)) < 0, -1.0, 1.0)
+    return (np.asarray(targets) * sign[:, None, None]).astype(np.float32)
+
+
 def _validation_crops(validation: tuple[np.ndarray, np.ndarray], crop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The central crop of every validation region (fixed, so losses compare across steps)."""
     x, y = validation
@@ -148,7 +202,9 @@ def train_avae(
     Parameters
     ----------
     inputs : array (N, modes, H, W)
-        Preprocessed modes in [0, 1] (:class:`emfuse.pipeline.avae.preprocess.Preprocessing`).
+        Preprocessed modes in [0, 1] (:class:`emfuse.pipeline.avae.preprocess.Preprocessing`); for a
+        residual network (``cfg.base``) followed by the base, (N, modes + 1, H, W)
+        (:mod:`emfuse.pipeline.avae.base`).
     targets : array (N, H, W)
         Truth of each region, standardised (:func:`standardise`).
     cfg, settings
@@ -173,9 +229,19 @@ def train_avae(
     y_all = np.asarray(targets, dtype=np.float32)
     if x_all.ndim != 4 or y_all.shape != (x_all.shape[0], *x_all.shape[2:]):
         raise InputError(f"inputs (N, modes, H, W) and targets (N, H, W) do not match: {x_all.shape}, {y_all.shape}")
+    if x_all.shape[1] != cfg.in_channels:
+        raise InputError(f"inputs have {x_all.shape[1]} channels, the network takes {cfg.in_channels}"
+                         + (" (the modes, then the base: pipeline.avae.base.with_base)" if cfg.has_base else ""))
+    if cfg.has_base and settings.orient_to_base:
+        y_all = orient_to_base(y_all, x_all[:, cfg.n_modes])
+        if validation is not None:
+            vx = np.asarray(validation[0], np.float32)
+            validation = (vx, orient_to_base(np.asarray(validation[1], np.float32), vx[:, cfg.n_modes]))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     model = AVAE(cfg)
+    if cfg.has_base:
+        start_at_the_base(model, x_all, y_all)
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     val = _validation_crops((np.asarray(validation[0], np.float32), np.asarray(validation[1], np.float32)),

@@ -64,13 +64,13 @@ def test_resume_recomputes_only_unfinished_tiles_bitwise(tmp_path, store, client
     job, state = tem_fuse_job.plan(store, tmp_path / "resumed.zarr", model=model, tile=32, halo=16)
     assert state == "new"
     tem_fuse_job.write_inputs(job)
-    prep = tem_fuse_job.fit_preprocessing(job)
+    context = tem_fuse_job.fit_context(job)
     for tile in job.grid[:2]:
-        runner.run_unit(tem_fuse_job.SPEC, job, runner.Unit(tile.index, tile), prep)
+        runner.run_unit(tem_fuse_job.SPEC, job, runner.Unit(tile.index, tile), context)
     assert not is_complete(job.out)
     job2, state = tem_fuse_job.plan(store, job.out, model=model, tile=32, halo=16)
     assert state == "resume"
-    assert runner.run_units(tem_fuse_job.SPEC, job2, tem_fuse_job.fit_preprocessing(job2), client, progress=False) == len(job.grid) - 2
+    assert runner.run_units(tem_fuse_job.SPEC, job2, tem_fuse_job.fit_context(job2), client, progress=False) == len(job.grid) - 2
     runner.finalise(tem_fuse_job.SPEC, job2)
     a, b = open_dataset(reference.out), open_dataset(job.out)
     for name in ("tem_fused", "attention", "modes"):
@@ -164,3 +164,58 @@ def test_modes_unlike_the_training_data_are_marked_check(tmp_path, store):
     found = {w["code"]: w for w in read_warnings(tmp_path / "real_out.zarr")}
     assert set(found) == {"avae-simulated-training", "avae-pixel-size"}
     assert found["avae-pixel-size"]["pixel_nm"] == pytest.approx(0.15) and "0.15 nm" in found["avae-pixel-size"]["message"]
+
+
+def test_a_residual_model_gets_its_restored_hrtem_base_on_every_window(tmp_path, store, client):
+    """A model with a base: the base's statistics are fitted once (attribute ``base``), every window's
+    base is restored by the model's restoration network, and the tiles equal one pass."""
+    from emfuse.pipeline.avae.base import BaseFit, flat_hrtem
+    from emfuse.pipeline.restore import load_model, save_model
+    from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+
+    torch.manual_seed(6)
+    restoration = save_model(CGRDN(CGRDNConfig(features=8, growth=4, groups=1, blocks=1, layers=2)),
+                             tmp_path / "tiny_cgrdn.safetensors")
+    net = AVAE(AVAEConfig(features=4, latent=2, base="restored_hrtem", base_model=str(restoration)))
+    with torch.no_grad():  # away from the start (the base itself), so the modes count too
+        net.decoder.body[-1].weight.normal_(0, 0.3)
+        net.base_gain.weight.normal_(0, 0.3)
+    path = save_avae(net, tmp_path / "residual.safetensors")
+    job = run_job("tem-fuse", store, tmp_path / "residual.zarr", client, progress=False, model=path, tile=32, halo=32)
+    out = open_dataset(job.out)
+    prep = Preprocessing.from_dict(out.attrs["preprocessing"])
+    fit = BaseFit.from_dict(out.attrs["base"])
+    assert out.attrs["base"]["model"] == str(restoration)
+    recorded = out.modes.values / out.flat_reference.values
+    base = fit.apply(flat_hrtem(prep, recorded), load_model(restoration))
+    assert abs(float(base.mean())) < 1e-3 and abs(float(base.std()) - 1) < 1e-3  # the whole image is the fit crop
+    whole, attention = fuse_modes(load_avae(path), prep.apply(recorded), base=base)
+    np.testing.assert_allclose(out.tem_fused.values, whole, atol=1e-4)
+    np.testing.assert_allclose(out.attention.values, attention, atol=1e-4)
+    assert not np.allclose(whole, fuse_modes(load_avae(path), prep.apply(recorded), base=0 * base)[0], atol=0.1)
+    assert set(tem_fuse_job.summary(job)["quality"]) == {"tem_fused", "hrtem"}
+
+
+def test_train_avae_gives_a_residual_network_the_base_tem_fuse_makes(tmp_path, store):
+    from emfuse.flows.tools.train_avae import store_regions, train_from_stores
+    from emfuse.pipeline.avae.base import BaseFit, flat_hrtem
+    from emfuse.pipeline.avae.train import TrainSettings
+    from emfuse.pipeline.restore import load_model, save_model
+    from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+
+    torch.manual_seed(7)
+    restoration = save_model(CGRDN(CGRDNConfig(features=8, growth=4, groups=1, blocks=1, layers=2)),
+                             tmp_path / "tiny_cgrdn.safetensors")
+    inputs, targets = store_regions(store, 40, base_model=str(restoration))
+    plain, _ = store_regions(store, 40)
+    assert inputs.shape == (4, 4, 40, 40) and targets.shape == (4, 40, 40)
+    np.testing.assert_array_equal(inputs[:, :3], plain)
+    ds = open_dataset(store)
+    recorded = ds.modes.sel(mode=["bf", "df", "hrtem"]).values / ds.flat_reference.sel(mode=["bf", "df", "hrtem"]).values
+    prep = tem_fuse_job.fit_store_preprocessing(tem_fuse_job.recorded_modes(ds, True), True)
+    fit, base = BaseFit.fit(flat_hrtem(prep, recorded), load_model(restoration))  # 96 x 80: the central crop is all
+    np.testing.assert_allclose(inputs[1, 3], base[0:40, 40:80], atol=1e-4)
+    cfg = AVAEConfig(features=4, latent=2, base="restored_hrtem", base_model=str(restoration))
+    path, history = train_from_stores([store], tmp_path / "r.safetensors", region=40, cfg=cfg,
+                                      settings=TrainSettings(steps=2, batch=2, crop=16, validate_every=1))
+    assert load_avae(path).cfg == cfg and history["best_step"] is not None

@@ -182,7 +182,8 @@ def test_evaluation_protocol_on_a_few_regions():
     images = method_images(prepared.inputs, {"avae": AVAE(TINY).eval(), "hrtem_net": one_mode}, w)
     np.testing.assert_array_equal(images["hrtem_net"][1], fuse_modes(one_mode, prepared.inputs[1, 2:3])[0])
     scores = score_methods(images, prepared.truths, prepared.materials)
-    assert set(scores) == {"avae", "hrtem_net", "hrtem", "average", "weighted"}
+    assert set(scores) == {"avae", "hrtem_net", "hrtem", "bf", "df", "average", "weighted"}
+    np.testing.assert_array_equal(images["df"][2], prepared.inputs[2, 1])
     assert set(scores["hrtem"]["by_material"]) == {"metal", "semiconductor", "ceramic"}
 
 
