@@ -245,7 +245,11 @@ def cmd_train_avae(args: argparse.Namespace) -> int:
     settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, beta=args.beta, crop=args.crop,
                              seed=args.seed, threads=args.threads)
     cfg = AVAEConfig(features=args.features, latent=args.latent, attention=not args.no_attention,
-                     attention_from=args.attention_from)
+                     attention_from=args.attention_from, base=args.base, base_model=args.base_model)
+    if cfg.has_base:
+        from emfuse.pipeline.avae.base import load_base_network
+
+        load_base_network(cfg.base_model)  # a mistyped name fails here, naming it, before the regions are cut
 
     def progress(step: int, rec: dict[str, float]) -> None:
         val = f", validation MSE {rec['validation_mse']:.4f}" if "validation_mse" in rec else ""

@@ -317,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-from", choices=("z", "stats"), default="z",
                    help="attention scores from the latents (z, the paper's a'[z]) or from every mode's mean "
                         "and log-variance with 3x3 context (stats) (default %(default)s)")
+    p.add_argument("--base", choices=("none", "restored_hrtem"), default="none",
+                   help="restored_hrtem: a residual on the HRTEM restored by --base-model, which the network "
+                        "starts from (docs/methods/avae.md) (default %(default)s)")
+    p.add_argument("--base-model", default="r_em:sfr_hrtem",
+                   help="the restoration network of the base: a name of `emfuse restore --model` or a "
+                        ".safetensors file (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
     p.set_defaults(func=cmd_train_avae)

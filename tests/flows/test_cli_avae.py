@@ -37,6 +37,34 @@ def test_synth_train_fuse_report(prefect_harness, tmp_path, capsys):
     assert json.loads((report / "summary.json").read_text())["shapes"]["attention"] == [3, 96, 96]
 
 
+def test_train_avae_residual_on_a_restored_hrtem(prefect_harness, tmp_path, capsys):
+    """``--base restored_hrtem``: the model is a residual on the HRTEM restored by ``--base-model``
+    (here a tiny network saved to a file), and tem-fuse uses it; a restoration network that does
+    not exist is refused in one line."""
+    import torch
+
+    from emfuse.pipeline.restore import save_model
+    from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
+
+    torch.manual_seed(2)
+    restoration = save_model(CGRDN(CGRDNConfig(features=8, growth=4, groups=1, blocks=1, layers=2)),
+                             tmp_path / "tiny.safetensors")
+    store, model, out = tmp_path / "tem.zarr", tmp_path / "r.safetensors", tmp_path / "fused.zarr"
+    assert main(["synth", "tem-modes", "--out", str(store), "--shape", "96", "96", "--seed", "4"]) == 0
+    common = ["--steps", "2", "--batch", "2", "--crop", "16", "--region", "48", "--features", "4", "--latent", "2"]
+    assert main(["train-avae", str(store), "--out", str(model), *common, "--base", "restored_hrtem",
+                 "--base-model", str(restoration)]) == 0
+    cfg = load_avae(model).cfg
+    assert cfg.base == "restored_hrtem" and cfg.base_model == str(restoration)
+    assert main(["tem-fuse", str(store), "--out", str(out), "--model", str(model), "--tile", "96",
+                 "--halo", "16", "--cluster", "local-threads"]) == 0
+    assert open_dataset(out).attrs["base"]["model"] == str(restoration)
+    capsys.readouterr()
+    assert main(["train-avae", str(store), "--out", str(tmp_path / "x.safetensors"), *common,
+                 "--base", "restored_hrtem", "--base-model", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+
+
 def test_bad_inputs_are_one_line_errors(prefect_harness, tmp_path, capsys):
     si = tmp_path / "si.zarr"
     assert main(["synth", "spectrum-image", "--out", str(si), "--shape", "32", "32"]) == 0
