@@ -436,7 +436,8 @@ def record_devices(out: str, devices: set[str]) -> None:
 #: maxima, sums) on threads in the driver instead of on the cluster. For a small dataset each
 #: pass is milliseconds of work, and a round trip to the workers, queued behind the previous
 #: job's figures, cost 1-2 s per job in a batch (docs/benchmarks.md, "Round 3"). Work a job
-#: submits to ``client`` itself (units, a weights search) still goes to the cluster.
+#: submits to ``client`` itself (its units; restore's drift registration and adaptation) still
+#: goes to the cluster; the fusion's weights search runs in the driver either way.
 DRIVER_PASS_BYTES = 256 * 2**20
 
 

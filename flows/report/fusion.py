@@ -98,7 +98,8 @@ def _map_row(fig, axes, ds, element, columns, factor) -> None:
             ax.set_title(f"{label}: no {title}", **TITLE_KW)
             continue
         vmin, vmax = limits[name]
-        show_image(fig, ax, shown[name], shown[name].values, f"{label}: {title}", unit, cmap=MAP_CMAP, vmin=vmin, vmax=vmax)
+        show_image(fig, ax, shown[name], shown[name].values, f"{label}: {title}", unit,
+                   cmap=MAP_CMAP, vmin=vmin, vmax=vmax)
 
 
 def haadf_figure(ds: xr.Dataset, factor: int) -> Figure | None:
@@ -111,10 +112,11 @@ def haadf_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     bound = max(robust_limits(np.abs(diff), lo=0, hi=99.5)[1], 1e-12)
     fig, axes = new_figure(ds, 3, 1, "HAADF and fused model", factor)
     show_image(fig, axes[0, 0], haadf, h, "HAADF (input)", "min-max normalised",
-          cmap=HAADF_CMAP, vmin=0, vmax=1)
+               cmap=HAADF_CMAP, vmin=0, vmax=1)
     show_image(fig, axes[0, 1], model, m, "model HAADF ($\\Sigma_i\\, w_i x_i^\\gamma$)",
-          "min-max normalised", cmap=HAADF_CMAP, vmin=0, vmax=1)
-    show_image(fig, axes[0, 2], haadf, diff, f"difference (RMS {rms:.3g})", "input - model", cmap=DIFF_CMAP, vmin=-bound, vmax=bound)
+               "min-max normalised", cmap=HAADF_CMAP, vmin=0, vmax=1)
+    show_image(fig, axes[0, 2], haadf, diff, f"difference (RMS {rms:.3g})", "input - model",
+               cmap=DIFF_CMAP, vmin=-bound, vmax=bound)
     return fig
 
 

@@ -39,20 +39,24 @@ def tem_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     for col, name in enumerate(names):
         image = modes.sel(mode=name).values
         vmin, vmax = robust_limits(image)
-        show_image(fig, axes[0, col], fused, image, f"{TITLES.get(name, name)} (recorded)", "counts", cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
-        show_image(fig, axes[1, col], fused, attention.sel(mode=name).values, f"attention: {name}", "weight", cmap=ATTENTION_CMAP, vmin=0, vmax=1)
+        show_image(fig, axes[0, col], fused, image, f"{TITLES.get(name, name)} (recorded)", "counts",
+                   cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
+        show_image(fig, axes[1, col], fused, attention.sel(mode=name).values, f"attention: {name}", "weight",
+                   cmap=ATTENTION_CMAP, vmin=0, vmax=1)
     col = len(names)
     vmin, vmax = robust_limits(fused.values)
-    show_image(fig, axes[0, col], fused, fused.values, "fused (AVAE)", "standardised", cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
+    show_image(fig, axes[0, col], fused, fused.values, "fused (AVAE)", "standardised",
+               cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
     if TRUE_STRUCTURE in ds:
         truth = shown[3]
         vmin, vmax = robust_limits(truth.values)
-        show_image(fig, axes[0, col + 1], truth, truth.values, "truth (projected potential)", "relative", cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
+        show_image(fig, axes[0, col + 1], truth, truth.values, "truth (projected potential)", "relative",
+                   cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
         axes[1, col + 1].set_axis_off()
     dominant = np.argmax(attention.values, axis=0)
     cmap = ListedColormap(MODE_COLOURS[: len(names)])
     show_image(fig, axes[1, col], fused, dominant, "largest weight", "mode",
-          cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5)
+               cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5)
     cbar = axes[1, col].images[0].colorbar
     cbar.set_ticks(range(len(names)))
     cbar.set_ticklabels(names)
