@@ -5,7 +5,7 @@ store (``out.zarr`` -> ``out.report/``):
 
 ``maps.png``
     one row per element: raw map | fused map (| ground truth when the store
-    has ``true_maps``), each panel with its colourbar, axes in nm or px;
+    has ``true_maps``), each panel with its colour scale and a scale bar in nm or px;
 ``haadf.png``
     HAADF | model HAADF | difference, both images min-max normalised;
 ``convergence.png``

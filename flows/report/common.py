@@ -19,6 +19,8 @@ import dask
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
@@ -44,6 +46,8 @@ TITLE_KW = {"fontsize": 10, "y": 1.0}
 CBAR_TICKS, TICK_STEPS = 6, (1, 2, 5, 10)
 #: the colourbar beside an image: gap and width in inches, height a fraction of its cell's
 CBAR_GAP_IN, CBAR_WIDTH_IN, CBAR_SHRINK = 0.09, 0.11, 0.85
+#: the ``gid`` of the artists of a panel's colour scale and of its scale bar
+COLOUR_STRIP_GID, SCALE_BAR_GID = "colour-strip", "scale-bar"
 
 
 def coarsen_factor(shape: Sequence[int], max_px: int = MAX_DISPLAY_PX) -> int:
@@ -117,18 +121,80 @@ def axis_units(ds: xr.Dataset | xr.DataArray, dim: str) -> str:
 
 
 def show_image(fig: Figure, ax, da: xr.DataArray, image: np.ndarray, title: str, label: str,
-               **imshow_kw) -> None:
-    """One image panel: the image with a scale bar (no axes, as on a micrograph), its colourbar
-    labelled ``label``, and its title."""
+               ticks: tuple[Sequence[float], Sequence[str]] | None = None, **imshow_kw) -> None:
+    """One image panel: the image with a scale bar (no axes, as on a micrograph), its colour
+    scale labelled ``label`` (:func:`colour_strip`; ``ticks`` as it takes them), and its title."""
     extent = image_extent(da)
     im = ax.imshow(image, extent=extent, interpolation="nearest", **imshow_kw)
     ax.set_title(title, **TITLE_KW)
     ax.set_axis_off()  # ticks were most of a panel's drawing time and say less than a bar
     scale_bar(ax, extent, axis_units(da, "x"))
-    cbar = fig.colorbar(im, cax=ax.inset_axes(_colourbar_bounds(fig, ax, extent)),
-                        ticks=MaxNLocator(CBAR_TICKS, steps=TICK_STEPS))
-    cbar.set_label(label, fontsize=8)
-    cbar.ax.tick_params(labelsize=7)
+    colour_strip(ax, im, _colourbar_bounds(fig, ax, extent), label, ticks=ticks)
+
+
+def colour_strip(ax, im, bounds: Sequence[float], label: str,
+                 ticks: tuple[Sequence[float], Sequence[str]] | None = None) -> None:
+    """The colour scale of ``im``, drawn in the image's own axes at ``bounds`` (axes fractions:
+    left, bottom, width, height): a strip of the colour map, ticks at round values with their
+    labels on the right, ``label`` beside them. Not a matplotlib colourbar: that is an axes of
+    its own, whose construction and tick machinery were half of an image panel's drawing time.
+    ``ticks``: (values, labels) instead of round values (a categorical map)."""
+    vmin, vmax = im.norm.vmin, im.norm.vmax
+    left, bottom, width, height = bounds
+    # artists added directly (not imshow, plot): they must not move the image's data limits
+    strip = AxesImage(ax, cmap=im.get_cmap(), norm=im.norm, interpolation="nearest", origin="lower",
+                      extent=(left, left + width, bottom, bottom + height), transform=ax.transAxes)
+    strip.set_data(np.linspace(vmin, vmax, 256)[:, None])
+    frame = Rectangle((left, bottom), width, height, transform=ax.transAxes, fill=False,
+                      edgecolor="black", linewidth=0.5)
+    values, labels = ticks if ticks is not None else round_ticks(vmin, vmax)
+    span = (vmax - vmin) or 1.0
+    right, tick_w = left + width, 0.35 * width
+    heights = [bottom + height * (value - vmin) / span for value in values]
+    marks = Line2D(np.repeat([[right, right + tick_w, np.nan]], len(heights), 0).ravel(),
+                   np.repeat(heights, 3), color="black", linewidth=0.6, transform=ax.transAxes)
+    texts = [ax.text(right + 1.6 * tick_w, y, text, fontsize=7, ha="left", va="center", transform=ax.transAxes)
+             for y, text in zip(heights, labels)]
+    widest = max((len(t) for t in labels), default=1)
+    texts.append(ax.text(right + 1.6 * tick_w + _char_width(ax) * (widest + 1), bottom + height / 2, label,
+                         fontsize=8, rotation=90, ha="left", va="center", transform=ax.transAxes))
+    for artist in (strip, frame, marks, *texts):  # outside the image: not clipped to it
+        artist.set_clip_on(False)
+        artist.set_gid(COLOUR_STRIP_GID)  # how a reader (or a test) finds the scale among the artists
+        if artist not in texts:
+            ax.add_artist(artist)
+
+
+def _char_width(ax) -> float:
+    """A 7-pt tick label character's width (about 0.6 em) in the axes' width fraction."""
+    fig = ax.get_figure()
+    return 0.6 * 7 / 72 / (ax.get_position(original=True).width * fig.get_size_inches()[0])
+
+
+def round_ticks(vmin: float, vmax: float) -> tuple[list[float], list[str]]:
+    """At most :data:`CBAR_TICKS` intervals of a round step (1, 2, 5 x 10^k) inside
+    [``vmin``, ``vmax``], with labels that show the step's decimals and no more.
+
+    Examples
+    --------
+    >>> round_ticks(0.0, 1.0)
+    ([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], ['0', '0.2', '0.4', '0.6', '0.8', '1'])
+    >>> round_ticks(-0.013, 0.013)[1]
+    ['-0.01', '-0.005', '0', '0.005', '0.01']
+    >>> round_ticks(12000.0, 48000.0)[1]
+    ['1e+04', '2e+04', '3e+04', '4e+04']
+    """
+    values = [float(v) for v in MaxNLocator(CBAR_TICKS, steps=TICK_STEPS).tick_values(vmin, vmax)
+              if vmin - 1e-9 * abs(vmax - vmin) <= v <= vmax + 1e-9 * abs(vmax - vmin)]
+    if len(values) < 2:
+        return values, [f"{v:.3g}" for v in values]
+    step = values[1] - values[0]
+    values = [0.0 if abs(v) < 1e-9 * step else v for v in values]  # no "-1.4e-17" for zero
+    top = max(abs(v) for v in values)
+    if top >= 1e4 or top < 1e-3:
+        return values, [f"{v:.2g}" for v in values]
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return values, [f"{v:.{decimals}f}" for v in values]
 
 
 def scale_bar_length(width: float) -> float:
@@ -155,11 +221,13 @@ def scale_bar(ax, extent: Sequence[float], units: str) -> None:
     if length <= 0:
         return
     left, base, thick = x0 + 0.05 * width, y_bottom - 0.06 * height, 0.02 * height
-    ax.add_patch(Rectangle((left, base - thick), length * np.sign(width), thick, facecolor="white",
-                           edgecolor="black", linewidth=0.5))
-    ax.text(left + length * np.sign(width) / 2, base - thick - 0.015 * height, f"{length:g} {units}",
-            color="white", fontsize=8, ha="center", va="bottom",
-            bbox={"facecolor": "black", "alpha": 0.5, "edgecolor": "none", "pad": 1.0})
+    bar = ax.add_patch(Rectangle((left, base - thick), length * np.sign(width), thick, facecolor="white",
+                                 edgecolor="black", linewidth=0.5))
+    text = ax.text(left + length * np.sign(width) / 2, base - thick - 0.015 * height, f"{length:g} {units}",
+                   color="white", fontsize=8, ha="center", va="bottom",
+                   bbox={"facecolor": "black", "alpha": 0.5, "edgecolor": "none", "pad": 1.0})
+    bar.set_gid(SCALE_BAR_GID)
+    text.set_gid(SCALE_BAR_GID)
 
 
 def _colourbar_bounds(fig: Figure, ax, extent: Sequence[float]) -> list[float]:

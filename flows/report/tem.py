@@ -56,8 +56,5 @@ def tem_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     dominant = np.argmax(attention.values, axis=0)
     cmap = ListedColormap(MODE_COLOURS[: len(names)])
     show_image(fig, axes[1, col], fused, dominant, "largest weight", "mode",
-               cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5)
-    cbar = axes[1, col].images[0].colorbar
-    cbar.set_ticks(range(len(names)))
-    cbar.set_ticklabels(names)
+               cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, ticks=(range(len(names)), names))
     return fig

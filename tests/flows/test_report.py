@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
 from emfuse.flows.report import coarsen_factor, default_report_dir, write_report
-from emfuse.flows.report.common import new_figure, show_image
+from emfuse.flows.report.common import COLOUR_STRIP_GID, SCALE_BAR_GID, new_figure, show_image
 from emfuse.flows.report.fusion import convergence_figure, haadf_figure, maps_figure
 
 ELEMENTS = ["Sc", "Dy", "O"]
@@ -186,7 +186,8 @@ def test_panels_are_laid_out_without_overlap(tmp_path, rows, cols, figures):
             assert not any(_overlap(box, other) for other in panels[i + 1:])
         for ax in fig.axes:
             if ax.images:
-                image, cbar = ax.get_window_extent(renderer), ax.child_axes[0].get_window_extent(renderer)
+                (strip,) = [im for im in ax.images if im.get_gid() == COLOUR_STRIP_GID]
+                image, cbar = ax.get_window_extent(renderer), strip.get_window_extent(renderer)
                 assert 0 < cbar.x0 - image.x1 < 0.2 * fig.dpi  # beside the image: under 0.2 in away
                 assert cbar.height >= 0.8 * min(image.height, ax.get_position(original=True).height
                                                 * fig.bbox.height)
@@ -206,8 +207,8 @@ def test_images_carry_a_scale_bar_instead_of_axes(tmp_path, units, n, label):
     assert len(panels) == 2 * len(ELEMENTS)
     for ax in panels:
         assert not ax.axison
-        (text,) = [t for t in ax.texts]
-        (bar,) = ax.patches
+        (text,) = [t for t in ax.texts if t.get_gid() == SCALE_BAR_GID]
+        (bar,) = [p for p in ax.patches if p.get_gid() == SCALE_BAR_GID]
         assert text.get_text() == label
         length = float(label.split()[0])
         image = ax.get_window_extent(renderer)  # equal aspect: the axes box is the image
@@ -215,6 +216,36 @@ def test_images_carry_a_scale_bar_instead_of_axes(tmp_path, units, n, label):
         drawn = bar.get_window_extent(renderer)
         assert drawn.width == pytest.approx(image.width * length / width, abs=1.5)
         assert image.contains(drawn.x0, drawn.y0) and image.contains(drawn.x1, drawn.y1)
+
+
+def test_colour_strips_show_each_images_limits_with_ticks_at_their_values(tmp_path):
+    """The colour scale beside each image spans the image's colour limits, bottom to top, and each
+    tick label sits at its value's height on the strip (the scale is drawn by hand, not by a
+    matplotlib colourbar)."""
+    ds = xr.open_zarr(make_output_store(tmp_path / "o.zarr", n=48, truth=True), zarr_format=3,
+                      consolidated=False)
+    fig = maps_figure(ds, 1)
+    renderer = _drawn(fig)
+    units = set()
+    for ax in (ax for ax in fig.axes if ax.images):
+        image, (strip,) = ax.images[0], [im for im in ax.images if im.get_gid() == COLOUR_STRIP_GID]
+        data = np.asarray(strip.get_array())
+        assert strip.norm is image.norm and strip.get_cmap().name == image.get_cmap().name
+        assert data[0, 0] == pytest.approx(image.norm.vmin) and data[-1, 0] == pytest.approx(image.norm.vmax)
+        box = strip.get_window_extent(renderer)
+        texts = [t for t in ax.texts if t.get_gid() == COLOUR_STRIP_GID]
+        ticks, (label,) = texts[:-1], texts[-1:]
+        units.add(label.get_text())
+        assert label.get_rotation() == 90 and label.get_window_extent(renderer).x0 > box.x1
+        assert len(ticks) >= 3
+        for tick in ticks:
+            value = float(tick.get_text())
+            assert image.norm.vmin - 1e-9 <= value <= image.norm.vmax + 1e-9
+            drawn = tick.get_window_extent(renderer)
+            expected = box.y0 + box.height * (value - image.norm.vmin) / (image.norm.vmax - image.norm.vmin)
+            assert (drawn.y0 + drawn.y1) / 2 == pytest.approx(expected, abs=1.5)
+            assert drawn.x0 > box.x1  # right of the strip
+    assert units == {"counts", "normalised", "concentration"}
 
 
 def test_a_second_headline_line_gets_its_room(tmp_path):
