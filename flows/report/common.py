@@ -182,7 +182,7 @@ def round_ticks(vmin: float, vmax: float) -> tuple[list[float], list[str]]:
     >>> round_ticks(-0.013, 0.013)[1]
     ['-0.010', '-0.005', '0.000', '0.005', '0.010']
     >>> round_ticks(12000.0, 48000.0)[1]
-    ['1e+04', '2e+04', '3e+04', '4e+04']
+    ['2e+04', '3e+04', '4e+04']
     """
     values = [float(v) for v in MaxNLocator(CBAR_TICKS, steps=TICK_STEPS).tick_values(vmin, vmax)
               if vmin - 1e-9 * abs(vmax - vmin) <= v <= vmax + 1e-9 * abs(vmax - vmin)]
