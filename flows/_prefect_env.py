@@ -9,7 +9,10 @@ environment variable, and the set-up happens at the first use of Prefect.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import platformdirs
@@ -50,3 +53,34 @@ def configure_prefect(home: str | Path | None = None) -> Path:
 
 
 configure_prefect()
+
+
+def start_server_early() -> Callable[[], None]:
+    """Begin starting Prefect's temporary API server now, in a thread; returns the function that
+    waits for it.
+
+    A batch with no ``PREFECT_API_URL`` runs against a server that Prefect starts in a process of
+    its own at the first flow call, and waits for: 8-20 s on a 2-core machine, most of it the other
+    process importing Prefect's server and opening its database. Started here, before the batch's
+    own imports and checks, that time overlaps them. The server is Prefect's own (the one its
+    flow call would start: one per process), so the flow finds it running. Call the returned
+    function before the first flow call: the flow must not find a server that is still starting.
+    Any failure is left to the flow call, which starts the server again and reports it as usual.
+    """
+    thread = threading.Thread(target=_start_server, name="emfuse-prefect-server", daemon=True)
+    thread.start()
+    return thread.join
+
+
+def _start_server() -> None:
+    try:
+        from prefect.settings import get_current_settings
+
+        settings = get_current_settings()
+        if settings.api.url or not settings.server.ephemeral.enabled:
+            return  # a configured server (nothing to start), or none allowed (the flow says so)
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().start()
+    except Exception:  # the flow call starts it again and raises what went wrong
+        logging.getLogger(__name__).debug("early start of Prefect's server failed", exc_info=True)

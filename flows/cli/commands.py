@@ -273,9 +273,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..batch.catalog import load_catalog
 
     load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
+    from .._prefect_env import start_server_early
+
+    server_ready = start_server_early()  # Prefect's server starts while the batch's modules load
     from ..batch import batch_flow
 
     quiet_prefect(args.verbose)
+    server_ready()
     info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
     print(f"{info['n_done']} done, {info['n_failed']} failed in {info['seconds'] / 60:.1f} min")
     for record in info["records"]:

@@ -220,8 +220,11 @@ def _ingest(source: str, workdir: str, elements: Sequence[str] | None = None, na
 
 
 def _plan(kind: str, store: str, out: str, options: dict[str, Any]) -> tuple[Any, str]:
+    from .runner import driver_passes
+
     jk = job_kind(kind)
-    return jk.module.plan(store, out, **jk.plan_options(options))
+    with driver_passes(store):  # a small input's checks (restore's dose pass, say): here, not on the cluster
+        return jk.module.plan(store, out, **jk.plan_options(options))
 
 
 def _compute(kind: str, job: Any, client: Client, progress: bool) -> tuple[Any, int]:
@@ -327,7 +330,7 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
         cluster = connection.cluster
     from .runner import driver_passes
 
-    with driver_passes(job):  # the summary's arrays of a small job: read here, not on the cluster
+    with driver_passes(job.source):  # the summary's arrays of a small job: read here, not on the cluster
         result = job_kind(kind).spec.summary(job)
     result.update(input_store=store, tiles_computed=tiles_computed, state=state, cluster=str(cluster))
     result["figures"] = (existing_figures(job.out, state) or calls.report(job.out)) if report else []

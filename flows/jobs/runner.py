@@ -50,11 +50,13 @@ A job that writes each tile's mean (see ``tests/flows/test_runner.py`` for a who
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -441,17 +443,29 @@ def record_devices(out: str, devices: set[str]) -> None:
 DRIVER_PASS_BYTES = 256 * 2**20
 
 
-def input_bytes(job: Any) -> int:
-    """Bytes of the arrays in the job's input store, from their metadata (nothing is read; a few
-    ms, where opening the store with xarray took 20-80 ms)."""
-    group = zarr.open_group(job.source, mode="r", zarr_format=3)
+def input_bytes(source: str | Path) -> int:
+    """Bytes of the arrays in the input store ``source``, from their metadata (nothing is read; a
+    few ms, where opening the store with xarray took 20-80 ms). Remembered per store and version
+    of its root metadata: a job asks at every stage."""
+    try:
+        meta = (Path(source) / "zarr.json").stat()
+    except OSError:
+        return _input_bytes.__wrapped__(str(source), None)  # not a local store: asked afresh
+    return _input_bytes(str(source), (meta.st_mtime_ns, meta.st_ino, meta.st_size))
+
+
+@functools.lru_cache(maxsize=256)
+def _input_bytes(source: str, version: tuple[int, int, int] | None) -> int:
+    group = zarr.open_group(source, mode="r", zarr_format=3)
     return int(sum(array.nbytes for _, array in group.arrays()))
 
 
-def driver_passes(job: Any) -> contextlib.AbstractContextManager:
-    """Where Dask computes the driver-side passes of ``job``: on threads of this process when its
-    input is at most :data:`DRIVER_PASS_BYTES`, else on the default client (the cluster)."""
-    if input_bytes(job) <= DRIVER_PASS_BYTES:
+def driver_passes(source: str | Path) -> contextlib.AbstractContextManager:
+    """Where Dask computes the driver-side passes of a job on the input store ``source`` (its
+    plan's checks, ``prepare``, ``merge``, ``finalise``, the summary): on threads of this process
+    when the input is at most :data:`DRIVER_PASS_BYTES`, else on the default client (the
+    cluster)."""
+    if input_bytes(source) <= DRIVER_PASS_BYTES:
         import dask
 
         return dask.config.set(scheduler="threads")
@@ -466,11 +480,11 @@ def compute(spec: TiledJob, job: Any, client: Client, *, progress: bool = True) 
     The driver-side passes of a small job run in this process (:func:`driver_passes`).
     """
     with on_disk_full(job.out):
-        with driver_passes(job):
+        with driver_passes(job.source):
             job, context = spec.prepare(job, client, progress=progress)
         with timed(job.out, spec.stage):
             n = run_units(spec, job, context, client, progress=progress)
-        with driver_passes(job):
+        with driver_passes(job.source):
             spec.merge(job, client, progress=progress)
     return job, n
 
@@ -483,7 +497,7 @@ def finalise(spec: TiledJob, job: Any) -> None:
     if missing:
         raise RuntimeError(f"{job.out}: {len(missing)} of {len(expected)} {spec.unit}s are not finished; "
                            "rerun the same command to complete them.")
-    with on_disk_full(job.out), driver_passes(job):
+    with on_disk_full(job.out), driver_passes(job.source):
         spec.finalise(job, record)
         mark_complete(job.out)
 

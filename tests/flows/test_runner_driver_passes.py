@@ -129,6 +129,28 @@ def test_a_large_job_makes_its_passes_on_the_cluster(job, client, monkeypatch):
     assert all(on for _, on in WHERE) and len(WHERE) == 3 * 4 + 4
 
 
-def test_input_bytes_reads_the_metadata_only(job):
+def test_input_bytes_reads_the_metadata_only_and_follows_a_rewritten_store(job):
     job, image = job
-    assert runner.input_bytes(job) == image.nbytes
+    assert runner.input_bytes(job.source) == image.nbytes
+    bigger = np.zeros((64, 32), np.float32)  # the store written again (the size is remembered per version)
+    write_dataset(xr.Dataset({"image": (("y", "x"), bigger)}), job.source, overwrite=True)
+    assert runner.input_bytes(job.source) == bigger.nbytes
+
+
+@pytest.mark.parametrize("threshold, on_cluster", [(None, False), (0, True)], ids=["small", "large"])
+def test_a_small_inputs_plan_checks_it_in_the_driver(tmp_path, client, monkeypatch, threshold, on_cluster):
+    """restore's plan passes over the whole input (frames without signal, negative pixels): for a
+    small input on threads in the driver, not queued on the cluster behind other jobs' figures."""
+    from distributed import get_task_stream
+
+    from emfuse.flows.jobs.registry import _plan
+    from emfuse.flows.tools.synth import write_synthetic
+
+    store = write_synthetic("movie", tmp_path / "movie.zarr", shape=(32, 32), frames=2, seed=1)
+    if threshold is not None:
+        monkeypatch.setattr(runner, "DRIVER_PASS_BYTES", threshold)
+    with get_task_stream(client) as stream:
+        job, state = _plan("restore", str(store), str(tmp_path / "out.zarr"), {"model": "default", "tile": 32, "overlap": 8,
+                                                                                "device": "cpu"})
+    assert state == "new" and job.n_frames == 2
+    assert bool(stream.data) is on_cluster
