@@ -142,8 +142,10 @@ def _timing(store: str) -> dict[str, float]:
 
 
 def _on_workers(code: Path) -> bool:
-    """Whether that checkout draws the batch's figures on the workers (overlapped with compute)."""
-    return "draw_report" in (code / "flows" / "batch" / "flow.py").read_text()
+    """Whether that checkout draws the batch's figures outside the jobs' stages (on the workers, or
+    by a process beside the cluster), overlapped with compute."""
+    flow = (code / "flows" / "batch" / "flow.py").read_text()
+    return "draw_report" in flow or "FigurePool" in flow
 
 
 def single_command_seconds(codes: list[Path], workdir: Path, runs: int = 3) -> dict[Path, list[float]]:

@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         b = (r["stages_s"] or {}).get("batch")
         if b:
             print(f"{r['label']:<6} Prefect records: batch flow {b['batch_flow']:.1f} s, of which in its tasks "
-                  f"(ingest and the jobs' stages) {b['tasks']:.1f} s; figures are drawn on the workers, outside them")
+                  f"(ingest and the jobs' stages) {b['tasks']:.1f} s; figures are drawn outside them")
     print()
     if "fuse" in q:
         f = q["fuse"]

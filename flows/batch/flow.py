@@ -6,7 +6,8 @@
 2. the catalog's cluster starts once and every job runs on it, through the batch's client;
 3. each dataset's raw file is ingested into ``<output>/inputs/``, then each of its jobs runs
    its stages (plan, compute, finalise) as tasks of the batch flow, named after the dataset and
-   job, writing ``<output>/<name>.<job>.zarr``; its figures are drawn on the workers while the
+   job, writing ``<output>/<name>.<job>.zarr``; its figures are drawn by a process beside the
+   cluster (:mod:`emfuse.flows.batch.figures`), at low priority, while the
    next job computes;
 4. a failure (bad input, a model that does not exist, ...) fails that job only:
    it is recorded with its message and the batch goes on with the rest;
@@ -42,8 +43,8 @@ from emfuse.stores.zarrio import check_writable
 from ..jobs import JOBS
 from ..jobs.registry import existing_figures
 from ..jobs.stages import ingest_task, named, run_job_stages
-from ..report import draw_report
 from .catalog import Catalog, DatasetEntry, load_catalog
+from .figures import FigurePool
 from .morning import write_morning_report
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,13 @@ def _failed(cat: Catalog, entry: DatasetEntry, error: str, error_type: str, bar)
 
 def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progress: bool) -> list[dict[str, Any]]:
     """Each dataset's jobs on the batch's cluster; one record per dataset and job."""
+    with FigurePool() as figures:
+        records = _run_jobs(cat, runnable, client, figures, bar, progress)
+    return records
+
+
+def _run_jobs(cat: Catalog, runnable: list[DatasetEntry], client, figures: FigurePool, bar,
+              progress: bool) -> list[dict[str, Any]]:
     shared = _shared_cluster(cat.cluster, client)
     records = []
     drawing: list[tuple[dict[str, Any], Any]] = []  # (record, the future of its figures)
@@ -174,31 +182,19 @@ def _run_datasets(cat: Catalog, runnable: list[DatasetEntry], client, bar, progr
             record = {**_record(cat, entry, result["job"]), **result}
             records.append(record)
             if record["status"] == "done":
-                figures = existing_figures(record["store"], record.get("state"))
-                if figures is None:  # computed now: drawn on a worker while the next job runs; the
-                    # next jobs' units go first where both wait for a worker
-                    drawing.append((record, client.submit(_draw_on_worker, record["store"], pure=False,
-                                                          priority=-1)))
+                drawn = existing_figures(record["store"], record.get("state"))
+                if drawn is None:  # computed now: drawn beside the cluster while the next job runs
+                    drawing.append((record, figures.submit(record["store"])))
                 else:
-                    record["figures"] = figures
+                    record["figures"] = drawn
             (log.error if record["status"] == "failed" else log.info)("%s", _status_line(record))
             bar.update()
     _draw_reports(drawing)
     return records
 
 
-def _draw_on_worker(store: str) -> list[str]:
-    """:func:`draw_report` as a worker task: its Dask reductions run in the task itself, not on
-    the client that happens to be the process's default (a job's client, closed by then, in a
-    threaded cluster; and a task must not wait on its own cluster)."""
-    import dask
-
-    with dask.config.set(scheduler="synchronous"):
-        return draw_report(store)
-
-
 def _draw_reports(drawing: list[tuple[dict[str, Any], Any]]) -> None:
-    """Wait for the figures drawn on the workers and put them in their records; a report that
+    """Wait for the figures being drawn and put them in their records; a report that
     cannot be drawn fails its job (with the message), as it would in a single command."""
     for record, future in drawing:
         try:
