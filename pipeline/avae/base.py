@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import InputError
-from ..synth.tem_modes import HRTEM
+from .modes import HRTEM
 from .preprocess import Preprocessing, flat_surface
 
 if TYPE_CHECKING:

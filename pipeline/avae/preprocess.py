@@ -49,7 +49,7 @@ from scipy import ndimage
 from emfuse.errors import InputError
 from emfuse.pipeline.register import estimate_shift
 
-from ..synth.tem_modes import HRTEM, MODES
+from .modes import HRTEM, MODES
 
 __all__ = ["DENOISE_SIGMA", "Preprocessing", "align_modes", "block_mean", "denoise", "equalise",
            "estimate_mode_drift", "fit_flat", "flat_field", "flat_surface", "mode_quantiles",

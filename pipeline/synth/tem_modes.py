@@ -68,6 +68,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ...errors import InputError
+from ..avae.modes import HRTEM, MODES  # noqa: F401  (the order of the ``mode`` axis of every array and store)
 from .distortions import (
     dark_current_noise,
     flicker_noise,
@@ -84,9 +85,6 @@ from .restore_specimens import (
 __all__ = ["MATERIALS", "MODES", "VARIED", "Material", "ModeImages", "Microscope", "ctf",
            "simulate_region", "simulate_regions"]
 
-#: The modes, in the order of the ``mode`` axis of every array and store.
-MODES = ("bf", "df", "hrtem")
-HRTEM = MODES.index("hrtem")
 _PAD = 16  # px simulated around the field: room for the drift and the HRTEM delocalisation
 
 
