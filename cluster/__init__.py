@@ -23,11 +23,13 @@ from .profiles import (
     as_spec,
     connect,
     count_gpus,
+    discard_early,
     is_remote,
     local_defaults,
     make_cluster,
     render_job_script,
     slurm_job_kwargs,
+    start_early,
     tls_security,
 )
 
@@ -42,11 +44,13 @@ __all__ = [
     "ClusterUnavailableError",
     "as_spec",
     "connect",
+    "discard_early",
     "count_gpus",
     "is_remote",
     "local_defaults",
     "make_cluster",
     "render_job_script",
     "slurm_job_kwargs",
+    "start_early",
     "tls_security",
 ]

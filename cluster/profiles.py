@@ -49,7 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -959,6 +961,11 @@ def make_cluster(
     >>> cluster.close()  # doctest: +SKIP
     """
     spec = as_spec(spec, **overrides)
+    early = _take_early(spec)
+    return early if early is not None else _start_cluster(spec)
+
+
+def _start_cluster(spec: ClusterSpec) -> Cluster | None:
     if spec.profile == "local":
         return _local_cluster(spec.options, processes=True)
     if spec.profile == "local-threads":
@@ -968,6 +975,61 @@ def make_cluster(
     if spec.profile == "slurm":
         return _slurm_cluster(spec.options)
     return None  # "scheduler": someone else owns it
+
+
+#: profiles :func:`start_early` starts ahead (their workers are processes on this machine)
+EARLY_PROFILES = ("local", "local-gpu")
+#: clusters being started ahead: spec key -> (the starting thread, its result or error)
+_EARLY: dict[str, tuple[threading.Thread, dict[str, Any]]] = {}
+
+
+def _early_key(spec: ClusterSpec) -> str:
+    return json.dumps([spec.profile, spec.options], sort_keys=True, default=str)
+
+
+def start_early(spec: ClusterSpec | str | os.PathLike | Mapping | None) -> None:
+    """Begin starting a local cluster now, in a thread; the next :func:`make_cluster` (or
+    :func:`connect`) of an equal spec takes it instead of starting one.
+
+    ``emfuse run`` starts its cluster so while Prefect's server starts and the batch loads: the
+    worker processes' start then overlaps that wait. Only :data:`EARLY_PROFILES`; a start that
+    fails is left to :func:`make_cluster`, which starts the cluster again and reports the error
+    as usual. :func:`discard_early` closes a cluster nobody took.
+    """
+    spec = as_spec(spec)
+    key = _early_key(spec)
+    if spec.profile not in EARLY_PROFILES or key in _EARLY:
+        return
+    result: dict[str, Any] = {}
+
+    def start() -> None:
+        try:
+            result["cluster"] = _start_cluster(spec)
+        except Exception as exc:  # raised again by the caller's own start
+            result["error"] = exc
+
+    thread = threading.Thread(target=start, name="emfuse-cluster-start", daemon=True)
+    _EARLY[key] = (thread, result)
+    thread.start()
+
+
+def _take_early(spec: ClusterSpec) -> Cluster | None:
+    """The cluster :func:`start_early` started for ``spec`` (waiting for its start), else None."""
+    entry = _EARLY.pop(_early_key(spec), None)
+    if entry is None:
+        return None
+    thread, result = entry
+    thread.join()
+    return result.get("cluster")
+
+
+def discard_early() -> None:
+    """Close every cluster :func:`start_early` started that no :func:`make_cluster` took."""
+    for key in list(_EARLY):
+        thread, result = _EARLY.pop(key)
+        thread.join()
+        if result.get("cluster") is not None:
+            result["cluster"].close()
 
 
 @contextlib.contextmanager

@@ -30,14 +30,18 @@ class FigurePool:
     def __init__(self) -> None:
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_start_drawing)
+        self._pool.submit(int)  # start the process (and its imports) now, not at the first figure
 
     def submit(self, store: str) -> Future:
         """Draw the report of the output store ``store``; the future's result is the files written."""
         return self._pool.submit(_draw, store)
 
     def close(self) -> None:
-        """Wait for the figures submitted, then end the process."""
-        self._pool.shutdown(wait=True)
+        """End the process once the figures submitted are drawn, without waiting for it to exit (a
+        second, with matplotlib and the stores' libraries loaded): the batch closes its cluster and
+        writes the morning report meanwhile, and Python waits for it at exit. Callers that need
+        the figures wait for their futures first."""
+        self._pool.shutdown(wait=False)
 
     def __enter__(self) -> FigurePool:
         return self

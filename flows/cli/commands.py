@@ -272,15 +272,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..batch.catalog import load_catalog
 
-    load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
+    from emfuse.cluster import discard_early, start_early
+
+    catalog = load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
     from .._prefect_env import start_server_early
 
-    server_ready = start_server_early()  # Prefect's server starts while the batch's modules load
-    from ..batch import batch_flow
+    # Prefect's server and the local cluster start while the batch's modules load; the flow's own
+    # start of each finds it (or, where the early start failed, starts it and says why)
+    server_ready = start_server_early()
+    start_early(catalog.cluster)
+    try:
+        from ..batch import batch_flow
 
-    quiet_prefect(args.verbose)
-    server_ready()
-    info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
+        quiet_prefect(args.verbose)
+        server_ready()
+        info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
+    finally:
+        discard_early()  # a cluster the batch did not take (no dataset could run)
     print(f"{info['n_done']} done, {info['n_failed']} failed in {info['seconds'] / 60:.1f} min")
     for record in info["records"]:
         if record["status"] == "failed":

@@ -659,3 +659,44 @@ def test_docs_tls_recipe(tmp_path, monkeypatch):
         spec = ClusterSpec.from_string(path)  # unknown keys, bad values, missing files refused
         if spec.profile == "slurm" and importlib.util.find_spec("dask_jobqueue"):
             render_job_script(spec.with_options(log_directory=str(tmp_path / "logs")))
+
+
+def test_a_cluster_started_early_is_the_one_connect_uses():
+    """``start_early`` (``emfuse run``: while Prefect's server starts) starts a local cluster in a
+    thread; ``connect`` with an equal spec takes that very cluster and closes it at the end."""
+    from emfuse.cluster import profiles
+
+    spec = {"profile": "local", "n_workers": 1, "threads_per_worker": 1}
+    profiles.start_early(spec)
+    ((thread, result),) = profiles._EARLY.values()
+    thread.join()
+    early = result["cluster"]
+    with profiles.connect(dict(spec)) as client:
+        assert client.cluster is early
+        assert client.submit(abs, -3).result() == 3
+    assert not profiles._EARLY and early.status.name == "closed"
+
+
+def test_an_early_cluster_nobody_takes_is_closed_and_other_profiles_start_as_before():
+    from emfuse.cluster import profiles
+
+    profiles.start_early({"profile": "local-threads", "n_workers": 1})  # cheap in-process: not ahead
+    profiles.start_early("tcp://127.0.0.1:1")  # someone else's scheduler: nothing to start
+    assert not profiles._EARLY
+    profiles.start_early({"profile": "local", "n_workers": 1, "threads_per_worker": 1})
+    ((thread, result),) = profiles._EARLY.values()
+    profiles.discard_early()
+    assert not profiles._EARLY and result["cluster"].status.name == "closed"
+
+
+def test_an_early_start_that_fails_fails_again_where_it_is_used():
+    """The error of a failed early start is the one the flow's own start raises, as before."""
+    from emfuse.cluster import profiles
+
+    spec = {"profile": "local", "n_workers": 1, "threads_per_worker": 1, "memory_limit": "lots"}
+    profiles.start_early(spec)
+    with pytest.raises(Exception) as early_error:
+        profiles.make_cluster(spec)
+    assert not profiles._EARLY
+    with pytest.raises(type(early_error.value)):
+        profiles.make_cluster(spec)
