@@ -310,9 +310,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .._prefect_env import start_server_early
+
+    server_ready = start_server_early()  # Prefect's server starts while the input is synthesised
     from .demo import run_demo
 
     quiet_prefect(args.verbose)
 
-    run_demo(args.out, size=args.size, dose=args.dose, cluster=args.cluster)
+    run_demo(args.out, size=args.size, dose=args.dose, cluster=args.cluster, before_flows=server_ready)
     return 0
