@@ -270,13 +270,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..batch.catalog import load_catalog
-
     from emfuse.cluster import discard_early, start_early
 
-    catalog = load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
     from .._prefect_env import start_server_early
+    from ..batch.catalog import load_catalog
 
+    catalog = load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
     # Prefect's server and the local cluster start while the batch's modules load; the flow's own
     # start of each finds it (or, where the early start failed, starts it and says why)
     server_ready = start_server_early()

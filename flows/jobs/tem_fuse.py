@@ -49,9 +49,9 @@ from emfuse.pipeline import tiles
 from emfuse.pipeline.avae.base import BaseFit, flat_hrtem, load_base_network
 from emfuse.pipeline.avae.fuse import fuse_tile
 from emfuse.pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load_avae
+from emfuse.pipeline.avae.modes import MODES
 from emfuse.pipeline.avae.preprocess import Preprocessing
 from emfuse.pipeline.restore.select import pixel_size_nm
-from emfuse.pipeline.avae.modes import MODES
 from emfuse.stores import layout
 from emfuse.stores.outputs import empty_like, prepare_output, write_variable
 from emfuse.stores.progress import TileRecord
