@@ -27,6 +27,8 @@ Variants, each with its own automatic lambdas:
 * ``fit+gamma+tv``: as ``fit+gamma``, then one TV weight per element refined on held-out counts
   (``SearchSettings(per_element_tv=True)``): with its weight fitted near 0, O is nearly out of the
   HAADF model and its map is a Poisson-TV denoising whose smoothing the joint weights do not suit;
+* ``select``: ``default`` or ``fit+gamma``, whichever's lambda search ended at the lower held-out
+  score (data only: both searches score the same held-out folds);
 * ``z+gamma``: Z weights at that same gamma (separates what the weights do from what gamma does);
 * ``oracle`` / ``oracle+gamma``: weights regressed on the truth (each true map put through the
   measured map's affine response and the normalisation, probe-blurred) at gamma 1.6 / the chosen
@@ -235,7 +237,12 @@ def run_case(specimen: str, dose: float, seed: int, size: int, n_iter: int) -> d
         row["variants"][name] = {"weights": [float(v) for v in w], "gamma": gamma,
                                  "lambda_chem": choice.lambda_chem, "lambda_tv": choice.lambda_tv,
                                  "lambda_tv_per_element": choice.lambda_tv_per_element,
+                                 "heldout": float(np.nanmin(choice.score)),
                                  "nrmse": [nrmse(f, t) for f, t in zip(fused, data.true_maps)]}
+    # chosen on held-out counts, like the lambdas: the variant whose lambda search ended at the lower
+    # held-out score (the same folds for every variant: SearchSettings.seed)
+    pick = min(("default", "fit+gamma"), key=lambda n: row["variants"][n]["heldout"])
+    row["variants"]["select"] = {**row["variants"][pick], "picked": pick}
     return row
 
 
