@@ -30,6 +30,9 @@ Variants, each with its own automatic lambdas:
 * ``fit+gamma+own`` (``--own-weights JSON``, added to the JSON afterwards): as ``fit+gamma``, then the
   weakest element's own ``(lambda_chem, lambda_tv)`` times ``(2^b, 2^a)`` over the grid of
   ``benchmarks/per_element_oracle.py`` chosen on held-out counts (see :func:`own_weights_case`);
+* ``auto-fit`` (``--implementation JSON``, added afterwards): the same, as wired in
+  ``emfuse.pipeline.fusion.auto`` (``SearchSettings(haadf_weights="fit", refine_weakest=True)``,
+  its own random halves and folds, ``fuse(**choice.fusion_params())``);
 * ``select``: ``default`` or ``fit+gamma``, whichever's lambda search ended at the lower held-out
   score (data only: both searches score the same held-out folds);
 * ``z+gamma``: Z weights at that same gamma (separates what the weights do from what gamma does);
@@ -54,7 +57,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
 import json
 import sys
 import time
@@ -73,6 +75,15 @@ from emfuse.pipeline.fusion.auto import (
     scaled_normalisation,
     thin_counts,
 )
+from emfuse.pipeline.fusion.haadf_fit import (
+    DENOISE_SIGMA,
+    GAMMAS,
+    PROBE_SIGMAS,
+    _nonneg_quadratic,
+    checkerboard,
+    cross_fit,
+    fit_haadf_model,
+)
 from emfuse.pipeline.fusion.model import Normalisation, haadf_weights
 from emfuse.pipeline.metrics import nrmse
 from emfuse.pipeline.spectra import elemental_maps
@@ -81,9 +92,6 @@ from emfuse.pipeline.synth import make_spectrum_image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from per_element_oracle import SPECIMENS, best_blur  # noqa: E402
 
-GAMMAS = (1.0, 1.3, 1.6)
-PROBE_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0)
-DENOISE_SIGMA = 2.0
 SPLIT_SEED = 7
 WEAK_GAIN, OTHERS_TOLERANCE = 0.03, 0.02  # the criterion: weakest -3 %, others at most +2 %
 
@@ -99,83 +107,21 @@ def weights_as(weights: Sequence[float]) -> Iterator[None]:
         solver.haadf_weights = original
 
 
-# -- the fit (a copy lives in emfuse.pipeline.fusion.haadf_fit when it is wired) --------------
-
-
-def _nonneg_quadratic(q: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
-    """``min_w w'Qw - 2b'w`` over ``w >= 0`` by enumerating the active sets (a handful of elements)."""
-    n = b.size
-    best: tuple[float, np.ndarray] = (0.0, np.zeros(n))
-    for mask in itertools.product((False, True), repeat=n):
-        idx = np.flatnonzero(mask)
-        if idx.size == 0:
-            continue
-        sub = q[np.ix_(idx, idx)]
-        if np.linalg.eigvalsh(sub).min() <= 0:
-            continue
-        sol = np.linalg.solve(sub, b[idx])
-        if (sol < 0).any():
-            continue
-        w = np.zeros(n)
-        w[idx] = sol
-        value = float(w @ q @ w - 2 * b @ w)
-        if value < best[0]:
-            best = (value, w)
-    return best
-
-
-def _regressors(maps: np.ndarray, gamma: float, sigma: float, mask: np.ndarray | None = None) -> np.ndarray:
-    """Each map blurred (over the pixels of ``mask`` only, by normalised convolution) and raised to gamma."""
-    maps = np.asarray(maps, np.float64)
-    if mask is None:
-        blurred = [ndimage.gaussian_filter(m, sigma) for m in maps]
-    else:
-        weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma)
-        blurred = [ndimage.gaussian_filter(m * mask, sigma) / weight for m in maps]
-    return np.stack([np.clip(b, 0, None) ** gamma for b in blurred]).reshape(len(maps), -1)
-
-
-def checkerboard(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The even and odd pixels of a checkerboard: for noise independent between pixels, a map blurred
-    over each is two independent estimates of the same blurred mean (no counts needed)."""
-    even = (np.add.outer(np.arange(shape[0]), np.arange(shape[1])) % 2 == 0)
-    return even, ~even
-
-
-def cross_fit(haadf_n: np.ndarray, halves: Sequence[tuple[np.ndarray, np.ndarray]], gamma: float,
-              probe_sigma: float, denoise_sigma: float = DENOISE_SIGMA,
-              masks: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, float]:
-    """(weights, held-out misfit) of ``Y ~ sum_i w_i X_i`` from independent halves (normalised units);
-    with ``masks``, the halves are the pixels of each mask (:func:`checkerboard`)."""
-    y = ndimage.gaussian_filter(np.asarray(haadf_n, np.float64), denoise_sigma).ravel()
-    sigma = float(np.hypot(denoise_sigma, probe_sigma))
-    n = len(halves[0][0])
-    q, b = np.zeros((n, n)), np.zeros(n)
-    mask_a, mask_b = masks if masks is not None else (None, None)
-    for a, c in halves:
-        xa, xb = _regressors(a, gamma, sigma, mask_a), _regressors(c, gamma, sigma, mask_b)
-        q += 0.5 * (xa @ xb.T + xb @ xa.T) / y.size
-        b += 0.5 * (xa + xb) @ y / y.size
-    q, b = q / len(halves), b / len(halves)
-    value, w = _nonneg_quadratic(q, b)
-    return w, float((value + y @ y / y.size) / y.var())
+# -- the fit: emfuse.pipeline.fusion.haadf_fit --------------------------------------------------
 
 
 def fit_case(haadf: np.ndarray, halves: Sequence[tuple[np.ndarray, np.ndarray]], norm: Normalisation,
              gammas: Sequence[float] = GAMMAS, fraction: float = 0.5,
              masks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    """Probe width (at gamma 1), then weights and misfit at each gamma; ``halves`` in the maps' units,
-    each with ``fraction`` of the counts (1 for recorrupted or checkerboard halves, which keep the mean)."""
+    """:func:`fit_haadf_model` on halves in the maps' units, each with ``fraction`` of the counts (1 for
+    recorrupted or checkerboard halves, which keep the mean), as a JSON-able dict."""
     half = scaled_normalisation(norm, fraction)
-    h = norm.haadf(haadf, np.float64)
     parts = [(half.maps(a, np.float64), half.maps(b, np.float64)) for a, b in halves]
-    probe = {s: cross_fit(h, parts, 1.0, s, masks=masks)[1] for s in PROBE_SIGMAS}
-    sp = min(probe, key=probe.get)
-    per_gamma = {g: cross_fit(h, parts, g, sp, masks=masks) for g in gammas}
-    best = min(per_gamma, key=lambda g: per_gamma[g][1])
-    return {"probe_sigma": sp, "probe_misfit": probe, "gamma": best,
-            "weights": {g: w.tolist() for g, (w, _) in per_gamma.items()},
-            "misfit": {g: m for g, (_, m) in per_gamma.items()}}
+    fit = fit_haadf_model(norm.haadf(haadf, np.float64), parts, gammas=gammas, masks=masks)
+    probe = {s: cross_fit(norm.haadf(haadf, np.float64), parts, 1.0, probe_sigma=s, masks=masks)[1]
+             for s in PROBE_SIGMAS}
+    return {"probe_sigma": fit.probe_sigma, "probe_misfit": probe, "gamma": fit.gamma,
+            "weights": {g: list(w) for g, w in fit.weights_by_gamma.items()}, "misfit": dict(fit.misfit)}
 
 
 def oracle_weights(data: Any, maps: np.ndarray, norm: Normalisation, gamma: float) -> np.ndarray:
@@ -340,6 +286,27 @@ def own_weights_case(row: dict[str, Any], base: str = "fit+gamma") -> dict[str, 
             "heldout_elements": scores.tolist(), "nrmse": [nrmse(f, t) for f, t in zip(fused, data.true_maps)]}
 
 
+def implementation_case(row: dict[str, Any]) -> dict[str, Any]:
+    """The wired option: ``choose_lambdas`` with ``SearchSettings(haadf_weights="fit", refine_weakest=True)``
+    (its own halves and folds), then ``fuse(**choice.fusion_params())``."""
+    data = make_spectrum_image((row["size"],) * 2, SPECIMENS[row["specimen"]], specimen=row["specimen"],
+                               dose=row["dose"], seed=row["seed"])
+
+    def to_maps(spectrum: np.ndarray) -> np.ndarray:
+        return np.asarray(elemental_maps(spectrum, data.energy_ev, data.elements)[0])
+
+    maps = to_maps(data.spectrum)
+    settings = SearchSettings(coarse=3, lattice=2.0, n_iter=row["n_iter"], haadf_weights="fit", refine_weakest=True)
+    choice = choose_lambdas(data.haadf, data.z, spectrum=data.spectrum, to_maps=to_maps,
+                            params={"n_iter": row["n_iter"]}, settings=settings)
+    params = choice.fusion_params()
+    fused = fuse(data.haadf, maps, data.z, warn=False, n_iter=row["n_iter"], **params).fused
+    return {"weights": list(params["haadf_weights"]), "gamma": params["gamma"],
+            "lambda_chem": list(params["lambda_chem"]), "lambda_tv": list(params["lambda_tv"]),
+            "haadf_fit": choice.haadf_fit.record(), "seconds": choice.seconds,
+            "nrmse": [nrmse(f, t) for f, t in zip(fused, data.true_maps)]}
+
+
 def meets(row: dict[str, Any], name: str, base: str = "default") -> tuple[bool, float, float]:
     """(criterion met, weakest's ratio, largest other ratio) of variant ``name`` against ``base``."""
     e = row["elements"].index(row["weakest"])
@@ -417,6 +384,9 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--published", action="store_true",
                         help="instead: the two published datasets, correlation with the tutorial's fusion")
+    parser.add_argument("--implementation", default=None, metavar="JSON",
+                        help="add the variant auto-fit (choose_lambdas with SearchSettings(haadf_weights='fit', "
+                             "refine_weakest=True), as wired in emfuse) to a JSON written by --json, in place")
     parser.add_argument("--own-weights", default=None, metavar="JSON",
                         help="add the variant fit+gamma+own (the weakest element's own lambdas chosen on held-out "
                              "counts) to a JSON written by --json, in place")
@@ -427,6 +397,18 @@ def main() -> None:
         summary(args.summary)
         return
     start = time.perf_counter()
+    if args.implementation:
+        with open(args.implementation) as fh:
+            record = json.load(fh)
+        for r in record["cases"]:
+            v = r["variants"]["auto-fit"] = implementation_case(r)
+            print(f"{r['specimen']} {r['dose']:g} seed {r['seed']}: auto-fit gamma {v['gamma']:g} w {_fmt(v['weights'])} "
+                  f"nrmse {_fmt(v['nrmse'])} (fit+gamma+own {_fmt(r['variants']['fit+gamma+own']['nrmse'])}, "
+                  f"default {_fmt(r['variants']['default']['nrmse'])})", flush=True)
+        print(f"total {time.perf_counter() - start:.0f} s")
+        with open(args.implementation, "w") as fh:
+            json.dump(record, fh, indent=1)
+        return
     if args.own_weights:
         with open(args.own_weights) as fh:
             record = json.load(fh)
