@@ -170,3 +170,14 @@ def test_fit_refused_on_sparse_maps_and_bad_setting() -> None:
         choose_lambdas(haadf, z, maps=sparse, settings=SearchSettings(coarse=2, n_iter=2, haadf_weights="fit"))
     with pytest.raises(Exception, match="haadf_weights must be one of"):
         SearchSettings(haadf_weights="Z")
+
+
+def test_doctests() -> None:
+    import doctest
+
+    import emfuse.pipeline.fusion.auto as auto_module
+    import emfuse.pipeline.fusion.haadf_fit as fit_module
+
+    for module in (fit_module, auto_module):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
