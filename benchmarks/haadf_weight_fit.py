@@ -47,9 +47,16 @@ element higher by more than 2 %, in most cases (>= 10 of 18).
         /work/main/.venv/bin/python benchmarks/haadf_weight_fit.py --seeds 1000 2000 \\
         --json docs/figures/haadf_weight_fit.json | tee docs/figures/haadf_weight_fit.log
 
-(12 min on 2 busy cores). Tables: ``... haadf_weight_fit.py --summary docs/figures/haadf_weight_fit.json``.
-The published datasets (3 min; halves by checkerboard, as their maps are not counts):
-``... haadf_weight_fit.py --published --json docs/figures/haadf_weight_fit_published.json``.
+(12 min on 2 busy cores), then, adding two variants to that JSON in place (5.5 and 6.5 min):
+
+    ... haadf_weight_fit.py --own-weights docs/figures/haadf_weight_fit.json > docs/figures/haadf_weight_fit_own.log
+    ... haadf_weight_fit.py --implementation docs/figures/haadf_weight_fit.json \
+        > docs/figures/haadf_weight_fit_implementation.log
+
+Tables: ``... haadf_weight_fit.py --summary docs/figures/haadf_weight_fit.json`` (written to
+``docs/figures/haadf_weight_fit_summary.md``). The published datasets (6 min; halves by checkerboard,
+as their maps are not counts): ``... haadf_weight_fit.py --published --json
+docs/figures/haadf_weight_fit_published.json``.
 """
 
 from __future__ import annotations
