@@ -120,6 +120,7 @@ from ..._lazy import lazy_module
 from ...errors import InputError
 from ..arrays import central_crop  # re-exported: callers use auto.central_crop
 from ..backend import to_numpy
+from .haadf_fit import HaadfFit, checkerboard, fit_haadf_model
 from .model import FusionInputError, Normalisation
 from .noise import DENSE, NoiseEstimateError, NoiseModel, estimate_noise, local_variance, recorrupt
 from .solver import FusionParams, fuse
@@ -137,6 +138,7 @@ __all__ = [
     "heldout_score",
     "heldout_scores",
     "refine_tv_per_element",
+    "refine_weakest",
     "is_counts",
     "scaled_normalisation",
     "thin_counts",
@@ -144,6 +146,11 @@ __all__ = [
 
 #: The value that asks for an automatic choice (``lambda_chem="auto"``).
 AUTO = "auto"
+#: ``SearchSettings.haadf_weights``: ``Z_i / mean(Z)``, or fitted to the data.
+HAADF_WEIGHTS = ("z", "fit")
+#: :func:`refine_weakest`: the weakest element's ``lambda_chem`` times ``2^b`` and ``lambda_tv`` times ``2^a``.
+WEAKEST_CHEM_STEPS = (-2, -1, 0, 1, 2, 3, 4, 5, 6)
+WEAKEST_TV_STEPS = (-3, -2, -1, 0, 1, 2, 3, 4, 5)
 
 CRITERION_SPECTRUM = "heldout-counts:spectrum"
 CRITERION_MAPS = "heldout-counts:maps"
@@ -186,6 +193,16 @@ class SearchSettings:
     per_element_tv
         After the joint search, refine one TV weight per element
         (:func:`refine_tv_per_element`); off by default (see ``docs/methods/fusion.md``).
+    haadf_weights
+        ``"z"`` (the default): the HAADF model's weights ``Z_i / mean(Z)`` and the job's
+        ``gamma``. ``"fit"``: before the search, fit the weights and ``gamma`` to the data
+        (:func:`emfuse.pipeline.fusion.haadf_fit.fit_haadf_model` on two independent halves:
+        thinned counts, or the checkerboard for maps that are not counts); the search and the
+        full fusion use them (:meth:`LambdaChoice.fusion_params`). Refused for sparse maps.
+    refine_weakest
+        After the joint search (and ``per_element_tv``), move the lowest-Z element's own
+        ``lambda_chem`` and ``lambda_tv`` over a grid, held out (:func:`refine_weakest`); off
+        by default. Measured with ``haadf_weights="fit"``: ``benchmarks/haadf_weight_fit.py``.
     """
 
     lambda_chem_range: tuple[float, float] = (2.0**-10, 8.0)
@@ -201,8 +218,13 @@ class SearchSettings:
     widen: int = 2
     widen_by: float = 8.0
     per_element_tv: bool = False
+    haadf_weights: str = "z"
+    refine_weakest: bool = False
 
     def __post_init__(self) -> None:
+        if self.haadf_weights not in HAADF_WEIGHTS:
+            raise InputError(f"haadf_weights must be one of {', '.join(map(repr, HAADF_WEIGHTS))}; "
+                             f"got {self.haadf_weights!r}")
         ok = (
             0 < self.lambda_chem_range[0] < self.lambda_chem_range[1]
             and 0 < self.lambda_tv_range[0] < self.lambda_tv_range[1]
@@ -244,8 +266,13 @@ class LambdaChoice:
     at_edge
         For each weight still on an end of its (widened) range: what and where.
     lambda_tv_per_element
-        With ``SearchSettings.per_element_tv``: one TV weight per element, refined
-        after the joint search (else None).
+        With ``SearchSettings.per_element_tv`` or ``refine_weakest``: one TV weight per
+        element, refined after the joint search (else None).
+    lambda_chem_per_element
+        With ``SearchSettings.refine_weakest``: one ``lambda_chem`` per element (else None).
+    haadf_fit
+        With ``SearchSettings.haadf_weights="fit"``: the fitted HAADF model (weights and
+        ``gamma``) the search used and the full fusion must use (else None).
     """
 
     lambda_chem: float
@@ -261,10 +288,23 @@ class LambdaChoice:
     widened: int = 0
     at_edge: tuple[str, ...] = ()
     lambda_tv_per_element: tuple[float, ...] | None = None
+    lambda_chem_per_element: tuple[float, ...] | None = None
+    haadf_fit: HaadfFit | None = None
 
     @property
     def n_candidates(self) -> int:
         return int(np.isfinite(self.score).sum())
+
+    def fusion_params(self) -> dict[str, Any]:
+        """The parameters of the full fusion this choice asks for: the weights (per element where
+        refined) and, with a fitted HAADF model, its ``gamma`` and ``haadf_weights``."""
+        params: dict[str, Any] = {
+            "lambda_chem": self.lambda_chem_per_element or self.lambda_chem,
+            "lambda_tv": self.lambda_tv_per_element or self.lambda_tv,
+        }
+        if self.haadf_fit is not None:
+            params.update(gamma=self.haadf_fit.gamma, haadf_weights=self.haadf_fit.weights)
+        return params
 
     def record(self) -> dict[str, Any]:
         """A JSON-able summary (without the score grid), e.g. for store attributes."""
@@ -280,6 +320,9 @@ class LambdaChoice:
             "widened": self.widened,
             **({"lambda_tv_per_element": list(self.lambda_tv_per_element)}
                if self.lambda_tv_per_element is not None else {}),
+            **({"lambda_chem_per_element": list(self.lambda_chem_per_element)}
+               if self.lambda_chem_per_element is not None else {}),
+            **({"haadf_fit": self.haadf_fit.record()} if self.haadf_fit is not None else {}),
             "at_edge": list(self.at_edge),
             **({"noise_model": "var = gain * mean + offset_var per map, in the map's units",
                 "noise": [m.record() for m in self.noise]} if self.noise is not None else {}),
@@ -727,6 +770,11 @@ def choose_lambdas(
     haadf_crop = haadf[ys, xs]
     valid_crop = None if haadf_valid is None else to_numpy(haadf_valid)[ys, xs]
     part_norm = scaled_normalisation(normalisation, split.fraction)
+    haadf_fit = None
+    if settings.haadf_weights == "fit":
+        haadf_fit = _fit_haadf(haadf_crop, maps_crop, spectrum_crop, to_maps, normalisation, settings,
+                               valid_crop, split.criterion)
+        base = dataclasses.replace(base, gamma=haadf_fit.gamma, haadf_weights=haadf_fit.weights)
     chem_axis = _Axis.make(lambda_chem, settings.lambda_chem_range, settings.lattice)
     tv_axis = _Axis.make(lambda_tv, settings.lambda_tv_range, settings.lattice)
 
@@ -758,6 +806,21 @@ def choose_lambdas(
 
         per_element = refine_tv_per_element(element_scores, tv_axis.value(best[1]), len(z),
                                             settings.lattice)
+    chem_per_element = None
+    if settings.refine_weakest and lambda_chem is None and lambda_tv is None and len(z) > 1:
+
+        def weights_scores(chem: tuple[float, ...], tv: tuple[float, ...]) -> np.ndarray:
+            candidate = dataclasses.replace(base, lambda_chem=chem, lambda_tv=tv)
+            total = np.zeros(len(z))
+            for k, (train, test) in enumerate(split.folds):
+                fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False, haadf_valid=valid_crop,
+                             **candidate.to_dict()).fused
+                total += heldout_scores(to_numpy(fused), test, None if split.masks is None else split.masks[k])
+            return total / len(split.folds)
+
+        chem_per_element, per_element = refine_weakest(
+            weights_scores, (chem_axis.value(best[0]),) * len(z),
+            per_element or (tv_axis.value(best[1]),) * len(z), int(np.argmin(np.asarray(z, np.float64))))
     rows = sorted({i for i, _ in scores})
     cols = sorted({j for _, j in scores})
     grid = np.full((len(rows), len(cols)), np.nan)
@@ -777,6 +840,8 @@ def choose_lambdas(
         widened=widened,
         at_edge=at_edge,
         lambda_tv_per_element=per_element,
+        lambda_chem_per_element=chem_per_element,
+        haadf_fit=haadf_fit,
     )
 
 
@@ -827,6 +892,93 @@ def refine_tv_per_element(
 
 
 _PER_ELEMENT_GAIN = 1e-3  # relative held-out score change that counts
+
+
+def refine_weakest(
+    element_scores: Callable[[tuple[float, ...], tuple[float, ...]], np.ndarray],
+    lambda_chem: Sequence[float], lambda_tv: Sequence[float], element: int,
+    chem_steps: Sequence[int] = WEAKEST_CHEM_STEPS, tv_steps: Sequence[int] = WEAKEST_TV_STEPS,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """One element's own ``lambda_chem`` and ``lambda_tv`` moved together over a grid, held out.
+
+    Its weights are multiplied by ``2^b`` and ``2^a`` for every ``b`` in ``chem_steps`` and
+    ``a`` in ``tv_steps``, the other elements' held; the point with the lowest held-out score of
+    that element is kept among those that raise no other element's score by more than 0.1 %
+    (the starting point is one of them). Meant for the element the HAADF shows least, whose
+    weight in a fitted HAADF model is small, so its map is left mostly to its own terms
+    (``docs/methods/fusion.md``; ``benchmarks/haadf_weight_fit.py``).
+
+    Parameters
+    ----------
+    element_scores : callable
+        The held-out score of each element (an array) for per-element ``(lambda_chem, lambda_tv)``.
+    lambda_chem, lambda_tv : sequence of float
+        The starting weights, one per element.
+    element : int
+        The element whose weights move.
+    chem_steps, tv_steps : sequence of int
+        The powers of 2 tried on each weight.
+
+    Returns
+    -------
+    (tuple of float, tuple of float)
+        The per-element ``lambda_chem`` and ``lambda_tv``.
+
+    Examples
+    --------
+    A score of element 1 lowest at 4x its ``lambda_chem``, element 0 indifferent:
+
+    >>> def scores(chem, tv):
+    ...     return np.array([1.0, (np.log2(chem[1]) - 2) ** 2 + (np.log2(tv[1])) ** 2 + 1])
+    >>> refine_weakest(scores, (1.0, 1.0), (1.0, 1.0), 1)
+    ((1.0, 4.0), (1.0, 1.0))
+    """
+    chem0, tv0 = tuple(float(v) for v in lambda_chem), tuple(float(v) for v in lambda_tv)
+    start = element_scores(chem0, tv0)
+    others = [i for i in range(len(chem0)) if i != element]
+    best = (float(start[element]), chem0, tv0)
+    for b in chem_steps:
+        for a in tv_steps:
+            if a == 0 and b == 0:
+                continue
+            chem, tv = list(chem0), list(tv0)
+            chem[element], tv[element] = chem0[element] * 2.0**b, tv0[element] * 2.0**a
+            scores = element_scores(tuple(chem), tuple(tv))
+            harmless = all(scores[i] <= start[i] + _PER_ELEMENT_GAIN * abs(start[i]) for i in others)
+            if harmless and scores[element] < best[0]:
+                best = (float(scores[element]), tuple(chem), tuple(tv))
+    return best[1], best[2]
+
+
+def _fit_haadf(haadf: np.ndarray, maps: Any, spectrum: Any, to_maps: Callable[[np.ndarray], np.ndarray] | None,
+               normalisation: Normalisation, settings: SearchSettings, valid: Any, criterion: str) -> HaadfFit:
+    """The HAADF model fitted on two independent halves of the crop's data (``haadf_weights="fit"``)."""
+    if criterion == CRITERION_PIXELS:
+        raise AutoLambdaError(
+            "haadf_weights='fit' needs maps whose noise can be split, but these maps are sparse "
+            "(mostly exact zeros; the search falls back to pixel hold-out); keep the Z weights "
+            "(haadf_weights='z')."
+        )
+    rng = np.random.default_rng(settings.seed + 1)  # not the search's folds
+    masks = None
+    if spectrum is not None:
+        fraction, halves = 0.5, []
+        for _ in range(2):
+            kept = thin_counts(spectrum, 0.5, rng)
+            halves.append((np.asarray(to_maps(kept)), np.asarray(to_maps(spectrum - kept))))  # type: ignore[misc]
+    elif is_counts(maps):
+        fraction, halves = 0.5, []
+        for _ in range(2):
+            kept = thin_counts(maps, 0.5, rng)
+            halves.append((kept, maps - kept))
+    else:  # not counts: the two colours of a checkerboard (noise independent between pixels)
+        fraction, halves, masks = 1.0, [(maps, maps)], checkerboard(np.shape(haadf))
+    half = scaled_normalisation(normalisation, fraction)
+    return fit_haadf_model(
+        normalisation.haadf(haadf, np.float64),
+        [(half.maps(np.asarray(a, np.float64), np.float64), half.maps(np.asarray(b, np.float64), np.float64))
+         for a, b in halves],
+        masks=masks, valid=valid)
 
 
 @dataclass

@@ -100,6 +100,10 @@ class FusionParams:
         gradient projection. Off by default: the published parameters were
         set with GP (see the module docstring); turn it on to solve each TV
         step further in the same ``n_iter_tv``.
+    haadf_weights
+        The HAADF model's weight of each element (map order, normalised units,
+        >= 0), e.g. fitted by :func:`emfuse.pipeline.fusion.haadf_fit.fit_haadf_model`;
+        ``None`` (the default): ``Z_i / mean(Z)`` (:func:`.model.haadf_weights`).
     """
 
     gamma: float = 1.6
@@ -112,8 +116,18 @@ class FusionParams:
     step: float = 1.0
     tol: float | None = None
     tv_momentum: bool = False
+    haadf_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.haadf_weights is not None:
+            weights = np.ravel(np.asarray(self.haadf_weights, dtype=np.float64))
+            if weights.size < 1 or not bool(np.all(np.isfinite(weights)) and np.all(weights >= 0)
+                                            and np.any(weights > 0)):
+                raise FusionInputError(
+                    f"invalid fusion parameter haadf_weights={self.haadf_weights!r}; give one finite "
+                    "weight >= 0 per element, not all 0 (or None for Z_i / mean(Z))."
+                )
+            object.__setattr__(self, "haadf_weights", tuple(float(v) for v in weights))
         for name in ("lambda_chem", "lambda_tv"):  # one weight per element: kept as a tuple of floats
             if not np.isscalar(getattr(self, name)):
                 object.__setattr__(self, name, tuple(float(v) for v in np.ravel(getattr(self, name))))
@@ -206,7 +220,8 @@ def fuse(
     + lam_chem sum_i (1'x_i - b_i' log(x_i + bkg)) + lam_tv sum_i TV(x_i)``
     by proximal gradient: a gradient step on the first two terms, then the
     isotropic TV proximal step by ``n_iter_tv`` dual gradient-projection steps
-    (no momentum; see the module docstring). ``w_i = Z_i / mean(Z)``,
+    (no momentum; see the module docstring). ``w_i = Z_i / mean(Z)`` (or
+    the ``haadf_weights`` given),
     the first sum runs over the valid HAADF pixels (``haadf_valid``),
     ``lam_H = 1 / n_elements``. If an iteration would raise the objective,
     the step is halved and the iteration redone.
@@ -246,7 +261,7 @@ def fuse(
     **params
         Fields of :class:`FusionParams` (``gamma``, ``lambda_chem``,
         ``lambda_tv``, ``n_iter``, ``n_iter_tv``, ``bkg``, ``init_threshold``,
-        ``step``, ``tol``). ``lambda_chem`` and ``lambda_tv`` may each be one
+        ``step``, ``tol``, ``tv_momentum``, ``haadf_weights``). ``lambda_chem`` and ``lambda_tv`` may each be one
         number per element (a sequence in map order): that element's chemical
         term and TV are weighted by its own number.
 
@@ -289,7 +304,11 @@ def fuse(
     norm = normalisation or Normalisation.from_data(haadf, maps, haadf_valid=valid)
     b_haadf = norm.haadf(xp.asarray(haadf), dtype)
     b_maps = norm.maps(xp.asarray(maps), dtype)
-    weights = haadf_weights(z)
+    weights = haadf_weights(z) if p.haadf_weights is None else np.asarray(p.haadf_weights, np.float64)
+    if weights.size != len(z):
+        raise FusionInputError(
+            f"haadf_weights has {weights.size} weights for {len(z)} maps; give one per element."
+        )
     # 1 where the HAADF pixel is in psi_1, 0 where it is left out (weights the residual)
     h_weight = None if valid is None else valid.astype(dtype)
     ops = _make_ops(engine if engine is not None else ENGINE, xp, b_haadf, b_maps, weights, p, h_weight)
