@@ -59,7 +59,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     check_fuse(args.source, args.out, elements=args.elements, params=_params(args), tile=args.tile,
                halo=args.halo, windows=windows, overwrite=args.overwrite)
     kwargs = dict(elements=args.elements, params=_params(args), tile=args.tile, halo=args.halo, windows=windows,
-                  maps_from=args.maps_from, device=args.device, overwrite=args.overwrite)
+                  maps_from=args.maps_from, device=args.device, haadf_model=args.haadf_model,
+                  overwrite=args.overwrite)
     if use_prefect(args):
         from ..jobs.flows import fuse_flow
 

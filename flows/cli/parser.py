@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps-from", choices=["spectrum", "file"], default=None,
                    help="integrate the maps from the spectrum image (with --window), or use the maps stored "
                         "in the file (default: the spectrum image where there is one)")
+    p.add_argument("--haadf-model", choices=["z", "fit"], default="z",
+                   help="the HAADF model's element weights and gamma: 'z' (Z_i / mean(Z) and --gamma; the "
+                        "default) or 'fit' (both fitted to the data with the automatic weights, and the "
+                        "weakest element's own weights chosen on held-out counts; docs/methods/fusion.md)")
     _signal_argument(p)
     _device_argument(p)
     p.set_defaults(func=cmd_fuse)

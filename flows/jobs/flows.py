@@ -35,6 +35,7 @@ def fuse_flow(
     maps_from: str | None = None,
     signal: str | None = None,
     device: str = "auto",
+    haadf_model: str = "z",
     overwrite: bool = False,
     report: bool = True,
     progress: bool = True,
@@ -49,13 +50,15 @@ def fuse_flow(
     ``device`` (``auto``, ``cpu``, ``cuda``): where the tiles are fused; ``auto`` takes each
     worker's GPU (CuPy) when it has one. ``tile`` ``"auto"``: the largest tile the GPU workers'
     free memory holds (:func:`emfuse.pipeline.fusion.memory.choose_tile`), 512 on CPU workers.
+    ``haadf_model`` ``"fit"``: the HAADF model's weights and gamma fitted to the data by the
+    automatic choice (:func:`emfuse.flows.jobs.fusion.search_settings`).
 
     Returns a summary: the output store, the final costs, the lambdas used,
     the report's figures and, for synthetic data, the error of raw and fused
     maps against the ground truth.
     """
     options = fuse_options(elements=elements, params=params, tile=tile, halo=halo, windows=windows,
-                           maps_from=maps_from, device=device, overwrite=overwrite)
+                           maps_from=maps_from, device=device, haadf_model=haadf_model, overwrite=overwrite)
     return run_job_stages("fuse", source, out, options, cluster=cluster, elements=elements,
                           report=report, progress=progress, signal=signal)
 

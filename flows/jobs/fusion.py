@@ -90,6 +90,10 @@ if TYPE_CHECKING:  # distributed loads in a second: not for a command line that 
 log = logging.getLogger(__name__)
 JOB = "fuse"
 LAMBDAS = ("lambda_chem", "lambda_tv")  # the weights that may be "auto"
+#: the HAADF model's weights and gamma: "z" (w_i = Z_i / mean(Z), gamma as given) or "fit" (both
+#: fitted to the data by the automatic choice, which then also refines the weakest element's weights)
+HAADF_MODEL_Z, HAADF_MODEL_FIT = "z", "fit"
+HAADF_MODELS = (HAADF_MODEL_Z, HAADF_MODEL_FIT)
 CRITERION_FALLBACK = "defaults:no-noise-model"  # "auto" on non-count maps whose noise cannot be measured
 TILE_AUTO = "auto"  # tile: chosen from the workers' free GPU memory (memory.choose_tile)
 INPUT_WARNINGS = (SATURATED,)  # warnings of the input store that concern a fusion of it, copied to the output
@@ -112,6 +116,7 @@ class FusionJob:
     maps_from: str = "file"  # "file": the maps stored in the input; "spectrum": integrated from it
     windows_used: dict[str, dict[str, Any]] | None = None  # per element: eV windows and background model
     device: str = "auto"  # where tiles run: "auto" (the worker's GPU when it has one, with CuPy), "cpu", "cuda"
+    haadf_model: str = HAADF_MODEL_Z  # "z": w_i = Z_i / mean(Z), gamma as given; "fit": both fitted (with "auto")
 
     def record(self) -> dict[str, Any]:
         """The parameters written to (and compared with) the output store.
@@ -130,6 +135,8 @@ class FusionJob:
             "maps_from": self.maps_from,
             "windows_used": self.windows_used,
         }
+        if self.haadf_model != HAADF_MODEL_Z:  # absent for the Z weights: earlier stores compare as before
+            record["haadf_model"] = self.haadf_model
         if self.auto:  # absent otherwise, so stores written with numbers compare as before
             record["lambda_auto"] = list(self.auto)
             if not self.resolved:
@@ -138,8 +145,13 @@ class FusionJob:
 
     def with_lambdas(self, lambda_chem: float, lambda_tv: float) -> FusionJob:
         """This job with its lambdas chosen."""
-        params = dataclasses.replace(self.params, lambda_chem=float(lambda_chem), lambda_tv=float(lambda_tv))
-        return dataclasses.replace(self, params=params, resolved=True)
+        return self.with_choice(lambda_chem=float(lambda_chem), lambda_tv=float(lambda_tv))
+
+    def with_choice(self, **params: Any) -> FusionJob:
+        """This job with what the automatic choice set (:meth:`~emfuse.pipeline.fusion.auto.LambdaChoice.fusion_params`:
+        the lambdas, one number or one per element, and for a fitted HAADF model ``gamma`` and
+        ``haadf_weights``)."""
+        return dataclasses.replace(self, params=dataclasses.replace(self.params, **params), resolved=True)
 
     @property
     def grid(self) -> list[tiles.Tile]:
@@ -332,9 +344,11 @@ def _stored_choice(job: FusionJob, overwrite: bool) -> FusionJob:
     except StoreError:
         return job  # not a store: prepare_output names the problem
     stored = attrs.get(layout.ATTR_PARAMS, {})
-    if layout.ATTR_LAMBDA_CHOICE not in attrs or stored.get("lambda_auto") != list(job.auto):
+    if (layout.ATTR_LAMBDA_CHOICE not in attrs or stored.get("lambda_auto") != list(job.auto)
+            or stored.get("haadf_model", HAADF_MODEL_Z) != job.haadf_model):
         return job
-    return job.with_lambdas(stored["lambda_chem"], stored["lambda_tv"])
+    chosen = ("lambda_chem", "lambda_tv") + (("gamma", "haadf_weights") if job.haadf_model == HAADF_MODEL_FIT else ())
+    return job.with_choice(**{name: stored[name] for name in chosen})
 
 
 def _maps_are_counts(ds: xr.Dataset, job: FusionJob) -> bool:
@@ -357,10 +371,16 @@ def plan(
     windows: dict[str, tuple[float, float]] | None = None,
     maps_from: str | None = None,
     device: str = "auto",
+    haadf_model: str = HAADF_MODEL_Z,
     overwrite: bool = False,
     free_memory: Sequence[float | None] | None = None,
 ) -> tuple[FusionJob, str]:
     """Define the job and create (or reopen) its output store.
+
+    ``haadf_model`` ``"fit"`` (with automatic lambdas): the HAADF model's weights and ``gamma``
+    are fitted to the data, and the weakest element's own weights chosen on held-out counts,
+    by the automatic choice (:func:`search_settings`); ``"z"`` (the default): ``Z_i / mean(Z)``
+    and ``gamma`` as given.
 
     ``maps_from`` (``"spectrum"`` or ``"file"``; None: the spectrum image where there is
     one) says where the maps come from (:func:`input_maps`); the output's ``params``
@@ -397,12 +417,13 @@ def plan(
         raise FusionInputError(f"element listed twice in {list(names)}; name each element once.")
     z = tuple(int(v) for v in maps["z"].values)
     numeric, auto_names = _split_lambdas(params)
+    _check_haadf_model(haadf_model, auto_names)
     fusion_params = FusionParams(**numeric)
     tile, tile_choice = resolve_tile(tile, out, (ds.sizes["y"], ds.sizes["x"]), len(names), halo,
                                      fusion_params, None if device == "cpu" else free_memory, overwrite)
     job = FusionJob(str(source), str(out), names, z, fusion_params, tile, halo, windows,
                     auto=auto_names, resolved=not auto_names, maps_from=used_from, windows_used=used,
-                    device=device)
+                    device=device, haadf_model=haadf_model)
     job = _stored_choice(job, overwrite)
     with on_disk_full(out), naming(source):
         state = prepare_output(out, _template(ds, maps, job), job.record(), source=source, overwrite=overwrite,
@@ -413,6 +434,17 @@ def plan(
             shape = (grid[-1].index[0] + 1, grid[-1].index[1] + 1)
             TileRecord.create(out, JOB, shape, payload_shape=(len(COST_TERMS), job.params.n_iter))
     return job, state
+
+
+def _check_haadf_model(haadf_model: str, auto_names: tuple[str, ...]) -> None:
+    """``haadf_model`` is one of :data:`HAADF_MODELS`; ``"fit"`` is made by the automatic choice."""
+    if haadf_model not in HAADF_MODELS:
+        raise FusionInputError(f"unknown haadf_model {haadf_model!r}; choose one of {', '.join(HAADF_MODELS)}.")
+    if haadf_model == HAADF_MODEL_FIT and not auto_names:
+        raise FusionInputError(
+            "haadf_model 'fit' is fitted by the automatic choice of the weights, but lambda_chem and "
+            "lambda_tv are both given; set at least one to 'auto', or keep haadf_model 'z'."
+        )
 
 
 def stored_tile(out: str | Path) -> int | None:
@@ -635,6 +667,15 @@ def _check_dose(job: FusionJob, haadf_range: tuple[float, float], map_max: Seque
         )
 
 
+def search_settings(job: FusionJob) -> auto.SearchSettings:
+    """The automatic choice's settings for ``job``: with ``haadf_model="fit"`` the HAADF model's
+    weights and gamma fitted on independent halves of the data, and the weakest element's own
+    weights chosen on held-out counts (``docs/methods/fusion.md``, "Fitting the HAADF model")."""
+    if job.haadf_model == HAADF_MODEL_FIT:
+        return auto.SearchSettings(haadf_weights="fit", refine_weakest=True)
+    return auto.SearchSettings()
+
+
 def choose_lambdas(job: FusionJob, norm: Normalisation,
                    settings: auto.SearchSettings | None = None, *, progress: bool = False) -> FusionJob:
     """Choose the auto lambdas once for the dataset and store them; returns the resolved job.
@@ -651,7 +692,7 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
     stored = _stored_choice(job, overwrite=False)
     if stored.resolved:
         return stored
-    settings = settings or auto.SearchSettings()
+    settings = settings or search_settings(job)
     ds = open_dataset(job.source)
     out = open_dataset(job.out, require_complete=False)
     ys, xs = auto.central_crop((out.sizes["y"], out.sizes["x"]), settings.crop)
@@ -674,14 +715,26 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
     if layout.HAADF_VALID in out:
         data["haadf_valid"] = out[layout.HAADF_VALID].isel(y=ys, x=xs).values
     # the crop is already cut: search on all of it
-    with tqdm(desc="choosing lambdas", unit="candidate", disable=not progress) as bar:
-        choice = auto.choose_lambdas(
-            out[layout.HAADF].isel(y=ys, x=xs).values, job.z, normalisation=norm, params=job.params,
-            settings=settings, callback=lambda *_: bar.update(), **fixed, **data,
-        )
+    def search(settings: auto.SearchSettings) -> auto.LambdaChoice:
+        with tqdm(desc="choosing lambdas", unit="candidate", disable=not progress) as bar:
+            return auto.choose_lambdas(
+                out[layout.HAADF].isel(y=ys, x=xs).values, job.z, normalisation=norm, params=job.params,
+                settings=settings, callback=lambda *_: bar.update(), **fixed, **data,
+            )
+
+    try:
+        choice = search(settings)
+    except auto.AutoLambdaError as exc:
+        if settings.haadf_weights != "fit":
+            raise
+        # maps the fit cannot split (sparse vendor maps): the Z weights, said and stored
+        add_warnings(job.out, make_warning(
+            "haadf-fit-refused", f"the HAADF model could not be fitted ({exc}); the Z weights "
+            f"(w_i = Z_i / mean(Z), gamma {job.params.gamma:g}) were used.", stage="choose_lambdas"))
+        choice = search(auto.SearchSettings())
     log.info("lambdas chosen: lambda_chem %.4g, lambda_tv %.4g (%d candidates, %.1f s, %s)",
              choice.lambda_chem, choice.lambda_tv, choice.n_candidates, choice.seconds, choice.criterion)
-    resolved = job.with_lambdas(choice.lambda_chem, choice.lambda_tv)
+    resolved = job.with_choice(**choice.fusion_params())
     _write_lambda_score(job.out, choice)
     update_attrs(job.out, **{layout.ATTR_PARAMS: _jsonable(resolved.record()),
                             layout.ATTR_LAMBDA_CHOICE: _jsonable(choice.record())})
