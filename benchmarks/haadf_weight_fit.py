@@ -54,7 +54,7 @@ element higher by more than 2 %, in most cases (>= 10 of 18).
         > docs/figures/haadf_weight_fit_implementation.log
 
 Tables: ``... haadf_weight_fit.py --summary docs/figures/haadf_weight_fit.json`` (written to
-``docs/figures/haadf_weight_fit_summary.md``). The published datasets (6 min; halves by checkerboard,
+``docs/figures/haadf_weight_fit_summary.txt``). The published datasets (6 min; halves by checkerboard,
 as their maps are not counts): ``... haadf_weight_fit.py --published --json
 docs/figures/haadf_weight_fit_published.json``.
 """
