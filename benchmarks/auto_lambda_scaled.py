@@ -86,6 +86,14 @@ def per_element_case(specimen: str, dose: float, seed: int, size: int, settings:
     return row
 
 
+def tutorial_params(bundle: str) -> dict[str, Any]:
+    """The hand-tuned fusion parameters of a tutorial bundle (the reference, never the method's input)."""
+    with np.load(DATA / bundle) as d:
+        return dict(gamma=float(d["gamma"]), lambda_chem=float(d["lambdaChem"]), lambda_tv=float(d["lambdaTV"]),
+                    n_iter=int(d["nIter"]), n_iter_tv=int(d["nIter_TV"]), bkg=float(d["bkg"]),
+                    init_threshold=float(d["init_threshold"]))
+
+
 def _read(name: str, elements: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     path = DATA / name
     if path.suffix == ".h5":
@@ -100,10 +108,7 @@ def published_case(label: str) -> dict[str, Any]:
     haadf, maps = _read(original, elements)  # the original file: no parameter is read from it
     choice = choose_lambdas(haadf, z, maps=maps)
     ours = fuse(haadf, maps, z, warn=False, lambda_chem=choice.lambda_chem, lambda_tv=choice.lambda_tv).fused
-    with np.load(DATA / tutorial) as d:
-        params = dict(gamma=float(d["gamma"]), lambda_chem=float(d["lambdaChem"]), lambda_tv=float(d["lambdaTV"]),
-                      n_iter=int(d["nIter"]), n_iter_tv=int(d["nIter_TV"]), bkg=float(d["bkg"]),
-                      init_threshold=float(d["init_threshold"]))
+    params = tutorial_params(tutorial)
     reference = fuse(haadf, maps, z, warn=False, **params).fused
 
     def corr(a: np.ndarray, b: np.ndarray) -> float:

@@ -216,18 +216,14 @@ def published_case(label: str) -> dict[str, Any]:
     """The published dataset fused with every default (automatic lambdas) under Z weights and under
     fitted weights (halves: the checkerboard, as these maps are not counts and Co3O4's are sparse),
     correlated per element with the fusion at the tutorial's hand-tuned parameters (Z weights)."""
-    from auto_lambda_scaled import _read
+    from auto_lambda_scaled import _read, tutorial_params
 
     original, tutorial, elements, z = PUBLISHED[label]
     haadf, maps = _read(original, elements)
     maps = np.asarray(maps, np.float64)
     norm = Normalisation.from_data(haadf, maps)
     fitted = fit_case(haadf, [(maps, maps)], norm, fraction=1.0, masks=checkerboard(haadf.shape))
-    with np.load(DATA / tutorial) as d:
-        params = dict(gamma=float(d["gamma"]), lambda_chem=float(d["lambdaChem"]), lambda_tv=float(d["lambdaTV"]),
-                      n_iter=int(d["nIter"]), n_iter_tv=int(d["nIter_TV"]), bkg=float(d["bkg"]),
-                      init_threshold=float(d["init_threshold"]))
-    reference = fuse(haadf, maps, z, warn=False, **params).fused
+    reference = fuse(haadf, maps, z, warn=False, **tutorial_params(tutorial)).fused
 
     def corr(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
