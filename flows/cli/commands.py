@@ -57,7 +57,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     windows = _windows(args.window)
     # arguments, files and the output checked before Prefect, Dask and the cluster are loaded
     check_fuse(args.source, args.out, elements=args.elements, params=_params(args), tile=args.tile,
-               halo=args.halo, windows=windows, overwrite=args.overwrite)
+               halo=args.halo, windows=windows, overwrite=args.overwrite, haadf_model=args.haadf_model)
     kwargs = dict(elements=args.elements, params=_params(args), tile=args.tile, halo=args.halo, windows=windows,
                   maps_from=args.maps_from, device=args.device, haadf_model=args.haadf_model,
                   overwrite=args.overwrite)

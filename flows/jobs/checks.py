@@ -120,7 +120,7 @@ def _stored_elements(store: Path) -> list[str]:
 
 def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] | None,
                params: Mapping[str, Any], tile: int | str, halo: int, windows: Mapping[str, Any] | None,
-               overwrite: bool = False) -> None:
+               overwrite: bool = False, haadf_model: str = "z") -> None:
     """What ``emfuse fuse`` can check in a moment: elements, input, tiling, output parameters.
 
     Raises
@@ -129,6 +129,9 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
         naming the problem and the fix, as the job itself would.
     """
     wanted = list(periodic.validate_elements(elements)) if elements else None
+    if haadf_model == "fit" and all(isinstance(params.get(name), (int, float)) for name in ("lambda_chem", "lambda_tv")):
+        raise InputError("--haadf-model fit is fitted by the automatic choice of the weights, but --lambda-chem "
+                         "and --lambda-tv are both given; set at least one to auto, or drop --haadf-model fit.")
     auto_tile = isinstance(tile, str) and tile.strip().lower() == "auto"
     if isinstance(tile, str) and not auto_tile:
         raise InputError(f"--tile must be a whole number or auto, got {tile!r}")

@@ -78,6 +78,13 @@ def test_elements_absent_from_the_store_and_bad_stores_are_refused_early(store, 
     assert rc == 2 and "not marked complete" in err and heavy == []
 
 
+def test_a_fitted_haadf_model_with_fixed_weights_is_refused_before_anything_heavy_loads(store, tmp_path):
+    rc, err, heavy = _cli_in_a_fresh_process("fuse", str(store), "--out", str(tmp_path / "o.zarr"),
+                                             "--haadf-model", "fit", "--lambda-chem", "0.1", "--lambda-tv", "0.2")
+    assert rc == 2 and "--haadf-model fit is fitted by the automatic choice" in err and heavy == []
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_other_parameters_lists_only_those_that_differ(store, tmp_path, client, dysco3):
     out = tmp_path / "out.zarr"
     fixed = ["--lambda-chem", "0.08", "--lambda-tv", "0.15", "--n-iter", "5", "--tile", "64", "--halo", "8"]
