@@ -9,6 +9,7 @@ other parameters is refused rather than silently mixed.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,9 +89,13 @@ def prepare_output(
 
 
 def empty_like(shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any = np.float32) -> da.Array:
-    """A lazy placeholder array for templates (never computed: only its metadata is written)."""
+    """A lazy placeholder array for templates (never computed: only its metadata is written).
+
+    Named at random: Dask would otherwise hash its arguments (pickling a partial function), about
+    15 ms per array, several arrays per job, for a name nothing ever looks up.
+    """
     fill = np.nan if np.issubdtype(np.dtype(dtype), np.floating) else 0
-    return da.full(shape, fill, chunks=chunks, dtype=dtype)
+    return da.full(shape, fill, chunks=chunks, dtype=dtype, name=f"template-{uuid.uuid4().hex}")
 
 
 def write_region(path: str | Path, name: str, region: tuple[slice, ...], data: Any) -> None:
