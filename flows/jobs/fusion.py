@@ -58,6 +58,7 @@ from emfuse.pipeline.fusion import (
     memory,
     tiled,
 )
+from emfuse.pipeline.fusion.haadf_fit import GAMMAS, PROBE_SIGMAS, HaadfFit
 from emfuse.pipeline.fusion.model import POOR_HAADF_FIT, haadf_unexplained
 from emfuse.stores import layout
 from emfuse.stores.errors import StoreError, on_disk_full
@@ -738,12 +739,36 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
     _write_lambda_score(job.out, choice)
     update_attrs(job.out, **{layout.ATTR_PARAMS: _jsonable(resolved.record()),
                             layout.ATTR_LAMBDA_CHOICE: _jsonable(choice.record())})
-    add_warnings(job.out, *_search_warnings(choice))
+    add_warnings(job.out, *_search_warnings(choice), *haadf_fit_warnings(choice.haadf_fit))
     return resolved
 
 
 #: Side of the central crop the noise model of non-count maps is measured on.
 NOISE_CROP = 1024
+
+
+def haadf_fit_warnings(fit: HaadfFit | None) -> list[dict[str, Any]]:
+    """A ``haadf-fit-at-edge`` warning when the fitted HAADF model's ``gamma`` or probe width is the
+    largest tried: the misfit was still falling there, and a larger one may describe the HAADF better.
+
+    Examples
+    --------
+    >>> fit = HaadfFit(weights=(2.0, 0.3), gamma=1.6, probe_sigma=0.5)
+    >>> [w["code"] for w in haadf_fit_warnings(fit)], haadf_fit_warnings(None)
+    (['haadf-fit-at-edge'], [])
+    """
+    if fit is None:
+        return []
+    edges = [f"{name} {value:g} (the largest tried)" for name, value, grid in
+             (("gamma", fit.gamma, GAMMAS), ("probe sigma (px)", fit.probe_sigma, PROBE_SIGMAS))
+             if value >= max(grid)]
+    if not edges:
+        return []
+    return [make_warning(
+        "haadf-fit-at-edge",
+        f"the fitted HAADF model chose {' and '.join(edges)}: its misfit was still falling there, so a "
+        "larger value may describe this HAADF better; check the fused maps against the Z weights "
+        "(--haadf-model z).", stage="choose_lambdas")]
 
 
 def _search_warnings(choice: auto.LambdaChoice) -> list[dict[str, Any]]:
