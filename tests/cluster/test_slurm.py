@@ -132,6 +132,16 @@ def test_batch_on_slurm_equals_local_threads(prefect_harness, night, reference):
     print("timings:", TIMINGS)
 
 
+def _tiles_done(store: Path) -> int:
+    """Tiles of a fusion store recorded as finished (0 while its record does not exist yet)."""
+    from emfuse.stores.progress import TileRecord
+
+    try:
+        return len(TileRecord.open(store, "fuse").done_tiles())
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
 def test_cancelled_worker_job_is_replaced(prefect_harness, night):
     """scancel the worker jobs mid-run: adaptive scaling (minimum_jobs 1) submits a new one, the
     batch completes, and the maps equal a local-threads run's."""
@@ -141,7 +151,7 @@ def test_cancelled_worker_job_is_replaced(prefect_harness, night):
     for seed in (3, 4):
         write_synthetic("spectrum-image", incoming / f"si{seed}.zarr", shape=(64, 64),
                         elements=["Sr", "Ti", "O"], seed=seed)
-    params = {**FUSE, "n_iter": 60}
+    params = {**FUSE, "n_iter": 200}
     local = write_catalog(night / "longer-local.yaml", night / "longer-local", "local-threads",
                           str(incoming / "si*.zarr"), params)
     cluster = slurm_profile(night, job_name="emfuse-cancel")
@@ -156,7 +166,10 @@ def test_cancelled_worker_job_is_replaced(prefect_harness, night):
         while not finished.is_set() and time.monotonic() < deadline and not (
                 first.exists() and any(s == "RUNNING" for _, s in squeue("emfuse-cancel"))):
             time.sleep(0.2)
-        time.sleep(6)  # the worker has connected (about 3 s) and has its first tiles
+        # the worker has connected and finished a first tile: cancel it mid-run (a fixed wait was too
+        # long once a small job took about a second)
+        while not finished.is_set() and time.monotonic() < deadline and not _tiles_done(first):
+            time.sleep(0.1)
         watch["cancelled"] = [job for job, state in squeue("emfuse-cancel") if state == "RUNNING"]
         watch["mid_run"] = not finished.is_set() and not is_complete(night / "longer-slurm" / "si4.fuse.zarr")
         subprocess.run(["scancel", *watch["cancelled"]], check=True)
