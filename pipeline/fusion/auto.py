@@ -792,34 +792,24 @@ def choose_lambdas(
 
     scores, widened, at_edge = _search_widening(score, chem_axis, tv_axis, settings)
     best = _best(scores)
+    def element_scores(chem: float | tuple[float, ...], tv: float | tuple[float, ...]) -> np.ndarray:
+        """Each element's held-out score for these weights (one number, or one per element)."""
+        candidate = dataclasses.replace(base, lambda_chem=chem, lambda_tv=tv)
+        total = np.zeros(len(z))
+        for k, (train, test) in enumerate(split.folds):
+            fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False, haadf_valid=valid_crop,
+                         **candidate.to_dict()).fused
+            total += heldout_scores(to_numpy(fused), test, None if split.masks is None else split.masks[k])
+        return total / len(split.folds)
+
     per_element = None
     if settings.per_element_tv and lambda_tv is None and len(z) > 1:
-
-        def element_scores(weights: tuple[float, ...]) -> np.ndarray:
-            candidate = dataclasses.replace(base, lambda_chem=chem_axis.value(best[0]), lambda_tv=weights)
-            total = np.zeros(len(z))
-            for k, (train, test) in enumerate(split.folds):
-                fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False, haadf_valid=valid_crop,
-                             **candidate.to_dict()).fused
-                total += heldout_scores(to_numpy(fused), test, None if split.masks is None else split.masks[k])
-            return total / len(split.folds)
-
-        per_element = refine_tv_per_element(element_scores, tv_axis.value(best[1]), len(z),
-                                            settings.lattice)
+        per_element = refine_tv_per_element(lambda tv: element_scores(chem_axis.value(best[0]), tv),
+                                            tv_axis.value(best[1]), len(z), settings.lattice)
     chem_per_element = None
     if settings.refine_weakest and lambda_chem is None and lambda_tv is None and len(z) > 1:
-
-        def weights_scores(chem: tuple[float, ...], tv: tuple[float, ...]) -> np.ndarray:
-            candidate = dataclasses.replace(base, lambda_chem=chem, lambda_tv=tv)
-            total = np.zeros(len(z))
-            for k, (train, test) in enumerate(split.folds):
-                fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False, haadf_valid=valid_crop,
-                             **candidate.to_dict()).fused
-                total += heldout_scores(to_numpy(fused), test, None if split.masks is None else split.masks[k])
-            return total / len(split.folds)
-
         chem_per_element, per_element = refine_weakest(
-            weights_scores, (chem_axis.value(best[0]),) * len(z),
+            element_scores, (chem_axis.value(best[0]),) * len(z),
             per_element or (tv_axis.value(best[1]),) * len(z), int(np.argmin(np.asarray(z, np.float64))))
     rows = sorted({i for i, _ in scores})
     cols = sorted({j for _, j in scores})
@@ -961,16 +951,12 @@ def _fit_haadf(haadf: np.ndarray, maps: Any, spectrum: Any, to_maps: Callable[[n
         )
     rng = np.random.default_rng(settings.seed + 1)  # not the search's folds
     masks = None
-    if spectrum is not None:
+    if spectrum is not None or is_counts(maps):  # counts: thinned into independent halves, twice
+        counts, as_maps = (spectrum, to_maps) if spectrum is not None else (maps, np.asarray)
         fraction, halves = 0.5, []
         for _ in range(2):
-            kept = thin_counts(spectrum, 0.5, rng)
-            halves.append((np.asarray(to_maps(kept)), np.asarray(to_maps(spectrum - kept))))  # type: ignore[misc]
-    elif is_counts(maps):
-        fraction, halves = 0.5, []
-        for _ in range(2):
-            kept = thin_counts(maps, 0.5, rng)
-            halves.append((kept, maps - kept))
+            kept = thin_counts(counts, 0.5, rng)
+            halves.append((np.asarray(as_maps(kept)), np.asarray(as_maps(counts - kept))))  # type: ignore[misc]
     else:  # not counts: the two colours of a checkerboard (noise independent between pixels)
         fraction, halves, masks = 1.0, [(maps, maps)], checkerboard(np.shape(haadf))
     half = scaled_normalisation(normalisation, fraction)
