@@ -32,7 +32,7 @@ from emfuse.stores.layout import (
     SPECTRUM,
 )
 
-__all__ = ["check_fuse", "check_restore", "check_restore_tiling", "check_tem_fuse", "listed_elements",
+__all__ = ["HAADF_MODELS", "check_fuse", "check_haadf_model", "check_restore", "check_restore_tiling", "check_tem_fuse", "listed_elements",
            "no_elements_message", "no_haadf_message", "no_maps_message", "store_attrs", "store_variables"]
 
 
@@ -118,6 +118,35 @@ def _stored_elements(store: Path) -> list[str]:
     return [str(e) for e in zarr.open_array(str(store / "element"), mode="r", zarr_format=3)[...]]
 
 
+#: the fusion's HAADF model: "z" (w_i = Z_i / mean(Z), gamma as given) or "fit" (both fitted to the
+#: data by the automatic choice, which then also refines the weakest element's weights)
+HAADF_MODELS = ("z", "fit")
+
+
+def check_haadf_model(haadf_model: str, params: Mapping[str, Any] | None) -> None:
+    """``haadf_model`` is one of :data:`HAADF_MODELS`, and ``"fit"`` (made by the automatic choice)
+    comes with at least one weight of ``params`` given as ``"auto"``; the fusion job's plan checks
+    the same.
+
+    Examples
+    --------
+    >>> check_haadf_model("fit", {"lambda_chem": "auto", "lambda_tv": 0.1})
+    >>> check_haadf_model("fit", {"lambda_chem": 0.1, "lambda_tv": 0.2})
+    Traceback (most recent call last):
+    ...
+    emfuse.errors.InputError: haadf_model 'fit' (--haadf-model fit) is fitted by the automatic choice of the weights, but lambda_chem and lambda_tv are both given; set at least one to 'auto', or keep haadf_model 'z'.
+    """
+    if haadf_model not in HAADF_MODELS:
+        raise InputError(f"unknown haadf_model {haadf_model!r}; choose one of {', '.join(HAADF_MODELS)}.")
+    chosen = [name for name in ("lambda_chem", "lambda_tv")
+              if str((params or {}).get(name, "")).strip().lower() == "auto"]
+    if haadf_model == "fit" and not chosen:
+        raise InputError(
+            "haadf_model 'fit' (--haadf-model fit) is fitted by the automatic choice of the weights, but "
+            "lambda_chem and lambda_tv are both given; set at least one to 'auto', or keep haadf_model 'z'."
+        )
+
+
 def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] | None,
                params: Mapping[str, Any], tile: int | str, halo: int, windows: Mapping[str, Any] | None,
                overwrite: bool = False, haadf_model: str = "z") -> None:
@@ -129,9 +158,7 @@ def check_fuse(source: str | Path, out: str | Path, *, elements: Sequence[str] |
         naming the problem and the fix, as the job itself would.
     """
     wanted = list(periodic.validate_elements(elements)) if elements else None
-    if haadf_model == "fit" and all(isinstance(params.get(name), (int, float)) for name in ("lambda_chem", "lambda_tv")):
-        raise InputError("--haadf-model fit is fitted by the automatic choice of the weights, but --lambda-chem "
-                         "and --lambda-tv are both given; set at least one to auto, or drop --haadf-model fit.")
+    check_haadf_model(haadf_model, params)
     auto_tile = isinstance(tile, str) and tile.strip().lower() == "auto"
     if isinstance(tile, str) and not auto_tile:
         raise InputError(f"--tile must be a whole number or auto, got {tile!r}")

@@ -46,6 +46,7 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
+from emfuse.errors import InputError
 from emfuse.pipeline import elements as periodic
 from emfuse.pipeline import spectra, tiles
 from emfuse.pipeline.fusion import (
@@ -73,7 +74,14 @@ from emfuse.stores.zarrio import (
     update_attrs,
 )
 
-from .checks import listed_elements, no_elements_message, no_haadf_message, no_maps_message
+from .checks import (
+    HAADF_MODELS,
+    check_haadf_model,
+    listed_elements,
+    no_elements_message,
+    no_haadf_message,
+    no_maps_message,
+)
 from .inputs import SATURATED, haadf_saturation
 from .runner import (
     DeviceError,
@@ -91,10 +99,7 @@ if TYPE_CHECKING:  # distributed loads in a second: not for a command line that 
 log = logging.getLogger(__name__)
 JOB = "fuse"
 LAMBDAS = ("lambda_chem", "lambda_tv")  # the weights that may be "auto"
-#: the HAADF model's weights and gamma: "z" (w_i = Z_i / mean(Z), gamma as given) or "fit" (both
-#: fitted to the data by the automatic choice, which then also refines the weakest element's weights)
-HAADF_MODEL_Z, HAADF_MODEL_FIT = "z", "fit"
-HAADF_MODELS = (HAADF_MODEL_Z, HAADF_MODEL_FIT)
+HAADF_MODEL_Z, HAADF_MODEL_FIT = HAADF_MODELS  # checks.HAADF_MODELS: the HAADF model's weights and gamma
 CRITERION_FALLBACK = "defaults:no-noise-model"  # "auto" on non-count maps whose noise cannot be measured
 TILE_AUTO = "auto"  # tile: chosen from the workers' free GPU memory (memory.choose_tile)
 INPUT_WARNINGS = (SATURATED,)  # warnings of the input store that concern a fusion of it, copied to the output
@@ -418,7 +423,10 @@ def plan(
         raise FusionInputError(f"element listed twice in {list(names)}; name each element once.")
     z = tuple(int(v) for v in maps["z"].values)
     numeric, auto_names = _split_lambdas(params)
-    _check_haadf_model(haadf_model, auto_names)
+    try:
+        check_haadf_model(haadf_model, params)
+    except InputError as exc:
+        raise FusionInputError(str(exc)) from None
     fusion_params = FusionParams(**numeric)
     tile, tile_choice = resolve_tile(tile, out, (ds.sizes["y"], ds.sizes["x"]), len(names), halo,
                                      fusion_params, None if device == "cpu" else free_memory, overwrite)
@@ -435,17 +443,6 @@ def plan(
             shape = (grid[-1].index[0] + 1, grid[-1].index[1] + 1)
             TileRecord.create(out, JOB, shape, payload_shape=(len(COST_TERMS), job.params.n_iter))
     return job, state
-
-
-def _check_haadf_model(haadf_model: str, auto_names: tuple[str, ...]) -> None:
-    """``haadf_model`` is one of :data:`HAADF_MODELS`; ``"fit"`` is made by the automatic choice."""
-    if haadf_model not in HAADF_MODELS:
-        raise FusionInputError(f"unknown haadf_model {haadf_model!r}; choose one of {', '.join(HAADF_MODELS)}.")
-    if haadf_model == HAADF_MODEL_FIT and not auto_names:
-        raise FusionInputError(
-            "haadf_model 'fit' is fitted by the automatic choice of the weights, but lambda_chem and "
-            "lambda_tv are both given; set at least one to 'auto', or keep haadf_model 'z'."
-        )
 
 
 def stored_tile(out: str | Path) -> int | None:

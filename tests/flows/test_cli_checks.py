@@ -81,7 +81,7 @@ def test_elements_absent_from_the_store_and_bad_stores_are_refused_early(store, 
 def test_a_fitted_haadf_model_with_fixed_weights_is_refused_before_anything_heavy_loads(store, tmp_path):
     rc, err, heavy = _cli_in_a_fresh_process("fuse", str(store), "--out", str(tmp_path / "o.zarr"),
                                              "--haadf-model", "fit", "--lambda-chem", "0.1", "--lambda-tv", "0.2")
-    assert rc == 2 and "--haadf-model fit is fitted by the automatic choice" in err and heavy == []
+    assert rc == 2 and "haadf_model 'fit' (--haadf-model fit) is fitted by the automatic choice" in err and heavy == []
     assert not (tmp_path / "o.zarr").exists()
 
 

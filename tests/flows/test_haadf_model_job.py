@@ -49,7 +49,7 @@ def test_a_fitted_haadf_model_is_stored_used_by_the_tiles_and_kept_on_rerun(tmp_
 
 
 def test_a_fitted_model_needs_the_automatic_weights_and_a_known_name(tmp_path, source):
-    with pytest.raises(FusionInputError, match="haadf_model 'fit' is fitted by the automatic choice"):
+    with pytest.raises(FusionInputError, match=r"haadf_model \'fit\' \(--haadf-model fit\) is fitted by the automatic choice"):
         fusion_job.plan(source, tmp_path / "a.zarr", elements=ELEMENTS, haadf_model="fit",
                         params={"lambda_chem": 0.1, "lambda_tv": 0.1})
     with pytest.raises(FusionInputError, match="unknown haadf_model 'zz'"):
