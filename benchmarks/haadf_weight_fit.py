@@ -67,7 +67,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ from emfuse.pipeline.spectra import elemental_maps
 from emfuse.pipeline.synth import make_spectrum_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from per_element_oracle import SPECIMENS, best_blur  # noqa: E402
+from per_element_oracle import SPECIMENS, best_blur, case_arguments  # noqa: E402
 
 SPLIT_SEED = 7
 WEAK_GAIN, OTHERS_TOLERANCE = 0.03, 0.02  # the criterion: weakest -3 %, others at most +2 %
@@ -390,14 +390,34 @@ def summary(path: str) -> None:
     print("* weakest element at or below the blur: " + ", ".join(f"{n} {below_blur[n]}" for n in names))
 
 
+def _add_variant(path: str, name: str, compute: Callable[[dict[str, Any]], dict[str, Any]],
+                 describe: Callable[[dict[str, Any], dict[str, Any]], str], start: float) -> None:
+    """Add the variant ``name`` (``compute(case)``) to every case of a JSON written by ``--json``, in place."""
+    with open(path) as fh:
+        record = json.load(fh)
+    for r in record["cases"]:
+        v = r["variants"][name] = compute(r)
+        print(f"{r['specimen']} {r['dose']:g} seed {r['seed']}: {describe(r, v)}", flush=True)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    with open(path, "w") as fh:
+        json.dump(record, fh, indent=1)
+
+
+def _describe_implementation(r: dict[str, Any], v: dict[str, Any]) -> str:
+    return (f"auto-fit gamma {v['gamma']:g} w {_fmt(v['weights'])} nrmse {_fmt(v['nrmse'])} "
+            f"(fit+gamma+own {_fmt(r['variants']['fit+gamma+own']['nrmse'])}, "
+            f"default {_fmt(r['variants']['default']['nrmse'])})")
+
+
+def _describe_own_weights(r: dict[str, Any], v: dict[str, Any]) -> str:
+    e = r["elements"].index(r["weakest"])
+    return (f"{r['weakest']} own steps (2^{v['own_steps'][0]}, 2^{v['own_steps'][1]}) nrmse {_fmt(v['nrmse'])} "
+            f"(fit+gamma {_fmt(r['variants']['fit+gamma']['nrmse'])}, "
+            f"default {_fmt(r['variants']['default']['nrmse'])}; weakest {v['nrmse'][e]:.3f})")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--doses", type=float, nargs="+", default=[5, 20, 80])
-    parser.add_argument("--specimens", nargs="+", default=list(SPECIMENS), choices=list(SPECIMENS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1000, 2000])
-    parser.add_argument("--n-iter", type=int, default=30)
-    parser.add_argument("--json", default=None)
+    parser = case_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--published", action="store_true",
                         help="instead: the two published datasets, correlation with the tutorial's fusion")
     parser.add_argument("--implementation", default=None, metavar="JSON",
@@ -406,37 +426,16 @@ def main() -> None:
     parser.add_argument("--own-weights", default=None, metavar="JSON",
                         help="add the variant fit+gamma+own (the weakest element's own lambdas chosen on held-out "
                              "counts) to a JSON written by --json, in place")
-    parser.add_argument("--summary", default=None, metavar="JSON",
-                        help="print the Markdown tables of a JSON written by --json, and run nothing")
     args = parser.parse_args()
     if args.summary:
         summary(args.summary)
         return
     start = time.perf_counter()
     if args.implementation:
-        with open(args.implementation) as fh:
-            record = json.load(fh)
-        for r in record["cases"]:
-            v = r["variants"]["auto-fit"] = implementation_case(r)
-            print(f"{r['specimen']} {r['dose']:g} seed {r['seed']}: auto-fit gamma {v['gamma']:g} w {_fmt(v['weights'])} "
-                  f"nrmse {_fmt(v['nrmse'])} (fit+gamma+own {_fmt(r['variants']['fit+gamma+own']['nrmse'])}, "
-                  f"default {_fmt(r['variants']['default']['nrmse'])})", flush=True)
-        print(f"total {time.perf_counter() - start:.0f} s")
-        with open(args.implementation, "w") as fh:
-            json.dump(record, fh, indent=1)
+        _add_variant(args.implementation, "auto-fit", implementation_case, _describe_implementation, start)
         return
     if args.own_weights:
-        with open(args.own_weights) as fh:
-            record = json.load(fh)
-        for r in record["cases"]:
-            v = r["variants"]["fit+gamma+own"] = own_weights_case(r)
-            e = r["elements"].index(r["weakest"])
-            print(f"{r['specimen']} {r['dose']:g} seed {r['seed']}: {r['weakest']} own steps (2^{v['own_steps'][0]}, "
-                  f"2^{v['own_steps'][1]}) nrmse {_fmt(v['nrmse'])} (fit+gamma {_fmt(r['variants']['fit+gamma']['nrmse'])}, "
-                  f"default {_fmt(r['variants']['default']['nrmse'])}; weakest {v['nrmse'][e]:.3f})", flush=True)
-        print(f"total {time.perf_counter() - start:.0f} s")
-        with open(args.own_weights, "w") as fh:
-            json.dump(record, fh, indent=1)
+        _add_variant(args.own_weights, "fit+gamma+own", own_weights_case, _describe_own_weights, start)
         return
     if args.published:
         published = []

@@ -224,8 +224,9 @@ def summary(path: str) -> None:
               f"{_fmt(r['blur'])} | {_fmt(r['joint'])} | {_fmt(r['crosstalk_joint'])} | {_fmt(r['crosstalk_blur'])} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def case_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The synthetic cases' options (size, doses, specimens, seeds, iterations) and ``--json`` and
+    ``--summary``, shared with ``haadf_weight_fit.py``."""
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--doses", type=float, nargs="+", default=[5, 20, 80])
     parser.add_argument("--specimens", nargs="+", default=list(SPECIMENS), choices=list(SPECIMENS))
@@ -234,6 +235,11 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--summary", default=None, metavar="JSON",
                         help="print the Markdown tables of a JSON written by --json, and run nothing")
+    return parser
+
+
+def main() -> None:
+    parser = case_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     args = parser.parse_args()
     if args.summary:
         summary(args.summary)
