@@ -7,8 +7,7 @@
 3. each dataset's raw file is ingested into ``<output>/inputs/``, then each of its jobs runs
    its stages (plan, compute, finalise) as tasks of the batch flow, named after the dataset and
    job, writing ``<output>/<name>.<job>.zarr``; its figures are drawn by a process beside the
-   cluster (:mod:`emfuse.flows.batch.figures`), at low priority, while the
-   next job computes;
+   cluster (:mod:`emfuse.flows.batch.figures`) while the next job computes;
 4. a failure (bad input, a model that does not exist, ...) fails that job only:
    it is recorded with its message and the batch goes on with the rest;
 5. the morning report ``<output>/report.html`` (and ``report.json``) is written

@@ -315,8 +315,8 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
     so that every job shares the cluster without a connection of its own: 0.25 s per job).
     Raw files are ingested into ``workdir`` (default: the output's folder), ``signal`` choosing
     its spectrum image. Returns the job's summary with ``input_store``, ``tiles_computed``,
-    ``seconds``, ``cluster`` and ``figures`` (none with ``report=False``: a batch draws them on
-    its workers). The wall time of each stage goes to the output's ``timing`` attribute, one
+    ``seconds``, ``cluster`` and ``figures`` (none with ``report=False``: a batch draws them in
+    its figures' process). The wall time of each stage goes to the output's ``timing`` attribute, one
     record per run (``ingest_seconds``: an ingest the caller ran before, as a batch does).
     A plan that chooses a size from the workers' free GPU memory (the fusion's ``tile="auto"`` on
     a new store) connects to the cluster before planning, to ask them (:class:`JobClient`).
