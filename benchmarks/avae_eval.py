@@ -85,6 +85,7 @@ from emfuse.pipeline.avae.model import (  # noqa: E402
 )
 from emfuse.pipeline.avae.train import TrainSettings, train_avae  # noqa: E402
 from emfuse.pipeline.restore import load_model  # noqa: E402
+from emfuse.pipeline.synth.crystals import FAMILIES  # noqa: E402
 from emfuse.pipeline.synth.tem_modes import MATERIALS, MODES, VARIED, simulate_regions  # noqa: E402
 
 PAPER = {"psnr_gain_over_hrtem_db": 5.2, "ssim_gain_over_hrtem": 0.15}
@@ -193,10 +194,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--load", action="append", default=[], metavar="NAME=PATH",
                    help="use these weights for network NAME (avae, vae, avae_z) instead of training it")
     p.add_argument("--skip-classifier", action="store_true", help="leave out the feature-extraction check")
-    p.add_argument("--hold-out", choices=sorted(MATERIALS), default=None,
-                   help="leave this material family out of training and validation and test on all its regions "
+    p.add_argument("--hold-out", nargs="+", choices=sorted({*MATERIALS, *FAMILIES}), default=None,
+                   help="leave these material families out of training and validation and test on all their regions "
                         "(with --pretrained: only the test; the committed weights saw every family, which makes "
                         "the reference for the held-out training)")
+    p.add_argument("--randomised", action="store_true",
+                   help="the randomised simulator: structure families of pipeline.synth.crystals down random "
+                        "zone axes, a random instrument per region (tem_modes.random_scope)")
+    p.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=None,
+                   help="with --randomised: the families to simulate (default all)")
+    p.add_argument("--mixed-illumination", action="store_true",
+                   help="half the regions (drawn per region) divided by their flat reference, the others "
+                        "with the illumination fitted, as data with and without a reference")
     p.add_argument("--restoration", action="append", default=None, metavar="NAME=MODEL",
                    help="a restored-HRTEM baseline 'hrtem_NAME' by the network MODEL (a name of "
                         "emfuse.pipeline.restore.load_model); repeat for more, 'none' for none "
@@ -218,12 +227,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     scope = {"scope": VARIED} if args.variation else {}
+    if args.randomised:
+        scope = {"randomised": True, "materials": args.families}
+    elif args.families:
+        p.error("--families needs --randomised")
+    if args.hold_out and set(args.hold_out) - set(FAMILIES if args.randomised else MATERIALS):
+        p.error(f"--hold-out {args.hold_out}: not all are {'families' if args.randomised else 'materials'} "
+                "of this simulator")
+    flat = args.flat_reference
+    if args.mixed_illumination:
+        flat = [bool(np.random.default_rng([args.seed, i, 1]).random() < 0.5) for i in range(args.n)]
     prepared = prepare_regions(simulate_regions(args.n, (args.size, args.size), args.seed, **scope),
-                               flat_reference=args.flat_reference)
+                               flat_reference=flat)
     t_sim = time.perf_counter() - t0
     train, val, test = split_indices(args.n, args.seed)
     if args.hold_out:  # a whole material family never trained on nor validated with: all its regions are tested
-        held = np.array([m == args.hold_out for m in prepared.materials])
+        held = np.array([m in args.hold_out for m in prepared.materials])
         train, val, test = train[~held[train]], val[~held[val]], np.flatnonzero(held)
     given = [*(item.split("=", 1)[1] for item in args.load), *((args.avae_weights,) if args.avae_weights else ())]
     base_models = {load_avae(path).cfg.base_model for path in given if load_avae(path).cfg.has_base}
@@ -236,7 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
     if base_models:  # restored once; with --pretrained (no classifier) only the test regions need a base
         bases, restored = _bases(prepared, args.base_model, args.base_cache, {
             "seed": args.seed, "n": args.n, "size": args.size, "variation": args.variation,
-            "flat_reference": args.flat_reference, "model": args.base_model},
+            "flat_reference": args.flat_reference, "model": args.base_model, "randomised": args.randomised,
+            "families": args.families, "mixed_illumination": args.mixed_illumination},
             regions=test if args.pretrained and args.skip_classifier else None)
     print(f"{args.n} regions of {args.size}^2 simulated and preprocessed in {t_sim:.0f} s; "
           f"split {len(train)}/{len(val)}/{len(test)}", flush=True)
@@ -286,7 +306,10 @@ def main(argv: list[str] | None = None) -> dict:
             if args.save_models:
                 save_avae(model, args.save_models / f"{name}.safetensors", metadata={
                     "trained_on": f"simulate_regions(n={args.n}, size={args.size}, seed={args.seed}"
-                                  f"{', scope=VARIED' if args.variation else ''}), train split",
+                                  f"{', scope=VARIED' if args.variation else ''}"
+                                  f"{', randomised=True' if args.randomised else ''}), train split"
+                                  f"{f' without {args.hold_out}' if args.hold_out else ''}"
+                                  f"{', mixed illumination' if args.mixed_illumination else ''}",
                     "best_step": history["best_step"], "settings": history["settings"]})
 
     weights = fit_mode_weights(prepared.inputs[val], prepared.targets[val])
@@ -322,7 +345,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # feature extraction: material class from crops of each kind of image
     t1 = time.perf_counter()
-    labels = np.array([sorted(MATERIALS).index(m) for m in prepared.materials])
+    classes = sorted(set(prepared.materials))
+    labels = np.array([classes.index(m) for m in prepared.materials])
     train_images = method_images(prepared.inputs[train], models, weights, hrtem_index=MODES.index("hrtem"),
                                  bases=None if bases is None else bases[train]) if not args.skip_classifier else {}
     kinds = {"avae": (train_images["avae"], images["avae"]),
@@ -331,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
              "truth": (prepared.truths[train], prepared.truths[test])} if not args.skip_classifier else {}
     classification = {}
     for kind, (tr, te) in kinds.items():
-        net = classify.train_classifier(np.stack(tr), labels[train], n_classes=len(MATERIALS),
+        net = classify.train_classifier(np.stack(tr), labels[train], n_classes=len(classes),
                                         steps=args.classifier_steps, seed=args.seed)
         classification[kind] = classify.accuracy(net, np.stack(te), labels[test])
     t_cls = time.perf_counter() - t1
@@ -355,8 +379,10 @@ def main(argv: list[str] | None = None) -> dict:
         "mode_weights_weighted": dict(zip([*MODES, "offset"], weights.tolist())),
         "setup": {"seed": args.seed, "n": args.n, "size": args.size, "variation": args.variation,
                   "held_out_family": args.hold_out,
-                  "flat_reference": args.flat_reference,
-                  "scope": asdict(VARIED) if args.variation else "Microscope() defaults", "split": [len(train), len(val), len(test)],
+                  "flat_reference": "mixed (per region, p = 0.5)" if args.mixed_illumination else args.flat_reference,
+                  "scope": ("randomised: tem_modes.random_scope per region" if args.randomised
+                            else asdict(VARIED) if args.variation else "Microscope() defaults"),
+                  "families": args.families if args.randomised else None, "split": [len(train), len(val), len(test)],
                   "test_regions": test.tolist(), "simulate_seconds": t_sim, "classifier_seconds": t_cls,
                   "classifier_steps": args.classifier_steps, "hardware": _hardware(),
                   "calibration": "affine fit a*image+c to the truth per image, for every method",

@@ -4,6 +4,7 @@
 
 ``modes.png``      truth, BF, DF, HRTEM (recorded: drifted, unevenly lit, noisy) of one region per class;
 ``ctf.png``        the HRTEM phase-contrast transfer of the two lens settings drawn by the simulator;
+``randomised.png`` one region of each structure family of the randomised simulator: truth, HRTEM, BF, DF;
 ``attention.png``  (with a model) per class: preprocessed modes, fused image, truth, attention maps.
 """
 
@@ -22,7 +23,15 @@ from emfuse.pipeline.avae.baselines import calibrate  # noqa: E402
 from emfuse.pipeline.avae.evaluate import prepare_regions  # noqa: E402
 from emfuse.pipeline.avae.fuse import fuse_modes  # noqa: E402
 from emfuse.pipeline.avae.model import DEFAULT_WEIGHTS, load_avae  # noqa: E402
-from emfuse.pipeline.synth.tem_modes import MATERIALS, MODES, Microscope, ctf, simulate_region  # noqa: E402
+from emfuse.pipeline.synth.crystals import FAMILIES  # noqa: E402
+from emfuse.pipeline.synth.tem_modes import (  # noqa: E402
+    MATERIALS,
+    MODES,
+    Microscope,
+    ctf,
+    simulate_region,
+    simulate_regions,
+)
 
 SEED = 2024
 
@@ -46,6 +55,24 @@ def modes_figure(out: Path) -> None:
             _panel(axes[row, col + 1], r.modes[col], f"{mode.upper()} (drift {d[0]:+.1f}, {d[1]:+.1f} px)")
     fig.suptitle("Simulated modes, 160 x 160 px of 0.05 nm (as recorded)", fontweight="bold")
     fig.savefig(out / "modes.png", dpi=75, facecolor="white")
+
+
+def randomised_figure(out: Path) -> None:
+    regions = simulate_regions(len(FAMILIES), (160, 160), SEED, randomised=True)
+    fig = Figure(figsize=(2.0 * len(regions), 8.4), layout="constrained")
+    axes = fig.subplots(4, len(regions))
+    for col, r in enumerate(regions):
+        c, lens = r.params["crystal"], r.params["hrtem"]
+        zone = "".join(str(v) for v in c["zone"])
+        _panel(axes[0, col], r.truth, f"{c['compound']} [{zone}]\n{r.params['pixel_nm']:.3f} nm/px")
+        flat = r.modes / r.illumination
+        _panel(axes[1, col], flat[MODES.index("hrtem")],
+               f"HRTEM, {lens['kv']:.0f} kV\ndf {lens['defocus_nm']:.0f} nm{', corrected' if lens['corrected'] else ''}")
+        _panel(axes[2, col], flat[MODES.index("bf")], "BF")
+        _panel(axes[3, col], flat[MODES.index("df")], "DF")
+    fig.suptitle("Randomised simulator: one region per structure family (modes divided by their flat reference)",
+                 fontweight="bold")
+    fig.savefig(out / "randomised.png", dpi=64, facecolor="white")
 
 
 def ctf_figure(out: Path) -> None:
@@ -97,13 +124,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, default=Path("docs/figures/avae"))
     p.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS)
-    p.add_argument("--only", choices=["modes", "ctf", "attention"], default=None)
+    p.add_argument("--only", choices=["modes", "ctf", "randomised", "attention"], default=None)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "modes"):
         modes_figure(args.out)
     if args.only in (None, "ctf"):
         ctf_figure(args.out)
+    if args.only in (None, "randomised"):
+        randomised_figure(args.out)
     if args.only in (None, "attention") and args.model.is_file():
         attention_figure(args.out, args.model)
 

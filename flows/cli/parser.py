@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from emfuse.pipeline.fusion import FusionParams
+from emfuse.pipeline.synth.crystals import FAMILIES
 
 from .commands import (
     cmd_demo,
@@ -25,6 +26,10 @@ from .commands import (
 from .console import AUTO
 
 DEFAULTS = FusionParams()
+#: ``synth tem-modes --material``: the default simulator's classes (``tem_modes.MATERIALS``, not
+#: imported here: it loads scipy) and the randomised simulator's structure families
+TEM_FAMILIES = tuple(FAMILIES)
+TEM_MATERIALS = ("metal", "semiconductor", "ceramic", *TEM_FAMILIES)
 
 
 def lambda_value(text: str) -> float | str:
@@ -165,8 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--specimen", default="columns", choices=["columns", "particles", "layers"])
     p.add_argument("--dose", type=float, default=None,
                    help="mean counts per pixel (tem-modes: HRTEM electrons per pixel)")
-    p.add_argument("--material", default=None, choices=["metal", "semiconductor", "ceramic"],
-                   help="tem-modes: material class of the polycrystalline specimen (default metal)")
+    p.add_argument("--material", default=None, choices=TEM_MATERIALS, metavar="MATERIAL",
+                   help="tem-modes: material class of the polycrystalline specimen (metal, semiconductor, "
+                        "ceramic; default metal), or a structure family of the randomised simulator "
+                        f"({', '.join(TEM_FAMILIES)}): compound, zone axis and instrument drawn from --seed")
     p.add_argument("--frames", type=int, default=None, help="movie: number of frames (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")

@@ -16,7 +16,8 @@ from emfuse.pipeline.synth import (
     make_movie,
     make_spectrum_image,
 )
-from emfuse.pipeline.synth.tem_modes import MODES, ModeImages, simulate_region
+from emfuse.pipeline.synth.crystals import FAMILIES
+from emfuse.pipeline.synth.tem_modes import MODES, ModeImages, random_region, simulate_region
 from emfuse.stores import layout
 from emfuse.stores.formats import canonical_dataset
 from emfuse.stores.ingest import chunk_canonical
@@ -100,7 +101,9 @@ def write_synthetic(
 
     For ``movie``, ``frames`` (option, default 8) sets the number of frames.
     For ``tem-modes``, ``material`` (option) picks the class of
-    :data:`emfuse.pipeline.synth.tem_modes.MATERIALS` (default metal) and ``dose`` fixes the HRTEM dose.
+    :data:`emfuse.pipeline.synth.tem_modes.MATERIALS` (default metal), or a structure family of
+    :data:`emfuse.pipeline.synth.crystals.FAMILIES` (the randomised simulator: the seed draws the
+    compound, zone axis, instrument and pixel size), and ``dose`` fixes the HRTEM dose.
     """
     if kind not in KINDS:
         raise InputError(f"unknown synthetic dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -111,7 +114,9 @@ def write_synthetic(
         return write_dataset(movie_dataset(data), out, overwrite=overwrite)
     if kind == "tem-modes":
         material = material or "metal"
-        data = simulate_region(tuple(shape), material, np.random.default_rng(seed), hrtem_dose=dose)
+        rng = np.random.default_rng(seed)
+        data = (random_region(tuple(shape), material, rng, hrtem_dose=dose) if material in FAMILIES
+                else simulate_region(tuple(shape), material, rng, hrtem_dose=dose))
         return write_dataset(tem_modes_dataset(data, seed), out, overwrite=overwrite)
     kwargs: dict[str, Any] = dict(specimen=specimen, dose=dose, seed=seed, **options)
     if elements:

@@ -52,19 +52,23 @@ class Prepared:
     hrtem: np.ndarray | None = None  # (N, H, W) the HRTEM as recorded, flat-fielded only
 
 
-def prepare_regions(regions: Sequence[ModeImages], *, flat_reference: bool = False) -> Prepared:
+def prepare_regions(regions: Sequence[ModeImages], *, flat_reference: bool | Sequence[bool] = False) -> Prepared:
     """Preprocess every region on its own (flat field, equalisation, registration, denoising).
 
     ``flat_reference``: divide each mode by its recorded illumination (a vacuum reference) instead
     of fitting the illumination as a smooth surface, which also takes away the smooth part of the
-    specimen's own contrast (BF's thickness wedge).
+    specimen's own contrast (BF's thickness wedge). One flag for all regions, or one per region
+    (a training set with and without references).
     """
+    flags = [bool(flat_reference)] * len(regions) if isinstance(flat_reference, bool) else list(flat_reference)
+    if len(flags) != len(regions):
+        raise InputError(f"flat_reference has {len(flags)} flags for {len(regions)} regions")
     inputs, errors, hrtem = [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # failed matches are counted in the errors
-        for r in regions:
-            modes = r.modes / r.illumination if flat_reference else r.modes
-            prep = Preprocessing.fit(modes, order=0 if flat_reference else 2)
+        for r, flat in zip(regions, flags):
+            modes = r.modes / r.illumination if flat else r.modes
+            prep = Preprocessing.fit(modes, order=0 if flat else 2)
             inputs.append(prep.apply(modes))
             errors.append(np.linalg.norm(prep.drift - r.drift, axis=1))
             # the HRTEM is the registration's reference: flat-fielded, it is in the truth's frame

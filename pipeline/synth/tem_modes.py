@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,7 @@ from scipy.spatial import cKDTree
 
 from ...errors import InputError
 from ..avae.modes import HRTEM, MODES  # noqa: F401  (the order of the ``mode`` axis of every array and store)
+from .crystals import FAMILIES, random_material
 from .distortions import (
     dark_current_noise,
     flicker_noise,
@@ -83,7 +84,7 @@ from .restore_specimens import (
 )
 
 __all__ = ["MATERIALS", "MODES", "VARIED", "Material", "ModeImages", "Microscope", "ctf",
-           "simulate_region", "simulate_regions"]
+           "random_region", "random_scope", "simulate_region", "simulate_regions"]
 
 _PAD = 16  # px simulated around the field: room for the drift and the HRTEM delocalisation
 
@@ -109,6 +110,8 @@ class Material:
     column_nm: float  # gaussian width of a projected column
     alloy: float = 0.0
     extinction_nm: float = 30.0
+    compound: str = ""  # what it is, where made by :mod:`.crystals` (e.g. "GaAs")
+    zone: tuple[int, ...] = ()  # the zone axis [u v w] it is seen down
 
 
 #: Three material classes, each seen down a low-index zone axis.
@@ -160,6 +163,9 @@ class Microscope:
     distortion_scale: float = 0.25  # its correlation length / field size
     contamination: tuple[float, float] = (0.0, 0.0)  # range of the HRTEM area fraction covered
     contamination_phase: tuple[float, float] = (0.3, 0.8)  # mean extra phase of a patch (rad)
+    # -- further ranges of the randomised simulator (:func:`random_scope`); the defaults draw nothing --
+    tilt_sigma_deg: float = 4.0  # grains' tilt off the zone axis, half-normal
+    camera_mtf_px: tuple[float, float] = (0.0, 0.0)  # gaussian blur of the recorded counts (px)
 
 
 #: The acquisition ranges with per-region variation of mode quality switched on:
@@ -264,7 +270,7 @@ def _structure(shape: tuple[int, int], mat: Material, pixel_nm: float, scope: Mi
     labels, n = _grains(shape, grain_px, film_px=rng.uniform(0.1, 0.3) / pixel_nm, rng=rng)
     amorphous_grains = rng.random(n) < rng.uniform(*mat.amorphous)
     theta = rng.uniform(0, 2 * math.pi, n)
-    tilt_deg = np.abs(rng.normal(0, 4.0, n))
+    tilt_deg = np.abs(rng.normal(0, scope.tilt_sigma_deg, n))
     zone = np.exp(-((tilt_deg / 2.5) ** 2))  # column contrast surviving the tilt
     two_beam = rng.random(n) * (rng.random(n) < 0.4)  # strong single reflection, off zone
     zone[amorphous_grains], two_beam[amorphous_grains] = 0.0, 0.0
@@ -376,15 +382,25 @@ def _illumination(shape: tuple[int, int], scope: Microscope, rng: np.random.Gene
     return lit / lit.mean()
 
 
-def _record(image: np.ndarray, dose: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Camera: shot noise, dark current, flicker and readout noise (counts)."""
+def _record(image: np.ndarray, dose: float, rng: np.random.Generator,
+            mtf_px: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, dict]:
+    """Camera: shot noise, dark current, flicker and readout noise (counts); optionally its MTF.
+
+    The MTF (a scintillator's spread, ``mtf_px`` a range of gaussian sigmas) blurs the shot
+    noise with the signal, so neighbouring pixels' noise is correlated, as on a CCD.
+    """
     dark, flicker, readout = rng.uniform(0, 2), rng.uniform(0, 1.5), rng.uniform(0.5, 2.5)
     counts = shot_noise(np.clip(image, 0, None), dose, rng)
+    record = {"dose": float(dose), "dark": float(dark), "flicker_sigma": float(flicker),
+              "readout_sigma": float(readout)}
+    if mtf_px[1] > 0:  # drawn only when switched on, so default regions are unchanged
+        sigma = float(rng.uniform(*mtf_px))
+        counts = ndimage.gaussian_filter(counts, sigma, mode="nearest")
+        record["mtf_sigma_px"] = sigma
     counts = dark_current_noise(counts, dark, rng)
     counts = flicker_noise(counts, flicker, rng)
     counts = readout_noise(counts, readout, rng)
-    return counts, {"dose": float(dose), "dark": float(dark), "flicker_sigma": float(flicker),
-                    "readout_sigma": float(readout)}
+    return counts, record
 
 
 def _shifted_crop(image: np.ndarray, drift: np.ndarray, pad: int,
@@ -426,7 +442,9 @@ def simulate_region(
     ----------
     shape : (int, int)
         Field of view (H, W) in pixels.
-    material : {"metal", "semiconductor", "ceramic"}
+    material : {"metal", "semiconductor", "ceramic"} or Material
+        A class of :data:`MATERIALS`, or any :class:`Material` (e.g. from
+        :func:`emfuse.pipeline.synth.crystals.random_material`).
     rng : numpy.random.Generator
     pixel_nm : float
         Pixel size in nm (0.05 nm resolves the metal's 0.176 nm columns).
@@ -448,22 +466,28 @@ def simulate_region(
     >>> r.modes.dtype, r.params["hrtem"]["dose"]
     (dtype('float32'), 50.0)
     """
-    if material not in MATERIALS:
-        raise InputError(f"material must be one of {sorted(MATERIALS)}, got {material!r}")
+    if isinstance(material, Material):
+        mat = material
+    elif material in MATERIALS:
+        mat = MATERIALS[material]
+    else:
+        raise InputError(f"material must be one of {sorted(MATERIALS)} or a Material, got {material!r}")
     ny, nx = (int(n) for n in shape)
     if min(ny, nx) < 8:
         raise InputError(f"the field must be at least 8 x 8 px, got {tuple(shape)}")
     if not pixel_nm > 0:
         raise InputError(f"pixel_nm must be > 0, got {pixel_nm}")
     scope = scope or Microscope()
-    mat = MATERIALS[material]
     if not 0 <= scope.max_drift_px + 3 * scope.distortion_px <= _PAD - 4:
         raise InputError(f"max_drift_px + 3 distortion_px must be at most {_PAD - 4} px")
     if not 0 <= scope.max_drift_px <= _PAD - 8:
         raise InputError(f"max_drift_px must be in [0, {_PAD - 8}], got {scope.max_drift_px}")
     pad = _PAD
     canvas = (ny + 2 * pad, nx + 2 * pad)
-    params: dict[str, Any] = {"material": material, "pixel_nm": pixel_nm, "shape": [ny, nx]}
+    params: dict[str, Any] = {"material": mat.name, "pixel_nm": pixel_nm, "shape": [ny, nx]}
+    if mat.compound:
+        params["crystal"] = {"compound": mat.compound, "zone": list(mat.zone), "a_nm": mat.a_nm, "b_nm": mat.b_nm,
+                             "angle_deg": mat.angle_deg, "columns": len(mat.basis), "rho": mat.rho}
     spec = _structure(canvas, mat, pixel_nm, scope, rng)
     params["specimen"] = {"grains": int(spec["n_grains"]), "grain_nm": float(spec["grain_px"] * pixel_nm),
                           "thickness_nm": float(spec["t0"]),
@@ -485,13 +509,13 @@ def simulate_region(
         beams.append(_illumination((ny, nx), scope, rng))
         lit = image * beams[-1]
         dose = hrtem_dose if (mode == "hrtem" and hrtem_dose) else rng.uniform(*scope.dose[mode])
-        counts, camera = _record(lit, dose, rng)
+        counts, camera = _record(lit, dose, rng, scope.camera_mtf_px)
         if not record:
             counts = image
         params[mode] = {**params.get(mode, {}), **camera, "drift_px": drift[i].tolist()}
         modes.append(counts)
     truth = spec["truth"][pad:-pad, pad:-pad]
-    return ModeImages(np.stack(modes).astype(np.float32), truth.astype(np.float32), material, drift, params,
+    return ModeImages(np.stack(modes).astype(np.float32), truth.astype(np.float32), mat.name, drift, params,
                       np.stack(beams).astype(np.float32))
 
 
@@ -501,6 +525,7 @@ def simulate_regions(
     seed: int,
     *,
     materials: Sequence[str] | None = None,
+    randomised: bool = False,
     **kwargs: Any,
 ) -> list[ModeImages]:
     """``n`` independent regions from ``seed``, the material classes taken in turn.
@@ -508,12 +533,98 @@ def simulate_regions(
     Region ``i`` is drawn from ``numpy.random.default_rng([seed, i])``, so any subset can be
     regenerated alone and the result does not depend on ``n``.
 
+    ``randomised``: the material classes are the structure families of
+    :data:`emfuse.pipeline.synth.crystals.FAMILIES` (``materials`` picks some), each region
+    a random compound down a random zone axis (:func:`~.crystals.random_material`), recorded
+    by a random instrument at its pixel size (:func:`random_scope`); ``ModeImages.material``
+    is the family, ``params["crystal"]`` and ``params["scope"]`` say the rest.
+
     Examples
     --------
     >>> regions = simulate_regions(3, (32, 32), seed=7)
     >>> [r.material for r in regions]
     ['metal', 'semiconductor', 'ceramic']
+    >>> [r.material for r in simulate_regions(2, (32, 32), seed=7, randomised=True, materials=["bcc", "hcp"])]
+    ['bcc', 'hcp']
     """
-    names = tuple(materials or MATERIALS)
-    return [simulate_region(shape, names[i % len(names)], np.random.default_rng([seed, i]), **kwargs)
+    known = FAMILIES if randomised else MATERIALS
+    names = tuple(materials or known)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise InputError(f"unknown {'families' if randomised else 'materials'} {unknown}; "
+                         f"choose from {sorted(known)}")
+    if not randomised:
+        return [simulate_region(shape, names[i % len(names)], np.random.default_rng([seed, i]), **kwargs)
+                for i in range(int(n))]
+    return [random_region(shape, names[i % len(names)], np.random.default_rng([seed, i]), **kwargs)
             for i in range(int(n))]
+
+
+def random_region(shape: Sequence[int], family: str, rng: np.random.Generator, **kwargs: Any) -> ModeImages:
+    """One region of the randomised simulator: a random compound of ``family`` down a random zone
+    axis (:func:`~.crystals.random_material`), recorded by a random instrument at its pixel size
+    (:func:`random_scope`); ``kwargs`` go to :func:`simulate_region` (e.g. ``hrtem_dose``).
+
+    Examples
+    --------
+    >>> r = random_region((32, 32), "wurtzite", np.random.default_rng(0))
+    >>> r.material, sorted(r.params["crystal"])[:2]
+    ('wurtzite', ['a_nm', 'angle_deg'])
+    """
+    material = random_material(family, rng)
+    scope, pixel_nm = random_scope(rng)
+    region = simulate_region(shape, material, rng, pixel_nm=pixel_nm, scope=scope, **kwargs)
+    region.params["scope"] = asdict(scope)
+    return region
+
+
+def random_scope(rng: np.random.Generator) -> tuple[Microscope, float]:
+    """An instrument and recording drawn at random, and the pixel size (nm) it records at.
+
+    The randomised simulator (``simulate_regions(..., randomised=True)``) draws one per region:
+
+    - 200 or 300 kV; uncorrected Cs 0.5-2 mm with the defocus drawn between 0.3 and 1.8 times
+      Scherzer's (``-sqrt(4/3 Cs lambda)``), or (35 %) corrected, Cs -15 to +25 um and a
+      defocus within +-2 to +-15 nm;
+    - focal spread 1.5-6 nm, convergence 0.05-0.5 mrad, objective aperture 7-14 nm^-1, and a
+      pixel size of 0.5-0.95 of the aperture's Nyquist sampling ``1 / (2 k_max)``;
+    - thickness from 4-30 nm up to 1.2-3 times that, grains' tilt sigma 1.5-10 deg;
+    - BF/DF resolution (PSF sigma 1-3.5 px), doses log-uniform (HRTEM 8-200, BF and DF 60-1000
+      electrons per pixel, each +-50 %), drift up to 0-4 px, beam radius and gradient;
+    - each with probability 1/2: non-rigid distortion of BF and DF (0-2 px), contamination of
+      the HRTEM (up to 0-40 % of the field), a camera MTF (sigma up to 0-1 px).
+    """
+    def chance(value: Any, off: Any) -> Any:
+        return value if rng.random() < 0.5 else off
+
+    def around(centre: float) -> tuple[float, float]:
+        return (centre / 1.5, centre * 1.5)
+
+    kv = float(rng.choice([200.0, 300.0]))
+    lam = electron_wavelength(kv) / 10
+    cs = float(rng.uniform(0.5e6, 2.0e6))
+    scherzer = -math.sqrt(4 / 3 * cs * lam)
+    near, far = sorted(scherzer * rng.uniform(0.3, 1.8, 2), reverse=True)
+    corrected_df = float(rng.uniform(2.0, 15.0))
+    aperture = float(rng.uniform(7.0, 14.0))
+    thin = float(rng.uniform(4.0, 30.0))
+    scope = Microscope(
+        kv=kv, cs_nm=cs, defocus_nm=(far, near), p_corrected=0.35,
+        cs_corrected_nm=float(rng.uniform(-15e3, 25e3)), defocus_corrected_nm=(-corrected_df, corrected_df),
+        focal_spread_nm=(1.5, 6.0), convergence_rad=(0.05e-3, 0.5e-3), aperture_inv_nm=aperture,
+        thickness_nm=(thin, thin * float(rng.uniform(1.2, 3.0))),
+        bf_sigma_px=(1.0, 3.5), df_sigma_px=(1.0, 3.5),
+        dose={"hrtem": around(float(np.exp(rng.uniform(np.log(8), np.log(200))))),
+              "bf": around(float(np.exp(rng.uniform(np.log(60), np.log(1000))))),
+              "df": around(float(np.exp(rng.uniform(np.log(60), np.log(1000)))))},
+        max_drift_px=float(rng.uniform(0.0, 4.0)),
+        illumination=(float(rng.uniform(0.5, 1.0)), float(rng.uniform(1.2, 3.0))),
+        gradient=float(rng.uniform(0.0, 0.3)),
+        distortion_px=chance(float(rng.uniform(0.0, 2.0)), 0.0),
+        distortion_scale=float(rng.uniform(0.15, 0.4)),
+        contamination=chance((0.0, float(rng.uniform(0.0, 0.4))), (0.0, 0.0)),
+        tilt_sigma_deg=float(rng.uniform(1.5, 10.0)),
+        camera_mtf_px=chance((0.0, float(rng.uniform(0.0, 1.0))), (0.0, 0.0)),
+    )
+    pixel_nm = float(rng.uniform(0.5, 0.95)) / (2 * aperture)
+    return scope, pixel_nm
