@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-seed", type=int, default=None,
                    help="seed of the networks' initialisation and crop sampling (default: --seed); "
                         "vary it to measure the spread between training runs (benchmarks/avae_runs.py)")
+    p.add_argument("--best-single-hinge", type=float, default=0.0,
+                   help="weight of the per-crop hinge on doing worse than the best single input "
+                        "(TrainSettings.best_single_hinge; default %(default)s: off)")
     p.add_argument("--mode-dropout", type=float, default=TrainSettings().mode_dropout,
                    help="train with this probability of fusing a random subset of the modes (TrainSettings.mode_dropout)")
     p.add_argument("--missing", action="store_true",
@@ -276,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         train_seed = args.seed if args.train_seed is None else args.train_seed
         settings = TrainSettings(steps=args.steps, lr=args.lr, beta=args.beta, seed=train_seed, threads=args.threads,
-                                 mode_dropout=args.mode_dropout, orient_to_base=not args.signed_targets)
+                                 mode_dropout=args.mode_dropout, orient_to_base=not args.signed_targets,
+                                 best_single_hinge=args.best_single_hinge)
         variants = [("avae", True, args.attention_from), ("vae", False, "z")]
         if args.compare_z:
             variants.append(("avae_z", True, "z"))

@@ -36,8 +36,8 @@ from ...errors import InputError
 from ..arrays import central_crop
 from .model import AVAE, AVAEConfig, avae_loss
 
-__all__ = ["TrainSettings", "orient_to_base", "sample_batch", "sample_present", "standardise", "start_at_the_base",
-           "train_avae"]
+__all__ = ["TrainSettings", "best_single_hinge", "orient_to_base", "sample_batch", "sample_present",
+           "single_input_mse", "standardise", "start_at_the_base", "train_avae"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,59 @@ class TrainSettings:
     #: base's contrast (the HRTEM's, which changes sign against the truth from region to region) and
     #: never has to tell that sign to keep its base. False: the truth's own sign.
     orient_to_base: bool = True
+    #: Weight of a per-crop hinge on being worse than the best single input: ``relu(MSE(fused) -
+    #: min_c MSE(a_c x_c + b_c))`` over the crop, ``x_c`` each input channel (the modes, and the base
+    #: of a residual network) with its best affine fit to the target (:func:`single_input_mse`).
+    #: It adds to the loss only where the network does worse than a mode (or its base) would, which
+    #: is the per-region "never worse than the best mode" of issue 18. 0: off.
+    best_single_hinge: float = 0.0
+
+
+def single_input_mse(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per crop and channel, the MSE of the channel's best affine fit to the target.
+
+    ``inputs`` (B, C, H, W), ``target`` (B, 1, H, W); returns (B, C):
+    ``var(t) - cov(x, t)^2 / var(x)`` over the crop (``var(t)`` for a flat channel).
+
+    Examples
+    --------
+    >>> t = torch.linspace(0, 1, 16).reshape(1, 1, 4, 4)
+    >>> x = torch.cat([3 * t + 1, torch.zeros_like(t)], dim=1)  # an affine copy, and a flat channel
+    >>> [round(v, 4) for v in single_input_mse(x, t)[0].tolist()]
+    [0.0, 0.0944]
+    """
+    x = inputs - inputs.mean(dim=(2, 3), keepdim=True)
+    t = target - target.mean(dim=(2, 3), keepdim=True)
+    var_t = t.pow(2).mean(dim=(2, 3))
+    cov = (x * t).mean(dim=(2, 3))
+    var_x = x.pow(2).mean(dim=(2, 3))
+    return (var_t - cov.pow(2) / var_x.clamp_min(1e-12)).clamp_min(0.0)
+
+
+def best_single_hinge(fused: torch.Tensor, inputs: torch.Tensor, target: torch.Tensor,
+                      present: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over crops of ``relu(MSE(fused) - min_c single_input_mse)``: how much worse than its
+    best single input the network is, on the crops where it is worse.
+
+    ``present`` (B, modes) bool: the modes the network was shown (mode dropout); the others do not
+    count as inputs it could have matched. Channels after the modes (a base) always count.
+
+    Examples
+    --------
+    >>> t = torch.linspace(0, 1, 16).reshape(1, 1, 4, 4)
+    >>> float(best_single_hinge(t, torch.cat([t, t], dim=1), t))  # as good as the best input: no cost
+    0.0
+    >>> round(float(best_single_hinge(t + 0.1, torch.cat([t, t], dim=1), t)), 4)  # worse by its error
+    0.01
+    """
+    mse = (fused - target).pow(2).mean(dim=(1, 2, 3))
+    singles = single_input_mse(inputs, target)
+    if present is not None:
+        shown = torch.ones_like(singles, dtype=torch.bool)
+        shown[:, :present.shape[1]] = present.bool()
+        singles = singles.masked_fill(~shown, float("inf"))
+    best = singles.min(dim=1).values
+    return torch.relu(mse - best.detach()).mean()
 
 
 def standardise(truth: Any) -> np.ndarray:
@@ -257,6 +310,9 @@ def train_avae(
                    if settings.mode_dropout > 0 else None)
         out = model(torch.from_numpy(xb), present)
         loss, parts = avae_loss(out, torch.from_numpy(yb), settings.beta)
+        if settings.best_single_hinge > 0:
+            loss = loss + settings.best_single_hinge * best_single_hinge(
+                out.fused, torch.from_numpy(xb), torch.from_numpy(yb), present)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -198,3 +198,29 @@ def test_a_residual_model_names_its_restoration_network(tmp_path):
     path = save_model(_tiny_cgrdn(), tmp_path / "tiny_cgrdn.safetensors")
     cfg = AVAEConfig(features=4, latent=2, base="restored_hrtem", base_model=str(path))
     assert load_avae(save_avae(AVAE(cfg), tmp_path / "r.safetensors")).cfg.base_model == str(path)
+
+
+def test_the_best_single_hinge_costs_only_where_the_fused_image_is_worse_than_an_input():
+    from emfuse.pipeline.avae.train import best_single_hinge, single_input_mse
+
+    torch.manual_seed(1)
+    target = torch.randn(4, 1, 12, 12)
+    noise = torch.randn(4, 3, 12, 12)
+    inputs = torch.cat([2 * target + 0.3 * noise[:, :1], noise[:, 1:]], dim=1)  # mode 0 is nearly the target
+    singles = single_input_mse(inputs, target)
+    assert torch.all(singles[:, 0] < 0.1) and torch.all(singles[:, 1:] > 0.5)
+    assert float(best_single_hinge(target, inputs, target)) == 0.0  # the truth beats every input
+    blurred = target * 0.5  # worse than mode 0's affine fit on every crop
+    expected = ((blurred - target).pow(2).mean(dim=(1, 2, 3)) - singles[:, 0]).mean()
+    assert float(best_single_hinge(blurred, inputs, target)) == pytest.approx(float(expected), rel=1e-5)
+    # a crop fused without mode 0 (mode dropout) is judged against the modes it was shown only
+    present = torch.tensor([[0.0, 1.0, 1.0]] * 4)
+    assert float(best_single_hinge(blurred, inputs, target, present)) < float(expected)
+
+
+def test_training_with_the_hinge_runs_and_records_it():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 3, 32, 32), dtype=np.float32), rng.standard_normal((4, 32, 32)).astype(np.float32)
+    settings = TrainSettings(steps=2, batch=2, crop=16, validate_every=1, best_single_hinge=1.0, mode_dropout=0.5)
+    model, history = train_avae(x, y, AVAEConfig(features=4, latent=2), settings, validation=(x, y))
+    assert history["settings"]["best_single_hinge"] == 1.0 and len(history["validation"]) == 2
