@@ -72,7 +72,7 @@ def randomised_figure(out: Path) -> None:
         _panel(axes[3, col], flat[MODES.index("df")], "DF")
     fig.suptitle("Randomised simulator: one region per structure family (modes divided by their flat reference)",
                  fontweight="bold")
-    fig.savefig(out / "randomised.png", dpi=64, facecolor="white")
+    fig.savefig(out / "randomised.png", dpi=52, facecolor="white")
 
 
 def ctf_figure(out: Path) -> None:

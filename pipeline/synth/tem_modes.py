@@ -40,6 +40,12 @@ recording
     shot noise at the mode's dose, dark current, flicker (1/f) and readout noise. The result is
     in counts.
 
+randomised
+    The three classes are fixed projections seen by one instrument. ``simulate_regions(...,
+    randomised=True)`` (:func:`random_region`) draws each region's crystal from nine structure
+    families of real compounds down random zone axes (:mod:`.crystals`) and its instrument,
+    optics, pixel size, thickness, tilts, doses and camera from wide ranges (:func:`random_scope`).
+
 Units: lengths in nm, images in pixels of ``pixel_nm``; the truth in units of the metal
 class's mean projected potential at the mean thickness (about 1 in a metal grain).
 
@@ -428,7 +434,7 @@ def _displacement(shape: tuple[int, int], scope: Microscope, rng: np.random.Gene
 
 def simulate_region(
     shape: Sequence[int],
-    material: str,
+    material: str | Material,
     rng: np.random.Generator,
     *,
     pixel_nm: float = 0.05,
