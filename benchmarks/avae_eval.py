@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-seed", type=int, default=None,
                    help="seed of the networks' initialisation and crop sampling (default: --seed); "
                         "vary it to measure the spread between training runs (benchmarks/avae_runs.py)")
+    p.add_argument("--mode-gains", action="store_true",
+                   help="the AVAE (not the vae) gets a gain-map path from every mode to its output "
+                        "(AVAEConfig.mode_gains)")
     p.add_argument("--best-single-hinge", type=float, default=0.0,
                    help="weight of the per-crop hinge on doing worse than the best single input "
                         "(TrainSettings.best_single_hinge; default %(default)s: off)")
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
             modes = [MODES.index("hrtem")] if name == "hrtem_net" else list(range(len(MODES)))
             base = args.base if name == "avae" else "none"
             cfg = AVAEConfig(n_modes=len(modes), features=args.features, latent=args.latent, attention=attention,
-                             attention_from=source, base=base, base_model=args.base_model)
+                             attention_from=source, base=base, base_model=args.base_model,
+                             mode_gains=args.mode_gains and name == "avae")
             inputs = prepared.inputs[:, modes] if base == "none" else with_base(prepared.inputs[:, modes], bases)
             model, history = train_avae(
                 inputs[train], prepared.targets[train], cfg, settings,

@@ -36,6 +36,11 @@ network is trained against targets turned to its base's contrast
 (:func:`emfuse.pipeline.avae.train.orient_to_base`) and its output is in that contrast. The
 attention still runs over the modes only.
 
+With ``mode_gains=True`` the output also has a direct path from every recorded mode,
+``+ sum_m h_m(z) * (x_m - 1/2)`` (``h_m`` 1 x 1 convolutions of the fused latent, zero at the
+start, so the untrained network is unchanged; an absent mode's path is off): the way the residual
+network keeps its base, offered to BF and DF, whose slow mass-thickness contrast the HRTEM lacks.
+
 Weights are saved with safetensors only (:func:`save_avae`, :func:`load_avae`), the
 configuration in the file's metadata.
 
@@ -100,7 +105,8 @@ class AVAEConfig:
     ``n_modes`` encoder branches, ``attention`` False for equal weights; ``attention_from``
     (:data:`ATTENTION_INPUTS`), ``attention_hidden`` and ``attention_kernel`` say how the weights
     are computed (the last two only for ``"stats"``); ``base`` (:data:`BASES`) and ``base_model``
-    (the restoration network that makes the base) make it a residual on a restored HRTEM.
+    (the restoration network that makes the base) make it a residual on a restored HRTEM;
+    ``mode_gains`` adds a gain-map path from every mode to the output (see the module notes).
     """
 
     n_modes: int = 3
@@ -113,6 +119,7 @@ class AVAEConfig:
     attention_kernel: int = 3
     base: str = "none"
     base_model: str = DEFAULT_BASE_MODEL
+    mode_gains: bool = False
 
     def __post_init__(self) -> None:
         if self.base not in BASES:
@@ -132,6 +139,7 @@ class AVAEConfig:
         fields = json.loads(text)
         fields.setdefault("attention_from", "z")  # files written before the choice existed
         fields.setdefault("base", "none")  # files written before the residual existed: the plain AVAE
+        fields.setdefault("mode_gains", False)  # files written before the modes' own paths existed
         return cls(**fields)
 
     @property
@@ -221,6 +229,10 @@ class AVAE(nn.Module):
             nn.init.zeros_(self.base_gain.weight)
             nn.init.ones_(self.base_gain.bias)
             self.base_offset = nn.Parameter(torch.zeros(()))
+        if c.mode_gains:  # sum_m h_m(z) (x_m - 1/2); zero at the start: the network is unchanged
+            self.mode_gain = nn.Conv2d(c.latent, c.n_modes, 1)
+            nn.init.zeros_(self.mode_gain.weight)
+            nn.init.zeros_(self.mode_gain.bias)
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> AVAEOutput:
         """Fuse the modes of ``x``; ``present`` (B, n_modes), optional, marks the modes to use.
@@ -258,6 +270,13 @@ class AVAE(nn.Module):
             if self.cfg.stride != 1:
                 gain = F.interpolate(gain, size=x.shape[-2:], mode="bilinear", align_corners=False)
             image = image + gain * x[:, self.cfg.n_modes:] + self.base_offset
+        if self.cfg.mode_gains:
+            gains = self.mode_gain(fused)
+            if self.cfg.stride != 1:
+                gains = F.interpolate(gains, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            if keep is not None:
+                gains = gains * keep[..., None, None]
+            image = image + (gains * (x[:, :self.cfg.n_modes] - 0.5)).sum(dim=1, keepdim=True)
         return AVAEOutput(image, weights, mu, logvar)
 
     def _present(self, present: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor | None:

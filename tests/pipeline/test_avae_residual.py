@@ -224,3 +224,20 @@ def test_training_with_the_hinge_runs_and_records_it():
     settings = TrainSettings(steps=2, batch=2, crop=16, validate_every=1, best_single_hinge=1.0, mode_dropout=0.5)
     model, history = train_avae(x, y, AVAEConfig(features=4, latent=2), settings, validation=(x, y))
     assert history["settings"]["best_single_hinge"] == 1.0 and len(history["validation"]) == 2
+
+
+def test_mode_gains_start_unchanged_and_open_a_path_from_each_present_mode():
+    torch.manual_seed(0)
+    cfg = replace(RESIDUAL, mode_gains=True)
+    net = AVAE(cfg).eval()
+    plain = AVAE(RESIDUAL).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("mode_gain")})
+    x = torch.rand(2, 4, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net(x).fused, plain(x).fused)  # zero at the start: the same network
+        net.mode_gain.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))  # a path of gain 1 from BF only
+        expected = plain(x).fused + (x[:, :1] - 0.5)
+        torch.testing.assert_close(net(x).fused, expected)
+        without_bf = net(x, torch.tensor([0.0, 1.0, 1.0])).fused  # an absent mode's path is off
+        torch.testing.assert_close(without_bf, plain(x, torch.tensor([0.0, 1.0, 1.0])).fused)
+    assert AVAEConfig.from_json(RESIDUAL.to_json().replace(', "mode_gains": false', "")).mode_gains is False
