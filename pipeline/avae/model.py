@@ -266,18 +266,20 @@ class AVAE(nn.Module):
         fused = (weights.unsqueeze(2) * z).sum(dim=1)
         image = self.decoder(fused)
         if self.cfg.has_base:
-            gain = self.base_gain(fused)
-            if self.cfg.stride != 1:
-                gain = F.interpolate(gain, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            gain = self._at_image(self.base_gain(fused), x)
             image = image + gain * x[:, self.cfg.n_modes:] + self.base_offset
         if self.cfg.mode_gains:
-            gains = self.mode_gain(fused)
-            if self.cfg.stride != 1:
-                gains = F.interpolate(gains, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            gains = self._at_image(self.mode_gain(fused), x)
             if keep is not None:
                 gains = gains * keep[..., None, None]
             image = image + (gains * (x[:, :self.cfg.n_modes] - 0.5)).sum(dim=1, keepdim=True)
         return AVAEOutput(image, weights, mu, logvar)
+
+    def _at_image(self, maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Gain maps on the latent grid, at the image's sampling (bilinear)."""
+        if self.cfg.stride == 1:
+            return maps
+        return F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def _present(self, present: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor | None:
         if present is None:

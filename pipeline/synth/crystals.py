@@ -135,6 +135,12 @@ FAMILIES: dict[str, Family] = {
 _NI_DENSITY = 4 * 28**0.4 / 0.352**3  # sum Z^0.4 / V of fcc Ni: rho = 1 (the default metal)
 
 
+def _family(family: str) -> Family:
+    if family not in FAMILIES:
+        raise InputError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    return FAMILIES[family]
+
+
 def _cell(family: Family, a_nm: float, c_nm: float) -> np.ndarray:
     """The conventional cell's vectors as rows (nm, Cartesian)."""
     if family.lattice == "cubic":
@@ -218,9 +224,7 @@ def project(family: str, zone: Sequence[int], *, a_nm: float, c_nm: float = 0.0,
     Material
         Its ``basis`` holds the columns (fractional position, relative weight ``sum Z^0.67``).
     """
-    if family not in FAMILIES:
-        raise InputError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
-    fam = FAMILIES[family]
+    fam = _family(family)
     z = tuple(z or fam.compounds[0][3])
     if len(z) != len(fam.sites):
         raise InputError(f"{family} has {len(fam.sites)} species, got {len(z)} atomic numbers")
@@ -264,13 +268,11 @@ def project(family: str, zone: Sequence[int], *, a_nm: float, c_nm: float = 0.0,
 def random_material(family: str, rng: np.random.Generator) -> Material:
     """A random compound of ``family`` down a random zone axis, its constants jittered by +-2 %.
 
-    Also drawn: the column width (0.04-0.06 nm), the extinction distance (20-80 nm), the
-    amorphous fraction's range and the spread of the grain size; ``rho`` is clipped to
-    0.35-1.6 (mean inner potentials of real materials span about 10-35 V).
+    Also drawn: the column width (0.04-0.06 nm), the extinction distance (20-80 nm) and the
+    top of the amorphous fraction's range (5-40 %); the grain sizes are the family's range.
+    ``rho`` is clipped to 0.35-1.6 (mean inner potentials of real materials span about 10-35 V).
     """
-    fam = FAMILIES.get(family)
-    if fam is None:
-        raise InputError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    fam = _family(family)
     name, a_nm, c_nm, z = fam.compounds[int(rng.integers(len(fam.compounds)))]
     zone = fam.zones[int(rng.integers(len(fam.zones)))]
     scale = float(rng.uniform(0.98, 1.02))

@@ -559,11 +559,8 @@ def simulate_regions(
     if unknown:
         raise InputError(f"unknown {'families' if randomised else 'materials'} {unknown}; "
                          f"choose from {sorted(known)}")
-    if not randomised:
-        return [simulate_region(shape, names[i % len(names)], np.random.default_rng([seed, i]), **kwargs)
-                for i in range(int(n))]
-    return [random_region(shape, names[i % len(names)], np.random.default_rng([seed, i]), **kwargs)
-            for i in range(int(n))]
+    make = random_region if randomised else simulate_region
+    return [make(shape, names[i % len(names)], np.random.default_rng([seed, i]), **kwargs) for i in range(int(n))]
 
 
 def random_region(shape: Sequence[int], family: str, rng: np.random.Generator, **kwargs: Any) -> ModeImages:
