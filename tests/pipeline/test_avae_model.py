@@ -306,3 +306,14 @@ def test_wiener_filter_keeps_a_lattice_and_removes_white_noise():
     assert flat.std() < 0.15
     with pytest.raises(InputError, match="16 x 16"):
         baselines.wiener_filter(np.zeros((8, 8)))
+
+
+def test_prepare_regions_takes_a_flat_reference_flag_per_region():
+    regions = simulate_regions(2, (48, 48), seed=6)
+    mixed = prepare_regions(regions, flat_reference=[True, False])
+    flat, fitted = prepare_regions(regions, flat_reference=True), prepare_regions(regions, flat_reference=False)
+    np.testing.assert_array_equal(mixed.inputs[0], flat.inputs[0])
+    np.testing.assert_array_equal(mixed.inputs[1], fitted.inputs[1])
+    assert not np.array_equal(flat.inputs[1], fitted.inputs[1])  # the flag matters for that region
+    with pytest.raises(ValueError, match="1 flags for 2 regions"):
+        prepare_regions(regions, flat_reference=[True])
