@@ -9,7 +9,7 @@ automatic weights as `emfuse fuse` chooses them by default, against the fusion a
 hand-tuned parameters (per-element correlation).
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/auto_lambda_scaled.py \
-        [--size 128] [--doses 5 20 80] [--seed 1000] [--json docs/figures/auto_lambda_scaled.json]
+        [--size 128] [--doses 5 20 80] [--seed 1000] [--search small|default] [--json docs/figures/auto_lambda_scaled.json]
 """
 
 from __future__ import annotations
@@ -133,9 +133,13 @@ def main() -> None:
     parser.add_argument("--no-synthetic", action="store_true")
     parser.add_argument("--per-element", action="store_true",
                         help="instead: joint vs per-element TV weights on the counts (no published part)")
+    parser.add_argument("--search", choices=("small", "default"), default="small",
+                        help="small: coarse 3 x 3 grid, lattice ratio 2 (fast); default: the job's own "
+                             "search (coarse 4 x 4, lattice ratio 2**0.5), what `emfuse fuse` runs")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    settings = SearchSettings(coarse=3, lattice=2.0, n_iter=args.n_iter)
+    grid = {"coarse": 3, "lattice": 2.0} if args.search == "small" else {}
+    settings = SearchSettings(n_iter=args.n_iter, **grid)
     start = time.perf_counter()
     rows, published = [], []
     if args.per_element:
