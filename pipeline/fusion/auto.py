@@ -778,29 +778,32 @@ def choose_lambdas(
     chem_axis = _Axis.make(lambda_chem, settings.lambda_chem_range, settings.lattice)
     tv_axis = _Axis.make(lambda_tv, settings.lambda_tv_range, settings.lattice)
 
-    def score(k_chem: int, k_tv: int) -> float:
-        lc, lt = chem_axis.value(k_chem), tv_axis.value(k_tv)
-        candidate = dataclasses.replace(base, lambda_chem=lc, lambda_tv=lt)
-        total = 0.0
+    def fold_scores(chem: float | tuple[float, ...], tv: float | tuple[float, ...]) -> np.ndarray:
+        """Each fold's held-out score of each element for these weights (fold, element)."""
+        candidate = dataclasses.replace(base, lambda_chem=chem, lambda_tv=tv)
+        rows = []
         for k, (train, test) in enumerate(split.folds):
             fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False, haadf_valid=valid_crop,
                          **candidate.to_dict()).fused
-            total += heldout_score(to_numpy(fused), test, None if split.masks is None else split.masks[k])
+            rows.append(heldout_scores(to_numpy(fused), test, None if split.masks is None else split.masks[k]))
+        return np.array(rows)
+
+    def score(k_chem: int, k_tv: int) -> float:
+        """The search's score: per fold the mean over the elements with held-out variance
+        (:func:`heldout_score`), then the mean over folds."""
+        lc, lt = chem_axis.value(k_chem), tv_axis.value(k_tv)
+        per_fold = [float(np.mean(row[np.isfinite(row)])) if np.isfinite(row).any() else float("nan")
+                    for row in fold_scores(lc, lt)]
+        value = sum(per_fold) / len(per_fold)
         if callback is not None:
-            callback(lc, lt, total / len(split.folds))
-        return total / len(split.folds)
+            callback(lc, lt, value)
+        return value
 
     scores, widened, at_edge = _search_widening(score, chem_axis, tv_axis, settings)
     best = _best(scores)
     def element_scores(chem: float | tuple[float, ...], tv: float | tuple[float, ...]) -> np.ndarray:
         """Each element's held-out score for these weights (one number, or one per element)."""
-        candidate = dataclasses.replace(base, lambda_chem=chem, lambda_tv=tv)
-        total = np.zeros(len(z))
-        for k, (train, test) in enumerate(split.folds):
-            fused = fuse(haadf_crop, train, z, normalisation=part_norm, warn=False, haadf_valid=valid_crop,
-                         **candidate.to_dict()).fused
-            total += heldout_scores(to_numpy(fused), test, None if split.masks is None else split.masks[k])
-        return total / len(split.folds)
+        return fold_scores(chem, tv).sum(axis=0) / len(split.folds)
 
     per_element = None
     if settings.per_element_tv and lambda_tv is None and len(z) > 1:
