@@ -75,11 +75,10 @@ from emfuse.pipeline.avae.model import (  # noqa: E402
     ATTENTION_INPUTS,
     BASES,
     DEFAULT_BASE_MODEL,
-    DEFAULT_WEIGHTS,
     FLAT_VAE_WEIGHTS,
-    FLAT_WEIGHTS,
     VAE_WEIGHTS,
     AVAEConfig,
+    default_weights,
     load_avae,
     save_avae,
 )
@@ -158,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n", type=int, required=True, help="regions to simulate")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--size", type=int, default=192, help="region side in px (default %(default)s)")
-    p.add_argument("--pretrained", action="store_true", help="load the committed default weights, do not train")
+    p.add_argument("--pretrained", action="store_true", help="load tem-fuse's default weights (emfuse.pipeline.avae.model.default_weights) and the "
+                        "committed equal-weight VAE, do not train")
     p.add_argument("--steps", type=int, default=TrainSettings().steps)
     p.add_argument("--lr", type=float, default=TrainSettings().lr)
     p.add_argument("--beta", type=float, default=TrainSettings().beta)
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--base", choices=BASES, default="none",
                    help="train the AVAE as a residual on this base (AVAEConfig.base; default: none)")
     p.add_argument("--base-model", default=DEFAULT_BASE_MODEL,
-                   help="the restoration network of the base (default %(default)s)")
+                   help="the restoration network of the base, or 'wiener' (default %(default)s)")
     p.add_argument("--signed-targets", action="store_true",
                    help="train a residual AVAE against the truth's own sign, not turned to its base's contrast "
                         "(TrainSettings.orient_to_base=False)")
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
     training: dict = {"pretrained": args.pretrained}
     models = {}
     if args.pretrained:
-        paths = {"avae": args.avae_weights or (FLAT_WEIGHTS if args.flat_reference else DEFAULT_WEIGHTS),
+        paths = {"avae": args.avae_weights or default_weights(args.flat_reference),
                  "vae": args.vae_weights or (FLAT_VAE_WEIGHTS if args.flat_reference else VAE_WEIGHTS)}
         if args.compare_z:
             if args.z_weights is None:

@@ -54,13 +54,14 @@ def run_demo(
 
 def tem_fuse_demo(out: Path, *, cluster: str = "local", seed: int = 0, size: int = 256) -> dict[str, Any] | None:
     """BF, DF and HRTEM of a synthetic polycrystal fused with the committed AVAE weights, and reported."""
-    from emfuse.pipeline.avae.model import DEFAULT_WEIGHTS
+    from emfuse.pipeline.avae.model import default_weights
 
     from ..jobs.flows import tem_fuse_flow
     from .console import print_tem_summary
 
-    if not DEFAULT_WEIGHTS.is_file():
-        print(f"tem-fuse:     skipped (no default AVAE weights at {DEFAULT_WEIGHTS})")
+    weights = default_weights(True)  # the synthetic store has flat references
+    if not weights.is_file():
+        print(f"tem-fuse:     skipped (no default AVAE weights at {weights})")
         return None
     start = time.perf_counter()
     source = write_synthetic("tem-modes", out / "demo_tem_modes.zarr", shape=(size, size), material="ceramic",

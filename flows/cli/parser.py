@@ -332,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restored_hrtem: a residual on the HRTEM restored by --base-model, which the network "
                         "starts from (docs/methods/avae.md) (default %(default)s)")
     p.add_argument("--base-model", default="r_em:sfr_hrtem",
-                   help="the restoration network of the base: a name of `emfuse restore --model` or a "
-                        ".safetensors file (default %(default)s)")
+                   help="the restoration network of the base: a name of `emfuse restore --model`, a "
+                        ".safetensors file, or 'wiener' (the Wiener-filtered HRTEM, no weights to install) "
+                        "(default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
     p.set_defaults(func=cmd_train_avae)

@@ -13,7 +13,7 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    ``preprocessing``. With a ``flat_reference`` (mode, y, x) in the input (each mode's beam
    recorded without specimen) every mode is divided by it first and no smooth surface is fitted,
    so BF keeps the specimen's own slow contrast (its thickness); the default model is then the
-   one trained that way (:data:`emfuse.pipeline.avae.model.FLAT_WEIGHTS`). For a model that is a
+   one trained that way (:func:`emfuse.pipeline.avae.model.default_weights`). For a model that is a
    residual on a restored HRTEM (``AVAEConfig.base``) the statistics of its base are fitted here
    too, on the same central crop (:class:`emfuse.pipeline.avae.base.BaseFit`: the restoration
    network's standardisation and the restored image's), and stored in the attribute ``base``;
@@ -46,9 +46,9 @@ import xarray as xr
 
 from emfuse.errors import EmfuseError
 from emfuse.pipeline import tiles
-from emfuse.pipeline.avae.base import BaseFit, flat_hrtem, load_base_network
+from emfuse.pipeline.avae.base import WIENER, BaseFit, flat_hrtem, load_base_network
 from emfuse.pipeline.avae.fuse import fuse_tile
-from emfuse.pipeline.avae.model import AVAE, DEFAULT_WEIGHTS, FLAT_WEIGHTS, load_avae
+from emfuse.pipeline.avae.model import AVAE, default_weights, load_avae, model_info
 from emfuse.pipeline.avae.modes import MODES
 from emfuse.pipeline.avae.preprocess import Preprocessing
 from emfuse.pipeline.restore.select import pixel_size_nm
@@ -178,7 +178,7 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     flat = check_flat(ds, source)
     if tile < 16 or tile % 2:
         raise TemFuseInputError(f"--tile must be even and at least 16, got {tile}")
-    weights = Path(model) if model is not None else FLAT_WEIGHTS if flat is not None else DEFAULT_WEIGHTS
+    weights = Path(model) if model is not None else default_weights(flat is not None)
     cfg = load_avae(weights).cfg  # fail here, naming the file, rather than in every worker
     if cfg.has_base:
         load_base_network(cfg.base_model)  # and its restoration network (r_em needs emfuse[r_em])
@@ -200,8 +200,9 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     template[layout.TEM_FUSED].attrs.update(
         units="standardised", description="AVAE fusion of BF, DF and HRTEM: the projected structure, "
         "zero mean and unit standard deviation (affine-calibrate to compare with a truth)"
-        + ("; a residual on the HRTEM restored by " + cfg.base_model + ", in its contrast (which may be "
-           "inverted against the projected potential)" if cfg.has_base else ""))
+        + ("; a residual on the HRTEM " + ("Wiener-filtered" if cfg.base_model == WIENER else "restored by "
+           + cfg.base_model) + ", in its contrast (which may be inverted against the projected potential)"
+           if cfg.has_base else ""))
     template[layout.ATTENTION].attrs.update(
         units="1", description="attention weight of each mode in the fused latent (sums to 1 over mode)")
     template[layout.MODES].attrs.update(ds[layout.MODES].attrs)
@@ -216,7 +217,7 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
         grid = tiles.tile_grid((ny, nx), tile, halo)
         TileRecord.create(out, JOB, (grid[-1].index[0] + 1, grid[-1].index[1] + 1))
     if state == "new" and model is None:
-        for warning in unlike_training(ds):
+        for warning in unlike_training(ds, model_info(weights)):
             add_warnings(out, warning)
     return job, state
 
@@ -228,9 +229,12 @@ TRAINING_PIXEL_NM = 0.05
 PIXEL_FACTOR = 1.5
 
 
-def unlike_training(ds: xr.Dataset) -> list[dict[str, Any]]:
-    """Warnings for modes unlike the data the committed weights were trained on (simulated regions
-    of three crystal classes at :data:`TRAINING_PIXEL_NM`): real data, and another pixel size.
+def unlike_training(ds: xr.Dataset, info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Warnings for modes unlike the data the weights were trained on (simulated regions): real
+    data, and another pixel size. ``info`` is the weights' metadata
+    (:func:`~emfuse.pipeline.avae.model.model_info`): its
+    ``pixel_nm`` range (the randomised simulator's) where it has one, else
+    :data:`TRAINING_PIXEL_NM` within :data:`PIXEL_FACTOR`.
 
     A store from ``emfuse synth tem-modes`` (it has ``true_structure``) at the training pixel
     size draws none. The fused image of a real dataset may be worse than its HRTEM (see
@@ -240,17 +244,18 @@ def unlike_training(ds: xr.Dataset) -> list[dict[str, Any]]:
     if layout.TRUE_STRUCTURE not in ds:
         found.append(make_warning(
             "avae-simulated-training",
-            "the AVAE's weights were trained on simulated BF/DF/HRTEM regions only (metal, "
-            "semiconductor and ceramic crystals), not on data from an instrument: compare tem_fused "
+            "the AVAE's weights were trained on simulated BF/DF/HRTEM regions only (crystals of the "
+            "simulators), not on data from an instrument: compare tem_fused "
             "with the HRTEM (modes, mode hrtem) before relying on it, or train weights on your own "
             "simulations (emfuse train-avae).", stage="plan"))
     pixel = pixel_size_nm(ds.coords)
-    if pixel is not None and not TRAINING_PIXEL_NM / PIXEL_FACTOR <= pixel <= TRAINING_PIXEL_NM * PIXEL_FACTOR:
+    low, high = (info or {}).get("pixel_nm") or (TRAINING_PIXEL_NM / PIXEL_FACTOR, TRAINING_PIXEL_NM * PIXEL_FACTOR)
+    if pixel is not None and not low <= pixel <= high:
         found.append(make_warning(
             "avae-pixel-size",
             f"the modes' pixel size is {pixel:g} nm and the AVAE's weights were trained at "
-            f"{TRAINING_PIXEL_NM:g} nm: lattice fringes and columns span other numbers of pixels than "
-            "in training. Bin or resample the modes to about that size, or train weights at yours "
+            f"{low:.3g}-{high:.3g} nm: lattice fringes and columns span other numbers of pixels than "
+            "in training. Bin or resample the modes into that range, or train weights at yours "
             "(emfuse synth tem-modes and emfuse train-avae).", stage="plan", pixel_nm=round(pixel, 6)))
     return found
 

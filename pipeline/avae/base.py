@@ -50,7 +50,11 @@ if TYPE_CHECKING:
 #: rather than in blended tiles whose seams would differ from window to window.
 RESTORE_TILE, RESTORE_OVERLAP = 512, 64
 
-__all__ = ["BaseFit", "flat_hrtem", "load_base_network", "region_bases", "with_base"]
+__all__ = ["WIENER", "BaseFit", "flat_hrtem", "load_base_network", "region_bases", "with_base"]
+
+#: The name of the base made by :func:`~emfuse.pipeline.avae.baselines.wiener_filter` instead of a
+#: restoration network: no weights to install, its cutoff chosen by each image's own spectrum.
+WIENER = "wiener"
 
 
 def flat_hrtem(prep: Preprocessing, window_modes: Any, window: tuple[slice, slice] | None = None) -> np.ndarray:
@@ -65,10 +69,18 @@ def flat_hrtem(prep: Preprocessing, window_modes: Any, window: tuple[slice, slic
 
 
 def load_base_network(name: str, device: Any = None) -> torch.nn.Module:
-    """The restoration network of a base (:func:`emfuse.pipeline.restore.load_model`)."""
+    """The restoration network of a base: :data:`WIENER`
+    (:class:`~emfuse.pipeline.avae.wiener_base.WienerNetwork`) or a name of
+    :func:`emfuse.pipeline.restore.load_model`."""
+    if name == WIENER:
+        from .wiener_base import WienerNetwork  # torch is imported only here
+
+        return WienerNetwork()
     from ..restore import load_model
 
     return load_model(name, device=device)
+
+
 
 
 def _residual_network(net: torch.nn.Module) -> torch.nn.Module:

@@ -150,6 +150,25 @@ def test_the_base_of_a_region_is_the_restored_hrtem_standardised():
     assert BaseFit.from_dict(json.loads(json.dumps(fit.to_dict()))) == fit
 
 
+def test_the_wiener_base_is_the_wiener_filtered_hrtem_standardised_with_no_weights():
+    from emfuse.pipeline.avae.base import WIENER, load_base_network
+    from emfuse.pipeline.avae.baselines import wiener_filter
+
+    net = load_base_network(WIENER)
+    assert not list(net.parameters())
+    y, x = np.mgrid[:96, :80]
+    lattice = 50 + 10 * np.cos(2 * np.pi * x / 6) * np.cos(2 * np.pi * y / 7)
+    hrtem = (lattice + np.random.default_rng(10).normal(0, 8, lattice.shape)).astype(np.float32)
+    fit, base = BaseFit.fit(hrtem, net)
+    filtered = wiener_filter(hrtem)
+    np.testing.assert_allclose(base, (filtered - filtered.mean()) / filtered.std(), atol=1e-4)
+    assert np.abs(filtered - lattice).std() < 0.5 * np.abs(hrtem - lattice).std()  # it filters
+    bases, restored = region_bases(np.stack([hrtem, hrtem[::-1]]), net)
+    np.testing.assert_allclose(restored[1], wiener_filter(hrtem[::-1]), atol=1e-3)
+    window = fit.apply(hrtem[:64, :64], net)  # a window is filtered in one piece, with its own noise level
+    np.testing.assert_allclose(window, fit.standardise(wiener_filter(hrtem[:64, :64])), atol=1e-4)
+
+
 def test_a_window_is_restored_with_the_datasets_statistics():
     """Not the window's own brightness: the interior of a window's base equals the whole image's."""
     net = _tiny_cgrdn()
