@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
         held = np.array([m in args.hold_out for m in prepared.materials])
         train, val, test = train[~held[train]], val[~held[val]], np.flatnonzero(held)
     given = [*(item.split("=", 1)[1] for item in args.load), *((args.avae_weights,) if args.avae_weights else ())]
+    if args.pretrained and not args.avae_weights:  # the job's default may be a residual network too
+        given.append(default_weights(args.flat_reference))
     base_models = {load_avae(path).cfg.base_model for path in given if load_avae(path).cfg.has_base}
     if args.base != "none" and not args.pretrained:
         base_models.add(args.base_model)
