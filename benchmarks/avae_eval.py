@@ -76,9 +76,9 @@ from emfuse.pipeline.avae.model import (  # noqa: E402
     BASES,
     DEFAULT_BASE_MODEL,
     FLAT_VAE_WEIGHTS,
+    RESIDUAL_WIENER_WEIGHTS,
     VAE_WEIGHTS,
     AVAEConfig,
-    default_weights,
     load_avae,
     save_avae,
 )
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n", type=int, required=True, help="regions to simulate")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--size", type=int, default=192, help="region side in px (default %(default)s)")
-    p.add_argument("--pretrained", action="store_true", help="load tem-fuse's default weights (emfuse.pipeline.avae.model.default_weights) and the "
+    p.add_argument("--pretrained", action="store_true", help="load tem-fuse's default weights (emfuse.pipeline.avae.model.RESIDUAL_WIENER_WEIGHTS) and the "
                         "committed equal-weight VAE, do not train")
     p.add_argument("--steps", type=int, default=TrainSettings().steps)
     p.add_argument("--lr", type=float, default=TrainSettings().lr)
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         train, val, test = train[~held[train]], val[~held[val]], np.flatnonzero(held)
     given = [*(item.split("=", 1)[1] for item in args.load), *((args.avae_weights,) if args.avae_weights else ())]
     if args.pretrained and not args.avae_weights:  # the job's default may be a residual network too
-        given.append(default_weights(args.flat_reference))
+        given.append(RESIDUAL_WIENER_WEIGHTS)
     base_models = {load_avae(path).cfg.base_model for path in given if load_avae(path).cfg.has_base}
     if args.base != "none" and not args.pretrained:
         base_models.add(args.base_model)
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     training: dict = {"pretrained": args.pretrained}
     models = {}
     if args.pretrained:
-        paths = {"avae": args.avae_weights or default_weights(args.flat_reference),
+        paths = {"avae": args.avae_weights or RESIDUAL_WIENER_WEIGHTS,
                  "vae": args.vae_weights or (FLAT_VAE_WEIGHTS if args.flat_reference else VAE_WEIGHTS)}
         if args.compare_z:
             if args.z_weights is None:

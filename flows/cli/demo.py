@@ -54,12 +54,12 @@ def run_demo(
 
 def tem_fuse_demo(out: Path, *, cluster: str = "local", seed: int = 0, size: int = 256) -> dict[str, Any] | None:
     """BF, DF and HRTEM of a synthetic polycrystal fused with the committed AVAE weights, and reported."""
-    from emfuse.pipeline.avae.model import default_weights
+    from emfuse.pipeline.avae.model import RESIDUAL_WIENER_WEIGHTS
 
     from ..jobs.flows import tem_fuse_flow
     from .console import print_tem_summary
 
-    weights = default_weights(True)  # the synthetic store has flat references
+    weights = RESIDUAL_WIENER_WEIGHTS
     if not weights.is_file():
         print(f"tem-fuse:     skipped (no default AVAE weights at {weights})")
         return None

@@ -12,8 +12,8 @@ Stages (each skipped on a rerun once recorded as done in the output store):
    once (:class:`emfuse.pipeline.avae.preprocess.Preprocessing`) and stored in the attribute
    ``preprocessing``. With a ``flat_reference`` (mode, y, x) in the input (each mode's beam
    recorded without specimen) every mode is divided by it first and no smooth surface is fitted,
-   so BF keeps the specimen's own slow contrast (its thickness); the default model is then the
-   one trained that way (:func:`emfuse.pipeline.avae.model.default_weights`). For a model that is a
+   so BF keeps the specimen's own slow contrast (its thickness). The default model
+   (:data:`emfuse.pipeline.avae.model.RESIDUAL_WIENER_WEIGHTS`) was trained on both kinds. For a model that is a
    residual on a restored HRTEM (``AVAEConfig.base``) the statistics of its base are fitted here
    too, on the same central crop (:class:`emfuse.pipeline.avae.base.BaseFit`: the restoration
    network's standardisation and the restored image's), and stored in the attribute ``base``;
@@ -48,7 +48,7 @@ from emfuse.errors import EmfuseError
 from emfuse.pipeline import tiles
 from emfuse.pipeline.avae.base import WIENER, BaseFit, flat_hrtem, load_base_network
 from emfuse.pipeline.avae.fuse import fuse_tile
-from emfuse.pipeline.avae.model import AVAE, default_weights, load_avae, model_info
+from emfuse.pipeline.avae.model import AVAE, RESIDUAL_WIENER_WEIGHTS, load_avae, model_info
 from emfuse.pipeline.avae.modes import MODES
 from emfuse.pipeline.avae.preprocess import Preprocessing
 from emfuse.pipeline.restore.select import pixel_size_nm
@@ -178,7 +178,7 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     flat = check_flat(ds, source)
     if tile < 16 or tile % 2:
         raise TemFuseInputError(f"--tile must be even and at least 16, got {tile}")
-    weights = Path(model) if model is not None else default_weights(flat is not None)
+    weights = Path(model) if model is not None else RESIDUAL_WIENER_WEIGHTS
     cfg = load_avae(weights).cfg  # fail here, naming the file, rather than in every worker
     if cfg.has_base:
         load_base_network(cfg.base_model)  # and its restoration network (r_em needs emfuse[r_em])

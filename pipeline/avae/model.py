@@ -70,20 +70,21 @@ from torch.nn import functional as F
 from ...errors import InputError, InputFileNotFound
 from ..weights_io import save_safetensors
 
-__all__ = ["ATTENTION_INPUTS", "AVAE", "BASES", "AVAEConfig", "AVAEOutput", "DEFAULT_BASE_MODEL", "DEFAULT_WEIGHTS", "FLAT_VAE_WEIGHTS", "FLAT_WEIGHTS", "RESIDUAL_WIENER_WEIGHTS", "VAE_WEIGHTS", "avae_loss", "default_weights", "load_avae", "save_avae"]
+__all__ = ["ATTENTION_INPUTS", "AVAE", "BASES", "AVAEConfig", "AVAEOutput", "DEFAULT_BASE_MODEL", "DEFAULT_WEIGHTS", "FLAT_VAE_WEIGHTS", "FLAT_WEIGHTS", "RESIDUAL_WIENER_WEIGHTS", "VAE_WEIGHTS", "avae_loss", "load_avae", "save_avae"]
 
-#: The project's own trained weights (small, committed).
+#: The plain AVAE trained on the default simulator with the illumination fitted (small, committed;
+#: tem-fuse's default for such inputs until 2026-12-07, now :data:`RESIDUAL_WIENER_WEIGHTS`).
 DEFAULT_WEIGHTS = Path(__file__).parent / "models" / "default.safetensors"
 #: The same network without attention (equal weights), trained alike: the ``vae`` baseline.
 VAE_WEIGHTS = Path(__file__).parent / "models" / "vae_equal_weights.safetensors"
 #: Trained on modes divided by their flat (vacuum) references (``prepare_regions(flat_reference=True)``):
-#: the default of tem-fuse for inputs with a ``flat_reference``; and its equal-weight baseline.
+#: tem-fuse's default for inputs with a ``flat_reference`` until 2026-12-07; and its equal-weight baseline.
 FLAT_WEIGHTS = Path(__file__).parent / "models" / "flat_reference.safetensors"
 FLAT_VAE_WEIGHTS = Path(__file__).parent / "models" / "flat_reference_vae.safetensors"
 #: A residual on the Wiener-filtered HRTEM with a gain path from every mode (``AVAEConfig(base=
 #: "restored_hrtem", base_model="wiener", mode_gains=True)``), trained on the randomised simulator's
-#: flat-referenced regions with three structure families held out: the default of tem-fuse for inputs
-#: with a ``flat_reference`` (:func:`default_weights`; docs/methods/avae.md).
+#: regions, half with a flat reference and half with the illumination fitted, three structure
+#: families held out: tem-fuse's default for both kinds of input (docs/methods/avae.md).
 RESIDUAL_WIENER_WEIGHTS = Path(__file__).parent / "models" / "residual_wiener.safetensors"
 FORMAT = "emfuse-avae-1"  # bump when the state-dict layout changes
 #: What the attention scores are computed from: ``"z"`` the paper's ``a' [z_1; ...; z_n]`` (a 1 x 1
@@ -322,19 +323,6 @@ def save_avae(model: AVAE, path: str | os.PathLike, *, metadata: dict[str, Any] 
     header = {"format": FORMAT, "config": model.cfg.to_json(), "info": json.dumps(metadata or {}, default=str)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return save_safetensors(tensors, path, header)
-
-
-def default_weights(flat_reference: bool) -> Path:
-    """The committed weights tem-fuse uses when no ``--model`` is given.
-
-    With a flat reference, the residual on the Wiener-filtered HRTEM
-    (:data:`RESIDUAL_WIENER_WEIGHTS`: the best network here on structure families it never saw);
-    with the illumination fitted, the plain AVAE trained that way (:data:`DEFAULT_WEIGHTS`).
-
-    >>> default_weights(True).name, default_weights(False).name
-    ('residual_wiener.safetensors', 'default.safetensors')
-    """
-    return RESIDUAL_WIENER_WEIGHTS if flat_reference else DEFAULT_WEIGHTS
 
 
 def model_info(path: str | os.PathLike) -> dict[str, Any]:

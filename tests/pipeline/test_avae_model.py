@@ -276,14 +276,14 @@ def test_the_committed_weights_load_and_say_what_they_are():
     flat, flat_vae = load_avae(FLAT_WEIGHTS), load_avae(FLAT_VAE_WEIGHTS)
     assert flat.cfg.attention and not flat_vae.cfg.attention and shapes(flat) == shapes(avae)
     assert model_info(FLAT_WEIGHTS)["flat_reference"] and "flat_reference" not in model_info(DEFAULT_WEIGHTS)
-    from emfuse.pipeline.avae.model import RESIDUAL_WIENER_WEIGHTS, default_weights
+    from emfuse.pipeline.avae.model import RESIDUAL_WIENER_WEIGHTS
 
     residual = load_avae(RESIDUAL_WIENER_WEIGHTS)
     assert (residual.cfg.base, residual.cfg.base_model, residual.cfg.mode_gains) == ("restored_hrtem", "wiener", True)
     info = model_info(RESIDUAL_WIENER_WEIGHTS)
-    assert info["flat_reference"] and "fcc" in info["trained_on"] and "held out" in info["description"]
+    assert info["illumination"] == "both" and "fcc" in info["trained_on"] and "held out" in info["description"]
+    assert info["settings"]["mode_dropout"] > 0 and len(info["pixel_nm"]) == 2
     assert RESIDUAL_WIENER_WEIGHTS.stat().st_size < 2_000_000
-    assert (default_weights(True), default_weights(False)) == (RESIDUAL_WIENER_WEIGHTS, DEFAULT_WEIGHTS)
 
 
 def test_hrtem_baselines_use_the_recorded_hrtem_in_the_truth_frame():
