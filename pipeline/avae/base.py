@@ -81,8 +81,6 @@ def load_base_network(name: str, device: Any = None) -> torch.nn.Module:
     return load_model(name, device=device)
 
 
-
-
 def _residual_network(net: torch.nn.Module) -> torch.nn.Module:
     """``net``'s residual network (``core``) as a module of its own, for images standardised outside:
     :func:`~emfuse.pipeline.restore.inference.restore` then runs it on the tiles as it is."""

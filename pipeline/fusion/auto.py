@@ -455,7 +455,11 @@ def heldout_score(fused: np.ndarray, heldout: np.ndarray, mask: np.ndarray | Non
     >>> heldout_score(2 * y + 1, y), heldout_score(np.zeros_like(y), y)
     (0.0, 1.0)
     """
-    scores = heldout_scores(fused, heldout, mask)
+    return _mean_finite(heldout_scores(fused, heldout, mask))
+
+
+def _mean_finite(scores: np.ndarray) -> float:
+    """The mean of the finite scores (NaN: an element without held-out variance), NaN if none."""
     scores = scores[np.isfinite(scores)]
     return float(np.mean(scores)) if scores.size else float("nan")
 
@@ -792,8 +796,7 @@ def choose_lambdas(
         """The search's score: per fold the mean over the elements with held-out variance
         (:func:`heldout_score`), then the mean over folds."""
         lc, lt = chem_axis.value(k_chem), tv_axis.value(k_tv)
-        per_fold = [float(np.mean(row[np.isfinite(row)])) if np.isfinite(row).any() else float("nan")
-                    for row in fold_scores(lc, lt)]
+        per_fold = [_mean_finite(row) for row in fold_scores(lc, lt)]
         value = sum(per_fold) / len(per_fold)
         if callback is not None:
             callback(lc, lt, value)
