@@ -328,13 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-from", choices=("z", "stats"), default="z",
                    help="attention scores from the latents (z, the paper's a'[z]) or from every mode's mean "
                         "and log-variance with 3x3 context (stats) (default %(default)s)")
-    p.add_argument("--base", choices=("none", "restored_hrtem"), default="none",
+    p.add_argument("--base", choices=("none", "restored_hrtem"), default="restored_hrtem",
                    help="restored_hrtem: a residual on the HRTEM restored by --base-model, which the network "
-                        "starts from (docs/methods/avae.md) (default %(default)s)")
-    p.add_argument("--base-model", default="r_em:sfr_hrtem",
-                   help="the restoration network of the base: a name of `emfuse restore --model`, a "
-                        ".safetensors file, or 'wiener' (the Wiener-filtered HRTEM, no weights to install) "
+                        "starts from, as tem-fuse's default weights; none: the plain AVAE "
+                        "(docs/methods/avae.md) (default %(default)s)")
+    p.add_argument("--base-model", default="wiener",
+                   help="the restoration network of the base: 'wiener' (the Wiener-filtered HRTEM, no weights "
+                        "to install), a name of `emfuse restore --model` or a .safetensors file "
                         "(default %(default)s)")
+    p.add_argument("--no-mode-gains", dest="mode_gains", action="store_false",
+                   help="without the gain-map path from every mode to the output (AVAEConfig.mode_gains, on "
+                        "by default for a residual network)")
+    p.add_argument("--mode-dropout", type=float, default=0.25,
+                   help="fraction of the training crops fused from a random subset of the modes, so the "
+                        "network copes with a missing mode (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
     p.set_defaults(func=cmd_train_avae)

@@ -24,7 +24,11 @@ def test_synth_train_fuse_report(prefect_harness, tmp_path, capsys):
     assert "step 4: reconstruction" in printed and "validation MSE" in printed
     info = model_info(model)
     assert info["regions"] == {"train": 3, "validation": 1} and info["settings"]["lr"] == 1e-4
-    assert load_avae(model).cfg.features == 4 and load_avae(model).cfg.attention_from == "stats"
+    cfg = load_avae(model).cfg
+    assert cfg.features == 4 and cfg.attention_from == "stats"
+    # by default the recipe of tem-fuse's own weights: a residual on the Wiener HRTEM, mode gains, mode dropout
+    assert (cfg.base, cfg.base_model, cfg.mode_gains, info["settings"]["mode_dropout"]) == (
+        "restored_hrtem", "wiener", True, 0.25)
     assert main(["tem-fuse", str(store), "--out", str(out), "--model", str(model), "--tile", "64",
                  "--halo", "16", "--cluster", "local-threads"]) == 0
     printed = capsys.readouterr().out
@@ -56,6 +60,9 @@ def test_train_avae_residual_on_a_restored_hrtem(prefect_harness, tmp_path, caps
                  "--base-model", str(restoration)]) == 0
     cfg = load_avae(model).cfg
     assert cfg.base == "restored_hrtem" and cfg.base_model == str(restoration)
+    plain = tmp_path / "plain.safetensors"
+    assert main(["train-avae", str(store), "--out", str(plain), *common, "--base", "none"]) == 0
+    assert (load_avae(plain).cfg.base, load_avae(plain).cfg.mode_gains) == ("none", False)
     assert main(["tem-fuse", str(store), "--out", str(out), "--model", str(model), "--tile", "96",
                  "--halo", "16", "--cluster", "local-threads"]) == 0
     assert open_dataset(out).attrs["base"]["model"] == str(restoration)
@@ -72,3 +79,5 @@ def test_bad_inputs_are_one_line_errors(prefect_harness, tmp_path, capsys):
     assert "has no 'modes'" in capsys.readouterr().err
     assert main(["train-avae", str(si), "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "has no 'modes'" in capsys.readouterr().err
+    assert main(["train-avae", str(si), "--out", str(tmp_path / "m.safetensors"), "--mode-dropout", "1"]) == 2
+    assert "--mode-dropout must be in [0, 1)" in capsys.readouterr().err
