@@ -222,8 +222,8 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     return job, state
 
 
-#: Pixel size (nm) of the simulated regions the committed AVAE weights were trained on
-#: (:func:`emfuse.pipeline.synth.tem_modes.simulate_region`'s default).
+#: Pixel size (nm) of the default simulator's regions (:func:`emfuse.pipeline.synth.tem_modes.simulate_region`'s
+#: default), which the plain committed weights were trained on: the range for weights without ``pixel_nm``.
 TRAINING_PIXEL_NM = 0.05
 #: A pixel size within this factor of :data:`TRAINING_PIXEL_NM` draws no warning.
 PIXEL_FACTOR = 1.5
