@@ -250,9 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.hold_out:  # a whole material family never trained on nor validated with: all its regions are tested
         held = np.array([m in args.hold_out for m in prepared.materials])
         train, val, test = train[~held[train]], val[~held[val]], np.flatnonzero(held)
+    if args.pretrained and not args.avae_weights:  # tem-fuse's default, which may be a residual network too
+        args.avae_weights = RESIDUAL_WIENER_WEIGHTS
     given = [*(item.split("=", 1)[1] for item in args.load), *((args.avae_weights,) if args.avae_weights else ())]
-    if args.pretrained and not args.avae_weights:  # the job's default may be a residual network too
-        given.append(RESIDUAL_WIENER_WEIGHTS)
     base_models = {load_avae(path).cfg.base_model for path in given if load_avae(path).cfg.has_base}
     if args.base != "none" and not args.pretrained:
         base_models.add(args.base_model)
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     training: dict = {"pretrained": args.pretrained}
     models = {}
     if args.pretrained:
-        paths = {"avae": args.avae_weights or RESIDUAL_WIENER_WEIGHTS,
+        paths = {"avae": args.avae_weights,
                  "vae": args.vae_weights or (FLAT_VAE_WEIGHTS if args.flat_reference else VAE_WEIGHTS)}
         if args.compare_z:
             if args.z_weights is None:

@@ -243,8 +243,6 @@ def cmd_train_avae(args: argparse.Namespace) -> int:
 
     for store in args.stores:
         _require(store)
-    if not 0 <= args.mode_dropout < 1:
-        raise InputError(f"--mode-dropout must be in [0, 1), got {args.mode_dropout}")
     settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, beta=args.beta, crop=args.crop,
                              seed=args.seed, threads=args.threads, mode_dropout=args.mode_dropout)
     cfg = AVAEConfig(features=args.features, latent=args.latent, attention=not args.no_attention,

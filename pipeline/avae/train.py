@@ -70,6 +70,10 @@ class TrainSettings:
     #: is the per-region "never worse than the best mode" of issue 18. 0: off.
     best_single_hinge: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.mode_dropout < 1:  # at 1 no crop would ever be fused from all its modes
+            raise InputError(f"mode_dropout (--mode-dropout) must be in [0, 1), got {self.mode_dropout}")
+
 
 def single_input_mse(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per crop and channel, the MSE of the channel's best affine fit to the target.

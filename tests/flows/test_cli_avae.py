@@ -80,4 +80,4 @@ def test_bad_inputs_are_one_line_errors(prefect_harness, tmp_path, capsys):
     assert main(["train-avae", str(si), "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "has no 'modes'" in capsys.readouterr().err
     assert main(["train-avae", str(si), "--out", str(tmp_path / "m.safetensors"), "--mode-dropout", "1"]) == 2
-    assert "--mode-dropout must be in [0, 1)" in capsys.readouterr().err
+    assert "mode_dropout (--mode-dropout) must be in [0, 1)" in capsys.readouterr().err
