@@ -164,6 +164,12 @@ def test_modes_unlike_the_training_data_are_marked_check(tmp_path, store):
     found = {w["code"]: w for w in read_warnings(tmp_path / "real_out.zarr")}
     assert set(found) == {"avae-simulated-training", "avae-pixel-size"}
     assert found["avae-pixel-size"]["pixel_nm"] == pytest.approx(0.15) and "0.15 nm" in found["avae-pixel-size"]["message"]
+    # the default weights' own training range (pixel_nm in their metadata, 0.018-0.068 nm), not 0.05 nm +- 1.5x
+    fine = open_dataset(store)
+    fine = fine.assign_coords({d: (d, fine[d].values / 2, fine[d].attrs) for d in ("y", "x")})  # 0.05 -> 0.025 nm
+    write_dataset(fine, tmp_path / "fine.zarr")
+    tem_fuse_job.plan(tmp_path / "fine.zarr", tmp_path / "fine_out.zarr", tile=32, halo=16)
+    assert read_warnings(tmp_path / "fine_out.zarr") == []
 
 
 def test_a_residual_model_gets_its_restored_hrtem_base_on_every_window(tmp_path, store, client):
