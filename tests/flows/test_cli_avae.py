@@ -57,9 +57,9 @@ def test_train_avae_residual_on_a_restored_hrtem(prefect_harness, tmp_path, caps
     assert main(["synth", "tem-modes", "--out", str(store), "--shape", "96", "96", "--seed", "4"]) == 0
     common = ["--steps", "2", "--batch", "2", "--crop", "16", "--region", "48", "--features", "4", "--latent", "2"]
     assert main(["train-avae", str(store), "--out", str(model), *common, "--base", "restored_hrtem",
-                 "--base-model", str(restoration)]) == 0
+                 "--base-model", str(restoration), "--no-mode-gains"]) == 0
     cfg = load_avae(model).cfg
-    assert cfg.base == "restored_hrtem" and cfg.base_model == str(restoration)
+    assert cfg.base == "restored_hrtem" and cfg.base_model == str(restoration) and not cfg.mode_gains
     plain = tmp_path / "plain.safetensors"
     assert main(["train-avae", str(store), "--out", str(plain), *common, "--base", "none"]) == 0
     assert (load_avae(plain).cfg.base, load_avae(plain).cfg.mode_gains) == ("none", False)
