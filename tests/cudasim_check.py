@@ -68,7 +68,8 @@ def check_kernels() -> dict[str, float]:
         got = kc.objective_terms(x, b_haadf, b_maps, weights, 1.6, 0.1, pow_out=pow_got, valid=v)
         out[f"objective_terms{'_masked' if masked else ''}"] = _rel(got, ref)
         out[f"objective_pow_out{'_masked' if masked else ''}"] = _range_error(pow_got, pow_ref)
-    out["relative_change"] = _rel(kc.relative_change(x, b_maps), kn.relative_change(x, b_maps))
+    v = x - 0.5 * b_maps
+    out["step_sums"] = _rel(kc.step_sums(x, v, b_maps), kn.step_sums(x, v, b_maps))
     return out
 
 

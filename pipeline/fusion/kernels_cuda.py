@@ -25,7 +25,7 @@ One thread per pixel
     ``q = proj(r + step grad x)`` and, with FGP momentum, the extrapolation
     ``p <- q + mom (q - p)`` in place (no other thread reads ``p``). ``r`` is read
     across pixels, so ``q`` goes to another buffer; buffers rotate on the host.
-``objective_terms`` and ``relative_change``
+``objective_terms`` and ``step_sums``
     Each thread computes its pixel's terms in the working type, converts them
     to float64 and the block reduces them in shared memory (a tree over the 256
     threads); one float64 partial sum per block goes to global memory and the
@@ -298,27 +298,31 @@ def _objective_kernel(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, valid, u
 
 
 @cuda.jit
-def _change_kernel(new, old, partial):  # pragma: no cover - runs on the device
-    # sum (new - old)^2 | sum old^2 over the block's pixels and every element, float64.
+def _step_kernel(x, v, new, partial):  # pragma: no cover - runs on the device
+    # sum (new - x)^2 | sum (x - v)(new - x) | sum x^2 over the block's pixels and every element, float64.
     j, i = cuda.grid(2)
-    n_el, ny, nx = new.shape
+    n_el, ny, nx = x.shape
     tid = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-    sums = cuda.shared.array((2, THREADS), float64)  # (new - old)^2 | old^2
-    diff = float64(0.0)
-    ref = float64(0.0)
+    sums = cuda.shared.array((3, THREADS), float64)
+    dd = float64(0.0)
+    gd = float64(0.0)
+    xx = float64(0.0)
     if i < ny and j < nx:
         for e in range(n_el):
-            o = float64(old[e, i, j])
+            o = float64(x[e, i, j])
             d = float64(new[e, i, j]) - o
-            diff += d * d
-            ref += o * o
-    sums[0, tid] = diff
-    sums[1, tid] = ref
+            dd += d * d
+            gd += (o - float64(v[e, i, j])) * d
+            xx += o * o
+    sums[0, tid] = dd
+    sums[1, tid] = gd
+    sums[2, tid] = xx
     _block_sum(sums, tid)
     if tid == 0:
         block = cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x
         partial[block, 0] = sums[0, 0]
         partial[block, 1] = sums[1, 0]
+        partial[block, 2] = sums[2, 0]
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -538,25 +542,27 @@ def objective_terms(
     return float(sums[0]), float(sums[1]), float(sums[2])
 
 
-def relative_change(new: Any, old: Any, *, partial: Any = None) -> float:
-    """``||new - old|| / ||old||`` (float64 block sums on the device, no temporaries).
+def step_sums(x: Any, v: Any, new: Any, *, partial: Any = None) -> tuple[float, float, float]:
+    """``(||new - x||^2, <x - v, new - x>, ||x||^2)``: float64 block sums on the device, no temporaries.
+
+    The CUDA twin of :func:`.kernels_numba.step_sums` (the backtracking test and the stopping rule).
 
     Parameters
     ----------
-    new, old
-        Two stacks of the same shape and dtype on the device.
+    x, v, new
+        The iterate, its gradient step and the proximal point: stacks of the same shape and dtype on the device.
     partial
-        A float64 (blocks, 2) buffer for the block sums (allocated when None).
+        A float64 (blocks, 3) buffer for the block sums (allocated when None).
 
     Returns
     -------
-    float
-        The relative change.
+    tuple of float
+        The three sums.
     """
-    new, old = _stack(new), _stack(old)
-    xp = get_xp(new)
+    x, v, new = _stack(x), _stack(v), _stack(new)
+    xp = get_xp(x)
     if partial is None:
-        partial = xp.empty((_n_blocks(new.shape[1], new.shape[2]), 2), xp.float64)
-    _launch(_change_kernel, new, new, old, partial)
-    diff, ref = partial.sum(axis=0).tolist()
-    return math.sqrt(diff) / max(math.sqrt(ref), 1e-30)
+        partial = xp.empty((_n_blocks(x.shape[1], x.shape[2]), 3), xp.float64)
+    _launch(_step_kernel, x, x, v, new, partial)
+    dd, gd, xx = partial.sum(axis=0).tolist()
+    return float(dd), float(gd), float(xx)

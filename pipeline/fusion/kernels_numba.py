@@ -16,6 +16,8 @@ the plain code does in many:
     the unit ball and the momentum extrapolation happen in the same pass.
 ``objective_terms``
     ``psi_1``, ``psi_2`` and ``TV`` in one pass, accumulated in float64.
+``step_sums``
+    the sums the backtracking test and the stopping rule need, in one pass.
 
 Every kernel computes what its plain counterpart in :mod:`.model`,
 :mod:`.tv` and :mod:`.solver` computes (the plain versions stay: they are the
@@ -449,23 +451,25 @@ def _objective_kernel(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, valid, u
 
 
 @njit(**_HELPER)
-def _change_row(new, old, i, lanes):  # pragma: no cover
+def _step_row(x, v, new, i, lanes):  # pragma: no cover
     lanes[:] = 0
-    for e in range(new.shape[0]):
-        for j in range(new.shape[2]):
-            o = np.float64(old[e, i, j])
+    for e in range(x.shape[0]):
+        for j in range(x.shape[2]):
+            o = np.float64(x[e, i, j])
             d = np.float64(new[e, i, j]) - o
             lanes[0] += d * d
-            lanes[1] += o * o
+            lanes[1] += (o - np.float64(v[e, i, j])) * d
+            lanes[2] += o * o
 
 
 @njit(**_PARALLEL)
-def _change_kernel(new, old, partial):  # pragma: no cover
-    for i in prange(new.shape[1]):
-        lanes = np.empty(2, dtype=np.float64)
-        _change_row(new, old, i, lanes)
+def _step_kernel(x, v, new, partial):  # pragma: no cover
+    for i in prange(x.shape[1]):
+        lanes = np.empty(3, dtype=np.float64)
+        _step_row(x, v, new, i, lanes)
         partial[i, 0] = lanes[0]
         partial[i, 1] = lanes[1]
+        partial[i, 2] = lanes[2]
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -641,10 +645,22 @@ def objective_terms(
     return float(psi_1), float(psi_2), float(tv)
 
 
-def relative_change(new: np.ndarray, old: np.ndarray) -> float:
-    """``||new - old|| / ||old||`` (float64 sums) without temporaries."""
-    new, old = _stack(new), _stack(old)
-    partial = np.empty((new.shape[1], 2), np.float64)
-    _launch(_change_kernel, new, old, partial)
-    diff, ref = partial.sum(axis=0)
-    return math.sqrt(diff) / max(math.sqrt(ref), 1e-30)
+def step_sums(x: np.ndarray, v: np.ndarray, new: np.ndarray) -> tuple[float, float, float]:
+    """``(||new - x||^2, <x - v, new - x>, ||x||^2)`` in float64, without temporaries.
+
+    For a gradient step ``v = x - t grad`` and its proximal point ``new``, the
+    second sum is ``t <grad, new - x>``: with the first it gives the quadratic
+    bound of the backtracking test, and the first and third the relative change.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.ones((1, 2, 2), np.float32)
+    >>> step_sums(x, x - 1, x + 2)
+    (16.0, 8.0, 4.0)
+    """
+    x, v, new = _stack(x), _stack(v), _stack(new)
+    partial = np.empty((x.shape[1], 3), np.float64)
+    _launch(_step_kernel, x, v, new, partial)
+    dd, gd, xx = partial.sum(axis=0)
+    return float(dd), float(gd), float(xx)

@@ -18,10 +18,10 @@ two ``x^(gamma-1)`` buffers               ``2 E``         the engine (objective 
 TV duals ``r`` and ``q`` (y and x parts)  ``4 E``         the engine (FGP: ``+ 2 E``, the previous ``p``)
 HAADF mask weights (``haadf_valid``)      ``1 + 1/s``     the solver (0/1 weights and the bool mask)
 per-element TV weights                    ``4`` (FGP 6)   one more one-image dual workspace
-block partial sums (float64)              ``40 / 256 B``  3 + 2 float64 per 256-pixel block
+block partial sums (float64)              ``48 / 256 B``  3 + 3 float64 per 256-pixel block
 ========================================  ==============  ==========================================
 
-so ``bytes/pixel = s (2 + 12 E) + 40/256`` for GP, unmasked, one TV weight (E = 4: 200 bytes).
+so ``bytes/pixel = s (2 + 12 E) + 48/256`` for GP, unmasked, one TV weight (E = 4: 200 bytes).
 At the end ``x0`` is released and the result's model HAADF (one image) is made as
 ``x * x^(gamma-1)`` from the last objective pass, weighted in the ``v`` buffer's place, so the
 end of the run needs no stack-sized temporaries and the peak is the one above.
@@ -88,9 +88,9 @@ def fusion_bytes_per_pixel(
     Examples
     --------
     >>> fusion_bytes_per_pixel(4)
-    200.15625
+    200.1875
     >>> fusion_bytes_per_pixel(4, momentum=True)
-    232.15625
+    232.1875
     """
     if n_elements < 1 or itemsize < 1:
         raise ValueError("n_elements and itemsize must be at least 1")
@@ -103,7 +103,7 @@ def fusion_bytes_per_pixel(
     if masked:
         floats += 1
         extra += 1.0  # the bool mask
-    partial = (3 + 2) * 8 / BLOCK_PIXELS
+    partial = (3 + 3) * 8 / BLOCK_PIXELS
     return floats * itemsize + extra + partial
 
 

@@ -26,9 +26,11 @@ def test_tutorial_datasets_objective_decreases(tutorial):
     assert result.costs.shape == (3, n_iter)
     assert np.isfinite(result.costs).all()
     assert result.objective[-1] < 0.9 * result.initial_objective
-    # backtracking makes every accepted iteration a descent step
+    # the published parameters never fail the smooth terms' quadratic bound: every iteration is the
+    # published one (step 1), also where the roughly solved TV step raises F a little (a rule on F halved there)
+    assert result.step_history == [1.0] * n_iter
     steps = np.diff(np.concatenate([[result.initial_objective], result.objective]))
-    assert (steps <= 1e-6 * abs(result.initial_objective)).all()
+    assert steps.max() <= 1e-4 * abs(result.initial_objective)
     assert np.isfinite(result.fused).all() and (result.fused >= 0).all()
     assert result.fused.shape == tutorial["maps"].shape
     assert result.haadf_model.shape == tutorial["haadf"].shape
@@ -212,3 +214,24 @@ def test_unfinished_run_warns_and_records_why(dysco3):
     assert quiet.convergence == result.convergence
     long = fuse(dysco3["haadf"], dysco3["maps"], dysco3["z"], warn=False, **{**dysco3["params"], "n_iter": 200})
     assert long.convergence == []
+
+
+def test_backtracking_keeps_a_large_lambda_chem_stable(dysco3):
+    # lambda_chem 512: the Poisson term's curvature b / (x + bkg)^2 makes step 1 far too long; without
+    # backtracking the iterates blow up (measured: maps up to ~4e3 in normalised units, F x 1e6)
+    haadf, maps = dysco3["haadf"][:64, :64], dysco3["maps"][:, :64, :64]
+    result = fuse(haadf, maps, dysco3["z"], n_iter=20, lambda_chem=512.0, lambda_tv=1.0, warn=False)
+    assert min(result.step_history) < 1.0
+    assert np.isfinite(result.objective).all() and result.objective[-1] < result.initial_objective
+    assert float(result.fused.max()) < 2.0
+
+
+def test_the_step_does_not_depend_on_lambda_tv_where_the_tv_step_saturates(dysco3):
+    # with few dual iterations from a zero dual, the TV step of a large lambda_tv is the same
+    # smoothing whatever its value; the step (and so the result) must not jump with lambda_tv,
+    # as it did when a rise of the TV term halved the step
+    haadf, maps = dysco3["haadf"][:64, :64], dysco3["maps"][:, :64, :64]
+    # (measured with the former rule: the step halved at iteration 11 for 0.5 and 10 for 2, maps 1.2e-3 apart)
+    runs = [fuse(haadf, maps, dysco3["z"], n_iter=20, lambda_chem=0.1, lambda_tv=tv, warn=False) for tv in (0.5, 2.0)]
+    assert runs[0].step_history == runs[1].step_history
+    np.testing.assert_allclose(runs[0].fused, runs[1].fused, atol=1e-4)

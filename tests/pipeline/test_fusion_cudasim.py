@@ -39,7 +39,7 @@ def simulated() -> dict[str, float]:
 @pytest.mark.parametrize("check", [
     "smooth_step", "smooth_step_masked", "smooth_step_x_pow", "prox_tv_gp", "prox_tv_fgp",
     "prox_tv_zero_lambda", "objective_terms", "objective_terms_masked", "objective_pow_out",
-    "objective_pow_out_masked", "relative_change",
+    "objective_pow_out_masked", "step_sums",
 ])
 def test_cuda_kernel_matches_the_numba_kernel(simulated, check):
     assert simulated[check] <= TOLERANCE
@@ -64,7 +64,7 @@ def _signatures() -> dict[str, tuple]:
         "tv_dual": (kc._tv_dual_kernel, (a3, a3, a3, a3, a3, a3, a3, f32, f32, f32, b, b, b)),
         "tv_primal": (kc._tv_primal_kernel, (a3, a3, a3, f32, b, b, a3)),
         "objective": (kc._objective_kernel, (a3, a2, a3, a1, f32, f32, a3, b, a2, b, partial)),
-        "change": (kc._change_kernel, (a3, a3, partial)),
+        "step_sums": (kc._step_kernel, (a3, a3, a3, partial)),
     }
 
 

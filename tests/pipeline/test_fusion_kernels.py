@@ -131,10 +131,13 @@ def test_objective_terms_match_plain(problem):
     np.testing.assert_allclose(fused, exact, rtol=2e-6)  # float64 sums: no float32 drift
 
 
-def test_relative_change_matches_numpy(problem):
+def test_step_sums_match_numpy(problem):
     x, _, b_maps, _ = problem
-    expected = np.linalg.norm(b_maps.astype(np.float64) - x) / np.linalg.norm(x.astype(np.float64))
-    assert kn.relative_change(b_maps, x) == pytest.approx(expected, rel=1e-12)
+    v = x - 0.3 * b_maps  # a gradient step's point
+    x64, v64, new64 = (a.astype(np.float64) for a in (x, v, b_maps))
+    d = new64 - x64
+    expected = ((d * d).sum(), ((x64 - v64) * d).sum(), (x64 * x64).sum())
+    assert kn.step_sums(x, v, b_maps) == pytest.approx(expected, rel=1e-12)
 
 
 def test_fuse_numba_matches_plain_on_the_tutorials(tutorial):
