@@ -32,9 +32,10 @@ dual step 1 (zero r)   v / q_y, q_x                                        3E
 dual steps 2..n        r_y, r_x, v / q_y, q_x                              5E each
 primal                 p_y, p_x, v / x_new                                 4E
 objective              x_new, b_maps, b_haadf / x_new^(gamma-1)            3E + 1
+step sums (backtrack)  x, v, x_new /                                       3E
 =====================  ==================================================  ==========
 
-    bytes per iteration = 4 P (9E + 5E n + 2)      (E = 4, n = 5: 138 P floats, 9.26 GB at 4096^2)
+    bytes per iteration = 4 P (12E + 5E n + 2)     (E = 4, n = 5: 150 P floats, 10.07 GB at 4096^2)
 
 Achieved bandwidth = that / time per iteration. For comparison: a STREAM-like copy
 (``np.copyto`` of 1 GiB, one thread; and a numba ``prange`` copy on all numba threads),
@@ -169,7 +170,7 @@ def synthetic_problem(size: int, n_el: int = 4, seed: int = 0) -> tuple[np.ndarr
 
 def bytes_per_iteration(n_el: int, n_pix: int, n_iter_tv: int, itemsize: int = 4) -> int:
     """The byte model of the module docstring."""
-    return itemsize * n_pix * (9 * n_el + 5 * n_el * n_iter_tv + 2)
+    return itemsize * n_pix * (12 * n_el + 5 * n_el * n_iter_tv + 2)
 
 
 def iteration_times(haadf, maps, z, engine: str, n_iter: int, n_iter_tv: int) -> tuple[list[float], list[float], list[float]]:

@@ -14,12 +14,13 @@ comparison without the threshold on both sides is run as well.
 
 Measured (numba and plain engines alike; the published code with its C++ ``ctvlib``
 TV step; with its Python fallback ``pyreg`` parity also holds: DyScO3 F 7675.12,
-O correlation 0.972; Co3O4 F 352.91):
+O correlation 0.972; Co3O4 F 352.91). DyScO3 before the solver's step test left out the TV
+term (2026-12-07): F 7530.95, O 0.9575 (the step was halved where the TV term rose):
 
 =========  ==========  =========  ==============================
 dataset    F ours      F theirs   correlation per element
 =========  ==========  =========  ==============================
-DyScO3     7530.95     7771.41    Sc 0.9901, Dy 0.9955, O 0.9575
+DyScO3     7657.33     7771.41    Sc 0.9970, Dy 0.9988, O 0.9952
 Co3O4      349.62      353.60     Co 0.9940, Mn 0.9960, O 0.9982
 (no thr.)  349.25      353.22     Co 0.9950, Mn 0.9974, O 0.9984
 =========  ==========  =========  ==============================
