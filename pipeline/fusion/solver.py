@@ -446,11 +446,15 @@ class _XpOps:
         return objective_terms(x, self.b_haadf, self.b_maps, self.weights, self.p.gamma, self.p.bkg, self.valid)
 
     def step_sums(self, x: Any, v: Any, new: Any) -> tuple[float, float, float]:
-        """``(||new - x||^2, <x - v, new - x>, ||x||^2)`` in float64."""
+        """``(||new - x||^2, <x - v, new - x>, ||x||^2)`` in float64, one element at a time
+        (float64 temporaries the size of one image, not of the stack)."""
         xp = self.xp
-        x64 = x.astype(xp.float64)
-        d = new.astype(xp.float64) - x64
-        return float((d * d).sum()), float(((x64 - v) * d).sum()), float((x64 * x64).sum())
+        sums = np.zeros(3)
+        for x_e, v_e, new_e in zip(x, v, new):
+            x64 = x_e.astype(xp.float64)
+            d = new_e.astype(xp.float64) - x64
+            sums += (float((d * d).sum()), float(((x64 - v_e) * d).sum()), float((x64 * x64).sum()))
+        return float(sums[0]), float(sums[1]), float(sums[2])
 
 
 class _NumbaOps:
