@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from emfuse.cluster import connect
+from emfuse.errors import InputError
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.jobs import runner
-from emfuse.errors import InputError
 from emfuse.flows.tools.synth import write_synthetic
 from emfuse.pipeline.fusion import Normalisation, fuse
 from emfuse.pipeline.fusion.auto import (
