@@ -64,8 +64,7 @@ likelihood would weight pixels wrongly. The affine calibration removes the
 global scale and offset that the HAADF term and ``bkg`` give the fused maps;
 what is scored is the spatial structure, which is what emfuse's quality metric
 (:func:`emfuse.pipeline.metrics.nrmse`, after an affine fit) measures against a truth.
-Two folds (independent splits) are summed to lower the noise of the score; four for
-recorrupted pairs, whose draws add noise of their own (``folds_recorrupted``).
+Two folds (independent splits) are summed to lower the noise of the score.
 
 From a part to the full data
 ----------------------------
@@ -179,12 +178,6 @@ class SearchSettings:
         Fraction of the counts in the training part (the rest is held out).
     folds
         Independent splits whose scores are summed.
-    folds_recorrupted
-        The same for recorrupted pairs (maps that are not counts): each of their draws adds
-        noise of its own to the training part, so their score is noisier than a count split's
-        and more draws are averaged (4: on the synthetic benchmark the job's search then put
-        the scaled maps' choice within 10 % of the counts' in 27 of 27 cases, against 25 with
-        2; ``docs/methods/fusion.md``).
     crop
         Side of the central crop the search runs on (the whole image if smaller).
     seed
@@ -218,7 +211,6 @@ class SearchSettings:
     lattice: float = 2.0**0.5
     split: float = 0.75
     folds: int = 2
-    folds_recorrupted: int = 4
     crop: int = 256
     seed: int = 0
     n_iter: int | None = None
@@ -237,7 +229,7 @@ class SearchSettings:
             0 < self.lambda_chem_range[0] < self.lambda_chem_range[1]
             and 0 < self.lambda_tv_range[0] < self.lambda_tv_range[1]
             and self.coarse >= 2 and self.lattice > 1 and 0 < self.split < 1
-            and self.folds >= 1 and self.folds_recorrupted >= 1 and self.crop >= 8 and self.widen >= 0 and self.widen_by > 1
+            and self.folds >= 1 and self.crop >= 8 and self.widen >= 0 and self.widen_by > 1
         )
         if not ok:
             raise InputError(f"invalid lambda search settings {self}")
@@ -660,7 +652,7 @@ def _splits(
     # the true one, offset several times too large), so it drew too little noise on the signal and
     # too much on the clipped zeros; box5(r^2) follows the true variance (docs/methods/fusion.md)
     variances = [local_variance(m) for m in maps]
-    for _ in range(settings.folds_recorrupted):
+    for _ in range(settings.folds):
         parts = [recorrupt(m, v, settings.split, rng) for m, v in zip(maps, variances)]
         folds.append((np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])))
     # a recorrupted part keeps the full data's mean: the full normalisation applies as it is

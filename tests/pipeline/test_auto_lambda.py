@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from emfuse.cluster import connect
-from emfuse.errors import InputError
 from emfuse.flows.jobs import fusion as fusion_job
 from emfuse.flows.jobs import runner
 from emfuse.flows.tools.synth import write_synthetic
@@ -333,23 +332,6 @@ def test_recorrupted_pairs_follow_noise_that_does_not_follow_the_mean():
     train_m, test_m = recorrupt(maps[0], model, 0.75, rng)
     right = (train_m[:, 68:124] - 20).ravel(), (test_m[:, 68:124] - 20).ravel()
     assert np.corrcoef(*right)[0, 1] > 0.2
-
-
-def test_recorrupted_pairs_average_more_draws_than_count_splits():
-    # a recorrupted draw adds noise of its own to the training part, so its score is noisier: the
-    # search averages folds_recorrupted draws (4) where a count split uses folds (2)
-    rng = np.random.default_rng(10)
-    counts = rng.poisson(20.0, (2, 64, 64))
-    settings = SearchSettings(seed=3)
-    assert settings.folds == 2 and settings.folds_recorrupted == 4
-    split = _splits(counts, None, None, settings)
-    assert split.criterion == "heldout-counts:maps" and len(split.folds) == 2
-    split = _splits(counts / 7.0, None, None, settings)
-    assert split.criterion == "heldout-recorrupted:maps" and len(split.folds) == 4
-    first, second = split.folds[0][0], split.folds[1][0]
-    assert not np.allclose(first, second)  # independent draws, not one draw repeated
-    with pytest.raises(InputError):
-        SearchSettings(folds_recorrupted=0)
 
 
 def test_local_variance_measures_noise_where_it_is():
