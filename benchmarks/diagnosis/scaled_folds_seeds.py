@@ -6,8 +6,8 @@ benchmarks/auto_lambda_scaled.py, 128 px), with the count splits' and the recorr
 of folds set apart, on any seeds (held-out seeds: 4000, 5000).
 Usage: SEARCH(small|default) FOLDS_COUNTS FOLDS_SCALED SEEDS [JSON], e.g. default 2 2 4000,5000.
 Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/diagnosis/scaled_folds_seeds.py ...
-The scaled draws' folds go to SearchSettings.folds_recorrupted where that field exists (it was tried
-and not adopted), else to folds.
+(Four scaled draws were measured with a SearchSettings.folds_recorrupted field, since reverted; each
+chooser's number of folds is now SearchSettings.folds.)
 """
 import sys, json, dataclasses
 import numpy as np
@@ -30,9 +30,8 @@ for seed in seeds:
         maps = tm(data.spectrum); scaled = maps / maps.max(axis=(1, 2), keepdims=True)
         res = {}
         for name, kw, m, folds in (("counts", dict(spectrum=data.spectrum, to_maps=tm), maps, fc), ("scaled", dict(maps=scaled), scaled, fs)):
-            extra = {"folds_recorrupted": folds} if hasattr(S, "folds_recorrupted") else {}
             c = choose_lambdas(data.haadf, data.z, params={"n_iter": 30},
-                               settings=dataclasses.replace(S, folds=folds if not extra else fc, **extra), **kw)
+                               settings=dataclasses.replace(S, folds=folds), **kw)
             f = fuse(data.haadf, m, data.z, warn=False, n_iter=30, lambda_chem=c.lambda_chem, lambda_tv=c.lambda_tv).fused
             res[name] = (c.lambda_chem, c.lambda_tv, [nrmse(a, t) for a, t in zip(f, data.true_maps)])
         ratio = np.mean(res["scaled"][2]) / np.mean(res["counts"][2])
