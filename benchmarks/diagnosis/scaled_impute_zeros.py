@@ -9,9 +9,6 @@ choice is cached in /tmp/d/counts_SEED.json. The job's own search, 128 px, 30 it
 Usage: VARIANT SEEDS CASES, e.g. impute 4000,5000 all  (or layers:20,columns:5)
 Run from the repository root: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/diagnosis/scaled_impute_zeros.py ...
 """
-import os
-os.makedirs("/tmp/d", exist_ok=True)
-
 import sys, json, os, numpy as np
 from scipy import ndimage, stats
 import emfuse.pipeline.fusion.auto as auto
@@ -48,6 +45,7 @@ def rec(image, v, p, rng):
     z = rng.standard_normal(y.shape) * np.sqrt(v)
     return np.maximum(y + a * z, 0), y - z / a
 auto.recorrupt = rec
+os.makedirs("/tmp/d", exist_ok=True)
 rows = []
 for seed in seeds:
     cache = f"/tmp/d/counts_{seed}.json"; cc = json.load(open(cache)) if os.path.exists(cache) else {}
