@@ -7,6 +7,9 @@ they agree to float32 rounding (a few 1e-7 relative), not bit for bit.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -316,3 +319,31 @@ def test_per_element_chem_weights_must_match_the_elements():
         fuse(haadf, maps, z, n_iter=2, lambda_chem=[0.1, 0.1], warn=False)
     with pytest.raises(FusionInputError, match="lambda_chem"):
         fuse(haadf, maps, z, n_iter=2, lambda_chem=[0.1, -0.1, 0.1], warn=False)
+
+
+def test_the_thread_count_set_after_numba_was_imported_is_the_one_used():
+    """A Dask worker spawned from a script that imports numba: numba read its thread count at
+    import, the nanny set ``NUMBA_NUM_THREADS`` after. The pool must start with the variable's
+    value, or the next kernel numba compiles fails ("Cannot set NUMBA_NUM_THREADS ... once the
+    threads have been launched"), which failed every fusion of a fresh install's first batch."""
+    code = textwrap.dedent("""
+        import os
+        import numba
+        import numpy as np
+        wanted = 1 if numba.config.NUMBA_DEFAULT_NUM_THREADS > 1 else 2
+        os.environ["NUMBA_NUM_THREADS"] = str(wanted)  # as the nanny does, after the import
+        from emfuse.pipeline.fusion import kernels_numba as kn
+        kn.prox_tv(np.ones((1, 8, 8), np.float32), 0.1, 2)
+
+        @numba.njit(parallel=True)
+        def total(a):  # compiled now, after the pool started: numba reads the variable again
+            s = 0.0
+            for i in numba.prange(a.size):
+                s += a[i]
+            return s
+
+        print(total(np.ones(4)), numba.get_num_threads() == wanted)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["4.0", "True"]
