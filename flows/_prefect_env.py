@@ -9,13 +9,22 @@ environment variable, and the set-up happens at the first use of Prefect.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import platformdirs
+
+from emfuse.errors import NotAvailableHere
 
 LOOPBACK = "127.0.0.1"
 
@@ -55,32 +64,130 @@ def configure_prefect(home: str | Path | None = None) -> Path:
 configure_prefect()
 
 
-def start_server_early() -> Callable[[], None]:
-    """Begin starting Prefect's temporary API server now, in a thread; returns the function that
-    waits for it.
+class EarlyServer:
+    """Prefect's temporary API server, started before the batch's own imports.
 
-    A batch with no ``PREFECT_API_URL`` runs against a server that Prefect starts in a process of
-    its own at the first flow call, and waits for: 8-20 s on a 2-core machine, most of it the other
-    process importing Prefect's server and opening its database. Started here, before the batch's
-    own imports and checks, that time overlaps them. The server is Prefect's own (the one its
-    flow call would start: one per process), so the flow finds it running. Call the returned
-    function before the first flow call: the flow must not find a server that is still starting.
-    Any failure is left to the flow call, which starts the server again and reports it as usual.
+    A batch with no ``PREFECT_API_URL`` runs against a temporary server that Prefect's first flow
+    call starts and waits for: Prefect imports its server module in this process (1.3-4 s on a
+    2-core machine) and only then launches the server's process, which imports the same module
+    and opens its database (3-5 s more). Here the process is launched as soon as Prefect's
+    settings are read, in a thread, the same way Prefect launches it (its ASGI app under uvicorn
+    on loopback, in Prefect's ephemeral mode: no UI, no services); the batch's imports and checks
+    run meanwhile, and :meth:`serving` points the flow at it (``PREFECT_API_URL`` for the block).
+    The server stops when this process exits. Where a server is configured, or temporary servers
+    are switched off, nothing is started and Prefect does as configured; where the early start
+    itself fails (say, uvicorn is missing), the flow call starts Prefect's own server and reports
+    any error as usual.
     """
-    thread = threading.Thread(target=_start_server, name="emfuse-prefect-server", daemon=True)
-    thread.start()
-    return thread.join
+
+    #: the environment of the server's process, as Prefect's own ``SubprocessASGIServer`` sets it
+    #: (Prefect 3.4-3.8): its ephemeral mode, without the UI
+    SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    #: a uvicorn process exits with this status when its port was taken meanwhile: start again
+    PORT_TAKEN, TRIES = 3, 3
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self.url: str | None = None
+        self._command: Callable[[int], list[str]] | None = None
+        self._env: dict[str, str] = {}
+        self._timeout = 120.0
+        self._thread = threading.Thread(target=self._start, name="emfuse-prefect-server", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            import prefect
+            from prefect.settings import get_current_settings
+
+            settings = get_current_settings()
+            if settings.api.url or not settings.server.ephemeral.enabled:
+                return  # a configured server (nothing to start), or none allowed (the flow says so)
+            app_dir = str(prefect.__module_path__.parent)
+            self._command = lambda port: [
+                sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
+                "prefect.server.api.server:create_app", "--host", LOOPBACK, "--port", str(port),
+                "--log-level", "error", "--lifespan", "on"]
+            self._env = {**os.environ, **settings.to_environment_variables(exclude_unset=True), **self.SERVER_ENV}
+            self._timeout = float(settings.server.ephemeral.startup_timeout_seconds)
+            atexit.register(self.stop)  # first: an exit while it launches still stops it
+            self._launch()
+        except Exception:  # the flow call starts Prefect's own server and raises what went wrong
+            logging.getLogger(__name__).debug("early start of Prefect's server failed", exc_info=True)
+            self.process = None
+
+    def _launch(self) -> None:
+        port = _free_port()
+        self.process = subprocess.Popen(self._command(port), env=self._env)
+        self.url = f"http://{LOOPBACK}:{port}/api"
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Wait until the early server answers, then run the block with Prefect pointed at it
+        (without one: the block as it is, and Prefect does as configured)."""
+        self._thread.join()
+        if self.process is None:
+            yield
+            return
+        self._wait()
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.url}):
+            yield
+
+    def _wait(self) -> None:
+        tries, deadline = 1, time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            status = self.process.poll()
+            if status == self.PORT_TAKEN and tries < self.TRIES:
+                tries += 1
+                self._launch()
+            elif status is not None:
+                raise NotAvailableHere(
+                    f"Prefect's temporary server exited while starting (status {status}; its messages are "
+                    "above). Set PREFECT_API_URL to a running Prefect server, or fix what it reports.")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:  # not listening yet
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise NotAvailableHere(
+            f"Prefect's temporary server did not answer within {self._timeout:g} s; raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS on a busy machine, or set PREFECT_API_URL "
+            "to a running Prefect server.")
+
+    def stop(self) -> None:
+        """Stop the server's process (at this process's exit; after its launch, if that is under way)."""
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
-def _start_server() -> None:
-    try:
-        from prefect.settings import get_current_settings
+def _free_port() -> int:
+    """A loopback port nothing listens on now (the system's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
 
-        settings = get_current_settings()
-        if settings.api.url or not settings.server.ephemeral.enabled:
-            return  # a configured server (nothing to start), or none allowed (the flow says so)
-        from prefect.server.api.server import SubprocessASGIServer
 
-        SubprocessASGIServer().start()
-    except Exception:  # the flow call starts it again and raises what went wrong
-        logging.getLogger(__name__).debug("early start of Prefect's server failed", exc_info=True)
+def start_server_early() -> EarlyServer:
+    """Begin starting Prefect's temporary API server now (:class:`EarlyServer`); run the flow in
+    its :meth:`~EarlyServer.serving` block.
+
+    Examples
+    --------
+    >>> server = start_server_early()  # doctest: +SKIP
+    >>> with server.serving():  # doctest: +SKIP
+    ...     batch_flow("catalog.yaml")
+    """
+    return EarlyServer()

@@ -277,17 +277,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .._prefect_env import start_server_early
     from ..batch.catalog import load_catalog
 
-    catalog = load_catalog(args.catalog, cluster=args.cluster)  # a bad catalog fails before Prefect loads
-    # Prefect's server and the local cluster start while the batch's modules load; the flow's own
-    # start of each finds it (or, where the early start failed, starts it and says why)
-    server_ready = start_server_early()
+    # Prefect's server starts while the catalog is checked and the batch's modules load (a bad
+    # catalog stops it again at exit), the local cluster once the catalog names it
+    server = start_server_early()
+    catalog = load_catalog(args.catalog, cluster=args.cluster)
     start_early(catalog.cluster)
     try:
         from ..batch import batch_flow
 
         quiet_prefect(args.verbose)
-        server_ready()
-        info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
+        with server.serving():
+            info = batch_flow(str(args.catalog), cluster=args.cluster, progress=not args.no_progress)
     finally:
         discard_early()  # a cluster the batch did not take (no dataset could run)
     print(f"{info['n_done']} done, {info['n_failed']} failed in {info['seconds'] / 60:.1f} min")
@@ -313,10 +313,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .._prefect_env import start_server_early
 
-    server_ready = start_server_early()  # Prefect's server starts while the input is synthesised
+    server = start_server_early()  # Prefect's server starts while the input is synthesised
     from .demo import run_demo
 
     quiet_prefect(args.verbose)
 
-    run_demo(args.out, size=args.size, dose=args.dose, cluster=args.cluster, before_flows=server_ready)
+    run_demo(args.out, size=args.size, dose=args.dose, cluster=args.cluster, serving=server.serving())
     return 0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,14 @@ def run_demo(
     dose: float | None = None,
     cluster: str = "local",
     seed: int = 0,
-    before_flows: Callable[[], None] | None = None,
+    serving: AbstractContextManager | None = None,
 ) -> dict[str, Any]:
     """Synthesise a SrTiO3 spectrum image, fuse it with the defaults (weights "auto"), report.
 
     Prints where everything is and the error (NRMSE after an affine fit)
     against the ground truth of the raw and of the fused maps; returns the
-    flow's summary. ``before_flows`` is called once the input is written, before the first flow
-    (the command line waits there for the Prefect server it started early).
+    flow's summary. The flows run in the block ``serving`` (entered once the input is written: the
+    command line waits there for the Prefect server it started early).
     """
     from ..jobs.flows import fuse_flow
     from .console import print_summary
@@ -41,14 +42,13 @@ def run_demo(
     synth = read_attrs(source)["synthetic"]
     print(f"input:        {source} ({size} x {size} px, {len(DEMO_ELEMENTS)} elements, "
           f"dose {synth.get('dose', dose)} counts/px, {synth.get('specimen')})")
-    if before_flows is not None:
-        before_flows()
-    result = fuse_flow(str(source), str(out / "demo_fused.zarr"), elements=list(DEMO_ELEMENTS),
-                       cluster=cluster, overwrite=True)
-    print_summary(result)
-    print(f"done in {time.perf_counter() - start:.0f} s; open the result with "
-          f"xarray.open_zarr({str(out / 'demo_fused.zarr')!r}, zarr_format=3, consolidated=False)")
-    result["tem_fuse"] = tem_fuse_demo(out, cluster=cluster, seed=seed)
+    with serving or contextlib.nullcontext():
+        result = fuse_flow(str(source), str(out / "demo_fused.zarr"), elements=list(DEMO_ELEMENTS),
+                           cluster=cluster, overwrite=True)
+        print_summary(result)
+        print(f"done in {time.perf_counter() - start:.0f} s; open the result with "
+              f"xarray.open_zarr({str(out / 'demo_fused.zarr')!r}, zarr_format=3, consolidated=False)")
+        result["tem_fuse"] = tem_fuse_demo(out, cluster=cluster, seed=seed)
     return result
 
 

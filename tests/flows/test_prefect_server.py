@@ -1,49 +1,97 @@
-"""``emfuse run`` starts Prefect's temporary server early, in a thread (flows._prefect_env.start_server_early),
-so that its start overlaps the batch's imports; the flow then finds it running."""
+"""``emfuse run`` starts Prefect's temporary server early (flows._prefect_env.start_server_early): its
+process is launched as soon as Prefect's settings are read, so that its start overlaps the batch's
+imports, and the flow runs against it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 
-def test_the_early_server_is_the_one_the_flow_uses(tmp_path):
-    """Without a configured server, the early start leaves Prefect's own temporary server running
-    and healthy, and a flow called afterwards runs against it (no second server)."""
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_early_server_is_the_one_the_flow_uses_and_stops_at_exit(tmp_path):
+    """Without a configured server, the flow runs against the early server, whose start never
+    loaded Prefect's server module in this process, its run is recorded there, and the server's
+    process ends with this one."""
     script = textwrap.dedent("""
+        import json, sys
         from emfuse.flows._prefect_env import start_server_early
 
-        start_server_early()()
+        server = start_server_early()
         from prefect import flow
-        from prefect.server.api.server import SubprocessASGIServer
+        from prefect.client.orchestration import get_client
+        from prefect.settings import get_current_settings
 
-        server = SubprocessASGIServer()
-        assert server.running and server.server_process.poll() is None
-        pid = server.server_process.pid
-
-        @flow(persist_result=False)
+        @flow(name="answer", persist_result=False)
         def answer() -> int:
             return 42
 
-        assert answer() == 42
-        assert SubprocessASGIServer().server_process.pid == pid  # the same server, not a second one
-        print("ok")
+        with server.serving():
+            url = get_current_settings().api.url
+            value = answer()
+            with get_client(sync_client=True) as client:
+                names = [run.name for run in client.read_flow_runs()]
+        print(json.dumps({"value": value, "url": url, "ours": server.url, "runs": len(names),
+                          "pid": server.process.pid,
+                          "server_module": "prefect.server.api.server" in sys.modules}))
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("ok")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["value"] == 42 and report["runs"] == 1
+    assert report["url"] == report["ours"] and report["ours"].startswith("http://127.0.0.1:")
+    assert report["server_module"] is False  # the 1.3-4 s import happened in the server's process only
+    assert not _alive(report["pid"])  # stopped when the script exited
 
 
-def test_a_configured_server_is_left_alone(prefect_harness):
-    """With ``PREFECT_API_URL`` set (here: the test harness's server) nothing is started."""
-    from prefect.server.api.server import SubprocessASGIServer
+def test_an_early_server_that_cannot_start_says_so(tmp_path):
+    """A server process that exits while starting is an error naming the fix, not a hang."""
+    script = textwrap.dedent("""
+        import sys
+        from emfuse.flows._prefect_env import start_server_early
+
+        server = start_server_early()
+        server.stop()  # the real one; in its place, a server that fails as it starts
+        server._command = lambda port: [sys.executable, "-c", "import sys; sys.exit(7)"]
+        server._launch()
+        try:
+            with server.serving():
+                pass
+        except Exception as exc:
+            print(type(exc).__name__, "|", exc)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "NotAvailableHere | Prefect's temporary server exited while starting (status 7" in done.stdout
+    assert "PREFECT_API_URL" in done.stdout
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_configured_server_is_left_alone():
+    """With ``PREFECT_API_URL`` set (here: the test harness's server) nothing is started, and the
+    block runs against the configured server."""
+    from prefect.settings import get_current_settings
 
     from emfuse.flows._prefect_env import start_server_early
 
-    before = dict(SubprocessASGIServer._instances)
-    start_server_early()()
-    assert SubprocessASGIServer._instances == before
+    configured = get_current_settings().api.url
+    server = start_server_early()
+    with server.serving():
+        assert get_current_settings().api.url == configured
+    assert server.process is None and server.url is None
