@@ -69,7 +69,17 @@ def test_good_datasets_complete_and_bad_ones_fail_alone(first_run, night):
         assert is_complete(records[key]["store"])
         assert records[key]["store"] == str(night / "results" / f"{key[0]}.{key[1]}.zarr")
     assert records[("si1", "fuse")]["tiles_computed"] == 4  # 48 x 40 in 32-px tiles
-    assert open_dataset(records[("si1", "fuse")]["store"]).fused.shape == (3, 48, 40)
+    out = open_dataset(records[("si1", "fuse")]["store"])
+    assert out.fused.shape == (3, 48, 40)
+    # the summary's errors against the synthetic truth, per element, as the metric gives them
+    from emfuse.pipeline.metrics import nrmse
+
+    summary = records[("si1", "fuse")]["summary"]
+    for el in ("Sr", "Ti", "O"):
+        truth = out.true_maps.sel(element=el).values
+        assert summary["nrmse_raw"][el] == pytest.approx(nrmse(out.maps.sel(element=el).values, truth), rel=1e-12)
+        assert summary["nrmse_fused"][el] == pytest.approx(nrmse(out.fused.sel(element=el).values, truth), rel=1e-12)
+    assert summary["nrmse_fused"] != summary["nrmse_raw"]
     # each failure names the dataset and the problem
     bad = {key: records[key]["error"] for key in [("movie", "restore"), ("broken", "fuse"), ("missing", "restore")]}
     assert "movie" in bad[("movie", "restore")] and "r_em:no_such_net" in bad[("movie", "restore")]
