@@ -36,6 +36,21 @@ class FigurePool:
         """Draw the report of the output store ``store``; the future's result is the files written."""
         return self._pool.submit(_draw, store)
 
+    def take_back(self, store: str, future: Future) -> Future:
+        """The report of ``store`` drawn here, now, if the figures' process has not begun it (its
+        ``future`` is cancelled), else ``future``. At the end of a batch the driver has nothing left
+        to do but wait for the figures: drawing the last reports itself, from the last one back,
+        while the figures' process works from the front, ends the batch sooner on a machine whose
+        other cores are idle then."""
+        if not future.cancel():
+            return future
+        here: Future = Future()
+        try:
+            here.set_result(_draw(store))
+        except Exception as exc:  # as the process's future would carry it
+            here.set_exception(exc)
+        return here
+
     def close(self) -> None:
         """End the process once the figures submitted are drawn, without waiting for it to exit (a
         second, with matplotlib and the stores' libraries loaded): the batch closes its cluster and

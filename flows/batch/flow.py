@@ -188,14 +188,16 @@ def _run_jobs(cat: Catalog, runnable: list[DatasetEntry], client, figures: Figur
                     record["figures"] = drawn
             (log.error if record["status"] == "failed" else log.info)("%s", _status_line(record))
             bar.update()
-    _draw_reports(drawing)
+    _draw_reports(drawing, figures)
     return records
 
 
-def _draw_reports(drawing: list[tuple[dict[str, Any], Any]]) -> None:
-    """Wait for the figures being drawn and put them in their records; a report that
-    cannot be drawn fails its job (with the message), as it would in a single command."""
-    for record, future in drawing:
+def _draw_reports(drawing: list[tuple[dict[str, Any], Any]], figures: FigurePool) -> None:
+    """Wait for the figures being drawn and put them in their records, drawing those the figures'
+    process has not begun here meanwhile (:meth:`FigurePool.take_back`); a report that cannot be
+    drawn fails its job (with the message), as it would in a single command."""
+    drawing = [(record, figures.take_back(record["store"], future)) for record, future in reversed(drawing)]
+    for record, future in reversed(drawing):
         try:
             record["figures"] = future.result()
         except Exception as exc:

@@ -25,3 +25,21 @@ def test_the_pool_draws_reports_in_another_process_in_order_and_passes_errors_ba
     with pytest.raises(InputFileNotFound, match="does not exist"):
         missing.result()
     assert drawer != os.getpid()
+
+
+def test_reports_the_process_has_not_begun_are_drawn_by_the_caller(tmp_path):
+    """At the end of a batch the driver takes back the reports still queued and draws them itself;
+    one the process has begun (or finished) stays with the process; errors come back either way."""
+    stores = [make_output_store(tmp_path / f"o{k}.zarr", n=32) for k in range(5)]
+    with FigurePool() as pool:
+        futures = [pool.submit(str(s)) for s in stores]
+        missing = pool.submit(str(tmp_path / "none.zarr"))
+        futures[0].result()  # begun and done by the process: stays its own
+        assert pool.take_back(str(stores[0]), futures[0]) is futures[0]
+        last = pool.take_back(str(stores[-1]), futures[-1])  # queued behind the others: drawn here
+        taken_missing = pool.take_back(str(tmp_path / "none.zarr"), missing)
+    assert last is not futures[-1] and futures[-1].cancelled() and last.done()
+    assert [os.path.basename(p) for p in last.result()] == ["maps.png", "haadf.png", "convergence.png", "summary.json"]
+    assert all(os.path.getsize(p) > 0 for p in last.result())
+    with pytest.raises(InputFileNotFound, match="does not exist"):
+        taken_missing.result()
