@@ -162,7 +162,7 @@ class EarlyServer:
     def stop(self) -> None:
         """Stop the server's process (at this process's exit; after its launch, if that is under way)."""
         if threading.current_thread() is not self._thread:
-            self._thread.join()
+            self._thread.join(timeout=self._timeout)  # bounded: an exit never hangs on it
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.terminate()

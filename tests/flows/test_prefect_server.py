@@ -11,14 +11,7 @@ import sys
 import textwrap
 
 import pytest
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from test_serve_schedule import alive
 
 
 def test_the_early_server_is_the_one_the_flow_uses_and_stops_at_exit(tmp_path):
@@ -55,7 +48,7 @@ def test_the_early_server_is_the_one_the_flow_uses_and_stops_at_exit(tmp_path):
     assert report["value"] == 42 and report["runs"] == 1
     assert report["url"] == report["ours"] and report["ours"].startswith("http://127.0.0.1:")
     assert report["server_module"] is False  # the 1.3-4 s import happened in the server's process only
-    assert not _alive(report["pid"])  # stopped when the script exited
+    assert not alive(report["pid"])  # stopped when the script exited
 
 
 def test_an_early_server_that_cannot_start_says_so(tmp_path):
