@@ -272,15 +272,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .._prefect_env import start_server_early
-
-    # Prefect's server starts first, while the batch's modules load and the catalog is checked (a
-    # bad catalog stops it again at exit); the local cluster once the catalog names it
-    server = start_server_early()
     from emfuse.cluster import discard_early, start_early
 
+    from .._prefect_env import start_server_early
     from ..batch.catalog import load_catalog
 
+    # Prefect's server starts while the catalog is checked and the batch's modules load (a bad
+    # catalog stops it again at exit), the local cluster once the catalog names it
+    server = start_server_early()
     catalog = load_catalog(args.catalog, cluster=args.cluster)
     start_early(catalog.cluster)
     try:
