@@ -78,22 +78,22 @@ _serialise: bool | None = None
 _WORK_PER_THREAD = 1 << 16
 
 
-# Whether this process has read NUMBA_NUM_THREADS again before its first launch (_thread_count).
+# Whether this process has read NUMBA_NUM_THREADS again before its first launch (_read_thread_count).
 _thread_count_read = False
 
 
-def _thread_count() -> int:
-    """Threads for a launch: the pool's size, at most ``NUMBA_NUM_THREADS`` as the environment says now.
+def _read_thread_count() -> None:
+    """Read ``NUMBA_NUM_THREADS`` again, once per process, before the first launch starts the pool.
 
     Numba reads the variable when it is imported. A Dask nanny sets it in a worker's environment
     only after the worker process has imported its parent's main script (``spawn`` does), so a
     script that imports numba and starts a local cluster gave its workers numba's default (every
     core), a pool of that size, and 1 in the environment. The next kernel numba compiled (a
     fresh install: nothing cached yet) read the environment again and failed: "Cannot set
-    NUMBA_NUM_THREADS to a different value once the threads have been launched". Read again here
-    before this process's first launch, the config follows the environment (later compilations
-    find no change), and launches use no more threads than the worker's share of the cores
-    (:func:`emfuse.cluster.profiles.numba_threads_per_worker`), whatever the pool's size.
+    NUMBA_NUM_THREADS to a different value once the threads have been launched". Read again here,
+    the config follows the environment (later compilations find no change), and :func:`_launch`
+    uses no more threads than it says (the worker's share of the cores,
+    :func:`emfuse.cluster.profiles.numba_threads_per_worker`), whatever the pool's size.
     """
     global _thread_count_read
     if not _thread_count_read:
@@ -101,14 +101,14 @@ def _thread_count() -> int:
             if not _thread_count_read:
                 numba.config.reload_config()  # a no-op where the variable has not changed
                 _thread_count_read = True
-    return min(numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
 
 
 def _launch(kernel: Any, *args: Any) -> Any:
     """Run ``kernel(*args)`` on at most one thread per ``_WORK_PER_THREAD`` elements of ``args[0]``."""
     global _serialise
-    threads = _thread_count()
+    _read_thread_count()
     current = numba.get_num_threads()  # this Python thread's setting (a larger pool's size at first)
+    threads = min(current, numba.config.NUMBA_NUM_THREADS)
     wanted = min(threads, max(1, -(-args[0].size // _WORK_PER_THREAD)))
     if wanted != current:
         numba.set_num_threads(wanted)  # thread-local: other Python threads are unaffected
