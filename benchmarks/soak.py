@@ -18,7 +18,8 @@
    Prefect ephemeral server, its exit status), with only the batch's driver in that process.
    Pointing the catalog at a scheduler started here is what lets this script watch the workers.
 4. While it runs, every ``--interval`` s: each worker's RSS (``client.run``), the driver's and
-   its children's (the Prefect server) high-water marks, the load average. Each worker's exact
+   its children's (the Prefect server, the figures' process) high-water marks and CPU seconds
+   (per role: driver, figures, Prefect server; the workers' from ``client.run``), the load average. Each worker's exact
    peak is its ``VmHWM``, reset before the run (:mod:`_common`, as in ``fusion_scale.py``).
 5. Checks: exit status 0 and ``n_failed == 0`` in ``report.json``; every output store complete,
    its variables present, of the input's shape and finite (fused maps >= 0, attention summing to
@@ -200,6 +201,7 @@ class Watch:
     worker_rss: dict[str, list[int]] = field(default_factory=dict)
     driver_hwm: int = -1
     children_hwm: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (name, bytes)
+    cpu: dict[int, tuple[str, float]] = field(default_factory=dict)  # pid -> (role, CPU s at the last sample)
     load: list[tuple[float, float, float]] = field(default_factory=list)
     samples: int = 0
 
@@ -225,12 +227,16 @@ class Sampler(threading.Thread):
             pass
         w.driver_hwm = max(w.driver_hwm, peak_rss(self.pid))
         try:
-            children = psutil.Process(self.pid).children(recursive=True)
+            driver = psutil.Process(self.pid)
+            children = driver.children(recursive=True)
+            w.cpu[self.pid] = ("driver", _cpu(driver))
         except psutil.Error:
             children = []
         for child in children:
             try:
-                name = " ".join(child.cmdline()[:3])[-80:]
+                command = child.cmdline()
+                name = " ".join(command[:3])[-80:]
+                w.cpu[child.pid] = (process_role(command), _cpu(child))
             except psutil.Error:
                 continue
             hwm = peak_rss(child.pid)
@@ -243,6 +249,32 @@ class Sampler(threading.Thread):
         self._halt.set()
         self.join()
         return self.watch
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def process_role(command: list[str]) -> str:
+    """What a process of the ``emfuse run`` tree is, from its command line: the Prefect server
+    (uvicorn), a spawned child (the report figures' process; a cluster's workers when ``emfuse
+    run`` starts its own), or another helper."""
+    text = " ".join(command)
+    if "uvicorn" in text:
+        return "prefect_server"
+    if "spawn_main" in text:
+        return "figures"
+    return "other"
+
+
+def cpu_by_role(cpu: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per role, summed over its processes (as last sampled: a process's final
+    interval before it exits is not counted)."""
+    out: dict[str, float] = {}
+    for role, seconds in cpu.values():
+        out[role] = out.get(role, 0.0) + seconds
+    return out
 
 
 def stage_seconds(prefect_db: Path, since: datetime) -> dict[str, Any] | None:
@@ -332,7 +364,8 @@ def run_batch(label: str, catalog: Path, workdir: Path, client: Any, env: dict[s
         "driver_children_peak_bytes": {str(pid): {"command": n, "bytes": b} for pid, (n, b) in watch.children_hwm.items()},
         "prefect_server_peak_bytes": max(prefect, default=-1),
         "wait4_maxrss_bytes": usage.ru_maxrss * 1024,  # the driver or a child it reaped, whichever was larger
-        "driver_cpu_s": usage.ru_utime + usage.ru_stime,
+        "driver_cpu_s": usage.ru_utime + usage.ru_stime,  # with the children it reaped
+        "cpu_s_by_process": cpu_by_role(watch.cpu),  # sampled: driver, figures, prefect_server, other
         "load_1min": {"start": load_start[0], "end": load_end[0], "min": min(loads), "max": max(loads),
                       "mean": statistics.fmean(loads), "load_5min_end": load_end[1]},
         "samples": watch.samples,
@@ -456,6 +489,12 @@ def print_run(r: dict[str, Any], n_datasets: int, n_jobs: int) -> None:
           f"{gib(r['driver_peak_bytes'])} GiB (CPU {r['driver_cpu_s']:.0f} s), Prefect server "
           f"{gib(r['prefect_server_peak_bytes'])} GiB; load 1-min {load['min']:.1f}-{load['max']:.1f} "
           f"(mean {load['mean']:.1f})")
+    roles = r.get("cpu_s_by_process") or {}
+    if roles:
+        total = sum(roles.values()) + r["worker_cpu_s"]
+        parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in sorted(roles.items(), key=lambda kv: -kv[1]))
+        print(f"       CPU s: {parts}, workers {r['worker_cpu_s']:.1f}; total {total:.1f} of "
+              f"{os.cpu_count()} cores x wall = {os.cpu_count() * r['wall_s']:.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
