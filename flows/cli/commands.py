@@ -45,6 +45,22 @@ def _windows(specs: Sequence[str]) -> dict[str, list[float]] | None:
     return windows or None
 
 
+def _as_flow(args: argparse.Namespace, flow: str, *call: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run a job as its Prefect flow (``flow``, a name in :mod:`emfuse.flows.jobs.flows`).
+
+    Without a configured server, Prefect's temporary one is launched first
+    (:func:`~emfuse.flows._prefect_env.start_server_early`), so that its start overlaps the
+    import of the flow's modules instead of following it, as in ``emfuse run``."""
+    from .._prefect_env import start_server_early
+
+    server = start_server_early()
+    from ..jobs import flows
+
+    quiet_prefect(args.verbose)
+    with server.serving():
+        return getattr(flows, flow)(*call, **kwargs)
+
+
 def _require(path: Path) -> None:
     """Fail in a second rather than after starting Prefect and a cluster."""
     if not path.exists():
@@ -62,11 +78,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
                   maps_from=args.maps_from, device=args.device, haadf_model=args.haadf_model,
                   overwrite=args.overwrite)
     if use_prefect(args):
-        from ..jobs.flows import fuse_flow
-
-        quiet_prefect(args.verbose)
-        result = fuse_flow(str(args.source), str(args.out), cluster=args.cluster, signal=args.signal,
-                           report=not args.no_report, **kwargs)
+        result = _as_flow(args, "fuse_flow", str(args.source), str(args.out), cluster=args.cluster,
+                          signal=args.signal, report=not args.no_report, **kwargs)
     else:
         from ..jobs.registry import fuse_options, run_job_stages
 
@@ -88,11 +101,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
                   precision=args.precision, channels_last=args.channels_last, block=args.block,
                   adapt=args.adapt, overwrite=args.overwrite, guard=not args.no_guard, compile=args.compile)
     if use_prefect(args):
-        from ..jobs.flows import restore_flow
-
-        quiet_prefect(args.verbose)
-        result = restore_flow(str(args.source), str(args.out), cluster=args.cluster, register_drift=args.register,
-                              report=not args.no_report, **kwargs)
+        result = _as_flow(args, "restore_flow", str(args.source), str(args.out), cluster=args.cluster,
+                          register_drift=args.register, report=not args.no_report, **kwargs)
     else:
         from ..jobs.registry import restore_options, run_job_stages
 
@@ -221,11 +231,8 @@ def cmd_tem_fuse(args: argparse.Namespace) -> int:
     kwargs = dict(model=str(args.model) if args.model else None, tile=args.tile, halo=args.halo,
                   device=args.device, overwrite=args.overwrite)
     if use_prefect(args):
-        from ..jobs.flows import tem_fuse_flow
-
-        quiet_prefect(args.verbose)
-        result = tem_fuse_flow(str(args.source), str(args.out), cluster=args.cluster, report=not args.no_report,
-                               **kwargs)
+        result = _as_flow(args, "tem_fuse_flow", str(args.source), str(args.out), cluster=args.cluster,
+                          report=not args.no_report, **kwargs)
     else:
         from ..jobs.registry import run_job_stages, tem_fuse_options
 

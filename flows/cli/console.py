@@ -14,8 +14,8 @@ AUTO = "auto"
 def use_prefect(args: argparse.Namespace) -> bool:
     """Whether a job command runs as a Prefect flow: when asked (``--prefect``) or when a Prefect
     server is configured (``PREFECT_API_URL``: runs are then seen there, and starting costs
-    nothing). Otherwise the same stages run directly: an ephemeral Prefect server would cost
-    10-20 s of every command."""
+    nothing). Otherwise the same stages run directly: a temporary Prefect server would cost about
+    5 s of every command (7.9 s against 2.6 s for a 64 x 64 fusion)."""
     return bool(getattr(args, "prefect", False) or os.environ.get("PREFECT_API_URL"))
 
 

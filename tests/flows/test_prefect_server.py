@@ -88,3 +88,44 @@ def test_a_configured_server_is_left_alone():
     with server.serving():
         assert get_current_settings().api.url == configured
     assert server.process is None and server.url is None
+
+
+def test_a_single_command_with_prefect_starts_the_server_early(tmp_path):
+    """``emfuse fuse --prefect`` runs as the ``emfuse-fuse`` flow against the early server (its run
+    and its stages' task runs are in that server's database, and the command never imported
+    Prefect's server module, as Prefect's own start would), writes a complete store, and leaves no
+    server behind; without ``--prefect`` no Prefect database is made."""
+    import sqlite3
+
+    from emfuse.flows.tools.synth import write_synthetic
+    from emfuse.stores.zarrio import completion
+
+    source = write_synthetic("spectrum-image", tmp_path / "si.zarr", shape=(48, 48), elements=["Sr", "Ti", "O"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    common = [sys.executable, "-m", "emfuse.flows.cli", "fuse", str(source), "--elements", "Sr", "Ti", "O",
+              "--lambda-chem", "0.05", "--lambda-tv", "0.02", "--n-iter", "5", "--no-report"]
+    before = {p.pid for p in _uvicorn()}
+    done = subprocess.run([sys.executable, "-X", "importtime", *common[1:], "--out", str(tmp_path / "a.zarr"),
+                           "--prefect"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "prefect.server.api.server" not in done.stderr  # imported by the server's process only
+    assert completion(tmp_path / "a.zarr") is True
+    db = sqlite3.connect(f"file:{tmp_path / 'prefect' / 'prefect.db'}?mode=ro", uri=True)
+    flows = [name for (name,) in db.execute("select f.name from flow_run r join flow f on r.flow_id = f.id")]
+    tasks = db.execute("select count(*) from task_run").fetchone()[0]
+    assert flows == ["emfuse-fuse"] and tasks >= 3  # plan, compute, finalise at least
+    assert {p.pid for p in _uvicorn()} <= before  # the early server ended with the command
+
+    plain = {k: v for k, v in env.items()}
+    plain["PREFECT_HOME"] = str(tmp_path / "unused")
+    done = subprocess.run([*common, "--out", str(tmp_path / "b.zarr")], env=plain, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "unused" / "prefect.db").exists()
+
+
+def _uvicorn():
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"]) if "uvicorn" in " ".join(p.info["cmdline"] or [])]
