@@ -68,7 +68,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +201,23 @@ def make_pairs(spec: TestSet | str, level: str, n: int, size: int, *, base: int 
                                                  settings=distortion_table(spec, dose), **spec.scene)
         pairs.append((clean.astype(np.float64), degraded.astype(np.float64)))
     return pairs
+
+
+def scored_pairs(n: int, size: int, sets: list[str] | None = None
+                 ) -> Iterator[tuple[str, str, int, np.ndarray, np.ndarray]]:
+    """``(set, level, index, clean, degraded)`` of every set with a truth and each of its doses
+    (all of :data:`SETS` by default); the MULTEM sets are left out without ``tk_r_em``."""
+    for name in sets or list(SETS):
+        spec = SETS[name]
+        if spec.group == "real":
+            continue
+        for level in spec.doses:
+            try:
+                pairs = make_pairs(spec, level, n, size)
+            except FileNotFoundError:
+                break
+            for i, (clean, degraded) in enumerate(pairs):
+                yield name, level, i, clean, degraded
 
 
 def pair_digest(clean: np.ndarray, degraded: np.ndarray) -> str:

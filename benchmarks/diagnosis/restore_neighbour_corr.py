@@ -8,7 +8,7 @@ import sys, json
 sys.path.insert(0, "benchmarks")
 import numpy as np
 from scipy import ndimage
-from restore_quality import SETS, make_pairs, network
+from restore_quality import network, scored_pairs
 from emfuse.pipeline.restore.guard import guard
 from emfuse.pipeline.metrics import ssim, psnr
 net = network(None)
@@ -19,14 +19,9 @@ def stats(raw, out):
     r, y = detail(raw - out), detail(raw)
     return {"cy": corr(r[:-1], y[1:]), "cx": corr(r[:, :-1], y[:, 1:]), "c0": corr(r, y)}
 rows = []
-for name, spec in SETS.items():
-    if spec.group == "real": continue
-    for level in spec.doses:
-        try: pairs = make_pairs(spec, level, 4, 128)
-        except FileNotFoundError: break
-        for i, (clean, raw) in enumerate(pairs):
-            out = net(raw); g, res = guard(raw, out)
-            st = stats(raw, g)
-            rows.append(dict(set=name, level=level, i=i, d_ssim=ssim(g, clean)-ssim(raw, clean), d_psnr=psnr(g, clean)-psnr(raw, clean), **st))
-            print(f"{name:>14} {level:>12} {i} dSSIM {rows[-1]['d_ssim']:+.3f} dPSNR {rows[-1]['d_psnr']:+6.2f}  cy {st['cy']:+.3f} cx {st['cx']:+.3f} c0 {st['c0']:+.3f}", flush=True)
+for name, level, i, clean, raw in scored_pairs(4, 128):
+    out = net(raw); g, res = guard(raw, out)
+    st = stats(raw, g)
+    rows.append(dict(set=name, level=level, i=i, d_ssim=ssim(g, clean)-ssim(raw, clean), d_psnr=psnr(g, clean)-psnr(raw, clean), **st))
+    print(f"{name:>14} {level:>12} {i} dSSIM {rows[-1]['d_ssim']:+.3f} dPSNR {rows[-1]['d_psnr']:+6.2f}  cy {st['cy']:+.3f} cx {st['cx']:+.3f} c0 {st['c0']:+.3f}", flush=True)
 json.dump(rows, open("/tmp/restore_neighbour_corr.json", "w"))

@@ -7,11 +7,10 @@ Run from the repository root: OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python be
 import sys, json
 sys.path.insert(0, "benchmarks")
 import numpy as np
-from restore_quality import SETS, make_pairs, network
+from restore_quality import network, scored_pairs
 import emfuse.pipeline.restore.guard as G
 from emfuse.pipeline.metrics import ssim, psnr
-nets = {"default": network(None)}
-if len(sys.argv) > 1: nets["r_em"] = None
+net = network(None)
 def peaks_kept(raw, out):
     raw = np.asarray(raw, float); out = np.asarray(out, float)
     p_raw, p_out = G.power_spectrum(raw), G.power_spectrum(out)
@@ -21,22 +20,17 @@ def peaks_kept(raw, out):
     if not peaks.any(): return 1.0, 0
     return float(np.median(p_out[peaks] / p_raw[peaks])), int(peaks.sum())
 rows = []
-for name, spec in SETS.items():
-    if spec.group == "real": continue
-    for level in spec.doses:
-        try: pairs = make_pairs(spec, level, 4, 128)
-        except FileNotFoundError: break
-        for i, (clean, raw) in enumerate(pairs):
-            out = nets["default"](raw)
-            res = G.check_residual(raw, out)
-            pk, npk = peaks_kept(raw, out)
-            g, gres = G.guard(raw, out)
-            back = G.reinject(raw, out)
-            pk_back, _ = peaks_kept(raw, back)
-            row = dict(set=name, level=level, i=i, excess=res.lattice_excess, kept=res.lattice_kept, pk=pk, npk=npk, pk_back=pk_back,
-                       decision=gres.decision,
-                       s_raw=ssim(raw, clean), s_net=ssim(out, clean), s_guard=ssim(g, clean), s_back=ssim(back, clean),
-                       p_raw=psnr(raw, clean), p_net=psnr(out, clean), p_guard=psnr(g, clean), p_back=psnr(back, clean))
-            rows.append(row)
-            print(f"{name:>14} {level:>12} {i} {gres.decision:>10} excess {res.lattice_excess:7.3g} kept {res.lattice_kept:6.3f} pk {pk:6.3f} (n {npk:4d}) | SSIM raw {row['s_raw']:.3f} guard {row['s_guard']:.3f} back {row['s_back']:.3f} | PSNR guard {row['p_guard']:6.2f} back {row['p_back']:6.2f}", flush=True)
+for name, level, i, clean, raw in scored_pairs(4, 128):
+    out = net(raw)
+    res = G.check_residual(raw, out)
+    pk, npk = peaks_kept(raw, out)
+    g, gres = G.guard(raw, out)
+    back = G.reinject(raw, out)
+    pk_back, _ = peaks_kept(raw, back)
+    row = dict(set=name, level=level, i=i, excess=res.lattice_excess, kept=res.lattice_kept, pk=pk, npk=npk, pk_back=pk_back,
+               decision=gres.decision,
+               s_raw=ssim(raw, clean), s_net=ssim(out, clean), s_guard=ssim(g, clean), s_back=ssim(back, clean),
+               p_raw=psnr(raw, clean), p_net=psnr(out, clean), p_guard=psnr(g, clean), p_back=psnr(back, clean))
+    rows.append(row)
+    print(f"{name:>14} {level:>12} {i} {gres.decision:>10} excess {res.lattice_excess:7.3g} kept {res.lattice_kept:6.3f} pk {pk:6.3f} (n {npk:4d}) | SSIM raw {row['s_raw']:.3f} guard {row['s_guard']:.3f} back {row['s_back']:.3f} | PSNR guard {row['p_guard']:6.2f} back {row['p_back']:6.2f}", flush=True)
 json.dump(rows, open("/tmp/restore_peaks_kept.json", "w"))

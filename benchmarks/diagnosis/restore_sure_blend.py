@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from restore_quality import SETS, make_pairs, network  # noqa: E402
+from restore_quality import SETS, network, scored_pairs  # noqa: E402
 
 from emfuse.pipeline.metrics import psnr, ssim  # noqa: E402
 from emfuse.pipeline.restore.guard import _radius, guard, power_spectrum  # noqa: E402
@@ -58,27 +58,19 @@ def main(argv=None) -> None:
         return guard(d, net(d))[0]
 
     rows = []
-    for name in args.sets:
-        spec = SETS[name]
-        for level in spec.doses:
-            try:
-                pairs = make_pairs(spec, level, args.n, args.size)
-            except FileNotFoundError as exc:
-                print("skip", name, exc)
-                break
-            for i, (clean, raw) in enumerate(pairs):
-                rng = np.random.default_rng(i)
-                out = pipeline(raw)
-                var = white_variance(raw)
-                w = sure_weight(raw, pipeline, out, var, rng)
-                blend = w * out + (1 - w) * raw
-                row = {"set": name, "level": level, "i": i, "w": w, "var_rel": var / raw.var()}
-                for label, img in (("raw", raw), ("guard", out), ("blend", blend)):
-                    row[label] = (psnr(img, clean), ssim(img, clean))
-                rows.append(row)
-                print(f"{name:>14} {level:>12} {i} w {w:.3f} var/var {row['var_rel']:.2e}  "
-                      + "  ".join(f"{k} {row[k][0]:6.2f}/{row[k][1]:.3f}" for k in ("raw", "guard", "blend")),
-                      flush=True)
+    for name, level, i, clean, raw in scored_pairs(args.n, args.size, args.sets):
+        rng = np.random.default_rng(i)
+        out = pipeline(raw)
+        var = white_variance(raw)
+        w = sure_weight(raw, pipeline, out, var, rng)
+        blend = w * out + (1 - w) * raw
+        row = {"set": name, "level": level, "i": i, "w": w, "var_rel": var / raw.var()}
+        for label, img in (("raw", raw), ("guard", out), ("blend", blend)):
+            row[label] = (psnr(img, clean), ssim(img, clean))
+        rows.append(row)
+        print(f"{name:>14} {level:>12} {i} w {w:.3f} var/var {row['var_rel']:.2e}  "
+              + "  ".join(f"{k} {row[k][0]:6.2f}/{row[k][1]:.3f}" for k in ("raw", "guard", "blend")),
+              flush=True)
     below = {k: sum(r[k][1] < r["raw"][1] for r in rows) for k in ("guard", "blend")}
     print("images with SSIM below raw:", below, "of", len(rows))
     d = np.array([r["blend"][0] - r["guard"][0] for r in rows])
