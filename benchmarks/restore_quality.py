@@ -203,21 +203,31 @@ def make_pairs(spec: TestSet | str, level: str, n: int, size: int, *, base: int 
     return pairs
 
 
-def scored_pairs(n: int, size: int, sets: list[str] | None = None
-                 ) -> Iterator[tuple[str, str, int, np.ndarray, np.ndarray]]:
-    """``(set, level, index, clean, degraded)`` of every set with a truth and each of its doses
-    (all of :data:`SETS` by default); the MULTEM sets are left out without ``tk_r_em``."""
-    for name in sets or list(SETS):
+def set_levels(sets: list[str], n: int, size: int, log: Callable[[str], None] | None = None
+               ) -> Iterator[tuple[str, str, list[tuple[np.ndarray, np.ndarray]]]]:
+    """``(set, level, pairs)`` of each set with a truth and each of its doses; a MULTEM set is
+    left out (``log`` says so) without ``tk_r_em``."""
+    for name in sets:
         spec = SETS[name]
         if spec.group == "real":
             continue
         for level in spec.doses:
             try:
                 pairs = make_pairs(spec, level, n, size)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if log is not None:
+                    log(f"skip {name}: {exc}")
                 break
-            for i, (clean, degraded) in enumerate(pairs):
-                yield name, level, i, clean, degraded
+            yield name, level, pairs
+
+
+def scored_pairs(n: int, size: int, sets: list[str] | None = None
+                 ) -> Iterator[tuple[str, str, int, np.ndarray, np.ndarray]]:
+    """``(set, level, index, clean, degraded)`` of every image of :func:`set_levels` (all of
+    :data:`SETS` by default)."""
+    for name, level, pairs in set_levels(sets or list(SETS), n, size):
+        for i, (clean, degraded) in enumerate(pairs):
+            yield name, level, i, clean, degraded
 
 
 def pair_digest(clean: np.ndarray, degraded: np.ndarray) -> str:
@@ -460,42 +470,34 @@ def evaluate(set_names: list[str], methods: list[str], *, n: int, size: int, n_v
     models = models or {}
     cache = cache or Cache(None)
     results: dict = {}
-    for name in set_names:
+    for name, level, pairs in set_levels(set_names, n, size, log):
         spec = SETS[name]
-        if spec.group == "real":
-            continue
-        for level in spec.doses:
-            try:
-                pairs = make_pairs(spec, level, n, size)
-            except FileNotFoundError as exc:
-                log(f"skip {name}: {exc}")
-                break
-            digests = [pair_digest(c, d) for c, d in pairs]
-            cell = results.setdefault(name, {}).setdefault(level, {})
-            for label in methods:
-                method = resolve_method(label, spec, models, n_val)
-                if isinstance(method, str):
-                    if level == next(iter(spec.doses)):
-                        log(f"skip {label} on {name}: {method}")
-                    continue
-                keys = [image_key(spec, level, size, i, digests[i], method.tag) for i in range(len(pairs))]
-                missing = [i for i, k in enumerate(keys) if cache.get(k) is None]
-                if missing:
-                    start = time.perf_counter()
-                    if label == "truth":
-                        fn, extra = (lambda d: d), {}
-                    else:
-                        fn, extra = method_function(method, spec, models, level, size, n_val)
-                    for i in missing:
-                        clean, degraded = pairs[i]
-                        t0 = time.perf_counter()
-                        out = clean if label == "truth" else fn(degraded)
-                        cache.put(keys[i], {"psnr": psnr(out, clean), "ssim": ssim(out, clean),
-                                            "seconds": time.perf_counter() - t0, **extra})
-                    cache.flush()
-                    log(f"{name:>14} {level:>12} {label:>10}: {len(missing)} image(s) in "
-                        f"{time.perf_counter() - start:.1f} s")
-                cell[label] = [cache.get(k) for k in keys]
+        digests = [pair_digest(c, d) for c, d in pairs]
+        cell = results.setdefault(name, {}).setdefault(level, {})
+        for label in methods:
+            method = resolve_method(label, spec, models, n_val)
+            if isinstance(method, str):
+                if level == next(iter(spec.doses)):
+                    log(f"skip {label} on {name}: {method}")
+                continue
+            keys = [image_key(spec, level, size, i, digests[i], method.tag) for i in range(len(pairs))]
+            missing = [i for i, k in enumerate(keys) if cache.get(k) is None]
+            if missing:
+                start = time.perf_counter()
+                if label == "truth":
+                    fn, extra = (lambda d: d), {}
+                else:
+                    fn, extra = method_function(method, spec, models, level, size, n_val)
+                for i in missing:
+                    clean, degraded = pairs[i]
+                    t0 = time.perf_counter()
+                    out = clean if label == "truth" else fn(degraded)
+                    cache.put(keys[i], {"psnr": psnr(out, clean), "ssim": ssim(out, clean),
+                                        "seconds": time.perf_counter() - t0, **extra})
+                cache.flush()
+                log(f"{name:>14} {level:>12} {label:>10}: {len(missing)} image(s) in "
+                    f"{time.perf_counter() - start:.1f} s")
+            cell[label] = [cache.get(k) for k in keys]
     return results
 
 
