@@ -115,6 +115,7 @@ def test_a_single_command_with_prefect_starts_the_server_early(tmp_path):
     flows = [name for (name,) in db.execute("select f.name from flow_run r join flow f on r.flow_id = f.id")]
     tasks = db.execute("select count(*) from task_run").fetchone()[0]
     assert flows == ["emfuse-fuse"] and tasks >= 3  # plan, compute, finalise at least
+    assert db.execute("select count(*) from events").fetchone()[0] == 0  # not stored (configure_prefect)
     assert {p.pid for p in _uvicorn()} <= before  # the early server ended with the command
 
     plain = {k: v for k, v in env.items()}
