@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--z-weights", type=Path, default=None, help="with --pretrained --compare-z")
     p.add_argument("--load", action="append", default=[], metavar="NAME=PATH",
                    help="use these weights for network NAME (avae, vae, avae_z) instead of training it")
+    p.add_argument("--linear-modes", nargs="+", choices=MODES, default=[],
+                   help="modes mapped to [0, 1] linearly (1st-99th percentile) instead of equalised")
     p.add_argument("--skip-classifier", action="store_true", help="leave out the feature-extraction check")
     p.add_argument("--hold-out", nargs="+", choices=sorted({*MATERIALS, *FAMILIES}), default=None,
                    help="leave these material families out of training and validation and test on all their regions "
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.mixed_illumination:
         flat = [bool(np.random.default_rng([args.seed, i, 1]).random() < 0.5) for i in range(args.n)]
     prepared = prepare_regions(simulate_regions(args.n, (args.size, args.size), args.seed, **scope),
-                               flat_reference=flat)
+                               flat_reference=flat, linear=[MODES.index(m) for m in args.linear_modes])
     t_sim = time.perf_counter() - t0
     train, val, test = split_indices(args.n, args.seed)
     if args.hold_out:  # a whole material family never trained on nor validated with: all its regions are tested

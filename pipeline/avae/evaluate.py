@@ -52,13 +52,15 @@ class Prepared:
     hrtem: np.ndarray | None = None  # (N, H, W) the HRTEM as recorded, flat-fielded only
 
 
-def prepare_regions(regions: Sequence[ModeImages], *, flat_reference: bool | Sequence[bool] = False) -> Prepared:
+def prepare_regions(regions: Sequence[ModeImages], *, flat_reference: bool | Sequence[bool] = False,
+                    linear: Sequence[int] = ()) -> Prepared:
     """Preprocess every region on its own (flat field, equalisation, registration, denoising).
 
     ``flat_reference``: divide each mode by its recorded illumination (a vacuum reference) instead
     of fitting the illumination as a smooth surface, which also takes away the smooth part of the
     specimen's own contrast (BF's thickness wedge). One flag for all regions, or one per region
-    (a training set with and without references).
+    (a training set with and without references). ``linear``: the modes stretched linearly instead
+    of equalised (:class:`~.preprocess.Preprocessing`).
     """
     flags = [bool(flat_reference)] * len(regions) if isinstance(flat_reference, bool) else list(flat_reference)
     if len(flags) != len(regions):
@@ -68,7 +70,7 @@ def prepare_regions(regions: Sequence[ModeImages], *, flat_reference: bool | Seq
         warnings.simplefilter("ignore", RuntimeWarning)  # failed matches are counted in the errors
         for r, flat in zip(regions, flags):
             modes = r.modes / r.illumination if flat else r.modes
-            prep = Preprocessing.fit(modes, order=0 if flat else 2)
+            prep = Preprocessing.fit(modes, order=0 if flat else 2, linear=linear)
             inputs.append(prep.apply(modes))
             errors.append(np.linalg.norm(prep.drift - r.drift, axis=1))
             # the HRTEM is the registration's reference: flat-fielded, it is in the truth's frame

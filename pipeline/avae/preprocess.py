@@ -172,6 +172,22 @@ def mode_quantiles(image: Any, n: int = N_QUANTILES) -> np.ndarray:
     return np.quantile(a, np.linspace(0, 1, n))
 
 
+def stretch(image: Any, quantiles: np.ndarray, low: float = 0.01, high: float = 0.99) -> np.ndarray:
+    """A linear map of the ``low`` and ``high`` quantiles to 0 and 1, clipped: keeps the image's
+    values proportional (:func:`equalise` does not).
+
+    Examples
+    --------
+    >>> q = mode_quantiles(np.linspace(0.0, 10.0, 1001))
+    >>> [round(float(v), 3) for v in stretch(np.array([0.1, 5.0, 9.9]), q)]
+    [0.0, 0.5, 1.0]
+    """
+    ranks = np.linspace(0, 1, len(quantiles))
+    lo, hi = np.interp([low, high], ranks, quantiles)
+    spread = hi - lo if hi > lo else 1.0
+    return np.clip((np.asarray(image, dtype=np.float64) - lo) / spread, 0.0, 1.0)
+
+
 def equalise(image: Any, quantiles: np.ndarray | None = None) -> np.ndarray:
     """Histogram equalisation: each value replaced by its rank in ``quantiles`` (default its own), in [0, 1].
 
@@ -264,7 +280,8 @@ class Preprocessing:
 
     ``flat`` (mode, n_coef) log-illumination coefficients; ``quantiles`` (mode, n) cumulative
     histograms of the flat-fielded modes; ``drift`` (mode, 2) px; ``denoise`` sigma per mode (px);
-    ``shape`` the full image's (y, x).
+    ``shape`` the full image's (y, x); ``linear`` the modes (indices) mapped to [0, 1] by
+    :func:`stretch` instead of :func:`equalise` (none by default).
     """
 
     flat: np.ndarray
@@ -273,11 +290,12 @@ class Preprocessing:
     shape: tuple[int, int]
     denoise: tuple[float, ...] = field(default_factory=lambda: tuple(DENOISE_SIGMA[m] for m in MODES))
     order: int = 2
+    linear: tuple[int, ...] = ()
 
     @classmethod
     def fit(cls, modes: Any, *, full_shape: Sequence[int] | None = None, offset: Sequence[int] = (0, 0),
             coarse: Any = None, factor: int = 1, register: bool = True, sigma: float = 3.0,
-            order: int = 2) -> Preprocessing:
+            order: int = 2, linear: Sequence[int] = ()) -> Preprocessing:
         """Fit every step on ``modes`` (mode, y, x): the whole image or a crop of it.
 
         For a dataset larger than memory pass the central crop as ``modes`` (with its
@@ -293,7 +311,7 @@ class Preprocessing:
         flattened = np.stack([a[i] / flat_surface(flat[i], full, window) for i in range(a.shape[0])])
         quantiles = np.stack([mode_quantiles(m) for m in flattened])
         drift = estimate_mode_drift(flattened, sigma=sigma) if register else np.zeros((a.shape[0], 2))
-        return cls(flat, quantiles, drift, full, order=order)
+        return cls(flat, quantiles, drift, full, order=order, linear=tuple(int(i) for i in linear))
 
     def apply(self, window_modes: Any, window: tuple[slice, slice] | None = None) -> np.ndarray:
         """Flat field, equalise, align and denoise a window (mode, y, x) of the full image."""
@@ -301,7 +319,8 @@ class Preprocessing:
         win = window or (slice(0, a.shape[1]), slice(0, a.shape[2]))
         out = np.empty_like(a)
         for i in range(a.shape[0]):
-            out[i] = equalise(a[i] / flat_surface(self.flat[i], self.shape, win), self.quantiles[i])
+            to_unit = stretch if i in self.linear else equalise
+            out[i] = to_unit(a[i] / flat_surface(self.flat[i], self.shape, win), self.quantiles[i])
         out = align_modes(out, self.drift)
         for i in range(a.shape[0]):
             out[i] = denoise(out[i], self.denoise[i])
@@ -315,4 +334,4 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         return cls(np.asarray(d["flat"]), np.asarray(d["quantiles"]), np.asarray(d["drift"]),
-                   tuple(d["shape"]), tuple(d["denoise"]), int(d["order"]))
+                   tuple(d["shape"]), tuple(d["denoise"]), int(d["order"]), tuple(d.get("linear", ())))
