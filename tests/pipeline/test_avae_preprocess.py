@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -119,3 +120,25 @@ def test_preprocessing_by_windows_equals_the_whole_image():
     np.testing.assert_allclose(part[:, 16:72, 0:74], whole[:, core[0], core[1]], atol=1e-5)
     again = Preprocessing.from_dict(json.loads(json.dumps(prep.to_dict())))
     np.testing.assert_array_equal(again.apply(region.modes), whole)
+
+
+def test_linear_modes_keep_their_values_proportional_and_survive_json():
+    """A mode in ``linear`` is stretched (a linear map of its 1st and 99th percentiles to 0 and 1)
+    instead of equalised: inside that range, equal steps of the input stay equal steps; the other
+    modes are equalised as before, and the choice is kept through ``to_dict``/``from_dict``."""
+    region = simulate_regions(1, (96, 96), seed=3)[0]
+    modes = region.modes / region.illumination
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        plain = Preprocessing.fit(modes, order=0, register=False)
+        linear = Preprocessing.fit(modes, order=0, register=False, linear=[0])
+    prep = dataclasses.replace(linear, denoise=(0.0, 0.0, 0.0))  # the values themselves, not smoothed
+    out = prep.apply(modes)
+    inside = (out[0] > 0.05) & (out[0] < 0.95)
+    slope, offset = np.polyfit(modes[0][inside], out[0][inside], 1)
+    np.testing.assert_allclose(out[0][inside], slope * modes[0][inside] + offset, atol=1e-5)
+    np.testing.assert_array_equal(out[1:], dataclasses.replace(plain, denoise=(0.0, 0.0, 0.0)).apply(modes)[1:])
+    assert not np.allclose(out[0], dataclasses.replace(plain, denoise=(0.0, 0.0, 0.0)).apply(modes)[0], atol=0.02)
+    again = Preprocessing.from_dict(json.loads(json.dumps(linear.to_dict())))
+    assert again.linear == (0,)
+    np.testing.assert_array_equal(again.apply(modes), linear.apply(modes))
