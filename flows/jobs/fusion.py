@@ -652,6 +652,13 @@ def _check_dose(job: FusionJob, haadf_range: tuple[float, float], map_max: Seque
     spectrum image or the detector was not recorded). One map without counts is an element's
     problem (see :meth:`Normalisation.from_ranges`), not the dataset's."""
     if all(hi == 0 for hi in map_max):
+        elsewhere = _counts_outside_windows(job) if job.maps_from == "spectrum" else None
+        if elsewhere:
+            raise FusionInputError(
+                f"{job.source}: every elemental map ({', '.join(job.elements)}) is zero, but {elsewhere}. "
+                "Check the elements, the energy axis's calibration (offset and scale) and the windows "
+                "(--window EL=LO:HI in eV); in these windows there is nothing to fuse."
+            )
         raise FusionInputError(
             f"{job.source}: every elemental map ({', '.join(job.elements)}) is zero: the dataset "
             "holds no counts (zero dose: the beam was blanked or the spectrum image was not "
@@ -663,6 +670,20 @@ def _check_dose(job: FusionJob, haadf_range: tuple[float, float], map_max: Seque
             "dose, or the detector was not inserted). Check the acquisition; fusion needs a HAADF "
             "with contrast."
         )
+
+
+def _counts_outside_windows(job: FusionJob) -> str | None:
+    """Where the counts of a spectrum image whose maps are all zero are (a phrase), or None
+    when it holds none: a pass over the spectrum, made only on this error's path."""
+    ds = open_dataset(job.source)
+    per_channel = np.asarray(ds[layout.SPECTRUM].sum(dim=[d for d in ds[layout.SPECTRUM].dims if d != "energy"]))
+    total = float(per_channel.sum())
+    if total <= 0:
+        return None
+    energy = ds["energy"]
+    units = energy.attrs.get("units", "eV")
+    return (f"its spectrum image holds {total:.6g} counts outside these elements' windows "
+            f"(the most at {float(energy.values[int(np.argmax(per_channel))]):.4g} {units})")
 
 
 def search_settings(job: FusionJob) -> auto.SearchSettings:

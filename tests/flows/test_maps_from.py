@@ -188,3 +188,16 @@ def test_no_elements_names_those_the_file_lists(tmp_path):
     with pytest.raises(FusionInputError, match=r"no elements were named; pass the elements to map, e\.g\. "
                                                r"--elements Fe O\. The file's metadata lists Cu O Pd Ti\."):
         _plan(store, tmp_path / "o.zarr")
+
+
+def test_zero_maps_from_a_spectrum_with_counts_elsewhere_say_where_the_counts_are(tmp_path):
+    """The Velox example's EDS spectrum image holds 11093 counts, none in the O, Fe and Co windows
+    (the file was pruned: nearly all sit at the zero-energy peak). The error says so instead of
+    calling the dataset empty, and points at the elements, the calibration and the windows."""
+    store = _ingest("example_velox_EELS_EDS.emd", tmp_path / "eds.zarr", signal=17)
+    job, _ = _plan(store, tmp_path / "o.zarr", elements=["O", "Fe", "Co"])
+    fusion_job.write_inputs(job)
+    with pytest.raises(FusionInputError, match=r"is zero, but its spectrum image holds 11093 counts outside "
+                                               r"these elements' windows \(the most at [-\d.]+ eV\)\. Check the "
+                                               r"elements, the energy axis's calibration"):
+        fusion_job.normalise(job)
