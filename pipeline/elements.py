@@ -321,7 +321,8 @@ def xray_line(
     where = "" if energy_range_ev is None else f" inside {lo:g}-{hi:g} eV"
     raise NoLineError(
         f"{el.symbol} has no usable EDX line{where} (lines in the table: "
-        f"{dict(lines) or 'none'}); pass an explicit energy window for it"
+        f"{dict(lines) or 'none'}); pass an explicit energy window for it (--window "
+        f"{el.symbol}=LOW:HIGH in eV; windows={{'{el.symbol}': (low, high)}} in Python) or leave it out"
     )
 
 
@@ -384,5 +385,6 @@ def eels_edge(
     where = "" if energy_range_ev is None else f" inside {lo:g}-{hi:g} eV"
     raise NoLineError(
         f"{el.symbol} has no EELS edge{where} (edges in the table: {dict(edges) or 'none'}); "
-        "pass an explicit energy window for it"
+        f"pass an explicit energy window for it (--window {el.symbol}=LOW:HIGH in eV; "
+        f"windows={{'{el.symbol}': (low, high)}} in Python) or leave it out"
     )

@@ -447,9 +447,9 @@ def map_windows(
             what = "the user window" if line_ev is None else f"the {line} line at {line_ev:g} eV"
             raise WindowError(
                 f"the {symbol} window {signal[0]:g}-{signal[1]:g} eV ({what}) lies outside the "
-                f"spectrum's energy range {lo:g}-{hi:g} eV: pass "
-                f"windows={{'{symbol}': (low, high)}} inside the range, choose another line "
-                f"with lines={{'{symbol}': ...}}, or leave the element out"
+                f"spectrum's energy range {lo:g}-{hi:g} eV: pass a window inside the range "
+                f"(--window {symbol}=LOW:HIGH in eV; windows={{'{symbol}': (low, high)}} in Python), "
+                f"choose another line with lines={{'{symbol}': ...}}, or leave the element out"
             )
         if background is not None:
             for a, b in background:

@@ -179,7 +179,8 @@ def test_xray_line_errors():
         xray_line("H")
     with pytest.raises(NoLineError, match="no X-ray line 'Ma'"):
         xray_line("Fe", "Ma")
-    with pytest.raises(NoLineError, match="inside 3000-5000 eV"):
+    with pytest.raises(NoLineError, match=r"inside 3000-5000 eV .*\(--window Sr=LOW:HIGH in eV; "
+                                          r"windows=\{'Sr': \(low, high\)\} in Python\) or leave it out"):
         xray_line("Sr", energy_range_ev=(3000, 5000))
     with pytest.raises(UnknownElement):
         xray_line("Qq")
@@ -206,7 +207,7 @@ def test_eels_edge_choice(symbol, kwargs, expected):
 
 
 def test_eels_edge_errors():
-    with pytest.raises(NoLineError, match="H has no EELS edge"):
+    with pytest.raises(NoLineError, match=r"H has no EELS edge.*\(--window H=LOW:HIGH in eV; "):
         eels_edge("H")
     with pytest.raises(NoLineError, match="no EELS edge 'M45'"):
         eels_edge("O", "M45")

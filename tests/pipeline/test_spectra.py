@@ -301,7 +301,8 @@ GOOD = np.ones((2, 3, ENERGY_EV.size))
          "strictly increasing"),
         (GOOD, ENERGY_EV, ["Fe", "Xx"], {}, UnknownElement, "'Xx'"),
         (GOOD, ENERGY_EV, ["Fe"], {"windows": {"Fe": (20000, 21000)}}, WindowError,
-         "Fe window 20000-21000 eV .* outside .* energy range"),
+         r"Fe window 20000-21000 eV .* outside .* energy range .*: pass a window inside the range "
+         r"\(--window Fe=LOW:HIGH in eV; windows=\{'Fe': \(low, high\)\} in Python\)"),
         (GOOD, ENERGY_EV, ["Fe"], {"windows": {"Fe": (6500, 6300)}}, WindowError, "low < high"),
         (GOOD, ENERGY_EV, ["Fe"], {"windows": {"Mn": (5800, 6000)}}, WindowError,
          r"\['Mn'\], which is not in elements"),
