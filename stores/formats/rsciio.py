@@ -201,7 +201,9 @@ def describe(path: str | Path) -> list[str]:
         if s.energy is not None and len(s.energy):
             line += f", {float(s.energy[0]):.5g} to {float(s.energy[-1]):.5g} eV"
         if s.pixel_nm[0]:
-            line += f", pixel {s.pixel_nm[0]:.4g} nm"
+            y, x = s.pixel_nm[0], s.pixel_nm[1] or s.pixel_nm[0]
+            # non-square pixels (a Bruker image can have them) show both sides, as the file gives them
+            line += f", pixel {y:.4g} nm" if f"{y:.4g}" == f"{x:.4g}" else f", pixel {y:.4g} x {x:.4g} nm (y x x)"
         lines.append(line)
         for e in (s.metadata.get("Sample") or {}).get("elements") or []:
             if str(e) not in elements:

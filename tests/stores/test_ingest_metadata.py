@@ -257,6 +257,10 @@ def test_describe_lists_signals_and_elements(formats):
     assert "  [9] element map 'Co' (16, 20), pixel 158.7 nm" in lines
     assert lines[-1] == "elements listed in the file's metadata: O Fe Co"
     assert describe(DATA / "fusion" / "Co3O4_Mn3O4.h5")[-1] == "elements: Co Mn O"
+    # the Bruker image's pixels are not square as RosettaSciIO reads them: both sides are listed
+    bruker = describe(formats / "bcf_v2_50x50px.bcf")
+    assert "  [0] image 'Ch 1' (50, 50), pixel 11.81 x 12.73 nm (y x x)" in bruker
+    assert "  [2] spectrum image 'EDX' (50, 50, 2048) EDX, -473.16 to 19989 eV, pixel 11.81 nm" in bruker
 
 
 def test_what_was_left_out_is_stored_as_warnings(formats, tmp_path):
