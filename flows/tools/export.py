@@ -25,6 +25,7 @@ PosixPath('run1_fused.hspy')
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,15 @@ def export(
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
     signal = to_hyperspy(store, variable, lazy=True)
-    check_writable(out)  # creates the folder; OutputNotWritable where it cannot
-    signal.save(out, overwrite=True)
+    # written beside it, then renamed: an export killed midway leaves no truncated file under the
+    # name asked for (an earlier file stays as it was); the suffix keeps HyperSpy's format choice
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    check_writable(partial)  # creates the folder; OutputNotWritable where it cannot
+    try:
+        signal.save(partial, overwrite=True)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     return out
 
 

@@ -156,10 +156,30 @@ def test_export_command_writes_a_file_hyperspy_loads(tmp_path, rng, capsys):
     assert loaded.axes_manager["energy"].units == "eV"
     assert main(["export", str(store), "--out", str(out)]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["export", str(store), "--variable", "spectrum", "--out", str(out), "--overwrite"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out and type(hs.load(out)).__name__ == "EDSTEMSpectrum"
     assert main(["export", str(store), "--variable", "fused", "--out", str(tmp_path / "f.hspy")]) == 2
     assert "has no variable 'fused'; it has spectrum. Choose one with --variable" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"must end in \.hspy"):
         export(store, tmp_path / "x.h5")
+
+
+def test_an_export_that_fails_midway_leaves_the_earlier_file(tmp_path, rng):
+    """The file is written beside its name and renamed at the end: an export that fails while
+    writing (here a damaged chunk of the store, read as the file is written) leaves the file of an
+    earlier export as it was, and no partial file."""
+    import hashlib
+
+    store = ingest(_hspy(_eds_signal(rng), tmp_path / "eds.hspy"), tmp_path / "eds.zarr")
+    out = export(store, tmp_path / "exported.hspy", variable="spectrum")
+    before = hashlib.sha256(out.read_bytes()).hexdigest()
+    chunks = [p for p in (store / "spectrum").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    chunks[0].write_bytes(b"not a zstd frame" * 8)
+    with pytest.raises(Exception):  # noqa: B017  (whatever the codec raises)
+        export(store, out, variable="spectrum", overwrite=True)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.glob("*.hspy")) == ["eds.hspy", "exported.hspy"]
+    assert not list(tmp_path.glob(".*partial*"))
 
 
 def test_missing_hyperspy_names_the_extra(tmp_path, rng, monkeypatch):
