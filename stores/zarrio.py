@@ -242,13 +242,16 @@ def timed(path: str | Path, stage: str) -> Iterator[None]:
     add_timing(path, stage, time.perf_counter() - start)
 
 
-def check_writable(path: str | Path) -> Path:
+def check_writable(path: str | Path, *, file: bool = False) -> Path:
     """Make sure ``path`` (a store directory to be) can be created and written.
 
     Parameters
     ----------
     path : str or pathlib.Path
         The store to be written.
+    file : bool
+        ``path`` is a file to be written (an exported signal, a model), which may replace an
+        existing one: its folder is created and checked, never ``path`` itself.
 
     Returns
     -------
@@ -261,7 +264,7 @@ def check_writable(path: str | Path) -> Path:
         naming the directory that cannot be written and what to do.
     """
     path = Path(path)
-    parent = path.parent if not path.exists() else path
+    parent = path.parent if file or not path.exists() else path
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -136,7 +136,7 @@ def export(
     # written beside it, then renamed: an export killed midway leaves no truncated file under the
     # name asked for (an earlier file stays as it was); the suffix keeps HyperSpy's format choice
     partial = out.with_name(f".{out.stem}.partial{out.suffix}")
-    check_writable(partial)  # creates the folder; OutputNotWritable where it cannot
+    check_writable(out, file=True)  # creates the folder; OutputNotWritable where it cannot
     try:
         signal.save(partial, overwrite=True)
         os.replace(partial, out)

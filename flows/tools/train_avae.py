@@ -73,7 +73,7 @@ def train_from_stores(stores: Sequence[str | Path], out: str | Path, *, region: 
     """Train on every region of ``stores`` and write the model to ``out``; returns (path, history)."""
     settings = settings or TrainSettings()
     cfg = cfg or AVAEConfig()
-    check_writable(out)  # before training, not after it
+    check_writable(out, file=True)  # before training, not after it (an existing file is replaced)
     parts = [store_regions(s, region, base_model=cfg.base_model if cfg.has_base else None) for s in stores]
     inputs = np.concatenate([p[0] for p in parts])
     targets = np.concatenate([p[1] for p in parts])

@@ -65,6 +65,22 @@ def test_unwritable_folder_is_named(tmp_path):
         StoreLock(blocker / "out.zarr").acquire()
 
 
+def test_a_file_output_may_replace_a_file_a_store_may_not(tmp_path):
+    """``check_writable(..., file=True)`` (an exported signal, a model) checks the file's folder, so
+    an existing file can be replaced and a missing folder is created; a store path that is a file
+    is still refused, naming it."""
+    from emfuse.stores.zarrio import check_writable
+
+    existing = tmp_path / "model.safetensors"
+    existing.write_text("an earlier model")
+    assert check_writable(existing, file=True) == existing
+    assert check_writable(tmp_path / "new" / "x.hspy", file=True) and (tmp_path / "new").is_dir()
+    with pytest.raises(OutputNotWritable, match="model.safetensors"):
+        check_writable(existing)
+    with pytest.raises(OutputNotWritable, match="output directory"):
+        check_writable(existing / "x.hspy", file=True)
+
+
 def test_run_job_refuses_a_locked_store(tmp_path, dysco3):
     """A job does not touch a store another run is writing."""
     import numpy as np
