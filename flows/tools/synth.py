@@ -69,7 +69,9 @@ def movie_dataset(data: SyntheticMovie) -> xr.Dataset:
     """The canonical Dataset of a synthetic movie (counts), its noise-free frames and its drift."""
     label = f"synthetic HR-STEM movie (seed {data.seed})"
     ds = canonical_dataset(label, movie=data.movie, pixel_nm=(data.pixel_size_nm, data.pixel_size_nm))
-    ds[layout.MOVIE].attrs.update(units="counts")
+    # what ingest keeps of a real file's image, so that `--model auto` knows it as it would a real
+    # HAADF movie (instead of guessing STEM from nothing and warning)
+    ds[layout.MOVIE].attrs.update(units="counts", acquisition_mode="STEM", detector="HAADF")
     ds[layout.TRUE_MOVIE] = (layout.DIMS[layout.TRUE_MOVIE], data.true_movie,
                              {"units": "counts", "description": "expected counts (noise-free frames)"})
     ds[layout.TRUE_DRIFT] = (layout.DIMS[layout.TRUE_DRIFT], data.drift,

@@ -44,6 +44,17 @@ def movie_store(tmp_path_factory):
     return write_synthetic("movie", tmp_path_factory.mktemp("in") / "movie.zarr", shape=(64, 48), frames=5)
 
 
+@pytest.fixture(scope="module")
+def bare_movie_store(movie_store, tmp_path_factory):
+    """The synthetic movie without what says how it was recorded (acquisition mode, detector), as
+    a user's own store may be."""
+    ds = open_dataset(movie_store).load()
+    for name in ("acquisition_mode", "detector"):
+        ds["movie"].attrs.pop(name, None)
+    ds.attrs.pop("complete", None)
+    return write_dataset(ds, tmp_path_factory.mktemp("bare") / "movie.zarr")
+
+
 def _run(source, out, client, model, **kw):
     return run_job("restore", source, out, client, progress=False, model=model, **{**OPTIONS, **kw})
 
@@ -245,8 +256,8 @@ def _tem_store(path):
     return write_dataset(ds, path)
 
 
-def test_auto_on_a_store_without_metadata_records_an_unsure_choice(tmp_path, movie_store, client):
-    job = _run(movie_store, tmp_path / "auto.zarr", client, "auto")
+def test_auto_on_a_store_without_metadata_records_an_unsure_choice(tmp_path, bare_movie_store, client):
+    job = _run(bare_movie_store, tmp_path / "auto.zarr", client, "auto")
     out = open_dataset(job.out)
     choice = out.attrs["model_choice"]
     assert out.attrs["params"]["model"] == job.model == choice["model"]
@@ -257,6 +268,17 @@ def test_auto_on_a_store_without_metadata_records_an_unsure_choice(tmp_path, mov
     [unsure] = [w for w in out.attrs["warnings"] if w["code"] == "model-auto-unsure"]
     assert "--model stem-high|stem-low|tem-high|tem-low|sem" in unsure["message"] and "r_em:" in unsure["message"]
     assert restore_job.summary(job)["model_choice"] == choice
+
+
+def test_the_synthetic_movie_is_known_as_a_haadf_stem_movie(movie_store):
+    """``emfuse synth movie`` records what ingest keeps of a real HAADF movie, so ``--model auto``
+    is sure of it (no ``model-auto-unsure`` warning on the project's own data)."""
+    from emfuse.pipeline.restore.select import infer_modality
+
+    ds = open_dataset(movie_store)
+    guess = infer_modality(ds.attrs, ds.movie.attrs, 0.02)
+    assert (guess.modality, guess.resolution, guess.confident) == ("stem", "high", True), guess.reason
+    assert "detector 'HAADF'" in guess.reason
 
 
 def test_auto_picks_the_own_model_present_and_a_rerun_keeps_its_decision(tmp_path, movie_store, client,
@@ -313,11 +335,11 @@ def test_auto_on_a_tem_frame_is_sure_and_warns_of_nothing(tmp_path, tiny_model, 
 
 
 @pytest.mark.prefect
-def test_cli_restore_says_which_model_auto_chose(prefect_harness, tmp_path, movie_store, capsys):
+def test_cli_restore_says_which_model_auto_chose(prefect_harness, tmp_path, bare_movie_store, capsys):
     from emfuse.flows.cli import main
 
     out = tmp_path / "auto.zarr"
-    args = ["restore", str(movie_store), "--out", str(out), "--cluster", "local-threads", "--tile", "32",
+    args = ["restore", str(bare_movie_store), "--out", str(out), "--cluster", "local-threads", "--tile", "32",
             "--overlap", "8"]
     assert main(args) == 0
     printed = capsys.readouterr().out
