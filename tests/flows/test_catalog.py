@@ -148,6 +148,22 @@ datasets:
     assert "the model" in model.error and "outside" in model.error
 
 
+def test_a_path_written_from_data_root_is_pointed_out(incoming):
+    """data_root confines the paths, they start at the catalog's folder: a dataset written relative
+    to data_root fails, and its error gives the path to write."""
+    cat = load_catalog(_write(incoming, """
+data_root: incoming
+datasets:
+  - {path: run1.zarr, jobs: [fuse]}
+  - {path: "run*.zarr", jobs: [fuse]}
+  - {path: nowhere.zarr, jobs: [fuse]}
+"""))
+    single, pattern, missing = cat.datasets
+    assert single.error.endswith(f"It is under data_root: write {incoming / 'incoming' / 'run1.zarr'}.")
+    assert "no file matches" in pattern.error and "It is under data_root" in pattern.error
+    assert "does not exist" in missing.error and "data_root" not in missing.error
+
+
 def test_data_root_must_exist(incoming):
     with pytest.raises(CatalogError, match="data_root"):
         load_catalog(_write(incoming, "data_root: nowhere\ndatasets:\n  - {path: x, jobs: [fuse]}\n"))
