@@ -53,7 +53,7 @@ def no_maps_message(wanted: Sequence[str] | None, have: Sequence[str]) -> str:
 def no_elements_message(listed: Sequence[str]) -> str:
     """A spectrum image and no elements: the message names those the file's metadata lists."""
     return ("the dataset holds a spectrum image but no elements were named; "
-            "pass the elements to map, e.g. --elements Fe O."
+            "pass the elements to map, e.g. --elements Fe O (in a catalog: elements: [Fe, O])."
             + (f" The file's metadata lists {' '.join(listed)}." if listed else ""))
 
 

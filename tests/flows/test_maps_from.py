@@ -186,7 +186,8 @@ def test_auto_lambdas_keep_the_output_provenance(velox, tmp_path):
 def test_no_elements_names_those_the_file_lists(tmp_path):
     store = _ingest("test_TEM.bcf", tmp_path / "tem.zarr")
     with pytest.raises(FusionInputError, match=r"no elements were named; pass the elements to map, e\.g\. "
-                                               r"--elements Fe O\. The file's metadata lists Cu O Pd Ti\."):
+                                               r"--elements Fe O \(in a catalog: elements: \[Fe, O\]\)\. The file's "
+                                               r"metadata lists Cu O Pd Ti\."):
         _plan(store, tmp_path / "o.zarr")
 
 
