@@ -72,6 +72,24 @@ def _results(record: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in _RESULT_KEYS if k in summary}
 
 
+def shown(value: Any) -> Any:
+    """``value`` as the page shows it: floats to 4 significant digits, at any depth (a chosen
+    ``lambda_chem`` of 0.015625000000000007 reads 0.01563); ``report.json`` keeps every digit.
+
+    Examples
+    --------
+    >>> shown({"lambda_chem": 0.015625000000000007, "final_cost": [3994.1535513, 2], "model": "auto"})
+    {'lambda_chem': 0.01563, 'final_cost': [3994.0, 2], 'model': 'auto'}
+    """
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: shown(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [shown(v) for v in value]
+    return value
+
+
 @jinja2.pass_context
 def _relative_to_page(context: jinja2.runtime.Context, path: str | None) -> str:
     return _relative(path, context["folder"])
@@ -83,7 +101,7 @@ def _environment() -> jinja2.Environment:
                              autoescape=True, undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
     env.filters.update(status_text=status_text, status_class=_status_class, warnings=job_warnings,
                        results=_results, relative=_relative_to_page, basename=lambda p: Path(p).name,
-                       json=lambda v: json.dumps(v, default=str),
+                       json=lambda v: json.dumps(shown(v), default=str),
                        figures=lambda r: [f for f in r.get("figures", []) if f.endswith(".png")])
     return env
 

@@ -114,6 +114,10 @@ def test_morning_report(first_run, night):
     for record in warned:
         for w in record["summary"]["warnings"]:
             assert w["message"] in html_unescape(html) and w["message"] in log
+    # parameters and results are shown to 4 significant digits (report.json keeps them all)
+    shown = [m.group(1) for c in re.findall(r"<code>(.*?)</code>", html)
+             for m in re.finditer(r"(?<![\w.])(\d+\.\d+)(?:e-?\d+)?", html_unescape(c))]
+    assert shown and all(len(n.rstrip("0").rstrip(".").replace(".", "").lstrip("0")) <= 4 for n in shown), shown
 
 
 def test_rerun_resumes_and_recomputes_nothing_finished(first_run, night):
