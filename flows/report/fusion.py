@@ -60,7 +60,8 @@ def maps_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     columns = [
         (name, title, unit)
         for name, title, unit in (
-            (MAPS, "raw map", "counts"),
+            # what the raw maps are: counts, or vendor-scaled maps in their own units (the store says)
+            (MAPS, "raw map", ds[MAPS].attrs.get("units", "counts") if MAPS in ds else "counts"),
             (FUSED, "fused map", "normalised"),
             (TRUE_MAPS, "ground truth", "concentration"),
         )

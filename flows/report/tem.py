@@ -39,7 +39,8 @@ def tem_figure(ds: xr.Dataset, factor: int) -> Figure | None:
     for col, name in enumerate(names):
         image = modes.sel(mode=name).values
         vmin, vmax = robust_limits(image)
-        show_image(fig, axes[0, col], fused, image, f"{TITLES.get(name, name)} (recorded)", "counts",
+        show_image(fig, axes[0, col], fused, image, f"{TITLES.get(name, name)} (recorded)",
+                   ds[MODES].attrs.get("units", "counts"),
                    cmap=HAADF_CMAP, vmin=vmin, vmax=vmax)
         show_image(fig, axes[1, col], fused, attention.sel(mode=name).values, f"attention: {name}", "weight",
                    cmap=ATTENTION_CMAP, vmin=0, vmax=1)

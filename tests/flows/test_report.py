@@ -248,6 +248,20 @@ def test_colour_strips_show_each_images_limits_with_ticks_at_their_values(tmp_pa
     assert units == {"counts", "normalised", "concentration"}
 
 
+def test_raw_maps_are_labelled_with_the_stores_units(tmp_path):
+    """Maps that are not counts (vendor maps scaled to [0, 1], units ``a.u.`` in the store) are not
+    labelled "counts" on the report."""
+    import zarr
+
+    path = make_output_store(tmp_path / "o.zarr", n=32)
+    zarr.open_array(str(path / "maps"), mode="r+", zarr_format=3).attrs["units"] = "a.u."
+    ds = xr.open_zarr(path, zarr_format=3, consolidated=False)
+    fig = maps_figure(ds, 1)
+    labels = {ax.get_title().split(": ")[-1]: [t.get_text() for t in ax.texts if t.get_gid() == COLOUR_STRIP_GID][-1]
+              for ax in fig.axes if ax.images}
+    assert labels == {"raw map": "a.u.", "fused map": "normalised"}
+
+
 def test_a_second_headline_line_gets_its_room(tmp_path):
     ds = xr.open_zarr(make_output_store(tmp_path / "o.zarr"), zarr_format=3, consolidated=False)
     fig, axes = new_figure(ds, 2, 1, "Title", 1, note="and a note")
