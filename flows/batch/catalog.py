@@ -300,24 +300,30 @@ def _expand(pattern: str, base: Path, data_root: Path | None) -> tuple[list[Path
     full = _absolute(pattern, base)
     if data_root is not None and ".." in Path(pattern).parts:
         return [], f"the path {pattern!r} climbs out with '..'; give a path under data_root {data_root}."
-    # a relative path that names a file under data_root (but not beside the catalog) is the
-    # likeliest mistake: data_root confines the paths, it is not where they start
-    under_root = (f" It is under data_root: write {data_root / pattern}." if data_root is not None
-                  and not Path(pattern).is_absolute() and glob.glob(str(data_root / pattern)) else "")
     if _GLOB.search(pattern):
         paths = [Path(p) for p in sorted(glob.glob(str(full)))]
         if not paths:
-            return [], f"no file matches {full}; check the pattern and that the files arrived.{under_root}"
+            return [], (f"no file matches {full}; check the pattern and that the files arrived."
+                        f"{_under_root(pattern, data_root)}")
     else:
         if not full.exists():
             return [], (f"{full} does not exist; check the path (relative paths start at the catalog's "
-                        f"folder).{under_root}")
+                        f"folder).{_under_root(pattern, data_root)}")
         paths = [full]
     for p in paths:
         problem = _outside_root(str(p), base, data_root, "dataset")
         if problem:
             return [], problem
     return paths, None
+
+
+def _under_root(pattern: str, data_root: Path | None) -> str:
+    """For a dataset path that names nothing: where it would name files under ``data_root``, the
+    path to write (the likeliest mistake: data_root confines the paths, it is not where they
+    start), else nothing."""
+    if data_root is None or Path(pattern).is_absolute() or not glob.glob(str(data_root / pattern)):
+        return ""
+    return f" It is under data_root: write {data_root / pattern}."
 
 
 def _unique_names(entries: list[DatasetEntry]) -> list[DatasetEntry]:
