@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=TrainSettings().steps)
     p.add_argument("--lr", type=float, default=TrainSettings().lr)
     p.add_argument("--beta", type=float, default=TrainSettings().beta)
+    p.add_argument("--crop", type=int, default=TrainSettings().crop,
+                   help="training crop side in px (default %(default)s; validation crops stay 96 px)")
+    p.add_argument("--batch", type=int, default=TrainSettings().batch, help="training crops per step (default %(default)s)")
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--latent", type=int, default=8)
     p.add_argument("--train-seed", type=int, default=None,
@@ -286,6 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         train_seed = args.seed if args.train_seed is None else args.train_seed
         settings = TrainSettings(steps=args.steps, lr=args.lr, beta=args.beta, seed=train_seed, threads=args.threads,
+                                 crop=args.crop, batch=args.batch,
                                  mode_dropout=args.mode_dropout, orient_to_base=not args.signed_targets,
                                  best_single_hinge=args.best_single_hinge)
         variants = [("avae", True, args.attention_from), ("vae", False, "z")]

@@ -40,6 +40,7 @@ __all__ = [
     "eels_edge",
     "element",
     "validate_elements",
+    "window_hint",
     "xray_line",
     "xray_lines",
 ]
@@ -83,6 +84,19 @@ class DuplicateElement(ElementError):
 
 class NoLineError(ElementError):
     """The table has no X-ray line / EELS edge of an element that fits the request."""
+
+
+def window_hint(symbol: str) -> str:
+    """How to give ``symbol`` an integration window, in each place a user can: the command line,
+    a batch catalog and Python (for the messages that ask for one).
+
+    Examples
+    --------
+    >>> window_hint("Fe")
+    "--window Fe=LOW:HIGH in eV; in a catalog's params: windows: {Fe: [LOW, HIGH]}; windows={'Fe': (low, high)} in Python"
+    """
+    return (f"--window {symbol}=LOW:HIGH in eV; in a catalog's params: windows: {{{symbol}: [LOW, HIGH]}}; "
+            f"windows={{'{symbol}': (low, high)}} in Python")
 
 
 @dataclass(frozen=True)
@@ -321,8 +335,8 @@ def xray_line(
     where = "" if energy_range_ev is None else f" inside {lo:g}-{hi:g} eV"
     raise NoLineError(
         f"{el.symbol} has no usable EDX line{where} (lines in the table: "
-        f"{dict(lines) or 'none'}); pass an explicit energy window for it (--window "
-        f"{el.symbol}=LOW:HIGH in eV; windows={{'{el.symbol}': (low, high)}} in Python) or leave it out"
+        f"{dict(lines) or 'none'}); pass an explicit energy window for it ({window_hint(el.symbol)}) "
+        "or leave it out"
     )
 
 
@@ -385,6 +399,5 @@ def eels_edge(
     where = "" if energy_range_ev is None else f" inside {lo:g}-{hi:g} eV"
     raise NoLineError(
         f"{el.symbol} has no EELS edge{where} (edges in the table: {dict(edges) or 'none'}); "
-        f"pass an explicit energy window for it (--window {el.symbol}=LOW:HIGH in eV; "
-        f"windows={{'{el.symbol}': (low, high)}} in Python) or leave it out"
+        f"pass an explicit energy window for it ({window_hint(el.symbol)}) or leave it out"
     )

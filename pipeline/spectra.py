@@ -42,6 +42,7 @@ from .elements import (
     atomic_number,
     eels_edge,
     validate_elements,
+    window_hint,
     xray_line,
 )
 
@@ -77,6 +78,9 @@ _EELS_WIDTH_FRACTION = 0.10
 _EELS_WIDTH_LIMITS_EV = (30.0, 150.0)
 _EELS_GAP_FRACTION = 0.02
 _EELS_MIN_CHANNELS = 5
+#: ``MapWindows.source`` of a table edge whose window was cut at the spectrum's top end (an edge
+#: near the end of a recorded range, as in a spectrometer set to show several edges)
+SHORTENED = "table-shortened"
 
 # The numpy path runs in slabs of rows so that float64 temporaries stay near this many values.
 _SLAB_VALUES = 4_000_000
@@ -114,7 +118,8 @@ class MapWindows:
     background_model : str
         'linear' (two side windows), 'constant' (one side window), 'power-law' or 'none'.
     source : str
-        'table' or 'user'.
+        'table', 'user', or 'table-shortened' (:data:`SHORTENED`): an EELS edge from the table
+        whose window ran past the spectrum's end and was cut there, leaving at least 30 eV.
     """
 
     element: str
@@ -443,13 +448,15 @@ def map_windows(
                 width = float(np.clip(_EELS_WIDTH_FRACTION * line_ev, *_EELS_WIDTH_LIMITS_EV))
                 width = max(width, _EELS_MIN_CHANNELS * channel)
                 signal = (line_ev, line_ev + width)
+                if signal[1] > hi and hi - line_ev >= max(_EELS_WIDTH_LIMITS_EV[0], _EELS_MIN_CHANNELS * channel):
+                    signal, source = (line_ev, hi), SHORTENED  # the edge is recorded, only not all of it
         if signal[0] < lo or signal[1] > hi:
             what = "the user window" if line_ev is None else f"the {line} line at {line_ev:g} eV"
             raise WindowError(
                 f"the {symbol} window {signal[0]:g}-{signal[1]:g} eV ({what}) lies outside the "
                 f"spectrum's energy range {lo:g}-{hi:g} eV: pass a window inside the range "
-                f"(--window {symbol}=LOW:HIGH in eV; windows={{'{symbol}': (low, high)}} in Python), "
-                f"choose another line with lines={{'{symbol}': ...}}, or leave the element out"
+                f"({window_hint(symbol)}), choose another line (Python: lines={{'{symbol}': ...}}), "
+                "or leave the element out"
             )
         if background is not None:
             for a, b in background:

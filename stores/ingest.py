@@ -355,8 +355,11 @@ def ingest(
     ds = chunk_canonical(read(path, elements=elements, signal_type=signal_type, signal=signal))
     try:
         # Our own pool: leaving the ``with`` waits for chunk writes still in flight when a
-        # chunk fails, so none of them recreates the store after it is removed below.
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool, dask.config.set(pool=pool):
+        # chunk fails, so none of them recreates the store after it is removed below. Threads
+        # even where a cluster's client is Dask's default (a batch): the readers' lazy arrays
+        # hold open files that cannot be pickled to workers, and the file is here anyway.
+        with (ThreadPoolExecutor(os.cpu_count() or 1) as pool,
+              dask.config.set(pool=pool, scheduler="threads")):
             written = write_dataset(ds, out, overwrite=overwrite)
         _store_warnings(written, Path(path), ds)
         return written

@@ -48,7 +48,7 @@ from emfuse.errors import EmfuseError
 from ..jobs import JOBS
 
 TOP_KEYS = ("output", "cluster", "data_root", "datasets")
-DATASET_KEYS = ("path", "jobs", "name", "elements", "params")
+DATASET_KEYS = ("path", "jobs", "name", "elements", "signal", "params")
 DEFAULT_OUTPUT = "results"
 INPUTS_DIR = "inputs"  # raw files are ingested into <output>/inputs/
 _GLOB = re.compile(r"[*?\[]")
@@ -69,6 +69,7 @@ class DatasetEntry:
     elements: tuple[str, ...] | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     error: str | None = None
+    signal: str | int | None = None  # which spectrum image of a raw file (``emfuse ingest --signal``)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,10 @@ def _entries(raw: Any, index: int, base: Path, data_root: Path | None) -> list[D
     elements = raw.get("elements")
     if elements is not None and not (isinstance(elements, list) and all(isinstance(e, str) for e in elements)):
         problems.append("`elements` must be a list of element symbols, e.g. [Sc, Dy, O]")
+    signal = raw.get("signal")
+    if signal is not None and (isinstance(signal, bool) or not isinstance(signal, int | str)):
+        problems.append("`signal` must be the index of a spectrum image in the file (as `emfuse ingest FILE "
+                        "--list` numbers them) or its title, e.g. signal: 17")
     options, option_problems = _job_options(raw.get("params") or {}, [j for j in jobs if j in JOBS])
     problems += option_problems
     if raw.get("name") is not None and not _NAME.match(str(raw["name"])):
@@ -234,7 +239,7 @@ def _entries(raw: Any, index: int, base: Path, data_root: Path | None) -> list[D
         return [_failed(raw, index, f"`name` cannot be given for a glob that matches {len(paths)} files")]
     elements = tuple(elements) if elements else None
     return [DatasetEntry(str(raw.get("name") or _stem(p)), str(p), tuple(jobs), elements,
-                         {job: dict(options.get(job, {})) for job in jobs}) for p in paths]
+                         {job: dict(options.get(job, {})) for job in jobs}, signal=signal) for p in paths]
 
 
 def _job_options(params: Any, jobs: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:

@@ -74,7 +74,7 @@ def _record(catalog: Catalog, entry: DatasetEntry, kind: str) -> dict[str, Any]:
 
 def run_dataset(name: str, path: str, elements: list[str] | None, jobs: dict[str, dict[str, Any]],
                 inputs_dir: str, cluster: Any, remote: bool = False, progress: bool = True,
-                client=None) -> list[dict[str, Any]]:
+                client=None, signal: str | int | None = None) -> list[dict[str, Any]]:
     """Ingest one dataset and run each of its jobs; returns one record per job (never raises).
 
     The ingest and each job's stages are tasks of the batch flow, their runs named after the
@@ -84,12 +84,13 @@ def run_dataset(name: str, path: str, elements: list[str] | None, jobs: dict[str
 
     ``jobs`` maps each job to ``{"store": output store, "options": its options}``; ``remote``
     says the workers run elsewhere (SLURM, a scheduler address), so devices are checked there;
-    ``client``, the batch's own client of ``cluster``, which every job uses.
+    ``client``, the batch's own client of ``cluster``, which every job uses; ``signal``, which
+    spectrum image of a raw file to ingest (the catalog's ``signal``).
     """
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     start = time.perf_counter()
     try:
-        store = named(ingest_task, name)(path, inputs_dir, elements, name)
+        store = named(ingest_task, name)(path, inputs_dir, elements, name, signal)
         ingest_seconds = time.perf_counter() - start
     except Exception as exc:  # every job of the dataset fails with the ingest error
         failure = {**_failure(exc), "error": f"dataset {name}: {exc}"}
@@ -176,7 +177,7 @@ def _run_jobs(cat: Catalog, runnable: list[DatasetEntry], client, figures: Figur
         bar.set_postfix_str(entry.name)
         jobs = {k: {"store": cat.store(entry, k), "options": entry.options[k]} for k in entry.jobs}
         results = run_dataset(entry.name, entry.path, list(entry.elements or []) or None, jobs,
-                               cat.inputs_dir, shared, is_remote(cat.cluster), progress, client)
+                               cat.inputs_dir, shared, is_remote(cat.cluster), progress, client, entry.signal)
         for result in results:
             record = {**_record(cat, entry, result["job"]), **result}
             records.append(record)

@@ -587,12 +587,37 @@ def write_inputs(job: FusionJob) -> None:
     ds = open_dataset(job.source)
     write_variable(job.out, layout.HAADF, ds[layout.HAADF].transpose("y", "x").data)
     _write_haadf_valid(job, ds)
+    add_warnings(job.out, *shortened_window_warnings(job.windows_used or {}))
     write_variable(job.out, layout.MAPS, input_maps(ds, job.elements, job.windows, job.maps_from).data)
     out_vars = zarr.open_group(job.out, mode="r", zarr_format=3)
     if layout.TRUE_MAPS in out_vars:
         truth = ds[layout.TRUE_MAPS].sel(element=list(job.elements)).transpose("element", "y", "x")
         write_variable(job.out, layout.TRUE_MAPS, truth.data)
     record.mark_stage("inputs")
+
+
+def shortened_window_warnings(windows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """A ``window-shortened`` warning per element whose edge window was cut at the spectrum's end.
+
+    Examples
+    --------
+    >>> used = {"Co": {"line": "L2,3", "line_ev": 779.0, "signal_ev": [779.0, 826.4],
+    ...                "source": spectra.SHORTENED}, "O": {"source": "table"}}
+    >>> [w["code"] for w in shortened_window_warnings(used)]
+    ['window-shortened']
+    """
+    out = []
+    for element, w in windows.items():
+        if w.get("source") != spectra.SHORTENED:
+            continue
+        low, high = w["signal_ev"]
+        out.append(make_warning(
+            "window-shortened",
+            f"the {element} map integrates {low:g}-{high:g} eV: its {w['line']} edge at {w['line_ev']:g} eV lies "
+            f"so near the spectrum's end that the usual window was cut there, so the map has fewer "
+            f"counts and more noise than the edge would give; check it, or set the window yourself "
+            f"({periodic.window_hint(element)})", stage="inputs", element=element, window_ev=[low, high]))
+    return out
 
 
 def _write_haadf_valid(job: FusionJob, ds: xr.Dataset) -> None:

@@ -589,7 +589,7 @@ def _pick_spectrum(
             path,
             f"it holds {len(candidates)} spectrum images{' of type ' + signal_type if signal_type else ''} "
             f"and one per store is ingested: {listing}",
-            "Choose one with --signal INDEX (Python: signal=INDEX), the number in brackets",
+            "Choose one with --signal INDEX (in a catalog: signal: INDEX; Python: signal=INDEX), the number in brackets",
         )
     chosen = candidates[0]
     for s in spectrum_images:

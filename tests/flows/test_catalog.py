@@ -49,7 +49,7 @@ datasets:
     assert [(d.name, d.jobs) for d in cat.datasets] == [
         ("run1", ("fuse",)), ("run2", ("fuse",)), ("movie-a", ("restore", "tem-fuse"))]
     run1 = cat.datasets[0]
-    assert run1.error is None and run1.elements == ("Sc", "Dy", "O")
+    assert run1.error is None and run1.elements == ("Sc", "Dy", "O") and run1.signal is None
     # the fusion default "auto" stays for the weight not given
     assert run1.options["fuse"] == {"lambda_chem": 0.1, "lambda_tv": "auto", "tile": 64}
     movie = cat.datasets[2]
@@ -101,6 +101,8 @@ def test_missing_catalog_file(tmp_path):
     ("{jobs: [fuse]}", ["`path` is missing"]),
     ("{path: incoming/run*.zarr, name: both, jobs: [fuse]}", ["cannot be given for a glob"]),
     ("{path: incoming/run1.zarr, name: 'a b', jobs: [fuse]}", ["`name`"]),
+    ("{path: incoming/run1.zarr, jobs: [fuse], signal: [14, 15]}", ["`signal` must be the index",
+                                                                   "emfuse ingest FILE --list"]),
 ])
 def test_bad_dataset_fails_alone(incoming, entry, words):
     cat = load_catalog(_write(incoming, f"""

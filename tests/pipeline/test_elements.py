@@ -179,7 +179,8 @@ def test_xray_line_errors():
         xray_line("H")
     with pytest.raises(NoLineError, match="no X-ray line 'Ma'"):
         xray_line("Fe", "Ma")
-    with pytest.raises(NoLineError, match=r"inside 3000-5000 eV .*\(--window Sr=LOW:HIGH in eV; "
+    with pytest.raises(NoLineError, match=r"inside 3000-5000 eV .*\(--window Sr=LOW:HIGH in eV; in a catalog's "
+                                          r"params: windows: \{Sr: \[LOW, HIGH\]\}; "
                                           r"windows=\{'Sr': \(low, high\)\} in Python\) or leave it out"):
         xray_line("Sr", energy_range_ev=(3000, 5000))
     with pytest.raises(UnknownElement):

@@ -214,6 +214,21 @@ def test_eels_net_edge_counts_on_noise_free_data():
     np.testing.assert_allclose(maps[0], amounts * (edge @ w), rtol=1e-6, atol=1e-6)
 
 
+def test_an_eels_edge_near_the_spectrums_end_is_integrated_up_to_the_end():
+    # O K at 532 eV wants 532-585.2 eV; a spectrum ending at about 570 eV still records 38 eV of it
+    energy = np.arange(300.0, 570.0, 0.5)
+    top = float(channel_edges_ev(energy)[-1])
+    (win,) = map_windows(energy, ["O"], signal_type="EELS")
+    assert win.source == spectra_module.SHORTENED and win.line == "K"
+    assert win.signal_ev == (532.0, top) and win.background_ev[0][1] < 532.0
+    # less than 30 eV of the edge recorded: refused, with the ways to go on
+    with pytest.raises(WindowError, match=r"O window 532-585.2 eV \(the K line at 532 eV\) lies outside"):
+        map_windows(np.arange(300.0, 555.0, 0.5), ["O"], signal_type="EELS")
+    # a window the user gave is never changed
+    with pytest.raises(WindowError, match="the user window"):
+        map_windows(energy, ["O"], signal_type="EELS", windows={"O": (532, 585)})
+
+
 def test_eels_user_window():
     width = np.diff(channel_edges_ev(EELS_EV))
     spectrum = np.broadcast_to(1e11 * EELS_EV**-3.5 * width, (2, 2, EELS_EV.size))
@@ -302,7 +317,8 @@ GOOD = np.ones((2, 3, ENERGY_EV.size))
         (GOOD, ENERGY_EV, ["Fe", "Xx"], {}, UnknownElement, "'Xx'"),
         (GOOD, ENERGY_EV, ["Fe"], {"windows": {"Fe": (20000, 21000)}}, WindowError,
          r"Fe window 20000-21000 eV .* outside .* energy range .*: pass a window inside the range "
-         r"\(--window Fe=LOW:HIGH in eV; windows=\{'Fe': \(low, high\)\} in Python\)"),
+         r"\(--window Fe=LOW:HIGH in eV; in a catalog's params: windows: \{Fe: \[LOW, HIGH\]\}; "
+         r"windows=\{'Fe': \(low, high\)\} in Python\)"),
         (GOOD, ENERGY_EV, ["Fe"], {"windows": {"Fe": (6500, 6300)}}, WindowError, "low < high"),
         (GOOD, ENERGY_EV, ["Fe"], {"windows": {"Mn": (5800, 6000)}}, WindowError,
          r"\['Mn'\], which is not in elements"),

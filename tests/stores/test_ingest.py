@@ -235,6 +235,16 @@ def test_real_spectrum_image_store_is_chunked_over_yx(formats, tmp_path):
     np.testing.assert_array_equal(ds.spectrum.values, _rsciio(formats / "test_TEM.bcf")[1]["data"])
 
 
+def test_a_velox_file_ingests_while_a_dask_client_is_the_default(formats, tmp_path, client):
+    # The batch ingests with its cluster's client as Dask's default scheduler. RosettaSciIO's lazy
+    # Velox arrays cannot be pickled to it: the ingest reads on the driver's own threads.
+    out = ingest(formats / VELOX_16, tmp_path / "velox.zarr", elements=["Ca", "O", "Cu"])
+    ds = zarrio.open_dataset(out)
+    assert ds.attrs["complete"] is True and ds.spectrum.shape == (16, 16, 4096)
+    spectrum_image = next(s for s in _rsciio(formats / VELOX_16) if np.ndim(s["data"]) == 3)
+    np.testing.assert_array_equal(ds.spectrum.values, np.asarray(spectrum_image["data"]))
+
+
 # -- round trips through stores -------------------------------------------------------
 
 
