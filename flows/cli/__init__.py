@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from emfuse.errors import EmfuseError
 
-from .console import console_logging
+from .console import console_logging, plain_warnings
 from .parser import build_parser
 
 __all__ = ["build_parser", "main"]
@@ -45,7 +45,8 @@ def _run(argv: Sequence[str] | None) -> int:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     console_logging(args.verbose)
     try:
-        return args.func(args)
+        with plain_warnings():
+            return args.func(args)
     except EmfuseError as exc:
         if args.traceback:
             raise

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,29 @@ def console_logging(verbose: bool) -> None:
         handler.addFilter(lambda record: not getattr(record, STORED_WARNING, False))
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@contextlib.contextmanager
+def plain_warnings() -> Iterator[None]:
+    """emfuse's own warnings (what ingest left out, a convergence doubt) printed as ``warning:
+    <message>`` lines, without the Python file, line number and source line that
+    :func:`warnings.formatwarning` adds for programmers. Others are printed as Python prints them.
+
+    Only the printing changes (:data:`warnings.formatwarning`): warnings recorded by a caller
+    (``warnings.catch_warnings(record=True)``, ``pytest.warns``) are recorded as before.
+    """
+    python_format = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if category.__module__.startswith("emfuse."):
+            return f"warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_format
 
 
 def print_summary(result: dict[str, Any]) -> None:

@@ -45,6 +45,17 @@ def no_haadf_message(source: str | Path) -> str:
 
 
 def no_maps_message(wanted: Sequence[str] | None, have: Sequence[str]) -> str:
+    """A dataset without a spectrum image, and without maps of the elements ``wanted``.
+
+    Examples
+    --------
+    >>> no_maps_message(None, [])[:60]
+    'the dataset holds images only (no spectrum image, no element'
+    """
+    if not have:  # a plain image file: nothing to fuse, but it may be restored
+        return ("the dataset holds images only (no spectrum image, no elemental maps), and fusion maps "
+                "elements: give the spectrum-image acquisition (or a file with elemental maps) with its "
+                "HAADF. To denoise the image itself, use emfuse restore.")
     return (f"the dataset has no spectrum image and no maps for {list(wanted or [])} (maps present: "
             f"{list(have)}); ingest a file with an EDX/EELS spectrum image or elemental maps, "
             "or choose --elements among the maps present.")

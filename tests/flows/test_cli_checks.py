@@ -160,3 +160,22 @@ def test_tile_auto_matches_a_store_started_with_any_tile(tmp_path):
     check_fuse(tmp_path / "in.zarr", out, elements=None, params={}, tile="auto", halo=2, windows=None)
     with pytest.raises(StoreError, match="tile"):
         check_fuse(tmp_path / "in.zarr", out, elements=None, params={}, tile=64, halo=2, windows=None)
+
+
+def test_ingest_warnings_print_as_plain_lines(formats, tmp_path):
+    # A Bruker SEM file: its image is taken as the HAADF without saying so, and the overview image
+    # is left out. Users read "warning: <what>", not Python's file, line number and source line.
+    rc, err, _ = _cli_in_a_fresh_process("ingest", str(formats / "bcf_v2_50x50px.bcf"), "--out",
+                                         str(tmp_path / "bcf.zarr"))
+    assert rc == 0, err
+    lines = err.strip().splitlines()
+    assert any(line.startswith("warning: ") and "not ingested: image 'Ch 1' (825, 1100)" in line for line in lines)
+    assert "IngestWarning" not in err and ".py:" not in err and "return " not in err, err
+
+
+def test_fusing_an_image_only_file_points_to_restore(formats, tmp_path, capsys):
+    frame = formats / "128x128_TEM_acquire-sum1.emi"  # a TEM camera frame: nothing to fuse
+    assert main(["fuse", str(frame), "--out", str(tmp_path / "f.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "holds images only (no spectrum image, no elemental maps)" in err and "emfuse restore" in err
+    assert "maps present: []" not in err and not (tmp_path / "f.zarr").exists()
