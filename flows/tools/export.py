@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ _INSTALL = "pip install 'emfuse[hyperspy]'"
 # store attributes kept as trees of their own, not repeated under original_metadata.emfuse
 _TREES = (layout.ATTR_METADATA, layout.ATTR_ORIGINAL_METADATA)
 
+PROGRESS_BYTES = 256 * 2**20  #: exports larger than this show HyperSpy's progress bar
+
 
 class HyperSpyMissing(EmfuseError, ImportError, ValueError):
     """HyperSpy (or exspy) is not installed; the message names the extra that installs it.
@@ -63,7 +66,11 @@ def hyperspy_api() -> Any:
             "HyperSpy signals (emfuse export, emfuse.flows.tools.export.to_hyperspy)."
         ) from exc
     try:
-        import exspy  # noqa: F401  (registers EDS_TEM, EDS_SEM, EELS)
+        with warnings.catch_warnings():
+            # exspy 0.3 imports lazy classes from HyperSpy 2's old paths: three deprecation warnings
+            # on every export that are neither the user's nor ours to act on
+            warnings.filterwarnings("ignore", message=r"Importing `Lazy\w+` from `hyperspy\._signals")
+            import exspy  # noqa: F401  (registers EDS_TEM, EDS_SEM, EELS)
     except ImportError:
         pass  # spectra are exported as plain Signal1D; set_signal_type says so
     return hs
@@ -138,7 +145,8 @@ def export(
     partial = out.with_name(f".{out.stem}.partial{out.suffix}")
     check_writable(out, file=True)  # creates the folder; OutputNotWritable where it cannot
     try:
-        signal.save(partial, overwrite=True)
+        # HyperSpy's bar only for an export long enough to watch (it printed three bars for a 16 x 16 map)
+        signal.save(partial, overwrite=True, show_progressbar=signal.data.nbytes > PROGRESS_BYTES)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)

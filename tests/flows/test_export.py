@@ -196,3 +196,22 @@ def test_zspy_is_refused_naming_the_fix(tmp_path):
     (folder / ".zgroup").write_text('{"zarr_format": 2}')
     with pytest.raises(IngestError, match=r"RosettaSciIO's zspy plugin needs zarr 2.*Save the signal as \.hspy"):
         read(folder)
+
+
+def test_the_export_command_of_a_small_store_prints_only_what_it_wrote(formats, tmp_path):
+    # as users run it, in a fresh process: no progress bars for a 16 x 16 store, and none of the
+    # deprecation warnings exspy's imports raise in HyperSpy 2
+    import os
+    import subprocess
+    from pathlib import Path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        store = ingest(formats / "Test SI 16x16 215 kx.emd", tmp_path / "velox.zarr")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "emfuse.flows.cli", "export", str(store), "--out",
+                           str(tmp_path / "v.hspy")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout.strip() == f"wrote {tmp_path / 'v.hspy'}"
+    assert hs.load(tmp_path / "v.hspy").data.shape == (16, 16, 4096)
