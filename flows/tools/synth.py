@@ -40,6 +40,7 @@ def spectrum_image_dataset(data: SyntheticSpectrumImage) -> xr.Dataset:
     ds[layout.TRUE_MAPS].attrs["description"] = "concentration used to draw the counts, in [0, 1]"
     ds.attrs.update(provenance(None))
     ds.attrs["synthetic"] = data.params
+    ds.attrs[layout.ATTR_ELEMENTS] = list(data.elements)  # what was simulated: fuse maps them by default
     return chunk_canonical(ds)
 
 

@@ -20,6 +20,7 @@ from emfuse.pipeline import spectra
 from emfuse.pipeline.fusion import FusionInputError
 from emfuse.stores.formats import IngestWarning
 from emfuse.stores.ingest import ingest
+from emfuse.stores.warn import read_warnings
 from emfuse.stores.zarrio import open_dataset, read_attrs
 
 DATA = Path(os.environ.get("EMFUSE_SHARED_DATA")
@@ -202,3 +203,27 @@ def test_zero_maps_from_a_spectrum_with_counts_elsewhere_say_where_the_counts_ar
                                                r"these elements' windows \(the most at [-\d.]+ eV\)\. Check the "
                                                r"elements, the energy axis's calibration"):
         fusion_job.normalise(job)
+
+
+def _choose(store, out, elements):
+    job, _ = fusion_job.plan(store, out, elements=elements, tile=64, halo=8,
+                             params={"lambda_chem": "auto", "lambda_tv": "auto", "n_iter": 5})
+    fusion_job.write_inputs(job)
+    fusion_job.choose_lambdas(job, fusion_job.normalise(job))
+    return [w for w in read_warnings(job.out) if w["code"] == "maps-mostly-noise"]
+
+
+def test_maps_that_are_nearly_pure_noise_are_flagged(velox, tmp_path):
+    # the 16 x 16 Velox EDS map: a few counts per pixel, so the held-out counts tell the weights
+    # tried apart by under 1 % and the fused maps follow the HAADF
+    (warning,) = _choose(velox, tmp_path / "velox.zarr", ["Ca", "O", "Cu"])
+    assert warning["explained"] < 0.05 and warning["spread"] < 0.02
+    assert "nearly pure noise" in warning["message"] and "come mostly from the HAADF" in warning["message"]
+
+
+def test_maps_with_signal_of_their_own_are_not_flagged(tmp_path):
+    from emfuse.flows.tools.synth import write_synthetic
+
+    store = write_synthetic("spectrum-image", tmp_path / "si.zarr", shape=(48, 48), elements=["Sr", "Ti", "O"],
+                            dose=20, seed=3)
+    assert _choose(store, tmp_path / "si.fuse.zarr", ["Sr", "Ti", "O"]) == []
