@@ -825,9 +825,10 @@ FLAT_SCORE_SPREAD = 0.02
 def noise_only_warning(choice: auto.LambdaChoice) -> dict[str, Any] | None:
     """A ``maps-mostly-noise`` warning when the held-out counts carry almost no signal of their own.
 
-    The automatic weights still do better than fixed ones there (measured on synthetic maps at
-    0.1-0.3 counts per pixel: fused NRMSE 0.47-0.94 against 0.92-0.99 for the defaults), so they
-    are kept; but the fused maps then come mostly from the HAADF, and the user should know it.
+    The automatic weights still do better than fixed ones there (synthetic maps at 0.1-0.3 counts
+    per pixel: better than the defaults in 22 of 24 cases, docs/methods/fusion.md "Maps that are
+    nearly pure noise"), so they are kept; but the fused maps then come mostly from the HAADF, and
+    the user should know it.
 
     Examples
     --------

@@ -179,3 +179,14 @@ def test_fusing_an_image_only_file_points_to_restore(formats, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds images only (no spectrum image, no elemental maps)" in err and "emfuse restore" in err
     assert "maps present: []" not in err and not (tmp_path / "f.zarr").exists()
+
+
+def test_a_synthetic_store_is_fused_for_the_elements_it_simulates(tmp_path, capsys):
+    store = tmp_path / "si.zarr"
+    assert main(["synth", "spectrum-image", "--out", str(store), "--shape", "24", "24", "--elements", "Fe", "Ni",
+                 "O", "--seed", "2"]) == 0
+    assert main(["fuse", str(store), "--out", str(tmp_path / "f.zarr"), "--cluster", "local-threads", "--no-report",
+                 "--lambda-chem", "0.05", "--lambda-tv", "0.02", "--n-iter", "3"]) == 0, capsys.readouterr().err
+    from emfuse.stores.zarrio import open_dataset
+
+    assert list(open_dataset(tmp_path / "f.zarr").element.values) == ["Fe", "Ni", "O"]
