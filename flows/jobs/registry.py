@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from emfuse.errors import InputError
 from emfuse.pipeline.fusion import FusionParams
 from emfuse.stores.lock import StoreLock
-from emfuse.stores.zarrio import begin_run, timed
+from emfuse.stores.zarrio import begin_run, is_store, timed
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -322,7 +322,9 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
     a new store) connects to the cluster before planning, to ask them (:class:`JobClient`).
     """
     start = time.perf_counter()
-    store = calls.ingest(source, workdir or str(Path(out).resolve().parent), elements, signal=signal)
+    # a canonical store needs no ingest (only its checks): a plain call, not a Prefect task run
+    ingest = DIRECT_STAGES.ingest if is_store(source) else calls.ingest
+    store = ingest(source, workdir or str(Path(out).resolve().parent), elements, signal=signal)
     ingest_seconds += time.perf_counter() - start
     with JobClient(cluster, client) as connection:
         job, state, tiles_computed = locked_stages(kind, store, out, options, calls, connection,
