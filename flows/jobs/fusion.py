@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 from collections import Counter
@@ -587,13 +588,40 @@ def write_inputs(job: FusionJob) -> None:
     ds = open_dataset(job.source)
     write_variable(job.out, layout.HAADF, ds[layout.HAADF].transpose("y", "x").data)
     _write_haadf_valid(job, ds)
-    add_warnings(job.out, *shortened_window_warnings(job.windows_used or {}))
+    add_warnings(job.out, *shortened_window_warnings(job.windows_used or {}),
+                 *unlisted_element_warnings(job.elements, listed_elements(ds.attrs.get(layout.ATTR_METADATA))))
     write_variable(job.out, layout.MAPS, input_maps(ds, job.elements, job.windows, job.maps_from).data)
     out_vars = zarr.open_group(job.out, mode="r", zarr_format=3)
     if layout.TRUE_MAPS in out_vars:
         truth = ds[layout.TRUE_MAPS].sel(element=list(job.elements)).transpose("element", "y", "x")
         write_variable(job.out, layout.TRUE_MAPS, truth.data)
     record.mark_stage("inputs")
+
+
+def unlisted_element_warnings(elements: Sequence[str], listed: Sequence[str]) -> list[dict[str, Any]]:
+    """An ``element-not-listed`` warning when elements are mapped that the instrument file's own
+    element list (``Sample.elements``, what the operator set in the acquisition software) leaves
+    out: often a slip of one letter (Pt for Pd) that would still give a map, of background counts.
+
+    Examples
+    --------
+    >>> (w,) = unlisted_element_warnings(["Fe", "Pt"], ["Cu", "O", "Pd", "Ti"])
+    >>> w["code"], w["elements"]
+    ('element-not-listed', ['Fe', 'Pt'])
+    >>> unlisted_element_warnings(["Cu", "O"], ["Cu", "O", "Pd", "Ti"]) + unlisted_element_warnings(["Fe"], [])
+    []
+    """
+    unlisted = [e for e in elements if listed and e not in listed]
+    if not unlisted:
+        return []
+    hints = [f"{e} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(e, listed, n=1, cutoff=0.5))
+             else e for e in unlisted]
+    return [make_warning(
+        "element-not-listed",
+        f"{', '.join(hints)} {'is' if len(unlisted) == 1 else 'are'} not among the elements the instrument "
+        f"file lists ({' '.join(listed)}): the map{'' if len(unlisted) == 1 else 's'} may hold background "
+        "counts only. Check the elements (--elements; in a catalog: elements: [...])",
+        stage="inputs", elements=unlisted, listed=list(listed))]
 
 
 def shortened_window_warnings(windows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

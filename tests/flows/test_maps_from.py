@@ -227,3 +227,18 @@ def test_maps_with_signal_of_their_own_are_not_flagged(tmp_path):
     store = write_synthetic("spectrum-image", tmp_path / "si.zarr", shape=(48, 48), elements=["Sr", "Ti", "O"],
                             dose=20, seed=3)
     assert _choose(store, tmp_path / "si.fuse.zarr", ["Sr", "Ti", "O"]) == []
+
+
+def test_elements_the_instrument_file_does_not_list_are_flagged(tmp_path):
+    # test_TEM.bcf lists Cu O Pd Ti (Sample.elements); Pt is one letter from Pd
+    store = _ingest("test_TEM.bcf", tmp_path / "tem.zarr")
+
+    def warned(elements, out):
+        job, _ = _plan(store, tmp_path / out, elements=elements)
+        fusion_job.write_inputs(job)
+        return [w for w in read_warnings(job.out) if w["code"] == "element-not-listed"]
+
+    (warning,) = warned(["Fe", "Pt"], "a.zarr")
+    assert warning["elements"] == ["Fe", "Pt"] and warning["listed"] == ["Cu", "O", "Pd", "Ti"]
+    assert "Pt (did you mean Pd?)" in warning["message"]
+    assert warned(["Cu", "Ti"], "b.zarr") == []
