@@ -69,6 +69,7 @@ __all__ = [
 # suffix -> module in emfuse.stores.formats
 _READERS = {
     ".npz": "npz",
+    ".npy": "npy",
     ".h5": "hdf5",
     ".hdf5": "hdf5",
     ".tif": "tiff",

@@ -381,7 +381,10 @@ def canonical_dataset(
         raise fail(
             path,
             "found no image, spectrum image, element maps or movie",
-            "See DESIGN.md (Canonical stores) for the layouts emfuse reads",
+            "Name the arrays as emfuse reads them: haadf (y, x) for an image, movie (frame, y, x) for "
+            "frames, spectrum (y, x, energy) with energy in eV, maps (element, y, x) with elements, or one "
+            "(y, x) array per element symbol; e.g. np.savez(path, haadf=image). The user guide lists the "
+            "layouts (Your own file)",
         )
     for name, array in arrays.items():
         check_ndim(path, name, array.shape)

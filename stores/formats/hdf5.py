@@ -123,7 +123,9 @@ def _pick_group(path: Path, fh: h5py.File, group: str | None) -> h5py.Group:
         raise fail(
             path,
             "no dataset named haadf/HAADF, spectrum, maps, movie or by an element symbol",
-            "Name the datasets as in DESIGN.md (Canonical stores)",
+            "Name the datasets haadf (y, x), movie (frame, y, x), spectrum (y, x, energy) with energy in eV, "
+            "maps (element, y, x) with elements, or one (y, x) dataset per element symbol (the user guide, "
+            "Your own file)",
         )
     raise fail(
         path,

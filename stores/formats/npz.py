@@ -79,7 +79,7 @@ def read(
             raise fail(
                 path,
                 "this is a single .npy array, not an .npz archive of named arrays",
-                "Save with np.savez(path, haadf=..., maps=..., ...) (see DESIGN.md)",
+                "Name it: np.savez(path, haadf=image), or save it as .npy (read as an image or a movie)",
             )
         with loaded as npz:
             arrays = {key: _member(path, npz, key) for key in npz.files}

@@ -842,5 +842,6 @@ def _fail_nothing(path: Path, signals: list[_Signal]) -> None:
     raise fail(
         path,
         f"nothing in it maps to haadf, spectrum, maps or movie ({listing})",
-        "See DESIGN.md (Canonical stores) for what emfuse ingests",
+        "emfuse ingests images, image stacks (movies), spectrum images and element maps; "
+        "emfuse ingest FILE --list shows how each signal of the file is taken",
     )

@@ -377,6 +377,34 @@ def test_overwrite(tmp_path, rng):
 # -- bad input -------------------------------------------------------------------------
 
 
+def test_npy_image_and_movie_from_a_notebook(tmp_path, rng):
+    image = rng.poisson(30, (40, 48)).astype(np.uint16)
+    np.save(tmp_path / "frame.npy", image)
+    ds = _roundtrip(tmp_path / "frame.npy", tmp_path)
+    assert ds.haadf.dims == ("y", "x") and ds.y.attrs["units"] == "px"
+    np.testing.assert_array_equal(ds.haadf.values, image)
+    frames = np.asfortranarray(rng.normal(size=(3, 20, 24)).astype(">f4"))  # big-endian, Fortran order
+    np.save(tmp_path / "movie.npy", frames)
+    movie = read(tmp_path / "movie.npy").movie
+    assert movie.dims == ("frame", "y", "x") and movie.dtype == np.float32
+    np.testing.assert_array_equal(movie.values, frames.astype(np.float32))
+    np.save(tmp_path / "spectrum.npy", np.ones((4, 5, 6, 7)))
+    with pytest.raises(IngestError, match=r"\(4, 5, 6, 7\).*Save other data with names: np\.savez"):
+        read(tmp_path / "spectrum.npy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(IngestError, match="Python objects"):
+        read(tmp_path / "objects.npy")
+    with pytest.raises(IngestError, match="no element or spectrum names"):
+        read(tmp_path / "frame.npy", elements=["Fe"])
+
+
+def test_an_archive_without_emfuse_names_says_which_names_to_use(tmp_path, rng):
+    np.savez(tmp_path / "image.npz", image=rng.normal(size=(16, 16)))
+    with (pytest.warns(IngestWarning, match=r"'image' \(16, 16\): not a canonical name"),
+          pytest.raises(IngestError, match=r"haadf \(y, x\) for an image.*np\.savez\(path, haadf=image\)")):
+        read(tmp_path / "image.npz")
+
+
 def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         read(tmp_path / "nothing.npz")
@@ -403,7 +431,7 @@ def test_truncated_files(tmp_path, folder, name):
     assert not (tmp_path / "out.zarr").exists()
 
 
-@pytest.mark.parametrize("suffix", [".npz", ".h5", ".tif", ".bcf", ".emd", ".dm4", ".ser"])
+@pytest.mark.parametrize("suffix", [".npz", ".npy", ".h5", ".tif", ".bcf", ".emd", ".dm4", ".ser"])
 def test_garbage_bytes(tmp_path, suffix):
     bad = tmp_path / f"garbage{suffix}"
     bad.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
