@@ -66,8 +66,11 @@ def test_job_restores_every_frame_like_the_kernel(tmp_path, movie_store, client,
     expected = restore(movie, load_model(tiny_model), tile=32, overlap=8, batch=4)
     # a random network overshoots below zero; counts are clipped there, and the store says so
     np.testing.assert_allclose(out.restored.values, np.clip(expected, 0, None), rtol=1e-5, atol=1e-4)
+    # flagged: the pixels more than 2 % of each block's span below zero (a noise-level undershoot is not)
     [clipped] = [w for w in out.attrs["warnings"] if w["code"] == "restored-clipped"]
-    assert clipped["below"] == np.count_nonzero(expected < 0) and clipped["above"] == 0
+    beyond = sum(np.count_nonzero(expected[b] < -0.02 * np.ptp(movie[b])) for b in job.blocks)
+    assert 0 < beyond < np.count_nonzero(expected < 0)
+    assert clipped["below"] == beyond and clipped["above"] == 0
     assert out.restored.encoding["chunks"] == (2, 64, 48)
     assert out.restored.dims == ("frame", "y", "x") and out.frame.values.tolist() == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(out.y.values, open_dataset(movie_store).y.values)
