@@ -185,9 +185,12 @@ def describe(path: str | Path) -> list[str]:
     Nothing but headers is read.
     """
     path = Path(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IngestWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IngestWarning)
         signals = [_classify(path, raw, index) for index, raw in enumerate(_load(path))]
+    # what RosettaSciIO said about the file (a pruned spectrum stream, say) explains what is missing
+    notes = [str(w.message).split(": RosettaSciIO: ", 1)[1] for w in caught
+             if issubclass(w.category, IngestWarning) and ": RosettaSciIO: " in str(w.message)]
     lines = [f"{path.name}: {len(signals)} signal(s) as RosettaSciIO reads them"]
     elements: list[str] = []
     for s in signals:
@@ -210,6 +213,7 @@ def describe(path: str | Path) -> list[str]:
                 elements.append(str(e))
     if elements:
         lines.append(f"elements listed in the file's metadata: {' '.join(elements)}")
+    lines += [f"RosettaSciIO: {note}" for note in notes]
     return lines
 
 
@@ -295,7 +299,10 @@ def _load(path: Path) -> list[dict]:
     module = importlib.import_module(f"rsciio.{PLUGINS[path.suffix.lower()]}")
     capture = _Capture()
     logger = logging.getLogger("rsciio")
-    logger.addHandler(capture)
+    # its messages become IngestWarnings below, once: not also through RosettaSciIO's own
+    # (coloured, stdout) handler and the application's handlers
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [capture], False
     try:
         signals = module.file_reader(str(path), lazy=True)
     except ImportError as exc:
@@ -312,7 +319,7 @@ def _load(path: Path) -> list[dict]:
             "Copy or export the file again from the acquisition software",
         ) from exc
     finally:
-        logger.removeHandler(capture)
+        logger.handlers, logger.propagate = saved
     for message in capture.messages:
         warnings.warn(f"{path}: RosettaSciIO: {message}", IngestWarning, stacklevel=4)
     if not signals:

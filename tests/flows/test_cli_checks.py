@@ -190,3 +190,17 @@ def test_a_synthetic_store_is_fused_for_the_elements_it_simulates(tmp_path, caps
     from emfuse.stores.zarrio import open_dataset
 
     assert list(open_dataset(tmp_path / "f.zarr").element.values) == ["Fe", "Ni", "O"]
+
+
+def test_rosettasciio_notes_print_once_without_colour_codes(formats, tmp_path):
+    # the pruned Velox file: RosettaSciIO logs why it returns no spectrum image, through a coloured
+    # handler of its own on stdout, and the record also reached the root logger
+    pruned = str(formats / "Test SI 16x16 ReducedData 215 kx.emd")
+    done = subprocess.run([sys.executable, "-m", "emfuse.flows.cli", "ingest", pruned, "--list"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    both = done.stdout + done.stderr
+    assert both.count("No spectrum stream is present") == 1 and "\x1b[" not in both
+    assert "RosettaSciIO: No spectrum stream is present" in done.stdout  # a line of the listing
+    rc, err, _ = _cli_in_a_fresh_process("ingest", pruned, "--out", str(tmp_path / "p.zarr"))
+    assert rc == 0 and err.count("No spectrum stream is present") == 1 and "\x1b[" not in err
