@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,20 @@ def plain_warnings() -> Iterator[None]:
         warnings.formatwarning = python_format
 
 
+def weights(value: float | Sequence[float], elements: Sequence[str]) -> str:
+    """A weight, or one per element (the automatic choice's per-element refinement), for printing.
+
+    Examples
+    --------
+    >>> weights(0.015625000000000007, []), weights([0.5, 0.25], ["Cu", "O"])
+    ('0.01563', '(Cu 0.5, O 0.25)')
+    """
+    if isinstance(value, list | tuple):
+        names = list(elements) if len(elements) == len(value) else [f"#{i}" for i in range(len(value))]
+        return "(" + ", ".join(f"{name} {v:.4g}" for name, v in zip(names, value)) + ")"
+    return f"{value:.4g}"
+
+
 def print_summary(result: dict[str, Any]) -> None:
     print(f"output store: {result['store']}")
     if result.get("figures"):
@@ -79,8 +93,9 @@ def print_summary(result: dict[str, Any]) -> None:
     print_tile(result)
     print_warnings(result)
     if "lambda_chem" in result:
-        print(f"lambdas:      chem {result['lambda_chem']:.4g}, tv {result['lambda_tv']:.4g}"
-              + _auto_note(result))
+        elements = result.get("elements", [])
+        print(f"lambdas:      chem {weights(result['lambda_chem'], elements)}, "
+              f"tv {weights(result['lambda_tv'], elements)}" + _auto_note(result))
     if "nrmse_raw" in result:
         print(f"{'element':>8} {'NRMSE raw':>10} {'NRMSE fused':>12}")
         for el in result["elements"]:

@@ -54,3 +54,16 @@ def test_a_fitted_model_needs_the_automatic_weights_and_a_known_name(tmp_path, s
                         params={"lambda_chem": 0.1, "lambda_tv": 0.1})
     with pytest.raises(FusionInputError, match="unknown haadf_model 'zz'"):
         fusion_job.plan(source, tmp_path / "b.zarr", elements=ELEMENTS, haadf_model="zz", params=PARAMS)
+
+
+def test_the_command_prints_the_weights_chosen_per_element(tmp_path, source, capsys):
+    from emfuse.flows.cli import main
+
+    assert main(["fuse", str(source), "--out", str(tmp_path / "f.zarr"), "--haadf-model", "fit", "--cluster",
+                 "local-threads", "--no-report", "--n-iter", "8", "--n-iter-tv", "3", "--tile", "64"]) == 0
+    params = read_attrs(tmp_path / "f.zarr")["params"]
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if line.startswith("lambdas:"))
+    assert isinstance(params["lambda_chem"], list)  # the weakest element's own weights: one per element
+    chem = ", ".join(f"{e} {v:.4g}" for e, v in zip(ELEMENTS, params["lambda_chem"]))
+    assert f"chem ({chem})" in line
