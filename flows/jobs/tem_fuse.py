@@ -77,6 +77,9 @@ FIT_CROP = 512  # px: the central crop on which histograms and drift are fitted
 FLAT_PX = 256  # px: the block average of the whole dataset on which the flat field is fitted
 
 
+MIN_MODES_PX = 16  # the smallest side tem-fuse takes (baselines.wiener_filter's minimum)
+
+
 class TemFuseInputError(EmfuseError, ValueError):
     """The input cannot be fused: no modes, or not the three modes."""
 
@@ -174,6 +177,11 @@ def plan(source: str | Path, out: str | Path, *, model: str | Path | None = None
     check_device_option(device)
     ds = open_dataset(source)
     modes = check_modes(ds, source)
+    if min(modes.sizes["y"], modes.sizes["x"]) < MIN_MODES_PX:
+        raise TemFuseInputError(
+            f"the modes of {source} are {modes.sizes['y']} x {modes.sizes['x']} px, smaller than tem-fuse can use: "
+            f"it needs at least {MIN_MODES_PX} x {MIN_MODES_PX} px (the Wiener filter of the HRTEM measures its "
+            "noise from the image's spectrum). Record a larger field of view (or bin the images less).")
     _check_signal(modes, source)
     flat = check_flat(ds, source)
     if tile < 16 or tile % 2:

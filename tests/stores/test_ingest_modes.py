@@ -170,3 +170,12 @@ def test_tem_fuse_completes_on_the_store_of_real_files(formats, frame_store, tmp
     assert np.isfinite(result.tem_fused.values).all()
     np.testing.assert_allclose(result.attention.sum("mode").values, 1, atol=1e-5)
     assert result.modes.attrs["sources"]["hrtem"]["source_sha256"] == sha256_file(formats / EMI)
+
+
+def test_tem_fuse_refuses_modes_too_small_naming_the_minimum(formats, tmp_path, capsys):
+    images = {m: formats / STACK for m in ("bf", "df", "hrtem")}  # the Ceta stack: 3 x 3 px
+    store = ingest_modes(images, tmp_path / "tiny.zarr")
+    assert main(["tem-fuse", str(store), "--out", str(tmp_path / "t.zarr"), "--cluster", "local-threads"]) == 2
+    err = capsys.readouterr().err
+    assert "are 3 x 3 px, smaller than tem-fuse can use: it needs at least 16 x 16 px" in err
+    assert "wiener_filter" not in err and not (tmp_path / "t.zarr").exists()
