@@ -710,6 +710,10 @@ def _slurm_refusal(options: Mapping[str, Any], script: str, stderr: str) -> str:
     where = f"partition {queue!r}" if queue else "the default partition"
     said = " ".join(line.strip() for line in stderr.strip().splitlines())
     text = said.lower()
+    if "unable to contact slurm controller" in text or "slurm_load_ctl_conf" in text:
+        return (f"SLURM's controller does not answer ({said}): no option of the profile is at fault. "
+                "Check that slurmctld runs (`scontrol ping`) and that this node may submit jobs (its "
+                "slurm.conf names the controller), or use another --cluster (local)")
     if "account" in text:
         return (f"option 'account' of the slurm profile: SLURM refuses account "
                 f"{options.get('account')!r} on {where} ({said}); give one that "

@@ -292,6 +292,15 @@ def test_slurm_refusal_names_the_option(options, stderr, key):
     assert message.startswith(f"option {key}") and stderr.splitlines()[-1].strip() in message
 
 
+def test_a_controller_that_does_not_answer_is_not_blamed_on_an_option():
+    from emfuse.cluster.profiles import _slurm_refusal
+
+    said = ("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)")
+    message = _slurm_refusal({"queue": "debug"}, "#!/bin/bash\n", said)
+    assert message.startswith("SLURM's controller does not answer") and "scontrol ping" in message
+    assert "no option of the profile is at fault" in message and "check its options" not in message
+
+
 def test_slurm_refusal_of_memory_and_cores(monkeypatch):
     from emfuse.cluster import profiles
 
