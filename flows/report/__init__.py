@@ -167,7 +167,7 @@ def write_report(
     except (OSError, ValueError, KeyError) as exc:  # not a store, unreadable, or damaged metadata
         raise StoreError(f"{store} is not a readable Zarr v3 store ({exc}); give an output store.") from exc
     out_dir = Path(report_dir) if report_dir is not None else default_report_dir(store)
-    check_writable(out_dir).mkdir(exist_ok=True)  # OutputNotWritable where it cannot be created
+    check_writable(out_dir)  # OutputNotWritable where it cannot be created, before any drawing
     factor = coarsen_factor(image_shape(ds), max_px)
     figures: list[tuple[str, Callable[[xr.Dataset, int], Figure | None]]] = [
         ("maps.png", maps_figure),
@@ -179,16 +179,19 @@ def write_report(
         ("restore_drift.png", drift_figure),
         ("restore_average.png", average_figure),
     ]
-    written = []
-    for name, make in figures:
-        fig = make(ds, factor)
-        if fig is not None:
-            written.append(save_figure(fig, out_dir / name, dpi))
-    if not written:
+    drawn = [(name, fig) for name, fig in ((name, make(ds, factor)) for name, make in figures) if fig is not None]
+    if not drawn:  # refused before the report's folder is made: nothing is left behind
+        if "params" not in ds.attrs:  # every job's output records its parameters; an ingest does not
+            raise InputError(
+                f"{str(store)!r} is an input store (what ingest writes), not the output of a job: emfuse "
+                f"report draws the outputs of fuse, restore and tem-fuse. Run a job on it (emfuse fuse "
+                f"{store} --out OUT.zarr), or open it with xarray.")
         raise InputError(
             f"{str(store)!r} has none of {MAPS}, {FUSED}, {HAADF}/{HAADF_MODEL}, {COST}, tem_fused, "
             f"{RESTORED}: is it a fusion output store (or a tem-fuse or restore one)?"
         )
+    out_dir.mkdir(exist_ok=True)
+    written = [save_figure(fig, out_dir / name, dpi) for name, fig in drawn]
     summary = summarize(ds, store, factor, [p.name for p in written])
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")

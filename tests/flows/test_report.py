@@ -146,8 +146,24 @@ def test_missing_store_and_wrong_store(tmp_path):
     xr.Dataset({"movie": (("frame", "y", "x"), np.zeros((2, 4, 4)))}).to_zarr(
         tmp_path / "movie.zarr", zarr_format=3, consolidated=False
     )
-    with pytest.raises(ValueError, match="fusion output store"):
+    with pytest.raises(ValueError, match="is an input store"):
         write_report(tmp_path / "movie.zarr")
+    assert not (tmp_path / "movie.report").exists()  # refused before its folder was made
+    xr.Dataset({"movie": (("frame", "y", "x"), np.zeros((2, 4, 4)))}, attrs={"params": {}}).to_zarr(
+        tmp_path / "other.zarr", zarr_format=3, consolidated=False
+    )
+    with pytest.raises(ValueError, match="fusion output store"):
+        write_report(tmp_path / "other.zarr")
+
+
+def test_an_ingested_instrument_file_is_named_an_input_store(formats, tmp_path):
+    from emfuse.stores.ingest import ingest
+
+    store = ingest(formats / "test_TEM.bcf", tmp_path / "tem.zarr")  # holds a HAADF and a spectrum image
+    with pytest.raises(ValueError, match=r"is an input store \(what ingest writes\), not the output of a job.*"
+                                         r"emfuse fuse .*tem\.zarr --out OUT\.zarr"):
+        write_report(store)
+    assert not (tmp_path / "tem.report").exists()
 
 
 def test_default_report_dir():
