@@ -155,6 +155,11 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
         config = json.loads(meta["config"])
     elif path.with_suffix(".json").is_file():
         config = json.loads(path.with_suffix(".json").read_text())
+    elif path.name.startswith("checkpoint-") and (path.parent / "model.safetensors").is_file():
+        raise InputError(  # train-restore writes both: the checkpoint also holds the optimiser's state
+            f"{path} is a training checkpoint (weights and optimiser state, to resume training); "
+            f"restore with the model beside it: --model {path.parent / 'model.safetensors'}"
+        )
     else:
         raise InputError(
             f"{path}: no CGRDN config in its metadata nor in {path.with_suffix('.json').name} "

@@ -93,6 +93,10 @@ def test_checkpoint_files_are_safetensors_with_json_metadata(tmp_path):
     assert any(k.startswith("opt.") and k.endswith(".exp_avg_sq") for k in keys) and "torch_rng" in keys
     # the final model loads with load_model and keeps its architecture
     assert load_model(result.model_path).cfg == MODEL_PRESETS["tiny"]
+    # a checkpoint given to restore is named for what it is, with the model to give instead
+    with pytest.raises(ValueError, match=r"is a training checkpoint .*restore with the model beside it: "
+                                         r"--model .*model\.safetensors"):
+        load_model(result.checkpoint)
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert {"l1", "mlwt", "fourier", "mean", "std", "lr", "loss"} <= set(log[0])
     assert any("val" in line for line in log)
