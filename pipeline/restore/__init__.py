@@ -151,6 +151,10 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
             f"emfuse.pipeline.restore.save_model (emfuse train-restore), or a published name "
             f"({', '.join(MODEL_NAMES)})"
         ) from exc
+    if meta.get("format", _FORMAT) != _FORMAT:  # another emfuse network (tem-fuse's AVAE, say)
+        other = " (tem-fuse's AVAE: give it to emfuse tem-fuse --model)" if "avae" in meta["format"] else ""
+        raise InputError(f"{path} is not a restoration network: its format is {meta['format']!r}{other}, "
+                         f"a restoration model's {_FORMAT!r}")
     if "config" in meta:
         config = json.loads(meta["config"])
     elif path.with_suffix(".json").is_file():

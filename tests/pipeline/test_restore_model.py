@@ -195,3 +195,9 @@ def test_default_model_and_paths(tmp_path, monkeypatch):
         load_model(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="unknown r_em model"):
         load_model("r_em:sfr_xyz")
+    # tem-fuse's AVAE file is another emfuse network: named as such, with where it belongs
+    from emfuse.pipeline.avae.model import RESIDUAL_WIENER_WEIGHTS
+
+    with pytest.raises(ValueError, match=r"is not a restoration network: its format is 'emfuse-avae-1' "
+                                         r"\(tem-fuse's AVAE: give it to emfuse tem-fuse --model\)"):
+        load_model(RESIDUAL_WIENER_WEIGHTS)
