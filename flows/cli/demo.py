@@ -48,7 +48,7 @@ def run_demo(
         print_summary(result)
         print(f"done in {time.perf_counter() - start:.0f} s; open the result with "
               f"xarray.open_zarr({str(out / 'demo_fused.zarr')!r}, zarr_format=3, consolidated=False)")
-        result["tem_fuse"] = tem_fuse_demo(out, cluster=cluster, seed=seed)
+        result["tem_fuse"] = tem_fuse_demo(out, cluster=cluster, seed=seed, size=size)
     return result
 
 

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthesise a dataset, fuse it, write a report")
     p.add_argument("--out", type=Path, default=Path("emfuse-demo"), help="directory for everything (default %(default)s)")
-    p.add_argument("--size", type=int, default=256, help="image size in pixels (default %(default)s)")
+    p.add_argument("--size", type=int, default=256,
+                   help="side of the spectrum image and of the TEM modes, in pixels (default %(default)s)")
     p.add_argument("--dose", type=float, default=None, help="mean counts per pixel (default: the generator's)")
     p.add_argument("--cluster", default="local", help="cluster profile (default %(default)s)")
     p.set_defaults(func=cmd_demo)

@@ -76,6 +76,7 @@ def test_demo(prefect_harness, tmp_path, capsys):
     assert {"normalisation", "lambda_choice", "maps_from"} <= set(attrs)
     if (demo / "demo_tem_fused.zarr").exists():
         assert_provenance(demo / "demo_tem_fused.zarr", demo / "demo_tem_modes.zarr", {"plan", "tiles", "finalise"})
+        assert open_dataset(demo / "demo_tem_fused.zarr").tem_fused.shape == (64, 64)  # --size is both parts
 
 
 def _npz(path, **arrays):
