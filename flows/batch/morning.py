@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +96,19 @@ def _relative_to_page(context: jinja2.runtime.Context, path: str | None) -> str:
     return _relative(path, context["folder"])
 
 
+@jinja2.pass_context
+def _link_from_page(context: jinja2.runtime.Context, path: str | None) -> str:
+    """A file as a link from the page: relative, percent-encoded (a dataset named after a file
+    ``run #3.emd`` must not have its figure's link cut at the ``#``)."""
+    return urllib.parse.quote(Path(_relative(path, context["folder"])).as_posix())
+
+
 @functools.cache
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              autoescape=True, undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
     env.filters.update(status_text=status_text, status_class=_status_class, warnings=job_warnings,
-                       results=_results, relative=_relative_to_page, basename=lambda p: Path(p).name,
+                       results=_results, relative=_relative_to_page, link=_link_from_page, basename=lambda p: Path(p).name,
                        json=lambda v: json.dumps(shown(v), default=str),
                        figures=lambda r: [f for f in r.get("figures", []) if f.endswith(".png")])
     return env

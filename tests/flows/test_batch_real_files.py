@@ -82,3 +82,24 @@ def test_a_lazily_read_velox_file_is_ingested_beside_the_cluster(night):
     velox = _records(night)["velox16"]
     assert velox["status"] == "done", velox.get("error")
     assert is_complete(velox["input_store"]) and is_complete(velox["store"])
+
+
+def test_figure_links_survive_a_hash_and_spaces_in_the_file_name(prefect_harness, formats, tmp_path):
+    import re
+    import urllib.parse
+
+    from emfuse.flows.batch import batch_flow
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    shutil.copy(formats / VELOX_16, incoming / "sample #3 Velox.emd")  # the dataset's name: "sample #3 Velox"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"output": "results", "cluster": "local-threads", "datasets": [
+        {"path": "incoming/*.emd", "jobs": ["fuse"], "elements": ["Ca", "O", "Cu"],
+         "params": {"lambda_chem": 0.05, "lambda_tv": 0.02, "n_iter": 5}}]}))
+    info = batch_flow(str(tmp_path / "c.yaml"), progress=False)
+    assert info["n_done"] == 1, info["records"][0].get("error")
+    page = Path(info["report"])
+    links = re.findall(r'<img src="([^"]+)"', page.read_text())
+    assert links and all("#" not in link and " " not in link for link in links)
+    for link in links:  # what a browser opens: the percent-decoded path, relative to the page
+        assert (page.parent / urllib.parse.unquote(link)).is_file(), link
