@@ -151,6 +151,11 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
             f"emfuse.pipeline.restore.save_model (emfuse train-restore), or a published name "
             f"({', '.join(MODEL_NAMES)})"
         ) from exc
+    if str(meta.get("format", "")).startswith("emfuse-train") and (path.parent / "model.safetensors").is_file():
+        raise InputError(  # train-restore writes both: the checkpoint also holds the optimiser's state
+            f"{path} is a training checkpoint (weights and optimiser state, to resume training); "
+            f"restore with the model beside it: --model {path.parent / 'model.safetensors'}"
+        )
     if meta.get("format", _FORMAT) != _FORMAT:  # another emfuse network (tem-fuse's AVAE, say)
         other = " (tem-fuse's AVAE: give it to emfuse tem-fuse --model)" if "avae" in meta["format"] else ""
         raise InputError(f"{path} is not a restoration network: its format is {meta['format']!r}{other}, "
@@ -159,11 +164,6 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
         config = json.loads(meta["config"])
     elif path.with_suffix(".json").is_file():
         config = json.loads(path.with_suffix(".json").read_text())
-    elif path.name.startswith("checkpoint-") and (path.parent / "model.safetensors").is_file():
-        raise InputError(  # train-restore writes both: the checkpoint also holds the optimiser's state
-            f"{path} is a training checkpoint (weights and optimiser state, to resume training); "
-            f"restore with the model beside it: --model {path.parent / 'model.safetensors'}"
-        )
     else:
         raise InputError(
             f"{path}: no CGRDN config in its metadata nor in {path.with_suffix('.json').name} "
