@@ -869,8 +869,8 @@ def _warn_clipped(job: RestoreJob, record: TileRecord) -> None:
     span = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
     add_warnings(job.out, make_warning(
         "restored-clipped",
-        f"restored values outside the input's physical range {span} were clipped to it "
-        f"({' and '.join(parts)} by more than {CLIP_TOLERANCE:.0%} of the input's span, of the pixels). "
+        f"restored values outside the input's physical range {span} were clipped to it; beyond it by more "
+        f"than {CLIP_TOLERANCE:.0%} of the input's span: {' and '.join(parts)} (fractions of the pixels). "
         "The network overshoots there; "
         "check those regions, or use a network trained for this kind of data.",
         stage="finalise", clipped_fraction=round(float((below + above) / total), 6),
