@@ -47,6 +47,7 @@ import xarray as xr
 from emfuse.errors import EmfuseError
 from emfuse.pipeline import tiles
 from emfuse.pipeline.avae.base import WIENER, BaseFit, flat_hrtem, load_base_network
+from emfuse.pipeline.avae.baselines import WIENER_MIN_PX
 from emfuse.pipeline.avae.fuse import fuse_tile
 from emfuse.pipeline.avae.model import AVAE, RESIDUAL_WIENER_WEIGHTS, load_avae, model_info
 from emfuse.pipeline.avae.modes import MODES
@@ -77,7 +78,7 @@ FIT_CROP = 512  # px: the central crop on which histograms and drift are fitted
 FLAT_PX = 256  # px: the block average of the whole dataset on which the flat field is fitted
 
 
-MIN_MODES_PX = 16  # the smallest side tem-fuse takes (baselines.wiener_filter's minimum)
+MIN_MODES_PX = WIENER_MIN_PX  # the smallest side tem-fuse takes: its Wiener base's minimum
 
 
 class TemFuseInputError(EmfuseError, ValueError):

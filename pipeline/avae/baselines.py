@@ -46,6 +46,9 @@ from emfuse.pipeline.metrics import psnr, ssim
 
 from ...errors import InputError
 
+#: The smallest side :func:`wiener_filter` takes: its noise level comes from the image's spectrum.
+WIENER_MIN_PX = 16
+
 __all__ = ["average", "calibrate", "fit_mode_weights", "score", "weighted", "wiener_filter"]
 
 #: Spatial frequencies (cycles/px) from which :func:`wiener_filter` takes a spectrum to be noise.
@@ -153,8 +156,9 @@ def wiener_filter(image: Any, *, noise_band: float = NOISE_BAND, smooth_bins: in
     (True, True)
     """
     a = np.asarray(image, dtype=np.float64)
-    if a.ndim != 2 or min(a.shape) < 16:
-        raise InputError(f"wiener_filter needs an image (y, x) of at least 16 x 16 px, got shape {a.shape}")
+    if a.ndim != 2 or min(a.shape) < WIENER_MIN_PX:
+        raise InputError(f"wiener_filter needs an image (y, x) of at least {WIENER_MIN_PX} x {WIENER_MIN_PX} px, "
+                         f"got shape {a.shape}")
     if not 0 < noise_band < 0.5:
         raise InputError(f"noise_band must be within (0, 0.5) cycles/px, got {noise_band}")
     mean = a.mean()

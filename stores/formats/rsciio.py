@@ -185,12 +185,10 @@ def describe(path: str | Path) -> list[str]:
     Nothing but headers is read.
     """
     path = Path(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", IngestWarning)
-        signals = [_classify(path, raw, index) for index, raw in enumerate(_load(path))]
-    # what RosettaSciIO said about the file (a pruned spectrum stream, say) explains what is missing
-    notes = [str(w.message).split(": RosettaSciIO: ", 1)[1] for w in caught
-             if issubclass(w.category, IngestWarning) and ": RosettaSciIO: " in str(w.message)]
+    notes: list[str] = []  # what RosettaSciIO said about the file (a pruned spectrum stream, say)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IngestWarning)
+        signals = [_classify(path, raw, index) for index, raw in enumerate(_load(path, notes))]
     lines = [f"{path.name}: {len(signals)} signal(s) as RosettaSciIO reads them"]
     elements: list[str] = []
     for s in signals:
@@ -291,7 +289,9 @@ class _Capture(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _load(path: Path) -> list[dict]:
+def _load(path: Path, notes: list[str] | None = None) -> list[dict]:
+    """RosettaSciIO's signals of ``path``, lazily. What it logs (why a stream is missing, say) becomes
+    IngestWarnings, or goes to ``notes`` when a list is given (a listing shows them as lines)."""
     if path.suffix.lower() == ".bcf":
         _check_bcf_length(path)
     if path.suffix.lower() == ".zspy":
@@ -320,8 +320,11 @@ def _load(path: Path) -> list[dict]:
         ) from exc
     finally:
         logger.handlers, logger.propagate = saved
-    for message in capture.messages:
-        warnings.warn(f"{path}: RosettaSciIO: {message}", IngestWarning, stacklevel=4)
+    if notes is not None:
+        notes.extend(capture.messages)
+    else:
+        for message in capture.messages:
+            warnings.warn(f"{path}: RosettaSciIO: {message}", IngestWarning, stacklevel=4)
     if not signals:
         raise fail(path, "RosettaSciIO found no data in it", "Check that the file is complete")
     if path.suffix.lower() == ".bcf":
