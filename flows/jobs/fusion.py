@@ -69,6 +69,7 @@ from emfuse.stores.progress import TileRecord
 from emfuse.stores.warn import add_warnings, make_warning, read_warnings
 from emfuse.stores.zarrio import (
     add_variables,
+    open_arrays,
     open_dataset,
     read_attrs,
     timed,
@@ -673,10 +674,10 @@ def normalise(job: FusionJob) -> Normalisation:
     if layout.ATTR_NORMALISATION in attrs:
         return Normalisation(**{k: tuple(v) if isinstance(v, list) else v
                                 for k, v in attrs[layout.ATTR_NORMALISATION].items()})
-    out = open_dataset(job.out, require_complete=False)
-    haadf, maps = out[layout.HAADF].data, out[layout.MAPS].data
+    out = open_arrays(job.out, layout.HAADF, layout.MAPS, layout.HAADF_VALID)
+    haadf, maps = out[layout.HAADF], out[layout.MAPS]
     if layout.HAADF_VALID in out:  # saturated pixels out of the range (a NaN or Inf elsewhere still shows)
-        valid = out[layout.HAADF_VALID].data
+        valid = out[layout.HAADF_VALID]
         if not bool(valid.any().compute()):
             raise FusionInputError(f"{job.source}: every HAADF pixel is saturated; there is no HAADF to fuse "
                                    "with. Check the detector gain/offset.")
@@ -978,35 +979,35 @@ def _finalise(job: FusionJob, record: TileRecord) -> None:
 def haadf_fit(job: FusionJob) -> float:
     """Fraction of the normalised HAADF's variance the fused maps' HAADF model leaves unexplained
     (:func:`emfuse.pipeline.fusion.model.haadf_unexplained`), over the whole image."""
-    out = open_dataset(job.out, require_complete=False)
+    out = open_arrays(job.out, layout.HAADF, layout.HAADF_MODEL)
     norm = normalise(job)
-    haadf = (out[layout.HAADF].data - norm.haadf_offset) / norm.haadf_scale
-    return float(da.compute(haadf_unexplained(haadf, out[layout.HAADF_MODEL].data))[0])
+    haadf = (out[layout.HAADF] - norm.haadf_offset) / norm.haadf_scale
+    return float(da.compute(haadf_unexplained(haadf, out[layout.HAADF_MODEL]))[0])
 
 
 def summary(job: FusionJob) -> dict[str, Any]:
     """Final costs and, for synthetic data, the error of raw and fused maps against the truth."""
     from emfuse.pipeline.metrics import nrmse
 
-    out = open_dataset(job.out)
+    out = open_arrays(job.out, layout.COST, layout.TRUE_MAPS, layout.MAPS, layout.FUSED, require_complete=True)
+    attrs = read_attrs(job.out)
     info: dict[str, Any] = {"store": job.out, "elements": list(job.elements),
-                            "final_cost": dict(zip(COST_TERMS, out[layout.COST].values[:, -1].tolist())),
+                            "final_cost": dict(zip(COST_TERMS, out[layout.COST][:, -1].compute().tolist())),
                             "lambda_chem": job.params.lambda_chem, "lambda_tv": job.params.lambda_tv,
                             "lambda_auto": list(job.auto)}
-    if layout.ATTR_LAMBDA_CHOICE in out.attrs:
-        info["lambda_choice"] = out.attrs[layout.ATTR_LAMBDA_CHOICE]
-    info["convergence"] = list(out.attrs.get(layout.ATTR_CONVERGENCE, []))
-    info["devices"] = list(out.attrs.get(layout.ATTR_DEVICES, []))
+    if layout.ATTR_LAMBDA_CHOICE in attrs:
+        info["lambda_choice"] = attrs[layout.ATTR_LAMBDA_CHOICE]
+    info["convergence"] = list(attrs.get(layout.ATTR_CONVERGENCE, []))
+    info["devices"] = list(attrs.get(layout.ATTR_DEVICES, []))
     info["tile"] = job.tile
-    if layout.ATTR_TILE_CHOICE in out.attrs:
-        info["tile_choice"] = out.attrs[layout.ATTR_TILE_CHOICE]
+    if layout.ATTR_TILE_CHOICE in attrs:
+        info["tile_choice"] = attrs[layout.ATTR_TILE_CHOICE]
     info["warnings"] = read_warnings(job.out)
     if layout.TRUE_MAPS in out:
         # the three stacks in one pass (a read and a compute per element and stack cost 10 times more
-        # than the metric on a small dataset)
+        # than the metric on a small dataset); the store's elements are the job's, in its order
         elements = list(job.elements)
-        truth, raw, fused = da.compute(*(out[name].sel(element=elements).data
-                                         for name in (layout.TRUE_MAPS, layout.MAPS, layout.FUSED)))
+        truth, raw, fused = da.compute(*(out[name] for name in (layout.TRUE_MAPS, layout.MAPS, layout.FUSED)))
         info["nrmse_raw"] = {el: nrmse(raw[i], truth[i]) for i, el in enumerate(elements)}
         info["nrmse_fused"] = {el: nrmse(fused[i], truth[i]) for i, el in enumerate(elements)}
     return json.loads(json.dumps(info))

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import dask
 import numpy as np
 import xarray as xr
+import zarr
 
 from emfuse.errors import EmfuseError
 from emfuse.pipeline import tiles
@@ -105,8 +106,9 @@ class TemFuseJob:
 
     @property
     def grid(self) -> list[tiles.Tile]:
-        ds = open_dataset(self.out, require_complete=False)
-        return tiles.tile_grid((ds.sizes["y"], ds.sizes["x"]), self.tile, self.halo)
+        # the image's shape from the fused image's metadata, not by opening the store with xarray
+        shape = zarr.open_array(self.out, path=layout.TEM_FUSED, mode="r", zarr_format=3).shape
+        return tiles.tile_grid(shape, self.tile, self.halo)
 
 
 def check_modes(ds: xr.Dataset, source: str | Path) -> xr.DataArray:
