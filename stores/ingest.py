@@ -43,6 +43,7 @@ from .formats import (
 )
 from .formats.rsciio import PLUGINS as _RSCIIO_SUFFIXES
 from .layout import (
+    ARBITRARY_UNITS,
     ATTR_ELEMENTS,
     ATTR_INGEST_NOTES,
     ATTR_INGEST_OPTIONS,
@@ -184,8 +185,6 @@ def read_image(path: str | Path, *, signal: str | int | None = None) -> xr.Datas
     ds.attrs[ATTR_INGEST_OPTIONS] = ingest_options(signal=signal)
     return with_value_units(ds)
 
-#: ``units`` of values that are not counts (floats: scaled, gain-corrected or vendor-processed)
-ARBITRARY_UNITS = "a.u."
 
 
 def value_units(var: xr.DataArray) -> str:

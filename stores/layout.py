@@ -105,6 +105,9 @@ ATTR_MAPS_FROM = "maps_from"  # where fused maps came from: stored maps, or inte
 ATTR_TILE_CHOICE = "tile_choice"  # how a fusion's --tile auto was chosen: tile, rule, free GPU bytes per task, model
 ATTR_DEVICES = "devices"  # list of str: where a job's units ran ("cpu", "cuda:0"); a resumed run may add one
 ATTR_IMAGE_KIND = "image_kind"  # what an image is ("haadf", or "image" when not known to be one: a lone TEM frame); a restored one also "movie"
+#: ``units`` of values that are not counts (floats: scaled, gain-corrected or vendor-processed;
+#: offset-subtracted integers)
+ARBITRARY_UNITS = "a.u."
 
 # Zarr settings used for every write and open (see ENVIRONMENT.md).
 ZARR_KW = {"zarr_format": 3, "consolidated": False}

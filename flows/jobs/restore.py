@@ -317,7 +317,7 @@ def plan(
                      precision, channels_last, register, block or default_block(n_frames, ny, nx), sha,
                      limits, guard, int(adapt), bool(compile))
     with on_disk_full(out):
-        state = prepare_output(out, _template(ds, data, job), job.record(), source=source, overwrite=overwrite,
+        state = prepare_output(out, _template(ds, data, job, negative <= NEGATIVE_TOLERANCE), job.record(), source=source, overwrite=overwrite,
                                attrs={layout.ATTR_IMAGE_KIND: kind, ATTR_VALUE_RANGE: list(limits),
                                       layout.ATTR_NORMALISATION: NORMALISATION,
                                       ATTR_MODEL_CHOICE: {**choice.record(), "model": name},
@@ -424,7 +424,7 @@ def _check_dose(data: xr.DataArray, source: str | Path) -> float:
     return float(negative)
 
 
-def _template(ds: xr.Dataset, data: xr.DataArray, job: RestoreJob) -> xr.Dataset:
+def _template(ds: xr.Dataset, data: xr.DataArray, job: RestoreJob, count_like: bool = True) -> xr.Dataset:
     ny, nx = data.sizes["y"], data.sizes["x"]
     yx = (min(ny, CHUNK_YX), min(nx, CHUNK_YX))
     frames = ds["frame"] if "frame" in data.dims else xr.DataArray([0], dims="frame")
@@ -439,6 +439,8 @@ def _template(ds: xr.Dataset, data: xr.DataArray, job: RestoreJob) -> xr.Dataset
     variables.update(_guard_template(job))
     template = xr.Dataset(variables, coords=coords)
     units = data.attrs.get("units", "input units")
+    if units == "counts" and not count_like:  # integers, but offset-subtracted: not counts (not-count-like)
+        units = layout.ARBITRARY_UNITS
     kind = image_kind(ds, job.variable)
     template[layout.RESTORED].attrs.update(units=units, image_kind=kind, description=f"{kind} restored by {job.model}")
     if job.register:

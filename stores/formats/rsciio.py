@@ -556,11 +556,29 @@ def _haadf_score(title: str) -> int:
     return 0
 
 
-def _image_kind(image: _Signal, beside_chemistry: bool) -> str:
+def _image_kind(image: _Signal, beside_chemistry: bool, in_sem: bool = False) -> str:
     """What the image stored as ``haadf`` is: ``"haadf"`` when its title says HAADF/ADF/DF or it
-    was acquired with a spectrum image or maps (the Z-contrast image of a STEM acquisition),
-    else ``"image"``: a lone image (a TEM camera frame, say) is not known to be a HAADF."""
-    return HAADF if beside_chemistry or _haadf_score(image.title) > 0 else "image"
+    was acquired with a spectrum image or maps in a (S)TEM (the Z-contrast image of a STEM
+    acquisition), else ``"image"``: a lone image (a TEM camera frame, say) is not known to be a
+    HAADF, nor is the image beside an SEM's spectrum image (``in_sem``: a secondary- or
+    backscattered-electron detector, e.g. ``bcf_v2_50x50px.bcf``'s 'Ch 1')."""
+    if _haadf_score(image.title) > 0:
+        return HAADF
+    return HAADF if beside_chemistry and not in_sem else "image"
+
+
+def _in_sem(*signals: _Signal | None) -> bool:
+    """Whether the signals were acquired in an SEM: their metadata's ``Acquisition_instrument``
+    is an SEM's, or their signal type is (``EDS_SEM``)."""
+    for one in signals:
+        if one is None:
+            continue
+        instrument = one.metadata.get("Acquisition_instrument")
+        if isinstance(instrument, dict) and "SEM" in instrument:
+            return True
+        if (one.signal_type or "").upper().endswith("_SEM"):
+            return True
+    return False
 
 
 def _pick_spectrum(
@@ -712,7 +730,8 @@ def _assemble(
     if notes:
         ds.attrs[ATTR_INGEST_NOTES] = notes
     if haadf is not None:
-        ds[HAADF].attrs[ATTR_IMAGE_KIND] = _image_kind(haadf, spectrum is not None or bool(maps))
+        ds[HAADF].attrs[ATTR_IMAGE_KIND] = _image_kind(haadf, spectrum is not None or bool(maps),
+                                                       _in_sem(haadf, spectrum, *maps))
     roles = {SPECTRUM: spectrum, HAADF: haadf, MOVIE: movie}
     return _with_metadata(ds, path, primary, {k: v for k, v in roles.items() if v}, maps)
 

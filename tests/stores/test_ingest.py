@@ -171,10 +171,12 @@ def test_tia_image(formats):
 
 
 @pytest.mark.parametrize("name, kind", [("test_TEM.bcf", "haadf"), ("Test SI 16x16 215 kx.emd", "haadf"),
-                                        ("test-1.dm3", "image"), ("example_image.emd", "image")])
+                                        ("test-1.dm3", "image"), ("example_image.emd", "image"),
+                                        ("bcf_v2_50x50px.bcf", "image")])
 def test_the_image_says_whether_it_is_a_haadf(formats, name, kind):
-    """Stored as ``haadf``, an image says what it is: beside a spectrum image (or titled HAADF/ADF/DF)
-    it is the acquisition's HAADF; alone and untitled it is only an ``image``."""
+    """Stored as ``haadf``, an image says what it is: beside a spectrum image of a (S)TEM (or titled
+    HAADF/ADF/DF) it is the acquisition's HAADF; alone and untitled it is only an ``image``, and so
+    is the SEM's electron image beside its EDX spectrum image (``bcf_v2``'s 'Ch 1', 20 kV)."""
     assert _quiet_read(formats / name).haadf.attrs["image_kind"] == kind
 
 
