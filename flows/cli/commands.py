@@ -102,13 +102,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
                   adapt=args.adapt, overwrite=args.overwrite, guard=not args.no_guard, compile=args.compile)
     if use_prefect(args):
         result = _as_flow(args, "restore_flow", str(args.source), str(args.out), cluster=args.cluster,
-                          register_drift=args.register, report=not args.no_report, **kwargs)
+                          register_drift=args.register, report=not args.no_report, signal=args.signal, **kwargs)
     else:
         from ..jobs.registry import restore_options, run_job_stages
 
         options = restore_options(cluster=args.cluster, register=args.register, **kwargs)
         result = run_job_stages("restore", str(args.source), str(args.out), options, cluster=args.cluster,
-                                report=not args.no_report)
+                                report=not args.no_report, signal=args.signal)
     print(f"output store: {result['store']}")
     if result.get("figures"):
         print(f"report:       {Path(result['figures'][0]).parent}")

@@ -138,10 +138,10 @@ def _device_argument(parser: argparse.ArgumentParser) -> None:
                              "'devices' attribute says where it ran")
 
 
-def _signal_argument(parser: argparse.ArgumentParser) -> None:
+def _signal_argument(parser: argparse.ArgumentParser, what: str = "the spectrum image to take from a file "
+                     "that holds several (or an image, to take it alone)") -> None:
     parser.add_argument("--signal", default=None, metavar="INDEX|TITLE",
-                        help="the spectrum image to take from a file that holds several: its index "
-                             "(emfuse ingest FILE --list) or its title")
+                        help=f"{what}: its index (emfuse ingest FILE --list) or its title")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore a movie or image with a network (r_em), optionally register it")
     p.add_argument("source", type=Path, help="canonical store or raw file (ingested first) with a movie or image")
     p.add_argument("--out", type=Path, required=True, help="output store (.zarr)")
+    _signal_argument(p, "of a raw file that holds several signals, the image or image stack to restore (or a "
+                        "spectrum image, whose HAADF is restored)")
     p.add_argument("--model", default="auto", metavar="NAME|PATH",
                    help="'auto' (the default: emfuse's own model for the modality and resolution the file's "
                         "metadata and pixel size say, else 'default'), an own model (default: HR-STEM; "

@@ -83,8 +83,12 @@ def restore_flow(
     progress: bool = True,
     guard: bool = True,
     compile: bool = False,
+    signal: str | None = None,
 ) -> dict[str, Any]:
     """Restore every frame of a movie (or an image) with a network; optionally measure the drift.
+
+    ``signal`` chooses, in a raw file that holds several signals, the image or image stack to
+    restore (its index or title; a spectrum image's index restores that acquisition's HAADF).
 
     ``register_drift`` is the job's ``register`` option (a flow parameter may not be
     called ``register``: pydantic, which validates them, has an attribute of that name).
@@ -105,7 +109,8 @@ def restore_flow(
                               precision=precision, channels_last=channels_last, register=register_drift,
                               block=block, adapt=adapt, overwrite=overwrite, guard=guard, cluster=cluster,
                               compile=compile)
-    return run_job_stages("restore", source, out, options, cluster=cluster, report=report, progress=progress)
+    return run_job_stages("restore", source, out, options, cluster=cluster, report=report, progress=progress,
+                          signal=signal)
 
 
 @flow(name="emfuse-tem-fuse", log_prints=True, persist_result=False)

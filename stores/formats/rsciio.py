@@ -163,8 +163,10 @@ def read(
         ``"EDX"`` or ``"EELS"``: which spectrum image to take when the file
         holds several (Velox EELS + EDS).
     signal
-        Which spectrum image to take: its index in RosettaSciIO's list of the
-        file's signals, or its title (``emfuse ingest FILE --signal 17``).
+        Which of the file's signals to take: its index in RosettaSciIO's list of the
+        file's signals, or its title (``emfuse ingest FILE --signal 17``). A spectrum
+        image is read with its HAADF and maps; an image or image stack is read alone,
+        as ``haadf`` or ``movie`` (``emfuse restore FILE --signal 13``).
 
     Raises
     ------
@@ -174,6 +176,9 @@ def read(
     """
     path = Path(path)
     signals = [_classify(path, raw, index) for index, raw in enumerate(_load(path))]
+    image = _named_image(signals, signal)
+    if image is not None:
+        return _image_alone(path, image, _image_kind(image, False, _in_sem(image)))
     return _assemble(path, signals, elements, signal_type, signal)
 
 
@@ -238,15 +243,35 @@ def read_image(path: str | Path, *, signal: str | int | None = None) -> xr.Datas
     """
     path = Path(path)
     signals = [_classify(path, raw, index) for index, raw in enumerate(_load(path))]
-    chosen = _chosen_image(path, signals, signal)
-    role = HAADF if chosen.kind == "image" else MOVIE
+    return _image_alone(path, _chosen_image(path, signals, signal), "image")  # a mode, not known to be a HAADF
+
+
+def _named_image(signals: list[_Signal], signal: str | int | None) -> _Signal | None:
+    """The image or image stack ``signal`` names (its index, or a title no spectrum image has),
+    None when it names none (a spectrum image, or nothing: :func:`_assemble` says which)."""
+    if signal is None:
+        return None
+    text = str(signal).strip()
+    images = [s for s in signals if s.kind in ("image", "stack")]
+    if text.lstrip("-").isdigit():
+        match = [s for s in images if s.index == int(text)]
+    elif any(s.title.strip().lower() == text.lower() for s in signals if s.kind == "spectrum_image"):
+        return None
+    else:
+        match = [s for s in images if s.title.strip().lower() == text.lower()]
+    return match[0] if len(match) == 1 else None
+
+
+def _image_alone(path: Path, image: _Signal, kind: str) -> xr.Dataset:
+    """``image`` alone, as ``haadf`` (with ``image_kind`` ``kind``) or, an image stack, as ``movie``."""
+    role = HAADF if image.kind == "image" else MOVIE
     ds = canonical_dataset(
-        path, pixel_nm=chosen.pixel_nm, origin_nm=chosen.origin_nm,
-        **({"haadf": chosen.data} if role == HAADF else {"movie": chosen.data, "frame_time": chosen.frame_time}),
+        path, pixel_nm=image.pixel_nm, origin_nm=image.origin_nm,
+        **({"haadf": image.data} if role == HAADF else {"movie": image.data, "frame_time": image.frame_time}),
     )
     if role == HAADF:
-        ds[HAADF].attrs[ATTR_IMAGE_KIND] = "image"  # a mode, not known to be a HAADF
-    return _with_metadata(ds, path, chosen, {role: chosen}, [])
+        ds[HAADF].attrs[ATTR_IMAGE_KIND] = kind
+    return _with_metadata(ds, path, image, {role: image}, [])
 
 
 def _chosen_image(path: Path, signals: list[_Signal], signal: str | int | None) -> _Signal:
@@ -617,7 +642,9 @@ def _pick_spectrum(
             path,
             f"it holds {len(candidates)} spectrum images{' of type ' + signal_type if signal_type else ''} "
             f"and one per store is ingested: {listing}",
-            "Choose one with --signal INDEX (in a catalog: signal: INDEX; Python: signal=INDEX), the number in brackets",
+            "Choose one with --signal INDEX (in a catalog: signal: INDEX; Python: signal=INDEX), the number in "
+            "brackets; or, to restore or ingest one of its images alone, give that image's index (emfuse "
+            "ingest FILE --list lists them)",
         )
     chosen = candidates[0]
     for s in spectrum_images:
@@ -644,10 +671,10 @@ def _chosen_signal(
                 f"--signal {index}: it has signals 0 to {len(signals) - 1}",
                 f"Choose one of its spectrum images: {listing}",
             )
-        if match[0].kind != "spectrum_image":
+        if match[0].kind != "spectrum_image":  # images are taken before (_named_image): a spectrum, say
             raise fail(
                 path,
-                f"--signal {index} is {match[0].describe()}, not a spectrum image (y, x, energy)",
+                f"--signal {index} is {match[0].describe()}, neither a spectrum image (y, x, energy) nor an image",
                 f"Choose one of its spectrum images: {listing}",
             )
         return match[0]

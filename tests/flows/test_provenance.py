@@ -139,6 +139,21 @@ def tiny_model(tmp_path_factory):
     return str(save_model(net, tmp_path_factory.mktemp("models") / "tiny.safetensors"))
 
 
+def test_restore_of_one_image_of_a_file_with_several_spectrum_images(tmp_path, shared_data, client, tiny_model):
+    """`emfuse restore velox.emd --signal 13`: the file's four spectrum images stop a plain ingest
+    (which asks for --signal); naming its image 'a' restores that image alone."""
+    from emfuse.flows.cli.parser import build_parser
+
+    raw = shared_data / "formats" / "example_velox_EELS_EDS.emd"
+    assert build_parser().parse_args(["restore", str(raw), "--out", "o.zarr", "--signal", "13"]).signal == "13"
+    store = resolve_store(raw, tmp_path, signal="13")
+    job = run_job("restore", store, tmp_path / "out.zarr", client, progress=False, model=tiny_model, tile=64, overlap=8)
+    attrs = assert_provenance(job.out, raw, {"plan", "restore", "finalise"}, input_store=store)
+    restored = zarr.open_array(str(Path(job.out) / "restored"), mode="r", zarr_format=3)
+    assert restored.shape == (1, 128, 128) and attrs["image_kind"] == "image"
+    assert np.isfinite(restored[...]).all()
+
+
 def test_restore_of_a_tem_image_from_an_emi_file(tmp_path, shared_data, client, tiny_model):
     raw = shared_data / "formats" / "128x128_TEM_acquire-sum1.emi"
     store = resolve_store(raw, tmp_path)

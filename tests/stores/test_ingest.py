@@ -145,8 +145,8 @@ def test_velox_eels_and_eds_choice_by_signal(formats):
         _quiet_read(path, signal_type="EELS")
     with pytest.raises(IngestError, match=r"3 spectrum images are titled 'EELS'"):
         _quiet_read(path, signal="EELS")
-    with pytest.raises(IngestError, match=r"--signal 9 is image 'Co' \(16, 20\), not a spectrum image"):
-        _quiet_read(path, signal=9)
+    with pytest.raises(IngestError, match=r"--signal 0 is spectrum 'EDS' \(4096,\), neither a spectrum image"):
+        _quiet_read(path, signal=0)
     with pytest.raises(IngestError, match=r"--signal 40: it has signals 0 to 17"):
         _quiet_read(path, signal=40)
     eds = _quiet_read(path, signal="EDS")
@@ -178,6 +178,23 @@ def test_the_image_says_whether_it_is_a_haadf(formats, name, kind):
     HAADF/ADF/DF) it is the acquisition's HAADF; alone and untitled it is only an ``image``, and so
     is the SEM's electron image beside its EDX spectrum image (``bcf_v2``'s 'Ch 1', 20 kV)."""
     assert _quiet_read(formats / name).haadf.attrs["image_kind"] == kind
+
+
+def test_a_signal_that_is_an_image_is_read_alone(formats):
+    """``--signal`` naming an image (by index, or a title no spectrum image has) reads that image
+    alone: what ``emfuse restore FILE --signal 13`` restores. The file's four spectrum images would
+    otherwise stop the ingest; its metadata come with the image."""
+    path = formats / "example_velox_EELS_EDS.emd"
+    image = _quiet_read(path, signal=13)
+    assert list(image.data_vars) == ["haadf"] and image.haadf.shape == (128, 128)
+    assert image.haadf.attrs["image_kind"] == "image" and image.haadf.attrs["source_title"] == "a"
+    assert _step(image.y) == pytest.approx(158.658, abs=1e-3)
+    assert image.attrs["ingest_options"]["signal"] == "13"
+    df = _quiet_read(path, signal="DF-S")
+    assert df.haadf.shape == (16, 20) and df.haadf.attrs["image_kind"] == "haadf"  # its title says DF
+    co = _quiet_read(path, signal=9)  # an element map, as an image
+    assert list(co.data_vars) == ["haadf"] and co.haadf.attrs["source_title"] == "Co"
+    assert "spectrum" in _quiet_read(path, signal="EDS")  # a title spectrum images have: the spectrum image
 
 
 def test_velox_movie_stack(formats):
