@@ -70,6 +70,7 @@ from emfuse.stores.zarrio import (
 
 from .checks import check_restore_tiling
 from .gather import gather
+from .inputs import SATURATED
 from .runner import (
     TiledJob,
     Unit,
@@ -326,6 +327,8 @@ def plan(
             _note_model_choice(out, choice, name)
         if state != "complete":
             TileRecord.create(out, JOB, (len(job.blocks), 1), payload_shape=(2,))
+        if state == "new" and variable == layout.HAADF:
+            add_warnings(out, *saturated_input_warnings(source))
         if state == "new" and negative > NEGATIVE_TOLERANCE:
             add_warnings(out, make_warning(
                 "not-count-like",
@@ -336,6 +339,24 @@ def plan(
     if job.adapt_steps and state != "new":  # a rerun restores with the model adapted before
         job = stored_adaptation(job)[1]
     return job, state
+
+
+def saturated_input_warnings(source: str | Path) -> list[dict[str, Any]]:
+    """An ``input-saturated`` warning when the input store's image is saturated (ingest found it:
+    its ``haadf-saturated`` warning), worded for a restoration: the network saw clipped values there.
+
+    Examples
+    --------
+    >>> [w["code"] for w in saturated_input_warnings("test_TEM.input.zarr")]  # doctest: +SKIP
+    ['input-saturated']
+    """
+    return [make_warning(
+        "input-saturated",
+        f"{100 * w['fraction']:.1f} % of the image's pixels are saturated (values "
+        f"{', '.join(f'{v:g}' for v in w.get('values', []))}): the detector did not record what lies "
+        "beyond, and the network restored the clipped values as they are; check the detector gain/offset",
+        stage="plan", fraction=w["fraction"], values=w.get("values", []), counts=w.get("counts", []))
+        for w in read_warnings(source) if w["code"] == SATURATED]
 
 
 def choose_model(model: str | os.PathLike | None, ds: xr.Dataset, variable: str, out: str | Path, *,

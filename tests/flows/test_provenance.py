@@ -139,6 +139,17 @@ def tiny_model(tmp_path_factory):
     return str(save_model(net, tmp_path_factory.mktemp("models") / "tiny.safetensors"))
 
 
+def test_a_restore_of_a_saturated_haadf_says_so(tmp_path, shared_data, client, tiny_model):
+    """test_TEM.bcf's HAADF is 16 % saturated (ingest records haadf-saturated); its restoration
+    says so too, in a restore's words (`input-saturated`), not only the fusion does."""
+    raw = shared_data / "formats" / "test_TEM.bcf"
+    store = resolve_store(raw, tmp_path)
+    job = run_job("restore", store, tmp_path / "out.zarr", client, progress=False, model=tiny_model, tile=64, overlap=8)
+    [warning] = [w for w in read_attrs(job.out)["warnings"] if w["code"] == "input-saturated"]
+    assert warning["fraction"] == pytest.approx(0.164, abs=0.001) and "65535" in warning["message"]
+    assert "fusion" not in warning["message"]
+
+
 def test_restore_of_one_image_of_a_file_with_several_spectrum_images(tmp_path, shared_data, client, tiny_model):
     """`emfuse restore velox.emd --signal 13`: the file's four spectrum images stop a plain ingest
     (which asks for --signal); naming its image 'a' restores that image alone."""
