@@ -73,8 +73,10 @@ def restore(image: Any, model: Any = "default", **kwargs: Any) -> Any:
 
     Parameters
     ----------
-    image : array_like
-        An image (y, x) or a stack of frames (frame, y, x), in any units.
+    image : array_like or xarray.DataArray
+        An image (y, x) or a stack of frames (frame, y, x), in any units; a DataArray (the
+        ``haadf`` or ``movie`` of a store) comes back as one, with its dimensions, coordinates
+        and attributes.
     model : str, path or torch.nn.Module, default "default"
         A network from :func:`emfuse.pipeline.restore.load_model`, or a name it takes
         (``"default"``, ``"stem-high"``, ``"r_em:sfr_hrstem"``, a ``.safetensors`` path).
@@ -83,19 +85,31 @@ def restore(image: Any, model: Any = "default", **kwargs: Any) -> Any:
 
     Returns
     -------
-    numpy.ndarray
-        The restored image or stack, the shape of ``image``.
+    numpy.ndarray or xarray.DataArray
+        The restored image or stack, the shape of ``image`` (a DataArray for a DataArray).
 
     Examples
     --------
-    >>> import numpy as np, emfuse
+    >>> import numpy as np, xarray as xr, emfuse
     >>> image = np.random.default_rng(1).poisson(30.0, (64, 64)).astype(np.float32)
     >>> emfuse.restore(image).shape
     (64, 64)
+    >>> labelled = xr.DataArray(image, dims=("y", "x"), coords={"x": np.arange(64) * 0.2}, attrs={"units": "counts"})
+    >>> restored = emfuse.restore(labelled)
+    >>> restored.dims, float(restored.x[1]), restored.attrs["units"]
+    (('y', 'x'), 0.2, 'counts')
     """
     from .pipeline.restore import load_model
     from .pipeline.restore.inference import restore as restore_kernel
 
     if isinstance(model, str) or hasattr(model, "__fspath__"):
+        name = str(model)
         model = load_model(None if model == "default" else model)
-    return restore_kernel(image, model, **kwargs)
+    else:
+        name = type(model).__name__
+    if not hasattr(image, "dims") or not hasattr(image, "coords"):  # not an xarray.DataArray
+        return restore_kernel(image, model, **kwargs)
+    restored = restore_kernel(image.values, model, **kwargs)  # a store's lazy image: read it once
+    out = image.copy(data=restored)
+    out.attrs["description"] = f"{image.name or 'image'} restored by {name}"
+    return out

@@ -115,3 +115,16 @@ def test_import_contracts(tmp_path):
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "6 kept, 0 broken" in out.stdout
+
+
+def test_restore_keeps_a_dataarrays_labels(shared_data, tmp_path):
+    """``emfuse.restore(ds.haadf)``, as a notebook user calls it on a store's image: a DataArray
+    comes back with the dimensions, coordinates (nm) and attributes (a numpy array before)."""
+    store = emfuse.ingest(shared_data / "formats" / "128x128_TEM_acquire-sum1.emi", tmp_path / "t.zarr")
+    image = emfuse.open_result(store).haadf
+    restored = emfuse.restore(image)
+    assert restored.dims == ("y", "x") and restored.shape == (128, 128)
+    np.testing.assert_array_equal(restored.x.values, image.x.values)
+    assert restored.x.attrs["units"] == "nm" and restored.attrs["microscope"] == image.attrs["microscope"]
+    assert restored.attrs["description"] == "haadf restored by default"
+    np.testing.assert_allclose(restored.values, emfuse.restore(image.values), rtol=1e-6)
