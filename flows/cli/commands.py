@@ -117,7 +117,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
           f"({result['precision']})")
     print_model_choice(result)
     print_adaptation(result)
-    if "drift_max_px" in result:
+    if "drift_max_px" in result and result["frames"] == 1:
+        print("drift:        one frame, nothing to register it against (drift 0; average: the frame)")
+    elif "drift_max_px" in result:
         print(f"drift:        up to {result['drift_max_px']:.2f} px (variables drift, average)")
     if "psnr_raw_db" in result:
         print(f"PSNR vs truth: raw {result['psnr_raw_db']:.2f} dB, restored {result['psnr_restored_db']:.2f} dB")

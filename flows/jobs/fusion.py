@@ -590,7 +590,8 @@ def write_inputs(job: FusionJob) -> None:
     write_variable(job.out, layout.HAADF, ds[layout.HAADF].transpose("y", "x").data)
     _write_haadf_valid(job, ds)
     add_warnings(job.out, *shortened_window_warnings(job.windows_used or {}),
-                 *unlisted_element_warnings(job.elements, listed_elements(ds.attrs.get(layout.ATTR_METADATA))))
+                 *unlisted_element_warnings(job.elements, listed_elements(ds.attrs.get(layout.ATTR_METADATA))),
+                 *not_haadf_warnings(ds[layout.HAADF].attrs))
     write_variable(job.out, layout.MAPS, input_maps(ds, job.elements, job.windows, job.maps_from).data)
     out_vars = zarr.open_group(job.out, mode="r", zarr_format=3)
     if layout.TRUE_MAPS in out_vars:
@@ -623,6 +624,31 @@ def unlisted_element_warnings(elements: Sequence[str], listed: Sequence[str]) ->
         f"file lists ({' '.join(listed)}): the map{'' if len(unlisted) == 1 else 's'} may hold background "
         "counts only. Check the elements (--elements; in a catalog: elements: [...])",
         stage="inputs", elements=unlisted, listed=list(listed))]
+
+
+def not_haadf_warnings(haadf_attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    """An ``image-not-haadf`` warning when ingest could not say the image fused as the HAADF is one
+    (``image_kind`` ``"image"``: the electron image beside an SEM's EDX spectrum image). Fusion
+    takes its brightness to grow with the atomic number (HAADF, or a backscattered-electron image);
+    a secondary-electron image shows topography, which the fused maps would take for chemistry.
+
+    Examples
+    --------
+    >>> [w["code"] for w in not_haadf_warnings({"image_kind": "image", "source_title": "Ch 1"})]
+    ['image-not-haadf']
+    >>> not_haadf_warnings({"image_kind": "haadf"}) + not_haadf_warnings({})
+    []
+    """
+    if haadf_attrs.get(layout.ATTR_IMAGE_KIND) != "image":
+        return []
+    title = haadf_attrs.get("source_title") or haadf_attrs.get("title")
+    return [make_warning(
+        "image-not-haadf",
+        f"the image fused as the HAADF{f' ({title!r})' if title else ''} is not known to be a HAADF: fusion "
+        "takes its brightness to grow with the atomic number (HAADF, or backscattered electrons in an "
+        "SEM), and a secondary-electron image's topography would enter the fused maps as chemistry. "
+        "Check that the detector gives Z contrast, and the HAADF-model figure (haadf.png)",
+        stage="inputs", image=title)]
 
 
 def shortened_window_warnings(windows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

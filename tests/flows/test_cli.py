@@ -223,3 +223,15 @@ def test_every_error_class_is_an_emfuse_error_and_keeps_its_builtin_base():
         assert issubclass(cls, EmfuseError), cls
         assert issubclass(cls, base), (cls, base)  # `except ValueError` callers still catch it
     assert emfuse.EmfuseError is EmfuseError
+
+
+def test_restore_of_one_real_image_with_register(tmp_path, shared_data, capsys):
+    """`emfuse restore test_TEM.bcf --register` (one HAADF frame): the console says there is nothing
+    to register a single frame against (it said "drift: up to 0.00 px"), and names the saturation."""
+    source = shared_data / "formats" / "test_TEM.bcf"
+    args = ["restore", str(source), "--out", str(tmp_path / "r.zarr"), "--register", "--cluster", "local-threads",
+            "--tile", "64", "--overlap", "8", "--no-report"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "drift:        one frame, nothing to register it against" in out and "up to 0.00 px" not in out
+    assert "[input-saturated]" in out

@@ -139,6 +139,21 @@ def tiny_model(tmp_path_factory):
     return str(save_model(net, tmp_path_factory.mktemp("models") / "tiny.safetensors"))
 
 
+def test_the_electron_image_of_an_sem_is_not_taken_silently_for_a_haadf(tmp_path, shared_data, client):
+    """bcf_v2_50x50px.bcf: an SEM's EDX map with its electron image 'Ch 1' (20 kV): fused, the output
+    warns that the image is not known to give Z contrast; the (S)TEM HAADF of test_TEM.bcf does not."""
+    for name, elements, expected in (("bcf_v2_50x50px.bcf", ["Al", "Cu", "O"], ["image-not-haadf"]),
+                                     ("test_TEM.bcf", ["Cu", "Ti", "O"], [])):
+        raw = shared_data / "formats" / name
+        store = resolve_store(raw, tmp_path, elements=elements)
+        job = run_job("fuse", store, tmp_path / f"{name}.zarr", client, progress=False,
+                      params={**FIXED, "n_iter": 5}, tile=128, halo=16)
+        warnings = [w for w in read_attrs(job.out)["warnings"] if w["code"] == "image-not-haadf"]
+        assert [w["code"] for w in warnings] == expected
+        if warnings:
+            assert "'Ch 1'" in warnings[0]["message"] and "Z contrast" in warnings[0]["message"]
+
+
 def test_a_restore_of_a_saturated_haadf_says_so(tmp_path, shared_data, client, tiny_model):
     """test_TEM.bcf's HAADF is 16 % saturated (ingest records haadf-saturated); its restoration
     says so too, in a restore's words (`input-saturated`), not only the fusion does."""
