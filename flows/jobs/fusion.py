@@ -990,7 +990,7 @@ def _finalise(job: FusionJob, record: TileRecord) -> None:
     fit = haadf_fit(job)
     write_region(job.out, layout.COST, (slice(None), slice(None)), costs)
     update_attrs(job.out, **{layout.ATTR_CONVERGENCE: diagnosis, "haadf_unexplained": fit})
-    add_warnings(job.out, *(make_warning("not-converged", m, stage="finalise") for m in diagnosis))
+    add_warnings(job.out, *(make_warning("not-converged", with_weights_note(m), stage="finalise") for m in diagnosis))
     if fit > POOR_HAADF_FIT:
         add_warnings(job.out, make_warning(
             "poor-haadf-fit",
@@ -1000,6 +1000,27 @@ def _finalise(job: FusionJob, record: TileRecord) -> None:
             "make: check for an element missing from the list, the atomic numbers and the registration "
             "of HAADF and maps.",
             stage="finalise", unexplained=round(fit, 4), threshold=POOR_HAADF_FIT))
+
+
+#: what raising ``n_iter`` means for the weights. On the published Co3O4/Mn3O4 maps the automatic
+#: weights (chosen for 50 iterations) still move at 50; at 200 iterations with the same weights the
+#: O map correlates 0.40 with the tutorial's fusion (0.92 at 50), with weights chosen again for 200
+#: 0.93 (docs/methods/fusion.md, "Convergence checks").
+N_ITER_NOTE = ("; keep the weights 'auto' (the default) when you do, so that they are chosen for the new "
+               "n_iter: weights chosen for fewer iterations can over-fit the HAADF at more")
+
+
+def with_weights_note(message: str) -> str:
+    """A convergence message with :data:`N_ITER_NOTE` where it says to raise ``n_iter``.
+
+    Examples
+    --------
+    >>> with_weights_note("the tv cost has not levelled off (...); raise n_iter").endswith("fit the HAADF at more")
+    True
+    >>> with_weights_note("it oscillates; raise n_iter_tv, or lower lambda_chem")
+    'it oscillates; raise n_iter_tv, or lower lambda_chem'
+    """
+    return message + N_ITER_NOTE if message.endswith("raise n_iter") else message
 
 
 def haadf_fit(job: FusionJob) -> float:

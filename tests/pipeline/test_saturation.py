@@ -312,6 +312,10 @@ def test_fusion_job_of_test_tem_bcf_leaves_the_saturated_pixels_out(shared_data,
     np.testing.assert_array_equal(out.haadf_valid.values, (haadf != 0) & (haadf != 65535))
     # the ingest's warning and the job's own finding are one record (the short run adds not-converged)
     assert [w["code"] for w in read_warnings(job.out)].count(SATURATED) == 1
+    # a curve still falling at 10 iterations: the advice to raise n_iter says to keep the weights 'auto'
+    [not_converged, *_] = [w for w in read_warnings(job.out)
+                           if w["code"] == "not-converged" and "levelled off" in w["message"]]
+    assert "raise n_iter; keep the weights 'auto'" in not_converged["message"]
     valid = haadf[out.haadf_valid.values]
     assert out.attrs["normalisation"]["haadf_offset"] == float(valid.min()) == 117.0
     assert out.attrs["normalisation"]["haadf_scale"] == float(valid.max() - valid.min())
