@@ -146,15 +146,15 @@ def resolve_store(
 
 
 def _check_store_signal(store: Path, signal: str | int | None) -> None:
-    """``--signal`` chooses among a raw file's spectrum images; a store holds the one it was
-    ingested with, and another cannot be had from it."""
+    """``--signal`` chooses among a raw file's signals (spectrum images, or an image alone); a store
+    holds the one it was ingested with, and another cannot be had from it."""
     if signal is None:
         return
     stored = (read_attrs(store).get(ATTR_INGEST_OPTIONS) or {}).get("signal")
     if stored != str(signal):
         raise InputError(
             f"{store} is a store ingested with --signal {stored}; --signal {signal} chooses among a raw "
-            "file's spectrum images: give the raw file, or ingest it again with that --signal."
+            "file's signals: give the raw file, or ingest it again with that --signal."
         )
 
 
