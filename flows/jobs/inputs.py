@@ -8,6 +8,7 @@ it found as a ``haadf-saturated`` warning on the store (:func:`check_haadf`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -125,9 +126,15 @@ def resolve_store(
     """The canonical store for ``source``, ingesting a raw file first if needed.
 
     A raw file ``run1.emd`` is ingested into ``<workdir>/run1.input.zarr`` (``<name>.input.zarr``
-    when a batch names the dataset, so two ``run1.emd`` of different folders stay apart); an
-    earlier ingest of the same bytes (same sha256) with the same options (``elements``,
-    ``signal``: see :func:`emfuse.stores.ingest.read`) is reused.
+    when a batch names the dataset, so two ``run1.emd`` of different folders stay apart;
+    ``run1.signal-15.input.zarr`` for ``--signal 15``, so that the jobs of two signals of one
+    file keep their own input); an earlier ingest of the same bytes (same sha256) with the same
+    options (``elements``, ``signal``: see :func:`emfuse.stores.ingest.read`) is reused.
+
+    Examples
+    --------
+    >>> resolve_store("velox.emd", "results", signal="DF-S")  # doctest: +SKIP
+    PosixPath('results/velox.signal-DF-S.input.zarr')
     """
     source = Path(source)
     if is_store(source):
@@ -138,7 +145,8 @@ def resolve_store(
             f"{source} does not exist; give a canonical store or a raw file "
             f"({', '.join(sorted(ingest.SUPPORTED_SUFFIXES))})."
         )
-    target = Path(workdir) / f"{name or source.stem}.input.zarr"
+    chosen = "" if signal is None else ".signal-" + re.sub(r"[^A-Za-z0-9_-]+", "_", str(signal).strip())
+    target = Path(workdir) / f"{name or source.stem}{chosen}.input.zarr"
     if is_complete(target) and _same_ingest(target, source, elements, signal):
         check_haadf(target)  # an ingest from before the check: recorded now (once)
         return target

@@ -173,6 +173,7 @@ def test_restore_of_one_image_of_a_file_with_several_spectrum_images(tmp_path, s
     raw = shared_data / "formats" / "example_velox_EELS_EDS.emd"
     assert build_parser().parse_args(["restore", str(raw), "--out", "o.zarr", "--signal", "13"]).signal == "13"
     store = resolve_store(raw, tmp_path, signal="13")
+    assert store.name == "example_velox_EELS_EDS.signal-13.input.zarr"  # another signal keeps its own input
     job = run_job("restore", store, tmp_path / "out.zarr", client, progress=False, model=tiny_model, tile=64, overlap=8)
     attrs = assert_provenance(job.out, raw, {"plan", "restore", "finalise"}, input_store=store)
     restored = zarr.open_array(str(Path(job.out) / "restored"), mode="r", zarr_format=3)
