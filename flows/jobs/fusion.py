@@ -815,7 +815,7 @@ def choose_lambdas(job: FusionJob, norm: Normalisation,
         data["haadf_valid"] = out[layout.HAADF_VALID].isel(y=ys, x=xs).values
     # the crop is already cut: search on all of it
     def search(settings: auto.SearchSettings) -> auto.LambdaChoice:
-        with tqdm(desc="choosing lambdas", unit="candidate", disable=not progress) as bar:
+        with tqdm(desc="choosing lambdas", unit=" candidates", disable=not progress) as bar:
             return auto.choose_lambdas(
                 out[layout.HAADF].isel(y=ys, x=xs).values, job.z, normalisation=norm, params=job.params,
                 settings=settings, callback=lambda *_: bar.update(), **fixed, **data,
