@@ -659,8 +659,12 @@ def _pick_spectrum(
 def _chosen_signal(
     path: Path, signals: list[_Signal], spectrum_images: list[_Signal], signal: str | int
 ) -> _Signal:
-    """The spectrum image ``signal`` names: an index in RosettaSciIO's list, or a title."""
+    """The spectrum image ``signal`` names: an index in RosettaSciIO's list, or a title. The
+    messages list what ``--signal`` can take: the spectrum images, then the images (taken alone)."""
+    images = [s for s in signals if s.kind in ("image", "stack")]
     listing = "; ".join(s.listing() for s in spectrum_images) or "none"
+    if images:
+        listing += "; or an image, taken alone: " + "; ".join(s.listing().replace(" unknown type", "") for s in images)
     text = str(signal).strip()
     if text.lstrip("-").isdigit():
         index = int(text)
@@ -681,7 +685,7 @@ def _chosen_signal(
     match = [s for s in spectrum_images if s.title.strip().lower() == text.lower()]
     if len(match) != 1:
         problem = (f"{len(match)} spectrum images are titled {text!r}" if match
-                   else f"no spectrum image is titled {text!r}")
+                   else f"no spectrum image or image is titled {text!r}")
         raise fail(path, problem, f"Choose one by its index with --signal INDEX: {listing}")
     return match[0]
 

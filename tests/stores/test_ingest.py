@@ -195,6 +195,10 @@ def test_a_signal_that_is_an_image_is_read_alone(formats):
     co = _quiet_read(path, signal=9)  # an element map, as an image
     assert list(co.data_vars) == ["haadf"] and co.haadf.attrs["source_title"] == "Co"
     assert "spectrum" in _quiet_read(path, signal="EDS")  # a title spectrum images have: the spectrum image
+    # a name that fits nothing: the message lists the images too, since they can be taken alone
+    with pytest.raises(IngestError, match=r"no spectrum image or image is titled 'Foo'.*or an image, taken "
+                                          r"alone: \[6\] 'Fe-EELS' \(16, 20\)"):
+        _quiet_read(path, signal="Foo")
 
 
 def test_velox_movie_stack(formats):
