@@ -16,8 +16,8 @@ The rules, first one that decides wins:
    type ``EDS_SEM``) or the microscope's name says SEM (Helios, Quanta, NanoSEM, ...);
 4. **beam energy**: at most :data:`SEM_MAX_BEAM_ENERGY_KEV` and no transmission detector
    named: SEM;
-5. **HAADF beside a spectrum image** (``image_kind == "haadf"``): STEM (a spectrum image is
-   scanned);
+5. **HAADF** (``image_kind == "haadf"``: titled HAADF/ADF/DF, or beside a (S)TEM's spectrum
+   image): STEM (a spectrum image is scanned);
 6. nothing decides: STEM, what the default model is, with ``confident=False``.
 
 The resolution is ``"high"`` when the pixel is at most :data:`HIGH_RESOLUTION_MAX_PIXEL_NM`,
@@ -310,7 +310,8 @@ def _beam_energy_clues(attrs: Mapping[str, Any], image_attrs: Mapping[str, Any],
 def _haadf_clues(image_attrs: Mapping[str, Any]) -> list[_Clue]:
     if _text(image_attrs, "image_kind").lower() != "haadf":
         return []
-    return [_Clue(STEM, "the image is the HAADF (or DF) taken beside a spectrum image, which is scanned",
+    return [_Clue(STEM, "ingest took the image for a HAADF (or DF) by its title or its place beside a "
+                        "spectrum image, which is scanned",
                   strong=False)]
 
 
