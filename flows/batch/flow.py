@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 
 from emfuse.cluster import as_spec, connect, is_remote
 from emfuse.errors import InputError
-from emfuse.stores.zarrio import check_writable, is_store
+from emfuse.stores.zarrio import check_writable
 
 from ..jobs import JOBS
-from ..jobs.registry import DIRECT_STAGES, existing_figures
+from ..jobs.registry import existing_figures, ingest_stage
 from ..jobs.stages import ingest_task, named, run_job_stages
 from .catalog import Catalog, DatasetEntry, load_catalog
 from .figures import FigurePool
@@ -90,9 +90,7 @@ def run_dataset(name: str, path: str, elements: list[str] | None, jobs: dict[str
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     start = time.perf_counter()
     try:
-        # a canonical store is used in place (its checks only): no Prefect task run for that
-        ingest = DIRECT_STAGES.ingest if is_store(path) else named(ingest_task, name)
-        store = ingest(path, inputs_dir, elements, name, signal)
+        store = ingest_stage(path, named(ingest_task, name))(path, inputs_dir, elements, name, signal)
         ingest_seconds = time.perf_counter() - start
     except Exception as exc:  # every job of the dataset fails with the ingest error
         failure = {**_failure(exc), "error": f"dataset {name}: {exc}"}

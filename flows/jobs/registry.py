@@ -278,6 +278,12 @@ class StageCalls:
 
 DIRECT_STAGES = StageCalls(ingest=_ingest, plan=_plan, compute=_compute, finalise=_finalise, report=_report)
 
+
+def ingest_stage(source: str, ingest: Callable[..., str]) -> Callable[..., str]:
+    """``ingest`` for a raw file; for a canonical store, which needs no ingest (only its checks),
+    the plain call: no Prefect task run for that (a batch of stores had one per dataset and job)."""
+    return DIRECT_STAGES.ingest if is_store(source) else ingest
+
 #: ``cluster="auto"``: a job of at most this many units runs on threads in this process (no
 #: worker processes to start: about 2-10 s saved on a small dataset); larger ones on ``local``
 SMALL_JOB_UNITS = 1
@@ -322,9 +328,8 @@ def run_job_stages(kind: str, source: str, out: str, options: dict[str, Any], *,
     a new store) connects to the cluster before planning, to ask them (:class:`JobClient`).
     """
     start = time.perf_counter()
-    # a canonical store needs no ingest (only its checks): a plain call, not a Prefect task run
-    ingest = DIRECT_STAGES.ingest if is_store(source) else calls.ingest
-    store = ingest(source, workdir or str(Path(out).resolve().parent), elements, signal=signal)
+    store = ingest_stage(source, calls.ingest)(source, workdir or str(Path(out).resolve().parent), elements,
+                                                signal=signal)
     ingest_seconds += time.perf_counter() - start
     with JobClient(cluster, client) as connection:
         job, state, tiles_computed = locked_stages(kind, store, out, options, calls, connection,

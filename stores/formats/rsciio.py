@@ -246,19 +246,33 @@ def read_image(path: str | Path, *, signal: str | int | None = None) -> xr.Datas
     return _image_alone(path, _chosen_image(path, signals, signal), "image")  # a mode, not known to be a HAADF
 
 
+def _images(signals: list[_Signal]) -> list[_Signal]:
+    return [s for s in signals if s.kind in ("image", "stack")]
+
+
+def _titled(candidates: list[_Signal], title: str) -> list[_Signal]:
+    """The ``candidates`` titled ``title`` (case and surrounding spaces aside)."""
+    return [s for s in candidates if s.title.strip().lower() == title.strip().lower()]
+
+
+def _image_listing(images: list[_Signal]) -> str:
+    """The images as a message lists them: index, title and shape (an image has no signal type)."""
+    return "; ".join(s.listing().replace(" unknown type", "") for s in images)
+
+
 def _named_image(signals: list[_Signal], signal: str | int | None) -> _Signal | None:
     """The image or image stack ``signal`` names (its index, or a title no spectrum image has),
     None when it names none (a spectrum image, or nothing: :func:`_assemble` says which)."""
     if signal is None:
         return None
     text = str(signal).strip()
-    images = [s for s in signals if s.kind in ("image", "stack")]
+    images = _images(signals)
     if text.lstrip("-").isdigit():
         match = [s for s in images if s.index == int(text)]
-    elif any(s.title.strip().lower() == text.lower() for s in signals if s.kind == "spectrum_image"):
+    elif _titled([s for s in signals if s.kind == "spectrum_image"], text):
         return None
     else:
-        match = [s for s in images if s.title.strip().lower() == text.lower()]
+        match = _titled(images, text)
     return match[0] if len(match) == 1 else None
 
 
@@ -276,8 +290,8 @@ def _image_alone(path: Path, image: _Signal, kind: str) -> xr.Dataset:
 
 def _chosen_image(path: Path, signals: list[_Signal], signal: str | int | None) -> _Signal:
     """The image or image stack ``signal`` names (index or title), or the file's only one."""
-    images = [s for s in signals if s.kind in ("image", "stack")]
-    listing = "; ".join(s.listing().replace(" unknown type", "") for s in images) or "none"
+    images = _images(signals)
+    listing = _image_listing(images) or "none"
     choose = "Choose one with --signal MODE=INDEX (emfuse ingest-modes; Python: signal=INDEX)"
     if signal is None:
         if len(images) == 1:
@@ -292,7 +306,7 @@ def _chosen_image(path: Path, signals: list[_Signal], signal: str | int | None) 
         problem = (f"signal {text} is {match[0].describe()}, not an image" if match
                    else f"signal {text} does not exist (it has signals 0 to {len(signals) - 1})")
     else:
-        match = [s for s in images if s.title.strip().lower() == text.lower()]
+        match = _titled(images, text)
         problem = (f"{len(match)} images are titled {text!r}" if match
                    else f"no image is titled {text!r}")
     if len(match) == 1 and match[0] in images:
@@ -661,10 +675,10 @@ def _chosen_signal(
 ) -> _Signal:
     """The spectrum image ``signal`` names: an index in RosettaSciIO's list, or a title. The
     messages list what ``--signal`` can take: the spectrum images, then the images (taken alone)."""
-    images = [s for s in signals if s.kind in ("image", "stack")]
+    images = _images(signals)
     listing = "; ".join(s.listing() for s in spectrum_images) or "none"
     if images:
-        listing += "; or an image, taken alone: " + "; ".join(s.listing().replace(" unknown type", "") for s in images)
+        listing += "; or an image, taken alone: " + _image_listing(images)
     text = str(signal).strip()
     if text.lstrip("-").isdigit():
         index = int(text)
@@ -682,7 +696,7 @@ def _chosen_signal(
                 f"Choose one of its spectrum images: {listing}",
             )
         return match[0]
-    match = [s for s in spectrum_images if s.title.strip().lower() == text.lower()]
+    match = _titled(spectrum_images, text)
     if len(match) != 1:
         problem = (f"{len(match)} spectrum images are titled {text!r}" if match
                    else f"no spectrum image or image is titled {text!r}")
