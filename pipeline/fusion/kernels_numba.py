@@ -478,25 +478,41 @@ def _objective_kernel(x, b_haadf, b_maps, w, gm1, bkg, x_pow, keep_pow, valid, u
 
 
 @njit(**_HELPER)
-def _step_row(x, v, new, i, lanes):  # pragma: no cover
+def _step_terms(x, v, new, moved, along, size):  # pragma: no cover
+    """``(new - x)^2 | (x - v)(new - x) | x^2`` of one row (float64)."""
+    for j in range(x.shape[0]):
+        o = np.float64(x[j])
+        d = np.float64(new[j]) - o
+        moved[j] = d * d
+        along[j] = (o - np.float64(v[j])) * d
+        size[j] = o * o
+
+
+@njit(**_HELPER)
+def _step_row(x, v, new, i, moved, along, size, lanes):  # pragma: no cover
+    """Lane sums of the three step sums over row ``i`` into ``lanes`` (3 x _LANES): the terms
+    first, then summed in lanes, so that the loops vectorise (one scalar sum per term did not:
+    1.9 ms against 1.3 ms for 4 x 576 x 576 float32, near the time to read the three)."""
     lanes[:] = 0
     for e in range(x.shape[0]):
-        for j in range(x.shape[2]):
-            o = np.float64(x[e, i, j])
-            d = np.float64(new[e, i, j]) - o
-            lanes[0] += d * d
-            lanes[1] += (o - np.float64(v[e, i, j])) * d
-            lanes[2] += o * o
+        _step_terms(x[e, i], v[e, i], new[e, i], moved, along, size)
+        _accumulate(moved, lanes, 0)
+        _accumulate(along, lanes, _LANES)
+        _accumulate(size, lanes, 2 * _LANES)
 
 
 @njit(**_PARALLEL)
 def _step_kernel(x, v, new, partial):  # pragma: no cover
+    nx = x.shape[2]
     for i in prange(x.shape[1]):
-        lanes = np.empty(3, dtype=np.float64)
-        _step_row(x, v, new, i, lanes)
-        partial[i, 0] = lanes[0]
-        partial[i, 1] = lanes[1]
-        partial[i, 2] = lanes[2]
+        moved = np.empty(nx, dtype=np.float64)
+        along = np.empty(nx, dtype=np.float64)
+        size = np.empty(nx, dtype=np.float64)
+        lanes = np.empty(3 * _LANES, dtype=np.float64)
+        _step_row(x, v, new, i, moved, along, size, lanes)
+        partial[i, 0] = lanes[:_LANES].sum()
+        partial[i, 1] = lanes[_LANES:2 * _LANES].sum()
+        partial[i, 2] = lanes[2 * _LANES:].sum()
 
 
 # --------------------------------------------------------------------------- wrappers
