@@ -17,7 +17,9 @@ the plain code does in many:
 ``objective_terms``
     ``psi_1``, ``psi_2`` and ``TV`` in one pass, accumulated in float64.
 ``step_sums``
-    the sums the backtracking test and the stopping rule need, in one pass.
+    the sums the backtracking test and the stopping rule need, in one pass;
+    ``prox_tv_step_sums`` takes them in the TV prox's last (primal) pass, which
+    is what the solver calls.
 
 Every kernel computes what its plain counterpart in :mod:`.model`,
 :mod:`.tv` and :mod:`.solver` computes (the plain versions stay: they are the
@@ -404,6 +406,27 @@ def _tv_primal_kernel(b, py, px, lam, nonneg, use_dual, out):  # pragma: no cove
         _primal_row(b, py, px, lam, e, i, nonneg, use_dual, out[e, i])
 
 
+@njit(**_PARALLEL)
+def _tv_primal_step_kernel(b, py, px, lam, nonneg, use_dual, out, x, partial):  # pragma: no cover
+    # _tv_primal_kernel over rows (every element of a row in one task), and the step sums from x
+    # to the new point while the row is in cache: partial[i] for row i, as _step_kernel.
+    n_el, ny, nx = b.shape
+    for i in prange(ny):
+        moved = np.empty(nx, dtype=np.float64)
+        along = np.empty(nx, dtype=np.float64)
+        size = np.empty(nx, dtype=np.float64)
+        lanes = np.zeros(3 * _LANES, dtype=np.float64)
+        for e in range(n_el):
+            _primal_row(b, py, px, lam, e, i, nonneg, use_dual, out[e, i])
+            _step_terms(x[e, i], b[e, i], out[e, i], moved, along, size)
+            _accumulate(moved, lanes, 0)
+            _accumulate(along, lanes, _LANES)
+            _accumulate(size, lanes, 2 * _LANES)
+        partial[i, 0] = lanes[:_LANES].sum()
+        partial[i, 1] = lanes[_LANES:2 * _LANES].sum()
+        partial[i, 2] = lanes[2 * _LANES:].sum()
+
+
 @njit(**_HELPER)
 def _chem_terms(x, b, bkg, dst):  # pragma: no cover
     """``x - b log(x + bkg)`` of one row (float64)."""
@@ -627,10 +650,49 @@ def prox_tv(
     elif not out.flags.c_contiguous or out.dtype != b.dtype:
         raise ValueError("out must be a C-contiguous array of the dtype of b")
     target = out.reshape(b.shape)  # a view: a (1, y, x) one for a 2D image
+    _launch(_tv_primal_kernel, *_tv_dual(b, lambda_tv, n_iter, nonnegative, momentum, work), target)
+    return out
+
+
+def prox_tv_step_sums(
+    v: np.ndarray,
+    lambda_tv: float,
+    n_iter: int,
+    x: np.ndarray,
+    *,
+    out: np.ndarray,
+    nonnegative: bool = True,
+    momentum: bool = True,
+    work: TVWorkspace | None = None,
+) -> tuple[float, float, float]:
+    """:func:`prox_tv` of the gradient step ``v`` into ``out`` (a stack shaped like ``v``), and
+    :func:`step_sums` ``(x, v, out)``, taken in the prox's last pass while each new row is in cache.
+
+    The solver needs both for every step it tries. The sums equal :func:`step_sums`'s, added in
+    the same order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> x = rng.random((2, 8, 8), dtype=np.float32); v = x - 0.1; out = np.empty_like(x)
+    >>> sums = prox_tv_step_sums(v, 0.05, 5, x, out=out)
+    >>> bool(np.array_equal(out, prox_tv(v, 0.05, 5))), sums == step_sums(x, v, out)
+    (True, True)
+    """
+    v, x = _stack(v), _stack(x)
+    partial = np.empty((v.shape[1], 3), np.float64)
+    _launch(_tv_primal_step_kernel, *_tv_dual(v, lambda_tv, n_iter, nonnegative, momentum, work), out, x, partial)
+    moved, along, size = partial.sum(axis=0)
+    return float(moved), float(along), float(size)
+
+
+def _tv_dual(b: np.ndarray, lambda_tv: float, n_iter: int, nonnegative: bool, momentum: bool,
+             work: TVWorkspace | None) -> tuple:
+    """The dual iterations of the TV prox of ``b``; returns the primal kernels' first six arguments."""
     t = b.dtype.type
     if lambda_tv <= 0 or n_iter <= 0:
-        _launch(_tv_primal_kernel, b, b, b, t(0), nonnegative, False, target)
-        return out
+        return b, b, b, t(0), nonnegative, False
     if work is None or not work.fits(b.shape, b.dtype, momentum):
         work = TVWorkspace(b.shape, b.dtype, momentum)
     buf = work.buffers
@@ -646,8 +708,7 @@ def prox_tv(
         else:
             ry, rx, qy, qx = qy, qx, ry, rx
     last_y, last_x = (py, px) if momentum else (ry, rx)
-    _launch(_tv_primal_kernel, b, last_y, last_x, lam, nonnegative, True, target)
-    return out
+    return b, last_y, last_x, lam, nonnegative, True
 
 
 def objective_terms(

@@ -483,6 +483,7 @@ class _NumbaOps:
         self.pow_valid = [False, False]
         self.work = kernels_numba.TVWorkspace(b_maps.shape, b_maps.dtype, p.tv_momentum)
         self.work_single: Any = None  # per-element TV weights: a one-image workspace, made on first use
+        self.sums: tuple[np.ndarray, tuple[float, float, float]] | None = None  # the last prox's (new, step sums)
 
     def _slot(self, x: np.ndarray) -> int | None:
         """Which iterate buffer ``x`` lives in (None: an array of the caller's)."""
@@ -503,9 +504,13 @@ class _NumbaOps:
     def prox(self, v: np.ndarray, lambda_tv: float | np.ndarray, x: np.ndarray) -> np.ndarray:
         k = 1 if self._slot(x) == 0 else 0  # never write over the iterate
         self.pow_valid[k] = False
-        if np.isscalar(lambda_tv):
-            return self.kn.prox_tv(v, lambda_tv, self.p.n_iter_tv, momentum=self.p.tv_momentum,
-                                   out=self.x_buffers[k], work=self.work)
+        if np.isscalar(lambda_tv):  # the step sums from x are taken in the prox's last pass
+            new = self.x_buffers[k]
+            sums = self.kn.prox_tv_step_sums(v, lambda_tv, self.p.n_iter_tv, x, momentum=self.p.tv_momentum,
+                                             out=new, work=self.work)
+            self.sums = (new, sums)
+            return new
+        self.sums = None
         # one weight per element: each element's stack is its own TV problem (contiguous views)
         if self.work_single is None:
             self.work_single = self.kn.TVWorkspace((1, *v.shape[1:]), v.dtype, self.p.tv_momentum)
@@ -524,6 +529,8 @@ class _NumbaOps:
         return terms
 
     def step_sums(self, x: np.ndarray, v: np.ndarray, new: np.ndarray) -> tuple[float, float, float]:
+        if self.sums is not None and self.sums[0] is new:  # prox(v, ..., x) took them just now
+            return self.sums[1]
         return self.kn.step_sums(x, v, new)
 
 

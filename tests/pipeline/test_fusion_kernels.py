@@ -143,6 +143,18 @@ def test_step_sums_match_numpy(problem):
     assert kn.step_sums(x, v, b_maps) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("momentum", [False, True])
+@pytest.mark.parametrize("lambda_tv", [0.0, 0.05])
+def test_prox_with_step_sums_is_the_prox_then_the_sums(problem, momentum, lambda_tv):
+    """The solver's fused last pass: the same new point, and the sums step_sums gives, bit for bit."""
+    x, _, b_maps, _ = problem
+    v = x - 0.3 * b_maps
+    new = np.empty_like(x)
+    sums = kn.prox_tv_step_sums(v, lambda_tv, 4, x, out=new, momentum=momentum)
+    np.testing.assert_array_equal(new, kn.prox_tv(v, lambda_tv, 4, momentum=momentum))
+    assert sums == kn.step_sums(x, v, new)
+
+
 def test_fuse_numba_matches_plain_on_the_tutorials(tutorial):
     fast = fuse(tutorial["haadf"], tutorial["maps"], tutorial["z"], engine="numba", **tutorial["params"])
     plain = fuse(tutorial["haadf"], tutorial["maps"], tutorial["z"], engine="xp", **tutorial["params"])
