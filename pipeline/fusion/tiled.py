@@ -31,7 +31,7 @@ import xarray as xr
 
 from ..backend import to_numpy
 from ..tiles import Tile, tile_grid
-from .model import Normalisation
+from .model import FusionInputError, Normalisation
 from .solver import COST_TERMS, FusionParams, fuse
 
 __all__ = ["TileFusion", "fuse_dataset", "fuse_tile", "global_normalisation", "sum_tile_costs"]
@@ -173,6 +173,20 @@ def global_normalisation(haadf: Any, maps: Any, elements: Sequence[str] | None =
     return dask.delayed(build, pure=True)(h_lo, h_hi, lo, hi)
 
 
+def _check_variables(ds: xr.Dataset, haadf: str, maps: str) -> None:
+    """Name what is missing, and for a spectrum image how to get its maps (KeyError said neither)."""
+    missing = [name for name in (haadf, maps) if name not in ds]
+    if not missing:
+        return
+    have = ", ".join(map(str, ds.data_vars)) or "none"
+    message = f"fuse_dataset needs the variables {haadf!r} and {maps!r}; the dataset has no {' or '.join(map(repr, missing))} (its variables: {have})."
+    if maps in missing and "spectrum" in ds:
+        message += (" It holds a spectrum image: integrate its maps first, e.g. "
+                    "ds.assign(maps=emfuse.flows.jobs.fusion.input_maps(ds, ['Fe', 'O'])), "
+                    "or run `emfuse fuse STORE --elements ...`, which integrates and fuses them.")
+    raise FusionInputError(message)
+
+
 def fuse_dataset(
     ds: xr.Dataset,
     *,
@@ -209,10 +223,17 @@ def fuse_dataset(
 
     Examples
     --------
-    >>> out = fuse_dataset(xr.open_zarr("run1.zarr"), tile=256, lambda_tv=0.1)  # doctest: +SKIP
+    >>> out = fuse_dataset(xr.open_zarr("maps.zarr"), tile=256, lambda_tv=0.1)  # doctest: +SKIP
     >>> out.fused.sel(element="Ti").plot()  # doctest: +SKIP
+
+    A spectrum image's maps are integrated first (``input_maps``, what ``emfuse fuse`` does):
+
+    >>> from emfuse.flows.jobs.fusion import input_maps  # doctest: +SKIP
+    >>> si = xr.open_zarr("run1.zarr")  # doctest: +SKIP
+    >>> out = fuse_dataset(si.assign(maps=input_maps(si, ["Cu", "Ti", "O"])))  # doctest: +SKIP
     """
     p = FusionParams(**params)
+    _check_variables(ds, haadf, maps)
     h = ds[haadf].transpose("y", "x").data
     m = ds[maps].transpose("element", "y", "x").data
     h = h if isinstance(h, da.Array) else da.from_array(h)

@@ -72,3 +72,22 @@ def test_tiled_fusion_loads_at_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["False", "True", "emfuse.pipeline.fusion.tiled", "True"]
+
+
+def test_a_spectrum_image_store_is_fused_once_its_maps_are_integrated(shared_data, tmp_path):
+    """The user guide's recipe on a real file: without maps the error says how to get them; with
+    ``input_maps`` (what ``emfuse fuse`` integrates) the lazy tiled fusion equals the untiled one."""
+    from emfuse.errors import EmfuseError
+    from emfuse.flows.jobs.fusion import input_maps
+    from emfuse.flows.jobs.inputs import ingest_file
+
+    store = ingest_file(shared_data / "formats" / "test_TEM.bcf", tmp_path / "tem.zarr")
+    si = xr.open_zarr(store, zarr_format=3, consolidated=False)
+    with pytest.raises(EmfuseError, match=r"no 'maps'.*spectrum image.*input_maps"):
+        fuse_dataset(si)
+    ds = si.assign(maps=input_maps(si, ["Cu", "Ti", "O"]))
+    params = {"lambda_chem": 0.05, "lambda_tv": 0.05, "n_iter": 5}
+    out = fuse_dataset(ds, tile=64, halo=32, **params).compute(scheduler="synchronous")
+    whole = fuse(ds.haadf.values, ds.maps.values, [29, 22, 8], warn=False, **params)
+    assert list(out.element.values) == ["Cu", "Ti", "O"]
+    np.testing.assert_allclose(out.fused.values, whole.fused, atol=1e-4)
