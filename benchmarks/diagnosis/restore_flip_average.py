@@ -12,7 +12,8 @@ import numpy as np
 from restore_quality import SETS, network, set_levels
 from emfuse.pipeline.metrics import psnr, ssim
 net = network(None)
-def flips(img, modality):
+def four_flips(img):
+    """The network's outputs on img flipped along y, x, both and neither, flipped back."""
     outs = []
     for fy in (False, True):
         for fx in (False, True):
@@ -21,15 +22,11 @@ def flips(img, modality):
             o = net(np.ascontiguousarray(a))
             o = o[:, ::-1] if fx else o
             outs.append(o[::-1] if fy else o)
+    return outs
+def flips(img, modality):
+    outs = four_flips(img)
     if modality == "tem":   # no scan axis: the transposed orientations too
-        t = np.ascontiguousarray(img.T)
-        for fy in (False, True):
-            for fx in (False, True):
-                a = t[::-1] if fy else t
-                a = a[:, ::-1] if fx else a
-                o = net(np.ascontiguousarray(a))
-                o = o[:, ::-1] if fx else o
-                outs.append((o[::-1] if fy else o).T)
+        outs += [o.T for o in four_flips(np.ascontiguousarray(img.T))]
     return np.mean(outs, 0)
 all_d = []
 for name, level, pairs in set_levels(list(SETS), 4, 128):
