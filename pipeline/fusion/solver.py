@@ -483,7 +483,7 @@ class _NumbaOps:
         self.pow_valid = [False, False]
         self.work = kernels_numba.TVWorkspace(b_maps.shape, b_maps.dtype, p.tv_momentum)
         self.work_single: Any = None  # per-element TV weights: a one-image workspace, made on first use
-        self.sums: tuple[np.ndarray, tuple[float, float, float]] | None = None  # the last prox's (new, step sums)
+        self.sums: tuple[Any, ...] | None = None  # the last prox's (x, v, new, step sums)
 
     def _slot(self, x: np.ndarray) -> int | None:
         """Which iterate buffer ``x`` lives in (None: an array of the caller's)."""
@@ -508,7 +508,7 @@ class _NumbaOps:
             new = self.x_buffers[k]
             sums = self.kn.prox_tv_step_sums(v, lambda_tv, self.p.n_iter_tv, x, momentum=self.p.tv_momentum,
                                              out=new, work=self.work)
-            self.sums = (new, sums)
+            self.sums = (x, v, new, sums)
             return new
         self.sums = None
         # one weight per element: each element's stack is its own TV problem (contiguous views)
@@ -529,8 +529,8 @@ class _NumbaOps:
         return terms
 
     def step_sums(self, x: np.ndarray, v: np.ndarray, new: np.ndarray) -> tuple[float, float, float]:
-        if self.sums is not None and self.sums[0] is new:  # prox(v, ..., x) took them just now
-            return self.sums[1]
+        if self.sums is not None and all(a is b for a, b in zip(self.sums, (x, v, new))):
+            return self.sums[3]  # prox(v, ..., x) took them just now
         return self.kn.step_sums(x, v, new)
 
 
