@@ -410,21 +410,10 @@ def _tv_primal_kernel(b, py, px, lam, nonneg, use_dual, out):  # pragma: no cove
 def _tv_primal_step_kernel(b, py, px, lam, nonneg, use_dual, out, x, partial):  # pragma: no cover
     # _tv_primal_kernel over rows (every element of a row in one task), and the step sums from x
     # to the new point while the row is in cache: partial[i] for row i, as _step_kernel.
-    n_el, ny, nx = b.shape
-    for i in prange(ny):
-        moved = np.empty(nx, dtype=np.float64)
-        along = np.empty(nx, dtype=np.float64)
-        size = np.empty(nx, dtype=np.float64)
-        lanes = np.zeros(3 * _LANES, dtype=np.float64)
-        for e in range(n_el):
+    for i in prange(b.shape[1]):
+        for e in range(b.shape[0]):
             _primal_row(b, py, px, lam, e, i, nonneg, use_dual, out[e, i])
-            _step_terms(x[e, i], b[e, i], out[e, i], moved, along, size)
-            _accumulate(moved, lanes, 0)
-            _accumulate(along, lanes, _LANES)
-            _accumulate(size, lanes, 2 * _LANES)
-        partial[i, 0] = lanes[:_LANES].sum()
-        partial[i, 1] = lanes[_LANES:2 * _LANES].sum()
-        partial[i, 2] = lanes[2 * _LANES:].sum()
+        _step_row_sums(x, b, out, i, partial)
 
 
 @njit(**_HELPER)
@@ -524,18 +513,24 @@ def _step_row(x, v, new, i, moved, along, size, lanes):  # pragma: no cover
         _accumulate(size, lanes, 2 * _LANES)
 
 
+@njit(**_HELPER)
+def _step_row_sums(x, v, new, i, partial):  # pragma: no cover
+    """The three step sums of row ``i`` into ``partial[i]`` (row buffers of its own)."""
+    nx = x.shape[2]
+    moved = np.empty(nx, dtype=np.float64)
+    along = np.empty(nx, dtype=np.float64)
+    size = np.empty(nx, dtype=np.float64)
+    lanes = np.empty(3 * _LANES, dtype=np.float64)
+    _step_row(x, v, new, i, moved, along, size, lanes)
+    partial[i, 0] = lanes[:_LANES].sum()
+    partial[i, 1] = lanes[_LANES:2 * _LANES].sum()
+    partial[i, 2] = lanes[2 * _LANES:].sum()
+
+
 @njit(**_PARALLEL)
 def _step_kernel(x, v, new, partial):  # pragma: no cover
-    nx = x.shape[2]
     for i in prange(x.shape[1]):
-        moved = np.empty(nx, dtype=np.float64)
-        along = np.empty(nx, dtype=np.float64)
-        size = np.empty(nx, dtype=np.float64)
-        lanes = np.empty(3 * _LANES, dtype=np.float64)
-        _step_row(x, v, new, i, moved, along, size, lanes)
-        partial[i, 0] = lanes[:_LANES].sum()
-        partial[i, 1] = lanes[_LANES:2 * _LANES].sum()
-        partial[i, 2] = lanes[2 * _LANES:].sum()
+        _step_row_sums(x, v, new, i, partial)
 
 
 # --------------------------------------------------------------------------- wrappers

@@ -343,10 +343,10 @@ def fuse(
         descend = ops.descent(x)
         for _ in range(8):  # backtracking: at most 8 halvings, then accept
             v = descend(step)
-            x_new = ops.prox(v, step * (p.lambda_tv if tv_weights is None else tv_weights), x)
+            x_new, (moved, along, size) = ops.prox_step(v, step * (p.lambda_tv if tv_weights is None else tv_weights),
+                                                        x)
             terms = ops.terms(x_new)
             smooth_new, tv_new = parts(terms, x_new)
-            moved, along, size = ops.step_sums(x, v, x_new)
             # the smooth part's quadratic bound at x (Beck & Teboulle 2009): the TV part is left out of
             # the test, because the TV step is solved only roughly and may raise it at any step length
             bound = smooth_old + (along + 0.5 * moved) / step
@@ -415,7 +415,17 @@ def _smooth_gradient(
     return (lam_h * gamma) * w * x_pow * residual + lambda_chem * (1 - b_maps / (x + bkg))
 
 
-class _XpOps:
+class _ProxStep:
+    """``prox_step`` as the prox, then a pass of its own for the step sums (the numba engine takes
+    them in the prox's last pass instead)."""
+
+    def prox_step(self, v: Any, lambda_tv: Any, x: Any) -> tuple[Any, tuple[float, float, float]]:
+        """The proximal point of the gradient step ``v`` and the step sums from ``x`` to it."""
+        new = self.prox(v, lambda_tv, x)
+        return new, self.step_sums(x, v, new)
+
+
+class _XpOps(_ProxStep):
     """The solver's steps in plain array code (numpy or cupy): the reference engine."""
 
     name = "xp"
@@ -483,7 +493,6 @@ class _NumbaOps:
         self.pow_valid = [False, False]
         self.work = kernels_numba.TVWorkspace(b_maps.shape, b_maps.dtype, p.tv_momentum)
         self.work_single: Any = None  # per-element TV weights: a one-image workspace, made on first use
-        self.sums: tuple[Any, ...] | None = None  # the last prox's (x, v, new, step sums)
 
     def _slot(self, x: np.ndarray) -> int | None:
         """Which iterate buffer ``x`` lives in (None: an array of the caller's)."""
@@ -501,23 +510,22 @@ class _NumbaOps:
             lambda_chem=p.lambda_chem, bkg=p.bkg, step=step, x_pow=x_pow, out=self.v, valid=self.valid,
         )
 
-    def prox(self, v: np.ndarray, lambda_tv: float | np.ndarray, x: np.ndarray) -> np.ndarray:
+    def prox_step(self, v: np.ndarray, lambda_tv: float | np.ndarray, x: np.ndarray
+                  ) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """The proximal point of the gradient step ``v`` and the step sums from ``x`` to it."""
         k = 1 if self._slot(x) == 0 else 0  # never write over the iterate
         self.pow_valid[k] = False
-        if np.isscalar(lambda_tv):  # the step sums from x are taken in the prox's last pass
-            new = self.x_buffers[k]
-            sums = self.kn.prox_tv_step_sums(v, lambda_tv, self.p.n_iter_tv, x, momentum=self.p.tv_momentum,
-                                             out=new, work=self.work)
-            self.sums = (x, v, new, sums)
-            return new
-        self.sums = None
+        new = self.x_buffers[k]
+        if np.isscalar(lambda_tv):  # the step sums are taken in the prox's last pass
+            return new, self.kn.prox_tv_step_sums(v, lambda_tv, self.p.n_iter_tv, x, momentum=self.p.tv_momentum,
+                                                  out=new, work=self.work)
         # one weight per element: each element's stack is its own TV problem (contiguous views)
         if self.work_single is None:
             self.work_single = self.kn.TVWorkspace((1, *v.shape[1:]), v.dtype, self.p.tv_momentum)
         for e, lam in enumerate(lambda_tv):
             self.kn.prox_tv(v[e:e + 1], float(lam), self.p.n_iter_tv, momentum=self.p.tv_momentum,
-                            out=self.x_buffers[k][e:e + 1], work=self.work_single)
-        return self.x_buffers[k]
+                            out=new[e:e + 1], work=self.work_single)
+        return new, self.kn.step_sums(x, v, new)
 
     def terms(self, x: np.ndarray) -> tuple[float, float, float]:
         k = self._slot(x)
@@ -528,13 +536,9 @@ class _NumbaOps:
             self.pow_valid[k] = True
         return terms
 
-    def step_sums(self, x: np.ndarray, v: np.ndarray, new: np.ndarray) -> tuple[float, float, float]:
-        if self.sums is not None and all(a is b for a, b in zip(self.sums, (x, v, new))):
-            return self.sums[3]  # prox(v, ..., x) took them just now
-        return self.kn.step_sums(x, v, new)
 
 
-class _CudaOps:
+class _CudaOps(_ProxStep):
     """The solver's steps as fused CUDA kernels (:mod:`.kernels_cuda`) on preallocated device buffers.
 
     The buffer scheme of :class:`_NumbaOps` (two iterate buffers, each with its
