@@ -99,11 +99,13 @@ def run_training(
     progress: bool = True,
     data: str = "specimens",
     hold_out: bool = False,
+    data_workers: int = 0,
 ) -> dict[str, Any]:
     """Train into ``out`` and return a JSON-able summary (paths, steps, last losses).
 
     Parameters are those of ``emfuse train-restore`` (see :func:`training_config`);
-    ``max_minutes`` stops the run (with a checkpoint) after that much wall time.
+    ``max_minutes`` stops the run (with a checkpoint) after that much wall time; ``data_workers``
+    processes make the training pairs ahead of the steps (the weights do not depend on it).
     """
     from emfuse.pipeline.restore.train import train
 
@@ -111,7 +113,7 @@ def run_training(
                           init=init, config=config, lr=lr, adversarial=adversarial,
                           checkpoint_every=checkpoint_every, seed=seed, data=data, hold_out=hold_out)
     result = train(out, cfg, resume=resume, device=device, progress=progress,
-                   max_seconds=None if max_minutes is None else 60.0 * max_minutes)
+                   max_seconds=None if max_minutes is None else 60.0 * max_minutes, data_workers=data_workers)
     return {
         "out": str(result.out), "model": str(result.model_path),
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,

@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import time
 from collections.abc import Callable
@@ -293,24 +294,73 @@ def _batch(data: DataFn, cfg: TrainConfig, n: int, rng: np.random.Generator) -> 
 
 def _default_data(cfg: TrainConfig | None = None) -> DataFn:
     """The pairs of ``cfg.data``: ``specimens`` (:func:`~emfuse.pipeline.synth.restore_specimens.make_batch`) or
-    ``scenes`` (:func:`~emfuse.pipeline.synth.scenes.make_scene_batch`, where ``modality`` ``"all"``
-    draws stem, tem and sem, ``resolution`` ``"all"`` high and low, and ``exclude`` is held out)."""
+    ``scenes`` (:class:`SceneBatches`). Both can be sent to worker processes (``data_workers``)."""
     if cfg is None or cfg.data == "specimens":
         from ..synth.restore_specimens import make_batch
 
         return make_batch
-    from ..synth.scenes import MODALITIES as ALL_MODALITIES
-    from ..synth.scenes import make_scene_batch
+    return SceneBatches(tuple(cfg.exclude))
 
-    exclude = tuple(cfg.exclude)
 
-    def scenes(n: int, shape: tuple[int, int], modality: str, resolution: str,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class SceneBatches:
+    """:func:`~emfuse.pipeline.synth.scenes.make_scene_batch` as a :data:`DataFn`: ``modality``
+    ``"all"`` draws stem, tem and sem, ``resolution`` ``"all"`` high and low, and ``exclude`` (family,
+    contrast and distortion names) is held out. A module-level class, not a closure, so that it
+    pickles for the data workers."""
+
+    exclude: tuple[str, ...] = ()
+
+    def __call__(self, n: int, shape: tuple[int, int], modality: str, resolution: str,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        from ..synth.scenes import MODALITIES as ALL_MODALITIES
+        from ..synth.scenes import make_scene_batch
+
         mods = ALL_MODALITIES if modality == "all" else modality
         res = RESOLUTIONS if resolution == "all" else resolution
-        return make_scene_batch(n, shape, mods, res, rng, exclude=exclude)
+        return make_scene_batch(n, shape, mods, res, rng, exclude=self.exclude)
 
-    return scenes
+
+class _StepBatches(torch.utils.data.Dataset):
+    """The training batch of each step, by step number (from ``default_rng([seed, 0, step])``), so
+    that any process makes the same batch for a step: the data workers make them ahead of the loop
+    and the weights stay bit for bit those of a run without workers."""
+
+    def __init__(self, data: DataFn, cfg: TrainConfig) -> None:
+        self.data, self.cfg = data, cfg
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _batch(self.data, self.cfg, self.cfg.batch, np.random.default_rng([self.cfg.seed, 0, step]))
+
+
+def _one_thread(_worker: int) -> None:
+    """In a data worker: one thread, so that the workers do not compete with each other and with
+    the training process for the cores (the pairs are made with NumPy, image by image)."""
+    torch.set_num_threads(1)
+
+
+def _step_batches(data: DataFn, cfg: TrainConfig, start: int, workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    """The batches of steps ``start`` to ``cfg.steps - 1``, in order: made in this process
+    (``workers`` 0) or by ``workers`` spawned processes, each a few steps ahead of the loop."""
+    if workers < 0:
+        raise InputError(f"data_workers must be >= 0, got {workers}")
+    extra: dict[str, Any] = {}
+    if workers:
+        try:
+            pickle.dumps(data)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise InputError(f"the data function cannot be sent to worker processes ({exc}); give a module-level "
+                             "function or class instance, or data_workers=0") from exc
+        # spawned, not forked: the training process runs threads (torch's, tqdm's) that a fork would copy mid-state
+        extra = {"num_workers": workers, "prefetch_factor": 4, "multiprocessing_context": "spawn",
+                 "worker_init_fn": _one_thread}
+    # a generator of its own: the loader draws a seed for its workers, which must not move the global
+    # torch RNG (saved in the checkpoints, and a resumed run makes one loader more than a whole run)
+    return torch.utils.data.DataLoader(_StepBatches(data, cfg), batch_size=None, sampler=range(start, cfg.steps),
+                                       pin_memory=pin, generator=torch.Generator(), **extra)
 
 
 def evaluate(model: torch.nn.Module, clean: torch.Tensor, degraded: torch.Tensor,
@@ -450,6 +500,7 @@ def train(
     device: str | torch.device | None = None,
     progress: bool = True,
     max_seconds: float | None = None,
+    data_workers: int = 0,
 ) -> TrainResult:
     """Train (or fine-tune) a restoration network; checkpoints and logs go to ``out``.
 
@@ -472,6 +523,11 @@ def train(
         Show a tqdm progress bar.
     max_seconds
         Stop (with a checkpoint) after this much wall time; resume later to go on.
+    data_workers
+        Processes that make the training pairs a few steps ahead of the loop (0: made in this
+        process, between steps). The weights do not depend on it: each step's pairs come from
+        its own seed. On a GPU the pairs, made with NumPy on the CPU, are otherwise most of a
+        step's time; give as many workers as spare cores.
 
     Returns
     -------
@@ -544,13 +600,13 @@ def train(
 
         bar = tqdm(total=cfg.steps, initial=start, desc="train-restore", unit="step", dynamic_ncols=True)
     try:
+        batches = _step_batches(data, cfg, start, data_workers, pin=dev.type == "cuda")
         with log_path.open("a") as logf:
-            while step < cfg.steps:
+            for clean, degraded in batches:
                 lr = learning_rate(cfg, step)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                clean, degraded = _batch(data, cfg, cfg.batch, np.random.default_rng([cfg.seed, 0, step]))
-                clean, degraded = clean.to(dev), degraded.to(dev)
+                clean, degraded = clean.to(dev, non_blocking=True), degraded.to(dev, non_blocking=True)
                 output = model(degraded)
                 min_std = cfg.min_std_fraction * degraded.std(dim=(-2, -1), keepdim=True, unbiased=False)
                 ys, ts = standardise_pair(output, clean, min_std=min_std)
