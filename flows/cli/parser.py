@@ -295,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="scratch", metavar="scratch|NAME|PATH",
                    help="start from random weights (default), a published network (r_em:sfr_hrstem, ...) "
                         "or a .safetensors model, to fine-tune")
-    p.add_argument("--config", default=None, choices=["small", "paper"],
-                   help="architecture from scratch: small (0.18 M parameters, the default) or paper (7.0 M)")
+    p.add_argument("--config", default=None, choices=["small", "medium", "paper"],
+                   help="architecture from scratch: small (0.18 M parameters, the default), medium (1.46 M) "
+                        "or paper (7.0 M); medium and paper want --device cuda")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3 from scratch, 1e-4 fine-tuning)")
     p.add_argument("--adversarial", action="store_true", help="also train a patch discriminator (RaGAN)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default %(default)s)")

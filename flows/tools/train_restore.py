@@ -41,7 +41,7 @@ def training_config(
 ) -> Any:
     """The :class:`TrainConfig` for the command-line options; ValueError on conflicting ones.
 
-    ``config`` (``small``, ``paper``) picks the architecture when training from scratch;
+    ``config`` (``small``, ``medium``, ``paper``) picks the architecture when training from scratch;
     fine-tuning (``init`` a model name or file) keeps the loaded model's architecture, so
     ``config`` must then be left out. The learning rate defaults to 1e-3 from scratch and
     1e-4 when fine-tuning. ``hold_out`` (data ``scenes`` only) leaves
@@ -67,8 +67,9 @@ def training_config(
             raise InputError(f"--init {init!r} is neither 'scratch', a published model (r_em:sfr_hrstem, ...) "
                              "nor an existing .safetensors file")
     config = config or "small"
-    if config not in ("small", "paper"):
-        raise InputError(f"--config must be small or paper, got {config!r} (known presets: {sorted(MODEL_PRESETS)})")
+    if config not in ("small", "medium", "paper"):
+        raise InputError(f"--config must be small, medium or paper, got {config!r} "
+                         f"(known presets: {sorted(MODEL_PRESETS)})")
     if lr is None:
         lr = 1e-3 if init == SCRATCH else 1e-4
     return TrainConfig(

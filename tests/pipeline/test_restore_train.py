@@ -213,11 +213,21 @@ def test_cli_trains_a_few_steps(tmp_path, capsys):
     assert json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 3
 
 
+def test_medium_preset_is_a_larger_cgrdn_the_command_line_offers():
+    from emfuse.flows.tools.train_restore import training_config
+
+    cfg = training_config(steps=10, batch=2, patch=64, modality="stem", config="medium")
+    assert cfg.model == "medium"
+    sizes = {name: sum(p.numel() for p in CGRDN(MODEL_PRESETS[name]).parameters()) for name in ("small", "medium")}
+    assert sizes["medium"] == 1_455_361 and sizes["medium"] > 8 * sizes["small"]
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--patch", "40"], "multiple of 16"),
     (["--init", "r_em:sfr_hrstem", "--config", "paper"], "leave --config out"),
     (["--init", "no/such/model.safetensors"], "neither 'scratch'"),
     (["--steps", "0"], "steps must be"),
+    (["--data-workers", "-1"], "data_workers must be >= 0"),
 ])
 def test_cli_bad_arguments(tmp_path, capsys, extra, match):
     from emfuse.flows.cli import main
