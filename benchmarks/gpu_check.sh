@@ -4,10 +4,14 @@
 #
 #     bash benchmarks/gpu_check.sh            # figures in $OUT (default ./gpu_check_out)
 #
-# 1. installs the gpu extra (pip install -e '.[gpu]') if CuPy does not import or numba.cuda cannot
-#    compile (no NVVM; not with NO_INSTALL=1);
-# 2. pytest -m "gpu or cudasim": the CUDA kernels under the simulator and fuse(engine="cuda") on
-#    CuPy arrays against the CPU solver, and the other GPU tests;
+# 1. on a lent device machine (no network; .whl/ carried, made here by benchmarks/device_wheels.sh):
+#    installs the wheels it lacks (Dask, distributed, Zarr, dask-cuda) into /tmp/site with
+#    `pip install --no-index --no-deps` and puts it on PYTHONPATH; elsewhere installs the gpu extra
+#    (pip install -e '.[gpu]') if CuPy does not import or numba.cuda cannot compile (no NVVM; not
+#    with NO_INSTALL=1, nor where .whl/ is: nothing can be fetched there);
+# 2. pytest -m "gpu or cudasim" on the test files that hold such tests (the others need packages a
+#    device image lacks, e.g. Prefect): the CUDA kernels under the simulator and
+#    fuse(engine="cuda") on CuPy arrays against the CPU solver, and the other GPU tests;
 # 3. benchmarks/fusion_gpu.py: 4096² x 4 elements x 100 iterations, n_iter_tv 5, engine cuda on
 #    CuPy: seconds end to end, achieved fraction of the HBM bandwidth, memory held against the
 #    model, agreement with the CPU solver on a 512² crop (asked: 1e-5 of the range);
@@ -41,6 +45,15 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/NAM
 }
 
 "$PY" -c "import numpy" 2>/dev/null || { echo "no usable python ($PY)"; exit 2; }
+# a device machine: the carried wheels, nothing fetched (the README's recipe for wheels)
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    NO_INSTALL=1
+    if ! "$PY" -c "import dask, distributed, zarr" 2>/dev/null; then
+        step wheels 120 "$PY" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl
+        export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    fi
+fi
 # CuPy, and NVVM for the numba.cuda kernels (kernels_cuda.available); NO_INSTALL=1: never pip
 if [ -z "${NO_INSTALL:-}" ] && ! "$PY" -c "import cupy; from emfuse.pipeline.fusion.kernels_cuda import available; assert available()" 2>/dev/null; then
     step install 120 "$PY" -m pip install --quiet --retries 1 --timeout 20 -e '.[gpu]'
@@ -50,7 +63,8 @@ if command -v nvidia-smi >/dev/null; then
         >"$OUT/nvidia-smi.txt" 2>&1 || true
 fi
 
-step pytest 150 "$PY" -m pytest -q -p no:cacheprovider -m "gpu or cudasim" tests \
+mapfile -t GPU_TESTS < <(grep -rlE "mark\.(gpu|cudasim)|pytestmark.*(gpu|cudasim)" tests --include='test_*.py' | sort)
+step pytest 150 "$PY" -m pytest -q -p no:cacheprovider -m "gpu or cudasim" "${GPU_TESTS[@]}" \
     --junitxml="$OUT/pytest.xml"
 step fusion_gpu 150 "$PY" benchmarks/fusion_gpu.py --json "$OUT/fusion_gpu.json"
 if [ -f benchmarks/restore_speed.py ] && "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
