@@ -305,10 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default %(default)s")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
-    p.add_argument("--data-workers", type=int, default=0, metavar="N",
-                   help="processes that make the training pairs ahead of the steps (default 0: between "
-                        "steps, in the training process); the weights are the same either way. On a GPU, "
-                        "give the spare cores")
+    p.add_argument("--data-workers", type=int, default=None, metavar="N",
+                   help="processes that make the training pairs ahead of the steps; the weights are the same "
+                        "either way (default: 0 on the CPU, the pairs made between steps; with --device cuda "
+                        "all cores but two, at most 8)")
     p.set_defaults(func=cmd_train_restore)
 
     p = sub.add_parser("tem-fuse", help="fuse BF, DF and HRTEM images with the AVAE (tiled, resumable)")

@@ -80,6 +80,22 @@ def training_config(
     ).checked()
 
 
+def default_data_workers(device: str, cores: int | None = None) -> int:
+    """Data workers when none are asked for: none on the CPU (the training's own threads use the
+    cores, and a worker would compete with them), and on a GPU all cores but two, at most 8 (without
+    workers the GPU waits for pairs made with NumPy, one batch at a time).
+
+    Examples
+    --------
+    >>> default_data_workers("cpu", cores=16), default_data_workers("cuda", cores=16), default_data_workers("cuda", cores=2)
+    (0, 8, 1)
+    """
+    if device == "cpu":
+        return 0
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(8, cores - 2))
+
+
 def run_training(
     out: str | os.PathLike,
     *,
@@ -100,13 +116,14 @@ def run_training(
     progress: bool = True,
     data: str = "specimens",
     hold_out: bool = False,
-    data_workers: int = 0,
+    data_workers: int | None = None,
 ) -> dict[str, Any]:
     """Train into ``out`` and return a JSON-able summary (paths, steps, last losses).
 
     Parameters are those of ``emfuse train-restore`` (see :func:`training_config`);
     ``max_minutes`` stops the run (with a checkpoint) after that much wall time; ``data_workers``
-    processes make the training pairs ahead of the steps (the weights do not depend on it).
+    processes make the training pairs ahead of the steps (the weights do not depend on it; default
+    :func:`default_data_workers`).
     """
     from emfuse.pipeline.restore.train import train
 
@@ -114,7 +131,8 @@ def run_training(
                           init=init, config=config, lr=lr, adversarial=adversarial,
                           checkpoint_every=checkpoint_every, seed=seed, data=data, hold_out=hold_out)
     result = train(out, cfg, resume=resume, device=device, progress=progress,
-                   max_seconds=None if max_minutes is None else 60.0 * max_minutes, data_workers=data_workers)
+                   max_seconds=None if max_minutes is None else 60.0 * max_minutes,
+                   data_workers=default_data_workers(device) if data_workers is None else data_workers)
     return {
         "out": str(result.out), "model": str(result.model_path),
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
