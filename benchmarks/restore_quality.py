@@ -16,9 +16,9 @@ SSIM (gaussian window, sigma 1.5) from ``emfuse.pipeline.metrics``, per dose, fo
 * ``default``: the project's old default model (``load_model()``);
 * one column per ``--model NAME=PATH`` (repeatable). ``--model NAME:stem=PATH`` (or
   ``NAME:stem-low=PATH``) gives NAME's file for one modality (or modality and resolution);
-  a set whose modality has no file for NAME gets no NAME column. Checkpoints of
-  ``emfuse.pipeline.restore.train`` (``checkpoint-*.safetensors``) are not loadable models: use
-  ``model.safetensors``.
+  a set whose modality has no file for NAME gets no NAME column. A checkpoint of
+  ``emfuse.pipeline.restore.train`` (``checkpoint-*.safetensors``) gives its network only while
+  its run has no ``model.safetensors`` yet (a look at a run before it ends); after, use that file.
 
 Test sets (``--sets``; :data:`SETS`). Seeds: image ``i`` of a set is drawn from
 ``numpy.random.default_rng(TEST_SEED + offset + i)``, each set its own ``offset``; training draws

@@ -151,11 +151,15 @@ def _load_file(path: Path) -> tuple[CGRDN, dict[str, str]]:
             f"emfuse.pipeline.restore.save_model (emfuse train-restore), or a published name "
             f"({', '.join(MODEL_NAMES)})"
         ) from exc
-    if str(meta.get("format", "")).startswith("emfuse-train") and (path.parent / "model.safetensors").is_file():
-        raise InputError(  # train-restore writes both: the checkpoint also holds the optimiser's state
-            f"{path} is a training checkpoint (weights and optimiser state, to resume training); "
-            f"restore with the model beside it: --model {path.parent / 'model.safetensors'}"
-        )
+    if str(meta.get("format", "")).startswith("emfuse-train"):
+        if (path.parent / "model.safetensors").is_file():
+            raise InputError(  # train-restore writes both: the checkpoint also holds the optimiser's state
+                f"{path} is a training checkpoint (weights and optimiser state, to resume training); "
+                f"restore with the model beside it: --model {path.parent / 'model.safetensors'}"
+            )
+        # a run still going (or killed): its checkpoint's network, for a look before the run ends
+        meta = {"format": _FORMAT, "config": meta["model_config"], "checkpoint_step": meta.get("step", "")}
+        state = {name[len("model."):]: tensor for name, tensor in state.items() if name.startswith("model.")}
     if meta.get("format", _FORMAT) != _FORMAT:  # another emfuse network (tem-fuse's AVAE, say)
         other = " (tem-fuse's AVAE: give it to emfuse tem-fuse --model)" if "avae" in meta["format"] else ""
         raise InputError(f"{path} is not a restoration network: its format is {meta['format']!r}{other}, "

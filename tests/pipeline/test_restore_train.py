@@ -99,6 +99,13 @@ def test_checkpoint_files_are_safetensors_with_json_metadata(tmp_path):
     with pytest.raises(ValueError, match=r"is a training checkpoint .*restore with the model beside it: "
                                          r"--model .*model\.safetensors"):
         load_model(result.checkpoint)
+    # without a model beside it (a run still going), a checkpoint gives its network at that step
+    alone = tmp_path / "running" / result.checkpoint.name
+    alone.parent.mkdir()
+    alone.write_bytes(result.checkpoint.read_bytes())
+    looked_at, final = load_model(alone), _weights(result.model_path)
+    assert looked_at.cfg == MODEL_PRESETS["tiny"]
+    assert all(torch.equal(looked_at.state_dict()[k], final[k]) for k in final)  # step 3 is the last step
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert {"l1", "mlwt", "fourier", "mean", "std", "lr", "loss"} <= set(log[0])
     assert any("val" in line for line in log)
