@@ -11,7 +11,7 @@ runs it from the repository root with ``PYTHONPATH=.`` (nothing to install there
 2. The run: as many steps as fit in ``--minutes`` at that speed, the cosine schedule over exactly
    those steps, on the broad scenes (``--data scenes --modality all --resolution all
    --hold-out``: the held-out families are never drawn), with ``--workers`` data workers
-   (default: the cores but two). ``max_seconds`` stops it (with a checkpoint) at 1.2 x the
+   (default: ``train-restore``'s for the device: all cores but two, at most 8, on a GPU). ``max_seconds`` stops it (with a checkpoint) at 1.2 x the
    budget whatever happens.
 3. ``$OUT`` (default ``./gpu_train_out``): ``model.safetensors`` (loads with
    ``load_model(path)``), ``train_log.jsonl``, ``train_config.json`` and ``gpu_train_restore.json``
@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=None, help="default 1e-3 from scratch, 1e-4 fine-tuning")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 3) - 2))
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data workers (default: train-restore's for the device, all cores but two, at most 8)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_train_out")))
     return parser.parse_args(argv)
@@ -63,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from emfuse.flows.tools.train_restore import training_config
+    from emfuse.flows.tools.train_restore import default_data_workers, training_config
     from emfuse.pipeline.restore.train import train
+
+    if args.workers is None:
+        args.workers = default_data_workers(args.device)
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("torch sees no CUDA GPU; use --device cpu to try the script here")
