@@ -135,7 +135,7 @@ def cmd_train_restore(args: argparse.Namespace) -> int:
         resolution=args.resolution, init=args.init, config=args.config, lr=args.lr,
         adversarial=args.adversarial, checkpoint_every=args.checkpoint_every, seed=args.seed,
         device=args.device, resume=args.resume, max_minutes=args.max_minutes, data=args.data,
-        hold_out=args.hold_out, data_workers=args.data_workers,
+        hold_out=args.hold_out, data_workers=args.data_workers, balance=args.balance,
     )
     print(f"model:        {summary['model']}")
     print(f"steps:        {summary['step']} of {summary['steps']} ({summary['seconds']:.0f} s this run)")

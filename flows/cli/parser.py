@@ -300,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "or paper (7.0 M); medium and paper want --device cuda")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3 from scratch, 1e-4 fine-tuning)")
     p.add_argument("--adversarial", action="store_true", help="also train a patch discriminator (RaGAN)")
+    p.add_argument("--balance", default="mean", choices=["mean", "relative"],
+                   help="how a batch's images count in the loss: mean (by the size of their errors) or relative "
+                        "(each by its relative error, so high-dose images are not drowned by low-dose ones; "
+                        "default %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and every batch (default %(default)s)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default %(default)s")

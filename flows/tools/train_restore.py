@@ -38,6 +38,7 @@ def training_config(
     seed: int = 0,
     data: str = "specimens",
     hold_out: bool = False,
+    balance: str = "mean",
 ) -> Any:
     """The :class:`TrainConfig` for the command-line options; ValueError on conflicting ones.
 
@@ -45,7 +46,8 @@ def training_config(
     fine-tuning (``init`` a model name or file) keeps the loaded model's architecture, so
     ``config`` must then be left out. The learning rate defaults to 1e-3 from scratch and
     1e-4 when fine-tuning. ``hold_out`` (data ``scenes`` only) leaves
-    :data:`emfuse.pipeline.synth.scenes.HELD_OUT` out of training.
+    :data:`emfuse.pipeline.synth.scenes.HELD_OUT` out of training. ``balance`` is how a batch's
+    images count in the loss (``mean`` or ``relative``; :class:`TrainConfig`).
 
     Example
     -------
@@ -75,7 +77,7 @@ def training_config(
     return TrainConfig(
         steps=steps, batch=batch, patch=patch, modality=modality, resolution=resolution, model=config,
         init=init, lr=lr, lr_final=min(lr, 2e-5) if init == SCRATCH else lr / 10, adversarial=adversarial,
-        checkpoint_every=checkpoint_every, seed=seed, data=data,
+        checkpoint_every=checkpoint_every, seed=seed, data=data, balance=balance,
         exclude=list(held_out("all")) if hold_out else [],
     ).checked()
 
@@ -117,6 +119,7 @@ def run_training(
     data: str = "specimens",
     hold_out: bool = False,
     data_workers: int | None = None,
+    balance: str = "mean",
 ) -> dict[str, Any]:
     """Train into ``out`` and return a JSON-able summary (paths, steps, last losses).
 
@@ -129,7 +132,8 @@ def run_training(
 
     cfg = training_config(steps=steps, batch=batch, patch=patch, modality=modality, resolution=resolution,
                           init=init, config=config, lr=lr, adversarial=adversarial,
-                          checkpoint_every=checkpoint_every, seed=seed, data=data, hold_out=hold_out)
+                          checkpoint_every=checkpoint_every, seed=seed, data=data, hold_out=hold_out,
+                          balance=balance)
     result = train(out, cfg, resume=resume, device=device, progress=progress,
                    max_seconds=None if max_minutes is None else 60.0 * max_minutes,
                    data_workers=default_data_workers(device) if data_workers is None else data_workers)

@@ -334,6 +334,7 @@ def generator_loss(
     weights: LossWeights | None = None,
     *,
     adversarial: torch.Tensor | None = None,
+    balance: str = "mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted total ``sum_k weight_k L_k(y, y_g)`` and each term's value.
 
@@ -347,6 +348,14 @@ def generator_loss(
     adversarial
         The generator's RaGAN loss (from :func:`ragan_losses`), added with weight
         ``weights.adversarial``.
+    balance
+        How the images of the batch count. ``"mean"``: the terms average over every pixel of
+        the batch, so an image counts by the size of its errors. ``"relative"``: each image's
+        total ``L_i`` is computed alone and weighted by ``1 / L_i`` (held fixed, no gradient),
+        normalised: the value is the harmonic mean ``n / sum_i (1 / L_i)`` and the gradient
+        is that of the mean of ``log L_i``, times that value. Every image then counts by its *relative* error, as a median PSNR in dB counts it:
+        a high-dose image, whose errors in standard units are a tenth of a low-dose one's,
+        is not drowned by it. ``terms`` are then the means of the images' terms.
 
     Returns
     -------
@@ -362,6 +371,10 @@ def generator_loss(
     (False, 0.0)
     """
     weights = weights or LossWeights()
+    if balance == "relative":
+        return _relative_loss(y, target, weights, adversarial)
+    if balance != "mean":
+        raise ValueError(f"balance must be 'mean' or 'relative', got {balance!r}")
     total = y.new_zeros(())
     terms: dict[str, float] = {}
     for name, fn in _TERMS.items():
@@ -370,6 +383,26 @@ def generator_loss(
             value = fn(y, target)
             terms[name] = float(value.detach())
             total = total + w * value
+    if adversarial is not None and weights.adversarial:
+        terms["adversarial"] = float(adversarial.detach())
+        total = total + weights.adversarial * adversarial
+    return total, terms
+
+
+def _relative_loss(y: torch.Tensor, target: torch.Tensor, weights: LossWeights,
+                   adversarial: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """``generator_loss(balance="relative")``: the images' own totals, each weighted by its inverse."""
+    _check_pair(y, target)
+    per_image = [generator_loss(y[i:i + 1], target[i:i + 1], weights) for i in range(y.shape[0])]
+    losses = torch.stack([total for total, _ in per_image])
+    # n / sum(1 / L_i) over the images; one whose loss is 0 (already exact) gets no weight, not an infinite one
+    live = losses.detach() > 1e-12
+    if not bool(live.any()):
+        total = losses.sum() * 0.0
+    else:
+        inverse = torch.where(live, 1.0 / losses.detach().clamp_min(1e-12), 0.0)
+        total = (inverse / inverse.sum() * losses).sum()
+    terms = {name: sum(t[name] for _, t in per_image) / len(per_image) for name in per_image[0][1]}
     if adversarial is not None and weights.adversarial:
         terms["adversarial"] = float(adversarial.detach())
         total = total + weights.adversarial * adversarial

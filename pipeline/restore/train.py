@@ -80,6 +80,7 @@ MODALITIES = ("stem", "tem")
 SCENE_MODALITIES = ("stem", "tem", "sem", "all")
 DATA_SOURCES = ("specimens", "scenes")  # emfuse.pipeline.synth: restore_specimens (HR-STEM columns) or scenes (broad)
 RESOLUTIONS = ("high", "low")
+BALANCES = ("mean", "relative")  # how a batch's images count in the loss (losses.generator_loss)
 _CKPT = re.compile(r"checkpoint-(\d+)\.safetensors$")
 _FORMAT = "emfuse-train-1"
 
@@ -115,6 +116,10 @@ class TrainConfig:
         its loss enters with ``weights["adversarial"]`` (set to 0.005 when left at 0).
     grad_clip
         Clip the generator's gradient norm to this (None: no clipping).
+    balance
+        How the images of a batch count in the loss: ``"mean"`` (by the size of their errors)
+        or ``"relative"`` (each by its relative error, so high-dose images are not drowned
+        by low-dose ones; see :func:`~emfuse.pipeline.restore.losses.generator_loss`).
     min_std_fraction
         Losses are computed in the target's standard units (per image), with the std at
         least this fraction of the distorted input's std (see
@@ -150,6 +155,7 @@ class TrainConfig:
     d_lr: float = 1e-4
     grad_clip: float | None = 1.0
     min_std_fraction: float = 0.2
+    balance: str = "mean"
     seed: int = 0
     checkpoint_every: int = 100
     keep: int = 2
@@ -208,6 +214,8 @@ class TrainConfig:
             raise InputError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not 0 <= self.min_std_fraction < 10:
             raise InputError(f"min_std_fraction must be in [0, 10), got {self.min_std_fraction!r}")
+        if self.balance not in BALANCES:
+            raise InputError(f"balance must be one of {BALANCES}, got {self.balance!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise InputError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if isinstance(self.model, str):
@@ -620,7 +628,7 @@ def train(
                     d_loss.backward()
                     opt_d.step()
                     _, adv = ragan_losses(disc(ts, cond), disc(ys, cond))
-                total, terms = generator_loss(ys, ts, weights, adversarial=adv)
+                total, terms = generator_loss(ys, ts, weights, adversarial=adv, balance=cfg.balance)
                 if not torch.isfinite(total):
                     raise InputError(f"the loss is {float(total)} at step {step}; lower --lr "
                                              "or resume from an earlier checkpoint")

@@ -72,6 +72,47 @@ def test_weights_switch_terms_off_and_scale(pair):
         LossWeights.from_dict({"l1": -1.0})
 
 
+def test_relative_balance_is_the_harmonic_mean_with_the_gradient_of_the_mean_log(pair):
+    output, target = pair
+    y = output.clone().requires_grad_(True)
+    total, terms = generator_loss(y, target, balance="relative")
+    total.backward()
+    per_image = torch.stack([generator_loss(output[i:i + 1], target[i:i + 1])[0] for i in range(3)])
+    assert float(total.detach()) == pytest.approx(float(3 / (1 / per_image).sum()), rel=1e-5)
+    # the gradient of mean(log L_i), times the value
+    y2 = output.clone().requires_grad_(True)
+    logs = torch.stack([generator_loss(y2[i:i + 1], target[i:i + 1])[0].log() for i in range(3)]).mean()
+    logs.backward()
+    torch.testing.assert_close(y.grad, float(total.detach()) * y2.grad, rtol=1e-4, atol=1e-7)
+    # logged terms are the images' means
+    l1 = sum(float(l1_loss(output[i:i + 1], target[i:i + 1])) for i in range(3)) / 3
+    assert terms["l1"] == pytest.approx(l1, rel=1e-5)
+
+
+def test_relative_balance_gives_the_image_with_small_errors_its_share():
+    # one image with errors 10 times another's (a low and a high dose in standard units)
+    g = torch.Generator().manual_seed(3)
+    target = torch.rand(2, 1, 32, 32, generator=g)
+    noise = torch.randn(2, 1, 32, 32, generator=g) * torch.tensor([1.0, 0.1]).view(2, 1, 1, 1)
+    shares = {}
+    for balance in ("mean", "relative"):
+        y = (target + noise).requires_grad_(True)
+        generator_loss(y, target, balance=balance)[0].backward()
+        norms = y.grad.flatten(1).norm(dim=1)
+        shares[balance] = float(norms[1] / norms.sum())
+    # by the size of its errors the small-error image gets little of the gradient; by relative
+    # errors it gets several times more
+    assert shares["mean"] < 0.4  # (0.35: the L1 term's gradient has one size for any error)
+    assert shares["relative"] > 0.8  # (0.90)
+    # an exact image is left out, not given an infinite weight
+    exact = target.clone().requires_grad_(True)
+    both = torch.cat([target[:1] + noise[:1], exact[1:]])
+    total, _ = generator_loss(both, target, balance="relative")
+    assert torch.isfinite(total) and float(total.detach()) == pytest.approx(float(generator_loss(both[:1], target[:1])[0]))
+    with pytest.raises(ValueError, match="balance must be"):
+        generator_loss(target, target, balance="median")
+
+
 def test_outlier_weighting_counts_large_errors_more():
     target = torch.zeros(1, 1, 10, 10)
     spread = torch.full_like(target, 0.1)  # 100 small errors

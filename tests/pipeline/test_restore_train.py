@@ -45,8 +45,9 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(tmp_path):
-    cfg = TrainConfig(steps=40, checkpoint_every=40, **TINY)
+@pytest.mark.parametrize("balance", ["mean", "relative"])
+def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(tmp_path, balance):
+    cfg = TrainConfig(steps=40, checkpoint_every=40, balance=balance, **TINY)
     clean, degraded = (torch.from_numpy(a) for a in standin(8, (32, 32), "stem", "high", np.random.default_rng(99)))
     torch.manual_seed(cfg.seed)
     before = evaluate(CGRDN(MODEL_PRESETS["tiny"]), clean, degraded)
@@ -54,6 +55,14 @@ def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(tmp_path):
     after = evaluate(load_model(result.model_path), clean, degraded)
     assert result.step == 40
     assert after["loss"] < 0.8 * before["loss"] and after["psnr"] > before["psnr"] + 1
+    assert json.loads((tmp_path / "train_config.json").read_text())["balance"] == balance
+
+
+def test_the_balance_reaches_the_steps(tmp_path):
+    runs = {b: train(tmp_path / b, TrainConfig(steps=3, checkpoint_every=3, balance=b, **TINY), data=standin,
+                     progress=False) for b in ("mean", "relative")}
+    a, b = _weights(runs["mean"].model_path), _weights(runs["relative"].model_path)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("adversarial", [False, True], ids=["plain", "ragan"])
@@ -141,6 +150,7 @@ def test_learning_rate_schedule():
     ({"model": {"features": 8, "colour": 3}}, "unknown CGRDN config keys"),
     ({"lr": -1.0}, "lr must be a positive number"),
     ({"weights": {"l3": 1.0}}, "unknown loss weights"),
+    ({"balance": "median"}, "balance must be one of"),
     ({"betas": (0.9, 1.5)}, "betas"),
 ])
 def test_bad_options_are_clear_errors(bad, match):
@@ -218,6 +228,11 @@ def test_cli_trains_a_few_steps(tmp_path, capsys):
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err
     assert main([*argv[:4], "3", *argv[5:], "--resume"]) == 0
     assert json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 3
+    # a changed balance is a changed run: refused on resume, named
+    assert main([*argv[:4], "4", *argv[5:], "--resume", "--balance", "relative"]) == 2
+    assert "balance" in capsys.readouterr().err
+    assert main([*argv[:2], str(tmp_path / "rel"), *argv[3:], "--balance", "relative"]) == 0
+    assert json.loads((tmp_path / "rel" / "train_config.json").read_text())["balance"] == "relative"
 
 
 def test_medium_preset_is_a_larger_cgrdn_the_command_line_offers():
