@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=None, help="default 1e-3 from scratch, 1e-4 fine-tuning")
+    parser.add_argument("--noise-only", type=float, default=0.0, metavar="FRACTION",
+                        help="pairs from a clean scan (emfuse train-restore --noise-only)")
     parser.add_argument("--balance", default="mean", choices=["mean", "relative"],
                         help="how a batch's images count in the loss (emfuse train-restore --balance)")
     parser.add_argument("--seed", type=int, default=1)
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                                resolution="all", init=args.init,
                                config=None if args.init != "scratch" else args.config, lr=args.lr,
                                checkpoint_every=max(steps // 10, 1), seed=args.seed, data="scenes",
-                               hold_out=True, balance=args.balance)
+                               hold_out=True, balance=args.balance, noise_only=args.noise_only)
 
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     print(f"device {device}; {args.workers} data workers; calibrating 40 steps ...", flush=True)

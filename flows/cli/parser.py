@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold-out", action="store_true",
                    help="with --data scenes: never draw the held-out families (emfuse.pipeline.synth.scenes.HELD_OUT), "
                         "so that they measure generalisation")
+    p.add_argument("--noise-only", type=float, default=0.0, metavar="FRACTION",
+                   help="with --data scenes: the fraction of pairs from a clean scan, the detector's noise their "
+                        "only distortion, so that the network learns to keep what a clean frame shows (default 0)")
     p.add_argument("--init", default="scratch", metavar="scratch|NAME|PATH",
                    help="start from random weights (default), a published network (r_em:sfr_hrstem, ...) "
                         "or a .safetensors model, to fine-tune")

@@ -39,6 +39,7 @@ def training_config(
     data: str = "specimens",
     hold_out: bool = False,
     balance: str = "mean",
+    noise_only: float = 0.0,
 ) -> Any:
     """The :class:`TrainConfig` for the command-line options; ValueError on conflicting ones.
 
@@ -47,7 +48,8 @@ def training_config(
     ``config`` must then be left out. The learning rate defaults to 1e-3 from scratch and
     1e-4 when fine-tuning. ``hold_out`` (data ``scenes`` only) leaves
     :data:`emfuse.pipeline.synth.scenes.HELD_OUT` out of training. ``balance`` is how a batch's
-    images count in the loss (``mean`` or ``relative``; :class:`TrainConfig`).
+    images count in the loss (``mean`` or ``relative``; :class:`TrainConfig`); ``noise_only`` the
+    fraction of pairs from a clean scan, the detector's noise their only distortion (data ``scenes``).
 
     Example
     -------
@@ -61,6 +63,8 @@ def training_config(
 
     if hold_out and data != "scenes":
         raise InputError("--hold-out applies to --data scenes (the broad distribution) only")
+    if noise_only and data != "scenes":
+        raise InputError("--noise-only applies to --data scenes (the broad distribution) only")
     if init != SCRATCH:
         if config is not None:
             raise InputError(f"--config {config} applies to training from scratch; --init {init} brings its "
@@ -77,7 +81,7 @@ def training_config(
     return TrainConfig(
         steps=steps, batch=batch, patch=patch, modality=modality, resolution=resolution, model=config,
         init=init, lr=lr, lr_final=min(lr, 2e-5) if init == SCRATCH else lr / 10, adversarial=adversarial,
-        checkpoint_every=checkpoint_every, seed=seed, data=data, balance=balance,
+        checkpoint_every=checkpoint_every, seed=seed, data=data, balance=balance, noise_only=noise_only,
         exclude=list(held_out("all")) if hold_out else [],
     ).checked()
 
@@ -120,6 +124,7 @@ def run_training(
     hold_out: bool = False,
     data_workers: int | None = None,
     balance: str = "mean",
+    noise_only: float = 0.0,
 ) -> dict[str, Any]:
     """Train into ``out`` and return a JSON-able summary (paths, steps, last losses).
 
@@ -133,7 +138,7 @@ def run_training(
     cfg = training_config(steps=steps, batch=batch, patch=patch, modality=modality, resolution=resolution,
                           init=init, config=config, lr=lr, adversarial=adversarial,
                           checkpoint_every=checkpoint_every, seed=seed, data=data, hold_out=hold_out,
-                          balance=balance)
+                          balance=balance, noise_only=noise_only)
     result = train(out, cfg, resume=resume, device=device, progress=progress,
                    max_seconds=None if max_minutes is None else 60.0 * max_minutes,
                    data_workers=default_data_workers(device) if data_workers is None else data_workers)

@@ -130,6 +130,10 @@ class TrainConfig:
         Write a checkpoint every so many steps (and at the end); keep the last ``keep``.
     val_size
         Pairs in the fixed validation batch (0: none), evaluated at every checkpoint.
+    noise_only
+        With data ``scenes``: the fraction of pairs whose only distortion is the detector's
+        noise, a clean scan (:func:`emfuse.pipeline.synth.scenes.noise_only_settings`). The
+        validation batch is drawn the same way.
 
     Examples
     --------
@@ -162,6 +166,7 @@ class TrainConfig:
     val_size: int = 8
     data: str = "specimens"
     exclude: list = field(default_factory=list)
+    noise_only: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -206,6 +211,10 @@ class TrainConfig:
             raise InputError(f"resolution must be one of {resolutions} with data {self.data!r}, got {self.resolution!r}")
         if self.exclude and self.data != "scenes":
             raise InputError("exclude (held-out families) applies to data 'scenes' only")
+        if not (isinstance(self.noise_only, (int, float)) and 0 <= self.noise_only <= 1):
+            raise InputError(f"noise_only must be a fraction in [0, 1], got {self.noise_only!r}")
+        if self.noise_only and self.data != "scenes":
+            raise InputError("noise_only (pairs from a clean scan) applies to data 'scenes' only")
         for name in ("lr", "lr_final", "d_lr", "adam_eps"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
@@ -308,7 +317,7 @@ def _default_data(cfg: TrainConfig | None = None) -> DataFn:
         from ..synth.restore_specimens import make_batch
 
         return make_batch
-    return SceneBatches(tuple(cfg.exclude))
+    return SceneBatches(tuple(cfg.exclude), cfg.noise_only)
 
 
 @dataclass(frozen=True)
@@ -319,6 +328,7 @@ class SceneBatches:
     pickles for the data workers."""
 
     exclude: tuple[str, ...] = ()
+    noise_only: float = 0.0
 
     def __call__(self, n: int, shape: tuple[int, int], modality: str, resolution: str,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -327,7 +337,7 @@ class SceneBatches:
 
         mods = ALL_MODALITIES if modality == "all" else modality
         res = RESOLUTIONS if resolution == "all" else resolution
-        return make_scene_batch(n, shape, mods, res, rng, exclude=self.exclude)
+        return make_scene_batch(n, shape, mods, res, rng, exclude=self.exclude, noise_only=self.noise_only)
 
 
 class _StepBatches(torch.utils.data.Dataset):

@@ -64,8 +64,8 @@ from .restore_specimens import (
     render_tem,
 )
 
-__all__ = ["CONTRASTS", "FAMILIES", "MODALITIES", "HELD_OUT", "make_scene", "make_scene_batch",
-           "make_scene_pair", "held_out", "held_out_settings", "training_settings"]
+__all__ = ["CONTRASTS", "DETECTOR_NOISE", "FAMILIES", "MODALITIES", "HELD_OUT", "make_scene", "make_scene_batch",
+           "make_scene_pair", "held_out", "held_out_settings", "noise_only_settings", "training_settings"]
 
 FAMILIES = ("lattice", "defects", "interface", "polycrystal", "particles", "amorphous", "points",
             "shapes")
@@ -450,6 +450,42 @@ def training_settings(modality: str, resolution: str, *, exclude: Collection[str
     return table
 
 
+#: the distortions of a frame whose scan and optics are perfect: the detector's noise alone
+DETECTOR_NOISE = ("dose", "dark", "reset_sigma", "flicker_sigma", "readout_sigma", "pmt_rel")
+
+
+def noise_only_settings(modality: str, resolution: str, *, exclude: Collection[str] = ()
+                        ) -> Mapping[str, Draw]:
+    """The training table with everything but the detector's noise switched off.
+
+    A frame from a clean scan: shot noise always, and the :data:`DETECTOR_NOISE` of the
+    modality's chain with their usual probabilities (those in ``exclude`` stay off); no scan
+    jitter, fast-scan PSF, row-line noise, defects, clipping, quantisation, interpolation or
+    blur. Whatever such a frame shows, the truth shows too.
+
+    Parameters
+    ----------
+    modality, resolution, exclude
+        As :func:`training_settings`.
+
+    Returns
+    -------
+    mapping of str to Draw
+        The distortion table.
+
+    Examples
+    --------
+    >>> table = noise_only_settings("stem", "high")
+    >>> table["jitter_line_x"].p, table["psf_gamma"].p, table["pmt_rel"].p
+    (0.0, 0.0, 1.0)
+    """
+    table = dict(training_settings(modality, resolution, exclude=exclude))
+    for name, old in table.items():
+        if name not in DETECTOR_NOISE:
+            table[name] = Draw(p=0.0, low=old.low, high=old.high, log=old.log, choices=old.choices)
+    return table
+
+
 def make_scene_pair(shape: tuple[int, int], modality: str, resolution: str, rng: np.random.Generator,
                     *, exclude: Collection[str] = (), settings: Mapping[str, Draw] | None = None,
                     **scene: Any) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -491,7 +527,7 @@ def make_scene_pair(shape: tuple[int, int], modality: str, resolution: str, rng:
 
 def make_scene_batch(n: int, shape: tuple[int, int], modality: str | tuple[str, ...],
                      resolution: str | tuple[str, ...], rng: np.random.Generator, *,
-                     exclude: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+                     exclude: Collection[str] = (), noise_only: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` pairs (n, 1, H, W) float32; ``modality``/``resolution`` may be tuples to draw from.
 
     The signature fits :func:`emfuse.pipeline.restore.train.train`'s ``data`` (with
@@ -511,6 +547,12 @@ def make_scene_batch(n: int, shape: tuple[int, int], modality: str | tuple[str, 
         The random generator.
     exclude : collection of str
         Families, contrasts and distortions never drawn.
+    noise_only : float
+        The probability that a pair's only distortion is the detector's noise
+        (:func:`noise_only_settings`). Under the full table fewer than 1 % of S(T)EM pairs
+        have a clean scan (no line jitter, no PSF), so a network never learns to keep a
+        fine lattice that a clean frame plainly shows. With 0 (the default) the random
+        stream is that of the full table alone.
 
     Returns
     -------
@@ -522,7 +564,10 @@ def make_scene_batch(n: int, shape: tuple[int, int], modality: str | tuple[str, 
     for i in range(n):
         mod = modality if isinstance(modality, str) else modality[int(rng.integers(len(modality)))]
         res = resolution if isinstance(resolution, str) else resolution[int(rng.integers(len(resolution)))]
-        clean[i, 0], degraded[i, 0], _ = make_scene_pair(shape, mod, res, rng, exclude=exclude)
+        settings = None
+        if noise_only and rng.random() < noise_only:
+            settings = noise_only_settings(mod, res, exclude=exclude)
+        clean[i, 0], degraded[i, 0], _ = make_scene_pair(shape, mod, res, rng, exclude=exclude, settings=settings)
     return clean, degraded
 
 

@@ -151,6 +151,8 @@ def test_learning_rate_schedule():
     ({"lr": -1.0}, "lr must be a positive number"),
     ({"weights": {"l3": 1.0}}, "unknown loss weights"),
     ({"balance": "median"}, "balance must be one of"),
+    ({"noise_only": 1.5}, r"noise_only must be a fraction in \[0, 1\]"),
+    ({"noise_only": 0.3}, "applies to data 'scenes' only"),
     ({"betas": (0.9, 1.5)}, "betas"),
 ])
 def test_bad_options_are_clear_errors(bad, match):
@@ -310,6 +312,21 @@ def test_scenes_training_holds_out_and_records_it(tmp_path):
     train(tmp_path / "run", tiny, progress=False)
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["data"] == "scenes" and saved["exclude"] == list(held_out("all"))
+    # --noise-only: that share of the pairs comes from a clean scan, still without the held-out things
+    cfg = training_config(steps=2, batch=2, patch=32, modality="stem", resolution="high", data="scenes",
+                          hold_out=True, noise_only=0.5)
+    scenes.make_scene_pair = spy
+    draws.clear()
+    try:
+        _default_data(cfg)(40, (32, 32), "stem", "high", np.random.default_rng(1))
+    finally:
+        scenes.make_scene_pair = original
+    clean_scans = [d for d in draws if not {"jitter_line_x", "jitter_line_y", "jitter_pixel_x", "psf_gamma"}
+                   & set(d["distortion"])]
+    assert 10 <= len(clean_scans) <= 30  # about half (a full-table pair has a clean scan < 1 % of the time)
+    assert not {d["family"] for d in draws} & {"polycrystal"}
+    with pytest.raises(ValueError, match="--noise-only applies to --data scenes"):
+        training_config(steps=2, batch=2, patch=32, modality="stem", noise_only=0.5)
 
 
 @pytest.mark.slow

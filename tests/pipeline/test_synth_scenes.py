@@ -6,12 +6,14 @@ import pytest
 from emfuse.pipeline.synth.scenes import (
     CONTRASTS,
     FAMILIES,
+    DETECTOR_NOISE,
     HELD_OUT,
     held_out,
     held_out_settings,
     make_scene,
     make_scene_batch,
     make_scene_pair,
+    noise_only_settings,
     training_settings,
 )
 
@@ -106,3 +108,32 @@ def test_batch_and_reproducibility():
     assert a[0].shape == (3, 1, 32, 32) and a[1].dtype == np.float32
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[0][0], a[0][1])
+
+
+@pytest.mark.parametrize("modality", ["stem", "tem"])
+def test_noise_only_pairs_carry_the_detector_noise_alone(modality):
+    table = noise_only_settings(modality, "high", exclude=held_out("distortion"))
+    full = training_settings(modality, "high", exclude=held_out("distortion"))
+    assert table.keys() == full.keys()
+    for name, draw in table.items():
+        # the detector's noise as in training (a held-out one stays off), every other distortion off
+        assert draw.p == (full[name].p if name in DETECTOR_NOISE else 0.0), name
+    rng = np.random.default_rng(4)
+    for _ in range(10):
+        _, _, info = make_scene_pair((64, 64), modality, "high", rng, settings=table)
+        assert set(info["distortion"]) <= {"modality", "resolution", "dose", "dark", "reset_sigma",
+                                           "readout_sigma", "pmt_sigma"}, info["distortion"]
+
+
+def test_noise_only_fraction_draws_clean_scans_and_zero_keeps_the_old_stream():
+    shape, mods, res = (48, 48), ("stem",), ("high",)
+    plain = make_scene_batch(16, shape, mods, res, np.random.default_rng(8))
+    zero = make_scene_batch(16, shape, mods, res, np.random.default_rng(8), noise_only=0.0)
+    np.testing.assert_array_equal(plain[1], zero[1])  # runs trained before the option are unchanged
+
+    def truth_correlation(fraction: float) -> float:
+        # a clean scan leaves the truth's geometry: the degraded frame correlates with it as noise allows
+        clean, degraded = make_scene_batch(32, shape, mods, res, np.random.default_rng(9), noise_only=fraction)
+        return float(np.mean([np.corrcoef(c.ravel(), d.ravel())[0, 1] for c, d in zip(clean[:, 0], degraded[:, 0])]))
+
+    assert truth_correlation(1.0) > truth_correlation(0.0) + 0.05
