@@ -5,8 +5,8 @@ import pytest
 
 from emfuse.pipeline.synth.scenes import (
     CONTRASTS,
-    FAMILIES,
     DETECTOR_NOISE,
+    FAMILIES,
     HELD_OUT,
     held_out,
     held_out_settings,
