@@ -30,10 +30,12 @@ at the brightest pixel; TEM 5, 50, 500 electrons per pixel at the mean.
    high resolution), ``abf`` (STEM annular bright field, any family but polycrystal),
    ``row_line_rel`` (STEM HAADF with row-offset noise always on), ``flicker_sigma`` (TEM with
    frame-flicker noise always on); the other held-out things stay out of each set, so each
-   measures one unseen factor;
+   measures one unseen factor; ``polycrystal-clean``: the polycrystal family from a clean scan
+   (the detector's noise its only distortion, :func:`emfuse.pipeline.synth.scenes.noise_only_settings`);
 2. in distribution (:func:`emfuse.pipeline.synth.scenes.make_scene_pair` without the held-out
    families, contrasts and distortions): ``stem-high``, ``stem-low``, ``tem-high``,
-   ``tem-low``, ``sem`` (high resolution);
+   ``tem-low``, ``sem`` (high resolution), and ``stem-clean`` (``stem-high``'s families from a
+   clean scan);
 3. ``narrow``: the old HR-STEM generator (:func:`emfuse.pipeline.synth.restore_specimens.make_pair`), the
    earlier benchmark's set (same seeds);
 4. ``multem-*``: the MULTEM test pairs shipped with ``tk-r-em`` (``test_data/sfr_*.h5``,
@@ -102,6 +104,7 @@ class TestSet:
     scene: Mapping = field(default_factory=dict)  # family / contrast / exclude for make_scene
     forced: str | None = None  # a held-out distortion always applied
     note: str = ""
+    clean_scan: bool = False  # the detector's noise alone (scenes.noise_only_settings)
 
     @property
     def doses(self) -> dict[str, float | None]:
@@ -126,12 +129,17 @@ def _sets() -> dict[str, TestSet]:
                 note="STEM HAADF, row-offset noise always on"),
         TestSet("flicker_sigma", "held-out", "tem", "high", 40_000, {"exclude": no_poly},
                 forced="flicker_sigma", note="TEM phase contrast, 1/f flicker noise always on"),
+        TestSet("polycrystal-clean", "held-out", "stem", "high", 110_000,
+                {"family": "polycrystal", "contrast": "haadf"}, clean_scan=True,
+                note="STEM HAADF, family polycrystal, a clean scan (the detector's noise alone)"),
     ]
     for k, (mod, res) in enumerate([("stem", "high"), ("stem", "low"), ("tem", "high"), ("tem", "low"),
                                     ("sem", "high")]):
         name = "sem" if mod == "sem" else f"{mod}-{res}"
         out.append(TestSet(name, "in-distribution", mod, res, 50_000 + 10_000 * k,
                            {"exclude": held_out("all")}, note="training's distribution"))
+    out.append(TestSet("stem-clean", "in-distribution", "stem", "high", 120_000, {"exclude": held_out("all")},
+                       clean_scan=True, note="training's families, a clean scan (the detector's noise alone)"))
     out.append(TestSet("narrow", "narrow", "stem", "high", 0, note="the old generator (specimens.make_pair)"))
     for name in MULTEM_FILES:
         mod = name[2:]
@@ -150,9 +158,10 @@ SETS = _sets()
 def distortion_table(spec: TestSet, dose: float) -> dict[str, Draw]:
     """The set's distortion table with the dose fixed: training's table without the held-out
     distortions, but the set's ``forced`` one always applied."""
-    from emfuse.pipeline.synth.scenes import held_out, held_out_settings, training_settings
+    from emfuse.pipeline.synth.scenes import held_out, held_out_settings, noise_only_settings, training_settings
 
-    table = dict(training_settings(spec.modality, spec.resolution, exclude=held_out("distortion")))
+    settings = noise_only_settings if spec.clean_scan else training_settings
+    table = dict(settings(spec.modality, spec.resolution, exclude=held_out("distortion")))
     if spec.forced:
         table[spec.forced] = held_out_settings(spec.modality, spec.resolution, spec.forced)[spec.forced]
     table["dose"] = Draw(low=dose, high=dose)

@@ -47,7 +47,20 @@ def test_seeds_differ_between_sets_and_from_the_validation_images():
     b = rq.make_pairs("abf", "medium", 1, 32)[0][0]
     c = rq.make_pairs("stem-high", "medium", 1, 32, base=rq.VAL_SEED)[0][0]
     assert not np.array_equal(a, b) and not np.array_equal(a, c)
-    assert len({s.offset for s in rq.SETS.values() if s.group not in ("multem", "real")}) == 10
+    assert len({s.offset for s in rq.SETS.values() if s.group not in ("multem", "real")}) == 12
+
+
+def test_clean_scan_sets_carry_the_detector_noise_alone():
+    clean = rq.distortion_table(rq.SETS["stem-clean"], 500)
+    full = rq.distortion_table(rq.SETS["stem-high"], 500)
+    for name in ("jitter_line_x", "jitter_line_y", "jitter_pixel_x", "psf_gamma", "row_line_rel", "blur_sigma"):
+        assert clean[name].p == 0.0
+    assert full["jitter_line_x"].p > 0 and clean["pmt_rel"].p == full["pmt_rel"].p
+    assert clean["dose"].low == clean["dose"].high == 500
+    assert rq.SETS["polycrystal-clean"].group == "held-out" and rq.SETS["stem-clean"].group == "in-distribution"
+    # at a high dose a clean scan's frame is close to its truth
+    (truth, raw), = rq.make_pairs("polycrystal-clean", "high", 1, 64)
+    assert np.corrcoef(truth.ravel(), raw.ravel())[0, 1] > 0.9
 
 
 def test_targets_and_models():
