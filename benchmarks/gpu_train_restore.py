@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help="default 1e-3 from scratch, 1e-4 fine-tuning")
     parser.add_argument("--noise-only", type=float, default=0.0, metavar="FRACTION",
                         help="pairs from a clean scan (emfuse train-restore --noise-only)")
+    parser.add_argument("--max-jitter-angstrom", type=float, default=None, metavar="A",
+                        help="the S(T)EM scan jitter at most this many Å (emfuse train-restore --max-jitter-angstrom)")
     parser.add_argument("--balance", default="mean", choices=["mean", "relative"],
                         help="how a batch's images count in the loss (emfuse train-restore --balance)")
     parser.add_argument("--seed", type=int, default=1)
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                                resolution="all", init=args.init,
                                config=None if args.init != "scratch" else args.config, lr=args.lr,
                                checkpoint_every=max(steps // 10, 1), seed=args.seed, data="scenes",
-                               hold_out=True, balance=args.balance, noise_only=args.noise_only)
+                               hold_out=True, balance=args.balance, noise_only=args.noise_only,
+                               max_jitter_angstrom=args.max_jitter_angstrom)
 
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     print(f"device {device}; {args.workers} data workers; calibrating 40 steps ...", flush=True)

@@ -158,7 +158,12 @@ SETS = _sets()
 def distortion_table(spec: TestSet, dose: float) -> dict[str, Draw]:
     """The set's distortion table with the dose fixed: training's table without the held-out
     distortions, but the set's ``forced`` one always applied."""
-    from emfuse.pipeline.synth.scenes import held_out, held_out_settings, noise_only_settings, training_settings
+    from emfuse.pipeline.synth.scenes import (
+        held_out,
+        held_out_settings,
+        noise_only_settings,
+        training_settings,
+    )
 
     settings = noise_only_settings if spec.clean_scan else training_settings
     table = dict(settings(spec.modality, spec.resolution, exclude=held_out("distortion")))

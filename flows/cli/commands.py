@@ -136,7 +136,7 @@ def cmd_train_restore(args: argparse.Namespace) -> int:
         adversarial=args.adversarial, checkpoint_every=args.checkpoint_every, seed=args.seed,
         device=args.device, resume=args.resume, max_minutes=args.max_minutes, data=args.data,
         hold_out=args.hold_out, data_workers=args.data_workers, balance=args.balance,
-        noise_only=args.noise_only,
+        noise_only=args.noise_only, max_jitter_angstrom=args.max_jitter_angstrom,
     )
     print(f"model:        {summary['model']}")
     print(f"steps:        {summary['step']} of {summary['steps']} ({summary['seconds']:.0f} s this run)")

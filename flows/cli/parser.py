@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-only", type=float, default=0.0, metavar="FRACTION",
                    help="with --data scenes: the fraction of pairs from a clean scan, the detector's noise their "
                         "only distortion, so that the network learns to keep what a clean frame shows (default 0)")
+    p.add_argument("--max-jitter-angstrom", type=float, default=None, metavar="A",
+                   help="with --data scenes: the S(T)EM scan jitter at most this many Å (with the scene's pixel "
+                        "size); default: the tables' amplitudes in pixels, up to 1 px whatever the pixel size")
     p.add_argument("--init", default="scratch", metavar="scratch|NAME|PATH",
                    help="start from random weights (default), a published network (r_em:sfr_hrstem, ...) "
                         "or a .safetensors model, to fine-tune")

@@ -40,6 +40,7 @@ def training_config(
     hold_out: bool = False,
     balance: str = "mean",
     noise_only: float = 0.0,
+    max_jitter_angstrom: float | None = None,
 ) -> Any:
     """The :class:`TrainConfig` for the command-line options; ValueError on conflicting ones.
 
@@ -49,7 +50,8 @@ def training_config(
     1e-4 when fine-tuning. ``hold_out`` (data ``scenes`` only) leaves
     :data:`emfuse.pipeline.synth.scenes.HELD_OUT` out of training. ``balance`` is how a batch's
     images count in the loss (``mean`` or ``relative``; :class:`TrainConfig`); ``noise_only`` the
-    fraction of pairs from a clean scan, the detector's noise their only distortion (data ``scenes``).
+    fraction of pairs from a clean scan, the detector's noise their only distortion (data ``scenes``);
+    ``max_jitter_angstrom`` caps the S(T)EM scan jitter in Å (data ``scenes``).
 
     Example
     -------
@@ -65,6 +67,8 @@ def training_config(
         raise InputError("--hold-out applies to --data scenes (the broad distribution) only")
     if noise_only and data != "scenes":
         raise InputError("--noise-only applies to --data scenes (the broad distribution) only")
+    if max_jitter_angstrom is not None and data != "scenes":
+        raise InputError("--max-jitter-angstrom applies to --data scenes (the broad distribution) only")
     if init != SCRATCH:
         if config is not None:
             raise InputError(f"--config {config} applies to training from scratch; --init {init} brings its "
@@ -82,6 +86,7 @@ def training_config(
         steps=steps, batch=batch, patch=patch, modality=modality, resolution=resolution, model=config,
         init=init, lr=lr, lr_final=min(lr, 2e-5) if init == SCRATCH else lr / 10, adversarial=adversarial,
         checkpoint_every=checkpoint_every, seed=seed, data=data, balance=balance, noise_only=noise_only,
+        max_jitter_angstrom=max_jitter_angstrom,
         exclude=list(held_out("all")) if hold_out else [],
     ).checked()
 
@@ -125,6 +130,7 @@ def run_training(
     data_workers: int | None = None,
     balance: str = "mean",
     noise_only: float = 0.0,
+    max_jitter_angstrom: float | None = None,
 ) -> dict[str, Any]:
     """Train into ``out`` and return a JSON-able summary (paths, steps, last losses).
 
@@ -138,7 +144,8 @@ def run_training(
     cfg = training_config(steps=steps, batch=batch, patch=patch, modality=modality, resolution=resolution,
                           init=init, config=config, lr=lr, adversarial=adversarial,
                           checkpoint_every=checkpoint_every, seed=seed, data=data, hold_out=hold_out,
-                          balance=balance, noise_only=noise_only)
+                          balance=balance, noise_only=noise_only,
+                          max_jitter_angstrom=max_jitter_angstrom)
     result = train(out, cfg, resume=resume, device=device, progress=progress,
                    max_seconds=None if max_minutes is None else 60.0 * max_minutes,
                    data_workers=default_data_workers(device) if data_workers is None else data_workers)

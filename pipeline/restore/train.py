@@ -134,6 +134,9 @@ class TrainConfig:
         With data ``scenes``: the fraction of pairs whose only distortion is the detector's
         noise, a clean scan (:func:`emfuse.pipeline.synth.scenes.noise_only_settings`). The
         validation batch is drawn the same way.
+    max_jitter_angstrom
+        With data ``scenes``: the S(T)EM scan jitter at most this many Å (None: the tables'
+        amplitudes in pixels; :func:`emfuse.pipeline.synth.scenes.make_scene_pair`).
 
     Examples
     --------
@@ -167,6 +170,7 @@ class TrainConfig:
     data: str = "specimens"
     exclude: list = field(default_factory=list)
     noise_only: float = 0.0
+    max_jitter_angstrom: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -213,6 +217,11 @@ class TrainConfig:
             raise InputError("exclude (held-out families) applies to data 'scenes' only")
         if not (isinstance(self.noise_only, (int, float)) and 0 <= self.noise_only <= 1):
             raise InputError(f"noise_only must be a fraction in [0, 1], got {self.noise_only!r}")
+        if self.max_jitter_angstrom is not None:
+            if not (isinstance(self.max_jitter_angstrom, (int, float)) and self.max_jitter_angstrom > 0):
+                raise InputError(f"max_jitter_angstrom must be a positive number of Å, got {self.max_jitter_angstrom!r}")
+            if self.data != "scenes":
+                raise InputError("max_jitter_angstrom applies to data 'scenes' only (their scenes have a pixel size)")
         if self.noise_only and self.data != "scenes":
             raise InputError("noise_only (pairs from a clean scan) applies to data 'scenes' only")
         for name in ("lr", "lr_final", "d_lr", "adam_eps"):
@@ -317,7 +326,7 @@ def _default_data(cfg: TrainConfig | None = None) -> DataFn:
         from ..synth.restore_specimens import make_batch
 
         return make_batch
-    return SceneBatches(tuple(cfg.exclude), cfg.noise_only)
+    return SceneBatches(tuple(cfg.exclude), cfg.noise_only, cfg.max_jitter_angstrom)
 
 
 @dataclass(frozen=True)
@@ -329,6 +338,7 @@ class SceneBatches:
 
     exclude: tuple[str, ...] = ()
     noise_only: float = 0.0
+    max_jitter_angstrom: float | None = None
 
     def __call__(self, n: int, shape: tuple[int, int], modality: str, resolution: str,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -337,7 +347,8 @@ class SceneBatches:
 
         mods = ALL_MODALITIES if modality == "all" else modality
         res = RESOLUTIONS if resolution == "all" else resolution
-        return make_scene_batch(n, shape, mods, res, rng, exclude=self.exclude, noise_only=self.noise_only)
+        return make_scene_batch(n, shape, mods, res, rng, exclude=self.exclude, noise_only=self.noise_only,
+                                max_jitter_angstrom=self.max_jitter_angstrom)
 
 
 class _StepBatches(torch.utils.data.Dataset):

@@ -64,7 +64,7 @@ from .restore_specimens import (
     render_tem,
 )
 
-__all__ = ["CONTRASTS", "DETECTOR_NOISE", "FAMILIES", "MODALITIES", "HELD_OUT", "make_scene", "make_scene_batch",
+__all__ = ["CONTRASTS", "DETECTOR_NOISE", "JITTER_AMPLITUDES", "cap_jitter", "FAMILIES", "MODALITIES", "HELD_OUT", "make_scene", "make_scene_batch",
            "make_scene_pair", "held_out", "held_out_settings", "noise_only_settings", "training_settings"]
 
 FAMILIES = ("lattice", "defects", "interface", "polycrystal", "particles", "amorphous", "points",
@@ -486,8 +486,31 @@ def noise_only_settings(modality: str, resolution: str, *, exclude: Collection[s
     return table
 
 
+#: the scan jitter's amplitudes (px) in the S(T)EM tables
+JITTER_AMPLITUDES = ("jitter_line_x", "jitter_line_y", "jitter_pixel_x")
+
+
+def cap_jitter(table: Mapping[str, Draw], max_px: float) -> dict[str, Draw]:
+    """``table`` with the scan jitter's amplitudes drawn up to ``max_px`` at most.
+
+    Examples
+    --------
+    >>> capped = cap_jitter(training_settings("stem", "high"), 0.25)
+    >>> capped["jitter_line_x"].high, capped["jitter_pixel_x"].high
+    (0.25, 0.25)
+    """
+    out = dict(table)
+    for name in JITTER_AMPLITUDES:
+        if name in out:
+            old = out[name]
+            high = min(old.high, max_px)
+            out[name] = Draw(p=old.p, low=min(old.low, high), high=high, log=old.log, choices=old.choices)
+    return out
+
+
 def make_scene_pair(shape: tuple[int, int], modality: str, resolution: str, rng: np.random.Generator,
                     *, exclude: Collection[str] = (), settings: Mapping[str, Draw] | None = None,
+                    max_jitter_angstrom: float | None = None,
                     **scene: Any) -> tuple[np.ndarray, np.ndarray, dict]:
     """(clean, distorted, info) in counts, float32, as :func:`emfuse.pipeline.synth.restore_specimens.make_pair`.
 
@@ -501,6 +524,12 @@ def make_scene_pair(shape: tuple[int, int], modality: str, resolution: str, rng:
         Families, contrasts and distortions never drawn.
     settings : mapping of str to Draw, optional
         The distortion table; default :func:`training_settings` with ``exclude``.
+    max_jitter_angstrom : float, optional
+        S(T)EM and SEM: the scan jitter's amplitude at most this many Å, converted with the
+        scene's pixel size (:func:`cap_jitter`). The tables give jitter in pixels (up to 1 px
+        at high resolution), chosen for pixels of 0.03-0.4 Å; on a scene of 1.5 Å pixels
+        (a lattice period of 3 px) 1 px is 1.5 Å, a third of the period, which no frame that
+        shows atoms has, and which leaves the lattice's phase unknowable.
     **scene
         Passed to :func:`make_scene` (``family``, ``contrast``).
 
@@ -520,6 +549,8 @@ def make_scene_pair(shape: tuple[int, int], modality: str, resolution: str, rng:
     image, info = make_scene(shape, modality, resolution, rng, exclude=exclude, **scene)
     table = settings if settings is not None else training_settings(modality, resolution, exclude=exclude)
     chain = "tem" if modality == "tem" else "stem"
+    if max_jitter_angstrom is not None and chain == "stem":
+        table = cap_jitter(table, max_jitter_angstrom / info["pixel_size"])
     degraded, params = random_distortion(image, chain, rng, resolution=resolution, settings=table)
     info["distortion"] = params
     return (params["dose"] * image).astype(np.float32), degraded.astype(np.float32), info
@@ -527,7 +558,8 @@ def make_scene_pair(shape: tuple[int, int], modality: str, resolution: str, rng:
 
 def make_scene_batch(n: int, shape: tuple[int, int], modality: str | tuple[str, ...],
                      resolution: str | tuple[str, ...], rng: np.random.Generator, *,
-                     exclude: Collection[str] = (), noise_only: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                     exclude: Collection[str] = (), noise_only: float = 0.0,
+                     max_jitter_angstrom: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``n`` pairs (n, 1, H, W) float32; ``modality``/``resolution`` may be tuples to draw from.
 
     The signature fits :func:`emfuse.pipeline.restore.train.train`'s ``data`` (with
@@ -553,6 +585,8 @@ def make_scene_batch(n: int, shape: tuple[int, int], modality: str | tuple[str, 
         have a clean scan (no line jitter, no PSF), so a network never learns to keep a
         fine lattice that a clean frame plainly shows. With 0 (the default) the random
         stream is that of the full table alone.
+    max_jitter_angstrom : float, optional
+        As :func:`make_scene_pair` (None: the tables' jitter in pixels).
 
     Returns
     -------
@@ -567,7 +601,8 @@ def make_scene_batch(n: int, shape: tuple[int, int], modality: str | tuple[str, 
         settings = None
         if noise_only and rng.random() < noise_only:
             settings = noise_only_settings(mod, res, exclude=exclude)
-        clean[i, 0], degraded[i, 0], _ = make_scene_pair(shape, mod, res, rng, exclude=exclude, settings=settings)
+        clean[i, 0], degraded[i, 0], _ = make_scene_pair(shape, mod, res, rng, exclude=exclude, settings=settings,
+                                                         max_jitter_angstrom=max_jitter_angstrom)
     return clean, degraded
 
 

@@ -153,6 +153,8 @@ def test_learning_rate_schedule():
     ({"balance": "median"}, "balance must be one of"),
     ({"noise_only": 1.5}, r"noise_only must be a fraction in \[0, 1\]"),
     ({"noise_only": 0.3}, "applies to data 'scenes' only"),
+    ({"max_jitter_angstrom": -0.3, "data": "scenes"}, "max_jitter_angstrom must be a positive number"),
+    ({"max_jitter_angstrom": 0.3}, "applies to data 'scenes' only"),
     ({"betas": (0.9, 1.5)}, "betas"),
 ])
 def test_bad_options_are_clear_errors(bad, match):

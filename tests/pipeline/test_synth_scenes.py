@@ -137,3 +137,26 @@ def test_noise_only_fraction_draws_clean_scans_and_zero_keeps_the_old_stream():
         return float(np.mean([np.corrcoef(c.ravel(), d.ravel())[0, 1] for c, d in zip(clean[:, 0], degraded[:, 0])]))
 
     assert truth_correlation(1.0) > truth_correlation(0.0) + 0.05
+
+
+def test_jitter_capped_in_angstrom_by_the_scene_pixel_size():
+    rng = np.random.default_rng(12)
+    seen = 0
+    for _ in range(40):
+        _, _, info = make_scene_pair((32, 32), "stem", "high", rng, max_jitter_angstrom=0.3)
+        cap = 0.3 / info["pixel_size"]
+        d = info["distortion"]
+        for name in ("jitter_line_x", "jitter_line_y", "jitter_pixel_x"):
+            assert d.get(name, 0.0) <= min(cap, 1.0) + 1e-12, (name, d.get(name), cap)
+        seen += "jitter_line_x" in d
+    assert seen > 10  # the jitter is still drawn, only smaller
+    # without the cap a coarse-pixel scene gets jitter far above 0.3 A
+    big = []
+    for _ in range(40):
+        _, _, info = make_scene_pair((32, 32), "stem", "high", rng)
+        big.append(info["distortion"].get("jitter_line_x", 0.0) * info["pixel_size"])
+    assert max(big) > 0.6
+    # TEM frames have no scan: the cap changes nothing there
+    a = make_scene_pair((32, 32), "tem", "high", np.random.default_rng(3), max_jitter_angstrom=0.3)[1]
+    b = make_scene_pair((32, 32), "tem", "high", np.random.default_rng(3))[1]
+    np.testing.assert_array_equal(a, b)
