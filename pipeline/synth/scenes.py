@@ -493,6 +493,18 @@ JITTER_AMPLITUDES = ("jitter_line_x", "jitter_line_y", "jitter_pixel_x")
 def cap_jitter(table: Mapping[str, Draw], max_px: float) -> dict[str, Draw]:
     """``table`` with the scan jitter's amplitudes drawn up to ``max_px`` at most.
 
+    Parameters
+    ----------
+    table : mapping of str to Draw
+        A distortion table (:func:`training_settings`).
+    max_px : float
+        The largest amplitude, px (an amplitude in Å over the scene's pixel size).
+
+    Returns
+    -------
+    dict of str to Draw
+        The table with :data:`JITTER_AMPLITUDES` drawn in ``[min(low, max_px), min(high, max_px)]``.
+
     Examples
     --------
     >>> capped = cap_jitter(training_settings("stem", "high"), 0.25)
