@@ -42,6 +42,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -64,8 +65,9 @@ from .restore_specimens import (
     render_tem,
 )
 
-__all__ = ["CONTRASTS", "DETECTOR_NOISE", "JITTER_AMPLITUDES", "cap_jitter", "FAMILIES", "MODALITIES", "HELD_OUT", "make_scene", "make_scene_batch",
-           "make_scene_pair", "held_out", "held_out_settings", "noise_only_settings", "training_settings"]
+__all__ = ["CONTRASTS", "DETECTOR_NOISE", "FAMILIES", "HELD_OUT", "JITTER_AMPLITUDES", "MODALITIES", "cap_jitter",
+           "held_out", "held_out_settings", "make_scene", "make_scene_batch", "make_scene_pair",
+           "noise_only_settings", "training_settings"]
 
 FAMILIES = ("lattice", "defects", "interface", "polycrystal", "particles", "amorphous", "points",
             "shapes")
@@ -445,8 +447,7 @@ def training_settings(modality: str, resolution: str, *, exclude: Collection[str
     table = _distortion_table(modality, resolution)
     for name in exclude:
         if name in table:
-            old = table[name]
-            table[name] = Draw(p=0.0, low=old.low, high=old.high, log=old.log, choices=old.choices)
+            table[name] = dataclasses.replace(table[name], p=0.0)
     return table
 
 
@@ -480,9 +481,9 @@ def noise_only_settings(modality: str, resolution: str, *, exclude: Collection[s
     (0.0, 0.0, 1.0)
     """
     table = dict(training_settings(modality, resolution, exclude=exclude))
-    for name, old in table.items():
+    for name in table:
         if name not in DETECTOR_NOISE:
-            table[name] = Draw(p=0.0, low=old.low, high=old.high, log=old.log, choices=old.choices)
+            table[name] = dataclasses.replace(table[name], p=0.0)
     return table
 
 
@@ -514,9 +515,8 @@ def cap_jitter(table: Mapping[str, Draw], max_px: float) -> dict[str, Draw]:
     out = dict(table)
     for name in JITTER_AMPLITUDES:
         if name in out:
-            old = out[name]
-            high = min(old.high, max_px)
-            out[name] = Draw(p=old.p, low=min(old.low, high), high=high, log=old.log, choices=old.choices)
+            high = min(out[name].high, max_px)
+            out[name] = dataclasses.replace(out[name], low=min(out[name].low, high), high=high)
     return out
 
 
