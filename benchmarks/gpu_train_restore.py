@@ -11,8 +11,8 @@ runs it from the repository root with ``PYTHONPATH=.`` (nothing to install there
 2. The run: as many steps as fit in ``--minutes`` at that speed, the cosine schedule over exactly
    those steps, on the broad scenes (``--data scenes --modality all --resolution all
    --hold-out``: the held-out families are never drawn), with ``--workers`` data workers
-   (default: ``train-restore``'s for the device: all cores but two, at most 8, on a GPU). ``max_seconds`` stops it (with a checkpoint) at 1.2 x the
-   budget whatever happens.
+   (default: ``train-restore``'s for the device: all cores but two, at most 8, on a GPU).
+   ``max_seconds`` stops it (with a checkpoint) at 1.2 x the budget whatever happens.
 3. ``$OUT`` (default ``./gpu_train_out``): ``model.safetensors`` (loads with
    ``load_model(path)``), ``train_log.jsonl``, ``train_config.json`` and ``gpu_train_restore.json``
    (device, calibration, steps, seconds, the last validation). Checkpoints stay in the scratch

@@ -353,9 +353,10 @@ def generator_loss(
         the batch, so an image counts by the size of its errors. ``"relative"``: each image's
         total ``L_i`` is computed alone and weighted by ``1 / L_i`` (held fixed, no gradient),
         normalised: the value is the harmonic mean ``n / sum_i (1 / L_i)`` and the gradient
-        is that of the mean of ``log L_i``, times that value. Every image then counts by its *relative* error, as a median PSNR in dB counts it:
-        a high-dose image, whose errors in standard units are a tenth of a low-dose one's,
-        is not drowned by it. ``terms`` are then the means of the images' terms.
+        is that of the mean of ``log L_i``, times that value. Every image then counts by its
+        *relative* error, as a median PSNR in dB counts it: a high-dose image, whose errors
+        in standard units are a tenth of a low-dose one's, is not drowned by it. ``terms``
+        are then the means of the images' terms.
 
     Returns
     -------
