@@ -10,8 +10,8 @@ and decides what to keep (:func:`guard`):
     the network's output: the residual holds no structure the input shows;
 ``"reinjected"``
     the output plus the structured part of the residual (the lattice the network removed,
-    put back by a Fourier-domain gain ~1 on the residual's peaks, 0 at its noise floor), when
-    that passes the same check;
+    put back by a Fourier-domain gain ~1 on the residual's peaks, 0 at its noise floor and
+    away from the input's own lattice peaks), when that passes the same check;
 ``"input"``
     the raw frame: a noise-free input the network changed (every change is harm there), or
     an output that still fails after the reinjection.
@@ -73,7 +73,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["DECISIONS", "GuardResult", "check_residual", "guard", "guard_stack", "reinject"]
+__all__ = ["DECISIONS", "GuardResult", "check_residual", "guard", "guard_stack", "lattice_peaks", "reinject"]
 
 FLOOR_BLOCK = 8  # frequency bins a side over which the noise floor is a median
 PEAK_OVER_FLOOR = 20.0  # a lattice peak: power above this many times the local floor
@@ -183,6 +183,34 @@ def noise_floor(power: np.ndarray, block: int = FLOOR_BLOCK) -> np.ndarray:
     return np.fft.ifftshift(full)
 
 
+def lattice_peaks(power: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """The bins of a lattice the image plainly shows: above :data:`PEAK_OVER_FLOOR` x its floor.
+
+    Bins nearer the origin than :data:`MIN_RADIUS_BINS` (the frame's mean and gradients) are
+    left out. A noise bin passes with probability ``2**-20``.
+
+    Parameters
+    ----------
+    power : numpy.ndarray
+        A power spectrum (y, x) (:func:`power_spectrum`).
+    floor : numpy.ndarray
+        Its noise floor (:func:`noise_floor`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask (y, x).
+
+    Examples
+    --------
+    >>> p = np.ones((32, 32)); p[5, 7] = 1e3; p[0, 1] = 1e3
+    >>> np.argwhere(lattice_peaks(p, noise_floor(p))).tolist()  # [0, 1] is a gradient, not a lattice
+    [[5, 7]]
+    """
+    away = _radius(power.shape) * min(power.shape) >= MIN_RADIUS_BINS
+    return away & (power > PEAK_OVER_FLOOR * floor)
+
+
 def _radius(shape: tuple[int, ...]) -> np.ndarray:
     """Distance of each (unshifted) frequency bin from the origin, in cycles/px."""
     return np.hypot(np.fft.fftfreq(shape[0])[:, None], np.fft.fftfreq(shape[1])[None, :])
@@ -234,7 +262,7 @@ def check_residual(raw: np.ndarray, restored: np.ndarray) -> GuardResult:
     floor = noise_floor(p_raw)
     radius = _radius(raw.shape)
     away = radius * min(raw.shape) >= MIN_RADIUS_BINS
-    peaks = away & (p_raw > PEAK_OVER_FLOOR * floor)
+    peaks = lattice_peaks(p_raw, floor)
     peak_power = float(p_raw[peaks].sum())
     excess = float((p_raw - floor)[peaks].sum() / max(floor[away].sum(), 1e-300))
     kept = float(p_out[peaks].sum() / peak_power) if peak_power > 0 else 1.0
@@ -256,7 +284,9 @@ def reinject(raw: np.ndarray, restored: np.ndarray) -> np.ndarray:
     ``restored + ifft(W * fft(r))`` with ``W = max(0, 1 - 4 floor / power)`` per frequency
     bin, where ``power`` is the residual's spectrum and ``floor`` its local median
     (:func:`noise_floor`): ~1 on the peaks the network removed (the lattice comes back),
-    0 where the residual is at its noise level (the denoising is kept).
+    0 where the residual is at its noise level (the denoising is kept). ``W`` is 0 away from
+    the input's own lattice peaks (:func:`lattice_peaks`, with their neighbours): what the
+    input does not plainly show is never put back, whatever peaks the residual has.
 
     Parameters
     ----------
@@ -291,6 +321,11 @@ def reinject(raw: np.ndarray, restored: np.ndarray) -> np.ndarray:
     # a lattice whose period is not a whole fraction of the frame leaks, in the unwindowed
     # transform, into the bins beside its peak: the gain of a peak covers its neighbours
     gain = ndimage.maximum_filter(gain, size=REINJECT_SPREAD, mode="wrap")
+    # only at the lattice the input plainly shows: elsewhere a peak of the residual is the
+    # network's own structure or the noise's (scan noise, strong noise bins), not lost signal
+    p_raw = power_spectrum(raw)
+    shown = lattice_peaks(p_raw, noise_floor(p_raw))
+    gain *= ndimage.maximum_filter(shown, size=REINJECT_SPREAD, mode="wrap")
     gain[0, 0] = 0.0  # the mean: the network's level is kept (the residual's mean is no lattice)
     return restored + np.real(np.fft.ifft2(gain * np.fft.fft2(residual)))
 
