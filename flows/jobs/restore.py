@@ -321,7 +321,8 @@ def plan(
         state = prepare_output(out, _template(ds, data, job, negative <= NEGATIVE_TOLERANCE), job.record(), source=source, overwrite=overwrite,
                                attrs={layout.ATTR_IMAGE_KIND: kind, ATTR_VALUE_RANGE: list(limits),
                                       layout.ATTR_NORMALISATION: NORMALISATION,
-                                      ATTR_MODEL_CHOICE: {**choice.record(), "model": name},
+                                      ATTR_MODEL_CHOICE: {**choice.record(), "model": name,
+                                                          "model_sha256": sha or own_model_sha256(name)},
                                       **({ATTR_BATCH_CHOICE: BATCH_RULE} if batch == BATCH_AUTO else {})})
         if state == "new":
             _note_model_choice(out, choice, name)
@@ -492,6 +493,22 @@ BATCH_RULE = {"asked": BATCH_AUTO, "rule": "each worker, once per job: the large
 # -- worker side ------------------------------------------------------------------------------
 
 
+def own_model_sha256(name: str) -> str | None:
+    """SHA-256 of the file of an own model name (``"default"``, ``"stem-high"``, ...), or None for
+    other names (paths, ``r_em:``) and own models this version does not have."""
+    from emfuse.pipeline.restore import MODEL_FILES
+
+    path = MODEL_FILES.get(name)
+    return sha256_file(path) if path is not None and path.is_file() else None
+
+
+def weights_sha256(job: RestoreJob) -> str | None:
+    """What identifies the job's weights in a worker's cache: the recorded sha256 of a model file,
+    else that of the own model's file as the worker finds it. A package update (or a test) that
+    replaces ``stem-high.safetensors`` then gives a new network, not the one a worker still holds."""
+    return job.model_sha256 or own_model_sha256(job.model)
+
+
 def worker_model(job: RestoreJob, device: str) -> Any:
     """The job's network on ``device``, loaded once per worker process and kept
     (:func:`emfuse.flows.jobs.runner.worker_cached`, keyed by model, sha256, device and memory format).
@@ -516,7 +533,7 @@ def worker_model(job: RestoreJob, device: str) -> Any:
         model = load_model(None if job.model == "default" else job.model, device=device)
         return model.to(memory_format=torch.channels_last) if job.channels_last else model
 
-    return worker_cached(("restore", job.model, job.model_sha256, device, job.channels_last), load)
+    return worker_cached(("restore", job.model, weights_sha256(job), device, job.channels_last), load)
 
 
 def _tasks_on_this_worker() -> int:
@@ -568,7 +585,7 @@ def worker_network(job: RestoreJob, model: Any, device: str) -> Any:
         return None
     from emfuse.pipeline.restore.inference import compile_network, tile_network
 
-    key = ("restore-compiled", job.model, job.model_sha256, device, job.channels_last)
+    key = ("restore-compiled", job.model, weights_sha256(job), device, job.channels_last)
     return worker_cached(key, lambda: compile_network(tile_network(model, "image"), device))
 
 

@@ -17,7 +17,7 @@ from emfuse.pipeline.restore.cgrdn import CGRDN, CGRDNConfig
 from emfuse.pipeline.restore.inference import restore
 from emfuse.stores.errors import OutputNotWritable, StoreError
 from emfuse.stores.progress import TileRecord
-from emfuse.stores.zarrio import is_complete, open_dataset, read_attrs, write_dataset
+from emfuse.stores.zarrio import is_complete, open_dataset, read_attrs, sha256_file, write_dataset
 
 OPTIONS = dict(tile=32, overlap=8, batch=4, block=2)
 
@@ -291,6 +291,7 @@ def test_auto_picks_the_own_model_present_and_a_rerun_keeps_its_decision(tmp_pat
     from emfuse.flows.jobs.checks import check_restore
 
     out = tmp_path / "cut.zarr"
+    monkeypatch.setitem(MODEL_FILES, "stem-high", tmp_path / "absent.safetensors")  # a version without it
     job, state = restore_job.plan(movie_store, out, model="auto", **OPTIONS)
     assert state == "new" and job.model == "default"  # stem-high wanted but absent
     runner.run_unit(restore_job.SPEC, job, restore_job.SPEC.units(job)[1], None)  # then the process died
@@ -312,9 +313,25 @@ def test_auto_picks_the_own_model_present_and_a_rerun_keeps_its_decision(tmp_pat
     # a new store takes the model now present, by its own name, on the workers too
     job3 = _run(movie_store, tmp_path / "new.zarr", client, "auto")
     assert job3.model == "stem-high" and open_dataset(job3.out).attrs["model_choice"]["wanted"] == "stem-high"
+    assert open_dataset(job3.out).attrs["model_choice"]["model_sha256"] == sha256_file(tiny_model)
     np.testing.assert_allclose(open_dataset(job3.out).restored.values,
                                open_dataset(_run(movie_store, tmp_path / "tiny.zarr", client, tiny_model).out)
                                .restored.values)
+
+
+def test_the_workers_know_an_own_model_by_its_file_not_only_its_name(tiny_model, monkeypatch):
+    """A worker keeps the networks it loaded, by name and sha256; an own model's sha256 is that of its
+    file, so a replaced file (a package update) is loaded again, not served from the cache."""
+    from pathlib import Path
+
+    job = restore_job.RestoreJob("in.zarr", "out.zarr", "stem-high", "movie", 1)
+    monkeypatch.setitem(MODEL_FILES, "stem-high", Path(tiny_model))
+    assert restore_job.weights_sha256(job) == sha256_file(tiny_model)
+    monkeypatch.setitem(MODEL_FILES, "stem-high", MODEL_FILES["default"])
+    assert restore_job.weights_sha256(job) == sha256_file(MODEL_FILES["default"])
+    assert restore_job.weights_sha256(restore_job.RestoreJob("in.zarr", "out.zarr", "r_em:sfr_hrstem", "movie", 1)) is None
+    adapted = restore_job.RestoreJob("in.zarr", "out.zarr", str(tiny_model), "movie", 1, model_sha256="abc")
+    assert restore_job.weights_sha256(adapted) == "abc"
 
 
 def test_auto_on_a_tem_frame_is_sure_and_warns_of_nothing(tmp_path, tiny_model, monkeypatch):
