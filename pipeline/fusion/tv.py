@@ -184,9 +184,9 @@ def prox_tv(
         qy = ry + step * gy
         qx = rx + step * gx
         # project the dual field onto the unit ball pointwise (isotropic TV)
-        norm = xp.maximum(1.0, xp.sqrt(qy * qy + qx * qx))
-        qy /= norm
-        qx /= norm
+        inv_norm = 1.0 / xp.maximum(1.0, xp.sqrt(qy * qy + qx * qx))
+        qy *= inv_norm
+        qx *= inv_norm
         if momentum:
             ry = qy + extrapolation * (qy - py)
             rx = qx + extrapolation * (qx - px)

@@ -68,6 +68,15 @@ def test_vectorised_log_is_within_one_ulp():
     assert (np.abs(ours - exact) <= np.spacing(np.abs(exact))).all()
 
 
+def test_vectorised_exp_is_accurate_over_its_whole_range():
+    # k from the rounding shift (1.5 * 2^52 added), negative k included, and the +-700 clamp
+    t = np.concatenate([np.linspace(-700, 700, 20001), np.random.default_rng(15).uniform(-2, 2, 5000)])
+    ours = np.array([kn._exp64(v) for v in t])
+    assert np.abs(ours / np.exp(t) - 1).max() < 1e-9
+    assert np.isclose(kn._exp64(-800.0), np.exp(-700.0), rtol=1e-9)  # clamped, still a normal number
+    assert np.isclose(kn._exp64(800.0), np.exp(700.0), rtol=1e-9)
+
+
 @pytest.mark.parametrize("step", [1.0, 0.125])
 @pytest.mark.parametrize("reuse_pow", [False, True])
 def test_smooth_step_matches_plain(problem, step, reuse_pow):
