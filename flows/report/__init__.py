@@ -80,6 +80,7 @@ from .common import (
     coarsen_factor,
     image_shape,
     jsonable,
+    loaded_if_small,
     save_figure,
     stored_params,
 )
@@ -163,7 +164,7 @@ def write_report(
     if not store.exists():
         raise InputFileNotFound(f"output store {str(store)!r} does not exist")
     try:
-        ds = xr.open_zarr(store, **ZARR_KW)
+        ds = loaded_if_small(xr.open_zarr(store, **ZARR_KW))
     except (OSError, ValueError, KeyError) as exc:  # not a store, unreadable, or damaged metadata
         raise StoreError(f"{store} is not a readable Zarr v3 store ({exc}); give an output store.") from exc
     out_dir = Path(report_dir) if report_dir is not None else default_report_dir(store)

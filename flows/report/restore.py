@@ -62,6 +62,7 @@ from .common import (
     comparable,
     compute_all,
     image_extent,
+    loaded_if_small,
     new_figure,
     plot_figure,
     robust_limits,
@@ -96,7 +97,7 @@ def restore_inputs(ds: xr.Dataset) -> tuple[xr.DataArray | None, xr.DataArray | 
     if not path or not Path(path).exists():
         return None, None, None
     try:
-        source = xr.open_zarr(path, **ZARR_KW)
+        source = loaded_if_small(xr.open_zarr(path, **ZARR_KW))
     except (OSError, ValueError, KeyError):
         return None, None, None
     shape = ds[RESTORED].shape
