@@ -28,7 +28,7 @@ from emfuse.errors import InputError
 from emfuse.stores.layout import ATTR_COMPLETE, ATTR_PARAMS
 
 MAX_DISPLAY_PX = 1024
-SMALL_STORE_BYTES = 64 * 2**20  # stores up to this size are read whole for their report (loaded_if_small)
+SMALL_STORE_BYTES = 8 * 2**20  # stores up to this size are read whole for their report (loaded_if_small)
 DPI = 120
 PANEL_IN = 3.6  # inches per image panel
 MAP_CMAP = "inferno"
@@ -83,12 +83,14 @@ def shrink(da: xr.DataArray, factor: int) -> xr.DataArray:
     return small
 
 
-def loaded_if_small(ds: xr.Dataset, limit_bytes: int = SMALL_STORE_BYTES) -> xr.Dataset:
-    """``ds`` read into memory in one pass when its variables hold at most ``limit_bytes``, else as it is.
+def loaded_if_small(ds: xr.Dataset, limit_bytes: int | None = None) -> xr.Dataset:
+    """``ds`` read into memory in one pass when its variables hold at most ``limit_bytes``
+    (default :data:`SMALL_STORE_BYTES`), else as it is.
 
     A figure computes a few lazy arrays at a time; each Dask compute of a small store's arrays
     costs about 15 ms of graph building and scheduling, several times the reading itself, and a
-    fusion report made a dozen of them. Large stores stay lazy (block-averaged chunk by chunk).
+    fusion report made a dozen of them. Larger stores stay lazy (block-averaged chunk by chunk,
+    and a restore report reads only the frames it shows).
 
     Examples
     --------
@@ -99,7 +101,8 @@ def loaded_if_small(ds: xr.Dataset, limit_bytes: int = SMALL_STORE_BYTES) -> xr.
     >>> isinstance(loaded_if_small(lazy, limit_bytes=64)["a"].data, np.ndarray)
     False
     """
-    return ds.compute() if ds.nbytes <= limit_bytes else ds
+    limit = SMALL_STORE_BYTES if limit_bytes is None else limit_bytes
+    return ds.compute() if ds.nbytes <= limit else ds
 
 
 def compute_all(*arrays: xr.DataArray) -> list[xr.DataArray]:

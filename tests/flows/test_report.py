@@ -13,7 +13,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
 from emfuse.flows.report import coarsen_factor, default_report_dir, write_report
-from emfuse.flows.report.common import COLOUR_STRIP_GID, SCALE_BAR_GID, new_figure, show_image
+from emfuse.flows.report.common import (
+    COLOUR_STRIP_GID,
+    SCALE_BAR_GID,
+    loaded_if_small,
+    new_figure,
+    show_image,
+)
 from emfuse.flows.report.fusion import convergence_figure, haadf_figure, maps_figure
 
 ELEMENTS = ["Sc", "Dy", "O"]
@@ -124,6 +130,23 @@ def test_report_with_truth_and_lambda(tmp_path):
     assert summary["final_costs"]["tv"] == pytest.approx(50 / 20)
     best = summary["lambda_search"]["best"]
     assert best["lambda_chem"] == pytest.approx(0.1) and best["lambda_tv"] == pytest.approx(0.01)
+
+
+def test_a_small_store_read_whole_draws_the_same_report_as_lazily(tmp_path, monkeypatch):
+    # the report reads a small store in one pass (report.common.loaded_if_small); the figures and
+    # the summary must be those the chunk-by-chunk path draws
+    store = make_output_store(tmp_path / "syn.zarr", truth=True, lambda_score=True, chunks=16)
+    whole = write_report(store, tmp_path / "whole")
+    monkeypatch.setattr("emfuse.flows.report.common.SMALL_STORE_BYTES", 0)  # every store lazy
+    opened = xr.open_zarr(store, zarr_format=3, consolidated=False)
+    assert isinstance(loaded_if_small(opened)["fused"].data, da.Array)  # the patch holds
+    lazy = write_report(store, tmp_path / "lazy")
+    assert [p.name for p in whole] == [p.name for p in lazy]
+    for a, b in zip(whole, lazy):
+        assert a.read_bytes() == b.read_bytes() or a.name == "summary.json", a.name
+    drop = ("store",)  # the summary names the store it was written from: the same here
+    assert {k: v for k, v in json.loads(whole[-1].read_text()).items() if k not in drop} == \
+        {k: v for k, v in json.loads(lazy[-1].read_text()).items() if k not in drop}
 
 
 def test_lambda_line_higher_is_better(tmp_path):
