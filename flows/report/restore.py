@@ -28,6 +28,7 @@ was not kept says what was: "guard: lattice put back" or "guard: raw kept").
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,17 @@ AVERAGE_BLOCK_BYTES = 64 * 2**20  # binned raw frames held at once while averagi
 SUMMARY_FRAMES = 8  # = emfuse.flows.jobs.restore.SUMMARY_FRAMES (not imported: that pulls in distributed)
 
 
+@functools.lru_cache(maxsize=1)
+def _input_store(path: str, written_ns: int) -> xr.Dataset:
+    """The input store at ``path`` (read whole when small, :func:`loaded_if_small`), opened once for
+    the figures and the summary of a report, which each ask for it. ``written_ns``: the modification
+    time of its metadata, so a store written again is opened again."""
+    return loaded_if_small(xr.open_zarr(path, **ZARR_KW))
+
+
 def restore_inputs(ds: xr.Dataset) -> tuple[xr.DataArray | None, xr.DataArray | None, xr.Dataset | None]:
-    """The raw frames and the truth behind a restore store, lazy, as (frame, y, x) (or None).
+    """The raw frames and the truth behind a restore store, as (frame, y, x) (or None): lazy, or in
+    memory for an input store of at most :data:`~emfuse.flows.report.common.SMALL_STORE_BYTES`.
 
     Parameters
     ----------
@@ -96,8 +106,9 @@ def restore_inputs(ds: xr.Dataset) -> tuple[xr.DataArray | None, xr.DataArray | 
     path = ds.attrs.get(ATTR_INPUT_STORE, ds.attrs.get(ATTR_SOURCE))
     if not path or not Path(path).exists():
         return None, None, None
+    metadata = Path(path) / "zarr.json"
     try:
-        source = loaded_if_small(xr.open_zarr(path, **ZARR_KW))
+        source = _input_store(str(path), (metadata if metadata.exists() else Path(path)).stat().st_mtime_ns)
     except (OSError, ValueError, KeyError):
         return None, None, None
     shape = ds[RESTORED].shape

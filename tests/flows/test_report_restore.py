@@ -22,6 +22,7 @@ from emfuse.flows.report.restore import (
     drift_figure,
     report_crop,
     restore_figure,
+    restore_inputs,
     shown_frames,
 )
 from emfuse.flows.tools.synth import write_synthetic
@@ -167,6 +168,21 @@ def test_without_its_input_store_only_the_restored_frames_are_shown(movie_job, t
     assert r["frames"] == FRAMES and r["drift_max_px"] > 0.5
     panels = _panels(restore_figure(xr.open_zarr(moved, zarr_format=3, consolidated=False), 1))
     assert sorted(panels) == sorted(f"frame {f}{z}: restored" for f in (0, 4, 8) for z in ("", " zoom"))
+
+
+def test_an_input_store_written_again_is_read_again(movie_job, tmp_path):
+    # a report opens its input store once for all its figures (report.restore._input_store); a store
+    # written again since is read again, not served from that cache
+    source, out = tmp_path / "movie.zarr", tmp_path / "restored.zarr"
+    shutil.copytree(movie_job.source, source)
+    shutil.copytree(movie_job.out, out)
+    update_attrs(out, input_store=str(source), source_path=str(source))
+    ds = xr.open_zarr(out, zarr_format=3, consolidated=False)
+    first = restore_inputs(ds)[0].values
+    assert restore_inputs(ds)[2] is restore_inputs(ds)[2]  # one open for every figure of the report
+    movie = open_dataset(source).load()
+    write_dataset(movie.assign(movie=2 * movie["movie"]), source, overwrite=True)
+    np.testing.assert_array_equal(restore_inputs(ds)[0].values, 2 * first)
 
 
 def test_an_image_restored_as_one_frame(tmp_path, client, model):
